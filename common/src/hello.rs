@@ -1,0 +1,119 @@
+//! The versioned hello that opens every connection.
+//!
+//! It is a fixed 8-byte record, not a bincode frame, so that any future
+//! version can still read it and answer with a clear refusal instead of
+//! misparsing a frame and hanging:
+//!
+//! ```text
+//! client → server: "P2PS" | version u16 BE | protocol u8 | 0
+//! server → client: "P2PS" | version u16 BE | status u8   | 0
+//! ```
+
+use crate::limits::PROTOCOL_VERSION;
+
+pub const MAGIC: [u8; 4] = *b"P2PS";
+pub const HELLO_LEN: usize = 8;
+
+/// Which protocol the connection will speak after the hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// A peer or a client talking to the index server.
+    Index = 1,
+    /// A peer talking to another peer (chunks, and later flooding and messages).
+    Peer = 2,
+}
+
+/// The server's answer to a hello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloStatus {
+    Ok = 0,
+    UnsupportedVersion = 1,
+    WrongProtocol = 2,
+    /// The server is at its connection cap; try again later.
+    Busy = 3,
+}
+
+/// Why a hello was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HelloError {
+    #[error("the other side is not a p2pshare node (bad magic bytes)")]
+    BadMagic,
+    #[error("protocol version mismatch: we speak version {ours}, the other side speaks {theirs}; upgrade the older one")]
+    VersionMismatch { ours: u16, theirs: u16 },
+    #[error("wrong service: this port speaks another p2pshare protocol (index vs peer port?)")]
+    WrongProtocol,
+    #[error("the server is busy (connection limit reached); try again later")]
+    Busy,
+    #[error("unknown hello field value {0}")]
+    Unknown(u8),
+}
+
+pub fn client_hello(protocol: Protocol) -> [u8; HELLO_LEN] {
+    let v = PROTOCOL_VERSION.to_be_bytes();
+    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], protocol as u8, 0]
+}
+
+pub fn server_hello(status: HelloStatus) -> [u8; HELLO_LEN] {
+    let v = PROTOCOL_VERSION.to_be_bytes();
+    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], status as u8, 0]
+}
+
+/// Server side: what to answer to a client's hello for `expected` protocol.
+/// `Err(BadMagic)` means: not one of us, close without answering.
+pub fn check_client_hello(bytes: &[u8; HELLO_LEN], expected: Protocol) -> Result<HelloStatus, HelloError> {
+    if bytes[..4] != MAGIC {
+        return Err(HelloError::BadMagic);
+    }
+    let theirs = u16::from_be_bytes([bytes[4], bytes[5]]);
+    if theirs != PROTOCOL_VERSION {
+        return Ok(HelloStatus::UnsupportedVersion);
+    }
+    if bytes[6] != expected as u8 {
+        return Ok(HelloStatus::WrongProtocol);
+    }
+    Ok(HelloStatus::Ok)
+}
+
+/// Client side: turns the server's answer into success or a clear error.
+pub fn check_server_hello(bytes: &[u8; HELLO_LEN]) -> Result<(), HelloError> {
+    if bytes[..4] != MAGIC {
+        return Err(HelloError::BadMagic);
+    }
+    let theirs = u16::from_be_bytes([bytes[4], bytes[5]]);
+    match bytes[6] {
+        0 if theirs == PROTOCOL_VERSION => Ok(()),
+        0 | 1 => Err(HelloError::VersionMismatch { ours: PROTOCOL_VERSION, theirs }),
+        2 => Err(HelloError::WrongProtocol),
+        3 => Err(HelloError::Busy),
+        other => Err(HelloError::Unknown(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_bytes() {
+        assert_eq!(client_hello(Protocol::Index), [b'P', b'2', b'P', b'S', 0, 1, 1, 0]);
+        assert_eq!(server_hello(HelloStatus::Busy), [b'P', b'2', b'P', b'S', 0, 1, 3, 0]);
+    }
+
+    #[test]
+    fn version_mismatch_is_reported_both_ways() {
+        let mut hello = client_hello(Protocol::Peer);
+        hello[5] = 9;
+        assert_eq!(check_client_hello(&hello, Protocol::Peer), Ok(HelloStatus::UnsupportedVersion));
+        let mut answer = server_hello(HelloStatus::UnsupportedVersion);
+        answer[5] = 9;
+        assert_eq!(
+            check_server_hello(&answer),
+            Err(HelloError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 9 })
+        );
+        assert_eq!(check_client_hello(b"GET / HT", Protocol::Peer), Err(HelloError::BadMagic));
+        assert_eq!(
+            check_client_hello(&client_hello(Protocol::Index), Protocol::Peer),
+            Ok(HelloStatus::WrongProtocol)
+        );
+    }
+}

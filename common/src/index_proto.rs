@@ -1,0 +1,163 @@
+//! Messages between a peer (or a command-line client) and the index server.
+//!
+//! After the hello, the client sends [`IndexRequest`] frames and the server
+//! answers each with exactly one [`IndexResponse`], in order, so requests may
+//! be pipelined. A peer that shares files first sends [`IndexRequest::Login`];
+//! its registrations then belong to that connection's session and vanish when
+//! the connection closes or its lease runs out. Plain clients (search, get,
+//! browse) never log in.
+//!
+//! New variants are only ever appended, so the encoding of existing ones
+//! (pinned in the tests) never changes within a protocol version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::FileId;
+
+/// One file a peer offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedFile {
+    pub id: FileId,
+    /// The file's name (its path relative to the shared folder, `/`-separated).
+    /// A label for search and display only: nobody opens a path built from it.
+    pub name: String,
+    pub size: u64,
+}
+
+/// What a peer says about itself when it logs in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Login {
+    /// Port the peer accepts chunk requests on; the index pairs it with the
+    /// connection's source IP.
+    pub listen_port: u16,
+    /// `HOST:PORT` to publish instead (NAT, containers).
+    pub advertise: Option<String>,
+    /// Display name, unique among online peers when given.
+    pub nick: Option<String>,
+}
+
+/// A client's request to the index server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndexRequest {
+    /// Start a sharing session on this connection.
+    Login(Login),
+    /// Add files to this session's list (the whole list is sent in batches on connect).
+    AddFiles { files: Vec<SharedFile> },
+    /// Withdraw files from this session's list; other sessions' entries are untouched.
+    RemoveFiles { ids: Vec<FileId> },
+    /// Renew this session's lease.
+    Heartbeat,
+    /// Files whose name contains every word (case-insensitive), most sources first.
+    Search { words: Vec<String>, limit: u32 },
+    /// Live sources of one file.
+    Lookup { id: FileId },
+    /// One peer's list, a page at a time (`start` is an offset into it).
+    Browse { peer: String, start: u32 },
+    /// Counts of peers, files and bytes.
+    Stats,
+    /// Online peers, a page at a time.
+    ListPeers { start: u32 },
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchHit {
+    pub id: FileId,
+    pub name: String,
+    pub size: u64,
+    /// Number of live sources.
+    pub sources: u32,
+}
+
+/// A place a file can be fetched from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    /// `HOST:PORT` of the peer's chunk server.
+    pub addr: String,
+    pub nick: Option<String>,
+}
+
+/// Counts over all live sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IndexStats {
+    pub peers: u64,
+    /// Distinct file ids.
+    pub files: u64,
+    /// Sum of the sizes of distinct file ids.
+    pub bytes: u64,
+}
+
+/// One online peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerSummary {
+    pub addr: String,
+    pub nick: Option<String>,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// Why a request was refused; the connection stays usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    NotFound,
+    BadRequest,
+    NotLoggedIn,
+    AlreadyLoggedIn,
+    TooMany,
+    Internal,
+    NickTaken,
+}
+
+/// The index server's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndexResponse {
+    /// Answer to `Login`: the address others will see and the lease to keep up.
+    Welcome { addr: String, lease_ttl_ms: u64 },
+    /// Answer to `AddFiles`, `RemoveFiles` and `Heartbeat`: entries changed.
+    Ack { count: u32 },
+    SearchResults { hits: Vec<SearchHit> },
+    Sources { id: FileId, name: String, size: u64, sources: Vec<Source> },
+    /// A page of a peer's list; `next` is the offset of the next page, if any.
+    PeerFiles { files: Vec<SharedFile>, next: Option<u32> },
+    Stats(IndexStats),
+    /// A page of online peers; `next` is the offset of the next page, if any.
+    Peers { peers: Vec<PeerSummary>, next: Option<u32> },
+    Error { code: ErrorCode, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{encode_frame, try_decode_frame};
+    use crate::limits::MAX_FRAME_LEN;
+
+    /// Exact bytes on the wire: a change here breaks every deployed peer.
+    #[test]
+    fn pinned_encodings() {
+        assert_eq!(encode_frame(&IndexRequest::Heartbeat).unwrap(), [0, 0, 0, 1, 3]);
+        assert_eq!(encode_frame(&IndexRequest::Stats).unwrap(), [0, 0, 0, 1, 7]);
+        assert_eq!(
+            encode_frame(&IndexRequest::Search { words: vec!["ab".into()], limit: 100 }).unwrap(),
+            [0, 0, 0, 6, 4, 1, 2, b'a', b'b', 100]
+        );
+        let login = IndexRequest::Login(Login { listen_port: 6699, advertise: None, nick: Some("x".into()) });
+        // 6699 = 0x1A2B: varint marker 251 then little-endian u16.
+        assert_eq!(encode_frame(&login).unwrap(), [0, 0, 0, 8, 0, 251, 0x2B, 0x1A, 0, 1, 1, b'x']);
+        let stats = IndexResponse::Stats(IndexStats { peers: 3, files: 300, bytes: 1 });
+        assert_eq!(encode_frame(&stats).unwrap(), [0, 0, 0, 6, 5, 3, 251, 0x2C, 0x01, 1]);
+    }
+
+    #[test]
+    fn round_trip() {
+        let msg = IndexResponse::Sources {
+            id: FileId([9; 32]),
+            name: "ñ a.txt".into(),
+            size: 1 << 33,
+            sources: vec![Source { addr: "127.0.0.1:6699".into(), nick: None }],
+        };
+        let bytes = encode_frame(&msg).unwrap();
+        let (back, used): (IndexResponse, usize) = try_decode_frame(&bytes, MAX_FRAME_LEN).unwrap().unwrap();
+        assert_eq!(back, msg);
+        assert_eq!(used, bytes.len());
+    }
+}

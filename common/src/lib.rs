@@ -1,0 +1,30 @@
+//! The p2pshare wire protocol, shared by the index server and every peer.
+//!
+//! Nothing here opens a socket or spawns a task: it is the pure protocol, so
+//! that it can be unit-tested, fuzzed and reused by every paradigm.
+//!
+//! # Layout
+//! - [`id`]: content identity. A file's [`FileId`] is a SHA-256 root over its
+//!   size and the list of its 256 KiB chunk hashes, so every chunk is verified
+//!   on arrival and a bad source is caught at chunk granularity.
+//! - [`frame`]: length-prefixed frames and the one bincode configuration
+//!   (byte limit, trailing bytes rejected).
+//! - [`hello`]: the fixed 8-byte versioned handshake that opens every
+//!   connection, readable by any future version.
+//! - [`index_proto`]: peer/client ⇄ index server messages.
+//! - [`peer_proto`]: peer ⇄ peer messages (hash lists, chunks, availability).
+//! - [`wire`]: async frame I/O over any `AsyncRead`/`AsyncWrite`, with a
+//!   deadline on every whole frame.
+//! - [`limits`]: every cap and default timeout in one place.
+//! - [`names`]: file-name tokenisation for keyword search.
+
+pub mod frame;
+pub mod hello;
+pub mod id;
+pub mod index_proto;
+pub mod limits;
+pub mod names;
+pub mod peer_proto;
+pub mod wire;
+
+pub use id::{FileId, CHUNK_SIZE};

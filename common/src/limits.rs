@@ -1,0 +1,39 @@
+//! Every protocol cap and default timeout, in one place.
+
+use std::time::Duration;
+
+/// Protocol version spoken by this build. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Largest control frame (any serialized message). Checked against the
+/// length prefix before anything is allocated. File data never travels in a
+/// control frame, so 1 MiB is ample (libtorrent refuses messages over 1 MiB).
+pub const MAX_FRAME_LEN: usize = 1024 * 1024;
+
+/// Longest file name accepted by the index, in bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// Most files in one `AddFiles` batch; a batch of maximal names still fits a frame.
+pub const MAX_FILES_PER_BATCH: usize = 512;
+
+/// Most search words in one query.
+pub const MAX_SEARCH_WORDS: usize = 16;
+
+/// Longest search word, in bytes.
+pub const MAX_WORD_LEN: usize = 128;
+
+/// Default and hard cap of search results (Napster answered at most 100).
+pub const DEFAULT_SEARCH_LIMIT: u32 = 100;
+pub const MAX_SEARCH_LIMIT: u32 = 1000;
+
+/// Largest file the protocol describes: 1 TiB (4 Mi chunks, a 128 MiB hash list).
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
+/// Deadline for the 8-byte hello exchange.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deadline for the rest of a frame once its first byte has arrived.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deadline for connecting to an index or a peer.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

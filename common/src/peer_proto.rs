@@ -1,0 +1,78 @@
+//! Messages between two peers: the transfer protocol.
+//!
+//! After the hello, the downloader sends [`PeerRequest`] frames and the
+//! serving peer answers each with one [`PeerResponse`] header, in order, so
+//! requests may be pipelined. `HashList` and `Chunk` headers are followed by
+//! exactly `len` raw bytes (file data never travels inside a serialized
+//! value). Any peer that holds a chunk can serve it, including one that is
+//! still downloading the file: `Have` tells which chunks it holds.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::FileId;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// The file's chunk hashes, checked by the receiver against the id.
+    HashList { id: FileId },
+    /// One chunk of the file.
+    Chunk { id: FileId, index: u32 },
+    /// Which chunks of the file this peer holds.
+    Have { id: FileId },
+}
+
+/// Why a peer refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerErrorCode {
+    /// This peer does not offer that file (or that chunk, yet).
+    NotFound,
+    /// The file changed on disk since it was hashed; it is being rehashed.
+    FileChanged,
+    /// All upload slots are taken.
+    Busy,
+    BadRequest,
+    Internal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// Followed by `len` raw bytes: 32 per chunk.
+    HashList { id: FileId, size: u64, len: u32 },
+    /// Followed by `len` raw bytes of chunk `index`.
+    Chunk { id: FileId, index: u32, len: u32 },
+    /// Bit `i` (LSB first in byte `i / 8`) set when chunk `i` is held.
+    /// `complete` peers send an empty bitfield.
+    Have { id: FileId, size: u64, complete: bool, bitfield: Vec<u8> },
+    Error { code: PeerErrorCode, message: String },
+}
+
+/// Whether bit `index` is set in a `Have` bitfield.
+pub fn bit_is_set(bitfield: &[u8], index: u32) -> bool {
+    bitfield.get((index / 8) as usize).is_some_and(|b| b & (1 << (index % 8)) != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::encode_frame;
+
+    #[test]
+    fn pinned_encodings() {
+        let id = FileId([0xAB; 32]);
+        let mut expected = vec![0, 0, 0, 34, 1];
+        expected.extend([0xAB; 32]);
+        expected.push(5);
+        assert_eq!(encode_frame(&PeerRequest::Chunk { id, index: 5 }).unwrap(), expected);
+        let header = PeerResponse::Chunk { id, index: 0, len: 262144 };
+        // 262144 needs the 4-byte varint form: marker 252, then u32 LE.
+        let bytes = encode_frame(&header).unwrap();
+        assert_eq!(&bytes[bytes.len() - 5..], &[252, 0x00, 0x00, 0x04, 0x00]);
+    }
+
+    #[test]
+    fn bitfield_bits() {
+        assert!(bit_is_set(&[0b0000_0010], 1));
+        assert!(!bit_is_set(&[0b0000_0010], 0));
+        assert!(!bit_is_set(&[], 100));
+    }
+}
