@@ -16,7 +16,8 @@
 //! - [`wire`]: async frame I/O over any `AsyncRead`/`AsyncWrite`, with a
 //!   deadline on every whole frame.
 //! - [`limits`]: every cap and default timeout in one place.
-//! - [`names`]: file-name tokenisation for keyword search.
+//! - [`names`]: file-name tokenisation and validation for keyword search.
+//! - [`units`]: durations and sizes as typed on the command line.
 
 pub mod frame;
 pub mod hello;
@@ -25,6 +26,7 @@ pub mod index_proto;
 pub mod limits;
 pub mod names;
 pub mod peer_proto;
+pub mod units;
 pub mod wire;
 
 pub use id::{FileId, CHUNK_SIZE};

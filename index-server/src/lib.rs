@@ -1,0 +1,64 @@
+//! The p2pshare index server: which peer offers which file (the Napster model).
+//!
+//! Peers log in, register their whole share list, heartbeat to keep their
+//! lease, and send additions and removals; anyone can search by keywords,
+//! look up the live sources of a file id, browse one peer's list and read
+//! counts. File data never passes through here.
+//!
+//! # Layout
+//! - [`state`]: the index (sessions, files, word index, leases) behind a
+//!   cloneable handle. Pure data structure, unit-tested with paused time.
+//! - [`handler`]: one request in, one response out; no sockets.
+//! - [`server`]: accept loop, per-connection tasks, connection cap, lease
+//!   reaper, graceful shutdown.
+//!
+//! Embed with [`Server::bind`] + [`Server::run`], or [`run`].
+
+pub mod handler;
+pub mod server;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use server::Server;
+pub use state::Index;
+use tokio_util::sync::CancellationToken;
+
+/// Settings of an index server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// A peer that sends no heartbeat for this long is dropped from every answer.
+    pub lease_ttl: Duration,
+    /// Most simultaneous connections; further ones are told the server is busy.
+    pub max_connections: usize,
+    /// How long a connection that is not a sharing peer may stay idle.
+    pub client_idle: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8888".parse().expect("valid default address"),
+            lease_ttl: Duration::from_secs(60),
+            max_connections: 10_000,
+            client_idle: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source} (is another index server running there? pick another address with --listen)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Binds and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+    Server::bind(config).await?.run(shutdown).await
+}

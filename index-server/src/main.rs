@@ -1,0 +1,66 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use common::units::parse_duration;
+use tokio_util::sync::CancellationToken;
+
+/// Central index of a p2pshare network: records which peer offers which
+/// file and answers searches. File data goes directly between peers.
+#[derive(Parser, Debug)]
+#[command(name = "index-server", version, about, long_about = None)]
+struct Cli {
+    /// Address to listen on (Napster's port by default).
+    #[arg(long, env = "INDEX_LISTEN", default_value = "0.0.0.0:8888")]
+    listen: SocketAddr,
+
+    /// Lease of a peer: one that sends no heartbeat for this long is dropped
+    /// from every answer (e.g. 30s, 2m). Peers heartbeat every third of it.
+    #[arg(long, env = "INDEX_LEASE_TTL", default_value = "60s", value_parser = parse_duration)]
+    lease_ttl: Duration,
+
+    /// Most simultaneous connections; further ones are told the server is busy.
+    #[arg(long, env = "INDEX_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// How long a non-sharing client (search, get) may keep an idle connection.
+    #[arg(long, env = "INDEX_CLIENT_IDLE", default_value = "5m", value_parser = parse_duration)]
+    client_idle: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = index_server::Config {
+        listen: cli.listen,
+        lease_ttl: cli.lease_ttl,
+        max_connections: cli.max_connections.max(1),
+        client_idle: cli.client_idle,
+    };
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+    index_server::run(config, shutdown).await?;
+    Ok(())
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM (containers send SIGTERM).
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+            _ = shutdown.cancelled() => {}
+        }
+        shutdown.cancel();
+    });
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! The network side: accept loop, connection tasks, lease reaper, shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::hello::Protocol;
+use common::index_proto::{IndexRequest, IndexResponse};
+use common::wire::{self, Deadlines, WireError};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::handler::{handle, Connection};
+use crate::state::Index;
+use crate::{Config, ServerError};
+
+/// A bound index server, ready to run.
+pub struct Server {
+    listener: TcpListener,
+    index: Index,
+    config: Config,
+}
+
+impl Server {
+    /// Binds the listening socket. Port 0 picks a free port (see [`Server::local_addr`]).
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        Ok(Server { listener, index: Index::new(config.lease_ttl), config })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// A handle to the live state (for tests and embedding).
+    pub fn index(&self) -> Index {
+        self.index.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then waits for connection tasks.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let Server { listener, index, config } = self;
+        info!(addr = %listener.local_addr()?, lease_ttl = ?config.lease_ttl, "index server listening");
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(config.max_connections));
+
+        tracker.spawn(reap_leases(index.clone(), config.lease_ttl, shutdown.clone()));
+
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, remote) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    warn!(error = %e, "accept failed; backing off");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            match slots.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let (index, config, shutdown) = (index.clone(), config.clone(), shutdown.clone());
+                    tracker.spawn(async move {
+                        serve_connection(stream, remote, index, &config, shutdown).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    debug!(%remote, "connection cap reached; refusing");
+                    tracker.spawn(refuse_busy(stream));
+                }
+            }
+        }
+        tracker.close();
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+            warn!("some connections did not finish within 5 s of shutdown");
+        }
+        info!("index server stopped");
+        Ok(())
+    }
+}
+
+async fn refuse_busy(mut stream: TcpStream) {
+    let _ = tokio::time::timeout(
+        common::limits::HELLO_TIMEOUT,
+        wire::server_handshake(&mut stream, Protocol::Index, true),
+    )
+    .await;
+}
+
+async fn reap_leases(index: Index, ttl: Duration, shutdown: CancellationToken) {
+    let period = (ttl / 4).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let n = index.reap_expired(Instant::now());
+                if n > 0 {
+                    info!(expired = n, "removed peers whose lease ran out");
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, remote: SocketAddr, index: Index, config: &Config, shutdown: CancellationToken) {
+    let mut conn = Connection { peer_ip: remote.ip(), session: None };
+    let result = tokio::select! {
+        _ = shutdown.cancelled() => Ok(()),
+        r = connection_loop(stream, &index, &mut conn, config) => r,
+    };
+    if let Some(session) = conn.session {
+        index.logout(session);
+        info!(%remote, "peer left; its files are withdrawn");
+    }
+    match result {
+        Ok(()) => debug!(%remote, "connection closed"),
+        Err(e) if e.is_protocol_violation() => debug!(%remote, error = %e, "closing connection after bad input"),
+        Err(e) => debug!(%remote, error = %e, "connection ended"),
+    }
+}
+
+async fn connection_loop(mut stream: TcpStream, index: &Index, conn: &mut Connection, config: &Config) -> Result<(), WireError> {
+    wire::server_handshake(&mut stream, Protocol::Index, false).await?;
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = BufReader::new(read_half);
+    let mut writer = BufWriter::new(write_half);
+    let mut buf = Vec::new();
+    loop {
+        // A sharing peer heartbeats every third of its lease; anyone else may idle a while.
+        let idle = if conn.session.is_some() { config.lease_ttl * 2 } else { config.client_idle };
+        let Some(request) = wire::read_message::<_, IndexRequest>(&mut reader, &mut buf, Deadlines::with_idle(idle)).await? else {
+            return Ok(());
+        };
+        let response: IndexResponse = handle(index, conn, request, Instant::now());
+        wire::write_message(&mut writer, &response).await?;
+        // Pipelined requests already buffered are answered before one flush.
+        if reader.buffer().is_empty() {
+            writer.flush().await?;
+        }
+    }
+}
