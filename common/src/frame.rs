@@ -39,7 +39,10 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
         .map_err(|e| FrameError::Encode(e.to_string()))?;
     let len = out.len() - LEN_PREFIX;
     if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge { len, max: MAX_FRAME_LEN });
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME_LEN,
+        });
     }
     out[..LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(out)
@@ -59,7 +62,9 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameErr
     let (msg, used) = bincode::serde::decode_from_slice(payload, config())
         .map_err(|e| FrameError::Decode(e.to_string()))?;
     if used != payload.len() {
-        return Err(FrameError::TrailingBytes { extra: payload.len() - used });
+        return Err(FrameError::TrailingBytes {
+            extra: payload.len() - used,
+        });
     }
     Ok(msg)
 }
@@ -69,7 +74,10 @@ pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameErr
 /// Returns `Ok(None)` when more bytes are needed, or the message and the
 /// number of bytes consumed. This is the synchronous core of the async
 /// reader, used by the fuzz targets and the split-at-every-offset tests.
-pub fn try_decode_frame<T: DeserializeOwned>(buf: &[u8], max: usize) -> Result<Option<(T, usize)>, FrameError> {
+pub fn try_decode_frame<T: DeserializeOwned>(
+    buf: &[u8],
+    max: usize,
+) -> Result<Option<(T, usize)>, FrameError> {
     if buf.len() < LEN_PREFIX {
         return Ok(None);
     }

@@ -50,17 +50,38 @@ pub enum HelloError {
 
 pub fn client_hello(protocol: Protocol) -> [u8; HELLO_LEN] {
     let v = PROTOCOL_VERSION.to_be_bytes();
-    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], protocol as u8, 0]
+    [
+        MAGIC[0],
+        MAGIC[1],
+        MAGIC[2],
+        MAGIC[3],
+        v[0],
+        v[1],
+        protocol as u8,
+        0,
+    ]
 }
 
 pub fn server_hello(status: HelloStatus) -> [u8; HELLO_LEN] {
     let v = PROTOCOL_VERSION.to_be_bytes();
-    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], status as u8, 0]
+    [
+        MAGIC[0],
+        MAGIC[1],
+        MAGIC[2],
+        MAGIC[3],
+        v[0],
+        v[1],
+        status as u8,
+        0,
+    ]
 }
 
 /// Server side: what to answer to a client's hello for `expected` protocol.
 /// `Err(BadMagic)` means: not one of us, close without answering.
-pub fn check_client_hello(bytes: &[u8; HELLO_LEN], expected: Protocol) -> Result<HelloStatus, HelloError> {
+pub fn check_client_hello(
+    bytes: &[u8; HELLO_LEN],
+    expected: Protocol,
+) -> Result<HelloStatus, HelloError> {
     if bytes[..4] != MAGIC {
         return Err(HelloError::BadMagic);
     }
@@ -82,7 +103,10 @@ pub fn check_server_hello(bytes: &[u8; HELLO_LEN]) -> Result<(), HelloError> {
     let theirs = u16::from_be_bytes([bytes[4], bytes[5]]);
     match bytes[6] {
         0 if theirs == PROTOCOL_VERSION => Ok(()),
-        0 | 1 => Err(HelloError::VersionMismatch { ours: PROTOCOL_VERSION, theirs }),
+        0 | 1 => Err(HelloError::VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs,
+        }),
         2 => Err(HelloError::WrongProtocol),
         3 => Err(HelloError::Busy),
         other => Err(HelloError::Unknown(other)),
@@ -95,22 +119,37 @@ mod tests {
 
     #[test]
     fn pinned_bytes() {
-        assert_eq!(client_hello(Protocol::Index), [b'P', b'2', b'P', b'S', 0, 1, 1, 0]);
-        assert_eq!(server_hello(HelloStatus::Busy), [b'P', b'2', b'P', b'S', 0, 1, 3, 0]);
+        assert_eq!(
+            client_hello(Protocol::Index),
+            [b'P', b'2', b'P', b'S', 0, 1, 1, 0]
+        );
+        assert_eq!(
+            server_hello(HelloStatus::Busy),
+            [b'P', b'2', b'P', b'S', 0, 1, 3, 0]
+        );
     }
 
     #[test]
     fn version_mismatch_is_reported_both_ways() {
         let mut hello = client_hello(Protocol::Peer);
         hello[5] = 9;
-        assert_eq!(check_client_hello(&hello, Protocol::Peer), Ok(HelloStatus::UnsupportedVersion));
+        assert_eq!(
+            check_client_hello(&hello, Protocol::Peer),
+            Ok(HelloStatus::UnsupportedVersion)
+        );
         let mut answer = server_hello(HelloStatus::UnsupportedVersion);
         answer[5] = 9;
         assert_eq!(
             check_server_hello(&answer),
-            Err(HelloError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: 9 })
+            Err(HelloError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: 9
+            })
         );
-        assert_eq!(check_client_hello(b"GET / HT", Protocol::Peer), Err(HelloError::BadMagic));
+        assert_eq!(
+            check_client_hello(b"GET / HT", Protocol::Peer),
+            Err(HelloError::BadMagic)
+        );
         assert_eq!(
             check_client_hello(&client_hello(Protocol::Index), Protocol::Peer),
             Ok(HelloStatus::WrongProtocol)

@@ -112,7 +112,13 @@ pub struct ContentInfo {
 
 impl fmt::Debug for ContentInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ContentInfo({}, {} bytes, {} chunks)", self.id.short(), self.size, self.hashes.len())
+        write!(
+            f,
+            "ContentInfo({}, {} bytes, {} chunks)",
+            self.id.short(),
+            self.size,
+            self.hashes.len()
+        )
     }
 }
 
@@ -120,7 +126,11 @@ impl fmt::Debug for ContentInfo {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HashListError {
     #[error("hash list has {got} bytes, a {size}-byte file needs {expected}")]
-    WrongLength { size: u64, got: usize, expected: u64 },
+    WrongLength {
+        size: u64,
+        got: usize,
+        expected: u64,
+    },
     #[error("hash list does not match file id {expected}")]
     RootMismatch { expected: FileId },
 }
@@ -131,7 +141,11 @@ impl ContentInfo {
     pub fn from_hash_list(id: FileId, size: u64, raw: &[u8]) -> Result<Self, HashListError> {
         let expected = chunk_count(size) * 32;
         if raw.len() as u64 != expected {
-            return Err(HashListError::WrongLength { size, got: raw.len(), expected });
+            return Err(HashListError::WrongLength {
+                size,
+                got: raw.len(),
+                expected,
+            });
         }
         let hashes: Vec<ChunkHash> = raw
             .chunks_exact(32)
@@ -186,7 +200,11 @@ impl Default for FileHasher {
 
 impl FileHasher {
     pub fn new() -> Self {
-        FileHasher { pending: Vec::with_capacity(CHUNK_SIZE), hashes: Vec::new(), size: 0 }
+        FileHasher {
+            pending: Vec::with_capacity(CHUNK_SIZE),
+            hashes: Vec::new(),
+            size: 0,
+        }
     }
 
     pub fn update(&mut self, mut data: &[u8]) {
@@ -212,7 +230,11 @@ impl FileHasher {
         if !self.pending.is_empty() {
             self.hashes.push(hash_chunk(&self.pending));
         }
-        ContentInfo { id: file_id(self.size, &self.hashes), size: self.size, hashes: self.hashes }
+        ContentInfo {
+            id: file_id(self.size, &self.hashes),
+            size: self.size,
+            hashes: self.hashes,
+        }
     }
 }
 
@@ -234,7 +256,8 @@ mod tests {
         assert_eq!(info.hashes.len(), 0);
         assert_eq!(info.id, file_id(0, &[]));
         // Pinned so that an accidental change of the id scheme is caught.
-        let expected: [u8; 32] = Sha256::digest([b"p2pshare/v1".as_slice(), &[0u8; 8]].concat()).into();
+        let expected: [u8; 32] =
+            Sha256::digest([b"p2pshare/v1".as_slice(), &[0u8; 8]].concat()).into();
         assert_eq!(info.id.0, expected);
     }
 
@@ -264,7 +287,10 @@ mod tests {
         let data = vec![7u8; CHUNK_SIZE * 2 + 5];
         let info = content_info(&data);
         let raw = info.hash_list_bytes();
-        assert_eq!(ContentInfo::from_hash_list(info.id, info.size, &raw).unwrap(), info);
+        assert_eq!(
+            ContentInfo::from_hash_list(info.id, info.size, &raw).unwrap(),
+            info
+        );
         let mut bad = raw.clone();
         bad[3] ^= 1;
         assert!(matches!(

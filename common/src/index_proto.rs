@@ -112,17 +112,38 @@ pub enum ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IndexResponse {
     /// Answer to `Login`: the address others will see and the lease to keep up.
-    Welcome { addr: String, lease_ttl_ms: u64 },
+    Welcome {
+        addr: String,
+        lease_ttl_ms: u64,
+    },
     /// Answer to `AddFiles`, `RemoveFiles` and `Heartbeat`: entries changed.
-    Ack { count: u32 },
-    SearchResults { hits: Vec<SearchHit> },
-    Sources { id: FileId, name: String, size: u64, sources: Vec<Source> },
+    Ack {
+        count: u32,
+    },
+    SearchResults {
+        hits: Vec<SearchHit>,
+    },
+    Sources {
+        id: FileId,
+        name: String,
+        size: u64,
+        sources: Vec<Source>,
+    },
     /// A page of a peer's list; `next` is the offset of the next page, if any.
-    PeerFiles { files: Vec<SharedFile>, next: Option<u32> },
+    PeerFiles {
+        files: Vec<SharedFile>,
+        next: Option<u32>,
+    },
     Stats(IndexStats),
     /// A page of online peers; `next` is the offset of the next page, if any.
-    Peers { peers: Vec<PeerSummary>, next: Option<u32> },
-    Error { code: ErrorCode, message: String },
+    Peers {
+        peers: Vec<PeerSummary>,
+        next: Option<u32>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 #[cfg(test)]
@@ -134,17 +155,38 @@ mod tests {
     /// Exact bytes on the wire: a change here breaks every deployed peer.
     #[test]
     fn pinned_encodings() {
-        assert_eq!(encode_frame(&IndexRequest::Heartbeat).unwrap(), [0, 0, 0, 1, 3]);
+        assert_eq!(
+            encode_frame(&IndexRequest::Heartbeat).unwrap(),
+            [0, 0, 0, 1, 3]
+        );
         assert_eq!(encode_frame(&IndexRequest::Stats).unwrap(), [0, 0, 0, 1, 7]);
         assert_eq!(
-            encode_frame(&IndexRequest::Search { words: vec!["ab".into()], limit: 100 }).unwrap(),
+            encode_frame(&IndexRequest::Search {
+                words: vec!["ab".into()],
+                limit: 100
+            })
+            .unwrap(),
             [0, 0, 0, 6, 4, 1, 2, b'a', b'b', 100]
         );
-        let login = IndexRequest::Login(Login { listen_port: 6699, advertise: None, nick: Some("x".into()) });
+        let login = IndexRequest::Login(Login {
+            listen_port: 6699,
+            advertise: None,
+            nick: Some("x".into()),
+        });
         // 6699 = 0x1A2B: varint marker 251 then little-endian u16.
-        assert_eq!(encode_frame(&login).unwrap(), [0, 0, 0, 8, 0, 251, 0x2B, 0x1A, 0, 1, 1, b'x']);
-        let stats = IndexResponse::Stats(IndexStats { peers: 3, files: 300, bytes: 1 });
-        assert_eq!(encode_frame(&stats).unwrap(), [0, 0, 0, 6, 5, 3, 251, 0x2C, 0x01, 1]);
+        assert_eq!(
+            encode_frame(&login).unwrap(),
+            [0, 0, 0, 8, 0, 251, 0x2B, 0x1A, 0, 1, 1, b'x']
+        );
+        let stats = IndexResponse::Stats(IndexStats {
+            peers: 3,
+            files: 300,
+            bytes: 1,
+        });
+        assert_eq!(
+            encode_frame(&stats).unwrap(),
+            [0, 0, 0, 6, 5, 3, 251, 0x2C, 0x01, 1]
+        );
     }
 
     #[test]
@@ -153,10 +195,14 @@ mod tests {
             id: FileId([9; 32]),
             name: "ñ a.txt".into(),
             size: 1 << 33,
-            sources: vec![Source { addr: "127.0.0.1:6699".into(), nick: None }],
+            sources: vec![Source {
+                addr: "127.0.0.1:6699".into(),
+                nick: None,
+            }],
         };
         let bytes = encode_frame(&msg).unwrap();
-        let (back, used): (IndexResponse, usize) = try_decode_frame(&bytes, MAX_FRAME_LEN).unwrap().unwrap();
+        let (back, used): (IndexResponse, usize) =
+            try_decode_frame(&bytes, MAX_FRAME_LEN).unwrap().unwrap();
         assert_eq!(back, msg);
         assert_eq!(used, bytes.len());
     }

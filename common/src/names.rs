@@ -59,7 +59,10 @@ mod tests {
             tokenize("Blue Monday (1983).MP3"),
             vec!["blue", "monday", "1983", "mp3"]
         );
-        assert_eq!(tokenize("Canción_ÑANDÚ.txt"), vec!["canción", "ñandú", "txt"]);
+        assert_eq!(
+            tokenize("Canción_ÑANDÚ.txt"),
+            vec!["canción", "ñandú", "txt"]
+        );
         assert_eq!(tokenize("a-a A"), vec!["a"]);
         assert!(tokenize("..--").is_empty());
     }

@@ -42,13 +42,23 @@ pub enum PeerResponse {
     Chunk { id: FileId, index: u32, len: u32 },
     /// Bit `i` (LSB first in byte `i / 8`) set when chunk `i` is held.
     /// `complete` peers send an empty bitfield.
-    Have { id: FileId, size: u64, complete: bool, bitfield: Vec<u8> },
-    Error { code: PeerErrorCode, message: String },
+    Have {
+        id: FileId,
+        size: u64,
+        complete: bool,
+        bitfield: Vec<u8>,
+    },
+    Error {
+        code: PeerErrorCode,
+        message: String,
+    },
 }
 
 /// Whether bit `index` is set in a `Have` bitfield.
 pub fn bit_is_set(bitfield: &[u8], index: u32) -> bool {
-    bitfield.get((index / 8) as usize).is_some_and(|b| b & (1 << (index % 8)) != 0)
+    bitfield
+        .get((index / 8) as usize)
+        .is_some_and(|b| b & (1 << (index % 8)) != 0)
 }
 
 #[cfg(test)]
@@ -62,8 +72,15 @@ mod tests {
         let mut expected = vec![0, 0, 0, 34, 1];
         expected.extend([0xAB; 32]);
         expected.push(5);
-        assert_eq!(encode_frame(&PeerRequest::Chunk { id, index: 5 }).unwrap(), expected);
-        let header = PeerResponse::Chunk { id, index: 0, len: 262144 };
+        assert_eq!(
+            encode_frame(&PeerRequest::Chunk { id, index: 5 }).unwrap(),
+            expected
+        );
+        let header = PeerResponse::Chunk {
+            id,
+            index: 0,
+            len: 262144,
+        };
         // 262144 needs the 4-byte varint form: marker 252, then u32 LE.
         let bytes = encode_frame(&header).unwrap();
         assert_eq!(&bytes[bytes.len() - 5..], &[252, 0x00, 0x00, 0x04, 0x00]);

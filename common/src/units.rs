@@ -13,9 +13,15 @@ pub struct UnitError {
 
 /// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
-    let err = || UnitError { what: "duration", input: input.to_string(), hint: "use e.g. 500ms, 10s, 2m or 1h" };
+    let err = || UnitError {
+        what: "duration",
+        input: input.to_string(),
+        hint: "use e.g. 500ms, 10s, 2m or 1h",
+    };
     let s = input.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num.parse().map_err(|_| err())?;
     let secs = match unit.trim() {
@@ -34,9 +40,15 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
 /// Parses a byte size: `4096`, `10KB`, `1.5MiB`, `2G` (K/M/G = powers of 1000
 /// when followed by `B` alone, powers of 1024 with `iB` or no `B`).
 pub fn parse_size(input: &str) -> Result<u64, UnitError> {
-    let err = || UnitError { what: "size", input: input.to_string(), hint: "use e.g. 4096, 500KiB, 10MB or 1GiB" };
+    let err = || UnitError {
+        what: "size",
+        input: input.to_string(),
+        hint: "use e.g. 4096, 500KiB, 10MB or 1GiB",
+    };
     let s = input.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num.parse().map_err(|_| err())?;
     let mult: f64 = match unit.trim() {

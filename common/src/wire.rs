@@ -36,7 +36,10 @@ pub enum WireError {
 impl WireError {
     /// Whether the error is the other side misbehaving (as opposed to the network).
     pub fn is_protocol_violation(&self) -> bool {
-        matches!(self, WireError::Frame(_) | WireError::Hello(_) | WireError::Unexpected(_))
+        matches!(
+            self,
+            WireError::Frame(_) | WireError::Hello(_) | WireError::Unexpected(_)
+        )
     }
 }
 
@@ -51,13 +54,19 @@ pub struct Deadlines {
 
 impl Default for Deadlines {
     fn default() -> Self {
-        Deadlines { idle: None, frame: FRAME_TIMEOUT }
+        Deadlines {
+            idle: None,
+            frame: FRAME_TIMEOUT,
+        }
     }
 }
 
 impl Deadlines {
     pub fn with_idle(idle: Duration) -> Self {
-        Deadlines { idle: Some(idle), frame: FRAME_TIMEOUT }
+        Deadlines {
+            idle: Some(idle),
+            frame: FRAME_TIMEOUT,
+        }
     }
 }
 
@@ -67,7 +76,9 @@ async fn with_deadline<T>(
     fut: impl std::future::Future<Output = std::io::Result<T>>,
 ) -> Result<T, WireError> {
     let result = match limit {
-        Some(d) => timeout(d, fut).await.map_err(|_| WireError::Timeout(what))?,
+        Some(d) => timeout(d, fut)
+            .await
+            .map_err(|_| WireError::Timeout(what))?,
         None => fut.await,
     };
     result.map_err(|e| {
@@ -130,34 +141,56 @@ pub async fn expect_message<R: AsyncRead + Unpin, T: DeserializeOwned>(
     buf: &mut Vec<u8>,
     deadlines: Deadlines,
 ) -> Result<T, WireError> {
-    read_message(r, buf, deadlines).await?.ok_or(WireError::Closed)
+    read_message(r, buf, deadlines)
+        .await?
+        .ok_or(WireError::Closed)
 }
 
 /// Queues one message without flushing (for pipelining several requests).
-pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), WireError> {
+pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), WireError> {
     let bytes = frame::encode_frame(msg)?;
     w.write_all(&bytes).await?;
     Ok(())
 }
 
 /// Writes one message and flushes it.
-pub async fn send_message<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), WireError> {
+pub async fn send_message<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), WireError> {
     write_message(w, msg).await?;
     w.flush().await?;
     Ok(())
 }
 
 /// Reads exactly `buf.len()` raw bytes (file data after a header) within `limit`.
-pub async fn read_raw<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8], limit: Duration) -> Result<(), WireError> {
-    with_deadline(Some(limit), "file data", r.read_exact(buf)).await.map(|_| ())
+pub async fn read_raw<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+    limit: Duration,
+) -> Result<(), WireError> {
+    with_deadline(Some(limit), "file data", r.read_exact(buf))
+        .await
+        .map(|_| ())
 }
 
 /// Client side of the hello: send ours, check the answer.
-pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, protocol: Protocol) -> Result<(), WireError> {
+pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    protocol: Protocol,
+) -> Result<(), WireError> {
     s.write_all(&hello::client_hello(protocol)).await?;
     s.flush().await?;
     let mut answer = [0u8; HELLO_LEN];
-    with_deadline(Some(HELLO_TIMEOUT), "the server's hello", s.read_exact(&mut answer)).await?;
+    with_deadline(
+        Some(HELLO_TIMEOUT),
+        "the server's hello",
+        s.read_exact(&mut answer),
+    )
+    .await?;
     hello::check_server_hello(&answer)?;
     Ok(())
 }
@@ -170,9 +203,18 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     busy: bool,
 ) -> Result<(), WireError> {
     let mut theirs = [0u8; HELLO_LEN];
-    with_deadline(Some(HELLO_TIMEOUT), "the client's hello", s.read_exact(&mut theirs)).await?;
+    with_deadline(
+        Some(HELLO_TIMEOUT),
+        "the client's hello",
+        s.read_exact(&mut theirs),
+    )
+    .await?;
     let status = hello::check_client_hello(&theirs, protocol)?;
-    let status = if busy && status == HelloStatus::Ok { HelloStatus::Busy } else { status };
+    let status = if busy && status == HelloStatus::Ok {
+        HelloStatus::Busy
+    } else {
+        status
+    };
     s.write_all(&hello::server_hello(status)).await?;
     s.flush().await?;
     match status {
@@ -201,8 +243,13 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
         let mut buf = Vec::new();
-        let err = read_message::<_, IndexRequest>(&mut b, &mut buf, Deadlines::default()).await.unwrap_err();
-        assert!(matches!(err, WireError::Frame(FrameError::TooLarge { .. })), "{err:?}");
+        let err = read_message::<_, IndexRequest>(&mut b, &mut buf, Deadlines::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, WireError::Frame(FrameError::TooLarge { .. })),
+            "{err:?}"
+        );
         assert!(buf.capacity() < 1024);
     }
 
@@ -211,7 +258,9 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&[0, 0, 0, 9, 1]).await.unwrap();
         let mut buf = Vec::new();
-        let err = read_message::<_, IndexRequest>(&mut b, &mut buf, Deadlines::default()).await.unwrap_err();
+        let err = read_message::<_, IndexRequest>(&mut b, &mut buf, Deadlines::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, WireError::Timeout(_)), "{err:?}");
         drop(a);
     }
@@ -222,18 +271,28 @@ mod tests {
         a.write_all(&[0, 0, 0, 9, 1]).await.unwrap();
         drop(a);
         let mut buf = Vec::new();
-        let err = read_message::<_, IndexRequest>(&mut b, &mut buf, Deadlines::default()).await.unwrap_err();
+        let err = read_message::<_, IndexRequest>(&mut b, &mut buf, Deadlines::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, WireError::Closed), "{err:?}");
 
         let (a, mut b) = tokio::io::duplex(64);
         drop(a);
-        assert!(read_message::<_, IndexRequest>(&mut b, &mut buf, Deadlines::default()).await.unwrap().is_none());
+        assert!(
+            read_message::<_, IndexRequest>(&mut b, &mut buf, Deadlines::default())
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]
     async fn handshake_reports_version_mismatch() {
         let (mut client, mut server) = tokio::io::duplex(64);
-        let srv = tokio::spawn(async move { server_handshake(&mut server, Protocol::Index, false).await });
+        let srv =
+            tokio::spawn(
+                async move { server_handshake(&mut server, Protocol::Index, false).await },
+            );
         let mut hello = hello::client_hello(Protocol::Index);
         hello[5] = 42;
         client.write_all(&hello).await.unwrap();

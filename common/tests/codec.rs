@@ -18,10 +18,20 @@ fn shared_file() -> impl Strategy<Value = SharedFile> {
 
 fn index_request() -> impl Strategy<Value = IndexRequest> {
     prop_oneof![
-        (any::<u16>(), proptest::option::of(".{0,20}"), proptest::option::of(".{0,20}"))
-            .prop_map(|(listen_port, advertise, nick)| IndexRequest::Login(Login { listen_port, advertise, nick })),
-        proptest::collection::vec(shared_file(), 0..8).prop_map(|files| IndexRequest::AddFiles { files }),
-        proptest::collection::vec(file_id(), 0..8).prop_map(|ids| IndexRequest::RemoveFiles { ids }),
+        (
+            any::<u16>(),
+            proptest::option::of(".{0,20}"),
+            proptest::option::of(".{0,20}")
+        )
+            .prop_map(|(listen_port, advertise, nick)| IndexRequest::Login(Login {
+                listen_port,
+                advertise,
+                nick
+            })),
+        proptest::collection::vec(shared_file(), 0..8)
+            .prop_map(|files| IndexRequest::AddFiles { files }),
+        proptest::collection::vec(file_id(), 0..8)
+            .prop_map(|ids| IndexRequest::RemoveFiles { ids }),
         Just(IndexRequest::Heartbeat),
         (proptest::collection::vec(".{0,10}", 0..5), any::<u32>())
             .prop_map(|(words, limit)| IndexRequest::Search { words, limit }),
@@ -34,32 +44,64 @@ fn index_request() -> impl Strategy<Value = IndexRequest> {
 
 fn index_response() -> impl Strategy<Value = IndexResponse> {
     prop_oneof![
-        (".{0,20}", any::<u64>()).prop_map(|(addr, lease_ttl_ms)| IndexResponse::Welcome { addr, lease_ttl_ms }),
+        (".{0,20}", any::<u64>())
+            .prop_map(|(addr, lease_ttl_ms)| IndexResponse::Welcome { addr, lease_ttl_ms }),
         any::<u32>().prop_map(|count| IndexResponse::Ack { count }),
         proptest::collection::vec(
-            (file_id(), ".{0,20}", any::<u64>(), any::<u32>())
-                .prop_map(|(id, name, size, sources)| SearchHit { id, name, size, sources }),
+            (file_id(), ".{0,20}", any::<u64>(), any::<u32>()).prop_map(
+                |(id, name, size, sources)| SearchHit {
+                    id,
+                    name,
+                    size,
+                    sources
+                }
+            ),
             0..5
         )
         .prop_map(|hits| IndexResponse::SearchResults { hits }),
-        (file_id(), ".{0,20}", any::<u64>(), proptest::collection::vec((".{0,20}", proptest::option::of(".{0,5}")), 0..4))
+        (
+            file_id(),
+            ".{0,20}",
+            any::<u64>(),
+            proptest::collection::vec((".{0,20}", proptest::option::of(".{0,5}")), 0..4)
+        )
             .prop_map(|(id, name, size, s)| IndexResponse::Sources {
                 id,
                 name,
                 size,
-                sources: s.into_iter().map(|(addr, nick)| Source { addr, nick }).collect()
+                sources: s
+                    .into_iter()
+                    .map(|(addr, nick)| Source { addr, nick })
+                    .collect()
             }),
-        (proptest::collection::vec(shared_file(), 0..4), proptest::option::of(any::<u32>()))
+        (
+            proptest::collection::vec(shared_file(), 0..4),
+            proptest::option::of(any::<u32>())
+        )
             .prop_map(|(files, next)| IndexResponse::PeerFiles { files, next }),
-        (any::<u64>(), any::<u64>(), any::<u64>())
-            .prop_map(|(peers, files, bytes)| IndexResponse::Stats(IndexStats { peers, files, bytes })),
-        ".{0,40}".prop_map(|message| IndexResponse::Error { code: ErrorCode::BadRequest, message }),
+        (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(peers, files, bytes)| {
+            IndexResponse::Stats(IndexStats {
+                peers,
+                files,
+                bytes,
+            })
+        }),
+        ".{0,40}".prop_map(|message| IndexResponse::Error {
+            code: ErrorCode::BadRequest,
+            message
+        }),
     ]
 }
 
 fn peer_message() -> impl Strategy<Value = (PeerRequest, PeerResponse)> {
-    (file_id(), any::<u32>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..16), any::<bool>()).prop_map(
-        |(id, n, size, bitfield, complete)| {
+    (
+        file_id(),
+        any::<u32>(),
+        any::<u64>(),
+        proptest::collection::vec(any::<u8>(), 0..16),
+        any::<bool>(),
+    )
+        .prop_map(|(id, n, size, bitfield, complete)| {
             let req = match n % 3 {
                 0 => PeerRequest::HashList { id },
                 1 => PeerRequest::Chunk { id, index: n },
@@ -67,23 +109,38 @@ fn peer_message() -> impl Strategy<Value = (PeerRequest, PeerResponse)> {
             };
             let resp = match n % 4 {
                 0 => PeerResponse::HashList { id, size, len: n },
-                1 => PeerResponse::Chunk { id, index: n, len: n },
-                2 => PeerResponse::Have { id, size, complete, bitfield },
-                _ => PeerResponse::Error { code: PeerErrorCode::Busy, message: "busy".into() },
+                1 => PeerResponse::Chunk {
+                    id,
+                    index: n,
+                    len: n,
+                },
+                2 => PeerResponse::Have {
+                    id,
+                    size,
+                    complete,
+                    bitfield,
+                },
+                _ => PeerResponse::Error {
+                    code: PeerErrorCode::Busy,
+                    message: "busy".into(),
+                },
             };
             (req, resp)
-        },
-    )
+        })
 }
 
-fn round_trips<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(msg: &T) {
+fn round_trips<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
+    msg: &T,
+) {
     let bytes = encode_frame(msg).unwrap();
     let (back, used): (T, usize) = try_decode_frame(&bytes, MAX_FRAME_LEN).unwrap().unwrap();
     assert_eq!(&back, msg);
     assert_eq!(used, bytes.len());
     // Every proper prefix asks for more bytes, never errors or panics.
     for cut in 0..bytes.len() {
-        assert!(try_decode_frame::<T>(&bytes[..cut], MAX_FRAME_LEN).unwrap().is_none());
+        assert!(try_decode_frame::<T>(&bytes[..cut], MAX_FRAME_LEN)
+            .unwrap()
+            .is_none());
     }
     // Trailing bytes inside the frame are refused.
     let mut padded = bytes.clone();

@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 
 use common::index_proto::{ErrorCode, IndexRequest, IndexResponse, Login};
-use common::limits::{DEFAULT_SEARCH_LIMIT, MAX_FILES_PER_BATCH, MAX_SEARCH_LIMIT, MAX_SEARCH_WORDS, MAX_WORD_LEN};
+use common::limits::{
+    DEFAULT_SEARCH_LIMIT, MAX_FILES_PER_BATCH, MAX_SEARCH_LIMIT, MAX_SEARCH_WORDS, MAX_WORD_LEN,
+};
 use tokio::time::Instant;
 
 use crate::state::{Index, SessionId, StateError};
@@ -16,7 +18,10 @@ pub struct Connection {
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> IndexResponse {
-    IndexResponse::Error { code, message: message.into() }
+    IndexResponse::Error {
+        code,
+        message: message.into(),
+    }
 }
 
 fn state_error(e: StateError) -> IndexResponse {
@@ -28,57 +33,102 @@ fn state_error(e: StateError) -> IndexResponse {
 
 /// Checks an advertised `HOST:PORT`.
 fn valid_advertise(addr: &str) -> bool {
-    let Some((host, port)) = addr.rsplit_once(':') else { return false };
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
     addr.len() <= 255
         && !host.is_empty()
         && port.parse::<u16>().is_ok_and(|p| p != 0)
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || "-.[]:_".contains(c))
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.[]:_".contains(c))
 }
 
 fn valid_nick(nick: &str) -> bool {
-    !nick.is_empty() && nick.len() <= 32 && nick.chars().all(|c| c.is_alphanumeric() || "-_.".contains(c))
+    !nick.is_empty()
+        && nick.len() <= 32
+        && nick
+            .chars()
+            .all(|c| c.is_alphanumeric() || "-_.".contains(c))
 }
 
 /// Handles one request. Pure apart from the index state it is given.
-pub fn handle(index: &Index, conn: &mut Connection, request: IndexRequest, now: Instant) -> IndexResponse {
+pub fn handle(
+    index: &Index,
+    conn: &mut Connection,
+    request: IndexRequest,
+    now: Instant,
+) -> IndexResponse {
     match request {
-        IndexRequest::Login(Login { listen_port, advertise, nick }) => {
+        IndexRequest::Login(Login {
+            listen_port,
+            advertise,
+            nick,
+        }) => {
             if conn.session.is_some() {
-                return error(ErrorCode::AlreadyLoggedIn, "this connection is already logged in");
+                return error(
+                    ErrorCode::AlreadyLoggedIn,
+                    "this connection is already logged in",
+                );
             }
             let addr = match advertise {
                 Some(a) if valid_advertise(&a) => a,
-                Some(a) => return error(ErrorCode::BadRequest, format!("advertised address {a:?} is not HOST:PORT")),
-                None if listen_port == 0 => return error(ErrorCode::BadRequest, "listen port 0 is not reachable"),
+                Some(a) => {
+                    return error(
+                        ErrorCode::BadRequest,
+                        format!("advertised address {a:?} is not HOST:PORT"),
+                    )
+                }
+                None if listen_port == 0 => {
+                    return error(ErrorCode::BadRequest, "listen port 0 is not reachable")
+                }
                 None => std::net::SocketAddr::new(conn.peer_ip, listen_port).to_string(),
             };
             if let Some(n) = &nick {
                 if !valid_nick(n) {
-                    return error(ErrorCode::BadRequest, "a nickname is 1 to 32 letters, digits, '-', '_' or '.'");
+                    return error(
+                        ErrorCode::BadRequest,
+                        "a nickname is 1 to 32 letters, digits, '-', '_' or '.'",
+                    );
                 }
             }
             match index.login(addr.clone(), nick, now) {
                 Ok(id) => {
                     conn.session = Some(id);
-                    IndexResponse::Welcome { addr, lease_ttl_ms: index.lease_ttl().as_millis() as u64 }
+                    IndexResponse::Welcome {
+                        addr,
+                        lease_ttl_ms: index.lease_ttl().as_millis() as u64,
+                    }
                 }
                 Err(e) => state_error(e),
             }
         }
         IndexRequest::AddFiles { files } => {
-            let Some(session) = conn.session else { return error(ErrorCode::NotLoggedIn, "log in before adding files") };
+            let Some(session) = conn.session else {
+                return error(ErrorCode::NotLoggedIn, "log in before adding files");
+            };
             if files.len() > MAX_FILES_PER_BATCH {
-                return error(ErrorCode::TooMany, format!("at most {MAX_FILES_PER_BATCH} files per batch"));
+                return error(
+                    ErrorCode::TooMany,
+                    format!("at most {MAX_FILES_PER_BATCH} files per batch"),
+                );
             }
             match index.add_files(session, files, now) {
-                Ok(outcome) => IndexResponse::Ack { count: outcome.added },
+                Ok(outcome) => IndexResponse::Ack {
+                    count: outcome.added,
+                },
                 Err(e) => state_error(e),
             }
         }
         IndexRequest::RemoveFiles { ids } => {
-            let Some(session) = conn.session else { return error(ErrorCode::NotLoggedIn, "log in before removing files") };
+            let Some(session) = conn.session else {
+                return error(ErrorCode::NotLoggedIn, "log in before removing files");
+            };
             if ids.len() > MAX_FILES_PER_BATCH {
-                return error(ErrorCode::TooMany, format!("at most {MAX_FILES_PER_BATCH} ids per batch"));
+                return error(
+                    ErrorCode::TooMany,
+                    format!("at most {MAX_FILES_PER_BATCH} ids per batch"),
+                );
             }
             match index.remove_files(session, &ids, now) {
                 Ok(count) => IndexResponse::Ack { count },
@@ -86,7 +136,9 @@ pub fn handle(index: &Index, conn: &mut Connection, request: IndexRequest, now: 
             }
         }
         IndexRequest::Heartbeat => {
-            let Some(session) = conn.session else { return error(ErrorCode::NotLoggedIn, "log in before heartbeating") };
+            let Some(session) = conn.session else {
+                return error(ErrorCode::NotLoggedIn, "log in before heartbeating");
+            };
             match index.heartbeat(session, now) {
                 Ok(()) => IndexResponse::Ack { count: 0 },
                 Err(e) => state_error(e),
@@ -99,11 +151,22 @@ pub fn handle(index: &Index, conn: &mut Connection, request: IndexRequest, now: 
                     format!("at most {MAX_SEARCH_WORDS} words of at most {MAX_WORD_LEN} bytes"),
                 );
             }
-            let limit = if limit == 0 { DEFAULT_SEARCH_LIMIT } else { limit.min(MAX_SEARCH_LIMIT) };
-            IndexResponse::SearchResults { hits: index.search(&words, limit as usize, now) }
+            let limit = if limit == 0 {
+                DEFAULT_SEARCH_LIMIT
+            } else {
+                limit.min(MAX_SEARCH_LIMIT)
+            };
+            IndexResponse::SearchResults {
+                hits: index.search(&words, limit as usize, now),
+            }
         }
         IndexRequest::Lookup { id } => match index.lookup(&id, now) {
-            Some((name, size, sources)) => IndexResponse::Sources { id, name, size, sources },
+            Some((name, size, sources)) => IndexResponse::Sources {
+                id,
+                name,
+                size,
+                sources,
+            },
             None => error(ErrorCode::NotFound, format!("no online peer offers {id}")),
         },
         IndexRequest::Browse { peer, start } => {
@@ -128,29 +191,88 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn address_is_source_ip_plus_port_unless_advertised() {
         let index = Index::new(Duration::from_secs(60));
-        let mut conn = Connection { peer_ip: "10.1.2.3".parse().unwrap(), session: None };
+        let mut conn = Connection {
+            peer_ip: "10.1.2.3".parse().unwrap(),
+            session: None,
+        };
         let login = |adv: Option<&str>| {
-            IndexRequest::Login(Login { listen_port: 6699, advertise: adv.map(Into::into), nick: None })
+            IndexRequest::Login(Login {
+                listen_port: 6699,
+                advertise: adv.map(Into::into),
+                nick: None,
+            })
         };
         let r = handle(&index, &mut conn, login(None), Instant::now());
-        assert!(matches!(r, IndexResponse::Welcome { ref addr, .. } if addr == "10.1.2.3:6699"), "{r:?}");
+        assert!(
+            matches!(r, IndexResponse::Welcome { ref addr, .. } if addr == "10.1.2.3:6699"),
+            "{r:?}"
+        );
         let r = handle(&index, &mut conn, login(None), Instant::now());
-        assert!(matches!(r, IndexResponse::Error { code: ErrorCode::AlreadyLoggedIn, .. }));
-        let mut conn = Connection { peer_ip: "10.1.2.3".parse().unwrap(), session: None };
+        assert!(matches!(
+            r,
+            IndexResponse::Error {
+                code: ErrorCode::AlreadyLoggedIn,
+                ..
+            }
+        ));
+        let mut conn = Connection {
+            peer_ip: "10.1.2.3".parse().unwrap(),
+            session: None,
+        };
         let r = handle(&index, &mut conn, login(Some("peer3:7000")), Instant::now());
-        assert!(matches!(r, IndexResponse::Welcome { ref addr, .. } if addr == "peer3:7000"), "{r:?}");
-        let mut conn = Connection { peer_ip: "10.1.2.3".parse().unwrap(), session: None };
+        assert!(
+            matches!(r, IndexResponse::Welcome { ref addr, .. } if addr == "peer3:7000"),
+            "{r:?}"
+        );
+        let mut conn = Connection {
+            peer_ip: "10.1.2.3".parse().unwrap(),
+            session: None,
+        };
         let r = handle(&index, &mut conn, login(Some("no port")), Instant::now());
-        assert!(matches!(r, IndexResponse::Error { code: ErrorCode::BadRequest, .. }));
+        assert!(matches!(
+            r,
+            IndexResponse::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ));
     }
 
     #[tokio::test(start_paused = true)]
     async fn anonymous_clients_cannot_register() {
         let index = Index::new(Duration::from_secs(60));
-        let mut conn = Connection { peer_ip: "127.0.0.1".parse().unwrap(), session: None };
-        let r = handle(&index, &mut conn, IndexRequest::AddFiles { files: vec![] }, Instant::now());
-        assert!(matches!(r, IndexResponse::Error { code: ErrorCode::NotLoggedIn, .. }));
-        let r = handle(&index, &mut conn, IndexRequest::Search { words: vec!["x".repeat(500)], limit: 0 }, Instant::now());
-        assert!(matches!(r, IndexResponse::Error { code: ErrorCode::BadRequest, .. }));
+        let mut conn = Connection {
+            peer_ip: "127.0.0.1".parse().unwrap(),
+            session: None,
+        };
+        let r = handle(
+            &index,
+            &mut conn,
+            IndexRequest::AddFiles { files: vec![] },
+            Instant::now(),
+        );
+        assert!(matches!(
+            r,
+            IndexResponse::Error {
+                code: ErrorCode::NotLoggedIn,
+                ..
+            }
+        ));
+        let r = handle(
+            &index,
+            &mut conn,
+            IndexRequest::Search {
+                words: vec!["x".repeat(500)],
+                limit: 0,
+            },
+            Instant::now(),
+        );
+        assert!(matches!(
+            r,
+            IndexResponse::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ));
     }
 }

@@ -30,12 +30,23 @@ impl Server {
     /// Binds the listening socket. Port 0 picks a free port (see [`Server::local_addr`]).
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         let listener =
-            TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-        Ok(Server { listener, index: Index::new(config.lease_ttl), config })
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Server {
+            listener,
+            index: Index::new(config.lease_ttl),
+            config,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// A handle to the live state (for tests and embedding).
@@ -45,12 +56,20 @@ impl Server {
 
     /// Serves until `shutdown` is cancelled, then waits for connection tasks.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
-        let Server { listener, index, config } = self;
+        let Server {
+            listener,
+            index,
+            config,
+        } = self;
         info!(addr = %listener.local_addr()?, lease_ttl = ?config.lease_ttl, "index server listening");
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(config.max_connections));
 
-        tracker.spawn(reap_leases(index.clone(), config.lease_ttl, shutdown.clone()));
+        tracker.spawn(reap_leases(
+            index.clone(),
+            config.lease_ttl,
+            shutdown.clone(),
+        ));
 
         loop {
             let accepted = tokio::select! {
@@ -71,7 +90,8 @@ impl Server {
             let _ = stream.set_nodelay(true);
             match slots.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    let (index, config, shutdown) = (index.clone(), config.clone(), shutdown.clone());
+                    let (index, config, shutdown) =
+                        (index.clone(), config.clone(), shutdown.clone());
                     tracker.spawn(async move {
                         serve_connection(stream, remote, index, &config, shutdown).await;
                         drop(permit);
@@ -84,7 +104,10 @@ impl Server {
             }
         }
         tracker.close();
-        if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+            .await
+            .is_err()
+        {
             warn!("some connections did not finish within 5 s of shutdown");
         }
         info!("index server stopped");
@@ -116,8 +139,17 @@ async fn reap_leases(index: Index, ttl: Duration, shutdown: CancellationToken) {
     }
 }
 
-async fn serve_connection(stream: TcpStream, remote: SocketAddr, index: Index, config: &Config, shutdown: CancellationToken) {
-    let mut conn = Connection { peer_ip: remote.ip(), session: None };
+async fn serve_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    index: Index,
+    config: &Config,
+    shutdown: CancellationToken,
+) {
+    let mut conn = Connection {
+        peer_ip: remote.ip(),
+        session: None,
+    };
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         r = connection_loop(stream, &index, &mut conn, config) => r,
@@ -128,12 +160,19 @@ async fn serve_connection(stream: TcpStream, remote: SocketAddr, index: Index, c
     }
     match result {
         Ok(()) => debug!(%remote, "connection closed"),
-        Err(e) if e.is_protocol_violation() => debug!(%remote, error = %e, "closing connection after bad input"),
+        Err(e) if e.is_protocol_violation() => {
+            debug!(%remote, error = %e, "closing connection after bad input")
+        }
         Err(e) => debug!(%remote, error = %e, "connection ended"),
     }
 }
 
-async fn connection_loop(mut stream: TcpStream, index: &Index, conn: &mut Connection, config: &Config) -> Result<(), WireError> {
+async fn connection_loop(
+    mut stream: TcpStream,
+    index: &Index,
+    conn: &mut Connection,
+    config: &Config,
+) -> Result<(), WireError> {
     wire::server_handshake(&mut stream, Protocol::Index, false).await?;
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::new(read_half);
@@ -141,8 +180,18 @@ async fn connection_loop(mut stream: TcpStream, index: &Index, conn: &mut Connec
     let mut buf = Vec::new();
     loop {
         // A sharing peer heartbeats every third of its lease; anyone else may idle a while.
-        let idle = if conn.session.is_some() { config.lease_ttl * 2 } else { config.client_idle };
-        let Some(request) = wire::read_message::<_, IndexRequest>(&mut reader, &mut buf, Deadlines::with_idle(idle)).await? else {
+        let idle = if conn.session.is_some() {
+            config.lease_ttl * 2
+        } else {
+            config.client_idle
+        };
+        let Some(request) = wire::read_message::<_, IndexRequest>(
+            &mut reader,
+            &mut buf,
+            Deadlines::with_idle(idle),
+        )
+        .await?
+        else {
             return Ok(());
         };
         let response: IndexResponse = handle(index, conn, request, Instant::now());

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::id::FileId;
 use common::index_proto::{IndexStats, PeerSummary, SearchHit, SharedFile, Source};
-use common::limits::{MAX_FILE_SIZE, MAX_FILES_PER_BATCH};
+use common::limits::{MAX_FILES_PER_BATCH, MAX_FILE_SIZE};
 use common::names::{tokenize, validate_name};
 use dashmap::DashMap;
 use tokio::time::Instant;
@@ -92,7 +92,12 @@ impl Index {
     }
 
     /// Opens a session for a peer reachable at `addr`.
-    pub fn login(&self, addr: String, nick: Option<String>, now: Instant) -> Result<SessionId, StateError> {
+    pub fn login(
+        &self,
+        addr: String,
+        nick: Option<String>,
+        now: Instant,
+    ) -> Result<SessionId, StateError> {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         if let Some(nick) = &nick {
             // entry() makes the check and the claim one step: no race between two logins.
@@ -111,14 +116,24 @@ impl Index {
         }
         self.inner.sessions.insert(
             id,
-            Session { addr, nick, files: HashMap::new(), bytes: 0, lease_expires: now + self.inner.lease_ttl },
+            Session {
+                addr,
+                nick,
+                files: HashMap::new(),
+                bytes: 0,
+                lease_expires: now + self.inner.lease_ttl,
+            },
         );
         Ok(id)
     }
 
     /// Renews a session's lease; fails if it has already been reaped.
     pub fn heartbeat(&self, session: SessionId, now: Instant) -> Result<(), StateError> {
-        let mut s = self.inner.sessions.get_mut(&session).ok_or(StateError::NoSession)?;
+        let mut s = self
+            .inner
+            .sessions
+            .get_mut(&session)
+            .ok_or(StateError::NoSession)?;
         if s.lease_expires <= now {
             return Err(StateError::NoSession);
         }
@@ -127,24 +142,40 @@ impl Index {
     }
 
     fn is_live(&self, session: SessionId, now: Instant) -> bool {
-        self.inner.sessions.get(&session).is_some_and(|s| s.lease_expires > now)
+        self.inner
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.lease_expires > now)
     }
 
     /// Adds files to a session's list. Invalid entries (bad name, absurd
     /// size, a size that contradicts an earlier registration of the same id)
     /// are counted as rejected; the rest are added.
-    pub fn add_files(&self, session: SessionId, files: Vec<SharedFile>, now: Instant) -> Result<AddOutcome, StateError> {
+    pub fn add_files(
+        &self,
+        session: SessionId,
+        files: Vec<SharedFile>,
+        now: Instant,
+    ) -> Result<AddOutcome, StateError> {
         let mut outcome = AddOutcome::default();
         // Step 1: decide what changes, under the session's lock only.
         let mut renamed: Vec<(FileId, String, u64, Option<String>)> = Vec::new();
         {
-            let mut s = self.inner.sessions.get_mut(&session).ok_or(StateError::NoSession)?;
+            let mut s = self
+                .inner
+                .sessions
+                .get_mut(&session)
+                .ok_or(StateError::NoSession)?;
             if s.lease_expires <= now {
                 return Err(StateError::NoSession);
             }
             s.lease_expires = now + self.inner.lease_ttl;
             for f in files.into_iter().take(MAX_FILES_PER_BATCH) {
-                let size_conflict = self.inner.files.get(&f.id).is_some_and(|r| r.size != f.size);
+                let size_conflict = self
+                    .inner
+                    .files
+                    .get(&f.id)
+                    .is_some_and(|r| r.size != f.size);
                 if validate_name(&f.name).is_err() || f.size > MAX_FILE_SIZE || size_conflict {
                     outcome.rejected += 1;
                     continue;
@@ -167,7 +198,10 @@ impl Index {
             self.inner
                 .files
                 .entry(id)
-                .or_insert_with(|| FileRecord { size, holders: HashMap::new() })
+                .or_insert_with(|| FileRecord {
+                    size,
+                    holders: HashMap::new(),
+                })
                 .holders
                 .insert(session, name.clone());
             self.index_name(id, &name);
@@ -177,10 +211,19 @@ impl Index {
 
     /// Removes files from this session's list only: other sessions' entries
     /// for the same ids are untouched.
-    pub fn remove_files(&self, session: SessionId, ids: &[FileId], now: Instant) -> Result<u32, StateError> {
+    pub fn remove_files(
+        &self,
+        session: SessionId,
+        ids: &[FileId],
+        now: Instant,
+    ) -> Result<u32, StateError> {
         let mut removed = Vec::new();
         {
-            let mut s = self.inner.sessions.get_mut(&session).ok_or(StateError::NoSession)?;
+            let mut s = self
+                .inner
+                .sessions
+                .get_mut(&session)
+                .ok_or(StateError::NoSession)?;
             if s.lease_expires <= now {
                 return Err(StateError::NoSession);
             }
@@ -201,9 +244,13 @@ impl Index {
 
     /// Ends a session: its files, nickname and lease are gone at once.
     pub fn logout(&self, session: SessionId) {
-        let Some((_, s)) = self.inner.sessions.remove(&session) else { return };
+        let Some((_, s)) = self.inner.sessions.remove(&session) else {
+            return;
+        };
         if let Some(nick) = &s.nick {
-            self.inner.nicks.remove_if(nick, |_, holder| *holder == session);
+            self.inner
+                .nicks
+                .remove_if(nick, |_, holder| *holder == session);
         }
         for (id, (name, _)) in s.files {
             self.drop_holder(session, id, &name);
@@ -212,8 +259,13 @@ impl Index {
 
     /// Removes every session whose lease has run out. Returns how many.
     pub fn reap_expired(&self, now: Instant) -> usize {
-        let expired: Vec<SessionId> =
-            self.inner.sessions.iter().filter(|s| s.lease_expires <= now).map(|s| *s.key()).collect();
+        let expired: Vec<SessionId> = self
+            .inner
+            .sessions
+            .iter()
+            .filter(|s| s.lease_expires <= now)
+            .map(|s| *s.key())
+            .collect();
         for id in &expired {
             self.logout(*id);
         }
@@ -224,13 +276,21 @@ impl Index {
         if let Some(mut rec) = self.inner.files.get_mut(&id) {
             rec.holders.remove(&session);
         }
-        self.inner.files.remove_if(&id, |_, rec| rec.holders.is_empty());
+        self.inner
+            .files
+            .remove_if(&id, |_, rec| rec.holders.is_empty());
         self.unindex_name(id, name);
     }
 
     fn index_name(&self, id: FileId, name: &str) {
         for word in tokenize(name) {
-            *self.inner.words.entry(word).or_default().entry(id).or_insert(0) += 1;
+            *self
+                .inner
+                .words
+                .entry(word)
+                .or_default()
+                .entry(id)
+                .or_insert(0) += 1;
         }
     }
 
@@ -252,16 +312,24 @@ impl Index {
     pub fn lookup(&self, id: &FileId, now: Instant) -> Option<(String, u64, Vec<Source>)> {
         let (size, holders): (u64, Vec<(SessionId, String)>) = {
             let rec = self.inner.files.get(id)?;
-            (rec.size, rec.holders.iter().map(|(s, n)| (*s, n.clone())).collect())
+            (
+                rec.size,
+                rec.holders.iter().map(|(s, n)| (*s, n.clone())).collect(),
+            )
         };
         let mut sources: Vec<Source> = Vec::new();
         let mut name = None;
         for (session, holder_name) in holders {
-            let Some(s) = self.inner.sessions.get(&session) else { continue };
+            let Some(s) = self.inner.sessions.get(&session) else {
+                continue;
+            };
             if s.lease_expires <= now || sources.iter().any(|src| src.addr == s.addr) {
                 continue;
             }
-            sources.push(Source { addr: s.addr.clone(), nick: s.nick.clone() });
+            sources.push(Source {
+                addr: s.addr.clone(),
+                nick: s.nick.clone(),
+            });
             name.get_or_insert(holder_name);
         }
         sources.sort_by(|a, b| a.addr.cmp(&b.addr));
@@ -301,10 +369,20 @@ impl Index {
             .into_iter()
             .filter_map(|id| {
                 let (name, size, sources) = self.lookup(&id, now)?;
-                Some(SearchHit { id, name, size, sources: sources.len() as u32 })
+                Some(SearchHit {
+                    id,
+                    name,
+                    size,
+                    sources: sources.len() as u32,
+                })
             })
             .collect();
-        hits.sort_by(|a, b| b.sources.cmp(&a.sources).then_with(|| a.name.cmp(&b.name)).then(a.id.cmp(&b.id)));
+        hits.sort_by(|a, b| {
+            b.sources
+                .cmp(&a.sources)
+                .then_with(|| a.name.cmp(&b.name))
+                .then(a.id.cmp(&b.id))
+        });
         hits.truncate(limit);
         hits
     }
@@ -319,39 +397,76 @@ impl Index {
     }
 
     /// A page of one live peer's list (by address or nickname), sorted by name.
-    pub fn browse(&self, who: &str, start: usize, page: usize, now: Instant) -> Option<(Vec<SharedFile>, Option<u32>)> {
+    pub fn browse(
+        &self,
+        who: &str,
+        start: usize,
+        page: usize,
+        now: Instant,
+    ) -> Option<(Vec<SharedFile>, Option<u32>)> {
         let session = self.find_session(who, now)?;
         let s = self.inner.sessions.get(&session)?;
-        let mut files: Vec<SharedFile> =
-            s.files.iter().map(|(id, (name, size))| SharedFile { id: *id, name: name.clone(), size: *size }).collect();
+        let mut files: Vec<SharedFile> = s
+            .files
+            .iter()
+            .map(|(id, (name, size))| SharedFile {
+                id: *id,
+                name: name.clone(),
+                size: *size,
+            })
+            .collect();
         drop(s);
         files.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         let end = (start + page).min(files.len());
         let next = (end < files.len()).then_some(end as u32);
-        let page = files.get(start..end).map(|p| p.to_vec()).unwrap_or_default();
+        let page = files
+            .get(start..end)
+            .map(|p| p.to_vec())
+            .unwrap_or_default();
         Some((page, next))
     }
 
     /// A page of live peers, sorted by address.
-    pub fn peers(&self, start: usize, page: usize, now: Instant) -> (Vec<PeerSummary>, Option<u32>) {
+    pub fn peers(
+        &self,
+        start: usize,
+        page: usize,
+        now: Instant,
+    ) -> (Vec<PeerSummary>, Option<u32>) {
         let mut all: Vec<PeerSummary> = self
             .inner
             .sessions
             .iter()
             .filter(|s| s.lease_expires > now)
-            .map(|s| PeerSummary { addr: s.addr.clone(), nick: s.nick.clone(), files: s.files.len() as u64, bytes: s.bytes })
+            .map(|s| PeerSummary {
+                addr: s.addr.clone(),
+                nick: s.nick.clone(),
+                files: s.files.len() as u64,
+                bytes: s.bytes,
+            })
             .collect();
         all.sort_by(|a, b| a.addr.cmp(&b.addr));
         let end = (start + page).min(all.len());
         let next = (end < all.len()).then_some(end as u32);
-        (all.get(start..end).map(|p| p.to_vec()).unwrap_or_default(), next)
+        (
+            all.get(start..end).map(|p| p.to_vec()).unwrap_or_default(),
+            next,
+        )
     }
 
     /// Live peers, distinct live files and their bytes.
     pub fn stats(&self, now: Instant) -> IndexStats {
-        let live: std::collections::HashSet<SessionId> =
-            self.inner.sessions.iter().filter(|s| s.lease_expires > now).map(|s| *s.key()).collect();
-        let mut stats = IndexStats { peers: live.len() as u64, ..Default::default() };
+        let live: std::collections::HashSet<SessionId> = self
+            .inner
+            .sessions
+            .iter()
+            .filter(|s| s.lease_expires > now)
+            .map(|s| *s.key())
+            .collect();
+        let mut stats = IndexStats {
+            peers: live.len() as u64,
+            ..Default::default()
+        };
         for rec in self.inner.files.iter() {
             if rec.holders.keys().any(|h| live.contains(h)) {
                 stats.files += 1;
@@ -367,7 +482,11 @@ mod tests {
     use super::*;
 
     fn file(n: u8, name: &str) -> SharedFile {
-        SharedFile { id: FileId([n; 32]), name: name.into(), size: n as u64 * 10 }
+        SharedFile {
+            id: FileId([n; 32]),
+            name: name.into(),
+            size: n as u64 * 10,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -376,12 +495,27 @@ mod tests {
         let now = Instant::now();
         let a = idx.login("a:1".into(), None, now).unwrap();
         let b = idx.login("b:1".into(), None, now).unwrap();
-        idx.add_files(a, vec![file(1, "Blue Monday.mp3"), file(2, "blue moon.ogg")], now).unwrap();
-        idx.add_files(b, vec![file(2, "Blue Moon.ogg")], now).unwrap();
+        idx.add_files(
+            a,
+            vec![file(1, "Blue Monday.mp3"), file(2, "blue moon.ogg")],
+            now,
+        )
+        .unwrap();
+        idx.add_files(b, vec![file(2, "Blue Moon.ogg")], now)
+            .unwrap();
         let hits = idx.search(&["BLUE".into()], 100, now);
-        assert_eq!(hits.iter().map(|h| (h.id, h.sources)).collect::<Vec<_>>(), vec![(FileId([2; 32]), 2), (FileId([1; 32]), 1)]);
-        assert_eq!(idx.search(&["blue".into(), "monday".into()], 100, now).len(), 1);
-        assert!(idx.search(&["blue".into(), "tuesday".into()], 100, now).is_empty());
+        assert_eq!(
+            hits.iter().map(|h| (h.id, h.sources)).collect::<Vec<_>>(),
+            vec![(FileId([2; 32]), 2), (FileId([1; 32]), 1)]
+        );
+        assert_eq!(
+            idx.search(&["blue".into(), "monday".into()], 100, now)
+                .len(),
+            1
+        );
+        assert!(idx
+            .search(&["blue".into(), "tuesday".into()], 100, now)
+            .is_empty());
         assert_eq!(idx.search(&["blue".into()], 1, now).len(), 1);
     }
 
@@ -403,15 +537,25 @@ mod tests {
     async fn leases_expire_without_heartbeats() {
         let ttl = Duration::from_secs(30);
         let idx = Index::new(ttl);
-        let a = idx.login("a:1".into(), Some("ana".into()), Instant::now()).unwrap();
-        idx.add_files(a, vec![file(1, "song")], Instant::now()).unwrap();
+        let a = idx
+            .login("a:1".into(), Some("ana".into()), Instant::now())
+            .unwrap();
+        idx.add_files(a, vec![file(1, "song")], Instant::now())
+            .unwrap();
         tokio::time::advance(Duration::from_secs(20)).await;
         idx.heartbeat(a, Instant::now()).unwrap();
         tokio::time::advance(Duration::from_secs(20)).await;
-        assert_eq!(idx.stats(Instant::now()).peers, 1, "heartbeat renewed the lease");
+        assert_eq!(
+            idx.stats(Instant::now()).peers,
+            1,
+            "heartbeat renewed the lease"
+        );
         tokio::time::advance(Duration::from_secs(11)).await;
         let now = Instant::now();
-        assert!(idx.lookup(&FileId([1; 32]), now).is_none(), "expired peer still listed");
+        assert!(
+            idx.lookup(&FileId([1; 32]), now).is_none(),
+            "expired peer still listed"
+        );
         assert!(idx.search(&["song".into()], 10, now).is_empty());
         assert_eq!(idx.stats(now), IndexStats::default());
         assert!(idx.heartbeat(a, now).is_err());
@@ -425,14 +569,45 @@ mod tests {
         let idx = Index::new(Duration::from_secs(60));
         let now = Instant::now();
         let a = idx.login("a:1".into(), Some("ana".into()), now).unwrap();
-        assert_eq!(idx.login("b:1".into(), Some("ana".into()), now), Err(StateError::NickTaken("ana".into())));
+        assert_eq!(
+            idx.login("b:1".into(), Some("ana".into()), now),
+            Err(StateError::NickTaken("ana".into()))
+        );
         let out = idx
-            .add_files(a, vec![file(1, "ok"), file(2, "bad\u{7}name"), SharedFile { id: FileId([3; 32]), name: "huge".into(), size: u64::MAX }], now)
+            .add_files(
+                a,
+                vec![
+                    file(1, "ok"),
+                    file(2, "bad\u{7}name"),
+                    SharedFile {
+                        id: FileId([3; 32]),
+                        name: "huge".into(),
+                        size: u64::MAX,
+                    },
+                ],
+                now,
+            )
             .unwrap();
-        assert_eq!(out, AddOutcome { added: 1, rejected: 2 });
+        assert_eq!(
+            out,
+            AddOutcome {
+                added: 1,
+                rejected: 2
+            }
+        );
         // Same id with a contradicting size is refused.
         let b = idx.login("b:1".into(), None, now).unwrap();
-        let out = idx.add_files(b, vec![SharedFile { id: FileId([1; 32]), name: "ok".into(), size: 999 }], now).unwrap();
+        let out = idx
+            .add_files(
+                b,
+                vec![SharedFile {
+                    id: FileId([1; 32]),
+                    name: "ok".into(),
+                    size: 999,
+                }],
+                now,
+            )
+            .unwrap();
         assert_eq!(out.rejected, 1);
         idx.logout(a);
         assert!(idx.login("c:1".into(), Some("ana".into()), now).is_ok());
@@ -444,7 +619,8 @@ mod tests {
         let idx = Index::new(Duration::from_secs(60));
         let now = Instant::now();
         let a = idx.login("a:1".into(), Some("ana".into()), now).unwrap();
-        idx.add_files(a, (1..=5).map(|n| file(n, &format!("f{n}"))).collect(), now).unwrap();
+        idx.add_files(a, (1..=5).map(|n| file(n, &format!("f{n}"))).collect(), now)
+            .unwrap();
         let (page, next) = idx.browse("a:1", 0, 2, now).unwrap();
         assert_eq!(page.len(), 2);
         assert_eq!(next, Some(2));

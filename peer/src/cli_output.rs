@@ -1,0 +1,126 @@
+//! How the command line prints results: tables for people, JSON for scripts,
+//! and a progress bar on a terminal.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::index_proto::{SearchHit, SharedFile};
+use peer::download::Progress;
+use serde::Serialize;
+
+pub fn print_json<T: Serialize + ?Sized>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot encode JSON: {e}"),
+    }
+}
+
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn hits_json(hits: &[SearchHit]) -> serde_json::Value {
+    serde_json::Value::Array(
+        hits.iter()
+            .map(|h| serde_json::json!({"id": h.id.to_hex(), "name": h.name, "size": h.size, "sources": h.sources}))
+            .collect(),
+    )
+}
+
+pub fn files_json(files: &[SharedFile]) -> serde_json::Value {
+    serde_json::Value::Array(
+        files
+            .iter()
+            .map(|f| serde_json::json!({"id": f.id.to_hex(), "name": f.name, "size": f.size}))
+            .collect(),
+    )
+}
+
+pub fn print_hits(hits: &[SearchHit]) {
+    if hits.is_empty() {
+        eprintln!("no files found");
+        return;
+    }
+    println!("{:>7}  {:>10}  {:<64}  NAME", "SOURCES", "SIZE", "ID");
+    for h in hits {
+        println!(
+            "{:>7}  {:>10}  {}  {}",
+            h.sources,
+            human_size(h.size),
+            h.id,
+            h.name
+        );
+    }
+}
+
+pub fn print_files(files: &[SharedFile]) {
+    if files.is_empty() {
+        eprintln!("this peer shares no files");
+        return;
+    }
+    println!("{:>10}  {:<64}  NAME", "SIZE", "ID");
+    for f in files {
+        println!("{:>10}  {}  {}", human_size(f.size), f.id, f.name);
+    }
+}
+
+/// A progress bar fed from the engine's counters; invisible when stderr is
+/// not a terminal.
+pub struct ProgressBar {
+    bar: indicatif::ProgressBar,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ProgressBar {
+    pub fn start(progress: Arc<Progress>, label: &str) -> Self {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        let style = indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        bar.set_style(style);
+        let short: String = label.chars().take(24).collect();
+        bar.set_message(short);
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let b = bar.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = &mut rx => return,
+                    _ = tick.tick() => {
+                        b.set_length(progress.total_bytes.load(Ordering::Relaxed));
+                        b.set_position(progress.done_bytes.load(Ordering::Relaxed));
+                    }
+                }
+            }
+        });
+        ProgressBar {
+            bar,
+            stop: Some(tx),
+        }
+    }
+
+    pub fn finish(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.bar.finish_and_clear();
+    }
+}

@@ -1,0 +1,479 @@
+//! The transfer engine: one verified multi-source download.
+//!
+//! The same engine serves every paradigm: it is given a file id and a list
+//! of source addresses (from the index, from a flooding search, or the one
+//! server in client-server mode) and knows nothing about where they came from.
+//!
+//! 1. The hash list is fetched from the first source that has a valid one
+//!    (checked against the id, so no source can lie about it).
+//! 2. The `.part` file is opened; chunks already in it that verify are kept.
+//! 3. One task per source keeps a pipeline of chunk requests going
+//!    ([`source`]), picking chunks through the shared [`scheduler`].
+//! 4. Received chunks go to verifier threads, which hash each one, write it
+//!    at its offset only if it matches, and ban a source on its first bad
+//!    chunk (the chunk goes back to the pool for the others).
+//! 5. When every chunk is verified the file is published under its name
+//!    ([`output`]). On failure or interruption the verified part stays for
+//!    the next attempt.
+
+pub mod output;
+pub mod scheduler;
+pub mod source;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::id::{ContentInfo, FileId};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::library::{Library, PartialEntry};
+use scheduler::Scheduler;
+use source::{PeerConnection, SourceError};
+
+/// Tuning of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Chunk requests kept in flight per source.
+    pub pipeline_depth: usize,
+    /// A source that sends nothing for this long is dropped.
+    pub stall_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Most sources used at once.
+    pub max_sources: usize,
+    /// How long to wait for every source to connect before starting, so that
+    /// the first one to answer does not take every chunk.
+    pub start_grace: Duration,
+    /// Threads hashing and writing received chunks.
+    pub verifier_threads: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            pipeline_depth: 8,
+            stall_timeout: Duration::from_secs(10),
+            connect_timeout: common::limits::CONNECT_TIMEOUT,
+            max_sources: 16,
+            start_grace: Duration::from_millis(300),
+            verifier_threads: 2,
+        }
+    }
+}
+
+/// What to fetch and where to put it.
+#[derive(Debug, Clone)]
+pub struct DownloadRequest {
+    pub id: FileId,
+    /// Name for the finished file (only its last component is used).
+    pub name: String,
+    /// `HOST:PORT` of each candidate source.
+    pub sources: Vec<String>,
+    pub out_dir: PathBuf,
+}
+
+/// Live counters, for progress bars.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// File size, known once the hash list arrived.
+    pub total_bytes: AtomicU64,
+    /// Bytes verified and on disk (resumed ones included).
+    pub done_bytes: AtomicU64,
+    /// Sources currently connected.
+    pub active_sources: AtomicUsize,
+}
+
+/// How one source did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SourceReport {
+    pub addr: String,
+    /// Chunks it delivered that verified.
+    pub chunks: u64,
+    /// Why it was dropped, if it was.
+    pub error: Option<String>,
+}
+
+/// A finished download.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DownloadOutcome {
+    pub path: PathBuf,
+    pub id: String,
+    pub size: u64,
+    /// Sources that delivered at least one verified chunk.
+    pub sources_used: usize,
+    /// Chunks found already verified in a `.part` file from an earlier attempt.
+    pub chunks_resumed: u32,
+    pub chunks_total: u32,
+    pub per_source: Vec<SourceReport>,
+}
+
+/// Why a download did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("no source offers this file")]
+    NoSources,
+    #[error("no source could supply a valid hash list: {}", describe(.0))]
+    NoHashList(Vec<(String, String)>),
+    #[error("every source failed with {missing} of {total} chunks still missing ({}); the verified part is kept, run the same command again to resume", describe(.reasons))]
+    SourcesExhausted {
+        missing: u32,
+        total: u32,
+        reasons: Vec<(String, String)>,
+    },
+    #[error("cannot write {path}: {source}; the verified part is kept, fix this and run the same command again to resume")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "interrupted with {done} of {total} chunks verified; run the same command again to resume"
+    )]
+    Interrupted { done: u32, total: u32 },
+}
+
+fn describe(reasons: &[(String, String)]) -> String {
+    reasons
+        .iter()
+        .map(|(a, r)| format!("{a}: {r}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A chunk received from a source, waiting to be verified.
+pub(crate) struct VerifyJob {
+    source: usize,
+    index: u32,
+    data: Vec<u8>,
+}
+
+/// What the source tasks share.
+pub(crate) struct Shared {
+    info: Arc<ContentInfo>,
+    scheduler: Arc<Scheduler>,
+    config: EngineConfig,
+    verify: mpsc::Sender<VerifyJob>,
+    /// Sources that have connected or failed to.
+    ready: AtomicUsize,
+    ready_changed: Notify,
+    /// Cancelled when chunk requests may start.
+    started: CancellationToken,
+    bytes_received: AtomicU64,
+}
+
+/// What the verifier threads share.
+struct Verifier {
+    info: Arc<ContentInfo>,
+    scheduler: Arc<Scheduler>,
+    file: File,
+    partial: Arc<PartialEntry>,
+    progress: Arc<Progress>,
+    delivered: Vec<AtomicU64>,
+    write_error: Mutex<Option<std::io::Error>>,
+    abort: CancellationToken,
+}
+
+impl Verifier {
+    fn handle(&self, job: VerifyJob) {
+        use std::os::unix::fs::FileExt;
+        if self.scheduler.is_done(job.index) {
+            return; // an endgame duplicate
+        }
+        if !self.info.verify_chunk(job.index, &job.data) {
+            warn!(
+                source = job.source,
+                chunk = job.index,
+                "chunk failed verification; dropping that source"
+            );
+            self.scheduler.ban(job.source);
+            self.scheduler.release([job.index]);
+            return;
+        }
+        let offset = job.index as u64 * common::CHUNK_SIZE as u64;
+        if let Err(e) = self.file.write_all_at(&job.data, offset) {
+            self.write_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert(e);
+            self.scheduler.release([job.index]);
+            self.abort.cancel();
+            return;
+        }
+        if self.scheduler.complete(job.index) {
+            self.partial.set(job.index);
+            self.progress
+                .done_bytes
+                .fetch_add(job.data.len() as u64, Ordering::Relaxed);
+            if let Some(c) = self.delivered.get(job.source) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn dedupe(sources: &[String], max: usize) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for s in sources {
+        if !out.contains(s) {
+            out.push(s.clone());
+        }
+    }
+    out.truncate(max.max(1));
+    out
+}
+
+/// Fetches the hash list from the first source that has a valid one.
+async fn fetch_hash_list(
+    id: FileId,
+    sources: &[String],
+    config: &EngineConfig,
+    failures: &mut Vec<(String, String)>,
+) -> Option<ContentInfo> {
+    for addr in sources {
+        let attempt = async {
+            let mut conn =
+                PeerConnection::connect(addr, config.connect_timeout, config.stall_timeout).await?;
+            conn.hash_list(id).await
+        };
+        match attempt.await {
+            Ok(info) => return Some(info),
+            Err(e) => {
+                debug!(%addr, error = %e, "no hash list from this source");
+                failures.push((addr.clone(), e.to_string()));
+            }
+        }
+    }
+    None
+}
+
+/// Runs one download to completion, failure or interruption (`shutdown`).
+///
+/// With a `library`, the partial file is published there while it grows, so
+/// that a serving peer passes on the chunks it already has.
+pub async fn download(
+    request: DownloadRequest,
+    config: EngineConfig,
+    progress: Arc<Progress>,
+    library: Option<Library>,
+    shutdown: CancellationToken,
+) -> Result<DownloadOutcome, DownloadError> {
+    let sources = dedupe(&request.sources, config.max_sources);
+    if sources.is_empty() {
+        return Err(DownloadError::NoSources);
+    }
+    let out_dir = request.out_dir.clone();
+    let output_error = |source: std::io::Error| DownloadError::Output {
+        path: out_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&request.out_dir).map_err(output_error)?;
+
+    let mut failures = Vec::new();
+    let info = tokio::select! {
+        _ = shutdown.cancelled() => return Err(DownloadError::Interrupted { done: 0, total: 0 }),
+        info = fetch_hash_list(request.id, &sources, &config, &mut failures) => info,
+    };
+    let Some(info) = info else {
+        return Err(DownloadError::NoHashList(failures));
+    };
+    let info = Arc::new(info);
+    progress.total_bytes.store(info.size, Ordering::Relaxed);
+
+    let part = output::part_path(&request.out_dir, &request.id);
+    let (file, have) = {
+        let (part_c, info) = (part.clone(), info.clone());
+        tokio::task::spawn_blocking(move || output::open_part(&part_c, &info))
+            .await
+            .map_err(|e| DownloadError::Output {
+                path: request.out_dir.clone(),
+                source: std::io::Error::other(e),
+            })?
+            .map_err(|source| DownloadError::Output {
+                path: part.clone(),
+                source,
+            })?
+    };
+    let chunks_resumed = have.iter().filter(|h| **h).count() as u32;
+    let total = info.chunk_count();
+    if chunks_resumed > 0 {
+        info!(
+            resumed = chunks_resumed,
+            total, "resuming: verified chunks found on disk"
+        );
+    }
+    let partial = Arc::new(PartialEntry::new(part.clone(), info.clone()));
+    let resumed_bytes: u64 = (0..total)
+        .filter(|i| have[*i as usize])
+        .map(|i| info.chunk_len(i) as u64)
+        .sum();
+    progress.done_bytes.store(resumed_bytes, Ordering::Relaxed);
+    for (i, h) in have.iter().enumerate() {
+        if *h {
+            partial.set(i as u32);
+        }
+    }
+    if let Some(lib) = &library {
+        lib.add_partial(partial.clone());
+    }
+
+    let scheduler = Arc::new(Scheduler::new(&have, sources.len()));
+    let (verify_tx, verify_rx) = mpsc::channel::<VerifyJob>(config.pipeline_depth.max(2) * 2);
+    let abort = CancellationToken::new();
+    let verifier = Arc::new(Verifier {
+        info: info.clone(),
+        scheduler: scheduler.clone(),
+        file,
+        partial,
+        progress: progress.clone(),
+        delivered: sources.iter().map(|_| AtomicU64::new(0)).collect(),
+        write_error: Mutex::new(None),
+        abort: abort.clone(),
+    });
+    let verify_rx = Arc::new(Mutex::new(verify_rx));
+    let mut verifiers = Vec::new();
+    for _ in 0..config.verifier_threads.max(1) {
+        let (v, rx) = (verifier.clone(), verify_rx.clone());
+        verifiers.push(tokio::task::spawn_blocking(move || loop {
+            let job = rx.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
+            match job {
+                Some(job) => v.handle(job),
+                None => return,
+            }
+        }));
+    }
+
+    let shared = Arc::new(Shared {
+        info: info.clone(),
+        scheduler: scheduler.clone(),
+        config: config.clone(),
+        verify: verify_tx,
+        ready: AtomicUsize::new(0),
+        ready_changed: Notify::new(),
+        started: CancellationToken::new(),
+        bytes_received: AtomicU64::new(0),
+    });
+    let mut workers = JoinSet::new();
+    for (i, addr) in sources.iter().enumerate() {
+        let (shared, addr) = (shared.clone(), addr.clone());
+        workers.spawn(async move { (i, source::run(shared, i, addr).await) });
+    }
+    progress
+        .active_sources
+        .store(sources.len(), Ordering::Relaxed);
+
+    // Start once every source has connected (or failed), or after the grace period.
+    let grace = tokio::time::sleep(config.start_grace);
+    tokio::pin!(grace);
+    while shared.ready.load(Ordering::Acquire) < sources.len() {
+        tokio::select! {
+            _ = &mut grace => break,
+            _ = shared.ready_changed.notified() => {}
+        }
+    }
+    shared.started.cancel();
+
+    let mut reasons: Vec<Option<String>> = vec![None; sources.len()];
+    let mut interrupted = false;
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
+    while !scheduler.is_finished() {
+        tokio::select! {
+            _ = shutdown.cancelled() => { interrupted = true; break; }
+            _ = abort.cancelled() => break,
+            _ = poll.tick() => {}
+            _ = scheduler.changed.notified() => {}
+            joined = workers.join_next(), if !workers.is_empty() => {
+                if let Some(Ok((i, Err(e)))) = joined {
+                    info!(source = %sources[i], error = %e, "source dropped");
+                    reasons[i] = Some(e.to_string());
+                }
+                progress.active_sources.fetch_sub(1, Ordering::Relaxed);
+            }
+            else => break,
+        }
+        if workers.is_empty() {
+            // Let the verifiers finish the last chunks before judging.
+            break;
+        }
+    }
+    workers.abort_all();
+    while let Some(joined) = workers.join_next().await {
+        if let Ok((i, Err(e))) = joined {
+            if !matches!(e, SourceError::Wire(_)) || reasons[i].is_none() {
+                reasons[i].get_or_insert(e.to_string());
+            }
+        }
+    }
+    progress.active_sources.store(0, Ordering::Relaxed);
+    let received = shared.bytes_received.load(Ordering::Relaxed);
+    drop(shared); // closes the verify channel: the verifiers drain it and stop
+    for v in verifiers {
+        let _ = v.await;
+    }
+    if let Some(lib) = &library {
+        lib.remove_partial(&request.id);
+    }
+    let verifier = Arc::into_inner(verifier).expect("verifier threads have stopped");
+    if let Some(source) = verifier
+        .write_error
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+    {
+        return Err(DownloadError::Output { path: part, source });
+    }
+    let done = scheduler.done();
+    if !scheduler.is_finished() {
+        if interrupted {
+            return Err(DownloadError::Interrupted { done, total });
+        }
+        let reasons = sources
+            .iter()
+            .zip(&reasons)
+            .map(|(a, r)| (a.clone(), r.clone().unwrap_or_else(|| "stopped".into())))
+            .collect();
+        return Err(DownloadError::SourcesExhausted {
+            missing: total - done,
+            total,
+            reasons,
+        });
+    }
+
+    let name = output::sanitize_name(&request.name, &request.id);
+    let file = verifier.file;
+    let (part_c, dir_c) = (part.clone(), request.out_dir.clone());
+    let path = tokio::task::spawn_blocking(move || output::publish(&part_c, &file, &dir_c, &name))
+        .await
+        .map_err(|e| DownloadError::Output {
+            path: part.clone(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|source| DownloadError::Output {
+            path: part.clone(),
+            source,
+        })?;
+
+    let per_source: Vec<SourceReport> = sources
+        .iter()
+        .zip(&verifier.delivered)
+        .zip(reasons)
+        .map(|((addr, n), error)| SourceReport {
+            addr: addr.clone(),
+            chunks: n.load(Ordering::Relaxed),
+            error,
+        })
+        .collect();
+    let sources_used = per_source.iter().filter(|s| s.chunks > 0).count();
+    info!(path = %path.display(), size = info.size, sources_used, received, "download complete and verified");
+    Ok(DownloadOutcome {
+        path,
+        id: request.id.to_hex(),
+        size: info.size,
+        sources_used,
+        chunks_resumed,
+        chunks_total: total,
+        per_source,
+    })
+}

@@ -1,0 +1,232 @@
+//! Which chunk each source fetches next.
+//!
+//! Every source starts at its own point in the file (source `i` of `n` at
+//! chunk `i * total / n`) and walks forward, taking chunks nobody has
+//! requested yet, so sources work on different regions and a slow one holds
+//! up little. When nothing unrequested is left, a source with an empty
+//! pipeline may request a chunk already in flight elsewhere (endgame), so
+//! the download never waits on the slowest source; the first verified copy
+//! wins. Chunks of a failed or banned source go back to the pool.
+
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    Missing,
+    /// Requested from this many sources.
+    Requested(u8),
+    Done,
+}
+
+/// What a source should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Chunk(u32),
+    /// Nothing for this source right now; wait for a change.
+    Wait,
+    Finished,
+}
+
+struct State {
+    chunks: Vec<ChunkState>,
+    done: u32,
+    cursors: Vec<u32>,
+    banned: Vec<bool>,
+}
+
+/// Shared chunk bookkeeping of one download.
+pub struct Scheduler {
+    state: Mutex<State>,
+    /// Woken when chunks return to the pool or the download finishes.
+    pub changed: Notify,
+}
+
+/// Most sources asked for the same chunk during the endgame.
+const MAX_DUPLICATES: u8 = 2;
+
+impl Scheduler {
+    /// `have[i]` is true for chunks already verified on disk.
+    pub fn new(have: &[bool], sources: usize) -> Self {
+        let total = have.len() as u32;
+        let chunks: Vec<ChunkState> = have
+            .iter()
+            .map(|h| {
+                if *h {
+                    ChunkState::Done
+                } else {
+                    ChunkState::Missing
+                }
+            })
+            .collect();
+        let done = have.iter().filter(|h| **h).count() as u32;
+        let cursors = (0..sources)
+            .map(|i| ((i as u64 * total as u64) / sources.max(1) as u64) as u32)
+            .collect();
+        Scheduler {
+            state: Mutex::new(State {
+                chunks,
+                done,
+                cursors,
+                banned: vec![false; sources],
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn total(&self) -> u32 {
+        self.lock().chunks.len() as u32
+    }
+
+    pub fn done(&self) -> u32 {
+        self.lock().done
+    }
+
+    pub fn is_finished(&self) -> bool {
+        let s = self.lock();
+        s.done as usize == s.chunks.len()
+    }
+
+    /// The next chunk for `source`, among those `available` at it.
+    /// `endgame_ok` allows duplicating a chunk in flight elsewhere.
+    pub fn next(&self, source: usize, available: impl Fn(u32) -> bool, endgame_ok: bool) -> Pick {
+        let mut s = self.lock();
+        let total = s.chunks.len() as u32;
+        if s.done == total {
+            return Pick::Finished;
+        }
+        if s.banned.get(source).copied().unwrap_or(true) {
+            return Pick::Wait;
+        }
+        let start = s.cursors[source];
+        for step in 0..total {
+            let i = (start + step) % total;
+            if s.chunks[i as usize] == ChunkState::Missing && available(i) {
+                s.chunks[i as usize] = ChunkState::Requested(1);
+                s.cursors[source] = (i + 1) % total;
+                return Pick::Chunk(i);
+            }
+        }
+        if endgame_ok {
+            for step in 0..total {
+                let i = (start + step) % total;
+                if let ChunkState::Requested(n) = s.chunks[i as usize] {
+                    if n < MAX_DUPLICATES && available(i) {
+                        s.chunks[i as usize] = ChunkState::Requested(n + 1);
+                        return Pick::Chunk(i);
+                    }
+                }
+            }
+        }
+        Pick::Wait
+    }
+
+    /// Records chunk `index` as verified and written. False if it already was
+    /// (a duplicate from the endgame).
+    pub fn complete(&self, index: u32) -> bool {
+        let finished;
+        {
+            let mut s = self.lock();
+            match s.chunks.get(index as usize) {
+                Some(ChunkState::Done) | None => return false,
+                _ => {}
+            }
+            s.chunks[index as usize] = ChunkState::Done;
+            s.done += 1;
+            finished = s.done as usize == s.chunks.len();
+        }
+        if finished {
+            self.changed.notify_waiters();
+        }
+        true
+    }
+
+    /// Whether chunk `index` is already verified.
+    pub fn is_done(&self, index: u32) -> bool {
+        self.lock().chunks.get(index as usize) == Some(&ChunkState::Done)
+    }
+
+    /// Returns requested chunks to the pool (their source failed or sent bad data).
+    pub fn release(&self, indices: impl IntoIterator<Item = u32>) {
+        {
+            let mut s = self.lock();
+            for i in indices {
+                if let Some(c) = s.chunks.get_mut(i as usize) {
+                    *c = match *c {
+                        ChunkState::Requested(n) if n > 1 => ChunkState::Requested(n - 1),
+                        ChunkState::Requested(_) => ChunkState::Missing,
+                        other => other,
+                    };
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Bans a source that sent bad data: it gets nothing more.
+    pub fn ban(&self, source: usize) {
+        if let Some(b) = self.lock().banned.get_mut(source) {
+            *b = true;
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub fn is_banned(&self, source: usize) -> bool {
+        self.lock().banned.get(source).copied().unwrap_or(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_start_in_different_regions() {
+        let s = Scheduler::new(&[false; 10], 2);
+        assert_eq!(s.next(0, |_| true, false), Pick::Chunk(0));
+        assert_eq!(s.next(1, |_| true, false), Pick::Chunk(5));
+        assert_eq!(s.next(1, |_| true, false), Pick::Chunk(6));
+    }
+
+    #[test]
+    fn released_chunks_are_picked_again_and_endgame_duplicates() {
+        let s = Scheduler::new(&[false, false], 2);
+        assert_eq!(s.next(0, |_| true, false), Pick::Chunk(0));
+        assert_eq!(s.next(0, |_| true, false), Pick::Chunk(1));
+        assert_eq!(s.next(1, |_| true, false), Pick::Wait);
+        assert_eq!(
+            s.next(1, |_| true, true),
+            Pick::Chunk(1),
+            "endgame duplicates an in-flight chunk"
+        );
+        assert!(s.complete(1));
+        assert!(!s.complete(1), "the duplicate copy is not counted twice");
+        s.release([0]);
+        assert_eq!(s.next(1, |_| true, false), Pick::Chunk(0));
+        assert!(s.complete(0));
+        assert!(s.is_finished());
+        assert_eq!(s.next(0, |_| true, true), Pick::Finished);
+    }
+
+    #[test]
+    fn resumed_chunks_are_skipped_and_availability_is_respected() {
+        let s = Scheduler::new(&[true, false, false], 1);
+        assert_eq!(s.done(), 1);
+        assert_eq!(s.next(0, |i| i == 2, false), Pick::Chunk(2));
+        assert_eq!(s.next(0, |i| i == 2, true), Pick::Wait);
+        s.ban(0);
+        assert_eq!(s.next(0, |_| true, true), Pick::Wait);
+    }
+
+    #[test]
+    fn empty_file_is_finished_at_once() {
+        let s = Scheduler::new(&[], 3);
+        assert!(s.is_finished());
+        assert_eq!(s.next(0, |_| true, true), Pick::Finished);
+    }
+}

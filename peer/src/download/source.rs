@@ -1,0 +1,274 @@
+//! One source of a download: a pipelined connection to one peer.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::hello::Protocol;
+use common::id::{chunk_count, ContentInfo, FileId};
+use common::limits::MAX_FILE_SIZE;
+use common::peer_proto::{bit_is_set, PeerErrorCode, PeerRequest, PeerResponse};
+use common::wire::{self, Deadlines, WireError};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::scheduler::Pick;
+use super::{Shared, VerifyJob};
+use crate::index_client::connect_tcp;
+
+/// Why a source was given up.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect: {0}")]
+    Connect(std::io::Error),
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("does not have the file")]
+    NotFound,
+    #[error("its copy of the file changed on disk")]
+    FileChanged,
+    #[error("all its upload slots are busy")]
+    Busy,
+    #[error("sent data that failed verification")]
+    BadData,
+    #[error("stalled: no data for {0:?}")]
+    Stalled(Duration),
+    #[error("broke the protocol: {0}")]
+    Protocol(String),
+}
+
+/// A handshaken connection to a peer's chunk server.
+pub struct PeerConnection {
+    reader: BufReader<OwnedReadHalf>,
+    writer: BufWriter<OwnedWriteHalf>,
+    buf: Vec<u8>,
+    stall: Duration,
+}
+
+impl PeerConnection {
+    pub async fn connect(
+        addr: &str,
+        connect_timeout: Duration,
+        stall: Duration,
+    ) -> Result<Self, SourceError> {
+        let mut stream: TcpStream = connect_tcp(addr, connect_timeout)
+            .await
+            .map_err(SourceError::Connect)?;
+        wire::client_handshake(&mut stream, Protocol::Peer)
+            .await
+            .map_err(|e| match e {
+                WireError::Hello(common::hello::HelloError::Busy) => SourceError::Busy,
+                other => SourceError::Wire(other),
+            })?;
+        let (r, w) = stream.into_split();
+        Ok(PeerConnection {
+            reader: BufReader::with_capacity(256 * 1024, r),
+            writer: BufWriter::new(w),
+            buf: Vec::new(),
+            stall,
+        })
+    }
+
+    async fn queue(&mut self, req: &PeerRequest) -> Result<(), SourceError> {
+        Ok(wire::write_message(&mut self.writer, req).await?)
+    }
+
+    async fn flush(&mut self) -> Result<(), SourceError> {
+        self.writer
+            .flush()
+            .await
+            .map_err(|e| SourceError::Wire(WireError::Io(e)))
+    }
+
+    async fn header(&mut self) -> Result<PeerResponse, SourceError> {
+        let deadlines = Deadlines {
+            idle: Some(self.stall),
+            frame: self.stall,
+        };
+        match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await {
+            Err(WireError::Timeout(_)) => Err(SourceError::Stalled(self.stall)),
+            Err(e) => Err(e.into()),
+            Ok(PeerResponse::Error { code, message }) => Err(match code {
+                PeerErrorCode::NotFound => SourceError::NotFound,
+                PeerErrorCode::FileChanged => SourceError::FileChanged,
+                PeerErrorCode::Busy => SourceError::Busy,
+                _ => SourceError::Protocol(message),
+            }),
+            Ok(other) => Ok(other),
+        }
+    }
+
+    async fn raw(&mut self, out: &mut [u8]) -> Result<(), SourceError> {
+        match wire::read_raw(&mut self.reader, out, self.stall).await {
+            Err(WireError::Timeout(_)) => Err(SourceError::Stalled(self.stall)),
+            other => Ok(other?),
+        }
+    }
+
+    /// Fetches and verifies the hash list of `id` (its size comes with it and
+    /// is authenticated by the id).
+    pub async fn hash_list(&mut self, id: FileId) -> Result<ContentInfo, SourceError> {
+        self.queue(&PeerRequest::HashList { id }).await?;
+        self.flush().await?;
+        match self.header().await? {
+            PeerResponse::HashList { id: got, size, len } => {
+                // Check the claimed length before allocating for it.
+                if got != id || size > MAX_FILE_SIZE || len as u64 != chunk_count(size) * 32 {
+                    return Err(SourceError::Protocol(format!(
+                        "hash list header does not fit: size {size}, len {len}"
+                    )));
+                }
+                let mut raw = vec![0u8; len as usize];
+                self.raw(&mut raw).await?;
+                ContentInfo::from_hash_list(id, size, &raw).map_err(|_| SourceError::BadData)
+            }
+            other => Err(SourceError::Protocol(format!(
+                "expected a hash list, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Asks which chunks the peer holds: `None` means all of them.
+    pub async fn have(
+        &mut self,
+        id: FileId,
+        info: &ContentInfo,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
+        self.queue(&PeerRequest::Have { id }).await?;
+        self.flush().await?;
+        match self.header().await? {
+            PeerResponse::Have {
+                complete: true,
+                size,
+                ..
+            } if size == info.size => Ok(None),
+            PeerResponse::Have {
+                complete: false,
+                bitfield,
+                size,
+                ..
+            } if size == info.size
+                && bitfield.len() == (info.chunk_count() as usize).div_ceil(8) =>
+            {
+                Ok(Some(bitfield))
+            }
+            other => Err(SourceError::Protocol(format!(
+                "unexpected availability answer {other:?}"
+            ))),
+        }
+    }
+}
+
+/// Fetches chunks from one source until the download is finished, the
+/// source fails, or it is banned. Chunks in flight when it stops go back
+/// to the pool.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    index: usize,
+    addr: String,
+) -> Result<(), SourceError> {
+    let mut inflight: VecDeque<u32> = VecDeque::new();
+    let result = fetch_loop(&shared, index, &addr, &mut inflight).await;
+    shared.scheduler.release(inflight.drain(..));
+    result
+}
+
+async fn fetch_loop(
+    shared: &Shared,
+    index: usize,
+    addr: &str,
+    inflight: &mut VecDeque<u32>,
+) -> Result<(), SourceError> {
+    let connected = async {
+        let mut conn = PeerConnection::connect(
+            addr,
+            shared.config.connect_timeout,
+            shared.config.stall_timeout,
+        )
+        .await?;
+        let have = conn.have(shared.info.id, &shared.info).await?;
+        Ok::<_, SourceError>((conn, have))
+    }
+    .await;
+    // Tell the coordinator this source is ready (or dead), then wait for the start.
+    shared.ready.fetch_add(1, Ordering::AcqRel);
+    shared.ready_changed.notify_one();
+    let (mut conn, mut have) = connected?;
+    shared.started.cancelled().await;
+
+    let id = shared.info.id;
+    let depth = shared.config.pipeline_depth.max(1);
+    loop {
+        if shared.scheduler.is_banned(index) {
+            return Err(SourceError::BadData);
+        }
+        while inflight.len() < depth {
+            let available = |i: u32| have.as_ref().is_none_or(|b| bit_is_set(b, i));
+            match shared.scheduler.next(index, available, inflight.is_empty()) {
+                Pick::Chunk(c) => {
+                    conn.queue(&PeerRequest::Chunk { id, index: c }).await?;
+                    inflight.push_back(c);
+                }
+                Pick::Wait | Pick::Finished => break,
+            }
+        }
+        if inflight.is_empty() {
+            if shared.scheduler.is_finished() {
+                return Ok(());
+            }
+            // Nothing for us now: wait for released chunks (or, for a partial
+            // source, for it to get more), then look again.
+            let waiting = shared.scheduler.changed.notified();
+            tokio::select! {
+                _ = waiting => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    if have.is_some() {
+                        have = conn.have(id, &shared.info).await?;
+                    }
+                }
+            }
+            continue;
+        }
+        conn.flush().await?;
+        let expected = *inflight.front().expect("pipeline is not empty");
+        match conn.header().await? {
+            PeerResponse::Chunk {
+                id: got,
+                index: i,
+                len,
+            } if got == id && i == expected => {
+                if len as usize != shared.info.chunk_len(i) {
+                    return Err(SourceError::Protocol(format!(
+                        "chunk {i} announced with {len} bytes"
+                    )));
+                }
+                let mut data = vec![0u8; len as usize];
+                conn.raw(&mut data).await?;
+                inflight.pop_front();
+                shared
+                    .bytes_received
+                    .fetch_add(len as u64, Ordering::Relaxed);
+                // The verifier owns the chunk from here (and releases it if it is bad).
+                if shared
+                    .verify
+                    .send(VerifyJob {
+                        source: index,
+                        index: i,
+                        data,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            other => {
+                return Err(SourceError::Protocol(format!(
+                    "expected chunk {expected}, got {other:?}"
+                )))
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! `peer get` in the hybrid model: ask the index for the sources, then let
+//! the transfer engine fetch from them directly.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::id::FileId;
+use tokio_util::sync::CancellationToken;
+
+use crate::download::{
+    self, DownloadError, DownloadOutcome, DownloadRequest, EngineConfig, Progress,
+};
+use crate::index_client::{IndexClient, IndexError};
+
+/// Why a get failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("no online peer offers a file named {0:?} (try `peer search` to see what is there)")]
+    NameNotFound(String),
+    #[error("no online peer offers file {0} right now")]
+    IdNotFound(FileId),
+    #[error("several different files are named {name:?}; pass one id instead:\n{}", .candidates.iter().map(|(id, n)| format!("  {id}  {n}")).collect::<Vec<_>>().join("\n"))]
+    Ambiguous {
+        name: String,
+        candidates: Vec<(FileId, String)>,
+    },
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+}
+
+/// What a target resolved to.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub id: FileId,
+    pub name: String,
+    pub size: u64,
+    pub sources: Vec<String>,
+}
+
+/// Finds the file (by id, or by exact name) and its live sources.
+pub async fn resolve(index: &str, target: &str) -> Result<Resolved, GetError> {
+    let mut client = IndexClient::connect(index).await?;
+    let id = match target.parse::<FileId>() {
+        Ok(id) => id,
+        Err(_) => {
+            let words = common::names::tokenize(target);
+            if words.is_empty() {
+                return Err(GetError::NameNotFound(target.into()));
+            }
+            let hits = client
+                .search(words, common::limits::MAX_SEARCH_LIMIT)
+                .await?;
+            let base = |n: &str| n.rsplit('/').next().unwrap_or(n).to_string();
+            let mut matching: Vec<(FileId, String)> = hits
+                .into_iter()
+                .filter(|h| h.name == target || base(&h.name) == target)
+                .map(|h| (h.id, h.name))
+                .collect();
+            matching.dedup_by_key(|(id, _)| *id);
+            match matching.len() {
+                0 => return Err(GetError::NameNotFound(target.into())),
+                1 => matching[0].0,
+                _ => {
+                    return Err(GetError::Ambiguous {
+                        name: target.into(),
+                        candidates: matching,
+                    })
+                }
+            }
+        }
+    };
+    let Some((name, size, sources)) = client.lookup(id).await? else {
+        return Err(GetError::IdNotFound(id));
+    };
+    Ok(Resolved {
+        id,
+        name,
+        size,
+        sources: sources.into_iter().map(|s| s.addr).collect(),
+    })
+}
+
+/// Resolves `target` at the index and downloads it into `out_dir`.
+pub async fn get(
+    index: &str,
+    target: &str,
+    out_dir: PathBuf,
+    engine: EngineConfig,
+    progress: Arc<Progress>,
+    shutdown: CancellationToken,
+) -> Result<DownloadOutcome, GetError> {
+    let resolved = resolve(index, target).await?;
+    let request = DownloadRequest {
+        id: resolved.id,
+        name: resolved.name,
+        sources: resolved.sources,
+        out_dir,
+    };
+    Ok(download::download(request, engine, progress, None, shutdown).await?)
+}

@@ -1,0 +1,195 @@
+//! A connection to the index server, for the daemon and the command line.
+
+use std::time::Duration;
+
+use common::hello::Protocol;
+use common::id::FileId;
+use common::index_proto::{
+    ErrorCode, IndexRequest, IndexResponse, IndexStats, PeerSummary, SearchHit, SharedFile, Source,
+};
+use common::limits::CONNECT_TIMEOUT;
+use common::wire::{self, Deadlines, WireError};
+use tokio::io::{BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// How long to wait for the index to answer one request.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why talking to the index failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("cannot reach the index server at {addr}: {source} (is it running? set the address with --index)")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("index server at {addr} did not answer the connection within {secs} s")]
+    ConnectTimeout { addr: String, secs: u64 },
+    #[error("talking to the index server: {0}")]
+    Wire(#[from] WireError),
+    #[error("the index server refused: {message}")]
+    Refused { code: ErrorCode, message: String },
+    #[error("the index server sent an unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+impl IndexError {
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            IndexError::Refused { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Connects to `addr` (`HOST:PORT`, resolved now) with a deadline.
+pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, std::io::Error> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// One open connection to the index server.
+pub struct IndexClient {
+    reader: BufReader<OwnedReadHalf>,
+    writer: BufWriter<OwnedWriteHalf>,
+    buf: Vec<u8>,
+}
+
+impl IndexClient {
+    pub async fn connect(addr: &str) -> Result<Self, IndexError> {
+        let mut stream = match connect_tcp(addr, CONNECT_TIMEOUT).await {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Err(IndexError::ConnectTimeout {
+                    addr: addr.into(),
+                    secs: CONNECT_TIMEOUT.as_secs(),
+                })
+            }
+            Err(source) => {
+                return Err(IndexError::Connect {
+                    addr: addr.into(),
+                    source,
+                })
+            }
+        };
+        wire::client_handshake(&mut stream, Protocol::Index).await?;
+        let (r, w) = stream.into_split();
+        Ok(IndexClient {
+            reader: BufReader::new(r),
+            writer: BufWriter::new(w),
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends one request and waits for its answer; an `Error` answer becomes `Err`.
+    pub async fn request(&mut self, request: &IndexRequest) -> Result<IndexResponse, IndexError> {
+        wire::send_message(&mut self.writer, request).await?;
+        self.receive().await
+    }
+
+    /// Queues a request without waiting (pipelining); collect with [`Self::receive`].
+    pub async fn queue(&mut self, request: &IndexRequest) -> Result<(), IndexError> {
+        wire::write_message(&mut self.writer, request).await?;
+        Ok(())
+    }
+
+    /// Flushes queued requests.
+    pub async fn flush(&mut self) -> Result<(), IndexError> {
+        use tokio::io::AsyncWriteExt;
+        self.writer
+            .flush()
+            .await
+            .map_err(|e| IndexError::Wire(WireError::Io(e)))
+    }
+
+    /// Reads the next answer.
+    pub async fn receive(&mut self) -> Result<IndexResponse, IndexError> {
+        let deadlines = Deadlines::with_idle(ANSWER_TIMEOUT);
+        match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await? {
+            IndexResponse::Error { code, message } => Err(IndexError::Refused { code, message }),
+            other => Ok(other),
+        }
+    }
+
+    pub async fn search(
+        &mut self,
+        words: Vec<String>,
+        limit: u32,
+    ) -> Result<Vec<SearchHit>, IndexError> {
+        match self.request(&IndexRequest::Search { words, limit }).await? {
+            IndexResponse::SearchResults { hits } => Ok(hits),
+            other => Err(IndexError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Live sources of `id`; `Ok(None)` when no online peer has it.
+    pub async fn lookup(
+        &mut self,
+        id: FileId,
+    ) -> Result<Option<(String, u64, Vec<Source>)>, IndexError> {
+        match self.request(&IndexRequest::Lookup { id }).await {
+            Ok(IndexResponse::Sources {
+                name,
+                size,
+                sources,
+                ..
+            }) => Ok(Some((name, size, sources))),
+            Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A peer's whole list (all pages).
+    pub async fn browse(&mut self, peer: &str) -> Result<Vec<SharedFile>, IndexError> {
+        let mut all = Vec::new();
+        let mut start = 0;
+        loop {
+            match self
+                .request(&IndexRequest::Browse {
+                    peer: peer.into(),
+                    start,
+                })
+                .await?
+            {
+                IndexResponse::PeerFiles { files, next } => {
+                    all.extend(files);
+                    match next {
+                        Some(n) if n > start => start = n,
+                        _ => return Ok(all),
+                    }
+                }
+                other => return Err(IndexError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
+    /// Every online peer (all pages).
+    pub async fn peers(&mut self) -> Result<Vec<PeerSummary>, IndexError> {
+        let mut all = Vec::new();
+        let mut start = 0;
+        loop {
+            match self.request(&IndexRequest::ListPeers { start }).await? {
+                IndexResponse::Peers { peers, next } => {
+                    all.extend(peers);
+                    match next {
+                        Some(n) if n > start => start = n,
+                        _ => return Ok(all),
+                    }
+                }
+                other => return Err(IndexError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
+    pub async fn stats(&mut self) -> Result<IndexStats, IndexError> {
+        match self.request(&IndexRequest::Stats).await? {
+            IndexResponse::Stats(s) => Ok(s),
+            other => Err(IndexError::Unexpected(format!("{other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! What this peer can serve: complete shared files and partial downloads.
+//!
+//! The chunk server only ever looks files up here by id; a path never comes
+//! off the wire. Complete files come from scanning the shared folder
+//! ([`crate::scan`]); partial files are registered by the download engine so
+//! that a peer holding part of a file serves that part.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+
+use common::id::{ContentInfo, FileId};
+use common::index_proto::SharedFile;
+use tokio::sync::{watch, Notify};
+
+/// One complete shared file.
+#[derive(Debug)]
+pub struct SharedEntry {
+    /// Path relative to the shared folder, `/`-separated (the name others see).
+    pub rel: String,
+    pub path: PathBuf,
+    pub size: u64,
+    /// Modification time (ns since the epoch) when it was hashed.
+    pub mtime_ns: i128,
+    pub info: Arc<ContentInfo>,
+}
+
+/// A file being downloaded: which chunks are verified and on disk.
+#[derive(Debug)]
+pub struct PartialEntry {
+    pub path: PathBuf,
+    pub info: Arc<ContentInfo>,
+    have: Vec<AtomicU8>,
+}
+
+impl PartialEntry {
+    pub fn new(path: PathBuf, info: Arc<ContentInfo>) -> Self {
+        let bytes = (info.chunk_count() as usize).div_ceil(8);
+        PartialEntry {
+            path,
+            info,
+            have: (0..bytes).map(|_| AtomicU8::new(0)).collect(),
+        }
+    }
+
+    /// Marks chunk `index` as verified and written.
+    pub fn set(&self, index: u32) {
+        if let Some(b) = self.have.get((index / 8) as usize) {
+            b.fetch_or(1 << (index % 8), Ordering::Release);
+        }
+    }
+
+    pub fn has(&self, index: u32) -> bool {
+        self.have
+            .get((index / 8) as usize)
+            .is_some_and(|b| b.load(Ordering::Acquire) & (1 << (index % 8)) != 0)
+    }
+
+    /// The availability bitfield as sent in `Have`.
+    pub fn bitfield(&self) -> Vec<u8> {
+        self.have
+            .iter()
+            .map(|b| b.load(Ordering::Acquire))
+            .collect()
+    }
+}
+
+/// What the library holds for an id.
+#[derive(Debug, Clone)]
+pub enum Holding {
+    Complete(Arc<SharedEntry>),
+    Partial(Arc<PartialEntry>),
+}
+
+impl Holding {
+    pub fn info(&self) -> &Arc<ContentInfo> {
+        match self {
+            Holding::Complete(e) => &e.info,
+            Holding::Partial(p) => &p.info,
+        }
+    }
+}
+
+struct Inner {
+    root: PathBuf,
+    /// Replaced whole after each scan; readers clone an `Arc` under a brief
+    /// read lock, so a std `RwLock` is enough (it is never held across `.await`).
+    by_id: RwLock<Arc<HashMap<FileId, Arc<SharedEntry>>>>,
+    partial: RwLock<HashMap<FileId, Arc<PartialEntry>>>,
+    /// Bumped whenever the shared list changes; the registrar watches it.
+    version: watch::Sender<u64>,
+    /// Wakes the scanner early (a served file turned out to have changed).
+    rescan: Notify,
+}
+
+/// Cloneable handle to this peer's files.
+#[derive(Clone)]
+pub struct Library {
+    inner: Arc<Inner>,
+}
+
+impl Library {
+    /// A library for the (canonical) shared folder `root`.
+    pub fn new(root: PathBuf) -> Self {
+        Library {
+            inner: Arc::new(Inner {
+                root,
+                by_id: RwLock::new(Arc::new(HashMap::new())),
+                partial: RwLock::new(HashMap::new()),
+                version: watch::channel(0).0,
+                rescan: Notify::new(),
+            }),
+        }
+    }
+
+    /// The canonical shared folder.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Replaces the complete files after a scan.
+    pub fn set_shared(&self, entries: Vec<Arc<SharedEntry>>) {
+        let mut map = HashMap::with_capacity(entries.len());
+        for e in entries {
+            // Two paths with the same content: keep the first name in order.
+            map.entry(e.info.id).or_insert(e);
+        }
+        let changed = {
+            let old = self.inner.by_id.read().unwrap_or_else(|p| p.into_inner());
+            old.len() != map.len()
+                || old
+                    .iter()
+                    .any(|(id, e)| map.get(id).is_none_or(|n| n.rel != e.rel))
+        };
+        *self.inner.by_id.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+        if changed {
+            self.inner.version.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Snapshot of the complete shared files.
+    pub fn shared(&self) -> Arc<HashMap<FileId, Arc<SharedEntry>>> {
+        self.inner
+            .by_id
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The list to register at the index.
+    pub fn listing(&self) -> HashMap<FileId, SharedFile> {
+        self.shared()
+            .iter()
+            .map(|(id, e)| {
+                (
+                    *id,
+                    SharedFile {
+                        id: *id,
+                        name: e.rel.clone(),
+                        size: e.size,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Watch this to learn that the listing changed.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.version.subscribe()
+    }
+
+    /// Publishes a download in progress so that its verified chunks can be served.
+    pub fn add_partial(&self, entry: Arc<PartialEntry>) {
+        self.inner
+            .partial
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry.info.id, entry);
+    }
+
+    pub fn remove_partial(&self, id: &FileId) {
+        self.inner
+            .partial
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// What is held for `id`: a complete file first, else a partial one.
+    pub fn get(&self, id: &FileId) -> Option<Holding> {
+        if let Some(e) = self.shared().get(id) {
+            return Some(Holding::Complete(e.clone()));
+        }
+        self.inner
+            .partial
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .map(Holding::Partial)
+    }
+
+    /// Asks the scanner to look at the folder again soon.
+    pub fn request_rescan(&self) {
+        self.inner.rescan.notify_one();
+    }
+
+    pub(crate) async fn rescan_requested(&self) {
+        self.inner.rescan.notified().await
+    }
+}
+
+/// Why a chunk could not be read for serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadChunkError {
+    #[error("not shared here")]
+    NotFound,
+    #[error("the file changed on disk since it was hashed")]
+    Changed,
+    #[error("the file is outside the shared folder")]
+    OutsideShare,
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Modification time of `meta` in nanoseconds since the epoch.
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128
+}
+
+/// An open file ready to serve chunks of one holding; checked once at open
+/// (it must still resolve inside the shared folder) and on every read (it
+/// must not have changed since it was hashed).
+pub struct OpenHolding {
+    pub holding: Holding,
+    file: File,
+}
+
+impl OpenHolding {
+    /// Opens the file behind `holding` (blocking).
+    pub fn open(library: &Library, holding: Holding) -> Result<Self, ReadChunkError> {
+        let path = match &holding {
+            Holding::Complete(e) => {
+                // A symlink may have been swapped since the scan: resolve again.
+                let real = std::fs::canonicalize(&e.path).map_err(|_| ReadChunkError::Changed)?;
+                if !real.starts_with(library.root()) {
+                    return Err(ReadChunkError::OutsideShare);
+                }
+                real
+            }
+            Holding::Partial(p) => p.path.clone(),
+        };
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ReadChunkError::Changed,
+            _ => ReadChunkError::Io(e),
+        })?;
+        Ok(OpenHolding { holding, file })
+    }
+
+    /// Reads chunk `index` into `buf` (blocking). The reader verifies it
+    /// anyway; the checks here only avoid sending data we know is stale.
+    pub fn read_chunk(&self, index: u32, buf: &mut Vec<u8>) -> Result<(), ReadChunkError> {
+        use std::os::unix::fs::FileExt;
+        let info = self.holding.info();
+        if index >= info.chunk_count() {
+            return Err(ReadChunkError::NotFound);
+        }
+        match &self.holding {
+            Holding::Complete(e) => {
+                let meta = self.file.metadata()?;
+                if meta.len() != e.size || mtime_ns(&meta) != e.mtime_ns {
+                    return Err(ReadChunkError::Changed);
+                }
+            }
+            Holding::Partial(p) => {
+                if !p.has(index) {
+                    return Err(ReadChunkError::NotFound);
+                }
+            }
+        }
+        let len = info.chunk_len(index);
+        buf.clear();
+        buf.resize(len, 0);
+        self.file
+            .read_exact_at(buf, index as u64 * common::CHUNK_SIZE as u64)?;
+        Ok(())
+    }
+}

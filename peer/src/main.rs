@@ -1,0 +1,301 @@
+//! The `peer` command: share a folder, search, fetch, browse, hash.
+
+mod cli_output;
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use common::units::parse_duration;
+use peer::download::{DownloadError, EngineConfig, Progress};
+use peer::get::GetError;
+use peer::index_client::IndexClient;
+use tokio_util::sync::CancellationToken;
+
+/// A peer of a p2pshare network: share a folder, search the index, and
+/// fetch files directly from the peers that hold them, every chunk verified.
+#[derive(Parser, Debug)]
+#[command(name = "peer", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct IndexArg {
+    /// Index server to talk to, HOST:PORT.
+    #[arg(long, env = "PEER_INDEX", default_value = "127.0.0.1:8888")]
+    index: String,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Share a folder: hash it, register it at the index, serve chunks to other peers.
+    Serve {
+        /// Folder to share, recursively (names starting with '.' are skipped).
+        #[arg(long, env = "PEER_SHARE")]
+        share: PathBuf,
+        #[command(flatten)]
+        index: IndexArg,
+        /// Address to accept chunk requests on.
+        #[arg(long, env = "PEER_LISTEN", default_value = "0.0.0.0:6699")]
+        listen: SocketAddr,
+        /// HOST:PORT other peers should use to reach this one, when the
+        /// index would otherwise see a NAT or container address.
+        #[arg(long, env = "PEER_ADVERTISE")]
+        advertise: Option<String>,
+        /// Nickname shown to other peers (unique among online peers).
+        #[arg(long, env = "PEER_NICK")]
+        nick: Option<String>,
+        /// Folder for the hash cache (default: SHARE/.p2pshare).
+        #[arg(long, env = "PEER_CACHE_DIR")]
+        cache_dir: Option<PathBuf>,
+        /// How often to look for added, changed and removed files.
+        #[arg(long, env = "PEER_RESCAN_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+        rescan_interval: Duration,
+        /// Most simultaneous uploads; further peers are told to come back later.
+        #[arg(long, env = "PEER_MAX_UPLOADS", default_value_t = 32)]
+        max_uploads: usize,
+    },
+    /// Search the index for files whose name contains every WORD.
+    Search {
+        #[command(flatten)]
+        index: IndexArg,
+        /// Print one JSON array (id, name, size, sources) instead of a table.
+        #[arg(long, env = "PEER_JSON")]
+        json: bool,
+        /// Most results to show.
+        #[arg(long, env = "PEER_LIMIT", default_value_t = 100)]
+        limit: u32,
+        /// Words that must all appear in the name (case-insensitive).
+        #[arg(required = true)]
+        words: Vec<String>,
+    },
+    /// Download a file by id or exact name from every peer that has it.
+    Get {
+        #[command(flatten)]
+        index: IndexArg,
+        /// Folder to put the file in (created if missing).
+        #[arg(short = 'o', long = "out", env = "PEER_OUT", default_value = ".")]
+        out: PathBuf,
+        /// Print a JSON object (path, id, size, sources_used) instead of the path.
+        #[arg(long, env = "PEER_JSON")]
+        json: bool,
+        /// Drop a source that sends nothing for this long.
+        #[arg(long, env = "PEER_STALL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+        stall_timeout: Duration,
+        /// Most sources to fetch from at once.
+        #[arg(long, env = "PEER_MAX_SOURCES", default_value_t = 16)]
+        max_sources: usize,
+        /// Chunk requests kept in flight per source.
+        #[arg(long, env = "PEER_PIPELINE", default_value_t = 8)]
+        pipeline: usize,
+        /// A 64-digit file id, or a file's exact name as `peer search` shows it.
+        target: String,
+    },
+    /// List the files one peer shares (by HOST:PORT as the index shows it, or nickname).
+    Browse {
+        #[command(flatten)]
+        index: IndexArg,
+        #[arg(long, env = "PEER_JSON")]
+        json: bool,
+        peer: String,
+    },
+    /// Print a file's id (what `peer get` and the index know it by).
+    Hash {
+        #[arg(long, env = "PEER_JSON")]
+        json: bool,
+        file: PathBuf,
+    },
+    /// Counts of online peers, files and bytes at the index.
+    Stats {
+        #[command(flatten)]
+        index: IndexArg,
+        #[arg(long, env = "PEER_JSON")]
+        json: bool,
+    },
+    /// Start an index and three peers on loopback, share sample files,
+    /// search and fetch, and explain each step. Needs nothing set up.
+    Demo {
+        /// Size of the large sample file shared by two peers.
+        #[arg(long, default_value = "32MiB", value_parser = common::units::parse_size)]
+        size: u64,
+        /// Keep the demo's folders instead of deleting them.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn init_tracing(default: &str) {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Cancels the token on SIGINT or SIGTERM.
+fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+        }
+        t.cancel();
+    });
+    Ok(token)
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let default_log = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
+    init_tracing(default_log);
+    let code = match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Serve {
+            share,
+            index,
+            listen,
+            advertise,
+            nick,
+            cache_dir,
+            rescan_interval,
+            max_uploads,
+        } => {
+            let shutdown = shutdown_on_signals()?;
+            let mut config = peer::ServeConfig::new(share, index.index);
+            config.listen = listen;
+            config.advertise = advertise;
+            config.nick = nick;
+            config.cache_dir = cache_dir;
+            config.rescan_interval = rescan_interval;
+            config.max_uploads = max_uploads;
+            peer::serve::run(config, shutdown).await?;
+            Ok(0)
+        }
+        Command::Search {
+            index,
+            json,
+            limit,
+            words,
+        } => {
+            let mut client = IndexClient::connect(&index.index).await?;
+            let hits = client.search(words, limit).await?;
+            if json {
+                cli_output::print_json(&cli_output::hits_json(&hits));
+            } else {
+                cli_output::print_hits(&hits);
+            }
+            Ok(0)
+        }
+        Command::Get {
+            index,
+            out,
+            json,
+            stall_timeout,
+            max_sources,
+            pipeline,
+            target,
+        } => {
+            let shutdown = shutdown_on_signals()?;
+            let engine = EngineConfig {
+                stall_timeout,
+                max_sources: max_sources.max(1),
+                pipeline_depth: pipeline.clamp(1, 256),
+                ..EngineConfig::default()
+            };
+            let progress = Arc::new(Progress::default());
+            let bar = cli_output::ProgressBar::start(progress.clone(), &target);
+            let result =
+                peer::get::get(&index.index, &target, out, engine, progress, shutdown).await;
+            bar.finish();
+            match result {
+                Ok(outcome) => {
+                    if json {
+                        cli_output::print_json(&outcome);
+                    } else {
+                        println!("{}", outcome.path.display());
+                    }
+                    Ok(0)
+                }
+                Err(GetError::Download(e @ DownloadError::Interrupted { .. })) => {
+                    eprintln!("{e}");
+                    Ok(130)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Browse { index, json, peer } => {
+            let mut client = IndexClient::connect(&index.index).await?;
+            let files = client.browse(&peer).await?;
+            if json {
+                cli_output::print_json(&cli_output::files_json(&files));
+            } else {
+                cli_output::print_files(&files);
+            }
+            Ok(0)
+        }
+        Command::Hash { json, file } => {
+            let path = file.clone();
+            let info = tokio::task::spawn_blocking(move || peer::scan::hash_file(&path))
+                .await?
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            if json {
+                cli_output::print_json(&serde_json::json!({
+                    "id": info.id.to_hex(), "size": info.size, "chunks": info.chunk_count(),
+                    "path": file.display().to_string(),
+                }));
+            } else {
+                println!("{}", info.id);
+            }
+            Ok(0)
+        }
+        Command::Stats { index, json } => {
+            let mut client = IndexClient::connect(&index.index).await?;
+            let s = client.stats().await?;
+            if json {
+                cli_output::print_json(
+                    &serde_json::json!({"peers": s.peers, "files": s.files, "bytes": s.bytes}),
+                );
+            } else {
+                println!(
+                    "{} peers online, {} files, {}",
+                    s.peers,
+                    s.files,
+                    cli_output::human_size(s.bytes)
+                );
+            }
+            Ok(0)
+        }
+        Command::Demo { size, keep } => {
+            let shutdown = shutdown_on_signals()?;
+            demo::run(size, keep, shutdown).await?;
+            Ok(0)
+        }
+    }
+}
