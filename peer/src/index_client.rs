@@ -115,6 +115,17 @@ impl IndexClient {
         }
     }
 
+    /// Resolves when the server closes the connection (or sends something
+    /// unasked). Use it while idle, with no request outstanding.
+    pub async fn closed(&mut self) -> IndexError {
+        use tokio::io::AsyncBufReadExt;
+        match self.reader.fill_buf().await {
+            Ok([]) => IndexError::Wire(WireError::Closed),
+            Ok(_) => IndexError::Unexpected("data the client did not ask for".into()),
+            Err(e) => IndexError::Wire(WireError::Io(e)),
+        }
+    }
+
     pub async fn search(
         &mut self,
         words: Vec<String>,

@@ -111,6 +111,8 @@ async fn session(
             _ = heartbeat.tick() => {
                 client.request(&IndexRequest::Heartbeat).await?;
             }
+            // Notice at once when the index goes away, not at the next heartbeat.
+            e = client.closed() => return Err(e),
         }
     }
 }

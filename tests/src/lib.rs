@@ -1,1 +1,203 @@
+//! Test harness: real index servers and peers in-process on 127.0.0.1 port 0,
+//! misbehaving sources, and waiting on conditions with deadlines.
+//!
+//! # Layout
+//! - [`Index`]/[`start_index`]: an index server with its address and state.
+//! - [`Peer`]/[`start_peer`]: a sharing peer daemon in its own folder.
+//! - [`fake`]: hand-written sources that die, stall or lie, speaking the
+//!   real protocol.
+//! - [`wait_until`]: polls a condition until a deadline (never a bare sleep).
 
+pub mod fake;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use peer::registrar::RegistrationState;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Logs to the test output when RUST_LOG is set.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after `deadline`.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if condition().await {
+            return;
+        }
+        if tokio::time::Instant::now() > give_up {
+            panic!("timed out after {deadline:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running index server.
+pub struct Index {
+    pub addr: SocketAddr,
+    pub state: index_server::Index,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), index_server::ServerError>>,
+}
+
+impl Index {
+    pub fn addr_string(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("index task panicked")
+            .expect("index failed");
+    }
+}
+
+/// Starts an index on `listen` (use `127.0.0.1:0`).
+pub async fn start_index_on(listen: SocketAddr, lease_ttl: Duration) -> Index {
+    init_logging();
+    let config = index_server::Config {
+        listen,
+        lease_ttl,
+        ..Default::default()
+    };
+    let server = index_server::Server::bind(config)
+        .await
+        .expect("bind index");
+    let addr = server.local_addr();
+    let state = server.index();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    Index {
+        addr,
+        state,
+        shutdown,
+        task,
+    }
+}
+
+pub async fn start_index() -> Index {
+    start_index_on("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30)).await
+}
+
+/// A running peer daemon sharing `share`.
+pub struct Peer {
+    pub daemon: peer::Daemon,
+    pub share: PathBuf,
+    pub shutdown: CancellationToken,
+}
+
+impl Peer {
+    pub fn addr(&self) -> String {
+        self.daemon.listen_addr.to_string()
+    }
+
+    pub fn chunks_served(&self) -> u64 {
+        self.daemon.uploads.chunks()
+    }
+
+    /// Waits until the peer is registered with exactly `files` files.
+    pub async fn wait_registered(&mut self, files: usize) {
+        let mut rx = self.daemon.registration.clone();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(20),
+            rx.wait_for(
+                |s| matches!(s, RegistrationState::Registered { files: f, .. } if *f == files),
+            ),
+        )
+        .await
+        .map(|r| r.is_ok());
+        assert_eq!(
+            waited,
+            Ok(true),
+            "peer did not register {files} files; state {:?}",
+            *self.daemon.registration.borrow()
+        );
+    }
+
+    /// Stops the daemon and checks that no task was left running.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let tracker = self.daemon.tracker();
+        self.daemon.wait().await;
+        assert_eq!(tracker.len(), 0, "tasks left running after shutdown");
+    }
+}
+
+/// Config for a test peer: loopback, port 0, fast rescans and reconnects.
+pub fn peer_config(share: &Path, index: &str) -> peer::ServeConfig {
+    let mut config = peer::ServeConfig::new(share.to_path_buf(), index.to_string());
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.rescan_interval = Duration::from_millis(100);
+    config.backoff_min = Duration::from_millis(20);
+    config.backoff_max = Duration::from_millis(200);
+    config
+}
+
+pub async fn start_peer_with(config: peer::ServeConfig) -> Peer {
+    init_logging();
+    std::fs::create_dir_all(&config.share).unwrap();
+    let shutdown = CancellationToken::new();
+    let share = config.share.clone();
+    let daemon = peer::serve::start(config, shutdown.clone())
+        .await
+        .expect("start peer");
+    Peer {
+        daemon,
+        share,
+        shutdown,
+    }
+}
+
+pub async fn start_peer(share: &Path, index: &str) -> Peer {
+    start_peer_with(peer_config(share, index)).await
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Writes `data` to `dir/name` (creating folders) and returns the path.
+pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+/// An engine config for tests: quick to give up on bad sources.
+pub fn test_engine() -> peer::EngineConfig {
+    peer::EngineConfig {
+        stall_timeout: Duration::from_secs(2),
+        ..Default::default()
+    }
+}

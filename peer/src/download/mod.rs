@@ -190,7 +190,7 @@ impl Verifier {
                 "chunk failed verification; dropping that source"
             );
             self.scheduler.ban(job.source);
-            self.scheduler.release([job.index]);
+            self.scheduler.reject(job.index);
             return;
         }
         let offset = job.index as u64 * common::CHUNK_SIZE as u64;

@@ -17,6 +17,8 @@ enum ChunkState {
     Missing,
     /// Requested from this many sources.
     Requested(u8),
+    /// Arrived and waiting for the verifier: not worth requesting again.
+    Received,
     Done,
 }
 
@@ -146,6 +148,28 @@ impl Scheduler {
         true
     }
 
+    /// Records that chunk `index` arrived and went to the verifier.
+    pub fn received(&self, index: u32) {
+        if let Some(c) = self.lock().chunks.get_mut(index as usize) {
+            if matches!(*c, ChunkState::Requested(_)) {
+                *c = ChunkState::Received;
+            }
+        }
+    }
+
+    /// Chunk `index` failed verification: it is missing again.
+    pub fn reject(&self, index: u32) {
+        {
+            let mut s = self.lock();
+            if let Some(c) = s.chunks.get_mut(index as usize) {
+                if *c != ChunkState::Done {
+                    *c = ChunkState::Missing;
+                }
+            }
+        }
+        self.changed.notify_waiters();
+    }
+
     /// Whether chunk `index` is already verified.
     pub fn is_done(&self, index: u32) -> bool {
         self.lock().chunks.get(index as usize) == Some(&ChunkState::Done)
@@ -203,6 +227,12 @@ mod tests {
             s.next(1, |_| true, true),
             Pick::Chunk(1),
             "endgame duplicates an in-flight chunk"
+        );
+        s.received(1);
+        assert_eq!(
+            s.next(0, |_| true, true),
+            Pick::Wait,
+            "a received chunk is not requested again"
         );
         assert!(s.complete(1));
         assert!(!s.complete(1), "the duplicate copy is not counted twice");

@@ -208,6 +208,7 @@ async fn fetch_loop(
             let available = |i: u32| have.as_ref().is_none_or(|b| bit_is_set(b, i));
             match shared.scheduler.next(index, available, inflight.is_empty()) {
                 Pick::Chunk(c) => {
+                    tracing::trace!(source = index, chunk = c, "requesting");
                     conn.queue(&PeerRequest::Chunk { id, index: c }).await?;
                     inflight.push_back(c);
                 }
@@ -247,6 +248,7 @@ async fn fetch_loop(
                 let mut data = vec![0u8; len as usize];
                 conn.raw(&mut data).await?;
                 inflight.pop_front();
+                shared.scheduler.received(i);
                 shared
                     .bytes_received
                     .fetch_add(len as u64, Ordering::Relaxed);
