@@ -11,7 +11,6 @@ use common::limits::CONNECT_TIMEOUT;
 use common::wire::{self, Deadlines, WireError};
 use tokio::io::{BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 /// How long to wait for the index to answer one request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,14 +42,7 @@ impl IndexError {
     }
 }
 
-/// Connects to `addr` (`HOST:PORT`, resolved now) with a deadline.
-pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, std::io::Error> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))??;
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
+pub use transfer::net::connect_tcp;
 
 /// One open connection to the index server.
 pub struct IndexClient {

@@ -3,24 +3,20 @@
 //!
 //! # Layout
 //! - [`serve`]: the `peer serve` daemon (scan, chunk server, registrar).
-//! - [`library`]: what this peer can serve, by id: complete shared files and
-//!   partial downloads.
-//! - [`scan`]: walking and hashing the shared folder, with a persistent cache.
-//! - [`chunk_server`]: the upload side of the peer protocol.
 //! - [`registrar`]: staying registered at the index (leases, diffs, reconnects).
 //! - [`index_client`]: one connection to the index, for daemon and CLI.
-//! - [`download`]: the transfer engine shared by every paradigm: hash list,
-//!   multi-source pipelined fetching, per-chunk verification, resume, publish.
 //! - [`get`]: `peer get` for the hybrid model (index lookup, then download).
+//!
+//! The transfer engine itself (library, scanning, chunk server, download)
+//! lives in the `transfer` crate, shared with the index server's store; it
+//! is re-exported here under the same names.
 
-pub mod chunk_server;
-pub mod download;
 pub mod get;
 pub mod index_client;
-pub mod library;
 pub mod registrar;
-pub mod scan;
 pub mod serve;
+
+pub use transfer::{chunk_server, download, library, scan};
 
 pub use download::{DownloadOutcome, DownloadRequest, EngineConfig, Progress};
 pub use serve::{Daemon, ServeConfig};

@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use super::scheduler::Pick;
 use super::{Shared, VerifyJob};
-use crate::index_client::connect_tcp;
+use crate::net::connect_tcp;
 
 /// Why a source was given up.
 #[derive(Debug, thiserror::Error)]

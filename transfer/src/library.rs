@@ -207,7 +207,8 @@ impl Library {
         self.inner.rescan.notify_one();
     }
 
-    pub(crate) async fn rescan_requested(&self) {
+    /// Resolves when someone asked for a rescan.
+    pub async fn rescan_requested(&self) {
         self.inner.rescan.notified().await
     }
 }

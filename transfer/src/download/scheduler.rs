@@ -219,25 +219,43 @@ mod tests {
 
     #[test]
     fn released_chunks_are_picked_again_and_endgame_duplicates() {
-        let s = Scheduler::new(&[false, false], 2);
+        let s = Scheduler::new(&[false, false, false], 2);
         assert_eq!(s.next(0, |_| true, false), Pick::Chunk(0));
         assert_eq!(s.next(0, |_| true, false), Pick::Chunk(1));
+        assert_eq!(s.next(0, |_| true, false), Pick::Chunk(2));
         assert_eq!(s.next(1, |_| true, false), Pick::Wait);
-        assert_eq!(
-            s.next(1, |_| true, true),
-            Pick::Chunk(1),
-            "endgame duplicates an in-flight chunk"
-        );
+        // Source 0's chunk 1 arrived and waits for the verifier: not worth a duplicate.
         s.received(1);
         assert_eq!(
-            s.next(0, |_| true, true),
+            s.next(1, |_| true, true),
+            Pick::Chunk(2),
+            "endgame duplicates a chunk still in flight"
+        );
+        assert_eq!(s.next(1, |_| true, true), Pick::Chunk(0));
+        assert_eq!(
+            s.next(1, |_| true, true),
             Pick::Wait,
-            "a received chunk is not requested again"
+            "at most two copies of a chunk"
         );
         assert!(s.complete(1));
-        assert!(!s.complete(1), "the duplicate copy is not counted twice");
+        assert!(!s.complete(1), "a duplicate copy is not counted twice");
+        assert!(s.complete(2));
+        // Source 0 dies: its copy of chunk 0 goes back, source 1's copy still counts.
         s.release([0]);
-        assert_eq!(s.next(1, |_| true, false), Pick::Chunk(0));
+        assert_eq!(s.next(0, |_| true, false), Pick::Wait);
+        s.release([0]);
+        assert_eq!(
+            s.next(0, |_| true, false),
+            Pick::Chunk(0),
+            "released by both: missing again"
+        );
+        s.received(0);
+        s.reject(0);
+        assert_eq!(
+            s.next(1, |_| true, false),
+            Pick::Chunk(0),
+            "a rejected chunk is missing again"
+        );
         assert!(s.complete(0));
         assert!(s.is_finished());
         assert_eq!(s.next(0, |_| true, true), Pick::Finished);
@@ -248,7 +266,7 @@ mod tests {
         let s = Scheduler::new(&[true, false, false], 1);
         assert_eq!(s.done(), 1);
         assert_eq!(s.next(0, |i| i == 2, false), Pick::Chunk(2));
-        assert_eq!(s.next(0, |i| i == 2, true), Pick::Wait);
+        assert_eq!(s.next(0, |i| i == 2, false), Pick::Wait);
         s.ban(0);
         assert_eq!(s.next(0, |_| true, true), Pick::Wait);
     }

@@ -1,0 +1,21 @@
+//! The transfer engine of p2pshare, shared by every paradigm: the hybrid
+//! peers, the client-server store and the pure peer-to-peer overlay all
+//! serve and fetch files through this crate.
+//!
+//! # Layout
+//! - [`library`]: what a node can serve, by id: complete shared files and
+//!   partial downloads (with the bitfield of verified chunks).
+//! - [`scan`]: walking and hashing a shared folder, with a persistent cache.
+//! - [`chunk_server`]: the upload side of the peer protocol (hash lists,
+//!   availability, chunks), with an upload-slot cap.
+//! - [`download`]: one verified multi-source download: hash list, pipelined
+//!   sources, scheduler with endgame, verifier threads, resume, publish.
+//! - [`net`]: connecting with a deadline.
+
+pub mod chunk_server;
+pub mod download;
+pub mod library;
+pub mod net;
+pub mod scan;
+
+pub use download::{DownloadError, DownloadOutcome, DownloadRequest, EngineConfig, Progress};
