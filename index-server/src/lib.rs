@@ -36,6 +36,13 @@ pub struct Config {
     pub max_connections: usize,
     /// How long a connection that is not a sharing peer may stay idle.
     pub client_idle: Duration,
+    /// Deadline for a new connection's hello.
+    pub hello_timeout: Duration,
+    /// Deadline for the rest of a frame once its first byte arrived (slowloris).
+    pub frame_timeout: Duration,
+    /// Requests per second one connection may make; a faster client is
+    /// slowed down (not cut off), so one flood cannot starve the others.
+    pub max_requests_per_sec: u32,
 }
 
 impl Default for Config {
@@ -45,6 +52,9 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(60),
             max_connections: 10_000,
             client_idle: Duration::from_secs(300),
+            hello_timeout: common::limits::HELLO_TIMEOUT,
+            frame_timeout: common::limits::FRAME_TIMEOUT,
+            max_requests_per_sec: 200_000,
         }
     }
 }

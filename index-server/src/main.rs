@@ -26,6 +26,15 @@ struct Cli {
     /// How long a non-sharing client (search, get) may keep an idle connection.
     #[arg(long, env = "INDEX_CLIENT_IDLE", default_value = "5m", value_parser = parse_duration)]
     client_idle: Duration,
+
+    /// Deadline for the rest of a message once its first byte arrived; a
+    /// client dripping bytes slower than this is cut off.
+    #[arg(long, env = "INDEX_FRAME_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    frame_timeout: Duration,
+
+    /// Requests per second one connection may make; faster clients are slowed down.
+    #[arg(long, env = "INDEX_MAX_REQUESTS_PER_SEC", default_value_t = 200_000)]
+    max_requests_per_sec: u32,
 }
 
 #[tokio::main]
@@ -43,6 +52,9 @@ async fn main() -> anyhow::Result<()> {
         lease_ttl: cli.lease_ttl,
         max_connections: cli.max_connections.max(1),
         client_idle: cli.client_idle,
+        frame_timeout: cli.frame_timeout,
+        max_requests_per_sec: cli.max_requests_per_sec,
+        ..Default::default()
     };
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;

@@ -167,17 +167,52 @@ async fn serve_connection(
     }
 }
 
+/// Per-connection request budget: a token bucket refilled every second.
+struct RequestBudget {
+    per_sec: u32,
+    left: u32,
+    window_start: Instant,
+}
+
+impl RequestBudget {
+    fn new(per_sec: u32) -> Self {
+        let per_sec = per_sec.max(1);
+        RequestBudget {
+            per_sec,
+            left: per_sec,
+            window_start: Instant::now(),
+        }
+    }
+
+    /// Waits, if needed, until one more request may be handled.
+    async fn take(&mut self) {
+        if self.left == 0 {
+            tokio::time::sleep_until(self.window_start + Duration::from_secs(1)).await;
+        }
+        let now = Instant::now();
+        if now >= self.window_start + Duration::from_secs(1) {
+            self.window_start = now;
+            self.left = self.per_sec;
+        }
+        self.left -= 1;
+    }
+}
+
 async fn connection_loop(
     mut stream: TcpStream,
     index: &Index,
     conn: &mut Connection,
     config: &Config,
 ) -> Result<(), WireError> {
-    wire::server_handshake(&mut stream, Protocol::Index, false).await?;
+    let hello = wire::server_handshake(&mut stream, Protocol::Index, false);
+    tokio::time::timeout(config.hello_timeout, hello)
+        .await
+        .map_err(|_| WireError::Timeout("the client's hello"))??;
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::new(read_half);
     let mut writer = BufWriter::new(write_half);
     let mut buf = Vec::new();
+    let mut budget = RequestBudget::new(config.max_requests_per_sec);
     loop {
         // A sharing peer heartbeats every third of its lease; anyone else may idle a while.
         let idle = if conn.session.is_some() {
@@ -185,20 +220,37 @@ async fn connection_loop(
         } else {
             config.client_idle
         };
-        let Some(request) = wire::read_message::<_, IndexRequest>(
-            &mut reader,
-            &mut buf,
-            Deadlines::with_idle(idle),
-        )
-        .await?
+        let deadlines = Deadlines {
+            idle: Some(idle),
+            frame: config.frame_timeout,
+        };
+        let Some(request) =
+            wire::read_message::<_, IndexRequest>(&mut reader, &mut buf, deadlines).await?
         else {
             return Ok(());
         };
+        budget.take().await;
         let response: IndexResponse = handle(index, conn, request, Instant::now());
         wire::write_message(&mut writer, &response).await?;
         // Pipelined requests already buffered are answered before one flush.
         if reader.buffer().is_empty() {
             writer.flush().await?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_request_budget_slows_a_flood_to_its_rate() {
+        let mut budget = RequestBudget::new(100);
+        let start = Instant::now();
+        for _ in 0..350 {
+            budget.take().await;
+        }
+        // 350 requests at 100 per second: three full windows had to pass.
+        assert_eq!(start.elapsed().as_secs(), 3);
     }
 }

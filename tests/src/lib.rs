@@ -5,10 +5,10 @@
 //! - [`Index`]/[`start_index`]: an index server with its address and state.
 //! - [`Peer`]/[`start_peer`]: a sharing peer daemon in its own folder.
 //! - [`fake`]: hand-written sources that die, stall or lie, speaking the
-//!   real protocol.
+//!   real protocol (from `transfer`'s `test-support` feature).
 //! - [`wait_until`]: polls a condition until a deadline (never a bare sleep).
 
-pub mod fake;
+pub use transfer::testing as fake;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -11,11 +11,14 @@
 //! - [`download`]: one verified multi-source download: hash list, pipelined
 //!   sources, scheduler with endgame, verifier threads, resume, publish.
 //! - [`net`]: connecting with a deadline.
+//! - `testing` (feature `test-support`): misbehaving fake sources for tests.
 
 pub mod chunk_server;
 pub mod download;
 pub mod library;
 pub mod net;
 pub mod scan;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use download::{DownloadError, DownloadOutcome, DownloadRequest, EngineConfig, Progress};

@@ -1,4 +1,6 @@
-//! Sources that misbehave on purpose, speaking the real peer protocol.
+//! Test support (feature `test-support`): sources that misbehave on purpose,
+//! speaking the real peer protocol. Used by the integration tests of several
+//! crates; never compiled into the binaries.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
