@@ -18,8 +18,11 @@
 //! - [`limits`]: every cap and default timeout in one place.
 //! - [`names`]: file-name tokenisation and validation for keyword search.
 //! - [`units`]: durations and sizes as typed on the command line.
+//! - `fuzzing` (feature `fuzzing`): the checks the fuzz targets run.
 
 pub mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod hello;
 pub mod id;
 pub mod index_proto;

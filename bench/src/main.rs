@@ -1,0 +1,84 @@
+//! End-to-end benchmarks. Every figure is printed beside the baseline it is
+//! judged against, measured in the same run on the same machine, as a ratio.
+//! `scripts/bench` builds in release mode and runs them all.
+
+mod index_load;
+mod transfer_bench;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "p2pshare-bench",
+    about = "End-to-end benchmarks of p2pshare against their baselines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One source, one file: verified download vs single-core SHA-256 and vs TCP copy + sha256sum.
+    Transfer {
+        #[arg(long, default_value = "1GiB", value_parser = common::units::parse_size)]
+        size: u64,
+        /// Scratch folder (the file and its copies are written there).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Hashing a shared folder vs `sha256sum` over the same files.
+    HashFolder {
+        #[arg(long, default_value_t = 32)]
+        files: usize,
+        #[arg(long, default_value = "32MiB", value_parser = common::units::parse_size)]
+        size: u64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The index server (a separate process) under load vs an echo server on the same framing.
+    Index {
+        #[arg(long, default_value_t = 1_000_000)]
+        files: usize,
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value = "5s", value_parser = common::units::parse_duration)]
+        duration: std::time::Duration,
+    },
+    /// (internal) a bare request/response echo server over the protocol's framing.
+    EchoServer,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Transfer { size, dir } => transfer_bench::transfer(size, dir).await,
+        Command::HashFolder { files, size, dir } => {
+            transfer_bench::hash_folder(files, size, dir).await
+        }
+        Command::Index {
+            files,
+            clients,
+            duration,
+        } => index_load::run(files, clients, duration).await,
+        Command::EchoServer => index_load::echo_server().await,
+    }
+}
+
+/// Deterministic pseudo-random bytes, fast enough to make gigabytes.
+pub fn fill_random(buf: &mut [u8], seed: u64) {
+    let mut x = seed | 1;
+    for chunk in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let bytes = x.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}
+
+pub fn gbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs / 1e9
+}
