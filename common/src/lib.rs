@@ -17,11 +17,13 @@
 //!   deadline on every whole frame.
 //! - [`limits`]: every cap and default timeout in one place.
 //! - [`names`]: file-name tokenisation and validation for keyword search.
+//! - [`im`]: nickname and direct-message rules (instant messaging).
 //! - [`units`]: durations and sizes as typed on the command line.
 
 pub mod frame;
 pub mod hello;
 pub mod id;
+pub mod im;
 pub mod index_proto;
 pub mod limits;
 pub mod names;

@@ -189,6 +189,19 @@ impl IndexClient {
         }
     }
 
+    /// Where the online peer called `nick` is; `Ok(None)` when nobody online has that nickname.
+    pub async fn whois(&mut self, nick: &str) -> Result<Option<PeerSummary>, IndexError> {
+        match self
+            .request(&IndexRequest::WhoIs { nick: nick.into() })
+            .await
+        {
+            Ok(IndexResponse::Peers { peers, .. }) => Ok(peers.into_iter().next()),
+            Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn stats(&mut self) -> Result<IndexStats, IndexError> {
         match self.request(&IndexRequest::Stats).await? {
             IndexResponse::Stats(s) => Ok(s),
