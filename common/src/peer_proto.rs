@@ -106,13 +106,13 @@ mod tests {
         );
         assert_eq!(
             encode_frame(&PeerResponse::Delivered).unwrap(),
-            [0, 0, 0, 1, 5]
+            [0, 0, 0, 1, 4]
         );
         let limited = PeerResponse::Error {
             code: PeerErrorCode::RateLimited,
             message: String::new(),
         };
-        assert_eq!(encode_frame(&limited).unwrap(), [0, 0, 0, 3, 4, 5, 0]);
+        assert_eq!(encode_frame(&limited).unwrap(), [0, 0, 0, 3, 3, 5, 0]);
     }
 
     #[test]

@@ -21,27 +21,29 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Why a message was not delivered.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
+    // Causes are named `reason`, not `source`: they are part of the message
+    // already, and a `source` would print twice in an error chain.
     #[error("message not sent: {0}")]
-    BadText(#[from] MessageTextError),
-    #[error("cannot send as {nick:?}: {source} (set another sender name with --from)")]
-    BadFrom { nick: String, source: NickError },
-    #[error("no peer can be called {nick:?}: {source}")]
-    BadNick { nick: String, source: NickError },
+    BadText(MessageTextError),
+    #[error("cannot send as {nick:?}: {reason} (set another sender name with --from)")]
+    BadFrom { nick: String, reason: NickError },
+    #[error("no peer can be called {nick:?}: {reason}")]
+    BadNick { nick: String, reason: NickError },
     #[error("{nick} is not online (no peer with that nickname is registered at the index; messages are not stored for offline peers, try again when it is online)")]
     Offline { nick: String },
     #[error(transparent)]
     Index(#[from] IndexError),
-    #[error("{nick} is registered at {addr} but cannot be reached: {source} (it may have just gone offline; messages are not stored)")]
+    #[error("{nick} is registered at {addr} but cannot be reached: {reason} (it may have just gone offline; messages are not stored)")]
     Unreachable {
         nick: String,
         addr: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("talking to {nick} at {addr}: {source}")]
+    #[error("talking to {nick} at {addr}: {reason}")]
     Wire {
         nick: String,
         addr: String,
-        source: WireError,
+        reason: WireError,
     },
     #[error("{nick} refused the message: {message}")]
     Refused {
@@ -68,14 +70,14 @@ pub struct Delivery {
 
 /// Checks what the sender controls before anything goes on the network.
 pub fn check_outgoing(to: &str, from: &str, text: &str) -> Result<(), MessageError> {
-    validate_message_text(text)?;
-    validate_nick(from).map_err(|source| MessageError::BadFrom {
+    validate_message_text(text).map_err(MessageError::BadText)?;
+    validate_nick(from).map_err(|reason| MessageError::BadFrom {
         nick: from.into(),
-        source,
+        reason,
     })?;
-    validate_nick(to).map_err(|source| MessageError::BadNick {
+    validate_nick(to).map_err(|reason| MessageError::BadNick {
         nick: to.into(),
-        source,
+        reason,
     })?;
     Ok(())
 }
@@ -104,15 +106,15 @@ pub async fn send_message(
 /// Delivers `text` to the peer at `addr` (known as `to`) over the peer protocol.
 pub async fn deliver_to(addr: &str, to: &str, from: &str, text: &str) -> Result<(), MessageError> {
     check_outgoing(to, from, text)?;
-    let unreachable = |source| MessageError::Unreachable {
+    let unreachable = |reason| MessageError::Unreachable {
         nick: to.into(),
         addr: addr.into(),
-        source,
+        reason,
     };
-    let wire_error = |source| MessageError::Wire {
+    let wire_error = |reason| MessageError::Wire {
         nick: to.into(),
         addr: addr.into(),
-        source,
+        reason,
     };
     let mut stream = connect_tcp(addr, CONNECT_TIMEOUT)
         .await
