@@ -31,9 +31,11 @@ pub enum ImCommand {
         /// The peer's nickname, as `peer who` shows it.
         nick: String,
     },
-    /// Send a direct message: the index is asked where NICK is, then the text
-    /// goes straight to that peer (never through the index). Fails when NICK
-    /// is offline: messages are not stored.
+    /// Send a direct message to NICK, straight to that peer.
+    ///
+    /// The index is only asked where NICK is; the text goes directly to that
+    /// peer and never through the index. Fails when NICK is offline: messages
+    /// are not stored for later.
     Msg {
         #[command(flatten)]
         index: IndexArg,
@@ -49,8 +51,10 @@ pub enum ImCommand {
         #[arg(required = true)]
         text: Vec<String>,
     },
-    /// Show the direct messages the peer serving SHARE on this machine has
-    /// received (read from SHARE/.p2pshare/inbox.jsonl, oldest first).
+    /// Show the direct messages this machine's peer has received.
+    ///
+    /// Reads SHARE/.p2pshare/inbox.jsonl, which `peer serve --share SHARE`
+    /// writes, oldest message first; works whether the daemon runs or not.
     Inbox {
         /// The folder `peer serve --share` shares.
         #[arg(long, env = "PEER_SHARE")]

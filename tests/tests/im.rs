@@ -220,7 +220,9 @@ async fn answer(stream: &mut tokio::net::TcpStream) -> PeerResponse {
 async fn oversized_and_hostile_messages_are_refused() {
     let index = start_index().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut bob = start_nick(&dir.path().join("bob"), &index.addr_string(), "bob").await;
+    let mut config = nick_config(&dir.path().join("bob"), &index.addr_string(), "bob");
+    config.message_burst = 100; // this test is about content, not rate
+    let mut bob = start_peer_with(config).await;
     bob.wait_registered(0).await;
 
     // The sender refuses before asking anyone anything.

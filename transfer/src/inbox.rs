@@ -1,10 +1,10 @@
 //! A node's inbox of direct messages (the instant-messaging hybrid).
 //!
 //! Messages arrive peer to peer as `PeerRequest::Message` on the chunk
-//! server's port; the index never sees them. The inbox checks each one
-//! (sender nickname, size, no terminal control characters), limits how fast
-//! one source address may send (a token bucket per IP, per /64 for IPv6),
-//! logs it, keeps the last few in memory and appends them to a JSON-lines
+//! server's port; the index never sees them. The inbox first limits how
+//! fast one source address may send (a token bucket per IP, per /64 for
+//! IPv6; bad messages count too), then checks each message (sender
+//! nickname, size, no terminal control characters), logs it, keeps the last few in memory and appends them to a JSON-lines
 //! file (normally `SHARE/.p2pshare/inbox.jsonl`) so that `peer inbox`, a
 //! separate process on the same machine, can show them. The file is
 //! compacted to the last `capacity` messages whenever it reaches twice that,
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::im::{validate_message_text, validate_nick, MessageTextError, NickError};
 use common::peer_proto::{PeerErrorCode, PeerResponse};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Name of the inbox file inside a peer's state folder.
 pub const INBOX_FILE: &str = "inbox.jsonl";
@@ -237,9 +237,10 @@ impl Inbox {
         from: String,
         text: String,
     ) -> Result<(), DeliveryRefused> {
+        // The limit comes first, so that a flood of bad messages is limited too.
+        lock(&self.inner.limiter).take(source, Instant::now())?;
         validate_nick(&from)?;
         validate_message_text(&text)?;
-        lock(&self.inner.limiter).take(source, Instant::now())?;
         let message = InboxMessage {
             from,
             source: source.to_string(),
@@ -288,7 +289,12 @@ impl Inbox {
         match self.deliver(source, from, text).await {
             Ok(()) => PeerResponse::Delivered,
             Err(e) => {
-                info!(%source, error = %e, "message refused");
+                // A flood is refused without filling the log.
+                if matches!(e, DeliveryRefused::RateLimited { .. }) {
+                    debug!(%source, error = %e, "message refused");
+                } else {
+                    info!(%source, error = %e, "message refused");
+                }
                 PeerResponse::Error {
                     code: e.code(),
                     message: e.to_string(),
