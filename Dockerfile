@@ -4,31 +4,38 @@
 #   docker compose build            # what docker-compose.yml does
 #   docker build -t p2pshare .      # the same image by hand
 
+############################ planner ############################
+# Extracts the dependency skeleton of the workspace: every Cargo.toml (at its
+# path) and Cargo.lock, with stub sources and fixed timestamps. It changes
+# only when a manifest or the lock file changes, so the dependency layer of
+# the builder below is reused across code edits (what cargo-chef does,
+# without BuildKit or extra tools).
+FROM docker.io/library/rust:1.95-slim-bookworm AS planner
+WORKDIR /src
+COPY . .
+RUN mkdir -p /skeleton \
+    && cp Cargo.lock /skeleton/ \
+    && find . -name Cargo.toml -not -path './target/*' -not -path '*/target/*' | while read -r manifest; do \
+        dir="$(dirname "$manifest")"; \
+        mkdir -p "/skeleton/$dir/src"; \
+        cp "$manifest" "/skeleton/$manifest"; \
+        echo 'fn main() {}' >"/skeleton/$dir/src/main.rs"; \
+        : >"/skeleton/$dir/src/lib.rs"; \
+    done \
+    && find /skeleton -exec touch -h -d @0 {} +
+
 ############################ builder ############################
 FROM docker.io/library/rust:1.95-slim-bookworm AS builder
-
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 WORKDIR /src
 
-# 1) Dependencies first, in their own layer: the manifests and the lock file
-#    with stub sources. This layer (all third-party crates fetched and built)
-#    is reused as long as no Cargo.toml / Cargo.lock changes, so editing the
-#    code rebuilds only the workspace crates. If the workspace gains a member
-#    that is not listed here the stub build is skipped and step 2 does it all.
-COPY Cargo.toml Cargo.lock ./
-COPY common/Cargo.toml common/Cargo.toml
-COPY index-server/Cargo.toml index-server/Cargo.toml
-COPY peer/Cargo.toml peer/Cargo.toml
-COPY tests/Cargo.toml tests/Cargo.toml
-RUN for crate in common index-server peer tests; do \
-        mkdir -p "$crate/src" \
-        && echo 'fn main() {}' >"$crate/src/main.rs" \
-        && : >"$crate/src/lib.rs"; \
-    done \
-    && { cargo build --release --locked -p index-server -p peer \
-         || echo "dependency pre-build skipped; the full build below does it"; } \
-    && rm -rf common index-server peer tests
+# 1) Third-party crates, fetched and built against the stub workspace. If the
+#    stub build cannot work for some manifest, the full build below does it all.
+COPY --from=planner /skeleton/ ./
+RUN { cargo build --release --locked -p index-server -p peer \
+      || echo "dependency pre-build skipped; the full build below does it"; } \
+    && find . -mindepth 1 -maxdepth 1 ! -name target -exec rm -rf {} +
 
 # 2) The real sources. Touch them so that cargo never takes the stub build's
 #    artefacts of the workspace crates for up to date.

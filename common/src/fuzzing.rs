@@ -112,8 +112,9 @@ pub fn check_stream(data: &[u8]) {
 pub fn check_text(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     for word in crate::names::tokenize(&text) {
+        // Lower-casing may add combining marks ('İ' → "i̇"), so only these hold.
         assert!(!word.is_empty());
-        assert!(word.chars().all(char::is_alphanumeric));
+        assert!(!word.chars().any(char::is_whitespace));
     }
     let _ = crate::names::validate_name(&text);
     let _ = text.parse::<FileId>();

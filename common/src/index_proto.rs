@@ -57,6 +57,9 @@ pub enum IndexRequest {
     Stats,
     /// Online peers, a page at a time.
     ListPeers { start: u32 },
+    /// Where one online peer is, by nickname (presence and location, for
+    /// direct messages): answered by a `Peers` page holding just that peer.
+    WhoIs { nick: String },
 }
 
 /// One search result.
@@ -186,6 +189,14 @@ mod tests {
         assert_eq!(
             encode_frame(&stats).unwrap(),
             [0, 0, 0, 6, 5, 3, 251, 0x2C, 0x01, 1]
+        );
+    }
+
+    #[test]
+    fn pinned_whois_encoding() {
+        assert_eq!(
+            encode_frame(&IndexRequest::WhoIs { nick: "x".into() }).unwrap(),
+            [0, 0, 0, 3, 9, 1, b'x']
         );
     }
 

@@ -17,6 +17,7 @@
 //!   deadline on every whole frame.
 //! - [`limits`]: every cap and default timeout in one place.
 //! - [`names`]: file-name tokenisation and validation for keyword search.
+//! - [`im`]: nickname and direct-message rules (instant messaging).
 //! - [`units`]: durations and sizes as typed on the command line.
 //! - `fuzzing` (feature `fuzzing`): the checks the fuzz targets run.
 
@@ -25,6 +26,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod hello;
 pub mod id;
+pub mod im;
 pub mod index_proto;
 pub mod limits;
 pub mod names;

@@ -37,3 +37,9 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Deadline for connecting to an index or a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest nickname, in bytes.
+pub const MAX_NICK_LEN: usize = 32;
+
+/// Longest direct message text, in bytes (checked by sender and receiver).
+pub const MAX_MESSAGE_LEN: usize = 4096;

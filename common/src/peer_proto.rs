@@ -6,6 +6,7 @@
 //! exactly `len` raw bytes (file data never travels inside a serialized
 //! value). Any peer that holds a chunk can serve it, including one that is
 //! still downloading the file: `Have` tells which chunks it holds.
+//! `Message` carries a direct message between two users (see [`crate::im`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,9 @@ pub enum PeerRequest {
     Chunk { id: FileId, index: u32 },
     /// Which chunks of the file this peer holds.
     Have { id: FileId },
+    /// A direct message to this peer's user (instant messaging): sent peer
+    /// to peer, never through the index. `from` is the sender's nickname.
+    Message { from: String, text: String },
 }
 
 /// Why a peer refused a request.
@@ -32,6 +36,8 @@ pub enum PeerErrorCode {
     Busy,
     BadRequest,
     Internal,
+    /// Too many messages from this sender; try again later.
+    RateLimited,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +58,8 @@ pub enum PeerResponse {
         code: PeerErrorCode,
         message: String,
     },
+    /// Answer to `Message`: it is in the receiver's inbox.
+    Delivered,
 }
 
 /// Whether bit `index` is set in a `Have` bitfield.
@@ -84,6 +92,27 @@ mod tests {
         // 262144 needs the 4-byte varint form: marker 252, then u32 LE.
         let bytes = encode_frame(&header).unwrap();
         assert_eq!(&bytes[bytes.len() - 5..], &[252, 0x00, 0x00, 0x04, 0x00]);
+    }
+
+    #[test]
+    fn pinned_message_encodings() {
+        let msg = PeerRequest::Message {
+            from: "a".into(),
+            text: "b".into(),
+        };
+        assert_eq!(
+            encode_frame(&msg).unwrap(),
+            [0, 0, 0, 5, 3, 1, b'a', 1, b'b']
+        );
+        assert_eq!(
+            encode_frame(&PeerResponse::Delivered).unwrap(),
+            [0, 0, 0, 1, 4]
+        );
+        let limited = PeerResponse::Error {
+            code: PeerErrorCode::RateLimited,
+            message: String::new(),
+        };
+        assert_eq!(encode_frame(&limited).unwrap(), [0, 0, 0, 3, 3, 5, 0]);
     }
 
     #[test]

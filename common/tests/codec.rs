@@ -39,6 +39,7 @@ fn index_request() -> impl Strategy<Value = IndexRequest> {
         (".{0,30}", any::<u32>()).prop_map(|(peer, start)| IndexRequest::Browse { peer, start }),
         Just(IndexRequest::Stats),
         any::<u32>().prop_map(|start| IndexRequest::ListPeers { start }),
+        ".{0,40}".prop_map(|nick| IndexRequest::WhoIs { nick }),
     ]
 }
 
@@ -102,12 +103,16 @@ fn peer_message() -> impl Strategy<Value = (PeerRequest, PeerResponse)> {
         any::<bool>(),
     )
         .prop_map(|(id, n, size, bitfield, complete)| {
-            let req = match n % 3 {
+            let req = match n % 4 {
                 0 => PeerRequest::HashList { id },
                 1 => PeerRequest::Chunk { id, index: n },
-                _ => PeerRequest::Have { id },
+                2 => PeerRequest::Have { id },
+                _ => PeerRequest::Message {
+                    from: format!("n{n}"),
+                    text: format!("héllo\n{size}"),
+                },
             };
-            let resp = match n % 4 {
+            let resp = match n % 5 {
                 0 => PeerResponse::HashList { id, size, len: n },
                 1 => PeerResponse::Chunk {
                     id,
@@ -120,10 +125,11 @@ fn peer_message() -> impl Strategy<Value = (PeerRequest, PeerResponse)> {
                     complete,
                     bitfield,
                 },
-                _ => PeerResponse::Error {
+                3 => PeerResponse::Error {
                     code: PeerErrorCode::Busy,
                     message: "busy".into(),
                 },
+                _ => PeerResponse::Delivered,
             };
             (req, resp)
         })

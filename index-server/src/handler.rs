@@ -45,11 +45,23 @@ fn valid_advertise(addr: &str) -> bool {
 }
 
 fn valid_nick(nick: &str) -> bool {
-    !nick.is_empty()
-        && nick.len() <= 32
-        && nick
-            .chars()
-            .all(|c| c.is_alphanumeric() || "-_.".contains(c))
+    common::im::validate_nick(nick).is_ok()
+}
+
+/// The name a request is counted under in [`Index::request_counts`].
+pub fn request_kind(request: &IndexRequest) -> &'static str {
+    match request {
+        IndexRequest::Login(_) => "Login",
+        IndexRequest::AddFiles { .. } => "AddFiles",
+        IndexRequest::RemoveFiles { .. } => "RemoveFiles",
+        IndexRequest::Heartbeat => "Heartbeat",
+        IndexRequest::Search { .. } => "Search",
+        IndexRequest::Lookup { .. } => "Lookup",
+        IndexRequest::Browse { .. } => "Browse",
+        IndexRequest::Stats => "Stats",
+        IndexRequest::ListPeers { .. } => "ListPeers",
+        IndexRequest::WhoIs { .. } => "WhoIs",
+    }
 }
 
 /// Handles one request. Pure apart from the index state it is given.
@@ -59,6 +71,7 @@ pub fn handle(
     request: IndexRequest,
     now: Instant,
 ) -> IndexResponse {
+    index.count_request(request_kind(&request));
     match request {
         IndexRequest::Login(Login {
             listen_port,
@@ -179,6 +192,21 @@ pub fn handle(
         IndexRequest::ListPeers { start } => {
             let (peers, next) = index.peers(start as usize, MAX_FILES_PER_BATCH, now);
             IndexResponse::Peers { peers, next }
+        }
+        IndexRequest::WhoIs { nick } => {
+            if !valid_nick(&nick) {
+                return error(
+                    ErrorCode::BadRequest,
+                    "a nickname is 1 to 32 letters, digits, '-', '_' or '.'",
+                );
+            }
+            match index.whois(&nick, now) {
+                Some(peer) => IndexResponse::Peers {
+                    peers: vec![peer],
+                    next: None,
+                },
+                None => error(ErrorCode::NotFound, format!("no online peer is {nick:?}")),
+            }
         }
     }
 }

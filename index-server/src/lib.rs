@@ -62,7 +62,7 @@ impl Default for Config {
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {addr}: {source} (is another index server running there? pick another address with --listen)")]
+    #[error("cannot listen on {addr} (is another index server running there? pick another address with --listen)")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,

@@ -58,6 +58,8 @@ struct Inner {
     words: DashMap<String, HashMap<FileId, u32>>,
     /// nickname → the session holding it.
     nicks: DashMap<String, SessionId>,
+    /// Requests handled, by kind (see [`Index::request_counts`]).
+    requests: DashMap<&'static str, u64>,
 }
 
 /// Handle to the shared index state.
@@ -83,6 +85,7 @@ impl Index {
                 files: DashMap::new(),
                 words: DashMap::new(),
                 nicks: DashMap::new(),
+                requests: DashMap::new(),
             }),
         }
     }
@@ -454,6 +457,35 @@ impl Index {
         )
     }
 
+    /// The live peer holding `nick`, if any (presence and location).
+    pub fn whois(&self, nick: &str, now: Instant) -> Option<PeerSummary> {
+        // Copy the session id out before touching the sessions table (one guard at a time).
+        let session = *self.inner.nicks.get(nick)?;
+        let s = self.inner.sessions.get(&session)?;
+        (s.lease_expires > now).then(|| PeerSummary {
+            addr: s.addr.clone(),
+            nick: s.nick.clone(),
+            files: s.files.len() as u64,
+            bytes: s.bytes,
+        })
+    }
+
+    /// Counts one handled request of `kind` (a request variant's name).
+    pub fn count_request(&self, kind: &'static str) {
+        *self.inner.requests.entry(kind).or_insert(0) += 1;
+    }
+
+    /// How many requests of each kind the index has handled since it
+    /// started: what crossed the server, for operators and for tests that
+    /// prove some traffic (direct messages) never does.
+    pub fn request_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.inner
+            .requests
+            .iter()
+            .map(|e| (*e.key(), *e.value()))
+            .collect()
+    }
+
     /// Live peers, distinct live files and their bytes.
     pub fn stats(&self, now: Instant) -> IndexStats {
         let live: std::collections::HashSet<SessionId> = self
@@ -562,6 +594,27 @@ mod tests {
         // The nickname is free again even before the reaper runs.
         assert!(idx.login("c:1".into(), Some("ana".into()), now).is_ok());
         assert_eq!(idx.reap_expired(now), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn whois_finds_live_nicknames_only() {
+        let idx = Index::new(Duration::from_secs(30));
+        let a = idx
+            .login("a:1".into(), Some("ana".into()), Instant::now())
+            .unwrap();
+        idx.add_files(a, vec![file(1, "song")], Instant::now())
+            .unwrap();
+        let found = idx.whois("ana", Instant::now()).unwrap();
+        assert_eq!((found.addr.as_str(), found.files), ("a:1", 1));
+        assert!(idx.whois("bob", Instant::now()).is_none());
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(idx.whois("ana", Instant::now()).is_none(), "lease ran out");
+        let b = idx
+            .login("b:1".into(), Some("ana".into()), Instant::now())
+            .unwrap();
+        assert_eq!(idx.whois("ana", Instant::now()).unwrap().addr, "b:1");
+        idx.logout(b);
+        assert!(idx.whois("ana", Instant::now()).is_none(), "logged out");
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,7 +18,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why talking to the index failed.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
-    #[error("cannot reach the index server at {addr}: {source} (is it running? set the address with --index)")]
+    #[error(
+        "cannot reach the index server at {addr} (is it running? set the address with --index)"
+    )]
     Connect {
         addr: String,
         source: std::io::Error,
@@ -186,6 +188,19 @@ impl IndexClient {
                 }
                 other => return Err(IndexError::Unexpected(format!("{other:?}"))),
             }
+        }
+    }
+
+    /// Where the online peer called `nick` is; `Ok(None)` when nobody online has that nickname.
+    pub async fn whois(&mut self, nick: &str) -> Result<Option<PeerSummary>, IndexError> {
+        match self
+            .request(&IndexRequest::WhoIs { nick: nick.into() })
+            .await
+        {
+            Ok(IndexResponse::Peers { peers, .. }) => Ok(peers.into_iter().next()),
+            Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 

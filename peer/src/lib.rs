@@ -6,17 +6,21 @@
 //! - [`registrar`]: staying registered at the index (leases, diffs, reconnects).
 //! - [`index_client`]: one connection to the index, for daemon and CLI.
 //! - [`get`]: `peer get` for the hybrid model (index lookup, then download).
+//! - [`im`]: instant messaging: nickname lookup at the index, then the
+//!   message straight to the peer; the default nickname (host name).
 //!
 //! The transfer engine itself (library, scanning, chunk server, download)
 //! lives in the `transfer` crate, shared with the index server's store; it
-//! is re-exported here under the same names.
+//! is re-exported here under the same names, as is the [`inbox`] of
+//! direct messages.
 
 pub mod get;
+pub mod im;
 pub mod index_client;
 pub mod registrar;
 pub mod serve;
 
-pub use transfer::{chunk_server, download, library, scan};
+pub use transfer::{chunk_server, download, inbox, library, scan};
 
 pub use download::{DownloadOutcome, DownloadRequest, EngineConfig, Progress};
 pub use serve::{Daemon, ServeConfig};

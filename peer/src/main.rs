@@ -1,7 +1,9 @@
-//! The `peer` command: share a folder, search, fetch, browse, hash.
+//! The `peer` command: share a folder, search, fetch, browse, hash, and
+//! the instant-messaging commands (who, whois, msg, inbox).
 
 mod cli_output;
 mod demo;
+mod im_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,7 +50,9 @@ enum Command {
         /// index would otherwise see a NAT or container address.
         #[arg(long, env = "PEER_ADVERTISE")]
         advertise: Option<String>,
-        /// Nickname shown to other peers (unique among online peers).
+        /// Nickname shown to other peers and used to browse and message this
+        /// one; unique among online peers, a clash stops the peer at start
+        /// [default: this machine's host name].
         #[arg(long, env = "PEER_NICK")]
         nick: Option<String>,
         /// Folder for the hash cache (default: SHARE/.p2pshare).
@@ -128,6 +132,8 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
+    #[command(flatten)]
+    Im(im_cli::ImCommand),
 }
 
 fn init_tracing(default: &str) {
@@ -192,7 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let mut config = peer::ServeConfig::new(share, index.index);
             config.listen = listen;
             config.advertise = advertise;
-            config.nick = nick;
+            config.nick = Some(nick.unwrap_or_else(peer::im::default_nick));
             config.cache_dir = cache_dir;
             config.rescan_interval = rescan_interval;
             config.max_uploads = max_uploads;
@@ -298,5 +304,6 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             demo::run(size, keep, shutdown).await?;
             Ok(0)
         }
+        Command::Im(command) => im_cli::run(command).await,
     }
 }

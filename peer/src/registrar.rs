@@ -43,11 +43,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut backoff = config.backoff_min;
+    // A clash on the first login is someone else's nickname: give up. Once we
+    // have been registered, a clash is our own old session whose lease has
+    // not run out yet (a half-open connection): wait for it.
+    let mut registered_once = false;
     loop {
         state.send_replace(RegistrationState::Connecting);
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = session(&config, &library, &state, &mut backoff) => r,
+            r = session(&config, &library, &state, &mut backoff, &mut registered_once) => r,
         };
         let Err(e) = result else { return };
         if let IndexError::Refused {
@@ -55,6 +59,15 @@ pub async fn run(
             message,
         } = &e
         {
+            if registered_once {
+                warn!(%message, retry_in = ?backoff, "our nickname is still held by our previous session; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(config.backoff_max);
+                continue;
+            }
             warn!(%message, "the index refused our nickname; pick another with --nick");
             state.send_replace(RegistrationState::Refused(message.clone()));
             shutdown.cancelled().await;
@@ -76,6 +89,7 @@ async fn session(
     library: &Library,
     state: &watch::Sender<RegistrationState>,
     backoff: &mut Duration,
+    registered_once: &mut bool,
 ) -> Result<(), IndexError> {
     let mut client = IndexClient::connect(&config.index).await?;
     let (addr, ttl) = match client
@@ -87,6 +101,7 @@ async fn session(
         }
         other => return Err(IndexError::Unexpected(format!("{other:?}"))),
     };
+    *registered_once = true;
     let mut changes = library.subscribe();
     changes.mark_changed();
     let mut registered: HashMap<FileId, SharedFile> = HashMap::new();

@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::chunk_server::{self, UploadStats};
+use crate::inbox::{self, Inbox, InboxConfig};
 use crate::library::Library;
 use crate::registrar::{self, RegistrarConfig, RegistrationState};
 use crate::scan::{self, HashCache};
@@ -27,6 +28,7 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     /// `HOST:PORT` the index should publish instead of our source IP and port.
     pub advertise: Option<String>,
+    /// Nickname to register under (presence, browse and messages by name).
     pub nick: Option<String>,
     /// Where the hash cache lives; default `SHARE/.p2pshare`.
     pub cache_dir: Option<PathBuf>,
@@ -37,6 +39,11 @@ pub struct ServeConfig {
     /// Reconnection backoff towards the index.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Direct messages kept (in memory and in `SHARE/.p2pshare/inbox.jsonl`).
+    pub inbox_capacity: usize,
+    /// Messages one sender may send at once, then one per `message_refill`.
+    pub message_burst: u32,
+    pub message_refill: Duration,
 }
 
 impl ServeConfig {
@@ -52,6 +59,9 @@ impl ServeConfig {
             max_uploads: 32,
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
+            inbox_capacity: 100,
+            message_burst: 5,
+            message_refill: Duration::from_secs(1),
         }
     }
 }
@@ -59,20 +69,22 @@ impl ServeConfig {
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot share {path}: {source} (does the folder exist?)")]
+    #[error("cannot share {path} (does the folder exist?)")]
     Share {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("{0} is not a folder")]
     NotAFolder(PathBuf),
-    #[error("cannot listen on {addr}: {source} (is another peer running there? pick another address with --listen)")]
+    #[error("cannot listen on {addr} (is another peer running there? pick another address with --listen)")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("the index refused this peer: {0} (pick another nickname with --nick or PEER_NICK)")]
+    Refused(String),
 }
 
 /// A running peer daemon.
@@ -81,6 +93,8 @@ pub struct Daemon {
     pub listen_addr: SocketAddr,
     pub library: Library,
     pub uploads: Arc<UploadStats>,
+    /// Direct messages received.
+    pub inbox: Inbox,
     pub registration: watch::Receiver<RegistrationState>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -145,7 +159,16 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         .await
         .map_err(|e| ServeError::Internal(e.to_string()))?
     };
-    info!(folder = %root.display(), files = entries.len(), addr = %listen_addr, "sharing");
+    let inbox_config = InboxConfig {
+        capacity: config.inbox_capacity,
+        burst: config.message_burst,
+        refill: config.message_refill,
+        file: Some(inbox::inbox_file_in(&root)),
+    };
+    let inbox = tokio::task::spawn_blocking(move || Inbox::open(inbox_config))
+        .await
+        .map_err(|e| ServeError::Internal(e.to_string()))?;
+    info!(folder = %root.display(), files = entries.len(), addr = %listen_addr, nick = ?config.nick, "sharing");
     library.set_shared(entries);
 
     let tracker = TaskTracker::new();
@@ -155,6 +178,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         library.clone(),
         config.max_uploads,
         uploads.clone(),
+        Some(inbox.clone()),
         tracker.clone(),
         shutdown.clone(),
     ));
@@ -187,16 +211,36 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         listen_addr,
         library,
         uploads,
+        inbox,
         registration: state_rx,
         tracker,
         shutdown,
     })
 }
 
-/// Runs a peer daemon until `shutdown` is cancelled.
+/// Runs a peer daemon until `shutdown` is cancelled, or until the index
+/// refuses it for good (a nickname clash at start), which is an error.
 pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
-    start(config, shutdown).await?.wait().await;
-    Ok(())
+    let daemon_shutdown = shutdown.child_token();
+    let daemon = start(config, daemon_shutdown.clone()).await?;
+    let mut registration = daemon.registration.clone();
+    let refused = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        state = registration.wait_for(|s| matches!(s, RegistrationState::Refused(_))) => {
+            match state.as_deref() {
+                Ok(RegistrationState::Refused(message)) => Some(message.clone()),
+                _ => None,
+            }
+        }
+    };
+    if refused.is_some() {
+        daemon_shutdown.cancel();
+    }
+    daemon.wait().await;
+    match refused {
+        Some(message) => Err(ServeError::Refused(message)),
+        None => Ok(()),
+    }
 }
 
 async fn rescan_loop(

@@ -4,7 +4,8 @@
 //! header frame followed by its raw bytes. Only ids are accepted from the
 //! wire: the file behind an id comes from the [`Library`], never from a path
 //! in a message. Concurrent uploads are capped by a semaphore; a connection
-//! over the cap is told `Busy` in the hello and closed.
+//! over the cap is told `Busy` in the hello and closed. A direct message
+//! (`Message`) is handed to the node's [`Inbox`] when it has one.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::inbox::Inbox;
 use crate::library::{Holding, Library, OpenHolding, ReadChunkError};
 
 /// How long an upload connection may sit without a request.
@@ -48,6 +50,7 @@ pub async fn serve(
     library: Library,
     max_uploads: usize,
     stats: Arc<UploadStats>,
+    inbox: Option<Inbox>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -71,11 +74,12 @@ pub async fn serve(
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 let (library, stats, shutdown) = (library.clone(), stats.clone(), shutdown.clone());
+                let inbox = inbox.clone();
                 tracker.spawn(async move {
                     stats.connections.fetch_add(1, Ordering::Relaxed);
                     let result = tokio::select! {
                         _ = shutdown.cancelled() => Ok(()),
-                        r = serve_connection(stream, &library, &stats) => r,
+                        r = serve_connection(stream, remote, &library, &stats, inbox.as_ref()) => r,
                     };
                     match result {
                         Ok(()) => debug!(%remote, "upload connection closed"),
@@ -110,8 +114,10 @@ fn refusal(code: PeerErrorCode, message: impl Into<String>) -> PeerResponse {
 
 async fn serve_connection(
     mut stream: TcpStream,
+    remote: SocketAddr,
     library: &Library,
     stats: &UploadStats,
+    inbox: Option<&Inbox>,
 ) -> Result<(), WireError> {
     wire::server_handshake(&mut stream, Protocol::Peer, false).await?;
     let (r, w) = stream.into_split();
@@ -205,6 +211,13 @@ async fn serve_connection(
                         wire::write_message(&mut writer, &refusal(code, e.to_string())).await?;
                     }
                 }
+            }
+            PeerRequest::Message { from, text } => {
+                let answer = match inbox {
+                    Some(inbox) => inbox.answer(remote.ip(), from, text).await,
+                    None => refusal(PeerErrorCode::BadRequest, "this node takes no messages"),
+                };
+                wire::write_message(&mut writer, &answer).await?;
             }
         }
         if reader.buffer().is_empty() {

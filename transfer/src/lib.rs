@@ -10,11 +10,14 @@
 //!   availability, chunks), with an upload-slot cap.
 //! - [`download`]: one verified multi-source download: hash list, pipelined
 //!   sources, scheduler with endgame, verifier threads, resume, publish.
+//! - [`inbox`]: direct messages received on the chunk server's port
+//!   (checked, rate-limited per source, kept and written to a file).
 //! - [`net`]: connecting with a deadline.
 //! - `testing` (feature `test-support`): misbehaving fake sources for tests.
 
 pub mod chunk_server;
 pub mod download;
+pub mod inbox;
 pub mod library;
 pub mod net;
 pub mod scan;

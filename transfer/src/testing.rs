@@ -148,6 +148,8 @@ async fn serve(
                     return;
                 }
             }
+            // A fake source only serves files: anything else ends the connection.
+            _ => return,
         }
         let _ = stream.flush().await;
     }

@@ -125,7 +125,7 @@ pub enum DownloadError {
         total: u32,
         reasons: Vec<(String, String)>,
     },
-    #[error("cannot write {path}: {source}; the verified part is kept, fix this and run the same command again to resume")]
+    #[error("cannot write {path} (the verified part is kept: fix this and run the same command again to resume)")]
     Output {
         path: PathBuf,
         source: std::io::Error,

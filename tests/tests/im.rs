@@ -1,0 +1,335 @@
+//! The instant-messaging hybrid: presence and location at the index,
+//! messages straight from peer to peer.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::hello::Protocol;
+use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
+use common::wire::{self, Deadlines};
+use peer::im::{deliver_to, send_message, MessageError};
+use peer::inbox;
+use peer::index_client::{connect_tcp, IndexClient};
+use peer::serve::ServeError;
+use tests::*;
+use tokio_util::sync::CancellationToken;
+
+fn nick_config(share: &Path, index: &str, nick: &str) -> peer::ServeConfig {
+    let mut config = peer_config(share, index);
+    config.nick = Some(nick.into());
+    config
+}
+
+async fn start_nick(share: &Path, index: &str, nick: &str) -> Peer {
+    start_peer_with(nick_config(share, index, nick)).await
+}
+
+/// Requests of each kind the index handled after `before`, zeros left out.
+fn counts_since(
+    index: &Index,
+    before: &BTreeMap<&'static str, u64>,
+) -> BTreeMap<&'static str, u64> {
+    index
+        .state
+        .request_counts()
+        .into_iter()
+        .map(|(kind, n)| (kind, n - before.get(kind).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_appears_and_disappears_with_the_peer() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(&dir.path().join("ana"), "canción.ogg", b"la la la");
+    let mut ana = start_nick(&dir.path().join("ana"), &index.addr_string(), "ana").await;
+    let mut plain = start_peer(&dir.path().join("plain"), &index.addr_string()).await;
+    ana.wait_registered(1).await;
+    plain.wait_registered(0).await;
+
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let online = client.peers().await.unwrap();
+    assert_eq!(online.len(), 2, "{online:?}");
+    let listed = online
+        .iter()
+        .find(|p| p.nick.as_deref() == Some("ana"))
+        .expect("ana listed by nickname");
+    assert_eq!(
+        (listed.addr.as_str(), listed.files, listed.bytes),
+        (ana.addr().as_str(), 1, 8)
+    );
+    let found = client.whois("ana").await.unwrap().expect("ana is online");
+    assert_eq!(found.addr, ana.addr());
+    assert!(client.whois("bob").await.unwrap().is_none());
+    // Browse by nickname gives the same list as by address.
+    let by_nick = client.browse("ana").await.unwrap();
+    assert_eq!(by_nick, client.browse(&ana.addr()).await.unwrap());
+    assert_eq!(by_nick.len(), 1);
+    assert_eq!(by_nick[0].name, "canción.ogg");
+
+    ana.stop().await;
+    wait_until("ana leaves the index", Duration::from_secs(10), || {
+        let index = index.addr_string();
+        async move {
+            let mut c = IndexClient::connect(&index).await.unwrap();
+            c.whois("ana").await.unwrap().is_none() && c.peers().await.unwrap().len() == 1
+        }
+    })
+    .await;
+    let err = client.browse("ana").await.unwrap_err();
+    assert!(err.to_string().contains("no online peer"), "{err}");
+    plain.stop().await;
+    index.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nickname_clash_stops_the_second_peer_at_start() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = start_nick(&dir.path().join("one"), &index.addr_string(), "ana").await;
+    first.wait_registered(0).await;
+
+    let second = nick_config(&dir.path().join("two"), &index.addr_string(), "ana");
+    std::fs::create_dir_all(&second.share).unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(20),
+        peer::serve::run(second, CancellationToken::new()),
+    )
+    .await
+    .expect("peer serve with a taken nickname must stop by itself");
+    let err = result.expect_err("a nickname clash is an error");
+    assert!(matches!(err, ServeError::Refused(_)), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("\"ana\"") && message.contains("--nick"),
+        "{message}"
+    );
+    // No silent takeover: the nickname still leads to the first peer.
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    assert_eq!(
+        client.whois("ana").await.unwrap().unwrap().addr,
+        first.addr()
+    );
+
+    // Once the first peer leaves, the nickname is free again.
+    first.stop().await;
+    let mut third = start_nick(&dir.path().join("three"), &index.addr_string(), "ana").await;
+    third.wait_registered(0).await;
+    assert_eq!(
+        client.whois("ana").await.unwrap().unwrap().addr,
+        third.addr()
+    );
+    third.stop().await;
+    index.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_goes_straight_to_the_peer_and_not_through_the_index() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bob = start_nick(&dir.path().join("bob"), &index.addr_string(), "bob").await;
+    bob.wait_registered(0).await;
+
+    let before = index.state.request_counts();
+    let text = "hola bob\n\tsegunda línea";
+    let delivery = send_message(&index.addr_string(), "bob", "ana", text)
+        .await
+        .unwrap();
+    assert_eq!(delivery.addr, bob.addr());
+
+    // The index was asked where bob is, and nothing else (a heartbeat may
+    // fall in between): the text never crossed it.
+    let mut handled = counts_since(&index, &before);
+    handled.remove("Heartbeat");
+    assert_eq!(handled, BTreeMap::from([("WhoIs", 1)]));
+
+    let received = bob.daemon.inbox.recent();
+    assert_eq!(received.len(), 1);
+    assert_eq!(
+        (
+            received[0].from.as_str(),
+            received[0].source.as_str(),
+            received[0].text.as_str()
+        ),
+        ("ana", "127.0.0.1", text)
+    );
+    // `peer inbox --share` reads the file the daemon wrote.
+    let on_disk = inbox::read_file(&inbox::inbox_file_in(&bob.share)).unwrap();
+    assert_eq!(on_disk, received);
+    bob.stop().await;
+    index.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messaging_an_offline_peer_fails_clearly() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let err = send_message(&index.addr_string(), "nobody", "ana", "hi")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MessageError::Offline { .. }), "{err:?}");
+    assert!(err.to_string().contains("nobody is not online"), "{err}");
+
+    // A peer that left: the index no longer knows it, and its old address
+    // (a lookup made just before it left) does not answer. Nothing is stored.
+    let mut bob = start_nick(&dir.path().join("bob"), &index.addr_string(), "bob").await;
+    bob.wait_registered(0).await;
+    let old_addr = bob.addr();
+    bob.stop().await;
+    wait_until("bob leaves the index", Duration::from_secs(10), || {
+        let index = index.addr_string();
+        async move {
+            let mut c = IndexClient::connect(&index).await.unwrap();
+            c.whois("bob").await.unwrap().is_none()
+        }
+    })
+    .await;
+    let err = send_message(&index.addr_string(), "bob", "ana", "hi")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MessageError::Offline { .. }), "{err:?}");
+    let err = deliver_to(&old_addr, "bob", "ana", "hi").await.unwrap_err();
+    assert!(matches!(err, MessageError::Unreachable { .. }), "{err:?}");
+    assert!(err.to_string().contains("cannot be reached"), "{err}");
+    index.stop().await;
+}
+
+/// A peer-protocol connection for sending hand-made requests.
+async fn raw_connection(addr: &str) -> tokio::net::TcpStream {
+    let mut stream = connect_tcp(addr, Duration::from_secs(5)).await.unwrap();
+    wire::client_handshake(&mut stream, Protocol::Peer)
+        .await
+        .unwrap();
+    stream
+}
+
+async fn answer(stream: &mut tokio::net::TcpStream) -> PeerResponse {
+    let mut buf = Vec::new();
+    wire::expect_message(
+        stream,
+        &mut buf,
+        Deadlines::with_idle(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_hostile_messages_are_refused() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = nick_config(&dir.path().join("bob"), &index.addr_string(), "bob");
+    config.message_burst = 100; // this test is about content, not rate
+    let mut bob = start_peer_with(config).await;
+    bob.wait_registered(0).await;
+
+    // The sender refuses before asking anyone anything.
+    let before = index.state.request_counts();
+    let huge = "x".repeat(common::limits::MAX_MESSAGE_LEN + 1);
+    let err = send_message(&index.addr_string(), "bob", "ana", &huge)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MessageError::BadText(_)), "{err:?}");
+    assert!(err.to_string().contains("4096"), "{err}");
+    let mut handled = counts_since(&index, &before);
+    handled.remove("Heartbeat");
+    assert!(handled.is_empty(), "{handled:?}");
+
+    // The receiver refuses what a hand-made client sends anyway, and the
+    // connection stays usable.
+    let mut stream = raw_connection(&bob.addr()).await;
+    for (from, text) in [
+        ("ana", huge.as_str()),
+        ("ana", "\x1b]0;pwned\x07"),
+        ("not a nick", "hi"),
+        ("ana", ""),
+    ] {
+        let request = PeerRequest::Message {
+            from: from.into(),
+            text: text.into(),
+        };
+        wire::send_message(&mut stream, &request).await.unwrap();
+        match answer(&mut stream).await {
+            PeerResponse::Error {
+                code: PeerErrorCode::BadRequest,
+                ..
+            } => {}
+            other => panic!("{from:?} {text:?} was answered {other:?}"),
+        }
+    }
+    let ok = PeerRequest::Message {
+        from: "ana".into(),
+        text: "x".repeat(common::limits::MAX_MESSAGE_LEN),
+    };
+    wire::send_message(&mut stream, &ok).await.unwrap();
+    assert_eq!(answer(&mut stream).await, PeerResponse::Delivered);
+    assert_eq!(bob.daemon.inbox.received(), 1);
+    drop(stream);
+    bob.stop().await;
+    index.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_one_sender_is_limited() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = nick_config(&dir.path().join("bob"), &index.addr_string(), "bob");
+    // No refill within the test, so the count cannot depend on its speed.
+    config.message_burst = 3;
+    config.message_refill = Duration::from_secs(3600);
+    let mut bob = start_peer_with(config).await;
+    bob.wait_registered(0).await;
+
+    // Ten messages pipelined on one connection: the burst gets through.
+    let mut stream = raw_connection(&bob.addr()).await;
+    for i in 0..10 {
+        let request = PeerRequest::Message {
+            from: "ana".into(),
+            text: format!("spam {i}"),
+        };
+        wire::write_message(&mut stream, &request).await.unwrap();
+    }
+    tokio::io::AsyncWriteExt::flush(&mut stream).await.unwrap();
+    let mut delivered = 0;
+    let mut limited = 0;
+    for _ in 0..10 {
+        match answer(&mut stream).await {
+            PeerResponse::Delivered => delivered += 1,
+            PeerResponse::Error {
+                code: PeerErrorCode::RateLimited,
+                ..
+            } => limited += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert_eq!((delivered, limited), (3, 7));
+    drop(stream);
+
+    // A new connection from the same address does not reset the limit.
+    let err = send_message(&index.addr_string(), "bob", "ana", "one more")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MessageError::Refused {
+                code: PeerErrorCode::RateLimited,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("too many messages"), "{err}");
+    let texts: Vec<String> = bob
+        .daemon
+        .inbox
+        .recent()
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["spam 0", "spam 1", "spam 2"]);
+    bob.stop().await;
+    index.stop().await;
+}
