@@ -11,12 +11,16 @@
 //! - [`handler`]: one request in, one response out; no sockets.
 //! - [`server`]: accept loop, per-connection tasks, connection cap, lease
 //!   reaper, graceful shutdown.
+//! - [`store`]: the optional client-server store (`--store DIR`): files held
+//!   and served by the server itself, uploads with `peer put`, on the same
+//!   port as the index (the hello's protocol byte tells them apart).
 //!
 //! Embed with [`Server::bind`] + [`Server::run`], or [`run`].
 
 pub mod handler;
 pub mod server;
 pub mod state;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -36,6 +40,8 @@ pub struct Config {
     pub max_connections: usize,
     /// How long a connection that is not a sharing peer may stay idle.
     pub client_idle: Duration,
+    /// With a store, the server also holds and serves files (client-server mode).
+    pub store: Option<store::StoreConfig>,
 }
 
 impl Default for Config {
@@ -45,6 +51,7 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(60),
             max_connections: 10_000,
             client_idle: Duration::from_secs(300),
+            store: None,
         }
     }
 }
@@ -57,6 +64,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }

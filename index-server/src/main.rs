@@ -26,6 +26,22 @@ struct Cli {
     /// How long a non-sharing client (search, get) may keep an idle connection.
     #[arg(long, env = "INDEX_CLIENT_IDLE", default_value = "5m", value_parser = parse_duration)]
     client_idle: Duration,
+
+    /// Also hold and serve files from this folder (client-server mode): it is
+    /// listed in search results as a source like any peer, serves downloads
+    /// on the index's own port, and accepts uploads from `peer put`.
+    #[arg(long, env = "INDEX_STORE")]
+    store: Option<std::path::PathBuf>,
+
+    /// Most bytes the store holds, counting uploads in progress (e.g. 500MiB,
+    /// 10GiB); an upload that would exceed it is refused with a clear message.
+    #[arg(long, env = "INDEX_STORE_QUOTA", default_value = "10GiB", value_parser = common::units::parse_size)]
+    store_quota: u64,
+
+    /// HOST:PORT to list the store under; by default each client sees the
+    /// address it reached this server at.
+    #[arg(long, env = "INDEX_STORE_ADVERTISE")]
+    store_advertise: Option<String>,
 }
 
 #[tokio::main]
@@ -43,6 +59,12 @@ async fn main() -> anyhow::Result<()> {
         lease_ttl: cli.lease_ttl,
         max_connections: cli.max_connections.max(1),
         client_idle: cli.client_idle,
+        store: cli.store.map(|dir| {
+            let mut store = index_server::store::StoreConfig::new(dir);
+            store.quota = cli.store_quota;
+            store.advertise = cli.store_advertise;
+            store
+        }),
     };
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;

@@ -6,13 +6,19 @@
 //! - [`registrar`]: staying registered at the index (leases, diffs, reconnects).
 //! - [`index_client`]: one connection to the index, for daemon and CLI.
 //! - [`get`]: `peer get` for the hybrid model (index lookup, then download).
+//! - [`client_server`]: `peer put` into the index server's store and
+//!   `peer get --mode client-server` (the server is the only source).
+//! - [`overlay`]: the pure peer-to-peer overlay (Gnutella-style flooding):
+//!   a socket-free routing core and its network layer.
 //!
 //! The transfer engine itself (library, scanning, chunk server, download)
 //! lives in the `transfer` crate, shared with the index server's store; it
 //! is re-exported here under the same names.
 
+pub mod client_server;
 pub mod get;
 pub mod index_client;
+pub mod overlay;
 pub mod registrar;
 pub mod serve;
 

@@ -37,6 +37,9 @@ pub struct ServeConfig {
     /// Reconnection backoff towards the index.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Pure peer-to-peer mode: join this overlay instead of registering at
+    /// an index (`index` is then unused).
+    pub p2p: Option<crate::overlay::OverlayConfig>,
 }
 
 impl ServeConfig {
@@ -52,6 +55,7 @@ impl ServeConfig {
             max_uploads: 32,
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
+            p2p: None,
         }
     }
 }
@@ -82,6 +86,8 @@ pub struct Daemon {
     pub library: Library,
     pub uploads: Arc<UploadStats>,
     pub registration: watch::Receiver<RegistrationState>,
+    /// The overlay node, in pure peer-to-peer mode.
+    pub overlay: Option<crate::overlay::Overlay>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -150,11 +156,26 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
 
     let tracker = TaskTracker::new();
     let uploads = Arc::new(UploadStats::default());
-    tracker.spawn(chunk_server::serve(
+    let overlay = config.p2p.clone().map(|p2p| {
+        crate::overlay::Overlay::start(
+            p2p,
+            library.clone(),
+            listen_addr,
+            config.advertise.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        )
+    });
+    // One port for everything: chunks, and the overlay in p2p mode.
+    let others = overlay
+        .clone()
+        .map(|o| Arc::new(o) as Arc<dyn chunk_server::ProtocolHandler>);
+    tracker.spawn(chunk_server::serve_with(
         listener,
         library.clone(),
         config.max_uploads,
         uploads.clone(),
+        others,
         tracker.clone(),
         shutdown.clone(),
     ));
@@ -176,18 +197,21 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         backoff_min: config.backoff_min,
         backoff_max: config.backoff_max,
     };
-    tracker.spawn(registrar::run(
-        registrar_config,
-        library.clone(),
-        state_tx,
-        shutdown.clone(),
-    ));
+    if overlay.is_none() {
+        tracker.spawn(registrar::run(
+            registrar_config,
+            library.clone(),
+            state_tx,
+            shutdown.clone(),
+        ));
+    }
 
     Ok(Daemon {
         listen_addr,
         library,
         uploads,
         registration: state_rx,
+        overlay,
         tracker,
         shutdown,
     })
