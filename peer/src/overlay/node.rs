@@ -287,8 +287,10 @@ impl Overlay {
                 }
                 Some(Event::Message(link, msg)) => {
                     let Some(from_client) = links.get(&link).map(|l| l.client) else {
+                        debug!(link, "message from a link already gone; dropped");
                         continue;
                     };
+                    tracing::trace!(link, ?msg, "overlay message");
                     router.on_message(link, from_client, msg, &neighbours, &local, Instant::now())
                 }
             };
@@ -296,6 +298,7 @@ impl Overlay {
                 match action {
                     Action::Send(link, msg) => {
                         if let Some(l) = links.get(&link) {
+                            tracing::trace!(link, ?msg, "overlay send");
                             if l.tx.try_send(msg).is_err() {
                                 debug!(link, "overlay link queue full; message dropped");
                             }
