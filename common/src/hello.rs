@@ -21,6 +21,23 @@ pub enum Protocol {
     Index = 1,
     /// A peer talking to another peer (chunks, and later flooding and messages).
     Peer = 2,
+    /// The pure peer-to-peer overlay (Gnutella-style ping/pong, query flooding).
+    Overlay = 3,
+    /// Uploading files into an index server's store (client-server mode).
+    Store = 4,
+}
+
+impl Protocol {
+    /// The protocol named by a hello's protocol byte, if this build knows it.
+    pub fn from_byte(byte: u8) -> Option<Protocol> {
+        match byte {
+            1 => Some(Protocol::Index),
+            2 => Some(Protocol::Peer),
+            3 => Some(Protocol::Overlay),
+            4 => Some(Protocol::Store),
+            _ => None,
+        }
+    }
 }
 
 /// The server's answer to a hello.
@@ -95,6 +112,27 @@ pub fn check_client_hello(
     Ok(HelloStatus::Ok)
 }
 
+/// Server side for a port that speaks several protocols: what to answer,
+/// and which of `accepted` the client asked for (`None` with
+/// `WrongProtocol` or `UnsupportedVersion`).
+/// `Err(BadMagic)` means: not one of us, close without answering.
+pub fn check_client_hello_any(
+    bytes: &[u8; HELLO_LEN],
+    accepted: &[Protocol],
+) -> Result<(HelloStatus, Option<Protocol>), HelloError> {
+    if bytes[..4] != MAGIC {
+        return Err(HelloError::BadMagic);
+    }
+    let theirs = u16::from_be_bytes([bytes[4], bytes[5]]);
+    if theirs != PROTOCOL_VERSION {
+        return Ok((HelloStatus::UnsupportedVersion, None));
+    }
+    match Protocol::from_byte(bytes[6]).filter(|p| accepted.contains(p)) {
+        Some(p) => Ok((HelloStatus::Ok, Some(p))),
+        None => Ok((HelloStatus::WrongProtocol, None)),
+    }
+}
+
 /// Client side: turns the server's answer into success or a clear error.
 pub fn check_server_hello(bytes: &[u8; HELLO_LEN]) -> Result<(), HelloError> {
     if bytes[..4] != MAGIC {
@@ -154,5 +192,26 @@ mod tests {
             check_client_hello(&client_hello(Protocol::Index), Protocol::Peer),
             Ok(HelloStatus::WrongProtocol)
         );
+    }
+
+    #[test]
+    fn one_port_accepts_a_set_of_protocols() {
+        let accepted = [Protocol::Peer, Protocol::Overlay];
+        assert_eq!(
+            check_client_hello_any(&client_hello(Protocol::Overlay), &accepted),
+            Ok((HelloStatus::Ok, Some(Protocol::Overlay)))
+        );
+        assert_eq!(
+            check_client_hello_any(&client_hello(Protocol::Store), &accepted),
+            Ok((HelloStatus::WrongProtocol, None))
+        );
+        let mut unknown = client_hello(Protocol::Peer);
+        unknown[6] = 200;
+        assert_eq!(
+            check_client_hello_any(&unknown, &accepted),
+            Ok((HelloStatus::WrongProtocol, None))
+        );
+        assert_eq!(client_hello(Protocol::Overlay)[6], 3);
+        assert_eq!(client_hello(Protocol::Store)[6], 4);
     }
 }

@@ -13,6 +13,9 @@
 //!   connection, readable by any future version.
 //! - [`index_proto`]: peer/client ⇄ index server messages.
 //! - [`peer_proto`]: peer ⇄ peer messages (hash lists, chunks, availability).
+//! - [`store_proto`]: client → index server store uploads (client-server mode).
+//! - [`overlay_proto`]: the pure peer-to-peer overlay (ping/pong, flooded
+//!   queries, hits routed back).
 //! - [`wire`]: async frame I/O over any `AsyncRead`/`AsyncWrite`, with a
 //!   deadline on every whole frame.
 //! - [`limits`]: every cap and default timeout in one place.
@@ -30,7 +33,9 @@ pub mod im;
 pub mod index_proto;
 pub mod limits;
 pub mod names;
+pub mod overlay_proto;
 pub mod peer_proto;
+pub mod store_proto;
 pub mod units;
 pub mod wire;
 

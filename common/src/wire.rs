@@ -229,6 +229,43 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Server side of the hello on a port that speaks several protocols.
+/// Returns the protocol the client asked for. `busy` is asked, once the
+/// protocol is known and acceptable, whether to turn the client away as
+/// busy (so each protocol can have its own connection cap); then the call
+/// fails with [`HelloError::Busy`].
+pub async fn server_handshake_any<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    accepted: &[Protocol],
+    busy: impl FnOnce(Protocol) -> bool,
+) -> Result<Protocol, WireError> {
+    let mut theirs = [0u8; HELLO_LEN];
+    with_deadline(
+        Some(HELLO_TIMEOUT),
+        "the client's hello",
+        s.read_exact(&mut theirs),
+    )
+    .await?;
+    let (mut status, protocol) = hello::check_client_hello_any(&theirs, accepted)?;
+    if let Some(p) = protocol {
+        if busy(p) {
+            status = HelloStatus::Busy;
+        }
+    }
+    s.write_all(&hello::server_hello(status)).await?;
+    s.flush().await?;
+    match (status, protocol) {
+        (HelloStatus::Ok, Some(p)) => Ok(p),
+        (HelloStatus::UnsupportedVersion, _) => Err(HelloError::VersionMismatch {
+            ours: crate::limits::PROTOCOL_VERSION,
+            theirs: u16::from_be_bytes([theirs[4], theirs[5]]),
+        }
+        .into()),
+        (HelloStatus::Busy, _) => Err(HelloError::Busy.into()),
+        _ => Err(HelloError::WrongProtocol.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,6 +339,38 @@ mod tests {
             hello::check_server_hello(&answer),
             Err(HelloError::VersionMismatch { .. })
         ));
+        assert!(srv.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn multi_protocol_handshake_reports_the_choice_and_refuses_others() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let srv = tokio::spawn(async move {
+            server_handshake_any(&mut server, &[Protocol::Peer, Protocol::Overlay], |_| false).await
+        });
+        client_handshake(&mut client, Protocol::Overlay)
+            .await
+            .unwrap();
+        assert_eq!(srv.await.unwrap().unwrap(), Protocol::Overlay);
+
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let srv = tokio::spawn(async move {
+            server_handshake_any(&mut server, &[Protocol::Peer], |_| false).await
+        });
+        let err = client_handshake(&mut client, Protocol::Store)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WireError::Hello(HelloError::WrongProtocol)));
+        assert!(srv.await.unwrap().is_err());
+
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let srv = tokio::spawn(async move {
+            server_handshake_any(&mut server, &[Protocol::Peer], |p| p == Protocol::Peer).await
+        });
+        let err = client_handshake(&mut client, Protocol::Peer)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WireError::Hello(HelloError::Busy)));
         assert!(srv.await.unwrap().is_err());
     }
 }

@@ -11,12 +11,16 @@
 //! - [`handler`]: one request in, one response out; no sockets.
 //! - [`server`]: accept loop, per-connection tasks, connection cap, lease
 //!   reaper, graceful shutdown.
+//! - [`store`]: the optional client-server store (`--store DIR`): files held
+//!   and served by the server itself, uploads with `peer put`, on the same
+//!   port as the index (the hello's protocol byte tells them apart).
 //!
 //! Embed with [`Server::bind`] + [`Server::run`], or [`run`].
 
 pub mod handler;
 pub mod server;
 pub mod state;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -43,6 +47,8 @@ pub struct Config {
     /// Requests per second one connection may make; a faster client is
     /// slowed down (not cut off), so one flood cannot starve the others.
     pub max_requests_per_sec: u32,
+    /// With a store, the server also holds and serves files (client-server mode).
+    pub store: Option<store::StoreConfig>,
 }
 
 impl Default for Config {
@@ -55,6 +61,7 @@ impl Default for Config {
             hello_timeout: common::limits::HELLO_TIMEOUT,
             frame_timeout: common::limits::FRAME_TIMEOUT,
             max_requests_per_sec: 200_000,
+            store: None,
         }
     }
 }
@@ -67,6 +74,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -35,6 +35,21 @@ struct Cli {
     /// Requests per second one connection may make; faster clients are slowed down.
     #[arg(long, env = "INDEX_MAX_REQUESTS_PER_SEC", default_value_t = 200_000)]
     max_requests_per_sec: u32,
+    /// Also hold and serve files from this folder (client-server mode): it is
+    /// listed in search results as a source like any peer, serves downloads
+    /// on the index's own port, and accepts uploads from `peer put`.
+    #[arg(long, env = "INDEX_STORE")]
+    store: Option<std::path::PathBuf>,
+
+    /// Most bytes the store holds, counting uploads in progress (e.g. 500MiB,
+    /// 10GiB); an upload that would exceed it is refused with a clear message.
+    #[arg(long, env = "INDEX_STORE_QUOTA", default_value = "10GiB", value_parser = common::units::parse_size)]
+    store_quota: u64,
+
+    /// HOST:PORT to list the store under; by default each client sees the
+    /// address it reached this server at.
+    #[arg(long, env = "INDEX_STORE_ADVERTISE")]
+    store_advertise: Option<String>,
 }
 
 #[tokio::main]
@@ -54,6 +69,12 @@ async fn main() -> anyhow::Result<()> {
         client_idle: cli.client_idle,
         frame_timeout: cli.frame_timeout,
         max_requests_per_sec: cli.max_requests_per_sec,
+        store: cli.store.map(|dir| {
+            let mut store = index_server::store::StoreConfig::new(dir);
+            store.quota = cli.store_quota;
+            store.advertise = cli.store_advertise;
+            store
+        }),
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::handler::{handle, Connection};
 use crate::state::Index;
+use crate::store::Store;
 use crate::{Config, ServerError};
 
 /// A bound index server, ready to run.
@@ -24,6 +25,7 @@ pub struct Server {
     listener: TcpListener,
     index: Index,
     config: Config,
+    store: Option<Arc<Store>>,
 }
 
 impl Server {
@@ -36,10 +38,16 @@ impl Server {
                     addr: config.listen,
                     source,
                 })?;
+        let index = Index::new(config.lease_ttl);
+        let store = match &config.store {
+            Some(store_config) => Some(Store::open(store_config, index.clone()).await?),
+            None => None,
+        };
         Ok(Server {
             listener,
-            index: Index::new(config.lease_ttl),
+            index,
             config,
+            store,
         })
     }
 
@@ -54,12 +62,18 @@ impl Server {
         self.index.clone()
     }
 
+    /// The store, when the server has one (`--store`).
+    pub fn store(&self) -> Option<Arc<Store>> {
+        self.store.clone()
+    }
+
     /// Serves until `shutdown` is cancelled, then waits for connection tasks.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let Server {
             listener,
             index,
             config,
+            store,
         } = self;
         info!(addr = %listener.local_addr()?, lease_ttl = ?config.lease_ttl, "index server listening");
         let tracker = TaskTracker::new();
@@ -70,6 +84,13 @@ impl Server {
             config.lease_ttl,
             shutdown.clone(),
         ));
+        if let (Some(store), Some(store_config)) = (&store, &config.store) {
+            tracker.spawn(
+                store
+                    .clone()
+                    .rescan_loop(store_config.rescan_interval, shutdown.clone()),
+            );
+        }
 
         loop {
             let accepted = tokio::select! {
@@ -90,10 +111,14 @@ impl Server {
             let _ = stream.set_nodelay(true);
             match slots.clone().try_acquire_owned() {
                 Ok(permit) => {
-                    let (index, config, shutdown) =
-                        (index.clone(), config.clone(), shutdown.clone());
+                    let (index, config, shutdown, store) = (
+                        index.clone(),
+                        config.clone(),
+                        shutdown.clone(),
+                        store.clone(),
+                    );
                     tracker.spawn(async move {
-                        serve_connection(stream, remote, index, &config, shutdown).await;
+                        serve_connection(stream, remote, index, &config, store, shutdown).await;
                         drop(permit);
                     });
                 }
@@ -144,6 +169,7 @@ async fn serve_connection(
     remote: SocketAddr,
     index: Index,
     config: &Config,
+    store: Option<Arc<Store>>,
     shutdown: CancellationToken,
 ) {
     let mut conn = Connection {
@@ -152,7 +178,7 @@ async fn serve_connection(
     };
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
-        r = connection_loop(stream, &index, &mut conn, config) => r,
+        r = dispatch(stream, &index, &mut conn, config, store) => r,
     };
     if let Some(session) = conn.session {
         index.logout(session);
@@ -198,16 +224,38 @@ impl RequestBudget {
     }
 }
 
-async fn connection_loop(
+/// Answers the hello and hands the connection to the protocol it asked for:
+/// the index, or (with a store) downloads from and uploads to the store.
+async fn dispatch(
     mut stream: TcpStream,
     index: &Index,
     conn: &mut Connection,
     config: &Config,
+    store: Option<Arc<Store>>,
 ) -> Result<(), WireError> {
-    let hello = wire::server_handshake(&mut stream, Protocol::Index, false);
-    tokio::time::timeout(config.hello_timeout, hello)
+    let accepted: &[Protocol] = match store {
+        Some(_) => &[Protocol::Index, Protocol::Peer, Protocol::Store],
+        None => &[Protocol::Index],
+    };
+    let hello = wire::server_handshake_any(&mut stream, accepted, |_| false);
+    let protocol = tokio::time::timeout(config.hello_timeout, hello)
         .await
         .map_err(|_| WireError::Timeout("the client's hello"))??;
+    match (protocol, store) {
+        (Protocol::Peer, Some(store)) => store.serve_download(stream).await,
+        (Protocol::Store, Some(store)) => store.serve_upload(stream).await,
+        _ => connection_loop(stream, index, conn, config).await,
+    }
+}
+
+async fn connection_loop(
+    stream: TcpStream,
+    index: &Index,
+    conn: &mut Connection,
+    config: &Config,
+) -> Result<(), WireError> {
+    // The store is listed under the address this client reached us at.
+    let local = stream.local_addr()?.to_string();
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::new(read_half);
     let mut writer = BufWriter::new(write_half);
@@ -231,6 +279,7 @@ async fn connection_loop(
         };
         budget.take().await;
         let response: IndexResponse = handle(index, conn, request, Instant::now());
+        let response = crate::store::localize(response, &local);
         wire::write_message(&mut writer, &response).await?;
         // Pipelined requests already buffered are answered before one flush.
         if reader.buffer().is_empty() {

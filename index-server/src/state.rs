@@ -507,6 +507,30 @@ impl Index {
         }
         stats
     }
+
+    /// Opens a session that never expires (the server's own store): it
+    /// needs no heartbeat and is listed as a source like any peer.
+    pub fn login_permanent(
+        &self,
+        addr: String,
+        nick: Option<String>,
+        now: Instant,
+    ) -> Result<SessionId, StateError> {
+        let id = self.login(addr, nick, now)?;
+        self.make_permanent(id, now);
+        Ok(id)
+    }
+
+    /// Pushes a session's lease out of reach again (`add_files` and
+    /// `remove_files` renew it to the normal lease, so a permanent session
+    /// calls this after each of them).
+    pub fn make_permanent(&self, session: SessionId, now: Instant) {
+        // About a century: effectively no lease (checked add: never a panic).
+        let forever = Duration::from_secs(100 * 365 * 24 * 3600);
+        if let Some(mut s) = self.inner.sessions.get_mut(&session) {
+            s.lease_expires = now.checked_add(forever).unwrap_or(s.lease_expires);
+        }
+    }
 }
 
 #[cfg(test)]

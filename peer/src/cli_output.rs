@@ -48,6 +48,36 @@ pub fn files_json(files: &[SharedFile]) -> serde_json::Value {
     )
 }
 
+/// A flooding search: the hits, then what it cost (on stderr, so stdout
+/// stays the table).
+pub fn print_p2p_report(report: &peer::overlay::SearchReport) {
+    if report.hits.is_empty() {
+        eprintln!("no files found");
+    } else {
+        println!("{:>7}  {:>10}  {:<64}  NAME", "SOURCES", "SIZE", "ID");
+        for h in &report.hits {
+            println!(
+                "{:>7}  {:>10}  {}  {}",
+                h.sources.len(),
+                human_size(h.size),
+                h.id,
+                h.name
+            );
+        }
+    }
+    eprintln!(
+        "flooding with TTL {}: {} nodes reached, {} messages ({} query copies, {} hit hops), {} duplicates dropped, {} ms{}",
+        report.ttl,
+        report.nodes_reached,
+        report.messages,
+        report.query_messages,
+        report.hit_messages,
+        report.duplicates,
+        report.elapsed_ms,
+        if report.complete { "" } else { " (wait ran out before every copy was accounted for)" }
+    );
+}
+
 pub fn print_hits(hits: &[SearchHit]) {
     if hits.is_empty() {
         eprintln!("no files found");

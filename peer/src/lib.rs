@@ -8,15 +8,21 @@
 //! - [`get`]: `peer get` for the hybrid model (index lookup, then download).
 //! - [`im`]: instant messaging: nickname lookup at the index, then the
 //!   message straight to the peer; the default nickname (host name).
+//! - [`client_server`]: `peer put` into the index server's store and
+//!   `peer get --mode client-server` (the server is the only source).
+//! - [`overlay`]: the pure peer-to-peer overlay (Gnutella-style flooding):
+//!   a socket-free routing core and its network layer.
 //!
 //! The transfer engine itself (library, scanning, chunk server, download)
 //! lives in the `transfer` crate, shared with the index server's store; it
 //! is re-exported here under the same names, as is the [`inbox`] of
 //! direct messages.
 
+pub mod client_server;
 pub mod get;
 pub mod im;
 pub mod index_client;
+pub mod overlay;
 pub mod registrar;
 pub mod serve;
 

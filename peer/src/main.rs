@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::units::parse_duration;
 use peer::download::{DownloadError, EngineConfig, Progress};
 use peer::get::GetError;
@@ -32,6 +32,41 @@ struct IndexArg {
     /// Index server to talk to, HOST:PORT.
     #[arg(long, env = "PEER_INDEX", default_value = "127.0.0.1:8888")]
     index: String,
+}
+
+/// Which of the three paradigms a command uses.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Central index for search, transfers directly between peers (Napster).
+    Hybrid,
+    /// The index server's store holds and serves every file; clients talk
+    /// only to it and never upload to anyone.
+    ClientServer,
+    /// No server at all: a Gnutella-style overlay of peers, queries flooded.
+    P2p,
+}
+
+/// Settings of a flooding search (`--mode p2p`).
+#[derive(Args, Debug, Clone)]
+struct P2pSearchArgs {
+    /// Overlay node that floods the query on our behalf, HOST:PORT (its peer port).
+    #[arg(long, env = "PEER_VIA")]
+    via: Option<String>,
+    /// Hop limit of the flooded query, counted from the --via node (Gnutella uses 7).
+    #[arg(long, env = "PEER_TTL", default_value_t = peer::overlay::DEFAULT_TTL)]
+    ttl: u8,
+    /// Longest wait for answers; the search stops earlier once every copy
+    /// of the query is accounted for.
+    #[arg(long, env = "PEER_WAIT", default_value = "2s", value_parser = parse_duration)]
+    wait: Duration,
+}
+
+impl P2pSearchArgs {
+    fn via(&self) -> anyhow::Result<&str> {
+        self.via.as_deref().context(
+            "--mode p2p needs --via HOST:PORT: an overlay node (`peer serve --mode p2p`) to search through",
+        )
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,6 +99,22 @@ enum Command {
         /// Most simultaneous uploads; further peers are told to come back later.
         #[arg(long, env = "PEER_MAX_UPLOADS", default_value_t = 32)]
         max_uploads: usize,
+        /// hybrid: register at the index (default); p2p: join an overlay
+        /// through --neighbor, no index. (client-server has no serving
+        /// peers: run `index-server --store DIR` and `peer put` instead.)
+        #[arg(long, env = "PEER_MODE", value_enum, default_value = "hybrid")]
+        mode: Mode,
+        /// p2p: an overlay node to join through, HOST:PORT; repeat the flag
+        /// (or separate with commas in PEER_NEIGHBORS) for several.
+        #[arg(long = "neighbor", env = "PEER_NEIGHBORS", value_delimiter = ',')]
+        neighbors: Vec<String>,
+        /// p2p: neighbours to keep; below it the node dials addresses it
+        /// learned by ping/pong (and the --neighbor ones again).
+        #[arg(long, env = "PEER_DEGREE", default_value_t = 4)]
+        degree: usize,
+        /// p2p: how often to ping neighbours and replace missing ones.
+        #[arg(long, env = "PEER_PING_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+        ping_interval: Duration,
     },
     /// Search the index for files whose name contains every WORD.
     Search {
@@ -75,6 +126,12 @@ enum Command {
         /// Most results to show.
         #[arg(long, env = "PEER_LIMIT", default_value_t = 100)]
         limit: u32,
+        /// hybrid and client-server: ask the index; p2p: flood the overlay
+        /// through --via (and report the messages and nodes it cost).
+        #[arg(long, env = "PEER_MODE", value_enum, default_value = "hybrid")]
+        mode: Mode,
+        #[command(flatten)]
+        p2p: P2pSearchArgs,
         /// Words that must all appear in the name (case-insensitive).
         #[arg(required = true)]
         words: Vec<String>,
@@ -98,8 +155,35 @@ enum Command {
         /// Chunk requests kept in flight per source.
         #[arg(long, env = "PEER_PIPELINE", default_value_t = 8)]
         pipeline: usize,
+        /// hybrid: every peer the index lists; client-server: the index
+        /// server's store only (never another peer); p2p: the nodes a
+        /// flooding search through --via finds.
+        #[arg(long, env = "PEER_MODE", value_enum, default_value = "hybrid")]
+        mode: Mode,
+        #[command(flatten)]
+        p2p: P2pSearchArgs,
         /// A 64-digit file id, or a file's exact name as `peer search` shows it.
         target: String,
+    },
+    /// Upload files into the index server's store (client-server mode; the
+    /// server runs `index-server --store DIR`).
+    ///
+    /// Each file is hashed here and checked chunk by chunk by the server;
+    /// an interrupted upload resumes where it stopped when run again (the
+    /// server keeps the verified chunks). Content the store already holds is
+    /// not sent again, whatever its name. A name the store already uses for
+    /// other content is never overwritten: the upload is stored as
+    /// `name (1).ext` (the output says which name it got). An upload that
+    /// would take the store over its quota (`--store-quota`) is refused.
+    Put {
+        #[command(flatten)]
+        index: IndexArg,
+        /// Print a JSON array (path, id, stored_as, chunks_sent, ...) instead of lines.
+        #[arg(long, env = "PEER_JSON")]
+        json: bool,
+        /// Files to upload.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// List the files one peer shares (by HOST:PORT as the index shows it, or nickname).
     Browse {
@@ -193,9 +277,27 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cache_dir,
             rescan_interval,
             max_uploads,
+            mode,
+            neighbors,
+            degree,
+            ping_interval,
         } => {
             let shutdown = shutdown_on_signals()?;
             let mut config = peer::ServeConfig::new(share, index.index);
+            match mode {
+                Mode::Hybrid => {}
+                Mode::P2p => {
+                    config.p2p = Some(peer::overlay::OverlayConfig {
+                        neighbors,
+                        degree: degree.max(1),
+                        ping_interval,
+                        link_idle: (ping_interval * 6).max(Duration::from_secs(30)),
+                    });
+                }
+                Mode::ClientServer => anyhow::bail!(
+                    "in client-server mode the server holds the files: run `index-server --store DIR` and upload with `peer put FILE`"
+                ),
+            }
             config.listen = listen;
             config.advertise = advertise;
             config.nick = Some(nick.unwrap_or_else(peer::im::default_nick));
@@ -209,6 +311,26 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             index,
             json,
             limit,
+            mode: Mode::P2p,
+            p2p,
+            words,
+        } => {
+            let mut report = peer::overlay::search(p2p.via()?, words, p2p.ttl, p2p.wait).await?;
+            report.hits.truncate(limit as usize);
+            let _ = index;
+            if json {
+                cli_output::print_json(&report);
+            } else {
+                cli_output::print_p2p_report(&report);
+            }
+            Ok(0)
+        }
+        Command::Search {
+            index,
+            json,
+            limit,
+            mode: _,
+            p2p: _,
             words,
         } => {
             let mut client = IndexClient::connect(&index.index).await?;
@@ -227,6 +349,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             stall_timeout,
             max_sources,
             pipeline,
+            mode,
+            p2p,
             target,
         } => {
             let shutdown = shutdown_on_signals()?;
@@ -238,6 +362,65 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             let progress = Arc::new(Progress::default());
             let bar = cli_output::ProgressBar::start(progress.clone(), &target);
+            if mode == Mode::P2p {
+                let via = p2p.via()?.to_string();
+                let result = peer::overlay::get::get(
+                    &via, &target, p2p.ttl, p2p.wait, out, engine, progress, shutdown,
+                )
+                .await;
+                bar.finish();
+                return match result {
+                    Ok(outcome) => {
+                        if json {
+                            cli_output::print_json(&outcome);
+                        } else {
+                            eprintln!(
+                                "found by flooding: {} nodes reached, {} messages",
+                                outcome.search.nodes_reached, outcome.search.messages
+                            );
+                            println!("{}", outcome.download.path.display());
+                        }
+                        Ok(0)
+                    }
+                    Err(peer::overlay::get::P2pGetError::Download(
+                        e @ DownloadError::Interrupted { .. },
+                    )) => {
+                        eprintln!("{e}");
+                        Ok(130)
+                    }
+                    Err(e) => Err(e.into()),
+                };
+            }
+            if mode == Mode::ClientServer {
+                // The server is the only source; no chunk server is started here.
+                let result = peer::client_server::get_from_server(
+                    &index.index,
+                    &target,
+                    out,
+                    engine,
+                    progress,
+                    shutdown,
+                )
+                .await;
+                bar.finish();
+                return match result {
+                    Ok(outcome) => {
+                        if json {
+                            cli_output::print_json(&outcome);
+                        } else {
+                            println!("{}", outcome.path.display());
+                        }
+                        Ok(0)
+                    }
+                    Err(peer::client_server::ServerGetError::Download(
+                        e @ DownloadError::Interrupted { .. },
+                    )) => {
+                        eprintln!("{e}");
+                        Ok(130)
+                    }
+                    Err(e) => Err(e.into()),
+                };
+            }
             let result =
                 peer::get::get(&index.index, &target, out, engine, progress, shutdown).await;
             bar.finish();
@@ -256,6 +439,36 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 Err(e) => Err(e.into()),
             }
+        }
+        Command::Put { index, json, files } => {
+            let shutdown = shutdown_on_signals()?;
+            let mut outcomes = Vec::new();
+            for file in &files {
+                let outcome =
+                    peer::client_server::put_file(&index.index, file, shutdown.clone()).await?;
+                if !json {
+                    if outcome.already_stored {
+                        println!(
+                            "{}: already in the store as {:?}; nothing sent",
+                            file.display(),
+                            outcome.stored_as
+                        );
+                    } else {
+                        println!(
+                            "{}: stored as {:?} ({} chunks sent, {} already there)",
+                            file.display(),
+                            outcome.stored_as,
+                            outcome.chunks_sent,
+                            outcome.chunks_resumed
+                        );
+                    }
+                }
+                outcomes.push(outcome);
+            }
+            if json {
+                cli_output::print_json(&outcomes);
+            }
+            Ok(0)
         }
         Command::Browse { index, json, peer } => {
             let mut client = IndexClient::connect(&index.index).await?;

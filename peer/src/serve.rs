@@ -44,6 +44,9 @@ pub struct ServeConfig {
     /// Messages one sender may send at once, then one per `message_refill`.
     pub message_burst: u32,
     pub message_refill: Duration,
+    /// Pure peer-to-peer mode: join this overlay instead of registering at
+    /// an index (`index` is then unused).
+    pub p2p: Option<crate::overlay::OverlayConfig>,
 }
 
 impl ServeConfig {
@@ -62,6 +65,7 @@ impl ServeConfig {
             inbox_capacity: 100,
             message_burst: 5,
             message_refill: Duration::from_secs(1),
+            p2p: None,
         }
     }
 }
@@ -96,6 +100,8 @@ pub struct Daemon {
     /// Direct messages received.
     pub inbox: Inbox,
     pub registration: watch::Receiver<RegistrationState>,
+    /// The overlay node, in pure peer-to-peer mode.
+    pub overlay: Option<crate::overlay::Overlay>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -173,12 +179,30 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
 
     let tracker = TaskTracker::new();
     let uploads = Arc::new(UploadStats::default());
-    tracker.spawn(chunk_server::serve(
+    let overlay = config.p2p.clone().map(|p2p| {
+        crate::overlay::Overlay::start(
+            p2p,
+            library.clone(),
+            listen_addr,
+            config.advertise.clone(),
+            tracker.clone(),
+            shutdown.clone(),
+        )
+    });
+    // One port for everything: chunks, and the overlay in p2p mode.
+    let others = overlay
+        .clone()
+        .map(|o| Arc::new(o) as Arc<dyn chunk_server::ProtocolHandler>);
+    let chunk_config = chunk_server::ChunkServerConfig {
+        library: library.clone(),
+        max_uploads: config.max_uploads,
+        stats: uploads.clone(),
+        inbox: Some(inbox.clone()),
+        others,
+    };
+    tracker.spawn(chunk_server::serve_with(
         listener,
-        library.clone(),
-        config.max_uploads,
-        uploads.clone(),
-        Some(inbox.clone()),
+        chunk_config,
         tracker.clone(),
         shutdown.clone(),
     ));
@@ -200,12 +224,14 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         backoff_min: config.backoff_min,
         backoff_max: config.backoff_max,
     };
-    tracker.spawn(registrar::run(
-        registrar_config,
-        library.clone(),
-        state_tx,
-        shutdown.clone(),
-    ));
+    if overlay.is_none() {
+        tracker.spawn(registrar::run(
+            registrar_config,
+            library.clone(),
+            state_tx,
+            shutdown.clone(),
+        ));
+    }
 
     Ok(Daemon {
         listen_addr,
@@ -213,6 +239,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         uploads,
         inbox,
         registration: state_rx,
+        overlay,
         tracker,
         shutdown,
     })

@@ -93,6 +93,52 @@ pub async fn start_index_on(listen: SocketAddr, lease_ttl: Duration) -> Index {
     }
 }
 
+/// Starts an index on loopback that also holds a store in `dir` (client-server mode).
+pub async fn start_index_with_store(
+    dir: &Path,
+    quota: u64,
+) -> (Index, std::sync::Arc<index_server::store::Store>) {
+    init_logging();
+    let mut store = index_server::store::StoreConfig::new(dir.to_path_buf());
+    store.quota = quota;
+    store.rescan_interval = Duration::from_millis(200);
+    let config = index_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        lease_ttl: Duration::from_secs(30),
+        store: Some(store),
+        ..Default::default()
+    };
+    let server = index_server::Server::bind(config)
+        .await
+        .expect("bind index with store");
+    let addr = server.local_addr();
+    let state = server.index();
+    let store = server.store().expect("the server has a store");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    (
+        Index {
+            addr,
+            state,
+            shutdown,
+            task,
+        },
+        store,
+    )
+}
+
+/// Starts a pure peer-to-peer node sharing `share`, joining through `neighbors`.
+pub async fn start_p2p_node(share: &Path, neighbors: Vec<String>, degree: usize) -> Peer {
+    let mut config = peer_config(share, "127.0.0.1:9");
+    config.p2p = Some(peer::overlay::OverlayConfig {
+        neighbors,
+        degree,
+        ping_interval: Duration::from_millis(100),
+        link_idle: Duration::from_secs(30),
+    });
+    start_peer_with(config).await
+}
+
 pub async fn start_index() -> Index {
     start_index_on("127.0.0.1:0".parse().unwrap(), Duration::from_secs(30)).await
 }

@@ -8,7 +8,9 @@
 //! (`Message`) is handed to the node's [`Inbox`] when it has one.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +46,26 @@ impl UploadStats {
     }
 }
 
+/// Another protocol served on the chunk server's port (the overlay, a
+/// store): the hello's protocol byte picks it, so one port per node carries
+/// them all. Peer-protocol connections keep going to the chunk server.
+pub trait ProtocolHandler: Send + Sync + 'static {
+    /// The protocols this handler speaks (never `Peer`).
+    fn protocols(&self) -> &[Protocol];
+    /// Whether a new connection for `protocol` must be told `Busy`.
+    fn is_busy(&self, _protocol: Protocol) -> bool {
+        false
+    }
+    /// Serves one connection whose hello has been answered.
+    fn serve(
+        &self,
+        protocol: Protocol,
+        stream: TcpStream,
+        remote: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+}
+
 /// Accepts peer connections until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
@@ -54,7 +76,50 @@ pub async fn serve(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    let config = ChunkServerConfig {
+        library,
+        max_uploads,
+        stats,
+        inbox,
+        others: None,
+    };
+    serve_with(listener, config, tracker, shutdown).await
+}
+
+/// What a chunk server serves, besides its socket.
+#[derive(Clone)]
+pub struct ChunkServerConfig {
+    pub library: Library,
+    /// Most simultaneous peer-protocol connections; more are told `Busy`.
+    pub max_uploads: usize,
+    pub stats: Arc<UploadStats>,
+    /// Where direct messages go; `None` refuses them.
+    pub inbox: Option<Inbox>,
+    /// Handlers for the other protocols sharing this port (the overlay).
+    pub others: Option<Arc<dyn ProtocolHandler>>,
+}
+
+/// Accepts connections until `shutdown`: the peer protocol is served here,
+/// any protocol of `others` is handed to it.
+pub async fn serve_with(
+    listener: TcpListener,
+    config: ChunkServerConfig,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let ChunkServerConfig {
+        library,
+        max_uploads,
+        stats,
+        inbox,
+        others,
+    } = config;
     let slots = Arc::new(Semaphore::new(max_uploads.max(1)));
+    let mut accepted_protocols = vec![Protocol::Peer];
+    if let Some(h) = &others {
+        accepted_protocols.extend(h.protocols().iter().filter(|p| **p != Protocol::Peer));
+    }
+    let accepted_protocols: Arc<[Protocol]> = accepted_protocols.into();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -71,37 +136,51 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let (library, stats, shutdown) = (library.clone(), stats.clone(), shutdown.clone());
-                let inbox = inbox.clone();
-                tracker.spawn(async move {
-                    stats.connections.fetch_add(1, Ordering::Relaxed);
-                    let result = tokio::select! {
-                        _ = shutdown.cancelled() => Ok(()),
-                        r = serve_connection(stream, remote, &library, &stats, inbox.as_ref()) => r,
-                    };
-                    match result {
-                        Ok(()) => debug!(%remote, "upload connection closed"),
-                        Err(e) if e.is_protocol_violation() => {
-                            debug!(%remote, error = %e, "closing upload connection after bad input")
-                        }
-                        Err(e) => debug!(%remote, error = %e, "upload connection ended"),
+        let (library, stats, shutdown) = (library.clone(), stats.clone(), shutdown.clone());
+        let inbox = inbox.clone();
+        let (slots, others, accepted_protocols) =
+            (slots.clone(), others.clone(), accepted_protocols.clone());
+        tracker.spawn(async move {
+            // The upload slot is taken while answering the hello, so a peer
+            // over the cap is told `Busy` instead of being accepted and dropped.
+            let mut permit = None;
+            let hello = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                h = wire::server_handshake_any(&mut stream, &accepted_protocols, |p| match p {
+                    Protocol::Peer => {
+                        permit = slots.try_acquire_owned().ok();
+                        permit.is_none()
                     }
-                    drop(permit);
-                });
+                    other => others.as_ref().is_some_and(|h| h.is_busy(other)),
+                }) => h,
+            };
+            let protocol = match hello {
+                Ok(p) => p,
+                Err(e) => {
+                    debug!(%remote, error = %e, "hello refused");
+                    return;
+                }
+            };
+            if protocol != Protocol::Peer {
+                if let Some(h) = others {
+                    h.serve(protocol, stream, remote, shutdown).await;
+                }
+                return;
             }
-            Err(_) => {
-                debug!(%remote, "all upload slots busy; refusing");
-                tracker.spawn(async move {
-                    let _ = tokio::time::timeout(
-                        common::limits::HELLO_TIMEOUT,
-                        wire::server_handshake(&mut stream, Protocol::Peer, true),
-                    )
-                    .await;
-                });
+            stats.connections.fetch_add(1, Ordering::Relaxed);
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => Ok(()),
+                r = serve_peer_session(stream, remote, &library, &stats, inbox.as_ref()) => r,
+            };
+            match result {
+                Ok(()) => debug!(%remote, "upload connection closed"),
+                Err(e) if e.is_protocol_violation() => {
+                    debug!(%remote, error = %e, "closing upload connection after bad input")
+                }
+                Err(e) => debug!(%remote, error = %e, "upload connection ended"),
             }
-        }
+            drop(permit);
+        });
     }
 }
 
@@ -112,14 +191,15 @@ fn refusal(code: PeerErrorCode, message: impl Into<String>) -> PeerResponse {
     }
 }
 
-async fn serve_connection(
-    mut stream: TcpStream,
+/// Serves the peer protocol on a connection whose hello was answered (also
+/// used by the index server's store, which shares its port with the index).
+pub async fn serve_peer_session(
+    stream: TcpStream,
     remote: SocketAddr,
     library: &Library,
     stats: &UploadStats,
     inbox: Option<&Inbox>,
 ) -> Result<(), WireError> {
-    wire::server_handshake(&mut stream, Protocol::Peer, false).await?;
     let (r, w) = stream.into_split();
     let mut reader = BufReader::new(r);
     let mut writer = BufWriter::with_capacity(256 * 1024, w);

@@ -81,6 +81,13 @@ impl HashCache {
         cache
     }
 
+    /// Records a file whose hashes are already known (a verified upload
+    /// just published), so the next scan does not read it again.
+    pub fn remember(&mut self, entry: Arc<SharedEntry>) {
+        self.entries.insert(entry.rel.clone(), entry);
+        self.save();
+    }
+
     fn save(&self) {
         let Some(path) = &self.path else { return };
         let records = self

@@ -1,0 +1,584 @@
+//! The client-server store: files held and served by the index server itself.
+//!
+//! With `--store DIR` the index server is also the classic always-on file
+//! server: it shares DIR through the transfer engine (the same library,
+//! hash cache and chunk serving as a peer), registers it in the index as a
+//! permanent source, and accepts uploads (`peer put`) on the same port as
+//! the index, told apart by the hello's protocol byte.
+//!
+//! Uploads are verified chunk by chunk against the hash list sent first
+//! (itself checked against the id) and written to `DIR/.<id>.part`, so an
+//! interrupted upload resumes; the file appears in DIR only when complete,
+//! by a link that never replaces an existing file (a name already used by
+//! other content gets ` (1)`, ` (2)`, …). Content the store already holds is
+//! not uploaded again. A quota caps the bytes stored plus those being uploaded.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::id::{chunk_count, ContentInfo, FileId};
+use common::index_proto::{IndexResponse, SharedFile};
+use common::limits::{FRAME_TIMEOUT, MAX_FILE_SIZE};
+use common::names::validate_name;
+use common::store_proto::{StoreErrorCode, StoreRequest, StoreResponse};
+use common::wire::{self, Deadlines, WireError};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use transfer::chunk_server::UploadStats;
+use transfer::download::output;
+use transfer::library::{mtime_ns, Library, SharedEntry};
+use transfer::scan::{self, HashCache};
+
+use crate::state::{Index, SessionId};
+
+/// The address the store is registered under when no `--store-advertise`
+/// is given: every answer replaces it with the server's address as that
+/// client reached it. No peer can register it (not a valid `HOST:PORT`).
+pub const STORE_SELF_ADDR: &str = "(this server)";
+
+/// The store's nickname in the index (browse it with `peer browse store`).
+pub const STORE_NICK: &str = "store";
+
+/// How long an upload connection may sit without a message.
+const UPLOAD_IDLE: Duration = Duration::from_secs(120);
+
+/// Settings of the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Folder holding the stored files.
+    pub dir: PathBuf,
+    /// Most bytes stored (plus uploads in progress).
+    pub quota: u64,
+    /// `HOST:PORT` to list the store under instead of the address each
+    /// client reached the server at.
+    pub advertise: Option<String>,
+    /// How often DIR is rescanned for files added or removed by hand.
+    pub rescan_interval: Duration,
+}
+
+impl StoreConfig {
+    pub fn new(dir: PathBuf) -> Self {
+        StoreConfig {
+            dir,
+            quota: 10 << 30,
+            advertise: None,
+            rescan_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the store could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use store folder {path}: {source} (create it, or pick another with --store)")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What the store has registered at the index, and its hash cache: changed
+/// together under one lock, so two refreshes never interleave.
+struct Registry {
+    cache: HashCache,
+    registered: HashMap<FileId, SharedFile>,
+}
+
+/// The server's store.
+pub struct Store {
+    library: Library,
+    index: Index,
+    session: SessionId,
+    quota: u64,
+    registry: Mutex<Registry>,
+    /// Uploads in progress: id → bytes reserved against the quota.
+    uploading: Mutex<HashMap<FileId, u64>>,
+    /// Chunks and connections served to downloaders.
+    pub uploads: Arc<UploadStats>,
+    /// Chunks received and verified from `peer put`.
+    pub chunks_received: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating it if needed) and scans DIR, and registers it at `index`.
+    pub async fn open(config: &StoreConfig, index: Index) -> Result<Arc<Store>, StoreError> {
+        let dir_error = |source| StoreError::Dir {
+            path: config.dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&config.dir).map_err(dir_error)?;
+        let root = std::fs::canonicalize(&config.dir).map_err(dir_error)?;
+        let addr = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| STORE_SELF_ADDR.to_string());
+        let session = index
+            .login_permanent(addr, Some(STORE_NICK.into()), Instant::now())
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        let cache = {
+            let root = root.clone();
+            tokio::task::spawn_blocking(move || {
+                HashCache::load(Some(&root.join(".p2pshare")), &root)
+            })
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+        };
+        let store = Arc::new(Store {
+            library: Library::new(root.clone()),
+            index,
+            session,
+            quota: config.quota,
+            registry: Mutex::new(Registry {
+                cache,
+                registered: HashMap::new(),
+            }),
+            uploading: Mutex::new(HashMap::new()),
+            uploads: Arc::new(UploadStats::default()),
+            chunks_received: AtomicU64::new(0),
+        });
+        store.refresh().await;
+        info!(folder = %root.display(), files = store.library.shared().len(), quota = config.quota, "store open");
+        Ok(store)
+    }
+
+    /// The files the store serves.
+    pub fn library(&self) -> &Library {
+        &self.library
+    }
+
+    /// Bytes held in the store's files.
+    pub fn stored_bytes(&self) -> u64 {
+        self.library.shared().values().map(|e| e.size).sum()
+    }
+
+    /// Rescans DIR and brings the index up to date (on a blocking thread).
+    pub async fn refresh(self: &Arc<Self>) {
+        let store = self.clone();
+        let done = tokio::task::spawn_blocking(move || store.refresh_blocking(None)).await;
+        if let Err(e) = done {
+            warn!(error = %e, "store rescan failed");
+        }
+    }
+
+    fn refresh_blocking(&self, published: Option<Arc<SharedEntry>>) {
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = published {
+            registry.cache.remember(entry);
+        }
+        let entries = scan::scan(self.library.root(), &mut registry.cache);
+        self.library.set_shared(entries);
+        let listing = self.library.listing();
+        let gone: Vec<FileId> = registry
+            .registered
+            .keys()
+            .filter(|id| !listing.contains_key(id))
+            .copied()
+            .collect();
+        let added: Vec<SharedFile> = listing
+            .values()
+            .filter(|f| registry.registered.get(&f.id) != Some(f))
+            .cloned()
+            .collect();
+        let now = Instant::now();
+        for batch in gone.chunks(common::limits::MAX_FILES_PER_BATCH) {
+            let _ = self.index.remove_files(self.session, batch, now);
+        }
+        for batch in added.chunks(common::limits::MAX_FILES_PER_BATCH) {
+            if let Err(e) = self.index.add_files(self.session, batch.to_vec(), now) {
+                warn!(error = %e, "store files not registered");
+            }
+        }
+        self.index.make_permanent(self.session, now);
+        registry.registered = listing;
+    }
+
+    /// Rescans every `interval` until `shutdown` (files added or removed by hand).
+    pub async fn rescan_loop(
+        self: Arc<Self>,
+        interval: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+                _ = self.library.rescan_requested() => {}
+            }
+            self.refresh().await;
+        }
+    }
+
+    /// Serves a downloader (peer protocol) on a connection whose hello was answered.
+    pub async fn serve_download(&self, stream: TcpStream) -> Result<(), WireError> {
+        self.uploads.connections.fetch_add(1, Ordering::Relaxed);
+        let remote = stream.peer_addr()?;
+        // The store takes no direct messages: it is a server, not a person.
+        transfer::chunk_server::serve_peer_session(
+            stream,
+            remote,
+            &self.library,
+            &self.uploads,
+            None,
+        )
+        .await
+    }
+
+    /// Claims `id` for one upload and reserves `size` bytes of the quota.
+    fn reserve(&self, id: FileId, size: u64) -> Result<(), StoreResponse> {
+        let stored = self.stored_bytes();
+        let mut uploading = self.uploading.lock().unwrap_or_else(|p| p.into_inner());
+        let reserved: u64 = uploading.values().sum();
+        let used = stored.saturating_add(reserved);
+        if used.saturating_add(size) > self.quota {
+            return Err(refusal(
+                StoreErrorCode::QuotaExceeded,
+                format!(
+                    "the store's quota is {} bytes and {} are used or being uploaded; a {}-byte file does not fit (ask the operator to raise --store-quota or remove files)",
+                    self.quota, used, size
+                ),
+            ));
+        }
+        // One map operation decides and claims: no check-then-insert race.
+        match uploading.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(refusal(
+                StoreErrorCode::Busy,
+                "another upload of this file is in progress; try again when it has finished",
+            )),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(size);
+                Ok(())
+            }
+        }
+    }
+
+    fn release(&self, id: &FileId) {
+        self.uploading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Serves one uploader (`peer put`) on a connection whose hello was answered.
+    pub async fn serve_upload(self: &Arc<Self>, stream: TcpStream) -> Result<(), WireError> {
+        let (r, w) = stream.into_split();
+        let mut reader = BufReader::with_capacity(256 * 1024, r);
+        let mut writer = BufWriter::new(w);
+        let mut upload: Option<Upload> = None;
+        let result = self
+            .upload_loop(&mut reader, &mut writer, &mut upload)
+            .await;
+        if let Some(u) = upload {
+            self.release(&u.id);
+        }
+        let _ = writer.flush().await;
+        result
+    }
+
+    async fn upload_loop(
+        self: &Arc<Self>,
+        reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+        writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+        upload: &mut Option<Upload>,
+    ) -> Result<(), WireError> {
+        let mut frame = Vec::new();
+        loop {
+            let Some(request) = wire::read_message::<_, StoreRequest>(
+                reader,
+                &mut frame,
+                Deadlines::with_idle(UPLOAD_IDLE),
+            )
+            .await?
+            else {
+                return Ok(());
+            };
+            match request {
+                StoreRequest::Begin { id, name, size } => {
+                    if let Some(old) = upload.take() {
+                        self.release(&old.id);
+                    }
+                    let answer = self.begin(id, &name, size);
+                    if matches!(answer, StoreResponse::SendHashList) {
+                        *upload = Some(Upload {
+                            id,
+                            name,
+                            size,
+                            state: None,
+                        });
+                    }
+                    wire::send_message(writer, &answer).await?;
+                }
+                StoreRequest::HashList { len } => {
+                    let Some(u) = upload.as_mut().filter(|u| u.state.is_none()) else {
+                        return fail(writer, StoreErrorCode::BadRequest, "HashList without Begin")
+                            .await;
+                    };
+                    // Checked against the size before anything is allocated.
+                    if u64::from(len) != chunk_count(u.size) * 32 {
+                        return fail(
+                            writer,
+                            StoreErrorCode::BadRequest,
+                            "hash list length does not match the size",
+                        )
+                        .await;
+                    }
+                    let mut raw = vec![0u8; len as usize];
+                    wire::read_raw(reader, &mut raw, FRAME_TIMEOUT * 6).await?;
+                    let info = match ContentInfo::from_hash_list(u.id, u.size, &raw) {
+                        Ok(info) => Arc::new(info),
+                        Err(e) => {
+                            return fail(writer, StoreErrorCode::BadRequest, e.to_string()).await
+                        }
+                    };
+                    let part = output::part_path(self.library.root(), &u.id);
+                    let opened = {
+                        let (part, info) = (part.clone(), info.clone());
+                        tokio::task::spawn_blocking(move || output::open_part(&part, &info)).await
+                    };
+                    let (file, have) = match opened {
+                        Ok(Ok(pair)) => pair,
+                        Ok(Err(e)) => {
+                            warn!(error = %e, part = %part.display(), "cannot open the upload's part file");
+                            return fail(
+                                writer,
+                                StoreErrorCode::Internal,
+                                "the store cannot write the file",
+                            )
+                            .await;
+                        }
+                        Err(e) => {
+                            return fail(writer, StoreErrorCode::Internal, e.to_string()).await
+                        }
+                    };
+                    let mut bitfield = vec![0u8; have.len().div_ceil(8)];
+                    for (i, h) in have.iter().enumerate() {
+                        if *h {
+                            bitfield[i / 8] |= 1 << (i % 8);
+                        }
+                    }
+                    debug!(id = %u.id, resumed = have.iter().filter(|h| **h).count(), "upload ready");
+                    u.state = Some(UploadState {
+                        info,
+                        part,
+                        file: Arc::new(file),
+                        have,
+                    });
+                    wire::send_message(writer, &StoreResponse::Ready { have: bitfield }).await?;
+                }
+                StoreRequest::Chunk { index, len } => {
+                    let Some(state) = upload.as_mut().and_then(|u| u.state.as_mut()) else {
+                        return fail(writer, StoreErrorCode::BadRequest, "Chunk before HashList")
+                            .await;
+                    };
+                    if index >= state.info.chunk_count()
+                        || len as usize != state.info.chunk_len(index)
+                    {
+                        return fail(writer, StoreErrorCode::BadRequest, "no such chunk").await;
+                    }
+                    let mut data = vec![0u8; len as usize];
+                    wire::read_raw(reader, &mut data, FRAME_TIMEOUT * 3).await?;
+                    let (info, file) = (state.info.clone(), state.file.clone());
+                    let written = tokio::task::spawn_blocking(move || {
+                        use std::os::unix::fs::FileExt;
+                        if !info.verify_chunk(index, &data) {
+                            return Ok(false);
+                        }
+                        file.write_all_at(&data, index as u64 * common::CHUNK_SIZE as u64)?;
+                        Ok::<_, std::io::Error>(true)
+                    })
+                    .await;
+                    match written {
+                        Ok(Ok(true)) => {
+                            state.have[index as usize] = true;
+                            self.chunks_received.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Ok(false)) => {
+                            return fail(
+                                writer,
+                                StoreErrorCode::BadChunk,
+                                format!("chunk {index} does not match its hash (did the file change while uploading?)"),
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "cannot write an uploaded chunk");
+                            return fail(writer, StoreErrorCode::Internal, "the store cannot write the file").await;
+                        }
+                        Err(e) => return fail(writer, StoreErrorCode::Internal, e.to_string()).await,
+                    }
+                }
+                StoreRequest::Finish => {
+                    let Some(u) = upload.take() else {
+                        return fail(writer, StoreErrorCode::BadRequest, "Finish without Begin")
+                            .await;
+                    };
+                    let answer = self.finish(&u).await;
+                    self.release(&u.id);
+                    if matches!(
+                        answer,
+                        StoreResponse::Error {
+                            code: StoreErrorCode::Incomplete,
+                            ..
+                        }
+                    ) {
+                        // Still resumable: the verified chunks stay in the part file.
+                        wire::send_message(writer, &answer).await?;
+                        continue;
+                    }
+                    wire::send_message(writer, &answer).await?;
+                }
+            }
+        }
+    }
+
+    /// Decides on a `Begin`: already here, refused, or go ahead.
+    fn begin(&self, id: FileId, name: &str, size: u64) -> StoreResponse {
+        if let Err(e) = validate_name(name) {
+            return refusal(StoreErrorCode::BadRequest, e.to_string());
+        }
+        if size > MAX_FILE_SIZE {
+            return refusal(
+                StoreErrorCode::BadRequest,
+                "file too large for the protocol",
+            );
+        }
+        if let Some(e) = self.library.shared().get(&id) {
+            return StoreResponse::AlreadyStored {
+                name: e.rel.clone(),
+            };
+        }
+        match self.reserve(id, size) {
+            Ok(()) => StoreResponse::SendHashList,
+            Err(answer) => answer,
+        }
+    }
+
+    async fn finish(self: &Arc<Self>, u: &Upload) -> StoreResponse {
+        let Some(state) = &u.state else {
+            return refusal(StoreErrorCode::BadRequest, "Finish before HashList");
+        };
+        let missing = state.have.iter().filter(|h| !**h).count();
+        if missing > 0 {
+            return refusal(
+                StoreErrorCode::Incomplete,
+                format!(
+                    "{missing} of {} chunks still missing; send them and Finish again",
+                    state.have.len()
+                ),
+            );
+        }
+        let name = output::sanitize_name(&u.name, &u.id);
+        let (part, file, root, info) = (
+            state.part.clone(),
+            state.file.clone(),
+            self.library.root().to_path_buf(),
+            state.info.clone(),
+        );
+        let store = self.clone();
+        let published = tokio::task::spawn_blocking(move || {
+            let path = output::publish(&part, &file, &root, &name)?;
+            let meta = std::fs::metadata(&path)?;
+            let rel = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let entry = Arc::new(SharedEntry {
+                rel: rel.clone(),
+                path,
+                size: meta.len(),
+                mtime_ns: mtime_ns(&meta),
+                info,
+            });
+            // Known hashes go straight into the cache: the scan does not reread it.
+            store.refresh_blocking(Some(entry));
+            Ok::<_, std::io::Error>(rel)
+        })
+        .await;
+        match published {
+            Ok(Ok(rel)) => {
+                info!(id = %u.id, name = %rel, size = u.size, "upload stored");
+                StoreResponse::Stored { name: rel }
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot publish an upload");
+                refusal(StoreErrorCode::Internal, format!("cannot publish: {e}"))
+            }
+            Err(e) => refusal(StoreErrorCode::Internal, e.to_string()),
+        }
+    }
+}
+
+/// One upload on a connection.
+struct Upload {
+    id: FileId,
+    name: String,
+    size: u64,
+    state: Option<UploadState>,
+}
+
+/// An upload whose hash list has arrived.
+struct UploadState {
+    info: Arc<ContentInfo>,
+    part: PathBuf,
+    file: Arc<File>,
+    have: Vec<bool>,
+}
+
+fn refusal(code: StoreErrorCode, message: impl Into<String>) -> StoreResponse {
+    StoreResponse::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Answers an error and ends the connection (the stream cannot be resynchronised).
+async fn fail(
+    writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    code: StoreErrorCode,
+    message: impl Into<String>,
+) -> Result<(), WireError> {
+    let message = message.into();
+    wire::send_message(writer, &refusal(code, message.clone())).await?;
+    Err(WireError::Unexpected(message))
+}
+
+/// Replaces the store's placeholder address with `local` (the address this
+/// client reached the server at) in an answer.
+pub fn localize(response: IndexResponse, local: &str) -> IndexResponse {
+    match response {
+        IndexResponse::Sources {
+            id,
+            name,
+            size,
+            mut sources,
+        } => {
+            for s in &mut sources {
+                if s.addr == STORE_SELF_ADDR {
+                    s.addr = local.to_string();
+                }
+            }
+            IndexResponse::Sources {
+                id,
+                name,
+                size,
+                sources,
+            }
+        }
+        IndexResponse::Peers { mut peers, next } => {
+            for p in &mut peers {
+                if p.addr == STORE_SELF_ADDR {
+                    p.addr = local.to_string();
+                }
+            }
+            IndexResponse::Peers { peers, next }
+        }
+        other => other,
+    }
+}

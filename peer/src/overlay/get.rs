@@ -1,0 +1,101 @@
+//! `peer get --mode p2p`: find the file by flooding, then fetch it from
+//! every node that answered, with the same verified engine as every mode.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::id::FileId;
+use tokio_util::sync::CancellationToken;
+
+use super::search::{search, SearchError, SearchReport};
+use crate::download::{
+    self, DownloadError, DownloadOutcome, DownloadRequest, EngineConfig, Progress,
+};
+
+/// Why a p2p get failed.
+#[derive(Debug, thiserror::Error)]
+pub enum P2pGetError {
+    #[error(transparent)]
+    Search(#[from] SearchError),
+    #[error("no node within {ttl} hops offers {target:?} (raise --ttl or --wait, or try another --via node)")]
+    NotFound { target: String, ttl: u8 },
+    #[error("several different files are named {name:?}; pass one id instead:\n{}", .candidates.iter().map(|(id, n)| format!("  {id}  {n}")).collect::<Vec<_>>().join("\n"))]
+    Ambiguous {
+        name: String,
+        candidates: Vec<(String, String)>,
+    },
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+}
+
+/// A finished p2p get: the download and the search that found its sources.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct P2pGetOutcome {
+    #[serde(flatten)]
+    pub download: DownloadOutcome,
+    pub search: SearchReport,
+}
+
+/// Searches through `via` for `target` (a 64-digit id or an exact name) and
+/// downloads it from the nodes that have it.
+#[allow(clippy::too_many_arguments)]
+pub async fn get(
+    via: &str,
+    target: &str,
+    ttl: u8,
+    wait: Duration,
+    out_dir: PathBuf,
+    engine: EngineConfig,
+    progress: Arc<Progress>,
+    shutdown: CancellationToken,
+) -> Result<P2pGetOutcome, P2pGetError> {
+    let by_id = target.parse::<FileId>().ok();
+    let words = match by_id {
+        Some(id) => vec![id.to_hex()],
+        None => vec![target.to_string()],
+    };
+    let report = search(via, words, ttl, wait).await?;
+    let base = |n: &str| n.rsplit('/').next().unwrap_or(n).to_string();
+    let matching: Vec<_> = report
+        .hits
+        .iter()
+        .filter(|h| match by_id {
+            Some(id) => h.id == id.to_hex(),
+            None => h.name == target || base(&h.name) == target,
+        })
+        .collect();
+    let hit = match matching.as_slice() {
+        [] => {
+            return Err(P2pGetError::NotFound {
+                target: target.into(),
+                ttl,
+            })
+        }
+        [one] => (*one).clone(),
+        many => {
+            return Err(P2pGetError::Ambiguous {
+                name: target.into(),
+                candidates: many
+                    .iter()
+                    .map(|h| (h.id.clone(), h.name.clone()))
+                    .collect(),
+            })
+        }
+    };
+    let id: FileId = hit.id.parse().map_err(|_| P2pGetError::NotFound {
+        target: target.into(),
+        ttl,
+    })?;
+    let request = DownloadRequest {
+        id,
+        name: hit.name,
+        sources: hit.sources,
+        out_dir,
+    };
+    let download = download::download(request, engine, progress, None, shutdown).await?;
+    Ok(P2pGetOutcome {
+        download,
+        search: report,
+    })
+}

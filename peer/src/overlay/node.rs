@@ -1,0 +1,562 @@
+//! The overlay's network side: links to neighbours, the one task that owns
+//! the [`Router`], and keeping the target degree.
+//!
+//! Each link has a reader task (frames in, with an idle deadline, into the
+//! router's queue) and a writer task (a bounded queue out; a neighbour too
+//! slow to keep up loses messages rather than stalling the node). Every
+//! `ping_interval` the node pings its neighbours (TTL 2) to learn others,
+//! and when it has fewer than `degree` neighbours it dials addresses it
+//! learned or was given; a neighbour whose connection ends is dropped and so
+//! replaced on the next tick.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::hello::Protocol;
+use common::overlay_proto::{MessageId, OverlayFile, OverlayMessage};
+use common::wire::{self, Deadlines, WireError};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info};
+
+use super::router::{matches, Action, LinkId, LocalNode, OverlayCounters, Router};
+use crate::library::Library;
+
+/// Most messages queued towards one link before new ones are dropped.
+const LINK_QUEUE: usize = 256;
+/// Most addresses remembered as candidate neighbours.
+const HOST_CACHE: usize = 200;
+
+/// Settings of an overlay node.
+#[derive(Debug, Clone)]
+pub struct OverlayConfig {
+    /// Addresses to join through (`--neighbor`), dialled again whenever the
+    /// node is below its degree.
+    pub neighbors: Vec<String>,
+    /// Neighbours to keep.
+    pub degree: usize,
+    /// How often to ping neighbours and top up the degree.
+    pub ping_interval: Duration,
+    /// A link silent for this long is dropped (pings keep live ones busy).
+    pub link_idle: Duration,
+}
+
+impl Default for OverlayConfig {
+    fn default() -> Self {
+        OverlayConfig {
+            neighbors: Vec::new(),
+            degree: 4,
+            ping_interval: Duration::from_secs(5),
+            link_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What happened, for the router task.
+enum Event {
+    Up {
+        link: LinkId,
+        addr: Option<String>,
+        client: bool,
+        tx: mpsc::Sender<OverlayMessage>,
+        stop: CancellationToken,
+    },
+    Message(LinkId, OverlayMessage),
+    Down(LinkId),
+    DialFailed(String),
+    /// A neighbour told us the address it sees for us.
+    SelfAddr(String),
+}
+
+struct Link {
+    addr: Option<String>,
+    client: bool,
+    tx: mpsc::Sender<OverlayMessage>,
+    stop: CancellationToken,
+}
+
+/// A running overlay node; also the handler of `Overlay` connections on the
+/// peer's port.
+#[derive(Clone)]
+pub struct Overlay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    events: mpsc::Sender<Event>,
+    counters: Arc<OverlayCounters>,
+    next_link: AtomicU64,
+    links: AtomicUsize,
+    neighbour_addrs: Mutex<Vec<String>>,
+    max_links: usize,
+    link_idle: Duration,
+    listen_port: u16,
+    advertise: Option<String>,
+    tracker: TaskTracker,
+}
+
+/// This node as the router sees it.
+struct Local {
+    addr: String,
+    library: Library,
+}
+
+impl LocalNode for Local {
+    fn addr(&self) -> String {
+        self.addr.clone()
+    }
+    fn file_count(&self) -> u32 {
+        self.library.shared().len() as u32
+    }
+    fn search(&self, words: &[String]) -> Vec<OverlayFile> {
+        let mut out: Vec<OverlayFile> = self
+            .library
+            .shared()
+            .iter()
+            .filter(|(id, e)| matches(words, id, &e.rel))
+            .map(|(id, e)| OverlayFile {
+                id: *id,
+                name: e.rel.clone(),
+                size: e.size,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+pub fn random_message_id() -> MessageId {
+    MessageId(rand::random())
+}
+
+impl Overlay {
+    /// Starts the node: the router task and the degree keeper. `listen` is
+    /// where the peer's port listens; `advertise` overrides the address
+    /// others are told.
+    pub fn start(
+        config: OverlayConfig,
+        library: Library,
+        listen: SocketAddr,
+        advertise: Option<String>,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Overlay {
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        let counters = Arc::new(OverlayCounters::default());
+        let overlay = Overlay {
+            inner: Arc::new(Inner {
+                events: events_tx,
+                counters: counters.clone(),
+                next_link: AtomicU64::new(1),
+                links: AtomicUsize::new(0),
+                neighbour_addrs: Mutex::new(Vec::new()),
+                max_links: (config.degree * 2).max(8),
+                link_idle: config.link_idle,
+                listen_port: listen.port(),
+                advertise: advertise.clone(),
+                tracker: tracker.clone(),
+            }),
+        };
+        // Known now if advertised or bound to a specific address; else a neighbour tells us.
+        let self_addr =
+            advertise.or_else(|| (!listen.ip().is_unspecified()).then(|| listen.to_string()));
+        tracker.spawn(
+            overlay
+                .clone()
+                .run(config, library, self_addr, counters, events_rx, shutdown),
+        );
+        overlay
+    }
+
+    pub fn counters(&self) -> Arc<OverlayCounters> {
+        self.inner.counters.clone()
+    }
+
+    /// Addresses of the current neighbours (not search clients).
+    pub fn neighbours(&self) -> Vec<String> {
+        self.inner
+            .neighbour_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    async fn run(
+        self,
+        config: OverlayConfig,
+        library: Library,
+        self_addr: Option<String>,
+        counters: Arc<OverlayCounters>,
+        mut events: mpsc::Receiver<Event>,
+        shutdown: CancellationToken,
+    ) {
+        let mut router = Router::new(counters);
+        let mut local = Local {
+            addr: self_addr.clone().unwrap_or_default(),
+            library,
+        };
+        let mut links: HashMap<LinkId, Link> = HashMap::new();
+        let mut hosts: VecDeque<String> = VecDeque::new();
+        let mut dialing: HashSet<String> = HashSet::new();
+        let mut tick = tokio::time::interval(config.ping_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => None,
+                e = events.recv() => match e { Some(e) => Some(e), None => break },
+            };
+            let neighbours: Vec<LinkId> = links
+                .iter()
+                .filter(|(_, l)| !l.client)
+                .map(|(id, _)| *id)
+                .collect();
+            let actions = match event {
+                None => {
+                    self.top_up(
+                        &config,
+                        &local.addr,
+                        &links,
+                        &mut hosts,
+                        &mut dialing,
+                        &shutdown,
+                    );
+                    router.originate_ping(random_message_id(), 2, &neighbours, Instant::now())
+                }
+                Some(Event::Up {
+                    link,
+                    addr,
+                    client,
+                    tx,
+                    stop,
+                }) => {
+                    if let Some(a) = &addr {
+                        dialing.remove(a);
+                        // One link per neighbour address: a second one (both dialled each other) is closed.
+                        let duplicate = !client
+                            && links
+                                .values()
+                                .any(|l| !l.client && l.addr.as_deref() == Some(a.as_str()));
+                        if duplicate || *a == local.addr {
+                            stop.cancel();
+                            continue;
+                        }
+                    }
+                    debug!(link, ?addr, client, "overlay link up");
+                    links.insert(
+                        link,
+                        Link {
+                            addr,
+                            client,
+                            tx,
+                            stop,
+                        },
+                    );
+                    self.publish_links(&links);
+                    Vec::new()
+                }
+                Some(Event::Down(link)) => {
+                    if let Some(l) = links.remove(&link) {
+                        l.stop.cancel();
+                        if !l.client {
+                            info!(addr = ?l.addr, "overlay neighbour gone");
+                        }
+                    }
+                    self.publish_links(&links);
+                    Vec::new()
+                }
+                Some(Event::DialFailed(addr)) => {
+                    dialing.remove(&addr);
+                    hosts.retain(|h| *h != addr);
+                    Vec::new()
+                }
+                Some(Event::SelfAddr(addr)) => {
+                    if local.addr.is_empty() {
+                        info!(%addr, "overlay address learned from a neighbour");
+                        local.addr = addr;
+                    }
+                    Vec::new()
+                }
+                Some(Event::Message(link, msg)) => {
+                    let Some(from_client) = links.get(&link).map(|l| l.client) else {
+                        debug!(link, "message from a link already gone; dropped");
+                        continue;
+                    };
+                    tracing::trace!(link, ?msg, "overlay message");
+                    router.on_message(link, from_client, msg, &neighbours, &local, Instant::now())
+                }
+            };
+            for action in actions {
+                match action {
+                    Action::Send(link, msg) => {
+                        if let Some(l) = links.get(&link) {
+                            tracing::trace!(link, ?msg, "overlay send");
+                            if l.tx.try_send(msg).is_err() {
+                                debug!(link, "overlay link queue full; message dropped");
+                            }
+                        }
+                    }
+                    Action::Learned(addr) => {
+                        if addr != local.addr && !addr.is_empty() && !hosts.contains(&addr) {
+                            hosts.push_back(addr);
+                            if hosts.len() > HOST_CACHE {
+                                hosts.pop_front();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for l in links.values() {
+            l.stop.cancel();
+        }
+    }
+
+    fn publish_links(&self, links: &HashMap<LinkId, Link>) {
+        self.inner.links.store(links.len(), Ordering::Relaxed);
+        let mut addrs: Vec<String> = links
+            .values()
+            .filter(|l| !l.client)
+            .filter_map(|l| l.addr.clone())
+            .collect();
+        addrs.sort();
+        *self
+            .inner
+            .neighbour_addrs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = addrs;
+    }
+
+    /// Dials candidates while below the target degree.
+    fn top_up(
+        &self,
+        config: &OverlayConfig,
+        self_addr: &str,
+        links: &HashMap<LinkId, Link>,
+        hosts: &mut VecDeque<String>,
+        dialing: &mut HashSet<String>,
+        shutdown: &CancellationToken,
+    ) {
+        let connected: HashSet<&str> = links
+            .values()
+            .filter(|l| !l.client)
+            .filter_map(|l| l.addr.as_deref())
+            .collect();
+        let have = connected.len() + dialing.len();
+        if have >= config.degree {
+            return;
+        }
+        let wanted = config.degree - have;
+        let candidates: Vec<String> = config
+            .neighbors
+            .iter()
+            .chain(hosts.iter())
+            .filter(|a| {
+                a.as_str() != self_addr
+                    && !connected.contains(a.as_str())
+                    && !dialing.contains(a.as_str())
+            })
+            .cloned()
+            .collect::<Vec<_>>();
+        let mut seen = HashSet::new();
+        for addr in candidates
+            .into_iter()
+            .filter(|a| seen.insert(a.clone()))
+            .take(wanted)
+        {
+            dialing.insert(addr.clone());
+            let (overlay, shutdown) = (self.clone(), shutdown.clone());
+            self.inner.tracker.spawn(async move {
+                let dialled = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = overlay.dial(&addr, shutdown.clone()) => r,
+                };
+                if let Err(e) = dialled {
+                    debug!(%addr, error = %e, "cannot reach overlay neighbour");
+                    let _ = overlay.inner.events.send(Event::DialFailed(addr)).await;
+                }
+            });
+        }
+    }
+
+    async fn dial(&self, addr: &str, shutdown: CancellationToken) -> Result<(), WireError> {
+        let mut stream = transfer::net::connect_tcp(addr, common::limits::CONNECT_TIMEOUT).await?;
+        wire::client_handshake(&mut stream, Protocol::Overlay).await?;
+        wire::send_message(
+            &mut stream,
+            &OverlayMessage::Connect {
+                listen_port: self.inner.listen_port,
+                advertise: self.inner.advertise.clone(),
+                client: false,
+            },
+        )
+        .await?;
+        let mut buf = Vec::new();
+        match wire::expect_message::<_, OverlayMessage>(
+            &mut stream,
+            &mut buf,
+            Deadlines::with_idle(common::limits::HELLO_TIMEOUT),
+        )
+        .await?
+        {
+            OverlayMessage::Welcome { your_addr } => {
+                let _ = self.inner.events.send(Event::SelfAddr(your_addr)).await;
+            }
+            other => {
+                return Err(WireError::Unexpected(format!(
+                    "{other:?} instead of Welcome"
+                )))
+            }
+        }
+        self.attach(stream, Some(addr.to_string()), false, shutdown)
+            .await;
+        Ok(())
+    }
+
+    /// Starts the reader and writer of an established link and announces it.
+    async fn attach(
+        &self,
+        stream: TcpStream,
+        addr: Option<String>,
+        client: bool,
+        shutdown: CancellationToken,
+    ) {
+        let link = self.inner.next_link.fetch_add(1, Ordering::Relaxed);
+        let stop = shutdown.child_token();
+        let (tx, mut rx) = mpsc::channel::<OverlayMessage>(LINK_QUEUE);
+        let (r, w) = stream.into_split();
+        let events = self.inner.events.clone();
+        let idle = if client {
+            Duration::from_secs(120)
+        } else {
+            self.inner.link_idle
+        };
+        // Announced before the reader starts, so the link's first message
+        // never reaches the router ahead of the link itself.
+        let _ = events
+            .send(Event::Up {
+                link,
+                addr,
+                client,
+                tx,
+                stop: stop.clone(),
+            })
+            .await;
+        let reader_stop = stop.clone();
+        let reader_events = events.clone();
+        self.inner.tracker.spawn(async move {
+            let mut reader = BufReader::new(r);
+            let mut buf = Vec::new();
+            loop {
+                let msg = tokio::select! {
+                    _ = reader_stop.cancelled() => break,
+                    m = wire::read_message::<_, OverlayMessage>(&mut reader, &mut buf, Deadlines::with_idle(idle)) => m,
+                };
+                match msg {
+                    Ok(Some(m)) => {
+                        if reader_events.send(Event::Message(link, m)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        debug!(link, error = %e, "overlay link ended");
+                        break;
+                    }
+                }
+            }
+            reader_stop.cancel();
+            let _ = reader_events.send(Event::Down(link)).await;
+        });
+        let writer_stop = stop.clone();
+        self.inner.tracker.spawn(async move {
+            let mut writer = BufWriter::new(w);
+            loop {
+                let msg = tokio::select! {
+                    _ = writer_stop.cancelled() => break,
+                    m = rx.recv() => match m { Some(m) => m, None => break },
+                };
+                if wire::write_message(&mut writer, &msg).await.is_err() {
+                    break;
+                }
+                if rx.is_empty() && writer.flush().await.is_err() {
+                    break;
+                }
+            }
+            let _ = writer.shutdown().await;
+            writer_stop.cancel();
+        });
+    }
+
+    /// Serves an incoming `Overlay` connection whose hello was answered.
+    async fn accept(&self, mut stream: TcpStream, remote: SocketAddr, shutdown: CancellationToken) {
+        let mut buf = Vec::new();
+        let first = wire::expect_message::<_, OverlayMessage>(
+            &mut stream,
+            &mut buf,
+            Deadlines::with_idle(common::limits::HELLO_TIMEOUT),
+        )
+        .await;
+        let (addr, client) = match first {
+            Ok(OverlayMessage::Connect {
+                listen_port,
+                advertise,
+                client,
+            }) => {
+                let addr = match advertise.filter(|a| a.len() <= 255 && a.contains(':')) {
+                    Some(a) => Some(a),
+                    None if listen_port != 0 => {
+                        Some(SocketAddr::new(remote.ip(), listen_port).to_string())
+                    }
+                    None => None,
+                };
+                (addr, client)
+            }
+            Ok(other) => {
+                debug!(%remote, ?other, "overlay connection did not start with Connect");
+                return;
+            }
+            Err(e) => {
+                debug!(%remote, error = %e, "overlay connection failed before Connect");
+                return;
+            }
+        };
+        let welcome = OverlayMessage::Welcome {
+            your_addr: addr.clone().unwrap_or_else(|| remote.to_string()),
+        };
+        if wire::send_message(&mut stream, &welcome).await.is_err() {
+            return;
+        }
+        self.attach(stream, if client { None } else { addr }, client, shutdown)
+            .await;
+    }
+}
+
+impl transfer::chunk_server::ProtocolHandler for Overlay {
+    fn protocols(&self) -> &[Protocol] {
+        &[Protocol::Overlay]
+    }
+
+    fn is_busy(&self, _protocol: Protocol) -> bool {
+        self.inner.links.load(Ordering::Relaxed) >= self.inner.max_links
+    }
+
+    fn serve(
+        &self,
+        _protocol: Protocol,
+        stream: TcpStream,
+        remote: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
+        let overlay = self.clone();
+        Box::pin(async move { overlay.accept(stream, remote, shutdown).await })
+    }
+}

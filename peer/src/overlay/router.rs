@@ -1,0 +1,499 @@
+//! The overlay's message routing, without sockets: what a node does with
+//! each message, as a list of messages to send on which links.
+//!
+//! The network layer ([`super::node`]) owns one `Router` in one task and
+//! feeds it every message in arrival order, so the seen-table's
+//! insert-if-absent is a single map operation with nothing to race against.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::overlay_proto::{MessageId, OverlayFile, OverlayMessage};
+
+/// Identifies one connection (a neighbour or a search client).
+pub type LinkId = u64;
+
+/// Marks messages this node originated (its own pings).
+pub const LOCAL: LinkId = 0;
+
+/// Most flooded message ids remembered, and for how long.
+pub const SEEN_CAPACITY: usize = 65_536;
+pub const SEEN_TTL: Duration = Duration::from_secs(600);
+
+/// Most files in one `QueryHit`.
+pub const MAX_HITS_PER_ANSWER: usize = 100;
+
+/// What a node has counted; read by tests and logs.
+#[derive(Debug, Default)]
+pub struct OverlayCounters {
+    /// Messages received on any link.
+    pub messages_in: AtomicU64,
+    /// Messages sent on any link.
+    pub messages_out: AtomicU64,
+    /// Queries processed (first copy of each id).
+    pub queries_processed: AtomicU64,
+    /// Copies of queries and pings dropped because their id was seen before.
+    pub duplicates_dropped: AtomicU64,
+    /// Query hits passed on towards their origin.
+    pub hits_routed: AtomicU64,
+    /// Pings processed (first copy of each id).
+    pub pings_processed: AtomicU64,
+}
+
+impl OverlayCounters {
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Flooded ids seen recently, each with the link its first copy came from
+/// (the reverse path for answers). Bounded in count and age.
+pub struct SeenTable {
+    routes: HashMap<MessageId, LinkId>,
+    order: VecDeque<(MessageId, Instant)>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl SeenTable {
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        SeenTable {
+            routes: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            ttl,
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((id, at)) = self.order.front().copied() {
+            if self.order.len() <= self.capacity && now.duration_since(at) < self.ttl {
+                break;
+            }
+            self.order.pop_front();
+            self.routes.remove(&id);
+        }
+    }
+
+    /// Records `id` as first seen on `from`. `Err(route)` if it was already
+    /// seen (with the link its first copy came from). One map operation.
+    pub fn insert(&mut self, id: MessageId, from: LinkId, now: Instant) -> Result<(), LinkId> {
+        self.expire(now);
+        match self.routes.entry(id) {
+            std::collections::hash_map::Entry::Occupied(o) => Err(*o.get()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(from);
+                self.order.push_back((id, now));
+                Ok(())
+            }
+        }
+    }
+
+    /// The link the first copy of `id` came from.
+    pub fn route(&self, id: &MessageId) -> Option<LinkId> {
+        self.routes.get(id).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+}
+
+/// What the router needs to know about this node.
+pub trait LocalNode {
+    /// `HOST:PORT` of this node's chunk server, as others reach it.
+    fn addr(&self) -> String;
+    /// Number of files shared.
+    fn file_count(&self) -> u32;
+    /// Shared files matching every word (or a 64-digit id).
+    fn search(&self, words: &[String]) -> Vec<OverlayFile>;
+}
+
+/// Something the network layer must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Send(LinkId, OverlayMessage),
+    /// A `Pong` answered one of our pings: a candidate neighbour.
+    Learned(String),
+}
+
+/// The routing state of one node.
+pub struct Router {
+    seen: SeenTable,
+    counters: Arc<OverlayCounters>,
+}
+
+impl Router {
+    pub fn new(counters: Arc<OverlayCounters>) -> Self {
+        Router {
+            seen: SeenTable::new(SEEN_CAPACITY, SEEN_TTL),
+            counters,
+        }
+    }
+
+    pub fn counters(&self) -> &Arc<OverlayCounters> {
+        &self.counters
+    }
+
+    /// Starts a ping flood from this node.
+    pub fn originate_ping(
+        &mut self,
+        id: MessageId,
+        ttl: u8,
+        neighbours: &[LinkId],
+        now: Instant,
+    ) -> Vec<Action> {
+        let _ = self.seen.insert(id, LOCAL, now);
+        neighbours
+            .iter()
+            .map(|l| Action::Send(*l, OverlayMessage::Ping { id, ttl, hops: 0 }))
+            .collect()
+    }
+
+    /// Handles one message that arrived on `from`. `neighbours` are the
+    /// neighbour links floods go to (search clients are not among them);
+    /// `from_client` says the message came from a search client, for which
+    /// this node floods as the originator (the first hop keeps the full TTL).
+    pub fn on_message(
+        &mut self,
+        from: LinkId,
+        from_client: bool,
+        msg: OverlayMessage,
+        neighbours: &[LinkId],
+        node: &dyn LocalNode,
+        now: Instant,
+    ) -> Vec<Action> {
+        self.counters.messages_in.fetch_add(1, Ordering::Relaxed);
+        let mut out = Vec::new();
+        match msg {
+            OverlayMessage::Ping { id, ttl, hops } => {
+                if from_client {
+                    return out;
+                }
+                if self.seen.insert(id, from, now).is_err() {
+                    self.counters
+                        .duplicates_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    return out;
+                }
+                self.counters
+                    .pings_processed
+                    .fetch_add(1, Ordering::Relaxed);
+                out.push(Action::Send(
+                    from,
+                    OverlayMessage::Pong {
+                        id,
+                        addr: node.addr(),
+                        files: node.file_count(),
+                    },
+                ));
+                if let Some(ttl) = ttl.checked_sub(1).filter(|t| *t > 0) {
+                    for l in neighbours.iter().filter(|l| **l != from) {
+                        out.push(Action::Send(
+                            *l,
+                            OverlayMessage::Ping {
+                                id,
+                                ttl,
+                                hops: hops.saturating_add(1),
+                            },
+                        ));
+                    }
+                }
+            }
+            OverlayMessage::Pong { id, addr, files } => match self.seen.route(&id) {
+                Some(LOCAL) => out.push(Action::Learned(addr)),
+                Some(back) if back != from => {
+                    out.push(Action::Send(back, OverlayMessage::Pong { id, addr, files }))
+                }
+                _ => {}
+            },
+            OverlayMessage::Query {
+                id,
+                ttl,
+                hops,
+                words,
+            } => {
+                if let Err(first) = self.seen.insert(id, from, now) {
+                    self.counters
+                        .duplicates_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    // Tell the searcher this copy is accounted for.
+                    out.push(Action::Send(
+                        first,
+                        OverlayMessage::QueryHit {
+                            id,
+                            responder: node.addr(),
+                            files: Vec::new(),
+                            distance: hops,
+                            forwarded: 0,
+                            duplicate: true,
+                        },
+                    ));
+                    return out;
+                }
+                self.counters
+                    .queries_processed
+                    .fetch_add(1, Ordering::Relaxed);
+                let remaining = if from_client {
+                    ttl
+                } else {
+                    ttl.saturating_sub(1)
+                };
+                let mut forwarded = 0u32;
+                if remaining > 0 {
+                    for l in neighbours.iter().filter(|l| **l != from) {
+                        forwarded += 1;
+                        out.push(Action::Send(
+                            *l,
+                            OverlayMessage::Query {
+                                id,
+                                ttl: remaining,
+                                hops: hops.saturating_add(1),
+                                words: words.clone(),
+                            },
+                        ));
+                    }
+                }
+                let mut files = node.search(&words);
+                files.truncate(MAX_HITS_PER_ANSWER);
+                out.push(Action::Send(
+                    from,
+                    OverlayMessage::QueryHit {
+                        id,
+                        responder: node.addr(),
+                        files,
+                        distance: hops,
+                        forwarded,
+                        duplicate: false,
+                    },
+                ));
+            }
+            hit @ OverlayMessage::QueryHit { .. } => {
+                let OverlayMessage::QueryHit { id, .. } = &hit else {
+                    return out;
+                };
+                // Only back along the path the query came: never a flood.
+                if let Some(back) = self.seen.route(id).filter(|b| *b != from && *b != LOCAL) {
+                    self.counters.hits_routed.fetch_add(1, Ordering::Relaxed);
+                    out.push(Action::Send(back, hit));
+                }
+            }
+            // Handshake messages are the network layer's business.
+            OverlayMessage::Connect { .. } | OverlayMessage::Welcome { .. } => {}
+        }
+        let sent = out.iter().filter(|a| matches!(a, Action::Send(..))).count();
+        self.counters
+            .messages_out
+            .fetch_add(sent as u64, Ordering::Relaxed);
+        out
+    }
+}
+
+/// Whether a shared file named `name` with id `id` matches a query: every
+/// word's tokens appear among the name's, or the single word is the id.
+pub fn matches(words: &[String], id: &common::FileId, name: &str) -> bool {
+    if let [only] = words {
+        if let Ok(wanted) = only.parse::<common::FileId>() {
+            return wanted == *id;
+        }
+    }
+    let name_words = common::names::tokenize(name);
+    let mut any = false;
+    for w in words.iter().flat_map(|w| common::names::tokenize(w)) {
+        any = true;
+        if !name_words.contains(&w) {
+            return false;
+        }
+    }
+    any
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::FileId;
+
+    struct Node;
+    impl LocalNode for Node {
+        fn addr(&self) -> String {
+            "10.0.0.1:6699".into()
+        }
+        fn file_count(&self) -> u32 {
+            1
+        }
+        fn search(&self, words: &[String]) -> Vec<OverlayFile> {
+            let (id, name) = (FileId([1; 32]), "Blue Monday.mp3");
+            if matches(words, &id, name) {
+                vec![OverlayFile {
+                    id,
+                    name: name.into(),
+                    size: 5,
+                }]
+            } else {
+                vec![]
+            }
+        }
+    }
+
+    fn query(ttl: u8, hops: u8) -> OverlayMessage {
+        OverlayMessage::Query {
+            id: MessageId([9; 16]),
+            ttl,
+            hops,
+            words: vec!["blue".into()],
+        }
+    }
+
+    fn sends(actions: &[Action]) -> Vec<(LinkId, &OverlayMessage)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Send(l, m) => Some((*l, m)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_query_is_answered_forwarded_with_one_less_ttl_and_dropped_when_seen() {
+        let mut r = Router::new(Arc::default());
+        let now = Instant::now();
+        let out = r.on_message(1, false, query(3, 2), &[1, 2, 3], &Node, now);
+        let s = sends(&out);
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert!(s.iter().any(|(l, m)| *l == 2
+            && matches!(
+                m,
+                OverlayMessage::Query {
+                    ttl: 2,
+                    hops: 3,
+                    ..
+                }
+            )));
+        assert!(s.iter().any(|(l, m)| *l == 1
+            && matches!(m, OverlayMessage::QueryHit { files, forwarded: 2, duplicate: false, distance: 2, .. } if files.len() == 1)));
+        // The same id again, from another link: only a duplicate notice back the first path.
+        let out = r.on_message(3, false, query(3, 2), &[1, 2, 3], &Node, now);
+        assert_eq!(
+            sends(&out),
+            vec![(
+                1,
+                &OverlayMessage::QueryHit {
+                    id: MessageId([9; 16]),
+                    responder: "10.0.0.1:6699".into(),
+                    files: vec![],
+                    distance: 2,
+                    forwarded: 0,
+                    duplicate: true
+                }
+            )]
+        );
+        assert_eq!(OverlayCounters::get(&r.counters().queries_processed), 1);
+        assert_eq!(OverlayCounters::get(&r.counters().duplicates_dropped), 1);
+    }
+
+    #[test]
+    fn ttl_one_is_not_forwarded_and_a_client_query_keeps_its_ttl() {
+        let mut r = Router::new(Arc::default());
+        let out = r.on_message(1, false, query(1, 0), &[1, 2], &Node, Instant::now());
+        assert_eq!(sends(&out).len(), 1, "only the answer");
+        let mut r = Router::new(Arc::default());
+        let out = r.on_message(7, true, query(1, 0), &[1, 2], &Node, Instant::now());
+        let s = sends(&out);
+        assert!(s.iter().any(|(l, m)| *l == 1
+            && matches!(
+                m,
+                OverlayMessage::Query {
+                    ttl: 1,
+                    hops: 1,
+                    ..
+                }
+            )));
+        assert!(s
+            .iter()
+            .any(|(l, m)| *l == 7 && matches!(m, OverlayMessage::QueryHit { forwarded: 2, .. })));
+    }
+
+    #[test]
+    fn hits_go_back_along_the_reverse_path_only() {
+        let mut r = Router::new(Arc::default());
+        let now = Instant::now();
+        r.on_message(4, false, query(5, 1), &[4, 5, 6], &Node, now);
+        let hit = OverlayMessage::QueryHit {
+            id: MessageId([9; 16]),
+            responder: "x:1".into(),
+            files: vec![],
+            distance: 2,
+            forwarded: 0,
+            duplicate: false,
+        };
+        let out = r.on_message(5, false, hit.clone(), &[4, 5, 6], &Node, now);
+        assert_eq!(sends(&out), vec![(4, &hit)]);
+        // A hit for a query never seen goes nowhere.
+        let stray = OverlayMessage::QueryHit {
+            id: MessageId([1; 16]),
+            responder: "x:1".into(),
+            files: vec![],
+            distance: 2,
+            forwarded: 0,
+            duplicate: false,
+        };
+        assert!(r
+            .on_message(5, false, stray, &[4, 5, 6], &Node, now)
+            .is_empty());
+    }
+
+    #[test]
+    fn pongs_to_our_pings_teach_addresses() {
+        let mut r = Router::new(Arc::default());
+        let now = Instant::now();
+        let id = MessageId([3; 16]);
+        assert_eq!(r.originate_ping(id, 2, &[1, 2], now).len(), 2);
+        let out = r.on_message(
+            1,
+            false,
+            OverlayMessage::Pong {
+                id,
+                addr: "10.0.0.9:1".into(),
+                files: 0,
+            },
+            &[1, 2],
+            &Node,
+            now,
+        );
+        assert_eq!(out, vec![Action::Learned("10.0.0.9:1".into())]);
+    }
+
+    #[test]
+    fn the_seen_table_is_bounded() {
+        let mut t = SeenTable::new(3, Duration::from_secs(60));
+        let now = Instant::now();
+        for i in 0..10u8 {
+            assert!(t.insert(MessageId([i; 16]), 1, now).is_ok());
+        }
+        assert!(t.len() <= 4);
+        assert_eq!(t.insert(MessageId([9; 16]), 2, now), Err(1));
+        let later = now + Duration::from_secs(61);
+        assert!(t.insert(MessageId([9; 16]), 2, later).is_ok());
+    }
+
+    #[test]
+    fn matching_by_words_or_id() {
+        let id = FileId([1; 32]);
+        assert!(!matches(
+            &["BLUE".into(), "mon".into()],
+            &id,
+            "Blue Monday.mp3"
+        ));
+        assert!(matches(&["blue monday".into()], &id, "Blue Monday.mp3"));
+        assert!(matches(&[id.to_hex()], &id, "x"));
+        assert!(!matches(&[FileId([2; 32]).to_hex()], &id, "x"));
+        assert!(!matches(&[], &id, "x"));
+    }
+}

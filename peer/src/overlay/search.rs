@@ -1,0 +1,230 @@
+//! The searching side of the overlay: `peer search --mode p2p --via ADDR`.
+//!
+//! The client connects to one overlay node (`--via`) as a search client and
+//! sends it a `Query`; that node floods it on the client's behalf (the TTL
+//! counts overlay hops from it) and the answers come back along the reverse
+//! paths to the client.
+//!
+//! **How the cost is measured.** Every node that processes the query
+//! answers once, with its matching files (possibly none) and the number of
+//! neighbours it forwarded the query to; a node that drops a copy as already
+//! seen answers `duplicate`. So:
+//! - `nodes_reached` = distinct nodes that answered a first copy;
+//! - `query_messages` = Σ forwarded: copies of the query sent over overlay
+//!   links (the flooding cost; duplicates included);
+//! - `hit_messages` = Σ distance over answers that carry files: overlay
+//!   links their `QueryHit`s crossed on the way back (what Gnutella pays);
+//! - `messages` = `query_messages + hit_messages`.
+//!
+//! The empty answers and duplicate notices are this implementation's
+//! accounting and are not counted as cost. Every copy sent produces exactly
+//! one answer, so once answers = 1 + Σ forwarded the search is complete and
+//! the client stops before `--wait` runs out.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use common::hello::Protocol;
+use common::id::FileId;
+use common::names::validate_name;
+use common::overlay_proto::OverlayMessage;
+use common::wire::{self, Deadlines, WireError};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::node::random_message_id;
+
+/// Default hop limit, as in Gnutella 0.6.
+pub const DEFAULT_TTL: u8 = 7;
+
+/// One file found, with every node that offers it.
+#[derive(Debug, Clone, Serialize)]
+pub struct P2pHit {
+    pub id: String,
+    pub name: String,
+    pub size: u64,
+    /// `HOST:PORT` of each node that has it (chunk servers).
+    pub sources: Vec<String>,
+}
+
+/// What a search found and what it cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchReport {
+    pub hits: Vec<P2pHit>,
+    pub ttl: u8,
+    pub nodes_reached: u64,
+    pub query_messages: u64,
+    pub hit_messages: u64,
+    pub messages: u64,
+    /// Copies dropped by nodes that had already seen the query.
+    pub duplicates: u64,
+    /// Whether every copy of the query was accounted for before the wait ran out.
+    pub complete: bool,
+    pub elapsed_ms: u64,
+}
+
+/// Why a search failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("cannot reach the overlay node at {addr}: {source} (is `peer serve --mode p2p` running there? check --via)")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the node at {0} does not speak the overlay protocol (is it running with --mode p2p?)"
+    )]
+    NotOverlay(String),
+    #[error("overlay node {addr}: {source}")]
+    Wire { addr: String, source: WireError },
+    #[error("nothing to search for: give at least one word with a letter or digit")]
+    NoWords,
+}
+
+/// Floods a query for `words` through the node at `via` and collects the
+/// answers for at most `wait`.
+pub async fn search(
+    via: &str,
+    words: Vec<String>,
+    ttl: u8,
+    wait: Duration,
+) -> Result<SearchReport, SearchError> {
+    if words.iter().all(|w| common::names::tokenize(w).is_empty()) {
+        return Err(SearchError::NoWords);
+    }
+    let wire_err = |source| SearchError::Wire {
+        addr: via.to_string(),
+        source,
+    };
+    let started = Instant::now();
+    let mut stream = transfer::net::connect_tcp(via, common::limits::CONNECT_TIMEOUT)
+        .await
+        .map_err(|source| SearchError::Connect {
+            addr: via.to_string(),
+            source,
+        })?;
+    wire::client_handshake(&mut stream, Protocol::Overlay)
+        .await
+        .map_err(|e| match e {
+            WireError::Hello(common::hello::HelloError::WrongProtocol) => {
+                SearchError::NotOverlay(via.to_string())
+            }
+            other => wire_err(other),
+        })?;
+    wire::send_message(
+        &mut stream,
+        &OverlayMessage::Connect {
+            listen_port: 0,
+            advertise: None,
+            client: true,
+        },
+    )
+    .await
+    .map_err(wire_err)?;
+    let mut buf = Vec::new();
+    let deadline = started + wait;
+    let id = random_message_id();
+    wire::send_message(
+        &mut stream,
+        &OverlayMessage::Query {
+            id,
+            ttl: ttl.max(1),
+            hops: 0,
+            words: words.clone(),
+        },
+    )
+    .await
+    .map_err(wire_err)?;
+
+    let mut report = SearchReport {
+        hits: Vec::new(),
+        ttl,
+        nodes_reached: 0,
+        query_messages: 0,
+        hit_messages: 0,
+        messages: 0,
+        duplicates: 0,
+        complete: false,
+        elapsed_ms: 0,
+    };
+    let mut responders: HashSet<String> = HashSet::new();
+    let mut files: BTreeMap<FileId, (String, u64, Vec<String>)> = BTreeMap::new();
+    // The via node's own answer is expected; each forwarded copy adds one.
+    let mut expected: u64 = 1;
+    let mut answers: u64 = 0;
+    while answers < expected {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let msg = match tokio::time::timeout(
+            left,
+            wire::read_message::<_, OverlayMessage>(&mut stream, &mut buf, Deadlines::default()),
+        )
+        .await
+        {
+            Err(_) => break,
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => break,
+            Ok(Err(e)) => return Err(wire_err(e)),
+        };
+        let OverlayMessage::QueryHit {
+            id: hit_id,
+            responder,
+            files: found,
+            distance,
+            forwarded,
+            duplicate,
+        } = msg
+        else {
+            continue;
+        };
+        if hit_id != id {
+            continue;
+        }
+        answers += 1;
+        if duplicate {
+            report.duplicates += 1;
+            continue;
+        }
+        expected += u64::from(forwarded);
+        report.query_messages += u64::from(forwarded);
+        if responders.insert(responder.clone()) {
+            report.nodes_reached += 1;
+        }
+        if !found.is_empty() {
+            report.hit_messages += u64::from(distance);
+        }
+        for f in found {
+            if validate_name(&f.name).is_err() {
+                continue;
+            }
+            let entry = files
+                .entry(f.id)
+                .or_insert_with(|| (f.name.clone(), f.size, Vec::new()));
+            if entry.1 == f.size && !entry.2.contains(&responder) {
+                entry.2.push(responder.clone());
+            }
+        }
+    }
+    report.complete = answers >= expected;
+    report.messages = report.query_messages + report.hit_messages;
+    report.elapsed_ms = started.elapsed().as_millis() as u64;
+    let mut hits: Vec<P2pHit> = files
+        .into_iter()
+        .map(|(id, (name, size, sources))| P2pHit {
+            id: id.to_hex(),
+            name,
+            size,
+            sources,
+        })
+        .collect();
+    hits.sort_by(|a, b| {
+        b.sources
+            .len()
+            .cmp(&a.sources.len())
+            .then(a.name.cmp(&b.name))
+    });
+    report.hits = hits;
+    Ok(report)
+}

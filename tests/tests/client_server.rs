@@ -1,0 +1,294 @@
+//! Client-server mode: the index server's store holds the files, `peer put`
+//! uploads (verified, resumable, with a quota), and a client-server get
+//! fetches from the server only.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use common::hello::Protocol;
+use common::id::content_info;
+use common::store_proto::{StoreErrorCode, StoreRequest, StoreResponse};
+use common::wire::{self, Deadlines};
+use peer::client_server::{get_from_server, put_file, PutError};
+use peer::download::Progress;
+use peer::index_client::IndexClient;
+use tests::*;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+async fn server_get(index: &str, target: &str, out: &std::path::Path) -> peer::DownloadOutcome {
+    get_from_server(
+        index,
+        target,
+        out.to_path_buf(),
+        test_engine(),
+        Arc::new(Progress::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("client-server get")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_then_get_is_byte_identical_and_names_never_clash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (index, store) = start_index_with_store(&dir.path().join("store"), 1 << 30).await;
+    let data = random_bytes(3 * common::CHUNK_SIZE + 77, 11);
+    let file = write_file(&dir.path().join("mine"), "lecture notes.pdf", &data);
+
+    let put = put_file(&index.addr_string(), &file, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(put.chunks_sent, 4);
+    assert_eq!(put.stored_as, "lecture notes.pdf");
+    assert_eq!(put.id, content_info(&data).id.to_hex());
+    assert_eq!(
+        std::fs::read(dir.path().join("store/lecture notes.pdf")).unwrap(),
+        data
+    );
+
+    // Listed like any source, under the address we reached the server at.
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let hits = client.search(vec!["lecture".into()], 0).await.unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].sources, 1);
+    let (_, _, sources) = client.lookup(hits[0].id).await.unwrap().unwrap();
+    assert_eq!(sources[0].addr, index.addr_string());
+
+    let out = dir.path().join("out");
+    let got = server_get(&index.addr_string(), "lecture notes.pdf", &out).await;
+    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    assert_eq!(got.per_source.len(), 1);
+    assert_eq!(got.per_source[0].addr, index.addr_string());
+    assert!(store.uploads.chunks() >= 4);
+
+    // The same content again: nothing to send.
+    let again = put_file(&index.addr_string(), &file, CancellationToken::new())
+        .await
+        .unwrap();
+    assert!(again.already_stored);
+    assert_eq!(again.chunks_sent, 0);
+
+    // Another content under the same name: stored beside it, never over it.
+    let other = random_bytes(1000, 12);
+    let file2 = write_file(&dir.path().join("theirs"), "lecture notes.pdf", &other);
+    let clash = put_file(&index.addr_string(), &file2, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(clash.stored_as, "lecture notes (1).pdf");
+    assert_eq!(
+        std::fs::read(dir.path().join("store/lecture notes.pdf")).unwrap(),
+        data
+    );
+    index.stop().await;
+}
+
+/// Starts an upload by hand and leaves after `chunks` chunks.
+async fn partial_upload(server: &str, data: &[u8], name: &str, chunks: u32) {
+    let info = content_info(data);
+    let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
+    wire::client_handshake(&mut s, Protocol::Store)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let d = Deadlines::default();
+    wire::send_message(
+        &mut s,
+        &StoreRequest::Begin {
+            id: info.id,
+            name: name.into(),
+            size: info.size,
+        },
+    )
+    .await
+    .unwrap();
+    let r: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
+    assert_eq!(r, StoreResponse::SendHashList);
+    let raw = info.hash_list_bytes();
+    wire::send_message(
+        &mut s,
+        &StoreRequest::HashList {
+            len: raw.len() as u32,
+        },
+    )
+    .await
+    .unwrap();
+    s.write_all(&raw).await.unwrap();
+    let r: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
+    assert!(matches!(r, StoreResponse::Ready { .. }), "{r:?}");
+    for i in 0..chunks {
+        let chunk = &data[i as usize * common::CHUNK_SIZE..(i as usize + 1) * common::CHUNK_SIZE];
+        wire::send_message(
+            &mut s,
+            &StoreRequest::Chunk {
+                index: i,
+                len: chunk.len() as u32,
+            },
+        )
+        .await
+        .unwrap();
+        s.write_all(chunk).await.unwrap();
+    }
+    // Finish is the sync point: the chunks before it have been written.
+    wire::send_message(&mut s, &StoreRequest::Finish)
+        .await
+        .unwrap();
+    let r: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
+    assert!(
+        matches!(
+            r,
+            StoreResponse::Error {
+                code: StoreErrorCode::Incomplete,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_put_resumes_and_bad_chunks_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (index, store) = start_index_with_store(&dir.path().join("store"), 1 << 30).await;
+    let data = random_bytes(5 * common::CHUNK_SIZE, 21);
+    let file = write_file(&dir.path().join("mine"), "big.iso", &data);
+    partial_upload(&index.addr_string(), &data, "big.iso", 2).await;
+    assert_eq!(store.chunks_received.load(Ordering::Relaxed), 2);
+    assert!(
+        !dir.path().join("store/big.iso").exists(),
+        "published before complete"
+    );
+
+    let put = put_file(&index.addr_string(), &file, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!((put.chunks_resumed, put.chunks_sent), (2, 3));
+    assert_eq!(
+        std::fs::read(dir.path().join("store/big.iso")).unwrap(),
+        data
+    );
+
+    // A chunk that does not match the hash list is refused on arrival.
+    let other = random_bytes(2 * common::CHUNK_SIZE, 22);
+    let info = content_info(&other);
+    let mut s = tokio::net::TcpStream::connect(index.addr).await.unwrap();
+    wire::client_handshake(&mut s, Protocol::Store)
+        .await
+        .unwrap();
+    let (mut buf, d) = (Vec::new(), Deadlines::default());
+    wire::send_message(
+        &mut s,
+        &StoreRequest::Begin {
+            id: info.id,
+            name: "x.bin".into(),
+            size: info.size,
+        },
+    )
+    .await
+    .unwrap();
+    let _: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
+    let raw = info.hash_list_bytes();
+    wire::send_message(
+        &mut s,
+        &StoreRequest::HashList {
+            len: raw.len() as u32,
+        },
+    )
+    .await
+    .unwrap();
+    s.write_all(&raw).await.unwrap();
+    let _: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
+    wire::send_message(
+        &mut s,
+        &StoreRequest::Chunk {
+            index: 0,
+            len: common::CHUNK_SIZE as u32,
+        },
+    )
+    .await
+    .unwrap();
+    s.write_all(&vec![0u8; common::CHUNK_SIZE]).await.unwrap();
+    let r: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
+    assert!(
+        matches!(
+            r,
+            StoreResponse::Error {
+                code: StoreErrorCode::BadChunk,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    index.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_over_the_quota_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (index, _store) = start_index_with_store(&dir.path().join("store"), 1 << 20).await;
+    let small = write_file(
+        &dir.path().join("mine"),
+        "small.txt",
+        &random_bytes(600_000, 1),
+    );
+    let big = write_file(
+        &dir.path().join("mine"),
+        "big.bin",
+        &random_bytes(600_000, 2),
+    );
+    put_file(&index.addr_string(), &small, CancellationToken::new())
+        .await
+        .unwrap();
+    let err = put_file(&index.addr_string(), &big, CancellationToken::new())
+        .await
+        .unwrap_err();
+    match &err {
+        PutError::Refused { code, .. } => assert_eq!(*code, StoreErrorCode::QuotaExceeded),
+        other => panic!("expected a quota refusal, got {other:?}"),
+    }
+    assert!(err.to_string().contains("quota"), "{err}");
+    assert!(!dir.path().join("store/big.bin").exists());
+
+    // An index without a store says so.
+    let plain = start_index().await;
+    let err = put_file(&plain.addr_string(), &small, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PutError::NoStore(_)), "{err:?}");
+    plain.stop().await;
+    index.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_server_get_never_contacts_another_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (index, store) = start_index_with_store(&dir.path().join("store"), 1 << 30).await;
+    let data = random_bytes(4 * common::CHUNK_SIZE, 31);
+    let file = write_file(&dir.path().join("mine"), "shared.bin", &data);
+    put_file(&index.addr_string(), &file, CancellationToken::new())
+        .await
+        .unwrap();
+    // A hybrid peer offers the very same file through the same index.
+    write_file(&dir.path().join("peer"), "shared.bin", &data);
+    let mut other = start_peer(&dir.path().join("peer"), &index.addr_string()).await;
+    other.wait_registered(1).await;
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let (_, _, sources) = client
+        .lookup(content_info(&data).id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(sources.len(), 2, "store and peer are both listed");
+
+    let got = server_get(&index.addr_string(), "shared.bin", &dir.path().join("out")).await;
+    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    assert_eq!(other.chunks_served(), 0);
+    assert_eq!(
+        other.daemon.uploads.connections.load(Ordering::Relaxed),
+        0,
+        "the client-server client connected to a peer"
+    );
+    assert_eq!(store.uploads.chunks(), 4);
+    other.stop().await;
+    index.stop().await;
+}
