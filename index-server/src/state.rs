@@ -3,16 +3,23 @@
 //! Everything lives behind [`Index`], a cheap cloneable handle around
 //! `Arc<Inner>`. Each table is a `DashMap` (sharded locks) so that the many
 //! connection tasks mostly touch different shards; no method holds a guard
-//! on one table while locking another, which rules out lock-order deadlocks,
-//! and no guard is ever held across an `.await` (there are none in here).
+//! on one table while locking another (the one exception, noted below,
+//! always takes `files` before `keys`), which rules out lock-order
+//! deadlocks, and no guard is ever held across an `.await`.
 //!
 //! Reads (search, lookup, browse, stats) never write: expired sessions are
 //! filtered out by comparing their lease with `now`, and the reaper removes
 //! them later.
+//!
+//! Memory: about 400 bytes per indexed file beyond its name (measured by
+//! `scripts/bench`; most of it is hash-table slack and the word index). Each file
+//! gets a 4-byte key so that the word index and the sessions hold keys, not
+//! 32-byte ids; a file's name is stored once per holder, and most files have
+//! one holder, kept inline.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use common::id::FileId;
@@ -20,10 +27,14 @@ use common::index_proto::{IndexStats, PeerSummary, SearchHit, SharedFile, Source
 use common::limits::{MAX_FILES_PER_BATCH, MAX_FILE_SIZE};
 use common::names::{tokenize, validate_name};
 use dashmap::DashMap;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 /// Identifies one login session (one connection of a sharing peer).
 pub type SessionId = u64;
+
+/// A file's small key in the word index and the sessions.
+type FileKey = u32;
 
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,29 +48,154 @@ pub enum StateError {
 struct Session {
     addr: String,
     nick: Option<String>,
-    /// id → (name, size) as this session registered it.
-    files: HashMap<FileId, (String, u64)>,
+    /// Keys of the files this session registered (names live in the holders).
+    files: HashSet<FileKey>,
     bytes: u64,
     lease_expires: Instant,
 }
 
+/// One session offering a file, under the name it uses.
+struct Holder {
+    session: SessionId,
+    name: Box<str>,
+}
+
 struct FileRecord {
     size: u64,
-    /// Every session offering this id, with the name it uses.
-    holders: HashMap<SessionId, String>,
+    key: FileKey,
+    /// Every session offering this id; one, inline, in the common case.
+    holders: SmallVec<[Holder; 1]>,
 }
+
+/// Key → id. Keys of removed files are reused; see `search` for the one
+/// consequence.
+#[derive(Default)]
+struct KeyTable {
+    ids: Vec<FileId>,
+    free: Vec<FileKey>,
+}
+
+impl KeyTable {
+    fn alloc(&mut self, id: FileId) -> Option<FileKey> {
+        if let Some(k) = self.free.pop() {
+            self.ids[k as usize] = id;
+            return Some(k);
+        }
+        let k = FileKey::try_from(self.ids.len()).ok()?;
+        self.ids.push(id);
+        Some(k)
+    }
+
+    fn release(&mut self, key: FileKey) {
+        if let Some(slot) = self.ids.get_mut(key as usize) {
+            *slot = FileId([0; 32]);
+            self.free.push(key);
+        }
+    }
+}
+
+/// The files whose names contain one word. Most words of real names (a
+/// track number, a date, a rare word) belong to one file: that case is
+/// stored inline, without a map.
+enum Postings {
+    /// One file, and how many (holder, name) pairs contain the word.
+    One(FileKey, u32),
+    /// Boxed so that the common `One` case keeps the entry small (16
+    /// bytes instead of 48 for every word of the index).
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<FileKey, u32>>),
+}
+
+impl Postings {
+    fn len(&self) -> usize {
+        match self {
+            Postings::One(_, n) => usize::from(*n > 0),
+            Postings::Many(m) => m.len(),
+        }
+    }
+
+    fn contains(&self, key: FileKey) -> bool {
+        match self {
+            Postings::One(k, _) => *k == key,
+            Postings::Many(m) => m.contains_key(&key),
+        }
+    }
+
+    fn keys(&self) -> Vec<FileKey> {
+        match self {
+            Postings::One(k, _) => vec![*k],
+            Postings::Many(m) => m.keys().copied().collect(),
+        }
+    }
+
+    fn add(&mut self, key: FileKey) {
+        match self {
+            Postings::One(k, n) if *k == key => *n += 1,
+            Postings::One(k, n) => {
+                let mut m = HashMap::with_capacity(2);
+                m.insert(*k, *n);
+                m.insert(key, 1);
+                *self = Postings::Many(Box::new(m));
+            }
+            Postings::Many(m) => *m.entry(key).or_insert(0) += 1,
+        }
+    }
+
+    /// Removes one occurrence; true when no file is left.
+    fn remove(&mut self, key: FileKey) -> bool {
+        match self {
+            Postings::One(k, n) if *k == key => *n = n.saturating_sub(1),
+            Postings::One(..) => {}
+            Postings::Many(m) => {
+                if let Some(n) = m.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(&key);
+                    }
+                }
+            }
+        }
+        self.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Postings::One(_, n) => *n == 0,
+            Postings::Many(m) => m.is_empty(),
+        }
+    }
+}
+
+/// Request kinds counted by [`Index::count_request`], in a fixed table so
+/// that counting is one atomic add on the hot path.
+const REQUEST_KINDS: [&str; 10] = [
+    "Login",
+    "AddFiles",
+    "RemoveFiles",
+    "Heartbeat",
+    "Search",
+    "Lookup",
+    "Browse",
+    "Stats",
+    "ListPeers",
+    "WhoIs",
+];
 
 struct Inner {
     lease_ttl: Duration,
     next_session: AtomicU64,
     sessions: DashMap<SessionId, Session>,
     files: DashMap<FileId, FileRecord>,
-    /// word → ids whose names contain it, with how many (session, name) pairs do.
-    words: DashMap<String, HashMap<FileId, u32>>,
+    /// Taken (briefly) after a `files` guard when a file is first seen;
+    /// never held while locking anything else.
+    keys: RwLock<KeyTable>,
+    /// word → keys of files whose names contain it, with how many
+    /// (holder, name) pairs do.
+    words: DashMap<Box<str>, Postings>,
     /// nickname → the session holding it.
     nicks: DashMap<String, SessionId>,
-    /// Requests handled, by kind (see [`Index::request_counts`]).
-    requests: DashMap<&'static str, u64>,
+    requests: [AtomicU64; REQUEST_KINDS.len()],
+    other_requests: AtomicU64,
 }
 
 /// Handle to the shared index state.
@@ -75,6 +211,14 @@ pub struct AddOutcome {
     pub rejected: u32,
 }
 
+/// What registering one file changed in the files table.
+enum Registered {
+    New(FileKey),
+    Renamed(FileKey, Box<str>),
+    Unchanged,
+    Rejected,
+}
+
 impl Index {
     pub fn new(lease_ttl: Duration) -> Self {
         Index {
@@ -83,15 +227,22 @@ impl Index {
                 next_session: AtomicU64::new(1),
                 sessions: DashMap::new(),
                 files: DashMap::new(),
+                keys: RwLock::new(KeyTable::default()),
                 words: DashMap::new(),
                 nicks: DashMap::new(),
-                requests: DashMap::new(),
+                requests: Default::default(),
+                other_requests: AtomicU64::new(0),
             }),
         }
     }
 
     pub fn lease_ttl(&self) -> Duration {
         self.inner.lease_ttl
+    }
+
+    fn id_of(&self, key: FileKey) -> Option<FileId> {
+        let keys = self.inner.keys.read().unwrap_or_else(|p| p.into_inner());
+        keys.ids.get(key as usize).copied()
     }
 
     /// Opens a session for a peer reachable at `addr`.
@@ -122,7 +273,7 @@ impl Index {
             Session {
                 addr,
                 nick,
-                files: HashMap::new(),
+                files: HashSet::new(),
                 bytes: 0,
                 lease_expires: now + self.inner.lease_ttl,
             },
@@ -151,6 +302,60 @@ impl Index {
             .is_some_and(|s| s.lease_expires > now)
     }
 
+    /// Checks the session's lease and renews it.
+    fn renew(&self, session: SessionId, now: Instant) -> Result<(), StateError> {
+        self.heartbeat(session, now)
+    }
+
+    /// Records `session` as a holder of `file` in the files table.
+    fn register(&self, session: SessionId, file: &SharedFile) -> Registered {
+        match self.inner.files.entry(file.id) {
+            dashmap::Entry::Occupied(mut e) => {
+                let rec = e.get_mut();
+                if rec.size != file.size {
+                    return Registered::Rejected;
+                }
+                match rec.holders.iter_mut().find(|h| h.session == session) {
+                    Some(h) if *h.name == *file.name => Registered::Unchanged,
+                    Some(h) => {
+                        let old = std::mem::replace(&mut h.name, file.name.as_str().into());
+                        Registered::Renamed(rec.key, old)
+                    }
+                    None => {
+                        rec.holders.push(Holder {
+                            session,
+                            name: file.name.as_str().into(),
+                        });
+                        Registered::New(rec.key)
+                    }
+                }
+            }
+            dashmap::Entry::Vacant(v) => {
+                // The one nested lock: files shard, then keys (never the other way).
+                let key = self
+                    .inner
+                    .keys
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .alloc(file.id);
+                let Some(key) = key else {
+                    return Registered::Rejected;
+                };
+                let mut holders = SmallVec::new();
+                holders.push(Holder {
+                    session,
+                    name: file.name.as_str().into(),
+                });
+                v.insert(FileRecord {
+                    size: file.size,
+                    key,
+                    holders,
+                });
+                Registered::New(key)
+            }
+        }
+    }
+
     /// Adds files to a session's list. Invalid entries (bad name, absurd
     /// size, a size that contradicts an earlier registration of the same id)
     /// are counted as rejected; the rest are added.
@@ -160,54 +365,48 @@ impl Index {
         files: Vec<SharedFile>,
         now: Instant,
     ) -> Result<AddOutcome, StateError> {
+        self.renew(session, now)?;
         let mut outcome = AddOutcome::default();
-        // Step 1: decide what changes, under the session's lock only.
-        let mut renamed: Vec<(FileId, String, u64, Option<String>)> = Vec::new();
-        {
-            let mut s = self
-                .inner
-                .sessions
-                .get_mut(&session)
-                .ok_or(StateError::NoSession)?;
-            if s.lease_expires <= now {
-                return Err(StateError::NoSession);
+        let mut new_keys: Vec<(FileKey, u64)> = Vec::new();
+        for f in files.iter().take(MAX_FILES_PER_BATCH) {
+            if validate_name(&f.name).is_err() || f.size > MAX_FILE_SIZE {
+                outcome.rejected += 1;
+                continue;
             }
-            s.lease_expires = now + self.inner.lease_ttl;
-            for f in files.into_iter().take(MAX_FILES_PER_BATCH) {
-                let size_conflict = self
-                    .inner
-                    .files
-                    .get(&f.id)
-                    .is_some_and(|r| r.size != f.size);
-                if validate_name(&f.name).is_err() || f.size > MAX_FILE_SIZE || size_conflict {
-                    outcome.rejected += 1;
-                    continue;
+            match self.register(session, f) {
+                Registered::Rejected => outcome.rejected += 1,
+                Registered::Unchanged => {}
+                Registered::Renamed(key, old) => {
+                    self.unindex_name(key, &old);
+                    self.index_name(key, &f.name);
+                    outcome.added += 1;
                 }
-                let old = s.files.insert(f.id, (f.name.clone(), f.size));
-                match &old {
-                    Some((old_name, _)) if *old_name == f.name => continue,
-                    Some(_) => {}
-                    None => s.bytes += f.size,
+                Registered::New(key) => {
+                    self.index_name(key, &f.name);
+                    new_keys.push((key, f.size));
+                    outcome.added += 1;
                 }
-                outcome.added += 1;
-                renamed.push((f.id, f.name, f.size, old.map(|(n, _)| n)));
             }
         }
-        // Step 2: the shared tables, one at a time.
-        for (id, name, size, old_name) in renamed {
-            if let Some(old) = old_name {
-                self.unindex_name(id, &old);
+        let still_there = match self.inner.sessions.get_mut(&session) {
+            Some(mut s) => {
+                for (key, size) in &new_keys {
+                    if s.files.insert(*key) {
+                        s.bytes += size;
+                    }
+                }
+                true
             }
-            self.inner
-                .files
-                .entry(id)
-                .or_insert_with(|| FileRecord {
-                    size,
-                    holders: HashMap::new(),
-                })
-                .holders
-                .insert(session, name.clone());
-            self.index_name(id, &name);
+            None => false,
+        };
+        if !still_there {
+            // The session ended (lease reaped) while we worked: undo.
+            for (key, _) in new_keys {
+                if let Some(id) = self.id_of(key) {
+                    self.drop_holder(session, id);
+                }
+            }
+            return Err(StateError::NoSession);
         }
         Ok(outcome)
     }
@@ -220,27 +419,17 @@ impl Index {
         ids: &[FileId],
         now: Instant,
     ) -> Result<u32, StateError> {
-        let mut removed = Vec::new();
-        {
-            let mut s = self
-                .inner
-                .sessions
-                .get_mut(&session)
-                .ok_or(StateError::NoSession)?;
-            if s.lease_expires <= now {
-                return Err(StateError::NoSession);
-            }
-            s.lease_expires = now + self.inner.lease_ttl;
-            for id in ids.iter().take(MAX_FILES_PER_BATCH) {
-                if let Some((name, size)) = s.files.remove(id) {
-                    s.bytes -= size;
-                    removed.push((*id, name));
+        self.renew(session, now)?;
+        let mut count = 0;
+        for id in ids.iter().take(MAX_FILES_PER_BATCH) {
+            if let Some((key, size)) = self.drop_holder(session, *id) {
+                count += 1;
+                if let Some(mut s) = self.inner.sessions.get_mut(&session) {
+                    if s.files.remove(&key) {
+                        s.bytes -= size;
+                    }
                 }
             }
-        }
-        let count = removed.len() as u32;
-        for (id, name) in removed {
-            self.drop_holder(session, id, &name);
         }
         Ok(count)
     }
@@ -255,8 +444,10 @@ impl Index {
                 .nicks
                 .remove_if(nick, |_, holder| *holder == session);
         }
-        for (id, (name, _)) in s.files {
-            self.drop_holder(session, id, &name);
+        for key in s.files {
+            if let Some(id) = self.id_of(key) {
+                self.drop_holder(session, id);
+            }
         }
     }
 
@@ -275,52 +466,77 @@ impl Index {
         expired.len()
     }
 
-    fn drop_holder(&self, session: SessionId, id: FileId, name: &str) {
-        if let Some(mut rec) = self.inner.files.get_mut(&id) {
-            rec.holders.remove(&session);
-        }
-        self.inner
+    /// Withdraws `session`'s entry for `id`; returns the file's key and size
+    /// if the session held it. The word index is updated before the key can
+    /// be reused.
+    fn drop_holder(&self, session: SessionId, id: FileId) -> Option<(FileKey, u64)> {
+        let (key, size, name) = {
+            let mut rec = self.inner.files.get_mut(&id)?;
+            let at = rec.holders.iter().position(|h| h.session == session)?;
+            let holder = rec.holders.remove(at);
+            (rec.key, rec.size, holder.name)
+        };
+        self.unindex_name(key, &name);
+        if self
+            .inner
             .files
-            .remove_if(&id, |_, rec| rec.holders.is_empty());
-        self.unindex_name(id, name);
+            .remove_if(&id, |_, rec| rec.holders.is_empty())
+            .is_some()
+        {
+            self.inner
+                .keys
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .release(key);
+        }
+        Some((key, size))
     }
 
-    fn index_name(&self, id: FileId, name: &str) {
+    fn index_name(&self, key: FileKey, name: &str) {
         for word in tokenize(name) {
-            *self
+            // get_mut first: a common word already exists, and this avoids
+            // allocating a key for it.
+            if let Some(mut postings) = self.inner.words.get_mut(word.as_str()) {
+                postings.add(key);
+                continue;
+            }
+            self.inner
+                .words
+                .entry(word.into_boxed_str())
+                .and_modify(|p| p.add(key))
+                .or_insert(Postings::One(key, 1));
+        }
+    }
+
+    fn unindex_name(&self, key: FileKey, name: &str) {
+        for word in tokenize(name) {
+            let emptied = self
                 .inner
                 .words
-                .entry(word)
-                .or_default()
-                .entry(id)
-                .or_insert(0) += 1;
-        }
-    }
-
-    fn unindex_name(&self, id: FileId, name: &str) {
-        for word in tokenize(name) {
-            if let Some(mut postings) = self.inner.words.get_mut(&word) {
-                if let Some(count) = postings.get_mut(&id) {
-                    *count -= 1;
-                    if *count == 0 {
-                        postings.remove(&id);
-                    }
-                }
+                .get_mut(word.as_str())
+                .is_some_and(|mut p| p.remove(key));
+            if emptied {
+                self.inner
+                    .words
+                    .remove_if(word.as_str(), |_, p| p.is_empty());
             }
-            self.inner.words.remove_if(&word, |_, p| p.is_empty());
         }
     }
 
     /// Live sources of a file, as (name, size, sources); `None` if no live peer has it.
     pub fn lookup(&self, id: &FileId, now: Instant) -> Option<(String, u64, Vec<Source>)> {
-        let (size, holders): (u64, Vec<(SessionId, String)>) = {
+        type Holders = SmallVec<[(SessionId, Box<str>); 2]>;
+        let (size, holders): (u64, Holders) = {
             let rec = self.inner.files.get(id)?;
             (
                 rec.size,
-                rec.holders.iter().map(|(s, n)| (*s, n.clone())).collect(),
+                rec.holders
+                    .iter()
+                    .map(|h| (h.session, h.name.clone()))
+                    .collect(),
             )
         };
-        let mut sources: Vec<Source> = Vec::new();
+        let mut sources: Vec<Source> = Vec::with_capacity(holders.len());
         let mut name = None;
         for (session, holder_name) in holders {
             let Some(s) = self.inner.sessions.get(&session) else {
@@ -337,10 +553,15 @@ impl Index {
         }
         sources.sort_by(|a, b| a.addr.cmp(&b.addr));
         sources.truncate(200);
-        Some((name?, size, sources))
+        Some((name?.into(), size, sources))
     }
 
     /// Files whose names contain every word, most live sources first.
+    ///
+    /// A file removed while a search runs may have its key reused by a new
+    /// file in that instant; the search then lists the new file once, which
+    /// is harmless and far cheaper than locking the word index for the whole
+    /// search.
     pub fn search(&self, words: &[String], limit: usize, now: Instant) -> Vec<SearchHit> {
         let mut tokens: Vec<String> = words.iter().flat_map(|w| tokenize(w)).collect();
         tokens.sort();
@@ -348,27 +569,34 @@ impl Index {
         if tokens.is_empty() {
             return Vec::new();
         }
-        // Start from the rarest word; copy its ids so that no guard is held
+        // Start from the rarest word; copy its keys so that no guard is held
         // while the other words are checked.
         let mut sizes = Vec::with_capacity(tokens.len());
         for t in &tokens {
-            match self.inner.words.get(t) {
+            match self.inner.words.get(t.as_str()) {
                 Some(p) => sizes.push((p.len(), t)),
                 None => return Vec::new(),
             }
         }
         sizes.sort();
-        let mut candidates: Vec<FileId> = match self.inner.words.get(sizes[0].1) {
-            Some(p) => p.keys().copied().collect(),
+        let mut candidates: Vec<FileKey> = match self.inner.words.get(sizes[0].1.as_str()) {
+            Some(p) => p.keys(),
             None => return Vec::new(),
         };
         for (_, t) in &sizes[1..] {
-            match self.inner.words.get(*t) {
-                Some(p) => candidates.retain(|id| p.contains_key(id)),
+            match self.inner.words.get(t.as_str()) {
+                Some(p) => candidates.retain(|k| p.contains(*k)),
                 None => return Vec::new(),
             }
         }
-        let mut hits: Vec<SearchHit> = candidates
+        let ids: Vec<FileId> = {
+            let keys = self.inner.keys.read().unwrap_or_else(|p| p.into_inner());
+            candidates
+                .iter()
+                .filter_map(|k| keys.ids.get(*k as usize).copied())
+                .collect()
+        };
+        let mut hits: Vec<SearchHit> = ids
             .into_iter()
             .filter_map(|id| {
                 let (name, size, sources) = self.lookup(&id, now)?;
@@ -408,17 +636,27 @@ impl Index {
         now: Instant,
     ) -> Option<(Vec<SharedFile>, Option<u32>)> {
         let session = self.find_session(who, now)?;
-        let s = self.inner.sessions.get(&session)?;
-        let mut files: Vec<SharedFile> = s
+        let keys: Vec<FileKey> = self
+            .inner
+            .sessions
+            .get(&session)?
             .files
             .iter()
-            .map(|(id, (name, size))| SharedFile {
-                id: *id,
-                name: name.clone(),
-                size: *size,
+            .copied()
+            .collect();
+        let ids: Vec<FileId> = keys.into_iter().filter_map(|k| self.id_of(k)).collect();
+        let mut files: Vec<SharedFile> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let rec = self.inner.files.get(&id)?;
+                let h = rec.holders.iter().find(|h| h.session == session)?;
+                Some(SharedFile {
+                    id,
+                    name: h.name.to_string(),
+                    size: rec.size,
+                })
             })
             .collect();
-        drop(s);
         files.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         let end = (start + page).min(files.len());
         let next = (end < files.len()).then_some(end as u32);
@@ -472,23 +710,32 @@ impl Index {
 
     /// Counts one handled request of `kind` (a request variant's name).
     pub fn count_request(&self, kind: &'static str) {
-        *self.inner.requests.entry(kind).or_insert(0) += 1;
+        match REQUEST_KINDS.iter().position(|k| *k == kind) {
+            Some(i) => self.inner.requests[i].fetch_add(1, Ordering::Relaxed),
+            None => self.inner.other_requests.fetch_add(1, Ordering::Relaxed),
+        };
     }
 
     /// How many requests of each kind the index has handled since it
     /// started: what crossed the server, for operators and for tests that
     /// prove some traffic (direct messages) never does.
     pub fn request_counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        self.inner
-            .requests
+        let mut counts: std::collections::BTreeMap<&'static str, u64> = REQUEST_KINDS
             .iter()
-            .map(|e| (*e.key(), *e.value()))
-            .collect()
+            .zip(&self.inner.requests)
+            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let other = self.inner.other_requests.load(Ordering::Relaxed);
+        if other > 0 {
+            counts.insert("other", other);
+        }
+        counts
     }
 
     /// Live peers, distinct live files and their bytes.
     pub fn stats(&self, now: Instant) -> IndexStats {
-        let live: std::collections::HashSet<SessionId> = self
+        let live: HashSet<SessionId> = self
             .inner
             .sessions
             .iter()
@@ -500,7 +747,7 @@ impl Index {
             ..Default::default()
         };
         for rec in self.inner.files.iter() {
-            if rec.holders.keys().any(|h| live.contains(h)) {
+            if rec.holders.iter().any(|h| live.contains(&h.session)) {
                 stats.files += 1;
                 stats.bytes += rec.size;
             }
@@ -708,5 +955,38 @@ mod tests {
         assert!(idx.search(&["f1".into()], 10, now).is_empty());
         assert_eq!(idx.search(&["renamed".into()], 10, now).len(), 1);
         assert!(idx.browse("nobody", 0, 2, now).is_none());
+    }
+
+    #[test]
+    fn postings_switch_between_one_and_many() {
+        let mut p = Postings::One(1, 1);
+        p.add(1);
+        assert_eq!((p.len(), p.contains(1)), (1, true));
+        p.add(2);
+        assert_eq!(p.len(), 2);
+        assert!(!p.remove(1));
+        assert!(!p.remove(1), "key 1 was added twice");
+        assert!(!p.contains(1));
+        assert!(p.remove(2));
+        assert!(p.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_of_removed_files_are_reused_without_mixing_files_up() {
+        let idx = Index::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let a = idx.login("a:1".into(), None, now).unwrap();
+        idx.add_files(a, vec![file(1, "alpha one")], now).unwrap();
+        idx.remove_files(a, &[FileId([1; 32])], now).unwrap();
+        idx.add_files(a, vec![file(2, "beta two")], now).unwrap();
+        assert!(idx.search(&["alpha".into()], 10, now).is_empty());
+        let hits = idx.search(&["beta".into()], 10, now);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].id, FileId([2; 32]));
+        assert_eq!(idx.browse("a:1", 0, 10, now).unwrap().0.len(), 1);
+        idx.logout(a);
+        assert!(idx.search(&["beta".into()], 10, now).is_empty());
+        assert_eq!(idx.inner.words.len(), 0, "the word index is emptied");
+        assert_eq!(idx.inner.files.len(), 0);
     }
 }
