@@ -16,7 +16,7 @@ pub mod index_client;
 pub mod registrar;
 pub mod serve;
 
-pub use transfer::{chunk_server, download, library, scan};
+pub use transfer::{chunk_server, download, library, rate, scan};
 
 pub use download::{DownloadOutcome, DownloadRequest, EngineConfig, Progress};
 pub use serve::{Daemon, ServeConfig};

@@ -14,6 +14,7 @@ use common::units::parse_duration;
 use peer::download::{DownloadError, EngineConfig, Progress};
 use peer::get::GetError;
 use peer::index_client::IndexClient;
+use peer::rate::{parse_rate, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
 /// A peer of a p2pshare network: share a folder, search the index, and
@@ -30,6 +31,18 @@ struct IndexArg {
     /// Index server to talk to, HOST:PORT.
     #[arg(long, env = "PEER_INDEX", default_value = "127.0.0.1:8888")]
     index: String,
+}
+
+#[derive(Args, Debug, Clone)]
+struct RateArgs {
+    /// Cap on the total rate of chunk uploads, e.g. 10MB/s or 500KiB/s
+    /// (per second; plain 10MB means the same). Default: none.
+    #[arg(long, env = "PEER_MAX_UPLOAD_RATE", value_parser = parse_rate)]
+    max_upload_rate: Option<u64>,
+    /// Cap on the total rate of the downloads this peer does, e.g. 10MB/s.
+    /// Default: none.
+    #[arg(long, env = "PEER_MAX_DOWNLOAD_RATE", value_parser = parse_rate)]
+    max_download_rate: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -60,6 +73,8 @@ enum Command {
         /// Most simultaneous uploads; further peers are told to come back later.
         #[arg(long, env = "PEER_MAX_UPLOADS", default_value_t = 32)]
         max_uploads: usize,
+        #[command(flatten)]
+        rates: RateArgs,
     },
     /// Search the index for files whose name contains every WORD.
     Search {
@@ -94,6 +109,9 @@ enum Command {
         /// Chunk requests kept in flight per source.
         #[arg(long, env = "PEER_PIPELINE", default_value_t = 8)]
         pipeline: usize,
+        /// Cap on the download rate, e.g. 10MB/s or 500KiB/s (default: none).
+        #[arg(long, env = "PEER_MAX_DOWNLOAD_RATE", value_parser = parse_rate)]
+        max_download_rate: Option<u64>,
         /// A 64-digit file id, or a file's exact name as `peer search` shows it.
         target: String,
     },
@@ -187,6 +205,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cache_dir,
             rescan_interval,
             max_uploads,
+            rates,
         } => {
             let shutdown = shutdown_on_signals()?;
             let mut config = peer::ServeConfig::new(share, index.index);
@@ -196,6 +215,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             config.cache_dir = cache_dir;
             config.rescan_interval = rescan_interval;
             config.max_uploads = max_uploads;
+            config.max_upload_rate = rates.max_upload_rate;
+            config.max_download_rate = rates.max_download_rate;
             peer::serve::run(config, shutdown).await?;
             Ok(0)
         }
@@ -221,6 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             stall_timeout,
             max_sources,
             pipeline,
+            max_download_rate,
             target,
         } => {
             let shutdown = shutdown_on_signals()?;
@@ -228,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 stall_timeout,
                 max_sources: max_sources.max(1),
                 pipeline_depth: pipeline.clamp(1, 256),
+                download_limit: max_download_rate.map(|r| Arc::new(RateLimiter::new(r))),
                 ..EngineConfig::default()
             };
             let progress = Arc::new(Progress::default());

@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::chunk_server::{self, UploadStats};
 use crate::library::Library;
+use crate::rate::RateLimiter;
 use crate::registrar::{self, RegistrarConfig, RegistrationState};
 use crate::scan::{self, HashCache};
 
@@ -37,6 +38,10 @@ pub struct ServeConfig {
     /// Reconnection backoff towards the index.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Cap on the total rate of chunk uploads, bytes per second.
+    pub max_upload_rate: Option<u64>,
+    /// Cap on the total rate of the downloads this daemon does, bytes per second.
+    pub max_download_rate: Option<u64>,
 }
 
 impl ServeConfig {
@@ -52,6 +57,8 @@ impl ServeConfig {
             max_uploads: 32,
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
+            max_upload_rate: None,
+            max_download_rate: None,
         }
     }
 }
@@ -82,6 +89,12 @@ pub struct Daemon {
     pub library: Library,
     pub uploads: Arc<UploadStats>,
     pub registration: watch::Receiver<RegistrationState>,
+    /// Shared by every upload connection, when capped.
+    pub upload_limit: Option<Arc<RateLimiter>>,
+    /// Shared by every download this daemon does, when capped.
+    pub download_limit: Option<Arc<RateLimiter>>,
+    /// The index server this daemon registers with.
+    pub index: String,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -150,10 +163,17 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
 
     let tracker = TaskTracker::new();
     let uploads = Arc::new(UploadStats::default());
-    tracker.spawn(chunk_server::serve(
+    let upload_limit = config
+        .max_upload_rate
+        .map(|r| Arc::new(RateLimiter::new(r)));
+    let download_limit = config
+        .max_download_rate
+        .map(|r| Arc::new(RateLimiter::new(r)));
+    tracker.spawn(chunk_server::serve_limited(
         listener,
         library.clone(),
         config.max_uploads,
+        upload_limit.clone(),
         uploads.clone(),
         tracker.clone(),
         shutdown.clone(),
@@ -188,6 +208,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         library,
         uploads,
         registration: state_rx,
+        upload_limit,
+        download_limit,
+        index: config.index.clone(),
         tracker,
         shutdown,
     })

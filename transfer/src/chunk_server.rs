@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::library::{Holding, Library, OpenHolding, ReadChunkError};
+use crate::rate::{write_limited, RateLimiter};
 
 /// How long an upload connection may sit without a request.
 const UPLOAD_IDLE: Duration = Duration::from_secs(60);
@@ -51,6 +52,29 @@ pub async fn serve(
     tracker: TaskTracker,
     shutdown: CancellationToken,
 ) {
+    serve_limited(
+        listener,
+        library,
+        max_uploads,
+        None,
+        stats,
+        tracker,
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve`] with an optional cap on the total rate of chunk data sent,
+/// shared by every upload connection.
+pub async fn serve_limited(
+    listener: TcpListener,
+    library: Library,
+    max_uploads: usize,
+    upload_limit: Option<Arc<RateLimiter>>,
+    stats: Arc<UploadStats>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(max_uploads.max(1)));
     loop {
         let accepted = tokio::select! {
@@ -71,11 +95,12 @@ pub async fn serve(
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 let (library, stats, shutdown) = (library.clone(), stats.clone(), shutdown.clone());
+                let limit = upload_limit.clone();
                 tracker.spawn(async move {
                     stats.connections.fetch_add(1, Ordering::Relaxed);
                     let result = tokio::select! {
                         _ = shutdown.cancelled() => Ok(()),
-                        r = serve_connection(stream, &library, &stats) => r,
+                        r = serve_connection(stream, &library, &stats, limit.as_deref()) => r,
                     };
                     match result {
                         Ok(()) => debug!(%remote, "upload connection closed"),
@@ -112,6 +137,7 @@ async fn serve_connection(
     mut stream: TcpStream,
     library: &Library,
     stats: &UploadStats,
+    limit: Option<&RateLimiter>,
 ) -> Result<(), WireError> {
     wire::server_handshake(&mut stream, Protocol::Peer, false).await?;
     let (r, w) = stream.into_split();
@@ -186,7 +212,7 @@ async fn serve_connection(
                             len: data.len() as u32,
                         };
                         wire::write_message(&mut writer, &header).await?;
-                        writer.write_all(&data).await?;
+                        write_limited(&mut writer, &data, limit).await?;
                         stats.chunks.fetch_add(1, Ordering::Relaxed);
                         stats.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                         chunk_buf = data;

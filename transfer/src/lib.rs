@@ -11,11 +11,13 @@
 //! - [`download`]: one verified multi-source download: hash list, pipelined
 //!   sources, scheduler with endgame, verifier threads, resume, publish.
 //! - [`net`]: connecting with a deadline.
+//! - [`rate`]: token-bucket rate limits shared by all connections of a node.
 
 pub mod chunk_server;
 pub mod download;
 pub mod library;
 pub mod net;
+pub mod rate;
 pub mod scan;
 
 pub use download::{DownloadError, DownloadOutcome, DownloadRequest, EngineConfig, Progress};

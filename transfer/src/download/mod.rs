@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::library::{Library, PartialEntry};
+use crate::rate::RateLimiter;
 use scheduler::Scheduler;
 use source::{PeerConnection, SourceError};
 
@@ -51,6 +52,12 @@ pub struct EngineConfig {
     pub start_grace: Duration,
     /// Threads hashing and writing received chunks.
     pub verifier_threads: usize,
+    /// Cap on the rate chunk data is read at, shared with whatever else
+    /// holds the same limiter (a daemon's downloads share one).
+    pub download_limit: Option<Arc<RateLimiter>>,
+    /// How often a partial source (one still downloading) is asked again
+    /// which chunks it holds.
+    pub have_refresh: Duration,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +69,8 @@ impl Default for EngineConfig {
             max_sources: 16,
             start_grace: Duration::from_millis(300),
             verifier_threads: 2,
+            download_limit: None,
+            have_refresh: Duration::from_millis(250),
         }
     }
 }

@@ -245,6 +245,9 @@ async fn fetch_loop(
                         "chunk {i} announced with {len} bytes"
                     )));
                 }
+                if let Some(limit) = &shared.config.download_limit {
+                    limit.acquire(len as u64).await;
+                }
                 let mut data = vec![0u8; len as usize];
                 conn.raw(&mut data).await?;
                 inflight.pop_front();
