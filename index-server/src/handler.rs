@@ -180,6 +180,33 @@ pub fn handle(
             let (peers, next) = index.peers(start as usize, MAX_FILES_PER_BATCH, now);
             IndexResponse::Peers { peers, next }
         }
+        IndexRequest::AddPartial { files } => {
+            let Some(session) = conn.session else {
+                return error(ErrorCode::NotLoggedIn, "log in before adding files");
+            };
+            if files.len() > MAX_FILES_PER_BATCH {
+                return error(
+                    ErrorCode::TooMany,
+                    format!("at most {MAX_FILES_PER_BATCH} files per batch"),
+                );
+            }
+            match index.add_partial(session, files, now) {
+                Ok(outcome) => IndexResponse::Ack {
+                    count: outcome.added,
+                },
+                Err(e) => state_error(e),
+            }
+        }
+        IndexRequest::SwarmLookup { id } => match index.swarm_lookup(&id, now) {
+            Some(found) => IndexResponse::SwarmSources {
+                id,
+                name: found.name,
+                size: found.size,
+                complete: found.complete,
+                partial: found.partial,
+            },
+            None => error(ErrorCode::NotFound, format!("no online peer offers {id}")),
+        },
     }
 }
 

@@ -41,6 +41,27 @@ struct Session {
     files: HashMap<FileId, (String, u64)>,
     bytes: u64,
     lease_expires: Instant,
+    /// id → name of files this session is still downloading (swarming).
+    partial: HashMap<FileId, String>,
+}
+
+/// Most files one session may list as partial at once.
+pub const MAX_PARTIAL_PER_SESSION: usize = 256;
+
+/// Holders of part of a file, kept apart from complete holders so that
+/// search and `Lookup` answers are unchanged by swarming.
+struct PartialRecord {
+    size: u64,
+    holders: HashMap<SessionId, String>,
+}
+
+/// What `swarm_lookup` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmSources {
+    pub name: String,
+    pub size: u64,
+    pub complete: Vec<Source>,
+    pub partial: Vec<Source>,
 }
 
 struct FileRecord {
@@ -58,6 +79,8 @@ struct Inner {
     words: DashMap<String, HashMap<FileId, u32>>,
     /// nickname → the session holding it.
     nicks: DashMap<String, SessionId>,
+    /// id → sessions holding part of it (still downloading).
+    partials: DashMap<FileId, PartialRecord>,
 }
 
 /// Handle to the shared index state.
@@ -83,6 +106,7 @@ impl Index {
                 files: DashMap::new(),
                 words: DashMap::new(),
                 nicks: DashMap::new(),
+                partials: DashMap::new(),
             }),
         }
     }
@@ -122,6 +146,7 @@ impl Index {
                 files: HashMap::new(),
                 bytes: 0,
                 lease_expires: now + self.inner.lease_ttl,
+                partial: HashMap::new(),
             },
         );
         Ok(id)
@@ -160,6 +185,8 @@ impl Index {
         let mut outcome = AddOutcome::default();
         // Step 1: decide what changes, under the session's lock only.
         let mut renamed: Vec<(FileId, String, u64, Option<String>)> = Vec::new();
+        // Partial holdings of this session that are now complete.
+        let mut completed: Vec<FileId> = Vec::new();
         {
             let mut s = self
                 .inner
@@ -180,6 +207,9 @@ impl Index {
                     outcome.rejected += 1;
                     continue;
                 }
+                if s.partial.remove(&f.id).is_some() {
+                    completed.push(f.id);
+                }
                 let old = s.files.insert(f.id, (f.name.clone(), f.size));
                 match &old {
                     Some((old_name, _)) if *old_name == f.name => continue,
@@ -191,6 +221,9 @@ impl Index {
             }
         }
         // Step 2: the shared tables, one at a time.
+        for id in completed {
+            self.drop_partial_holder(session, id);
+        }
         for (id, name, size, old_name) in renamed {
             if let Some(old) = old_name {
                 self.unindex_name(id, &old);
@@ -218,6 +251,7 @@ impl Index {
         now: Instant,
     ) -> Result<u32, StateError> {
         let mut removed = Vec::new();
+        let mut partial_removed = Vec::new();
         {
             let mut s = self
                 .inner
@@ -233,9 +267,15 @@ impl Index {
                     s.bytes -= size;
                     removed.push((*id, name));
                 }
+                if s.partial.remove(id).is_some() {
+                    partial_removed.push(*id);
+                }
             }
         }
-        let count = removed.len() as u32;
+        let count = (removed.len() + partial_removed.len()) as u32;
+        for id in partial_removed {
+            self.drop_partial_holder(session, id);
+        }
         for (id, name) in removed {
             self.drop_holder(session, id, &name);
         }
@@ -255,6 +295,129 @@ impl Index {
         for (id, (name, _)) in s.files {
             self.drop_holder(session, id, &name);
         }
+        for id in s.partial.into_keys() {
+            self.drop_partial_holder(session, id);
+        }
+    }
+
+    fn drop_partial_holder(&self, session: SessionId, id: FileId) {
+        if let Some(mut rec) = self.inner.partials.get_mut(&id) {
+            rec.holders.remove(&session);
+        }
+        self.inner
+            .partials
+            .remove_if(&id, |_, rec| rec.holders.is_empty());
+    }
+
+    /// Lists files a session is still downloading, so that other downloaders
+    /// fetch the chunks it already has. Ids it holds complete are skipped;
+    /// bad names, absurd or contradicting sizes and entries over
+    /// [`MAX_PARTIAL_PER_SESSION`] are rejected.
+    pub fn add_partial(
+        &self,
+        session: SessionId,
+        files: Vec<SharedFile>,
+        now: Instant,
+    ) -> Result<AddOutcome, StateError> {
+        let mut outcome = AddOutcome::default();
+        let mut added = Vec::new();
+        {
+            let mut s = self
+                .inner
+                .sessions
+                .get_mut(&session)
+                .ok_or(StateError::NoSession)?;
+            if s.lease_expires <= now {
+                return Err(StateError::NoSession);
+            }
+            s.lease_expires = now + self.inner.lease_ttl;
+            for f in files.into_iter().take(MAX_FILES_PER_BATCH) {
+                let conflicts = |size: u64| size != f.size;
+                let size_conflict = self
+                    .inner
+                    .files
+                    .get(&f.id)
+                    .is_some_and(|r| conflicts(r.size))
+                    || self
+                        .inner
+                        .partials
+                        .get(&f.id)
+                        .is_some_and(|r| conflicts(r.size));
+                if validate_name(&f.name).is_err()
+                    || f.size > MAX_FILE_SIZE
+                    || size_conflict
+                    || (s.partial.len() >= MAX_PARTIAL_PER_SESSION
+                        && !s.partial.contains_key(&f.id))
+                {
+                    outcome.rejected += 1;
+                    continue;
+                }
+                if s.files.contains_key(&f.id) {
+                    continue;
+                }
+                s.partial.insert(f.id, f.name.clone());
+                outcome.added += 1;
+                added.push(f);
+            }
+        }
+        for f in added {
+            self.inner
+                .partials
+                .entry(f.id)
+                .or_insert_with(|| PartialRecord {
+                    size: f.size,
+                    holders: HashMap::new(),
+                })
+                .holders
+                .insert(session, f.name);
+        }
+        Ok(outcome)
+    }
+
+    /// Live sources of a file for a swarming downloader: complete holders
+    /// and partial ones (each address once, complete first).
+    pub fn swarm_lookup(&self, id: &FileId, now: Instant) -> Option<SwarmSources> {
+        let complete = self.lookup(id, now);
+        let (psize, holders): (Option<u64>, Vec<(SessionId, String)>) =
+            match self.inner.partials.get(id) {
+                Some(rec) => (
+                    Some(rec.size),
+                    rec.holders.iter().map(|(s, n)| (*s, n.clone())).collect(),
+                ),
+                None => (None, Vec::new()),
+            };
+        let (mut name, mut size, complete) = match complete {
+            Some((name, size, sources)) => (Some(name), Some(size), sources),
+            None => (None, psize, Vec::new()),
+        };
+        let mut partial: Vec<Source> = Vec::new();
+        for (session, holder_name) in holders {
+            let Some(s) = self.inner.sessions.get(&session) else {
+                continue;
+            };
+            if s.lease_expires <= now
+                || complete
+                    .iter()
+                    .chain(&partial)
+                    .any(|src| src.addr == s.addr)
+            {
+                continue;
+            }
+            partial.push(Source {
+                addr: s.addr.clone(),
+                nick: s.nick.clone(),
+            });
+            name.get_or_insert(holder_name);
+        }
+        partial.sort_by(|a, b| a.addr.cmp(&b.addr));
+        partial.truncate(200);
+        size.get_or_insert(0);
+        Some(SwarmSources {
+            name: name?,
+            size: size?,
+            complete,
+            partial,
+        })
     }
 
     /// Removes every session whose lease has run out. Returns how many.
@@ -487,6 +650,55 @@ mod tests {
             name: name.into(),
             size: n as u64 * 10,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partial_holders_are_listed_apart_and_upgrade_to_complete() {
+        let index = Index::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let seed = index.login("10.0.0.1:1".into(), None, now).unwrap();
+        let leecher = index.login("10.0.0.2:1".into(), None, now).unwrap();
+        index
+            .add_files(seed, vec![file(1, "movie.mkv")], now)
+            .unwrap();
+        let added = index
+            .add_partial(leecher, vec![file(1, "movie.mkv")], now)
+            .unwrap();
+        assert_eq!(added.added, 1);
+        let found = index.swarm_lookup(&FileId([1; 32]), now).unwrap();
+        assert_eq!(found.complete.len(), 1);
+        assert_eq!(found.partial[0].addr, "10.0.0.2:1");
+        // Search and Lookup ignore partial holders.
+        assert_eq!(index.lookup(&FileId([1; 32]), now).unwrap().2.len(), 1);
+        assert_eq!(index.search(&["movie".into()], 10, now)[0].sources, 1);
+        // A partial holding with no complete source is still found.
+        index
+            .add_partial(leecher, vec![file(2, "other")], now)
+            .unwrap();
+        let only = index.swarm_lookup(&FileId([2; 32]), now).unwrap();
+        assert_eq!(
+            (only.complete.len(), only.partial.len(), only.size),
+            (0, 1, 20)
+        );
+        // A size that contradicts the complete holders is refused.
+        let mut liar = file(1, "movie.mkv");
+        liar.size = 5;
+        assert_eq!(
+            index
+                .add_partial(leecher, vec![liar], now)
+                .unwrap()
+                .rejected,
+            1
+        );
+        // Finishing turns the partial holding into a complete one.
+        index
+            .add_files(leecher, vec![file(1, "movie.mkv")], now)
+            .unwrap();
+        let found = index.swarm_lookup(&FileId([1; 32]), now).unwrap();
+        assert_eq!((found.complete.len(), found.partial.len()), (2, 0));
+        // Logging out drops partial holdings too.
+        index.logout(leecher);
+        assert!(index.swarm_lookup(&FileId([2; 32]), now).is_none());
     }
 
     #[tokio::test(start_paused = true)]

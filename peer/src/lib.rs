@@ -6,6 +6,8 @@
 //! - [`registrar`]: staying registered at the index (leases, diffs, reconnects).
 //! - [`index_client`]: one connection to the index, for daemon and CLI.
 //! - [`get`]: `peer get` for the hybrid model (index lookup, then download).
+//! - [`swarm`]: `Daemon::download`, a daemon fetching a file while serving
+//!   its verified chunks and listing it at the index as partial (swarming).
 //!
 //! The transfer engine itself (library, scanning, chunk server, download)
 //! lives in the `transfer` crate, shared with the index server's store; it
@@ -15,6 +17,7 @@ pub mod get;
 pub mod index_client;
 pub mod registrar;
 pub mod serve;
+pub mod swarm;
 
 pub use transfer::{chunk_server, download, library, rate, scan};
 

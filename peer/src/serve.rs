@@ -121,6 +121,11 @@ impl Daemon {
     pub fn tracker(&self) -> TaskTracker {
         self.tracker.clone()
     }
+
+    /// Cancelled when the daemon shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
 }
 
 /// Scans the folder, binds, and starts serving and registering. Returns once
