@@ -19,7 +19,7 @@ use crate::registrar::RegistrationState;
 use crate::serve::Daemon;
 
 /// How often a swarming download asks the index for new sources.
-pub const SOURCE_REFRESH: Duration = Duration::from_millis(500);
+pub const SOURCE_REFRESH: Duration = Duration::from_millis(200);
 
 impl Daemon {
     /// The addresses this daemon is known by, to leave out of its own sources.

@@ -3,7 +3,7 @@
 //! Every source starts at its own point in the file (source `i` of `n` at
 //! chunk `i * total / n`) and walks forward, taking chunks nobody has
 //! requested yet, so sources work on different regions and a slow one holds
-//! up little. When nothing unrequested is left, a source with an empty
+//! up little. When no chunk is left unrequested, a source with an empty
 //! pipeline may request a chunk already in flight elsewhere (endgame), so
 //! the download never waits on the slowest source; the first verified copy
 //! wins. Chunks of a failed or banned source go back to the pool.
@@ -94,6 +94,9 @@ pub struct Scheduler {
     /// Woken when chunks return to the pool or the download finishes.
     pub changed: Notify,
 }
+
+/// The endgame starts when at most this many chunks are still in flight.
+const ENDGAME_OUTSTANDING: u32 = 16;
 
 /// Most sources asked for the same chunk during the endgame.
 const MAX_DUPLICATES: u8 = 2;
@@ -210,8 +213,15 @@ impl Scheduler {
         // Rarest first; the walk order breaks ties. A chunk this source has
         // is held by at least one source, so a count of 1 cannot be beaten.
         let mut best: Option<(u16, u32)> = None;
+        let mut any_missing = false;
+        let mut outstanding = 0u32;
         for step in 0..total {
             let i = (start + step) % total;
+            match s.chunks[i as usize] {
+                ChunkState::Missing => any_missing = true,
+                ChunkState::Requested(_) => outstanding += 1,
+                _ => {}
+            }
             if s.chunks[i as usize] == ChunkState::Missing && available(i) {
                 let rarity = s.availability[i as usize];
                 if best.is_none_or(|(r, _)| rarity < r) {
@@ -227,7 +237,11 @@ impl Scheduler {
             s.cursors[source] = (i + 1) % total;
             return Pick::Chunk(i);
         }
-        if endgame_ok {
+        // Endgame only once every missing chunk is requested and few are
+        // still out: before that, a duplicate would take upload from chunks
+        // nobody has asked for yet (in a swarm, many slow sources keep many
+        // chunks in flight for a long time).
+        if endgame_ok && !any_missing && outstanding <= ENDGAME_OUTSTANDING {
             for step in 0..total {
                 let i = (start + step) % total;
                 if let ChunkState::Requested(n) = s.chunks[i as usize] {
