@@ -60,6 +60,13 @@ pub enum IndexRequest {
     /// Where one online peer is, by nickname (presence and location, for
     /// direct messages): answered by a `Peers` page holding just that peer.
     WhoIs { nick: String },
+    /// Files this session is still downloading and serves in part (swarming):
+    /// listed by `SwarmLookup`, never by `Search` or `Lookup`. A later
+    /// `AddFiles` of the same id turns it into a complete holding;
+    /// `RemoveFiles` withdraws it.
+    AddPartial { files: Vec<SharedFile> },
+    /// Live sources of one file, complete and partial ones apart.
+    SwarmLookup { id: FileId },
 }
 
 /// One search result.
@@ -147,6 +154,15 @@ pub enum IndexResponse {
         code: ErrorCode,
         message: String,
     },
+    /// Answer to `SwarmLookup`: peers holding the whole file, and peers
+    /// still downloading it that serve the chunks they have verified.
+    SwarmSources {
+        id: FileId,
+        name: String,
+        size: u64,
+        complete: Vec<Source>,
+        partial: Vec<Source>,
+    },
 }
 
 #[cfg(test)]
@@ -190,6 +206,28 @@ mod tests {
             encode_frame(&stats).unwrap(),
             [0, 0, 0, 6, 5, 3, 251, 0x2C, 0x01, 1]
         );
+    }
+
+    /// The swarming variants come after every older one.
+    #[test]
+    fn swarming_variants_are_appended() {
+        let id = FileId([1; 32]);
+        assert_eq!(
+            encode_frame(&IndexRequest::SwarmLookup { id }).unwrap()[4],
+            11
+        );
+        assert_eq!(
+            encode_frame(&IndexRequest::AddPartial { files: vec![] }).unwrap(),
+            [0, 0, 0, 2, 10, 0]
+        );
+        let answer = IndexResponse::SwarmSources {
+            id,
+            name: String::new(),
+            size: 0,
+            complete: vec![],
+            partial: vec![],
+        };
+        assert_eq!(encode_frame(&answer).unwrap()[4], 8);
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub fn request_kind(request: &IndexRequest) -> &'static str {
         IndexRequest::Stats => "Stats",
         IndexRequest::ListPeers { .. } => "ListPeers",
         IndexRequest::WhoIs { .. } => "WhoIs",
+        IndexRequest::AddPartial { .. } => "AddPartial",
+        IndexRequest::SwarmLookup { .. } => "SwarmLookup",
     }
 }
 
@@ -208,6 +210,33 @@ pub fn handle(
                 None => error(ErrorCode::NotFound, format!("no online peer is {nick:?}")),
             }
         }
+        IndexRequest::AddPartial { files } => {
+            let Some(session) = conn.session else {
+                return error(ErrorCode::NotLoggedIn, "log in before adding files");
+            };
+            if files.len() > MAX_FILES_PER_BATCH {
+                return error(
+                    ErrorCode::TooMany,
+                    format!("at most {MAX_FILES_PER_BATCH} files per batch"),
+                );
+            }
+            match index.add_partial(session, files, now) {
+                Ok(outcome) => IndexResponse::Ack {
+                    count: outcome.added,
+                },
+                Err(e) => state_error(e),
+            }
+        }
+        IndexRequest::SwarmLookup { id } => match index.swarm_lookup(&id, now) {
+            Some(found) => IndexResponse::SwarmSources {
+                id,
+                name: found.name,
+                size: found.size,
+                complete: found.complete,
+                partial: found.partial,
+            },
+            None => error(ErrorCode::NotFound, format!("no online peer offers {id}")),
+        },
     }
 }
 

@@ -50,6 +50,11 @@ struct Cli {
     /// address it reached this server at.
     #[arg(long, env = "INDEX_STORE_ADVERTISE")]
     store_advertise: Option<String>,
+
+    /// Cap on the total rate the store serves downloads at, e.g. 10MB/s or
+    /// 500KiB/s (client-server mode's server upload rate). Default: none.
+    #[arg(long, env = "INDEX_MAX_UPLOAD_RATE", value_parser = transfer::rate::parse_rate)]
+    max_upload_rate: Option<u64>,
 }
 
 #[tokio::main]
@@ -73,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
             let mut store = index_server::store::StoreConfig::new(dir);
             store.quota = cli.store_quota;
             store.advertise = cli.store_advertise;
+            store.max_upload_rate = cli.max_upload_rate;
             store
         }),
         ..Default::default()

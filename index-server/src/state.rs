@@ -52,6 +52,27 @@ struct Session {
     files: HashSet<FileKey>,
     bytes: u64,
     lease_expires: Instant,
+    /// id → name of files this session is still downloading (swarming).
+    partial: HashMap<FileId, Box<str>>,
+}
+
+/// Most files one session may list as partial at once.
+pub const MAX_PARTIAL_PER_SESSION: usize = 256;
+
+/// Holders of part of a file, kept apart from complete holders so that
+/// search and `Lookup` answers are unchanged by swarming.
+struct PartialRecord {
+    size: u64,
+    holders: HashMap<SessionId, Box<str>>,
+}
+
+/// What `swarm_lookup` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmSources {
+    pub name: String,
+    pub size: u64,
+    pub complete: Vec<Source>,
+    pub partial: Vec<Source>,
 }
 
 /// One session offering a file, under the name it uses.
@@ -168,7 +189,7 @@ impl Postings {
 
 /// Request kinds counted by [`Index::count_request`], in a fixed table so
 /// that counting is one atomic add on the hot path.
-const REQUEST_KINDS: [&str; 10] = [
+const REQUEST_KINDS: [&str; 12] = [
     "Login",
     "AddFiles",
     "RemoveFiles",
@@ -179,6 +200,8 @@ const REQUEST_KINDS: [&str; 10] = [
     "Stats",
     "ListPeers",
     "WhoIs",
+    "AddPartial",
+    "SwarmLookup",
 ];
 
 struct Inner {
@@ -194,6 +217,8 @@ struct Inner {
     words: DashMap<Box<str>, Postings>,
     /// nickname → the session holding it.
     nicks: DashMap<String, SessionId>,
+    /// id → sessions holding part of it (still downloading).
+    partials: DashMap<FileId, PartialRecord>,
     requests: [AtomicU64; REQUEST_KINDS.len()],
     other_requests: AtomicU64,
 }
@@ -230,6 +255,7 @@ impl Index {
                 keys: RwLock::new(KeyTable::default()),
                 words: DashMap::new(),
                 nicks: DashMap::new(),
+                partials: DashMap::new(),
                 requests: Default::default(),
                 other_requests: AtomicU64::new(0),
             }),
@@ -276,6 +302,7 @@ impl Index {
                 files: HashSet::new(),
                 bytes: 0,
                 lease_expires: now + self.inner.lease_ttl,
+                partial: HashMap::new(),
             },
         );
         Ok(id)
@@ -388,6 +415,7 @@ impl Index {
                 }
             }
         }
+        let mut completed: Vec<FileId> = Vec::new();
         let still_there = match self.inner.sessions.get_mut(&session) {
             Some(mut s) => {
                 for (key, size) in &new_keys {
@@ -395,10 +423,21 @@ impl Index {
                         s.bytes += size;
                     }
                 }
+                // A file this session was downloading is now complete here.
+                if !s.partial.is_empty() {
+                    for f in &files {
+                        if s.partial.remove(&f.id).is_some() {
+                            completed.push(f.id);
+                        }
+                    }
+                }
                 true
             }
             None => false,
         };
+        for id in completed {
+            self.drop_partial_holder(session, id);
+        }
         if !still_there {
             // The session ended (lease reaped) while we worked: undo.
             for (key, _) in new_keys {
@@ -422,6 +461,15 @@ impl Index {
         self.renew(session, now)?;
         let mut count = 0;
         for id in ids.iter().take(MAX_FILES_PER_BATCH) {
+            let was_partial = self
+                .inner
+                .sessions
+                .get_mut(&session)
+                .is_some_and(|mut s| s.partial.remove(id).is_some());
+            if was_partial {
+                self.drop_partial_holder(session, *id);
+                count += 1;
+            }
             if let Some((key, size)) = self.drop_holder(session, *id) {
                 count += 1;
                 if let Some(mut s) = self.inner.sessions.get_mut(&session) {
@@ -449,6 +497,131 @@ impl Index {
                 self.drop_holder(session, id);
             }
         }
+        for id in s.partial.into_keys() {
+            self.drop_partial_holder(session, id);
+        }
+    }
+
+    fn drop_partial_holder(&self, session: SessionId, id: FileId) {
+        if let Some(mut rec) = self.inner.partials.get_mut(&id) {
+            rec.holders.remove(&session);
+        }
+        self.inner
+            .partials
+            .remove_if(&id, |_, rec| rec.holders.is_empty());
+    }
+
+    /// Lists files a session is still downloading, so that other downloaders
+    /// fetch the chunks it already has. Ids it holds complete are skipped;
+    /// bad names, absurd or contradicting sizes and entries over
+    /// [`MAX_PARTIAL_PER_SESSION`] are rejected.
+    pub fn add_partial(
+        &self,
+        session: SessionId,
+        files: Vec<SharedFile>,
+        now: Instant,
+    ) -> Result<AddOutcome, StateError> {
+        self.renew(session, now)?;
+        let mut outcome = AddOutcome::default();
+        // Checks against the shared tables first, one guard at a time.
+        let mut candidates = Vec::new();
+        for f in files.into_iter().take(MAX_FILES_PER_BATCH) {
+            let (size_conflict, complete_here) = match self.inner.files.get(&f.id) {
+                Some(r) => (
+                    r.size != f.size,
+                    r.holders.iter().any(|h| h.session == session),
+                ),
+                None => (false, false),
+            };
+            let partial_conflict = self
+                .inner
+                .partials
+                .get(&f.id)
+                .is_some_and(|r| r.size != f.size);
+            if validate_name(&f.name).is_err()
+                || f.size > MAX_FILE_SIZE
+                || size_conflict
+                || partial_conflict
+            {
+                outcome.rejected += 1;
+            } else if !complete_here {
+                candidates.push(f);
+            }
+        }
+        let mut added = Vec::new();
+        {
+            let mut s = self
+                .inner
+                .sessions
+                .get_mut(&session)
+                .ok_or(StateError::NoSession)?;
+            for f in candidates {
+                if s.partial.len() >= MAX_PARTIAL_PER_SESSION && !s.partial.contains_key(&f.id) {
+                    outcome.rejected += 1;
+                    continue;
+                }
+                s.partial.insert(f.id, f.name.as_str().into());
+                outcome.added += 1;
+                added.push(f);
+            }
+        }
+        for f in added {
+            self.inner
+                .partials
+                .entry(f.id)
+                .or_insert_with(|| PartialRecord {
+                    size: f.size,
+                    holders: HashMap::new(),
+                })
+                .holders
+                .insert(session, f.name.into_boxed_str());
+        }
+        Ok(outcome)
+    }
+
+    /// Live sources of a file for a swarming downloader: complete holders
+    /// and partial ones (each address once, complete first).
+    pub fn swarm_lookup(&self, id: &FileId, now: Instant) -> Option<SwarmSources> {
+        let complete = self.lookup(id, now);
+        let (psize, holders): (Option<u64>, Vec<(SessionId, Box<str>)>) =
+            match self.inner.partials.get(id) {
+                Some(rec) => (
+                    Some(rec.size),
+                    rec.holders.iter().map(|(s, n)| (*s, n.clone())).collect(),
+                ),
+                None => (None, Vec::new()),
+            };
+        let (mut name, size, complete) = match complete {
+            Some((name, size, sources)) => (Some(name), Some(size), sources),
+            None => (None, psize, Vec::new()),
+        };
+        let mut partial: Vec<Source> = Vec::new();
+        for (session, holder_name) in holders {
+            let Some(s) = self.inner.sessions.get(&session) else {
+                continue;
+            };
+            if s.lease_expires <= now
+                || complete
+                    .iter()
+                    .chain(&partial)
+                    .any(|src| src.addr == s.addr)
+            {
+                continue;
+            }
+            partial.push(Source {
+                addr: s.addr.clone(),
+                nick: s.nick.clone(),
+            });
+            name.get_or_insert_with(|| holder_name.into());
+        }
+        partial.sort_by(|a, b| a.addr.cmp(&b.addr));
+        partial.truncate(200);
+        Some(SwarmSources {
+            name: name?,
+            size: size.unwrap_or(0),
+            complete,
+            partial,
+        })
     }
 
     /// Removes every session whose lease has run out. Returns how many.
@@ -790,6 +963,55 @@ mod tests {
             name: name.into(),
             size: n as u64 * 10,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn partial_holders_are_listed_apart_and_upgrade_to_complete() {
+        let index = Index::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let seed = index.login("10.0.0.1:1".into(), None, now).unwrap();
+        let leecher = index.login("10.0.0.2:1".into(), None, now).unwrap();
+        index
+            .add_files(seed, vec![file(1, "movie.mkv")], now)
+            .unwrap();
+        let added = index
+            .add_partial(leecher, vec![file(1, "movie.mkv")], now)
+            .unwrap();
+        assert_eq!(added.added, 1);
+        let found = index.swarm_lookup(&FileId([1; 32]), now).unwrap();
+        assert_eq!(found.complete.len(), 1);
+        assert_eq!(found.partial[0].addr, "10.0.0.2:1");
+        // Search and Lookup ignore partial holders.
+        assert_eq!(index.lookup(&FileId([1; 32]), now).unwrap().2.len(), 1);
+        assert_eq!(index.search(&["movie".into()], 10, now)[0].sources, 1);
+        // A partial holding with no complete source is still found.
+        index
+            .add_partial(leecher, vec![file(2, "other")], now)
+            .unwrap();
+        let only = index.swarm_lookup(&FileId([2; 32]), now).unwrap();
+        assert_eq!(
+            (only.complete.len(), only.partial.len(), only.size),
+            (0, 1, 20)
+        );
+        // A size that contradicts the complete holders is refused.
+        let mut liar = file(1, "movie.mkv");
+        liar.size = 5;
+        assert_eq!(
+            index
+                .add_partial(leecher, vec![liar], now)
+                .unwrap()
+                .rejected,
+            1
+        );
+        // Finishing turns the partial holding into a complete one.
+        index
+            .add_files(leecher, vec![file(1, "movie.mkv")], now)
+            .unwrap();
+        let found = index.swarm_lookup(&FileId([1; 32]), now).unwrap();
+        assert_eq!((found.complete.len(), found.partial.len()), (2, 0));
+        // Logging out drops partial holdings too.
+        index.logout(leecher);
+        assert!(index.swarm_lookup(&FileId([2; 32]), now).is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -60,6 +60,9 @@ pub struct StoreConfig {
     pub advertise: Option<String>,
     /// How often DIR is rescanned for files added or removed by hand.
     pub rescan_interval: Duration,
+    /// Cap on the bytes per second of all downloads served from the store
+    /// (the server's upload rate, u_s in the lab's formulas).
+    pub max_upload_rate: Option<u64>,
 }
 
 impl StoreConfig {
@@ -69,6 +72,7 @@ impl StoreConfig {
             quota: 10 << 30,
             advertise: None,
             rescan_interval: Duration::from_secs(10),
+            max_upload_rate: None,
         }
     }
 }
@@ -105,6 +109,8 @@ pub struct Store {
     pub uploads: Arc<UploadStats>,
     /// Chunks received and verified from `peer put`.
     pub chunks_received: AtomicU64,
+    /// Shared by every download served from the store, when capped.
+    upload_limit: Option<Arc<transfer::rate::RateLimiter>>,
 }
 
 impl Store {
@@ -143,6 +149,9 @@ impl Store {
             uploading: Mutex::new(HashMap::new()),
             uploads: Arc::new(UploadStats::default()),
             chunks_received: AtomicU64::new(0),
+            upload_limit: config
+                .max_upload_rate
+                .map(|r| Arc::new(transfer::rate::RateLimiter::new(r))),
         });
         store.refresh().await;
         info!(folder = %root.display(), files = store.library.shared().len(), quota = config.quota, "store open");
@@ -227,6 +236,7 @@ impl Store {
             &self.library,
             &self.uploads,
             None,
+            self.upload_limit.as_deref(),
         )
         .await
     }

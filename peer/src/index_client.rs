@@ -46,6 +46,17 @@ impl IndexError {
 
 pub use transfer::net::connect_tcp;
 
+/// Sources of one file for a swarming download.
+#[derive(Debug, Clone)]
+pub struct SwarmFound {
+    pub name: String,
+    pub size: u64,
+    /// Peers holding the whole file.
+    pub complete: Vec<Source>,
+    /// Peers still downloading it, serving the chunks they have.
+    pub partial: Vec<Source>,
+}
+
 /// One open connection to the index server.
 pub struct IndexClient {
     reader: BufReader<OwnedReadHalf>,
@@ -143,6 +154,28 @@ impl IndexClient {
                 sources,
                 ..
             }) => Ok(Some((name, size, sources))),
+            Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Live sources of `id` for swarming: (name, size, complete, partial);
+    /// `Ok(None)` when no online peer holds any of it.
+    pub async fn swarm_lookup(&mut self, id: FileId) -> Result<Option<SwarmFound>, IndexError> {
+        match self.request(&IndexRequest::SwarmLookup { id }).await {
+            Ok(IndexResponse::SwarmSources {
+                name,
+                size,
+                complete,
+                partial,
+                ..
+            }) => Ok(Some(SwarmFound {
+                name,
+                size,
+                complete,
+                partial,
+            })),
             Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
             Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
             Err(e) => Err(e),

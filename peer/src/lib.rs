@@ -12,6 +12,8 @@
 //!   `peer get --mode client-server` (the server is the only source).
 //! - [`overlay`]: the pure peer-to-peer overlay (Gnutella-style flooding):
 //!   a socket-free routing core and its network layer.
+//! - [`swarm`]: `Daemon::download`, a daemon fetching a file while serving
+//!   its verified chunks and listing it at the index as partial (swarming).
 //!
 //! The transfer engine itself (library, scanning, chunk server, download)
 //! lives in the `transfer` crate, shared with the index server's store; it
@@ -25,8 +27,9 @@ pub mod index_client;
 pub mod overlay;
 pub mod registrar;
 pub mod serve;
+pub mod swarm;
 
-pub use transfer::{chunk_server, download, inbox, library, scan};
+pub use transfer::{chunk_server, download, inbox, library, rate, scan};
 
 pub use download::{DownloadOutcome, DownloadRequest, EngineConfig, Progress};
 pub use serve::{Daemon, ServeConfig};

@@ -16,6 +16,7 @@ use common::units::parse_duration;
 use peer::download::{DownloadError, EngineConfig, Progress};
 use peer::get::GetError;
 use peer::index_client::IndexClient;
+use peer::rate::{parse_rate, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
 /// A peer of a p2pshare network: share a folder, search the index, and
@@ -69,6 +70,18 @@ impl P2pSearchArgs {
     }
 }
 
+#[derive(Args, Debug, Clone)]
+struct RateArgs {
+    /// Cap on the total rate of chunk uploads, e.g. 10MB/s or 500KiB/s
+    /// (per second; plain 10MB means the same). Default: none.
+    #[arg(long, env = "PEER_MAX_UPLOAD_RATE", value_parser = parse_rate)]
+    max_upload_rate: Option<u64>,
+    /// Cap on the total rate of the downloads this peer does, e.g. 10MB/s.
+    /// Default: none.
+    #[arg(long, env = "PEER_MAX_DOWNLOAD_RATE", value_parser = parse_rate)]
+    max_download_rate: Option<u64>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Share a folder: hash it, register it at the index, serve chunks to other peers.
@@ -115,6 +128,8 @@ enum Command {
         /// p2p: how often to ping neighbours and replace missing ones.
         #[arg(long, env = "PEER_PING_INTERVAL", default_value = "5s", value_parser = parse_duration)]
         ping_interval: Duration,
+        #[command(flatten)]
+        rates: RateArgs,
     },
     /// Search the index for files whose name contains every WORD.
     Search {
@@ -162,6 +177,9 @@ enum Command {
         mode: Mode,
         #[command(flatten)]
         p2p: P2pSearchArgs,
+        /// Cap on the download rate, e.g. 10MB/s or 500KiB/s (default: none).
+        #[arg(long, env = "PEER_MAX_DOWNLOAD_RATE", value_parser = parse_rate)]
+        max_download_rate: Option<u64>,
         /// A 64-digit file id, or a file's exact name as `peer search` shows it.
         target: String,
     },
@@ -281,6 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             neighbors,
             degree,
             ping_interval,
+            rates,
         } => {
             let shutdown = shutdown_on_signals()?;
             let mut config = peer::ServeConfig::new(share, index.index);
@@ -304,6 +323,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             config.cache_dir = cache_dir;
             config.rescan_interval = rescan_interval;
             config.max_uploads = max_uploads;
+            config.max_upload_rate = rates.max_upload_rate;
+            config.max_download_rate = rates.max_download_rate;
             peer::serve::run(config, shutdown).await?;
             Ok(0)
         }
@@ -351,6 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             pipeline,
             mode,
             p2p,
+            max_download_rate,
             target,
         } => {
             let shutdown = shutdown_on_signals()?;
@@ -358,6 +380,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 stall_timeout,
                 max_sources: max_sources.max(1),
                 pipeline_depth: pipeline.clamp(1, 256),
+                download_limit: max_download_rate.map(|r| Arc::new(RateLimiter::new(r))),
                 ..EngineConfig::default()
             };
             let progress = Arc::new(Progress::default());

@@ -105,6 +105,7 @@ async fn session(
     let mut changes = library.subscribe();
     changes.mark_changed();
     let mut registered: HashMap<FileId, SharedFile> = HashMap::new();
+    let mut registered_partial: HashMap<FileId, SharedFile> = HashMap::new();
     let mut heartbeat = tokio::time::interval(ttl / 3);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
@@ -115,7 +116,7 @@ async fn session(
                 if changed.is_err() {
                     return Ok(());
                 }
-                sync_listing(&mut client, library, &mut registered).await?;
+                sync_listing(&mut client, library, &mut registered, &mut registered_partial).await?;
                 if !announced {
                     info!(%addr, files = registered.len(), "registered at the index");
                     announced = true;
@@ -137,12 +138,23 @@ async fn sync_listing(
     client: &mut IndexClient,
     library: &Library,
     registered: &mut HashMap<FileId, SharedFile>,
+    registered_partial: &mut HashMap<FileId, SharedFile>,
 ) -> Result<(), IndexError> {
     let current = library.listing();
-    let removed: Vec<FileId> = registered
+    let current_partial = library.partial_listing();
+    // A partial file that became complete is upgraded by its AddFiles, not removed.
+    let mut removed: Vec<FileId> = registered
         .keys()
-        .filter(|id| !current.contains_key(id))
+        .chain(registered_partial.keys())
+        .filter(|id| !current.contains_key(id) && !current_partial.contains_key(id))
         .copied()
+        .collect();
+    removed.sort();
+    removed.dedup();
+    let added_partial: Vec<SharedFile> = current_partial
+        .values()
+        .filter(|f| !registered_partial.contains_key(&f.id))
+        .cloned()
         .collect();
     let added: Vec<SharedFile> = current
         .values()
@@ -167,10 +179,19 @@ async fn sync_listing(
             .await?;
         pending += 1;
     }
+    for batch in added_partial.chunks(MAX_FILES_PER_BATCH) {
+        client
+            .queue(&IndexRequest::AddPartial {
+                files: batch.to_vec(),
+            })
+            .await?;
+        pending += 1;
+    }
     client.flush().await?;
     for _ in 0..pending {
         client.receive().await?;
     }
     *registered = current;
+    *registered_partial = current_partial;
     Ok(())
 }

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::chunk_server::{self, UploadStats};
 use crate::inbox::{self, Inbox, InboxConfig};
 use crate::library::Library;
+use crate::rate::RateLimiter;
 use crate::registrar::{self, RegistrarConfig, RegistrationState};
 use crate::scan::{self, HashCache};
 
@@ -47,6 +48,10 @@ pub struct ServeConfig {
     /// Pure peer-to-peer mode: join this overlay instead of registering at
     /// an index (`index` is then unused).
     pub p2p: Option<crate::overlay::OverlayConfig>,
+    /// Cap on the total rate of chunk uploads, bytes per second.
+    pub max_upload_rate: Option<u64>,
+    /// Cap on the total rate of the downloads this daemon does, bytes per second.
+    pub max_download_rate: Option<u64>,
 }
 
 impl ServeConfig {
@@ -66,6 +71,8 @@ impl ServeConfig {
             message_burst: 5,
             message_refill: Duration::from_secs(1),
             p2p: None,
+            max_upload_rate: None,
+            max_download_rate: None,
         }
     }
 }
@@ -102,6 +109,12 @@ pub struct Daemon {
     pub registration: watch::Receiver<RegistrationState>,
     /// The overlay node, in pure peer-to-peer mode.
     pub overlay: Option<crate::overlay::Overlay>,
+    /// Shared by every upload connection, when capped.
+    pub upload_limit: Option<Arc<RateLimiter>>,
+    /// Shared by every download this daemon does, when capped.
+    pub download_limit: Option<Arc<RateLimiter>>,
+    /// The index server this daemon registers with.
+    pub index: String,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -127,6 +140,11 @@ impl Daemon {
 
     pub fn tracker(&self) -> TaskTracker {
         self.tracker.clone()
+    }
+
+    /// Cancelled when the daemon shuts down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 }
 
@@ -179,6 +197,12 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
 
     let tracker = TaskTracker::new();
     let uploads = Arc::new(UploadStats::default());
+    let upload_limit = config
+        .max_upload_rate
+        .map(|r| Arc::new(RateLimiter::new(r)));
+    let download_limit = config
+        .max_download_rate
+        .map(|r| Arc::new(RateLimiter::new(r)));
     let overlay = config.p2p.clone().map(|p2p| {
         crate::overlay::Overlay::start(
             p2p,
@@ -199,6 +223,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         stats: uploads.clone(),
         inbox: Some(inbox.clone()),
         others,
+        upload_limit: upload_limit.clone(),
     };
     tracker.spawn(chunk_server::serve_with(
         listener,
@@ -240,6 +265,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         inbox,
         registration: state_rx,
         overlay,
+        upload_limit,
+        download_limit,
+        index: config.index.clone(),
         tracker,
         shutdown,
     })

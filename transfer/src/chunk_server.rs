@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::inbox::Inbox;
 use crate::library::{Holding, Library, OpenHolding, ReadChunkError};
+use crate::rate::{write_limited, RateLimiter};
 
 /// How long an upload connection may sit without a request.
 const UPLOAD_IDLE: Duration = Duration::from_secs(60);
@@ -82,6 +83,7 @@ pub async fn serve(
         stats,
         inbox,
         others: None,
+        upload_limit: None,
     };
     serve_with(listener, config, tracker, shutdown).await
 }
@@ -97,6 +99,8 @@ pub struct ChunkServerConfig {
     pub inbox: Option<Inbox>,
     /// Handlers for the other protocols sharing this port (the overlay).
     pub others: Option<Arc<dyn ProtocolHandler>>,
+    /// Cap on the bytes per second of all uploads together.
+    pub upload_limit: Option<Arc<RateLimiter>>,
 }
 
 /// Accepts connections until `shutdown`: the peer protocol is served here,
@@ -113,6 +117,7 @@ pub async fn serve_with(
         stats,
         inbox,
         others,
+        upload_limit,
     } = config;
     let slots = Arc::new(Semaphore::new(max_uploads.max(1)));
     let mut accepted_protocols = vec![Protocol::Peer];
@@ -138,6 +143,7 @@ pub async fn serve_with(
         let _ = stream.set_nodelay(true);
         let (library, stats, shutdown) = (library.clone(), stats.clone(), shutdown.clone());
         let inbox = inbox.clone();
+        let limit = upload_limit.clone();
         let (slots, others, accepted_protocols) =
             (slots.clone(), others.clone(), accepted_protocols.clone());
         tracker.spawn(async move {
@@ -170,7 +176,7 @@ pub async fn serve_with(
             stats.connections.fetch_add(1, Ordering::Relaxed);
             let result = tokio::select! {
                 _ = shutdown.cancelled() => Ok(()),
-                r = serve_peer_session(stream, remote, &library, &stats, inbox.as_ref()) => r,
+                r = serve_peer_session(stream, remote, &library, &stats, inbox.as_ref(), limit.as_deref()) => r,
             };
             match result {
                 Ok(()) => debug!(%remote, "upload connection closed"),
@@ -199,6 +205,7 @@ pub async fn serve_peer_session(
     library: &Library,
     stats: &UploadStats,
     inbox: Option<&Inbox>,
+    limit: Option<&RateLimiter>,
 ) -> Result<(), WireError> {
     let (r, w) = stream.into_split();
     let mut reader = BufReader::new(r);
@@ -272,7 +279,7 @@ pub async fn serve_peer_session(
                             len: data.len() as u32,
                         };
                         wire::write_message(&mut writer, &header).await?;
-                        writer.write_all(&data).await?;
+                        write_limited(&mut writer, &data, limit).await?;
                         stats.chunks.fetch_add(1, Ordering::Relaxed);
                         stats.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                         chunk_buf = data;

@@ -14,12 +14,14 @@
 //!   (checked, rate-limited per source, kept and written to a file).
 //! - [`net`]: connecting with a deadline.
 //! - `testing` (feature `test-support`): misbehaving fake sources for tests.
+//! - [`rate`]: token-bucket rate limits shared by all connections of a node.
 
 pub mod chunk_server;
 pub mod download;
 pub mod inbox;
 pub mod library;
 pub mod net;
+pub mod rate;
 pub mod scan;
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -32,15 +32,24 @@ pub struct SharedEntry {
 pub struct PartialEntry {
     pub path: PathBuf,
     pub info: Arc<ContentInfo>,
+    /// The name it is registered under at the index while partial.
+    pub name: String,
     have: Vec<AtomicU8>,
 }
 
 impl PartialEntry {
     pub fn new(path: PathBuf, info: Arc<ContentInfo>) -> Self {
+        let name = info.id.to_hex();
+        Self::named(path, info, name)
+    }
+
+    /// A partial file that the index lists under `name`.
+    pub fn named(path: PathBuf, info: Arc<ContentInfo>, name: String) -> Self {
         let bytes = (info.chunk_count() as usize).div_ceil(8);
         PartialEntry {
             path,
             info,
+            name,
             have: (0..bytes).map(|_| AtomicU8::new(0)).collect(),
         }
     }
@@ -171,21 +180,49 @@ impl Library {
         self.inner.version.subscribe()
     }
 
-    /// Publishes a download in progress so that its verified chunks can be served.
+    /// Publishes a download in progress so that its verified chunks can be
+    /// served (and, by a daemon's registrar, listed at the index as partial).
     pub fn add_partial(&self, entry: Arc<PartialEntry>) {
         self.inner
             .partial
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(entry.info.id, entry);
+        self.inner.version.send_modify(|v| *v += 1);
     }
 
     pub fn remove_partial(&self, id: &FileId) {
-        self.inner
+        let removed = self
+            .inner
             .partial
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        if removed.is_some() {
+            self.inner.version.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// The partial files to list at the index (those not also held complete).
+    pub fn partial_listing(&self) -> HashMap<FileId, SharedFile> {
+        let complete = self.shared();
+        self.inner
+            .partial
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|p| !complete.contains_key(&p.info.id))
+            .map(|p| {
+                (
+                    p.info.id,
+                    SharedFile {
+                        id: p.info.id,
+                        name: p.name.clone(),
+                        size: p.info.size,
+                    },
+                )
+            })
+            .collect()
     }
 
     /// What is held for `id`: a complete file first, else a partial one.

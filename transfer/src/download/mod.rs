@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::library::{Library, PartialEntry};
+use crate::rate::RateLimiter;
 use scheduler::Scheduler;
 use source::{PeerConnection, SourceError};
 
@@ -51,6 +52,12 @@ pub struct EngineConfig {
     pub start_grace: Duration,
     /// Threads hashing and writing received chunks.
     pub verifier_threads: usize,
+    /// Cap on the rate chunk data is read at, shared with whatever else
+    /// holds the same limiter (a daemon's downloads share one).
+    pub download_limit: Option<Arc<RateLimiter>>,
+    /// How often a partial source (one still downloading) is asked again
+    /// which chunks it holds.
+    pub have_refresh: Duration,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +69,8 @@ impl Default for EngineConfig {
             max_sources: 16,
             start_grace: Duration::from_millis(300),
             verifier_threads: 2,
+            download_limit: None,
+            have_refresh: Duration::from_millis(250),
         }
     }
 }
@@ -172,7 +181,8 @@ struct Verifier {
     file: File,
     partial: Arc<PartialEntry>,
     progress: Arc<Progress>,
-    delivered: Vec<AtomicU64>,
+    /// Verified chunks per source number (grows as sources are added).
+    delivered: Mutex<Vec<u64>>,
     write_error: Mutex<Option<std::io::Error>>,
     abort: CancellationToken,
 }
@@ -208,10 +218,19 @@ impl Verifier {
             self.progress
                 .done_bytes
                 .fetch_add(job.data.len() as u64, Ordering::Relaxed);
-            if let Some(c) = self.delivered.get(job.source) {
-                c.fetch_add(1, Ordering::Relaxed);
+            let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = delivered.get_mut(job.source) {
+                *c += 1;
             }
         }
+    }
+}
+
+/// The next batch from the feed; pends forever without one.
+async fn recv_feed(feed: &mut Option<SourceFeed>) -> Option<Vec<String>> {
+    match feed {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -261,7 +280,26 @@ pub async fn download(
     library: Option<Library>,
     shutdown: CancellationToken,
 ) -> Result<DownloadOutcome, DownloadError> {
-    let sources = dedupe(&request.sources, config.max_sources);
+    download_swarm(request, config, progress, library, None, shutdown).await
+}
+
+/// Addresses of sources found while a download runs (for example partial
+/// sources the index learned of since the download started).
+pub type SourceFeed = mpsc::Receiver<Vec<String>>;
+
+/// [`download`] that also takes sources from `feed` while it runs: each new
+/// address (or one whose connection ended without it being banned) gets a
+/// source task, up to `max_sources` at once. Without any source left it
+/// waits up to `stall_timeout` for the feed to bring one.
+pub async fn download_swarm(
+    request: DownloadRequest,
+    config: EngineConfig,
+    progress: Arc<Progress>,
+    library: Option<Library>,
+    mut feed: Option<SourceFeed>,
+    shutdown: CancellationToken,
+) -> Result<DownloadOutcome, DownloadError> {
+    let mut sources = dedupe(&request.sources, config.max_sources);
     if sources.is_empty() {
         return Err(DownloadError::NoSources);
     }
@@ -305,7 +343,11 @@ pub async fn download(
             total, "resuming: verified chunks found on disk"
         );
     }
-    let partial = Arc::new(PartialEntry::new(part.clone(), info.clone()));
+    let partial = Arc::new(PartialEntry::named(
+        part.clone(),
+        info.clone(),
+        output::sanitize_name(&request.name, &request.id),
+    ));
     let resumed_bytes: u64 = (0..total)
         .filter(|i| have[*i as usize])
         .map(|i| info.chunk_len(i) as u64)
@@ -320,7 +362,19 @@ pub async fn download(
         lib.add_partial(partial.clone());
     }
 
-    let scheduler = Arc::new(Scheduler::new(&have, sources.len()));
+    // In a swarm, downloaders start at random points so that they do not
+    // all ask the seed for the same chunks first; a plain download walks
+    // from the start (sources in their regions), as it always did.
+    let rotation = match feed {
+        Some(_) => {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish() as u32
+        }
+        None => 0,
+    };
+    let scheduler = Arc::new(Scheduler::with_rotation(&have, sources.len(), rotation));
     let (verify_tx, verify_rx) = mpsc::channel::<VerifyJob>(config.pipeline_depth.max(2) * 2);
     let abort = CancellationToken::new();
     let verifier = Arc::new(Verifier {
@@ -329,7 +383,7 @@ pub async fn download(
         file,
         partial,
         progress: progress.clone(),
-        delivered: sources.iter().map(|_| AtomicU64::new(0)).collect(),
+        delivered: Mutex::new(vec![0; sources.len()]),
         write_error: Mutex::new(None),
         abort: abort.clone(),
     });
@@ -377,8 +431,10 @@ pub async fn download(
     shared.started.cancel();
 
     let mut reasons: Vec<Option<String>> = vec![None; sources.len()];
+    let mut alive: Vec<bool> = vec![true; sources.len()];
     let mut interrupted = false;
     let mut poll = tokio::time::interval(Duration::from_millis(100));
+    let mut idle_since: Option<tokio::time::Instant> = None;
     while !scheduler.is_finished() {
         tokio::select! {
             _ = shutdown.cancelled() => { interrupted = true; break; }
@@ -386,17 +442,63 @@ pub async fn download(
             _ = poll.tick() => {}
             _ = scheduler.changed.notified() => {}
             joined = workers.join_next(), if !workers.is_empty() => {
-                if let Some(Ok((i, Err(e)))) = joined {
-                    info!(source = %sources[i], error = %e, "source dropped");
-                    reasons[i] = Some(e.to_string());
+                if let Some(Ok((i, result))) = joined {
+                    alive[i] = false;
+                    if let Err(e) = result {
+                        info!(source = %sources[i], error = %e, "source dropped");
+                        reasons[i] = Some(e.to_string());
+                    }
                 }
                 progress.active_sources.fetch_sub(1, Ordering::Relaxed);
             }
-            else => break,
+            found = recv_feed(&mut feed) => match found {
+                Some(addrs) => {
+                    for addr in addrs {
+                        let live = alive.iter().filter(|a| **a).count();
+                        if live >= config.max_sources.max(1) {
+                            break;
+                        }
+                        // A known address is tried again only if its task
+                        // ended without a ban (it may have finished the
+                        // file, or come back).
+                        let known = sources.iter().enumerate().filter(|(_, a)| **a == addr);
+                        if known.clone().any(|(i, _)| alive[i] || scheduler.is_banned(i)) {
+                            continue;
+                        }
+                        if known.count() >= 3 {
+                            continue;
+                        }
+                        let i = scheduler.add_source();
+                        debug_assert_eq!(i, sources.len());
+                        sources.push(addr.clone());
+                        reasons.push(None);
+                        alive.push(true);
+                        verifier
+                            .delivered
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(0);
+                        let shared = shared.clone();
+                        workers.spawn(async move { (i, source::run(shared, i, addr).await) });
+                        progress.active_sources.fetch_add(1, Ordering::Relaxed);
+                        debug!(source = %sources[i], "source added during the download");
+                    }
+                }
+                None => feed = None,
+            },
         }
         if workers.is_empty() {
-            // Let the verifiers finish the last chunks before judging.
-            break;
+            // Without a feed, or when the feed brings nobody for a while:
+            // let the verifiers finish the last chunks, then judge.
+            if feed.is_none() {
+                break;
+            }
+            let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= config.stall_timeout {
+                break;
+            }
+        } else {
+            idle_since = None;
         }
     }
     workers.abort_all();
@@ -455,13 +557,17 @@ pub async fn download(
             source,
         })?;
 
+    let delivered = verifier
+        .delivered
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     let per_source: Vec<SourceReport> = sources
         .iter()
-        .zip(&verifier.delivered)
+        .zip(&delivered)
         .zip(reasons)
         .map(|((addr, n), error)| SourceReport {
             addr: addr.clone(),
-            chunks: n.load(Ordering::Relaxed),
+            chunks: *n,
             error,
         })
         .collect();

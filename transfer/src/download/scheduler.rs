@@ -3,10 +3,17 @@
 //! Every source starts at its own point in the file (source `i` of `n` at
 //! chunk `i * total / n`) and walks forward, taking chunks nobody has
 //! requested yet, so sources work on different regions and a slow one holds
-//! up little. When nothing unrequested is left, a source with an empty
+//! up little. When no chunk is left unrequested, a source with an empty
 //! pipeline may request a chunk already in flight elsewhere (endgame), so
 //! the download never waits on the slowest source; the first verified copy
 //! wins. Chunks of a failed or banned source go back to the pool.
+//!
+//! Rarest first: sources report which chunks they hold ([`Scheduler::set_have`]),
+//! and a source is given, among the missing chunks it has, one held by the
+//! fewest connected sources (ties broken by its walk from its starting
+//! point). With complete sources only, every chunk is equally rare and this
+//! is the plain walk; in a swarm it spreads the chunks only the seed has
+//! before the ones every downloader can already pass on.
 
 use std::sync::Mutex;
 
@@ -31,11 +38,54 @@ pub enum Pick {
     Finished,
 }
 
+/// What a source holds, as far as the availability counts know.
+#[derive(Debug, Clone)]
+enum Holds {
+    /// Not reported (or the source left): not counted.
+    Unknown,
+    All,
+    /// A `Have` bitfield.
+    Some(Vec<u8>),
+}
+
+impl Holds {
+    fn has(&self, index: u32) -> bool {
+        match self {
+            Holds::Unknown => false,
+            Holds::All => true,
+            Holds::Some(bits) => common::peer_proto::bit_is_set(bits, index),
+        }
+    }
+}
+
 struct State {
     chunks: Vec<ChunkState>,
     done: u32,
     cursors: Vec<u32>,
     banned: Vec<bool>,
+    holds: Vec<Holds>,
+    /// How many connected sources hold each chunk.
+    availability: Vec<u16>,
+    /// Offset of the sources' starting points, random per download.
+    rotation: u32,
+}
+
+impl State {
+    fn set_holds(&mut self, source: usize, new: Holds) {
+        let Some(old) = self.holds.get(source).cloned() else {
+            return;
+        };
+        for i in 0..self.chunks.len() as u32 {
+            let (was, is) = (old.has(i), new.has(i));
+            let a = &mut self.availability[i as usize];
+            match (was, is) {
+                (false, true) => *a = a.saturating_add(1),
+                (true, false) => *a = a.saturating_sub(1),
+                _ => {}
+            }
+        }
+        self.holds[source] = new;
+    }
 }
 
 /// Shared chunk bookkeeping of one download.
@@ -45,12 +95,22 @@ pub struct Scheduler {
     pub changed: Notify,
 }
 
+/// The endgame starts when at most this many chunks are still in flight.
+const ENDGAME_OUTSTANDING: u32 = 16;
+
 /// Most sources asked for the same chunk during the endgame.
 const MAX_DUPLICATES: u8 = 2;
 
 impl Scheduler {
     /// `have[i]` is true for chunks already verified on disk.
     pub fn new(have: &[bool], sources: usize) -> Self {
+        Self::with_rotation(have, sources, 0)
+    }
+
+    /// Like [`Scheduler::new`], with every starting point shifted by
+    /// `rotation` chunks, so that downloaders fetching from the same seed at
+    /// once do not all ask it for the same chunks first.
+    pub fn with_rotation(have: &[bool], sources: usize, rotation: u32) -> Self {
         let total = have.len() as u32;
         let chunks: Vec<ChunkState> = have
             .iter()
@@ -63,8 +123,12 @@ impl Scheduler {
             })
             .collect();
         let done = have.iter().filter(|h| **h).count() as u32;
+        let rotation = if total == 0 { 0 } else { rotation % total };
         let cursors = (0..sources)
-            .map(|i| ((i as u64 * total as u64) / sources.max(1) as u64) as u32)
+            .map(|i| {
+                ((i as u64 * total as u64 / sources.max(1) as u64 + rotation as u64)
+                    % total.max(1) as u64) as u32
+            })
             .collect();
         Scheduler {
             state: Mutex::new(State {
@@ -72,6 +136,9 @@ impl Scheduler {
                 done,
                 cursors,
                 banned: vec![false; sources],
+                holds: vec![Holds::Unknown; sources],
+                availability: vec![0; total as usize],
+                rotation,
             }),
             changed: Notify::new(),
         }
@@ -79,6 +146,43 @@ impl Scheduler {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a source found during the download; returns its number.
+    pub fn add_source(&self) -> usize {
+        let mut s = self.lock();
+        let k = s.cursors.len() as u64;
+        let total = s.chunks.len().max(1) as u64;
+        // Golden-ratio steps spread late sources' starting points evenly.
+        let start = (s.rotation as u64 + k * total * 618 / 1000) % total;
+        s.cursors.push(start as u32);
+        s.banned.push(false);
+        s.holds.push(Holds::Unknown);
+        s.cursors.len() - 1
+    }
+
+    /// Records which chunks `source` holds: `None` for all of them, else a
+    /// `Have` bitfield.
+    pub fn set_have(&self, source: usize, bitfield: Option<&[u8]>) {
+        let holds = match bitfield {
+            None => Holds::All,
+            Some(bits) => Holds::Some(bits.to_vec()),
+        };
+        self.lock().set_holds(source, holds);
+    }
+
+    /// A source left: its chunks no longer count as available.
+    pub fn forget(&self, source: usize) {
+        self.lock().set_holds(source, Holds::Unknown);
+    }
+
+    /// How many connected sources hold chunk `index`.
+    pub fn availability(&self, index: u32) -> u16 {
+        self.lock()
+            .availability
+            .get(index as usize)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn total(&self) -> u32 {
@@ -106,15 +210,38 @@ impl Scheduler {
             return Pick::Wait;
         }
         let start = s.cursors[source];
+        // Rarest first; the walk order breaks ties. A chunk this source has
+        // is held by at least one source, so a count of 1 cannot be beaten.
+        let mut best: Option<(u16, u32)> = None;
+        let mut any_missing = false;
+        let mut outstanding = 0u32;
         for step in 0..total {
             let i = (start + step) % total;
+            match s.chunks[i as usize] {
+                ChunkState::Missing => any_missing = true,
+                ChunkState::Requested(_) => outstanding += 1,
+                _ => {}
+            }
             if s.chunks[i as usize] == ChunkState::Missing && available(i) {
-                s.chunks[i as usize] = ChunkState::Requested(1);
-                s.cursors[source] = (i + 1) % total;
-                return Pick::Chunk(i);
+                let rarity = s.availability[i as usize];
+                if best.is_none_or(|(r, _)| rarity < r) {
+                    best = Some((rarity, i));
+                    if rarity <= 1 {
+                        break;
+                    }
+                }
             }
         }
-        if endgame_ok {
+        if let Some((_, i)) = best {
+            s.chunks[i as usize] = ChunkState::Requested(1);
+            s.cursors[source] = (i + 1) % total;
+            return Pick::Chunk(i);
+        }
+        // Endgame only once every missing chunk is requested and few are
+        // still out: before that, a duplicate would take upload from chunks
+        // nobody has asked for yet (in a swarm, many slow sources keep many
+        // chunks in flight for a long time).
+        if endgame_ok && !any_missing && outstanding <= ENDGAME_OUTSTANDING {
             for step in 0..total {
                 let i = (start + step) % total;
                 if let ChunkState::Requested(n) = s.chunks[i as usize] {
@@ -269,6 +396,32 @@ mod tests {
         assert_eq!(s.next(0, |i| i == 2, false), Pick::Wait);
         s.ban(0);
         assert_eq!(s.next(0, |_| true, true), Pick::Wait);
+    }
+
+    #[test]
+    fn rarest_chunk_first_then_walk_order() {
+        let s = Scheduler::new(&[false; 4], 2);
+        s.set_have(0, None); // a seed: everything
+        s.set_have(1, Some(&[0b0000_0011])); // a leecher: chunks 0 and 1
+        assert_eq!(s.availability(0), 2);
+        assert_eq!(s.availability(2), 1);
+        // The seed is asked first for what only it has.
+        assert_eq!(s.next(0, |_| true, false), Pick::Chunk(2));
+        assert_eq!(s.next(0, |_| true, false), Pick::Chunk(3));
+        assert_eq!(s.next(0, |_| true, false), Pick::Chunk(0));
+        s.forget(1);
+        assert_eq!(s.availability(0), 1, "a source that left no longer counts");
+        let late = s.add_source();
+        assert_eq!(late, 2);
+        s.set_have(late, Some(&[0b0000_0010]));
+        assert_eq!(s.next(late, |i| i == 1, false), Pick::Chunk(1));
+    }
+
+    #[test]
+    fn rotation_shifts_every_starting_point() {
+        let s = Scheduler::with_rotation(&[false; 10], 2, 3);
+        assert_eq!(s.next(0, |_| true, false), Pick::Chunk(3));
+        assert_eq!(s.next(1, |_| true, false), Pick::Chunk(8));
     }
 
     #[test]

@@ -138,7 +138,15 @@ impl PeerConnection {
     ) -> Result<Option<Vec<u8>>, SourceError> {
         self.queue(&PeerRequest::Have { id }).await?;
         self.flush().await?;
-        match self.header().await? {
+        let answer = self.header().await?;
+        check_have(answer, info)
+    }
+}
+
+/// Checks a `Have` answer against the file: `None` means every chunk.
+fn check_have(answer: PeerResponse, info: &ContentInfo) -> Result<Option<Vec<u8>>, SourceError> {
+    {
+        match answer {
             PeerResponse::Have {
                 complete: true,
                 size,
@@ -161,6 +169,14 @@ impl PeerConnection {
     }
 }
 
+/// A request on the wire whose answer has not been read yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Pending {
+    Chunk(u32),
+    /// A `Have` refresh queued between chunk requests (partial sources).
+    Have,
+}
+
 /// Fetches chunks from one source until the download is finished, the
 /// source fails, or it is banned. Chunks in flight when it stops go back
 /// to the pool.
@@ -169,9 +185,15 @@ pub(super) async fn run(
     index: usize,
     addr: String,
 ) -> Result<(), SourceError> {
-    let mut inflight: VecDeque<u32> = VecDeque::new();
+    let mut inflight: VecDeque<Pending> = VecDeque::new();
     let result = fetch_loop(&shared, index, &addr, &mut inflight).await;
-    shared.scheduler.release(inflight.drain(..));
+    shared.scheduler.forget(index);
+    shared
+        .scheduler
+        .release(inflight.drain(..).filter_map(|p| match p {
+            Pending::Chunk(c) => Some(c),
+            Pending::Have => None,
+        }));
     result
 }
 
@@ -179,7 +201,7 @@ async fn fetch_loop(
     shared: &Shared,
     index: usize,
     addr: &str,
-    inflight: &mut VecDeque<u32>,
+    inflight: &mut VecDeque<Pending>,
 ) -> Result<(), SourceError> {
     let connected = async {
         let mut conn = PeerConnection::connect(
@@ -196,21 +218,40 @@ async fn fetch_loop(
     shared.ready.fetch_add(1, Ordering::AcqRel);
     shared.ready_changed.notify_one();
     let (mut conn, mut have) = connected?;
+    shared.scheduler.set_have(index, have.as_deref());
     shared.started.cancelled().await;
 
     let id = shared.info.id;
     let depth = shared.config.pipeline_depth.max(1);
+    let refresh = shared.config.have_refresh;
+    let mut last_have = tokio::time::Instant::now();
     loop {
         if shared.scheduler.is_banned(index) {
             return Err(SourceError::BadData);
         }
-        while inflight.len() < depth {
+        let mut chunks_inflight = inflight.iter().filter(|p| **p != Pending::Have).count();
+        // A partial source gains chunks as it downloads: ask again now and
+        // then, in the pipeline, without stopping the chunk requests.
+        if have.is_some()
+            && chunks_inflight > 0
+            && !inflight.contains(&Pending::Have)
+            && last_have.elapsed() >= refresh
+        {
+            conn.queue(&PeerRequest::Have { id }).await?;
+            inflight.push_back(Pending::Have);
+            last_have = tokio::time::Instant::now();
+        }
+        while chunks_inflight < depth {
             let available = |i: u32| have.as_ref().is_none_or(|b| bit_is_set(b, i));
-            match shared.scheduler.next(index, available, inflight.is_empty()) {
+            match shared
+                .scheduler
+                .next(index, available, chunks_inflight == 0)
+            {
                 Pick::Chunk(c) => {
                     tracing::trace!(source = index, chunk = c, "requesting");
                     conn.queue(&PeerRequest::Chunk { id, index: c }).await?;
-                    inflight.push_back(c);
+                    inflight.push_back(Pending::Chunk(c));
+                    chunks_inflight += 1;
                 }
                 Pick::Wait | Pick::Finished => break,
             }
@@ -224,16 +265,27 @@ async fn fetch_loop(
             let waiting = shared.scheduler.changed.notified();
             tokio::select! {
                 _ = waiting => {}
-                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                _ = tokio::time::sleep(refresh) => {
                     if have.is_some() {
                         have = conn.have(id, &shared.info).await?;
+                        shared.scheduler.set_have(index, have.as_deref());
+                        last_have = tokio::time::Instant::now();
                     }
                 }
             }
             continue;
         }
         conn.flush().await?;
-        let expected = *inflight.front().expect("pipeline is not empty");
+        let expected = match *inflight.front().expect("pipeline is not empty") {
+            Pending::Chunk(c) => c,
+            Pending::Have => {
+                let answer = conn.header().await?;
+                have = check_have(answer, &shared.info)?;
+                shared.scheduler.set_have(index, have.as_deref());
+                inflight.pop_front();
+                continue;
+            }
+        };
         match conn.header().await? {
             PeerResponse::Chunk {
                 id: got,
@@ -244,6 +296,9 @@ async fn fetch_loop(
                     return Err(SourceError::Protocol(format!(
                         "chunk {i} announced with {len} bytes"
                     )));
+                }
+                if let Some(limit) = &shared.config.download_limit {
+                    limit.acquire(len as u64).await;
                 }
                 let mut data = vec![0u8; len as usize];
                 conn.raw(&mut data).await?;

@@ -1,0 +1,76 @@
+//! The p2pshare scale lab: runs an index and many peers in one process on
+//! loopback and measures what Kurose & Ross chapter 2 and the lecture predict.
+//!
+//! Every experiment writes `NAME.csv`, `NAME.svg`, `NAME.png` and `NAME.md`
+//! (a short summary) into the output folder.
+//!
+//! # Layout
+//! - [`distribution`]: time to distribute a file to N peers, client-server
+//!   versus hybrid swarming, beside the textbook's lower bounds.
+//! - [`index_load`]: register, lookup and search throughput and latency of
+//!   the index server, and its memory per indexed file.
+//! - [`connections`]: non-persistent, persistent and pipelined fetches over
+//!   a link with user-space RTT and bandwidth, beside the lecture's model.
+//! - [`search_cost`]: messages, reach and hit rate per query: the index
+//!   measured, flooding on a random graph as a model.
+//! - [`report`]: CSV, plots (SVG and PNG) and progress lines.
+
+pub mod connections;
+pub mod distribution;
+pub mod index_load;
+pub mod report;
+pub mod search_cost;
+
+use std::path::PathBuf;
+
+/// Why an experiment failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plotting {path}: {message}")]
+    Plot { path: PathBuf, message: String },
+    #[error("{0}")]
+    Setup(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl LabError {
+    pub(crate) fn setup(e: impl std::fmt::Display) -> Self {
+        LabError::Setup(e.to_string())
+    }
+}
+
+/// The files an experiment wrote.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Written {
+    pub csv: PathBuf,
+    pub svg: PathBuf,
+    pub png: PathBuf,
+    pub summary: PathBuf,
+}
+
+/// Bytes per second as `12.3 MB/s`.
+pub fn human_rate(bytes_per_sec: f64) -> String {
+    format!("{}/s", human_bytes(bytes_per_sec))
+}
+
+/// Bytes as `12.3 MB` (powers of 1000) or `256 KiB`-style when exact.
+pub fn human_bytes(bytes: f64) -> String {
+    let kib = 1024.0;
+    if bytes >= kib * kib && (bytes / (kib * kib)).fract() == 0.0 {
+        format!("{} MiB", bytes / (kib * kib))
+    } else if bytes >= kib && (bytes / kib).fract() == 0.0 {
+        format!("{} KiB", bytes / kib)
+    } else if bytes >= 1e6 {
+        format!("{:.1} MB", bytes / 1e6)
+    } else if bytes >= 1e3 {
+        format!("{:.1} kB", bytes / 1e3)
+    } else {
+        format!("{bytes:.0} B")
+    }
+}

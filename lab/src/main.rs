@@ -1,0 +1,320 @@
+//! The `lab` command: scale experiments on loopback, measured against the
+//! textbook (Kurose & Ross ch. 2) and the lecture's models.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use common::units::{parse_duration, parse_size};
+use lab::distribution::Mode;
+use lab::{connections, distribution, index_load, search_cost, Written};
+use peer::rate::parse_rate;
+
+/// Scale experiments: an index and many peers in one process on 127.0.0.1.
+/// Each experiment writes NAME.csv, NAME.svg, NAME.png and NAME.md into --out.
+#[derive(Parser, Debug)]
+#[command(name = "lab", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct OutArg {
+    /// Folder for the CSV, plots and summary (created if missing).
+    #[arg(long, env = "LAB_OUT", default_value = "lab-results")]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+struct DistributionArgs {
+    /// Numbers of downloading peers, comma-separated.
+    #[arg(
+        long = "n",
+        env = "LAB_N",
+        value_delimiter = ',',
+        default_value = "1,2,4,8,16,32"
+    )]
+    ns: Vec<usize>,
+    /// Size of the file distributed (e.g. 16MiB).
+    #[arg(long, env = "LAB_FILE_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    file_size: u64,
+    /// Upload cap of the server (client-server) or seed (hybrid), e.g. 40MiB/s.
+    #[arg(long, env = "LAB_SERVER_UP", default_value = "40MiB/s", value_parser = parse_rate)]
+    server_up: u64,
+    /// Upload cap of every downloading peer, e.g. 4MiB/s.
+    #[arg(long, env = "LAB_PEER_UP", default_value = "4MiB/s", value_parser = parse_rate)]
+    peer_up: u64,
+    /// Download cap of every downloading peer (default: none).
+    #[arg(long, env = "LAB_PEER_DOWN", value_parser = parse_rate)]
+    peer_down: Option<u64>,
+    /// Paradigms to run, comma-separated.
+    #[arg(
+        long,
+        env = "LAB_MODES",
+        value_delimiter = ',',
+        default_value = "client-server,hybrid,p2p"
+    )]
+    modes: Vec<Mode>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct IndexLoadArgs {
+    /// Sharing peers that register files.
+    #[arg(long, env = "LAB_PEERS", default_value_t = 100)]
+    peers: usize,
+    /// Files each peer registers.
+    #[arg(long, env = "LAB_FILES_PER_PEER", default_value_t = 1000)]
+    files_per_peer: usize,
+    /// Concurrent client connections for lookups and searches.
+    #[arg(long, env = "LAB_CLIENTS", default_value_t = 4)]
+    clients: usize,
+    /// How long lookups, then searches, are issued.
+    #[arg(long, env = "LAB_DURATION", default_value = "3s", value_parser = parse_duration)]
+    duration: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConnectionsArgs {
+    /// Objects to fetch.
+    #[arg(long, env = "LAB_OBJECTS", default_value_t = 10)]
+    objects: usize,
+    /// Size of each object.
+    #[arg(long, env = "LAB_OBJECT_SIZE", default_value = "100KB", value_parser = parse_size)]
+    object_size: u64,
+    /// Round-trip time injected by the delaying proxy.
+    #[arg(long, env = "LAB_RTT", default_value = "100ms", value_parser = parse_duration)]
+    rtt: Duration,
+    /// Bandwidth of the emulated link (server to client).
+    #[arg(long, env = "LAB_BANDWIDTH", default_value = "10MB/s", value_parser = parse_rate)]
+    bandwidth: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+struct SearchCostArgs {
+    /// Numbers of nodes, comma-separated.
+    #[arg(
+        long = "n",
+        env = "LAB_SEARCH_N",
+        value_delimiter = ',',
+        default_value = "100,1000"
+    )]
+    ns: Vec<usize>,
+    /// Neighbours per node in the flooding graph.
+    #[arg(long, env = "LAB_DEGREE", default_value_t = 4)]
+    degree: usize,
+    /// TTLs: a range like 1..7 or a list like 1,2,3.
+    #[arg(long, env = "LAB_TTL", default_value = "1..7", value_parser = parse_ttls)]
+    ttl: TtlList,
+    /// Share of nodes holding the searched file.
+    #[arg(long, env = "LAB_REPLICATION", default_value_t = 0.01)]
+    replication: f64,
+    /// Queries per point.
+    #[arg(long, env = "LAB_QUERIES", default_value_t = 200)]
+    queries: usize,
+}
+
+#[derive(Debug, Clone)]
+struct TtlList(Vec<u32>);
+
+fn parse_ttls(s: &str) -> Result<TtlList, String> {
+    let bad = || format!("TTLs {s:?} not understood: use a range like 1..7 or a list like 1,2,3");
+    let list: Vec<u32> = if let Some((a, b)) = s.split_once("..") {
+        let a: u32 = a.trim().parse().map_err(|_| bad())?;
+        let b: u32 = b
+            .trim()
+            .trim_start_matches('=')
+            .parse()
+            .map_err(|_| bad())?;
+        (a..=b).collect()
+    } else {
+        s.split(',')
+            .map(|t| t.trim().parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?
+    };
+    if list.is_empty() || list.len() > 64 || list.iter().any(|t| *t > 64) {
+        return Err(bad());
+    }
+    Ok(TtlList(list))
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Time for N peers to get a file, per paradigm, beside the K&R bounds.
+    Distribution {
+        #[command(flatten)]
+        args: DistributionArgs,
+        #[command(flatten)]
+        out: OutArg,
+    },
+    /// Register, lookup and search throughput and latency of the index; memory per file.
+    IndexLoad {
+        #[command(flatten)]
+        args: IndexLoadArgs,
+        #[command(flatten)]
+        out: OutArg,
+    },
+    /// Non-persistent, persistent and pipelined fetches with injected RTT.
+    Connections {
+        #[command(flatten)]
+        args: ConnectionsArgs,
+        #[command(flatten)]
+        out: OutArg,
+    },
+    /// Messages, reach and hit rate per query: index (measured) and flooding (model).
+    SearchCost {
+        #[command(flatten)]
+        args: SearchCostArgs,
+        #[command(flatten)]
+        out: OutArg,
+    },
+    /// All four experiments with their default settings.
+    All {
+        #[command(flatten)]
+        out: OutArg,
+    },
+}
+
+fn report(name: &str, w: &Written) {
+    println!(
+        "{name}: {} {} {} {}",
+        w.csv.display(),
+        w.svg.display(),
+        w.png.display(),
+        w.summary.display()
+    );
+}
+
+async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
+    let config = distribution::Config {
+        ns: a.ns,
+        file_size: a.file_size,
+        server_up: a.server_up,
+        peer_up: a.peer_up,
+        peer_down: a.peer_down,
+        modes: a.modes,
+        out,
+    };
+    if config.ns.is_empty() || config.ns.iter().any(|n| *n == 0 || *n > 256) {
+        anyhow::bail!("--n takes peer counts from 1 to 256");
+    }
+    let (w, runs) = distribution::run(&config).await?;
+    for r in &runs {
+        match r.seconds {
+            Some(s) => eprintln!(
+                "{:>13} N={:<3} {s:7.2} s  bound {:6.2} s  ratio {:.2}",
+                r.mode.name(),
+                r.n,
+                r.bound(),
+                s / r.bound()
+            ),
+            None => eprintln!("{:>13} N={:<3} {}", r.mode.name(), r.n, r.status),
+        }
+    }
+    report("distribution", &w);
+    Ok(())
+}
+
+async fn index_load(a: IndexLoadArgs, out: PathBuf) -> anyhow::Result<()> {
+    let config = index_load::Config {
+        peers: a.peers,
+        files_per_peer: a.files_per_peer,
+        clients: a.clients,
+        duration: a.duration,
+        out,
+    };
+    let (w, stats, rss) = index_load::run(&config).await?;
+    for s in &stats {
+        eprintln!(
+            "{:>9}: {:>9.0}/s  p50 {:>7.0} µs  p99 {:>7.0} µs",
+            s.operation,
+            s.per_second(),
+            s.p50_us,
+            s.p99_us
+        );
+    }
+    if let Some(b) = rss {
+        eprintln!("memory: {b:.0} bytes per indexed file (RSS growth)");
+    }
+    report("index-load", &w);
+    Ok(())
+}
+
+async fn connections(a: ConnectionsArgs, out: PathBuf) -> anyhow::Result<()> {
+    let config = connections::Config {
+        objects: a.objects.max(1),
+        object_size: a.object_size,
+        rtt: a.rtt,
+        bandwidth: a.bandwidth,
+        out,
+    };
+    let (w, results) = connections::run(&config).await?;
+    for r in &results {
+        eprintln!(
+            "{:>15}: {:.3} s  model {:.3} s",
+            r.fetch.name(),
+            r.seconds,
+            r.model
+        );
+    }
+    report("connections", &w);
+    Ok(())
+}
+
+async fn search_cost(a: SearchCostArgs, out: PathBuf) -> anyhow::Result<()> {
+    let config = search_cost::Config {
+        ns: a.ns,
+        degree: a.degree,
+        ttls: a.ttl.0,
+        replication: a.replication.clamp(0.0, 1.0),
+        queries: a.queries.max(1),
+        out,
+    };
+    if config.ns.iter().any(|n| *n == 0 || *n > 1_000_000) {
+        anyhow::bail!("--n takes node counts from 1 to 1000000");
+    }
+    let (w, _) = search_cost::run(&config).await?;
+    report("search-cost", &w);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Distribution { args, out } => distribution(args, out.out).await,
+        Command::IndexLoad { args, out } => index_load(args, out.out).await,
+        Command::Connections { args, out } => connections(args, out.out).await,
+        Command::SearchCost { args, out } => search_cost(args, out.out).await,
+        Command::All { out } => run_all(out.out).await,
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run_all(out: PathBuf) -> anyhow::Result<()> {
+    // Defaults come from clap, so `lab all` and the single commands agree.
+    let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+    let defaults = |name: &str| parse(&["lab", name]).map(|c| c.command);
+    if let Ok(Command::Connections { args, .. }) = defaults("connections") {
+        connections(args, out.clone()).await?;
+    }
+    if let Ok(Command::SearchCost { args, .. }) = defaults("search-cost") {
+        search_cost(args, out.clone()).await?;
+    }
+    if let Ok(Command::IndexLoad { args, .. }) = defaults("index-load") {
+        index_load(args, out.clone()).await?;
+    }
+    if let Ok(Command::Distribution { args, .. }) = defaults("distribution") {
+        distribution(args, out).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Every experiment at a tiny size: it writes its CSV with the expected
+//! columns, an SVG and a PNG plot, and a summary.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lab::{connections, distribution, index_load, search_cost, Written};
+
+fn check(w: &Written, columns: &[&str], min_rows: usize) {
+    let csv = std::fs::read_to_string(&w.csv).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next().unwrap(), columns.join(","), "CSV header");
+    let rows: Vec<&str> = lines.collect();
+    assert!(
+        rows.len() >= min_rows,
+        "{} rows in {}",
+        rows.len(),
+        w.csv.display()
+    );
+    for r in &rows {
+        assert_eq!(r.split(',').count(), columns.len(), "row {r}");
+    }
+    let png = std::fs::read(&w.png).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "PNG signature");
+    let svg = std::fs::read_to_string(&w.svg).unwrap();
+    assert!(svg.contains("<svg"), "SVG plot");
+    assert!(std::fs::metadata(&w.summary).unwrap().len() > 0);
+}
+
+fn out(dir: &Path) -> std::path::PathBuf {
+    dir.join("out")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_tiny() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = distribution::Config {
+        ns: vec![1, 2],
+        file_size: 4 * 256 * 1024,
+        server_up: 8 * 1024 * 1024,
+        peer_up: 4 * 1024 * 1024,
+        peer_down: None,
+        modes: vec![
+            distribution::Mode::ClientServer,
+            distribution::Mode::Hybrid,
+            distribution::Mode::P2p,
+        ],
+        out: out(dir.path()),
+    };
+    let (w, runs) = distribution::run(&config).await.unwrap();
+    check(&w, distribution::CSV_COLUMNS, 6);
+    for r in &runs {
+        match r.mode {
+            distribution::Mode::P2p => assert!(r.status.contains("not available"), "{r:?}"),
+            _ => {
+                let s = r.seconds.unwrap_or_else(|| panic!("{r:?}"));
+                // A capped run cannot beat its lower bound by more than the
+                // limiters' small bursts.
+                assert!(s > 0.5 * r.bound(), "{r:?}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_load_tiny() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = index_load::Config {
+        peers: 3,
+        files_per_peer: 600,
+        clients: 2,
+        duration: Duration::from_millis(200),
+        out: out(dir.path()),
+    };
+    let (w, stats, _) = index_load::run(&config).await.unwrap();
+    check(&w, index_load::CSV_COLUMNS, 3);
+    assert_eq!(stats[0].operations, 1800);
+    assert!(stats.iter().all(|s| s.operations > 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_tiny() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = connections::Config {
+        objects: 3,
+        object_size: 10_000,
+        rtt: Duration::from_millis(20),
+        bandwidth: 10_000_000,
+        out: out(dir.path()),
+    };
+    let (w, results) = connections::run(&config).await.unwrap();
+    check(&w, connections::CSV_COLUMNS, 3);
+    // The injected delays are a floor: no fetch beats its model by much.
+    for r in &results {
+        assert!(r.seconds >= 0.9 * r.model, "{r:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_cost_tiny() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = search_cost::Config {
+        ns: vec![30],
+        degree: 3,
+        ttls: vec![1, 2, 3],
+        replication: 0.05,
+        queries: 20,
+        out: out(dir.path()),
+    };
+    let (w, rows) = search_cost::run(&config).await.unwrap();
+    check(&w, search_cost::CSV_COLUMNS, 6);
+    let flood: Vec<_> = rows.iter().filter(|r| r.method == "flooding").collect();
+    assert!(flood.windows(2).all(|w| w[1].messages >= w[0].messages));
+    assert!(rows
+        .iter()
+        .filter(|r| r.method == "index")
+        .all(|r| r.messages == 2.0 && r.hit_rate == 1.0));
+}

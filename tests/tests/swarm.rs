@@ -1,0 +1,117 @@
+//! Swarming: downloading daemons pass verified chunks on to each other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::id::content_info;
+use peer::download::Progress;
+use tests::*;
+
+const DOWNLOADERS: usize = 4;
+const CHUNKS: usize = 16;
+
+/// A seed capped at 2 MiB/s could serve four copies of a 4 MiB file in 8 s
+/// at best; the downloaders swarm, so the seed sends far fewer than four
+/// copies and the downloaders upload to each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloading_peers_serve_each_other_the_chunks_they_have() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(CHUNKS * common::CHUNK_SIZE, 42);
+    let info = content_info(&data);
+    write_file(&dir.path().join("seed"), "swarm.bin", &data);
+    let mut seed_config = peer_config(&dir.path().join("seed"), &index.addr_string());
+    seed_config.max_upload_rate = Some(2 * 1024 * 1024);
+    let mut seed = start_peer_with(seed_config).await;
+    seed.wait_registered(1).await;
+
+    let mut leechers = Vec::new();
+    for i in 0..DOWNLOADERS {
+        let mut p = start_peer(&dir.path().join(format!("leech{i}")), &index.addr_string()).await;
+        p.wait_registered(0).await;
+        leechers.push(p);
+    }
+    let downloads = leechers.iter().map(|p| {
+        let out = p.share.clone();
+        p.daemon
+            .download(info.id, out, test_engine(), Arc::new(Progress::default()))
+    });
+    let outcomes = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_join_all(downloads.collect()),
+    )
+    .await
+    .expect("swarm finished within 60 s");
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let outcome = outcome.unwrap_or_else(|e| panic!("downloader {i}: {e}"));
+        assert_eq!(
+            std::fs::read(&outcome.path).unwrap(),
+            data,
+            "copy {i} verifies"
+        );
+    }
+    let from_peers: u64 = leechers.iter().map(|p| p.chunks_served()).sum();
+    let from_seed = seed.chunks_served();
+    assert!(
+        from_peers > 0,
+        "downloaders uploaded nothing to each other (seed sent {from_seed} chunks)"
+    );
+    assert!(
+        from_seed < (DOWNLOADERS * CHUNKS) as u64,
+        "the seed sent every copy itself ({from_seed} chunks); no swarming"
+    );
+    // The finished copies become complete holdings at the index.
+    let addr = index.addr_string();
+    wait_until(
+        "finished copies are listed as complete",
+        Duration::from_secs(10),
+        || {
+            let addr = addr.clone();
+            async move { complete_sources(&addr, info.id).await == DOWNLOADERS + 1 }
+        },
+    )
+    .await;
+    for p in leechers {
+        p.stop().await;
+    }
+    seed.stop().await;
+}
+
+async fn complete_sources(index: &str, id: common::id::FileId) -> usize {
+    let mut client = peer::index_client::IndexClient::connect(index)
+        .await
+        .unwrap();
+    match client.swarm_lookup(id).await.unwrap() {
+        Some(found) => found.complete.len(),
+        None => 0,
+    }
+}
+
+/// Runs futures concurrently on this task and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
