@@ -29,6 +29,18 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Several upload-capped sources, one downloader: throughput vs the sum of the caps.
+    Capped {
+        #[arg(long, default_value = "256MiB", value_parser = common::units::parse_size)]
+        size: u64,
+        /// Upload cap of each source.
+        #[arg(long, default_value = "16MiB", value_parser = common::units::parse_size)]
+        cap: u64,
+        #[arg(long, default_value_t = 4)]
+        sources: usize,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Hashing a shared folder vs `sha256sum` over the same files.
     HashFolder {
         #[arg(long, default_value_t = 32)]
@@ -55,6 +67,12 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Transfer { size, dir } => transfer_bench::transfer(size, dir).await,
+        Command::Capped {
+            size,
+            cap,
+            sources,
+            dir,
+        } => transfer_bench::capped(size, cap, sources, dir).await,
         Command::HashFolder { files, size, dir } => {
             transfer_bench::hash_folder(files, size, dir).await
         }

@@ -201,3 +201,73 @@ pub async fn hash_folder(files: usize, size: u64, dir: Option<PathBuf>) -> anyho
     );
     Ok(())
 }
+
+/// Four sources, each capped, one downloader: throughput against the sum of caps.
+pub async fn capped(
+    size: u64,
+    cap: u64,
+    sources: usize,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let (dir, _guard) = scratch(dir)?;
+    let index = index_server::Server::bind(index_server::Config {
+        listen: "127.0.0.1:0".parse()?,
+        ..Default::default()
+    })
+    .await?;
+    let index_addr = index.local_addr().to_string();
+    let stop = CancellationToken::new();
+    let index_task = tokio::spawn(index.run(stop.clone()));
+    let mut daemons = Vec::new();
+    for i in 0..sources {
+        let share = dir.join(format!("source-{i}"));
+        std::fs::create_dir_all(&share)?;
+        write_file(&share.join("payload.bin"), size, 9)?;
+        let mut config = peer::ServeConfig::new(share, index_addr.clone());
+        config.listen = "127.0.0.1:0".parse()?;
+        config.nick = Some(format!("source{i}"));
+        config.max_upload_rate = Some(cap);
+        daemons.push(peer::serve::start(config, stop.clone()).await?);
+    }
+    let id = daemons[0]
+        .library
+        .shared()
+        .keys()
+        .next()
+        .copied()
+        .context("file not shared")?;
+    let out = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    let start = Instant::now();
+    transfer::download::download(
+        transfer::DownloadRequest {
+            id,
+            name: "payload.bin".into(),
+            sources: daemons.iter().map(|d| d.listen_addr.to_string()).collect(),
+            out_dir: out.clone(),
+        },
+        transfer::EngineConfig::default(),
+        Arc::new(transfer::Progress::default()),
+        None,
+        CancellationToken::new(),
+    )
+    .await?;
+    let secs = start.elapsed().as_secs_f64();
+    let measured = size as f64 / secs;
+    let caps = (cap * sources as u64) as f64;
+    stop.cancel();
+    for d in daemons {
+        d.wait().await;
+    }
+    let _ = index_task.await;
+    std::fs::remove_dir_all(&out)?;
+    println!(
+        "| {sources} sources capped at {:.0} MB/s each, {} MiB | {:.1} MB/s | sum of caps {:.1} MB/s | {:.2} (target >= 0.9) |",
+        cap as f64 / 1e6,
+        size >> 20,
+        measured / 1e6,
+        caps / 1e6,
+        measured / caps
+    );
+    Ok(())
+}
