@@ -212,3 +212,52 @@ fn unknown_variant_is_an_error() {
     assert!(try_decode_frame::<IndexRequest>(&framed, MAX_FRAME_LEN).is_err());
     assert!(try_decode_frame::<PeerRequest>(&framed, MAX_FRAME_LEN).is_err());
 }
+
+/// A frame delivered in two writes, split at every byte offset, reads back
+/// the same through the async reader.
+#[test]
+fn every_split_of_a_frame_reads_back_the_same() {
+    use common::wire::{read_message, Deadlines};
+    use tokio::io::AsyncWriteExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let messages = vec![
+        IndexRequest::Search {
+            words: vec!["blue".into(), "monday".into()],
+            limit: 7,
+        },
+        IndexRequest::AddFiles {
+            files: vec![SharedFile {
+                id: FileId([3; 32]),
+                name: "música.ogg".into(),
+                size: 1 << 40,
+            }],
+        },
+        IndexRequest::Heartbeat,
+    ];
+    for msg in messages {
+        let bytes = encode_frame(&msg).unwrap();
+        for cut in 0..=bytes.len() {
+            let got = runtime.block_on(async {
+                let (mut w, mut r) = tokio::io::duplex(4096);
+                let (a, b) = (bytes[..cut].to_vec(), bytes[cut..].to_vec());
+                let writer = tokio::spawn(async move {
+                    w.write_all(&a).await.unwrap();
+                    tokio::task::yield_now().await;
+                    w.write_all(&b).await.unwrap();
+                    w
+                });
+                let mut buf = Vec::new();
+                let got: IndexRequest = read_message(&mut r, &mut buf, Deadlines::default())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                drop(writer.await.unwrap());
+                got
+            });
+            assert_eq!(got, msg, "split at {cut}");
+        }
+    }
+}

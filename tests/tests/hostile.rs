@@ -93,10 +93,11 @@ async fn slowloris_clients_are_cut_off_by_the_frame_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_idle_connections_do_not_block_a_normal_client() {
+async fn two_thousand_idle_connections_do_not_block_a_normal_client() {
     let (addr, stop) = index_with(|_| {}).await;
+    let rss_before = rss_bytes();
     let mut idle = Vec::new();
-    for _ in 0..1000 {
+    for _ in 0..1800 {
         let mut s = TcpStream::connect(&addr).await.unwrap();
         wire::client_handshake(&mut s, Protocol::Index)
             .await
@@ -108,9 +109,29 @@ async fn a_thousand_idle_connections_do_not_block_a_normal_client() {
         idle.push(TcpStream::connect(&addr).await.unwrap());
     }
     answered(&addr).await;
+    // Server and clients share this process: 2,000 connections on each side
+    // must stay far below what one unbounded buffer per connection would cost.
+    let grown = rss_bytes().saturating_sub(rss_before);
+    assert!(
+        grown < 256 << 20,
+        "memory grew by {} MiB for 2,000 idle connections",
+        grown >> 20
+    );
     drop(idle);
     answered(&addr).await;
     stop.cancel();
+}
+
+/// Resident memory of this process, from /proc.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -398,3 +398,75 @@ async fn assert_closed(s: &mut TcpStream) {
         "the server kept a misbehaving connection open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_go_on_while_the_index_is_down_and_peers_come_back() {
+    let index = start_index().await;
+    let addr = index.addr;
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(8 * common::CHUNK_SIZE, 31);
+    let id = content_info(&data).id;
+    let mut peers = Vec::new();
+    for name in ["a", "b"] {
+        write_file(&dir.path().join(name), "film.bin", &data);
+        let mut config = peer_config(&dir.path().join(name), &index.addr_string());
+        // Slow enough that the download is still running when the index dies.
+        config.max_upload_rate = Some(512 * 1024);
+        let mut p = start_peer_with(config).await;
+        p.wait_registered(1).await;
+        peers.push(p);
+    }
+    let resolved = peer::get::resolve(&index.addr_string(), &id.to_hex())
+        .await
+        .unwrap();
+    let progress = std::sync::Arc::new(peer::Progress::default());
+    let download = tokio::spawn(peer::download::download(
+        peer::DownloadRequest {
+            id,
+            name: resolved.name,
+            sources: resolved.sources,
+            out_dir: dir.path().join("out"),
+        },
+        test_engine(),
+        progress.clone(),
+        None,
+        Default::default(),
+    ));
+    wait_until(
+        "the download to be under way",
+        Duration::from_secs(20),
+        || {
+            let p = progress.clone();
+            async move { p.done_bytes.load(std::sync::atomic::Ordering::Relaxed) > 0 }
+        },
+    )
+    .await;
+    index.stop().await;
+    assert!(
+        progress
+            .done_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < data.len() as u64,
+        "the download finished before the index went down; the test proves nothing"
+    );
+    let got = download.await.unwrap().unwrap();
+    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+
+    // The index comes back: the peers register again and search works.
+    let index = start_index_on(addr, Duration::from_secs(30)).await;
+    wait_until(
+        "both peers to register again",
+        Duration::from_secs(10),
+        || {
+            let a = index.addr_string();
+            async move { sources_of(&a, id).await == 2 }
+        },
+    )
+    .await;
+    let mut c = IndexClient::connect(&index.addr_string()).await.unwrap();
+    assert_eq!(c.search(vec!["film".into()], 0).await.unwrap().len(), 1);
+    for p in peers {
+        p.stop().await;
+    }
+    index.stop().await;
+}
