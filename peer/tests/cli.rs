@@ -12,22 +12,9 @@ use common::index_proto::{IndexRequest, IndexResponse, Login, SharedFile};
 use common::wire::{self, Deadlines};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
-use transfer::testing::{self as fake, Behaviour};
+use transfer::testing::{self as fake, random_bytes, Behaviour};
 
 const PEER: &str = env!("CARGO_BIN_EXE_peer");
-
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 async fn start_index() -> (String, CancellationToken) {
     let config = index_server::Config {

@@ -9,6 +9,7 @@
 //! - [`wait_until`]: polls a condition until a deadline (never a bare sleep).
 
 pub use transfer::testing as fake;
+pub use transfer::testing::random_bytes;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -214,20 +215,6 @@ pub async fn start_peer_with(config: peer::ServeConfig) -> Peer {
 
 pub async fn start_peer(share: &Path, index: &str) -> Peer {
     start_peer_with(peer_config(share, index)).await
-}
-
-/// Deterministic pseudo-random bytes.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Writes `data` to `dir/name` (creating folders) and returns the path.
