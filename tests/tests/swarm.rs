@@ -15,6 +15,22 @@ const CHUNKS: usize = 16;
 /// copies and the downloaders upload to each other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloading_peers_serve_each_other_the_chunks_they_have() {
+    hybrid_swarm(test_engine()).await;
+}
+
+/// The same with a budget of two chunk requests in flight per download
+/// (the lab's swarm tuning, smaller): partial sources share the budget, the
+/// seed still gets one request whenever it is idle, and nothing deadlocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_with_a_small_in_flight_budget_still_finishes_and_shares() {
+    hybrid_swarm(peer::EngineConfig {
+        max_in_flight: Some(2),
+        ..test_engine()
+    })
+    .await;
+}
+
+async fn hybrid_swarm(engine: peer::EngineConfig) {
     let index = start_index().await;
     let dir = tempfile::tempdir().unwrap();
     let data = random_bytes(CHUNKS * common::CHUNK_SIZE, 42);
@@ -34,7 +50,7 @@ async fn downloading_peers_serve_each_other_the_chunks_they_have() {
     let downloads = leechers.iter().map(|p| {
         let out = p.share.clone();
         p.daemon
-            .download(info.id, out, test_engine(), Arc::new(Progress::default()))
+            .download(info.id, out, engine.clone(), Arc::new(Progress::default()))
     });
     let outcomes = tokio::time::timeout(
         Duration::from_secs(60),
