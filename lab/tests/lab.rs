@@ -106,12 +106,23 @@ async fn search_cost_tiny() {
         ttls: vec![1, 2, 3],
         replication: 0.05,
         queries: 20,
+        overlay_ns: vec![12],
+        overlay_queries: 5,
         out: out(dir.path()),
     };
     let (w, rows) = search_cost::run(&config).await.unwrap();
-    check(&w, search_cost::CSV_COLUMNS, 6);
-    let flood: Vec<_> = rows.iter().filter(|r| r.method == "flooding").collect();
+    check(&w, search_cost::CSV_COLUMNS, 9);
+    let flood: Vec<_> = rows
+        .iter()
+        .filter(|r| r.method == "flooding-model")
+        .collect();
     assert!(flood.windows(2).all(|w| w[1].messages >= w[0].messages));
+    // The real overlay: a flood with more hops costs more and reaches more.
+    let overlay: Vec<_> = rows.iter().filter(|r| r.method == "overlay").collect();
+    assert_eq!(overlay.len(), 3, "{rows:?}");
+    assert!(overlay[0].messages > 0.0, "{overlay:?}");
+    assert!(overlay[2].messages > overlay[0].messages, "{overlay:?}");
+    assert!(overlay[2].reach > overlay[0].reach, "{overlay:?}");
     assert!(rows
         .iter()
         .filter(|r| r.method == "index")
