@@ -39,7 +39,7 @@ struct DistributionArgs {
     /// Size of the file distributed (e.g. 16MiB).
     #[arg(long, env = "LAB_FILE_SIZE", default_value = "16MiB", value_parser = parse_size)]
     file_size: u64,
-    /// Upload cap of the server (client-server) or seed (hybrid), e.g. 40MiB/s.
+    /// Upload cap of the server's store (client-server) or the seed (hybrid, p2p), e.g. 40MiB/s.
     #[arg(long, env = "LAB_SERVER_UP", default_value = "40MiB/s", value_parser = parse_rate)]
     server_up: u64,
     /// Upload cap of every downloading peer, e.g. 4MiB/s.
@@ -100,7 +100,7 @@ struct SearchCostArgs {
         default_value = "100,1000"
     )]
     ns: Vec<usize>,
-    /// Neighbours per node in the flooding graph.
+    /// Neighbours per node (the model's graph; the least the real overlay nodes keep).
     #[arg(long, env = "LAB_DEGREE", default_value_t = 4)]
     degree: usize,
     /// TTLs: a range like 1..7 or a list like 1,2,3.
@@ -174,7 +174,7 @@ enum Command {
         #[command(flatten)]
         out: OutArg,
     },
-    /// Messages, reach and hit rate per query: index (measured) and flooding (model).
+    /// Messages, reach and hit rate per query: index and flooding on real overlay nodes (measured), flooding on a random graph (model).
     SearchCost {
         #[command(flatten)]
         args: SearchCostArgs,
