@@ -6,13 +6,15 @@
 //!
 //! # Layout
 //! - [`distribution`]: time to distribute a file to N peers, client-server
-//!   versus hybrid swarming, beside the textbook's lower bounds.
+//!   (the index server's store), hybrid swarming and p2p swarming over the
+//!   flooding overlay, beside the textbook's lower bounds.
 //! - [`index_load`]: register, lookup and search throughput and latency of
 //!   the index server, and its memory per indexed file.
 //! - [`connections`]: non-persistent, persistent and pipelined fetches over
 //!   a link with user-space RTT and bandwidth, beside the lecture's model.
-//! - [`search_cost`]: messages, reach and hit rate per query: the index
-//!   measured, flooding on a random graph as a model.
+//! - [`search_cost`]: messages, reach and hit rate per query: the index and
+//!   flooding on real overlay nodes measured, flooding on a random graph as
+//!   a model.
 //! - [`report`]: CSV, plots (SVG and PNG) and progress lines.
 
 pub mod connections;

@@ -39,7 +39,7 @@ struct DistributionArgs {
     /// Size of the file distributed (e.g. 16MiB).
     #[arg(long, env = "LAB_FILE_SIZE", default_value = "16MiB", value_parser = parse_size)]
     file_size: u64,
-    /// Upload cap of the server (client-server) or seed (hybrid), e.g. 40MiB/s.
+    /// Upload cap of the server's store (client-server) or the seed (hybrid, p2p), e.g. 40MiB/s.
     #[arg(long, env = "LAB_SERVER_UP", default_value = "40MiB/s", value_parser = parse_rate)]
     server_up: u64,
     /// Upload cap of every downloading peer, e.g. 4MiB/s.
@@ -100,7 +100,7 @@ struct SearchCostArgs {
         default_value = "100,1000"
     )]
     ns: Vec<usize>,
-    /// Neighbours per node in the flooding graph.
+    /// Neighbours per node (the model's graph; the least the real overlay nodes keep).
     #[arg(long, env = "LAB_DEGREE", default_value_t = 4)]
     degree: usize,
     /// TTLs: a range like 1..7 or a list like 1,2,3.
@@ -112,6 +112,19 @@ struct SearchCostArgs {
     /// Queries per point.
     #[arg(long, env = "LAB_QUERIES", default_value_t = 200)]
     queries: usize,
+    /// Node counts for flooding measured on real overlay nodes in this
+    /// process (comma-separated). Each node is a full
+    /// p2p daemon, so keep these small on a small machine.
+    #[arg(
+        long = "overlay-n",
+        env = "LAB_OVERLAY_N",
+        value_delimiter = ',',
+        default_value = "100,300"
+    )]
+    overlay_ns: Vec<usize>,
+    /// Queries per TTL on the real overlay.
+    #[arg(long, env = "LAB_OVERLAY_QUERIES", default_value_t = 50)]
+    overlay_queries: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -161,7 +174,7 @@ enum Command {
         #[command(flatten)]
         out: OutArg,
     },
-    /// Messages, reach and hit rate per query: index (measured) and flooding (model).
+    /// Messages, reach and hit rate per query: index and flooding on real overlay nodes (measured), flooding on a random graph (model).
     SearchCost {
         #[command(flatten)]
         args: SearchCostArgs,
@@ -268,10 +281,17 @@ async fn search_cost(a: SearchCostArgs, out: PathBuf) -> anyhow::Result<()> {
         ttls: a.ttl.0,
         replication: a.replication.clamp(0.0, 1.0),
         queries: a.queries.max(1),
+        overlay_ns: a.overlay_ns,
+        overlay_queries: a.overlay_queries.max(1),
         out,
     };
     if config.ns.iter().any(|n| *n == 0 || *n > 1_000_000) {
         anyhow::bail!("--n takes node counts from 1 to 1000000");
+    }
+    if config.overlay_ns.iter().any(|n| *n < 2 || *n > 5_000) {
+        anyhow::bail!(
+            "--overlay-n takes node counts from 2 to 5000 (each is a real daemon in this process)"
+        );
     }
     let (w, _) = search_cost::run(&config).await?;
     report("search-cost", &w);

@@ -5,12 +5,19 @@
 //!   registered, each file held by `replicas` of them; every query is one
 //!   `Search` request and one answer, reaches the one node that knows every
 //!   peer's list, and is answered by a real round trip.
-//! - **flooding** (model): the Gnutella-style overlay (issue 3) is not in this
-//!   build, so flooding is simulated on a random graph of degree `degree`:
-//!   a node forwards a query it sees for the first time to every neighbour
-//!   but the sender while hops remain; duplicates are dropped but their
-//!   messages still count. Rows say `model` in their status; measuring the
-//!   real overlay needs the p2p mode.
+//! - **overlay** (measured): `n` real overlay nodes (`peer serve --mode p2p`
+//!   daemons) in this process on loopback, each joining through `degree / 2`
+//!   random earlier nodes and keeping at least `degree` neighbours; queries
+//!   from random nodes that do not hold the file, flooded with each TTL.
+//!   Messages are the query copies sent over overlay links (duplicates
+//!   included), as the searcher counts them from the answers
+//!   ([`peer::overlay::search`]); the `QueryHit`s' trips back are reported
+//!   apart. Run for `overlay_ns` (smaller than `ns` by default: a thousand
+//!   daemons in one process on 2 cores is too heavy).
+//! - **flooding model**: the same flooding simulated on a random graph of
+//!   degree `degree` (a node forwards a query it sees for the first time to
+//!   every neighbour but the sender while hops remain; duplicates are
+//!   dropped but their messages still count), for every `n`.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -33,6 +40,10 @@ pub struct Config {
     /// Share of nodes holding the searched file (at least one node).
     pub replication: f64,
     pub queries: usize,
+    /// Node counts for the measured overlay (real daemons).
+    pub overlay_ns: Vec<usize>,
+    /// Queries per TTL on the real overlay.
+    pub overlay_queries: usize,
     pub out: PathBuf,
 }
 
@@ -56,11 +67,14 @@ pub struct Row {
     pub reach: f64,
     pub hit_rate: f64,
     pub status: String,
+    /// Overlay only: `QueryHit` messages per query (their trips back).
+    pub hit_messages: f64,
 }
 
 pub async fn run(config: &Config) -> Result<(Written, Vec<Row>), LabError> {
     std::fs::create_dir_all(&config.out)?;
-    let bar = report::progress(config.ns.len() as u64 * 2, "search-cost");
+    let steps = config.ns.len() as u64 * 2 + config.overlay_ns.len() as u64;
+    let bar = report::progress(steps, "search-cost");
     let mut rows = Vec::new();
     for &n in &config.ns {
         bar.set_message(format!("index n={n}"));
@@ -74,24 +88,31 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Row>), LabError> {
                 reach: 1.0,
                 hit_rate,
                 status: status.clone(),
+                hit_messages: 0.0,
             });
         }
         bar.inc(1);
-        bar.set_message(format!("flooding n={n}"));
+    }
+    for &n in &config.overlay_ns {
+        bar.set_message(format!("overlay n={n} (real nodes)"));
+        rows.extend(overlay_queries(n, config).await?);
+        bar.inc(1);
+    }
+    for &n in &config.ns {
+        bar.set_message(format!("flooding model n={n}"));
         let graph = random_graph(n, config.degree, 0x9a11 + n as u64);
         for &ttl in &config.ttls {
             let (messages, reach, hit_rate) =
                 flood_stats(&graph, ttl, config, n as u64 + ttl as u64);
             rows.push(Row {
-                method: "flooding",
+                method: "flooding-model",
                 n,
                 ttl,
                 messages,
                 reach,
                 hit_rate,
-                status:
-                    "model: random graph; measuring the real overlay needs the p2p mode (issue 3)"
-                        .into(),
+                status: "model: flooding simulated on a random graph".into(),
+                hit_messages: 0.0,
             });
         }
         bar.inc(1);
@@ -99,6 +120,124 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Row>), LabError> {
     bar.finish_and_clear();
     let written = write_outputs(config, &rows)?;
     Ok((written, rows))
+}
+
+/// `n` real overlay nodes, the needle held by `replication` of them;
+/// `overlay_queries` searches per TTL from random nodes that lack it.
+async fn overlay_queries(n: usize, config: &Config) -> Result<Vec<Row>, LabError> {
+    let work = tempfile::tempdir()?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x0e7 ^ n as u64);
+    let holders = ((n as f64 * config.replication).round() as usize).clamp(1, n.max(1));
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rng);
+    let holder_set: Vec<usize> = order[..holders.min(n)].to_vec();
+    let needle = crate::distribution::pseudo_random(1000, 0xee);
+    let shutdown = CancellationToken::new();
+    let mut nodes: Vec<peer::Daemon> = Vec::new();
+    let join = (config.degree / 2).max(1);
+    for i in 0..n {
+        let share = work.path().join(format!("node{i}"));
+        std::fs::create_dir_all(&share)?;
+        std::fs::write(share.join(format!("filler {i}.txt")), format!("node {i}"))?;
+        if holder_set.contains(&i) {
+            std::fs::write(share.join("target needle.bin"), &needle)?;
+        }
+        let mut earlier: Vec<String> = nodes.iter().map(|d| d.listen_addr.to_string()).collect();
+        earlier.shuffle(&mut rng);
+        earlier.truncate(join);
+        let mut c = peer::ServeConfig::new(share, String::new());
+        c.listen = "127.0.0.1:0".parse().expect("valid address");
+        c.rescan_interval = std::time::Duration::from_secs(3600);
+        c.p2p = Some(peer::overlay::OverlayConfig {
+            neighbors: earlier,
+            degree: config.degree.max(1),
+            // Slow pings: hundreds of nodes pinging often would load the
+            // 2 cores the queries are measured on.
+            ping_interval: std::time::Duration::from_secs(2),
+            link_idle: std::time::Duration::from_secs(120),
+        });
+        nodes.push(
+            peer::serve::start(c, shutdown.clone())
+                .await
+                .map_err(LabError::setup)?,
+        );
+    }
+    // Let the degree keepers settle: every node at its degree (or 10 s).
+    let degree_of = |d: &peer::Daemon| d.overlay.as_ref().map_or(0, |o| o.neighbours().len());
+    let settle = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::time::Instant::now() < settle
+        && nodes
+            .iter()
+            .any(|d| degree_of(d) < config.degree.min(n - 1))
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let degrees: Vec<usize> = nodes.iter().map(degree_of).collect();
+    let mean_degree = degrees.iter().sum::<usize>() as f64 / n.max(1) as f64;
+    let min_degree = degrees.iter().copied().min().unwrap_or(0);
+
+    let origins: Vec<usize> = (0..n).filter(|i| !holder_set.contains(i)).collect();
+    if origins.is_empty() {
+        return Err(LabError::Setup(
+            "every overlay node holds the file: lower the replication".into(),
+        ));
+    }
+    let queries = config.overlay_queries.max(1);
+    let mut rows = Vec::new();
+    for &ttl in &config.ttls {
+        let (mut messages, mut hit_messages, mut reached, mut hits, mut incomplete) =
+            (0u64, 0u64, 0u64, 0u64, 0u64);
+        for _ in 0..queries {
+            // A node at its link limit turns a search client away as busy:
+            // search from another one then.
+            let mut attempt = 0;
+            let report = loop {
+                let origin = origins[rng.random_range(0..origins.len())];
+                let via = nodes[origin].listen_addr.to_string();
+                match peer::overlay::search(
+                    &via,
+                    vec!["needle".into()],
+                    ttl.min(255) as u8,
+                    std::time::Duration::from_secs(5),
+                )
+                .await
+                {
+                    Ok(r) => break r,
+                    Err(e) if attempt >= 20 => return Err(LabError::setup(e)),
+                    Err(_) => attempt += 1,
+                }
+            };
+            messages += report.query_messages;
+            hit_messages += report.hit_messages;
+            // The origin answers too; the model counts the others.
+            reached += report.nodes_reached.saturating_sub(1);
+            if !report.hits.is_empty() {
+                hits += 1;
+            }
+            if !report.complete {
+                incomplete += 1;
+            }
+        }
+        let q = queries as f64;
+        rows.push(Row {
+            method: "overlay",
+            n,
+            ttl,
+            messages: messages as f64 / q,
+            reach: reached as f64 / q / (n.max(2) - 1) as f64,
+            hit_rate: hits as f64 / q,
+            status: format!(
+                "measured: {n} real overlay nodes; degree mean {mean_degree:.1} min {min_degree}; \
+                 {queries} queries; {incomplete} not fully accounted for"
+            ),
+            hit_messages: hit_messages as f64 / q,
+        });
+    }
+    shutdown.cancel();
+    for d in nodes {
+        d.wait().await;
+    }
+    Ok(rows)
 }
 
 /// `n` sessions at a real index, `replicas` holding the target file;
@@ -258,11 +397,23 @@ fn write_outputs(config: &Config, rows: &[Row]) -> Result<Written, LabError> {
             name: format!("flooding model, n = {n}"),
             points: rows
                 .iter()
-                .filter(|r| r.method == "flooding" && r.n == n)
+                .filter(|r| r.method == "flooding-model" && r.n == n)
                 .map(|r| (r.ttl as f64, r.messages))
                 .collect(),
             line: true,
             color: COLORS[(k + 1) % COLORS.len()],
+        });
+    }
+    for (k, &n) in config.overlay_ns.iter().enumerate() {
+        series.push(Series {
+            name: format!("overlay measured, n = {n}"),
+            points: rows
+                .iter()
+                .filter(|r| r.method == "overlay" && r.n == n)
+                .map(|r| (r.ttl as f64, r.messages))
+                .collect(),
+            line: false,
+            color: COLORS[(config.ns.len() + k + 1) % COLORS.len()],
         });
     }
     series.push(Series {
@@ -289,17 +440,26 @@ fn write_outputs(config: &Config, rows: &[Row]) -> Result<Written, LabError> {
                 format!("{:.1}", r.messages),
                 format!("{:.1}%", r.reach * 100.0),
                 format!("{:.1}%", r.hit_rate * 100.0),
+                if r.method == "overlay" {
+                    format!("{:.1}", r.hit_messages)
+                } else {
+                    "-".into()
+                },
             ]
         })
         .collect();
     let mut md = format!(
         "# Search cost\n\nDegree {}, the searched file held by {:.1}% of the nodes (at least one), \
-         {} queries per point. **index**: measured on a real index server (one request, one \
-         answer, every registered peer known). **flooding**: a model on a random graph, not \
-         a measurement: the p2p overlay (issue 3) is not in this build.\n\n",
+         {} queries per point ({} on the real overlay). **index**: measured on a real index \
+         server (one request, one answer, every registered peer known). **overlay**: measured \
+         on real overlay nodes in this process (n = {:?}); messages are the query copies sent \
+         over overlay links, duplicates included; the QueryHits' trips back are the last \
+         column. **flooding-model**: flooding simulated on a random graph, not a measurement.\n\n",
         config.degree,
         config.replication * 100.0,
-        config.queries
+        config.queries,
+        config.overlay_queries,
+        config.overlay_ns,
     );
     md.push_str(&report::md_table(
         &[
@@ -309,6 +469,7 @@ fn write_outputs(config: &Config, rows: &[Row]) -> Result<Written, LabError> {
             "messages/query",
             "reached",
             "hit rate",
+            "hit messages/query",
         ],
         &md_rows,
     ));

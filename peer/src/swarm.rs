@@ -2,6 +2,12 @@
 //! it serves, lists it at the index as partial as soon as it starts, passes
 //! on every chunk it has verified, and keeps asking the index for new
 //! (partial) sources while the download runs.
+//!
+//! In pure p2p mode there is no index: [`Daemon::download_p2p`] finds the
+//! sources by flooding a search through the daemon's own overlay node, and
+//! finds the other downloaders the same way, by searching again every
+//! [`P2P_SOURCE_REFRESH`]: an overlay node answers a query from its partial
+//! holdings too.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +26,26 @@ use crate::serve::Daemon;
 
 /// How often a swarming download asks the index for new sources.
 pub const SOURCE_REFRESH: Duration = Duration::from_millis(200);
+
+/// How often a p2p swarming download floods its search again to find new
+/// (partial) sources; each search costs about one message per overlay link.
+pub const P2P_SOURCE_REFRESH: Duration = Duration::from_millis(300);
+
+/// How long one refresh search may wait for its answers.
+const P2P_REFRESH_WAIT: Duration = Duration::from_secs(2);
+
+/// Why a p2p swarming download failed.
+#[derive(Debug, thiserror::Error)]
+pub enum P2pSwarmError {
+    #[error("this daemon is not an overlay node (start it with the p2p mode)")]
+    NotInOverlay,
+    #[error(transparent)]
+    Search(#[from] crate::overlay::search::SearchError),
+    #[error("no node within {ttl} hops offers {id} (raise the TTL or check the neighbours)")]
+    NotFound { id: FileId, ttl: u8 },
+    #[error(transparent)]
+    Download(#[from] download::DownloadError),
+}
 
 impl Daemon {
     /// The addresses this daemon is known by, to leave out of its own sources.
@@ -113,6 +139,104 @@ impl Daemon {
         refresher.shutdown().await;
         let outcome = result?;
         // Share the finished file at once if it landed in the shared folder.
+        self.library.request_rescan();
+        Ok(outcome)
+    }
+}
+
+impl Daemon {
+    /// The p2p counterpart of [`Daemon::download`]: floods a search for `id`
+    /// (with hop limit `ttl`) through this daemon's own overlay node, then
+    /// downloads from every node that answered, complete or partial, while
+    /// serving the verified chunks and searching again every
+    /// [`P2P_SOURCE_REFRESH`] for nodes that started downloading since.
+    pub async fn download_p2p(
+        &self,
+        id: FileId,
+        ttl: u8,
+        out_dir: PathBuf,
+        mut engine: EngineConfig,
+        progress: Arc<Progress>,
+    ) -> Result<DownloadOutcome, P2pSwarmError> {
+        if self.overlay.is_none() {
+            return Err(P2pSwarmError::NotInOverlay);
+        }
+        if engine.download_limit.is_none() {
+            engine.download_limit = self.download_limit.clone();
+        }
+        let via = self.listen_addr.to_string();
+        let own = self.own_addrs();
+        let words = vec![id.to_hex()];
+        let sources_of = |report: &crate::overlay::SearchReport| -> Option<(String, Vec<String>)> {
+            let hit = report.hits.iter().find(|h| h.id == id.to_hex())?;
+            let sources = hit
+                .sources
+                .iter()
+                .filter(|a| !own.contains(a))
+                .cloned()
+                .collect();
+            Some((hit.name.clone(), sources))
+        };
+        let first = crate::overlay::search(&via, words.clone(), ttl, P2P_REFRESH_WAIT).await?;
+        let Some((name, sources)) = sources_of(&first).filter(|(_, s)| !s.is_empty()) else {
+            return Err(P2pSwarmError::NotFound { id, ttl });
+        };
+        let request = DownloadRequest {
+            id,
+            name,
+            sources,
+            out_dir,
+        };
+
+        let (feed_tx, feed_rx) = mpsc::channel(4);
+        let stop = self.shutdown_token().child_token();
+        let mut refresher = JoinSet::new();
+        {
+            let stop = stop.clone();
+            let own = own.clone();
+            refresher.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(P2P_SOURCE_REFRESH) => {}
+                    }
+                    let searched = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        r = crate::overlay::search(&via, words.clone(), ttl, P2P_REFRESH_WAIT) => r,
+                    };
+                    match searched {
+                        Ok(report) => {
+                            let fresh: Vec<String> = report
+                                .hits
+                                .iter()
+                                .filter(|h| h.id == id.to_hex())
+                                .flat_map(|h| h.sources.iter())
+                                .filter(|a| !own.contains(a))
+                                .cloned()
+                                .collect();
+                            if feed_tx.send(fresh).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "p2p source refresh failed; keeping the sources we have");
+                        }
+                    }
+                }
+            });
+        }
+        let result = download::download_swarm(
+            request,
+            engine,
+            progress,
+            Some(self.library.clone()),
+            Some(feed_rx),
+            stop.clone(),
+        )
+        .await;
+        stop.cancel();
+        refresher.shutdown().await;
+        let outcome = result?;
         self.library.request_rescan();
         Ok(outcome)
     }

@@ -15,6 +15,22 @@ const CHUNKS: usize = 16;
 /// copies and the downloaders upload to each other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloading_peers_serve_each_other_the_chunks_they_have() {
+    hybrid_swarm(test_engine()).await;
+}
+
+/// The same with a budget of two chunk requests in flight per download
+/// (the lab's swarm tuning, smaller): partial sources share the budget, the
+/// seed still gets one request whenever it is idle, and nothing deadlocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swarm_with_a_small_in_flight_budget_still_finishes_and_shares() {
+    hybrid_swarm(peer::EngineConfig {
+        max_in_flight: Some(2),
+        ..test_engine()
+    })
+    .await;
+}
+
+async fn hybrid_swarm(engine: peer::EngineConfig) {
     let index = start_index().await;
     let dir = tempfile::tempdir().unwrap();
     let data = random_bytes(CHUNKS * common::CHUNK_SIZE, 42);
@@ -34,7 +50,7 @@ async fn downloading_peers_serve_each_other_the_chunks_they_have() {
     let downloads = leechers.iter().map(|p| {
         let out = p.share.clone();
         p.daemon
-            .download(info.id, out, test_engine(), Arc::new(Progress::default()))
+            .download(info.id, out, engine.clone(), Arc::new(Progress::default()))
     });
     let outcomes = tokio::time::timeout(
         Duration::from_secs(60),
@@ -71,6 +87,88 @@ async fn downloading_peers_serve_each_other_the_chunks_they_have() {
         },
     )
     .await;
+    for p in leechers {
+        p.stop().await;
+    }
+    seed.stop().await;
+}
+
+/// The same in pure p2p mode: no index, the downloaders find the seed and
+/// each other by flooding searches through the overlay (a node answers from
+/// its partial holdings too), and pass chunks on to each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_downloaders_find_and_serve_each_other_through_the_overlay() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(CHUNKS * common::CHUNK_SIZE, 43);
+    let info = content_info(&data);
+    write_file(&dir.path().join("seed"), "swarm.bin", &data);
+    let mut seed_config = peer_config(&dir.path().join("seed"), "127.0.0.1:9");
+    seed_config.max_upload_rate = Some(2 * 1024 * 1024);
+    seed_config.p2p = Some(peer::overlay::OverlayConfig {
+        neighbors: Vec::new(),
+        degree: 4,
+        ping_interval: Duration::from_millis(100),
+        link_idle: Duration::from_secs(30),
+    });
+    let seed = start_peer_with(seed_config).await;
+    // A line: seed <- leech0 <- leech1 <- ...
+    let mut leechers: Vec<Peer> = Vec::new();
+    for i in 0..DOWNLOADERS {
+        let previous = leechers.last().map_or(seed.addr(), |p| p.addr());
+        let share = dir.path().join(format!("leech{i}"));
+        std::fs::create_dir_all(&share).unwrap();
+        leechers.push(start_p2p_node(&share, vec![previous], 4).await);
+    }
+    for (i, p) in leechers.iter().enumerate() {
+        let via = p.addr();
+        wait_until(
+            &format!("downloader {i} finds the seed through the overlay"),
+            Duration::from_secs(10),
+            || {
+                let via = via.clone();
+                async move {
+                    peer::overlay::search(&via, vec![info.id.to_hex()], 7, Duration::from_secs(2))
+                        .await
+                        .is_ok_and(|r| !r.hits.is_empty())
+                }
+            },
+        )
+        .await;
+    }
+    let downloads = leechers.iter().map(|p| {
+        let out = p.share.clone();
+        p.daemon.download_p2p(
+            info.id,
+            7,
+            out,
+            test_engine(),
+            Arc::new(Progress::default()),
+        )
+    });
+    let outcomes = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_join_all(downloads.collect()),
+    )
+    .await
+    .expect("swarm finished within 60 s");
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let outcome = outcome.unwrap_or_else(|e| panic!("downloader {i}: {e}"));
+        assert_eq!(
+            std::fs::read(&outcome.path).unwrap(),
+            data,
+            "copy {i} verifies"
+        );
+    }
+    let from_peers: u64 = leechers.iter().map(|p| p.chunks_served()).sum();
+    let from_seed = seed.chunks_served();
+    assert!(
+        from_peers > 0,
+        "downloaders uploaded nothing to each other (seed sent {from_seed} chunks)"
+    );
+    assert!(
+        from_seed < (DOWNLOADERS * CHUNKS) as u64,
+        "the seed sent every copy itself ({from_seed} chunks); no swarming"
+    );
     for p in leechers {
         p.stop().await;
     }

@@ -119,6 +119,11 @@ pub async fn write_limited<W: tokio::io::AsyncWrite + Unpin>(
             for piece in data.chunks(PIECE) {
                 limit.acquire(piece.len() as u64).await;
                 writer.write_all(piece).await?;
+                // Paid-for bytes go out now: left in a buffered writer they
+                // would wait for the next piece's tokens, and a chunk would
+                // reach its downloader (who can only pass it on once it is
+                // whole) up to a chunk's time late.
+                writer.flush().await?;
             }
             Ok(())
         }

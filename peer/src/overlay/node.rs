@@ -116,6 +116,11 @@ impl LocalNode for Local {
     fn file_count(&self) -> u32 {
         self.library.shared().len() as u32
     }
+    /// Complete files and, after them, files still downloading: a node
+    /// serves the chunks it has verified, so swarming downloaders find each
+    /// other by searching again (there is no index to list partial sources).
+    /// A downloader asks a partial source which chunks it holds before
+    /// requesting any.
     fn search(&self, words: &[String]) -> Vec<OverlayFile> {
         let mut out: Vec<OverlayFile> = self
             .library
@@ -129,6 +134,19 @@ impl LocalNode for Local {
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut partial: Vec<OverlayFile> = self
+            .library
+            .partial_listing()
+            .into_values()
+            .filter(|f| matches(words, &f.id, &f.name))
+            .map(|f| OverlayFile {
+                id: f.id,
+                name: f.name,
+                size: f.size,
+            })
+            .collect();
+        partial.sort_by(|a, b| a.name.cmp(&b.name));
+        out.extend(partial);
         out
     }
 }

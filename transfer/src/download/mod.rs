@@ -58,6 +58,13 @@ pub struct EngineConfig {
     /// How often a partial source (one still downloading) is asked again
     /// which chunks it holds.
     pub have_refresh: Duration,
+    /// Most chunk requests in flight over all sources at once (none: only
+    /// `pipeline_depth` per source). In a swarm with many slow sources,
+    /// pipelines everywhere would request the whole file at once, chunks
+    /// chosen from stale availability and queued behind everybody else's at
+    /// slow uploaders; a small budget makes each request late and sends it
+    /// to whichever source answers first, so fast sources get more.
+    pub max_in_flight: Option<usize>,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +78,7 @@ impl Default for EngineConfig {
             verifier_threads: 2,
             download_limit: None,
             have_refresh: Duration::from_millis(250),
+            max_in_flight: None,
         }
     }
 }
@@ -172,6 +180,39 @@ pub(crate) struct Shared {
     /// Cancelled when chunk requests may start.
     started: CancellationToken,
     bytes_received: AtomicU64,
+    /// Chunk requests in flight over all sources (for `max_in_flight`).
+    pub(crate) in_flight: AtomicUsize,
+    /// Woken when a request in flight is answered or given back.
+    in_flight_freed: Notify,
+}
+
+impl Shared {
+    /// Takes one unit of the in-flight budget; false when it is spent.
+    pub(crate) fn take_request(&self) -> bool {
+        let Some(cap) = self.config.max_in_flight else {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            return true;
+        };
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap.max(1)).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back a unit taken for a request that was not made (no wake-up:
+    /// nothing new became possible).
+    pub(crate) fn untake_request(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Gives back `n` units of the in-flight budget.
+    pub(crate) fn give_back(&self, n: usize) {
+        if n > 0 {
+            self.in_flight.fetch_sub(n, Ordering::AcqRel);
+            self.in_flight_freed.notify_waiters();
+        }
+    }
 }
 
 /// What the verifier threads share.
@@ -409,6 +450,8 @@ pub async fn download_swarm(
         ready_changed: Notify::new(),
         started: CancellationToken::new(),
         bytes_received: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+        in_flight_freed: Notify::new(),
     });
     let mut workers = JoinSet::new();
     for (i, addr) in sources.iter().enumerate() {

@@ -188,12 +188,15 @@ pub(super) async fn run(
     let mut inflight: VecDeque<Pending> = VecDeque::new();
     let result = fetch_loop(&shared, index, &addr, &mut inflight).await;
     shared.scheduler.forget(index);
-    shared
-        .scheduler
-        .release(inflight.drain(..).filter_map(|p| match p {
+    let unanswered: Vec<u32> = inflight
+        .drain(..)
+        .filter_map(|p| match p {
             Pending::Chunk(c) => Some(c),
             Pending::Have => None,
-        }));
+        })
+        .collect();
+    shared.give_back(unanswered.len());
+    shared.scheduler.release(unanswered);
     result
 }
 
@@ -242,6 +245,15 @@ async fn fetch_loop(
             last_have = tokio::time::Instant::now();
         }
         while chunks_inflight < depth {
+            // A complete source (a seed, a finished peer) is never left
+            // idle for the budget: one request may go beyond it.
+            let beyond_budget_ok = have.is_none() && chunks_inflight == 0;
+            if !shared.take_request() {
+                if !beyond_budget_ok {
+                    break;
+                }
+                shared.in_flight.fetch_add(1, Ordering::AcqRel);
+            }
             let available = |i: u32| have.as_ref().is_none_or(|b| bit_is_set(b, i));
             match shared
                 .scheduler
@@ -249,11 +261,14 @@ async fn fetch_loop(
             {
                 Pick::Chunk(c) => {
                     tracing::trace!(source = index, chunk = c, "requesting");
-                    conn.queue(&PeerRequest::Chunk { id, index: c }).await?;
                     inflight.push_back(Pending::Chunk(c));
                     chunks_inflight += 1;
+                    conn.queue(&PeerRequest::Chunk { id, index: c }).await?;
                 }
-                Pick::Wait | Pick::Finished => break,
+                Pick::Wait | Pick::Finished => {
+                    shared.untake_request();
+                    break;
+                }
             }
         }
         if inflight.is_empty() {
@@ -263,8 +278,10 @@ async fn fetch_loop(
             // Nothing for us now: wait for released chunks (or, for a partial
             // source, for it to get more), then look again.
             let waiting = shared.scheduler.changed.notified();
+            let freed = shared.in_flight_freed.notified();
             tokio::select! {
                 _ = waiting => {}
+                _ = freed => {}
                 _ = tokio::time::sleep(refresh) => {
                     if have.is_some() {
                         have = conn.have(id, &shared.info).await?;
@@ -303,6 +320,7 @@ async fn fetch_loop(
                 let mut data = vec![0u8; len as usize];
                 conn.raw(&mut data).await?;
                 inflight.pop_front();
+                shared.give_back(1);
                 shared.scheduler.received(i);
                 shared
                     .bytes_received
