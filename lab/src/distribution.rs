@@ -67,6 +67,8 @@ pub struct Config {
     pub peer_down: Option<u64>,
     pub modes: Vec<Mode>,
     pub out: PathBuf,
+    /// Real `index-server` and `peer` processes instead of in-process tasks.
+    pub processes: bool,
 }
 
 /// The textbook's lower bounds, in seconds.
@@ -142,10 +144,29 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
             bar.set_message(format!("{} N={n}", mode.name()));
             let (bound_cs, bound_p2p) = bounds(*n, f, us, u, dmin);
             let run_dir = work.path().join(format!("{}-{n}-{k}", mode.name()));
-            let measured = match mode {
-                Mode::ClientServer => client_server(config, *n, id, &seed_dir, &run_dir).await,
-                Mode::Hybrid => hybrid(config, *n, id, &seed_dir, &run_dir).await,
-                Mode::P2p => p2p(config, *n, id, &seed_dir, &run_dir).await,
+            let measured = if config.processes {
+                let seconds = match mode {
+                    Mode::ClientServer => {
+                        crate::processes::client_server(config, *n, id, &seed_dir, &run_dir).await
+                    }
+                    Mode::Hybrid => {
+                        crate::processes::swarm(config, *n, id, &seed_dir, &run_dir, false).await
+                    }
+                    Mode::P2p => {
+                        crate::processes::swarm(config, *n, id, &seed_dir, &run_dir, true).await
+                    }
+                };
+                seconds.map(|seconds| Measured {
+                    seconds,
+                    seed_bytes: 0,
+                    peer_bytes: 0,
+                })
+            } else {
+                match mode {
+                    Mode::ClientServer => client_server(config, *n, id, &seed_dir, &run_dir).await,
+                    Mode::Hybrid => hybrid(config, *n, id, &seed_dir, &run_dir).await,
+                    Mode::P2p => p2p(config, *n, id, &seed_dir, &run_dir).await,
+                }
             };
             let run = match measured {
                 Ok(m) => Run {

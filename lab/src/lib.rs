@@ -20,6 +20,7 @@
 pub mod connections;
 pub mod distribution;
 pub mod index_load;
+pub mod processes;
 pub mod report;
 pub mod search_cost;
 

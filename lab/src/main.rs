@@ -56,6 +56,11 @@ struct DistributionArgs {
         default_value = "client-server,hybrid,p2p"
     )]
     modes: Vec<Mode>,
+    /// Run real `index-server` and `peer` processes (from the lab binary's
+    /// folder) instead of tasks in this process; upload counters are then
+    /// not collected.
+    #[arg(long, env = "LAB_PROCESSES")]
+    processes: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -207,6 +212,7 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
         peer_down: a.peer_down,
         modes: a.modes,
         out,
+        processes: a.processes,
     };
     if config.ns.is_empty() || config.ns.iter().any(|n| *n == 0 || *n > 256) {
         anyhow::bail!("--n takes peer counts from 1 to 256");

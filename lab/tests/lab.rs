@@ -46,6 +46,7 @@ async fn distribution_tiny() {
             distribution::Mode::P2p,
         ],
         out: out(dir.path()),
+        processes: false,
     };
     let (w, runs) = distribution::run(&config).await.unwrap();
     check(&w, distribution::CSV_COLUMNS, 6);

@@ -130,6 +130,12 @@ enum Command {
         ping_interval: Duration,
         #[command(flatten)]
         rates: RateArgs,
+        /// Fetch this file (a 64-digit id) into the shared folder while
+        /// serving: its verified chunks are passed on to other peers at
+        /// once (swarming), and the finished file is shared. Repeat the flag
+        /// (or separate ids with commas in PEER_FETCH) for several.
+        #[arg(long = "fetch", env = "PEER_FETCH", value_delimiter = ',')]
+        fetch: Vec<common::id::FileId>,
     },
     /// Search the index for files whose name contains every WORD.
     Search {
@@ -300,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             degree,
             ping_interval,
             rates,
+            fetch,
         } => {
             let shutdown = shutdown_on_signals()?;
             let mut config = peer::ServeConfig::new(share, index.index);
@@ -325,6 +332,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             config.max_uploads = max_uploads;
             config.max_upload_rate = rates.max_upload_rate;
             config.max_download_rate = rates.max_download_rate;
+            config.fetch = fetch;
             peer::serve::run(config, shutdown).await?;
             Ok(0)
         }

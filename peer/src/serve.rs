@@ -52,6 +52,9 @@ pub struct ServeConfig {
     pub max_upload_rate: Option<u64>,
     /// Cap on the total rate of the downloads this daemon does, bytes per second.
     pub max_download_rate: Option<u64>,
+    /// Files to fetch into the shared folder while serving (swarming): the
+    /// verified chunks are served at once, the finished file is shared.
+    pub fetch: Vec<common::id::FileId>,
 }
 
 impl ServeConfig {
@@ -73,6 +76,7 @@ impl ServeConfig {
             p2p: None,
             max_upload_rate: None,
             max_download_rate: None,
+            fetch: Vec::new(),
         }
     }
 }
@@ -277,17 +281,34 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
 /// refuses it for good (a nickname clash at start), which is an error.
 pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(), ServeError> {
     let daemon_shutdown = shutdown.child_token();
+    let fetch = config.fetch.clone();
     let daemon = start(config, daemon_shutdown.clone()).await?;
     let mut registration = daemon.registration.clone();
-    let refused = tokio::select! {
-        _ = shutdown.cancelled() => None,
-        state = registration.wait_for(|s| matches!(s, RegistrationState::Refused(_))) => {
-            match state.as_deref() {
-                Ok(RegistrationState::Refused(message)) => Some(message.clone()),
-                _ => None,
+    let watch_refusal = async {
+        tokio::select! {
+            _ = shutdown.cancelled() => None,
+            state = registration.wait_for(|s| matches!(s, RegistrationState::Refused(_))) => {
+                match state.as_deref() {
+                    Ok(RegistrationState::Refused(message)) => Some(message.clone()),
+                    // No registrar (p2p mode): nothing can be refused; run until shutdown.
+                    _ => {
+                        shutdown.cancelled().await;
+                        None
+                    }
+                }
             }
         }
     };
+    tokio::pin!(watch_refusal);
+    let mut fetching = Box::pin(crate::swarm::fetch_into_share(&daemon, &fetch));
+    let mut fetched = fetch.is_empty();
+    let refused = loop {
+        tokio::select! {
+            r = &mut watch_refusal => break r,
+            _ = &mut fetching, if !fetched => fetched = true,
+        }
+    };
+    drop(fetching);
     if refused.is_some() {
         daemon_shutdown.cancel();
     }

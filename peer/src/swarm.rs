@@ -241,3 +241,82 @@ impl Daemon {
         Ok(outcome)
     }
 }
+
+/// The engine settings for swarming downloads: short pipelines and a small
+/// budget of requests in flight over all sources, so that chunks spread
+/// through the swarm instead of every downloader queueing for the seed
+/// (measured by the lab: about 1.3x the P2P bound at N = 32, against 1.6x
+/// without the budget).
+pub fn swarm_engine() -> EngineConfig {
+    EngineConfig {
+        pipeline_depth: 2,
+        max_sources: 64,
+        stall_timeout: Duration::from_secs(30),
+        have_refresh: Duration::from_millis(100),
+        max_in_flight: Some(12),
+        ..EngineConfig::default()
+    }
+}
+
+/// How long `peer serve --fetch` keeps looking for a file nobody offers yet.
+const FETCH_PATIENCE: Duration = Duration::from_secs(600);
+
+/// Fetches each id into the daemon's shared folder, one after the other,
+/// while the daemon serves (`peer serve --fetch`). A file nobody offers yet
+/// (or an overlay still forming) is looked for again every second for up to
+/// ten minutes; a failure is logged and the daemon goes on serving.
+pub async fn fetch_into_share(daemon: &crate::Daemon, ids: &[FileId]) {
+    let out_dir = daemon.library.root().to_path_buf();
+    let stop = daemon.shutdown_token();
+    for id in ids {
+        let give_up = tokio::time::Instant::now() + FETCH_PATIENCE;
+        tracing::info!(%id, folder = %out_dir.display(), "fetching into the shared folder");
+        // A flooding search from a node with no neighbour yet finds nothing:
+        // wait for the overlay to form first.
+        if let Some(overlay) = &daemon.overlay {
+            while overlay.neighbours().is_empty() && tokio::time::Instant::now() < give_up {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+        loop {
+            let progress = Arc::new(Progress::default());
+            let result = if daemon.overlay.is_some() {
+                daemon
+                    .download_p2p(
+                        *id,
+                        crate::overlay::DEFAULT_TTL,
+                        out_dir.clone(),
+                        swarm_engine(),
+                        progress,
+                    )
+                    .await
+                    .map_err(|e| (matches!(e, P2pSwarmError::NotFound { .. }), e.to_string()))
+            } else {
+                daemon
+                    .download(*id, out_dir.clone(), swarm_engine(), progress)
+                    .await
+                    .map_err(|e| (matches!(e, GetError::IdNotFound(_)), e.to_string()))
+            };
+            match result {
+                Ok(outcome) => {
+                    tracing::info!(%id, path = %outcome.path.display(), sources = outcome.sources_used, "fetched; now shared");
+                    break;
+                }
+                Err((not_yet, message)) => {
+                    if !not_yet || tokio::time::Instant::now() > give_up {
+                        tracing::warn!(%id, error = %message, "could not fetch; still serving");
+                        break;
+                    }
+                    tracing::debug!(%id, error = %message, "not offered yet; looking again");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
