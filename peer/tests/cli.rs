@@ -399,3 +399,74 @@ async fn a_full_disk_is_a_clear_error_and_nothing_lands_under_the_final_name() {
     );
     stop_index.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_fetch_downloads_into_the_share_and_shares_it() {
+    let (index, stop_index) = start_index().await;
+    let data = random_bytes(6 * common::CHUNK_SIZE + 3, 6);
+    let info = content_info(&data);
+    let source = fake::start(data.clone(), Behaviour::OnlyFirst(u32::MAX)).await;
+    let file = SharedFile {
+        id: info.id,
+        name: "album.flac".into(),
+        size: data.len() as u64,
+    };
+    let _registration = register_source(&index, &source.addr_string(), file).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = Command::new(PEER)
+        .args([
+            "serve",
+            "--share",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--index",
+            &index,
+            "--nick",
+            "fetcher",
+            "--fetch",
+            &info.id.to_hex(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let target = dir.path().join("album.flac");
+    wait_for("the fetched file in the share", || {
+        std::fs::read(&target).is_ok_and(|b| b == data)
+    })
+    .await;
+    // Once complete it is shared: the index lists the daemon as a source too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = peer::index_client::IndexClient::connect(&index)
+            .await
+            .unwrap();
+        let sources = c
+            .lookup(info.id)
+            .await
+            .unwrap()
+            .map(|(_, _, s)| s)
+            .unwrap_or_default();
+        if sources.iter().any(|s| s.nick.as_deref() == Some("fetcher")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fetched file was not shared: {sources:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || daemon.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    stop_index.cancel();
+}
