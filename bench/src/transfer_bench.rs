@@ -122,46 +122,10 @@ pub async fn transfer(size: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
     std::fs::remove_file(&copy)?;
 
     // Ours: a real peer serving the file, the engine fetching, verifying and writing it.
-    let index = index_server::Server::bind(index_server::Config {
-        listen: "127.0.0.1:0".parse()?,
-        ..Default::default()
-    })
-    .await?;
-    let index_addr = index.local_addr().to_string();
-    let stop = CancellationToken::new();
-    let index_task = tokio::spawn(index.run(stop.clone()));
-    let mut config = peer::ServeConfig::new(share.clone(), index_addr);
-    config.listen = "127.0.0.1:0".parse()?;
-    let daemon = peer::serve::start(config, stop.clone()).await?;
-    let id = daemon
-        .library
-        .shared()
-        .keys()
-        .next()
-        .copied()
-        .context("file not shared")?;
-    let out = dir.join("out");
-    let _ = std::fs::remove_dir_all(&out);
-    let start = Instant::now();
-    let outcome = transfer::download::download(
-        transfer::DownloadRequest {
-            id,
-            name: "payload.bin".into(),
-            sources: vec![daemon.listen_addr.to_string()],
-            out_dir: out.clone(),
-        },
-        transfer::EngineConfig::default(),
-        Arc::new(transfer::Progress::default()),
-        None,
-        CancellationToken::new(),
-    )
-    .await?;
-    let ours = gbps(size, start.elapsed().as_secs_f64());
-    anyhow::ensure!(outcome.size == size, "size mismatch");
-    stop.cancel();
-    daemon.wait().await;
-    let _ = index_task.await;
-    std::fs::remove_dir_all(&out)?;
+    let sources = Sources::start(vec![share.clone()], None).await?;
+    let secs = sources.fetch_all(&dir.join("out"), size).await?;
+    let ours = gbps(size, secs);
+    sources.stop().await;
 
     println!("| one source, {} MiB, verified and written (fsync) | {ours:.2} GB/s | single-core SHA-256 {sha:.2} GB/s | {:.2} (target >= 0.85) |", size >> 20, ours / sha);
     println!("| same | {ours:.2} GB/s | loopback TCP copy + sha256sum {baseline:.2} GB/s | {:.2} (target >= 1.0) |", ours / baseline);
@@ -210,57 +174,18 @@ pub async fn capped(
     dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let (dir, _guard) = scratch(dir)?;
-    let index = index_server::Server::bind(index_server::Config {
-        listen: "127.0.0.1:0".parse()?,
-        ..Default::default()
-    })
-    .await?;
-    let index_addr = index.local_addr().to_string();
-    let stop = CancellationToken::new();
-    let index_task = tokio::spawn(index.run(stop.clone()));
-    let mut daemons = Vec::new();
+    let mut shares = Vec::new();
     for i in 0..sources {
         let share = dir.join(format!("source-{i}"));
         std::fs::create_dir_all(&share)?;
         write_file(&share.join("payload.bin"), size, 9)?;
-        let mut config = peer::ServeConfig::new(share, index_addr.clone());
-        config.listen = "127.0.0.1:0".parse()?;
-        config.nick = Some(format!("source{i}"));
-        config.max_upload_rate = Some(cap);
-        daemons.push(peer::serve::start(config, stop.clone()).await?);
+        shares.push(share);
     }
-    let id = daemons[0]
-        .library
-        .shared()
-        .keys()
-        .next()
-        .copied()
-        .context("file not shared")?;
-    let out = dir.join("out");
-    let _ = std::fs::remove_dir_all(&out);
-    let start = Instant::now();
-    transfer::download::download(
-        transfer::DownloadRequest {
-            id,
-            name: "payload.bin".into(),
-            sources: daemons.iter().map(|d| d.listen_addr.to_string()).collect(),
-            out_dir: out.clone(),
-        },
-        transfer::EngineConfig::default(),
-        Arc::new(transfer::Progress::default()),
-        None,
-        CancellationToken::new(),
-    )
-    .await?;
-    let secs = start.elapsed().as_secs_f64();
+    let bed = Sources::start(shares, Some(cap)).await?;
+    let secs = bed.fetch_all(&dir.join("out"), size).await?;
+    bed.stop().await;
     let measured = size as f64 / secs;
     let caps = (cap * sources as u64) as f64;
-    stop.cancel();
-    for d in daemons {
-        d.wait().await;
-    }
-    let _ = index_task.await;
-    std::fs::remove_dir_all(&out)?;
     println!(
         "| {sources} sources capped at {:.0} MB/s each, {} MiB | {:.1} MB/s | sum of caps {:.1} MB/s | {:.2} (target >= 0.9) |",
         cap as f64 / 1e6,
@@ -270,4 +195,81 @@ pub async fn capped(
         measured / caps
     );
     Ok(())
+}
+
+/// An index and one sharing daemon per folder on loopback, each folder
+/// holding the same `payload.bin`.
+struct Sources {
+    stop: CancellationToken,
+    index_task: tokio::task::JoinHandle<Result<(), index_server::ServerError>>,
+    daemons: Vec<peer::Daemon>,
+}
+
+impl Sources {
+    async fn start(shares: Vec<PathBuf>, upload_cap: Option<u64>) -> anyhow::Result<Sources> {
+        let index = index_server::Server::bind(index_server::Config {
+            listen: "127.0.0.1:0".parse()?,
+            ..Default::default()
+        })
+        .await?;
+        let index_addr = index.local_addr().to_string();
+        let stop = CancellationToken::new();
+        let index_task = tokio::spawn(index.run(stop.clone()));
+        let mut daemons = Vec::new();
+        for (i, share) in shares.into_iter().enumerate() {
+            let mut config = peer::ServeConfig::new(share, index_addr.clone());
+            config.listen = "127.0.0.1:0".parse()?;
+            config.nick = Some(format!("source{i}"));
+            config.max_upload_rate = upload_cap;
+            daemons.push(peer::serve::start(config, stop.clone()).await?);
+        }
+        Ok(Sources {
+            stop,
+            index_task,
+            daemons,
+        })
+    }
+
+    /// Downloads the payload from every source into `out` (then removes
+    /// it); returns the seconds the verified download took.
+    async fn fetch_all(&self, out: &Path, size: u64) -> anyhow::Result<f64> {
+        let id = self.daemons[0]
+            .library
+            .shared()
+            .keys()
+            .next()
+            .copied()
+            .context("file not shared")?;
+        let _ = std::fs::remove_dir_all(out);
+        let start = Instant::now();
+        let outcome = transfer::download::download(
+            transfer::DownloadRequest {
+                id,
+                name: "payload.bin".into(),
+                sources: self
+                    .daemons
+                    .iter()
+                    .map(|d| d.listen_addr.to_string())
+                    .collect(),
+                out_dir: out.to_path_buf(),
+            },
+            transfer::EngineConfig::default(),
+            Arc::new(transfer::Progress::default()),
+            None,
+            CancellationToken::new(),
+        )
+        .await?;
+        let secs = start.elapsed().as_secs_f64();
+        anyhow::ensure!(outcome.size == size, "size mismatch");
+        std::fs::remove_dir_all(out)?;
+        Ok(secs)
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for d in self.daemons {
+            d.wait().await;
+        }
+        let _ = self.index_task.await;
+    }
 }

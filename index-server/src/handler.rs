@@ -66,6 +66,29 @@ pub fn request_kind(request: &IndexRequest) -> &'static str {
     }
 }
 
+/// The session of a logged-in connection sending a batch of `len` entries,
+/// or the refusal to answer.
+fn batch_session(
+    conn: &Connection,
+    len: usize,
+    action: &str,
+    what: &str,
+) -> Result<SessionId, IndexResponse> {
+    let Some(session) = conn.session else {
+        return Err(error(
+            ErrorCode::NotLoggedIn,
+            format!("log in before {action}"),
+        ));
+    };
+    if len > MAX_FILES_PER_BATCH {
+        return Err(error(
+            ErrorCode::TooMany,
+            format!("at most {MAX_FILES_PER_BATCH} {what} per batch"),
+        ));
+    }
+    Ok(session)
+}
+
 /// Handles one request. Pure apart from the index state it is given.
 pub fn handle(
     index: &Index,
@@ -119,15 +142,10 @@ pub fn handle(
             }
         }
         IndexRequest::AddFiles { files } => {
-            let Some(session) = conn.session else {
-                return error(ErrorCode::NotLoggedIn, "log in before adding files");
+            let session = match batch_session(conn, files.len(), "adding files", "files") {
+                Ok(session) => session,
+                Err(refusal) => return refusal,
             };
-            if files.len() > MAX_FILES_PER_BATCH {
-                return error(
-                    ErrorCode::TooMany,
-                    format!("at most {MAX_FILES_PER_BATCH} files per batch"),
-                );
-            }
             match index.add_files(session, files, now) {
                 Ok(outcome) => IndexResponse::Ack {
                     count: outcome.added,
@@ -136,15 +154,10 @@ pub fn handle(
             }
         }
         IndexRequest::RemoveFiles { ids } => {
-            let Some(session) = conn.session else {
-                return error(ErrorCode::NotLoggedIn, "log in before removing files");
+            let session = match batch_session(conn, ids.len(), "removing files", "ids") {
+                Ok(session) => session,
+                Err(refusal) => return refusal,
             };
-            if ids.len() > MAX_FILES_PER_BATCH {
-                return error(
-                    ErrorCode::TooMany,
-                    format!("at most {MAX_FILES_PER_BATCH} ids per batch"),
-                );
-            }
             match index.remove_files(session, &ids, now) {
                 Ok(count) => IndexResponse::Ack { count },
                 Err(e) => state_error(e),
@@ -211,15 +224,10 @@ pub fn handle(
             }
         }
         IndexRequest::AddPartial { files } => {
-            let Some(session) = conn.session else {
-                return error(ErrorCode::NotLoggedIn, "log in before adding files");
+            let session = match batch_session(conn, files.len(), "adding files", "files") {
+                Ok(session) => session,
+                Err(refusal) => return refusal,
             };
-            if files.len() > MAX_FILES_PER_BATCH {
-                return error(
-                    ErrorCode::TooMany,
-                    format!("at most {MAX_FILES_PER_BATCH} files per batch"),
-                );
-            }
             match index.add_partial(session, files, now) {
                 Ok(outcome) => IndexResponse::Ack {
                     count: outcome.added,

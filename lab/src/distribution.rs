@@ -460,42 +460,8 @@ async fn p2p(
     for p in &peers {
         wait_reachable(p, id).await?;
     }
-    let started = Instant::now();
-    let mut downloads = tokio::task::JoinSet::new();
-    for p in &peers {
-        let p = p.clone();
-        let engine = swarm_engine(config);
-        downloads.spawn(async move {
-            let out = p.library.root().to_path_buf();
-            p.download_p2p(id, P2P_TTL, out, engine, Arc::new(Progress::default()))
-                .await
-        });
-    }
-    let mut failure = None;
-    while let Some(done) = downloads.join_next().await {
-        match done {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => failure = Some(e.to_string()),
-            Err(e) => failure = Some(e.to_string()),
-        }
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let bytes = |d: &peer::Daemon| d.uploads.bytes.load(std::sync::atomic::Ordering::Relaxed);
-    let seed_bytes = bytes(&seed);
-    let peer_bytes = peers.iter().map(|p| bytes(p)).sum();
-    let mut all = vec![seed];
-    for p in peers {
-        all.push(Arc::into_inner(p).ok_or_else(|| LabError::Setup("peer still in use".into()))?);
-    }
-    stop_daemons(all, shutdown).await;
-    if let Some(f) = failure {
-        return Err(LabError::Setup(format!("a download failed: {f}")));
-    }
-    Ok(Measured {
-        seconds,
-        seed_bytes,
-        peer_bytes,
-    })
+    let measured = swarm_all(config, id, seed, peers, true, shutdown).await;
+    measured
 }
 
 async fn hybrid(
@@ -524,6 +490,23 @@ async fn hybrid(
     for p in &peers {
         wait_registered(p, 0).await?;
     }
+    let measured = swarm_all(config, id, seed, peers, false, shutdown).await;
+    index_stop.cancel();
+    let _ = index_task.await;
+    measured
+}
+
+/// Starts every peer's swarming download at once (through the index, or
+/// through the overlay when `p2p`), times them until the last one is done,
+/// reads the upload counters and stops the daemons.
+async fn swarm_all(
+    config: &Config,
+    id: FileId,
+    seed: peer::Daemon,
+    peers: Vec<Arc<peer::Daemon>>,
+    p2p: bool,
+    shutdown: CancellationToken,
+) -> Result<Measured, LabError> {
     let started = Instant::now();
     let mut downloads = tokio::task::JoinSet::new();
     for p in &peers {
@@ -531,15 +514,25 @@ async fn hybrid(
         let engine = swarm_engine(config);
         downloads.spawn(async move {
             let out = p.library.root().to_path_buf();
-            p.download(id, out, engine, Arc::new(Progress::default()))
-                .await
+            let progress = Arc::new(Progress::default());
+            if p2p {
+                p.download_p2p(id, P2P_TTL, out, engine, progress)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                p.download(id, out, engine, progress)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
         });
     }
     let mut failure = None;
     while let Some(done) = downloads.join_next().await {
         match done {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => failure = Some(e.to_string()),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
             Err(e) => failure = Some(e.to_string()),
         }
     }
@@ -552,8 +545,6 @@ async fn hybrid(
         all.push(Arc::into_inner(p).ok_or_else(|| LabError::Setup("peer still in use".into()))?);
     }
     stop_daemons(all, shutdown).await;
-    index_stop.cancel();
-    let _ = index_task.await;
     if let Some(f) = failure {
         return Err(LabError::Setup(format!("a download failed: {f}")));
     }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::id::FileId;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::download::{self, DownloadOutcome, DownloadRequest, EngineConfig, Progress};
@@ -67,24 +68,16 @@ impl Daemon {
         &self,
         id: FileId,
         out_dir: PathBuf,
-        mut engine: EngineConfig,
+        engine: EngineConfig,
         progress: Arc<Progress>,
     ) -> Result<DownloadOutcome, GetError> {
-        if engine.download_limit.is_none() {
-            engine.download_limit = self.download_limit.clone();
-        }
         let mut client = IndexClient::connect(&self.index).await?;
         let Some(found) = client.swarm_lookup(id).await? else {
             return Err(GetError::IdNotFound(id));
         };
         let own = self.own_addrs();
-        let addrs = |f: &crate::index_client::SwarmFound| -> Vec<String> {
-            f.complete
-                .iter()
-                .chain(&f.partial)
-                .map(|s| s.addr.clone())
-                .filter(|a| !own.contains(a))
-                .collect()
+        let addrs = move |f: &crate::index_client::SwarmFound| -> Vec<String> {
+            others(&own, f.complete.iter().chain(&f.partial).map(|s| &s.addr))
         };
         let request = DownloadRequest {
             id,
@@ -92,40 +85,49 @@ impl Daemon {
             sources: addrs(&found),
             out_dir,
         };
-
-        let (feed_tx, feed_rx) = mpsc::channel(4);
-        let stop = self.shutdown_token().child_token();
-        let mut refresher = JoinSet::new();
-        {
-            let (stop, own) = (stop.clone(), own.clone());
-            refresher.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(SOURCE_REFRESH) => {}
-                    }
-                    match client.swarm_lookup(id).await {
-                        Ok(Some(found)) => {
-                            let fresh: Vec<String> = found
-                                .complete
-                                .iter()
-                                .chain(&found.partial)
-                                .map(|s| s.addr.clone())
-                                .filter(|a| !own.contains(a))
-                                .collect();
-                            if feed_tx.send(fresh).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(None) => {}
-                        Err(e) => {
-                            debug!(error = %e, "source refresh failed; keeping the sources we have");
+        let refresh = |feed: mpsc::Sender<Vec<String>>, stop: CancellationToken| async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(SOURCE_REFRESH) => {}
+                }
+                match client.swarm_lookup(id).await {
+                    Ok(Some(found)) => {
+                        if feed.send(addrs(&found)).await.is_err() {
                             return;
                         }
                     }
+                    Ok(None) => {}
+                    Err(e) => {
+                        debug!(error = %e, "source refresh failed; keeping the sources we have");
+                        return;
+                    }
                 }
-            });
+            }
+        };
+        Ok(self.swarm(request, engine, progress, refresh).await?)
+    }
+
+    /// Runs a swarming download while `refresh` (given the feed of new
+    /// sources and a stop token) looks for more, then shares the result.
+    async fn swarm<R, Fut>(
+        &self,
+        request: DownloadRequest,
+        mut engine: EngineConfig,
+        progress: Arc<Progress>,
+        refresh: R,
+    ) -> Result<DownloadOutcome, download::DownloadError>
+    where
+        R: FnOnce(mpsc::Sender<Vec<String>>, CancellationToken) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if engine.download_limit.is_none() {
+            engine.download_limit = self.download_limit.clone();
         }
+        let (feed_tx, feed_rx) = mpsc::channel(4);
+        let stop = self.shutdown_token().child_token();
+        let mut refresher = JoinSet::new();
+        refresher.spawn(refresh(feed_tx, stop.clone()));
         let result = download::download_swarm(
             request,
             engine,
@@ -144,6 +146,11 @@ impl Daemon {
     }
 }
 
+/// The addresses in `addrs` that are not this daemon's own.
+fn others<'a>(own: &[String], addrs: impl Iterator<Item = &'a String>) -> Vec<String> {
+    addrs.filter(|a| !own.contains(a)).cloned().collect()
+}
+
 impl Daemon {
     /// The p2p counterpart of [`Daemon::download`]: floods a search for `id`
     /// (with hop limit `ttl`) through this daemon's own overlay node, then
@@ -155,28 +162,22 @@ impl Daemon {
         id: FileId,
         ttl: u8,
         out_dir: PathBuf,
-        mut engine: EngineConfig,
+        engine: EngineConfig,
         progress: Arc<Progress>,
     ) -> Result<DownloadOutcome, P2pSwarmError> {
         if self.overlay.is_none() {
             return Err(P2pSwarmError::NotInOverlay);
         }
-        if engine.download_limit.is_none() {
-            engine.download_limit = self.download_limit.clone();
-        }
         let via = self.listen_addr.to_string();
         let own = self.own_addrs();
         let words = vec![id.to_hex()];
-        let sources_of = |report: &crate::overlay::SearchReport| -> Option<(String, Vec<String>)> {
-            let hit = report.hits.iter().find(|h| h.id == id.to_hex())?;
-            let sources = hit
-                .sources
-                .iter()
-                .filter(|a| !own.contains(a))
-                .cloned()
-                .collect();
-            Some((hit.name.clone(), sources))
-        };
+        let hex = id.to_hex();
+        let sources_of =
+            move |report: &crate::overlay::SearchReport| -> Option<(String, Vec<String>)> {
+                let mut hits = report.hits.iter().filter(|h| h.id == hex).peekable();
+                let name = hits.peek()?.name.clone();
+                Some((name, others(&own, hits.flat_map(|h| h.sources.iter()))))
+            };
         let first = crate::overlay::search(&via, words.clone(), ttl, P2P_REFRESH_WAIT).await?;
         let Some((name, sources)) = sources_of(&first).filter(|(_, s)| !s.is_empty()) else {
             return Err(P2pSwarmError::NotFound { id, ttl });
@@ -187,58 +188,30 @@ impl Daemon {
             sources,
             out_dir,
         };
-
-        let (feed_tx, feed_rx) = mpsc::channel(4);
-        let stop = self.shutdown_token().child_token();
-        let mut refresher = JoinSet::new();
-        {
-            let stop = stop.clone();
-            let own = own.clone();
-            refresher.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(P2P_SOURCE_REFRESH) => {}
+        let refresh = |feed: mpsc::Sender<Vec<String>>, stop: CancellationToken| async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(P2P_SOURCE_REFRESH) => {}
+                }
+                let searched = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    r = crate::overlay::search(&via, words.clone(), ttl, P2P_REFRESH_WAIT) => r,
+                };
+                match searched {
+                    Ok(report) => {
+                        let fresh = sources_of(&report).map(|(_, s)| s).unwrap_or_default();
+                        if feed.send(fresh).await.is_err() {
+                            return;
+                        }
                     }
-                    let searched = tokio::select! {
-                        _ = stop.cancelled() => return,
-                        r = crate::overlay::search(&via, words.clone(), ttl, P2P_REFRESH_WAIT) => r,
-                    };
-                    match searched {
-                        Ok(report) => {
-                            let fresh: Vec<String> = report
-                                .hits
-                                .iter()
-                                .filter(|h| h.id == id.to_hex())
-                                .flat_map(|h| h.sources.iter())
-                                .filter(|a| !own.contains(a))
-                                .cloned()
-                                .collect();
-                            if feed_tx.send(fresh).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            debug!(error = %e, "p2p source refresh failed; keeping the sources we have");
-                        }
+                    Err(e) => {
+                        debug!(error = %e, "p2p source refresh failed; keeping the sources we have");
                     }
                 }
-            });
-        }
-        let result = download::download_swarm(
-            request,
-            engine,
-            progress,
-            Some(self.library.clone()),
-            Some(feed_rx),
-            stop.clone(),
-        )
-        .await;
-        stop.cancel();
-        refresher.shutdown().await;
-        let outcome = result?;
-        self.library.request_rescan();
-        Ok(outcome)
+            }
+        };
+        Ok(self.swarm(request, engine, progress, refresh).await?)
     }
 }
 

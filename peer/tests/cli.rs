@@ -78,6 +78,19 @@ fn part_has(part: &Path, info: &ContentInfo, n: u32) -> bool {
     })
 }
 
+/// Sends SIGTERM, as a container runtime does, and checks the exit is clean.
+async fn stops_cleanly_on_sigterm(mut child: std::process::Child) {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !cond() {
@@ -129,7 +142,13 @@ async fn hash_prints_the_id_and_bad_input_gets_a_clear_error() {
     let out = run(&["hash", dir.path().join("missing").to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
-    let out = run(&["search", "--index", "127.0.0.1:1", "x"]).await;
+    // An address nobody listens on: a port just released.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = run(&["search", "--index", &nobody, "x"]).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the index"));
 }
@@ -142,7 +161,7 @@ async fn serve_search_and_get_with_json_output() {
     std::fs::create_dir_all(&share).unwrap();
     let data = random_bytes(2 * common::CHUNK_SIZE + 5, 2);
     std::fs::write(share.join("Some File.bin"), &data).unwrap();
-    let mut server = Command::new(PEER)
+    let server = Command::new(PEER)
         .args([
             "serve",
             "--share",
@@ -214,15 +233,7 @@ async fn serve_search_and_get_with_json_output() {
     );
 
     // SIGTERM stops the daemon cleanly.
-    Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || server.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    stops_cleanly_on_sigterm(server).await;
     stop_index.cancel();
 }
 
@@ -413,7 +424,7 @@ async fn serve_with_fetch_downloads_into_the_share_and_shares_it() {
     };
     let _registration = register_source(&index, &source.addr_string(), file).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut daemon = Command::new(PEER)
+    let daemon = Command::new(PEER)
         .args([
             "serve",
             "--share",
@@ -459,14 +470,6 @@ async fn serve_with_fetch_downloads_into_the_share_and_shares_it() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::task::spawn_blocking(move || daemon.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    stops_cleanly_on_sigterm(daemon).await;
     stop_index.cancel();
 }

@@ -48,11 +48,7 @@ async fn a_source_killed_mid_transfer_is_replaced() {
         3,
         "the dying source did deliver before it died"
     );
-    let report = got
-        .per_source
-        .iter()
-        .find(|s| s.addr == dying.addr_string())
-        .unwrap();
+    let report = got.source(&dying.addr_string()).unwrap();
     assert!(report.error.is_some(), "{report:?}");
 }
 
@@ -72,14 +68,7 @@ async fn a_stalled_source_is_dropped_and_its_chunks_refetched() {
     assert_eq!(std::fs::read(&got.path).unwrap(), data);
     // The staller's chunks were fetched from the good source (by the endgame
     // or after the stall timeout), so the download did not wait on it.
-    assert!(
-        got.per_source
-            .iter()
-            .find(|s| s.addr == staller.addr_string())
-            .unwrap()
-            .chunks
-            <= 2
-    );
+    assert!(got.source(&staller.addr_string()).unwrap().chunks <= 2);
     assert_eq!(staller.served(), 2);
 
     // Alone, a staller is detected and reported.
@@ -129,11 +118,7 @@ async fn a_source_sending_bad_data_is_banned_after_its_first_bad_chunk() {
     .await
     .unwrap();
     assert_eq!(std::fs::read(&got.path).unwrap(), data);
-    let report = got
-        .per_source
-        .iter()
-        .find(|s| s.addr == liar.addr_string())
-        .unwrap();
+    let report = got.source(&liar.addr_string()).unwrap();
     assert_eq!(report.chunks, 0);
 }
 
@@ -276,14 +261,7 @@ async fn a_file_changed_on_disk_after_hashing_is_not_served_as_the_old_one() {
     .await
     .unwrap();
     assert_eq!(std::fs::read(&got.path).unwrap(), data);
-    assert_eq!(
-        got.per_source
-            .iter()
-            .find(|s| s.addr == a.addr())
-            .unwrap()
-            .chunks,
-        0
-    );
+    assert_eq!(got.source(&a.addr()).unwrap().chunks, 0);
 
     // Now a change the peer can see (new mtime): it refuses, rescans and
     // registers the new content under its new id.

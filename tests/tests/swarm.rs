@@ -58,24 +58,7 @@ async fn hybrid_swarm(engine: peer::EngineConfig) {
     )
     .await
     .expect("swarm finished within 60 s");
-    for (i, outcome) in outcomes.into_iter().enumerate() {
-        let outcome = outcome.unwrap_or_else(|e| panic!("downloader {i}: {e}"));
-        assert_eq!(
-            std::fs::read(&outcome.path).unwrap(),
-            data,
-            "copy {i} verifies"
-        );
-    }
-    let from_peers: u64 = leechers.iter().map(|p| p.chunks_served()).sum();
-    let from_seed = seed.chunks_served();
-    assert!(
-        from_peers > 0,
-        "downloaders uploaded nothing to each other (seed sent {from_seed} chunks)"
-    );
-    assert!(
-        from_seed < (DOWNLOADERS * CHUNKS) as u64,
-        "the seed sent every copy itself ({from_seed} chunks); no swarming"
-    );
+    assert_swarmed(outcomes, &data, &seed, &leechers);
     // The finished copies become complete holdings at the index.
     let addr = index.addr_string();
     wait_until(
@@ -151,24 +134,7 @@ async fn p2p_downloaders_find_and_serve_each_other_through_the_overlay() {
     )
     .await
     .expect("swarm finished within 60 s");
-    for (i, outcome) in outcomes.into_iter().enumerate() {
-        let outcome = outcome.unwrap_or_else(|e| panic!("downloader {i}: {e}"));
-        assert_eq!(
-            std::fs::read(&outcome.path).unwrap(),
-            data,
-            "copy {i} verifies"
-        );
-    }
-    let from_peers: u64 = leechers.iter().map(|p| p.chunks_served()).sum();
-    let from_seed = seed.chunks_served();
-    assert!(
-        from_peers > 0,
-        "downloaders uploaded nothing to each other (seed sent {from_seed} chunks)"
-    );
-    assert!(
-        from_seed < (DOWNLOADERS * CHUNKS) as u64,
-        "the seed sent every copy itself ({from_seed} chunks); no swarming"
-    );
+    assert_swarmed(outcomes, &data, &seed, &leechers);
     for p in leechers {
         p.stop().await;
     }
@@ -212,4 +178,32 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     out.into_iter()
         .map(|o| o.expect("every future finished"))
         .collect()
+}
+
+/// Every copy verifies, the downloaders uploaded to each other, and the
+/// seed did not send every copy itself.
+fn assert_swarmed<E: std::fmt::Display>(
+    outcomes: Vec<Result<peer::DownloadOutcome, E>>,
+    data: &[u8],
+    seed: &Peer,
+    leechers: &[Peer],
+) {
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let outcome = outcome.unwrap_or_else(|e| panic!("downloader {i}: {e}"));
+        assert_eq!(
+            std::fs::read(&outcome.path).unwrap(),
+            data,
+            "copy {i} verifies"
+        );
+    }
+    let from_peers: u64 = leechers.iter().map(|p| p.chunks_served()).sum();
+    let from_seed = seed.chunks_served();
+    assert!(
+        from_peers > 0,
+        "downloaders uploaded nothing to each other (seed sent {from_seed} chunks)"
+    );
+    assert!(
+        from_seed < (DOWNLOADERS * CHUNKS) as u64,
+        "the seed sent every copy itself ({from_seed} chunks); no swarming"
+    );
 }

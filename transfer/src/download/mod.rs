@@ -129,6 +129,13 @@ pub struct DownloadOutcome {
     pub per_source: Vec<SourceReport>,
 }
 
+impl DownloadOutcome {
+    /// How the source at `addr` did, if it was one.
+    pub fn source(&self, addr: &str) -> Option<&SourceReport> {
+        self.per_source.iter().find(|s| s.addr == addr)
+    }
+}
+
 /// Why a download did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
