@@ -28,6 +28,18 @@ enum Command {
         /// Scratch folder (the file and its copies are written there).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Verified downloads to time; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Skip the baselines (for profiling the download alone).
+        #[arg(long)]
+        ours_only: bool,
+        /// The engine's verifier threads (default: the engine's own).
+        #[arg(long)]
+        verifier_threads: Option<usize>,
+        /// Chunk requests in flight per source (default: the engine's own).
+        #[arg(long)]
+        pipeline_depth: Option<usize>,
     },
     /// Several upload-capped sources, one downloader: throughput vs the sum of the caps.
     Capped {
@@ -66,7 +78,23 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Transfer { size, dir } => transfer_bench::transfer(size, dir).await,
+        Command::Transfer {
+            size,
+            dir,
+            runs,
+            ours_only,
+            verifier_threads,
+            pipeline_depth,
+        } => {
+            let mut engine = transfer::EngineConfig::default();
+            if let Some(n) = verifier_threads {
+                engine.verifier_threads = n;
+            }
+            if let Some(n) = pipeline_depth {
+                engine.pipeline_depth = n;
+            }
+            transfer_bench::transfer(size, dir, runs, ours_only, engine).await
+        }
         Command::Capped {
             size,
             cap,

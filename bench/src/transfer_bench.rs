@@ -46,6 +46,12 @@ fn write_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// CPU seconds this process has used, all threads together.
+fn process_cpu_secs() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
 /// Single-core SHA-256 speed over an in-memory buffer, in GB/s.
 fn sha256_single_core() -> f64 {
     let mut buf = vec![0u8; 256 << 20];
@@ -103,7 +109,13 @@ async fn tcp_copy(src: &Path, dst: &Path) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-pub async fn transfer(size: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn transfer(
+    size: u64,
+    dir: Option<PathBuf>,
+    runs: usize,
+    ours_only: bool,
+    engine: transfer::EngineConfig,
+) -> anyhow::Result<()> {
     let (dir, _guard) = scratch(dir)?;
     let share = dir.join("share");
     std::fs::create_dir_all(&share)?;
@@ -111,6 +123,37 @@ pub async fn transfer(size: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
     eprintln!("writing a {size}-byte file in {}", share.display());
     write_file(&file, size, 1)?;
     let _ = std::fs::read(&file).map(std::hint::black_box); // page cache warm for everyone
+
+    // Ours: a real peer serving the file, the engine fetching, verifying and writing it.
+    let sources = Sources::start(vec![share.clone()], None).await?;
+    let mut times = Vec::new();
+    for _ in 0..runs.max(1) {
+        let cpu_before = process_cpu_secs();
+        let secs = sources
+            .fetch_all(&dir.join("out"), size, engine.clone())
+            .await?;
+        let cpu = process_cpu_secs() - cpu_before;
+        eprintln!(
+            "  {:.2} GB/s, {secs:.2} s, CPU (server and downloader) {cpu:.2} s = {:.2} cores",
+            gbps(size, secs),
+            cpu / secs
+        );
+        times.push(secs);
+    }
+    sources.stop().await;
+    times.sort_by(f64::total_cmp);
+    let ours = gbps(size, times[times.len() / 2]);
+    let each: Vec<String> = times
+        .iter()
+        .map(|t| format!("{:.2}", gbps(size, *t)))
+        .collect();
+    eprintln!(
+        "verified downloads: {} GB/s (median {ours:.2})",
+        each.join(", ")
+    );
+    if ours_only {
+        return Ok(());
+    }
 
     let sha = sha256_single_core();
 
@@ -121,13 +164,7 @@ pub async fn transfer(size: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
     let baseline = gbps(size, copy_secs + sum_secs);
     std::fs::remove_file(&copy)?;
 
-    // Ours: a real peer serving the file, the engine fetching, verifying and writing it.
-    let sources = Sources::start(vec![share.clone()], None).await?;
-    let secs = sources.fetch_all(&dir.join("out"), size).await?;
-    let ours = gbps(size, secs);
-    sources.stop().await;
-
-    println!("| one source, {} MiB, verified and written (fsync) | {ours:.2} GB/s | single-core SHA-256 {sha:.2} GB/s | {:.2} (target >= 0.85) |", size >> 20, ours / sha);
+    println!("| one source, {} MiB, verified and written (fsync), median of {} | {ours:.2} GB/s | single-core SHA-256 {sha:.2} GB/s | {:.2} (target >= 0.85) |", size >> 20, times.len(), ours / sha);
     println!("| same | {ours:.2} GB/s | loopback TCP copy + sha256sum {baseline:.2} GB/s | {:.2} (target >= 1.0) |", ours / baseline);
     Ok(())
 }
@@ -182,7 +219,9 @@ pub async fn capped(
         shares.push(share);
     }
     let bed = Sources::start(shares, Some(cap)).await?;
-    let secs = bed.fetch_all(&dir.join("out"), size).await?;
+    let secs = bed
+        .fetch_all(&dir.join("out"), size, transfer::EngineConfig::default())
+        .await?;
     bed.stop().await;
     let measured = size as f64 / secs;
     let caps = (cap * sources as u64) as f64;
@@ -232,7 +271,12 @@ impl Sources {
 
     /// Downloads the payload from every source into `out` (then removes
     /// it); returns the seconds the verified download took.
-    async fn fetch_all(&self, out: &Path, size: u64) -> anyhow::Result<f64> {
+    async fn fetch_all(
+        &self,
+        out: &Path,
+        size: u64,
+        engine: transfer::EngineConfig,
+    ) -> anyhow::Result<f64> {
         let id = self.daemons[0]
             .library
             .shared()
@@ -253,7 +297,7 @@ impl Sources {
                     .collect(),
                 out_dir: out.to_path_buf(),
             },
-            transfer::EngineConfig::default(),
+            engine,
             Arc::new(transfer::Progress::default()),
             None,
             CancellationToken::new(),

@@ -138,6 +138,46 @@ async fn a_get_uses_at_least_two_sources() {
     index.stop().await;
 }
 
+/// The fast paths end to end: one source serves from the page cache with
+/// `sendfile`, the other has its file's pages dropped (where the file
+/// system allows) and serves by reading; the downloader writes past the page
+/// cache, the unaligned tail through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_copy_serving_and_direct_writes_keep_every_byte() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(24 * common::CHUNK_SIZE + 1234, 31);
+    write_file(&dir.path().join("a"), "tail.bin", &data);
+    let dropped = write_file(&dir.path().join("b"), "tail.bin", &data);
+    let mut a = start_peer(&dir.path().join("a"), &index.addr_string()).await;
+    let mut b = start_peer(&dir.path().join("b"), &index.addr_string()).await;
+    a.wait_registered(1).await;
+    b.wait_registered(1).await;
+    let file = std::fs::File::open(&dropped).unwrap();
+    file.sync_all().unwrap();
+    let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed);
+
+    let engine = peer::EngineConfig {
+        direct_writes_from: Some(0),
+        ..test_engine()
+    };
+    let got = peer::get::get(
+        &index.addr_string(),
+        "tail.bin",
+        dir.path().join("out"),
+        engine,
+        Arc::new(Progress::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    assert_eq!(got.sources_used, 2, "{:?}", got.per_source);
+    a.stop().await;
+    b.stop().await;
+    index.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn name_clash_gets_a_suffix_and_never_overwrites() {
     let index = start_index().await;

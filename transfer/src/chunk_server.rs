@@ -28,7 +28,8 @@ use tracing::{debug, info, warn};
 
 use crate::inbox::Inbox;
 use crate::library::{Holding, Library, OpenHolding, ReadChunkError};
-use crate::rate::{write_limited, RateLimiter};
+use crate::rate::RateLimiter;
+use crate::send::send_chunk;
 
 /// How long an upload connection may sit without a request.
 const UPLOAD_IDLE: Duration = Duration::from_secs(60);
@@ -263,26 +264,30 @@ pub async fn serve_peer_session(
                 wire::write_message(&mut writer, &answer).await?;
             }
             PeerRequest::Chunk { id, index } => {
-                let result = read_chunk(
-                    library,
-                    &mut open,
-                    id,
-                    index,
-                    std::mem::take(&mut chunk_buf),
-                )
-                .await;
-                match result {
-                    Ok(data) => {
+                let checked = match open_holding(library, &mut open, id).await {
+                    Ok(handle) => handle.check_chunk(index).map(|len| (handle, len)),
+                    Err(e) => Err(e),
+                };
+                match checked {
+                    Ok((handle, len)) => {
                         let header = PeerResponse::Chunk {
                             id,
                             index,
-                            len: data.len() as u32,
+                            len: len as u32,
                         };
-                        wire::write_message(&mut writer, &header).await?;
-                        write_limited(&mut writer, &data, limit).await?;
+                        let offset = index as u64 * common::CHUNK_SIZE as u64;
+                        send_chunk(
+                            &mut writer,
+                            &header,
+                            &handle,
+                            offset,
+                            len,
+                            limit,
+                            &mut chunk_buf,
+                        )
+                        .await?;
                         stats.chunks.fetch_add(1, Ordering::Relaxed);
-                        stats.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        chunk_buf = data;
+                        stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
                     }
                     Err(e) => {
                         open.remove(&id);
@@ -313,33 +318,27 @@ pub async fn serve_peer_session(
     }
 }
 
-/// Reads one chunk off the runtime's threads.
-async fn read_chunk(
+/// The open file behind `id`, opened off the runtime's threads the first
+/// time this connection asks for it.
+async fn open_holding(
     library: &Library,
     open: &mut HashMap<FileId, Arc<OpenHolding>>,
     id: FileId,
-    index: u32,
-    mut buf: Vec<u8>,
-) -> Result<Vec<u8>, ReadChunkError> {
-    let handle = match open.get(&id) {
-        Some(h) => h.clone(),
-        None => {
-            let holding = library.get(&id).ok_or(ReadChunkError::NotFound)?;
-            let lib = library.clone();
-            let opened = tokio::task::spawn_blocking(move || OpenHolding::open(&lib, holding))
-                .await
-                .map_err(|e| ReadChunkError::Io(std::io::Error::other(e)))??;
-            let opened = Arc::new(opened);
-            if open.len() >= 16 {
-                open.clear();
-            }
-            open.insert(id, opened.clone());
-            opened
-        }
-    };
-    tokio::task::spawn_blocking(move || handle.read_chunk(index, &mut buf).map(|_| buf))
+) -> Result<Arc<OpenHolding>, ReadChunkError> {
+    if let Some(h) = open.get(&id) {
+        return Ok(h.clone());
+    }
+    let holding = library.get(&id).ok_or(ReadChunkError::NotFound)?;
+    let lib = library.clone();
+    let opened = tokio::task::spawn_blocking(move || OpenHolding::open(&lib, holding))
         .await
-        .map_err(|e| ReadChunkError::Io(std::io::Error::other(e)))?
+        .map_err(|e| ReadChunkError::Io(std::io::Error::other(e)))??;
+    let opened = Arc::new(opened);
+    if open.len() >= 16 {
+        open.clear();
+    }
+    open.insert(id, opened.clone());
+    Ok(opened)
 }
 
 /// Binds the chunk server's socket.

@@ -7,9 +7,11 @@
 //!   partial downloads (with the bitfield of verified chunks).
 //! - [`scan`]: walking and hashing a shared folder, with a persistent cache.
 //! - [`chunk_server`]: the upload side of the peer protocol (hash lists,
-//!   availability, chunks), with an upload-slot cap.
+//!   availability, chunks), with an upload-slot cap; `send` puts a chunk's
+//!   bytes on the socket (`sendfile` from the page cache where it can).
 //! - [`download`]: one verified multi-source download: hash list, pipelined
-//!   sources, scheduler with endgame, verifier threads, resume, publish.
+//!   sources, scheduler with endgame, verifier threads, resume, publish;
+//!   pooled chunk buffers and direct (`O_DIRECT`) writes in `download::disk`.
 //! - [`inbox`]: direct messages received on the chunk server's port
 //!   (checked, rate-limited per source, kept and written to a file).
 //! - [`net`]: connecting with a deadline.
@@ -23,6 +25,7 @@ pub mod library;
 pub mod net;
 pub mod rate;
 pub mod scan;
+mod send;
 #[cfg(feature = "test-support")]
 pub mod testing;
 

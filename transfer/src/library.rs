@@ -298,10 +298,10 @@ impl OpenHolding {
         Ok(OpenHolding { holding, file })
     }
 
-    /// Reads chunk `index` into `buf` (blocking). The reader verifies it
-    /// anyway; the checks here only avoid sending data we know is stale.
-    pub fn read_chunk(&self, index: u32, buf: &mut Vec<u8>) -> Result<(), ReadChunkError> {
-        use std::os::unix::fs::FileExt;
+    /// Checks that chunk `index` may be served and returns its length. The
+    /// reader verifies every chunk anyway; the checks only avoid sending
+    /// data we know is stale (one `fstat`, no read).
+    pub fn check_chunk(&self, index: u32) -> Result<usize, ReadChunkError> {
         let info = self.holding.info();
         if index >= info.chunk_count() {
             return Err(ReadChunkError::NotFound);
@@ -319,11 +319,19 @@ impl OpenHolding {
                 }
             }
         }
-        let len = info.chunk_len(index);
+        Ok(info.chunk_len(index))
+    }
+
+    /// Reads `len` bytes of the file at `offset` into `buf` (blocking).
+    pub fn read_at(&self, offset: u64, len: usize, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
         buf.clear();
         buf.resize(len, 0);
-        self.file
-            .read_exact_at(buf, index as u64 * common::CHUNK_SIZE as u64)?;
-        Ok(())
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// The open file, for sending straight from the page cache.
+    pub fn file(&self) -> &File {
+        &self.file
     }
 }

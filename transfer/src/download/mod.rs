@@ -16,11 +16,11 @@
 //!    ([`output`]). On failure or interruption the verified part stays for
 //!    the next attempt.
 
+pub mod disk;
 pub mod output;
 pub mod scheduler;
 pub mod source;
 
-use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,6 +65,10 @@ pub struct EngineConfig {
     /// slow uploaders; a small budget makes each request late and sends it
     /// to whichever source answers first, so fast sources get more.
     pub max_in_flight: Option<usize>,
+    /// Files at least this large are written past the page cache
+    /// (`O_DIRECT`) where the file system allows it ([`disk`]); `None`:
+    /// never.
+    pub direct_writes_from: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -79,6 +83,7 @@ impl Default for EngineConfig {
             download_limit: None,
             have_refresh: Duration::from_millis(250),
             max_in_flight: None,
+            direct_writes_from: Some(16 << 20),
         }
     }
 }
@@ -172,7 +177,7 @@ fn describe(reasons: &[(String, String)]) -> String {
 pub(crate) struct VerifyJob {
     source: usize,
     index: u32,
-    data: Vec<u8>,
+    data: disk::ChunkBuf,
 }
 
 /// What the source tasks share.
@@ -181,6 +186,8 @@ pub(crate) struct Shared {
     scheduler: Arc<Scheduler>,
     config: EngineConfig,
     verify: mpsc::Sender<VerifyJob>,
+    /// Buffers for received chunks, given back by the verifiers.
+    buffers: Arc<disk::BufferPool>,
     /// Sources that have connected or failed to.
     ready: AtomicUsize,
     ready_changed: Notify,
@@ -226,7 +233,8 @@ impl Shared {
 struct Verifier {
     info: Arc<ContentInfo>,
     scheduler: Arc<Scheduler>,
-    file: File,
+    writer: disk::ChunkWriter,
+    buffers: Arc<disk::BufferPool>,
     partial: Arc<PartialEntry>,
     progress: Arc<Progress>,
     /// Verified chunks per source number (grows as sources are added).
@@ -237,37 +245,42 @@ struct Verifier {
 
 impl Verifier {
     fn handle(&self, job: VerifyJob) {
-        use std::os::unix::fs::FileExt;
-        if self.scheduler.is_done(job.index) {
+        let (source, index, data) = (job.source, job.index, job.data);
+        self.check_and_write(source, index, data.data());
+        self.buffers.give(data);
+    }
+
+    fn check_and_write(&self, source: usize, index: u32, data: &[u8]) {
+        if self.scheduler.is_done(index) {
             return; // an endgame duplicate
         }
-        if !self.info.verify_chunk(job.index, &job.data) {
+        if !self.info.verify_chunk(index, data) {
             warn!(
-                source = job.source,
-                chunk = job.index,
+                source,
+                chunk = index,
                 "chunk failed verification; dropping that source"
             );
-            self.scheduler.ban(job.source);
-            self.scheduler.reject(job.index);
+            self.scheduler.ban(source);
+            self.scheduler.reject(index);
             return;
         }
-        let offset = job.index as u64 * common::CHUNK_SIZE as u64;
-        if let Err(e) = self.file.write_all_at(&job.data, offset) {
+        let offset = index as u64 * common::CHUNK_SIZE as u64;
+        if let Err(e) = self.writer.write_at(data, offset) {
             self.write_error
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get_or_insert(e);
-            self.scheduler.release([job.index]);
+            self.scheduler.release([index]);
             self.abort.cancel();
             return;
         }
-        if self.scheduler.complete(job.index) {
-            self.partial.set(job.index);
+        if self.scheduler.complete(index) {
+            self.partial.set(index);
             self.progress
                 .done_bytes
-                .fetch_add(job.data.len() as u64, Ordering::Relaxed);
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
             let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = delivered.get_mut(job.source) {
+            if let Some(c) = delivered.get_mut(source) {
                 *c += 1;
             }
         }
@@ -423,12 +436,24 @@ pub async fn download_swarm(
         None => 0,
     };
     let scheduler = Arc::new(Scheduler::with_rotation(&have, sources.len(), rotation));
-    let (verify_tx, verify_rx) = mpsc::channel::<VerifyJob>(config.pipeline_depth.max(2) * 2);
+    let verify_queue = config.pipeline_depth.max(2) * 2;
+    let (verify_tx, verify_rx) = mpsc::channel::<VerifyJob>(verify_queue);
+    // Enough buffers for every source filling one, a full queue and every
+    // verifier holding one: past the start, a download allocates nothing.
+    let buffers = Arc::new(disk::BufferPool::new(
+        sources.len() + verify_queue + config.verifier_threads.max(1),
+    ));
+    let direct = config
+        .direct_writes_from
+        .is_some_and(|min| info.size >= min);
+    let writer = disk::ChunkWriter::new(file, &part, direct);
+    debug!(direct = writer.is_direct(), "part file opened");
     let abort = CancellationToken::new();
     let verifier = Arc::new(Verifier {
         info: info.clone(),
         scheduler: scheduler.clone(),
-        file,
+        writer,
+        buffers: buffers.clone(),
         partial,
         progress: progress.clone(),
         delivered: Mutex::new(vec![0; sources.len()]),
@@ -453,6 +478,7 @@ pub async fn download_swarm(
         scheduler: scheduler.clone(),
         config: config.clone(),
         verify: verify_tx,
+        buffers,
         ready: AtomicUsize::new(0),
         ready_changed: Notify::new(),
         started: CancellationToken::new(),
@@ -594,7 +620,7 @@ pub async fn download_swarm(
     }
 
     let name = output::sanitize_name(&request.name, &request.id);
-    let file = verifier.file;
+    let file = verifier.writer.into_file();
     let (part_c, dir_c) = (part.clone(), request.out_dir.clone());
     let path = tokio::task::spawn_blocking(move || output::publish(&part_c, &file, &dir_c, &name))
         .await

@@ -64,9 +64,27 @@ pub fn open_part(path: &Path, info: &ContentInfo) -> io::Result<(File, Vec<bool>
             *slot = info.verify_chunk(i as u32, &buf[..len]);
         }
     } else {
-        file.set_len(info.size)?;
+        reserve(&file, info.size)?;
     }
     Ok((file, have))
+}
+
+/// Sizes a new part file, reserving its blocks where the file system can:
+/// a disk too small is then an error before anything is fetched, and
+/// direct writes into reserved blocks can run side by side (see
+/// [`super::disk`]).
+fn reserve(file: &File, size: u64) -> io::Result<()> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    use rustix::io::Errno;
+    file.set_len(0)?;
+    if size == 0 {
+        return Ok(());
+    }
+    match fallocate(file, FallocateFlags::empty(), 0, size) {
+        Ok(()) => Ok(()),
+        Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => file.set_len(size),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Candidate final paths: `name`, then `stem (1).ext`, `stem (2).ext`, …

@@ -64,7 +64,9 @@ impl PeerConnection {
             })?;
         let (r, w) = stream.into_split();
         Ok(PeerConnection {
-            reader: BufReader::with_capacity(256 * 1024, r),
+            // Small on purpose: a chunk read larger than the buffer goes
+            // straight into the chunk buffer instead of through this one.
+            reader: BufReader::with_capacity(16 * 1024, r),
             writer: BufWriter::new(w),
             buf: Vec::new(),
             stall,
@@ -317,8 +319,12 @@ async fn fetch_loop(
                 if let Some(limit) = &shared.config.download_limit {
                     limit.acquire(len as u64).await;
                 }
-                let mut data = vec![0u8; len as usize];
-                conn.raw(&mut data).await?;
+                let mut data = shared.buffers.take();
+                let filled = conn.raw(data.fill(len as usize)).await;
+                if let Err(e) = filled {
+                    shared.buffers.give(data);
+                    return Err(e);
+                }
                 inflight.pop_front();
                 shared.give_back(1);
                 shared.scheduler.received(i);
