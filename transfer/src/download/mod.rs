@@ -185,7 +185,9 @@ pub(crate) struct Shared {
     info: Arc<ContentInfo>,
     scheduler: Arc<Scheduler>,
     config: EngineConfig,
-    verify: mpsc::Sender<VerifyJob>,
+    /// One queue per verifier thread, chosen by chunk index: a thread
+    /// waits on its own queue, so handing over a chunk wakes exactly one.
+    verify: Vec<mpsc::Sender<VerifyJob>>,
     /// Buffers for received chunks, given back by the verifiers.
     buffers: Arc<disk::BufferPool>,
     /// Sources that have connected or failed to.
@@ -436,12 +438,12 @@ pub async fn download_swarm(
         None => 0,
     };
     let scheduler = Arc::new(Scheduler::with_rotation(&have, sources.len(), rotation));
-    let verify_queue = config.pipeline_depth.max(2) * 2;
-    let (verify_tx, verify_rx) = mpsc::channel::<VerifyJob>(verify_queue);
-    // Enough buffers for every source filling one, a full queue and every
+    let threads = config.verifier_threads.max(1);
+    let per_thread_queue = (config.pipeline_depth.max(2) * 2).div_ceil(threads).max(2);
+    // Enough buffers for every source filling one, full queues and every
     // verifier holding one: past the start, a download allocates nothing.
     let buffers = Arc::new(disk::BufferPool::new(
-        sources.len() + verify_queue + config.verifier_threads.max(1),
+        sources.len() + threads * (per_thread_queue + 1),
     ));
     let direct = config
         .direct_writes_from
@@ -460,15 +462,15 @@ pub async fn download_swarm(
         write_error: Mutex::new(None),
         abort: abort.clone(),
     });
-    let verify_rx = Arc::new(Mutex::new(verify_rx));
     let mut verifiers = Vec::new();
-    for _ in 0..config.verifier_threads.max(1) {
-        let (v, rx) = (verifier.clone(), verify_rx.clone());
-        verifiers.push(tokio::task::spawn_blocking(move || loop {
-            let job = rx.lock().unwrap_or_else(|p| p.into_inner()).blocking_recv();
-            match job {
-                Some(job) => v.handle(job),
-                None => return,
+    let mut verify_tx = Vec::new();
+    for _ in 0..threads {
+        let (tx, mut rx) = mpsc::channel::<VerifyJob>(per_thread_queue);
+        verify_tx.push(tx);
+        let v = verifier.clone();
+        verifiers.push(tokio::task::spawn_blocking(move || {
+            while let Some(job) = rx.blocking_recv() {
+                v.handle(job);
             }
         }));
     }

@@ -246,7 +246,10 @@ async fn fetch_loop(
             inflight.push_back(Pending::Have);
             last_have = tokio::time::Instant::now();
         }
-        while chunks_inflight < depth {
+        // Top the pipeline up once half of it has been answered, so that
+        // requests go out (and wake the uploader) in batches, not one by one.
+        let top_up = chunks_inflight <= depth / 2;
+        while top_up && chunks_inflight < depth {
             // A complete source (a seed, a finished peer) is never left
             // idle for the budget: one request may go beyond it.
             let beyond_budget_ok = have.is_none() && chunks_inflight == 0;
@@ -332,8 +335,8 @@ async fn fetch_loop(
                     .bytes_received
                     .fetch_add(len as u64, Ordering::Relaxed);
                 // The verifier owns the chunk from here (and releases it if it is bad).
-                if shared
-                    .verify
+                let queue = &shared.verify[i as usize % shared.verify.len()];
+                if queue
                     .send(VerifyJob {
                         source: index,
                         index: i,
