@@ -1,21 +1,39 @@
 //! The index itself: sessions, files, the word index, leases.
 //!
 //! Everything lives behind [`Index`], a cheap cloneable handle around
-//! `Arc<Inner>`. Each table is a `DashMap` (sharded locks) so that the many
-//! connection tasks mostly touch different shards; no method holds a guard
-//! on one table while locking another (the one exception, noted below,
-//! always takes `files` before `keys`), which rules out lock-order
-//! deadlocks, and no guard is ever held across an `.await`.
+//! `Arc<Inner>`. Every table is sharded (sessions, nicknames and partial
+//! holders are `DashMap`s; the files table and the word index split into 64
+//! shards of their own, each behind a lock) so that the many connection tasks
+//! mostly touch different shards. No method holds a guard on one table while
+//! locking another, which rules out lock-order deadlocks, and no guard is
+//! ever held across an `.await`.
 //!
 //! Reads (search, lookup, browse, stats) never write: expired sessions are
 //! filtered out by comparing their lease with `now`, and the reaper removes
 //! them later.
 //!
-//! Memory: about 400 bytes per indexed file beyond its name (measured by
-//! `scripts/bench`; most of it is hash-table slack and the word index). Each file
-//! gets a 4-byte key so that the word index and the sessions hold keys, not
-//! 32-byte ids; a file's name is stored once per holder, and most files have
-//! one holder, kept inline.
+//! Layout (`state/files.rs`, `state/words.rs`, `state/keyset.rs`): each file
+//! has a 4-byte key, its slot number in a shard of the files table, so that
+//! the word index and the sessions hold keys, not 32-byte ids. A slot (56
+//! bytes) holds the id, the size and the first holder; the id is found from
+//! its hash in a table of slot numbers that compares through the slots, so it
+//! is stored once. The first holder's name is packed with the others of its
+//! shard in 16 KiB chunks (no allocation per name); further holders, rare,
+//! are kept apart. The word index stores no text: it maps a 32-bit hash of
+//! each word to the one file with it, or to a compact key set when several
+//! have it, and a search confirms each candidate against its names. Sessions
+//! list their files in the same compact key sets.
+//!
+//! Memory: 96 bytes per indexed file beyond its name at 1,000,000 files
+//! (three runs; 85 B at 800,000 and 83 B at 900,000), measured as the
+//! server's RSS growth less the name bytes by `p2pshare-bench index --files
+//! 1000000 --clients 2 --duration 3s` (see docs/benchmarks.md). The slot is
+//! 56 bytes of it; the rest goes mainly to two hash tables, the id table (5
+//! bytes a bucket) and the word index (9 bytes a bucket, one entry per word
+//! found in a single file: the benchmark's names have one each), whose slack
+//! depends on where the count falls between doublings. Freed slots, keys and
+//! table room are reused, not returned to the system; replaced names are
+//! reclaimed by compacting a shard's names once they are mostly garbage.
 
 mod files;
 mod keyset;
