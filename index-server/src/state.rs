@@ -1,25 +1,47 @@
 //! The index itself: sessions, files, the word index, leases.
 //!
 //! Everything lives behind [`Index`], a cheap cloneable handle around
-//! `Arc<Inner>`. Each table is a `DashMap` (sharded locks) so that the many
-//! connection tasks mostly touch different shards; no method holds a guard
-//! on one table while locking another (the one exception, noted below,
-//! always takes `files` before `keys`), which rules out lock-order
-//! deadlocks, and no guard is ever held across an `.await`.
+//! `Arc<Inner>`. Every table is sharded (sessions, nicknames and partial
+//! holders are `DashMap`s; the files table and the word index split into 64
+//! shards of their own, each behind a lock) so that the many connection tasks
+//! mostly touch different shards. No method holds a guard on one table while
+//! locking another, which rules out lock-order deadlocks, and no guard is
+//! ever held across an `.await`.
 //!
 //! Reads (search, lookup, browse, stats) never write: expired sessions are
 //! filtered out by comparing their lease with `now`, and the reaper removes
 //! them later.
 //!
-//! Memory: about 400 bytes per indexed file beyond its name (measured by
-//! `scripts/bench`; most of it is hash-table slack and the word index). Each file
-//! gets a 4-byte key so that the word index and the sessions hold keys, not
-//! 32-byte ids; a file's name is stored once per holder, and most files have
-//! one holder, kept inline.
+//! Layout (`state/files.rs`, `state/words.rs`, `state/keyset.rs`): each file
+//! has a 4-byte key, its slot number in a shard of the files table, so that
+//! the word index and the sessions hold keys, not 32-byte ids. A slot (56
+//! bytes) holds the id, the size and the first holder; the id is found from
+//! its hash in a table of slot numbers that compares through the slots, so it
+//! is stored once. The first holder's name is packed with the others of its
+//! shard in 16 KiB chunks (no allocation per name); further holders, rare,
+//! are kept apart. The word index stores no text: it maps a 32-bit hash of
+//! each word to the one file with it, or to a compact key set when several
+//! have it, and a search confirms each candidate against its names. Sessions
+//! list their files in the same compact key sets.
+//!
+//! Memory: 96 bytes per indexed file beyond its name at 1,000,000 files
+//! (three runs; 85 B at 800,000 and 83 B at 900,000), measured as the
+//! server's RSS growth less the name bytes by `p2pshare-bench index --files
+//! 1000000 --clients 2 --duration 3s` (see docs/benchmarks.md). The slot is
+//! 56 bytes of it; the rest goes mainly to two hash tables, the id table (5
+//! bytes a bucket) and the word index (9 bytes a bucket, one entry per word
+//! found in a single file: the benchmark's names have one each), whose slack
+//! depends on where the count falls between doublings. Freed slots, keys and
+//! table room are reused, not returned to the system; replaced names are
+//! reclaimed by compacting a shard's names once they are mostly garbage.
+
+mod files;
+mod keyset;
+mod words;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::id::FileId;
@@ -29,6 +51,10 @@ use common::names::{tokenize, validate_name};
 use dashmap::DashMap;
 use smallvec::SmallVec;
 use tokio::time::Instant;
+
+use files::{FileRef, FileTable, Registered};
+use keyset::KeySet;
+use words::{name_has_word, WordIndex};
 
 /// Identifies one login session (one connection of a sharing peer).
 pub type SessionId = u64;
@@ -49,7 +75,7 @@ struct Session {
     addr: String,
     nick: Option<String>,
     /// Keys of the files this session registered (names live in the holders).
-    files: HashSet<FileKey>,
+    files: KeySet,
     bytes: u64,
     lease_expires: Instant,
     /// id → name of files this session is still downloading (swarming).
@@ -75,116 +101,11 @@ pub struct SwarmSources {
     pub partial: Vec<Source>,
 }
 
-/// One session offering a file, under the name it uses.
-struct Holder {
-    session: SessionId,
-    name: Box<str>,
-}
+/// A file's holders copied out of the files table: (session, name).
+type Holders = SmallVec<[(SessionId, Box<str>); 2]>;
 
-struct FileRecord {
-    size: u64,
-    key: FileKey,
-    /// Every session offering this id; one, inline, in the common case.
-    holders: SmallVec<[Holder; 1]>,
-}
-
-/// Key → id. Keys of removed files are reused; see `search` for the one
-/// consequence.
-#[derive(Default)]
-struct KeyTable {
-    ids: Vec<FileId>,
-    free: Vec<FileKey>,
-}
-
-impl KeyTable {
-    fn alloc(&mut self, id: FileId) -> Option<FileKey> {
-        if let Some(k) = self.free.pop() {
-            self.ids[k as usize] = id;
-            return Some(k);
-        }
-        let k = FileKey::try_from(self.ids.len()).ok()?;
-        self.ids.push(id);
-        Some(k)
-    }
-
-    fn release(&mut self, key: FileKey) {
-        if let Some(slot) = self.ids.get_mut(key as usize) {
-            *slot = FileId([0; 32]);
-            self.free.push(key);
-        }
-    }
-}
-
-/// The files whose names contain one word. Most words of real names (a
-/// track number, a date, a rare word) belong to one file: that case is
-/// stored inline, without a map.
-enum Postings {
-    /// One file, and how many (holder, name) pairs contain the word.
-    One(FileKey, u32),
-    /// Boxed so that the common `One` case keeps the entry small (16
-    /// bytes instead of 48 for every word of the index).
-    #[allow(clippy::box_collection)]
-    Many(Box<HashMap<FileKey, u32>>),
-}
-
-impl Postings {
-    fn len(&self) -> usize {
-        match self {
-            Postings::One(_, n) => usize::from(*n > 0),
-            Postings::Many(m) => m.len(),
-        }
-    }
-
-    fn contains(&self, key: FileKey) -> bool {
-        match self {
-            Postings::One(k, _) => *k == key,
-            Postings::Many(m) => m.contains_key(&key),
-        }
-    }
-
-    fn keys(&self) -> Vec<FileKey> {
-        match self {
-            Postings::One(k, _) => vec![*k],
-            Postings::Many(m) => m.keys().copied().collect(),
-        }
-    }
-
-    fn add(&mut self, key: FileKey) {
-        match self {
-            Postings::One(k, n) if *k == key => *n += 1,
-            Postings::One(k, n) => {
-                let mut m = HashMap::with_capacity(2);
-                m.insert(*k, *n);
-                m.insert(key, 1);
-                *self = Postings::Many(Box::new(m));
-            }
-            Postings::Many(m) => *m.entry(key).or_insert(0) += 1,
-        }
-    }
-
-    /// Removes one occurrence; true when no file is left.
-    fn remove(&mut self, key: FileKey) -> bool {
-        match self {
-            Postings::One(k, n) if *k == key => *n = n.saturating_sub(1),
-            Postings::One(..) => {}
-            Postings::Many(m) => {
-                if let Some(n) = m.get_mut(&key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        m.remove(&key);
-                    }
-                }
-            }
-        }
-        self.is_empty()
-    }
-
-    fn is_empty(&self) -> bool {
-        match self {
-            Postings::One(_, n) => *n == 0,
-            Postings::Many(m) => m.is_empty(),
-        }
-    }
+fn holders_of(f: FileRef<'_>) -> Holders {
+    f.holders().map(|(s, name)| (s, name.into())).collect()
 }
 
 /// Request kinds counted by [`Index::count_request`], in a fixed table so
@@ -208,13 +129,10 @@ struct Inner {
     lease_ttl: Duration,
     next_session: AtomicU64,
     sessions: DashMap<SessionId, Session>,
-    files: DashMap<FileId, FileRecord>,
-    /// Taken (briefly) after a `files` guard when a file is first seen;
-    /// never held while locking anything else.
-    keys: RwLock<KeyTable>,
-    /// word → keys of files whose names contain it, with how many
-    /// (holder, name) pairs do.
-    words: DashMap<Box<str>, Postings>,
+    /// id or key → size and holders (with the name each uses).
+    files: FileTable,
+    /// word hash → keys of files whose names may contain it.
+    words: WordIndex,
     /// nickname → the session holding it.
     nicks: DashMap<String, SessionId>,
     /// id → sessions holding part of it (still downloading).
@@ -236,24 +154,20 @@ pub struct AddOutcome {
     pub rejected: u32,
 }
 
-/// What registering one file changed in the files table.
-enum Registered {
-    New(FileKey),
-    Renamed(FileKey, Box<str>),
-    Unchanged,
-    Rejected,
-}
-
 impl Index {
     pub fn new(lease_ttl: Duration) -> Self {
+        Self::with_words(lease_ttl, WordIndex::default())
+    }
+
+    fn with_words(lease_ttl: Duration, words: WordIndex) -> Self {
         Index {
             inner: Arc::new(Inner {
                 lease_ttl,
+                // Session ids start at 1: the files table marks free slots with 0.
                 next_session: AtomicU64::new(1),
                 sessions: DashMap::new(),
-                files: DashMap::new(),
-                keys: RwLock::new(KeyTable::default()),
-                words: DashMap::new(),
+                files: FileTable::default(),
+                words,
                 nicks: DashMap::new(),
                 partials: DashMap::new(),
                 requests: Default::default(),
@@ -267,8 +181,7 @@ impl Index {
     }
 
     fn id_of(&self, key: FileKey) -> Option<FileId> {
-        let keys = self.inner.keys.read().unwrap_or_else(|p| p.into_inner());
-        keys.ids.get(key as usize).copied()
+        self.inner.files.id_of(key)
     }
 
     /// Opens a session for a peer reachable at `addr`.
@@ -299,7 +212,7 @@ impl Index {
             Session {
                 addr,
                 nick,
-                files: HashSet::new(),
+                files: KeySet::default(),
                 bytes: 0,
                 lease_expires: now + self.inner.lease_ttl,
                 partial: HashMap::new(),
@@ -334,55 +247,6 @@ impl Index {
         self.heartbeat(session, now)
     }
 
-    /// Records `session` as a holder of `file` in the files table.
-    fn register(&self, session: SessionId, file: &SharedFile) -> Registered {
-        match self.inner.files.entry(file.id) {
-            dashmap::Entry::Occupied(mut e) => {
-                let rec = e.get_mut();
-                if rec.size != file.size {
-                    return Registered::Rejected;
-                }
-                match rec.holders.iter_mut().find(|h| h.session == session) {
-                    Some(h) if *h.name == *file.name => Registered::Unchanged,
-                    Some(h) => {
-                        let old = std::mem::replace(&mut h.name, file.name.as_str().into());
-                        Registered::Renamed(rec.key, old)
-                    }
-                    None => {
-                        rec.holders.push(Holder {
-                            session,
-                            name: file.name.as_str().into(),
-                        });
-                        Registered::New(rec.key)
-                    }
-                }
-            }
-            dashmap::Entry::Vacant(v) => {
-                // The one nested lock: files shard, then keys (never the other way).
-                let key = self
-                    .inner
-                    .keys
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .alloc(file.id);
-                let Some(key) = key else {
-                    return Registered::Rejected;
-                };
-                let mut holders = SmallVec::new();
-                holders.push(Holder {
-                    session,
-                    name: file.name.as_str().into(),
-                });
-                v.insert(FileRecord {
-                    size: file.size,
-                    key,
-                    holders,
-                });
-                Registered::New(key)
-            }
-        }
-    }
-
     /// Adds files to a session's list. Invalid entries (bad name, absurd
     /// size, a size that contradicts an earlier registration of the same id)
     /// are counted as rejected; the rest are added.
@@ -400,7 +264,7 @@ impl Index {
                 outcome.rejected += 1;
                 continue;
             }
-            match self.register(session, f) {
+            match self.inner.files.register(session, f) {
                 Registered::Rejected => outcome.rejected += 1,
                 Registered::Unchanged => {}
                 Registered::Renamed(key, old) => {
@@ -473,7 +337,7 @@ impl Index {
             if let Some((key, size)) = self.drop_holder(session, *id) {
                 count += 1;
                 if let Some(mut s) = self.inner.sessions.get_mut(&session) {
-                    if s.files.remove(&key) {
+                    if s.files.remove(key) {
                         s.bytes -= size;
                     }
                 }
@@ -492,7 +356,7 @@ impl Index {
                 .nicks
                 .remove_if(nick, |_, holder| *holder == session);
         }
-        for key in s.files {
+        for key in s.files.keys() {
             if let Some(id) = self.id_of(key) {
                 self.drop_holder(session, id);
             }
@@ -526,13 +390,13 @@ impl Index {
         // Checks against the shared tables first, one guard at a time.
         let mut candidates = Vec::new();
         for f in files.into_iter().take(MAX_FILES_PER_BATCH) {
-            let (size_conflict, complete_here) = match self.inner.files.get(&f.id) {
-                Some(r) => (
-                    r.size != f.size,
-                    r.holders.iter().any(|h| h.session == session),
-                ),
-                None => (false, false),
-            };
+            let (size_conflict, complete_here) = self
+                .inner
+                .files
+                .with_id(&f.id, |r| {
+                    (r.size() != f.size, r.holders().any(|(s, _)| s == session))
+                })
+                .unwrap_or((false, false));
             let partial_conflict = self
                 .inner
                 .partials
@@ -640,75 +504,33 @@ impl Index {
     }
 
     /// Withdraws `session`'s entry for `id`; returns the file's key and size
-    /// if the session held it. The word index is updated before the key can
-    /// be reused.
+    /// if the session held it. The key may be reused (by a new file) before
+    /// the old name's words are withdrawn: the word index counts
+    /// occurrences, so the two orders end the same, and a search confirms
+    /// every file it lists against its names.
     fn drop_holder(&self, session: SessionId, id: FileId) -> Option<(FileKey, u64)> {
-        let (key, size, name) = {
-            let mut rec = self.inner.files.get_mut(&id)?;
-            let at = rec.holders.iter().position(|h| h.session == session)?;
-            let holder = rec.holders.remove(at);
-            (rec.key, rec.size, holder.name)
-        };
-        self.unindex_name(key, &name);
-        if self
-            .inner
-            .files
-            .remove_if(&id, |_, rec| rec.holders.is_empty())
-            .is_some()
-        {
-            self.inner
-                .keys
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .release(key);
-        }
-        Some((key, size))
+        let dropped = self.inner.files.drop_holder(session, &id)?;
+        self.unindex_name(dropped.key, &dropped.name);
+        Some((dropped.key, dropped.size))
     }
 
     fn index_name(&self, key: FileKey, name: &str) {
+        let words = &self.inner.words;
         for word in tokenize(name) {
-            // get_mut first: a common word already exists, and this avoids
-            // allocating a key for it.
-            if let Some(mut postings) = self.inner.words.get_mut(word.as_str()) {
-                postings.add(key);
-                continue;
-            }
-            self.inner
-                .words
-                .entry(word.into_boxed_str())
-                .and_modify(|p| p.add(key))
-                .or_insert(Postings::One(key, 1));
+            words.add(words.hash(&word), key);
         }
     }
 
     fn unindex_name(&self, key: FileKey, name: &str) {
+        let words = &self.inner.words;
         for word in tokenize(name) {
-            let emptied = self
-                .inner
-                .words
-                .get_mut(word.as_str())
-                .is_some_and(|mut p| p.remove(key));
-            if emptied {
-                self.inner
-                    .words
-                    .remove_if(word.as_str(), |_, p| p.is_empty());
-            }
+            words.remove(words.hash(&word), key);
         }
     }
 
-    /// Live sources of a file, as (name, size, sources); `None` if no live peer has it.
-    pub fn lookup(&self, id: &FileId, now: Instant) -> Option<(String, u64, Vec<Source>)> {
-        type Holders = SmallVec<[(SessionId, Box<str>); 2]>;
-        let (size, holders): (u64, Holders) = {
-            let rec = self.inner.files.get(id)?;
-            (
-                rec.size,
-                rec.holders
-                    .iter()
-                    .map(|h| (h.session, h.name.clone()))
-                    .collect(),
-            )
-        };
+    /// The live sources among `holders`, sorted and capped, and the name
+    /// the first live one uses; `None` if none is live.
+    fn live_sources(&self, holders: Holders, now: Instant) -> Option<(String, Vec<Source>)> {
         let mut sources: Vec<Source> = Vec::with_capacity(holders.len());
         let mut name = None;
         for (session, holder_name) in holders {
@@ -726,15 +548,27 @@ impl Index {
         }
         sources.sort_by(|a, b| a.addr.cmp(&b.addr));
         sources.truncate(200);
-        Some((name?.into(), size, sources))
+        Some((name?.into(), sources))
+    }
+
+    /// Live sources of a file, as (name, size, sources); `None` if no live peer has it.
+    pub fn lookup(&self, id: &FileId, now: Instant) -> Option<(String, u64, Vec<Source>)> {
+        // Copy the holders out: no files guard is held while reading sessions.
+        let (size, holders) = self
+            .inner
+            .files
+            .with_id(id, |f| (f.size(), holders_of(f)))?;
+        let (name, sources) = self.live_sources(holders, now)?;
+        Some((name, size, sources))
     }
 
     /// Files whose names contain every word, most live sources first.
     ///
-    /// A file removed while a search runs may have its key reused by a new
-    /// file in that instant; the search then lists the new file once, which
-    /// is harmless and far cheaper than locking the word index for the whole
-    /// search.
+    /// The word index is keyed by word hashes and keys are reused, so its
+    /// answer may include files that do not match (a hash collision, or a
+    /// file removed while the search runs whose key went to a new file):
+    /// each candidate is confirmed against its holders' names before it is
+    /// listed.
     pub fn search(&self, words: &[String], limit: usize, now: Instant) -> Vec<SearchHit> {
         let mut tokens: Vec<String> = words.iter().flat_map(|w| tokenize(w)).collect();
         tokens.sort();
@@ -744,35 +578,34 @@ impl Index {
         }
         // Start from the rarest word; copy its keys so that no guard is held
         // while the other words are checked.
+        let index = &self.inner.words;
         let mut sizes = Vec::with_capacity(tokens.len());
         for t in &tokens {
-            match self.inner.words.get(t.as_str()) {
-                Some(p) => sizes.push((p.len(), t)),
-                None => return Vec::new(),
+            let h = index.hash(t);
+            match index.len(h) {
+                0 => return Vec::new(),
+                n => sizes.push((n, h)),
             }
         }
         sizes.sort();
-        let mut candidates: Vec<FileKey> = match self.inner.words.get(sizes[0].1.as_str()) {
-            Some(p) => p.keys(),
-            None => return Vec::new(),
-        };
-        for (_, t) in &sizes[1..] {
-            match self.inner.words.get(t.as_str()) {
-                Some(p) => candidates.retain(|k| p.contains(*k)),
-                None => return Vec::new(),
-            }
+        let mut candidates: Vec<FileKey> = index.keys(sizes[0].1);
+        for &(_, h) in &sizes[1..] {
+            index.retain_containing(h, &mut candidates);
         }
-        let ids: Vec<FileId> = {
-            let keys = self.inner.keys.read().unwrap_or_else(|p| p.into_inner());
-            candidates
-                .iter()
-                .filter_map(|k| keys.ids.get(*k as usize).copied())
-                .collect()
-        };
-        let mut hits: Vec<SearchHit> = ids
+        let mut hits: Vec<SearchHit> = candidates
             .into_iter()
-            .filter_map(|id| {
-                let (name, size, sources) = self.lookup(&id, now)?;
+            .filter_map(|key| {
+                let (id, size, holders) = self
+                    .inner
+                    .files
+                    .with_key(key, |f| {
+                        let matches = tokens
+                            .iter()
+                            .all(|t| f.holders().any(|(_, name)| name_has_word(name, t)));
+                        matches.then(|| (f.id(), f.size(), holders_of(f)))
+                    })
+                    .flatten()?;
+                let (name, sources) = self.live_sources(holders, now)?;
                 Some(SearchHit {
                     id,
                     name,
@@ -809,25 +642,21 @@ impl Index {
         now: Instant,
     ) -> Option<(Vec<SharedFile>, Option<u32>)> {
         let session = self.find_session(who, now)?;
-        let keys: Vec<FileKey> = self
-            .inner
-            .sessions
-            .get(&session)?
-            .files
-            .iter()
-            .copied()
-            .collect();
-        let ids: Vec<FileId> = keys.into_iter().filter_map(|k| self.id_of(k)).collect();
-        let mut files: Vec<SharedFile> = ids
+        let keys: Vec<FileKey> = self.inner.sessions.get(&session)?.files.keys();
+        let mut files: Vec<SharedFile> = keys
             .into_iter()
-            .filter_map(|id| {
-                let rec = self.inner.files.get(&id)?;
-                let h = rec.holders.iter().find(|h| h.session == session)?;
-                Some(SharedFile {
-                    id,
-                    name: h.name.to_string(),
-                    size: rec.size,
-                })
+            .filter_map(|key| {
+                self.inner
+                    .files
+                    .with_key(key, |f| {
+                        let (_, name) = f.holders().find(|(s, _)| *s == session)?;
+                        Some(SharedFile {
+                            id: f.id(),
+                            name: name.to_string(),
+                            size: f.size(),
+                        })
+                    })
+                    .flatten()
             })
             .collect();
         files.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
@@ -919,12 +748,12 @@ impl Index {
             peers: live.len() as u64,
             ..Default::default()
         };
-        for rec in self.inner.files.iter() {
-            if rec.holders.iter().any(|h| live.contains(&h.session)) {
+        self.inner.files.for_each(|f| {
+            if f.holders().any(|(s, _)| live.contains(&s)) {
                 stats.files += 1;
-                stats.bytes += rec.size;
+                stats.bytes += f.size();
             }
-        }
+        });
         stats
     }
 
@@ -1179,18 +1008,93 @@ mod tests {
         assert!(idx.browse("nobody", 0, 2, now).is_none());
     }
 
-    #[test]
-    fn postings_switch_between_one_and_many() {
-        let mut p = Postings::One(1, 1);
-        p.add(1);
-        assert_eq!((p.len(), p.contains(1)), (1, true));
-        p.add(2);
-        assert_eq!(p.len(), 2);
-        assert!(!p.remove(1));
-        assert!(!p.remove(1), "key 1 was added twice");
-        assert!(!p.contains(1));
-        assert!(p.remove(2));
-        assert!(p.is_empty());
+    fn found(idx: &Index, words: &[&str], now: Instant) -> Vec<u8> {
+        let words: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+        let mut ids: Vec<u8> = idx
+            .search(&words, 100, now)
+            .iter()
+            .map(|h| h.id.0[0])
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn colliding_word_hashes_are_told_apart_by_the_names() {
+        // Every word hashes alike: one entry holds every file.
+        let idx = Index::with_words(Duration::from_secs(60), WordIndex::colliding());
+        let now = Instant::now();
+        let a = idx.login("a:1".into(), None, now).unwrap();
+        let b = idx.login("b:1".into(), None, now).unwrap();
+        idx.add_files(
+            a,
+            vec![
+                file(1, "alpha one"),
+                file(2, "beta two"),
+                file(3, "Alpha three"),
+            ],
+            now,
+        )
+        .unwrap();
+        idx.add_files(b, vec![file(2, "gamma two")], now).unwrap();
+        assert_eq!(idx.inner.words.counts(), (1, 1));
+        assert_eq!(found(&idx, &["alpha"], now), [1, 3]);
+        assert_eq!(found(&idx, &["TWO"], now), [2]);
+        assert_eq!(found(&idx, &["gamma"], now), [2]);
+        assert_eq!(
+            found(&idx, &["beta", "gamma"], now),
+            [2],
+            "two holders' names"
+        );
+        assert!(found(&idx, &["alpha", "two"], now).is_empty());
+        assert!(found(&idx, &["delta"], now).is_empty());
+        idx.remove_files(a, &[FileId([1; 32]), FileId([2; 32])], now)
+            .unwrap();
+        assert_eq!(found(&idx, &["alpha"], now), [3]);
+        assert!(found(&idx, &["beta"], now).is_empty());
+        assert_eq!(found(&idx, &["two"], now), [2]);
+        idx.logout(b);
+        idx.logout(a);
+        assert_eq!(
+            idx.inner.words.counts(),
+            (0, 0),
+            "the word index is emptied"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn holders_naming_a_file_differently_are_all_searchable() {
+        let idx = Index::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let a = idx.login("a:1".into(), None, now).unwrap();
+        let b = idx.login("b:1".into(), None, now).unwrap();
+        let c = idx.login("c:1".into(), None, now).unwrap();
+        idx.add_files(a, vec![file(1, "red apple")], now).unwrap();
+        idx.add_files(b, vec![file(1, "green apple")], now).unwrap();
+        idx.add_files(c, vec![file(1, "red apple")], now).unwrap();
+        assert_eq!(found(&idx, &["red"], now), [1]);
+        assert_eq!(found(&idx, &["green"], now), [1]);
+        assert_eq!(idx.search(&["apple".into()], 10, now)[0].sources, 3);
+        // The first holder leaves: the others still name it.
+        idx.logout(a);
+        assert_eq!(found(&idx, &["red"], now), [1]);
+        let hit = &idx.search(&["apple".into()], 10, now)[0];
+        assert_eq!((hit.name.as_str(), hit.sources), ("green apple", 2));
+        assert_eq!(
+            idx.browse("c:1", 0, 10, now).unwrap().0[0].name,
+            "red apple"
+        );
+        idx.add_files(b, vec![file(1, "green pear")], now).unwrap();
+        assert_eq!(found(&idx, &["green", "pear"], now), [1]);
+        // Words may come from different holders' names (c still says apple).
+        assert_eq!(found(&idx, &["green", "apple"], now), [1]);
+        idx.logout(c);
+        assert!(found(&idx, &["green", "apple"], now).is_empty());
+        assert!(found(&idx, &["red"], now).is_empty());
+        assert!(found(&idx, &["apple"], now).is_empty());
+        idx.logout(b);
+        assert_eq!(idx.inner.words.counts(), (0, 0));
+        assert_eq!(idx.inner.files.len(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1208,7 +1112,11 @@ mod tests {
         assert_eq!(idx.browse("a:1", 0, 10, now).unwrap().0.len(), 1);
         idx.logout(a);
         assert!(idx.search(&["beta".into()], 10, now).is_empty());
-        assert_eq!(idx.inner.words.len(), 0, "the word index is emptied");
+        assert_eq!(
+            idx.inner.words.counts(),
+            (0, 0),
+            "the word index is emptied"
+        );
         assert_eq!(idx.inner.files.len(), 0);
     }
 }

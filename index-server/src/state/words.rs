@@ -1,0 +1,394 @@
+//! The word index: which files' names contain a word, keyed by a 32-bit
+//! keyed hash of the word rather than by its text.
+//!
+//! Most words of real names (a track number, a date, a rare word) belong to
+//! one file, and storing their text again beside the names costs more than
+//! the rest of their entry. So no text is stored at all: an entry is the
+//! word's hash and either the one file key (8 bytes in all) or the index of
+//! a [`Postings`] list when several files, or several holders' names of one
+//! file, contain it. Two words with the same hash share an entry, so a
+//! posting list may name files that do not contain the word searched for:
+//! search confirms every candidate against the file's names (see
+//! `name_has_word`), which the names are stored for anyway. Adding and
+//! removing count occurrences (one per distinct word of one holder's name),
+//! so they commute and need no look at the names.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
+use parking_lot::RwLock;
+
+use super::keyset::KeySet;
+use super::FileKey;
+
+const SHARD_BITS: u32 = 6;
+const SHARDS: usize = 1 << SHARD_BITS;
+/// In an entry's value: the rest is a `lists` index, not a file key.
+const LIST: u32 = 1 << 31;
+
+/// Files with one word (well, one word hash) in their names.
+#[derive(Default)]
+struct Postings {
+    keys: KeySet,
+    /// Occurrences beyond the first, for the few files with several
+    /// holders whose names contain the word (usually empty: no allocation).
+    more: HashMap<FileKey, u32>,
+}
+
+impl Postings {
+    fn add(&mut self, key: FileKey) {
+        if !self.keys.insert(key) {
+            *self.more.entry(key).or_insert(0) += 1;
+        }
+    }
+
+    fn remove(&mut self, key: FileKey) {
+        match self.more.get_mut(&key) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.more.remove(&key);
+                if self.more.is_empty() {
+                    self.more = HashMap::new();
+                }
+            }
+            None => {
+                self.keys.remove(key);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shard {
+    /// (word hash, file key or `LIST | index into lists`).
+    table: HashTable<(u32, u32)>,
+    lists: Vec<Postings>,
+    free: Vec<u32>,
+}
+
+/// Spreads a 32-bit word hash over the 64 bits hashbrown reads (it takes
+/// buckets from the low bits and a tag from the top seven).
+fn spread(h: u32) -> u64 {
+    u64::from(h).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+impl Shard {
+    fn get(&self, h: u32) -> Option<u32> {
+        self.table.find(spread(h), |e| e.0 == h).map(|e| e.1)
+    }
+
+    fn new_list(&mut self, postings: Postings) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.lists[i as usize] = postings;
+                i
+            }
+            None => {
+                self.lists.push(postings);
+                (self.lists.len() - 1) as u32
+            }
+        }
+    }
+
+    fn free_list(&mut self, i: u32) {
+        self.lists[i as usize] = Postings::default();
+        self.free.push(i);
+    }
+
+    fn add(&mut self, h: u32, key: FileKey) {
+        debug_assert!(key < LIST);
+        let Some(value) = self.get(h) else {
+            self.table
+                .insert_unique(spread(h), (h, key), |e| spread(e.0));
+            return;
+        };
+        if value & LIST != 0 {
+            self.lists[(value & !LIST) as usize].add(key);
+            return;
+        }
+        // One file so far: make it a list of two occurrences.
+        let mut postings = Postings::default();
+        postings.add(value);
+        postings.add(key);
+        let i = self.new_list(postings);
+        if let Some(e) = self.table.find_mut(spread(h), |e| e.0 == h) {
+            e.1 = LIST | i;
+        }
+    }
+
+    fn remove(&mut self, h: u32, key: FileKey) {
+        let Some(value) = self.get(h) else {
+            return;
+        };
+        // What the entry becomes: gone, or back to one file.
+        let after = if value & LIST == 0 {
+            if value != key {
+                return;
+            }
+            None
+        } else {
+            let i = value & !LIST;
+            let list = &mut self.lists[i as usize];
+            list.remove(key);
+            let after = match list.keys.len() {
+                0 => None,
+                1 if list.more.is_empty() => list.keys.keys().first().copied(),
+                _ => return,
+            };
+            self.free_list(i);
+            after
+        };
+        if let Ok(entry) = self.table.find_entry(spread(h), |e| e.0 == h) {
+            match after {
+                None => drop(entry.remove()),
+                Some(only) => entry.into_mut().1 = only,
+            }
+        }
+    }
+}
+
+/// The word index, sharded by word hash.
+pub(crate) struct WordIndex {
+    hasher: RandomState,
+    /// For tests: every word gets the same hash, as if all collided.
+    #[cfg(test)]
+    collide: bool,
+    shards: Box<[RwLock<Shard>]>,
+}
+
+impl Default for WordIndex {
+    fn default() -> Self {
+        WordIndex {
+            hasher: RandomState::new(),
+            #[cfg(test)]
+            collide: false,
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+        }
+    }
+}
+
+impl WordIndex {
+    /// The 32-bit hash of a (lower-case) word that every other method takes.
+    pub fn hash(&self, word: &str) -> u32 {
+        #[cfg(test)]
+        if self.collide {
+            return 0x5eed_cafe;
+        }
+        let h = self.hasher.hash_one(word);
+        (h ^ (h >> 32)) as u32
+    }
+
+    fn shard(&self, h: u32) -> &RwLock<Shard> {
+        &self.shards[(h >> (32 - SHARD_BITS)) as usize]
+    }
+
+    /// Records one more name of file `key` with the word hashed to `h`.
+    pub fn add(&self, h: u32, key: FileKey) {
+        self.shard(h).write().add(h, key);
+    }
+
+    /// Withdraws one name of file `key` with the word hashed to `h`.
+    pub fn remove(&self, h: u32, key: FileKey) {
+        self.shard(h).write().remove(h, key);
+    }
+
+    /// How many files may contain the word (0: none does).
+    pub fn len(&self, h: u32) -> usize {
+        let shard = self.shard(h).read();
+        match shard.get(h) {
+            None => 0,
+            Some(v) if v & LIST == 0 => 1,
+            Some(v) => shard.lists[(v & !LIST) as usize].keys.len(),
+        }
+    }
+
+    /// The files that may contain the word, in key order.
+    pub fn keys(&self, h: u32) -> Vec<FileKey> {
+        let shard = self.shard(h).read();
+        match shard.get(h) {
+            None => Vec::new(),
+            Some(v) if v & LIST == 0 => vec![v],
+            Some(v) => shard.lists[(v & !LIST) as usize].keys.keys(),
+        }
+    }
+
+    /// Whether file `key` may contain the word.
+    #[cfg(test)]
+    pub fn contains(&self, h: u32, key: FileKey) -> bool {
+        let shard = self.shard(h).read();
+        match shard.get(h) {
+            None => false,
+            Some(v) if v & LIST == 0 => v == key,
+            Some(v) => shard.lists[(v & !LIST) as usize].keys.contains(key),
+        }
+    }
+
+    /// Keeps the `keys` that may contain the word.
+    pub fn retain_containing(&self, h: u32, keys: &mut Vec<FileKey>) {
+        let shard = self.shard(h).read();
+        match shard.get(h) {
+            None => keys.clear(),
+            Some(v) if v & LIST == 0 => keys.retain(|k| *k == v),
+            Some(v) => {
+                let list = &shard.lists[(v & !LIST) as usize].keys;
+                keys.retain(|k| list.contains(*k));
+            }
+        }
+    }
+
+    /// An index in which every word collides with every other.
+    #[cfg(test)]
+    pub fn colliding() -> Self {
+        WordIndex {
+            collide: true,
+            ..WordIndex::default()
+        }
+    }
+
+    /// Entries in the index (distinct word hashes), and of them how many
+    /// hold a list.
+    #[cfg(test)]
+    pub fn counts(&self) -> (usize, usize) {
+        let mut entries = 0;
+        let mut lists = 0;
+        for s in self.shards.iter() {
+            let s = s.read();
+            entries += s.table.len();
+            lists += s.lists.len() - s.free.len();
+        }
+        (entries, lists)
+    }
+}
+
+/// Whether `name`, split and lower-cased as [`common::names::tokenize`]
+/// does, contains the lower-case `word`; allocates only for non-ASCII parts.
+pub(crate) fn name_has_word(name: &str, word: &str) -> bool {
+    name.split(|c: char| !c.is_alphanumeric()).any(|part| {
+        if part.is_empty() {
+            false
+        } else if part.is_ascii() {
+            // A lower-case word equals an ASCII part's lower case exactly
+            // when they match ignoring ASCII case.
+            part.eq_ignore_ascii_case(word)
+        } else {
+            part.to_lowercase() == word
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::names::tokenize;
+
+    #[test]
+    fn a_word_goes_from_one_file_to_many_and_back() {
+        let words = WordIndex::default();
+        let h = words.hash("blue");
+        words.add(h, 1);
+        assert_eq!(words.counts(), (1, 0), "one file: no list");
+        assert_eq!((words.len(h), words.keys(h)), (1, vec![1]));
+        words.add(h, 2);
+        words.add(h, 3);
+        assert_eq!(words.counts(), (1, 1));
+        assert_eq!(words.keys(h), vec![1, 2, 3]);
+        assert!(words.contains(h, 2) && !words.contains(h, 4));
+        words.remove(h, 1);
+        words.remove(h, 3);
+        assert_eq!(words.counts(), (1, 0), "one file again: the list is gone");
+        assert_eq!(words.keys(h), vec![2]);
+        words.add(h, 5);
+        assert_eq!(words.counts(), (1, 1), "the freed list is reused");
+        words.remove(h, 5);
+        words.remove(h, 2);
+        assert_eq!(words.counts(), (0, 0));
+        assert_eq!(words.len(h), 0);
+        // Removing what is not there changes nothing.
+        words.remove(h, 2);
+        assert_eq!(words.counts(), (0, 0));
+    }
+
+    #[test]
+    fn occurrences_of_one_file_are_counted() {
+        let words = WordIndex::default();
+        let h = words.hash("moon");
+        // Two holders of file 7 both name it with the word.
+        words.add(h, 7);
+        words.add(h, 7);
+        assert_eq!(words.counts(), (1, 1));
+        assert_eq!(words.keys(h), vec![7]);
+        words.remove(h, 7);
+        assert_eq!(words.counts(), (1, 0), "one occurrence left: no list");
+        assert!(words.contains(h, 7));
+        words.remove(h, 7);
+        assert_eq!(words.counts(), (0, 0));
+        // Three occurrences and another file, removed in another order.
+        for k in [7, 8, 7, 7] {
+            words.add(h, k);
+        }
+        for k in [7, 7, 8] {
+            words.remove(h, k);
+            assert!(words.contains(h, 7));
+        }
+        assert_eq!(words.counts(), (1, 0));
+        words.remove(h, 7);
+        assert_eq!(words.counts(), (0, 0));
+    }
+
+    #[test]
+    fn colliding_words_share_an_entry_and_part_again() {
+        let words = WordIndex::default();
+        // Two words whose hashes collide are the same entry: use one hash
+        // for both, as a collision would.
+        let h = 0xdead_beef;
+        words.add(h, 1); // "alpha" in file 1
+        words.add(h, 2); // "omega" in file 2
+        assert_eq!(words.keys(h), vec![1, 2]);
+        words.remove(h, 1);
+        assert_eq!(words.keys(h), vec![2]);
+        assert_eq!(words.counts(), (1, 0));
+    }
+
+    #[test]
+    fn name_has_word_agrees_with_tokenize() {
+        let names = [
+            "Blue Monday (1983).MP3",
+            "Canción_ÑANDÚ.txt",
+            "ΟΔΥΣΣΕΥΣ",
+            "İstanbul-straße",
+            "a-a A",
+            "..--",
+            "x",
+        ];
+        let probes = [
+            "blue",
+            "mon",
+            "monday",
+            "1983",
+            "mp3",
+            "canción",
+            "ñandú",
+            "nandu",
+            "txt",
+            "a",
+            "οδυσσευς",
+            "οδυσσευσ",
+            "straße",
+            "strasse",
+            "x",
+            "",
+            "i̇stanbul",
+        ];
+        for name in names {
+            let tokens = tokenize(name);
+            for t in tokens.iter().map(String::as_str).chain(probes) {
+                assert_eq!(
+                    name_has_word(name, t),
+                    tokens.iter().any(|w| w == t),
+                    "{name:?} / {t:?}"
+                );
+            }
+        }
+    }
+}
