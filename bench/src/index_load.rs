@@ -28,7 +28,7 @@ fn file(i: usize) -> SharedFile {
 }
 
 /// Spawns a child that logs or prints `addr=HOST:PORT`, and returns it with that address.
-fn spawn_with_addr(mut cmd: Command, from_stderr: bool) -> anyhow::Result<(Child, String)> {
+pub fn spawn_with_addr(mut cmd: Command, from_stderr: bool) -> anyhow::Result<(Child, String)> {
     let mut child = if from_stderr {
         cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn()?
     } else {

@@ -43,6 +43,9 @@ fn write_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
         n += 1;
     }
     f.flush()?;
+    // On disk before anything is timed: write-back of a fresh file would
+    // otherwise compete with whatever runs first.
+    f.get_ref().sync_all()?;
     Ok(())
 }
 
@@ -124,23 +127,28 @@ pub async fn transfer(
     write_file(&file, size, 1)?;
     let _ = std::fs::read(&file).map(std::hint::black_box); // page cache warm for everyone
 
-    // Ours: a real peer serving the file, the engine fetching, verifying and writing it.
-    let sources = Sources::start(vec![share.clone()], None).await?;
+    // Ours: a real `peer serve` process sharing the file, this process's
+    // engine fetching, verifying and writing it (as `peer get` would).
+    let source = SourceProcess::start(&share).await?;
+    let id = {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || transfer::scan::hash_file(&file))
+            .await??
+            .id
+    };
     let mut times = Vec::new();
     for _ in 0..runs.max(1) {
         let cpu_before = process_cpu_secs();
-        let secs = sources
-            .fetch_all(&dir.join("out"), size, engine.clone())
-            .await?;
+        let secs = fetch(id, &source.addr, &dir.join("out"), size, engine.clone()).await?;
         let cpu = process_cpu_secs() - cpu_before;
         eprintln!(
-            "  {:.2} GB/s, {secs:.2} s, CPU (server and downloader) {cpu:.2} s = {:.2} cores",
+            "  {:.2} GB/s, {secs:.2} s, downloader CPU {cpu:.2} s = {:.2} cores",
             gbps(size, secs),
             cpu / secs
         );
         times.push(secs);
     }
-    sources.stop().await;
+    source.stop();
     times.sort_by(f64::total_cmp);
     let ours = gbps(size, times[times.len() / 2]);
     let each: Vec<String> = times
@@ -219,9 +227,26 @@ pub async fn capped(
         shares.push(share);
     }
     let bed = Sources::start(shares, Some(cap)).await?;
-    let secs = bed
-        .fetch_all(&dir.join("out"), size, transfer::EngineConfig::default())
-        .await?;
+    let id = bed.daemons[0]
+        .library
+        .shared()
+        .keys()
+        .next()
+        .copied()
+        .context("file not shared")?;
+    let addrs: Vec<String> = bed
+        .daemons
+        .iter()
+        .map(|d| d.listen_addr.to_string())
+        .collect();
+    let secs = fetch_from(
+        id,
+        addrs,
+        &dir.join("out"),
+        size,
+        transfer::EngineConfig::default(),
+    )
+    .await?;
     bed.stop().await;
     let measured = size as f64 / secs;
     let caps = (cap * sources as u64) as f64;
@@ -269,51 +294,98 @@ impl Sources {
         })
     }
 
-    /// Downloads the payload from every source into `out` (then removes
-    /// it); returns the seconds the verified download took.
-    async fn fetch_all(
-        &self,
-        out: &Path,
-        size: u64,
-        engine: transfer::EngineConfig,
-    ) -> anyhow::Result<f64> {
-        let id = self.daemons[0]
-            .library
-            .shared()
-            .keys()
-            .next()
-            .copied()
-            .context("file not shared")?;
-        let _ = std::fs::remove_dir_all(out);
-        let start = Instant::now();
-        let outcome = transfer::download::download(
-            transfer::DownloadRequest {
-                id,
-                name: "payload.bin".into(),
-                sources: self
-                    .daemons
-                    .iter()
-                    .map(|d| d.listen_addr.to_string())
-                    .collect(),
-                out_dir: out.to_path_buf(),
-            },
-            engine,
-            Arc::new(transfer::Progress::default()),
-            None,
-            CancellationToken::new(),
-        )
-        .await?;
-        let secs = start.elapsed().as_secs_f64();
-        anyhow::ensure!(outcome.size == size, "size mismatch");
-        std::fs::remove_dir_all(out)?;
-        Ok(secs)
-    }
-
     async fn stop(self) {
         self.stop.cancel();
         for d in self.daemons {
             d.wait().await;
         }
         let _ = self.index_task.await;
+    }
+}
+
+/// Downloads `id` from `source` into `out` (then removes it); returns the
+/// seconds the verified download took.
+async fn fetch(
+    id: common::id::FileId,
+    source: &str,
+    out: &Path,
+    size: u64,
+    engine: transfer::EngineConfig,
+) -> anyhow::Result<f64> {
+    fetch_from(id, vec![source.to_string()], out, size, engine).await
+}
+
+async fn fetch_from(
+    id: common::id::FileId,
+    sources: Vec<String>,
+    out: &Path,
+    size: u64,
+    engine: transfer::EngineConfig,
+) -> anyhow::Result<f64> {
+    let _ = std::fs::remove_dir_all(out);
+    let start = Instant::now();
+    let outcome = transfer::download::download(
+        transfer::DownloadRequest {
+            id,
+            name: "payload.bin".into(),
+            sources,
+            out_dir: out.to_path_buf(),
+        },
+        engine,
+        Arc::new(transfer::Progress::default()),
+        None,
+        CancellationToken::new(),
+    )
+    .await?;
+    let secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(outcome.size == size, "size mismatch");
+    std::fs::remove_dir_all(out)?;
+    Ok(secs)
+}
+
+/// The real binaries: an `index-server` and a `peer serve` sharing one
+/// folder, as separate processes (as a user runs them).
+struct SourceProcess {
+    index: std::process::Child,
+    peer: std::process::Child,
+    addr: String,
+}
+
+impl SourceProcess {
+    async fn start(share: &Path) -> anyhow::Result<SourceProcess> {
+        use std::process::Command;
+        let exe = std::env::current_exe()?;
+        let bin = exe.parent().context("exe dir")?;
+        let mut index_cmd = Command::new(bin.join("index-server"));
+        index_cmd
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info");
+        let (index, index_addr) = crate::index_load::spawn_with_addr(index_cmd, true)
+            .context("start target/release/index-server (build it first)")?;
+        let mut peer_cmd = Command::new(bin.join("peer"));
+        peer_cmd
+            .arg("serve")
+            .arg("--share")
+            .arg(share)
+            .args([
+                "--index",
+                &index_addr,
+                "--listen",
+                "127.0.0.1:0",
+                "--nick",
+                "source",
+            ])
+            .env("RUST_LOG", "info");
+        // It says its address once the folder is hashed and served.
+        let (peer, addr) = crate::index_load::spawn_with_addr(peer_cmd, true)
+            .context("start target/release/peer (build it first)")?;
+        Ok(SourceProcess { index, peer, addr })
+    }
+
+    fn stop(mut self) {
+        for child in [&mut self.peer, &mut self.index] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

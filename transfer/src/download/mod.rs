@@ -187,9 +187,9 @@ pub(crate) struct Shared {
     info: Arc<ContentInfo>,
     scheduler: Arc<Scheduler>,
     config: EngineConfig,
-    /// One queue per verifier thread, chosen by chunk index: a thread
-    /// waits on its own queue, so handing over a chunk wakes exactly one.
-    verify: Vec<mpsc::Sender<VerifyJob>>,
+    /// The verifier threads' queue: any idle thread takes the next chunk,
+    /// and handing one over wakes exactly one thread.
+    verify: async_channel::Sender<VerifyJob>,
     /// Buffers for received chunks, given back by the verifiers.
     buffers: Arc<disk::BufferPool>,
     /// Sources that have connected or failed to.
@@ -441,11 +441,11 @@ pub async fn download_swarm(
     };
     let scheduler = Arc::new(Scheduler::with_rotation(&have, sources.len(), rotation));
     let threads = config.verifier_threads.max(1);
-    let per_thread_queue = (config.pipeline_depth.max(2) * 2).div_ceil(threads).max(2);
-    // Enough buffers for every source filling one, full queues and every
+    let verify_queue = config.pipeline_depth.max(2) * 2;
+    // Enough buffers for every source filling one, a full queue and every
     // verifier holding one: past the start, a download allocates nothing.
     let buffers = Arc::new(disk::BufferPool::new(
-        sources.len() + threads * (per_thread_queue + 1),
+        sources.len() + verify_queue + threads,
     ));
     let direct = config
         .direct_writes_from
@@ -464,18 +464,18 @@ pub async fn download_swarm(
         write_error: Mutex::new(None),
         abort: abort.clone(),
     });
+    let (verify_tx, verify_rx) = async_channel::bounded::<VerifyJob>(verify_queue);
     let mut verifiers = Vec::new();
-    let mut verify_tx = Vec::new();
     for _ in 0..threads {
-        let (tx, mut rx) = mpsc::channel::<VerifyJob>(per_thread_queue);
-        verify_tx.push(tx);
-        let v = verifier.clone();
+        let (v, rx) = (verifier.clone(), verify_rx.clone());
         verifiers.push(tokio::task::spawn_blocking(move || {
-            while let Some(job) = rx.blocking_recv() {
+            // Ends once every sender is gone and the queue is drained.
+            while let Ok(job) = rx.recv_blocking() {
                 v.handle(job);
             }
         }));
     }
+    drop(verify_rx);
 
     let shared = Arc::new(Shared {
         info: info.clone(),

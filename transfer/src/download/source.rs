@@ -335,8 +335,8 @@ async fn fetch_loop(
                     .bytes_received
                     .fetch_add(len as u64, Ordering::Relaxed);
                 // The verifier owns the chunk from here (and releases it if it is bad).
-                let queue = &shared.verify[i as usize % shared.verify.len()];
-                if queue
+                if shared
+                    .verify
                     .send(VerifyJob {
                         source: index,
                         index: i,
