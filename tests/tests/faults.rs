@@ -69,7 +69,9 @@ async fn a_stalled_source_is_dropped_and_its_chunks_refetched() {
     // The staller's chunks were fetched from the good source (by the endgame
     // or after the stall timeout), so the download did not wait on it.
     assert!(got.source(&staller.addr_string()).unwrap().chunks <= 2);
-    assert_eq!(staller.served(), 2);
+    // Usually 2; fewer when the good source finished before the staller's
+    // task got a core (seen on a loaded machine).
+    assert!(staller.served() <= 2, "{}", staller.served());
 
     // Alone, a staller is detected and reported.
     let dir = tempfile::tempdir().unwrap();
