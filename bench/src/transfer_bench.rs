@@ -55,6 +55,39 @@ fn process_cpu_secs() -> f64 {
     t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
+/// CPU seconds process `pid` has used, from /proc (0 where unreadable).
+fn child_cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces, hence the ')').
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
+}
+
+/// (busy, total) clock ticks of all CPUs, from /proc/stat; idle and I/O
+/// wait count as not busy.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
 /// Single-core SHA-256 speed over an in-memory buffer, in GB/s.
 fn sha256_single_core() -> f64 {
     let mut buf = vec![0u8; 256 << 20];
@@ -139,12 +172,19 @@ pub async fn transfer(
     let mut times = Vec::new();
     for _ in 0..runs.max(1) {
         let cpu_before = process_cpu_secs();
+        let server_before = child_cpu_secs(source.peer.id());
+        let machine_before = machine_ticks();
         let secs = fetch(id, &source.addr, &dir.join("out"), size, engine.clone()).await?;
         let cpu = process_cpu_secs() - cpu_before;
+        let server = child_cpu_secs(source.peer.id()) - server_before;
+        let (busy, total) = machine_ticks();
+        let busy_share =
+            (busy - machine_before.0) as f64 / (total - machine_before.1).max(1) as f64;
         eprintln!(
-            "  {:.2} GB/s, {secs:.2} s, downloader CPU {cpu:.2} s = {:.2} cores",
+            "  {:.2} GB/s, {secs:.2} s; CPU: downloader {cpu:.2} s, serving peer {server:.2} s ({:.2} cores together); machine busy {:.0}%",
             gbps(size, secs),
-            cpu / secs
+            (cpu + server) / secs,
+            busy_share * 100.0
         );
         times.push(secs);
     }
