@@ -3,15 +3,14 @@
 //! On Linux a chunk whose pages are in the page cache goes out with
 //! `sendfile`: the kernel hands the file's pages to the socket, so the bytes
 //! are never copied through this process and no blocking thread is woken.
-//! That halves the uploader's CPU per byte, which matters most when uploader
-//! and downloader share a machine (the single-source benchmark). `sendfile`
-//! would block the async worker on a disk read if the pages were not cached,
 //! The header is sent with `MSG_MORE`, so it leaves in the same segment as
 //! the first bytes of the chunk rather than as a packet of its own.
+//!
 //! `sendfile` would block the async worker on a disk read if the pages were
-//! not cached, so each chunk is probed first (a one-byte `RWF_NOWAIT` read at its start
-//! and at its end); an uncached chunk is read on a blocking thread and
-//! written from memory, as is everything on other systems.
+//! not cached, so each chunk is probed first (a one-byte `RWF_NOWAIT` read
+//! at its start and at its end); an uncached chunk is read on a blocking
+//! thread and written from memory, as is everything on other systems and
+//! on file systems that cannot `sendfile`.
 
 use std::io;
 use std::sync::Arc;
