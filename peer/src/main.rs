@@ -174,7 +174,7 @@ enum Command {
         #[arg(long, env = "PEER_MAX_SOURCES", default_value_t = 16)]
         max_sources: usize,
         /// Chunk requests kept in flight per source.
-        #[arg(long, env = "PEER_PIPELINE", default_value_t = 8)]
+        #[arg(long, env = "PEER_PIPELINE", default_value_t = 16)]
         pipeline: usize,
         /// hybrid: every peer the index lists; client-server: the index
         /// server's store only (never another peer); p2p: the nodes a

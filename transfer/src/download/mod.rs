@@ -74,7 +74,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            pipeline_depth: 8,
+            pipeline_depth: 16,
             stall_timeout: Duration::from_secs(10),
             connect_timeout: common::limits::CONNECT_TIMEOUT,
             max_sources: 16,
@@ -233,6 +233,9 @@ impl Shared {
     }
 }
 
+/// Most received chunks one verifier thread takes at once.
+const WRITE_BATCH: usize = 4;
+
 /// What the verifier threads share.
 struct Verifier {
     info: Arc<ContentInfo>,
@@ -248,44 +251,69 @@ struct Verifier {
 }
 
 impl Verifier {
-    fn handle(&self, job: VerifyJob) {
-        let (source, index, data) = (job.source, job.index, job.data);
-        self.check_and_write(source, index, data.data());
-        self.buffers.give(data);
+    /// Verifies a batch of received chunks and writes the good ones, each
+    /// run of consecutive chunks with one write (fewer, larger direct
+    /// writes when the queue is long).
+    fn handle(&self, mut batch: Vec<VerifyJob>) {
+        batch.sort_by_key(|j| j.index);
+        let mut good: Vec<VerifyJob> = Vec::with_capacity(batch.len());
+        for job in batch {
+            let duplicate = good.last().is_some_and(|g| g.index == job.index);
+            if duplicate || self.scheduler.is_done(job.index) {
+                self.buffers.give(job.data); // an endgame duplicate
+                continue;
+            }
+            if !self.info.verify_chunk(job.index, job.data.data()) {
+                warn!(
+                    source = job.source,
+                    chunk = job.index,
+                    "chunk failed verification; dropping that source"
+                );
+                self.scheduler.ban(job.source);
+                self.scheduler.reject(job.index);
+                self.buffers.give(job.data);
+                continue;
+            }
+            good.push(job);
+        }
+        let mut rest = good.as_slice();
+        while let Some(first) = rest.first() {
+            let run = rest
+                .iter()
+                .enumerate()
+                .take_while(|(k, j)| j.index == first.index + *k as u32)
+                .count();
+            self.write_run(&rest[..run]);
+            rest = &rest[run..];
+        }
+        for job in good {
+            self.buffers.give(job.data);
+        }
     }
 
-    fn check_and_write(&self, source: usize, index: u32, data: &[u8]) {
-        if self.scheduler.is_done(index) {
-            return; // an endgame duplicate
-        }
-        if !self.info.verify_chunk(index, data) {
-            warn!(
-                source,
-                chunk = index,
-                "chunk failed verification; dropping that source"
-            );
-            self.scheduler.ban(source);
-            self.scheduler.reject(index);
-            return;
-        }
-        let offset = index as u64 * common::CHUNK_SIZE as u64;
-        if let Err(e) = self.writer.write_at(data, offset) {
+    /// Writes verified consecutive chunks, then marks them done.
+    fn write_run(&self, run: &[VerifyJob]) {
+        let offset = run[0].index as u64 * common::CHUNK_SIZE as u64;
+        let slices: Vec<&[u8]> = run.iter().map(|j| j.data.data()).collect();
+        if let Err(e) = self.writer.write_run_at(&slices, offset) {
             self.write_error
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get_or_insert(e);
-            self.scheduler.release([index]);
+            self.scheduler.release(run.iter().map(|j| j.index));
             self.abort.cancel();
             return;
         }
-        if self.scheduler.complete(index) {
-            self.partial.set(index);
-            self.progress
-                .done_bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(c) = delivered.get_mut(source) {
-                *c += 1;
+        for job in run {
+            if self.scheduler.complete(job.index) {
+                self.partial.set(job.index);
+                self.progress
+                    .done_bytes
+                    .fetch_add(job.data.data().len() as u64, Ordering::Relaxed);
+                let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(c) = delivered.get_mut(job.source) {
+                    *c += 1;
+                }
             }
         }
     }
@@ -471,7 +499,16 @@ pub async fn download_swarm(
         verifiers.push(tokio::task::spawn_blocking(move || {
             // Ends once every sender is gone and the queue is drained.
             while let Ok(job) = rx.recv_blocking() {
-                v.handle(job);
+                // Chunks already waiting join this one (never waited for):
+                // a long queue turns into fewer, larger writes.
+                let mut batch = vec![job];
+                while batch.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                v.handle(batch);
             }
         }));
     }
