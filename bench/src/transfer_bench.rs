@@ -88,15 +88,21 @@ fn machine_ticks() -> (u64, u64) {
     (total - idle, total)
 }
 
-/// Single-core SHA-256 speed over an in-memory buffer, in GB/s.
+/// Single-core SHA-256 speed over an in-memory buffer, in GB/s: the best of
+/// three passes, so that a pass slowed by a neighbour on this shared machine
+/// cannot flatter the ratio.
 fn sha256_single_core() -> f64 {
     let mut buf = vec![0u8; 256 << 20];
     fill_random(&mut buf, 7);
     let _ = sha2::Sha256::digest(&buf[..16 << 20]); // warm up
-    let start = Instant::now();
-    let digest = sha2::Sha256::digest(&buf);
-    std::hint::black_box(digest);
-    gbps(buf.len() as u64, start.elapsed().as_secs_f64())
+    (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            let digest = sha2::Sha256::digest(&buf);
+            std::hint::black_box(digest);
+            gbps(buf.len() as u64, start.elapsed().as_secs_f64())
+        })
+        .fold(0.0, f64::max)
 }
 
 /// Seconds for `sha256sum` over `paths` (the coreutils tool).
@@ -212,7 +218,7 @@ pub async fn transfer(
     let baseline = gbps(size, copy_secs + sum_secs);
     std::fs::remove_file(&copy)?;
 
-    println!("| one source, {} MiB, verified and written (fsync), median of {} | {ours:.2} GB/s | single-core SHA-256 {sha:.2} GB/s | {:.2} (target >= 0.85) |", size >> 20, times.len(), ours / sha);
+    println!("| one source, {} MiB, verified and written (fsync), median of {} | {ours:.2} GB/s | single-core SHA-256 (best of 3) {sha:.2} GB/s | {:.2} (target >= 0.85) |", size >> 20, times.len(), ours / sha);
     println!("| same | {ours:.2} GB/s | loopback TCP copy + sha256sum {baseline:.2} GB/s | {:.2} (target >= 1.0) |", ours / baseline);
     Ok(())
 }
