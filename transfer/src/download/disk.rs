@@ -225,19 +225,24 @@ mod tests {
         assert_eq!(pool.free.lock().unwrap().len(), 1);
     }
 
-    #[test]
-    fn writes_land_whether_direct_or_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("part");
-        let size = common::CHUNK_SIZE * 2 + 1000; // the tail is unaligned
+    fn sized_file(path: &Path, size: usize) -> File {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(&path)
+            .open(path)
             .unwrap();
         file.set_len(size as u64).unwrap();
+        file
+    }
+
+    #[test]
+    fn writes_land_whether_direct_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part");
+        let size = common::CHUNK_SIZE * 2 + 1000; // the tail is unaligned
+        let file = sized_file(&path, size);
         for direct in [true, false] {
             let writer = ChunkWriter::new(file.try_clone().unwrap(), &path, direct);
             if !direct {
@@ -269,14 +274,7 @@ mod tests {
         let path = dir.path().join("part");
         let chunk = common::CHUNK_SIZE;
         let size = chunk * 5 + 1000; // the tail is unaligned
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        file.set_len(size as u64).unwrap();
+        let file = sized_file(&path, size);
         let writer = ChunkWriter::new(file, &path, true);
         let pool = BufferPool::new(8);
         let bufs: Vec<ChunkBuf> = [chunk, chunk, chunk, chunk, chunk, 1000]
