@@ -10,7 +10,7 @@ use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::{fill_random, gbps};
+use crate::gbps;
 
 fn scratch(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
     match dir {
@@ -37,7 +37,7 @@ fn write_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
     let mut n = 0;
     while left > 0 {
         let take = left.min(buf.len() as u64) as usize;
-        fill_random(&mut buf[..take], seed + n);
+        common::sample::fill(&mut buf[..take], seed + n);
         f.write_all(&buf[..take])?;
         left -= take as u64;
         n += 1;
@@ -93,7 +93,7 @@ fn machine_ticks() -> (u64, u64) {
 /// cannot flatter the ratio.
 fn sha256_single_core() -> f64 {
     let mut buf = vec![0u8; 256 << 20];
-    fill_random(&mut buf, 7);
+    common::sample::fill(&mut buf, 7);
     let _ = sha2::Sha256::digest(&buf[..16 << 20]); // warm up
     (0..3)
         .map(|_| {

@@ -22,6 +22,7 @@
 //! - [`names`]: file-name tokenisation and validation for keyword search.
 //! - [`im`]: nickname and direct-message rules (instant messaging).
 //! - [`units`]: durations and sizes as typed on the command line.
+//! - [`sample`]: deterministic pseudo-random sample content.
 //! - `fuzzing` (feature `fuzzing`): the checks the fuzz targets run.
 
 pub mod frame;
@@ -35,6 +36,7 @@ pub mod limits;
 pub mod names;
 pub mod overlay_proto;
 pub mod peer_proto;
+pub mod sample;
 pub mod store_proto;
 pub mod units;
 pub mod wire;

@@ -11,6 +11,16 @@ pub struct UnitError {
     hint: &'static str,
 }
 
+/// Splits `1.5MiB` into 1.5 and `MiB` (the unit may be empty).
+fn number_and_unit(input: &str) -> Option<(f64, &str)> {
+    let s = input.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    Some((num.parse().ok()?, unit))
+}
+
 /// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
 pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
     let err = || UnitError {
@@ -18,12 +28,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
         input: input.to_string(),
         hint: "use e.g. 500ms, 10s, 2m or 1h",
     };
-    let s = input.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| err())?;
+    let (value, unit) = number_and_unit(input).ok_or_else(err)?;
     let secs = match unit.trim() {
         "" | "s" | "sec" | "secs" => value,
         "ms" => value / 1000.0,
@@ -45,12 +50,7 @@ pub fn parse_size(input: &str) -> Result<u64, UnitError> {
         input: input.to_string(),
         hint: "use e.g. 4096, 500KiB, 10MB or 1GiB",
     };
-    let s = input.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num.parse().map_err(|_| err())?;
+    let (value, unit) = number_and_unit(input).ok_or_else(err)?;
     let mult: f64 = match unit.trim() {
         "" | "B" | "b" => 1.0,
         "KB" | "kB" => 1e3,

@@ -123,7 +123,7 @@ pub const CSV_COLUMNS: &[&str] = &[
 pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
     std::fs::create_dir_all(&config.out)?;
     let work = tempfile::tempdir()?;
-    let data = pseudo_random(config.file_size as usize, 0x5eed);
+    let data = common::sample::bytes(config.file_size as usize, 0x5eed);
     let seed_dir = work.path().join("seed");
     std::fs::create_dir_all(&seed_dir)?;
     std::fs::write(seed_dir.join("lab-file.bin"), &data)?;
@@ -225,20 +225,9 @@ fn swarm_engine(config: &Config) -> EngineConfig {
 
 async fn start_index() -> Result<(String, CancellationToken, tokio::task::JoinHandle<()>), LabError>
 {
-    let server = index_server::Server::bind(index_server::Config {
-        listen: "127.0.0.1:0".parse().expect("valid address"),
-        ..Default::default()
-    })
-    .await
-    .map_err(LabError::setup)?;
+    let server = crate::bind_index(Default::default()).await?;
     let addr = server.local_addr().to_string();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let _ = server.run(stop).await;
-        }
-    });
+    let (stop, task) = crate::run_index(server);
     Ok((addr, stop, task))
 }
 
@@ -299,26 +288,18 @@ async fn client_server(
     let mut store = index_server::store::StoreConfig::new(store_dir);
     store.max_upload_rate = Some(config.server_up);
     store.rescan_interval = Duration::from_secs(3600);
-    let server = index_server::Server::bind(index_server::Config {
-        listen: "127.0.0.1:0".parse().expect("valid address"),
+    let server = crate::bind_index(index_server::Config {
         store: Some(store),
         ..Default::default()
     })
-    .await
-    .map_err(LabError::setup)?;
+    .await?;
     let addr = server.local_addr().to_string();
     let uploads = server
         .store()
         .ok_or_else(|| LabError::Setup("the index server started without its store".into()))?
         .uploads
         .clone();
-    let stop = CancellationToken::new();
-    let server_task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let _ = server.run(stop).await;
-        }
-    });
+    let (stop, server_task) = crate::run_index(server);
     let started = Instant::now();
     let mut downloads = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -691,18 +672,4 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
         png,
         summary,
     })
-}
-
-/// Deterministic incompressible bytes (xorshift).
-pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }

@@ -19,7 +19,6 @@ use common::id::FileId;
 use common::index_proto::{IndexRequest, Login, SharedFile};
 use peer::index_client::IndexClient;
 use rand::Rng;
-use tokio_util::sync::CancellationToken;
 
 use crate::report::{self, Chart, Csv, Series, COLORS};
 use crate::{LabError, Written};
@@ -88,20 +87,9 @@ fn file_of(peer: usize, k: usize) -> SharedFile {
 
 pub async fn run(config: &Config) -> Result<(Written, Vec<OpStats>, Option<f64>), LabError> {
     std::fs::create_dir_all(&config.out)?;
-    let server = index_server::Server::bind(index_server::Config {
-        listen: "127.0.0.1:0".parse().expect("valid address"),
-        ..Default::default()
-    })
-    .await
-    .map_err(LabError::setup)?;
+    let server = crate::bind_index(Default::default()).await?;
     let addr = server.local_addr().to_string();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let _ = server.run(stop).await;
-        }
-    });
+    let (stop, task) = crate::run_index(server);
     let bar = report::progress(3, "index-load");
 
     // Register.

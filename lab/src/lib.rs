@@ -48,6 +48,36 @@ impl LabError {
     }
 }
 
+/// Binds an index server on a loopback port (whatever `config.listen` says).
+pub(crate) async fn bind_index(
+    config: index_server::Config,
+) -> Result<index_server::Server, LabError> {
+    index_server::Server::bind(index_server::Config {
+        listen: "127.0.0.1:0".parse().expect("valid address"),
+        ..config
+    })
+    .await
+    .map_err(LabError::setup)
+}
+
+/// Runs `server` until the returned token is cancelled (then await the
+/// handle).
+pub(crate) fn run_index(
+    server: index_server::Server,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let _ = server.run(stop).await;
+        }
+    });
+    (stop, task)
+}
+
 /// The files an experiment wrote.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Written {

@@ -131,7 +131,7 @@ async fn overlay_queries(n: usize, config: &Config) -> Result<Vec<Row>, LabError
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rng);
     let holder_set: Vec<usize> = order[..holders.min(n)].to_vec();
-    let needle = crate::distribution::pseudo_random(1000, 0xee);
+    let needle = common::sample::bytes(1000, 0xee);
     let shutdown = CancellationToken::new();
     let mut nodes: Vec<peer::Daemon> = Vec::new();
     let join = (config.degree / 2).max(1);
@@ -243,21 +243,10 @@ async fn overlay_queries(n: usize, config: &Config) -> Result<Vec<Row>, LabError
 /// `n` sessions at a real index, `replicas` holding the target file;
 /// `queries` searches for it over one connection. Returns the hit rate.
 async fn index_queries(n: usize, config: &Config) -> Result<(f64, String), LabError> {
-    let server = index_server::Server::bind(index_server::Config {
-        listen: "127.0.0.1:0".parse().expect("valid address"),
-        ..Default::default()
-    })
-    .await
-    .map_err(LabError::setup)?;
+    let server = crate::bind_index(Default::default()).await?;
     let addr = server.local_addr().to_string();
     let state = server.index();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let _ = server.run(stop).await;
-        }
-    });
+    let (stop, task) = crate::run_index(server);
     let now = tokio::time::Instant::now();
     let holders = ((n as f64 * config.replication).round() as usize).clamp(1, n.max(1));
     for p in 0..n {

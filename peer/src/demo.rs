@@ -13,20 +13,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli_output::human_size;
 
-/// Deterministic pseudo-random bytes (xorshift), so both sharers hold the same file.
-fn sample_bytes(len: u64, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len as usize + 8);
-    while (out.len() as u64) < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len as usize);
-    out
-}
-
 async fn start_peer(
     root: &Path,
     name: &str,
@@ -77,7 +63,7 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
     println!("1. Index server listening on {index_addr}. It will only ever see file names and ids, never file data.");
 
     // 2. Shared folders.
-    let big = sample_bytes(size, 42);
+    let big = common::sample::bytes(size as usize, 42);
     for (who, files) in [
         (
             "alice",
@@ -94,7 +80,7 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
             "bob",
             vec![
                 ("big sample.bin", big.clone()),
-                ("photo.raw", sample_bytes(1 << 20, 7)),
+                ("photo.raw", common::sample::bytes(1 << 20, 7)),
             ],
         ),
         ("carol", vec![]),
@@ -163,21 +149,24 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
         hit.id.short(),
         addrs.join(" and ")
     );
-    let started = Instant::now();
-    let request = DownloadRequest {
-        id: hit.id,
-        name: hit.name.clone(),
-        sources: addrs,
-        out_dir: root.join("carol-downloads"),
+    // carol's downloads: the engine `peer get` uses, with its defaults.
+    let carol_fetch = |id, name, sources| {
+        let request = DownloadRequest {
+            id,
+            name,
+            sources,
+            out_dir: root.join("carol-downloads"),
+        };
+        peer::download::download(
+            request,
+            EngineConfig::default(),
+            Arc::new(Progress::default()),
+            None,
+            shutdown.child_token(),
+        )
     };
-    let outcome = peer::download::download(
-        request,
-        EngineConfig::default(),
-        Arc::new(Progress::default()),
-        None,
-        shutdown.child_token(),
-    )
-    .await?;
+    let started = Instant::now();
+    let outcome = carol_fetch(hit.id, hit.name.clone(), addrs).await?;
     let secs = started.elapsed().as_secs_f64();
     for s in &outcome.per_source {
         println!("     {} sent {} verified chunk(s)", s.addr, s.chunks);
@@ -199,20 +188,7 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
 
     // 6. By name.
     let resolved = peer::get::resolve(&index_addr, "canción de prueba.txt").await?;
-    let request = DownloadRequest {
-        id: resolved.id,
-        name: resolved.name,
-        sources: resolved.sources,
-        out_dir: root.join("carol-downloads"),
-    };
-    let small = peer::download::download(
-        request,
-        EngineConfig::default(),
-        Arc::new(Progress::default()),
-        None,
-        shutdown.child_token(),
-    )
-    .await?;
+    let small = carol_fetch(resolved.id, resolved.name, resolved.sources).await?;
     println!(
         "6. carol fetched by exact name too: {}",
         small.path.display()

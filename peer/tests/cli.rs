@@ -53,6 +53,15 @@ async fn register_source(index: &str, addr: &str, file: SharedFile) -> TcpStream
     s
 }
 
+/// The index entry for the content `info` under `name`.
+fn shared_as(info: &ContentInfo, name: &str) -> SharedFile {
+    SharedFile {
+        id: info.id,
+        name: name.into(),
+        size: info.size,
+    }
+}
+
 async fn run(args: &[&str]) -> Output {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
@@ -242,11 +251,7 @@ async fn a_get_killed_with_sigkill_resumes_without_refetching() {
     let (index, stop_index) = start_index().await;
     let data = random_bytes(16 * common::CHUNK_SIZE, 3);
     let info = content_info(&data);
-    let file = SharedFile {
-        id: info.id,
-        name: "movie.bin".into(),
-        size: data.len() as u64,
-    };
+    let file = shared_as(&info, "movie.bin");
     let slow = fake::start(data.clone(), Behaviour::StallAfter(5)).await;
     let registration = register_source(&index, &slow.addr_string(), file.clone()).await;
 
@@ -308,11 +313,7 @@ async fn ctrl_c_keeps_the_part_and_exits_130() {
     let data = random_bytes(8 * common::CHUNK_SIZE, 4);
     let info = content_info(&data);
     let slow = fake::start(data.clone(), Behaviour::StallAfter(2)).await;
-    let file = SharedFile {
-        id: info.id,
-        name: "x.bin".into(),
-        size: data.len() as u64,
-    };
+    let file = shared_as(&info, "x.bin");
     let _registration = register_source(&index, &slow.addr_string(), file).await;
     let dir = tempfile::tempdir().unwrap();
     let child = Command::new(PEER)
@@ -378,11 +379,7 @@ async fn a_full_disk_is_a_clear_error_and_nothing_lands_under_the_final_name() {
     let data = random_bytes(4 * 1024 * 1024, 5);
     let info = content_info(&data);
     let good = fake::start(data.clone(), Behaviour::OnlyFirst(u32::MAX)).await;
-    let file = SharedFile {
-        id: info.id,
-        name: "big.bin".into(),
-        size: data.len() as u64,
-    };
+    let file = shared_as(&info, "big.bin");
     let _registration = register_source(&index, &good.addr_string(), file).await;
     let out = run(&[
         "get",
@@ -417,11 +414,7 @@ async fn serve_with_fetch_downloads_into_the_share_and_shares_it() {
     let data = random_bytes(6 * common::CHUNK_SIZE + 3, 6);
     let info = content_info(&data);
     let source = fake::start(data.clone(), Behaviour::OnlyFirst(u32::MAX)).await;
-    let file = SharedFile {
-        id: info.id,
-        name: "album.flac".into(),
-        size: data.len() as u64,
-    };
+    let file = shared_as(&info, "album.flac");
     let _registration = register_source(&index, &source.addr_string(), file).await;
     let dir = tempfile::tempdir().unwrap();
     let daemon = Command::new(PEER)

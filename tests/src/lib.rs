@@ -82,6 +82,11 @@ pub async fn start_index_on(listen: SocketAddr, lease_ttl: Duration) -> Index {
     let server = index_server::Server::bind(config)
         .await
         .expect("bind index");
+    run_index(server)
+}
+
+/// Runs a bound index server until its [`Index`] is stopped.
+fn run_index(server: index_server::Server) -> Index {
     let addr = server.local_addr();
     let state = server.index();
     let shutdown = CancellationToken::new();
@@ -112,20 +117,8 @@ pub async fn start_index_with_store(
     let server = index_server::Server::bind(config)
         .await
         .expect("bind index with store");
-    let addr = server.local_addr();
-    let state = server.index();
     let store = server.store().expect("the server has a store");
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(server.run(shutdown.clone()));
-    (
-        Index {
-            addr,
-            state,
-            shutdown,
-            task,
-        },
-        store,
-    )
+    (run_index(server), store)
 }
 
 /// Starts a pure peer-to-peer node sharing `share`, joining through `neighbors`.

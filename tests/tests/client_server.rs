@@ -83,15 +83,19 @@ async fn put_then_get_is_byte_identical_and_names_never_clash() {
     index.stop().await;
 }
 
-/// Starts an upload by hand and leaves after `chunks` chunks.
-async fn partial_upload(server: &str, data: &[u8], name: &str, chunks: u32) {
-    let info = content_info(data);
+/// Connects to the store and starts uploading `info` as `name` by hand:
+/// `Begin`, then the hash list. Returns the connection, its read buffer and
+/// the answers to both.
+async fn begin_upload(
+    server: impl tokio::net::ToSocketAddrs,
+    info: &common::id::ContentInfo,
+    name: &str,
+) -> (tokio::net::TcpStream, Vec<u8>, StoreResponse, StoreResponse) {
     let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
     wire::client_handshake(&mut s, Protocol::Store)
         .await
         .unwrap();
-    let mut buf = Vec::new();
-    let d = Deadlines::default();
+    let (mut buf, d) = (Vec::new(), Deadlines::default());
     wire::send_message(
         &mut s,
         &StoreRequest::Begin {
@@ -102,8 +106,7 @@ async fn partial_upload(server: &str, data: &[u8], name: &str, chunks: u32) {
     )
     .await
     .unwrap();
-    let r: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
-    assert_eq!(r, StoreResponse::SendHashList);
+    let begun: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
     let raw = info.hash_list_bytes();
     wire::send_message(
         &mut s,
@@ -114,8 +117,17 @@ async fn partial_upload(server: &str, data: &[u8], name: &str, chunks: u32) {
     .await
     .unwrap();
     s.write_all(&raw).await.unwrap();
-    let r: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
-    assert!(matches!(r, StoreResponse::Ready { .. }), "{r:?}");
+    let ready: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
+    (s, buf, begun, ready)
+}
+
+/// Starts an upload by hand and leaves after `chunks` chunks.
+async fn partial_upload(server: &str, data: &[u8], name: &str, chunks: u32) {
+    let info = content_info(data);
+    let d = Deadlines::default();
+    let (mut s, mut buf, begun, ready) = begin_upload(server, &info, name).await;
+    assert_eq!(begun, StoreResponse::SendHashList);
+    assert!(matches!(ready, StoreResponse::Ready { .. }), "{ready:?}");
     for i in 0..chunks {
         let chunk = &data[i as usize * common::CHUNK_SIZE..(i as usize + 1) * common::CHUNK_SIZE];
         wire::send_message(
@@ -171,33 +183,8 @@ async fn an_interrupted_put_resumes_and_bad_chunks_are_refused() {
     // A chunk that does not match the hash list is refused on arrival.
     let other = random_bytes(2 * common::CHUNK_SIZE, 22);
     let info = content_info(&other);
-    let mut s = tokio::net::TcpStream::connect(index.addr).await.unwrap();
-    wire::client_handshake(&mut s, Protocol::Store)
-        .await
-        .unwrap();
-    let (mut buf, d) = (Vec::new(), Deadlines::default());
-    wire::send_message(
-        &mut s,
-        &StoreRequest::Begin {
-            id: info.id,
-            name: "x.bin".into(),
-            size: info.size,
-        },
-    )
-    .await
-    .unwrap();
-    let _: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
-    let raw = info.hash_list_bytes();
-    wire::send_message(
-        &mut s,
-        &StoreRequest::HashList {
-            len: raw.len() as u32,
-        },
-    )
-    .await
-    .unwrap();
-    s.write_all(&raw).await.unwrap();
-    let _: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
+    let d = Deadlines::default();
+    let (mut s, mut buf, _, _) = begin_upload(index.addr, &info, "x.bin").await;
     wire::send_message(
         &mut s,
         &StoreRequest::Chunk {

@@ -18,6 +18,18 @@ fn request(data: &[u8], sources: Vec<String>, out: &std::path::Path) -> Download
     }
 }
 
+/// Fetches `data` from `sources` into `out`, which must succeed with the
+/// exact bytes.
+async fn fetch_whole(
+    data: &[u8],
+    sources: Vec<String>,
+    out: &std::path::Path,
+) -> peer::DownloadOutcome {
+    let got = fetch(request(data, sources, out)).await.unwrap();
+    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    got
+}
+
 async fn fetch(req: DownloadRequest) -> Result<peer::DownloadOutcome, DownloadError> {
     peer::download::download(
         req,
@@ -35,14 +47,12 @@ async fn a_source_killed_mid_transfer_is_replaced() {
     let dying = fake::start(data.clone(), Behaviour::DieAfter(3)).await;
     let good = fake::start(data.clone(), Behaviour::OnlyFirst(u32::MAX)).await;
     let dir = tempfile::tempdir().unwrap();
-    let got = fetch(request(
+    let got = fetch_whole(
         &data,
         vec![dying.addr_string(), good.addr_string()],
         dir.path(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    )
+    .await;
     assert_eq!(
         dying.served(),
         3,
@@ -58,14 +68,12 @@ async fn a_stalled_source_is_dropped_and_its_chunks_refetched() {
     let staller = fake::start(data.clone(), Behaviour::StallAfter(2)).await;
     let good = fake::start(data.clone(), Behaviour::OnlyFirst(u32::MAX)).await;
     let dir = tempfile::tempdir().unwrap();
-    let got = fetch(request(
+    let got = fetch_whole(
         &data,
         vec![staller.addr_string(), good.addr_string()],
         dir.path(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    )
+    .await;
     // The staller's chunks were fetched from the good source (by the endgame
     // or after the stall timeout), so the download did not wait on it.
     assert!(got.source(&staller.addr_string()).unwrap().chunks <= 2);
@@ -112,14 +120,12 @@ async fn a_source_sending_bad_data_is_banned_after_its_first_bad_chunk() {
 
     // Beside an honest source, the download completes without any of its bytes.
     let good = fake::start(data.clone(), Behaviour::OnlyFirst(u32::MAX)).await;
-    let got = fetch(request(
+    let got = fetch_whole(
         &data,
         vec![liar.addr_string(), good.addr_string()],
         dir.path(),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    )
+    .await;
     let report = got.source(&liar.addr_string()).unwrap();
     assert_eq!(report.chunks, 0);
 }
@@ -255,27 +261,13 @@ async fn a_file_changed_on_disk_after_hashing_is_not_served_as_the_old_one() {
     );
     assert!(err.to_string().contains("verification"), "{err}");
     // With an honest source beside it, the download completes and verifies.
-    let got = fetch(request(
-        &data,
-        vec![a.addr(), b.addr()],
-        &dir.path().join("out"),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    let got = fetch_whole(&data, vec![a.addr(), b.addr()], &dir.path().join("out")).await;
     assert_eq!(got.source(&a.addr()).unwrap().chunks, 0);
 
     // Now a change the peer can see (new mtime): it refuses, rescans and
     // registers the new content under its new id.
     std::fs::write(&changed_path, &other).unwrap();
-    let got = fetch(request(
-        &data,
-        vec![a.addr(), b.addr()],
-        &dir.path().join("out2"),
-    ))
-    .await
-    .unwrap();
-    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    fetch_whole(&data, vec![a.addr(), b.addr()], &dir.path().join("out2")).await;
     let new_id = content_info(&other).id;
     wait_until(
         "the changed file to be registered under its new id",

@@ -155,17 +155,6 @@ async fn serve(
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so that several sources
-/// can hold the same file without shipping one.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+/// Deterministic pseudo-random bytes, so that several sources can hold the
+/// same file without shipping one.
+pub use common::sample::bytes as random_bytes;
