@@ -66,31 +66,17 @@ pub enum HelloError {
 }
 
 pub fn client_hello(protocol: Protocol) -> [u8; HELLO_LEN] {
-    let v = PROTOCOL_VERSION.to_be_bytes();
-    [
-        MAGIC[0],
-        MAGIC[1],
-        MAGIC[2],
-        MAGIC[3],
-        v[0],
-        v[1],
-        protocol as u8,
-        0,
-    ]
+    hello_with(protocol as u8)
 }
 
 pub fn server_hello(status: HelloStatus) -> [u8; HELLO_LEN] {
+    hello_with(status as u8)
+}
+
+/// Magic, our version, then `field` (the protocol asked for, or the answer).
+fn hello_with(field: u8) -> [u8; HELLO_LEN] {
     let v = PROTOCOL_VERSION.to_be_bytes();
-    [
-        MAGIC[0],
-        MAGIC[1],
-        MAGIC[2],
-        MAGIC[3],
-        v[0],
-        v[1],
-        status as u8,
-        0,
-    ]
+    [MAGIC[0], MAGIC[1], MAGIC[2], MAGIC[3], v[0], v[1], field, 0]
 }
 
 /// Server side: what to answer to a client's hello for `expected` protocol.
@@ -99,17 +85,7 @@ pub fn check_client_hello(
     bytes: &[u8; HELLO_LEN],
     expected: Protocol,
 ) -> Result<HelloStatus, HelloError> {
-    if bytes[..4] != MAGIC {
-        return Err(HelloError::BadMagic);
-    }
-    let theirs = u16::from_be_bytes([bytes[4], bytes[5]]);
-    if theirs != PROTOCOL_VERSION {
-        return Ok(HelloStatus::UnsupportedVersion);
-    }
-    if bytes[6] != expected as u8 {
-        return Ok(HelloStatus::WrongProtocol);
-    }
-    Ok(HelloStatus::Ok)
+    check_client_hello_any(bytes, &[expected]).map(|(status, _)| status)
 }
 
 /// Server side for a port that speaks several protocols: what to answer,

@@ -202,31 +202,9 @@ pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     protocol: Protocol,
     busy: bool,
 ) -> Result<(), WireError> {
-    let mut theirs = [0u8; HELLO_LEN];
-    with_deadline(
-        Some(HELLO_TIMEOUT),
-        "the client's hello",
-        s.read_exact(&mut theirs),
-    )
-    .await?;
-    let status = hello::check_client_hello(&theirs, protocol)?;
-    let status = if busy && status == HelloStatus::Ok {
-        HelloStatus::Busy
-    } else {
-        status
-    };
-    s.write_all(&hello::server_hello(status)).await?;
-    s.flush().await?;
-    match status {
-        HelloStatus::Ok => Ok(()),
-        HelloStatus::UnsupportedVersion => Err(HelloError::VersionMismatch {
-            ours: crate::limits::PROTOCOL_VERSION,
-            theirs: u16::from_be_bytes([theirs[4], theirs[5]]),
-        }
-        .into()),
-        HelloStatus::WrongProtocol => Err(HelloError::WrongProtocol.into()),
-        HelloStatus::Busy => Err(HelloError::Busy.into()),
-    }
+    server_handshake_any(s, &[protocol], |_| busy)
+        .await
+        .map(|_| ())
 }
 
 /// Server side of the hello on a port that speaks several protocols.
