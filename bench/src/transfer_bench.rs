@@ -180,7 +180,8 @@ pub async fn transfer(
         let cpu_before = process_cpu_secs();
         let server_before = child_cpu_secs(source.peer.id());
         let machine_before = machine_ticks();
-        let secs = fetch(id, &source.addr, &dir.join("out"), size, engine.clone()).await?;
+        let sources = vec![source.addr.clone()];
+        let secs = fetch_from(id, sources, &dir.join("out"), size, engine.clone()).await?;
         let cpu = process_cpu_secs() - cpu_before;
         let server = child_cpu_secs(source.peer.id()) - server_before;
         let (busy, total) = machine_ticks();
@@ -349,18 +350,8 @@ impl Sources {
     }
 }
 
-/// Downloads `id` from `source` into `out` (then removes it); returns the
+/// Downloads `id` from `sources` into `out` (then removes it); returns the
 /// seconds the verified download took.
-async fn fetch(
-    id: common::id::FileId,
-    source: &str,
-    out: &Path,
-    size: u64,
-    engine: transfer::EngineConfig,
-) -> anyhow::Result<f64> {
-    fetch_from(id, vec![source.to_string()], out, size, engine).await
-}
-
 async fn fetch_from(
     id: common::id::FileId,
     sources: Vec<String>,
