@@ -113,8 +113,19 @@ async fn nickname_clash_stops_the_second_peer_at_start() {
         first.addr()
     );
 
-    // Once the first peer leaves, the nickname is free again.
+    // Once the first peer leaves, the nickname is free again (the index
+    // withdraws it when it sees the connection close, a moment later).
     first.stop().await;
+    let state = index.state.clone();
+    wait_until(
+        "the index to release the nickname",
+        Duration::from_secs(10),
+        || {
+            let state = state.clone();
+            async move { state.whois("ana", tokio::time::Instant::now()).is_none() }
+        },
+    )
+    .await;
     let mut third = start_nick(&dir.path().join("three"), &index.addr_string(), "ana").await;
     third.wait_registered(0).await;
     assert_eq!(
