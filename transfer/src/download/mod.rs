@@ -412,6 +412,7 @@ pub async fn download_swarm(
         return Err(DownloadError::NoHashList(failures));
     };
     let info = Arc::new(info);
+    debug!(size = info.size, "hash list fetched");
     progress.total_bytes.store(info.size, Ordering::Relaxed);
 
     let part = output::part_path(&request.out_dir, &request.id);
@@ -546,6 +547,7 @@ pub async fn download_swarm(
         }
     }
     shared.started.cancel();
+    debug!(sources = sources.len(), "requesting chunks");
 
     let mut reasons: Vec<Option<String>> = vec![None; sources.len()];
     let mut alive: Vec<bool> = vec![true; sources.len()];
@@ -660,6 +662,7 @@ pub async fn download_swarm(
         });
     }
 
+    debug!("every chunk verified and written; publishing");
     let name = output::sanitize_name(&request.name, &request.id);
     let file = verifier.writer.into_file();
     let (part_c, dir_c) = (part.clone(), request.out_dir.clone());
