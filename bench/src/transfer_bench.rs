@@ -117,7 +117,9 @@ fn sha256sum_secs(paths: &[PathBuf]) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Copies `src` over loopback TCP into `dst` with 1 MiB buffers; seconds taken.
+/// Copies `src` over loopback TCP into `dst` with 1 MiB buffers; seconds
+/// taken. Both sockets get the settings the engine's connections get
+/// (`transfer::net::tune_socket`), so the two are compared like for like.
 async fn tcp_copy(src: &Path, dst: &Path) -> anyhow::Result<f64> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -125,6 +127,7 @@ async fn tcp_copy(src: &Path, dst: &Path) -> anyhow::Result<f64> {
     let start = Instant::now();
     let sender = tokio::spawn(async move {
         let (mut sock, _) = listener.accept().await?;
+        transfer::net::tune_socket(&sock);
         let mut file = tokio::fs::File::open(&src).await?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -137,6 +140,7 @@ async fn tcp_copy(src: &Path, dst: &Path) -> anyhow::Result<f64> {
         anyhow::Ok(())
     });
     let mut sock = tokio::net::TcpStream::connect(addr).await?;
+    transfer::net::tune_socket(&sock);
     let mut out = tokio::fs::File::create(dst).await?;
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -108,7 +108,8 @@ impl Server {
                     }
                 }
             };
-            let _ = stream.set_nodelay(true);
+            // The store's downloads and uploads run on these connections too.
+            transfer::net::tune_socket(&stream);
             match slots.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let (index, config, shutdown, store) = (

@@ -141,7 +141,7 @@ pub async fn serve_with(
                 }
             }
         };
-        let _ = stream.set_nodelay(true);
+        crate::net::tune_socket(&stream);
         let (library, stats, shutdown) = (library.clone(), stats.clone(), shutdown.clone());
         let inbox = inbox.clone();
         let limit = upload_limit.clone();
