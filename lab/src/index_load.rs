@@ -10,7 +10,9 @@
 //! Memory: the resident set size of this process (`/proc/self/statm`) before
 //! and after the registrations, divided by the files registered. It counts
 //! everything allocated meanwhile (the index's tables, but also allocator
-//! slack and buffers of the connections), so it is an upper estimate.
+//! slack and buffers of the connections), so it is an upper estimate, as
+//! long as this runs first in its process: memory freed by earlier work is
+//! reused without growing the resident set (`lab all` runs it first).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -298,7 +300,9 @@ fn write_outputs(
     md.push_str(&format!(
         "\nRegister counts files (per second) and times one 512-file `AddFiles` batch.\n\
          Memory per indexed file: {} (resident set growth of the whole lab process during \
-         registration, from /proc/self/statm, divided by the files; an upper estimate).\n",
+         registration, from /proc/self/statm, divided by the files; an upper estimate when this \
+         experiment runs first in the process, as `lab index-load` and `lab all` run it; \
+         `p2pshare-bench index` measures the index server's own process at 1,000,000 files).\n",
         rss_per_file.map_or("not measurable here".into(), |b| format!("{b:.0} bytes"))
     ));
     let summary = config.out.join("index-load.md");

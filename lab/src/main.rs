@@ -330,14 +330,16 @@ async fn run_all(out: PathBuf) -> anyhow::Result<()> {
     // Defaults come from clap, so `lab all` and the single commands agree.
     let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
     let defaults = |name: &str| parse(&["lab", name]).map(|c| c.command);
+    // Index load first: its memory figure is this process's growth, which
+    // memory freed by the other experiments (and reused) would hide.
+    if let Ok(Command::IndexLoad { args, .. }) = defaults("index-load") {
+        index_load(args, out.clone()).await?;
+    }
     if let Ok(Command::Connections { args, .. }) = defaults("connections") {
         connections(args, out.clone()).await?;
     }
     if let Ok(Command::SearchCost { args, .. }) = defaults("search-cost") {
         search_cost(args, out.clone()).await?;
-    }
-    if let Ok(Command::IndexLoad { args, .. }) = defaults("index-load") {
-        index_load(args, out.clone()).await?;
     }
     if let Ok(Command::Distribution { args, .. }) = defaults("distribution") {
         distribution(args, out).await?;
