@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 /// Connects to `addr` (`HOST:PORT`, resolved now) within `timeout`, with
-/// Nagle's algorithm off (requests are small and pipelined).
+/// the settings of [`tune_socket`].
 pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, std::io::Error> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
@@ -37,7 +37,7 @@ const UNPACED: &[&str] = &["cubic", "reno"];
 ///
 /// Pacing protects a queue at a network bottleneck, and a loopback path
 /// has none. What it does there is cap a stream near the rate the receiver
-/// last showed, measured here on the sending side of one 1 GiB download as
+/// last showed: a 1 GiB download from a peer on the same machine ran at
 /// 1.6-1.7 GB/s paced against 2.0-2.3 GB/s unpaced (docs/benchmarks.md).
 /// Other connections keep the system's choice. Failures only cost speed,
 /// so they are logged at debug level and ignored.
