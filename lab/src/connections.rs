@@ -317,8 +317,6 @@ fn write_outputs(config: &Config, results: &[Measured]) -> Result<Written, LabEr
             format!("{:.3}", r.seconds / r.model),
         ]);
     }
-    let csv_path = config.out.join("connections.csv");
-    csv.write(&csv_path)?;
     let names: Vec<String> = results.iter().map(|r| r.fetch.name().to_string()).collect();
     let chart = Chart {
         title: format!(
@@ -354,7 +352,6 @@ fn write_outputs(config: &Config, results: &[Measured]) -> Result<Written, LabEr
         ],
         x_names: Some(names),
     };
-    let (svg, png) = report::render(&chart, &config.out.join("connections"))?;
     let rows: Vec<Vec<String>> = results
         .iter()
         .map(|r| {
@@ -379,12 +376,5 @@ fn write_outputs(config: &Config, results: &[Measured]) -> Result<Written, LabEr
         &["fetch", "measured s", "model s", "ratio"],
         &rows,
     ));
-    let summary = config.out.join("connections.md");
-    report::write_file(&summary, &md)?;
-    Ok(Written {
-        csv: csv_path,
-        svg,
-        png,
-        summary,
-    })
+    report::write_all(&config.out, "connections", &csv, &chart, &md)
 }

@@ -557,8 +557,6 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
             r.status.clone(),
         ]);
     }
-    let csv_path = config.out.join("distribution.csv");
-    csv.write(&csv_path)?;
 
     // Bound curves over every N from 1 to the largest, like the book's figure.
     let max_n = config.ns.iter().copied().max().unwrap_or(1);
@@ -614,7 +612,6 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
         series,
         x_names: None,
     };
-    let (svg, png) = report::render(&chart, &config.out.join("distribution"))?;
 
     let rows: Vec<Vec<String>> = runs
         .iter()
@@ -664,12 +661,5 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
              graph, repeated while the download runs to find the other downloaders.\n",
         );
     }
-    let summary = config.out.join("distribution.md");
-    report::write_file(&summary, &md)?;
-    Ok(Written {
-        csv: csv_path,
-        svg,
-        png,
-        summary,
-    })
+    report::write_all(&config.out, "distribution", &csv, &chart, &md)
 }

@@ -233,8 +233,6 @@ fn write_outputs(
             rss_per_file.map_or(String::new(), |b| format!("{b:.0}")),
         ]);
     }
-    let csv_path = config.out.join("index-load.csv");
-    csv.write(&csv_path)?;
     let names: Vec<String> = stats.iter().map(|s| s.operation.to_string()).collect();
     let chart = Chart {
         title: format!(
@@ -267,7 +265,6 @@ fn write_outputs(
         ],
         x_names: Some(names),
     };
-    let (svg, png) = report::render(&chart, &config.out.join("index-load"))?;
     let rows: Vec<Vec<String>> = stats
         .iter()
         .map(|s| {
@@ -305,12 +302,5 @@ fn write_outputs(
          `p2pshare-bench index` measures the index server's own process at 1,000,000 files).\n",
         rss_per_file.map_or("not measurable here".into(), |b| format!("{b:.0} bytes"))
     ));
-    let summary = config.out.join("index-load.md");
-    report::write_file(&summary, &md)?;
-    Ok(Written {
-        csv: csv_path,
-        svg,
-        png,
-        summary,
-    })
+    report::write_all(&config.out, "index-load", &csv, &chart, &md)
 }

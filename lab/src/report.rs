@@ -11,7 +11,7 @@ use std::sync::Once;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
-use crate::LabError;
+use crate::{LabError, Written};
 
 /// A CSV table built row by row; values are written as given (no quoting
 /// needed: the lab's cells hold numbers and simple words).
@@ -89,6 +89,28 @@ fn register_font() {
             dejavu::sans::regular(),
         );
     });
+}
+
+/// Writes an experiment's files in `dir`: `stem.csv`, the chart as
+/// `stem.svg` and `stem.png`, and the summary as `stem.md`.
+pub fn write_all(
+    dir: &Path,
+    stem: &str,
+    csv: &Csv,
+    chart: &Chart,
+    summary: &str,
+) -> Result<Written, LabError> {
+    let csv_path = dir.join(format!("{stem}.csv"));
+    csv.write(&csv_path)?;
+    let (svg, png) = render(chart, &dir.join(stem))?;
+    let summary_path = dir.join(format!("{stem}.md"));
+    write_file(&summary_path, summary)?;
+    Ok(Written {
+        csv: csv_path,
+        svg,
+        png,
+        summary: summary_path,
+    })
 }
 
 /// Writes `stem.svg` and `stem.png`; returns their paths.

@@ -378,8 +378,6 @@ fn write_outputs(config: &Config, rows: &[Row]) -> Result<Written, LabError> {
             r.status.clone(),
         ]);
     }
-    let csv_path = config.out.join("search-cost.csv");
-    csv.write(&csv_path)?;
     let mut series = Vec::new();
     for (k, &n) in config.ns.iter().enumerate() {
         series.push(Series {
@@ -418,7 +416,6 @@ fn write_outputs(config: &Config, rows: &[Row]) -> Result<Written, LabError> {
         series,
         x_names: None,
     };
-    let (svg, png) = report::render(&chart, &config.out.join("search-cost"))?;
     let md_rows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
@@ -462,12 +459,5 @@ fn write_outputs(config: &Config, rows: &[Row]) -> Result<Written, LabError> {
         ],
         &md_rows,
     ));
-    let summary = config.out.join("search-cost.md");
-    report::write_file(&summary, &md)?;
-    Ok(Written {
-        csv: csv_path,
-        svg,
-        png,
-        summary,
-    })
+    report::write_all(&config.out, "search-cost", &csv, &chart, &md)
 }
