@@ -168,11 +168,11 @@ pub async fn transfer(
     let file = share.join("payload.bin");
     eprintln!("writing a {size}-byte file in {}", share.display());
     write_file(&file, size, 1)?;
-    let _ = std::fs::read(&file).map(std::hint::black_box); // page cache warm for everyone
 
     // Ours: a real `peer serve` process sharing the file, this process's
     // engine fetching, verifying and writing it (as `peer get` would).
     let source = SourceProcess::start(&share).await?;
+    // Hashing it for its id also leaves it in the page cache for everyone.
     let id = {
         let file = file.clone();
         tokio::task::spawn_blocking(move || transfer::scan::hash_file(&file))
@@ -271,10 +271,15 @@ pub async fn capped(
 ) -> anyhow::Result<()> {
     let (dir, _guard) = scratch(dir)?;
     let mut shares = Vec::new();
+    // One file, linked into every source's folder (they only read it).
+    let payload = dir.join("payload.bin");
+    write_file(&payload, size, 9)?;
     for i in 0..sources {
         let share = dir.join(format!("source-{i}"));
         std::fs::create_dir_all(&share)?;
-        write_file(&share.join("payload.bin"), size, 9)?;
+        let linked = share.join("payload.bin");
+        let _ = std::fs::remove_file(&linked); // from an earlier run, maybe of another size
+        std::fs::hard_link(&payload, &linked)?;
         shares.push(share);
     }
     let bed = Sources::start(shares, Some(cap)).await?;

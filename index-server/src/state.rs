@@ -78,8 +78,9 @@ struct Session {
     files: KeySet,
     bytes: u64,
     lease_expires: Instant,
-    /// id → name of files this session is still downloading (swarming).
-    partial: HashMap<FileId, Box<str>>,
+    /// Files this session is still downloading (swarming); the names it
+    /// uses are in `partials`.
+    partial: HashSet<FileId>,
 }
 
 /// Most files one session may list as partial at once.
@@ -103,6 +104,11 @@ pub struct SwarmSources {
 
 /// A file's holders copied out of the files table: (session, name).
 type Holders = SmallVec<[(SessionId, Box<str>); 2]>;
+
+/// Whether an entry's name and size can be listed at all.
+fn acceptable(f: &SharedFile) -> bool {
+    validate_name(&f.name).is_ok() && f.size <= MAX_FILE_SIZE
+}
 
 fn holders_of(f: FileRef<'_>) -> Holders {
     f.holders().map(|(s, name)| (s, name.into())).collect()
@@ -189,10 +195,6 @@ impl Index {
         self.inner.lease_ttl
     }
 
-    fn id_of(&self, key: FileKey) -> Option<FileId> {
-        self.inner.files.id_of(key)
-    }
-
     /// Opens a session for a peer reachable at `addr`.
     pub fn login(
         &self,
@@ -224,7 +226,7 @@ impl Index {
                 files: KeySet::default(),
                 bytes: 0,
                 lease_expires: now + self.inner.lease_ttl,
-                partial: HashMap::new(),
+                partial: HashSet::new(),
             },
         );
         Ok(id)
@@ -269,7 +271,7 @@ impl Index {
         let mut outcome = AddOutcome::default();
         let mut new_keys: Vec<(FileKey, u64)> = Vec::new();
         for f in files.iter().take(MAX_FILES_PER_BATCH) {
-            if validate_name(&f.name).is_err() || f.size > MAX_FILE_SIZE {
+            if !acceptable(f) {
                 outcome.rejected += 1;
                 continue;
             }
@@ -299,7 +301,7 @@ impl Index {
                 // A file this session was downloading is now complete here.
                 if !s.partial.is_empty() {
                     for f in &files {
-                        if s.partial.remove(&f.id).is_some() {
+                        if s.partial.remove(&f.id) {
                             completed.push(f.id);
                         }
                     }
@@ -314,9 +316,7 @@ impl Index {
         if !still_there {
             // The session ended (lease reaped) while we worked: undo.
             for (key, _) in new_keys {
-                if let Some(id) = self.id_of(key) {
-                    self.drop_holder(session, id);
-                }
+                self.drop_holder_by_key(session, key);
             }
             return Err(StateError::NoSession);
         }
@@ -338,7 +338,7 @@ impl Index {
                 .inner
                 .sessions
                 .get_mut(&session)
-                .is_some_and(|mut s| s.partial.remove(id).is_some());
+                .is_some_and(|mut s| s.partial.remove(id));
             if was_partial {
                 self.drop_partial_holder(session, *id);
                 count += 1;
@@ -366,11 +366,9 @@ impl Index {
                 .remove_if(nick, |_, holder| *holder == session);
         }
         for key in s.files.keys() {
-            if let Some(id) = self.id_of(key) {
-                self.drop_holder(session, id);
-            }
+            self.drop_holder_by_key(session, key);
         }
-        for id in s.partial.into_keys() {
+        for id in s.partial {
             self.drop_partial_holder(session, id);
         }
     }
@@ -399,6 +397,10 @@ impl Index {
         // Checks against the shared tables first, one guard at a time.
         let mut candidates = Vec::new();
         for f in files.into_iter().take(MAX_FILES_PER_BATCH) {
+            if !acceptable(&f) {
+                outcome.rejected += 1;
+                continue;
+            }
             let (size_conflict, complete_here) = self
                 .inner
                 .files
@@ -411,11 +413,7 @@ impl Index {
                 .partials
                 .get(&f.id)
                 .is_some_and(|r| r.size != f.size);
-            if validate_name(&f.name).is_err()
-                || f.size > MAX_FILE_SIZE
-                || size_conflict
-                || partial_conflict
-            {
+            if size_conflict || partial_conflict {
                 outcome.rejected += 1;
             } else if !complete_here {
                 candidates.push(f);
@@ -429,11 +427,11 @@ impl Index {
                 .get_mut(&session)
                 .ok_or(StateError::NoSession)?;
             for f in candidates {
-                if s.partial.len() >= MAX_PARTIAL_PER_SESSION && !s.partial.contains_key(&f.id) {
+                if s.partial.len() >= MAX_PARTIAL_PER_SESSION && !s.partial.contains(&f.id) {
                     outcome.rejected += 1;
                     continue;
                 }
-                s.partial.insert(f.id, f.name.as_str().into());
+                s.partial.insert(f.id);
                 outcome.added += 1;
                 added.push(f);
             }
@@ -455,43 +453,31 @@ impl Index {
     /// Live sources of a file for a swarming downloader: complete holders
     /// and partial ones (each address once, complete first).
     pub fn swarm_lookup(&self, id: &FileId, now: Instant) -> Option<SwarmSources> {
+        let partial_holders = self.inner.partials.get(id).map(|rec| {
+            (
+                rec.size,
+                rec.holders.iter().map(|(s, n)| (*s, n.clone())).collect(),
+            )
+        });
         let complete = self.lookup(id, now);
-        let (psize, holders): (Option<u64>, Vec<(SessionId, Box<str>)>) =
-            match self.inner.partials.get(id) {
-                Some(rec) => (
-                    Some(rec.size),
-                    rec.holders.iter().map(|(s, n)| (*s, n.clone())).collect(),
-                ),
-                None => (None, Vec::new()),
-            };
-        let (mut name, size, complete) = match complete {
-            Some((name, size, sources)) => (Some(name), Some(size), sources),
-            None => (None, psize, Vec::new()),
+        let listed = complete.as_ref().map_or(&[][..], |(_, _, sources)| sources);
+        let partial = partial_holders.and_then(|(size, holders)| {
+            let (name, sources) = self.live_sources(holders, listed, now)?;
+            Some((name, size, sources))
+        });
+        let (name, size, complete, partial) = match (complete, partial) {
+            (Some((name, size, complete)), partial) => (
+                name,
+                size,
+                complete,
+                partial.map(|p| p.2).unwrap_or_default(),
+            ),
+            (None, Some((name, size, partial))) => (name, size, Vec::new(), partial),
+            (None, None) => return None,
         };
-        let mut partial: Vec<Source> = Vec::new();
-        for (session, holder_name) in holders {
-            let Some(s) = self.inner.sessions.get(&session) else {
-                continue;
-            };
-            if s.lease_expires <= now
-                || complete
-                    .iter()
-                    .chain(&partial)
-                    .any(|src| src.addr == s.addr)
-            {
-                continue;
-            }
-            partial.push(Source {
-                addr: s.addr.clone(),
-                nick: s.nick.clone(),
-            });
-            name.get_or_insert_with(|| holder_name.into());
-        }
-        partial.sort_by(|a, b| a.addr.cmp(&b.addr));
-        partial.truncate(200);
         Some(SwarmSources {
-            name: name?,
-            size: size.unwrap_or(0),
+            name,
+            size,
             complete,
             partial,
         })
@@ -523,6 +509,14 @@ impl Index {
         Some((dropped.key, dropped.size))
     }
 
+    /// [`drop_holder`](Self::drop_holder) for a file known by its key (one
+    /// of the session's own).
+    fn drop_holder_by_key(&self, session: SessionId, key: FileKey) {
+        if let Some(dropped) = self.inner.files.drop_holder_by_key(session, key) {
+            self.unindex_name(dropped.key, &dropped.name);
+        }
+    }
+
     fn index_name(&self, key: FileKey, name: &str) {
         let words = &self.inner.words;
         for word in tokenize(name) {
@@ -537,16 +531,23 @@ impl Index {
         }
     }
 
-    /// The live sources among `holders`, sorted and capped, and the name
-    /// the first live one uses; `None` if none is live.
-    fn live_sources(&self, holders: Holders, now: Instant) -> Option<(String, Vec<Source>)> {
+    /// The live sources among `holders` whose address is not `listed`
+    /// already, sorted and capped, and the name the first live one uses;
+    /// `None` if none is live.
+    fn live_sources(
+        &self,
+        holders: Holders,
+        listed: &[Source],
+        now: Instant,
+    ) -> Option<(String, Vec<Source>)> {
         let mut sources: Vec<Source> = Vec::with_capacity(holders.len());
         let mut name = None;
         for (session, holder_name) in holders {
             let Some(s) = self.inner.sessions.get(&session) else {
                 continue;
             };
-            if s.lease_expires <= now || sources.iter().any(|src| src.addr == s.addr) {
+            if s.lease_expires <= now || listed.iter().chain(&sources).any(|src| src.addr == s.addr)
+            {
                 continue;
             }
             sources.push(Source {
@@ -567,7 +568,7 @@ impl Index {
             .inner
             .files
             .with_id(id, |f| (f.size(), holders_of(f)))?;
-        let (name, sources) = self.live_sources(holders, now)?;
+        let (name, sources) = self.live_sources(holders, &[], now)?;
         Some((name, size, sources))
     }
 
@@ -614,7 +615,7 @@ impl Index {
                         matches.then(|| (f.id(), f.size(), holders_of(f)))
                     })
                     .flatten()?;
-                let (name, sources) = self.live_sources(holders, now)?;
+                let (name, sources) = self.live_sources(holders, &[], now)?;
                 Some(SearchHit {
                     id,
                     name,

@@ -206,20 +206,12 @@ struct Measured {
     peer_bytes: u64,
 }
 
-/// Chunk requests a swarming downloader keeps in flight over all its sources.
-const SWARM_IN_FLIGHT: usize = 12;
-
+/// The engine `peer serve --fetch` uses for swarming, with the lab's
+/// download cap.
 fn swarm_engine(config: &Config) -> EngineConfig {
     EngineConfig {
-        pipeline_depth: 2,
-        max_sources: 64,
-        stall_timeout: Duration::from_secs(30),
-        have_refresh: Duration::from_millis(100),
-        // Measured at N = 32 (default sizes): no budget 1.5-1.6x the bound,
-        // 12-16 about 1.3x, 4 starves the downloads (1.5x).
-        max_in_flight: Some(SWARM_IN_FLIGHT),
         download_limit: config.peer_down.map(|d| Arc::new(RateLimiter::new(d))),
-        ..EngineConfig::default()
+        ..peer::swarm::swarm_engine()
     }
 }
 
@@ -231,13 +223,14 @@ async fn start_index() -> Result<(String, CancellationToken, tokio::task::JoinHa
     Ok((addr, stop, task))
 }
 
-async fn start_daemon(
+/// A daemon sharing `share` (created) on loopback with these caps, for
+/// `peer serve` at `index` (empty: no index).
+fn daemon_config(
     share: &Path,
     index: &str,
     up: Option<u64>,
     down: Option<u64>,
-    shutdown: &CancellationToken,
-) -> Result<peer::Daemon, LabError> {
+) -> Result<peer::ServeConfig, LabError> {
     std::fs::create_dir_all(share)?;
     let mut c = peer::ServeConfig::new(share.to_path_buf(), index.to_string());
     c.listen = "127.0.0.1:0".parse().expect("valid address");
@@ -245,6 +238,17 @@ async fn start_daemon(
     c.max_download_rate = down;
     c.max_uploads = 256;
     c.rescan_interval = Duration::from_secs(3600);
+    Ok(c)
+}
+
+async fn start_daemon(
+    share: &Path,
+    index: &str,
+    up: Option<u64>,
+    down: Option<u64>,
+    shutdown: &CancellationToken,
+) -> Result<peer::Daemon, LabError> {
+    let c = daemon_config(share, index, up, down)?;
     peer::serve::start(c, shutdown.clone())
         .await
         .map_err(LabError::setup)
@@ -358,14 +362,8 @@ async fn start_node(
     down: Option<u64>,
     shutdown: &CancellationToken,
 ) -> Result<peer::Daemon, LabError> {
-    std::fs::create_dir_all(share)?;
     // No index: `peer serve --mode p2p`.
-    let mut c = peer::ServeConfig::new(share.to_path_buf(), String::new());
-    c.listen = "127.0.0.1:0".parse().expect("valid address");
-    c.max_upload_rate = up;
-    c.max_download_rate = down;
-    c.max_uploads = 256;
-    c.rescan_interval = Duration::from_secs(3600);
+    let mut c = daemon_config(share, "", up, down)?;
     c.p2p = Some(peer::overlay::OverlayConfig {
         neighbors,
         degree: 4,

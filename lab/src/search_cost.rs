@@ -78,7 +78,7 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Row>), LabError> {
     let mut rows = Vec::new();
     for &n in &config.ns {
         bar.set_message(format!("index n={n}"));
-        let (hit_rate, status) = index_queries(n, config).await?;
+        let hit_rate = index_queries(n, config).await?;
         for &ttl in &config.ttls {
             rows.push(Row {
                 method: "index",
@@ -87,7 +87,7 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Row>), LabError> {
                 messages: 2.0,
                 reach: 1.0,
                 hit_rate,
-                status: status.clone(),
+                status: "measured: one request, one answer".into(),
                 hit_messages: 0.0,
             });
         }
@@ -127,7 +127,7 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Row>), LabError> {
 async fn overlay_queries(n: usize, config: &Config) -> Result<Vec<Row>, LabError> {
     let work = tempfile::tempdir()?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x0e7 ^ n as u64);
-    let holders = ((n as f64 * config.replication).round() as usize).clamp(1, n.max(1));
+    let holders = holders(n, config.replication);
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rng);
     let holder_set: Vec<usize> = order[..holders.min(n)].to_vec();
@@ -242,13 +242,13 @@ async fn overlay_queries(n: usize, config: &Config) -> Result<Vec<Row>, LabError
 
 /// `n` sessions at a real index, `replicas` holding the target file;
 /// `queries` searches for it over one connection. Returns the hit rate.
-async fn index_queries(n: usize, config: &Config) -> Result<(f64, String), LabError> {
+async fn index_queries(n: usize, config: &Config) -> Result<f64, LabError> {
     let server = crate::bind_index(Default::default()).await?;
     let addr = server.local_addr().to_string();
     let state = server.index();
     let (stop, task) = crate::run_index(server);
     let now = tokio::time::Instant::now();
-    let holders = ((n as f64 * config.replication).round() as usize).clamp(1, n.max(1));
+    let holders = holders(n, config.replication);
     for p in 0..n {
         let session = state
             .login(format!("10.0.{}.{}:6699", p / 250, p % 250), None, now)
@@ -282,10 +282,12 @@ async fn index_queries(n: usize, config: &Config) -> Result<(f64, String), LabEr
     }
     stop.cancel();
     let _ = task.await;
-    Ok((
-        hits as f64 / config.queries.max(1) as f64,
-        "measured: one request, one answer".into(),
-    ))
+    Ok(hits as f64 / config.queries.max(1) as f64)
+}
+
+/// How many of `n` nodes hold the file: the replication share, at least one.
+fn holders(n: usize, replication: f64) -> usize {
+    ((n as f64 * replication).round() as usize).clamp(1, n.max(1))
 }
 
 /// A random graph where every node has about `degree` neighbours.
@@ -321,7 +323,7 @@ pub fn flood_stats(graph: &[Vec<usize>], ttl: u32, config: &Config, seed: u64) -
         return (0.0, 0.0, 0.0);
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let holders = ((n as f64 * config.replication).round() as usize).clamp(1, n);
+    let holders = holders(n, config.replication);
     let (mut messages, mut reached, mut hits) = (0u64, 0u64, 0u64);
     let queries = config.queries.max(1);
     for _ in 0..queries {

@@ -76,7 +76,6 @@ async fn index_load_tiny() {
     };
     let (w, stats, _) = index_load::run(&config).await.unwrap();
     check(&w, index_load::CSV_COLUMNS, 3);
-    assert_eq!(stats[0].operations, 1800);
     assert!(stats.iter().all(|s| s.operations > 0));
 }
 
@@ -127,5 +126,5 @@ async fn search_cost_tiny() {
     assert!(rows
         .iter()
         .filter(|r| r.method == "index")
-        .all(|r| r.messages == 2.0 && r.hit_rate == 1.0));
+        .all(|r| r.hit_rate == 1.0));
 }

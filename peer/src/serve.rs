@@ -299,16 +299,15 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
             }
         }
     };
-    tokio::pin!(watch_refusal);
-    let mut fetching = Box::pin(crate::swarm::fetch_into_share(&daemon, &fetch));
-    let mut fetched = fetch.is_empty();
-    let refused = loop {
-        tokio::select! {
-            r = &mut watch_refusal => break r,
-            _ = &mut fetching, if !fetched => fetched = true,
-        }
+    // Fetching ends before the daemon does: then it waits with it.
+    let fetching = async {
+        crate::swarm::fetch_into_share(&daemon, &fetch).await;
+        std::future::pending::<std::convert::Infallible>().await
     };
-    drop(fetching);
+    let refused = tokio::select! {
+        r = watch_refusal => r,
+        never = fetching => match never {},
+    };
     if refused.is_some() {
         daemon_shutdown.cancel();
     }

@@ -121,16 +121,22 @@ pub async fn start_index_with_store(
     (run_index(server), store)
 }
 
-/// Starts a pure peer-to-peer node sharing `share`, joining through `neighbors`.
-pub async fn start_p2p_node(share: &Path, neighbors: Vec<String>, degree: usize) -> Peer {
-    let mut config = peer_config(share, "127.0.0.1:9");
+/// The configuration of a pure peer-to-peer node sharing `share`, joining
+/// through `neighbors` (no index: p2p mode never dials one).
+pub fn p2p_config(share: &Path, neighbors: Vec<String>, degree: usize) -> peer::ServeConfig {
+    let mut config = peer_config(share, "");
     config.p2p = Some(peer::overlay::OverlayConfig {
         neighbors,
         degree,
         ping_interval: Duration::from_millis(100),
         link_idle: Duration::from_secs(30),
     });
-    start_peer_with(config).await
+    config
+}
+
+/// Starts a pure peer-to-peer node sharing `share`, joining through `neighbors`.
+pub async fn start_p2p_node(share: &Path, neighbors: Vec<String>, degree: usize) -> Peer {
+    start_peer_with(p2p_config(share, neighbors, degree)).await
 }
 
 pub async fn start_index() -> Index {

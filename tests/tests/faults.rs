@@ -68,18 +68,16 @@ async fn a_stalled_source_is_dropped_and_its_chunks_refetched() {
     let staller = fake::start(data.clone(), Behaviour::StallAfter(2)).await;
     let good = fake::start(data.clone(), Behaviour::OnlyFirst(u32::MAX)).await;
     let dir = tempfile::tempdir().unwrap();
-    let got = fetch_whole(
+    // Every byte is checked: the chunks the staller held back came from the
+    // good source (by the endgame or after the stall timeout). How many it
+    // served before stalling (at most 2, by construction) depends on which
+    // source got a core first.
+    fetch_whole(
         &data,
         vec![staller.addr_string(), good.addr_string()],
         dir.path(),
     )
     .await;
-    // The staller's chunks were fetched from the good source (by the endgame
-    // or after the stall timeout), so the download did not wait on it.
-    assert!(got.source(&staller.addr_string()).unwrap().chunks <= 2);
-    // Usually 2; fewer when the good source finished before the staller's
-    // task got a core (seen on a loaded machine).
-    assert!(staller.served() <= 2, "{}", staller.served());
 
     // Alone, a staller is detected and reported.
     let dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,26 @@ fn expected_secs() -> f64 {
     (SIZE as f64 - RATE as f64 / 20.0 - 256.0 * 1024.0) / RATE as f64
 }
 
+/// `peer get capped.bin` into `dir/out`; the outcome and the seconds taken.
+async fn timed_get(
+    index: &Index,
+    dir: &std::path::Path,
+    engine: peer::EngineConfig,
+) -> (peer::DownloadOutcome, f64) {
+    let started = Instant::now();
+    let outcome = peer::get::get(
+        &index.addr_string(),
+        "capped.bin",
+        dir.join("out"),
+        engine,
+        Arc::new(Progress::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    (outcome, started.elapsed().as_secs_f64())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capped_upload_is_not_faster_than_the_cap() {
     let index = start_index().await;
@@ -33,18 +53,7 @@ async fn capped_upload_is_not_faster_than_the_cap() {
     let mut seed = start_peer_with(config).await;
     seed.wait_registered(1).await;
 
-    let started = Instant::now();
-    let outcome = peer::get::get(
-        &index.addr_string(),
-        "capped.bin",
-        dir.path().join("out"),
-        test_engine(),
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    let took = started.elapsed().as_secs_f64();
+    let (outcome, took) = timed_get(&index, dir.path(), test_engine()).await;
     assert_eq!(outcome.size, SIZE as u64);
     assert!(
         took >= 0.9 * expected_secs(),
@@ -76,18 +85,7 @@ async fn capped_download_is_not_faster_than_the_cap() {
         download_limit: Some(limit.clone()),
         ..test_engine()
     };
-    let started = Instant::now();
-    peer::get::get(
-        &index.addr_string(),
-        "capped.bin",
-        dir.path().join("out"),
-        engine,
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
-    let took = started.elapsed().as_secs_f64();
+    let (_, took) = timed_get(&index, dir.path(), engine).await;
     assert!(
         took >= 0.9 * expected_secs(),
         "{SIZE} bytes at {RATE} B/s took only {took:.2} s"

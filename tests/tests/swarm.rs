@@ -54,7 +54,7 @@ async fn hybrid_swarm(engine: peer::EngineConfig) {
     });
     let outcomes = tokio::time::timeout(
         Duration::from_secs(60),
-        futures_join_all(downloads.collect()),
+        futures_util::future::join_all(downloads),
     )
     .await
     .expect("swarm finished within 60 s");
@@ -85,14 +85,8 @@ async fn p2p_downloaders_find_and_serve_each_other_through_the_overlay() {
     let data = random_bytes(CHUNKS * common::CHUNK_SIZE, 43);
     let info = content_info(&data);
     write_file(&dir.path().join("seed"), "swarm.bin", &data);
-    let mut seed_config = peer_config(&dir.path().join("seed"), "127.0.0.1:9");
+    let mut seed_config = p2p_config(&dir.path().join("seed"), Vec::new(), 4);
     seed_config.max_upload_rate = Some(2 * 1024 * 1024);
-    seed_config.p2p = Some(peer::overlay::OverlayConfig {
-        neighbors: Vec::new(),
-        degree: 4,
-        ping_interval: Duration::from_millis(100),
-        link_idle: Duration::from_secs(30),
-    });
     let seed = start_peer_with(seed_config).await;
     // A line: seed <- leech0 <- leech1 <- ...
     let mut leechers: Vec<Peer> = Vec::new();
@@ -130,7 +124,7 @@ async fn p2p_downloaders_find_and_serve_each_other_through_the_overlay() {
     });
     let outcomes = tokio::time::timeout(
         Duration::from_secs(60),
-        futures_join_all(downloads.collect()),
+        futures_util::future::join_all(downloads),
     )
     .await
     .expect("swarm finished within 60 s");
@@ -149,35 +143,6 @@ async fn complete_sources(index: &str, id: common::id::FileId) -> usize {
         Some(found) => found.complete.len(),
         None => 0,
     }
-}
-
-/// Runs futures concurrently on this task and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, f) in set.iter_mut().enumerate() {
-            if out[i].is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => out[i] = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter()
-        .map(|o| o.expect("every future finished"))
-        .collect()
 }
 
 /// Every copy verifies, the downloaders uploaded to each other, and the

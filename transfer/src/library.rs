@@ -38,11 +38,6 @@ pub struct PartialEntry {
 }
 
 impl PartialEntry {
-    pub fn new(path: PathBuf, info: Arc<ContentInfo>) -> Self {
-        let name = info.id.to_hex();
-        Self::named(path, info, name)
-    }
-
     /// A partial file that the index lists under `name`.
     pub fn named(path: PathBuf, info: Arc<ContentInfo>, name: String) -> Self {
         let bytes = (info.chunk_count() as usize).div_ceil(8);

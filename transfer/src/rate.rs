@@ -51,11 +51,6 @@ impl RateLimiter {
         }
     }
 
-    /// The cap, in bytes per second.
-    pub fn rate(&self) -> u64 {
-        self.bytes_per_sec
-    }
-
     /// Bytes handed out so far.
     pub fn granted(&self) -> u64 {
         self.granted.load(Ordering::Relaxed)

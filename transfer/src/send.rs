@@ -166,7 +166,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_probe_sees_pages_just_written_as_cached() {
+    fn the_probe_tells_cached_pages_from_dropped_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, vec![5u8; 3 * common::CHUNK_SIZE]).unwrap();
@@ -179,5 +179,19 @@ mod tests {
             common::CHUNK_SIZE
         ));
         assert!(is_cached(&file, 0, 0));
+
+        // Once its pages are written back and dropped, the probe must say
+        // so (tmpfs keeps every page in memory: nothing to drop there).
+        let on_tmpfs = rustix::fs::fstatfs(&file).is_ok_and(|s| s.f_type == 0x0102_1994);
+        if !on_tmpfs {
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .sync_all()
+                .unwrap();
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            assert!(!is_cached(&file, 0, common::CHUNK_SIZE));
+        }
     }
 }

@@ -362,9 +362,32 @@ impl FileTable {
     pub fn drop_holder(&self, session: SessionId, id: &FileId) -> Option<Dropped> {
         let h = self.hash(id);
         let s = Self::shard_of(h);
-        let mut guard = self.shards[s].write();
-        let shard = &mut *guard;
+        let mut shard = self.shards[s].write();
         let n = shard.find(h, id)?;
+        Self::drop_from(&mut shard, s, n, h, session)
+    }
+
+    /// [`drop_holder`](Self::drop_holder) for the file with this key, if
+    /// there is one (no lookup by id: the key names the slot).
+    pub fn drop_holder_by_key(&self, session: SessionId, key: FileKey) -> Option<Dropped> {
+        let (s, n) = split(key);
+        let mut shard = self.shards[s].write();
+        if n >= shard.len || shard.slot(n).session == FREE {
+            return None;
+        }
+        let h = self.hash(&shard.slot(n).id);
+        Self::drop_from(&mut shard, s, n, h, session)
+    }
+
+    /// Withdraws `session`'s holding of file `n` of shard `s`, whose id
+    /// hashes to `h`.
+    fn drop_from(
+        shard: &mut Shard,
+        s: usize,
+        n: u32,
+        h: u64,
+        session: SessionId,
+    ) -> Option<Dropped> {
         let slot = shard.slot(n);
         let (size, first, first_ref) = (slot.size, slot.session, slot.name);
         let has_more = first_ref.len & MORE != 0;
@@ -447,11 +470,6 @@ impl FileTable {
         }))
     }
 
-    /// The id of the file with this key.
-    pub fn id_of(&self, key: FileKey) -> Option<FileId> {
-        self.with_key(key, |f| f.id())
-    }
-
     /// Runs `f` on every file, one shard at a time.
     pub fn for_each(&self, mut f: impl FnMut(FileRef<'_>)) {
         for shard in self.shards.iter() {
@@ -530,10 +548,10 @@ mod tests {
         ));
         assert_eq!(t.drop_holder(3, &f.id).unwrap().name, "eins");
         assert_eq!(holders(&t, &f), vec![(2, "deux".into())]);
-        assert_eq!(t.id_of(key), Some(f.id));
+        assert_eq!(t.with_key(key, |f| f.id()), Some(f.id));
         assert_eq!(t.drop_holder(2, &f.id).unwrap().name, "deux");
         assert!(t.with_id(&f.id, |_| ()).is_none());
-        assert!(t.id_of(key).is_none(), "the key is free");
+        assert!(t.with_key(key, |f| f.id()).is_none(), "the key is free");
         assert_eq!(t.len(), 0);
     }
 
@@ -586,7 +604,7 @@ mod tests {
             }
             assert_eq!(found, Some((f.id, f.size)));
             let key = key_of_file[&n];
-            assert_eq!(t.id_of(key), Some(f.id));
+            assert_eq!(t.with_key(key, |f| f.id()), Some(f.id));
             let name = t
                 .with_key(key, |r| r.holders().next().unwrap().1.to_string())
                 .unwrap();

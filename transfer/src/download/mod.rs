@@ -198,17 +198,18 @@ pub(crate) struct Shared {
     /// Cancelled when chunk requests may start.
     started: CancellationToken,
     bytes_received: AtomicU64,
-    /// Chunk requests in flight over all sources (for `max_in_flight`).
+    /// Chunk requests in flight over all sources, counted only when
+    /// `max_in_flight` sets a budget.
     pub(crate) in_flight: AtomicUsize,
-    /// Woken when a request in flight is answered or given back.
+    /// Woken when a unit of the budget is given back.
     in_flight_freed: Notify,
 }
 
 impl Shared {
     /// Takes one unit of the in-flight budget; false when it is spent.
+    /// Without a budget, always true (and nothing is counted).
     pub(crate) fn take_request(&self) -> bool {
         let Some(cap) = self.config.max_in_flight else {
-            self.in_flight.fetch_add(1, Ordering::AcqRel);
             return true;
         };
         self.in_flight
@@ -221,12 +222,15 @@ impl Shared {
     /// Gives back a unit taken for a request that was not made (no wake-up:
     /// nothing new became possible).
     pub(crate) fn untake_request(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.config.max_in_flight.is_some() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
-    /// Gives back `n` units of the in-flight budget.
+    /// Gives back `n` units of the in-flight budget, waking sources that
+    /// wait for one.
     pub(crate) fn give_back(&self, n: usize) {
-        if n > 0 {
+        if n > 0 && self.config.max_in_flight.is_some() {
             self.in_flight.fetch_sub(n, Ordering::AcqRel);
             self.in_flight_freed.notify_waiters();
         }
@@ -437,10 +441,11 @@ pub async fn download_swarm(
             total, "resuming: verified chunks found on disk"
         );
     }
+    let name = output::sanitize_name(&request.name, &request.id);
     let partial = Arc::new(PartialEntry::named(
         part.clone(),
         info.clone(),
-        output::sanitize_name(&request.name, &request.id),
+        name.clone(),
     ));
     let resumed_bytes: u64 = (0..total)
         .filter(|i| have[*i as usize])
@@ -573,8 +578,7 @@ pub async fn download_swarm(
             found = recv_feed(&mut feed) => match found {
                 Some(addrs) => {
                     for addr in addrs {
-                        let live = alive.iter().filter(|a| **a).count();
-                        if live >= config.max_sources.max(1) {
+                        if workers.len() >= config.max_sources.max(1) {
                             break;
                         }
                         // A known address is tried again only if its task
@@ -663,7 +667,6 @@ pub async fn download_swarm(
     }
 
     debug!("every chunk verified and written; publishing");
-    let name = output::sanitize_name(&request.name, &request.id);
     let file = verifier.writer.into_file();
     let (part_c, dir_c) = (part.clone(), request.out_dir.clone());
     let path = tokio::task::spawn_blocking(move || output::publish(&part_c, &file, &dir_c, &name))

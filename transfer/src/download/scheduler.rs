@@ -72,9 +72,10 @@ struct State {
 
 impl State {
     fn set_holds(&mut self, source: usize, new: Holds) {
-        let Some(old) = self.holds.get(source).cloned() else {
+        let Some(slot) = self.holds.get_mut(source) else {
             return;
         };
+        let old = std::mem::replace(slot, Holds::Unknown);
         for i in 0..self.chunks.len() as u32 {
             let (was, is) = (old.has(i), new.has(i));
             let a = &mut self.availability[i as usize];
@@ -177,6 +178,7 @@ impl Scheduler {
     }
 
     /// How many connected sources hold chunk `index`.
+    #[cfg(test)]
     pub fn availability(&self, index: u32) -> u16 {
         self.lock()
             .availability
@@ -211,7 +213,15 @@ impl Scheduler {
         }
         let start = s.cursors[source];
         // Rarest first; the walk order breaks ties. A chunk this source has
-        // is held by at least one source, so a count of 1 cannot be beaten.
+        // is held by at least one source and by every complete one, so a
+        // count that low cannot be beaten: the walk stops there (with only
+        // complete sources, at the first missing chunk).
+        let floor = s
+            .holds
+            .iter()
+            .filter(|h| matches!(h, Holds::All))
+            .count()
+            .clamp(1, u16::MAX as usize) as u16;
         let mut best: Option<(u16, u32)> = None;
         let mut any_missing = false;
         let mut outstanding = 0u32;
@@ -226,7 +236,7 @@ impl Scheduler {
                 let rarity = s.availability[i as usize];
                 if best.is_none_or(|(r, _)| rarity < r) {
                     best = Some((rarity, i));
-                    if rarity <= 1 {
+                    if rarity <= floor {
                         break;
                     }
                 }
