@@ -328,21 +328,26 @@ async fn main() {
 
 async fn run_all(out: PathBuf) -> anyhow::Result<()> {
     // Defaults come from clap, so `lab all` and the single commands agree.
-    let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
-    let defaults = |name: &str| parse(&["lab", name]).map(|c| c.command);
+    // All parsed before anything runs: an invalid LAB_* variable is an
+    // error at once, as in the single commands.
+    let defaults =
+        |name: &str| -> anyhow::Result<Command> { Ok(Cli::try_parse_from(["lab", name])?.command) };
     // Index load first: its memory figure is this process's growth, which
     // memory freed by the other experiments (and reused) would hide.
-    if let Ok(Command::IndexLoad { args, .. }) = defaults("index-load") {
-        index_load(args, out.clone()).await?;
-    }
-    if let Ok(Command::Connections { args, .. }) = defaults("connections") {
-        connections(args, out.clone()).await?;
-    }
-    if let Ok(Command::SearchCost { args, .. }) = defaults("search-cost") {
-        search_cost(args, out.clone()).await?;
-    }
-    if let Ok(Command::Distribution { args, .. }) = defaults("distribution") {
-        distribution(args, out).await?;
+    let experiments = [
+        defaults("index-load")?,
+        defaults("connections")?,
+        defaults("search-cost")?,
+        defaults("distribution")?,
+    ];
+    for experiment in experiments {
+        match experiment {
+            Command::IndexLoad { args, .. } => index_load(args, out.clone()).await?,
+            Command::Connections { args, .. } => connections(args, out.clone()).await?,
+            Command::SearchCost { args, .. } => search_cost(args, out.clone()).await?,
+            Command::Distribution { args, .. } => distribution(args, out.clone()).await?,
+            _ => unreachable!("only experiments are listed"),
+        }
     }
     Ok(())
 }

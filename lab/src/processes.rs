@@ -147,7 +147,7 @@ pub async fn client_server(
     )?);
     wait_listed(&index, id).await?;
     let start = Instant::now();
-    let mut getters = Vec::new();
+    let mut outs = Vec::new();
     for i in 0..n {
         let out = run.join(format!("client-{i}"));
         let mut cmd = Command::new(&peer_bin);
@@ -164,26 +164,14 @@ pub async fn client_server(
             cmd.args(["--max-download-rate", &rate(d)]);
         }
         cmd.arg(id.to_hex());
-        getters.push(spawn(&mut cmd, &run.join(format!("client-{i}.log")))?);
+        children
+            .0
+            .push(spawn(&mut cmd, &run.join(format!("client-{i}.log")))?);
+        outs.push(out);
     }
-    let statuses = tokio::task::spawn_blocking(move || {
-        getters
-            .into_iter()
-            .map(|mut g| g.wait())
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(LabError::setup)?;
-    let seconds = start.elapsed().as_secs_f64();
-    for s in statuses {
-        let s = s?;
-        if !s.success() {
-            return Err(LabError::Setup(format!(
-                "a `peer get --mode client-server` exited with {s}"
-            )));
-        }
-    }
-    Ok(seconds)
+    // Like the swarms: done when every client holds the file under its name.
+    wait_files(&outs, "lab-file.bin", config.file_size, &mut children).await?;
+    Ok(start.elapsed().as_secs_f64())
 }
 
 pub async fn swarm(

@@ -50,12 +50,20 @@ pub enum P2pSwarmError {
 
 impl Daemon {
     /// The addresses this daemon is known by, to leave out of its own sources.
-    fn own_addrs(&self) -> Vec<String> {
-        let mut own = vec![self.listen_addr.to_string()];
-        if let RegistrationState::Registered { addr, .. } = &*self.registration.borrow() {
-            own.push(addr.clone());
+    ///
+    /// Read afresh on each call: a daemon that starts fetching at once is
+    /// not registered yet, and its published address, which the index later
+    /// lists among the partial sources, arrives with the registration.
+    fn own_addrs(&self) -> impl Fn() -> Vec<String> + Send + Sync + 'static {
+        let listen = self.listen_addr.to_string();
+        let registration = self.registration.clone();
+        move || {
+            let mut own = vec![listen.clone()];
+            if let RegistrationState::Registered { addr, .. } = &*registration.borrow() {
+                own.push(addr.clone());
+            }
+            own
         }
-        own
     }
 
     /// Downloads `id` into `out_dir` while serving it: the chunks verified so
@@ -77,7 +85,7 @@ impl Daemon {
         };
         let own = self.own_addrs();
         let addrs = move |f: &crate::index_client::SwarmFound| -> Vec<String> {
-            others(&own, f.complete.iter().chain(&f.partial).map(|s| &s.addr))
+            others(&own(), f.complete.iter().chain(&f.partial).map(|s| &s.addr))
         };
         let request = DownloadRequest {
             id,
@@ -176,7 +184,7 @@ impl Daemon {
             move |report: &crate::overlay::SearchReport| -> Option<(String, Vec<String>)> {
                 let mut hits = report.hits.iter().filter(|h| h.id == hex).peekable();
                 let name = hits.peek()?.name.clone();
-                Some((name, others(&own, hits.flat_map(|h| h.sources.iter()))))
+                Some((name, others(&own(), hits.flat_map(|h| h.sources.iter()))))
             };
         let first = crate::overlay::search(&via, words.clone(), ttl, P2P_REFRESH_WAIT).await?;
         let Some((name, sources)) = sources_of(&first).filter(|(_, s)| !s.is_empty()) else {
