@@ -3,10 +3,12 @@
 //!
 //! A message is shown on a terminal by `peer inbox`, so it may not carry
 //! anything that steers the terminal: no control characters except newline
-//! and tab, and no Unicode bidirectional overrides (which can make text read
-//! differently from what it is).
+//! and tab, and no invisible formatting characters such as Unicode
+//! bidirectional overrides (which can make text read differently from what
+//! it is): the rule file names follow too ([`crate::names::is_invisible_format`]).
 
 use crate::limits::{MAX_MESSAGE_LEN, MAX_NICK_LEN};
+use crate::names::is_invisible_format;
 
 /// Why a nickname is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,7 +28,7 @@ pub enum MessageTextError {
     Empty,
     #[error("the message is {len} bytes, more than the {max} allowed")]
     TooLong { len: usize, max: usize },
-    #[error("the message contains a control character (only newline and tab are allowed)")]
+    #[error("the message contains a control or invisible formatting character (only newline and tab are allowed)")]
     ControlCharacter,
 }
 
@@ -70,13 +72,9 @@ pub fn sanitize_nick(raw: &str, fallback: &str) -> String {
     }
 }
 
-/// Characters that reorder displayed text (bidi embeddings, overrides, isolates, marks).
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
 /// A message is 1 to [`MAX_MESSAGE_LEN`] bytes with no control characters
-/// other than newline and tab.
+/// other than newline and tab, and no invisible formatting characters (the
+/// same rule as file names: [`is_invisible_format`]).
 pub fn validate_message_text(text: &str) -> Result<(), MessageTextError> {
     if text.trim().is_empty() {
         return Err(MessageTextError::Empty);
@@ -89,7 +87,7 @@ pub fn validate_message_text(text: &str) -> Result<(), MessageTextError> {
     }
     if text
         .chars()
-        .any(|c| (c.is_control() && c != '\n' && c != '\t') || is_bidi_control(c))
+        .any(|c| (c.is_control() && c != '\n' && c != '\t') || is_invisible_format(c))
     {
         return Err(MessageTextError::ControlCharacter);
     }

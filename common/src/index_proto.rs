@@ -24,6 +24,33 @@ pub struct SharedFile {
     pub size: u64,
 }
 
+/// Why the index refuses to list a [`SharedFile`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error(transparent)]
+    Name(#[from] crate::names::NameError),
+    #[error("file is {size} bytes, more than the {max} the protocol describes")]
+    TooLarge { size: u64, max: u64 },
+}
+
+impl SharedFile {
+    /// Whether the index can list this entry at all: its name passes
+    /// [`crate::names::validate_name`] and its size is at most
+    /// [`crate::limits::MAX_FILE_SIZE`]. The index applies it to every
+    /// registration, and a peer applies it before registering, so that what
+    /// it reports registered is what the index holds.
+    pub fn check(&self) -> Result<(), EntryError> {
+        crate::names::validate_name(&self.name)?;
+        if self.size > crate::limits::MAX_FILE_SIZE {
+            return Err(EntryError::TooLarge {
+                size: self.size,
+                max: crate::limits::MAX_FILE_SIZE,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// What a peer says about itself when it logs in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Login {

@@ -46,8 +46,8 @@ use std::time::Duration;
 
 use common::id::FileId;
 use common::index_proto::{IndexStats, PeerSummary, SearchHit, SharedFile, Source};
-use common::limits::{MAX_FILES_PER_BATCH, MAX_FILE_SIZE};
-use common::names::{tokenize, validate_name};
+use common::limits::MAX_FILES_PER_BATCH;
+use common::names::tokenize;
 use dashmap::DashMap;
 use smallvec::SmallVec;
 use tokio::time::Instant;
@@ -107,7 +107,7 @@ type Holders = SmallVec<[(SessionId, Box<str>); 2]>;
 
 /// Whether an entry's name and size can be listed at all.
 fn acceptable(f: &SharedFile) -> bool {
-    validate_name(&f.name).is_ok() && f.size <= MAX_FILE_SIZE
+    f.check().is_ok()
 }
 
 fn holders_of(f: FileRef<'_>) -> Holders {

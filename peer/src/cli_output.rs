@@ -1,11 +1,17 @@
 //! How the command line prints results: tables for people, JSON for scripts,
 //! and a progress bar on a terminal.
+//!
+//! Every name, nickname or address that came from the network goes through
+//! [`common::names::escape_for_terminal`] before it reaches a table: control
+//! and invisible formatting characters are shown as `\u{XXXX}`, never sent
+//! to the terminal raw.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::index_proto::{SearchHit, SharedFile};
+use common::names::escape_for_terminal as esc;
 use peer::download::Progress;
 use serde::Serialize;
 
@@ -61,7 +67,7 @@ pub fn print_p2p_report(report: &peer::overlay::SearchReport) {
                 h.sources.len(),
                 human_size(h.size),
                 h.id,
-                h.name
+                esc(&h.name)
             );
         }
     }
@@ -90,7 +96,7 @@ pub fn print_hits(hits: &[SearchHit]) {
             h.sources,
             human_size(h.size),
             h.id,
-            h.name
+            esc(&h.name)
         );
     }
 }
@@ -102,9 +108,12 @@ pub fn print_files(files: &[SharedFile]) {
     }
     println!("{:>10}  {:<64}  NAME", "SIZE", "ID");
     for f in files {
-        println!("{:>10}  {}  {}", human_size(f.size), f.id, f.name);
+        println!("{:>10}  {}  {}", human_size(f.size), f.id, esc(&f.name));
     }
 }
+
+/// Longest progress bar label, in bytes (the target, shortened keeping its extension).
+const PROGRESS_LABEL_LEN: usize = 32;
 
 /// A progress bar fed from the engine's counters; invisible when stderr is
 /// not a terminal.
@@ -125,8 +134,9 @@ impl ProgressBar {
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
         bar.set_style(style);
-        let short: String = label.chars().take(24).collect();
-        bar.set_message(short);
+        let label = esc(label);
+        let short = common::names::shorten_name(&label, PROGRESS_LABEL_LEN);
+        bar.set_message(short.into_owned());
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let b = bar.clone();
         tokio::spawn(async move {

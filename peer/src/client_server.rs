@@ -135,10 +135,10 @@ async fn upload(
         chunks_sent: 0,
         already_stored: false,
     };
-    let refused = |code, message| PutError::Refused {
+    let refused = |code, message: String| PutError::Refused {
         name: name.to_string(),
         code,
-        message,
+        message: common::names::escape_for_terminal(&message).into_owned(),
     };
 
     wire::send_message(

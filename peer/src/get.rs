@@ -21,7 +21,7 @@ pub enum GetError {
     NameNotFound(String),
     #[error("no online peer offers file {0} right now")]
     IdNotFound(FileId),
-    #[error("several different files are named {name:?}; pass one id instead:\n{}", .candidates.iter().map(|(id, n)| format!("  {id}  {n}")).collect::<Vec<_>>().join("\n"))]
+    #[error("several different files are named {name:?}; pass one id instead:\n{}", .candidates.iter().map(|(id, n)| format!("  {id}  {}", common::names::escape_for_terminal(n))).collect::<Vec<_>>().join("\n"))]
     Ambiguous {
         name: String,
         candidates: Vec<(FileId, String)>,

@@ -142,7 +142,7 @@ pub async fn deliver_to(addr: &str, to: &str, from: &str, text: &str) -> Result<
         PeerResponse::Error { code, message } => Err(MessageError::Refused {
             nick: to.into(),
             code,
-            message,
+            message: common::names::escape_for_terminal(&message).into_owned(),
         }),
         other => Err(MessageError::Unexpected {
             nick: to.into(),

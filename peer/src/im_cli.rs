@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use common::index_proto::PeerSummary;
+use common::names::escape_for_terminal as esc;
 use peer::inbox::{self, InboxMessage};
 use peer::index_client::IndexClient;
 
@@ -83,8 +84,8 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
                 for p in &peers {
                     println!(
                         "{:<32}  {:<24}  {:>7}  {:>10}",
-                        p.nick.as_deref().unwrap_or("-"),
-                        p.addr,
+                        esc(p.nick.as_deref().unwrap_or("-")),
+                        esc(&p.addr),
                         p.files,
                         human_size(p.bytes)
                     );
@@ -101,7 +102,7 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
             if json {
                 print_json(&peer_json(&p));
             } else {
-                println!("{}", p.addr);
+                println!("{}", esc(&p.addr));
             }
             Ok(0)
         }
@@ -118,7 +119,11 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
             if json {
                 print_json(&delivery);
             } else {
-                println!("delivered to {} at {}", delivery.to, delivery.addr);
+                println!(
+                    "delivered to {} at {}",
+                    esc(&delivery.to),
+                    esc(&delivery.addr)
+                );
             }
             Ok(0)
         }
@@ -159,11 +164,14 @@ fn print_message(m: &InboxMessage) {
     println!(
         "{}  {} ({})",
         utc_time(m.received_unix_ms),
-        m.from,
-        m.source
+        esc(&m.from),
+        esc(&m.source)
     );
+    // The text was checked on arrival; escaping again keeps an inbox file
+    // written by an older or altered build harmless too. Tabs stay tabs.
     for line in m.text.lines() {
-        println!("    {line}");
+        let shown: Vec<_> = line.split('\t').map(esc).collect();
+        println!("    {}", shown.join("\t"));
     }
 }
 

@@ -115,7 +115,11 @@ impl IndexClient {
     pub async fn receive(&mut self) -> Result<IndexResponse, IndexError> {
         let deadlines = Deadlines::with_idle(ANSWER_TIMEOUT);
         match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await? {
-            IndexResponse::Error { code, message } => Err(IndexError::Refused { code, message }),
+            // The message is shown to the user: never raw terminal control from the server.
+            IndexResponse::Error { code, message } => Err(IndexError::Refused {
+                code,
+                message: common::names::escape_for_terminal(&message).into_owned(),
+            }),
             other => Ok(other),
         }
     }

@@ -2,7 +2,7 @@
 //! additions and removals, and reconnection with backoff when the index goes
 //! away (its restart loses every registration, so we register again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::id::FileId;
@@ -43,6 +43,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut backoff = config.backoff_min;
+    // Lives across sessions: a refused file is warned about once, not once per reconnection.
+    let mut refusals = Refusals::default();
     // A clash on the first login is someone else's nickname: give up. Once we
     // have been registered, a clash is our own old session whose lease has
     // not run out yet (a half-open connection): wait for it.
@@ -51,7 +53,7 @@ pub async fn run(
         state.send_replace(RegistrationState::Connecting);
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = session(&config, &library, &state, &mut backoff, &mut registered_once) => r,
+            r = session(&config, &library, &state, &mut backoff, &mut registered_once, &mut refusals) => r,
         };
         let Err(e) = result else { return };
         if let IndexError::Refused {
@@ -90,6 +92,7 @@ async fn session(
     state: &watch::Sender<RegistrationState>,
     backoff: &mut Duration,
     registered_once: &mut bool,
+    refusals: &mut Refusals,
 ) -> Result<(), IndexError> {
     let mut client = IndexClient::connect(&config.index).await?;
     let (addr, ttl) = match client
@@ -106,6 +109,8 @@ async fn session(
     changes.mark_changed();
     let mut registered: HashMap<FileId, SharedFile> = HashMap::new();
     let mut registered_partial: HashMap<FileId, SharedFile> = HashMap::new();
+    // Files the index holds for this session, as its answers count them.
+    let mut held = 0usize;
     let mut heartbeat = tokio::time::interval(ttl / 3);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
@@ -116,13 +121,14 @@ async fn session(
                 if changed.is_err() {
                     return Ok(());
                 }
-                sync_listing(&mut client, library, &mut registered, &mut registered_partial).await?;
+                let mut listing = Listing { client: &mut client, registered: &mut registered, registered_partial: &mut registered_partial, held: &mut held };
+                let refused = listing.sync(library, refusals).await?;
                 if !announced {
-                    info!(%addr, files = registered.len(), "registered at the index");
+                    info!(%addr, files = held, refused, "registered at the index");
                     announced = true;
                     *backoff = config.backoff_min;
                 }
-                state.send_replace(RegistrationState::Registered { addr: addr.clone(), files: registered.len() });
+                state.send_replace(RegistrationState::Registered { addr: addr.clone(), files: held });
             }
             _ = heartbeat.tick() => {
                 client.request(&IndexRequest::Heartbeat).await?;
@@ -133,65 +139,156 @@ async fn session(
     }
 }
 
-/// Sends the difference between what the index has and what we share.
-async fn sync_listing(
-    client: &mut IndexClient,
-    library: &Library,
-    registered: &mut HashMap<FileId, SharedFile>,
-    registered_partial: &mut HashMap<FileId, SharedFile>,
-) -> Result<(), IndexError> {
-    let current = library.listing();
-    let current_partial = library.partial_listing();
-    // A partial file that became complete is upgraded by its AddFiles, not removed.
-    let mut removed: Vec<FileId> = registered
-        .keys()
-        .chain(registered_partial.keys())
-        .filter(|id| !current.contains_key(id) && !current_partial.contains_key(id))
-        .copied()
-        .collect();
-    removed.sort();
-    removed.dedup();
-    let added_partial: Vec<SharedFile> = current_partial
-        .values()
-        .filter(|f| !registered_partial.contains_key(&f.id))
-        .cloned()
-        .collect();
-    let added: Vec<SharedFile> = current
-        .values()
-        .filter(|f| registered.get(&f.id).is_none_or(|r| r.name != f.name))
-        .cloned()
-        .collect();
-    // Pipelined: every batch goes out before the first answer is read.
-    let mut pending = 0;
-    for batch in removed.chunks(MAX_FILES_PER_BATCH) {
-        client
-            .queue(&IndexRequest::RemoveFiles {
-                ids: batch.to_vec(),
-            })
-            .await?;
-        pending += 1;
+/// Shared files the index would refuse ([`SharedFile::check`], the index's
+/// own rule), each warned about once for as long as it stays in the share:
+/// not on every rescan, not on every reconnection.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    warned: HashSet<String>,
+}
+
+impl Refusals {
+    /// Drops from `listing` what the index would refuse, warning once per
+    /// name with the reason, and returns how many were dropped. A name that
+    /// leaves the share is forgotten, so a new file by that name is warned
+    /// about again.
+    pub fn filter(&mut self, listing: &mut HashMap<FileId, SharedFile>) -> usize {
+        let mut still = HashSet::new();
+        listing.retain(|_, f| {
+            let Err(reason) = f.check() else { return true };
+            if !self.warned.contains(&f.name) {
+                warn!(
+                    name = %common::names::escape_for_terminal(&f.name),
+                    %reason,
+                    "not registering a shared file the index would refuse; rename it to share it"
+                );
+            }
+            still.insert(f.name.clone());
+            false
+        });
+        let refused = still.len();
+        self.warned = still;
+        refused
     }
-    for batch in added.chunks(MAX_FILES_PER_BATCH) {
-        client
-            .queue(&IndexRequest::AddFiles {
-                files: batch.to_vec(),
-            })
-            .await?;
-        pending += 1;
+}
+
+/// What one request of a sync was, to read its answer.
+#[derive(Clone, Copy)]
+enum Sent {
+    RemoveComplete,
+    RemoveOther,
+    AddNew(usize),
+    Rename(usize),
+    AddPartial,
+}
+
+/// This session's registrations and the connection they go through.
+struct Listing<'a> {
+    client: &'a mut IndexClient,
+    registered: &'a mut HashMap<FileId, SharedFile>,
+    registered_partial: &'a mut HashMap<FileId, SharedFile>,
+    /// Entries the index holds for us: its `Ack` counts of new files
+    /// accepted, less those of complete files removed.
+    held: &'a mut usize,
+}
+
+impl Listing<'_> {
+    /// Sends the difference between what the index has and what we share;
+    /// returns how many shared files are not registered because the index
+    /// would refuse them.
+    async fn sync(
+        &mut self,
+        library: &Library,
+        refusals: &mut Refusals,
+    ) -> Result<usize, IndexError> {
+        let mut current = library.listing();
+        let refused = refusals.filter(&mut current);
+        let mut current_partial = library.partial_listing();
+        current_partial.retain(|_, f| f.check().is_ok());
+        let (registered, registered_partial) = (&*self.registered, &*self.registered_partial);
+        // A partial file that became complete is upgraded by its AddFiles, not removed.
+        let gone = |id: &&FileId| !current.contains_key(id) && !current_partial.contains_key(id);
+        let mut removed: Vec<FileId> = registered.keys().filter(gone).copied().collect();
+        removed.sort();
+        let mut removed_other: Vec<FileId> = registered_partial
+            .keys()
+            .filter(gone)
+            .filter(|id| !registered.contains_key(id))
+            .copied()
+            .collect();
+        removed_other.sort();
+        let added_partial: Vec<SharedFile> = current_partial
+            .values()
+            .filter(|f| !registered_partial.contains_key(&f.id))
+            .cloned()
+            .collect();
+        // New files and renamed ones go in separate batches, so that an
+        // answer's count of accepted new files is exact.
+        let (renamed, added): (Vec<SharedFile>, Vec<SharedFile>) = current
+            .values()
+            .filter(|f| registered.get(&f.id).is_none_or(|r| r.name != f.name))
+            .cloned()
+            .partition(|f| registered.contains_key(&f.id));
+        // Pipelined: every batch goes out before the first answer is read.
+        let mut sent = Vec::new();
+        for (ids, kind) in [
+            (&removed, Sent::RemoveComplete),
+            (&removed_other, Sent::RemoveOther),
+        ] {
+            for batch in ids.chunks(MAX_FILES_PER_BATCH) {
+                self.client
+                    .queue(&IndexRequest::RemoveFiles {
+                        ids: batch.to_vec(),
+                    })
+                    .await?;
+                sent.push(kind);
+            }
+        }
+        for batch in added.chunks(MAX_FILES_PER_BATCH) {
+            let files = batch.to_vec();
+            self.client.queue(&IndexRequest::AddFiles { files }).await?;
+            sent.push(Sent::AddNew(batch.len()));
+        }
+        for batch in renamed.chunks(MAX_FILES_PER_BATCH) {
+            let files = batch.to_vec();
+            self.client.queue(&IndexRequest::AddFiles { files }).await?;
+            sent.push(Sent::Rename(batch.len()));
+        }
+        for batch in added_partial.chunks(MAX_FILES_PER_BATCH) {
+            let files = batch.to_vec();
+            self.client.queue(&IndexRequest::AddPartial { files }).await?;
+            sent.push(Sent::AddPartial);
+        }
+        self.client.flush().await?;
+        let (mut refused_new, mut refused_renames) = (0, 0);
+        for kind in sent {
+            let count = match self.client.receive().await? {
+                IndexResponse::Ack { count } => count as usize,
+                other => return Err(IndexError::Unexpected(format!("{other:?}"))),
+            };
+            match kind {
+                Sent::RemoveComplete => *self.held = self.held.saturating_sub(count),
+                Sent::AddNew(len) => {
+                    *self.held += count.min(len);
+                    refused_new += len.saturating_sub(count);
+                }
+                Sent::Rename(len) => refused_renames += len.saturating_sub(count),
+                Sent::RemoveOther | Sent::AddPartial => {}
+            }
+        }
+        if refused_new + refused_renames > 0 {
+            // The answer counts refusals without naming them; our own check
+            // passed, so it is a rule of that index (a cap, a size that
+            // contradicts another peer's entry for the same id).
+            warn!(
+                refused = refused_new,
+                renames_refused = refused_renames,
+                sent = added.len() + renamed.len(),
+                "the index refused some of the files sent (it does not say which)"
+            );
+        }
+        *self.registered = current;
+        *self.registered_partial = current_partial;
+        Ok(refused)
     }
-    for batch in added_partial.chunks(MAX_FILES_PER_BATCH) {
-        client
-            .queue(&IndexRequest::AddPartial {
-                files: batch.to_vec(),
-            })
-            .await?;
-        pending += 1;
-    }
-    client.flush().await?;
-    for _ in 0..pending {
-        client.receive().await?;
-    }
-    *registered = current;
-    *registered_partial = current_partial;
-    Ok(())
 }

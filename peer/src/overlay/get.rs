@@ -20,7 +20,7 @@ pub enum P2pGetError {
     Search(#[from] SearchError),
     #[error("no node within {ttl} hops offers {target:?} (raise --ttl or --wait, or try another --via node)")]
     NotFound { target: String, ttl: u8 },
-    #[error("several different files are named {name:?}; pass one id instead:\n{}", .candidates.iter().map(|(id, n)| format!("  {id}  {n}")).collect::<Vec<_>>().join("\n"))]
+    #[error("several different files are named {name:?}; pass one id instead:\n{}", .candidates.iter().map(|(id, n)| format!("  {id}  {}", common::names::escape_for_terminal(n))).collect::<Vec<_>>().join("\n"))]
     Ambiguous {
         name: String,
         candidates: Vec<(String, String)>,

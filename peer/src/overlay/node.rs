@@ -29,6 +29,7 @@ use tracing::{debug, info};
 
 use super::router::{matches, Action, LinkId, LocalNode, OverlayCounters, Router};
 use crate::library::Library;
+use common::names::validate_name;
 
 /// Most messages queued towards one link before new ones are dropped.
 const LINK_QUEUE: usize = 256;
@@ -126,7 +127,8 @@ impl LocalNode for Local {
             .library
             .shared()
             .iter()
-            .filter(|(id, e)| matches(words, id, &e.rel))
+            // The index's name rule holds here too: searchers drop other names.
+            .filter(|(id, e)| matches(words, id, &e.rel) && validate_name(&e.rel).is_ok())
             .map(|(id, e)| OverlayFile {
                 id: *id,
                 name: e.rel.clone(),
@@ -138,7 +140,7 @@ impl LocalNode for Local {
             .library
             .partial_listing()
             .into_values()
-            .filter(|f| matches(words, &f.id, &f.name))
+            .filter(|f| matches(words, &f.id, &f.name) && validate_name(&f.name).is_ok())
             .map(|f| OverlayFile {
                 id: f.id,
                 name: f.name,

@@ -18,31 +18,12 @@ pub fn part_path(out_dir: &Path, id: &FileId) -> PathBuf {
     out_dir.join(format!(".{}.part", id.to_hex()))
 }
 
-/// Turns a name from the index into a safe file name: its last `/` component,
-/// with control characters and separators replaced. Never a path.
+/// Turns a name from the network into the name the file is saved under:
+/// [`common::names::safe_file_name`] (last component only, no leading dot,
+/// no control or invisible characters, shortened keeping the extension),
+/// or the id in hex when nothing usable is left. Never a path.
 pub fn sanitize_name(name: &str, id: &FileId) -> String {
-    let last = name.rsplit(['/', '\\']).next().unwrap_or("");
-    let cleaned: String = last
-        .chars()
-        .map(|c| if c.is_control() || c == '\0' { '_' } else { c })
-        .collect();
-    let cleaned = cleaned.trim().to_string();
-    if cleaned.is_empty()
-        || cleaned == "."
-        || cleaned == ".."
-        || cleaned.starts_with('.') && cleaned.ends_with(".part")
-    {
-        return id.to_hex();
-    }
-    // Keep names within common file-system limits (255 bytes).
-    let mut out = String::new();
-    for c in cleaned.chars() {
-        if out.len() + c.len_utf8() > 200 {
-            break;
-        }
-        out.push(c);
-    }
-    out
+    common::names::safe_file_name(name).unwrap_or_else(|| id.to_hex())
 }
 
 /// Opens (or creates) the part file and finds which chunks it already holds.
@@ -88,15 +69,11 @@ fn reserve(file: &File, size: u64) -> io::Result<()> {
 }
 
 /// Candidate final paths: `name`, then `stem (1).ext`, `stem (2).ext`, …
-fn candidates<'a>(out_dir: &'a Path, name: &str) -> impl Iterator<Item = PathBuf> + 'a {
-    let (stem, ext) = match name.rfind('.') {
-        Some(dot) if dot > 0 => (&name[..dot], &name[dot..]),
-        _ => (name, ""),
-    };
-    let stem = stem.to_string();
-    let ext = ext.to_string();
-    std::iter::once(out_dir.join(name))
-        .chain((1..1000).map(move |n| out_dir.join(format!("{stem} ({n}){ext}"))))
+/// (see [`common::names::numbered_name`]).
+fn candidates<'a>(out_dir: &'a Path, name: &'a str) -> impl Iterator<Item = PathBuf> + 'a {
+    std::iter::once(out_dir.join(name)).chain(
+        (1..1000).map(move |n| out_dir.join(common::names::numbered_name(name, n))),
+    )
 }
 
 /// Makes the finished part file visible under its name without ever
@@ -150,6 +127,11 @@ mod tests {
         assert_eq!(sanitize_name("", &id), id.to_hex());
         assert_eq!(sanitize_name("evil\\..\\x", &id), "x");
         assert_eq!(sanitize_name("a\nb", &id), "a_b");
+        assert_eq!(sanitize_name("../../.bashrc", &id), "bashrc");
+        assert_eq!(sanitize_name(".x.part", &id), "x.part");
+        let flac = format!("{} x.flac", "a".repeat(194));
+        assert_eq!(flac.len(), 201);
+        assert!(sanitize_name(&flac, &id).ends_with("aaa.flac"));
     }
 
     #[test]

@@ -96,7 +96,10 @@ impl PeerConnection {
                 PeerErrorCode::NotFound => SourceError::NotFound,
                 PeerErrorCode::FileChanged => SourceError::FileChanged,
                 PeerErrorCode::Busy => SourceError::Busy,
-                _ => SourceError::Protocol(message),
+                // Shown to the user: never raw terminal control from a peer.
+                _ => SourceError::Protocol(
+                    common::names::escape_for_terminal(&message).into_owned(),
+                ),
             }),
             Ok(other) => Ok(other),
         }
