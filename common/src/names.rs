@@ -68,7 +68,10 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
         return Err(NameError::InvisibleCharacter(c));
     }
     // A name is a path relative to a shared folder: it never climbs out of it.
-    if name.split(['/', '\\']).any(|part| part == "." || part == "..") {
+    if name
+        .split(['/', '\\'])
+        .any(|part| part == "." || part == "..")
+    {
         return Err(NameError::DotComponent);
     }
     Ok(())
@@ -285,8 +288,13 @@ mod tests {
             escape_for_terminal("evil\u{202E}4pm.exe"),
             "evil\\u{202E}4pm.exe"
         );
-        assert_eq!(escape_for_terminal("a\x1b[2Jb\n"), "a\\u{001B}[2Jb\\u{000A}");
-        assert!(!escape_for_terminal("\u{200B}\u{85}\t").chars().any(is_unsafe_char));
+        assert_eq!(
+            escape_for_terminal("a\x1b[2Jb\n"),
+            "a\\u{001B}[2Jb\\u{000A}"
+        );
+        assert!(!escape_for_terminal("\u{200B}\u{85}\t")
+            .chars()
+            .any(is_unsafe_char));
     }
 
     #[test]
@@ -315,7 +323,10 @@ mod tests {
             let s = shorten_name(&cjk, max);
             assert!(s.len() <= max, "{max}");
             assert!(s.ends_with(".mkv"), "{max}: {s}");
-            assert!(s.trim_end_matches(".mkv").chars().all(|c| "日本語".contains(c)));
+            assert!(s
+                .trim_end_matches(".mkv")
+                .chars()
+                .all(|c| "日本語".contains(c)));
         }
         // No extension, or a huge one: a plain cut on a character boundary.
         assert_eq!(shorten_name(&"é".repeat(10), 5), "éé");
@@ -329,7 +340,10 @@ mod tests {
         assert_eq!(numbered_name("x.tar.gz", 3), "x (3).tar.gz");
         let long = format!("{}.flac", "ñ".repeat(100));
         let n = numbered_name(&long, 999);
-        assert!(n.len() <= MAX_SAVED_NAME_LEN && n.ends_with(" (999).flac"), "{n}");
+        assert!(
+            n.len() <= MAX_SAVED_NAME_LEN && n.ends_with(" (999).flac"),
+            "{n}"
+        );
     }
 
     /// Issue 18 case 2: `../../.bashrc` from a hostile registrant.
@@ -339,13 +353,19 @@ mod tests {
         assert_eq!(safe_file_name("music/a b.mp3").as_deref(), Some("a b.mp3"));
         assert_eq!(safe_file_name("evil\\..\\x").as_deref(), Some("x"));
         assert_eq!(safe_file_name("a\nb\u{202E}c").as_deref(), Some("a_b_c"));
-        assert_eq!(safe_file_name(" ...hidden.part").as_deref(), Some("hidden.part"));
+        assert_eq!(
+            safe_file_name(" ...hidden.part").as_deref(),
+            Some("hidden.part")
+        );
         for nothing in ["", "..", ".", "a/", "...", " . "] {
             assert_eq!(safe_file_name(nothing), None, "{nothing:?}");
         }
         for raw in ["../../.bashrc", "x/\u{0}y", ". .z", "\u{FEFF}.a"] {
             let s = safe_file_name(raw).unwrap();
-            assert!(!s.starts_with('.') && !s.contains(['/', '\\', '\0']), "{s:?}");
+            assert!(
+                !s.starts_with('.') && !s.contains(['/', '\\', '\0']),
+                "{s:?}"
+            );
             assert!(validate_name(&s).is_ok(), "{s:?}");
         }
     }

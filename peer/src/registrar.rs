@@ -256,7 +256,9 @@ impl Listing<'_> {
         }
         for batch in added_partial.chunks(MAX_FILES_PER_BATCH) {
             let files = batch.to_vec();
-            self.client.queue(&IndexRequest::AddPartial { files }).await?;
+            self.client
+                .queue(&IndexRequest::AddPartial { files })
+                .await?;
             sent.push(Sent::AddPartial);
         }
         self.client.flush().await?;

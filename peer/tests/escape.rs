@@ -34,12 +34,9 @@ async fn hostile_index() -> String {
                     return;
                 }
                 let mut buf = Vec::new();
-                while let Ok(Some(req)) = wire::read_message::<_, IndexRequest>(
-                    &mut s,
-                    &mut buf,
-                    Deadlines::default(),
-                )
-                .await
+                while let Ok(Some(req)) =
+                    wire::read_message::<_, IndexRequest>(&mut s, &mut buf, Deadlines::default())
+                        .await
                 {
                     let id = FileId([7; 32]);
                     let answer = match req {

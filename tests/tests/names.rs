@@ -270,7 +270,11 @@ async fn p2p_search_drops_invisible_names() {
         "evil\u{202E}gpj.exe",
         &random_bytes(100, 1),
     );
-    write_file(&dir.path().join("n0"), "evil twin.txt", &random_bytes(100, 2));
+    write_file(
+        &dir.path().join("n0"),
+        "evil twin.txt",
+        &random_bytes(100, 2),
+    );
     let n0 = start_p2p_node(&dir.path().join("n0"), vec![], 1).await;
     let n1 = start_p2p_node(&dir.path().join("n1"), vec![n0.addr()], 1).await;
     wait_until("the nodes are linked", Duration::from_secs(10), || async {
@@ -280,9 +284,10 @@ async fn p2p_search_drops_invisible_names() {
     // The first scan may not be done yet: search until something is found.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let names = loop {
-        let report = peer::overlay::search(&n1.addr(), vec!["evil".into()], 2, Duration::from_secs(2))
-            .await
-            .unwrap();
+        let report =
+            peer::overlay::search(&n1.addr(), vec!["evil".into()], 2, Duration::from_secs(2))
+                .await
+                .unwrap();
         if !report.hits.is_empty() {
             break report.hits.into_iter().map(|h| h.name).collect::<Vec<_>>();
         }

@@ -71,9 +71,8 @@ fn reserve(file: &File, size: u64) -> io::Result<()> {
 /// Candidate final paths: `name`, then `stem (1).ext`, `stem (2).ext`, …
 /// (see [`common::names::numbered_name`]).
 fn candidates<'a>(out_dir: &'a Path, name: &'a str) -> impl Iterator<Item = PathBuf> + 'a {
-    std::iter::once(out_dir.join(name)).chain(
-        (1..1000).map(move |n| out_dir.join(common::names::numbered_name(name, n))),
-    )
+    std::iter::once(out_dir.join(name))
+        .chain((1..1000).map(move |n| out_dir.join(common::names::numbered_name(name, n))))
 }
 
 /// Makes the finished part file visible under its name without ever

@@ -97,9 +97,9 @@ impl PeerConnection {
                 PeerErrorCode::FileChanged => SourceError::FileChanged,
                 PeerErrorCode::Busy => SourceError::Busy,
                 // Shown to the user: never raw terminal control from a peer.
-                _ => SourceError::Protocol(
-                    common::names::escape_for_terminal(&message).into_owned(),
-                ),
+                _ => {
+                    SourceError::Protocol(common::names::escape_for_terminal(&message).into_owned())
+                }
             }),
             Ok(other) => Ok(other),
         }
