@@ -129,3 +129,34 @@ async fn text_from_the_network_is_printed_escaped() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_inbox_is_printed_escaped() {
+    // Messages are checked on arrival; an inbox written by another build
+    // (or by hand) still cannot steer the terminal.
+    let share = tempfile::tempdir().unwrap();
+    let path = transfer::inbox::inbox_file_in(share.path());
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let line = serde_json::json!({
+        "from": "ana\u{202E}", "source": "127.0.0.1", "received_unix_ms": 0,
+        "text": "hola\tqué tal\n\u{1b}[2Jsecond line\u{200B}",
+    });
+    std::fs::write(&path, format!("{line}\n")).unwrap();
+    let out = run(vec![
+        "inbox".into(),
+        "--share".into(),
+        share.path().to_str().unwrap().into(),
+    ])
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("ana\\u{202E} (127.0.0.1)"), "{stdout}");
+    assert!(stdout.contains("    hola\tqué tal\n"), "{stdout}");
+    assert!(
+        stdout.contains("    \\u{001B}[2Jsecond line\\u{200B}"),
+        "{stdout}"
+    );
+    for raw in ['\u{202E}', '\x1b', '\u{200B}'] {
+        assert!(!stdout.contains(raw), "printed {raw:?} raw: {stdout}");
+    }
+}
