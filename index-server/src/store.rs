@@ -33,6 +33,7 @@ use tracing::{debug, info, warn};
 use transfer::chunk_server::UploadStats;
 use transfer::download::output;
 use transfer::library::{mtime_ns, Library, SharedEntry};
+use transfer::refused::Refusals;
 use transfer::scan::{self, HashCache};
 
 use crate::state::{Index, SessionId};
@@ -94,6 +95,8 @@ pub enum StoreError {
 struct Registry {
     cache: HashCache,
     registered: HashMap<FileId, SharedFile>,
+    /// Files in DIR the index refuses (a bad name put there by hand), warned about once.
+    refusals: Refusals,
 }
 
 /// The server's store.
@@ -145,6 +148,7 @@ impl Store {
             registry: Mutex::new(Registry {
                 cache,
                 registered: HashMap::new(),
+                refusals: Refusals::default(),
             }),
             uploading: Mutex::new(HashMap::new()),
             uploads: Arc::new(UploadStats::default()),
@@ -184,7 +188,8 @@ impl Store {
         }
         let entries = scan::scan(self.library.root(), &mut registry.cache);
         self.library.set_shared(entries);
-        let listing = self.library.listing();
+        let mut listing = self.library.listing();
+        registry.refusals.filter(&mut listing);
         let gone: Vec<FileId> = registry
             .registered
             .keys()

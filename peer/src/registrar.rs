@@ -2,7 +2,7 @@
 //! additions and removals, and reconnection with backoff when the index goes
 //! away (its restart loses every registration, so we register again).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use common::id::FileId;
@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use crate::index_client::{IndexClient, IndexError};
 use crate::library::Library;
+pub use transfer::refused::Refusals;
 
 /// Where the registration stands, for status displays and tests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,39 +137,6 @@ async fn session(
             // Notice at once when the index goes away, not at the next heartbeat.
             e = client.closed() => return Err(e),
         }
-    }
-}
-
-/// Shared files the index would refuse ([`SharedFile::check`], the index's
-/// own rule), each warned about once for as long as it stays in the share:
-/// not on every rescan, not on every reconnection.
-#[derive(Debug, Default)]
-pub struct Refusals {
-    warned: HashSet<String>,
-}
-
-impl Refusals {
-    /// Drops from `listing` what the index would refuse, warning once per
-    /// name with the reason, and returns how many were dropped. A name that
-    /// leaves the share is forgotten, so a new file by that name is warned
-    /// about again.
-    pub fn filter(&mut self, listing: &mut HashMap<FileId, SharedFile>) -> usize {
-        let mut still = HashSet::new();
-        listing.retain(|_, f| {
-            let Err(reason) = f.check() else { return true };
-            if !self.warned.contains(&f.name) {
-                warn!(
-                    name = %common::names::escape_for_terminal(&f.name),
-                    %reason,
-                    "not registering a shared file the index would refuse; rename it to share it"
-                );
-            }
-            still.insert(f.name.clone());
-            false
-        });
-        let refused = still.len();
-        self.warned = still;
-        refused
     }
 }
 

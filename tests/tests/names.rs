@@ -36,7 +36,9 @@ fn logs() -> &'static Mutex<Vec<u8>> {
         }
         let writer = buf.clone();
         tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("peer=warn"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new(
+                "peer=warn,transfer=warn",
+            ))
             .with_ansi(false)
             .with_writer(move || W(writer.clone()))
             .try_init()
@@ -241,6 +243,8 @@ async fn the_store_never_saves_a_hidden_or_invisible_name() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
+    // Put into the store's folder by hand: never listed, warned about once.
+    write_file(&store_dir, "by hand\u{2067}.txt", b"y");
     let (index, _store) = start_index_with_store(&store_dir, 1 << 30).await;
     let file = write_file(&dir.path().join("mine"), ".profile", b"export A=1\n");
     let put = put_file(&index.addr_string(), &file, CancellationToken::new())
@@ -249,6 +253,17 @@ async fn the_store_never_saves_a_hidden_or_invisible_name() {
     assert_eq!(put.stored_as, "profile");
     assert!(store_dir.join("profile").exists());
     assert!(!store_dir.join(".profile").exists());
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let listed: Vec<String> = client
+        .browse("store")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name)
+        .collect();
+    assert_eq!(listed, ["profile"]);
+    let warning = "not registering a shared file the index would refuse";
+    assert_eq!(log_lines_with(&[warning, "by hand\\u{2067}.txt"]), 1);
 
     let odd = write_file(&dir.path().join("mine"), "a\u{2066}b.txt", b"x");
     let err = put_file(&index.addr_string(), &odd, CancellationToken::new())

@@ -17,6 +17,8 @@
 //! - [`net`]: connecting with a deadline.
 //! - `testing` (feature `test-support`): misbehaving fake sources for tests.
 //! - [`rate`]: token-bucket rate limits shared by all connections of a node.
+//! - [`refused`]: shared files left out of a registration because the index
+//!   would refuse their names, warned about once each.
 
 pub mod chunk_server;
 pub mod download;
@@ -24,6 +26,7 @@ pub mod inbox;
 pub mod library;
 pub mod net;
 pub mod rate;
+pub mod refused;
 pub mod scan;
 mod send;
 #[cfg(feature = "test-support")]
