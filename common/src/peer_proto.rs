@@ -23,6 +23,12 @@ pub enum PeerRequest {
     /// A direct message to this peer's user (instant messaging): sent peer
     /// to peer, never through the index. `from` is the sender's nickname.
     Message { from: String, text: String },
+    /// Chunk `index` of `id`, as this peer served it, failed verification:
+    /// its file may have changed without its id being updated. The peer
+    /// checks that chunk (rate-limited per file) and, if it no longer
+    /// matches, withdraws the id and hashes the file again. Answered with
+    /// `Delivered`.
+    BadChunk { id: FileId, index: u32 },
 }
 
 /// Why a peer refused a request.
@@ -58,7 +64,8 @@ pub enum PeerResponse {
         code: PeerErrorCode,
         message: String,
     },
-    /// Answer to `Message`: it is in the receiver's inbox.
+    /// Answer to `Message` (it is in the receiver's inbox) and to
+    /// `BadChunk` (the report was taken).
     Delivered,
 }
 
@@ -113,6 +120,18 @@ mod tests {
             message: String::new(),
         };
         assert_eq!(encode_frame(&limited).unwrap(), [0, 0, 0, 3, 3, 5, 0]);
+    }
+
+    #[test]
+    fn pinned_bad_chunk_encoding() {
+        let report = PeerRequest::BadChunk {
+            id: FileId([0xCD; 32]),
+            index: 7,
+        };
+        let mut expected = vec![0, 0, 0, 34, 4];
+        expected.extend([0xCD; 32]);
+        expected.push(7);
+        assert_eq!(encode_frame(&report).unwrap(), expected);
     }
 
     #[test]

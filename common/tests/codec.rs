@@ -103,10 +103,11 @@ fn peer_message() -> impl Strategy<Value = (PeerRequest, PeerResponse)> {
         any::<bool>(),
     )
         .prop_map(|(id, n, size, bitfield, complete)| {
-            let req = match n % 4 {
+            let req = match n % 5 {
                 0 => PeerRequest::HashList { id },
                 1 => PeerRequest::Chunk { id, index: n },
                 2 => PeerRequest::Have { id },
+                3 => PeerRequest::BadChunk { id, index: n },
                 _ => PeerRequest::Message {
                     from: format!("n{n}"),
                     text: format!("héllo\n{size}"),

@@ -51,6 +51,11 @@ struct Cli {
     #[arg(long, env = "INDEX_STORE_ADVERTISE")]
     store_advertise: Option<String>,
 
+    /// How long a file copied into the store folder by hand must stay
+    /// unchanged before it is hashed and listed (0: at once).
+    #[arg(long, env = "INDEX_STORE_SETTLE", default_value = "3s", value_parser = parse_duration)]
+    store_settle: Duration,
+
     /// Cap on the total rate the store serves downloads at, e.g. 10MB/s or
     /// 500KiB/s (client-server mode's server upload rate). Default: none.
     #[arg(long, env = "INDEX_MAX_UPLOAD_RATE", value_parser = transfer::rate::parse_rate)]
@@ -78,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             let mut store = index_server::store::StoreConfig::new(dir);
             store.quota = cli.store_quota;
             store.advertise = cli.store_advertise;
+            store.settle = cli.store_settle;
             store.max_upload_rate = cli.max_upload_rate;
             store
         }),

@@ -92,6 +92,7 @@ impl Server {
             );
         }
 
+        let mut accept_backoff = transfer::net::AcceptBackoff::default();
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -100,14 +101,16 @@ impl Server {
             let (stream, remote) = match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    warn!(error = %e, "accept failed; backing off");
+                    // Out of file descriptors and similar: back off (growing
+                    // pauses, one warning) instead of spinning.
+                    let pause = accept_backoff.failed("index", &e);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                        _ = tokio::time::sleep(pause) => continue,
                     }
                 }
             };
+            accept_backoff.succeeded("index");
             // The store's downloads and uploads run on these connections too.
             transfer::net::tune_socket(&stream);
             match slots.clone().try_acquire_owned() {

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use transfer::chunk_server::UploadStats;
 use transfer::download::output;
-use transfer::library::{mtime_ns, Library, SharedEntry};
+use transfer::library::{Library, SharedEntry};
 use transfer::refused::Refusals;
 use transfer::scan::{self, HashCache};
 
@@ -61,6 +61,9 @@ pub struct StoreConfig {
     pub advertise: Option<String>,
     /// How often DIR is rescanned for files added or removed by hand.
     pub rescan_interval: Duration,
+    /// How long a file put in DIR by hand must stay unchanged before it is
+    /// hashed and listed ([`transfer::scan::DEFAULT_SETTLE`]).
+    pub settle: Duration,
     /// Cap on the bytes per second of all downloads served from the store
     /// (the server's upload rate, u_s in the lab's formulas).
     pub max_upload_rate: Option<u64>,
@@ -73,6 +76,7 @@ impl StoreConfig {
             quota: 10 << 30,
             advertise: None,
             rescan_interval: Duration::from_secs(10),
+            settle: scan::DEFAULT_SETTLE,
             max_upload_rate: None,
         }
     }
@@ -133,9 +137,9 @@ impl Store {
             .login_permanent(addr, Some(STORE_NICK.into()), Instant::now())
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         let cache = {
-            let root = root.clone();
+            let (root, settle) = (root.clone(), config.settle);
             tokio::task::spawn_blocking(move || {
-                HashCache::load(Some(&root.join(".p2pshare")), &root)
+                HashCache::load(Some(&root.join(".p2pshare")), &root).with_settle(settle)
             })
             .await
             .map_err(|e| StoreError::Internal(e.to_string()))?
@@ -186,6 +190,7 @@ impl Store {
         if let Some(entry) = published {
             registry.cache.remember(entry);
         }
+        scan::check_reports(&self.library, &mut registry.cache);
         let entries = scan::scan(self.library.root(), &mut registry.cache);
         self.library.set_shared(entries);
         let mut listing = self.library.listing();
@@ -221,9 +226,16 @@ impl Store {
         shutdown: tokio_util::sync::CancellationToken,
     ) {
         loop {
+            // Sooner when a file waits to settle; backoff after running out of descriptors.
+            let wait = self
+                .registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .cache
+                .next_scan_in(interval);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.library.rescan_requested() => {}
             }
             self.refresh().await;
@@ -504,13 +516,7 @@ impl Store {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let entry = Arc::new(SharedEntry {
-                rel: rel.clone(),
-                path,
-                size: meta.len(),
-                mtime_ns: mtime_ns(&meta),
-                info,
-            });
+            let entry = Arc::new(SharedEntry::new(rel.clone(), path, &meta, info));
             // Known hashes go straight into the cache: the scan does not reread it.
             store.refresh_blocking(Some(entry));
             Ok::<_, std::io::Error>(rel)

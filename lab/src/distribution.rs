@@ -238,6 +238,8 @@ fn daemon_config(
     c.max_download_rate = down;
     c.max_uploads = 256;
     c.rescan_interval = Duration::from_secs(3600);
+    // The lab writes its files whole before sharing them.
+    c.settle = Duration::ZERO;
     Ok(c)
 }
 
@@ -292,6 +294,7 @@ async fn client_server(
     let mut store = index_server::store::StoreConfig::new(store_dir);
     store.max_upload_rate = Some(config.server_up);
     store.rescan_interval = Duration::from_secs(3600);
+    store.settle = Duration::ZERO;
     let server = crate::bind_index(index_server::Config {
         store: Some(store),
         ..Default::default()

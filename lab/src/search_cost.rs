@@ -148,6 +148,8 @@ async fn overlay_queries(n: usize, config: &Config) -> Result<Vec<Row>, LabError
         let mut c = peer::ServeConfig::new(share, String::new());
         c.listen = "127.0.0.1:0".parse().expect("valid address");
         c.rescan_interval = std::time::Duration::from_secs(3600);
+        // The lab writes its files whole before sharing them.
+        c.settle = std::time::Duration::ZERO;
         c.p2p = Some(peer::overlay::OverlayConfig {
             neighbors: earlier,
             degree: config.degree.max(1),

@@ -22,6 +22,8 @@ async fn start_peer(
     let mut config = ServeConfig::new(root.join(name), index.to_string());
     config.listen = "127.0.0.1:0".parse()?;
     config.nick = Some(name.to_string());
+    // The demo writes its sample whole before sharing it (closed after writing).
+    config.settle = Duration::ZERO;
     Ok(peer::serve::start(config, shutdown.child_token()).await?)
 }
 

@@ -109,6 +109,11 @@ enum Command {
         /// How often to look for added, changed and removed files.
         #[arg(long, env = "PEER_RESCAN_INTERVAL", default_value = "10s", value_parser = parse_duration)]
         rescan_interval: Duration,
+        /// How long a file must stay unchanged (size, times, inode) before it
+        /// is hashed and shared, so a file still being written is not shared
+        /// half-done; 0 shares files as soon as they are seen.
+        #[arg(long, env = "PEER_SETTLE", default_value = "3s", value_parser = parse_duration)]
+        settle: Duration,
         /// Most simultaneous uploads; further peers are told to come back later.
         #[arg(long, env = "PEER_MAX_UPLOADS", default_value_t = 32)]
         max_uploads: usize,
@@ -300,6 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             nick,
             cache_dir,
             rescan_interval,
+            settle,
             max_uploads,
             mode,
             neighbors,
@@ -329,6 +335,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             config.nick = Some(nick.unwrap_or_else(peer::im::default_nick));
             config.cache_dir = cache_dir;
             config.rescan_interval = rescan_interval;
+            config.settle = settle;
             config.max_uploads = max_uploads;
             config.max_upload_rate = rates.max_upload_rate;
             config.max_download_rate = rates.max_download_rate;

@@ -35,6 +35,10 @@ pub struct ServeConfig {
     pub cache_dir: Option<PathBuf>,
     /// How often the folder is scanned for added, changed and removed files.
     pub rescan_interval: Duration,
+    /// How long a file must stay unchanged (size, mtime, ctime, inode)
+    /// before it is hashed and shared: a file still being written is not
+    /// registered under the id of its first bytes ([`scan::DEFAULT_SETTLE`]).
+    pub settle: Duration,
     /// Most simultaneous upload connections.
     pub max_uploads: usize,
     /// Reconnection backoff towards the index.
@@ -67,6 +71,7 @@ impl ServeConfig {
             nick: None,
             cache_dir: None,
             rescan_interval: Duration::from_secs(10),
+            settle: scan::DEFAULT_SETTLE,
             max_uploads: 32,
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
@@ -177,10 +182,11 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         .cache_dir
         .clone()
         .unwrap_or_else(|| root.join(".p2pshare"));
+    let settle = config.settle;
     let (cache, entries) = {
         let root = root.clone();
         tokio::task::spawn_blocking(move || {
-            let mut cache = HashCache::load(Some(&cache_dir), &root);
+            let mut cache = HashCache::load(Some(&cache_dir), &root).with_settle(settle);
             let entries = scan::scan(&root, &mut cache);
             (cache, entries)
         })
@@ -325,13 +331,21 @@ async fn rescan_loop(
     shutdown: CancellationToken,
 ) {
     loop {
+        // Sooner when a file waits to become stable; later after running
+        // out of file descriptors (backoff).
+        let wait = cache.next_scan_in(interval);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = library.rescan_requested() => {}
         }
         let root = library.root().to_path_buf();
+        let lib = library.clone();
         let scanned = tokio::task::spawn_blocking(move || {
+            for rel in lib.take_closed() {
+                cache.closed_after_writing(rel);
+            }
+            scan::check_reports(&lib, &mut cache);
             let entries = scan::scan(&root, &mut cache);
             (cache, entries)
         })

@@ -148,7 +148,9 @@ impl Daemon {
         stop.cancel();
         refresher.shutdown().await;
         let outcome = result?;
-        // Share the finished file at once if it landed in the shared folder.
+        // Share the finished file at once if it landed in the shared folder
+        // (written whole and closed: no need to wait for it to settle).
+        self.library.closed_after_writing(&outcome.path);
         self.library.request_rescan();
         Ok(outcome)
     }
@@ -262,7 +264,21 @@ pub async fn fetch_into_share(daemon: &crate::Daemon, ids: &[FileId]) {
                 }
             }
         }
+        let mut said_missing = false;
         loop {
+            // Never download into (and so create again) a shared folder
+            // that was moved away: wait for it to come back.
+            if !out_dir.is_dir() {
+                if !said_missing {
+                    tracing::warn!(%id, folder = %out_dir.display(), "the shared folder is missing; fetching once it is back");
+                    said_missing = true;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
             let progress = Arc::new(Progress::default());
             let result = if daemon.overlay.is_some() {
                 daemon

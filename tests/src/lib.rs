@@ -108,6 +108,8 @@ pub async fn start_index_with_store(
     let mut store = index_server::store::StoreConfig::new(dir.to_path_buf());
     store.quota = quota;
     store.rescan_interval = Duration::from_millis(200);
+    // Tests write their files whole before sharing them (closed after writing).
+    store.settle = Duration::ZERO;
     let config = index_server::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         lease_ttl: Duration::from_secs(30),
@@ -192,6 +194,9 @@ pub fn peer_config(share: &Path, index: &str) -> peer::ServeConfig {
     let mut config = peer::ServeConfig::new(share.to_path_buf(), index.to_string());
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.rescan_interval = Duration::from_millis(100);
+    // Tests write their files whole before sharing them (closed after
+    // writing); tests of the settle rule set their own.
+    config.settle = Duration::ZERO;
     config.backoff_min = Duration::from_millis(20);
     config.backoff_max = Duration::from_millis(200);
     config

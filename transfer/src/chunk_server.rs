@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::inbox::Inbox;
 use crate::library::{Holding, Library, OpenHolding, ReadChunkError};
@@ -126,6 +126,7 @@ pub async fn serve_with(
         accepted_protocols.extend(h.protocols().iter().filter(|p| **p != Protocol::Peer));
     }
     let accepted_protocols: Arc<[Protocol]> = accepted_protocols.into();
+    let mut backoff = crate::net::AcceptBackoff::default();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -134,13 +135,15 @@ pub async fn serve_with(
         let (mut stream, remote) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
-                warn!(error = %e, "accept failed; backing off");
+                // Out of file descriptors: connections wait in the backlog.
+                let pause = backoff.failed("chunk server", &e);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    _ = tokio::time::sleep(pause) => continue,
                 }
             }
         };
+        backoff.succeeded("chunk server");
         crate::net::tune_socket(&stream);
         let (library, stats, shutdown) = (library.clone(), stats.clone(), shutdown.clone());
         let inbox = inbox.clone();
@@ -303,6 +306,16 @@ pub async fn serve_peer_session(
                         wire::write_message(&mut writer, &refusal(code, e.to_string())).await?;
                     }
                 }
+            }
+            PeerRequest::BadChunk { id, index } => {
+                // Checked later by the scanner, rate-limited per file: a
+                // false report costs one chunk read, never a rehash.
+                if library.report_bad_chunk(id, index) {
+                    info!(%remote, %id, chunk = index, "a downloader reports a chunk that failed verification; checking it");
+                } else {
+                    debug!(%remote, %id, chunk = index, "bad-chunk report ignored (not held, or checked recently)");
+                }
+                wire::write_message(&mut writer, &PeerResponse::Delivered).await?;
             }
             PeerRequest::Message { from, text } => {
                 let answer = match inbox {

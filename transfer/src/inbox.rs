@@ -313,7 +313,12 @@ impl Inner {
         };
         let mut file = lock(file);
         if let Some(dir) = file.path.parent() {
-            std::fs::create_dir_all(dir)?;
+            // Only the cache folder itself (`SHARE/.p2pshare`), never the
+            // shared folder: one moved away must not reappear, empty.
+            match std::fs::create_dir(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
         }
         if file.lines + 1 >= 2 * self.config.capacity {
             // Rebuilt from the file itself (not from memory, where a message

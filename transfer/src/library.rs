@@ -8,12 +8,44 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use common::id::{ContentInfo, FileId};
 use common::index_proto::SharedFile;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
+
+/// What tells, without reading a file, whether it may have changed since it
+/// was hashed: size, modification time, and the change time and inode that
+/// no user can set back (`touch -d` restores an mtime, never a ctime), so
+/// an edit in place with its old mtime restored is still noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub size: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i128,
+    /// Status change time, ns since the epoch (set by the kernel on every
+    /// write, rename, chmod or link change).
+    pub ctime_ns: i128,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileStamp {
+    /// The stamp of a file's metadata (follow symlinks before calling).
+    pub fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            size: meta.len(),
+            mtime_ns: mtime_ns(meta),
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
 
 /// One complete shared file.
 #[derive(Debug)]
@@ -22,9 +54,42 @@ pub struct SharedEntry {
     pub rel: String,
     pub path: PathBuf,
     pub size: u64,
-    /// Modification time (ns since the epoch) when it was hashed.
-    pub mtime_ns: i128,
+    /// The file's state on disk when it was hashed.
+    pub stamp: FileStamp,
     pub info: Arc<ContentInfo>,
+}
+
+impl SharedEntry {
+    /// An entry for the file at `path` (shared as `rel`) in the state `meta`
+    /// describes, with hashes already known.
+    pub fn new(
+        rel: String,
+        path: PathBuf,
+        meta: &std::fs::Metadata,
+        info: Arc<ContentInfo>,
+    ) -> Self {
+        SharedEntry {
+            rel,
+            path,
+            size: meta.len(),
+            stamp: FileStamp::of(meta),
+            info,
+        }
+    }
+}
+
+/// Least time between two checks of one file after downloaders reported a
+/// bad chunk from it, so that a hostile client cannot keep us reading.
+pub const BAD_CHUNK_REPORT_COOLDOWN: Duration = Duration::from_secs(30);
+/// Most bad-chunk reports waiting to be checked at once (more are ignored).
+pub const MAX_QUEUED_REPORTS: usize = 64;
+
+/// Bad-chunk reports from downloaders, waiting for the scanner to check them.
+#[derive(Default)]
+struct Reports {
+    queue: Vec<(FileId, u32)>,
+    /// When each id was last queued (pruned past the cooldown).
+    last: HashMap<FileId, Instant>,
 }
 
 /// A file being downloaded: which chunks are verified and on disk.
@@ -97,6 +162,12 @@ struct Inner {
     version: watch::Sender<u64>,
     /// Wakes the scanner early (a served file turned out to have changed).
     rescan: Notify,
+    reports: Mutex<Reports>,
+    /// Scans applied with [`Library::set_shared`].
+    scans: AtomicU64,
+    /// Files this process wrote whole and closed (relative paths), for the
+    /// scanner: they need not wait for the settle period.
+    closed: Mutex<Vec<String>>,
 }
 
 /// Cloneable handle to this peer's files.
@@ -115,6 +186,9 @@ impl Library {
                 partial: RwLock::new(HashMap::new()),
                 version: watch::channel(0).0,
                 rescan: Notify::new(),
+                reports: Mutex::new(Reports::default()),
+                scans: AtomicU64::new(0),
+                closed: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -139,9 +213,16 @@ impl Library {
                     .any(|(id, e)| map.get(id).is_none_or(|n| n.rel != e.rel))
         };
         *self.inner.by_id.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(map);
+        self.inner.scans.fetch_add(1, Ordering::Release);
         if changed {
             self.inner.version.send_modify(|v| *v += 1);
         }
+    }
+
+    /// How many scans have been applied (each [`Library::set_shared`],
+    /// changed or not): tests and status displays wait on it.
+    pub fn scans(&self) -> u64 {
+        self.inner.scans.load(Ordering::Acquire)
     }
 
     /// Snapshot of the complete shared files.
@@ -243,6 +324,79 @@ impl Library {
     pub async fn rescan_requested(&self) {
         self.inner.rescan.notified().await
     }
+
+    /// A downloader says chunk `index` of `id`, as served here, failed
+    /// verification. Queues a check of that chunk for the scanner (which
+    /// rehashes the file if the chunk really no longer matches) and wakes
+    /// it. Returns false when the report is ignored: not a complete file
+    /// held here, this id was queued less than
+    /// [`BAD_CHUNK_REPORT_COOLDOWN`] ago, or [`MAX_QUEUED_REPORTS`] wait.
+    pub fn report_bad_chunk(&self, id: FileId, index: u32) -> bool {
+        let Some(entry) = self.shared().get(&id).cloned() else {
+            return false;
+        };
+        if index >= entry.info.chunk_count() {
+            return false;
+        }
+        let now = Instant::now();
+        let mut reports = self.inner.reports.lock().unwrap_or_else(|p| p.into_inner());
+        if reports.queue.len() >= MAX_QUEUED_REPORTS {
+            return false;
+        }
+        if reports
+            .last
+            .get(&id)
+            .is_some_and(|t| now.duration_since(*t) < BAD_CHUNK_REPORT_COOLDOWN)
+        {
+            return false;
+        }
+        reports
+            .last
+            .retain(|_, t| now.duration_since(*t) < BAD_CHUNK_REPORT_COOLDOWN);
+        reports.last.insert(id, now);
+        reports.queue.push((id, index));
+        drop(reports);
+        self.request_rescan();
+        true
+    }
+
+    /// Says that this process has written `path` whole and closed it (a
+    /// finished download published into the shared folder), so the next
+    /// scan shares it without waiting for it to settle, and wakes the
+    /// scanner. Paths outside the shared folder are ignored.
+    pub fn closed_after_writing(&self, path: &Path) {
+        let Ok(rel) = path.strip_prefix(self.root()) else {
+            return;
+        };
+        let rel = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/");
+        self.inner
+            .closed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(rel);
+        self.request_rescan();
+    }
+
+    /// Takes the files reported by [`Library::closed_after_writing`].
+    pub fn take_closed(&self) -> Vec<String> {
+        std::mem::take(&mut *self.inner.closed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Takes the bad-chunk reports waiting to be checked.
+    pub fn take_reports(&self) -> Vec<(FileId, u32)> {
+        std::mem::take(
+            &mut self
+                .inner
+                .reports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .queue,
+        )
+    }
 }
 
 /// Why a chunk could not be read for serving.
@@ -304,7 +458,7 @@ impl OpenHolding {
         match &self.holding {
             Holding::Complete(e) => {
                 let meta = self.file.metadata()?;
-                if meta.len() != e.size || mtime_ns(&meta) != e.mtime_ns {
+                if FileStamp::of(&meta) != e.stamp {
                     return Err(ReadChunkError::Changed);
                 }
             }

@@ -4,7 +4,71 @@
 use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, info, warn};
+
+/// Whether `e` says the process (`EMFILE`) or the system (`ENFILE`) ran out
+/// of file descriptors: a transient condition to back off from, never a
+/// reason to forget state (a folder that cannot be opened now still holds
+/// its files).
+pub fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        rustix::io::Errno::from_io_error(e),
+        Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)
+    )
+}
+
+/// First pause of an accept loop after a failed `accept`.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// Longest pause of an accept loop between failed `accept`s.
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Backoff of an accept loop whose `accept` fails (out of file descriptors,
+/// mostly): the pause doubles from [`ACCEPT_BACKOFF_MIN`] to
+/// [`ACCEPT_BACKOFF_MAX`] while failures go on, so the loop neither spins
+/// nor stops, and the queued connections wait in the listen backlog until
+/// descriptors are free again. Logs one warning per episode and one line
+/// when it ends.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    /// Records a failed accept and returns how long to pause.
+    pub fn failed(&mut self, what: &str, e: &std::io::Error) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let pause = ACCEPT_BACKOFF_MIN
+            .saturating_mul(1u32 << (self.failures - 1).min(16))
+            .min(ACCEPT_BACKOFF_MAX);
+        if self.failures == 1 {
+            if is_fd_exhaustion(e) {
+                warn!(server = what, error = %e, "out of file descriptors: accepting connections more slowly until some are free (raise `ulimit -n`?)");
+            } else {
+                warn!(server = what, error = %e, "accept failed; backing off");
+            }
+        } else {
+            debug!(server = what, error = %e, ?pause, failures = self.failures, "accept still failing");
+        }
+        pause
+    }
+
+    /// Records a successful accept (ends an episode of failures).
+    pub fn succeeded(&mut self, what: &str) {
+        if self.failures > 0 {
+            info!(
+                server = what,
+                failures = self.failures,
+                "accepting connections again"
+            );
+            self.failures = 0;
+        }
+    }
+
+    /// Failed accepts in the current episode.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+}
 
 /// Connects to `addr` (`HOST:PORT`, resolved now) within `timeout`, with
 /// the settings of [`tune_socket`].
@@ -68,6 +132,25 @@ pub fn unpaced_on_loopback(stream: &TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_backoff_grows_caps_and_resets() {
+        let emfile = std::io::Error::from_raw_os_error(rustix::io::Errno::MFILE.raw_os_error());
+        assert!(is_fd_exhaustion(&emfile));
+        assert!(is_fd_exhaustion(&std::io::Error::from_raw_os_error(
+            rustix::io::Errno::NFILE.raw_os_error()
+        )));
+        assert!(!is_fd_exhaustion(&std::io::Error::other("x")));
+        let mut backoff = AcceptBackoff::default();
+        let pauses: Vec<Duration> = (0..10).map(|_| backoff.failed("t", &emfile)).collect();
+        assert_eq!(pauses[0], ACCEPT_BACKOFF_MIN);
+        assert_eq!(pauses[1], ACCEPT_BACKOFF_MIN * 2);
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*pauses.last().unwrap(), ACCEPT_BACKOFF_MAX);
+        backoff.succeeded("t");
+        assert_eq!(backoff.failures(), 0);
+        assert_eq!(backoff.failed("t", &emfile), ACCEPT_BACKOFF_MIN);
+    }
 
     #[tokio::test]
     async fn loopback_connections_do_not_pace() {

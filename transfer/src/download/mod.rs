@@ -273,7 +273,7 @@ impl Verifier {
                     chunk = job.index,
                     "chunk failed verification; dropping that source"
                 );
-                self.scheduler.ban(job.source);
+                self.scheduler.ban_for_chunk(job.source, job.index);
                 self.scheduler.reject(job.index);
                 self.buffers.give(job.data);
                 continue;

@@ -63,6 +63,8 @@ struct State {
     done: u32,
     cursors: Vec<u32>,
     banned: Vec<bool>,
+    /// The first bad chunk of each banned source (reported back to it).
+    bad_chunks: std::collections::HashMap<usize, u32>,
     holds: Vec<Holds>,
     /// How many connected sources hold each chunk.
     availability: Vec<u16>,
@@ -137,6 +139,7 @@ impl Scheduler {
                 done,
                 cursors,
                 banned: vec![false; sources],
+                bad_chunks: std::collections::HashMap::new(),
                 holds: vec![Holds::Unknown; sources],
                 availability: vec![0; total as usize],
                 rotation,
@@ -335,6 +338,18 @@ impl Scheduler {
             *b = true;
         }
         self.changed.notify_waiters();
+    }
+
+    /// Bans a source whose chunk `chunk` failed verification, remembering
+    /// that chunk so the source can be told ([`Scheduler::bad_chunk`]).
+    pub fn ban_for_chunk(&self, source: usize, chunk: u32) {
+        self.lock().bad_chunks.entry(source).or_insert(chunk);
+        self.ban(source);
+    }
+
+    /// The first chunk from `source` that failed verification, if any.
+    pub fn bad_chunk(&self, source: usize) -> Option<u32> {
+        self.lock().bad_chunks.get(&source).copied()
     }
 
     pub fn is_banned(&self, source: usize) -> bool {

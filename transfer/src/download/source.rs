@@ -174,6 +174,59 @@ fn check_have(answer: PeerResponse, info: &ContentInfo) -> Result<Option<Vec<u8>
     }
 }
 
+/// Longest a banned source's connection is kept to deliver a bad-chunk report.
+const REPORT_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Tells a source that chunk `chunk` it sent failed verification, so that a
+/// peer whose file changed without its id being updated notices and
+/// withdraws the stale id. Best effort, within [`REPORT_DEADLINE`]: the
+/// chunks still in flight go back to the pool first, then the report is
+/// sent behind them and the answers are drained (closing with answers
+/// unread would reset the connection before the report is read).
+async fn report_bad_chunk(
+    shared: &Shared,
+    mut conn: PeerConnection,
+    id: FileId,
+    chunk: u32,
+    inflight: &mut VecDeque<Pending>,
+) {
+    let unanswered: Vec<u32> = inflight
+        .drain(..)
+        .filter_map(|p| match p {
+            Pending::Chunk(c) => Some(c),
+            Pending::Have => None,
+        })
+        .collect();
+    shared.give_back(unanswered.len());
+    shared.scheduler.release(unanswered);
+    let deliver = async {
+        conn.queue(&PeerRequest::BadChunk { id, index: chunk })
+            .await?;
+        conn.flush().await?;
+        conn.writer
+            .shutdown()
+            .await
+            .map_err(|e| SourceError::Wire(WireError::Io(e)))?;
+        // Everything up to the source's close: the answers, then EOF.
+        let mut sink = [0u8; 64 * 1024];
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut conn.reader, &mut sink)
+                .await
+                .map_err(|e| SourceError::Wire(WireError::Io(e)))?;
+            if n == 0 {
+                return Ok::<_, SourceError>(());
+            }
+        }
+    };
+    match tokio::time::timeout(REPORT_DEADLINE, deliver).await {
+        Ok(Ok(())) => tracing::debug!(%id, chunk, "told the source about its bad chunk"),
+        Ok(Err(e)) => {
+            tracing::debug!(%id, chunk, error = %e, "could not tell the source about its bad chunk")
+        }
+        Err(_) => tracing::debug!(%id, chunk, "gave up telling the source about its bad chunk"),
+    }
+}
+
 /// A request on the wire whose answer has not been read yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pending {
@@ -235,6 +288,9 @@ async fn fetch_loop(
     let mut last_have = tokio::time::Instant::now();
     loop {
         if shared.scheduler.is_banned(index) {
+            if let Some(chunk) = shared.scheduler.bad_chunk(index) {
+                report_bad_chunk(shared, conn, id, chunk, inflight).await;
+            }
             return Err(SourceError::BadData);
         }
         let mut chunks_inflight = inflight.iter().filter(|p| **p != Pending::Have).count();
