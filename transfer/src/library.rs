@@ -83,6 +83,10 @@ impl SharedEntry {
 pub const BAD_CHUNK_REPORT_COOLDOWN: Duration = Duration::from_secs(30);
 /// Most bad-chunk reports waiting to be checked at once (more are ignored).
 pub const MAX_QUEUED_REPORTS: usize = 64;
+/// Most files remembered as recently reported (more reports are ignored
+/// until the cooldown frees some): bounds the memory and time a flood of
+/// reports about many ids can cost.
+pub const MAX_REPORTED_IDS: usize = 4096;
 
 /// Bad-chunk reports from downloaders, waiting for the scanner to check them.
 #[derive(Default)]
@@ -350,9 +354,14 @@ impl Library {
         {
             return false;
         }
-        reports
-            .last
-            .retain(|_, t| now.duration_since(*t) < BAD_CHUNK_REPORT_COOLDOWN);
+        if reports.last.len() >= MAX_REPORTED_IDS {
+            reports
+                .last
+                .retain(|_, t| now.duration_since(*t) < BAD_CHUNK_REPORT_COOLDOWN);
+            if reports.last.len() >= MAX_REPORTED_IDS {
+                return false;
+            }
+        }
         reports.last.insert(id, now);
         reports.queue.push((id, index));
         drop(reports);

@@ -520,13 +520,12 @@ pub fn scan(root: &Path, cache: &mut HashCache) -> Vec<Arc<SharedEntry>> {
             ) =>
         {
             // Cannot tell (permissions on a parent…): change nothing.
-            let mut walk_problem = BTreeMap::new();
             let what = format!("cannot read the shared folder ({e}); what was shared stays shared");
-            walk_problem.insert(
-                format!("{}\n{what}", root.display()),
-                (root.display().to_string(), what),
-            );
-            report_problems(cache, walk_problem);
+            let key = format!("{}\n{what}", root.display());
+            if let std::collections::btree_map::Entry::Vacant(slot) = cache.problems.entry(key) {
+                warn!(path = %root.display(), "{what}");
+                slot.insert((root.display().to_string(), what));
+            }
             return cache.shared.clone();
         }
         _ => {
