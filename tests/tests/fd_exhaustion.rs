@@ -56,6 +56,12 @@ async fn out_of_descriptors_withdraws_nothing_and_the_server_accepts_later() {
         shutdown.clone(),
     ));
 
+    // A downloader connected before the descriptors run out.
+    let mut early = tokio::net::TcpStream::connect(addr).await.unwrap();
+    common::wire::client_handshake(&mut early, common::hello::Protocol::Peer)
+        .await
+        .unwrap();
+
     let saved = getrlimit(Resource::Nofile);
     setrlimit(
         Resource::Nofile,
@@ -78,6 +84,35 @@ async fn out_of_descriptors_withdraws_nothing_and_the_server_accepts_later() {
     assert!(
         cache.next_scan_in(Duration::from_secs(10)) < Duration::from_secs(10),
         "it is retried with backoff"
+    );
+
+    // The server cannot open the file for it: it says "busy" (come back
+    // later), not an internal error that would drop this source for good.
+    common::wire::write_message(
+        &mut early,
+        &common::peer_proto::PeerRequest::Chunk {
+            id: content_info(&a).id,
+            index: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let answer: common::peer_proto::PeerResponse = common::wire::expect_message(
+        &mut early,
+        &mut Vec::new(),
+        common::wire::Deadlines::default(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(
+            answer,
+            common::peer_proto::PeerResponse::Error {
+                code: common::peer_proto::PeerErrorCode::Busy,
+                ..
+            }
+        ),
+        "{answer:?}"
     );
 
     // A client connects (one descriptor freed for its socket); the server

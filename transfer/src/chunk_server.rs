@@ -301,6 +301,10 @@ pub async fn serve_peer_session(
                                 library.request_rescan();
                                 PeerErrorCode::FileChanged
                             }
+                            // Out of descriptors: come back later, like a full upload slot.
+                            ReadChunkError::Io(ref io) if crate::net::is_fd_exhaustion(io) => {
+                                PeerErrorCode::Busy
+                            }
                             ReadChunkError::Io(_) => PeerErrorCode::Internal,
                         };
                         wire::write_message(&mut writer, &refusal(code, e.to_string())).await?;
