@@ -330,30 +330,44 @@ async fn rescan_loop(
     interval: Duration,
     shutdown: CancellationToken,
 ) {
+    let mut full_scan_at = tokio::time::Instant::now() + interval;
     loop {
         // Sooner when a file waits to become stable; later after running
         // out of file descriptors (backoff).
-        let wait = cache.next_scan_in(interval);
-        tokio::select! {
+        let now = tokio::time::Instant::now();
+        let wait = cache.next_scan_in(full_scan_at.saturating_duration_since(now));
+        let requested = tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
-            _ = library.rescan_requested() => {}
-        }
+            _ = tokio::time::sleep(wait) => false,
+            _ = library.rescan_requested() => true,
+        };
+        // Woken only because a file waiting to settle may be stable: look at
+        // those files alone (one stat each) and walk the folder only if one
+        // is, so a file written for hours does not make us walk every few
+        // seconds.
+        let early =
+            !requested && !cache.backing_off() && tokio::time::Instant::now() < full_scan_at;
         let root = library.root().to_path_buf();
         let lib = library.clone();
         let scanned = tokio::task::spawn_blocking(move || {
             for rel in lib.take_closed() {
                 cache.closed_after_writing(rel);
             }
+            if early && !cache.pending_settled(&root) {
+                return (cache, None);
+            }
             scan::check_reports(&lib, &mut cache);
             let entries = scan::scan(&root, &mut cache);
-            (cache, entries)
+            (cache, Some(entries))
         })
         .await;
         match scanned {
             Ok((c, entries)) => {
                 cache = c;
-                library.set_shared(entries);
+                if let Some(entries) = entries {
+                    library.set_shared(entries);
+                    full_scan_at = tokio::time::Instant::now() + interval;
+                }
             }
             Err(e) => {
                 warn!(error = %e, "folder scan failed; sharing stopped updating");

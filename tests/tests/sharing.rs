@@ -123,13 +123,25 @@ async fn a_daemon_registers_a_growing_file_once_stable_with_its_final_id() {
     config.settle = Duration::from_secs(1);
     config.rescan_interval = Duration::from_secs(3600);
     let mut peer = start_peer_with(config).await;
+    assert_eq!(peer.daemon.library.scans(), 1, "the scan at start");
     while !writer.is_finished() {
         let shared = peer.daemon.library.shared();
         assert!(shared.is_empty(), "a partial file was shared");
+        // Waiting for it costs a stat of that file, not a walk of the folder.
+        assert_eq!(
+            peer.daemon.library.scans(),
+            1,
+            "the folder was walked again"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     writer.join().unwrap();
     peer.wait_registered(1).await;
+    assert_eq!(
+        peer.daemon.library.scans(),
+        2,
+        "one walk once it was stable"
+    );
     let shared = peer.daemon.library.shared();
     assert!(shared.contains_key(&content_info(&data).id));
     assert!(index_has(&index.addr_string(), content_info(&data).id).await);

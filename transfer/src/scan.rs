@@ -213,6 +213,45 @@ impl HashCache {
         wait
     }
 
+    /// Whether scans are cut short by running out of file descriptors (the
+    /// next one is a retry after a backoff).
+    pub fn backing_off(&self) -> bool {
+        self.exhausted > 0
+    }
+
+    /// Looks again at the files waiting to settle only (one `stat` each,
+    /// no walk): true when one of them is now stable or gone, so that a
+    /// full [`scan`] is worth it. Updates what they were last seen as and
+    /// when the next one comes due ([`HashCache::next_scan_in`]).
+    pub fn pending_settled(&mut self, root: &Path) -> bool {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut ready = false;
+        let mut next_due: Option<Duration> = None;
+        for (rel, (stamp, since)) in self.pending.iter_mut() {
+            let Ok(meta) = std::fs::metadata(root.join(rel)) else {
+                ready = true;
+                continue;
+            };
+            let current = FileStamp::of(&meta);
+            if current != *stamp {
+                *stamp = current;
+                *since = now;
+            }
+            let quiet = now
+                .duration_since(*since)
+                .max(ctime_age(wall, stamp.ctime_ns));
+            if quiet >= self.settle {
+                ready = true;
+            } else {
+                let due = self.settle - quiet;
+                next_due = Some(next_due.map_or(due, |d| d.min(due)));
+            }
+        }
+        self.next_due = next_due;
+        ready || !self.closed.is_empty()
+    }
+
     /// Records a file whose hashes are already known (a verified upload
     /// just published), so the next scan does not read it again.
     pub fn remember(&mut self, entry: Arc<SharedEntry>) {
