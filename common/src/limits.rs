@@ -43,3 +43,20 @@ pub const MAX_NICK_LEN: usize = 32;
 
 /// Longest direct message text, in bytes (checked by sender and receiver).
 pub const MAX_MESSAGE_LEN: usize = 4096;
+
+/// Upload connections (peer protocol) a peer holds at once; more are told
+/// `Busy` in the hello. Holding one costs a socket and a task, not a slot.
+pub const UPLOAD_CONNECTIONS: usize = 256;
+
+/// Upload connections one source address (IPv4, or IPv6 /64) may hold at
+/// once: one download opens one connection per source, so 8 leaves room
+/// for several downloads from one host (or one NAT) and keeps a single
+/// host from taking every place (libtorrent allows one per IP per torrent).
+pub const UPLOAD_CONNECTIONS_PER_SOURCE: usize = 8;
+
+/// A new upload connection must send its first request within this long.
+pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An upload connection that asked for no data (a chunk or a hash list) for
+/// this long is closed; cheap requests (`Have`, messages) do not extend it.
+pub const UPLOAD_IDLE: Duration = Duration::from_secs(60);

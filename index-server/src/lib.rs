@@ -38,6 +38,11 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// Most simultaneous connections; further ones are told the server is busy.
     pub max_connections: usize,
+    /// Most simultaneous connections from one source address (IPv4, IPv6
+    /// /64); further ones are told the server is busy.
+    pub max_connections_per_ip: usize,
+    /// Deadline for a new connection's first request (after the hello).
+    pub first_request_timeout: Duration,
     /// How long a connection that is not a sharing peer may stay idle.
     pub client_idle: Duration,
     /// Deadline for a new connection's hello.
@@ -57,6 +62,8 @@ impl Default for Config {
             listen: "0.0.0.0:8888".parse().expect("valid default address"),
             lease_ttl: Duration::from_secs(60),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
+            first_request_timeout: common::limits::FIRST_REQUEST_TIMEOUT,
             client_idle: Duration::from_secs(300),
             hello_timeout: common::limits::HELLO_TIMEOUT,
             frame_timeout: common::limits::FRAME_TIMEOUT,

@@ -23,6 +23,11 @@ struct Cli {
     #[arg(long, env = "INDEX_MAX_CONNECTIONS", default_value_t = 10_000)]
     max_connections: usize,
 
+    /// Most simultaneous connections from one address (IPv4, or IPv6 /64),
+    /// so that one host cannot take every place.
+    #[arg(long, env = "INDEX_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    max_connections_per_ip: usize,
+
     /// How long a non-sharing client (search, get) may keep an idle connection.
     #[arg(long, env = "INDEX_CLIENT_IDLE", default_value = "5m", value_parser = parse_duration)]
     client_idle: Duration,
@@ -76,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         listen: cli.listen,
         lease_ttl: cli.lease_ttl,
         max_connections: cli.max_connections.max(1),
+        max_connections_per_ip: cli.max_connections_per_ip.max(1),
         client_idle: cli.client_idle,
         frame_timeout: cli.frame_timeout,
         max_requests_per_sec: cli.max_requests_per_sec,

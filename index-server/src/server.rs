@@ -9,7 +9,6 @@ use common::index_proto::{IndexRequest, IndexResponse};
 use common::wire::{self, Deadlines, WireError};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -77,7 +76,12 @@ impl Server {
         } = self;
         info!(addr = %listener.local_addr()?, lease_ttl = ?config.lease_ttl, "index server listening");
         let tracker = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(config.max_connections));
+        // Places in all and per source address: idle connections from one
+        // host cannot take them all.
+        let admission = transfer::admission::Admission::new(
+            config.max_connections,
+            config.max_connections_per_ip,
+        );
 
         tracker.spawn(reap_leases(
             index.clone(),
@@ -113,7 +117,7 @@ impl Server {
             accept_backoff.succeeded("index");
             // The store's downloads and uploads run on these connections too.
             transfer::net::tune_socket(&stream);
-            match slots.clone().try_acquire_owned() {
+            match admission.try_admit(remote.ip()) {
                 Ok(permit) => {
                     let (index, config, shutdown, store) = (
                         index.clone(),
@@ -126,8 +130,8 @@ impl Server {
                         drop(permit);
                     });
                 }
-                Err(_) => {
-                    debug!(%remote, "connection cap reached; refusing");
+                Err(why) => {
+                    debug!(%remote, %why, "connection cap reached; refusing");
                     tracker.spawn(refuse_busy(stream));
                 }
             }
@@ -265,13 +269,19 @@ async fn connection_loop(
     let mut writer = BufWriter::new(write_half);
     let mut buf = Vec::new();
     let mut budget = RequestBudget::new(config.max_requests_per_sec);
+    let mut first = true;
     loop {
-        // A sharing peer heartbeats every third of its lease; anyone else may idle a while.
+        // A sharing peer heartbeats every third of its lease; anyone else may
+        // idle a while, once it has asked something: a connection that only
+        // said hello keeps its place for `first_request_timeout`.
         let idle = if conn.session.is_some() {
             config.lease_ttl * 2
+        } else if first {
+            config.first_request_timeout.min(config.client_idle)
         } else {
             config.client_idle
         };
+        first = false;
         let deadlines = Deadlines {
             idle: Some(idle),
             frame: config.frame_timeout,

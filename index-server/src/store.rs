@@ -49,6 +49,10 @@ pub const STORE_NICK: &str = "store";
 /// How long an upload connection may sit without a message.
 const UPLOAD_IDLE: Duration = Duration::from_secs(120);
 
+/// Downloads the store sends chunks to at once (upload slots, held only
+/// while a chunk is sent; further requests wait their turn).
+pub const STORE_UPLOAD_SLOTS: usize = 64;
+
 /// Settings of the store.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -118,6 +122,8 @@ pub struct Store {
     pub chunks_received: AtomicU64,
     /// Shared by every download served from the store, when capped.
     upload_limit: Option<Arc<transfer::rate::RateLimiter>>,
+    /// Upload slots and deadlines of download connections.
+    rules: transfer::chunk_server::SessionRules,
 }
 
 impl Store {
@@ -160,6 +166,7 @@ impl Store {
             upload_limit: config
                 .max_upload_rate
                 .map(|r| Arc::new(transfer::rate::RateLimiter::new(r))),
+            rules: transfer::chunk_server::SessionRules::new(STORE_UPLOAD_SLOTS),
         });
         store.refresh().await;
         info!(folder = %root.display(), files = store.library.shared().len(), quota = config.quota, "store open");
@@ -254,6 +261,7 @@ impl Store {
             &self.uploads,
             None,
             self.upload_limit.as_deref(),
+            &self.rules,
         )
         .await
     }
@@ -316,16 +324,19 @@ impl Store {
         upload: &mut Option<Upload>,
     ) -> Result<(), WireError> {
         let mut frame = Vec::new();
+        // A connection that only said hello keeps its place briefly.
+        let mut idle = common::limits::FIRST_REQUEST_TIMEOUT;
         loop {
             let Some(request) = wire::read_message::<_, StoreRequest>(
                 reader,
                 &mut frame,
-                Deadlines::with_idle(UPLOAD_IDLE),
+                Deadlines::with_idle(idle),
             )
             .await?
             else {
                 return Ok(());
             };
+            idle = UPLOAD_IDLE;
             match request {
                 StoreRequest::Begin { id, name, size } => {
                     if let Some(old) = upload.take() {

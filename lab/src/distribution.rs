@@ -93,6 +93,13 @@ pub struct Run {
     pub status: String,
 }
 
+/// A run whose measured time is below this fraction of its bound beat a
+/// lower bound by more than measurement noise: something is not counted
+/// (a limiter letting bytes through early, a file already present, a clock
+/// started late). The rate limiter lets a transfer go at most 5 ms early
+/// (`transfer::rate::TOLERANCE`), 1.25% of the default 0.4 s bound.
+pub const SUSPECT_RATIO: f64 = 0.95;
+
 impl Run {
     /// The bound of this run's own paradigm.
     pub fn bound(&self) -> f64 {
@@ -100,6 +107,17 @@ impl Run {
             Mode::ClientServer => self.bound_cs,
             _ => self.bound_p2p,
         }
+    }
+
+    /// Measured time over the bound, when measured.
+    pub fn ratio(&self) -> Option<f64> {
+        self.seconds.map(|s| s / self.bound())
+    }
+
+    /// Faster than the bound allows (ratio below [`SUSPECT_RATIO`]): the
+    /// figure is not to be trusted.
+    pub fn suspect(&self) -> bool {
+        self.ratio().is_some_and(|r| r < SUSPECT_RATIO)
     }
 }
 
@@ -118,6 +136,7 @@ pub const CSV_COLUMNS: &[&str] = &[
     "seed_upload_bytes",
     "peer_upload_bytes",
     "status",
+    "suspect",
 ];
 
 pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
@@ -237,6 +256,8 @@ fn daemon_config(
     c.max_upload_rate = up;
     c.max_download_rate = down;
     c.max_uploads = 256;
+    // Every downloader comes from 127.0.0.1: no per-address cap here.
+    c.max_upload_connections_per_ip = c.max_upload_connections;
     c.rescan_interval = Duration::from_secs(3600);
     // The lab writes its files whole before sharing them.
     c.settle = Duration::ZERO;
@@ -552,10 +573,11 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
             fmt(r.bound_cs),
             fmt(r.bound_p2p),
             fmt(r.bound()),
-            r.seconds.map_or(String::new(), |s| fmt(s / r.bound())),
+            r.ratio().map_or(String::new(), fmt),
             r.seed_bytes.to_string(),
             r.peer_bytes.to_string(),
             r.status.clone(),
+            r.suspect().to_string(),
         ]);
     }
 
@@ -622,8 +644,11 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
                 r.n.to_string(),
                 r.seconds.map_or("-".into(), |s| format!("{s:.2}")),
                 format!("{:.2}", r.bound()),
-                r.seconds
-                    .map_or("-".into(), |s| format!("{:.2}", s / r.bound())),
+                match r.ratio() {
+                    Some(ratio) if r.suspect() => format!("{ratio:.2} (suspect)"),
+                    Some(ratio) => format!("{ratio:.2}"),
+                    None => "-".into(),
+                },
                 human_bytes(r.seed_bytes as f64),
                 human_bytes(r.peer_bytes as f64),
                 r.status.clone(),
@@ -635,7 +660,9 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
          Bounds (Kurose & Ross): D_cs = max(N F/u_s, F/d_min); \
          D_p2p >= max(F/u_s, F/d_min, N F/(u_s + N u)). \
          The ratio is measured / the bound of the run's own paradigm \
-         (client-server: D_cs; hybrid swarming and p2p: D_p2p).\n\n",
+         (client-server: D_cs; hybrid swarming and p2p: D_p2p). \
+         A ratio below {SUSPECT_RATIO} beats a lower bound by more than \
+         measurement noise and is marked (suspect): something was not counted.\n\n",
         human_bytes(f),
         human_rate(us),
         human_rate(u),
@@ -663,4 +690,50 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
         );
     }
     report::write_all(&config.out, "distribution", &csv, &chart, &md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(seconds: f64) -> Run {
+        let (bound_cs, bound_p2p) = bounds(1, 16.0 * 1048576.0, 40.0 * 1048576.0, 4.0, None);
+        Run {
+            mode: Mode::ClientServer,
+            n: 1,
+            seconds: Some(seconds),
+            bound_cs,
+            bound_p2p,
+            seed_bytes: 0,
+            peer_bytes: 0,
+            status: "ok".into(),
+        }
+    }
+
+    #[test]
+    fn runs_faster_than_their_bound_are_flagged_in_every_output() {
+        assert!(run(0.224).suspect(), "ratio 0.56");
+        assert!(!run(0.395).suspect(), "within the limiter's 5 ms");
+        assert!(!run(0.6).suspect());
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            ns: vec![1],
+            file_size: 16 << 20,
+            server_up: 40 << 20,
+            peer_up: 4 << 20,
+            peer_down: None,
+            modes: vec![Mode::ClientServer],
+            out: dir.path().to_path_buf(),
+            processes: false,
+        };
+        write_outputs(&config, &[run(0.224), run(0.5)]).unwrap();
+        let csv = std::fs::read_to_string(dir.path().join("distribution.csv")).unwrap();
+        let rows: Vec<&str> = csv.lines().collect();
+        assert!(rows[0].ends_with(",suspect"), "{}", rows[0]);
+        assert!(rows[1].ends_with(",true"), "{}", rows[1]);
+        assert!(rows[2].ends_with(",false"), "{}", rows[2]);
+        let md = std::fs::read_to_string(dir.path().join("distribution.md")).unwrap();
+        assert!(md.contains("0.56 (suspect)"), "{md}");
+        assert!(!md.contains("1.25 (suspect)"), "{md}");
+    }
 }

@@ -54,6 +54,8 @@ pub(crate) async fn bind_index(
 ) -> Result<index_server::Server, LabError> {
     index_server::Server::bind(index_server::Config {
         listen: "127.0.0.1:0".parse().expect("valid address"),
+        // Every simulated peer and client comes from 127.0.0.1.
+        max_connections_per_ip: config.max_connections,
         ..config
     })
     .await

@@ -221,11 +221,19 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
     for r in &runs {
         match r.seconds {
             Some(s) => eprintln!(
-                "{:>13} N={:<3} {s:7.2} s  bound {:6.2} s  ratio {:.2}",
+                "{:>13} N={:<3} {s:7.2} s  bound {:6.2} s  ratio {:.2}{}",
                 r.mode.name(),
                 r.n,
                 r.bound(),
-                s / r.bound()
+                s / r.bound(),
+                if r.suspect() {
+                    format!(
+                        "  SUSPECT: faster than the bound allows (below {})",
+                        distribution::SUSPECT_RATIO
+                    )
+                } else {
+                    String::new()
+                }
             ),
             None => eprintln!("{:>13} N={:<3} {}", r.mode.name(), r.n, r.status),
         }

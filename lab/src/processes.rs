@@ -142,6 +142,9 @@ pub async fn client_server(
             seed.to_str().unwrap_or_default(),
             "--max-upload-rate",
             &rate(config.server_up),
+            // Every client comes from 127.0.0.1.
+            "--max-connections-per-ip",
+            "10000",
         ]),
         &run.join("index.log"),
     )?);
@@ -188,7 +191,12 @@ pub async fn swarm(
     let index = format!("127.0.0.1:{}", free_port()?);
     if !p2p {
         children.0.push(spawn(
-            Command::new(&index_bin).args(["--listen", &index]),
+            Command::new(&index_bin).args([
+                "--listen",
+                &index,
+                "--max-connections-per-ip",
+                "10000",
+            ]),
             &run.join("index.log"),
         )?);
     }
@@ -206,6 +214,9 @@ pub async fn swarm(
         "seed",
         "--max-upload-rate",
         &rate(config.server_up),
+        // Every downloader comes from 127.0.0.1.
+        "--max-connections-per-ip",
+        "256",
     ]);
     if p2p {
         seed_cmd.args(["--mode", "p2p"]);
@@ -247,6 +258,8 @@ pub async fn swarm(
             &format!("peer{i}"),
             "--max-upload-rate",
             &rate(config.peer_up),
+            "--max-connections-per-ip",
+            "256",
             "--fetch",
             &id.to_hex(),
         ]);

@@ -114,9 +114,18 @@ enum Command {
         /// half-done; 0 shares files as soon as they are seen.
         #[arg(long, env = "PEER_SETTLE", default_value = "3s", value_parser = parse_duration)]
         settle: Duration,
-        /// Most simultaneous uploads; further peers are told to come back later.
+        /// Upload slots: most chunks sent at once. A connection holds a slot
+        /// only while it sends a chunk; further requests wait their turn.
         #[arg(long, env = "PEER_MAX_UPLOADS", default_value_t = 32)]
         max_uploads: usize,
+        /// Most upload connections at once; further peers are told the peer
+        /// is busy (they retry later).
+        #[arg(long, env = "PEER_MAX_UPLOAD_CONNECTIONS", default_value_t = common::limits::UPLOAD_CONNECTIONS)]
+        max_upload_connections: usize,
+        /// Most upload connections from one address (IPv4, or IPv6 /64), so
+        /// one host cannot take every place.
+        #[arg(long, env = "PEER_MAX_CONNECTIONS_PER_IP", default_value_t = common::limits::UPLOAD_CONNECTIONS_PER_SOURCE)]
+        max_connections_per_ip: usize,
         /// hybrid: register at the index (default); p2p: join an overlay
         /// through --neighbor, no index. (client-server has no serving
         /// peers: run `index-server --store DIR` and `peer put` instead.)
@@ -307,6 +316,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             rescan_interval,
             settle,
             max_uploads,
+            max_upload_connections,
+            max_connections_per_ip,
             mode,
             neighbors,
             degree,
@@ -337,6 +348,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             config.rescan_interval = rescan_interval;
             config.settle = settle;
             config.max_uploads = max_uploads;
+            config.max_upload_connections = max_upload_connections;
+            config.max_upload_connections_per_ip = max_connections_per_ip;
             config.max_upload_rate = rates.max_upload_rate;
             config.max_download_rate = rates.max_download_rate;
             config.fetch = fetch;

@@ -39,8 +39,13 @@ pub struct ServeConfig {
     /// before it is hashed and shared: a file still being written is not
     /// registered under the id of its first bytes ([`scan::DEFAULT_SETTLE`]).
     pub settle: Duration,
-    /// Most simultaneous upload connections.
+    /// Upload slots: chunks sent at once (a connection holds one only
+    /// while it sends); further requests wait their turn.
     pub max_uploads: usize,
+    /// Upload connections held at once; more are told `Busy`.
+    pub max_upload_connections: usize,
+    /// Upload connections one source address (IPv4, IPv6 /64) may hold.
+    pub max_upload_connections_per_ip: usize,
     /// Reconnection backoff towards the index.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -73,6 +78,8 @@ impl ServeConfig {
             rescan_interval: Duration::from_secs(10),
             settle: scan::DEFAULT_SETTLE,
             max_uploads: 32,
+            max_upload_connections: common::limits::UPLOAD_CONNECTIONS,
+            max_upload_connections_per_ip: common::limits::UPLOAD_CONNECTIONS_PER_SOURCE,
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             inbox_capacity: 100,
@@ -228,12 +235,14 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         .clone()
         .map(|o| Arc::new(o) as Arc<dyn chunk_server::ProtocolHandler>);
     let chunk_config = chunk_server::ChunkServerConfig {
-        library: library.clone(),
         max_uploads: config.max_uploads,
+        max_connections: config.max_upload_connections,
+        max_connections_per_ip: config.max_upload_connections_per_ip,
         stats: uploads.clone(),
         inbox: Some(inbox.clone()),
         others,
         upload_limit: upload_limit.clone(),
+        ..chunk_server::ChunkServerConfig::new(library.clone())
     };
     tracker.spawn(chunk_server::serve_with(
         listener,

@@ -360,16 +360,17 @@ async fn the_index_lists_a_peer_under_its_advertised_address() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_over_the_cap_are_told_to_come_back_later() {
+async fn upload_connections_over_the_cap_are_told_to_come_back_later() {
     let index = start_index().await;
     let dir = tempfile::tempdir().unwrap();
     let data = random_bytes(4 * common::CHUNK_SIZE, 21);
     write_file(&dir.path().join("a"), "f.bin", &data);
     let mut config = peer_config(&dir.path().join("a"), &index.addr_string());
-    config.max_uploads = 1;
+    config.max_upload_connections = 1;
     let mut a = start_peer_with(config).await;
     a.wait_registered(1).await;
-    // One connection holds the only upload slot.
+    // One connection holds the only place (upload slots are held only while
+    // a chunk is sent: tests/tests/limits.rs).
     let mut holder = tokio::net::TcpStream::connect(a.addr()).await.unwrap();
     common::wire::client_handshake(&mut holder, common::hello::Protocol::Peer)
         .await
@@ -379,13 +380,13 @@ async fn uploads_over_the_cap_are_told_to_come_back_later() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("busy"), "{err}");
-    // Once the slot is free, downloads go through again.
+    // Once the place is free, downloads go through again.
     drop(holder);
     let out = dir.path().join("out");
     let id = content_info(&data).id.to_hex();
     let fetched = std::sync::Arc::new(std::sync::Mutex::new(None));
     wait_until(
-        "the upload slot to be released",
+        "the upload connection place to be released",
         Duration::from_secs(10),
         || {
             let (index, out, id, fetched) = (

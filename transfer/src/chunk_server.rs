@@ -3,9 +3,18 @@
 //! Requests may be pipelined; answers go out in order, each chunk as a small
 //! header frame followed by its raw bytes. Only ids are accepted from the
 //! wire: the file behind an id comes from the [`Library`], never from a path
-//! in a message. Concurrent uploads are capped by a semaphore; a connection
-//! over the cap is told `Busy` in the hello and closed. A direct message
-//! (`Message`) is handed to the node's [`Inbox`] when it has one.
+//! in a message. A direct message (`Message`) is handed to the node's
+//! [`Inbox`] when it has one.
+//!
+//! **Upload slots** (eMule's upload slots, BitTorrent's unchoked peers): a
+//! connection holds one of `max_uploads` slots only while it sends a chunk
+//! or a hash list; a request when every slot is busy waits its turn (the
+//! semaphore is fair, so connections take turns). A connection that only
+//! said hello, or only asks cheap questions (`Have`), holds no slot.
+//! **Connections** are capped in all and per source address ([`Admission`]);
+//! over either cap the hello answers `Busy`. A connection must send its first
+//! request within `FIRST_REQUEST_TIMEOUT` and is closed once it has asked for
+//! no data for `UPLOAD_IDLE`: cheap requests do not keep it open.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,17 +31,16 @@ use common::wire::{self, Deadlines, WireError};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use crate::admission::Admission;
 use crate::inbox::Inbox;
 use crate::library::{Holding, Library, OpenHolding, ReadChunkError};
 use crate::rate::RateLimiter;
 use crate::send::send_chunk;
-
-/// How long an upload connection may sit without a request.
-const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 
 /// Counters of what this peer has uploaded.
 #[derive(Debug, Default)]
@@ -79,12 +87,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let config = ChunkServerConfig {
-        library,
         max_uploads,
         stats,
         inbox,
         others: None,
         upload_limit: None,
+        ..ChunkServerConfig::new(library)
     };
     serve_with(listener, config, tracker, shutdown).await
 }
@@ -93,8 +101,17 @@ pub async fn serve(
 #[derive(Clone)]
 pub struct ChunkServerConfig {
     pub library: Library,
-    /// Most simultaneous peer-protocol connections; more are told `Busy`.
+    /// Upload slots: chunks (or hash lists) sent at once. A connection holds
+    /// a slot only while it sends; a request over the cap waits its turn.
     pub max_uploads: usize,
+    /// Peer-protocol connections held at once; more are told `Busy`.
+    pub max_connections: usize,
+    /// Peer-protocol connections one source address may hold; more are told `Busy`.
+    pub max_connections_per_ip: usize,
+    /// Deadline for a new connection's first request.
+    pub first_request_timeout: Duration,
+    /// A connection that asked for no data for this long is closed.
+    pub idle: Duration,
     pub stats: Arc<UploadStats>,
     /// Where direct messages go; `None` refuses them.
     pub inbox: Option<Inbox>,
@@ -102,6 +119,48 @@ pub struct ChunkServerConfig {
     pub others: Option<Arc<dyn ProtocolHandler>>,
     /// Cap on the bytes per second of all uploads together.
     pub upload_limit: Option<Arc<RateLimiter>>,
+}
+
+impl ChunkServerConfig {
+    /// Serves `library` with the default caps (`common::limits`), 32 upload
+    /// slots, no inbox, no other protocol and no rate cap.
+    pub fn new(library: Library) -> Self {
+        ChunkServerConfig {
+            library,
+            max_uploads: 32,
+            max_connections: common::limits::UPLOAD_CONNECTIONS,
+            max_connections_per_ip: common::limits::UPLOAD_CONNECTIONS_PER_SOURCE,
+            first_request_timeout: common::limits::FIRST_REQUEST_TIMEOUT,
+            idle: common::limits::UPLOAD_IDLE,
+            stats: Arc::default(),
+            inbox: None,
+            others: None,
+            upload_limit: None,
+        }
+    }
+}
+
+/// How one peer-protocol connection is held: the node's upload slots and
+/// the connection's deadlines (shared by the chunk server and the store).
+#[derive(Debug, Clone)]
+pub struct SessionRules {
+    /// Held while a chunk or a hash list is sent; fair, so waiters take turns.
+    pub slots: Arc<Semaphore>,
+    /// Deadline for the first request.
+    pub first_request: Duration,
+    /// Closed after this long without a data request (chunk or hash list).
+    pub idle: Duration,
+}
+
+impl SessionRules {
+    /// `slots` upload slots (at least 1) and the default deadlines.
+    pub fn new(slots: usize) -> Self {
+        SessionRules {
+            slots: Arc::new(Semaphore::new(slots.max(1))),
+            first_request: common::limits::FIRST_REQUEST_TIMEOUT,
+            idle: common::limits::UPLOAD_IDLE,
+        }
+    }
 }
 
 /// Accepts connections until `shutdown`: the peer protocol is served here,
@@ -115,12 +174,21 @@ pub async fn serve_with(
     let ChunkServerConfig {
         library,
         max_uploads,
+        max_connections,
+        max_connections_per_ip,
+        first_request_timeout,
+        idle,
         stats,
         inbox,
         others,
         upload_limit,
     } = config;
-    let slots = Arc::new(Semaphore::new(max_uploads.max(1)));
+    let rules = SessionRules {
+        slots: Arc::new(Semaphore::new(max_uploads.max(1))),
+        first_request: first_request_timeout,
+        idle,
+    };
+    let admission = Admission::new(max_connections, max_connections_per_ip);
     let mut accepted_protocols = vec![Protocol::Peer];
     if let Some(h) = &others {
         accepted_protocols.extend(h.protocols().iter().filter(|p| **p != Protocol::Peer));
@@ -148,19 +216,30 @@ pub async fn serve_with(
         let (library, stats, shutdown) = (library.clone(), stats.clone(), shutdown.clone());
         let inbox = inbox.clone();
         let limit = upload_limit.clone();
-        let (slots, others, accepted_protocols) =
-            (slots.clone(), others.clone(), accepted_protocols.clone());
+        let (rules, admission, others, accepted_protocols) = (
+            rules.clone(),
+            admission.clone(),
+            others.clone(),
+            accepted_protocols.clone(),
+        );
         tracker.spawn(async move {
-            // The upload slot is taken while answering the hello, so a peer
-            // over the cap is told `Busy` instead of being accepted and dropped.
-            let mut permit = None;
+            // The connection's place is taken while answering the hello, so
+            // a peer over a cap is told `Busy` instead of being accepted and
+            // dropped. It holds no upload slot until it asks for data.
+            let mut place = None;
             let hello = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 h = wire::server_handshake_any(&mut stream, &accepted_protocols, |p| match p {
-                    Protocol::Peer => {
-                        permit = slots.try_acquire_owned().ok();
-                        permit.is_none()
-                    }
+                    Protocol::Peer => match admission.try_admit(remote.ip()) {
+                        Ok(admitted) => {
+                            place = Some(admitted);
+                            false
+                        }
+                        Err(why) => {
+                            debug!(%remote, %why, "upload connection refused as busy");
+                            true
+                        }
+                    },
                     other => others.as_ref().is_some_and(|h| h.is_busy(other)),
                 }) => h,
             };
@@ -180,7 +259,7 @@ pub async fn serve_with(
             stats.connections.fetch_add(1, Ordering::Relaxed);
             let result = tokio::select! {
                 _ = shutdown.cancelled() => Ok(()),
-                r = serve_peer_session(stream, remote, &library, &stats, inbox.as_ref(), limit.as_deref()) => r,
+                r = serve_peer_session(stream, remote, &library, &stats, inbox.as_ref(), limit.as_deref(), &rules) => r,
             };
             match result {
                 Ok(()) => debug!(%remote, "upload connection closed"),
@@ -189,7 +268,7 @@ pub async fn serve_with(
                 }
                 Err(e) => debug!(%remote, error = %e, "upload connection ended"),
             }
-            drop(permit);
+            drop(place);
         });
     }
 }
@@ -203,6 +282,9 @@ fn refusal(code: PeerErrorCode, message: impl Into<String>) -> PeerResponse {
 
 /// Serves the peer protocol on a connection whose hello was answered (also
 /// used by the index server's store, which shares its port with the index).
+/// Holds one of `rules.slots` while sending each chunk or hash list; ends
+/// the connection (a `Timeout` error) when the first request is later than
+/// `rules.first_request` or no data was asked for during `rules.idle`.
 pub async fn serve_peer_session(
     stream: TcpStream,
     remote: SocketAddr,
@@ -210,6 +292,7 @@ pub async fn serve_peer_session(
     stats: &UploadStats,
     inbox: Option<&Inbox>,
     limit: Option<&RateLimiter>,
+    rules: &SessionRules,
 ) -> Result<(), WireError> {
     let (r, w) = stream.into_split();
     let mut reader = BufReader::new(r);
@@ -218,19 +301,30 @@ pub async fn serve_peer_session(
     // Files opened on this connection, so a run of chunk requests opens once.
     let mut open: HashMap<FileId, Arc<OpenHolding>> = HashMap::new();
     let mut chunk_buf: Vec<u8> = Vec::new();
+    // Until the first request: the short deadline. After it, `idle` from the
+    // last data request (or from the start): cheap requests never extend it.
+    let started = Instant::now();
+    let mut hold_until = started + rules.first_request;
     loop {
+        let left = hold_until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(WireError::Timeout("a data request"));
+        }
         let Some(request) = wire::read_message::<_, PeerRequest>(
             &mut reader,
             &mut frame,
-            Deadlines::with_idle(UPLOAD_IDLE),
+            Deadlines::with_idle(left),
         )
         .await?
         else {
             return Ok(());
         };
+        hold_until = hold_until.max(started + rules.idle);
         match request {
             PeerRequest::HashList { id } => match library.get(&id) {
                 Some(h) => {
+                    let _slot = rules.slots.acquire().await;
+                    hold_until = Instant::now() + rules.idle;
                     let raw = h.info().hash_list_bytes();
                     let header = PeerResponse::HashList {
                         id,
@@ -273,6 +367,8 @@ pub async fn serve_peer_session(
                 };
                 match checked {
                     Ok((handle, len)) => {
+                        let _slot = rules.slots.acquire().await;
+                        hold_until = Instant::now() + rules.idle;
                         let header = PeerResponse::Chunk {
                             id,
                             index,

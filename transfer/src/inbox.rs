@@ -151,19 +151,9 @@ impl RateLimiter {
     }
 }
 
-/// The address a sender is limited by: IPv4 as is, IPv6 by its /64 (one
-/// host usually owns a whole /64), IPv4-mapped IPv6 as IPv4.
+/// The address a sender is limited by (see [`crate::admission::source_key`]).
 fn rate_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
+    crate::admission::source_key(ip)
 }
 
 /// The inbox file and how many lines it has.

@@ -7,7 +7,7 @@
 //!   partial downloads (with the bitfield of verified chunks).
 //! - [`scan`]: walking and hashing a shared folder, with a persistent cache.
 //! - [`chunk_server`]: the upload side of the peer protocol (hash lists,
-//!   availability, chunks), with an upload-slot cap; `send` puts a chunk's
+//!   availability, chunks), with upload slots held only while data is sent; `send` puts a chunk's
 //!   bytes on the socket (`sendfile` from the page cache where it can).
 //! - [`download`]: one verified multi-source download: hash list, pipelined
 //!   sources, scheduler with endgame, verifier threads, resume, publish;
@@ -15,11 +15,13 @@
 //! - [`inbox`]: direct messages received on the chunk server's port
 //!   (checked, rate-limited per source, kept and written to a file).
 //! - [`net`]: connecting with a deadline.
+//! - [`admission`]: connection caps in all and per source address.
 //! - `testing` (feature `test-support`): misbehaving fake sources for tests.
 //! - [`rate`]: token-bucket rate limits shared by all connections of a node.
 //! - [`refused`]: shared files left out of a registration because the index
 //!   would refuse their names, warned about once each.
 
+pub mod admission;
 pub mod chunk_server;
 pub mod download;
 pub mod inbox;

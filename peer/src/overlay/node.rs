@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use super::router::{matches, Action, LinkId, LocalNode, OverlayCounters, Router};
+use super::router::{
+    matches, Action, LinkId, LocalNode, OverlayCounters, Router, MAX_DEGREE, MAX_LINKS, PING_TTL,
+};
 use crate::library::Library;
 use common::names::validate_name;
 
@@ -169,6 +171,16 @@ impl Overlay {
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Overlay {
+        let mut config = config;
+        // Every answer's `forwarded` is checked against MAX_LINKS: stay within it.
+        if config.degree > MAX_DEGREE {
+            tracing::warn!(
+                degree = config.degree,
+                max = MAX_DEGREE,
+                "overlay degree lowered to the most a node may keep"
+            );
+        }
+        config.degree = config.degree.clamp(1, MAX_DEGREE);
         let (events_tx, events_rx) = mpsc::channel(1024);
         let counters = Arc::new(OverlayCounters::default());
         let overlay = Overlay {
@@ -178,7 +190,7 @@ impl Overlay {
                 next_link: AtomicU64::new(1),
                 links: AtomicUsize::new(0),
                 neighbour_addrs: Mutex::new(Vec::new()),
-                max_links: (config.degree * 2).max(8),
+                max_links: (config.degree * 2).clamp(8, MAX_LINKS as usize),
                 link_idle: config.link_idle,
                 listen_port: listen.port(),
                 advertise: advertise.clone(),
@@ -249,7 +261,12 @@ impl Overlay {
                         &mut dialing,
                         &shutdown,
                     );
-                    router.originate_ping(random_message_id(), 2, &neighbours, Instant::now())
+                    router.originate_ping(
+                        random_message_id(),
+                        PING_TTL,
+                        &neighbours,
+                        Instant::now(),
+                    )
                 }
                 Some(Event::Up {
                     link,
@@ -284,6 +301,7 @@ impl Overlay {
                     Vec::new()
                 }
                 Some(Event::Down(link)) => {
+                    router.link_down(link);
                     if let Some(l) = links.remove(&link) {
                         l.stop.cancel();
                         if !l.client {
@@ -454,8 +472,10 @@ impl Overlay {
         let (tx, mut rx) = mpsc::channel::<OverlayMessage>(LINK_QUEUE);
         let (r, w) = stream.into_split();
         let events = self.inner.events.clone();
+        // A search client sends its query at once and leaves when answered:
+        // one that sits silent must not keep one of the node's few links.
         let idle = if client {
-            Duration::from_secs(120)
+            common::limits::FIRST_REQUEST_TIMEOUT
         } else {
             self.inner.link_idle
         };

@@ -25,6 +25,34 @@ pub const SEEN_TTL: Duration = Duration::from_secs(600);
 /// Most files in one `QueryHit`.
 pub const MAX_HITS_PER_ANSWER: usize = 100;
 
+/// Farthest a query travels, in overlay hops from the node that floods it
+/// for its search client (Gnutella 0.6: TTL(0) = TTL(i) + Hops(i), "usually
+/// 7"; servents lower excessive TTLs). Applied on arrival, whatever the TTL
+/// and hops a message claims.
+pub const MAX_TTL: u8 = 7;
+
+/// Farthest a ping travels from the node that sent it: the TTL this
+/// implementation's own pings carry (they only look for neighbours'
+/// neighbours), so a ping with a huge TTL cannot draw pongs from the whole
+/// overlay.
+pub const PING_TTL: u8 = 2;
+
+/// Most links (neighbours and search clients) one node holds, so the most
+/// neighbours it can forward a query to: a larger `forwarded` in an answer
+/// is a lie. Nodes keep at most `MAX_DEGREE` neighbours and twice that links.
+pub const MAX_LINKS: u32 = 64;
+
+/// Largest target degree (`--degree`).
+pub const MAX_DEGREE: usize = MAX_LINKS as usize / 2;
+
+/// New floods (queries and pings seen for the first time) one link may
+/// bring, as a token bucket: this many at once, then `FLOOD_RATE` a second.
+/// Floods beyond it are dropped. Generous for real use (a swarming download
+/// repeats its search every 300 ms; a lab of 64 such downloaders brings
+/// each link about 50 new queries a second), tight against a flooder.
+pub const FLOOD_BURST: f64 = 200.0;
+pub const FLOOD_RATE: f64 = 100.0;
+
 /// What a node has counted; read by tests and logs.
 #[derive(Debug, Default)]
 pub struct OverlayCounters {
@@ -40,6 +68,12 @@ pub struct OverlayCounters {
     pub hits_routed: AtomicU64,
     /// Pings processed (first copy of each id).
     pub pings_processed: AtomicU64,
+    /// Queries and pings dropped because their link sent floods too fast.
+    pub floods_limited: AtomicU64,
+    /// Queries and pings dropped as relayed farther than `MAX_TTL` allows.
+    pub too_far_dropped: AtomicU64,
+    /// Answers not passed on because they claimed impossible counts.
+    pub hits_rejected: AtomicU64,
 }
 
 impl OverlayCounters {
@@ -123,10 +157,26 @@ pub enum Action {
     Learned(String),
 }
 
+/// Tokens of one link's flood budget.
+#[derive(Debug, Clone, Copy)]
+struct FloodBucket {
+    tokens: f64,
+    at: Instant,
+}
+
 /// The routing state of one node.
 pub struct Router {
     seen: SeenTable,
     counters: Arc<OverlayCounters>,
+    /// One flood budget per link; dropped with the link (`link_down`).
+    floods: HashMap<LinkId, FloodBucket>,
+}
+
+/// Hops a flooded message may still be forwarded, after clamping on arrival.
+/// `distance` is how far the receiving node is from where the flood started,
+/// `limit` the farthest it may go; `ttl - 1` is what the message itself allows.
+fn remaining_hops(ttl: u8, distance: u8, limit: u8) -> u8 {
+    ttl.saturating_sub(1).min(limit.saturating_sub(distance))
 }
 
 impl Router {
@@ -134,6 +184,30 @@ impl Router {
         Router {
             seen: SeenTable::new(SEEN_CAPACITY, SEEN_TTL),
             counters,
+            floods: HashMap::new(),
+        }
+    }
+
+    /// Forgets a closed link's flood budget.
+    pub fn link_down(&mut self, link: LinkId) {
+        self.floods.remove(&link);
+    }
+
+    /// Takes one flood from `link`'s budget; false when it has none left.
+    fn take_flood(&mut self, link: LinkId, now: Instant) -> bool {
+        let bucket = self.floods.entry(link).or_insert(FloodBucket {
+            tokens: FLOOD_BURST,
+            at: now,
+        });
+        let refilled = now.saturating_duration_since(bucket.at).as_secs_f64() * FLOOD_RATE;
+        bucket.tokens = (bucket.tokens + refilled).min(FLOOD_BURST);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            true
+        } else {
+            self.counters.floods_limited.fetch_add(1, Ordering::Relaxed);
+            false
         }
     }
 
@@ -176,6 +250,17 @@ impl Router {
                 if from_client {
                     return out;
                 }
+                // This node is hops + 1 from the pinger.
+                let distance = hops.saturating_add(1);
+                if distance > PING_TTL {
+                    self.counters
+                        .too_far_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    return out;
+                }
+                if self.seen.route(&id).is_none() && !self.take_flood(from, now) {
+                    return out;
+                }
                 if self.seen.insert(id, from, now).is_err() {
                     self.counters
                         .duplicates_dropped
@@ -193,7 +278,8 @@ impl Router {
                         files: node.file_count(),
                     },
                 ));
-                if let Some(ttl) = ttl.checked_sub(1).filter(|t| *t > 0) {
+                let ttl = remaining_hops(ttl, distance, PING_TTL);
+                if ttl > 0 {
                     for l in neighbours.iter().filter(|l| **l != from) {
                         out.push(Action::Send(
                             *l,
@@ -219,6 +305,18 @@ impl Router {
                 hops,
                 words,
             } => {
+                // A search client's query starts here (hops 0, whatever it
+                // claims); a neighbour's copy is at least one hop out.
+                let hops = if from_client { 0 } else { hops.max(1) };
+                if hops > MAX_TTL {
+                    self.counters
+                        .too_far_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    return out;
+                }
+                if self.seen.route(&id).is_none() && !self.take_flood(from, now) {
+                    return out;
+                }
                 if let Err(first) = self.seen.insert(id, from, now) {
                     self.counters
                         .duplicates_dropped
@@ -240,10 +338,12 @@ impl Router {
                 self.counters
                     .queries_processed
                     .fetch_add(1, Ordering::Relaxed);
+                // The first hop keeps the client's TTL (the TTL counts hops
+                // from this node); nothing goes beyond MAX_TTL hops from it.
                 let remaining = if from_client {
-                    ttl
+                    ttl.min(MAX_TTL)
                 } else {
-                    ttl.saturating_sub(1)
+                    remaining_hops(ttl, hops, MAX_TTL)
                 };
                 let mut forwarded = 0u32;
                 if remaining > 0 {
@@ -274,15 +374,43 @@ impl Router {
                     },
                 ));
             }
-            hit @ OverlayMessage::QueryHit { .. } => {
-                let OverlayMessage::QueryHit { id, .. } = &hit else {
+            OverlayMessage::QueryHit {
+                id,
+                responder,
+                mut files,
+                distance,
+                forwarded,
+                duplicate,
+            } => {
+                // Only back along the path the query came: never a flood.
+                let Some(back) = self.seen.route(&id).filter(|b| *b != from && *b != LOCAL) else {
                     return out;
                 };
-                // Only back along the path the query came: never a flood.
-                if let Some(back) = self.seen.route(id).filter(|b| *b != from && *b != LOCAL) {
-                    self.counters.hits_routed.fetch_add(1, Ordering::Relaxed);
-                    out.push(Action::Send(back, hit));
+                // Counts no honest node reports: farther than a query goes,
+                // more neighbours than a node holds, forwarding from the
+                // last hop. Not passed on, so a liar cannot make the
+                // searcher wait for answers that never come.
+                if distance > MAX_TTL
+                    || forwarded > MAX_LINKS
+                    || (distance == MAX_TTL && forwarded > 0)
+                    || (duplicate && (forwarded > 0 || !files.is_empty()))
+                {
+                    self.counters.hits_rejected.fetch_add(1, Ordering::Relaxed);
+                    return out;
                 }
+                files.truncate(MAX_HITS_PER_ANSWER);
+                self.counters.hits_routed.fetch_add(1, Ordering::Relaxed);
+                out.push(Action::Send(
+                    back,
+                    OverlayMessage::QueryHit {
+                        id,
+                        responder,
+                        files,
+                        distance,
+                        forwarded,
+                        duplicate,
+                    },
+                ));
             }
             // Handshake messages are the network layer's business.
             OverlayMessage::Connect { .. } | OverlayMessage::Welcome { .. } => {}
@@ -468,6 +596,155 @@ mod tests {
             now,
         );
         assert_eq!(out, vec![Action::Learned("10.0.0.9:1".into())]);
+    }
+
+    #[test]
+    fn ttl_and_hops_are_clamped_on_arrival() {
+        // From a neighbour: TTL 255 at hop 3 may go 4 more hops (7 in all).
+        let mut r = Router::new(Arc::default());
+        let out = r.on_message(1, false, query(255, 3), &[1, 2], &Node, Instant::now());
+        assert!(sends(&out).iter().any(|(l, m)| *l == 2
+            && matches!(
+                m,
+                OverlayMessage::Query {
+                    ttl: 4,
+                    hops: 4,
+                    ..
+                }
+            )));
+        // At hop 7 it is answered and not forwarded; beyond 7 it is dropped.
+        let mut r = Router::new(Arc::default());
+        let out = r.on_message(1, false, query(255, 7), &[1, 2], &Node, Instant::now());
+        assert_eq!(sends(&out).len(), 1, "only the answer: {out:?}");
+        assert!(matches!(
+            sends(&out)[0].1,
+            OverlayMessage::QueryHit { forwarded: 0, .. }
+        ));
+        let mut r = Router::new(Arc::default());
+        assert!(r
+            .on_message(1, false, query(255, 8), &[1, 2], &Node, Instant::now())
+            .is_empty());
+        // From a search client: hops claimed are ignored, TTL at most 7.
+        let mut r = Router::new(Arc::default());
+        let out = r.on_message(9, true, query(255, 200), &[1], &Node, Instant::now());
+        assert!(sends(&out).iter().any(|(l, m)| *l == 1
+            && matches!(
+                m,
+                OverlayMessage::Query {
+                    ttl: 7,
+                    hops: 1,
+                    ..
+                }
+            )));
+        // A ping goes two hops from its sender, whatever its TTL.
+        let mut r = Router::new(Arc::default());
+        let ping = |ttl, hops| OverlayMessage::Ping {
+            id: MessageId([ttl; 16]),
+            ttl,
+            hops,
+        };
+        let out = r.on_message(1, false, ping(255, 0), &[1, 2], &Node, Instant::now());
+        assert!(sends(&out).iter().any(|(l, m)| *l == 2
+            && matches!(
+                m,
+                OverlayMessage::Ping {
+                    ttl: 1,
+                    hops: 1,
+                    ..
+                }
+            )));
+        let out = r.on_message(1, false, ping(254, 1), &[1, 2], &Node, Instant::now());
+        assert_eq!(sends(&out).len(), 1, "pong only: {out:?}");
+        assert!(r
+            .on_message(1, false, ping(253, 2), &[1, 2], &Node, Instant::now())
+            .is_empty());
+    }
+
+    #[test]
+    fn floods_from_one_link_are_rate_limited() {
+        let mut r = Router::new(Arc::default());
+        let now = Instant::now();
+        let flood = |i: u32| OverlayMessage::Query {
+            id: MessageId({
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&i.to_le_bytes());
+                b
+            }),
+            ttl: 3,
+            hops: 1,
+            words: vec!["blue".into()],
+        };
+        let mut processed = 0;
+        for i in 0..1000 {
+            if !r
+                .on_message(1, false, flood(i), &[1, 2], &Node, now)
+                .is_empty()
+            {
+                processed += 1;
+            }
+        }
+        assert_eq!(processed, FLOOD_BURST as u32);
+        // Another link has its own budget; the first refills with time.
+        assert!(!r
+            .on_message(2, false, flood(5000), &[1, 2], &Node, now)
+            .is_empty());
+        let later = now + Duration::from_secs(1);
+        let mut refilled = 0;
+        for i in 1000..2000 {
+            if !r
+                .on_message(1, false, flood(i), &[1, 2], &Node, later)
+                .is_empty()
+            {
+                refilled += 1;
+            }
+        }
+        assert_eq!(refilled, FLOOD_RATE as u32);
+        assert_eq!(
+            OverlayCounters::get(&r.counters().floods_limited),
+            1000 - 200 + 1000 - 100
+        );
+        // A copy of a query already seen costs nothing (it is only a duplicate).
+        let out = r.on_message(1, false, flood(0), &[1, 2], &Node, later);
+        assert!(matches!(
+            sends(&out)[0].1,
+            OverlayMessage::QueryHit {
+                duplicate: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn impossible_answers_are_not_passed_on() {
+        let mut r = Router::new(Arc::default());
+        let now = Instant::now();
+        r.on_message(4, false, query(5, 1), &[4, 5], &Node, now);
+        let hit = |distance, forwarded, duplicate| OverlayMessage::QueryHit {
+            id: MessageId([9; 16]),
+            responder: "x:1".into(),
+            files: vec![],
+            distance,
+            forwarded,
+            duplicate,
+        };
+        for lie in [
+            hit(2, 4_000_000_000, false),
+            hit(8, 0, false),
+            hit(7, 1, false),
+            hit(3, 2, true),
+        ] {
+            assert!(
+                r.on_message(5, false, lie.clone(), &[4, 5], &Node, now)
+                    .is_empty(),
+                "{lie:?}"
+            );
+        }
+        assert_eq!(OverlayCounters::get(&r.counters().hits_rejected), 4);
+        assert_eq!(
+            r.on_message(5, false, hit(2, 3, false), &[4, 5], &Node, now)
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -20,6 +20,13 @@
 //! accounting and are not counted as cost. Every copy sent produces exactly
 //! one answer, so once answers = 1 + Σ forwarded the search is complete and
 //! the client stops before `--wait` runs out.
+//!
+//! **Counts are claims.** An answer is dropped when it is impossible: from
+//! farther than the TTL (at most [`MAX_TTL`]), forwarding from the last hop
+//! or to more than [`MAX_LINKS`] neighbours, or a second answer from one
+//! responder. A liar can still claim copies that are never answered, so the
+//! search also ends once no answer came for [`ANSWER_QUIET`] (or twice as
+//! long as the last answer took, if more) and then reports `complete: false`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -33,6 +40,11 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::node::random_message_id;
+use super::router::{MAX_LINKS, MAX_TTL};
+
+/// The search ends when no answer came for this long (or for twice the time
+/// the last answer took to arrive, if longer), even with copies unanswered.
+pub const ANSWER_QUIET: Duration = Duration::from_secs(1);
 
 /// Default hop limit, as in Gnutella 0.6.
 pub const DEFAULT_TTL: u8 = 7;
@@ -97,6 +109,8 @@ pub async fn search(
         source,
     };
     let started = Instant::now();
+    // Nodes clamp it on arrival; clamp it here too, so the report says what ran.
+    let ttl = ttl.clamp(1, MAX_TTL);
     let mut stream = transfer::net::connect_tcp(via, common::limits::CONNECT_TIMEOUT)
         .await
         .map_err(|source| SearchError::Connect {
@@ -128,7 +142,7 @@ pub async fn search(
         &mut stream,
         &OverlayMessage::Query {
             id,
-            ttl: ttl.max(1),
+            ttl,
             hops: 0,
             words: words.clone(),
         },
@@ -152,8 +166,13 @@ pub async fn search(
     // The via node's own answer is expected; each forwarded copy adds one.
     let mut expected: u64 = 1;
     let mut answers: u64 = 0;
+    let mut last_answer = started;
     while answers < expected {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        let quiet = ANSWER_QUIET.max(last_answer.duration_since(started) * 2);
+        let left = deadline
+            .min(last_answer + quiet)
+            .saturating_duration_since(now);
         if left.is_zero() {
             break;
         }
@@ -182,14 +201,24 @@ pub async fn search(
         if hit_id != id {
             continue;
         }
+        // Impossible claims (see the module doc) are not counted at all.
+        let impossible = distance > ttl
+            || forwarded > MAX_LINKS
+            || (distance >= ttl && forwarded > 0)
+            || (!duplicate && !responder.is_empty() && responders.contains(&responder));
+        if impossible {
+            tracing::debug!(%responder, distance, forwarded, "ignoring an impossible answer");
+            continue;
+        }
         answers += 1;
+        last_answer = Instant::now();
         if duplicate {
             report.duplicates += 1;
             continue;
         }
         expected += u64::from(forwarded);
         report.query_messages += u64::from(forwarded);
-        if responders.insert(responder.clone()) {
+        if responder.is_empty() || responders.insert(responder.clone()) {
             report.nodes_reached += 1;
         }
         if !found.is_empty() {
