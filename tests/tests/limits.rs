@@ -124,8 +124,7 @@ async fn upload_connections_per_source_address_are_capped() {
     }
     let err = hello_from("127.0.0.2", &a.addr(), Protocol::Peer)
         .await
-        .err()
-        .expect("one more from the same address is refused");
+        .expect_err("one more from the same address is refused");
     assert!(err.contains("busy"), "{err}");
     // Another host is not affected, and a place freed is given back.
     hello_from("127.0.0.3", &a.addr(), Protocol::Peer)
@@ -268,8 +267,7 @@ async fn the_index_caps_connections_per_address_and_closes_silent_ones() {
     }
     let err = hello_from("127.0.0.2", &addr, Protocol::Index)
         .await
-        .err()
-        .expect("a fourth connection from one address is refused");
+        .expect_err("a fourth connection from one address is refused");
     assert!(err.contains("busy"), "{err}");
     // Everyone else is still answered.
     let mut client = peer::index_client::IndexClient::connect(&addr)
