@@ -153,7 +153,8 @@ async fn chunk_server_with(
 ) -> (String, common::FileId, CancellationToken) {
     write_file(root, "f.bin", data);
     let library = transfer::library::Library::new(root.to_path_buf());
-    let mut cache = transfer::scan::HashCache::load(None, root);
+    // Written just now: share it at once (no settle period).
+    let mut cache = transfer::scan::HashCache::load(None, root).with_settle(Duration::ZERO);
     library.set_shared(transfer::scan::scan(root, &mut cache));
     let mut config = transfer::chunk_server::ChunkServerConfig::new(library);
     tweak(&mut config);
