@@ -53,11 +53,12 @@ struct P2pSearchArgs {
     /// Overlay node that floods the query on our behalf, HOST:PORT (its peer port).
     #[arg(long, env = "PEER_VIA")]
     via: Option<String>,
-    /// Hop limit of the flooded query, counted from the --via node (Gnutella uses 7).
+    /// Hop limit of the flooded query, counted from the --via node (Gnutella
+    /// uses 7; every node clamps a larger one to 7).
     #[arg(long, env = "PEER_TTL", default_value_t = peer::overlay::DEFAULT_TTL)]
     ttl: u8,
     /// Longest wait for answers; the search stops earlier once every copy
-    /// of the query is accounted for.
+    /// of the query is accounted for, or when no answer came for 1 s.
     #[arg(long, env = "PEER_WAIT", default_value = "2s", value_parser = parse_duration)]
     wait: Duration,
 }
