@@ -209,7 +209,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
     let inbox = tokio::task::spawn_blocking(move || Inbox::open(inbox_config))
         .await
         .map_err(|e| ServeError::Internal(e.to_string()))?;
-    info!(folder = %root.display(), files = entries.len(), addr = %listen_addr, nick = ?config.nick, "sharing");
+    // Files still being written are shared once they settle.
+    info!(folder = %root.display(), files = entries.len(), settling = cache.pending(), addr = %listen_addr, nick = ?config.nick, "sharing");
     library.set_shared(entries);
 
     let tracker = TaskTracker::new();
