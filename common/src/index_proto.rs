@@ -143,6 +143,8 @@ pub enum ErrorCode {
     TooMany,
     Internal,
     NickTaken,
+    /// Another live session already publishes this address (`HOST:PORT`).
+    AddressTaken,
 }
 
 /// The index server's answer to one request.

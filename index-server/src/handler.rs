@@ -1,6 +1,6 @@
 //! One request in, one response out: the protocol logic without sockets.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use common::index_proto::{ErrorCode, IndexRequest, IndexResponse, Login};
 use common::limits::{
@@ -8,13 +8,28 @@ use common::limits::{
 };
 use tokio::time::Instant;
 
-use crate::state::{Index, SessionId, StateError};
+use crate::state::{canonical_addr, source_key, Index, NewSession, SessionId, StateError};
 
 /// What a connection knows about itself.
 pub struct Connection {
     /// Source IP of the TCP connection (never taken from a message).
     pub peer_ip: IpAddr,
     pub session: Option<SessionId>,
+    /// What an advertised host name resolved to, looked up by the server
+    /// before the `Login` that names it is handled (this module does no
+    /// I/O): the name as advertised and its addresses.
+    pub resolved: Option<(String, Vec<SocketAddr>)>,
+}
+
+impl Connection {
+    /// A connection from `peer_ip` that has not logged in.
+    pub fn new(peer_ip: IpAddr) -> Self {
+        Connection {
+            peer_ip: peer_ip.to_canonical(),
+            session: None,
+            resolved: None,
+        }
+    }
 }
 
 fn error(code: ErrorCode, message: impl Into<String>) -> IndexResponse {
@@ -28,7 +43,107 @@ fn state_error(e: StateError) -> IndexResponse {
     match e {
         StateError::NickTaken(_) => error(ErrorCode::NickTaken, e.to_string()),
         StateError::NoSession => error(ErrorCode::NotLoggedIn, e.to_string()),
+        StateError::AddressTaken(_) => error(ErrorCode::AddressTaken, e.to_string()),
+        StateError::TooManySessions { .. }
+        | StateError::TooManyFiles { .. }
+        | StateError::IndexFull { .. } => error(ErrorCode::TooMany, e.to_string()),
     }
+}
+
+/// The advertised `HOST` of a `HOST:PORT`, without IPv6 brackets, if it
+/// names an IP address rather than a host.
+pub fn advertised_ip(addr: &str) -> Option<IpAddr> {
+    let (host, _) = addr.rsplit_once(':')?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.parse().ok()
+}
+
+/// Whether an advertised address needs a name lookup before its `Login`
+/// is handled (a well-formed `HOST:PORT` whose host is not an IP address).
+pub fn needs_lookup(addr: &str) -> bool {
+    valid_advertise(addr) && advertised_ip(addr).is_none()
+}
+
+/// Why a peer cannot be published at `ip:port`, if it cannot: addresses no
+/// downloader could reach it at (unspecified, multicast, broadcast; a
+/// loopback address unless the peer itself connects from loopback, since
+/// elsewhere it means the downloader's own machine), port 0, and ports
+/// below 1024 unless allowed (see `Limits::allow_privileged_ports`).
+fn unreachable_reason(ip: IpAddr, port: u16, source: IpAddr, low_ports: bool) -> Option<String> {
+    let ip = ip.to_canonical();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if port == 0 {
+        Some("port 0 is not reachable".into())
+    } else if port < 1024 && !low_ports {
+        Some(format!(
+            "port {port} is a privileged port, not a peer's (peers listen on 1024 and above; an operator can allow it with index-server --allow-privileged-ports)"
+        ))
+    } else if ip.is_unspecified() || ip.is_multicast() || broadcast {
+        Some(format!("{ip} is not the address of one host"))
+    } else if ip.is_loopback() && !source.to_canonical().is_loopback() {
+        Some(format!(
+            "{ip} is a loopback address: other machines would reach themselves (advertise an address they can reach)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The address to publish for a login and the address keys it claims, or
+/// why it is refused.
+fn login_address(
+    conn: &Connection,
+    listen_port: u16,
+    advertise: Option<String>,
+    low_ports: bool,
+) -> Result<(String, Vec<String>), String> {
+    let Some(a) = advertise else {
+        if let Some(why) = unreachable_reason(conn.peer_ip, listen_port, conn.peer_ip, low_ports) {
+            return Err(format!("cannot publish listen port {listen_port}: {why}"));
+        }
+        let addr = SocketAddr::new(conn.peer_ip.to_canonical(), listen_port).to_string();
+        return Ok((addr.clone(), vec![addr]));
+    };
+    if !valid_advertise(&a) {
+        return Err(format!("advertised address {a:?} is not HOST:PORT"));
+    }
+    let port: u16 = a
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(0);
+    // The port first: it needs no lookup.
+    let any = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    if let Some(why) = unreachable_reason(any, port, any, low_ports) {
+        return Err(format!("cannot publish {a}: {why}"));
+    }
+    let targets: Vec<SocketAddr> = match advertised_ip(&a) {
+        Some(ip) => vec![SocketAddr::new(ip, port)],
+        None => match &conn.resolved {
+            Some((name, addrs)) if *name == a && !addrs.is_empty() => addrs.clone(),
+            _ => {
+                return Err(format!(
+                    "advertised host {a:?} does not resolve to an address"
+                ))
+            }
+        },
+    };
+    let mut claims = vec![canonical_addr(&a)];
+    for t in &targets {
+        if let Some(why) = unreachable_reason(t.ip(), t.port(), conn.peer_ip, low_ports) {
+            return Err(format!("cannot publish {a}: {why}"));
+        }
+        claims.push(canonical_addr(&t.to_string()));
+    }
+    claims.sort();
+    claims.dedup();
+    let addr = match advertised_ip(&a) {
+        Some(_) => canonical_addr(&a),
+        None => a,
+    };
+    Ok((addr, claims))
 }
 
 /// Checks an advertised `HOST:PORT`.
@@ -38,7 +153,7 @@ fn valid_advertise(addr: &str) -> bool {
     };
     addr.len() <= 255
         && !host.is_empty()
-        && port.parse::<u16>().is_ok_and(|p| p != 0)
+        && port.parse::<u16>().is_ok()
         && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-.[]:_".contains(c))
@@ -109,18 +224,10 @@ pub fn handle(
                     "this connection is already logged in",
                 );
             }
-            let addr = match advertise {
-                Some(a) if valid_advertise(&a) => a,
-                Some(a) => {
-                    return error(
-                        ErrorCode::BadRequest,
-                        format!("advertised address {a:?} is not HOST:PORT"),
-                    )
-                }
-                None if listen_port == 0 => {
-                    return error(ErrorCode::BadRequest, "listen port 0 is not reachable")
-                }
-                None => std::net::SocketAddr::new(conn.peer_ip, listen_port).to_string(),
+            let low_ports = index.limits().allow_privileged_ports;
+            let (addr, claims) = match login_address(conn, listen_port, advertise, low_ports) {
+                Ok(pair) => pair,
+                Err(message) => return error(ErrorCode::BadRequest, message),
             };
             if let Some(n) = &nick {
                 if !valid_nick(n) {
@@ -130,7 +237,13 @@ pub fn handle(
                     );
                 }
             }
-            match index.login(addr.clone(), nick, now) {
+            let new = NewSession {
+                addr: addr.clone(),
+                claims,
+                nick,
+                source: Some(source_key(conn.peer_ip)),
+            };
+            match index.open_session(new, now) {
                 Ok(id) => {
                     conn.session = Some(id);
                     IndexResponse::Welcome {
@@ -256,10 +369,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn address_is_source_ip_plus_port_unless_advertised() {
         let index = Index::new(Duration::from_secs(60));
-        let mut conn = Connection {
-            peer_ip: "10.1.2.3".parse().unwrap(),
-            session: None,
-        };
+        let mut conn = Connection::new("10.1.2.3".parse().unwrap());
         let login = |adv: Option<&str>| {
             IndexRequest::Login(Login {
                 listen_port: 6699,
@@ -280,19 +390,14 @@ mod tests {
                 ..
             }
         ));
-        let mut conn = Connection {
-            peer_ip: "10.1.2.3".parse().unwrap(),
-            session: None,
-        };
+        let mut conn = Connection::new("10.1.2.3".parse().unwrap());
+        conn.resolved = Some(("peer3:7000".into(), vec!["10.1.2.4:7000".parse().unwrap()]));
         let r = handle(&index, &mut conn, login(Some("peer3:7000")), Instant::now());
         assert!(
             matches!(r, IndexResponse::Welcome { ref addr, .. } if addr == "peer3:7000"),
             "{r:?}"
         );
-        let mut conn = Connection {
-            peer_ip: "10.1.2.3".parse().unwrap(),
-            session: None,
-        };
+        let mut conn = Connection::new("10.1.2.3".parse().unwrap());
         let r = handle(&index, &mut conn, login(Some("no port")), Instant::now());
         assert!(matches!(
             r,
@@ -304,12 +409,96 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn addresses_that_are_not_a_peer_are_refused() {
+        let index = Index::new(Duration::from_secs(60));
+        let login = |port: u16, adv: Option<&str>| {
+            IndexRequest::Login(Login {
+                listen_port: port,
+                advertise: adv.map(Into::into),
+                nick: None,
+            })
+        };
+        let refused = |source: &str, port: u16, adv: Option<&str>| {
+            let mut conn = Connection::new(source.parse().unwrap());
+            conn.resolved = adv.map(|a| (a.to_string(), vec![]));
+            match handle(&index, &mut conn, login(port, adv), Instant::now()) {
+                IndexResponse::Error {
+                    code: ErrorCode::BadRequest,
+                    message,
+                } => message,
+                other => panic!("{source} {port} {adv:?} accepted: {other:?}"),
+            }
+        };
+        assert!(refused("127.0.0.1", 6699, Some("localhost:22")).contains("privileged"));
+        assert!(refused("127.0.0.1", 6699, Some("127.0.0.1:1")).contains("privileged"));
+        assert!(refused("10.0.0.1", 22, None).contains("privileged"));
+        assert!(refused("10.0.0.1", 0, None).contains("port 0"));
+        assert!(refused("10.0.0.1", 6699, Some("10.0.0.2:0")).contains("port 0"));
+        assert!(refused("10.0.0.1", 6699, Some("127.0.0.1:7000")).contains("loopback"));
+        assert!(refused("10.0.0.1", 6699, Some("[::1]:7000")).contains("loopback"));
+        assert!(refused("10.0.0.1", 6699, Some("0.0.0.0:7000")).contains("one host"));
+        assert!(refused("10.0.0.1", 6699, Some("224.0.0.1:7000")).contains("one host"));
+        assert!(refused("10.0.0.1", 6699, Some("no-such-host.invalid:7000")).contains("resolve"));
+        // A host name that resolves to loopback is loopback too.
+        let mut conn = Connection::new("10.0.0.1".parse().unwrap());
+        conn.resolved = Some((
+            "sneaky:7000".into(),
+            vec!["127.0.0.1:7000".parse().unwrap()],
+        ));
+        assert!(matches!(
+            handle(
+                &index,
+                &mut conn,
+                login(6699, Some("sneaky:7000")),
+                Instant::now()
+            ),
+            IndexResponse::Error {
+                code: ErrorCode::BadRequest,
+                ..
+            }
+        ));
+        // Loopback from loopback is fine, and mapped IPv4 is IPv4.
+        let mut conn = Connection::new("::ffff:127.0.0.1".parse().unwrap());
+        let r = handle(&index, &mut conn, login(7000, None), Instant::now());
+        assert!(
+            matches!(r, IndexResponse::Welcome { ref addr, .. } if addr == "127.0.0.1:7000"),
+            "{r:?}"
+        );
+        // The same address in another spelling is the same address.
+        let mut conn = Connection::new("127.0.0.1".parse().unwrap());
+        let r = handle(
+            &index,
+            &mut conn,
+            login(1, Some("[::ffff:127.0.0.1]:7000")),
+            Instant::now(),
+        );
+        assert!(
+            matches!(
+                r,
+                IndexResponse::Error {
+                    code: ErrorCode::AddressTaken,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
+        // An operator may allow privileged ports.
+        let lenient = Index::with_limits(
+            Duration::from_secs(60),
+            crate::state::Limits {
+                allow_privileged_ports: true,
+                ..Default::default()
+            },
+        );
+        let mut conn = Connection::new("10.0.0.1".parse().unwrap());
+        let r = handle(&lenient, &mut conn, login(80, None), Instant::now());
+        assert!(matches!(r, IndexResponse::Welcome { .. }), "{r:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn anonymous_clients_cannot_register() {
         let index = Index::new(Duration::from_secs(60));
-        let mut conn = Connection {
-            peer_ip: "127.0.0.1".parse().unwrap(),
-            session: None,
-        };
+        let mut conn = Connection::new("127.0.0.1".parse().unwrap());
         let r = handle(
             &index,
             &mut conn,

@@ -54,12 +54,15 @@ pub struct Config {
     pub max_requests_per_sec: u32,
     /// With a store, the server also holds and serves files (client-server mode).
     pub store: Option<store::StoreConfig>,
+    /// Caps on sessions and the files they list.
+    pub limits: state::Limits,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: "0.0.0.0:8888".parse().expect("valid default address"),
+            // Both IPv4 and IPv6 (see `transfer::net::bind_listener`).
+            listen: "[::]:8888".parse().expect("valid default address"),
             lease_ttl: Duration::from_secs(60),
             max_connections: 10_000,
             max_connections_per_ip: 256,
@@ -69,6 +72,7 @@ impl Default for Config {
             frame_timeout: common::limits::FRAME_TIMEOUT,
             max_requests_per_sec: 200_000,
             store: None,
+            limits: state::Limits::default(),
         }
     }
 }

@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser, Debug)]
 #[command(name = "index-server", version, about, long_about = None)]
 struct Cli {
-    /// Address to listen on (Napster's port by default).
-    #[arg(long, env = "INDEX_LISTEN", default_value = "0.0.0.0:8888")]
+    /// Address to listen on (Napster's port by default). `[::]` takes both
+    /// IPv6 and IPv4 (dual-stack), or IPv4 only where IPv6 is unavailable.
+    #[arg(long, env = "INDEX_LISTEN", default_value = "[::]:8888")]
     listen: SocketAddr,
 
     /// Lease of a peer: one that sends no heartbeat for this long is dropped
@@ -40,6 +41,28 @@ struct Cli {
     /// Requests per second one connection may make; faster clients are slowed down.
     #[arg(long, env = "INDEX_MAX_REQUESTS_PER_SEC", default_value_t = 200_000)]
     max_requests_per_sec: u32,
+
+    /// Most files one peer may list; further ones are refused with a clear error.
+    #[arg(long, env = "INDEX_MAX_FILES_PER_SESSION", default_value_t = 250_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_files_per_session: u64,
+
+    /// Most peers logged in at once from one source address (an IPv4
+    /// address or an IPv6 /64).
+    #[arg(long, env = "INDEX_MAX_SESSIONS_PER_ADDRESS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_sessions_per_address: u64,
+
+    /// Memory the listings may take, estimated as 128 bytes plus the name
+    /// per listed file (e.g. 512MiB, 4GiB); registrations beyond it are
+    /// refused with a clear error instead of growing the server.
+    #[arg(long, env = "INDEX_MEMORY_BUDGET", default_value = "2GiB", value_parser = common::units::parse_size)]
+    memory_budget: u64,
+
+    /// Let peers publish ports below 1024 (refused by default: a peer never
+    /// needs one, and `HOST:22` only points downloaders at another service).
+    #[arg(long, env = "INDEX_ALLOW_PRIVILEGED_PORTS", value_parser = clap::builder::BoolishValueParser::new())]
+    allow_privileged_ports: bool,
     /// Also hold and serve files from this folder (client-server mode): it is
     /// listed in search results as a source like any peer, serves downloads
     /// on the index's own port, and accepts uploads from `peer put`.
@@ -85,6 +108,13 @@ async fn main() -> anyhow::Result<()> {
         client_idle: cli.client_idle,
         frame_timeout: cli.frame_timeout,
         max_requests_per_sec: cli.max_requests_per_sec,
+        limits: index_server::state::Limits {
+            max_files_per_session: usize::try_from(cli.max_files_per_session).unwrap_or(usize::MAX),
+            max_sessions_per_source: usize::try_from(cli.max_sessions_per_address)
+                .unwrap_or(usize::MAX),
+            memory_budget: cli.memory_budget,
+            allow_privileged_ports: cli.allow_privileged_ports,
+        },
         store: cli.store.map(|dir| {
             let mut store = index_server::store::StoreConfig::new(dir);
             store.quota = cli.store_quota;

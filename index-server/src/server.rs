@@ -31,13 +31,11 @@ impl Server {
     /// Binds the listening socket. Port 0 picks a free port (see [`Server::local_addr`]).
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
         let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let index = Index::new(config.lease_ttl);
+            transfer::net::bind_listener(config.listen).map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let index = Index::with_limits(config.lease_ttl, config.limits);
         let store = match &config.store {
             Some(store_config) => Some(Store::open(store_config, index.clone()).await?),
             None => None,
@@ -180,10 +178,7 @@ async fn serve_connection(
     store: Option<Arc<Store>>,
     shutdown: CancellationToken,
 ) {
-    let mut conn = Connection {
-        peer_ip: remote.ip(),
-        session: None,
-    };
+    let mut conn = Connection::new(remote.ip());
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         r = dispatch(stream, &index, &mut conn, config, store) => r,
@@ -256,14 +251,35 @@ async fn dispatch(
     }
 }
 
+/// How long the name lookup of an advertised host may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Looks up an advertised host name (not an IP address) before the `Login`
+/// naming it is handled, so the handler can check where it points; a name
+/// that does not resolve within [`LOOKUP_TIMEOUT`] resolves to nothing.
+async fn resolve_advertised(conn: &mut Connection, advertise: Option<&str>) {
+    conn.resolved = None;
+    let Some(name) = advertise else { return };
+    if conn.session.is_some() || !crate::handler::needs_lookup(name) {
+        return;
+    }
+    let addrs = match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(name)).await {
+        Ok(Ok(found)) => found.take(16).collect(),
+        _ => Vec::new(),
+    };
+    conn.resolved = Some((name.to_string(), addrs));
+}
+
 async fn connection_loop(
     stream: TcpStream,
     index: &Index,
     conn: &mut Connection,
     config: &Config,
 ) -> Result<(), WireError> {
-    // The store is listed under the address this client reached us at.
-    let local = stream.local_addr()?.to_string();
+    // The store is listed under the address this client reached us at
+    // (an IPv4 client of a dual-stack socket as IPv4).
+    let local = stream.local_addr()?;
+    let local = SocketAddr::new(local.ip().to_canonical(), local.port()).to_string();
     let (read_half, write_half) = stream.into_split();
     let mut reader = BufReader::new(read_half);
     let mut writer = BufWriter::new(write_half);
@@ -292,6 +308,9 @@ async fn connection_loop(
             return Ok(());
         };
         budget.take().await;
+        if let IndexRequest::Login(login) = &request {
+            resolve_advertised(conn, login.advertise.as_deref()).await;
+        }
         let response: IndexResponse = handle(index, conn, request, Instant::now());
         let response = crate::store::localize(response, &local);
         wire::write_message(&mut writer, &response).await?;

@@ -40,6 +40,7 @@ mod keyset;
 mod words;
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,14 +66,111 @@ type FileKey = u32;
 /// Why a registration was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StateError {
-    #[error("nickname {0:?} is already used by an online peer")]
+    #[error(
+        "nickname {0:?} is already used by an online peer (pick another with --nick or PEER_NICK)"
+    )]
     NickTaken(String),
     #[error("session has expired; log in again")]
     NoSession,
+    #[error("address {0} is already registered by another online peer (each peer needs its own HOST:PORT; check --listen and --advertise)")]
+    AddressTaken(String),
+    #[error("this address already has {limit} online sessions, the most one source address may have (index-server --max-sessions-per-address)")]
+    TooManySessions { limit: usize },
+    #[error("this peer may register at most {limit} files (index-server --max-files-per-session); the rest are not listed")]
+    TooManyFiles { limit: usize },
+    #[error("the index is full: its memory budget of {budget} bytes is used up (index-server --memory-budget); files not listed, try again later")]
+    IndexFull { budget: u64 },
+}
+
+/// Caps on what sessions may hold, so that one client cannot grow the
+/// index without bound (`index-server` flags; defaults in [`Limits::default`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most complete files one session may list.
+    pub max_files_per_session: usize,
+    /// Most sessions one source address (IPv4 address, IPv6 /64) may hold at once.
+    pub max_sessions_per_source: usize,
+    /// Most bytes every holding may cost together, estimated as
+    /// [`HOLDING_COST`] plus the name's bytes per file a session lists
+    /// (complete or partial).
+    pub memory_budget: u64,
+    /// Whether a peer may publish a port below 1024. Off by default: a peer
+    /// never needs one (it runs unprivileged, 6699 by default), and a
+    /// published `HOST:22` only points downloaders at another service.
+    pub allow_privileged_ports: bool,
+}
+
+impl Default for Limits {
+    /// 250,000 files a session (the 1,000,000-file benchmark uses 8
+    /// sessions of 125,000), 1024 sessions per address (the lab runs 100+
+    /// peers on 127.0.0.1), and 2 GiB (1,000,000 files with 1 KiB names).
+    fn default() -> Self {
+        Limits {
+            max_files_per_session: 250_000,
+            max_sessions_per_source: 1024,
+            memory_budget: 2 << 30,
+            allow_privileged_ports: false,
+        }
+    }
+}
+
+/// Estimated bytes one holding costs beyond its name: 96 B measured per
+/// file at 1,000,000 files (see the module docs), plus the session's key
+/// set and slack.
+pub const HOLDING_COST: u64 = 128;
+
+fn holding_cost(name: &str) -> u64 {
+    HOLDING_COST + name.len() as u64
+}
+
+/// What a new session claims (see [`Index::open_session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    /// The address published for it.
+    pub addr: String,
+    /// Address keys no other live session may hold at the same time: the
+    /// canonical published address and, for a host name, every address it
+    /// resolves to.
+    pub claims: Vec<String>,
+    pub nick: Option<String>,
+    /// The connection's source address, counted against
+    /// [`Limits::max_sessions_per_source`]; `None` for the server's own store.
+    pub source: Option<IpAddr>,
+}
+
+/// The form an address is compared in: an IP literal as Rust prints it
+/// (IPv4-mapped IPv6 as IPv4, so `[::ffff:10.0.0.1]:80` is `10.0.0.1:80`),
+/// a host name in lower case.
+pub fn canonical_addr(addr: &str) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(sa) => std::net::SocketAddr::new(sa.ip().to_canonical(), sa.port()).to_string(),
+        Err(_) => addr.to_ascii_lowercase(),
+    }
+}
+
+/// The address a source is counted by: IPv4 as is, IPv6 by its /64 (one
+/// host usually owns a whole /64), IPv4-mapped IPv6 as IPv4.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 struct Session {
     addr: String,
+    /// Address keys this session holds in `Inner::addrs`.
+    claims: Vec<String>,
+    /// Source key (see [`source_key`]), counted in `Inner::per_source`.
+    source: Option<IpAddr>,
+    /// Bytes of the memory budget its complete files are charged.
+    charged: u64,
     nick: Option<String>,
     /// Keys of the files this session registered (names live in the holders).
     files: KeySet,
@@ -141,6 +239,13 @@ struct Inner {
     words: WordIndex,
     /// nickname → the session holding it.
     nicks: DashMap<String, SessionId>,
+    /// Address key (see [`NewSession::claims`]) → the session holding it.
+    addrs: DashMap<String, SessionId>,
+    /// Source key → sessions opened from it and not yet removed.
+    per_source: DashMap<IpAddr, usize>,
+    limits: Limits,
+    /// Bytes of the memory budget in use (see [`Limits::memory_budget`]).
+    memory: AtomicU64,
     /// id → sessions holding part of it (still downloading).
     partials: DashMap<FileId, PartialRecord>,
     requests: [AtomicU64; REQUEST_KINDS.len()],
@@ -170,7 +275,16 @@ pub struct AddOutcome {
 
 impl Index {
     pub fn new(lease_ttl: Duration) -> Self {
-        Self::with_words(lease_ttl, WordIndex::default())
+        Self::with_limits(lease_ttl, Limits::default())
+    }
+
+    /// An index enforcing `limits`.
+    pub fn with_limits(lease_ttl: Duration, limits: Limits) -> Self {
+        let mut index = Self::with_words(lease_ttl, WordIndex::default());
+        if let Some(inner) = Arc::get_mut(&mut index.inner) {
+            inner.limits = limits;
+        }
+        index
     }
 
     fn with_words(lease_ttl: Duration, words: WordIndex) -> Self {
@@ -183,6 +297,10 @@ impl Index {
                 files: FileTable::default(),
                 words,
                 nicks: DashMap::new(),
+                addrs: DashMap::new(),
+                per_source: DashMap::new(),
+                limits: Limits::default(),
+                memory: AtomicU64::new(0),
                 partials: DashMap::new(),
                 requests: Default::default(),
                 other_requests: AtomicU64::new(0),
@@ -195,41 +313,201 @@ impl Index {
         self.inner.lease_ttl
     }
 
-    /// Opens a session for a peer reachable at `addr`.
+    /// The caps this index enforces.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// Opens a session for a peer reachable at `addr` (claiming `addr`
+    /// itself, from no counted source): see [`Index::open_session`].
     pub fn login(
         &self,
         addr: String,
         nick: Option<String>,
         now: Instant,
     ) -> Result<SessionId, StateError> {
+        self.open_session(
+            NewSession {
+                claims: vec![addr.clone()],
+                addr,
+                nick,
+                source: None,
+            },
+            now,
+        )
+    }
+
+    /// Opens a session. Refused when its source already has
+    /// [`Limits::max_sessions_per_source`] sessions, when a live session
+    /// holds one of its address claims or its nickname.
+    ///
+    /// Takeover: a claim held by a session from the same source that has
+    /// been silent for more than half its lease (it missed a heartbeat,
+    /// which comes every third) is taken over, and that session ends. This
+    /// is a peer reconnecting after its old connection died unseen
+    /// (half-open); a live peer on the same host keeps its address.
+    pub fn open_session(&self, new: NewSession, now: Instant) -> Result<SessionId, StateError> {
+        let NewSession {
+            addr,
+            claims,
+            nick,
+            source,
+        } = new;
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
-        if let Some(nick) = &nick {
-            // entry() makes the check and the claim one step: no race between two logins.
-            match self.inner.nicks.entry(nick.clone()) {
-                dashmap::Entry::Occupied(mut held) => {
-                    let holder = *held.get();
-                    if self.is_live(holder, now) {
-                        return Err(StateError::NickTaken(nick.clone()));
-                    }
-                    held.insert(id);
-                }
-                dashmap::Entry::Vacant(v) => {
-                    v.insert(id);
-                }
+        if let Some(src) = source {
+            let limit = self.inner.limits.max_sessions_per_source;
+            let mut count = self.inner.per_source.entry(src).or_insert(0);
+            if *count >= limit {
+                return Err(StateError::TooManySessions { limit });
             }
+            *count += 1;
         }
+        // The session exists (live) before it claims anything, so that a
+        // concurrent login never mistakes a claim being made for a stale one.
         self.inner.sessions.insert(
             id,
             Session {
                 addr,
-                nick,
+                claims: Vec::new(),
+                source,
+                charged: 0,
+                nick: None,
                 files: KeySet::default(),
                 bytes: 0,
                 lease_expires: now + self.inner.lease_ttl,
                 partial: HashSet::new(),
             },
         );
-        Ok(id)
+        let claimed = self.claim_addresses(id, &claims, source, now);
+        let claimed = claimed.and_then(|()| match &nick {
+            Some(nick) => self.claim_nick(id, nick, now),
+            None => Ok(()),
+        });
+        match claimed {
+            Ok(()) => {
+                if let Some(mut s) = self.inner.sessions.get_mut(&id) {
+                    s.claims = claims;
+                    s.nick = nick;
+                }
+                Ok(id)
+            }
+            Err(e) => {
+                for key in &claims {
+                    self.inner.addrs.remove_if(key, |_, holder| *holder == id);
+                }
+                self.remove_session(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Claims every key for `id` (see [`Index::open_session`] for takeover).
+    fn claim_addresses(
+        &self,
+        id: SessionId,
+        keys: &[String],
+        source: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<(), StateError> {
+        for key in keys {
+            loop {
+                // entry() makes the check and the claim one step.
+                let holder = match self.inner.addrs.entry(key.clone()) {
+                    dashmap::Entry::Occupied(mut held) => {
+                        let holder = *held.get();
+                        if holder == id {
+                            break;
+                        }
+                        match self.holder_state(holder, now) {
+                            None => {
+                                held.insert(id);
+                                break;
+                            }
+                            Some(state) => (holder, state),
+                        }
+                    }
+                    dashmap::Entry::Vacant(v) => {
+                        v.insert(id);
+                        break;
+                    }
+                };
+                let (holder, (holder_source, silent)) = holder;
+                if source.is_some() && holder_source == source && silent {
+                    // No guard is held here: logout touches `addrs` too.
+                    tracing::info!(addr = %key, "a peer from the same address logged in again; its silent previous session ends");
+                    self.logout(holder);
+                    continue;
+                }
+                return Err(StateError::AddressTaken(key.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// A live session's source and whether it has been silent for more than
+    /// half its lease; `None` if it is gone or expired.
+    fn holder_state(&self, session: SessionId, now: Instant) -> Option<(Option<IpAddr>, bool)> {
+        let s = self.inner.sessions.get(&session)?;
+        (s.lease_expires > now).then(|| {
+            let silent = s.lease_expires <= now + self.inner.lease_ttl / 2;
+            (s.source, silent)
+        })
+    }
+
+    fn claim_nick(&self, id: SessionId, nick: &str, now: Instant) -> Result<(), StateError> {
+        // entry() makes the check and the claim one step: no race between two logins.
+        match self.inner.nicks.entry(nick.to_string()) {
+            dashmap::Entry::Occupied(mut held) => {
+                let holder = *held.get();
+                if holder != id && self.is_live(holder, now) {
+                    return Err(StateError::NickTaken(nick.to_string()));
+                }
+                held.insert(id);
+            }
+            dashmap::Entry::Vacant(v) => {
+                v.insert(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a session's record and its count against its source;
+    /// returns the record.
+    fn remove_session(&self, session: SessionId) -> Option<Session> {
+        let (_, s) = self.inner.sessions.remove(&session)?;
+        if let Some(src) = s.source {
+            if let Some(mut n) = self.inner.per_source.get_mut(&src) {
+                *n = n.saturating_sub(1);
+            }
+            self.inner.per_source.remove_if(&src, |_, n| *n == 0);
+        }
+        Some(s)
+    }
+
+    /// Bytes of the memory budget in use (see [`Limits::memory_budget`]).
+    pub fn memory_used(&self) -> u64 {
+        self.inner.memory.load(Ordering::Relaxed)
+    }
+
+    /// Takes `cost` bytes of the memory budget, or refuses.
+    fn charge(&self, cost: u64) -> Result<(), StateError> {
+        let budget = self.inner.limits.memory_budget;
+        self.inner
+            .memory
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(cost).filter(|total| *total <= budget)
+            })
+            .map(|_| ())
+            .map_err(|_| StateError::IndexFull { budget })
+    }
+
+    fn release(&self, cost: u64) {
+        let _ = self
+            .inner
+            .memory
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                Some(used.saturating_sub(cost))
+            });
     }
 
     /// Renews a session's lease; fails if it has already been reaped.
@@ -261,6 +539,12 @@ impl Index {
     /// Adds files to a session's list. Invalid entries (bad name, absurd
     /// size, a size that contradicts an earlier registration of the same id)
     /// are counted as rejected; the rest are added.
+    ///
+    /// Caps (see [`Limits`]): a batch that would take the session over
+    /// `max_files_per_session` files (the server's own store is exempt) or
+    /// the index over its memory budget is refused whole, with
+    /// [`StateError::TooManyFiles`] or [`StateError::IndexFull`]; what the
+    /// session listed before stays.
     pub fn add_files(
         &self,
         session: SessionId,
@@ -268,17 +552,64 @@ impl Index {
         now: Instant,
     ) -> Result<AddOutcome, StateError> {
         self.renew(session, now)?;
+        let (held, capped) = {
+            let s = self
+                .inner
+                .sessions
+                .get(&session)
+                .ok_or(StateError::NoSession)?;
+            (s.files.len(), s.source.is_some())
+        };
+        let batch = &files[..files.len().min(MAX_FILES_PER_BATCH)];
+        let limit = self.inner.limits.max_files_per_session;
+        if capped && held + batch.len() > limit {
+            // Near the cap: count what is new (renames are not).
+            let new = batch
+                .iter()
+                .filter(|f| acceptable(f))
+                .filter(|f| {
+                    !self
+                        .inner
+                        .files
+                        .with_id(&f.id, |r| r.holders().any(|(s, _)| s == session))
+                        .unwrap_or(false)
+                })
+                .count();
+            if held + new > limit {
+                return Err(StateError::TooManyFiles { limit });
+            }
+        }
+        // The whole batch is charged up front; what it does not add is
+        // given back below.
+        let total: u64 = batch
+            .iter()
+            .filter(|f| acceptable(f))
+            .map(|f| holding_cost(&f.name))
+            .sum();
+        self.charge(total)?;
+        // Net bytes of the memory budget this batch took.
+        let mut charged = total as i64;
         let mut outcome = AddOutcome::default();
         let mut new_keys: Vec<(FileKey, u64)> = Vec::new();
-        for f in files.iter().take(MAX_FILES_PER_BATCH) {
+        for f in batch {
             if !acceptable(f) {
                 outcome.rejected += 1;
                 continue;
             }
+            let cost = holding_cost(&f.name);
             match self.inner.files.register(session, f) {
-                Registered::Rejected => outcome.rejected += 1,
-                Registered::Unchanged => {}
+                Registered::Rejected => {
+                    self.release(cost);
+                    charged -= cost as i64;
+                    outcome.rejected += 1
+                }
+                Registered::Unchanged => {
+                    self.release(cost);
+                    charged -= cost as i64;
+                }
                 Registered::Renamed(key, old) => {
+                    self.release(holding_cost(&old));
+                    charged -= holding_cost(&old) as i64;
                     self.unindex_name(key, &old);
                     self.index_name(key, &f.name);
                     outcome.added += 1;
@@ -293,6 +624,7 @@ impl Index {
         let mut completed: Vec<FileId> = Vec::new();
         let still_there = match self.inner.sessions.get_mut(&session) {
             Some(mut s) => {
+                s.charged = s.charged.saturating_add_signed(charged);
                 for (key, size) in &new_keys {
                     if s.files.insert(*key) {
                         s.bytes += size;
@@ -317,6 +649,15 @@ impl Index {
             // The session ended (lease reaped) while we worked: undo.
             for (key, _) in new_keys {
                 self.drop_holder_by_key(session, key);
+            }
+            // Its logout released what it was charged before this batch.
+            match u64::try_from(charged) {
+                Ok(more) => self.release(more),
+                Err(_) => {
+                    self.inner
+                        .memory
+                        .fetch_add(charged.unsigned_abs(), Ordering::Relaxed);
+                }
             }
             return Err(StateError::NoSession);
         }
@@ -343,9 +684,11 @@ impl Index {
                 self.drop_partial_holder(session, *id);
                 count += 1;
             }
-            if let Some((key, size)) = self.drop_holder(session, *id) {
+            if let Some((key, size, cost)) = self.drop_holder(session, *id) {
                 count += 1;
+                self.release(cost);
                 if let Some(mut s) = self.inner.sessions.get_mut(&session) {
+                    s.charged = s.charged.saturating_sub(cost);
                     if s.files.remove(key) {
                         s.bytes -= size;
                     }
@@ -357,9 +700,15 @@ impl Index {
 
     /// Ends a session: its files, nickname and lease are gone at once.
     pub fn logout(&self, session: SessionId) {
-        let Some((_, s)) = self.inner.sessions.remove(&session) else {
+        let Some(s) = self.remove_session(session) else {
             return;
         };
+        self.release(s.charged);
+        for key in &s.claims {
+            self.inner
+                .addrs
+                .remove_if(key, |_, holder| *holder == session);
+        }
         if let Some(nick) = &s.nick {
             self.inner
                 .nicks
@@ -375,7 +724,9 @@ impl Index {
 
     fn drop_partial_holder(&self, session: SessionId, id: FileId) {
         if let Some(mut rec) = self.inner.partials.get_mut(&id) {
-            rec.holders.remove(&session);
+            if let Some(name) = rec.holders.remove(&session) {
+                self.release(holding_cost(&name));
+            }
         }
         self.inner
             .partials
@@ -431,13 +782,18 @@ impl Index {
                     outcome.rejected += 1;
                     continue;
                 }
+                if self.charge(holding_cost(&f.name)).is_err() {
+                    outcome.rejected += 1;
+                    continue;
+                }
                 s.partial.insert(f.id);
                 outcome.added += 1;
                 added.push(f);
             }
         }
         for f in added {
-            self.inner
+            let replaced = self
+                .inner
                 .partials
                 .entry(f.id)
                 .or_insert_with(|| PartialRecord {
@@ -446,6 +802,9 @@ impl Index {
                 })
                 .holders
                 .insert(session, f.name.into_boxed_str());
+            if let Some(old) = replaced {
+                self.release(holding_cost(&old));
+            }
         }
         Ok(outcome)
     }
@@ -498,15 +857,15 @@ impl Index {
         expired.len()
     }
 
-    /// Withdraws `session`'s entry for `id`; returns the file's key and size
-    /// if the session held it. The key may be reused (by a new file) before
+    /// Withdraws `session`'s entry for `id`; returns the file's key, size
+    /// and the budget bytes it was charged if the session held it. The key may be reused (by a new file) before
     /// the old name's words are withdrawn: the word index counts
     /// occurrences, so the two orders end the same, and a search confirms
     /// every file it lists against its names.
-    fn drop_holder(&self, session: SessionId, id: FileId) -> Option<(FileKey, u64)> {
+    fn drop_holder(&self, session: SessionId, id: FileId) -> Option<(FileKey, u64, u64)> {
         let dropped = self.inner.files.drop_holder(session, &id)?;
         self.unindex_name(dropped.key, &dropped.name);
-        Some((dropped.key, dropped.size))
+        Some((dropped.key, dropped.size, holding_cost(&dropped.name)))
     }
 
     /// [`drop_holder`](Self::drop_holder) for a file known by its key (one
@@ -634,13 +993,14 @@ impl Index {
         hits
     }
 
+    /// The live session holding nickname or address `who`. Both are unique
+    /// among live sessions (claimed at login), so this never has to pick
+    /// one of several.
     fn find_session(&self, who: &str, now: Instant) -> Option<SessionId> {
-        self.inner
-            .sessions
-            .iter()
-            .filter(|s| s.lease_expires > now && (s.addr == who || s.nick.as_deref() == Some(who)))
-            .map(|s| *s.key())
-            .max()
+        let by_nick = self.inner.nicks.get(who).map(|s| *s);
+        let by_addr = || self.inner.addrs.get(&canonical_addr(who)).map(|s| *s);
+        let session = by_nick.or_else(by_addr)?;
+        self.is_live(session, now).then_some(session)
     }
 
     /// A page of one live peer's list (by address or nickname), sorted by name.
@@ -822,6 +1182,109 @@ mod tests {
             name: name.into(),
             size: n as u64 * 10,
         }
+    }
+
+    fn session_at(addr: &str, source: &str) -> NewSession {
+        NewSession {
+            addr: addr.into(),
+            claims: vec![addr.into()],
+            nick: None,
+            source: Some(source.parse().unwrap()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_is_held_by_one_live_session() {
+        let idx = Index::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let real = idx
+            .open_session(session_at("10.0.0.1:7000", "10.0.0.1"), now)
+            .unwrap();
+        idx.add_files(real, vec![file(1, "real")], now).unwrap();
+        // Another host, or a live session on the same host: refused.
+        for source in ["10.0.0.9", "10.0.0.1"] {
+            assert_eq!(
+                idx.open_session(session_at("10.0.0.1:7000", source), now),
+                Err(StateError::AddressTaken("10.0.0.1:7000".into()))
+            );
+        }
+        assert_eq!(
+            idx.browse("10.0.0.1:7000", 0, 10, now).unwrap().0[0].name,
+            "real"
+        );
+        // Silent for over half its lease (a dead connection not yet seen):
+        // the same source takes over, another source still cannot.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let now = Instant::now();
+        assert!(idx
+            .open_session(session_at("10.0.0.1:7000", "10.0.0.9"), now)
+            .is_err());
+        let again = idx
+            .open_session(session_at("10.0.0.1:7000", "10.0.0.1"), now)
+            .unwrap();
+        assert!(
+            idx.lookup(&FileId([1; 32]), now).is_none(),
+            "old session ended"
+        );
+        assert_eq!(idx.browse("10.0.0.1:7000", 0, 10, now).unwrap().0.len(), 0);
+        idx.logout(again);
+        // Once it has gone, anybody may use the address.
+        assert!(idx
+            .open_session(session_at("10.0.0.1:7000", "10.0.0.9"), now)
+            .is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_files_and_memory_are_capped() {
+        let limits = Limits {
+            max_files_per_session: 3,
+            max_sessions_per_source: 2,
+            memory_budget: 5 * (HOLDING_COST + 2),
+            ..Limits::default()
+        };
+        let idx = Index::with_limits(Duration::from_secs(60), limits);
+        let now = Instant::now();
+        let a = idx
+            .open_session(session_at("10.0.0.1:7001", "10.0.0.1"), now)
+            .unwrap();
+        let b = idx
+            .open_session(session_at("10.0.0.1:7002", "10.0.0.1"), now)
+            .unwrap();
+        assert_eq!(
+            idx.open_session(session_at("10.0.0.1:7003", "10.0.0.1"), now),
+            Err(StateError::TooManySessions { limit: 2 })
+        );
+        let names = |from: u8, n: u8| {
+            (from..from + n)
+                .map(|i| file(i, &format!("f{i}")))
+                .collect()
+        };
+        idx.add_files(a, names(1, 3), now).unwrap();
+        // A batch over the cap is refused whole.
+        assert_eq!(
+            idx.add_files(a, names(4, 2), now),
+            Err(StateError::TooManyFiles { limit: 3 })
+        );
+        assert_eq!(idx.browse("10.0.0.1:7001", 0, 10, now).unwrap().0.len(), 3);
+        // Renaming a listed file is still allowed at the cap.
+        assert!(idx.add_files(a, vec![file(1, "g1")], now).is_ok());
+        assert_eq!(
+            idx.add_files(b, names(5, 3), now),
+            Err(StateError::IndexFull {
+                budget: limits.memory_budget
+            })
+        );
+        assert_eq!(idx.memory_used(), 3 * (HOLDING_COST + 2));
+        idx.add_files(b, names(5, 2), now).unwrap();
+        assert_eq!(idx.memory_used(), 5 * (HOLDING_COST + 2));
+        idx.remove_files(a, &[FileId([2; 32])], now).unwrap();
+        assert_eq!(idx.memory_used(), 4 * (HOLDING_COST + 2));
+        idx.logout(a);
+        idx.logout(b);
+        assert_eq!(idx.memory_used(), 0, "every byte charged is released");
+        assert!(idx
+            .open_session(session_at("10.0.0.1:7003", "10.0.0.1"), now)
+            .is_ok());
     }
 
     #[tokio::test(start_paused = true)]

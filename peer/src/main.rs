@@ -92,8 +92,9 @@ enum Command {
         share: PathBuf,
         #[command(flatten)]
         index: IndexArg,
-        /// Address to accept chunk requests on.
-        #[arg(long, env = "PEER_LISTEN", default_value = "0.0.0.0:6699")]
+        /// Address to accept chunk requests on; `[::]` takes both IPv6 and
+        /// IPv4 (IPv4 only where IPv6 is unavailable).
+        #[arg(long, env = "PEER_LISTEN", default_value = "[::]:6699")]
         listen: SocketAddr,
         /// HOST:PORT other peers should use to reach this one, when the
         /// index would otherwise see a NAT or container address.

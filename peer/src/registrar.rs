@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::id::FileId;
-use common::index_proto::{IndexRequest, IndexResponse, Login, SharedFile};
+use common::index_proto::{ErrorCode, IndexRequest, IndexResponse, Login, SharedFile};
 use common::limits::MAX_FILES_PER_BATCH;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -58,12 +58,12 @@ pub async fn run(
         };
         let Err(e) = result else { return };
         if let IndexError::Refused {
-            code: common::index_proto::ErrorCode::NickTaken,
+            code: code @ (ErrorCode::NickTaken | ErrorCode::AddressTaken),
             message,
         } = &e
         {
             if registered_once {
-                warn!(%message, retry_in = ?backoff, "our nickname is still held by our previous session; retrying");
+                warn!(%message, retry_in = ?backoff, "our {} is still held by our previous session; retrying", if *code == ErrorCode::NickTaken { "nickname" } else { "address" });
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -71,7 +71,7 @@ pub async fn run(
                 backoff = (backoff * 2).min(config.backoff_max);
                 continue;
             }
-            warn!(%message, "the index refused our nickname; pick another with --nick");
+            warn!(%message, "the index refused this peer");
             state.send_replace(RegistrationState::Refused(message.clone()));
             shutdown.cancelled().await;
             return;
@@ -232,9 +232,19 @@ impl Listing<'_> {
         self.client.flush().await?;
         let (mut refused_new, mut refused_renames) = (0, 0);
         for kind in sent {
-            let count = match self.client.receive().await? {
-                IndexResponse::Ack { count } => count as usize,
-                other => return Err(IndexError::Unexpected(format!("{other:?}"))),
+            let count = match self.client.receive().await {
+                Ok(IndexResponse::Ack { count }) => count as usize,
+                // A cap of the index (files per peer, its memory budget)
+                // refuses a whole batch; what it listed before stays.
+                Err(IndexError::Refused {
+                    code: ErrorCode::TooMany,
+                    message,
+                }) => {
+                    warn!(%message, "the index refused a batch of our files");
+                    0
+                }
+                Ok(other) => return Err(IndexError::Unexpected(format!("{other:?}"))),
+                Err(e) => return Err(e),
             };
             match kind {
                 Sent::RemoveComplete => *self.held = self.held.saturating_sub(count),

@@ -71,7 +71,8 @@ impl ServeConfig {
         ServeConfig {
             share,
             index,
-            listen: "0.0.0.0:6699".parse().expect("valid default address"),
+            // Both IPv6 and IPv4 (see `transfer::net::bind_listener`).
+            listen: "[::]:6699".parse().expect("valid default address"),
             advertise: None,
             nick: None,
             cache_dir: None,
@@ -110,7 +111,7 @@ pub enum ServeError {
     },
     #[error("internal error: {0}")]
     Internal(String),
-    #[error("the index refused this peer: {0} (pick another nickname with --nick or PEER_NICK)")]
+    #[error("the index refused this peer: {0}")]
     Refused(String),
 }
 
@@ -174,9 +175,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
     if !root.is_dir() {
         return Err(ServeError::NotAFolder(config.share.clone()));
     }
-    let listener = chunk_server::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
+    let listener =
+        transfer::net::bind_listener(config.listen).map_err(|source| ServeError::Bind {
             addr: config.listen,
             source,
         })?;
@@ -263,13 +263,21 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         index: config.index.clone(),
         login: Login {
             listen_port: listen_addr.port(),
-            advertise: config.advertise.clone(),
+            advertise: config
+                .advertise
+                .clone()
+                .or_else(|| loopback_advertise(listen_addr)),
             nick: config.nick.clone(),
         },
         backoff_min: config.backoff_min,
         backoff_max: config.backoff_max,
     };
     if overlay.is_none() {
+        tracker.spawn(warn_if_unreachable(
+            listen_addr,
+            state_rx.clone(),
+            shutdown.clone(),
+        ));
         tracker.spawn(registrar::run(
             registrar_config,
             library.clone(),
@@ -331,6 +339,63 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     match refused {
         Some(message) => Err(ServeError::Refused(message)),
         None => Ok(()),
+    }
+}
+
+/// The address to advertise for a listener bound to one loopback address:
+/// that address, since it is the only one the peer is reachable at. (The
+/// index would otherwise pair the port with the connection's source
+/// address, which can be the other family's loopback: `127.0.0.1:Q`
+/// connecting to an index at `[::1]:P` would be published as `[::1]:Q`.)
+fn loopback_advertise(listen: SocketAddr) -> Option<String> {
+    listen.ip().is_loopback().then(|| listen.to_string())
+}
+
+/// Why nobody can reach this peer at the address the index publishes, if
+/// that is visible from here: a listener bound to one family (or one
+/// address) and a published address of the other family (or another
+/// loopback address). A dual-stack `[::]` listener takes both families.
+pub fn unreachable_at(listen: SocketAddr, published: &str) -> Option<String> {
+    let published_ip = published.parse::<SocketAddr>().ok()?.ip().to_canonical();
+    let listen_ip = listen.ip();
+    let dual_stack = listen_ip == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    if dual_stack {
+        return None;
+    }
+    if listen_ip.is_ipv4() != published_ip.is_ipv4() {
+        let (ours, theirs) = match listen_ip.is_ipv4() {
+            true => ("IPv4", "IPv6"),
+            false => ("IPv6", "IPv4"),
+        };
+        return Some(format!(
+            "the index publishes this peer as {published}, an {theirs} address, but it listens on {listen}, {ours} only: downloads from it will fail (listen on [::]:{port} for both, or set --advertise HOST:{port})",
+            port = listen.port()
+        ));
+    }
+    if !listen_ip.is_unspecified() && listen_ip.is_loopback() && published_ip != listen_ip {
+        return Some(format!(
+            "the index publishes this peer as {published}, but it listens on {listen} only: downloads from it will fail (set --advertise {listen})"
+        ));
+    }
+    None
+}
+
+/// Says once, at the first registration, when the published address is
+/// one this peer does not listen on.
+async fn warn_if_unreachable(
+    listen: SocketAddr,
+    mut registration: watch::Receiver<RegistrationState>,
+    shutdown: CancellationToken,
+) {
+    let published = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        state = registration.wait_for(|s| matches!(s, RegistrationState::Registered { .. })) => match state.as_deref() {
+            Ok(RegistrationState::Registered { addr, .. }) => addr.clone(),
+            _ => return,
+        },
+    };
+    if let Some(why) = unreachable_at(listen, &published) {
+        warn!("{why}");
     }
 }
 

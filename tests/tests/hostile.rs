@@ -191,3 +191,275 @@ async fn a_request_flood_on_one_connection_does_not_starve_others() {
     drop(flooder.await);
     let _ = drain.await;
 }
+
+/// Sends `requests` on a fresh index connection and returns the answers
+/// and the connection (which keeps any session alive).
+async fn session(
+    addr: &str,
+    requests: Vec<IndexRequest>,
+) -> (Vec<common::index_proto::IndexResponse>, TcpStream) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    wire::client_handshake(&mut s, Protocol::Index)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut answers = Vec::new();
+    for req in requests {
+        wire::send_message(&mut s, &req).await.unwrap();
+        answers.push(
+            wire::expect_message(&mut s, &mut buf, wire::Deadlines::default())
+                .await
+                .unwrap(),
+        );
+    }
+    (answers, s)
+}
+
+fn login_as(advertise: &str) -> IndexRequest {
+    IndexRequest::Login(common::index_proto::Login {
+        listen_port: 7000,
+        advertise: Some(advertise.into()),
+        nick: None,
+    })
+}
+
+fn refused_with(answer: &common::index_proto::IndexResponse, code: ErrorCode) -> bool {
+    matches!(answer, common::index_proto::IndexResponse::Error { code: c, .. } if *c == code)
+}
+
+use common::index_proto::ErrorCode;
+
+/// Issue 18.1: a session cannot claim a live peer's address (in any
+/// spelling), nor an address that is no peer's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_cannot_claim_another_peers_address() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path(), "honest.txt", b"honest content");
+    let mut honest = start_peer(dir.path(), &index.addr_string()).await;
+    honest.wait_registered(1).await;
+    let real = honest.addr();
+    let port = honest.daemon.listen_addr.port();
+    let decoy = common::index_proto::SharedFile {
+        id: common::id::FileId([7; 32]),
+        name: "decoy.txt".into(),
+        size: 10,
+    };
+    for spelling in [
+        real.clone(),
+        format!("[::ffff:127.0.0.1]:{port}"),
+        format!("localhost:{port}"),
+    ] {
+        let (answers, _impostor) = session(
+            &index.addr_string(),
+            vec![
+                login_as(&spelling),
+                IndexRequest::AddFiles {
+                    files: vec![decoy.clone()],
+                },
+            ],
+        )
+        .await;
+        assert!(
+            refused_with(&answers[0], ErrorCode::AddressTaken),
+            "{spelling}: {:?}",
+            answers[0]
+        );
+        assert!(refused_with(&answers[1], ErrorCode::NotLoggedIn));
+    }
+    // Browse by address still shows the honest peer, and only it is listed there.
+    let mut c = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let files = c.browse(&real).await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!(files[0].name, "honest.txt");
+    assert_eq!(
+        c.peers()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|p| p.addr == real)
+            .count(),
+        1
+    );
+    // Addresses that are not a peer's.
+    for bad in [
+        "localhost:22",
+        "127.0.0.1:1",
+        "127.0.0.1:0",
+        "0.0.0.0:7000",
+        "no-such-host.invalid:7000",
+    ] {
+        let (answers, _s) = session(&index.addr_string(), vec![login_as(bad)]).await;
+        assert!(
+            refused_with(&answers[0], ErrorCode::BadRequest),
+            "{bad}: {:?}",
+            answers[0]
+        );
+    }
+    // The honest peer comes back on the same address after a restart.
+    honest.stop().await;
+    let mut config = peer_config(dir.path(), &index.addr_string());
+    config.listen = real.parse().unwrap();
+    let mut again = start_peer_with(config).await;
+    again.wait_registered(1).await;
+    again.stop().await;
+    index.stop().await;
+}
+
+/// An index with `limits`, and its state.
+async fn index_limited(
+    limits: index_server::state::Limits,
+) -> (
+    String,
+    index_server::Index,
+    tokio_util::sync::CancellationToken,
+) {
+    init_logging();
+    let server = index_server::Server::bind(index_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        limits,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (addr, state) = (server.local_addr().to_string(), server.index());
+    let token = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(server.run(token.clone()));
+    (addr, state, token)
+}
+
+/// `n` files with 1 KB names, numbered from `from`.
+fn big_names(from: u32, n: u32) -> Vec<common::index_proto::SharedFile> {
+    (from..from + n)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            common::index_proto::SharedFile {
+                id: common::id::FileId(id),
+                name: format!("{i:08} {}", "n".repeat(1015)),
+                size: 1000,
+            }
+        })
+        .collect()
+}
+
+fn login_port(port: u16) -> IndexRequest {
+    IndexRequest::Login(common::index_proto::Login {
+        listen_port: port,
+        advertise: None,
+        nick: None,
+    })
+}
+
+fn batches(from: u32, n: u32) -> Vec<IndexRequest> {
+    big_names(from, n)
+        .chunks(512)
+        .map(|b| IndexRequest::AddFiles { files: b.to_vec() })
+        .collect()
+}
+
+/// Issue 18.3: files per session, sessions per source address and the
+/// index's memory are capped, with a clear refusal instead of growth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_capped_per_session_per_address_and_in_memory() {
+    let limits = index_server::state::Limits {
+        max_files_per_session: 1024,
+        max_sessions_per_source: 3,
+        memory_budget: 2 << 20,
+        ..Default::default()
+    };
+    let (addr, state, stop) = index_limited(limits).await;
+    let message = |a: &common::index_proto::IndexResponse| match a {
+        common::index_proto::IndexResponse::Error {
+            code: ErrorCode::TooMany,
+            message,
+        } => message.clone(),
+        other => panic!("not refused: {other:?}"),
+    };
+    // One session: 2,048 files offered, 1,024 listed.
+    let mut requests = vec![login_port(7001)];
+    requests.extend(batches(0, 2048));
+    let (answers, _one) = session(&addr, requests).await;
+    assert_eq!(
+        answers[1],
+        common::index_proto::IndexResponse::Ack { count: 512 }
+    );
+    assert_eq!(
+        answers[2],
+        common::index_proto::IndexResponse::Ack { count: 512 }
+    );
+    assert!(
+        message(&answers[3]).contains("at most 1024 files"),
+        "{:?}",
+        answers[3]
+    );
+    assert_eq!(state.stats(tokio::time::Instant::now()).files, 1024);
+    // A second session fills the memory budget (2 MiB at ~1.2 KB a file).
+    let mut requests = vec![login_port(7002)];
+    requests.extend(batches(10_000, 1024));
+    let (answers, _two) = session(&addr, requests).await;
+    let refused = answers[1..]
+        .iter()
+        .find(|a| !matches!(a, common::index_proto::IndexResponse::Ack { .. }))
+        .expect("the memory budget stops the second session");
+    assert!(message(refused).contains("memory budget"), "{refused:?}");
+    assert!(state.memory_used() <= 2 << 20);
+    // A third session from this address is allowed, a fourth is not.
+    let (answers, _three) = session(&addr, vec![login_port(7003)]).await;
+    assert!(matches!(
+        answers[0],
+        common::index_proto::IndexResponse::Welcome { .. }
+    ));
+    let (answers, _four) = session(&addr, vec![login_port(7004)]).await;
+    assert!(
+        message(&answers[0]).contains("sessions"),
+        "{:?}",
+        answers[0]
+    );
+    answered(&addr).await;
+    stop.cancel();
+}
+
+/// Issue 18.3, the peer's side: a peer over the cap stays registered with
+/// what the index took and says why, instead of reconnecting in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_over_the_files_cap_stays_registered() {
+    let (addr, state, stop) = index_limited(index_server::state::Limits {
+        max_files_per_session: 2,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..2 {
+        write_file(
+            dir.path(),
+            &format!("f{i}.txt"),
+            format!("file {i}").as_bytes(),
+        );
+    }
+    let mut peer = start_peer(dir.path(), &addr).await;
+    wait_until("the peer to register", Duration::from_secs(10), || {
+        let registered = matches!(
+            *peer.daemon.registration.borrow(),
+            peer::registrar::RegistrationState::Registered { .. }
+        );
+        async move { registered }
+    })
+    .await;
+    let stats = state.stats(tokio::time::Instant::now());
+    assert_eq!((stats.peers, stats.files), (1, 2));
+    // A third file is offered, refused, and the session still stands.
+    write_file(dir.path(), "f2.txt", b"file 2");
+    wait_until("the rescan to offer f2", Duration::from_secs(10), || {
+        let added = state.request_counts().get("AddFiles").copied().unwrap_or(0) >= 2;
+        async move { added }
+    })
+    .await;
+    assert_eq!(
+        state.request_counts().get("Login"),
+        Some(&1),
+        "the peer logged in again"
+    );
+    peer.stop().await;
+    stop.cancel();
+}

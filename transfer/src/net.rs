@@ -1,9 +1,10 @@
 //! Connecting with a deadline, and the socket settings every connection
 //! that carries file data gets.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, info, warn};
 
 /// Whether `e` says the process (`EMFILE`) or the system (`ENFILE`) ran out
@@ -68,6 +69,53 @@ impl AcceptBackoff {
     pub fn failures(&self) -> u32 {
         self.failures
     }
+}
+
+/// Binds a listening socket. `[::]` (the default of `peer serve` and
+/// `index-server`) is dual-stack: one socket with `IPV6_V6ONLY` off
+/// accepts IPv6 and IPv4 (as IPv4-mapped addresses), whatever the
+/// system's `bindv6only` says. Where IPv6 is unavailable (a kernel or
+/// container without it) it falls back to `0.0.0.0` on the same port and
+/// says so in the log. Any other address is bound as given.
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    if addr.ip() != IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        return bind_one(addr, None);
+    }
+    match bind_one(addr, Some(false)) {
+        Ok(listener) => Ok(listener),
+        Err(e) if ipv6_unavailable(&e) => {
+            let v4 = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port());
+            info!(error = %e, listen = %v4, "IPv6 is unavailable here; listening on IPv4 only");
+            bind_one(v4, None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Errors that mean this machine has no IPv6 (not that the port is taken).
+fn ipv6_unavailable(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    [
+        Errno::AFNOSUPPORT,
+        Errno::ADDRNOTAVAIL,
+        Errno::PROTONOSUPPORT,
+    ]
+    .iter()
+    .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+}
+
+fn bind_one(addr: SocketAddr, v6_only: Option<bool>) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    if let Some(only) = v6_only {
+        rustix::net::sockopt::set_ipv6_v6only(&socket, only)?;
+    }
+    // What `TcpListener::bind` does: rebinding right after a restart works.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Connects to `addr` (`HOST:PORT`, resolved now) within `timeout`, with
