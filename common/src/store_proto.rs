@@ -48,6 +48,11 @@ pub enum StoreErrorCode {
     /// `Finish` arrived with chunks still missing.
     Incomplete,
     Internal,
+    /// The server's disk has no room for the file (the message says how
+    /// much is needed and free).
+    OutOfSpace,
+    /// This client has as many unfinished uploads as the server allows.
+    TooManyPending,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

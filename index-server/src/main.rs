@@ -74,6 +74,17 @@ struct Cli {
     #[arg(long, env = "INDEX_STORE_QUOTA", default_value = "10GiB", value_parser = common::units::parse_size)]
     store_quota: u64,
 
+    /// How long the part file of an abandoned upload is kept for a resume
+    /// (it counts against the quota meanwhile), e.g. 30m, 1h, 1d.
+    #[arg(long, env = "INDEX_STORE_PART_EXPIRY", default_value = "1h", value_parser = parse_duration)]
+    store_part_expiry: Duration,
+
+    /// Most uploads one client address may have unfinished at once (in
+    /// progress, or interrupted and not yet expired).
+    #[arg(long, env = "INDEX_STORE_MAX_PENDING_PER_CLIENT", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    store_max_pending_per_client: u64,
+
     /// HOST:PORT to list the store under; by default each client sees the
     /// address it reached this server at.
     #[arg(long, env = "INDEX_STORE_ADVERTISE")]
@@ -121,6 +132,8 @@ async fn main() -> anyhow::Result<()> {
             store.advertise = cli.store_advertise;
             store.settle = cli.store_settle;
             store.max_upload_rate = cli.max_upload_rate;
+            store.part_expiry = cli.store_part_expiry;
+            store.max_pending_per_client = cli.store_max_pending_per_client as usize;
             store
         }),
         ..Default::default()

@@ -11,11 +11,20 @@
 //! interrupted upload resumes; the file appears in DIR only when complete,
 //! by a link that never replaces an existing file (a name already used by
 //! other content gets ` (1)`, ` (2)`, …). Content the store already holds is
-//! not uploaded again. A quota caps the bytes stored plus those being uploaded.
+//! not uploaded again.
+//!
+//! Space: a quota caps the bytes stored plus every pending upload (in
+//! progress, or abandoned with its part file still on disk); free disk
+//! space is checked when an upload begins, and the part file is reserved
+//! at its full size when the hash list arrives. An abandoned part file is
+//! kept for a resume until it expires ([`StoreConfig::part_expiry`]), and
+//! one client may have at most [`StoreConfig::max_pending_per_client`]
+//! uploads pending, so disconnecting after `Begin` cannot fill the disk.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,7 +80,22 @@ pub struct StoreConfig {
     /// Cap on the bytes per second of all downloads served from the store
     /// (the server's upload rate, u_s in the lab's formulas).
     pub max_upload_rate: Option<u64>,
+    /// How long the part file of an abandoned upload is kept for a resume
+    /// (counted against the quota meanwhile) before it is deleted.
+    pub part_expiry: Duration,
+    /// Most uploads one client (source address; IPv6 by /64) may have
+    /// pending at once, in progress or abandoned and not yet expired.
+    pub max_pending_per_client: usize,
 }
+
+/// Default of [`StoreConfig::part_expiry`]: long enough to resume after a
+/// dropped connection or a laptop's nap, short enough that abandoned parts
+/// do not hold the quota for long.
+pub const DEFAULT_PART_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// Default of [`StoreConfig::max_pending_per_client`]: `peer put` uploads
+/// one file at a time, so a few interrupted ones fit.
+pub const DEFAULT_MAX_PENDING_PER_CLIENT: usize = 4;
 
 impl StoreConfig {
     pub fn new(dir: PathBuf) -> Self {
@@ -82,6 +106,8 @@ impl StoreConfig {
             rescan_interval: Duration::from_secs(10),
             settle: scan::DEFAULT_SETTLE,
             max_upload_rate: None,
+            part_expiry: DEFAULT_PART_EXPIRY,
+            max_pending_per_client: DEFAULT_MAX_PENDING_PER_CLIENT,
         }
     }
 }
@@ -107,15 +133,30 @@ struct Registry {
     refusals: Refusals,
 }
 
+/// An upload that has begun and not been published: its bytes count
+/// against the quota until it is published or its part file expires.
+struct Pending {
+    size: u64,
+    /// The client that began it (source key); `None` for a part file
+    /// found when the store opened.
+    client: Option<IpAddr>,
+    /// A connection is uploading it now.
+    active: bool,
+    /// When an abandoned part file is deleted (set when its connection ends).
+    expires: Instant,
+}
+
 /// The server's store.
 pub struct Store {
     library: Library,
     index: Index,
     session: SessionId,
     quota: u64,
+    part_expiry: Duration,
+    max_pending_per_client: usize,
     registry: Mutex<Registry>,
-    /// Uploads in progress: id → bytes reserved against the quota.
-    uploading: Mutex<HashMap<FileId, u64>>,
+    /// Pending uploads (in progress or abandoned): id → what it holds.
+    pending: Mutex<HashMap<FileId, Pending>>,
     /// Chunks and connections served to downloaders.
     pub uploads: Arc<UploadStats>,
     /// Chunks received and verified from `peer put`.
@@ -155,12 +196,14 @@ impl Store {
             index,
             session,
             quota: config.quota,
+            part_expiry: config.part_expiry,
+            max_pending_per_client: config.max_pending_per_client.max(1),
             registry: Mutex::new(Registry {
                 cache,
                 registered: HashMap::new(),
                 refusals: Refusals::default(),
             }),
-            uploading: Mutex::new(HashMap::new()),
+            pending: Mutex::new(found_parts(&root, config.part_expiry)),
             uploads: Arc::new(UploadStats::default()),
             chunks_received: AtomicU64::new(0),
             upload_limit: config
@@ -245,8 +288,43 @@ impl Store {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.library.rescan_requested() => {}
             }
+            self.expire_parts(Instant::now());
             self.refresh().await;
         }
+    }
+
+    /// Deletes the part files of abandoned uploads whose time has run out.
+    pub fn expire_parts(&self, now: Instant) {
+        let expired: Vec<FileId> = {
+            let mut pending = self.pending();
+            let ids: Vec<FileId> = pending
+                .iter()
+                .filter(|(_, p)| !p.active && p.expires <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in &ids {
+                pending.remove(id);
+            }
+            ids
+        };
+        for id in expired {
+            let part = output::part_path(self.library.root(), &id);
+            match std::fs::remove_file(&part) {
+                Ok(()) => info!(%id, "deleted the part file of an abandoned upload"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(error = %e, part = %part.display(), "cannot delete an expired part file"),
+            }
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes counted against the quota: stored files and pending uploads.
+    pub fn used_bytes(&self) -> u64 {
+        let pending: u64 = self.pending().values().map(|p| p.size).sum();
+        self.stored_bytes().saturating_add(pending)
     }
 
     /// Serves a downloader (peer protocol) on a connection whose hello was answered.
@@ -266,12 +344,39 @@ impl Store {
         .await
     }
 
-    /// Claims `id` for one upload and reserves `size` bytes of the quota.
-    fn reserve(&self, id: FileId, size: u64) -> Result<(), StoreResponse> {
+    /// Claims `id` for one upload by `client` and counts `size` bytes
+    /// against the quota, or says why not: another upload of it is in
+    /// progress, the client has too many pending, the quota or the disk is
+    /// full. An abandoned upload of the same id is taken over (resumed),
+    /// already counted.
+    fn reserve(&self, id: FileId, size: u64, client: IpAddr) -> Result<(), StoreResponse> {
         let stored = self.stored_bytes();
-        let mut uploading = self.uploading.lock().unwrap_or_else(|p| p.into_inner());
-        let reserved: u64 = uploading.values().sum();
-        let used = stored.saturating_add(reserved);
+        let mut pending = self.pending();
+        if let Some(p) = pending.get_mut(&id) {
+            if p.active {
+                return Err(refusal(
+                    StoreErrorCode::Busy,
+                    "another upload of this file is in progress; try again when it has finished",
+                ));
+            }
+            p.active = true;
+            p.client = Some(client);
+            return Ok(());
+        }
+        let mine = pending
+            .values()
+            .filter(|p| p.client == Some(client))
+            .count();
+        if mine >= self.max_pending_per_client {
+            return Err(refusal(
+                StoreErrorCode::TooManyPending,
+                format!(
+                    "this client already has {mine} unfinished uploads here, the most the server allows; resume one of them (run the same put again) or wait until they expire ({:?} after they stopped)",
+                    self.part_expiry
+                ),
+            ));
+        }
+        let used = stored.saturating_add(pending.values().map(|p| p.size).sum());
         if used.saturating_add(size) > self.quota {
             return Err(refusal(
                 StoreErrorCode::QuotaExceeded,
@@ -281,34 +386,50 @@ impl Store {
                 ),
             ));
         }
-        // One map operation decides and claims: no check-then-insert race.
-        match uploading.entry(id) {
-            std::collections::hash_map::Entry::Occupied(_) => Err(refusal(
-                StoreErrorCode::Busy,
-                "another upload of this file is in progress; try again when it has finished",
-            )),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(size);
-                Ok(())
+        if let Some(free) = free_bytes(self.library.root()) {
+            if size > free {
+                return Err(out_of_space(size, free));
             }
+        }
+        pending.insert(
+            id,
+            Pending {
+                size,
+                client: Some(client),
+                active: true,
+                expires: Instant::now() + self.part_expiry,
+            },
+        );
+        Ok(())
+    }
+
+    /// The connection uploading `id` ended or moved on: a part file on disk
+    /// stays counted until it expires; with none, nothing is pending.
+    fn release(&self, id: &FileId) {
+        let has_part = output::part_path(self.library.root(), id).exists();
+        let mut pending = self.pending();
+        if !has_part {
+            pending.remove(id);
+        } else if let Some(p) = pending.get_mut(id) {
+            p.active = false;
+            p.expires = Instant::now() + self.part_expiry;
         }
     }
 
-    fn release(&self, id: &FileId) {
-        self.uploading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+    /// The upload of `id` was published: its part file is gone.
+    fn published(&self, id: &FileId) {
+        self.pending().remove(id);
     }
 
     /// Serves one uploader (`peer put`) on a connection whose hello was answered.
     pub async fn serve_upload(self: &Arc<Self>, stream: TcpStream) -> Result<(), WireError> {
+        let client = crate::state::source_key(stream.peer_addr()?.ip());
         let (r, w) = stream.into_split();
         let mut reader = BufReader::with_capacity(256 * 1024, r);
         let mut writer = BufWriter::new(w);
         let mut upload: Option<Upload> = None;
         let result = self
-            .upload_loop(&mut reader, &mut writer, &mut upload)
+            .upload_loop(&mut reader, &mut writer, &mut upload, client)
             .await;
         if let Some(u) = upload {
             self.release(&u.id);
@@ -322,6 +443,7 @@ impl Store {
         reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
         writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
         upload: &mut Option<Upload>,
+        client: IpAddr,
     ) -> Result<(), WireError> {
         let mut frame = Vec::new();
         // A connection that only said hello keeps its place briefly.
@@ -342,7 +464,7 @@ impl Store {
                     if let Some(old) = upload.take() {
                         self.release(&old.id);
                     }
-                    let answer = self.begin(id, &name, size);
+                    let answer = self.begin(id, &name, size, client);
                     if matches!(answer, StoreResponse::SendHashList) {
                         *upload = Some(Upload {
                             id,
@@ -378,18 +500,23 @@ impl Store {
                     let part = output::part_path(self.library.root(), &u.id);
                     let opened = {
                         let (part, info) = (part.clone(), info.clone());
-                        tokio::task::spawn_blocking(move || output::open_part(&part, &info)).await
+                        tokio::task::spawn_blocking(move || {
+                            let existed = part.exists();
+                            let opened = output::open_part(&part, &info);
+                            if opened.is_err() && !existed {
+                                // Refused: leave no empty part file behind.
+                                let _ = std::fs::remove_file(&part);
+                            }
+                            opened
+                        })
+                        .await
                     };
                     let (file, have) = match opened {
                         Ok(Ok(pair)) => pair,
                         Ok(Err(e)) => {
                             warn!(error = %e, part = %part.display(), "cannot open the upload's part file");
-                            return fail(
-                                writer,
-                                StoreErrorCode::Internal,
-                                "the store cannot write the file",
-                            )
-                            .await;
+                            let (code, message) = self.write_refusal(&e, u.size);
+                            return fail(writer, code, message).await;
                         }
                         Err(e) => {
                             return fail(writer, StoreErrorCode::Internal, e.to_string()).await
@@ -447,7 +574,9 @@ impl Store {
                         }
                         Ok(Err(e)) => {
                             warn!(error = %e, "cannot write an uploaded chunk");
-                            return fail(writer, StoreErrorCode::Internal, "the store cannot write the file").await;
+                            let missing = state.have.iter().filter(|h| !**h).count() as u64;
+                            let (code, message) = self.write_refusal(&e, missing * common::CHUNK_SIZE as u64);
+                            return fail(writer, code, message).await;
                         }
                         Err(e) => return fail(writer, StoreErrorCode::Internal, e.to_string()).await,
                     }
@@ -458,7 +587,11 @@ impl Store {
                             .await;
                     };
                     let answer = self.finish(&u).await;
-                    self.release(&u.id);
+                    if matches!(answer, StoreResponse::Stored { .. }) {
+                        self.published(&u.id);
+                    } else {
+                        self.release(&u.id);
+                    }
                     if matches!(
                         answer,
                         StoreResponse::Error {
@@ -477,7 +610,7 @@ impl Store {
     }
 
     /// Decides on a `Begin`: already here, refused, or go ahead.
-    fn begin(&self, id: FileId, name: &str, size: u64) -> StoreResponse {
+    fn begin(&self, id: FileId, name: &str, size: u64, client: IpAddr) -> StoreResponse {
         if let Err(e) = validate_name(name) {
             return refusal(StoreErrorCode::BadRequest, e.to_string());
         }
@@ -492,7 +625,7 @@ impl Store {
                 name: e.rel.clone(),
             };
         }
-        match self.reserve(id, size) {
+        match self.reserve(id, size, client) {
             Ok(()) => StoreResponse::SendHashList,
             Err(answer) => answer,
         }
@@ -545,6 +678,88 @@ impl Store {
             Err(e) => refusal(StoreErrorCode::Internal, e.to_string()),
         }
     }
+}
+
+impl Store {
+    /// The answer to a failed write of an upload needing `needed` more
+    /// bytes: out of space (with figures) or an internal error.
+    fn write_refusal(&self, e: &std::io::Error, needed: u64) -> (StoreErrorCode, String) {
+        if is_out_of_space(e) {
+            let free = free_bytes(self.library.root()).unwrap_or(0);
+            match out_of_space(needed, free) {
+                StoreResponse::Error { code, message } => (code, message),
+                _ => unreachable!("out_of_space is an error"),
+            }
+        } else {
+            (
+                StoreErrorCode::Internal,
+                format!("the store cannot write the file: {e}"),
+            )
+        }
+    }
+}
+
+/// Whether an I/O error means the disk (or the user's disk quota) is full.
+fn is_out_of_space(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    e.kind() == std::io::ErrorKind::StorageFull
+        || [Errno::NOSPC, Errno::DQUOT]
+            .iter()
+            .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+}
+
+/// Bytes an unprivileged process may still write on `dir`'s file system.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+fn out_of_space(needed: u64, free: u64) -> StoreResponse {
+    refusal(
+        StoreErrorCode::OutOfSpace,
+        format!(
+            "the server is out of space ({needed} bytes needed, {free} free); ask the operator to free space on the store's disk"
+        ),
+    )
+}
+
+/// Part files of uploads left from an earlier run (`DIR/.<id>.part`),
+/// pending and counted from the start, each expiring `expiry` after it was
+/// last written.
+fn found_parts(root: &Path, expiry: Duration) -> HashMap<FileId, Pending> {
+    let mut found = HashMap::new();
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return found;
+    };
+    let now = Instant::now();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(hex) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix('.'))
+            .and_then(|n| n.strip_suffix(".part"))
+        else {
+            continue;
+        };
+        let (Ok(id), Ok(meta)) = (hex.parse::<FileId>(), entry.metadata()) else {
+            continue;
+        };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .unwrap_or_default();
+        found.insert(
+            id,
+            Pending {
+                size: meta.len(),
+                client: None,
+                active: false,
+                expires: now + expiry.saturating_sub(age),
+            },
+        );
+    }
+    found
 }
 
 /// One upload on a connection.

@@ -86,7 +86,7 @@ pub async fn start_index_on(listen: SocketAddr, lease_ttl: Duration) -> Index {
 }
 
 /// Runs a bound index server until its [`Index`] is stopped.
-fn run_index(server: index_server::Server) -> Index {
+pub fn run_index(server: index_server::Server) -> Index {
     let addr = server.local_addr();
     let state = server.index();
     let shutdown = CancellationToken::new();

@@ -279,3 +279,165 @@ async fn a_client_server_get_never_contacts_another_peer() {
     other.stop().await;
     index.stop().await;
 }
+
+/// An index whose store in `dir` has `quota`, expires abandoned part files
+/// after `expiry` and allows `pending` unfinished uploads per client.
+async fn store_with(
+    dir: &std::path::Path,
+    quota: u64,
+    expiry: std::time::Duration,
+    pending: usize,
+) -> (Index, Arc<index_server::store::Store>) {
+    init_logging();
+    let mut store = index_server::store::StoreConfig::new(dir.to_path_buf());
+    store.quota = quota;
+    store.rescan_interval = std::time::Duration::from_millis(100);
+    store.part_expiry = expiry;
+    store.max_pending_per_client = pending;
+    let server = index_server::Server::bind(index_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        store: Some(store),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let store = server.store().unwrap();
+    (tests::run_index(server), store)
+}
+
+fn part_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".part"))
+        .collect()
+}
+
+/// Issue 18.6: uploads begun and abandoned count against the quota, are
+/// capped per client, keep their part for a resume, and expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_uploads_count_against_the_quota_and_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let size = 4 * common::CHUNK_SIZE;
+    let (index, store) = store_with(
+        &store_dir,
+        4 * size as u64,
+        std::time::Duration::from_millis(1500),
+        3,
+    )
+    .await;
+    // Three connections each begin a 1 MiB upload and leave.
+    let mut abandoned = Vec::new();
+    for seed in 0..3 {
+        let data = random_bytes(size, 100 + seed);
+        let (s, _, begun, ready) = begin_upload(index.addr, &content_info(&data), "junk.bin").await;
+        assert_eq!(begun, StoreResponse::SendHashList);
+        assert!(matches!(ready, StoreResponse::Ready { .. }), "{ready:?}");
+        drop(s);
+        abandoned.push(data);
+    }
+    wait_until("the abandoned parts to be counted", std::time::Duration::from_secs(10), || {
+        let used = store.used_bytes();
+        async move { used == 3 * size as u64 }
+    })
+    .await;
+    assert_eq!(part_files(&store_dir).len(), 3);
+    // A fourth pending upload from the same client is refused...
+    let fourth = random_bytes(size, 104);
+    let (_s, _, begun, _) = begin_upload(index.addr, &content_info(&fourth), "more.bin").await;
+    assert!(
+        matches!(begun, StoreResponse::Error { code: StoreErrorCode::TooManyPending, .. }),
+        "{begun:?}"
+    );
+    // ...and the quota counts the parts: 3 of 4 MiB used, 2 MiB do not fit.
+    let big = write_file(&dir.path().join("mine"), "big.bin", &random_bytes(2 * size, 105));
+    let err = put_file(&index.addr_string(), &big, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("quota") || err.to_string().contains("unfinished"), "{err}");
+    // A resume within the expiry keeps its part (no new pending upload).
+    partial_upload(&index.addr_string(), &abandoned[0], "junk.bin", 2).await;
+    let resumed = write_file(&dir.path().join("mine"), "junk.bin", &abandoned[0]);
+    let put = put_file(&index.addr_string(), &resumed, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(put.chunks_resumed, 2);
+    // The other two expire: their parts are deleted and no longer counted.
+    wait_until("the abandoned parts to expire", std::time::Duration::from_secs(20), || {
+        let parts = part_files(&store_dir).len();
+        async move { parts == 0 }
+    })
+    .await;
+    assert_eq!(store.used_bytes(), store.stored_bytes());
+    put_file(&index.addr_string(), &big, CancellationToken::new())
+        .await
+        .expect("the quota is free again");
+    index.stop().await;
+}
+
+/// A tmpfs of `bytes` mounted on a temporary folder, unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Issue 18.7: a store whose disk is too small says so with figures when
+/// the upload begins, and leaves no part file behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_says_it_is_out_of_space() {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let Some(disk) = SmallDisk::mount(2 << 20) else {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    };
+    let (index, _store) = store_with(
+        disk.dir.path(),
+        1 << 30,
+        std::time::Duration::from_secs(3600),
+        4,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let big = write_file(dir.path(), "big.bin", &random_bytes(3 << 20, 7));
+    let err = put_file(&index.addr_string(), &big, CancellationToken::new())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("the server is out of space (3145728 bytes needed,"),
+        "{message}"
+    );
+    assert!(matches!(err, PutError::Refused { code: StoreErrorCode::OutOfSpace, .. }), "{err:?}");
+    assert!(part_files(disk.dir.path()).is_empty(), "a part file was left");
+    // A file that fits is stored.
+    let small = write_file(dir.path(), "small.bin", &random_bytes(1 << 20, 8));
+    put_file(&index.addr_string(), &small, CancellationToken::new())
+        .await
+        .expect("a file that fits is stored");
+    index.stop().await;
+}
