@@ -75,7 +75,7 @@ struct Cli {
     store_quota: u64,
 
     /// How long the part file of an abandoned upload is kept for a resume
-    /// (it counts against the quota meanwhile), e.g. 30m, 1h, 1d.
+    /// (it counts against the quota meanwhile), e.g. 30m, 1h, 24h.
     #[arg(long, env = "INDEX_STORE_PART_EXPIRY", default_value = "1h", value_parser = parse_duration)]
     store_part_expiry: Duration,
 

@@ -312,7 +312,9 @@ impl Store {
             match std::fs::remove_file(&part) {
                 Ok(()) => info!(%id, "deleted the part file of an abandoned upload"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => warn!(error = %e, part = %part.display(), "cannot delete an expired part file"),
+                Err(e) => {
+                    warn!(error = %e, part = %part.display(), "cannot delete an expired part file")
+                }
             }
         }
     }

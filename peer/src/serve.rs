@@ -462,13 +462,20 @@ mod tests {
         let v6: SocketAddr = "[2001:db8::5]:6699".parse().unwrap();
         let dual: SocketAddr = "[::]:6699".parse().unwrap();
         let any4: SocketAddr = "0.0.0.0:6699".parse().unwrap();
-        assert!(unreachable_at(v4, "[2001:db8::5]:6699").unwrap().contains("IPv4 only"));
+        assert!(unreachable_at(v4, "[2001:db8::5]:6699")
+            .unwrap()
+            .contains("IPv4 only"));
         assert!(unreachable_at(any4, "[::1]:6699").is_some());
-        assert!(unreachable_at(v6, "10.0.0.5:6699").unwrap().contains("IPv6 only"));
+        assert!(unreachable_at(v6, "10.0.0.5:6699")
+            .unwrap()
+            .contains("IPv6 only"));
         assert!(unreachable_at(dual, "10.0.0.5:6699").is_none());
         assert!(unreachable_at(dual, "[2001:db8::5]:6699").is_none());
         assert!(unreachable_at(any4, "10.0.0.5:6699").is_none());
-        assert!(unreachable_at(v4, "host.example:6699").is_none(), "names are not judged");
+        assert!(
+            unreachable_at(v4, "host.example:6699").is_none(),
+            "names are not judged"
+        );
         let lo: SocketAddr = "127.0.0.1:6699".parse().unwrap();
         assert!(unreachable_at(lo, "127.0.0.2:6699").is_some());
         assert_eq!(loopback_advertise(lo), Some("127.0.0.1:6699".into()));

@@ -37,7 +37,11 @@ async fn a_peer_on_ipv4_loopback_is_published_where_it_listens() {
     write_file(&dir.path().join("share"), "v4only.bin", &data);
     let mut peer = start_peer(&dir.path().join("share"), &via_v6).await;
     peer.wait_registered(1).await;
-    assert_eq!(published(&peer), peer.addr(), "published where it does not listen");
+    assert_eq!(
+        published(&peer),
+        peer.addr(),
+        "published where it does not listen"
+    );
     let got = peer::get::get(
         &via_v6,
         &content_info(&data).id.to_hex(),

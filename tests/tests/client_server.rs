@@ -338,25 +338,42 @@ async fn abandoned_uploads_count_against_the_quota_and_expire() {
         drop(s);
         abandoned.push(data);
     }
-    wait_until("the abandoned parts to be counted", std::time::Duration::from_secs(10), || {
-        let used = store.used_bytes();
-        async move { used == 3 * size as u64 }
-    })
+    wait_until(
+        "the abandoned parts to be counted",
+        std::time::Duration::from_secs(10),
+        || {
+            let used = store.used_bytes();
+            async move { used == 3 * size as u64 }
+        },
+    )
     .await;
     assert_eq!(part_files(&store_dir).len(), 3);
     // A fourth pending upload from the same client is refused...
     let fourth = random_bytes(size, 104);
     let (_s, _, begun, _) = begin_upload(index.addr, &content_info(&fourth), "more.bin").await;
     assert!(
-        matches!(begun, StoreResponse::Error { code: StoreErrorCode::TooManyPending, .. }),
+        matches!(
+            begun,
+            StoreResponse::Error {
+                code: StoreErrorCode::TooManyPending,
+                ..
+            }
+        ),
         "{begun:?}"
     );
     // ...and the quota counts the parts: 3 of 4 MiB used, 2 MiB do not fit.
-    let big = write_file(&dir.path().join("mine"), "big.bin", &random_bytes(2 * size, 105));
+    let big = write_file(
+        &dir.path().join("mine"),
+        "big.bin",
+        &random_bytes(2 * size, 105),
+    );
     let err = put_file(&index.addr_string(), &big, CancellationToken::new())
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("quota") || err.to_string().contains("unfinished"), "{err}");
+    assert!(
+        err.to_string().contains("quota") || err.to_string().contains("unfinished"),
+        "{err}"
+    );
     // A resume within the expiry keeps its part (no new pending upload).
     partial_upload(&index.addr_string(), &abandoned[0], "junk.bin", 2).await;
     let resumed = write_file(&dir.path().join("mine"), "junk.bin", &abandoned[0]);
@@ -365,10 +382,14 @@ async fn abandoned_uploads_count_against_the_quota_and_expire() {
         .unwrap();
     assert_eq!(put.chunks_resumed, 2);
     // The other two expire: their parts are deleted and no longer counted.
-    wait_until("the abandoned parts to expire", std::time::Duration::from_secs(20), || {
-        let parts = part_files(&store_dir).len();
-        async move { parts == 0 }
-    })
+    wait_until(
+        "the abandoned parts to expire",
+        std::time::Duration::from_secs(20),
+        || {
+            let parts = part_files(&store_dir).len();
+            async move { parts == 0 }
+        },
+    )
     .await;
     assert_eq!(store.used_bytes(), store.stored_bytes());
     put_file(&index.addr_string(), &big, CancellationToken::new())
@@ -432,8 +453,20 @@ async fn a_full_store_says_it_is_out_of_space() {
         message.contains("the server is out of space (3145728 bytes needed,"),
         "{message}"
     );
-    assert!(matches!(err, PutError::Refused { code: StoreErrorCode::OutOfSpace, .. }), "{err:?}");
-    assert!(part_files(disk.dir.path()).is_empty(), "a part file was left");
+    assert!(
+        matches!(
+            err,
+            PutError::Refused {
+                code: StoreErrorCode::OutOfSpace,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        part_files(disk.dir.path()).is_empty(),
+        "a part file was left"
+    );
     // A file that fits is stored.
     let small = write_file(dir.path(), "small.bin", &random_bytes(1 << 20, 8));
     put_file(&index.addr_string(), &small, CancellationToken::new())

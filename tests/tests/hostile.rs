@@ -437,7 +437,7 @@ async fn a_peer_over_the_files_cap_stays_registered() {
             format!("file {i}").as_bytes(),
         );
     }
-    let mut peer = start_peer(dir.path(), &addr).await;
+    let peer = start_peer(dir.path(), &addr).await;
     wait_until("the peer to register", Duration::from_secs(10), || {
         let registered = matches!(
             *peer.daemon.registration.borrow(),
