@@ -129,7 +129,7 @@ async fn help_names_every_command_and_its_environment_variables() {
         "PEER_SHARE",
         "PEER_LISTEN",
         "PEER_ADVERTISE",
-        "0.0.0.0:6699",
+        "[::]:6699",
         "127.0.0.1:8888",
     ] {
         assert!(text.contains(needle), "serve --help lacks {needle}: {text}");
