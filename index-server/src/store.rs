@@ -675,7 +675,11 @@ impl Store {
             }
             Ok(Err(e)) => {
                 warn!(error = %e, "cannot publish an upload");
-                refusal(StoreErrorCode::Internal, format!("cannot publish: {e}"))
+                if is_out_of_space(&e) {
+                    out_of_space(u.size, free_bytes(self.library.root()).unwrap_or(0))
+                } else {
+                    refusal(StoreErrorCode::Internal, format!("cannot publish: {e}"))
+                }
             }
             Err(e) => refusal(StoreErrorCode::Internal, e.to_string()),
         }

@@ -538,6 +538,9 @@ impl Overlay {
 
     /// Serves an incoming `Overlay` connection whose hello was answered.
     async fn accept(&self, mut stream: TcpStream, remote: SocketAddr, shutdown: CancellationToken) {
+        // An IPv4 neighbour of a dual-stack listener is named by its IPv4
+        // address, so that one neighbour has one address.
+        let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
         let mut buf = Vec::new();
         let first = wire::expect_message::<_, OverlayMessage>(
             &mut stream,
