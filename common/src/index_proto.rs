@@ -94,6 +94,10 @@ pub enum IndexRequest {
     AddPartial { files: Vec<SharedFile> },
     /// Live sources of one file, complete and partial ones apart.
     SwarmLookup { id: FileId },
+    /// `Search`, answered by `SearchPage`, which also says how many files
+    /// matched in all (so a client can say that the list was cut). An index
+    /// older than this variant closes the connection: ask again with `Search`.
+    SearchCounted { words: Vec<String>, limit: u32 },
 }
 
 /// One search result.
@@ -192,6 +196,9 @@ pub enum IndexResponse {
         complete: Vec<Source>,
         partial: Vec<Source>,
     },
+    /// Answer to `SearchCounted`: the hits (at most the limit) and how many
+    /// files matched in all.
+    SearchPage { hits: Vec<SearchHit>, total: u64 },
 }
 
 #[cfg(test)]
@@ -257,6 +264,27 @@ mod tests {
             partial: vec![],
         };
         assert_eq!(encode_frame(&answer).unwrap()[4], 8);
+    }
+
+    /// The counted search comes after every older variant.
+    #[test]
+    fn counted_search_is_appended() {
+        assert_eq!(
+            encode_frame(&IndexRequest::SearchCounted {
+                words: vec![],
+                limit: 5
+            })
+            .unwrap(),
+            [0, 0, 0, 3, 12, 0, 5]
+        );
+        assert_eq!(
+            encode_frame(&IndexResponse::SearchPage {
+                hits: vec![],
+                total: 7
+            })
+            .unwrap(),
+            [0, 0, 0, 3, 9, 0, 7]
+        );
     }
 
     #[test]

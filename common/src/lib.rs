@@ -23,6 +23,7 @@
 //! - [`im`]: nickname and direct-message rules (instant messaging).
 //! - [`units`]: durations and sizes as typed on the command line.
 //! - [`sample`]: deterministic pseudo-random sample content.
+//! - [`report`]: an error and its causes, each said once, for the commands.
 //! - `fuzzing` (feature `fuzzing`): the checks the fuzz targets run.
 
 pub mod frame;
@@ -36,6 +37,7 @@ pub mod limits;
 pub mod names;
 pub mod overlay_proto;
 pub mod peer_proto;
+pub mod report;
 pub mod sample;
 pub mod store_proto;
 pub mod units;

@@ -19,8 +19,10 @@ use crate::limits::{FRAME_TIMEOUT, HELLO_TIMEOUT, MAX_FRAME_LEN};
 /// Why a connection could not go on.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
+    // The cause is in the text, so it is a plain field, not a `source`
+    // (see `crate::report`).
     #[error("connection error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("the other side closed the connection")]
     Closed,
     #[error("timed out waiting for {0}")]
@@ -31,6 +33,12 @@ pub enum WireError {
     Hello(#[from] HelloError),
     #[error("unexpected message: {0}")]
     Unexpected(String),
+}
+
+impl From<std::io::Error> for WireError {
+    fn from(e: std::io::Error) -> Self {
+        WireError::Io(e)
+    }
 }
 
 impl WireError {

@@ -178,6 +178,8 @@ pub fn request_kind(request: &IndexRequest) -> &'static str {
         IndexRequest::WhoIs { .. } => "WhoIs",
         IndexRequest::AddPartial { .. } => "AddPartial",
         IndexRequest::SwarmLookup { .. } => "SwarmLookup",
+        // The same work as `Search`, counted as one.
+        IndexRequest::SearchCounted { .. } => "Search",
     }
 }
 
@@ -285,22 +287,10 @@ pub fn handle(
                 Err(e) => state_error(e),
             }
         }
-        IndexRequest::Search { words, limit } => {
-            if words.len() > MAX_SEARCH_WORDS || words.iter().any(|w| w.len() > MAX_WORD_LEN) {
-                return error(
-                    ErrorCode::BadRequest,
-                    format!("at most {MAX_SEARCH_WORDS} words of at most {MAX_WORD_LEN} bytes"),
-                );
-            }
-            let limit = if limit == 0 {
-                DEFAULT_SEARCH_LIMIT
-            } else {
-                limit.min(MAX_SEARCH_LIMIT)
-            };
-            IndexResponse::SearchResults {
-                hits: index.search(&words, limit as usize, now),
-            }
-        }
+        IndexRequest::Search { words, limit } => match search(index, &words, limit, now) {
+            Ok((hits, _)) => IndexResponse::SearchResults { hits },
+            Err(refusal) => refusal,
+        },
         IndexRequest::Lookup { id } => match index.lookup(&id, now) {
             Some((name, size, sources)) => IndexResponse::Sources {
                 id,
@@ -358,7 +348,32 @@ pub fn handle(
             },
             None => error(ErrorCode::NotFound, format!("no online peer offers {id}")),
         },
+        IndexRequest::SearchCounted { words, limit } => match search(index, &words, limit, now) {
+            Ok((hits, total)) => IndexResponse::SearchPage { hits, total },
+            Err(refusal) => refusal,
+        },
     }
+}
+
+/// A search's hits and how many files matched, or the refusal to answer.
+fn search(
+    index: &Index,
+    words: &[String],
+    limit: u32,
+    now: Instant,
+) -> Result<(Vec<common::index_proto::SearchHit>, u64), IndexResponse> {
+    if words.len() > MAX_SEARCH_WORDS || words.iter().any(|w| w.len() > MAX_WORD_LEN) {
+        return Err(error(
+            ErrorCode::BadRequest,
+            format!("at most {MAX_SEARCH_WORDS} words of at most {MAX_WORD_LEN} bytes"),
+        ));
+    }
+    let limit = if limit == 0 {
+        DEFAULT_SEARCH_LIMIT
+    } else {
+        limit.min(MAX_SEARCH_LIMIT)
+    };
+    Ok(index.search_counted(words, limit as usize, now))
 }
 
 #[cfg(test)]

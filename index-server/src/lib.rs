@@ -88,7 +88,15 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+// The cause is in the message, so it is a plain field, not a `source`
+// (an error chain would say it twice; see `common::report`).
+impl From<std::io::Error> for ServerError {
+    fn from(e: std::io::Error) -> Self {
+        ServerError::Io(e)
+    }
 }
 
 /// Binds and serves until `shutdown` is cancelled.

@@ -1,45 +1,68 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
 use clap::Parser;
-use common::units::parse_duration;
+use common::units::{parse_duration_in, parse_size_in, UnitError};
 use tokio_util::sync::CancellationToken;
+
+/// A duration from `min` to `max`, refused at parse time otherwise.
+fn duration(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, UnitError> + Clone + Send + Sync + 'static {
+    move |s| parse_duration_in(s, min, max)
+}
+
+const SEC: Duration = Duration::from_secs(1);
+const MS: Duration = Duration::from_millis(1);
+const DAY: Duration = Duration::from_secs(86_400);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// What `--help` says about how the server ends.
+const EXIT_STATUS_HELP: &str = "Exit status: 0 stopped by SIGINT or SIGTERM; \
+1 could not start or failed (the message says what to do); \
+2 usage error (bad flag or value, checked before anything runs). \
+Durations and sizes take units in any case (30s, 2m, 500MiB, 10gb).";
 
 /// Central index of a p2pshare network: records which peer offers which
 /// file and answers searches. File data goes directly between peers.
 #[derive(Parser, Debug)]
-#[command(name = "index-server", version, about, long_about = None)]
+#[command(name = "index-server", version, about, long_about = None, after_help = EXIT_STATUS_HELP)]
 struct Cli {
     /// Address to listen on (Napster's port by default). `[::]` takes both
     /// IPv6 and IPv4 (dual-stack), or IPv4 only where IPv6 is unavailable.
     #[arg(long, env = "INDEX_LISTEN", default_value = "[::]:8888")]
     listen: SocketAddr,
 
-    /// Lease of a peer: one that sends no heartbeat for this long is dropped
-    /// from every answer (e.g. 30s, 2m). Peers heartbeat every third of it.
-    #[arg(long, env = "INDEX_LEASE_TTL", default_value = "60s", value_parser = parse_duration)]
+    /// Lease of a peer, 1s to 1d: one that sends no heartbeat for this long
+    /// is dropped from every answer (e.g. 30s, 2m). Peers heartbeat every third of it.
+    #[arg(long, env = "INDEX_LEASE_TTL", default_value = "60s", value_parser = duration(SEC, DAY))]
     lease_ttl: Duration,
 
-    /// Most simultaneous connections; further ones are told the server is busy.
-    #[arg(long, env = "INDEX_MAX_CONNECTIONS", default_value_t = 10_000)]
+    /// Most simultaneous connections (1 to 1000000); further ones are told the server is busy.
+    #[arg(long, env = "INDEX_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     max_connections: usize,
 
     /// Most simultaneous connections from one address (IPv4, or IPv6 /64),
-    /// so that one host cannot take every place.
-    #[arg(long, env = "INDEX_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    /// so that one host cannot take every place (1 to 1000000).
+    #[arg(long, env = "INDEX_MAX_CONNECTIONS_PER_IP", default_value_t = 256,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     max_connections_per_ip: usize,
 
-    /// How long a non-sharing client (search, get) may keep an idle connection.
-    #[arg(long, env = "INDEX_CLIENT_IDLE", default_value = "5m", value_parser = parse_duration)]
+    /// How long a non-sharing client (search, get) may keep an idle connection (1s to 1d).
+    #[arg(long, env = "INDEX_CLIENT_IDLE", default_value = "5m", value_parser = duration(SEC, DAY))]
     client_idle: Duration,
 
-    /// Deadline for the rest of a message once its first byte arrived; a
-    /// client dripping bytes slower than this is cut off.
-    #[arg(long, env = "INDEX_FRAME_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    /// Deadline for the rest of a message once its first byte arrived
+    /// (100ms to 1h); a client dripping bytes slower than this is cut off.
+    #[arg(long, env = "INDEX_FRAME_TIMEOUT", default_value = "10s", value_parser = duration(100 * MS, HOUR))]
     frame_timeout: Duration,
 
-    /// Requests per second one connection may make; faster clients are slowed down.
-    #[arg(long, env = "INDEX_MAX_REQUESTS_PER_SEC", default_value_t = 200_000)]
+    /// Requests per second one connection may make (at least 1); faster clients are slowed down.
+    #[arg(long, env = "INDEX_MAX_REQUESTS_PER_SEC", default_value_t = 200_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
     max_requests_per_sec: u32,
 
     /// Most files one peer may list; further ones are refused with a clear error.
@@ -70,13 +93,13 @@ struct Cli {
     store: Option<std::path::PathBuf>,
 
     /// Most bytes the store holds, counting uploads in progress (e.g. 500MiB,
-    /// 10GiB); an upload that would exceed it is refused with a clear message.
-    #[arg(long, env = "INDEX_STORE_QUOTA", default_value = "10GiB", value_parser = common::units::parse_size)]
+    /// 10GiB; at least 1 byte); an upload that would exceed it is refused with a clear message.
+    #[arg(long, env = "INDEX_STORE_QUOTA", default_value = "10GiB", value_parser = |s: &str| parse_size_in(s, 1, u64::MAX))]
     store_quota: u64,
 
     /// How long the part file of an abandoned upload is kept for a resume
-    /// (it counts against the quota meanwhile), e.g. 30m, 1h, 24h.
-    #[arg(long, env = "INDEX_STORE_PART_EXPIRY", default_value = "1h", value_parser = parse_duration)]
+    /// (it counts against the quota meanwhile), e.g. 30m, 1h, 24h (1s to 30d).
+    #[arg(long, env = "INDEX_STORE_PART_EXPIRY", default_value = "1h", value_parser = duration(SEC, 30 * DAY))]
     store_part_expiry: Duration,
 
     /// Most uploads one client address may have unfinished at once (in
@@ -85,14 +108,14 @@ struct Cli {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     store_max_pending_per_client: u64,
 
-    /// HOST:PORT to list the store under; by default each client sees the
-    /// address it reached this server at.
-    #[arg(long, env = "INDEX_STORE_ADVERTISE")]
+    /// HOST:PORT to list the store under (HOST alone: the port we listen
+    /// on); by default each client sees the address it reached this server at.
+    #[arg(long, env = "INDEX_STORE_ADVERTISE", value_name = "HOST:PORT", value_parser = store_advertise)]
     store_advertise: Option<String>,
 
     /// How long a file copied into the store folder by hand must stay
-    /// unchanged before it is hashed and listed (0: at once).
-    #[arg(long, env = "INDEX_STORE_SETTLE", default_value = "3s", value_parser = parse_duration)]
+    /// unchanged before it is hashed and listed (0 to 1h; 0: at once).
+    #[arg(long, env = "INDEX_STORE_SETTLE", default_value = "3s", value_parser = duration(Duration::ZERO, HOUR))]
     store_settle: Duration,
 
     /// Cap on the total rate the store serves downloads at, e.g. 10MB/s or
@@ -101,9 +124,44 @@ struct Cli {
     max_upload_rate: Option<u64>,
 }
 
+/// Checks a `HOST:PORT` or `HOST` (kept as given: the port is added once
+/// the listen port is known).
+fn store_advertise(s: &str) -> Result<String, String> {
+    let (host, port) = match s.trim().rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !h.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => (h, Some(p)),
+        _ => (s.trim(), None),
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._[]:".contains(c));
+    if port_ok && host_ok {
+        Ok(s.trim().to_string())
+    } else {
+        Err(format!(
+            "address {s:?} not understood: use HOST:PORT or HOST, e.g. files.example.org:8888"
+        ))
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let cli = Cli::parse();
+    if let Err(e) = serve(cli).await {
+        // Each cause once; a closed stderr is ignored.
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "error: {}",
+            common::report::error_chain(e.as_ref())
+        );
+        std::process::exit(1);
+    }
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -114,8 +172,8 @@ async fn main() -> anyhow::Result<()> {
     let config = index_server::Config {
         listen: cli.listen,
         lease_ttl: cli.lease_ttl,
-        max_connections: cli.max_connections.max(1),
-        max_connections_per_ip: cli.max_connections_per_ip.max(1),
+        max_connections: cli.max_connections,
+        max_connections_per_ip: cli.max_connections_per_ip,
         client_idle: cli.client_idle,
         frame_timeout: cli.frame_timeout,
         max_requests_per_sec: cli.max_requests_per_sec,
@@ -129,7 +187,13 @@ async fn main() -> anyhow::Result<()> {
         store: cli.store.map(|dir| {
             let mut store = index_server::store::StoreConfig::new(dir);
             store.quota = cli.store_quota;
-            store.advertise = cli.store_advertise;
+            store.advertise = cli.store_advertise.map(|a| {
+                if a.parse::<SocketAddr>().is_ok() || a.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok()) {
+                    a
+                } else {
+                    format!("{a}:{}", cli.listen.port())
+                }
+            });
             store.settle = cli.store_settle;
             store.max_upload_rate = cli.max_upload_rate;
             store.part_expiry = cli.store_part_expiry;

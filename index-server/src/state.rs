@@ -939,11 +939,21 @@ impl Index {
     /// each candidate is confirmed against its holders' names before it is
     /// listed.
     pub fn search(&self, words: &[String], limit: usize, now: Instant) -> Vec<SearchHit> {
+        self.search_counted(words, limit, now).0
+    }
+
+    /// [`Self::search`], and how many files matched before the cut to `limit`.
+    pub fn search_counted(
+        &self,
+        words: &[String],
+        limit: usize,
+        now: Instant,
+    ) -> (Vec<SearchHit>, u64) {
         let mut tokens: Vec<String> = words.iter().flat_map(|w| tokenize(w)).collect();
         tokens.sort();
         tokens.dedup();
         if tokens.is_empty() {
-            return Vec::new();
+            return (Vec::new(), 0);
         }
         // Start from the rarest word; copy its keys so that no guard is held
         // while the other words are checked.
@@ -952,7 +962,7 @@ impl Index {
         for t in &tokens {
             let h = index.hash(t);
             match index.len(h) {
-                0 => return Vec::new(),
+                0 => return (Vec::new(), 0),
                 n => sizes.push((n, h)),
             }
         }
@@ -989,8 +999,9 @@ impl Index {
                 .then_with(|| a.name.cmp(&b.name))
                 .then(a.id.cmp(&b.id))
         });
+        let total = hits.len() as u64;
         hits.truncate(limit);
-        hits
+        (hits, total)
     }
 
     /// The live session holding nickname or address `who`. Both are unique

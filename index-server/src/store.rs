@@ -115,10 +115,10 @@ impl StoreConfig {
 /// Why the store could not open.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot use store folder {path}: {source} (create it, or pick another with --store)")]
+    #[error("cannot use store folder {path}: {reason} (create it, or pick another with --store)")]
     Dir {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("internal error: {0}")]
     Internal(String),
@@ -170,9 +170,9 @@ pub struct Store {
 impl Store {
     /// Opens (creating it if needed) and scans DIR, and registers it at `index`.
     pub async fn open(config: &StoreConfig, index: Index) -> Result<Arc<Store>, StoreError> {
-        let dir_error = |source| StoreError::Dir {
+        let dir_error = |reason| StoreError::Dir {
             path: config.dir.clone(),
-            source,
+            reason,
         };
         std::fs::create_dir_all(&config.dir).map_err(dir_error)?;
         let root = std::fs::canonicalize(&config.dir).map_err(dir_error)?;

@@ -29,17 +29,25 @@ use std::path::PathBuf;
 /// Why an experiment failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {reason}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("plotting {path}: {message}")]
     Plot { path: PathBuf, message: String },
     #[error("{0}")]
     Setup(String),
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+// The cause is in the message, so it is a plain field, not a `source`
+// (an error chain would say it twice; see `common::report`).
+impl From<std::io::Error> for LabError {
+    fn from(e: std::io::Error) -> Self {
+        LabError::Io(e)
+    }
 }
 
 impl LabError {

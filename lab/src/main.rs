@@ -4,16 +4,87 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand};
-use common::units::{parse_duration, parse_size};
+use common::units::{parse_duration_in, parse_size_in, UnitError};
 use lab::distribution::Mode;
 use lab::{connections, distribution, index_load, search_cost, Written};
 use peer::rate::parse_rate;
 
+/// `println!` that ends quietly (status 0) when stdout is a closed pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*).and_then(|()| out.flush()) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            errln!("error: cannot write the output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
+/// `eprintln!` that ignores a closed stderr.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// A count in `min..=max`; anything else is a usage error stating the range.
+fn count(min: u64, max: u64) -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(min..=max)
+}
+
+/// A duration from `min` to `max`, refused at parse time otherwise.
+fn duration(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, UnitError> + Clone + Send + Sync + 'static {
+    move |s| parse_duration_in(s, min, max)
+}
+
+/// A size from `min` to `max` bytes, refused at parse time otherwise.
+fn size(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, UnitError> + Clone + Send + Sync + 'static {
+    move |s| parse_size_in(s, min, max)
+}
+
+/// Boolean flags and their variables: 1/0, true/false, yes/no, on/off (any
+/// case); an empty variable is false.
+fn boolish(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "off" | "n" | "f" => Ok(false),
+        "1" | "true" | "yes" | "on" | "y" | "t" => Ok(true),
+        _ => Err(format!(
+            "{s:?} is not a boolean: use 1 or 0, true or false, yes or no, on or off"
+        )),
+    }
+}
+
+/// A share from 0 to 1.
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!("{s:?} is not a share from 0 to 1 (e.g. 0.01)")),
+    }
+}
+
+const MS: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const GIB: u64 = 1 << 30;
+
+/// What `--help` says about how the lab ends.
+const EXIT_STATUS_HELP: &str = "Exit status: 0 done; 1 an experiment failed (the message says why); \
+2 usage error (bad flag or value, checked before anything runs). \
+Sizes and rates take units in any case (16MiB, 10mb/s); booleans take 1/0, true/false, yes/no.";
+
 /// Scale experiments: an index and many peers in one process on 127.0.0.1.
 /// Each experiment writes NAME.csv, NAME.svg, NAME.png and NAME.md into --out.
 #[derive(Parser, Debug)]
-#[command(name = "lab", version, about, long_about = None)]
+#[command(name = "lab", version, about, long_about = None, after_help = EXIT_STATUS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,16 +99,17 @@ struct OutArg {
 
 #[derive(Args, Debug, Clone)]
 struct DistributionArgs {
-    /// Numbers of downloading peers, comma-separated.
+    /// Numbers of downloading peers (1 to 256 each), comma-separated.
     #[arg(
         long = "n",
         env = "LAB_N",
         value_delimiter = ',',
-        default_value = "1,2,4,8,16,32"
+        default_value = "1,2,4,8,16,32",
+        value_parser = count(1, 256)
     )]
     ns: Vec<usize>,
-    /// Size of the file distributed (e.g. 16MiB).
-    #[arg(long, env = "LAB_FILE_SIZE", default_value = "16MiB", value_parser = parse_size)]
+    /// Size of the file distributed (e.g. 16MiB; 1 byte to 64GiB).
+    #[arg(long, env = "LAB_FILE_SIZE", default_value = "16MiB", value_parser = size(1, 64 * GIB))]
     file_size: u64,
     /// Upload cap of the server's store (client-server) or the seed (hybrid, p2p), e.g. 40MiB/s.
     #[arg(long, env = "LAB_SERVER_UP", default_value = "40MiB/s", value_parser = parse_rate)]
@@ -59,36 +131,36 @@ struct DistributionArgs {
     /// Run real `index-server` and `peer` processes (from the lab binary's
     /// folder) instead of tasks in this process; upload counters are then
     /// not collected.
-    #[arg(long, env = "LAB_PROCESSES")]
+    #[arg(long, env = "LAB_PROCESSES", value_parser = boolish)]
     processes: bool,
 }
 
 #[derive(Args, Debug, Clone)]
 struct IndexLoadArgs {
-    /// Sharing peers that register files.
-    #[arg(long, env = "LAB_PEERS", default_value_t = 100)]
+    /// Sharing peers that register files (1 to 100000).
+    #[arg(long, env = "LAB_PEERS", default_value_t = 100, value_parser = count(1, 100_000))]
     peers: usize,
-    /// Files each peer registers.
-    #[arg(long, env = "LAB_FILES_PER_PEER", default_value_t = 1000)]
+    /// Files each peer registers (1 to 1000000).
+    #[arg(long, env = "LAB_FILES_PER_PEER", default_value_t = 1000, value_parser = count(1, 1_000_000))]
     files_per_peer: usize,
-    /// Concurrent client connections for lookups and searches.
-    #[arg(long, env = "LAB_CLIENTS", default_value_t = 4)]
+    /// Concurrent client connections for lookups and searches (1 to 1024).
+    #[arg(long, env = "LAB_CLIENTS", default_value_t = 4, value_parser = count(1, 1024))]
     clients: usize,
-    /// How long lookups, then searches, are issued.
-    #[arg(long, env = "LAB_DURATION", default_value = "3s", value_parser = parse_duration)]
+    /// How long lookups, then searches, are issued (10ms to 1h).
+    #[arg(long, env = "LAB_DURATION", default_value = "3s", value_parser = duration(10 * MS, HOUR))]
     duration: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
 struct ConnectionsArgs {
-    /// Objects to fetch.
-    #[arg(long, env = "LAB_OBJECTS", default_value_t = 10)]
+    /// Objects to fetch (1 to 10000).
+    #[arg(long, env = "LAB_OBJECTS", default_value_t = 10, value_parser = count(1, 10_000))]
     objects: usize,
-    /// Size of each object.
-    #[arg(long, env = "LAB_OBJECT_SIZE", default_value = "100KB", value_parser = parse_size)]
+    /// Size of each object (1 byte to 1GiB).
+    #[arg(long, env = "LAB_OBJECT_SIZE", default_value = "100KB", value_parser = size(1, GIB))]
     object_size: u64,
-    /// Round-trip time injected by the delaying proxy.
-    #[arg(long, env = "LAB_RTT", default_value = "100ms", value_parser = parse_duration)]
+    /// Round-trip time injected by the delaying proxy (0 to 10s).
+    #[arg(long, env = "LAB_RTT", default_value = "100ms", value_parser = duration(Duration::ZERO, 10_000 * MS))]
     rtt: Duration,
     /// Bandwidth of the emulated link (server to client).
     #[arg(long, env = "LAB_BANDWIDTH", default_value = "10MB/s", value_parser = parse_rate)]
@@ -97,38 +169,40 @@ struct ConnectionsArgs {
 
 #[derive(Args, Debug, Clone)]
 struct SearchCostArgs {
-    /// Numbers of nodes, comma-separated.
+    /// Numbers of nodes (1 to 1000000 each), comma-separated.
     #[arg(
         long = "n",
         env = "LAB_SEARCH_N",
         value_delimiter = ',',
-        default_value = "100,1000"
+        default_value = "100,1000",
+        value_parser = count(1, 1_000_000)
     )]
     ns: Vec<usize>,
-    /// Neighbours per node (the model's graph; the least the real overlay nodes keep).
-    #[arg(long, env = "LAB_DEGREE", default_value_t = 4)]
+    /// Neighbours per node, 1 to 64 (the model's graph; the least the real overlay nodes keep).
+    #[arg(long, env = "LAB_DEGREE", default_value_t = 4, value_parser = count(1, 64))]
     degree: usize,
     /// TTLs: a range like 1..7 or a list like 1,2,3.
     #[arg(long, env = "LAB_TTL", default_value = "1..7", value_parser = parse_ttls)]
     ttl: TtlList,
-    /// Share of nodes holding the searched file.
-    #[arg(long, env = "LAB_REPLICATION", default_value_t = 0.01)]
+    /// Share of nodes holding the searched file (0 to 1).
+    #[arg(long, env = "LAB_REPLICATION", default_value_t = 0.01, value_parser = fraction)]
     replication: f64,
-    /// Queries per point.
-    #[arg(long, env = "LAB_QUERIES", default_value_t = 200)]
+    /// Queries per point (1 to 1000000).
+    #[arg(long, env = "LAB_QUERIES", default_value_t = 200, value_parser = count(1, 1_000_000))]
     queries: usize,
     /// Node counts for flooding measured on real overlay nodes in this
-    /// process (comma-separated). Each node is a full
+    /// process (2 to 5000 each, comma-separated). Each node is a full
     /// p2p daemon, so keep these small on a small machine.
     #[arg(
         long = "overlay-n",
         env = "LAB_OVERLAY_N",
         value_delimiter = ',',
-        default_value = "100,300"
+        default_value = "100,300",
+        value_parser = count(2, 5000)
     )]
     overlay_ns: Vec<usize>,
-    /// Queries per TTL on the real overlay.
-    #[arg(long, env = "LAB_OVERLAY_QUERIES", default_value_t = 50)]
+    /// Queries per TTL on the real overlay (1 to 100000).
+    #[arg(long, env = "LAB_OVERLAY_QUERIES", default_value_t = 50, value_parser = count(1, 100_000))]
     overlay_queries: usize,
 }
 
@@ -136,7 +210,7 @@ struct SearchCostArgs {
 struct TtlList(Vec<u32>);
 
 fn parse_ttls(s: &str) -> Result<TtlList, String> {
-    let bad = || format!("TTLs {s:?} not understood: use a range like 1..7 or a list like 1,2,3");
+    let bad = || format!("TTLs {s:?} not understood: use a range like 1..7 or a list like 1,2,3 (each 1 to 64)");
     let list: Vec<u32> = if let Some((a, b)) = s.split_once("..") {
         let a: u32 = a.trim().parse().map_err(|_| bad())?;
         let b: u32 = b
@@ -150,7 +224,7 @@ fn parse_ttls(s: &str) -> Result<TtlList, String> {
             .map(|t| t.trim().parse().map_err(|_| bad()))
             .collect::<Result<_, _>>()?
     };
-    if list.is_empty() || list.len() > 64 || list.iter().any(|t| *t > 64) {
+    if list.is_empty() || list.len() > 64 || list.iter().any(|t| *t == 0 || *t > 64) {
         return Err(bad());
     }
     Ok(TtlList(list))
@@ -194,7 +268,7 @@ enum Command {
 }
 
 fn report(name: &str, w: &Written) {
-    println!(
+    outln!(
         "{name}: {} {} {} {}",
         w.csv.display(),
         w.svg.display(),
@@ -220,7 +294,7 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
     let (w, runs) = distribution::run(&config).await?;
     for r in &runs {
         match r.seconds {
-            Some(s) => eprintln!(
+            Some(s) => errln!(
                 "{:>13} N={:<3} {s:7.2} s  bound {:6.2} s  ratio {:.2}{}",
                 r.mode.name(),
                 r.n,
@@ -235,7 +309,7 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
                     String::new()
                 }
             ),
-            None => eprintln!("{:>13} N={:<3} {}", r.mode.name(), r.n, r.status),
+            None => errln!("{:>13} N={:<3} {}", r.mode.name(), r.n, r.status),
         }
     }
     report("distribution", &w);
@@ -252,7 +326,7 @@ async fn index_load(a: IndexLoadArgs, out: PathBuf) -> anyhow::Result<()> {
     };
     let (w, stats, rss) = index_load::run(&config).await?;
     for s in &stats {
-        eprintln!(
+        errln!(
             "{:>9}: {:>9.0}/s  p50 {:>7.0} µs  p99 {:>7.0} µs",
             s.operation,
             s.per_second(),
@@ -261,7 +335,7 @@ async fn index_load(a: IndexLoadArgs, out: PathBuf) -> anyhow::Result<()> {
         );
     }
     if let Some(b) = rss {
-        eprintln!("memory: {b:.0} bytes per indexed file (RSS growth)");
+        errln!("memory: {b:.0} bytes per indexed file (RSS growth)");
     }
     report("index-load", &w);
     Ok(())
@@ -277,7 +351,7 @@ async fn connections(a: ConnectionsArgs, out: PathBuf) -> anyhow::Result<()> {
     };
     let (w, results) = connections::run(&config).await?;
     for r in &results {
-        eprintln!(
+        errln!(
             "{:>15}: {:.3} s  model {:.3} s",
             r.fetch.name(),
             r.seconds,
@@ -329,7 +403,7 @@ async fn main() {
         Command::All { out } => run_all(out.out).await,
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        errln!("error: {}", common::report::error_chain(e.as_ref()));
         std::process::exit(1);
     }
 }

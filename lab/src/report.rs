@@ -46,9 +46,9 @@ impl Csv {
 }
 
 pub fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
-    std::fs::write(path, text).map_err(|source| LabError::Write {
+    std::fs::write(path, text).map_err(|reason| LabError::Write {
         path: path.to_path_buf(),
-        source,
+        reason,
     })
 }
 

@@ -15,10 +15,51 @@ use common::names::escape_for_terminal as esc;
 use peer::download::Progress;
 use serde::Serialize;
 
+/// `println!` for results: when stdout is a closed pipe (`peer browse X |
+/// head -1`) the command ends quietly with status 0 instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli_output::write_out(format_args!($($arg)*)) };
+}
+
+/// `eprintln!` for notes and errors: a closed stderr is ignored.
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::cli_output::write_err(format_args!($($arg)*)) };
+}
+
+/// Writes one line to stdout; see [`outln!`].
+pub fn write_out(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        output_failed(&e);
+    }
+}
+
+/// Ends the process after stdout failed: quietly (status 0) when the reader
+/// went away, else with the reason (status 1).
+pub fn output_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    write_err(format_args!("error: cannot write the output: {e}"));
+    std::process::exit(1);
+}
+
+/// Writes one line to stderr, ignoring a closed stderr.
+pub fn write_err(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_fmt(args).and_then(|()| err.write_all(b"\n"));
+}
+
 pub fn print_json<T: Serialize + ?Sized>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
-        Err(e) => eprintln!("error: cannot encode JSON: {e}"),
+        Ok(s) => outln!("{s}"),
+        Err(e) => errln!("error: cannot encode JSON: {e}"),
     }
 }
 
@@ -58,11 +99,11 @@ pub fn files_json(files: &[SharedFile]) -> serde_json::Value {
 /// stays the table).
 pub fn print_p2p_report(report: &peer::overlay::SearchReport) {
     if report.hits.is_empty() {
-        eprintln!("no files found");
+        errln!("no files found");
     } else {
-        println!("{:>7}  {:>10}  {:<64}  NAME", "SOURCES", "SIZE", "ID");
+        outln!("{:>7}  {:>10}  {:<64}  NAME", "SOURCES", "SIZE", "ID");
         for h in &report.hits {
-            println!(
+            outln!(
                 "{:>7}  {:>10}  {}  {}",
                 h.sources.len(),
                 human_size(h.size),
@@ -71,7 +112,7 @@ pub fn print_p2p_report(report: &peer::overlay::SearchReport) {
             );
         }
     }
-    eprintln!(
+    errln!(
         "flooding with TTL {}: {} nodes reached, {} messages ({} query copies, {} hit hops), {} duplicates dropped, {} ms{}",
         report.ttl,
         report.nodes_reached,
@@ -86,12 +127,12 @@ pub fn print_p2p_report(report: &peer::overlay::SearchReport) {
 
 pub fn print_hits(hits: &[SearchHit]) {
     if hits.is_empty() {
-        eprintln!("no files found");
+        errln!("no files found");
         return;
     }
-    println!("{:>7}  {:>10}  {:<64}  NAME", "SOURCES", "SIZE", "ID");
+    outln!("{:>7}  {:>10}  {:<64}  NAME", "SOURCES", "SIZE", "ID");
     for h in hits {
-        println!(
+        outln!(
             "{:>7}  {:>10}  {}  {}",
             h.sources,
             human_size(h.size),
@@ -103,12 +144,12 @@ pub fn print_hits(hits: &[SearchHit]) {
 
 pub fn print_files(files: &[SharedFile]) {
     if files.is_empty() {
-        eprintln!("this peer shares no files");
+        errln!("this peer shares no files");
         return;
     }
-    println!("{:>10}  {:<64}  NAME", "SIZE", "ID");
+    outln!("{:>10}  {:<64}  NAME", "SIZE", "ID");
     for f in files {
-        println!("{:>10}  {}  {}", human_size(f.size), f.id, esc(&f.name));
+        outln!("{:>10}  {}  {}", human_size(f.size), f.id, esc(&f.name));
     }
 }
 
@@ -162,5 +203,25 @@ impl ProgressBar {
             let _ = tx.send(());
         }
         self.bar.finish_and_clear();
+    }
+}
+
+/// Says on stderr how many files matched when the list shown is shorter
+/// (`total` is unknown when an older index answered).
+pub fn note_cut(shown: usize, total: Option<u64>, limit: u32) {
+    let max = common::limits::MAX_SEARCH_LIMIT;
+    match total {
+        Some(total) if total > shown as u64 => {
+            let more = if limit < max {
+                format!("raise --limit (at most {max}) or add words to see the rest")
+            } else {
+                format!("add words to narrow the search (the index sends at most {max})")
+            };
+            errln!("showing {shown} of {total} matching files, most sources first; {more}");
+        }
+        None if shown as u64 >= u64::from(limit) => {
+            errln!("showing the first {shown} matching files, there may be more; raise --limit (at most {max}) or add words");
+        }
+        _ => {}
     }
 }

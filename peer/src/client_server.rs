@@ -29,17 +29,17 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Why an upload failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PutError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {reason}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("{0} has no file name")]
     NoName(PathBuf),
-    #[error("cannot reach the server at {addr}: {source} (is `index-server --store DIR` running there? check --index)")]
+    #[error("cannot reach the server at {addr}: {reason} (is `index-server --store DIR` running there? check --index)")]
     Connect {
         addr: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("the index server at {0} has no store; start it with `index-server --store DIR`")]
     NoStore(String),
@@ -52,9 +52,17 @@ pub enum PutError {
     #[error("upload interrupted; run the same command again to resume (the server keeps the verified chunks)")]
     Interrupted,
     #[error("{0}; run the same command again to resume (the server keeps the verified chunks)")]
-    Wire(#[from] WireError),
+    Wire(WireError),
     #[error("the server broke the protocol: {0}")]
     Protocol(String),
+}
+
+// The cause is in the message, so it is a plain field, not a `source`
+// (an error chain would say it twice; see `common::report`).
+impl From<WireError> for PutError {
+    fn from(e: WireError) -> Self {
+        PutError::Wire(e)
+    }
 }
 
 /// What one upload did.
@@ -83,9 +91,9 @@ pub async fn put_file(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .ok_or_else(|| PutError::NoName(path.to_path_buf()))?;
-    let read_error = |source| PutError::Read {
+    let read_error = |reason| PutError::Read {
         path: path.to_path_buf(),
-        source,
+        reason,
     };
     let info = {
         let p = path.to_path_buf();
@@ -110,9 +118,9 @@ async fn upload(
 ) -> Result<PutOutcome, PutError> {
     let mut stream = transfer::net::connect_tcp(server, CONNECT_TIMEOUT)
         .await
-        .map_err(|source| PutError::Connect {
+        .map_err(|reason| PutError::Connect {
             addr: server.to_string(),
-            source,
+            reason,
         })?;
     wire::client_handshake(&mut stream, Protocol::Store)
         .await

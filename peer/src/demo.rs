@@ -44,12 +44,103 @@ async fn wait_registered(daemon: &mut Daemon) -> anyhow::Result<(String, usize)>
     }
 }
 
+/// The demo was stopped by Ctrl-C or SIGTERM (exit status 130).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// Runs the demo in a temporary folder; Ctrl-C or SIGTERM (`shutdown`)
+/// stops it at once, whatever step it is at, with [`Interrupted`].
 pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::Result<()> {
     let tmp = tempfile::Builder::new()
         .prefix("p2pshare-demo-")
         .tempdir()?;
-    let root = tmp.path().to_path_buf();
-    println!(
+    // The peers and the index stop with this token: at the end of the demo,
+    // or on an interruption (it is a child of `shutdown`).
+    let stop = shutdown.child_token();
+    let result = tokio::select! {
+        r = narrate(tmp.path(), size, stop.clone()) => r,
+        _ = shutdown.cancelled() => Err(Interrupted.into()),
+    };
+    stop.cancel();
+    let identical = result?;
+    if keep {
+        let kept = tmp.keep();
+        outln!("\nDone. Folders kept in {}.", kept.display());
+    } else {
+        outln!("\nDone. Everything was on 127.0.0.1 and has been cleaned up.");
+    }
+    if !identical {
+        bail!("the fetched file differs from the original");
+    }
+    Ok(())
+}
+
+/// Writes `size` bytes of sample content into each of `paths`, a MiB at a
+/// time on a blocking thread (never the whole file in memory), stopping
+/// with [`Interrupted`] as soon as `stop` is cancelled.
+async fn write_sample(
+    paths: Vec<std::path::PathBuf>,
+    size: u64,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        use std::io::Write;
+        let mut files = Vec::new();
+        for p in &paths {
+            let f = std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?;
+            files.push(std::io::BufWriter::new(f));
+        }
+        let mut piece = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        let mut seed = 42;
+        while written < size {
+            if stop.is_cancelled() {
+                return Err(Interrupted.into());
+            }
+            let n = (size - written).min(piece.len() as u64) as usize;
+            common::sample::fill(&mut piece[..n], seed);
+            for f in &mut files {
+                f.write_all(&piece[..n])?;
+            }
+            written += n as u64;
+            seed += 1;
+        }
+        for f in &mut files {
+            f.flush()?;
+        }
+        Ok(())
+    })
+    .await?
+}
+
+/// Whether two files hold the same bytes, read a MiB at a time.
+async fn same_contents(a: std::path::PathBuf, b: std::path::PathBuf) -> anyhow::Result<bool> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<bool> {
+        use std::io::Read;
+        let (mut fa, mut fb) = (std::fs::File::open(&a)?, std::fs::File::open(&b)?);
+        if fa.metadata()?.len() != fb.metadata()?.len() {
+            return Ok(false);
+        }
+        let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        loop {
+            let n = fa.read(&mut ba)?;
+            if n == 0 {
+                return Ok(true);
+            }
+            fb.read_exact(&mut bb[..n])?;
+            if ba[..n] != bb[..n] {
+                return Ok(false);
+            }
+        }
+    })
+    .await?
+}
+
+/// The demo's steps; returns whether the fetched sample is byte-identical.
+async fn narrate(root: &Path, size: u64, shutdown: CancellationToken) -> anyhow::Result<bool> {
+    let root = root.to_path_buf();
+    outln!(
         "p2pshare demo: the hybrid (Napster) model on loopback, in {}\n",
         root.display()
     );
@@ -62,15 +153,13 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
     let server = index_server::Server::bind(index_config).await?;
     let index_addr = server.local_addr().to_string();
     let index_task = tokio::spawn(server.run(shutdown.child_token()));
-    println!("1. Index server listening on {index_addr}. It will only ever see file names and ids, never file data.");
+    outln!("1. Index server listening on {index_addr}. It will only ever see file names and ids, never file data.");
 
     // 2. Shared folders.
-    let big = common::sample::bytes(size as usize, 42);
     for (who, files) in [
         (
             "alice",
             vec![
-                ("big sample.bin", big.clone()),
                 ("lecture notes.txt", NOTES.as_bytes().to_vec()),
                 (
                     "canción de prueba.txt",
@@ -80,10 +169,7 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
         ),
         (
             "bob",
-            vec![
-                ("big sample.bin", big.clone()),
-                ("photo.raw", common::sample::bytes(1 << 20, 7)),
-            ],
+            vec![("photo.raw", common::sample::bytes(1 << 20, 7))],
         ),
         ("carol", vec![]),
     ] {
@@ -92,7 +178,14 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
             std::fs::write(root.join(who).join(name), data)?;
         }
     }
-    println!("2. Shared folders: alice has 3 files, bob has 2 (the {} 'big sample.bin' is on both), carol has none.", human_size(size));
+    let big = root.join("alice").join("big sample.bin");
+    write_sample(
+        vec![big.clone(), root.join("bob").join("big sample.bin")],
+        size,
+        shutdown.clone(),
+    )
+    .await?;
+    outln!("2. Shared folders: alice has 3 files, bob has 2 (the {} 'big sample.bin' is on both), carol has none.", human_size(size));
 
     // 3. Peers.
     let mut alice = start_peer(&root, "alice", &index_addr, &shutdown).await?;
@@ -104,22 +197,22 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
         ("carol", &mut carol),
     ] {
         let (addr, files) = wait_registered(d).await?;
-        println!("3. {name} hashed its folder, serves chunks on {} and registered {files} file(s) at the index as {addr}.", d.listen_addr);
+        outln!("3. {name} hashed its folder, serves chunks on {} and registered {files} file(s) at the index as {addr}.", d.listen_addr);
     }
 
     // 4. Search and browse.
     let mut client = IndexClient::connect(&index_addr).await?;
     let stats = client.stats().await?;
-    println!(
+    outln!(
         "4. Index stats: {} peers, {} distinct files, {}.",
         stats.peers,
         stats.files,
         human_size(stats.bytes)
     );
     let hits = client.search(vec!["sample".into()], 10).await?;
-    println!("   carol searches 'sample' (one request to the index, one answer):");
+    outln!("   carol searches 'sample' (one request to the index, one answer):");
     for h in &hits {
-        println!(
+        outln!(
             "     {}  {:>9}  {} source(s)  {}",
             h.id.short(),
             human_size(h.size),
@@ -128,7 +221,7 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
         );
     }
     let listing = client.browse("alice").await?;
-    println!(
+    outln!(
         "   carol browses alice: {}",
         listing
             .iter()
@@ -146,7 +239,7 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
         .await?
         .context("the index lost the sample")?;
     let addrs: Vec<String> = sources.iter().map(|s| s.addr.clone()).collect();
-    println!(
+    outln!(
         "5. The index says {} is at {}. carol now fetches it directly from those peers:",
         hit.id.short(),
         addrs.join(" and ")
@@ -171,18 +264,17 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
     let outcome = carol_fetch(hit.id, hit.name.clone(), addrs).await?;
     let secs = started.elapsed().as_secs_f64();
     for s in &outcome.per_source {
-        println!("     {} sent {} verified chunk(s)", s.addr, s.chunks);
+        outln!("     {} sent {} verified chunk(s)", s.addr, s.chunks);
     }
-    println!(
+    outln!(
         "   {} in {:.2} s ({}/s) from {} source(s), every 256 KiB chunk checked against the id's hash list.",
         human_size(outcome.size),
         secs,
         human_size((outcome.size as f64 / secs.max(1e-6)) as u64),
         outcome.sources_used
     );
-    let fetched = std::fs::read(&outcome.path)?;
-    let identical = fetched == big;
-    println!(
+    let identical = same_contents(outcome.path.clone(), big).await?;
+    outln!(
         "   {} is byte-identical to the original: {}",
         outcome.path.display(),
         if identical { "yes" } else { "NO" }
@@ -191,13 +283,13 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
     // 6. By name.
     let resolved = peer::get::resolve(&index_addr, "canción de prueba.txt").await?;
     let small = carol_fetch(resolved.id, resolved.name, resolved.sources).await?;
-    println!(
+    outln!(
         "6. carol fetched by exact name too: {}",
         small.path.display()
     );
 
     // 7. Uploads as the peers saw them.
-    println!(
+    outln!(
         "7. Uploads: alice served {} chunk(s), bob {}; the index served no file data at all.",
         alice.uploads.chunks(),
         bob.uploads.chunks(),
@@ -208,16 +300,7 @@ pub async fn run(size: u64, keep: bool, shutdown: CancellationToken) -> anyhow::
         d.wait().await;
     }
     let _ = index_task.await;
-    if keep {
-        let kept = tmp.keep();
-        println!("\nDone. Folders kept in {}.", kept.display());
-    } else {
-        println!("\nDone. Everything was on 127.0.0.1 and has been cleaned up.");
-    }
-    if !identical {
-        bail!("the fetched file differs from the original");
-    }
-    Ok(())
+    Ok(identical)
 }
 
 const NOTES: &str = "Three paradigms of file sharing:\n\

@@ -19,7 +19,7 @@ pub enum ImCommand {
         #[command(flatten)]
         index: IndexArg,
         /// Print one JSON array ({nick, addr, files, bytes}) instead of a table.
-        #[arg(long, env = "PEER_JSON")]
+        #[arg(long, env = "PEER_JSON", value_parser = crate::boolish())]
         json: bool,
     },
     /// Show where the online peer called NICK is (its address, files and bytes).
@@ -27,7 +27,7 @@ pub enum ImCommand {
         #[command(flatten)]
         index: IndexArg,
         /// Print a JSON object ({nick, addr, files, bytes}) instead of the address.
-        #[arg(long, env = "PEER_JSON")]
+        #[arg(long, env = "PEER_JSON", value_parser = crate::boolish())]
         json: bool,
         /// The peer's nickname, as `peer who` shows it.
         nick: String,
@@ -44,7 +44,7 @@ pub enum ImCommand {
         #[arg(long, env = "PEER_NICK")]
         from: Option<String>,
         /// Print a JSON object ({to, addr}) when delivered.
-        #[arg(long, env = "PEER_JSON")]
+        #[arg(long, env = "PEER_JSON", value_parser = crate::boolish())]
         json: bool,
         /// The recipient's nickname.
         nick: String,
@@ -61,7 +61,7 @@ pub enum ImCommand {
         #[arg(long, env = "PEER_SHARE")]
         share: PathBuf,
         /// Print one JSON array ({from, source, received_unix_ms, text}).
-        #[arg(long, env = "PEER_JSON")]
+        #[arg(long, env = "PEER_JSON", value_parser = crate::boolish())]
         json: bool,
     },
 }
@@ -75,14 +75,14 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
                 let all: Vec<_> = peers.iter().map(peer_json).collect();
                 print_json(&all);
             } else if peers.is_empty() {
-                eprintln!("nobody is online");
+                errln!("nobody is online");
             } else {
-                println!(
+                outln!(
                     "{:<32}  {:<24}  {:>7}  {:>10}",
                     "NICK", "ADDRESS", "FILES", "SIZE"
                 );
                 for p in &peers {
-                    println!(
+                    outln!(
                         "{:<32}  {:<24}  {:>7}  {:>10}",
                         esc(p.nick.as_deref().unwrap_or("-")),
                         esc(&p.addr),
@@ -102,7 +102,7 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
             if json {
                 print_json(&peer_json(&p));
             } else {
-                println!("{}", esc(&p.addr));
+                outln!("{}", esc(&p.addr));
             }
             Ok(0)
         }
@@ -119,7 +119,7 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
             if json {
                 print_json(&delivery);
             } else {
-                println!(
+                outln!(
                     "delivered to {} at {}",
                     esc(&delivery.to),
                     esc(&delivery.addr)
@@ -145,7 +145,7 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
             if json {
                 print_json(&messages);
             } else if messages.is_empty() {
-                eprintln!("no messages");
+                errln!("no messages");
             } else {
                 for m in &messages {
                     print_message(m);
@@ -161,7 +161,7 @@ fn peer_json(p: &PeerSummary) -> serde_json::Value {
 }
 
 fn print_message(m: &InboxMessage) {
-    println!(
+    outln!(
         "{}  {} ({})",
         utc_time(m.received_unix_ms),
         esc(&m.from),
@@ -171,7 +171,7 @@ fn print_message(m: &InboxMessage) {
     // written by an older or altered build harmless too. Tabs stay tabs.
     for line in m.text.lines() {
         let shown: Vec<_> = line.split('\t').map(esc).collect();
-        println!("    {}", shown.join("\t"));
+        outln!("    {}", shown.join("\t"));
     }
 }
 

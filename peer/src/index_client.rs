@@ -28,11 +28,19 @@ pub enum IndexError {
     #[error("index server at {addr} did not answer the connection within {secs} s")]
     ConnectTimeout { addr: String, secs: u64 },
     #[error("talking to the index server: {0}")]
-    Wire(#[from] WireError),
+    Wire(WireError),
     #[error("the index server refused: {message}")]
     Refused { code: ErrorCode, message: String },
     #[error("the index server sent an unexpected answer: {0}")]
     Unexpected(String),
+}
+
+// The cause is in the message, so it is a plain field, not a `source`
+// (an error chain would say it twice; see `common::report`).
+impl From<WireError> for IndexError {
+    fn from(e: WireError) -> Self {
+        IndexError::Wire(e)
+    }
 }
 
 impl IndexError {
@@ -59,6 +67,8 @@ pub struct SwarmFound {
 
 /// One open connection to the index server.
 pub struct IndexClient {
+    /// The address connected to, to connect again (see [`Self::search_counted`]).
+    addr: String,
     reader: BufReader<OwnedReadHalf>,
     writer: BufWriter<OwnedWriteHalf>,
     buf: Vec<u8>,
@@ -84,6 +94,7 @@ impl IndexClient {
         wire::client_handshake(&mut stream, Protocol::Index).await?;
         let (r, w) = stream.into_split();
         Ok(IndexClient {
+            addr: addr.to_string(),
             reader: BufReader::new(r),
             writer: BufWriter::new(w),
             buf: Vec::new(),
@@ -143,6 +154,30 @@ impl IndexClient {
         match self.request(&IndexRequest::Search { words, limit }).await? {
             IndexResponse::SearchResults { hits } => Ok(hits),
             other => Err(IndexError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Hits (at most `limit`) and how many files matched in all. The total
+    /// is `None` when the index predates `SearchCounted`: it closes the
+    /// connection on the unknown request, and the search is asked again
+    /// the old way on a new connection.
+    pub async fn search_counted(
+        &mut self,
+        words: Vec<String>,
+        limit: u32,
+    ) -> Result<(Vec<SearchHit>, Option<u64>), IndexError> {
+        let request = IndexRequest::SearchCounted {
+            words: words.clone(),
+            limit,
+        };
+        match self.request(&request).await {
+            Ok(IndexResponse::SearchPage { hits, total }) => Ok((hits, Some(total))),
+            Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
+            Err(IndexError::Wire(WireError::Closed | WireError::Io(_))) => {
+                *self = IndexClient::connect(&self.addr).await?;
+                Ok((self.search(words, limit).await?, None))
+            }
+            Err(e) => Err(e),
         }
     }
 

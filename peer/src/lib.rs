@@ -2,6 +2,7 @@
 //! verified chunks directly from the peers that hold a file.
 //!
 //! # Layout
+//! - [`addr`]: `HOST:PORT` arguments (default ports, host names).
 //! - [`serve`]: the `peer serve` daemon (scan, chunk server, registrar).
 //! - [`registrar`]: staying registered at the index (leases, diffs, reconnects).
 //! - [`index_client`]: one connection to the index, for daemon and CLI.
@@ -20,6 +21,7 @@
 //! is re-exported here under the same names, as is the [`inbox`] of
 //! direct messages.
 
+pub mod addr;
 pub mod client_server;
 pub mod get;
 pub mod im;

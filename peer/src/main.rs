@@ -1,6 +1,7 @@
 //! The `peer` command: share a folder, search, fetch, browse, hash, and
 //! the instant-messaging commands (who, whois, msg, inbox).
 
+#[macro_use]
 mod cli_output;
 mod demo;
 mod im_cli;
@@ -11,8 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use common::units::parse_duration;
+use common::units::{parse_duration_in, parse_size_in, UnitError};
 use peer::download::{DownloadError, EngineConfig, Progress};
 use peer::get::GetError;
 use peer::index_client::IndexClient;
@@ -22,16 +24,55 @@ use tokio_util::sync::CancellationToken;
 /// A peer of a p2pshare network: share a folder, search the index, and
 /// fetch files directly from the peers that hold them, every chunk verified.
 #[derive(Parser, Debug)]
-#[command(name = "peer", version, about, long_about = None)]
+#[command(name = "peer", version, about, long_about = None, after_help = EXIT_STATUS_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// What every command's `--help` says about how it ends.
+const EXIT_STATUS_HELP: &str = "Exit status: 0 done; 1 failed (the message says what to do); \
+2 usage error (bad flag or value, checked before anything runs); \
+130 interrupted by Ctrl-C or SIGTERM (a download or upload resumes when run again). \
+Boolean flags and their variables take 1/0, true/false, yes/no or on/off; \
+sizes and rates take units in any case (10MB, 10mb/s, 2MiB, 2m).";
+
+/// Boolean flags and their environment variables: 1/0, true/false, yes/no,
+/// on/off in any case; an empty variable is false (as if unset).
+fn boolish() -> impl Fn(&str) -> Result<bool, String> + Clone + Send + Sync + 'static {
+    |s: &str| match s.trim().to_ascii_lowercase().as_str() {
+        "" | "0" | "false" | "no" | "off" | "n" | "f" => Ok(false),
+        "1" | "true" | "yes" | "on" | "y" | "t" => Ok(true),
+        _ => Err(format!(
+            "{s:?} is not a boolean: use 1 or 0, true or false, yes or no, on or off"
+        )),
+    }
+}
+
+/// A count in `min..=max`; anything else is a usage error that states the range.
+fn count(min: u64, max: u64) -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(min..=max)
+}
+
+/// A duration from `min` to `max`, refused at parse time otherwise.
+fn duration(
+    min: Duration,
+    max: Duration,
+) -> impl Fn(&str) -> Result<Duration, UnitError> + Clone + Send + Sync + 'static {
+    move |s| parse_duration_in(s, min, max)
+}
+
+const MS: Duration = Duration::from_millis(1);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+/// Gnutella's hop limit, which overlay nodes also enforce.
+const MAX_TTL: u8 = 7;
+
 #[derive(Args, Debug, Clone)]
 struct IndexArg {
-    /// Index server to talk to, HOST:PORT.
-    #[arg(long, env = "PEER_INDEX", default_value = "127.0.0.1:8888")]
+    /// Index server to talk to, HOST:PORT or HOST (port 8888); host names are resolved.
+    #[arg(long, env = "PEER_INDEX", value_name = "HOST:PORT", default_value = "127.0.0.1:8888",
+          value_parser = |s: &str| peer::addr::parse_host_port(s, peer::addr::INDEX_PORT))]
     index: String,
 }
 
@@ -50,24 +91,31 @@ enum Mode {
 /// Settings of a flooding search (`--mode p2p`).
 #[derive(Args, Debug, Clone)]
 struct P2pSearchArgs {
-    /// Overlay node that floods the query on our behalf, HOST:PORT (its peer port).
-    #[arg(long, env = "PEER_VIA")]
+    /// Overlay node that floods the query on our behalf (needed with
+    /// --mode p2p): HOST:PORT of its peer port, or HOST (port 6699).
+    #[arg(long, env = "PEER_VIA", value_name = "HOST:PORT",
+          value_parser = |s: &str| peer::addr::parse_host_port(s, peer::addr::PEER_PORT))]
     via: Option<String>,
-    /// Hop limit of the flooded query, counted from the --via node (Gnutella
-    /// uses 7; every node clamps a larger one to 7).
-    #[arg(long, env = "PEER_TTL", default_value_t = peer::overlay::DEFAULT_TTL)]
+    /// Hop limit of the flooded query, counted from the --via node, 1 to 7
+    /// (Gnutella's limit; every node clamps a larger one to 7).
+    #[arg(long, env = "PEER_TTL", default_value_t = peer::overlay::DEFAULT_TTL,
+          value_parser = clap::value_parser!(u8).range(1..=MAX_TTL as i64))]
     ttl: u8,
-    /// Longest wait for answers; the search stops earlier once every copy
-    /// of the query is accounted for, or when no answer came for 1 s.
-    #[arg(long, env = "PEER_WAIT", default_value = "2s", value_parser = parse_duration)]
+    /// Longest wait for answers, 10ms to 1h; the search stops earlier once
+    /// every copy of the query is accounted for, or when no answer came for 1 s.
+    #[arg(long, env = "PEER_WAIT", default_value = "2s", value_parser = duration(10 * MS, HOUR))]
     wait: Duration,
 }
 
 impl P2pSearchArgs {
-    fn via(&self) -> anyhow::Result<&str> {
-        self.via.as_deref().context(
-            "--mode p2p needs --via HOST:PORT: an overlay node (`peer serve --mode p2p`) to search through",
-        )
+    /// The --via node; its absence is a usage error (exit status 2).
+    fn via(&self) -> String {
+        match &self.via {
+            Some(via) => via.clone(),
+            None => usage_error(
+                "--mode p2p needs --via HOST:PORT: an overlay node (`peer serve --mode p2p`) to search through",
+            ),
+        }
     }
 }
 
@@ -97,28 +145,32 @@ enum Command {
         #[arg(long, env = "PEER_LISTEN", default_value = "[::]:6699")]
         listen: SocketAddr,
         /// HOST:PORT other peers should use to reach this one, when the
-        /// index would otherwise see a NAT or container address.
-        #[arg(long, env = "PEER_ADVERTISE")]
+        /// index would otherwise see a NAT or container address (HOST alone:
+        /// the port we listen on).
+        #[arg(long, env = "PEER_ADVERTISE", value_name = "HOST:PORT",
+              value_parser = |s: &str| peer::addr::parse_host_port(s, 1).map(|_| s.trim().to_string()))]
         advertise: Option<String>,
         /// Nickname shown to other peers and used to browse and message this
-        /// one; unique among online peers, a clash stops the peer at start
-        /// [default: this machine's host name].
+        /// one: 1 to 32 letters, digits, '-', '_' or '.', unique among online
+        /// peers. A nickname given here that another peer uses stops this
+        /// one (exit status 1). Without it the host name is used, and when
+        /// that is taken a free variant (host-2, host-3, ...), said in the log.
         #[arg(long, env = "PEER_NICK")]
         nick: Option<String>,
         /// Folder for the hash cache (default: SHARE/.p2pshare).
         #[arg(long, env = "PEER_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
-        /// How often to look for added, changed and removed files.
-        #[arg(long, env = "PEER_RESCAN_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+        /// How often to look for added, changed and removed files (100ms to 1d).
+        #[arg(long, env = "PEER_RESCAN_INTERVAL", default_value = "10s", value_parser = duration(100 * MS, DAY))]
         rescan_interval: Duration,
         /// How long a file must stay unchanged (size, times, inode) before it
         /// is hashed and shared, so a file still being written is not shared
-        /// half-done; 0 shares files as soon as they are seen.
-        #[arg(long, env = "PEER_SETTLE", default_value = "3s", value_parser = parse_duration)]
+        /// half-done; 0 shares files as soon as they are seen (0 to 1d).
+        #[arg(long, env = "PEER_SETTLE", default_value = "3s", value_parser = duration(Duration::ZERO, DAY))]
         settle: Duration,
-        /// Upload slots: most chunks sent at once. A connection holds a slot
-        /// only while it sends a chunk; further requests wait their turn.
-        #[arg(long, env = "PEER_MAX_UPLOADS", default_value_t = 32)]
+        /// Upload slots: most chunks sent at once (1 to 4096). A connection
+        /// holds a slot only while it sends a chunk; further requests wait their turn.
+        #[arg(long, env = "PEER_MAX_UPLOADS", default_value_t = 32, value_parser = count(1, 4096))]
         max_uploads: usize,
         /// Most upload connections at once; further peers are told the peer
         /// is busy (they retry later).
@@ -126,23 +178,26 @@ enum Command {
         max_upload_connections: usize,
         /// Most upload connections from one address (IPv4, or IPv6 /64), so
         /// one host cannot take every place.
-        #[arg(long, env = "PEER_MAX_CONNECTIONS_PER_IP", default_value_t = common::limits::UPLOAD_CONNECTIONS_PER_SOURCE)]
+        #[arg(long, env = "PEER_MAX_CONNECTIONS_PER_IP", default_value_t = common::limits::UPLOAD_CONNECTIONS_PER_SOURCE,
+              value_parser = count(1, 65_536))]
         max_connections_per_ip: usize,
         /// hybrid: register at the index (default); p2p: join an overlay
         /// through --neighbor, no index. (client-server has no serving
         /// peers: run `index-server --store DIR` and `peer put` instead.)
         #[arg(long, env = "PEER_MODE", value_enum, default_value = "hybrid")]
         mode: Mode,
-        /// p2p: an overlay node to join through, HOST:PORT; repeat the flag
-        /// (or separate with commas in PEER_NEIGHBORS) for several.
-        #[arg(long = "neighbor", env = "PEER_NEIGHBORS", value_delimiter = ',')]
+        /// p2p: an overlay node to join through, HOST:PORT or HOST (port
+        /// 6699); repeat the flag (or separate with commas in PEER_NEIGHBORS)
+        /// for several.
+        #[arg(long = "neighbor", env = "PEER_NEIGHBORS", value_name = "HOST:PORT", value_delimiter = ',',
+              value_parser = |s: &str| peer::addr::parse_host_port(s, peer::addr::PEER_PORT))]
         neighbors: Vec<String>,
-        /// p2p: neighbours to keep; below it the node dials addresses it
-        /// learned by ping/pong (and the --neighbor ones again).
-        #[arg(long, env = "PEER_DEGREE", default_value_t = 4)]
+        /// p2p: neighbours to keep (1 to 64); below it the node dials
+        /// addresses it learned by ping/pong (and the --neighbor ones again).
+        #[arg(long, env = "PEER_DEGREE", default_value_t = 4, value_parser = count(1, 64))]
         degree: usize,
-        /// p2p: how often to ping neighbours and replace missing ones.
-        #[arg(long, env = "PEER_PING_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+        /// p2p: how often to ping neighbours and replace missing ones (100ms to 1h).
+        #[arg(long, env = "PEER_PING_INTERVAL", default_value = "5s", value_parser = duration(100 * MS, HOUR))]
         ping_interval: Duration,
         #[command(flatten)]
         rates: RateArgs,
@@ -158,10 +213,12 @@ enum Command {
         #[command(flatten)]
         index: IndexArg,
         /// Print one JSON array (id, name, size, sources) instead of a table.
-        #[arg(long, env = "PEER_JSON")]
+        #[arg(long, env = "PEER_JSON", value_parser = boolish())]
         json: bool,
-        /// Most results to show.
-        #[arg(long, env = "PEER_LIMIT", default_value_t = 100)]
+        /// Most results to show, 1 to 1000 (the index never sends more); when
+        /// more files match, a note on stderr says how many.
+        #[arg(long, env = "PEER_LIMIT", default_value_t = common::limits::DEFAULT_SEARCH_LIMIT,
+              value_parser = clap::value_parser!(u32).range(1..=common::limits::MAX_SEARCH_LIMIT as i64))]
         limit: u32,
         /// hybrid and client-server: ask the index; p2p: flood the overlay
         /// through --via (and report the messages and nodes it cost).
@@ -181,16 +238,16 @@ enum Command {
         #[arg(short = 'o', long = "out", env = "PEER_OUT", default_value = ".")]
         out: PathBuf,
         /// Print a JSON object (path, id, size, sources_used) instead of the path.
-        #[arg(long, env = "PEER_JSON")]
+        #[arg(long, env = "PEER_JSON", value_parser = boolish())]
         json: bool,
-        /// Drop a source that sends nothing for this long.
-        #[arg(long, env = "PEER_STALL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+        /// Drop a source that sends nothing for this long (100ms to 1d).
+        #[arg(long, env = "PEER_STALL_TIMEOUT", default_value = "10s", value_parser = duration(100 * MS, DAY))]
         stall_timeout: Duration,
-        /// Most sources to fetch from at once.
-        #[arg(long, env = "PEER_MAX_SOURCES", default_value_t = 16)]
+        /// Most sources to fetch from at once (1 to 256).
+        #[arg(long, env = "PEER_MAX_SOURCES", default_value_t = 16, value_parser = count(1, 256))]
         max_sources: usize,
-        /// Chunk requests kept in flight per source.
-        #[arg(long, env = "PEER_PIPELINE", default_value_t = 16)]
+        /// Chunk requests kept in flight per source (1 to 256).
+        #[arg(long, env = "PEER_PIPELINE", default_value_t = 16, value_parser = count(1, 256))]
         pipeline: usize,
         /// hybrid: every peer the index lists; client-server: the index
         /// server's store only (never another peer); p2p: the nodes a
@@ -219,45 +276,60 @@ enum Command {
         #[command(flatten)]
         index: IndexArg,
         /// Print a JSON array (path, id, stored_as, chunks_sent, ...) instead of lines.
-        #[arg(long, env = "PEER_JSON")]
+        #[arg(long, env = "PEER_JSON", value_parser = boolish())]
         json: bool,
         /// Files to upload.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// List the files one peer shares (by HOST:PORT as the index shows it, or nickname).
+    /// List the files one peer shares (by nickname, or by address as `peer who` shows it).
     Browse {
         #[command(flatten)]
         index: IndexArg,
-        #[arg(long, env = "PEER_JSON")]
+        /// Print one JSON array (id, name, size) instead of a table.
+        #[arg(long, env = "PEER_JSON", value_parser = boolish())]
         json: bool,
+        /// The peer: its nickname (`peer who` lists them), or HOST:PORT of
+        /// its chunk server (a host name is resolved; HOST alone means port 6699).
         peer: String,
     },
-    /// Print a file's id (what `peer get` and the index know it by).
+    /// Print the id of each FILE (what `peer get` and the index know it by).
     Hash {
-        #[arg(long, env = "PEER_JSON")]
+        /// Print one JSON array (path, id, size, chunks) instead of lines.
+        #[arg(long, env = "PEER_JSON", value_parser = boolish())]
         json: bool,
-        file: PathBuf,
+        /// Files to hash; with several, each line is `ID  PATH`.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Counts of online peers, files and bytes at the index.
     Stats {
         #[command(flatten)]
         index: IndexArg,
-        #[arg(long, env = "PEER_JSON")]
+        /// Print a JSON object (peers, files, bytes) instead of a line.
+        #[arg(long, env = "PEER_JSON", value_parser = boolish())]
         json: bool,
     },
     /// Start an index and three peers on loopback, share sample files,
     /// search and fetch, and explain each step. Needs nothing set up.
     Demo {
-        /// Size of the large sample file shared by two peers.
-        #[arg(long, default_value = "32MiB", value_parser = common::units::parse_size)]
+        /// Size of the large sample file shared by two peers (1 byte to 1TiB;
+        /// it is written twice into a temporary folder).
+        #[arg(long, env = "PEER_DEMO_SIZE", default_value = "32MiB",
+              value_parser = |s: &str| parse_size_in(s, 1, common::limits::MAX_FILE_SIZE))]
         size: u64,
         /// Keep the demo's folders instead of deleting them.
-        #[arg(long)]
+        #[arg(long, env = "PEER_DEMO_KEEP", value_parser = boolish())]
         keep: bool,
     },
     #[command(flatten)]
     Im(im_cli::ImCommand),
+}
+
+/// Ends the command as clap ends a usage error: the message, exit status 2.
+fn usage_error(message: &str) -> ! {
+    errln!("error: {message}\n\nFor more information, try '--help'.");
+    std::process::exit(2)
 }
 
 fn init_tracing(default: &str) {
@@ -299,7 +371,7 @@ async fn main() {
     let code = match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {}", common::report::error_chain(e.as_ref()));
             1
         }
     };
@@ -339,12 +411,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         link_idle: (ping_interval * 6).max(Duration::from_secs(30)),
                     });
                 }
-                Mode::ClientServer => anyhow::bail!(
+                Mode::ClientServer => usage_error(
                     "in client-server mode the server holds the files: run `index-server --store DIR` and upload with `peer put FILE`"
                 ),
             }
             config.listen = listen;
             config.advertise = advertise;
+            // Only a nickname the user chose stops the peer on a clash.
+            config.nick_fallback = nick.is_none();
             config.nick = Some(nick.unwrap_or_else(peer::im::default_nick));
             config.cache_dir = cache_dir;
             config.rescan_interval = rescan_interval;
@@ -366,7 +440,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             p2p,
             words,
         } => {
-            let mut report = peer::overlay::search(p2p.via()?, words, p2p.ttl, p2p.wait).await?;
+            let shutdown = shutdown_on_signals()?;
+            let via = p2p.via();
+            let search = peer::overlay::search(&via, words, p2p.ttl, p2p.wait);
+            let mut report = tokio::select! {
+                report = search => report?,
+                _ = shutdown.cancelled() => return Ok(interrupted()),
+            };
+            let total = report.hits.len() as u64;
             report.hits.truncate(limit as usize);
             let _ = index;
             if json {
@@ -374,6 +455,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 cli_output::print_p2p_report(&report);
             }
+            cli_output::note_cut(report.hits.len(), Some(total), limit);
             Ok(0)
         }
         Command::Search {
@@ -385,12 +467,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             words,
         } => {
             let mut client = IndexClient::connect(&index.index).await?;
-            let hits = client.search(words, limit).await?;
+            let (hits, total) = client.search_counted(words, limit).await?;
             if json {
                 cli_output::print_json(&cli_output::hits_json(&hits));
             } else {
                 cli_output::print_hits(&hits);
             }
+            cli_output::note_cut(hits.len(), total, limit);
             Ok(0)
         }
         Command::Get {
@@ -416,7 +499,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let progress = Arc::new(Progress::default());
             let bar = cli_output::ProgressBar::start(progress.clone(), &target);
             if mode == Mode::P2p {
-                let via = p2p.via()?.to_string();
+                let via = p2p.via();
                 let result = peer::overlay::get::get(
                     &via, &target, p2p.ttl, p2p.wait, out, engine, progress, shutdown,
                 )
@@ -427,18 +510,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         if json {
                             cli_output::print_json(&outcome);
                         } else {
-                            eprintln!(
+                            errln!(
                                 "found by flooding: {} nodes reached, {} messages",
                                 outcome.search.nodes_reached, outcome.search.messages
                             );
-                            println!("{}", outcome.download.path.display());
+                            outln!("{}", outcome.download.path.display());
                         }
                         Ok(0)
                     }
                     Err(peer::overlay::get::P2pGetError::Download(
                         e @ DownloadError::Interrupted { .. },
                     )) => {
-                        eprintln!("{e}");
+                        errln!("{e}");
                         Ok(130)
                     }
                     Err(e) => Err(e.into()),
@@ -461,14 +544,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         if json {
                             cli_output::print_json(&outcome);
                         } else {
-                            println!("{}", outcome.path.display());
+                            outln!("{}", outcome.path.display());
                         }
                         Ok(0)
                     }
                     Err(peer::client_server::ServerGetError::Download(
                         e @ DownloadError::Interrupted { .. },
                     )) => {
-                        eprintln!("{e}");
+                        errln!("{e}");
                         Ok(130)
                     }
                     Err(e) => Err(e.into()),
@@ -482,12 +565,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     if json {
                         cli_output::print_json(&outcome);
                     } else {
-                        println!("{}", outcome.path.display());
+                        outln!("{}", outcome.path.display());
                     }
                     Ok(0)
                 }
                 Err(GetError::Download(e @ DownloadError::Interrupted { .. })) => {
-                    eprintln!("{e}");
+                    errln!("{e}");
                     Ok(130)
                 }
                 Err(e) => Err(e.into()),
@@ -498,16 +581,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let mut outcomes = Vec::new();
             for file in &files {
                 let outcome =
-                    peer::client_server::put_file(&index.index, file, shutdown.clone()).await?;
+                    match peer::client_server::put_file(&index.index, file, shutdown.clone()).await
+                    {
+                        Ok(outcome) => outcome,
+                        Err(e @ peer::client_server::PutError::Interrupted) => {
+                            errln!("{e}");
+                            return Ok(130);
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                 if !json {
                     if outcome.already_stored {
-                        println!(
+                        outln!(
                             "{}: already in the store as {:?}; nothing sent",
                             file.display(),
                             outcome.stored_as
                         );
                     } else {
-                        println!(
+                        outln!(
                             "{}: stored as {:?} ({} chunks sent, {} already there)",
                             file.display(),
                             outcome.stored_as,
@@ -525,7 +616,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Browse { index, json, peer } => {
             let mut client = IndexClient::connect(&index.index).await?;
-            let files = client.browse(&peer).await?;
+            let files = browse(&mut client, &peer).await?;
             if json {
                 cli_output::print_json(&cli_output::files_json(&files));
             } else {
@@ -533,18 +624,33 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Hash { json, file } => {
-            let path = file.clone();
-            let info = tokio::task::spawn_blocking(move || peer::scan::hash_file(&path))
-                .await?
-                .with_context(|| format!("cannot read {}", file.display()))?;
+        Command::Hash { json, files } => {
+            let shutdown = shutdown_on_signals()?;
+            let mut all = Vec::new();
+            for file in &files {
+                let path = file.clone();
+                let hashing = tokio::task::spawn_blocking(move || peer::scan::hash_file(&path));
+                let info = tokio::select! {
+                    info = hashing => info?.with_context(|| format!("cannot read {}", file.display()))?,
+                    _ = shutdown.cancelled() => return Ok(interrupted()),
+                };
+                if json {
+                    all.push(serde_json::json!({
+                        "id": info.id.to_hex(), "size": info.size, "chunks": info.chunk_count(),
+                        "path": file.display().to_string(),
+                    }));
+                } else if files.len() == 1 {
+                    outln!("{}", info.id);
+                } else {
+                    outln!("{}  {}", info.id, file.display());
+                }
+            }
             if json {
-                cli_output::print_json(&serde_json::json!({
-                    "id": info.id.to_hex(), "size": info.size, "chunks": info.chunk_count(),
-                    "path": file.display().to_string(),
-                }));
-            } else {
-                println!("{}", info.id);
+                if files.len() == 1 {
+                    cli_output::print_json(&all[0]);
+                } else {
+                    cli_output::print_json(&all);
+                }
             }
             Ok(0)
         }
@@ -556,7 +662,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     &serde_json::json!({"peers": s.peers, "files": s.files, "bytes": s.bytes}),
                 );
             } else {
-                println!(
+                outln!(
                     "{} peers online, {} files, {}",
                     s.peers,
                     s.files,
@@ -567,9 +673,40 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Demo { size, keep } => {
             let shutdown = shutdown_on_signals()?;
-            demo::run(size, keep, shutdown).await?;
-            Ok(0)
+            match demo::run(size, keep, shutdown).await {
+                Err(e) if e.is::<demo::Interrupted>() => Ok(interrupted()),
+                other => other.map(|()| 0),
+            }
         }
         Command::Im(command) => im_cli::run(command).await,
     }
+}
+
+/// Says that the command was interrupted; returns its exit status (130).
+fn interrupted() -> i32 {
+    errln!("interrupted");
+    130
+}
+
+/// One peer's files, by nickname or address; an address with a host name or
+/// without a port is tried as the index publishes addresses (`IP:PORT`).
+async fn browse(
+    client: &mut IndexClient,
+    peer: &str,
+) -> Result<Vec<common::index_proto::SharedFile>, peer::index_client::IndexError> {
+    let first = client.browse(peer).await;
+    match &first {
+        Err(e) if e.code() == Some(common::index_proto::ErrorCode::NotFound) => {}
+        _ => return first,
+    }
+    for candidate in peer::addr::resolve_candidates(peer, peer::addr::PEER_PORT)
+        .await
+        .into_iter()
+        .skip(1)
+    {
+        if let Ok(files) = client.browse(&candidate).await {
+            return Ok(files);
+        }
+    }
+    first
 }

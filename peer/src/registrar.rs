@@ -6,11 +6,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::id::FileId;
+use common::hello::HelloError;
 use common::index_proto::{ErrorCode, IndexRequest, IndexResponse, Login, SharedFile};
 use common::limits::MAX_FILES_PER_BATCH;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use common::wire::WireError;
 
 use crate::index_client::{IndexClient, IndexError};
 use crate::library::Library;
@@ -25,7 +28,8 @@ pub enum RegistrationState {
         addr: String,
         files: usize,
     },
-    /// Refused for good (for example a nickname clash); not retried.
+    /// Refused for good (a nickname clash, an invalid login, another
+    /// protocol version or service); not retried. The text says what to do.
     Refused(String),
 }
 
@@ -34,7 +38,38 @@ pub struct RegistrarConfig {
     pub login: Login,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// The nickname was not chosen by the user (the host name): when it is
+    /// taken, register under a free variant (`name-2`, `name-3`, ...)
+    /// instead of stopping.
+    pub nick_fallback: bool,
 }
+
+/// Whether the index refused the login for a reason that retrying cannot
+/// change (another protocol version or service, an invalid login); a
+/// nickname clash is handled apart.
+fn permanent(e: &IndexError) -> bool {
+    match e {
+        IndexError::Refused { code, .. } => {
+            matches!(code, ErrorCode::BadRequest | ErrorCode::AlreadyLoggedIn)
+        }
+        IndexError::Wire(WireError::Hello(h)) => !matches!(h, HelloError::Busy),
+        _ => false,
+    }
+}
+
+/// The `n`th variant of a nickname (`n` ≥ 2): `name-n`, the name shortened
+/// (at a character boundary) so that the variant stays a valid nickname.
+pub fn nick_variant(base: &str, n: u32) -> String {
+    let suffix = format!("-{n}");
+    let mut cut = common::limits::MAX_NICK_LEN.saturating_sub(suffix.len()).min(base.len());
+    while !base.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{suffix}", &base[..cut])
+}
+
+/// Most nickname variants tried in a row before waiting like any failure.
+const MAX_NICK_VARIANTS: u32 = 1000;
 
 /// Runs until `shutdown`. Refusals that retrying cannot fix end the loop.
 pub async fn run(
@@ -50,11 +85,14 @@ pub async fn run(
     // have been registered, a clash is our own old session whose lease has
     // not run out yet (a half-open connection): wait for it.
     let mut registered_once = false;
+    let mut login = config.login.clone();
+    let base_nick = login.nick.clone().unwrap_or_default();
+    let mut variant = 1;
     loop {
         state.send_replace(RegistrationState::Connecting);
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = session(&config, &library, &state, &mut backoff, &mut registered_once, &mut refusals) => r,
+            r = session(&config, &login, &library, &state, &mut backoff, &mut registered_once, &mut refusals) => r,
         };
         let Err(e) = result else { return };
         if let IndexError::Refused {
@@ -62,6 +100,14 @@ pub async fn run(
             message,
         } = &e
         {
+            if *code == ErrorCode::NickTaken && config.nick_fallback && variant < MAX_NICK_VARIANTS {
+                // A nickname the user did not choose never stops the peer.
+                variant += 1;
+                let next = nick_variant(&base_nick, variant);
+                warn!(taken = ?login.nick, using = %next, "the default nickname is taken by another peer; using a free variant (choose one with --nick)");
+                login.nick = Some(next);
+                continue;
+            }
             if registered_once {
                 warn!(%message, retry_in = ?backoff, "our {} is still held by our previous session; retrying", if *code == ErrorCode::NickTaken { "nickname" } else { "address" });
                 tokio::select! {
@@ -71,12 +117,24 @@ pub async fn run(
                 backoff = (backoff * 2).min(config.backoff_max);
                 continue;
             }
-            warn!(%message, "the index refused this peer");
-            state.send_replace(RegistrationState::Refused(message.clone()));
+            let reason = if *code == ErrorCode::NickTaken {
+                format!("{message} (pick another nickname with --nick or PEER_NICK)")
+            } else {
+                message.clone()
+            };
+            warn!(%reason, "the index refused this peer");
+            state.send_replace(RegistrationState::Refused(reason));
             shutdown.cancelled().await;
             return;
         }
-        warn!(index = %config.index, error = %e, retry_in = ?backoff, "lost the index; will register again");
+        if permanent(&e) {
+            let reason = common::report::error_chain(&e);
+            warn!(index = %config.index, error = %reason, "the index refused this peer for good; not retrying");
+            state.send_replace(RegistrationState::Refused(reason));
+            shutdown.cancelled().await;
+            return;
+        }
+        warn!(index = %config.index, error = %common::report::error_chain(&e), retry_in = ?backoff, "lost the index; will register again");
         let jitter =
             Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
         tokio::select! {
@@ -89,6 +147,7 @@ pub async fn run(
 
 async fn session(
     config: &RegistrarConfig,
+    login: &Login,
     library: &Library,
     state: &watch::Sender<RegistrationState>,
     backoff: &mut Duration,
@@ -97,7 +156,7 @@ async fn session(
 ) -> Result<(), IndexError> {
     let mut client = IndexClient::connect(&config.index).await?;
     let (addr, ttl) = match client
-        .request(&IndexRequest::Login(config.login.clone()))
+        .request(&IndexRequest::Login(login.clone()))
         .await?
     {
         IndexResponse::Welcome { addr, lease_ttl_ms } => {
@@ -125,7 +184,7 @@ async fn session(
                 let mut listing = Listing { client: &mut client, registered: &mut registered, registered_partial: &mut registered_partial, held: &mut held };
                 let refused = listing.sync(library, refusals).await?;
                 if !announced {
-                    info!(%addr, files = held, refused, "registered at the index");
+                    info!(%addr, nick = ?login.nick, files = held, refused, "registered at the index");
                     announced = true;
                     *backoff = config.backoff_min;
                 }
@@ -270,5 +329,35 @@ impl Listing<'_> {
         *self.registered = current;
         *self.registered_partial = current_partial;
         Ok(refused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nick_variants_stay_valid() {
+        assert_eq!(nick_variant("host", 2), "host-2");
+        let long = "é".repeat(16); // 32 bytes
+        let v = nick_variant(&long, 10);
+        assert!(v.len() <= common::limits::MAX_NICK_LEN && v.ends_with("-10"), "{v}");
+        assert!(common::im::validate_nick(&v).is_ok());
+    }
+
+    #[test]
+    fn only_lasting_refusals_are_permanent() {
+        let refused = |code| IndexError::Refused {
+            code,
+            message: String::new(),
+        };
+        assert!(permanent(&refused(ErrorCode::BadRequest)));
+        assert!(!permanent(&refused(ErrorCode::Internal)));
+        assert!(!permanent(&refused(ErrorCode::TooMany)));
+        assert!(permanent(&IndexError::Wire(WireError::Hello(
+            HelloError::WrongProtocol
+        ))));
+        assert!(!permanent(&IndexError::Wire(WireError::Hello(HelloError::Busy))));
+        assert!(!permanent(&IndexError::Wire(WireError::Closed)));
     }
 }

@@ -31,6 +31,10 @@ pub struct ServeConfig {
     pub advertise: Option<String>,
     /// Nickname to register under (presence, browse and messages by name).
     pub nick: Option<String>,
+    /// `nick` was not chosen by the user (it is the host name): when another
+    /// peer uses it, register under a free variant (`nick-2`, ...) instead
+    /// of stopping. A chosen nickname that clashes stops the peer.
+    pub nick_fallback: bool,
     /// Where the hash cache lives; default `SHARE/.p2pshare`.
     pub cache_dir: Option<PathBuf>,
     /// How often the folder is scanned for added, changed and removed files.
@@ -75,6 +79,7 @@ impl ServeConfig {
             listen: "[::]:6699".parse().expect("valid default address"),
             advertise: None,
             nick: None,
+            nick_fallback: false,
             cache_dir: None,
             rescan_interval: Duration::from_secs(10),
             settle: scan::DEFAULT_SETTLE,
@@ -113,6 +118,13 @@ pub enum ServeError {
     Internal(String),
     #[error("the index refused this peer: {0}")]
     Refused(String),
+    #[error("{reason} (pick another nickname with --nick or PEER_NICK)")]
+    BadNick {
+        nick: String,
+        reason: common::im::NickError,
+    },
+    #[error("{0} (check --advertise or PEER_ADVERTISE)")]
+    BadAdvertise(crate::addr::AddrError),
 }
 
 /// A running peer daemon.
@@ -168,6 +180,16 @@ impl Daemon {
 /// Scans the folder, binds, and starts serving and registering. Returns once
 /// the files are hashed and the chunk server listens.
 pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<Daemon, ServeError> {
+    // What the index would refuse for good is refused here, before anything starts.
+    if let Some(nick) = &config.nick {
+        common::im::validate_nick(nick).map_err(|reason| ServeError::BadNick {
+            nick: nick.clone(),
+            reason,
+        })?;
+    }
+    if let Some(advertise) = &config.advertise {
+        crate::addr::parse_host_port(advertise, 1).map_err(ServeError::BadAdvertise)?;
+    }
     let root = std::fs::canonicalize(&config.share).map_err(|source| ServeError::Share {
         path: config.share.clone(),
         source,
@@ -183,6 +205,11 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
     let listen_addr = listener
         .local_addr()
         .map_err(|e| ServeError::Internal(e.to_string()))?;
+    // `--advertise HOST` alone: the port we listen on.
+    let advertise = config
+        .advertise
+        .as_deref()
+        .map(|a| crate::addr::with_default_port(a, listen_addr.port()));
 
     let library = Library::new(root.clone());
     let cache_dir = config
@@ -226,7 +253,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
             p2p,
             library.clone(),
             listen_addr,
-            config.advertise.clone(),
+            advertise.clone(),
             tracker.clone(),
             shutdown.clone(),
         )
@@ -263,14 +290,12 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         index: config.index.clone(),
         login: Login {
             listen_port: listen_addr.port(),
-            advertise: config
-                .advertise
-                .clone()
-                .or_else(|| loopback_advertise(listen_addr)),
+            advertise: advertise.or_else(|| loopback_advertise(listen_addr)),
             nick: config.nick.clone(),
         },
         backoff_min: config.backoff_min,
         backoff_max: config.backoff_max,
+        nick_fallback: config.nick_fallback,
     };
     if overlay.is_none() {
         tracker.spawn(warn_if_unreachable(

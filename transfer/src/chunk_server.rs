@@ -392,6 +392,11 @@ pub async fn serve_peer_session(
                         open.remove(&id);
                         let code = match e {
                             ReadChunkError::NotFound => PeerErrorCode::NotFound,
+                            // Gone from the share: "not here", and stop advertising it.
+                            ReadChunkError::Removed => {
+                                library.request_rescan();
+                                PeerErrorCode::NotFound
+                            }
                             ReadChunkError::Changed | ReadChunkError::OutsideShare => {
                                 info!(%id, error = %e, "refusing to serve a file that changed; rescanning");
                                 library.request_rescan();

@@ -73,8 +73,8 @@ pub struct InboxMessage {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeliveryRefused {
     #[error("bad sender nickname: {0}")]
-    BadNick(#[from] NickError),
-    #[error("{0}")]
+    BadNick(NickError),
+    #[error(transparent)]
     BadText(#[from] MessageTextError),
     #[error("too many messages from {source_addr}: at most {burst} at once, then one every {refill:?}; try again in {retry_after:?}")]
     RateLimited {
@@ -85,6 +85,14 @@ pub enum DeliveryRefused {
     },
     #[error("too many different senders right now; try again later")]
     TooManySenders,
+}
+
+// The cause is in the message, so it is a plain field, not a `source`
+// (an error chain would say it twice; see `common::report`).
+impl From<NickError> for DeliveryRefused {
+    fn from(e: NickError) -> Self {
+        DeliveryRefused::BadNick(e)
+    }
 }
 
 impl DeliveryRefused {

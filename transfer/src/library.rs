@@ -415,10 +415,20 @@ pub enum ReadChunkError {
     NotFound,
     #[error("the file changed on disk since it was hashed")]
     Changed,
+    #[error("the file was removed from the shared folder")]
+    Removed,
     #[error("the file is outside the shared folder")]
     OutsideShare,
     #[error("read failed: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+// The cause is in the message, so it is a plain field, not a `source`
+// (an error chain would say it twice; see `common::report`).
+impl From<std::io::Error> for ReadChunkError {
+    fn from(e: std::io::Error) -> Self {
+        ReadChunkError::Io(e)
+    }
 }
 
 /// Modification time of `meta` in nanoseconds since the epoch.
@@ -441,7 +451,10 @@ impl OpenHolding {
         let path = match &holding {
             Holding::Complete(e) => {
                 // A symlink may have been swapped since the scan: resolve again.
-                let real = std::fs::canonicalize(&e.path).map_err(|_| ReadChunkError::Changed)?;
+                let real = std::fs::canonicalize(&e.path).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => ReadChunkError::Removed,
+                    _ => ReadChunkError::Changed,
+                })?;
                 if !real.starts_with(library.root()) {
                     return Err(ReadChunkError::OutsideShare);
                 }
@@ -450,7 +463,7 @@ impl OpenHolding {
             Holding::Partial(p) => p.path.clone(),
         };
         let file = File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => ReadChunkError::Changed,
+            std::io::ErrorKind::NotFound => ReadChunkError::Removed,
             _ => ReadChunkError::Io(e),
         })?;
         Ok(OpenHolding { holding, file })

@@ -77,10 +77,11 @@ impl RateLimiter {
 /// zero is refused (leave the limit unset for no limit).
 pub fn parse_rate(input: &str) -> Result<u64, RateError> {
     let trimmed = input.trim();
-    let size = trimmed
+    let lower = trimmed.to_ascii_lowercase();
+    let size = lower
         .strip_suffix("/s")
-        .or_else(|| trimmed.strip_suffix("ps"))
-        .unwrap_or(trimmed);
+        .or_else(|| lower.strip_suffix("ps"))
+        .unwrap_or(&lower);
     match parse_size(size)? {
         0 => Err(RateError::Zero(input.to_string())),
         bytes => Ok(bytes),
@@ -91,9 +92,17 @@ pub fn parse_rate(input: &str) -> Result<u64, RateError> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RateError {
     #[error("{0} (a rate is a size per second, e.g. 10MB/s or 500KiB/s)")]
-    Size(#[from] UnitError),
+    Size(UnitError),
     #[error("rate {0:?} is zero; leave the limit unset for no limit")]
     Zero(String),
+}
+
+// The cause is in the message, so it is a plain field, not a `source`
+// (an error chain would say it twice; see `common::report`).
+impl From<UnitError> for RateError {
+    fn from(e: UnitError) -> Self {
+        RateError::Size(e)
+    }
 }
 
 /// Writes `data` through `writer`, taking it from `limit` piece by piece.
@@ -132,6 +141,9 @@ mod tests {
         assert_eq!(parse_rate("10MB").unwrap(), 10_000_000);
         assert_eq!(parse_rate(" 2MiB/s ").unwrap(), 2 * 1024 * 1024);
         assert!(parse_rate("0").is_err());
+        assert_eq!(parse_rate("10mb/s").unwrap(), 10_000_000);
+        assert_eq!(parse_rate("10MB/S").unwrap(), 10_000_000);
+        assert_eq!(parse_rate("1mibps").unwrap(), 1 << 20);
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("10MB/h").is_err());
     }

@@ -78,17 +78,17 @@ pub struct SearchReport {
 /// Why a search failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
-    #[error("cannot reach the overlay node at {addr}: {source} (is `peer serve --mode p2p` running there? check --via)")]
+    #[error("cannot reach the overlay node at {addr}: {reason} (is `peer serve --mode p2p` running there? check --via)")]
     Connect {
         addr: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error(
         "the node at {0} does not speak the overlay protocol (is it running with --mode p2p?)"
     )]
     NotOverlay(String),
-    #[error("overlay node {addr}: {source}")]
-    Wire { addr: String, source: WireError },
+    #[error("overlay node {addr}: {reason}")]
+    Wire { addr: String, reason: WireError },
     #[error("nothing to search for: give at least one word with a letter or digit")]
     NoWords,
 }
@@ -104,18 +104,18 @@ pub async fn search(
     if words.iter().all(|w| common::names::tokenize(w).is_empty()) {
         return Err(SearchError::NoWords);
     }
-    let wire_err = |source| SearchError::Wire {
+    let wire_err = |reason| SearchError::Wire {
         addr: via.to_string(),
-        source,
+        reason,
     };
     let started = Instant::now();
     // Nodes clamp it on arrival; clamp it here too, so the report says what ran.
     let ttl = ttl.clamp(1, MAX_TTL);
     let mut stream = transfer::net::connect_tcp(via, common::limits::CONNECT_TIMEOUT)
         .await
-        .map_err(|source| SearchError::Connect {
+        .map_err(|reason| SearchError::Connect {
             addr: via.to_string(),
-            source,
+            reason,
         })?;
     wire::client_handshake(&mut stream, Protocol::Overlay)
         .await

@@ -161,6 +161,13 @@ pub enum DownloadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The output folder or part file could not be made: nothing was
+    /// written, so there is no part to keep.
+    #[error("cannot write into {path}: {reason} (nothing was written; give a folder you can write to with -o)")]
+    OutputDir {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
     #[error(
         "interrupted with {done} of {total} chunks verified; run the same command again to resume"
     )]
@@ -401,9 +408,9 @@ pub async fn download_swarm(
         return Err(DownloadError::NoSources);
     }
     let out_dir = request.out_dir.clone();
-    let output_error = |source: std::io::Error| DownloadError::Output {
+    let output_error = |reason: std::io::Error| DownloadError::OutputDir {
         path: out_dir.clone(),
-        source,
+        reason,
     };
     std::fs::create_dir_all(&request.out_dir).map_err(output_error)?;
 
@@ -428,9 +435,9 @@ pub async fn download_swarm(
                 path: request.out_dir.clone(),
                 source: std::io::Error::other(e),
             })?
-            .map_err(|source| DownloadError::Output {
+            .map_err(|reason| DownloadError::OutputDir {
                 path: part.clone(),
-                source,
+                reason,
             })?
     };
     let chunks_resumed = have.iter().filter(|h| **h).count() as u32;

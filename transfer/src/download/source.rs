@@ -23,9 +23,9 @@ use crate::net::connect_tcp;
 pub enum SourceError {
     #[error("cannot connect: {0}")]
     Connect(std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Wire(#[from] WireError),
-    #[error("does not have the file")]
+    #[error("does not have the file (any more)")]
     NotFound,
     #[error("its copy of the file changed on disk")]
     FileChanged,
