@@ -27,13 +27,13 @@ fn number_and_unit(input: &str) -> Option<(f64, String)> {
     Some((num.parse().ok()?, unit.trim().to_ascii_lowercase()))
 }
 
-/// Parses `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds (any case).
+/// Parses `250ms`, `10s`, `2m`, `1h`, `1d`, or a bare number of seconds (any case).
 pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
     let err = || UnitError {
         what: "duration",
         input: input.to_string(),
         problem: "not understood",
-        hint: "use e.g. 500ms, 10s, 2m or 1h".into(),
+        hint: "use e.g. 500ms, 10s, 2m, 1h or 1d".into(),
     };
     let (value, unit) = number_and_unit(input).ok_or_else(err)?;
     let secs = match unit.as_str() {
@@ -41,6 +41,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         _ => return Err(err()),
     };
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
@@ -66,7 +67,9 @@ pub fn parse_duration_in(input: &str, min: Duration, max: Duration) -> Result<Du
 /// A duration as it would be typed: `250ms`, `10s`, `5m`, `2h`.
 pub fn human_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 3_600_000 == 0 && ms > 0 {
+    if ms % 86_400_000 == 0 && ms > 0 {
+        format!("{}d", ms / 86_400_000)
+    } else if ms % 3_600_000 == 0 && ms > 0 {
         format!("{}h", ms / 3_600_000)
     } else if ms % 60_000 == 0 && ms > 0 {
         format!("{}m", ms / 60_000)

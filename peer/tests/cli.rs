@@ -466,3 +466,597 @@ async fn serve_with_fetch_downloads_into_the_share_and_shares_it() {
     stops_cleanly_on_sigterm(daemon).await;
     stop_index.cancel();
 }
+
+// ---- Issue 12: command-line cases (12.1, 12.2, 12.20-12.26) ----
+
+async fn start_index_with(config: index_server::Config) -> (String, CancellationToken) {
+    let server = index_server::Server::bind(config).await.unwrap();
+    let addr = server.local_addr().to_string();
+    let token = CancellationToken::new();
+    tokio::spawn(server.run(token.clone()));
+    (addr, token)
+}
+
+/// A `peer serve` of `share` at `index` on a free loopback port; `args` are added.
+fn spawn_serve(index: &str, share: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(PEER)
+        .args(["serve", "--share", share.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--index", index])
+        .args(args)
+        .env_remove("PEER_NICK")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The nicknames online at `index` (empty when it cannot be reached).
+async fn online_nicks(index: &str) -> Vec<String> {
+    let Ok(mut c) = peer::index_client::IndexClient::connect(index).await else {
+        return Vec::new();
+    };
+    let mut nicks: Vec<String> = c
+        .peers()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| p.nick)
+        .collect();
+    nicks.sort();
+    nicks
+}
+
+/// Waits (with a deadline) for `child` to exit; kills it and fails if it does not.
+async fn exits_within(mut child: std::process::Child, what: &str) -> Output {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return tokio::task::spawn_blocking(move || child.wait_with_output())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what}: still running after 20 s; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A session that logs in as `nick` (if any) and registers `files`; the
+/// returned connection keeps them registered.
+async fn raw_session(index: &str, nick: Option<&str>, files: Vec<SharedFile>) -> TcpStream {
+    let mut s = TcpStream::connect(index).await.unwrap();
+    wire::client_handshake(&mut s, Protocol::Index)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut requests = vec![IndexRequest::Login(Login {
+        listen_port: 1,
+        advertise: Some(format!("127.0.0.{}:1", 2 + files.len() % 200)),
+        nick: nick.map(Into::into),
+    })];
+    for batch in files.chunks(500) {
+        requests.push(IndexRequest::AddFiles {
+            files: batch.to_vec(),
+        });
+    }
+    for req in requests {
+        wire::send_message(&mut s, &req).await.unwrap();
+        let r: IndexResponse = wire::expect_message(&mut s, &mut buf, Deadlines::default())
+            .await
+            .unwrap();
+        assert!(!matches!(r, IndexResponse::Error { .. }), "{r:?}");
+    }
+    s
+}
+
+/// `n` distinct small files named `song-<i>.txt`.
+fn songs(n: usize) -> Vec<SharedFile> {
+    (0..n)
+        .map(|i| {
+            let info = content_info(format!("song {i}").as_bytes());
+            shared_as(&info, &format!("song-{i}.txt"))
+        })
+        .collect()
+}
+
+/// 12.1: several peers on one machine without --nick all run; the second
+/// takes a free variant of the host name and says so. After an index
+/// restart, with the default names taken by others, they register again
+/// under free variants instead of stopping or retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_without_a_nick_on_one_host_take_free_variants() {
+    let (index, stop_index) = start_index().await;
+    let host = peer::im::default_nick();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    let mut first = spawn_serve(&index, &a, &[]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while online_nicks(&index).await != vec![host.clone()] {
+        assert!(tokio::time::Instant::now() < deadline, "first peer not online");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut second = spawn_serve(&index, &b, &[]);
+    let variant = format!("{host}-2");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let nicks = online_nicks(&index).await;
+        if nicks.contains(&host) && nicks.contains(&variant) {
+            break;
+        }
+        if let Some(status) = second.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(second.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("the second peer stopped ({status:?}): {err}");
+        }
+        assert!(tokio::time::Instant::now() < deadline, "online: {nicks:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Index restart on the same address; others take both names first.
+    stop_index.cancel();
+    let listen: std::net::SocketAddr = index.parse().unwrap();
+    let mut restarted = None;
+    for _ in 0..200 {
+        match index_server::Server::bind(index_server::Config {
+            listen,
+            ..Default::default()
+        })
+        .await
+        {
+            Ok(server) => {
+                restarted = Some(server);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let server = restarted.expect("the index address was not free again within 4 s");
+    let stop_again = CancellationToken::new();
+    tokio::spawn(server.run(stop_again.clone()));
+    let _squatters = (
+        raw_session(&index, Some(&host), vec![]).await,
+        raw_session(&index, Some(&variant), songs(1)).await,
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let nicks = online_nicks(&index).await;
+        let ours: Vec<&String> = nicks
+            .iter()
+            .filter(|n| **n != host && **n != variant && n.starts_with(&format!("{host}-")))
+            .collect();
+        if ours.len() == 2 {
+            break;
+        }
+        for (name, child) in [("first", &mut first), ("second", &mut second)] {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the {name} peer stopped after the index restart"
+            );
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after the restart, online: {nicks:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stops_cleanly_on_sigterm(first).await;
+    let second_log = {
+        let mut err = String::new();
+        let mut stderr = second.stderr.take().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &second.id().to_string()])
+            .status()
+            .unwrap();
+        second.wait().unwrap();
+        std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
+        err
+    };
+    assert!(
+        second_log.contains("free variant") && second_log.contains(&variant),
+        "the log says which nickname was taken: {second_log}"
+    );
+    stop_again.cancel();
+}
+
+/// 12.1 (the other half) and 12.2: a nickname given with --nick that is
+/// taken, an invalid one, or an index that refuses for good (another
+/// service on that port) stops `peer serve` at start with exit status 1
+/// and the reason, instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lasting_refusals_stop_serve_at_start() {
+    let (index, stop_index) = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let _holder = raw_session(&index, Some("ana"), vec![]).await;
+
+    let out = exits_within(spawn_serve(&index, dir.path(), &["--nick", "ana"]), "--nick ana").await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("already used") && err.contains("--nick"), "{err}");
+
+    let out = exits_within(
+        spawn_serve(&index, dir.path(), &["--nick", "bad nick!"]),
+        "--nick 'bad nick!'",
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("nickname") && err.contains("--nick"), "{err}");
+
+    // A peer's chunk port given as the index: the hello says "wrong service".
+    let not_an_index = fake::start(vec![1; 10], Behaviour::OnlyFirst(u32::MAX)).await;
+    let out = exits_within(
+        spawn_serve(&not_an_index.addr_string(), dir.path(), &["--nick", "bob"]),
+        "--index at a peer port",
+    )
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("wrong service"), "{err}");
+    stop_index.cancel();
+}
+
+/// 12.20: output into a pipe whose reader is gone ends the command quietly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_every_command_quietly() {
+    let (index, stop_index) = start_index().await;
+    let _session = raw_session(&index, Some("lister"), songs(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.bin");
+    std::fs::write(&file, b"hello").unwrap();
+    let file = file.to_str().unwrap();
+    for args in [
+        vec!["browse", "--index", &index, "lister"],
+        vec!["browse", "--index", &index, "--json", "lister"],
+        vec!["search", "--index", &index, "song"],
+        vec!["who", "--index", &index],
+        vec!["stats", "--index", &index],
+        vec!["hash", file, file],
+    ] {
+        let mut child = Command::new(PEER)
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the command writes anything.
+        drop(child.stdout.take());
+        let out = exits_within(child, &args.join(" ")).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+    stop_index.cancel();
+}
+
+fn said_once(stderr: &str, needle: &str) {
+    assert_eq!(
+        stderr.matches(needle).count(),
+        1,
+        "{needle:?} should be said once: {stderr}"
+    );
+}
+
+/// 12.21: each error says once what failed and what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_error_is_said_once_and_is_the_right_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // A folder given as a file.
+    let out = run(&["put", "--index", "127.0.0.1:1", dir.path().to_str().unwrap()]).await;
+    said_once(&String::from_utf8_lossy(&out.stderr), "Is a directory");
+    let out = run(&["hash", dir.path().to_str().unwrap()]).await;
+    said_once(&String::from_utf8_lossy(&out.stderr), "Is a directory");
+
+    // Another service on the port.
+    let source = fake::start(vec![1; 10], Behaviour::OnlyFirst(u32::MAX)).await;
+    let out = run(&["stats", "--index", &source.addr_string()]).await;
+    assert_eq!(out.status.code(), Some(1));
+    said_once(&String::from_utf8_lossy(&out.stderr), "wrong service");
+
+    // A busy server.
+    let (index, stop_index) = start_index_with(index_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        max_connections: 1,
+        ..Default::default()
+    })
+    .await;
+    let _holder = raw_session(&index, None, vec![]).await;
+    let out = run(&["stats", "--index", &index]).await;
+    assert_eq!(out.status.code(), Some(1));
+    said_once(&String::from_utf8_lossy(&out.stderr), "busy");
+    stop_index.cancel();
+
+    // Host names resolve, and a missing port is the default one.
+    let (index, stop_index) = start_index().await;
+    let port = index.rsplit_once(':').unwrap().1;
+    let out = run(&["stats", "--index", &format!("localhost:{port}")]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["stats", "--index", "localhost"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("invalid socket address"), "{err}");
+    assert!(err.contains("localhost:8888"), "{err}");
+
+    // A -o that cannot be written: nothing was kept, so nothing is promised.
+    let data = random_bytes(3 * common::CHUNK_SIZE, 21);
+    let info = content_info(&data);
+    let good = fake::start(data.clone(), Behaviour::OnlyFirst(u32::MAX)).await;
+    let _reg = register_source(&index, &good.addr_string(), shared_as(&info, "g.bin")).await;
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let bad_out = blocker.join("sub");
+    let out = run(&["get", "--index", &index, "-o", bad_out.to_str().unwrap(), &info.id.to_hex()]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("verified part is kept"), "{err}");
+    assert!(err.contains("-o"), "{err}");
+
+    // A file deleted from a peer's share is "not there", not "changed".
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let gone = random_bytes(2 * common::CHUNK_SIZE, 22);
+    let gone_info = content_info(&gone);
+    std::fs::write(share.join("gone.bin"), &gone).unwrap();
+    let daemon = spawn_serve(&index, &share, &["--nick", "keeper", "--rescan-interval", "1d"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut c = peer::index_client::IndexClient::connect(&index).await.unwrap();
+        if c.lookup(gone_info.id).await.unwrap().is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::remove_file(share.join("gone.bin")).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = run(&["get", "--index", &index, "-o", out_dir.to_str().unwrap(), &gone_info.id.to_hex()]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("changed on disk"), "{err}");
+    assert!(err.contains("does not have the file"), "{err}");
+    stops_cleanly_on_sigterm(daemon).await;
+    stop_index.cancel();
+}
+
+/// 12.22: booleans take 1/0, units any case, and zero or nonsense is a
+/// usage error (exit 2) that states the allowed range.
+#[tokio::test]
+async fn flags_are_checked_when_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f.bin");
+    std::fs::write(&file, b"abc").unwrap();
+    for (var, value) in [("PEER_JSON", "1"), ("PEER_JSON", "yes"), ("PEER_JSON", "TRUE")] {
+        let out = tokio::task::spawn_blocking({
+            let file = file.clone();
+            move || {
+                Command::new(PEER)
+                    .args(["hash", file.to_str().unwrap()])
+                    .env(var, value)
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        assert!(out.status.success(), "{var}={value}: {}", String::from_utf8_lossy(&out.stderr));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(json["size"], 3);
+    }
+    let out = tokio::task::spawn_blocking({
+        let file = file.clone();
+        move || {
+            Command::new(PEER)
+                .args(["hash", file.to_str().unwrap()])
+                .env("PEER_JSON", "0")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(serde_json::from_slice::<serde_json::Value>(&out.stdout).is_err());
+
+    // Units in any case are accepted (the index is not running: exit 1, not 2).
+    let out = run(&["get", "--index", "127.0.0.1:1", "--max-download-rate", "10mb/s", "x"]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+
+    for (args, range) in [
+        (vec!["get", "--stall-timeout", "0", "x"], "100ms to 1d"),
+        (vec!["get", "--max-sources", "0", "x"], "1..=256"),
+        (vec!["get", "--pipeline", "0", "x"], "1..=256"),
+        (vec!["get", "--pipeline", "many", "x"], ""),
+        (vec!["search", "--limit", "0", "x"], "1..=1000"),
+        (vec!["search", "--mode", "p2p", "--ttl", "0", "x"], "1..=7"),
+        (vec!["search", "--mode", "p2p", "--wait", "0", "x"], "10ms to 1h"),
+        (vec!["serve", "--share", ".", "--max-uploads", "0"], "1..=4096"),
+        (vec!["serve", "--share", ".", "--rescan-interval", "0s"], "100ms to 1d"),
+        (vec!["serve", "--share", ".", "--degree", "0"], "1..=64"),
+        (vec!["serve", "--share", ".", "--max-upload-rate", "0"], "zero"),
+        (vec!["demo", "--size", "0"], "1B to 1TiB"),
+        (vec!["stats", "--index", "host:0"], "HOST:PORT"),
+    ] {
+        let out = run(&args).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(range), "{args:?} should state {range:?}: {err}");
+    }
+    let out = tokio::task::spawn_blocking(|| {
+        Command::new(PEER)
+            .args(["stats", "--index", "127.0.0.1:1"])
+            .env("PEER_JSON", "maybe")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 or 0"));
+    // A usage error found after parsing is one too.
+    let out = run(&["search", "--mode", "p2p", "x"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--via"));
+}
+
+/// 12.24: a cut list says how many files matched; --help states the maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_says_how_many_matched_when_the_list_is_cut() {
+    let (index, stop_index) = start_index().await;
+    let _session = raw_session(&index, None, songs(150)).await;
+    let out = run(&["search", "--index", &index, "--limit", "10", "song"]).await;
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 11);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("10 of 150"), "{err}");
+    let out = run(&["search", "--index", &index, "song"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("100 of 150") && err.contains("1000"), "{err}");
+    let out = run(&["search", "--index", &index, "--json", "song", "7"]).await;
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hits.as_array().unwrap().len(), 1);
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&["search", "--help"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1000"));
+    stop_index.cancel();
+}
+
+/// Sends SIGINT to `child` once `ready` holds, and returns its output.
+async fn interrupt_when(
+    child: std::process::Child,
+    what: &str,
+    ready: impl FnMut() -> bool,
+) -> Output {
+    wait_for(what, ready).await;
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    exits_within(child, what).await
+}
+
+/// 12.25: Ctrl-C stops a long command promptly with exit status 130: the
+/// demo while it writes its sample, and hashing a large file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_long_commands_with_130() {
+    let tmp = tempfile::tempdir().unwrap();
+    let child = Command::new(PEER)
+        .args(["demo", "--size", "1GiB"])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let sample = || {
+        std::fs::read_dir(tmp.path())
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path().join("alice").join("big sample.bin"))
+    };
+    let out = interrupt_when(child, "the demo writing its sample", || {
+        sample().is_some_and(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+    })
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(!err.contains("channel closed"), "{err}");
+    // Its temporary folder is cleaned up.
+    assert!(sample().is_none(), "the demo left its folder behind");
+
+    let big = tmp.path().join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let child = Command::new(PEER)
+        .args(["hash", big.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let out = interrupt_when(child, "hashing started", || {
+        started.elapsed() > Duration::from_millis(300)
+    })
+    .await;
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// 12.26: help and behaviour agree: exit statuses, every option has its
+/// variable, arguments are described, `hash` takes several files.
+#[tokio::test]
+async fn help_documents_exit_statuses_variables_and_arguments() {
+    let out = run(&["--help"]).await;
+    let top = String::from_utf8_lossy(&out.stdout).to_string();
+    for needle in ["Exit status", "2 usage error", "130", "1/0"] {
+        assert!(top.contains(needle), "--help lacks {needle:?}: {top}");
+    }
+    let commands = [
+        "serve", "search", "get", "put", "browse", "hash", "stats", "demo", "who", "whois", "msg",
+        "inbox",
+    ];
+    for cmd in commands {
+        let out = run(&[cmd, "--help"]).await;
+        let help = String::from_utf8_lossy(&out.stdout).to_string();
+        // Every option (but --help) has an environment variable.
+        let options_part = help.split("Options:").nth(1).unwrap_or_default();
+        let mut options: Vec<String> = Vec::new();
+        for line in options_part.lines() {
+            let t = line.trim_start();
+            let indent = line.len() - t.len();
+            if indent <= 6 && t.starts_with('-') {
+                options.push(String::new());
+            }
+            if let Some(block) = options.last_mut() {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+        options.retain(|b| !b.trim_start().starts_with("-h, --help"));
+        assert!(!options.is_empty(), "{cmd}: {help}");
+        for block in options {
+            assert!(block.contains("[env: "), "{cmd}: option without a variable: {block}");
+        }
+        // Every positional argument is described.
+        if let Some(args) = help.split("Arguments:").nth(1) {
+            let args = args.split("Options:").next().unwrap();
+            let mut blocks: Vec<String> = Vec::new();
+            for line in args.lines() {
+                let t = line.trim_start();
+                if line.len() - t.len() <= 6 && t.starts_with('<') {
+                    blocks.push(String::new());
+                }
+                if let Some(b) = blocks.last_mut() {
+                    b.push_str(line);
+                }
+            }
+            for block in blocks {
+                let described = block.trim_start().split_once('>').map(|(_, d)| d.trim_start_matches("...").trim());
+                assert!(
+                    described.is_some_and(|d| !d.is_empty()),
+                    "{cmd}: argument without a description: {block}"
+                );
+            }
+        }
+        assert!(!help.contains("<INDEX>"), "{cmd}: {help}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::write(&a, b"one").unwrap();
+    std::fs::write(&b, b"two").unwrap();
+    let out = run(&["hash", a.to_str().unwrap(), b.to_str().unwrap()]).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with(&content_info(b"one").id.to_hex()) && lines[0].ends_with("a"));
+    assert!(lines[1].starts_with(&content_info(b"two").id.to_hex()) && lines[1].ends_with("b"));
+    let out = run(&["bogus"]).await;
+    assert_eq!(out.status.code(), Some(2));
+}

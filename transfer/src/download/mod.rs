@@ -435,9 +435,19 @@ pub async fn download_swarm(
                 path: request.out_dir.clone(),
                 source: std::io::Error::other(e),
             })?
-            .map_err(|reason| DownloadError::OutputDir {
-                path: part.clone(),
-                reason,
+            .map_err(|source| {
+                // Only a part file that exists holds anything to resume from.
+                if part.exists() {
+                    DownloadError::Output {
+                        path: part.clone(),
+                        source,
+                    }
+                } else {
+                    DownloadError::OutputDir {
+                        path: part.clone(),
+                        reason: source,
+                    }
+                }
             })?
     };
     let chunks_resumed = have.iter().filter(|h| **h).count() as u32;
