@@ -198,7 +198,10 @@ pub enum IndexResponse {
     },
     /// Answer to `SearchCounted`: the hits (at most the limit) and how many
     /// files matched in all.
-    SearchPage { hits: Vec<SearchHit>, total: u64 },
+    SearchPage {
+        hits: Vec<SearchHit>,
+        total: u64,
+    },
 }
 
 #[cfg(test)]

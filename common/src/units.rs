@@ -64,20 +64,20 @@ pub fn parse_duration_in(input: &str, min: Duration, max: Duration) -> Result<Du
     Ok(d)
 }
 
-/// A duration as it would be typed: `250ms`, `10s`, `5m`, `2h`.
+/// A duration as it would be typed: `250ms`, `10s`, `5m`, `2h`, `1d`.
 pub fn human_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 86_400_000 == 0 && ms > 0 {
-        format!("{}d", ms / 86_400_000)
-    } else if ms % 3_600_000 == 0 && ms > 0 {
-        format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 && ms > 0 {
-        format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{ms}ms")
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= size && ms / size * size == ms {
+            return format!("{}{unit}", ms / size);
+        }
     }
+    format!("{ms}ms")
 }
 
 /// Parses a byte size: `4096`, `10KB`, `1.5MiB`, `2G`, in any case (K/M/G/T
@@ -126,8 +126,13 @@ pub fn parse_size_in(input: &str, min: u64, max: u64) -> Result<u64, UnitError> 
 
 /// A byte count as it would be typed: `1B`, `4KiB`, `1TiB`, `1500B`.
 pub fn human_bytes(bytes: u64) -> String {
-    for (unit, size) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= size && bytes % size == 0 {
+    for (unit, size) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if bytes >= size && bytes / size * size == bytes {
             return format!("{}{unit}", bytes / size);
         }
     }
@@ -164,7 +169,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("out of range") && e.contains("1ms to 1h"), "{e}");
-        assert!(parse_duration_in("2h", Duration::from_millis(1), Duration::from_secs(3600)).is_err());
+        assert!(
+            parse_duration_in("2h", Duration::from_millis(1), Duration::from_secs(3600)).is_err()
+        );
         assert_eq!(
             parse_duration_in("1h", Duration::from_millis(1), Duration::from_secs(3600)).unwrap(),
             Duration::from_secs(3600)

@@ -128,7 +128,11 @@ struct Cli {
 /// the listen port is known).
 fn store_advertise(s: &str) -> Result<String, String> {
     let (host, port) = match s.trim().rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(':') && !h.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => (h, Some(p)),
+        Some((h, p))
+            if !h.ends_with(':') && !h.is_empty() && p.chars().all(|c| c.is_ascii_digit()) =>
+        {
+            (h, Some(p))
+        }
         _ => (s.trim(), None),
     };
     let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
@@ -188,7 +192,10 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             let mut store = index_server::store::StoreConfig::new(dir);
             store.quota = cli.store_quota;
             store.advertise = cli.store_advertise.map(|a| {
-                if a.parse::<SocketAddr>().is_ok() || a.rsplit_once(':').is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok()) {
+                if a.parse::<SocketAddr>().is_ok()
+                    || a.rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.contains(':') && p.parse::<u16>().is_ok())
+                {
                     a
                 } else {
                     format!("{a}:{}", cli.listen.port())
@@ -222,4 +229,50 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
         shutdown.cancel();
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Zero or nonsense is a usage error (exit status 2) that states the
+    /// allowed range; units are case-insensitive.
+    #[test]
+    fn flags_are_checked_when_parsed() {
+        for (args, says) in [
+            (["--lease-ttl", "0"], "1s to 1d"),
+            (["--max-connections", "0"], "1..=1000000"),
+            (["--client-idle", "0s"], "1s to 1d"),
+            (["--frame-timeout", "0"], "100ms to 1h"),
+            (["--max-requests-per-sec", "0"], "0 is not in 1.."),
+            (["--store-quota", "0"], "1B to"),
+            (["--max-upload-rate", "0"], "zero"),
+            (["--client-idle", "soon"], "not understood"),
+            (["--store-advertise", "host:0"], "HOST:PORT"),
+        ] {
+            let e = Cli::try_parse_from(std::iter::once("index-server").chain(args)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(e.to_string().contains(says), "{args:?}: {e}");
+        }
+        let cli = Cli::try_parse_from([
+            "index-server",
+            "--store-quota",
+            "10gib",
+            "--lease-ttl",
+            "30S",
+            "--max-upload-rate",
+            "10mb/s",
+        ])
+        .unwrap();
+        assert_eq!(cli.store_quota, 10 << 30);
+        assert_eq!(cli.lease_ttl, Duration::from_secs(30));
+        assert_eq!(cli.max_upload_rate, Some(10_000_000));
+    }
+
+    #[test]
+    fn help_states_the_exit_statuses() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("2 usage error"), "{help}");
+    }
 }

@@ -48,7 +48,10 @@ fn duration(
 }
 
 /// A size from `min` to `max` bytes, refused at parse time otherwise.
-fn size(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, UnitError> + Clone + Send + Sync + 'static {
+fn size(
+    min: u64,
+    max: u64,
+) -> impl Fn(&str) -> Result<u64, UnitError> + Clone + Send + Sync + 'static {
     move |s| parse_size_in(s, min, max)
 }
 
@@ -77,7 +80,8 @@ const HOUR: Duration = Duration::from_secs(3600);
 const GIB: u64 = 1 << 30;
 
 /// What `--help` says about how the lab ends.
-const EXIT_STATUS_HELP: &str = "Exit status: 0 done; 1 an experiment failed (the message says why); \
+const EXIT_STATUS_HELP: &str =
+    "Exit status: 0 done; 1 an experiment failed (the message says why); \
 2 usage error (bad flag or value, checked before anything runs). \
 Sizes and rates take units in any case (16MiB, 10mb/s); booleans take 1/0, true/false, yes/no.";
 
@@ -210,7 +214,11 @@ struct SearchCostArgs {
 struct TtlList(Vec<u32>);
 
 fn parse_ttls(s: &str) -> Result<TtlList, String> {
-    let bad = || format!("TTLs {s:?} not understood: use a range like 1..7 or a list like 1,2,3 (each 1 to 64)");
+    let bad = || {
+        format!(
+            "TTLs {s:?} not understood: use a range like 1..7 or a list like 1,2,3 (each 1 to 64)"
+        )
+    };
     let list: Vec<u32> = if let Some((a, b)) = s.split_once("..") {
         let a: u32 = a.trim().parse().map_err(|_| bad())?;
         let b: u32 = b
@@ -432,4 +440,45 @@ async fn run_all(out: PathBuf) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Zero or nonsense is a usage error (exit status 2) that states the
+    /// allowed range, in every experiment.
+    #[test]
+    fn flags_are_checked_when_parsed() {
+        for (args, says) in [
+            (vec!["distribution", "--n", "1,0"], "1..=256"),
+            (vec!["distribution", "--file-size", "0"], "1B to 64GiB"),
+            (vec!["distribution", "--peer-up", "0"], "zero"),
+            (vec!["index-load", "--clients", "0"], "1..=1024"),
+            (vec!["index-load", "--duration", "0"], "10ms to 1h"),
+            (vec!["connections", "--objects", "0"], "1..=10000"),
+            (vec!["search-cost", "--degree", "0"], "1..=64"),
+            (vec!["search-cost", "--replication", "2"], "from 0 to 1"),
+            (vec!["search-cost", "--ttl", "0..3"], "each 1 to 64"),
+            (vec!["search-cost", "--overlay-n", "1"], "2..=5000"),
+        ] {
+            let e = Cli::try_parse_from(std::iter::once("lab").chain(args.iter().copied()))
+                .unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(e.to_string().contains(says), "{args:?}: {e}");
+        }
+        assert!(Cli::try_parse_from(["lab", "distribution", "--file-size", "16mib"]).is_ok());
+        assert!(Cli::try_parse_from(["lab", "connections", "--bandwidth", "10mb/s"]).is_ok());
+    }
+
+    #[test]
+    fn booleans_take_one_and_zero() {
+        for yes in ["1", "true", "YES", "on"] {
+            assert_eq!(boolish(yes), Ok(true), "{yes}");
+        }
+        for no in ["0", "false", "No", "off", ""] {
+            assert_eq!(boolish(no), Ok(false), "{no}");
+        }
+        assert!(boolish("maybe").is_err());
+    }
 }

@@ -107,7 +107,15 @@ mod tests {
     fn nonsense_is_refused_with_the_form_to_use() {
         assert_eq!(parse_host_port("index", 8888).unwrap(), "index:8888");
         assert_eq!(parse_host_port("a.b-c:99", 8888).unwrap(), "a.b-c:99");
-        for bad in ["", ":80", "host:0", "host:http", "ho st", "host:99999", "[zz]:1"] {
+        for bad in [
+            "",
+            ":80",
+            "host:0",
+            "host:http",
+            "ho st",
+            "host:99999",
+            "[zz]:1",
+        ] {
             let e = parse_host_port(bad, 8888).unwrap_err().to_string();
             assert!(e.contains("HOST:PORT"), "{bad}: {e}");
         }
@@ -117,7 +125,9 @@ mod tests {
     async fn host_names_resolve_to_the_form_the_index_publishes() {
         let found = resolve_candidates("localhost", 6699).await;
         assert!(
-            found.iter().any(|a| a == "127.0.0.1:6699" || a == "[::1]:6699"),
+            found
+                .iter()
+                .any(|a| a == "127.0.0.1:6699" || a == "[::1]:6699"),
             "{found:?}"
         );
     }

@@ -88,7 +88,8 @@ async fn write_sample(
         use std::io::Write;
         let mut files = Vec::new();
         for p in &paths {
-            let f = std::fs::File::create(p).with_context(|| format!("cannot write {}", p.display()))?;
+            let f = std::fs::File::create(p)
+                .with_context(|| format!("cannot write {}", p.display()))?;
             files.push(std::io::BufWriter::new(f));
         }
         let mut piece = vec![0u8; 1 << 20];

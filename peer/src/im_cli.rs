@@ -79,7 +79,10 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
             } else {
                 outln!(
                     "{:<32}  {:<24}  {:>7}  {:>10}",
-                    "NICK", "ADDRESS", "FILES", "SIZE"
+                    "NICK",
+                    "ADDRESS",
+                    "FILES",
+                    "SIZE"
                 );
                 for p in &peers {
                     outln!(

@@ -512,7 +512,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         } else {
                             errln!(
                                 "found by flooding: {} nodes reached, {} messages",
-                                outcome.search.nodes_reached, outcome.search.messages
+                                outcome.search.nodes_reached,
+                                outcome.search.messages
                             );
                             outln!("{}", outcome.download.path.display());
                         }

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::id::FileId;
 use common::hello::HelloError;
+use common::id::FileId;
 use common::index_proto::{ErrorCode, IndexRequest, IndexResponse, Login, SharedFile};
 use common::limits::MAX_FILES_PER_BATCH;
 use tokio::sync::watch;
@@ -61,7 +61,9 @@ fn permanent(e: &IndexError) -> bool {
 /// (at a character boundary) so that the variant stays a valid nickname.
 pub fn nick_variant(base: &str, n: u32) -> String {
     let suffix = format!("-{n}");
-    let mut cut = common::limits::MAX_NICK_LEN.saturating_sub(suffix.len()).min(base.len());
+    let mut cut = common::limits::MAX_NICK_LEN
+        .saturating_sub(suffix.len())
+        .min(base.len());
     while !base.is_char_boundary(cut) {
         cut -= 1;
     }
@@ -155,10 +157,7 @@ async fn session(
     refusals: &mut Refusals,
 ) -> Result<(), IndexError> {
     let mut client = IndexClient::connect(&config.index).await?;
-    let (addr, ttl) = match client
-        .request(&IndexRequest::Login(login.clone()))
-        .await?
-    {
+    let (addr, ttl) = match client.request(&IndexRequest::Login(login.clone())).await? {
         IndexResponse::Welcome { addr, lease_ttl_ms } => {
             (addr, Duration::from_millis(lease_ttl_ms.max(300)))
         }
@@ -341,7 +340,10 @@ mod tests {
         assert_eq!(nick_variant("host", 2), "host-2");
         let long = "é".repeat(16); // 32 bytes
         let v = nick_variant(&long, 10);
-        assert!(v.len() <= common::limits::MAX_NICK_LEN && v.ends_with("-10"), "{v}");
+        assert!(
+            v.len() <= common::limits::MAX_NICK_LEN && v.ends_with("-10"),
+            "{v}"
+        );
         assert!(common::im::validate_nick(&v).is_ok());
     }
 
@@ -357,7 +359,9 @@ mod tests {
         assert!(permanent(&IndexError::Wire(WireError::Hello(
             HelloError::WrongProtocol
         ))));
-        assert!(!permanent(&IndexError::Wire(WireError::Hello(HelloError::Busy))));
+        assert!(!permanent(&IndexError::Wire(WireError::Hello(
+            HelloError::Busy
+        ))));
         assert!(!permanent(&IndexError::Wire(WireError::Closed)));
     }
 }

@@ -582,7 +582,10 @@ async fn peers_without_a_nick_on_one_host_take_free_variants() {
     let mut first = spawn_serve(&index, &a, &[]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while online_nicks(&index).await != vec![host.clone()] {
-        assert!(tokio::time::Instant::now() < deadline, "first peer not online");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first peer not online"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut second = spawn_serve(&index, &b, &[]);
@@ -678,10 +681,17 @@ async fn lasting_refusals_stop_serve_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let _holder = raw_session(&index, Some("ana"), vec![]).await;
 
-    let out = exits_within(spawn_serve(&index, dir.path(), &["--nick", "ana"]), "--nick ana").await;
+    let out = exits_within(
+        spawn_serve(&index, dir.path(), &["--nick", "ana"]),
+        "--nick ana",
+    )
+    .await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("already used") && err.contains("--nick"), "{err}");
+    assert!(
+        err.contains("already used") && err.contains("--nick"),
+        "{err}"
+    );
 
     let out = exits_within(
         spawn_serve(&index, dir.path(), &["--nick", "bad nick!"]),
@@ -751,7 +761,13 @@ fn said_once(stderr: &str, needle: &str) {
 async fn each_error_is_said_once_and_is_the_right_one() {
     let dir = tempfile::tempdir().unwrap();
     // A folder given as a file.
-    let out = run(&["put", "--index", "127.0.0.1:1", dir.path().to_str().unwrap()]).await;
+    let out = run(&[
+        "put",
+        "--index",
+        "127.0.0.1:1",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
     said_once(&String::from_utf8_lossy(&out.stderr), "Is a directory");
     let out = run(&["hash", dir.path().to_str().unwrap()]).await;
     said_once(&String::from_utf8_lossy(&out.stderr), "Is a directory");
@@ -779,7 +795,11 @@ async fn each_error_is_said_once_and_is_the_right_one() {
     let (index, stop_index) = start_index().await;
     let port = index.rsplit_once(':').unwrap().1;
     let out = run(&["stats", "--index", &format!("localhost:{port}")]).await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&["stats", "--index", "localhost"]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("invalid socket address"), "{err}");
@@ -793,7 +813,15 @@ async fn each_error_is_said_once_and_is_the_right_one() {
     let blocker = dir.path().join("a-file");
     std::fs::write(&blocker, b"x").unwrap();
     let bad_out = blocker.join("sub");
-    let out = run(&["get", "--index", &index, "-o", bad_out.to_str().unwrap(), &info.id.to_hex()]).await;
+    let out = run(&[
+        "get",
+        "--index",
+        &index,
+        "-o",
+        bad_out.to_str().unwrap(),
+        &info.id.to_hex(),
+    ])
+    .await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("verified part is kept"), "{err}");
@@ -805,10 +833,16 @@ async fn each_error_is_said_once_and_is_the_right_one() {
     let gone = random_bytes(2 * common::CHUNK_SIZE, 22);
     let gone_info = content_info(&gone);
     std::fs::write(share.join("gone.bin"), &gone).unwrap();
-    let daemon = spawn_serve(&index, &share, &["--nick", "keeper", "--rescan-interval", "1d"]);
+    let daemon = spawn_serve(
+        &index,
+        &share,
+        &["--nick", "keeper", "--rescan-interval", "1d"],
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let mut c = peer::index_client::IndexClient::connect(&index).await.unwrap();
+        let mut c = peer::index_client::IndexClient::connect(&index)
+            .await
+            .unwrap();
         if c.lookup(gone_info.id).await.unwrap().is_some() {
             break;
         }
@@ -817,7 +851,15 @@ async fn each_error_is_said_once_and_is_the_right_one() {
     }
     std::fs::remove_file(share.join("gone.bin")).unwrap();
     let out_dir = dir.path().join("out");
-    let out = run(&["get", "--index", &index, "-o", out_dir.to_str().unwrap(), &gone_info.id.to_hex()]).await;
+    let out = run(&[
+        "get",
+        "--index",
+        &index,
+        "-o",
+        out_dir.to_str().unwrap(),
+        &gone_info.id.to_hex(),
+    ])
+    .await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(!err.contains("changed on disk"), "{err}");
@@ -833,7 +875,11 @@ async fn flags_are_checked_when_parsed() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("f.bin");
     std::fs::write(&file, b"abc").unwrap();
-    for (var, value) in [("PEER_JSON", "1"), ("PEER_JSON", "yes"), ("PEER_JSON", "TRUE")] {
+    for (var, value) in [
+        ("PEER_JSON", "1"),
+        ("PEER_JSON", "yes"),
+        ("PEER_JSON", "TRUE"),
+    ] {
         let out = tokio::task::spawn_blocking({
             let file = file.clone();
             move || {
@@ -846,7 +892,11 @@ async fn flags_are_checked_when_parsed() {
         })
         .await
         .unwrap();
-        assert!(out.status.success(), "{var}={value}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{var}={value}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(json["size"], 3);
     }
@@ -865,8 +915,21 @@ async fn flags_are_checked_when_parsed() {
     assert!(serde_json::from_slice::<serde_json::Value>(&out.stdout).is_err());
 
     // Units in any case are accepted (the index is not running: exit 1, not 2).
-    let out = run(&["get", "--index", "127.0.0.1:1", "--max-download-rate", "10mb/s", "x"]).await;
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "get",
+        "--index",
+        "127.0.0.1:1",
+        "--max-download-rate",
+        "10mb/s",
+        "x",
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     for (args, range) in [
         (vec!["get", "--stall-timeout", "0", "x"], "100ms to 1d"),
@@ -875,18 +938,33 @@ async fn flags_are_checked_when_parsed() {
         (vec!["get", "--pipeline", "many", "x"], ""),
         (vec!["search", "--limit", "0", "x"], "1..=1000"),
         (vec!["search", "--mode", "p2p", "--ttl", "0", "x"], "1..=7"),
-        (vec!["search", "--mode", "p2p", "--wait", "0", "x"], "10ms to 1h"),
-        (vec!["serve", "--share", ".", "--max-uploads", "0"], "1..=4096"),
-        (vec!["serve", "--share", ".", "--rescan-interval", "0s"], "100ms to 1d"),
+        (
+            vec!["search", "--mode", "p2p", "--wait", "0", "x"],
+            "10ms to 1h",
+        ),
+        (
+            vec!["serve", "--share", ".", "--max-uploads", "0"],
+            "1..=4096",
+        ),
+        (
+            vec!["serve", "--share", ".", "--rescan-interval", "0s"],
+            "100ms to 1d",
+        ),
         (vec!["serve", "--share", ".", "--degree", "0"], "1..=64"),
-        (vec!["serve", "--share", ".", "--max-upload-rate", "0"], "zero"),
+        (
+            vec!["serve", "--share", ".", "--max-upload-rate", "0"],
+            "zero",
+        ),
         (vec!["demo", "--size", "0"], "1B to 1TiB"),
         (vec!["stats", "--index", "host:0"], "HOST:PORT"),
     ] {
         let out = run(&args).await;
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(range), "{args:?} should state {range:?}: {err}");
+        assert!(
+            err.contains(range),
+            "{args:?} should state {range:?}: {err}"
+        );
     }
     let out = tokio::task::spawn_blocking(|| {
         Command::new(PEER)
@@ -921,7 +999,11 @@ async fn search_says_how_many_matched_when_the_list_is_cut() {
     let out = run(&["search", "--index", &index, "--json", "song", "7"]).await;
     let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(hits.as_array().unwrap().len(), 1);
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&["search", "--help"]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("1000"));
     stop_index.cancel();
@@ -986,7 +1068,12 @@ async fn ctrl_c_stops_long_commands_with_130() {
         started.elapsed() > Duration::from_millis(300)
     })
     .await;
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// 12.26: help and behaviour agree: exit statuses, every option has its
@@ -1022,7 +1109,10 @@ async fn help_documents_exit_statuses_variables_and_arguments() {
         options.retain(|b| !b.trim_start().starts_with("-h, --help"));
         assert!(!options.is_empty(), "{cmd}: {help}");
         for block in options {
-            assert!(block.contains("[env: "), "{cmd}: option without a variable: {block}");
+            assert!(
+                block.contains("[env: "),
+                "{cmd}: option without a variable: {block}"
+            );
         }
         // Every positional argument is described.
         if let Some(args) = help.split("Arguments:").nth(1) {
@@ -1038,7 +1128,10 @@ async fn help_documents_exit_statuses_variables_and_arguments() {
                 }
             }
             for block in blocks {
-                let described = block.trim_start().split_once('>').map(|(_, d)| d.trim_start_matches("...").trim());
+                let described = block
+                    .trim_start()
+                    .split_once('>')
+                    .map(|(_, d)| d.trim_start_matches("...").trim());
                 assert!(
                     described.is_some_and(|d| !d.is_empty()),
                     "{cmd}: argument without a description: {block}"
