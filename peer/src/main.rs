@@ -174,7 +174,8 @@ enum Command {
         max_uploads: usize,
         /// Most upload connections at once; further peers are told the peer
         /// is busy (they retry later).
-        #[arg(long, env = "PEER_MAX_UPLOAD_CONNECTIONS", default_value_t = common::limits::UPLOAD_CONNECTIONS)]
+        #[arg(long, env = "PEER_MAX_UPLOAD_CONNECTIONS", default_value_t = common::limits::UPLOAD_CONNECTIONS,
+              value_parser = count(1, 65_536))]
         max_upload_connections: usize,
         /// Most upload connections from one address (IPv4, or IPv6 /64), so
         /// one host cannot take every place.
