@@ -79,7 +79,7 @@ struct Cli {
     /// Memory the listings may take, estimated as 128 bytes plus the name
     /// per listed file (e.g. 512MiB, 4GiB); registrations beyond it are
     /// refused with a clear error instead of growing the server.
-    #[arg(long, env = "INDEX_MEMORY_BUDGET", default_value = "2GiB", value_parser = common::units::parse_size)]
+    #[arg(long, env = "INDEX_MEMORY_BUDGET", default_value = "2GiB", value_parser = |s: &str| parse_size_in(s, 1, u64::MAX))]
     memory_budget: u64,
 
     /// Let peers publish ports below 1024 (refused by default: a peer never

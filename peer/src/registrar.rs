@@ -102,7 +102,8 @@ pub async fn run(
             message,
         } = &e
         {
-            if *code == ErrorCode::NickTaken && config.nick_fallback && variant < MAX_NICK_VARIANTS {
+            if *code == ErrorCode::NickTaken && config.nick_fallback && variant < MAX_NICK_VARIANTS
+            {
                 // A nickname the user did not choose never stops the peer.
                 variant += 1;
                 let next = nick_variant(&base_nick, variant);
