@@ -529,6 +529,8 @@ async fn exits_within(mut child: std::process::Child, what: &str) -> Output {
     }
 }
 
+static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
 /// A session that logs in as `nick` (if any) and registers `files`; the
 /// returned connection keeps them registered.
 async fn raw_session(index: &str, nick: Option<&str>, files: Vec<SharedFile>) -> TcpStream {
@@ -539,7 +541,11 @@ async fn raw_session(index: &str, nick: Option<&str>, files: Vec<SharedFile>) ->
     let mut buf = Vec::new();
     let mut requests = vec![IndexRequest::Login(Login {
         listen_port: 1,
-        advertise: Some(format!("127.0.0.{}:1", 2 + files.len() % 200)),
+        // A distinct unprivileged address per session (nothing listens there).
+        advertise: Some(format!(
+            "127.0.0.1:{}",
+            40_000 + NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )),
         nick: nick.map(Into::into),
     })];
     for batch in files.chunks(500) {
