@@ -169,10 +169,32 @@ impl ProgressBar {
             Some(0),
             indicatif::ProgressDrawTarget::stderr(),
         );
+        // Speed and time left from this run's bytes only (indicatif's own
+        // estimate would count chunks resumed from disk as received at once).
+        let started = std::time::Instant::now();
+        let (p_speed, p_left) = (progress.clone(), progress.clone());
         let style = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {speed} eta {left}",
         )
-        .map(|s| s.progress_chars("=> "))
+        .map(|s| {
+            s.progress_chars("=> ")
+                .with_key(
+                    "speed",
+                    move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let (speed, _) = p_speed.rate(started.elapsed());
+                        let _ = write!(w, "{}/s", human_size(speed as u64));
+                    },
+                )
+                .with_key(
+                    "left",
+                    move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = match p_left.rate(started.elapsed()).1 {
+                            Some(left) => write!(w, "{:#}", indicatif::HumanDuration(left)),
+                            None => write!(w, "-"),
+                        };
+                    },
+                )
+        })
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
         bar.set_style(style);
         let label = esc(label);

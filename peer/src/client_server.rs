@@ -274,7 +274,19 @@ pub async fn get_from_server(
         sources: vec![server.to_string()],
         out_dir,
     };
-    match crate::download::download(request, engine, progress, None, shutdown).await {
+    // The server stays the only source; offering it again every second
+    // lets the engine try it again with backoff if it went away or was busy.
+    let lookup = crate::download::FixedSources(vec![server.to_string()]);
+    let refreshed = crate::download::download_refreshed(
+        request,
+        engine,
+        progress,
+        None,
+        lookup,
+        crate::get::SOURCE_REFRESH,
+        shutdown,
+    );
+    match refreshed.await {
         Ok(outcome) => Ok(outcome),
         Err(crate::download::DownloadError::NoHashList(_)) => {
             Err(ServerGetError::NotInStore(server.to_string()))

@@ -1,8 +1,11 @@
 //! `peer get` in the hybrid model: ask the index for the sources, then let
-//! the transfer engine fetch from them directly.
+//! the transfer engine fetch from them directly, asking the index again
+//! every [`SOURCE_REFRESH`] while it runs (peers come and go).
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::id::FileId;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +85,51 @@ pub async fn resolve(index: &str, target: &str) -> Result<Resolved, GetError> {
     })
 }
 
+/// How often a `peer get` asks the index again who offers its file, so
+/// that it uses peers that joined and sources that came back (churn).
+pub const SOURCE_REFRESH: Duration = Duration::from_secs(1);
+
+/// The sources the index lists for one file now: a download's feed
+/// ([`download::SourceLookup`]). Reconnects to the index after a failure.
+pub struct IndexSources {
+    index: String,
+    id: FileId,
+    client: Option<IndexClient>,
+}
+
+impl IndexSources {
+    pub fn new(index: &str, id: FileId) -> Self {
+        IndexSources {
+            index: index.to_string(),
+            id,
+            client: None,
+        }
+    }
+}
+
+impl download::SourceLookup for IndexSources {
+    fn sources(&mut self) -> impl Future<Output = Option<Vec<String>>> + Send {
+        async move {
+            if self.client.is_none() {
+                self.client = IndexClient::connect(&self.index).await.ok();
+            }
+            let client = self.client.as_mut()?;
+            match client.lookup(self.id).await {
+                Ok(found) => Some(
+                    found
+                        .map(|(_, _, sources)| sources.into_iter().map(|s| s.addr).collect())
+                        .unwrap_or_default(),
+                ),
+                Err(e) => {
+                    tracing::debug!(error = %e, "index lookup failed; reconnecting next time");
+                    self.client = None;
+                    None
+                }
+            }
+        }
+    }
+}
+
 /// Resolves `target` at the index and downloads it into `out_dir`.
 pub async fn get(
     index: &str,
@@ -98,5 +146,15 @@ pub async fn get(
         sources: resolved.sources,
         out_dir,
     };
-    Ok(download::download(request, engine, progress, None, shutdown).await?)
+    let lookup = IndexSources::new(index, resolved.id);
+    Ok(download::download_refreshed(
+        request,
+        engine,
+        progress,
+        None,
+        lookup,
+        SOURCE_REFRESH,
+        shutdown,
+    )
+    .await?)
 }

@@ -205,7 +205,10 @@ enum Command {
         /// Fetch this file (a 64-digit id) into the shared folder while
         /// serving: its verified chunks are passed on to other peers at
         /// once (swarming), and the finished file is shared. Repeat the flag
-        /// (or separate ids with commas in PEER_FETCH) for several.
+        /// (or separate ids with commas in PEER_FETCH) for several. A failed
+        /// fetch (nobody offers it yet, a full disk, ...) is tried again with
+        /// backoff (up to every minute) until it succeeds; content already in
+        /// the folder counts as fetched.
         #[arg(long = "fetch", env = "PEER_FETCH", value_delimiter = ',')]
         fetch: Vec<common::id::FileId>,
     },
@@ -232,6 +235,14 @@ enum Command {
         words: Vec<String>,
     },
     /// Download a file by id or exact name from every peer that has it.
+    ///
+    /// Content already in the output folder (the same id under its name or
+    /// `name (N)`, or anywhere in a shared folder around it, by its hash
+    /// cache) is not fetched again: its path is printed and the exit
+    /// status is 0. Two downloads of one file into one folder never write
+    /// the same part file: the second waits for the first, then reports its
+    /// result. Sources are asked for again every second while the download
+    /// runs, so peers that join or come back are used.
     Get {
         #[command(flatten)]
         index: IndexArg,
@@ -260,6 +271,12 @@ enum Command {
         /// Cap on the download rate, e.g. 10MB/s or 500KiB/s (default: none).
         #[arg(long, env = "PEER_MAX_DOWNLOAD_RATE", value_parser = parse_rate)]
         max_download_rate: Option<u64>,
+        /// How long the download waits without progress before it fails
+        /// (keeping the verified part): a source at its upload cap (Busy) is
+        /// asked again with backoff (0.25 s doubling to 8 s), and sources that
+        /// left are tried again when the index lists them again.
+        #[arg(long, env = "PEER_RETRY_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+        retry_timeout: Duration,
         /// A 64-digit file id, or a file's exact name as `peer search` shows it.
         target: String,
     },
@@ -487,10 +504,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             mode,
             p2p,
             max_download_rate,
+            retry_timeout,
             target,
         } => {
             let shutdown = shutdown_on_signals()?;
             let engine = EngineConfig {
+                retry_timeout,
                 stall_timeout,
                 max_sources: max_sources.max(1),
                 pipeline_depth: pipeline.clamp(1, 256),

@@ -14,9 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::id::FileId;
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::download::{self, DownloadOutcome, DownloadRequest, EngineConfig, Progress};
@@ -71,7 +68,8 @@ impl Daemon {
     /// partial until it is complete. Sources are refreshed from the index
     /// every [`SOURCE_REFRESH`]. Uses the daemon's download cap unless
     /// `engine` brings one. When `out_dir` is inside the shared folder the
-    /// finished file is then shared as a complete file.
+    /// finished file is then shared as a complete file. Content this daemon
+    /// (or the folder) already holds is reported at once, without the index.
     pub async fn download(
         &self,
         id: FileId,
@@ -79,80 +77,155 @@ impl Daemon {
         engine: EngineConfig,
         progress: Arc<Progress>,
     ) -> Result<DownloadOutcome, GetError> {
-        let mut client = IndexClient::connect(&self.index).await?;
-        let Some(found) = client.swarm_lookup(id).await? else {
-            return Err(GetError::IdNotFound(id));
+        if let Some(done) =
+            download::already_present(id, &out_dir, Some(&self.library), &progress).await
+        {
+            return Ok(done);
+        }
+        let mut lookup = SwarmSources {
+            index: self.index.clone(),
+            id,
+            client: Some(IndexClient::connect(&self.index).await?),
+            own: Box::new(self.own_addrs()),
         };
-        let own = self.own_addrs();
-        let addrs = move |f: &crate::index_client::SwarmFound| -> Vec<String> {
-            others(&own(), f.complete.iter().chain(&f.partial).map(|s| &s.addr))
+        let Some(found) = lookup.lookup().await? else {
+            return Err(GetError::IdNotFound(id));
         };
         let request = DownloadRequest {
             id,
-            name: found.name.clone(),
-            sources: addrs(&found),
+            name: found.0,
+            sources: found.1,
             out_dir,
         };
-        let refresh = |feed: mpsc::Sender<Vec<String>>, stop: CancellationToken| async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(SOURCE_REFRESH) => {}
-                }
-                match client.swarm_lookup(id).await {
-                    Ok(Some(found)) => {
-                        if feed.send(addrs(&found)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        debug!(error = %e, "source refresh failed; keeping the sources we have");
-                        return;
-                    }
-                }
-            }
-        };
-        Ok(self.swarm(request, engine, progress, refresh).await?)
+        Ok(self
+            .swarm(request, engine, progress, lookup, SOURCE_REFRESH)
+            .await?)
     }
 
-    /// Runs a swarming download while `refresh` (given the feed of new
-    /// sources and a stop token) looks for more, then shares the result.
-    async fn swarm<R, Fut>(
+    /// Runs a swarming download (serving its verified chunks from the
+    /// library) while `lookup` is asked every `every` for more sources, then
+    /// shares the result.
+    async fn swarm<L: download::SourceLookup>(
         &self,
         request: DownloadRequest,
         mut engine: EngineConfig,
         progress: Arc<Progress>,
-        refresh: R,
-    ) -> Result<DownloadOutcome, download::DownloadError>
-    where
-        R: FnOnce(mpsc::Sender<Vec<String>>, CancellationToken) -> Fut,
-        Fut: std::future::Future<Output = ()> + Send + 'static,
-    {
+        lookup: L,
+        every: Duration,
+    ) -> Result<DownloadOutcome, download::DownloadError> {
         if engine.download_limit.is_none() {
             engine.download_limit = self.download_limit.clone();
         }
-        let (feed_tx, feed_rx) = mpsc::channel(4);
-        let stop = self.shutdown_token().child_token();
-        let mut refresher = JoinSet::new();
-        refresher.spawn(refresh(feed_tx, stop.clone()));
-        let result = download::download_swarm(
+        let outcome = download::download_refreshed(
             request,
             engine,
             progress,
             Some(self.library.clone()),
-            Some(feed_rx),
-            stop.clone(),
+            lookup,
+            every,
+            self.shutdown_token().child_token(),
         )
-        .await;
-        stop.cancel();
-        refresher.shutdown().await;
-        let outcome = result?;
+        .await?;
         // Share the finished file at once if it landed in the shared folder
         // (written whole and closed: no need to wait for it to settle).
         self.library.closed_after_writing(&outcome.path);
         self.library.request_rescan();
         Ok(outcome)
+    }
+}
+
+/// The complete and partial sources the index lists for one file, less
+/// this daemon's own addresses: a swarming download's feed.
+struct SwarmSources {
+    index: String,
+    id: FileId,
+    client: Option<IndexClient>,
+    own: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+}
+
+impl SwarmSources {
+    /// The file's name and its sources now (`None`: nobody offers it).
+    async fn lookup(
+        &mut self,
+    ) -> Result<Option<(String, Vec<String>)>, crate::index_client::IndexError> {
+        if self.client.is_none() {
+            self.client = Some(IndexClient::connect(&self.index).await?);
+        }
+        let client = self.client.as_mut().expect("connected just above");
+        let found = match client.swarm_lookup(self.id).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.client = None;
+                return Err(e);
+            }
+        };
+        Ok(found.map(|f| {
+            let addrs = others(
+                &(self.own)(),
+                f.complete.iter().chain(&f.partial).map(|s| &s.addr),
+            );
+            (f.name, addrs)
+        }))
+    }
+}
+
+impl download::SourceLookup for SwarmSources {
+    fn sources(&mut self) -> impl std::future::Future<Output = Option<Vec<String>>> + Send {
+        async move {
+            match self.lookup().await {
+                Ok(found) => Some(found.map(|(_, addrs)| addrs).unwrap_or_default()),
+                Err(e) => {
+                    debug!(error = %e, "source refresh failed; keeping the sources we have");
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// The nodes a flooding search through this daemon's own overlay node
+/// finds for one id (complete or partial holders), less this daemon.
+struct P2pSources {
+    via: String,
+    hex: String,
+    ttl: u8,
+    own: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+}
+
+impl P2pSources {
+    fn sources_of(&self, report: &crate::overlay::SearchReport) -> Option<(String, Vec<String>)> {
+        let mut hits = report.hits.iter().filter(|h| h.id == self.hex).peekable();
+        let name = hits.peek()?.name.clone();
+        Some((
+            name,
+            others(&(self.own)(), hits.flat_map(|h| h.sources.iter())),
+        ))
+    }
+
+    async fn search(
+        &self,
+    ) -> Result<crate::overlay::SearchReport, crate::overlay::search::SearchError> {
+        crate::overlay::search(
+            &self.via,
+            vec![self.hex.clone()],
+            self.ttl,
+            P2P_REFRESH_WAIT,
+        )
+        .await
+    }
+}
+
+impl download::SourceLookup for P2pSources {
+    fn sources(&mut self) -> impl std::future::Future<Output = Option<Vec<String>>> + Send {
+        async move {
+            match self.search().await {
+                Ok(report) => Some(self.sources_of(&report).map(|(_, s)| s).unwrap_or_default()),
+                Err(e) => {
+                    debug!(error = %e, "p2p source refresh failed; keeping the sources we have");
+                    None
+                }
+            }
+        }
     }
 }
 
@@ -178,18 +251,19 @@ impl Daemon {
         if self.overlay.is_none() {
             return Err(P2pSwarmError::NotInOverlay);
         }
-        let via = self.listen_addr.to_string();
-        let own = self.own_addrs();
-        let words = vec![id.to_hex()];
-        let hex = id.to_hex();
-        let sources_of =
-            move |report: &crate::overlay::SearchReport| -> Option<(String, Vec<String>)> {
-                let mut hits = report.hits.iter().filter(|h| h.id == hex).peekable();
-                let name = hits.peek()?.name.clone();
-                Some((name, others(&own(), hits.flat_map(|h| h.sources.iter()))))
-            };
-        let first = crate::overlay::search(&via, words.clone(), ttl, P2P_REFRESH_WAIT).await?;
-        let Some((name, sources)) = sources_of(&first).filter(|(_, s)| !s.is_empty()) else {
+        if let Some(done) =
+            download::already_present(id, &out_dir, Some(&self.library), &progress).await
+        {
+            return Ok(done);
+        }
+        let lookup = P2pSources {
+            via: self.listen_addr.to_string(),
+            hex: id.to_hex(),
+            ttl,
+            own: Box::new(self.own_addrs()),
+        };
+        let first = lookup.search().await?;
+        let Some((name, sources)) = lookup.sources_of(&first).filter(|(_, s)| !s.is_empty()) else {
             return Err(P2pSwarmError::NotFound { id, ttl });
         };
         let request = DownloadRequest {
@@ -198,30 +272,9 @@ impl Daemon {
             sources,
             out_dir,
         };
-        let refresh = |feed: mpsc::Sender<Vec<String>>, stop: CancellationToken| async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(P2P_SOURCE_REFRESH) => {}
-                }
-                let searched = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    r = crate::overlay::search(&via, words.clone(), ttl, P2P_REFRESH_WAIT) => r,
-                };
-                match searched {
-                    Ok(report) => {
-                        let fresh = sources_of(&report).map(|(_, s)| s).unwrap_or_default();
-                        if feed.send(fresh).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "p2p source refresh failed; keeping the sources we have");
-                    }
-                }
-            }
-        };
-        Ok(self.swarm(request, engine, progress, refresh).await?)
+        Ok(self
+            .swarm(request, engine, progress, lookup, P2P_SOURCE_REFRESH)
+            .await?)
     }
 }
 
@@ -241,78 +294,122 @@ pub fn swarm_engine() -> EngineConfig {
     }
 }
 
-/// How long `peer serve --fetch` keeps looking for a file nobody offers yet.
-const FETCH_PATIENCE: Duration = Duration::from_secs(600);
+/// Longest wait between two tries of one `--fetch` download.
+const FETCH_RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// Fetches each id into the daemon's shared folder, one after the other,
-/// while the daemon serves (`peer serve --fetch`). A file nobody offers yet
-/// (or an overlay still forming) is looked for again every second for up to
-/// ten minutes; a failure is logged and the daemon goes on serving.
+/// One id `peer serve --fetch` still has to fetch.
+struct Pending {
+    id: FileId,
+    failures: u32,
+    next_try: tokio::time::Instant,
+    /// The last failure logged as a warning (the same one is not repeated).
+    warned: Option<String>,
+}
+
+/// Fetches each id into the daemon's shared folder while the daemon serves
+/// (`peer serve --fetch`), one download at a time. A download that fails,
+/// whatever the reason (nobody offers the file yet, every source left, a
+/// full disk or another I/O error), is tried again later, with backoff from
+/// 1 s to [`FETCH_RETRY_MAX`], until it succeeds or the daemon stops, while
+/// the other ids get their turn: freeing space or a source coming back is
+/// enough, no restart needed. Each new reason is logged once as a warning.
+/// Content already in the share is reported as fetched at once.
 pub async fn fetch_into_share(daemon: &crate::Daemon, ids: &[FileId]) {
     let out_dir = daemon.library.root().to_path_buf();
     let stop = daemon.shutdown_token();
-    for id in ids {
-        let give_up = tokio::time::Instant::now() + FETCH_PATIENCE;
-        tracing::info!(%id, folder = %out_dir.display(), "fetching into the shared folder");
-        // A flooding search from a node with no neighbour yet finds nothing:
-        // wait for the overlay to form first.
-        if let Some(overlay) = &daemon.overlay {
-            while overlay.neighbours().is_empty() && tokio::time::Instant::now() < give_up {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                }
-            }
-        }
-        let mut said_missing = false;
-        loop {
-            // Never download into (and so create again) a shared folder
-            // that was moved away: wait for it to come back.
-            if !out_dir.is_dir() {
-                if !said_missing {
-                    tracing::warn!(%id, folder = %out_dir.display(), "the shared folder is missing; fetching once it is back");
-                    said_missing = true;
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            }
-            let progress = Arc::new(Progress::default());
-            let result = if daemon.overlay.is_some() {
-                daemon
-                    .download_p2p(
-                        *id,
-                        crate::overlay::DEFAULT_TTL,
-                        out_dir.clone(),
-                        swarm_engine(),
-                        progress,
-                    )
-                    .await
-                    .map_err(|e| (matches!(e, P2pSwarmError::NotFound { .. }), e.to_string()))
-            } else {
-                daemon
-                    .download(*id, out_dir.clone(), swarm_engine(), progress)
-                    .await
-                    .map_err(|e| (matches!(e, GetError::IdNotFound(_)), e.to_string()))
-            };
-            match result {
-                Ok(outcome) => {
-                    tracing::info!(%id, path = %outcome.path.display(), sources = outcome.sources_used, "fetched; now shared");
-                    break;
-                }
-                Err((not_yet, message)) => {
-                    if !not_yet || tokio::time::Instant::now() > give_up {
-                        tracing::warn!(%id, error = %message, "could not fetch; still serving");
-                        break;
-                    }
-                    tracing::debug!(%id, error = %message, "not offered yet; looking again");
-                }
-            }
+    let give_up_waiting = tokio::time::Instant::now() + Duration::from_secs(600);
+    // A flooding search from a node with no neighbour yet finds nothing:
+    // wait for the overlay to form first.
+    if let Some(overlay) = &daemon.overlay {
+        while overlay.neighbours().is_empty() && tokio::time::Instant::now() < give_up_waiting {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+    let mut said_missing = false;
+    let now = tokio::time::Instant::now();
+    let mut pending: Vec<Pending> = ids
+        .iter()
+        .map(|id| Pending {
+            id: *id,
+            failures: 0,
+            next_try: now,
+            warned: None,
+        })
+        .collect();
+    while !pending.is_empty() {
+        let Some(k) = (0..pending.len()).min_by_key(|k| pending[*k].next_try) else {
+            return;
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(pending[k].next_try) => {}
+        }
+        let job = &mut pending[k];
+        let id = job.id;
+        // Never download into (and so create again) a shared folder that
+        // was moved away: wait for it to come back.
+        if !out_dir.is_dir() {
+            if !said_missing {
+                tracing::warn!(%id, folder = %out_dir.display(), "the shared folder is missing; fetching once it is back");
+                said_missing = true;
+            }
+            job.next_try = tokio::time::Instant::now() + Duration::from_secs(1);
+            continue;
+        }
+        tracing::info!(%id, folder = %out_dir.display(), "fetching into the shared folder");
+        let progress = Arc::new(Progress::default());
+        let result = if daemon.overlay.is_some() {
+            daemon
+                .download_p2p(
+                    id,
+                    crate::overlay::DEFAULT_TTL,
+                    out_dir.clone(),
+                    swarm_engine(),
+                    progress,
+                )
+                .await
+                .map_err(|e| (matches!(e, P2pSwarmError::NotFound { .. }), e.to_string()))
+        } else {
+            daemon
+                .download(id, out_dir.clone(), swarm_engine(), progress)
+                .await
+                .map_err(|e| (matches!(e, GetError::IdNotFound(_)), e.to_string()))
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        match result {
+            Ok(outcome) => {
+                if outcome.already_present {
+                    tracing::info!(%id, path = %outcome.path.display(), "already in the shared folder");
+                } else {
+                    tracing::info!(%id, path = %outcome.path.display(), sources = outcome.sources_used, "fetched; now shared");
+                }
+                pending.remove(k);
+            }
+            Err((not_yet, message)) => {
+                job.failures += 1;
+                let wait = if not_yet {
+                    // Nobody offers it yet: look again soon (a seed may be
+                    // registering right now), then less often.
+                    download::retry::backoff(
+                        job.failures,
+                        Duration::from_secs(1),
+                        Duration::from_secs(10),
+                    )
+                } else {
+                    download::retry::backoff(job.failures, Duration::from_secs(1), FETCH_RETRY_MAX)
+                };
+                if not_yet || job.warned.as_deref() == Some(message.as_str()) {
+                    tracing::debug!(%id, error = %message, ?wait, "could not fetch yet; trying again");
+                } else {
+                    tracing::warn!(%id, error = %message, "could not fetch; still serving, and trying again with backoff (up to every {}s)", FETCH_RETRY_MAX.as_secs());
+                    job.warned = Some(message);
+                }
+                job.next_try = tokio::time::Instant::now() + wait;
             }
         }
     }

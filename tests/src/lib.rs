@@ -203,18 +203,23 @@ pub fn peer_config(share: &Path, index: &str) -> peer::ServeConfig {
 }
 
 pub async fn start_peer_with(config: peer::ServeConfig) -> Peer {
+    try_start_peer_with(config).await.expect("start peer")
+}
+
+/// [`start_peer_with`] that returns the error (a port taken, say).
+pub async fn try_start_peer_with(
+    config: peer::ServeConfig,
+) -> Result<Peer, peer::serve::ServeError> {
     init_logging();
     std::fs::create_dir_all(&config.share).unwrap();
     let shutdown = CancellationToken::new();
     let share = config.share.clone();
-    let daemon = peer::serve::start(config, shutdown.clone())
-        .await
-        .expect("start peer");
-    Peer {
+    let daemon = peer::serve::start(config, shutdown.clone()).await?;
+    Ok(Peer {
         daemon,
         share,
         shutdown,
-    }
+    })
 }
 
 pub async fn start_peer(share: &Path, index: &str) -> Peer {

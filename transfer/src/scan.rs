@@ -45,7 +45,9 @@ use crate::library::{FileStamp, Library, SharedEntry};
 use crate::net::is_fd_exhaustion;
 
 /// File name of the hash cache inside the cache folder.
-const CACHE_FILE: &str = "hashes.bin";
+pub const CACHE_FILE: &str = "hashes.bin";
+/// The default cache folder inside a shared folder (`SHARE/.p2pshare`).
+pub const CACHE_DIR: &str = ".p2pshare";
 /// The cache is a local file, but may be corrupt: decode it with a limit too.
 const CACHE_LIMIT: usize = 1 << 30;
 /// Version 2 added ctime, device and inode to each record.
@@ -250,6 +252,15 @@ impl HashCache {
         }
         self.next_due = next_due;
         ready || !self.closed.is_empty()
+    }
+
+    /// Cached files with content `id`, as they were when hashed (the
+    /// caller checks that their stamp still matches).
+    pub fn with_id<'a>(
+        &'a self,
+        id: &'a FileId,
+    ) -> impl Iterator<Item = &'a Arc<SharedEntry>> + 'a {
+        self.entries.values().filter(move |e| e.info.id == *id)
     }
 
     /// Records a file whose hashes are already known (a verified upload

@@ -29,6 +29,38 @@ pub enum P2pGetError {
     Download(#[from] DownloadError),
 }
 
+/// How often a p2p get floods its search again for fresh sources while it
+/// downloads (each search costs about one message per overlay link).
+pub const P2P_GET_REFRESH: Duration = Duration::from_secs(2);
+
+/// The nodes that answer a flooding search for one id now: a download's
+/// feed ([`download::SourceLookup`]).
+pub struct FloodSources {
+    pub via: String,
+    pub id: FileId,
+    pub ttl: u8,
+    pub wait: Duration,
+}
+
+impl download::SourceLookup for FloodSources {
+    fn sources(&mut self) -> impl std::future::Future<Output = Option<Vec<String>>> + Send {
+        async move {
+            let hex = self.id.to_hex();
+            let report = search(&self.via, vec![hex.clone()], self.ttl, self.wait)
+                .await
+                .ok()?;
+            Some(
+                report
+                    .hits
+                    .into_iter()
+                    .filter(|h| h.id == hex)
+                    .flat_map(|h| h.sources)
+                    .collect(),
+            )
+        }
+    }
+}
+
 /// A finished p2p get: the download and the search that found its sources.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct P2pGetOutcome {
@@ -93,7 +125,22 @@ pub async fn get(
         sources: hit.sources,
         out_dir,
     };
-    let download = download::download(request, engine, progress, None, shutdown).await?;
+    let lookup = FloodSources {
+        via: via.to_string(),
+        id,
+        ttl,
+        wait,
+    };
+    let download = download::download_refreshed(
+        request,
+        engine,
+        progress,
+        None,
+        lookup,
+        P2P_GET_REFRESH,
+        shutdown,
+    )
+    .await?;
     Ok(P2pGetOutcome {
         download,
         search: report,

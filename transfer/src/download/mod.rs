@@ -15,9 +15,16 @@
 //! 5. When every chunk is verified the file is published under its name
 //!    ([`output`]). On failure or interruption the verified part stays for
 //!    the next attempt.
+//!
+//! Content already in the output folder (or the share around it) is not
+//! fetched again; a part file belongs to one download at a time (a lock);
+//! sources that are busy or leave are tried again with backoff ([`retry`]),
+//! and every download can be fed fresh sources while it runs ([`feed`]).
 
 pub mod disk;
+pub mod feed;
 pub mod output;
+pub mod retry;
 pub mod scheduler;
 pub mod source;
 
@@ -25,6 +32,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub use feed::{download_refreshed, FixedSources, SourceLookup};
 
 use common::id::{ContentInfo, FileId};
 use tokio::sync::{mpsc, Notify};
@@ -69,6 +78,12 @@ pub struct EngineConfig {
     /// (`O_DIRECT`) where the file system allows it ([`disk`]); `None`:
     /// never.
     pub direct_writes_from: Option<u64>,
+    /// How long a download goes on without progress (no chunk verified)
+    /// while its sources are busy or gone: a source that answers `Busy` is
+    /// asked again with backoff, one that left is tried again when the feed
+    /// offers it again. Past this, the download fails (keeping the
+    /// verified part).
+    pub retry_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -86,9 +101,13 @@ impl Default for EngineConfig {
             have_refresh: Duration::from_millis(250),
             max_in_flight: None,
             direct_writes_from: Some(16 << 20),
+            retry_timeout: DEFAULT_RETRY_TIMEOUT,
         }
     }
 }
+
+/// Default of [`EngineConfig::retry_timeout`].
+pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What to fetch and where to put it.
 #[derive(Debug, Clone)]
@@ -108,8 +127,30 @@ pub struct Progress {
     pub total_bytes: AtomicU64,
     /// Bytes verified and on disk (resumed ones included).
     pub done_bytes: AtomicU64,
+    /// Of `done_bytes`, those found in the part file at the start (not
+    /// received in this run).
+    pub resumed_bytes: AtomicU64,
     /// Sources currently connected.
     pub active_sources: AtomicUsize,
+}
+
+impl Progress {
+    /// Speed (bytes per second) and time left of this run, `elapsed` after
+    /// it started: only bytes received in this run count, so that chunks
+    /// resumed from disk do not look like an instant burst (issue 12.13).
+    /// No time left is given before anything arrived.
+    pub fn rate(&self, elapsed: Duration) -> (f64, Option<Duration>) {
+        let total = self.total_bytes.load(Ordering::Relaxed);
+        let done = self.done_bytes.load(Ordering::Relaxed);
+        let this_run = done.saturating_sub(self.resumed_bytes.load(Ordering::Relaxed));
+        let secs = elapsed.as_secs_f64();
+        if this_run == 0 || secs <= 0.0 {
+            return (0.0, None);
+        }
+        let speed = this_run as f64 / secs;
+        let left = total.saturating_sub(done) as f64 / speed;
+        (speed, Some(Duration::from_secs_f64(left.min(1e9))))
+    }
 }
 
 /// How one source did.
@@ -134,6 +175,11 @@ pub struct DownloadOutcome {
     pub chunks_resumed: u32,
     pub chunks_total: u32,
     pub per_source: Vec<SourceReport>,
+    /// The content was already in the output folder (or the share around
+    /// it) under `path`: nothing was fetched.
+    pub already_present: bool,
+    /// Chunk bytes received in this run, duplicates included.
+    pub bytes_received: u64,
 }
 
 impl DownloadOutcome {
@@ -338,39 +384,98 @@ async fn recv_feed(feed: &mut Option<SourceFeed>) -> Option<Vec<String>> {
     }
 }
 
-fn dedupe(sources: &[String], max: usize) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for s in sources {
-        if !out.contains(s) {
-            out.push(s.clone());
+/// Adds the addresses in `found` not yet in `known`.
+fn merge(known: &mut Vec<String>, found: Vec<String>) {
+    for a in found {
+        if !known.contains(&a) {
+            known.push(a);
         }
     }
-    out.truncate(max.max(1));
-    out
 }
 
-/// Fetches the hash list from the first source that has a valid one.
+/// Whether a source that failed this way may be asked again: always when
+/// it was busy; never when it lied or broke the protocol; otherwise (it
+/// left, could not be reached, stalled, or did not hold the file for a
+/// moment, like a peer between finishing a download and sharing the
+/// result) when a feed, which says who offers the file now, offers it again.
+fn worth_retrying(e: &SourceError, with_feed: bool) -> bool {
+    match e {
+        SourceError::Busy => true,
+        SourceError::BadData | SourceError::Protocol(_) => false,
+        SourceError::Connect(_)
+        | SourceError::Wire(_)
+        | SourceError::Stalled(_)
+        | SourceError::NotFound
+        | SourceError::FileChanged => with_feed,
+    }
+}
+
+/// Why no hash list came.
+enum HashListFailure {
+    Interrupted,
+    Failed(Vec<(String, String)>),
+}
+
+/// Fetches the hash list from the first source that has a valid one. When
+/// every source failed and some may yet answer (busy, or gone while a feed
+/// may bring them or others back), tries again with backoff until
+/// `retry_timeout`; addresses from the feed join `sources`.
 async fn fetch_hash_list(
     id: FileId,
-    sources: &[String],
+    sources: &mut Vec<String>,
+    feed: &mut Option<SourceFeed>,
     config: &EngineConfig,
-    failures: &mut Vec<(String, String)>,
-) -> Option<ContentInfo> {
-    for addr in sources {
-        let attempt = async {
-            let mut conn =
-                PeerConnection::connect(addr, config.connect_timeout, config.stall_timeout).await?;
-            conn.hash_list(id).await
-        };
-        match attempt.await {
-            Ok(info) => return Some(info),
-            Err(e) => {
-                debug!(%addr, error = %e, "no hash list from this source");
-                failures.push((addr.clone(), e.to_string()));
+    shutdown: &CancellationToken,
+) -> Result<ContentInfo, HashListFailure> {
+    let give_up = tokio::time::Instant::now() + config.retry_timeout;
+    let mut round = 0u32;
+    loop {
+        let mut failures = Vec::new();
+        let mut hope = false;
+        for addr in sources.iter() {
+            let attempt = async {
+                let mut conn =
+                    PeerConnection::connect(addr, config.connect_timeout, config.stall_timeout)
+                        .await?;
+                conn.hash_list(id).await
+            };
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return Err(HashListFailure::Interrupted),
+                r = attempt => r,
+            };
+            match result {
+                Ok(info) => return Ok(info),
+                Err(e) => {
+                    debug!(%addr, error = %e, "no hash list from this source");
+                    hope |= worth_retrying(&e, feed.is_some());
+                    failures.push((addr.clone(), e.to_string()));
+                }
+            }
+        }
+        round += 1;
+        let wait = retry::backoff(round, retry::RETRY_MIN, retry::RETRY_MAX);
+        if !hope || tokio::time::Instant::now() + wait > give_up {
+            return Err(HashListFailure::Failed(failures));
+        }
+        if round == 1 {
+            info!(
+                sources = sources.len(),
+                "no source could send the hash list yet (busy or gone); trying again"
+            );
+        }
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(HashListFailure::Interrupted),
+                _ = &mut sleep => break,
+                found = recv_feed(feed) => match found {
+                    Some(addrs) => merge(sources, addrs),
+                    None => *feed = None,
+                },
             }
         }
     }
-    None
 }
 
 /// Runs one download to completion, failure or interruption (`shutdown`).
@@ -391,10 +496,250 @@ pub async fn download(
 /// sources the index learned of since the download started).
 pub type SourceFeed = mpsc::Receiver<Vec<String>>;
 
+/// The outcome of a download whose content is already at `path`.
+fn present(id: FileId, path: PathBuf, size: u64, progress: &Progress) -> DownloadOutcome {
+    info!(path = %path.display(), "already here: nothing to fetch");
+    progress.total_bytes.store(size, Ordering::Relaxed);
+    progress.done_bytes.store(size, Ordering::Relaxed);
+    progress.resumed_bytes.store(size, Ordering::Relaxed);
+    let chunks = common::id::chunk_count(size) as u32;
+    DownloadOutcome {
+        path,
+        id: id.to_hex(),
+        size,
+        sources_used: 0,
+        chunks_resumed: chunks,
+        chunks_total: chunks,
+        per_source: Vec::new(),
+        already_present: true,
+        bytes_received: 0,
+    }
+}
+
+/// The download's outcome if content `id` is already in `out_dir` or the
+/// share around it, or is a complete file of `library`, found without the
+/// network ([`output::find_known`]). Callers that look sources up first
+/// (a daemon's `--fetch`) ask this before they do.
+pub async fn already_present(
+    id: FileId,
+    out_dir: &std::path::Path,
+    library: Option<&Library>,
+    progress: &Progress,
+) -> Option<DownloadOutcome> {
+    let (dir, lib) = (out_dir.to_path_buf(), library.cloned());
+    let found = tokio::task::spawn_blocking(move || output::find_known(&id, &dir, lib.as_ref()))
+        .await
+        .ok()
+        .flatten()?;
+    Some(present(id, found.0, found.1, progress))
+}
+
+/// Waits until this download owns the part file at `part` ([`output::lock_part`]).
+/// While another download holds it, says so once and waits for it; when
+/// that one has published the content meanwhile, returns `Err(path)`.
+async fn own_part(
+    part: &std::path::Path,
+    out_dir: &std::path::Path,
+    name: &str,
+    info: &Arc<ContentInfo>,
+    shutdown: &CancellationToken,
+) -> Result<Result<std::fs::File, PathBuf>, DownloadError> {
+    let mut said = false;
+    loop {
+        let (p, d, n, i) = (
+            part.to_path_buf(),
+            out_dir.to_path_buf(),
+            name.to_string(),
+            info.clone(),
+        );
+        let attempt = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+            // Published by whoever held the lock? Then that is our file.
+            if let Some(path) = output::find_same_named(&d, &n, &i) {
+                return Ok(Err(path));
+            }
+            match output::lock_part(&p)? {
+                output::PartLock::Owned(file) => Ok(Ok(Some(file))),
+                output::PartLock::Held => Ok(Ok(None)),
+            }
+        })
+        .await
+        .map_err(|e| DownloadError::Output {
+            path: part.to_path_buf(),
+            source: std::io::Error::other(e),
+        })?
+        .map_err(|source| DownloadError::Output {
+            path: part.to_path_buf(),
+            source,
+        })?;
+        match attempt {
+            Err(path) => return Ok(Err(path)),
+            Ok(Some(file)) => return Ok(Ok(file)),
+            Ok(None) => {}
+        }
+        if !said {
+            said = true;
+            warn!(part = %part.display(), "another download of this file into the same folder is running (it holds the part file); waiting for it to finish");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(DownloadError::Interrupted { done: 0, total: info.chunk_count() }),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// The source tasks of one download and what the coordinator knows of
+/// each: source number `i` is `addrs[i]`, the scheduler's and the
+/// verifier's source `i` too. An address keeps its number when it is
+/// tried again.
+struct Sources {
+    shared: Arc<Shared>,
+    verifier: Arc<Verifier>,
+    progress: Arc<Progress>,
+    workers: JoinSet<(usize, Result<(), SourceError>)>,
+    max: usize,
+    with_feed: bool,
+    addrs: Vec<String>,
+    alive: Vec<bool>,
+    reasons: Vec<Option<String>>,
+    /// Failed runs in a row (reset by a run that delivered a chunk).
+    failures: Vec<u32>,
+    /// Chunks delivered when the current run started.
+    delivered_at_start: Vec<u64>,
+    /// Not to be started again before this.
+    retry_at: Vec<Option<tokio::time::Instant>>,
+    /// Busy: started again when due, whether offered again or not.
+    auto_retry: Vec<bool>,
+    /// Offered while every slot was taken: started when one frees up.
+    waiting: Vec<String>,
+}
+
+impl Sources {
+    fn delivered(&self, i: usize) -> u64 {
+        self.verifier
+            .delivered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(i)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Starts (or starts again) the task of source `i`.
+    fn start(&mut self, i: usize) {
+        let (shared, addr) = (self.shared.clone(), self.addrs[i].clone());
+        self.alive[i] = true;
+        self.retry_at[i] = None;
+        self.auto_retry[i] = false;
+        self.delivered_at_start[i] = self.delivered(i);
+        self.workers
+            .spawn(async move { (i, source::run(shared, i, addr).await) });
+        self.progress.active_sources.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A new address: a new source number, started now.
+    fn add(&mut self, addr: String) {
+        let i = self.shared.scheduler.add_source();
+        debug_assert_eq!(i, self.addrs.len());
+        self.addrs.push(addr);
+        self.alive.push(false);
+        self.reasons.push(None);
+        self.failures.push(0);
+        self.delivered_at_start.push(0);
+        self.retry_at.push(None);
+        self.auto_retry.push(false);
+        self.verifier
+            .delivered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(0);
+        self.start(i);
+        debug!(source = %self.addrs[i], "source added during the download");
+    }
+
+    /// Addresses that offer the file now: new ones are started, known ones
+    /// whose task ended without a ban are started again once their backoff
+    /// is over (they may have come back), up to `max` at once.
+    fn offer(&mut self, addrs: Vec<String>) {
+        let now = tokio::time::Instant::now();
+        for addr in addrs {
+            match self.addrs.iter().position(|a| *a == addr) {
+                Some(i) => {
+                    let due = self.retry_at[i].is_none_or(|t| t <= now);
+                    if self.alive[i] || self.shared.scheduler.is_banned(i) || !due {
+                        continue;
+                    }
+                    if self.workers.len() >= self.max {
+                        break;
+                    }
+                    self.start(i);
+                }
+                None => {
+                    if self.workers.len() >= self.max {
+                        if !self.waiting.contains(&addr) {
+                            self.waiting.push(addr);
+                        }
+                        continue;
+                    }
+                    self.add(addr);
+                }
+            }
+        }
+    }
+
+    /// Starts busy sources whose backoff is over, and waiting ones while
+    /// slots are free.
+    fn start_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        for i in 0..self.addrs.len() {
+            if self.workers.len() >= self.max {
+                return;
+            }
+            if self.auto_retry[i] && !self.alive[i] && self.retry_at[i].is_some_and(|t| t <= now) {
+                debug!(source = %self.addrs[i], "asking a busy source again");
+                self.start(i);
+            }
+        }
+        while self.workers.len() < self.max && !self.waiting.is_empty() {
+            let addr = self.waiting.remove(0);
+            self.offer(vec![addr]);
+        }
+    }
+
+    /// Whether a busy source is waiting for its next try.
+    fn retry_pending(&self) -> bool {
+        (0..self.addrs.len()).any(|i| self.auto_retry[i] && !self.alive[i])
+    }
+
+    /// Records how a source task ended and when it may be tried again.
+    fn ended(&mut self, i: usize, result: Result<(), SourceError>) {
+        self.alive[i] = false;
+        self.progress.active_sources.fetch_sub(1, Ordering::Relaxed);
+        let Err(e) = result else { return };
+        if self.delivered(i) > self.delivered_at_start[i] {
+            self.failures[i] = 0;
+        }
+        self.failures[i] += 1;
+        if worth_retrying(&e, self.with_feed) && !self.shared.scheduler.is_banned(i) {
+            let wait = retry::backoff(self.failures[i], retry::RETRY_MIN, retry::RETRY_MAX);
+            self.retry_at[i] = Some(tokio::time::Instant::now() + wait);
+            self.auto_retry[i] = matches!(e, SourceError::Busy);
+            debug!(source = %self.addrs[i], error = %e, ?wait, "source dropped; may try it again");
+        } else {
+            info!(source = %self.addrs[i], error = %e, "source dropped");
+        }
+        // A busy answer after a good run says less than why the run ended.
+        if !matches!(e, SourceError::Wire(_)) || self.reasons[i].is_none() {
+            self.reasons[i] = Some(e.to_string());
+        }
+    }
+}
+
 /// [`download`] that also takes sources from `feed` while it runs: each new
-/// address (or one whose connection ended without it being banned) gets a
-/// source task, up to `max_sources` at once. Without any source left it
-/// waits up to `stall_timeout` for the feed to bring one.
+/// address gets a source task, up to `max_sources` at once, and one whose
+/// task ended without a ban is tried again (after a backoff) when the feed
+/// offers it again. Busy sources are asked again with backoff with or
+/// without a feed. The download fails once it has made no progress for
+/// `retry_timeout` with nothing left to try.
 pub async fn download_swarm(
     request: DownloadRequest,
     config: EngineConfig,
@@ -403,33 +748,44 @@ pub async fn download_swarm(
     mut feed: Option<SourceFeed>,
     shutdown: CancellationToken,
 ) -> Result<DownloadOutcome, DownloadError> {
-    let mut sources = dedupe(&request.sources, config.max_sources);
-    if sources.is_empty() {
-        return Err(DownloadError::NoSources);
-    }
     let out_dir = request.out_dir.clone();
     let output_error = |reason: std::io::Error| DownloadError::OutputDir {
         path: out_dir.clone(),
         reason,
     };
     std::fs::create_dir_all(&request.out_dir).map_err(output_error)?;
+    // Content already here needs no source at all.
+    if let Some(outcome) =
+        already_present(request.id, &request.out_dir, library.as_ref(), &progress).await
+    {
+        return Ok(outcome);
+    }
+    let mut known = Vec::new();
+    merge(&mut known, request.sources.clone());
+    if known.is_empty() {
+        return Err(DownloadError::NoSources);
+    }
 
-    let mut failures = Vec::new();
-    let info = tokio::select! {
-        _ = shutdown.cancelled() => return Err(DownloadError::Interrupted { done: 0, total: 0 }),
-        info = fetch_hash_list(request.id, &sources, &config, &mut failures) => info,
-    };
-    let Some(info) = info else {
-        return Err(DownloadError::NoHashList(failures));
+    let info = match fetch_hash_list(request.id, &mut known, &mut feed, &config, &shutdown).await {
+        Ok(info) => info,
+        Err(HashListFailure::Interrupted) => {
+            return Err(DownloadError::Interrupted { done: 0, total: 0 })
+        }
+        Err(HashListFailure::Failed(failures)) => return Err(DownloadError::NoHashList(failures)),
     };
     let info = Arc::new(info);
     debug!(size = info.size, "hash list fetched");
     progress.total_bytes.store(info.size, Ordering::Relaxed);
 
+    let name = output::sanitize_name(&request.name, &request.id);
     let part = output::part_path(&request.out_dir, &request.id);
+    let file = match own_part(&part, &request.out_dir, &name, &info, &shutdown).await? {
+        Ok(file) => file,
+        Err(path) => return Ok(present(request.id, path, info.size, &progress)),
+    };
     let (file, have) = {
-        let (part_c, info) = (part.clone(), info.clone());
-        tokio::task::spawn_blocking(move || output::open_part(&part_c, &info))
+        let info = info.clone();
+        tokio::task::spawn_blocking(move || output::prepare_part(&file, &info).map(|h| (file, h)))
             .await
             .map_err(|e| DownloadError::Output {
                 path: request.out_dir.clone(),
@@ -458,7 +814,6 @@ pub async fn download_swarm(
             total, "resuming: verified chunks found on disk"
         );
     }
-    let name = output::sanitize_name(&request.name, &request.id);
     let partial = Arc::new(PartialEntry::named(
         part.clone(),
         info.clone(),
@@ -468,6 +823,9 @@ pub async fn download_swarm(
         .filter(|i| have[*i as usize])
         .map(|i| info.chunk_len(i) as u64)
         .sum();
+    progress
+        .resumed_bytes
+        .store(resumed_bytes, Ordering::Relaxed);
     progress.done_bytes.store(resumed_bytes, Ordering::Relaxed);
     for (i, h) in have.iter().enumerate() {
         if *h {
@@ -481,7 +839,7 @@ pub async fn download_swarm(
     // In a swarm, downloaders start at random points so that they do not
     // all ask the seed for the same chunks first; a plain download walks
     // from the start (sources in their regions), as it always did.
-    let rotation = match feed {
+    let rotation = match library {
         Some(_) => {
             use std::hash::{BuildHasher, Hasher};
             std::collections::hash_map::RandomState::new()
@@ -490,14 +848,14 @@ pub async fn download_swarm(
         }
         None => 0,
     };
-    let scheduler = Arc::new(Scheduler::with_rotation(&have, sources.len(), rotation));
+    let max = config.max_sources.max(1);
+    let first: Vec<String> = known.iter().take(max).cloned().collect();
+    let scheduler = Arc::new(Scheduler::with_rotation(&have, first.len(), rotation));
     let threads = config.verifier_threads.max(1);
     let verify_queue = config.pipeline_depth.max(2) * 2;
     // Enough buffers for every source filling one, a full queue and every
     // verifier holding one: past the start, a download allocates nothing.
-    let buffers = Arc::new(disk::BufferPool::new(
-        sources.len() + verify_queue + threads,
-    ));
+    let buffers = Arc::new(disk::BufferPool::new(first.len() + verify_queue + threads));
     let direct = config
         .direct_writes_from
         .is_some_and(|min| info.size >= min);
@@ -511,7 +869,7 @@ pub async fn download_swarm(
         buffers: buffers.clone(),
         partial,
         progress: progress.clone(),
-        delivered: Mutex::new(vec![0; sources.len()]),
+        delivered: Mutex::new(vec![0; first.len()]),
         write_error: Mutex::new(None),
         abort: abort.clone(),
     });
@@ -550,107 +908,96 @@ pub async fn download_swarm(
         in_flight: AtomicUsize::new(0),
         in_flight_freed: Notify::new(),
     });
-    let mut workers = JoinSet::new();
-    for (i, addr) in sources.iter().enumerate() {
-        let (shared, addr) = (shared.clone(), addr.clone());
-        workers.spawn(async move { (i, source::run(shared, i, addr).await) });
+    let n = first.len();
+    let mut sources = Sources {
+        shared: shared.clone(),
+        verifier: verifier.clone(),
+        progress: progress.clone(),
+        workers: JoinSet::new(),
+        max,
+        with_feed: feed.is_some(),
+        addrs: first,
+        alive: vec![false; n],
+        reasons: vec![None; n],
+        failures: vec![0; n],
+        delivered_at_start: vec![0; n],
+        retry_at: vec![None; n],
+        auto_retry: vec![false; n],
+        waiting: known[n..].to_vec(),
+    };
+    for i in 0..n {
+        sources.start(i);
     }
-    progress
-        .active_sources
-        .store(sources.len(), Ordering::Relaxed);
 
     // Start once every source has connected (or failed), or after the grace period.
     let grace = tokio::time::sleep(config.start_grace);
     tokio::pin!(grace);
-    while shared.ready.load(Ordering::Acquire) < sources.len() {
+    while shared.ready.load(Ordering::Acquire) < n {
         tokio::select! {
             _ = &mut grace => break,
             _ = shared.ready_changed.notified() => {}
         }
     }
     shared.started.cancel();
-    debug!(sources = sources.len(), "requesting chunks");
+    debug!(sources = n, "requesting chunks");
 
-    let mut reasons: Vec<Option<String>> = vec![None; sources.len()];
-    let mut alive: Vec<bool> = vec![true; sources.len()];
     let mut interrupted = false;
     let mut poll = tokio::time::interval(Duration::from_millis(100));
-    let mut idle_since: Option<tokio::time::Instant> = None;
+    let mut last_done = scheduler.done();
+    let mut last_progress = tokio::time::Instant::now();
     while !scheduler.is_finished() {
         tokio::select! {
             _ = shutdown.cancelled() => { interrupted = true; break; }
             _ = abort.cancelled() => break,
             _ = poll.tick() => {}
             _ = scheduler.changed.notified() => {}
-            joined = workers.join_next(), if !workers.is_empty() => {
+            joined = sources.workers.join_next(), if !sources.workers.is_empty() => {
                 if let Some(Ok((i, result))) = joined {
-                    alive[i] = false;
-                    if let Err(e) = result {
-                        info!(source = %sources[i], error = %e, "source dropped");
-                        reasons[i] = Some(e.to_string());
-                    }
+                    sources.ended(i, result);
                 }
-                progress.active_sources.fetch_sub(1, Ordering::Relaxed);
             }
             found = recv_feed(&mut feed) => match found {
-                Some(addrs) => {
-                    for addr in addrs {
-                        if workers.len() >= config.max_sources.max(1) {
-                            break;
-                        }
-                        // A known address is tried again only if its task
-                        // ended without a ban (it may have finished the
-                        // file, or come back).
-                        let known = sources.iter().enumerate().filter(|(_, a)| **a == addr);
-                        if known.clone().any(|(i, _)| alive[i] || scheduler.is_banned(i)) {
-                            continue;
-                        }
-                        if known.count() >= 3 {
-                            continue;
-                        }
-                        let i = scheduler.add_source();
-                        debug_assert_eq!(i, sources.len());
-                        sources.push(addr.clone());
-                        reasons.push(None);
-                        alive.push(true);
-                        verifier
-                            .delivered
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push(0);
-                        let shared = shared.clone();
-                        workers.spawn(async move { (i, source::run(shared, i, addr).await) });
-                        progress.active_sources.fetch_add(1, Ordering::Relaxed);
-                        debug!(source = %sources[i], "source added during the download");
-                    }
+                Some(addrs) => sources.offer(addrs),
+                None => {
+                    feed = None;
+                    sources.with_feed = false;
                 }
-                None => feed = None,
             },
         }
-        if workers.is_empty() {
-            // Without a feed, or when the feed brings nobody for a while:
-            // let the verifiers finish the last chunks, then judge.
-            if feed.is_none() {
+        let done = scheduler.done();
+        if done > last_done {
+            last_done = done;
+            last_progress = tokio::time::Instant::now();
+        }
+        sources.start_due();
+        let stuck = last_progress.elapsed() >= config.retry_timeout;
+        if sources.workers.is_empty() {
+            // With nothing running: wait for busy sources' next try or for
+            // the feed to bring a source, up to the deadline; else let the
+            // verifiers finish the last chunks, then judge.
+            let hope = feed.is_some() || sources.retry_pending();
+            if !hope || stuck {
                 break;
             }
-            let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
-            if since.elapsed() >= config.stall_timeout {
-                break;
-            }
-        } else {
-            idle_since = None;
+        } else if stuck {
+            break;
         }
     }
-    workers.abort_all();
-    while let Some(joined) = workers.join_next().await {
+    sources.workers.abort_all();
+    while let Some(joined) = sources.workers.join_next().await {
         if let Ok((i, Err(e))) = joined {
-            if !matches!(e, SourceError::Wire(_)) || reasons[i].is_none() {
-                reasons[i].get_or_insert(e.to_string());
+            if !matches!(e, SourceError::Wire(_)) || sources.reasons[i].is_none() {
+                sources.reasons[i].get_or_insert(e.to_string());
             }
         }
     }
     progress.active_sources.store(0, Ordering::Relaxed);
     let received = shared.bytes_received.load(Ordering::Relaxed);
+    let (addrs, reasons) = (
+        std::mem::take(&mut sources.addrs),
+        std::mem::take(&mut sources.reasons),
+    );
+    drop(sources);
     drop(shared); // closes the verify channel: the verifiers drain it and stop
     for v in verifiers {
         let _ = v.await;
@@ -671,7 +1018,7 @@ pub async fn download_swarm(
         if interrupted {
             return Err(DownloadError::Interrupted { done, total });
         }
-        let reasons = sources
+        let reasons = addrs
             .iter()
             .zip(&reasons)
             .map(|(a, r)| (a.clone(), r.clone().unwrap_or_else(|| "stopped".into())))
@@ -701,7 +1048,7 @@ pub async fn download_swarm(
         .delivered
         .into_inner()
         .unwrap_or_else(|p| p.into_inner());
-    let per_source: Vec<SourceReport> = sources
+    let per_source: Vec<SourceReport> = addrs
         .iter()
         .zip(&delivered)
         .zip(reasons)
@@ -721,5 +1068,7 @@ pub async fn download_swarm(
         chunks_resumed,
         chunks_total: total,
         per_source,
+        already_present: false,
+        bytes_received: received,
     })
 }

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use common::id::{ContentInfo, FileId};
 
+use crate::library::{FileStamp, Holding, Library};
+
 /// Path of the partial file for `id` in `out_dir`.
 pub fn part_path(out_dir: &Path, id: &FileId) -> PathBuf {
     out_dir.join(format!(".{}.part", id.to_hex()))
@@ -27,6 +29,7 @@ pub fn sanitize_name(name: &str, id: &FileId) -> String {
 }
 
 /// Opens (or creates) the part file and finds which chunks it already holds.
+/// The caller must own the part file ([`lock_part`]): this may resize it.
 pub fn open_part(path: &Path, info: &ContentInfo) -> io::Result<(File, Vec<bool>)> {
     let file = OpenOptions::new()
         .read(true)
@@ -34,6 +37,13 @@ pub fn open_part(path: &Path, info: &ContentInfo) -> io::Result<(File, Vec<bool>
         .create(true)
         .truncate(false)
         .open(path)?;
+    let have = prepare_part(&file, info)?;
+    Ok((file, have))
+}
+
+/// Finds which chunks an opened part file already holds (hashing each one
+/// again), or sizes it afresh when it does not have the file's size.
+pub fn prepare_part(file: &File, info: &ContentInfo) -> io::Result<Vec<bool>> {
     let existing = file.metadata()?.len();
     let mut have = vec![false; info.chunk_count() as usize];
     if existing == info.size && info.size > 0 {
@@ -45,12 +55,132 @@ pub fn open_part(path: &Path, info: &ContentInfo) -> io::Result<(File, Vec<bool>
             *slot = info.verify_chunk(i as u32, &buf[..len]);
         }
     } else {
-        reserve(&file, info.size)?;
+        reserve(file, info.size)?;
     }
-    Ok((file, have))
+    Ok(have)
 }
 
-/// Sizes a new part file, reserving its blocks where the file system can:
+/// What [`lock_part`] found.
+#[derive(Debug)]
+pub enum PartLock {
+    /// The part file, opened and locked: this download owns it until the
+    /// descriptor is closed (the kernel releases the lock if the process dies).
+    Owned(File),
+    /// Another download (in this process or another) holds it.
+    Held,
+}
+
+/// Opens (or creates) the part file at `path` and takes an exclusive
+/// `flock` on it without waiting. A download owns its part file for as long
+/// as it runs, so two downloads of one file into one folder never write
+/// (or resize, or publish) the same file.
+///
+/// After the lock is taken, the path must still name the locked file: a
+/// download that finished in the meantime has removed its part file (the
+/// content is then published), and this one must look again rather than
+/// write into an unlinked file; that case is reported as `Held` too.
+pub fn lock_part(path: &Path) -> io::Result<PartLock> {
+    use rustix::fs::{flock, FlockOperation};
+    use std::os::unix::fs::MetadataExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(rustix::io::Errno::WOULDBLOCK) => return Ok(PartLock::Held),
+        // File systems without locks (some network ones): go on unlocked.
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "part file cannot be locked here")
+        }
+    }
+    let ours = file.metadata()?;
+    match std::fs::metadata(path) {
+        Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => Ok(PartLock::Owned(file)),
+        Ok(_) => Ok(PartLock::Held),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(PartLock::Held),
+        Err(e) => Err(e),
+    }
+}
+
+/// Where content `id` already is, found without the network and without
+/// reading file contents: a complete file of `library` (a daemon's own
+/// share), or a file that the hash cache of a shared folder containing
+/// `out_dir` (`SHARE/.p2pshare/hashes.bin`) knows by that id, whose stamp
+/// (size, times, inode) still matches the cache. Returns the path and size.
+///
+/// Blocking (it may read a hash cache).
+pub fn find_known(
+    id: &FileId,
+    out_dir: &Path,
+    library: Option<&Library>,
+) -> Option<(PathBuf, u64)> {
+    // The daemon's own trust rule: the file is as it was when hashed.
+    let unchanged = |path: &Path, stamp: &FileStamp| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && FileStamp::of(&m) == *stamp)
+    };
+    if let Some(lib) = library {
+        if let Some(Holding::Complete(e)) = lib.get(id) {
+            if unchanged(&e.path, &e.stamp) {
+                return Some((e.path.clone(), e.size));
+            }
+        }
+    }
+    let out_dir = std::fs::canonicalize(out_dir).ok()?;
+    for root in out_dir.ancestors() {
+        let cache_dir = root.join(crate::scan::CACHE_DIR);
+        if !cache_dir.join(crate::scan::CACHE_FILE).is_file() {
+            continue;
+        }
+        let cache = crate::scan::HashCache::load(Some(&cache_dir), root);
+        let found = cache
+            .with_id(id)
+            .find(|e| unchanged(&e.path, &e.stamp))
+            .map(|e| (e.path.clone(), e.size));
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+/// A file in `out_dir` named `name` or `name (k)` (the names [`publish`]
+/// gives) that holds exactly the content of `info`: the same size, and
+/// every chunk matching the hash list (reading stops at the first that
+/// does not). Blocking.
+pub fn find_same_named(out_dir: &Path, name: &str, info: &ContentInfo) -> Option<PathBuf> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; common::CHUNK_SIZE];
+    for (k, candidate) in candidates(out_dir, name).enumerate() {
+        let Ok(meta) = std::fs::metadata(&candidate) else {
+            // `name (k)` are handed out in order: stop at the first gap.
+            if k == 0 {
+                continue;
+            }
+            break;
+        };
+        if !meta.is_file() || meta.len() != info.size {
+            continue;
+        }
+        let Ok(file) = File::open(&candidate) else {
+            continue;
+        };
+        let same = (0..info.chunk_count()).all(|i| {
+            let len = info.chunk_len(i);
+            file.read_exact_at(&mut buf[..len], i as u64 * common::CHUNK_SIZE as u64)
+                .is_ok()
+                && info.verify_chunk(i, &buf[..len])
+        });
+        if same {
+            return Some(candidate);
+        }
+    }
+    None
+}
+
+/// Sizes a part file afresh, reserving its blocks where the file system can:
 /// a disk too small is then an error before anything is fetched, and
 /// direct writes into reserved blocks can run side by side (see
 /// [`super::disk`]).
@@ -131,6 +261,59 @@ mod tests {
         let flac = format!("{} x.flac", "a".repeat(194));
         assert_eq!(flac.len(), 201);
         assert!(sanitize_name(&flac, &id).ends_with("aaa.flac"));
+    }
+
+    #[test]
+    fn a_part_file_has_one_owner_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join(".x.part");
+        let PartLock::Owned(first) = lock_part(&part).unwrap() else {
+            panic!("a fresh part file is free");
+        };
+        assert!(matches!(lock_part(&part).unwrap(), PartLock::Held));
+        drop(first);
+        let PartLock::Owned(second) = lock_part(&part).unwrap() else {
+            panic!("closing the owner releases the lock");
+        };
+        // The owner publishes and removes the part: a download that was
+        // waiting must not take the unlinked file.
+        std::fs::remove_file(&part).unwrap();
+        let waiting = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part)
+            .unwrap();
+        std::fs::remove_file(&part).unwrap();
+        drop(second);
+        drop(waiting);
+        assert!(
+            matches!(lock_part(&part).unwrap(), PartLock::Owned(_)),
+            "a new part file is free again"
+        );
+    }
+
+    #[test]
+    fn the_same_content_under_its_name_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = common::sample::bytes(2 * common::CHUNK_SIZE + 5, 3);
+        let info = common::id::content_info(&data);
+        std::fs::write(dir.path().join("a.bin"), b"other").unwrap();
+        assert_eq!(find_same_named(dir.path(), "a.bin", &info), None);
+        let mut other = data.clone();
+        other[2 * common::CHUNK_SIZE] ^= 1;
+        std::fs::write(dir.path().join("a (1).bin"), &other).unwrap();
+        assert_eq!(
+            find_same_named(dir.path(), "a.bin", &info),
+            None,
+            "same size, other bytes"
+        );
+        std::fs::write(dir.path().join("a (2).bin"), &data).unwrap();
+        assert_eq!(
+            find_same_named(dir.path(), "a.bin", &info),
+            Some(dir.path().join("a (2).bin"))
+        );
     }
 
     #[test]

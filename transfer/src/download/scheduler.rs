@@ -8,6 +8,15 @@
 //! the download never waits on the slowest source; the first verified copy
 //! wins. Chunks of a failed or banned source go back to the pool.
 //!
+//! There is no way to take back a request already sent (answers come in
+//! order and the uploader may have sent it already), so a duplicate whose
+//! first copy also arrives is a wasted chunk. To bound that waste, each
+//! source owes one "debt" per duplicate it asked for, paid back when one of
+//! the two requests is released (its source failed, so the duplicate was
+//! needed); a source in debt asks for no further duplicates. With honest
+//! sources a download therefore receives at most one chunk per source more
+//! than the file size.
+//!
 //! Rarest first: sources report which chunks they hold ([`Scheduler::set_have`]),
 //! and a source is given, among the missing chunks it has, one held by the
 //! fewest connected sources (ties broken by its walk from its starting
@@ -70,6 +79,22 @@ struct State {
     availability: Vec<u16>,
     /// Offset of the sources' starting points, random per download.
     rotation: u32,
+    /// Per chunk: the source that asked for its endgame duplicate, if any.
+    dup_by: Vec<Option<usize>>,
+    /// Per source: duplicates it asked for that may still turn out wasted.
+    debt: Vec<u32>,
+}
+
+impl State {
+    /// One of a chunk's two requests went away: only one copy can arrive, so
+    /// its duplicate was not a waste.
+    fn settle_duplicate(&mut self, index: usize) {
+        if let Some(d) = self.dup_by.get_mut(index).and_then(Option::take) {
+            if let Some(debt) = self.debt.get_mut(d) {
+                *debt = debt.saturating_sub(1);
+            }
+        }
+    }
 }
 
 impl State {
@@ -143,6 +168,8 @@ impl Scheduler {
                 holds: vec![Holds::Unknown; sources],
                 availability: vec![0; total as usize],
                 rotation,
+                dup_by: vec![None; total as usize],
+                debt: vec![0; sources],
             }),
             changed: Notify::new(),
         }
@@ -162,6 +189,7 @@ impl Scheduler {
         s.cursors.push(start as u32);
         s.banned.push(false);
         s.holds.push(Holds::Unknown);
+        s.debt.push(0);
         s.cursors.len() - 1
     }
 
@@ -254,12 +282,18 @@ impl Scheduler {
         // still out: before that, a duplicate would take upload from chunks
         // nobody has asked for yet (in a swarm, many slow sources keep many
         // chunks in flight for a long time).
-        if endgame_ok && !any_missing && outstanding <= ENDGAME_OUTSTANDING {
+        // A source whose earlier duplicate may still be wasted asks for no
+        // other (see the module notes: the waste stays within one chunk per
+        // source).
+        let in_debt = s.debt.get(source).copied().unwrap_or(1) > 0;
+        if endgame_ok && !in_debt && !any_missing && outstanding <= ENDGAME_OUTSTANDING {
             for step in 0..total {
                 let i = (start + step) % total;
                 if let ChunkState::Requested(n) = s.chunks[i as usize] {
                     if n < MAX_DUPLICATES && available(i) {
                         s.chunks[i as usize] = ChunkState::Requested(n + 1);
+                        s.dup_by[i as usize] = Some(source);
+                        s.debt[source] += 1;
                         return Pick::Chunk(i);
                     }
                 }
@@ -306,6 +340,7 @@ impl Scheduler {
                     *c = ChunkState::Missing;
                 }
             }
+            s.settle_duplicate(index as usize);
         }
         self.changed.notify_waiters();
     }
@@ -320,13 +355,16 @@ impl Scheduler {
         {
             let mut s = self.lock();
             for i in indices {
-                if let Some(c) = s.chunks.get_mut(i as usize) {
-                    *c = match *c {
-                        ChunkState::Requested(n) if n > 1 => ChunkState::Requested(n - 1),
-                        ChunkState::Requested(_) => ChunkState::Missing,
-                        other => other,
-                    };
-                }
+                let Some(c) = s.chunks.get_mut(i as usize) else {
+                    continue;
+                };
+                *c = match *c {
+                    ChunkState::Requested(n) if n > 1 => ChunkState::Requested(n - 1),
+                    ChunkState::Requested(_) => ChunkState::Missing,
+                    other => other,
+                };
+                // Whichever copy this was, it will not arrive now.
+                s.settle_duplicate(i as usize);
             }
         }
         self.changed.notify_waiters();
@@ -371,7 +409,7 @@ mod tests {
 
     #[test]
     fn released_chunks_are_picked_again_and_endgame_duplicates() {
-        let s = Scheduler::new(&[false, false, false], 2);
+        let s = Scheduler::new(&[false, false, false], 3);
         assert_eq!(s.next(0, |_| true, false), Pick::Chunk(0));
         assert_eq!(s.next(0, |_| true, false), Pick::Chunk(1));
         assert_eq!(s.next(0, |_| true, false), Pick::Chunk(2));
@@ -383,17 +421,21 @@ mod tests {
             Pick::Chunk(2),
             "endgame duplicates a chunk still in flight"
         );
-        assert_eq!(s.next(1, |_| true, true), Pick::Chunk(0));
         assert_eq!(
             s.next(1, |_| true, true),
             Pick::Wait,
-            "at most two copies of a chunk"
+            "one duplicate that may be wasted at a time"
+        );
+        assert_eq!(
+            s.next(2, |_| true, true),
+            Pick::Chunk(0),
+            "at most two copies of a chunk: 2 is skipped"
         );
         assert!(s.complete(1));
         assert!(!s.complete(1), "a duplicate copy is not counted twice");
         assert!(s.complete(2));
-        // Source 0 dies: its copy of chunk 0 goes back, source 1's copy still counts.
-        s.release([0]);
+        // Source 0 dies: its copies go back; source 2's copy of chunk 0 still counts.
+        s.release([0, 2]);
         assert_eq!(s.next(0, |_| true, false), Pick::Wait);
         s.release([0]);
         assert_eq!(
@@ -411,6 +453,39 @@ mod tests {
         assert!(s.complete(0));
         assert!(s.is_finished());
         assert_eq!(s.next(0, |_| true, true), Pick::Finished);
+    }
+
+    #[test]
+    fn wasted_duplicates_stay_within_one_chunk_per_source() {
+        // Source 0 took every chunk before source 1 connected (issue 12.12:
+        // both then received every chunk).
+        let s = Scheduler::new(&[false; 8], 2);
+        for i in 0..8 {
+            assert_eq!(s.next(0, |_| true, false), Pick::Chunk(i));
+        }
+        let mut duplicates = 0;
+        for i in 0..8 {
+            if let Pick::Chunk(_) = s.next(1, |_| true, true) {
+                duplicates += 1;
+            }
+            // Source 0's copy of chunk i arrives first; any duplicate of it
+            // from source 1 will be wasted.
+            s.received(i);
+            s.complete(i);
+        }
+        assert_eq!(duplicates, 1, "source 1 stays in debt after one duplicate");
+
+        // A duplicate that turned out needed (the other copy was released)
+        // is paid back: the source may ask for another.
+        let s = Scheduler::new(&[false; 2], 2);
+        assert_eq!(s.next(0, |_| true, false), Pick::Chunk(0));
+        assert_eq!(s.next(0, |_| true, false), Pick::Chunk(1));
+        assert_eq!(s.next(1, |_| true, true), Pick::Chunk(1));
+        assert_eq!(s.next(1, |_| true, true), Pick::Wait);
+        s.release([1]); // source 0 failed before chunk 1 arrived
+        s.received(1);
+        assert!(s.complete(1));
+        assert_eq!(s.next(1, |_| true, true), Pick::Chunk(0));
     }
 
     #[test]
