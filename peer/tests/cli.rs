@@ -226,7 +226,8 @@ async fn serve_search_and_get_with_json_output() {
     assert_eq!(got["sources_used"], 1);
     assert_eq!(std::fs::read(got["path"].as_str().unwrap()).unwrap(), data);
 
-    // Without --json, just the path.
+    // Without --json, just the path: the same file, already here (issue
+    // 12.9: no second copy).
     let out = run(&[
         "get",
         "--index",
@@ -238,8 +239,9 @@ async fn serve_search_and_get_with_json_output() {
     .await;
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        out_dir.join("Some File (1).bin").to_str().unwrap()
+        out_dir.join("Some File.bin").to_str().unwrap()
     );
+    assert!(!out_dir.join("Some File (1).bin").exists());
 
     // SIGTERM stops the daemon cleanly.
     stops_cleanly_on_sigterm(server).await;

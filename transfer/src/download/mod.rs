@@ -1072,3 +1072,32 @@ pub async fn download_swarm(
         bytes_received: received,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn speed_and_time_left_count_only_this_runs_bytes() {
+        // Issue 12.13: 78 MiB resumed from disk, then 5 MB in one second.
+        let p = Progress::default();
+        p.total_bytes.store(100 << 20, Ordering::Relaxed);
+        p.resumed_bytes.store(78 << 20, Ordering::Relaxed);
+        p.done_bytes.store(78 << 20, Ordering::Relaxed);
+        assert_eq!(
+            p.rate(Duration::from_secs(1)),
+            (0.0, None),
+            "nothing received yet"
+        );
+        p.done_bytes
+            .store((78 << 20) + 5_000_000, Ordering::Relaxed);
+        let (speed, left) = p.rate(Duration::from_secs(1));
+        assert!((speed - 5e6).abs() < 1.0, "{speed}");
+        let expected = ((100u64 << 20) - (78 << 20) - 5_000_000) as f64 / 5e6;
+        let left = left.unwrap().as_secs_f64();
+        assert!(
+            (left - expected).abs() < 0.01,
+            "{left} s left, expected {expected}"
+        );
+    }
+}
