@@ -2,7 +2,6 @@
 //! the transfer engine fetch from them directly, asking the index again
 //! every [`SOURCE_REFRESH`] while it runs (peers come and go).
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,23 +107,21 @@ impl IndexSources {
 }
 
 impl download::SourceLookup for IndexSources {
-    fn sources(&mut self) -> impl Future<Output = Option<Vec<String>>> + Send {
-        async move {
-            if self.client.is_none() {
-                self.client = IndexClient::connect(&self.index).await.ok();
-            }
-            let client = self.client.as_mut()?;
-            match client.lookup(self.id).await {
-                Ok(found) => Some(
-                    found
-                        .map(|(_, _, sources)| sources.into_iter().map(|s| s.addr).collect())
-                        .unwrap_or_default(),
-                ),
-                Err(e) => {
-                    tracing::debug!(error = %e, "index lookup failed; reconnecting next time");
-                    self.client = None;
-                    None
-                }
+    async fn sources(&mut self) -> Option<Vec<String>> {
+        if self.client.is_none() {
+            self.client = IndexClient::connect(&self.index).await.ok();
+        }
+        let client = self.client.as_mut()?;
+        match client.lookup(self.id).await {
+            Ok(found) => Some(
+                found
+                    .map(|(_, _, sources)| sources.into_iter().map(|s| s.addr).collect())
+                    .unwrap_or_default(),
+            ),
+            Err(e) => {
+                tracing::debug!(error = %e, "index lookup failed; reconnecting next time");
+                self.client = None;
+                None
             }
         }
     }

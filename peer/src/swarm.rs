@@ -170,14 +170,12 @@ impl SwarmSources {
 }
 
 impl download::SourceLookup for SwarmSources {
-    fn sources(&mut self) -> impl std::future::Future<Output = Option<Vec<String>>> + Send {
-        async move {
-            match self.lookup().await {
-                Ok(found) => Some(found.map(|(_, addrs)| addrs).unwrap_or_default()),
-                Err(e) => {
-                    debug!(error = %e, "source refresh failed; keeping the sources we have");
-                    None
-                }
+    async fn sources(&mut self) -> Option<Vec<String>> {
+        match self.lookup().await {
+            Ok(found) => Some(found.map(|(_, addrs)| addrs).unwrap_or_default()),
+            Err(e) => {
+                debug!(error = %e, "source refresh failed; keeping the sources we have");
+                None
             }
         }
     }
@@ -216,14 +214,12 @@ impl P2pSources {
 }
 
 impl download::SourceLookup for P2pSources {
-    fn sources(&mut self) -> impl std::future::Future<Output = Option<Vec<String>>> + Send {
-        async move {
-            match self.search().await {
-                Ok(report) => Some(self.sources_of(&report).map(|(_, s)| s).unwrap_or_default()),
-                Err(e) => {
-                    debug!(error = %e, "p2p source refresh failed; keeping the sources we have");
-                    None
-                }
+    async fn sources(&mut self) -> Option<Vec<String>> {
+        match self.search().await {
+            Ok(report) => Some(self.sources_of(&report).map(|(_, s)| s).unwrap_or_default()),
+            Err(e) => {
+                debug!(error = %e, "p2p source refresh failed; keeping the sources we have");
+                None
             }
         }
     }

@@ -393,7 +393,7 @@ async fn churn(i: usize, mut peer: Peer, index: String, stop: CancellationToken)
         cycles += 1;
         tokio::time::sleep(Duration::from_millis(200 + 100 * (k * 3 % 4))).await;
         let mut config = churn_config(&share, &index);
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             config.listen.set_port(port);
         }
         peer = match try_start_peer_with(config.clone()).await {

@@ -43,21 +43,19 @@ pub struct FloodSources {
 }
 
 impl download::SourceLookup for FloodSources {
-    fn sources(&mut self) -> impl std::future::Future<Output = Option<Vec<String>>> + Send {
-        async move {
-            let hex = self.id.to_hex();
-            let report = search(&self.via, vec![hex.clone()], self.ttl, self.wait)
-                .await
-                .ok()?;
-            Some(
-                report
-                    .hits
-                    .into_iter()
-                    .filter(|h| h.id == hex)
-                    .flat_map(|h| h.sources)
-                    .collect(),
-            )
-        }
+    async fn sources(&mut self) -> Option<Vec<String>> {
+        let hex = self.id.to_hex();
+        let report = search(&self.via, vec![hex.clone()], self.ttl, self.wait)
+            .await
+            .ok()?;
+        Some(
+            report
+                .hits
+                .into_iter()
+                .filter(|h| h.id == hex)
+                .flat_map(|h| h.sources)
+                .collect(),
+        )
     }
 }
 

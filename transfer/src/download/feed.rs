@@ -35,9 +35,8 @@ pub trait SourceLookup: Send + 'static {
 pub struct FixedSources(pub Vec<String>);
 
 impl SourceLookup for FixedSources {
-    #[allow(clippy::manual_async_fn)]
-    fn sources(&mut self) -> impl Future<Output = Option<Vec<String>>> + Send {
-        async { Some(self.0.clone()) }
+    async fn sources(&mut self) -> Option<Vec<String>> {
+        Some(self.0.clone())
     }
 }
 
