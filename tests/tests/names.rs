@@ -138,7 +138,18 @@ async fn a_long_name_is_saved_shortened_with_its_extension() {
     a.wait_registered(1).await;
     let out = dir.path().join("out");
     let id = content_info(&data).id.to_hex();
-    for _ in 0..2 {
+    for round in 0..2 {
+        if round == 1 {
+            // Other bytes under the saved name: the same id fetched again is
+            // not already there (issue 12.9), so it gets a number.
+            let saved = std::fs::read_dir(&out)
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .path();
+            std::fs::write(saved, b"other content").unwrap();
+        }
         let got = get(&index.addr_string(), &id, &out).await;
         let saved = got.path.file_name().unwrap().to_str().unwrap().to_owned();
         assert!(saved.len() <= MAX_SAVED_NAME_LEN, "{saved}");
