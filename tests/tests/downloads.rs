@@ -54,7 +54,8 @@ async fn gets_refused_as_busy_wait_and_complete() {
     let id = content_info(&data).id;
     write_file(&dir.path().join("share"), "popular.bin", &data);
     let mut config = peer_config(&dir.path().join("share"), &index.addr_string());
-    config.max_uploads = 2;
+    // Two connection places: the other gets are told Busy at the hello.
+    config.max_upload_connections = 2;
     config.max_upload_rate = Some(16 << 20);
     let mut seed = start_peer_with(config).await;
     seed.wait_registered(1).await;
@@ -86,11 +87,11 @@ async fn a_busy_source_is_asked_again_until_the_retry_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let data = random_bytes(4 * common::CHUNK_SIZE, 82);
     let info = content_info(&data);
-    // A peer with one slot, held by an idle connection we own.
+    // A peer with one connection place, held by an idle connection we own.
     let index = start_index().await;
     write_file(&dir.path().join("share"), "f.bin", &data);
     let mut config = peer_config(&dir.path().join("share"), &index.addr_string());
-    config.max_uploads = 1;
+    config.max_upload_connections = 1;
     let mut seed = start_peer_with(config).await;
     seed.wait_registered(1).await;
     let mut holder = tokio::net::TcpStream::connect(seed.addr()).await.unwrap();
