@@ -275,7 +275,7 @@ enum Command {
         /// (keeping the verified part): a source at its upload cap (Busy) is
         /// asked again with backoff (0.25 s doubling to 8 s), and sources that
         /// left are tried again when the index lists them again.
-        #[arg(long, env = "PEER_RETRY_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+        #[arg(long, env = "PEER_RETRY_TIMEOUT", default_value = "5m", value_parser = duration(Duration::from_secs(1), DAY))]
         retry_timeout: Duration,
         /// A 64-digit file id, or a file's exact name as `peer search` shows it.
         target: String,
