@@ -98,6 +98,17 @@ pub enum IndexRequest {
     /// matched in all (so a client can say that the list was cut). An index
     /// older than this variant closes the connection: ask again with `Search`.
     SearchCounted { words: Vec<String>, limit: u32 },
+    /// Files one of whose holders uses this exact name (or last name
+    /// component), compared after `names::normalize`: answered by
+    /// `SearchResults`, each hit under the name that matched, at most
+    /// `limits::MAX_LOOKUP_CANDIDATES`. Not bound by the search-word limits:
+    /// any name that can be registered can be looked up (at most
+    /// `MAX_NAME_LEN` bytes).
+    LookupName { name: String },
+    /// Files whose id starts with these hex digits (at least
+    /// `limits::MIN_ID_PREFIX_LEN`): answered by `SearchResults`, at most
+    /// `limits::MAX_LOOKUP_CANDIDATES`.
+    LookupPrefix { prefix: String },
 }
 
 /// One search result.
@@ -287,6 +298,19 @@ mod tests {
             })
             .unwrap(),
             [0, 0, 0, 3, 9, 0, 7]
+        );
+    }
+
+    /// The exact-name and id-prefix lookups come after every older request.
+    #[test]
+    fn lookup_variants_are_appended() {
+        assert_eq!(
+            encode_frame(&IndexRequest::LookupName { name: "a".into() }).unwrap(),
+            [0, 0, 0, 3, 13, 1, b'a']
+        );
+        assert_eq!(
+            encode_frame(&IndexRequest::LookupPrefix { prefix: "b".into() }).unwrap(),
+            [0, 0, 0, 3, 14, 1, b'b']
         );
     }
 

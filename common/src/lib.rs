@@ -20,6 +20,8 @@
 //!   deadline on every whole frame.
 //! - [`limits`]: every cap and default timeout in one place.
 //! - [`names`]: file-name tokenisation and validation for keyword search.
+//! - [`target`]: a file as a user names it (id, id prefix, exact name) and
+//!   the one ambiguity rule every mode uses.
 //! - [`im`]: nickname and direct-message rules (instant messaging).
 //! - [`units`]: durations and sizes as typed on the command line.
 //! - [`sample`]: deterministic pseudo-random sample content.
@@ -40,6 +42,7 @@ pub mod peer_proto;
 pub mod report;
 pub mod sample;
 pub mod store_proto;
+pub mod target;
 pub mod units;
 pub mod wire;
 

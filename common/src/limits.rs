@@ -60,3 +60,12 @@ pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// An upload connection that asked for no data (a chunk or a hash list) for
 /// this long is closed; cheap requests (`Have`, messages) do not extend it.
 pub const UPLOAD_IDLE: Duration = Duration::from_secs(60);
+
+/// Fewest hex digits of an id prefix that stands for an id (`peer get
+/// 1a2b3c4d`): 32 bits, so that a prefix picks one of 64 index shards and a
+/// random collision among a million files is rare (about 1 in 4,000).
+pub const MIN_ID_PREFIX_LEN: usize = 8;
+
+/// Most candidates the index answers to an exact-name or id-prefix lookup
+/// (more than one is ambiguous: they are listed for the user to choose).
+pub const MAX_LOOKUP_CANDIDATES: u32 = 32;

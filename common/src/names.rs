@@ -1,7 +1,20 @@
-//! File-name tokenisation for keyword search.
+//! File names and search words: how they are compared.
 //!
-//! A name is split on every character that is not alphanumeric (Unicode
-//! aware) and lower-cased, so `"Blue Monday (1983).MP3"` yields
+//! Every comparison of names or words (the index's tokens and exact-name
+//! lookups, `peer get NAME`, the overlay's query matching, nicknames, the
+//! store's clash check) goes through [`normalize`]: Unicode NFKC, then
+//! lower case. So a name stored decomposed (NFD, `cafe` + U+0301) and one
+//! typed composed (NFC, `café`) are the same name, and so are `CAFÉ`,
+//! full-width `ｃａｆé` and the ligature in `ﬁle`. NFKC rather than NFC:
+//! compatibility forms (full-width Latin and half-width katakana from CJK
+//! input methods, ligatures, superscript digits) are how the same word
+//! arrives from another keyboard, and this is a matching key only: the name
+//! a peer registered is what is shown and saved, byte for byte. Two names
+//! that NFKC merges (`x²` and `x2`) at worst make an exact-name lookup
+//! ambiguous, which lists both.
+//!
+//! A name is split into words on every character that is neither
+//! alphanumeric nor a combining mark, so `"Blue Monday (1983).MP3"` yields
 //! `blue`, `monday`, `1983`, `mp3`. Search words go through the same
 //! function, which is what makes matching case-insensitive.
 //!
@@ -12,19 +25,59 @@
 //! [`shorten_name`] cuts a name to a byte budget keeping its extension, and
 //! [`escape_for_terminal`] makes any text from the network safe to print.
 
-/// The distinct lower-case words of a file name, in order of first appearance.
+use unicode_normalization::char::is_combining_mark;
+use unicode_normalization::UnicodeNormalization;
+
+/// The comparison key of a name or word: NFKC, lower-cased (and NFKC again,
+/// as lower-casing may leave a sequence unnormalized). ASCII only lower-cases.
+pub fn normalize(s: &str) -> String {
+    if s.is_ascii() {
+        return s.to_ascii_lowercase();
+    }
+    let lower = s.nfkc().collect::<String>().to_lowercase();
+    if unicode_normalization::is_nfkc_quick(lower.chars())
+        == unicode_normalization::IsNormalized::Yes
+    {
+        lower
+    } else {
+        lower.nfkc().collect()
+    }
+}
+
+/// Whether `c` separates words: neither alphanumeric nor a combining mark
+/// (an accent left uncomposed by NFKC stays inside its word).
+pub fn is_separator(c: char) -> bool {
+    !(c.is_alphanumeric() || is_combining_mark(c))
+}
+
+/// The distinct words of a file name, [normalized](normalize), in order of
+/// first appearance.
 pub fn tokenize(name: &str) -> Vec<String> {
+    let key = normalize(name);
     let mut words: Vec<String> = Vec::new();
-    for word in name.split(|c: char| !c.is_alphanumeric()) {
-        if word.is_empty() {
-            continue;
-        }
-        let lower = word.to_lowercase();
-        if !words.contains(&lower) {
-            words.push(lower);
+    for word in key.split(is_separator) {
+        if !word.is_empty() && !words.iter().any(|w| w == word) {
+            words.push(word.to_string());
         }
     }
     words
+}
+
+/// The last `/`-separated component of a registered name (names are paths
+/// relative to a shared folder).
+pub fn base_name(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+/// Whether a registered `name` is the one asked for by `key` (a
+/// [`normalize`]d name): the whole name or its last component, compared
+/// after normalization. This is the one exact-name rule of every mode.
+pub fn name_matches(name: &str, key: &str) -> bool {
+    if name.is_ascii() {
+        return name.eq_ignore_ascii_case(key) || base_name(name).eq_ignore_ascii_case(key);
+    }
+    let n = normalize(name);
+    n == key || normalize(base_name(name)) == key
 }
 
 /// Why a file name is refused by the index.
@@ -247,6 +300,27 @@ mod tests {
         );
         assert_eq!(tokenize("a-a A"), vec!["a"]);
         assert!(tokenize("..--").is_empty());
+    }
+
+    #[test]
+    fn normalization_makes_composed_decomposed_and_compatibility_forms_equal() {
+        let nfd = "cafe\u{301}.txt";
+        let nfc = "caf\u{e9}.txt";
+        assert_ne!(nfd, nfc);
+        assert_eq!(normalize(nfd), normalize(nfc));
+        assert_eq!(normalize("CAF\u{c9}.TXT"), nfc);
+        assert_eq!(tokenize(nfd), vec!["caf\u{e9}", "txt"]);
+        assert_eq!(tokenize(nfd), tokenize("Caf\u{e9} TXT"));
+        // Full-width letters and a ligature are the same words.
+        assert_eq!(
+            tokenize("\u{ff23}\u{ff21}\u{ff26}\u{c9} \u{fb01}le"),
+            vec!["caf\u{e9}", "file"]
+        );
+        // An accent with no precomposed form stays inside its word.
+        assert_eq!(tokenize("q\u{303}x y"), vec!["q\u{303}x", "y"]);
+        assert!(name_matches("music/Cafe\u{301}.TXT", &normalize(nfc)));
+        assert!(name_matches(nfc, &normalize(nfd)));
+        assert!(!name_matches("cafe.txt", &normalize(nfc)));
     }
 
     #[test]

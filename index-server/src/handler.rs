@@ -4,8 +4,10 @@ use std::net::{IpAddr, SocketAddr};
 
 use common::index_proto::{ErrorCode, IndexRequest, IndexResponse, Login};
 use common::limits::{
-    DEFAULT_SEARCH_LIMIT, MAX_FILES_PER_BATCH, MAX_SEARCH_LIMIT, MAX_SEARCH_WORDS, MAX_WORD_LEN,
+    DEFAULT_SEARCH_LIMIT, MAX_FILES_PER_BATCH, MAX_LOOKUP_CANDIDATES, MAX_NAME_LEN,
+    MAX_SEARCH_LIMIT, MAX_SEARCH_WORDS, MAX_WORD_LEN, MIN_ID_PREFIX_LEN,
 };
+use common::target::IdPrefix;
 use tokio::time::Instant;
 
 use crate::state::{canonical_addr, source_key, Index, NewSession, SessionId, StateError};
@@ -180,6 +182,8 @@ pub fn request_kind(request: &IndexRequest) -> &'static str {
         IndexRequest::SwarmLookup { .. } => "SwarmLookup",
         // The same work as `Search`, counted as one.
         IndexRequest::SearchCounted { .. } => "Search",
+        IndexRequest::LookupName { .. } => "LookupName",
+        IndexRequest::LookupPrefix { .. } => "LookupPrefix",
     }
 }
 
@@ -351,6 +355,28 @@ pub fn handle(
         IndexRequest::SearchCounted { words, limit } => match search(index, &words, limit, now) {
             Ok((hits, total)) => IndexResponse::SearchPage { hits, total },
             Err(refusal) => refusal,
+        },
+        // Not bound by the search-word limits: the frame and the name
+        // length bound the work, as for a registration.
+        IndexRequest::LookupName { name } => {
+            if name.is_empty() || name.len() > MAX_NAME_LEN {
+                return error(
+                    ErrorCode::BadRequest,
+                    format!("a file name is 1 to {MAX_NAME_LEN} bytes"),
+                );
+            }
+            IndexResponse::SearchResults {
+                hits: index.lookup_name(&name, MAX_LOOKUP_CANDIDATES as usize, now),
+            }
+        }
+        IndexRequest::LookupPrefix { prefix } => match IdPrefix::parse(&prefix) {
+            Some(p) => IndexResponse::SearchResults {
+                hits: index.lookup_prefix(&p, MAX_LOOKUP_CANDIDATES as usize, now),
+            },
+            None => error(
+                ErrorCode::BadRequest,
+                format!("an id prefix is {MIN_ID_PREFIX_LEN} to 63 hex digits"),
+            ),
         },
     }
 }

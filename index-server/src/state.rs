@@ -47,8 +47,9 @@ use std::time::Duration;
 
 use common::id::FileId;
 use common::index_proto::{IndexStats, PeerSummary, SearchHit, SharedFile, Source};
-use common::limits::MAX_FILES_PER_BATCH;
-use common::names::tokenize;
+use common::limits::{MAX_FILES_PER_BATCH, MAX_NAME_LEN};
+use common::names::{base_name, name_matches, normalize, tokenize};
+use common::target::IdPrefix;
 use dashmap::DashMap;
 use smallvec::SmallVec;
 use tokio::time::Instant;
@@ -208,13 +209,62 @@ fn acceptable(f: &SharedFile) -> bool {
     f.check().is_ok()
 }
 
+/// What [`Index::live_sources`] found.
+struct LiveSources {
+    /// The name to show for the file.
+    name: String,
+    /// Whether `name` is one of the preferred names.
+    matched: bool,
+    sources: Vec<Source>,
+}
+
+/// The most frequent of `names`; ties go to the first seen. Quadratic in
+/// the distinct names, which are few (most files have one).
+fn most_common<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut counts: SmallVec<[(&'a str, u32); 4]> = SmallVec::new();
+    for n in names {
+        match counts.iter_mut().find(|(m, _)| *m == n) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((n, 1)),
+        }
+    }
+    let mut best: Option<(&'a str, u32)> = None;
+    for (n, c) in counts {
+        if best.is_none_or(|(_, b)| c > b) {
+            best = Some((n, c));
+        }
+    }
+    best.map(|(n, _)| n)
+}
+
+/// Most live sources first, then by name and id.
+fn sort_hits(hits: &mut [SearchHit]) {
+    hits.sort_by(|a, b| {
+        b.sources
+            .cmp(&a.sources)
+            .then_with(|| a.name.cmp(&b.name))
+            .then(a.id.cmp(&b.id))
+    });
+}
+
+/// The words a holder's name is indexed under: its words, and the empty
+/// word when its last component has none (so that an exact-name lookup of
+/// a name like `---` finds it without a walk over every file).
+fn index_words(name: &str) -> Vec<String> {
+    let mut words = tokenize(name);
+    if words.is_empty() || tokenize(base_name(name)).is_empty() {
+        words.push(String::new());
+    }
+    words
+}
+
 fn holders_of(f: FileRef<'_>) -> Holders {
     f.holders().map(|(s, name)| (s, name.into())).collect()
 }
 
 /// Request kinds counted by [`Index::count_request`], in a fixed table so
 /// that counting is one atomic add on the hot path.
-const REQUEST_KINDS: [&str; 12] = [
+const REQUEST_KINDS: [&str; 14] = [
     "Login",
     "AddFiles",
     "RemoveFiles",
@@ -227,6 +277,8 @@ const REQUEST_KINDS: [&str; 12] = [
     "WhoIs",
     "AddPartial",
     "SwarmLookup",
+    "LookupName",
+    "LookupPrefix",
 ];
 
 struct Inner {
@@ -237,7 +289,8 @@ struct Inner {
     files: FileTable,
     /// word hash → keys of files whose names may contain it.
     words: WordIndex,
-    /// nickname → the session holding it.
+    /// normalized nickname (`names::normalize`) → the session holding it,
+    /// so `Ana` and `ana` are one nickname.
     nicks: DashMap<String, SessionId>,
     /// Address key (see [`NewSession::claims`]) → the session holding it.
     addrs: DashMap<String, SessionId>,
@@ -456,7 +509,7 @@ impl Index {
 
     fn claim_nick(&self, id: SessionId, nick: &str, now: Instant) -> Result<(), StateError> {
         // entry() makes the check and the claim one step: no race between two logins.
-        match self.inner.nicks.entry(nick.to_string()) {
+        match self.inner.nicks.entry(normalize(nick)) {
             dashmap::Entry::Occupied(mut held) => {
                 let holder = *held.get();
                 if holder != id && self.is_live(holder, now) {
@@ -712,7 +765,7 @@ impl Index {
         if let Some(nick) = &s.nick {
             self.inner
                 .nicks
-                .remove_if(nick, |_, holder| *holder == session);
+                .remove_if(&normalize(nick), |_, holder| *holder == session);
         }
         for key in s.files.keys() {
             self.drop_holder_by_key(session, key);
@@ -821,8 +874,8 @@ impl Index {
         let complete = self.lookup(id, now);
         let listed = complete.as_ref().map_or(&[][..], |(_, _, sources)| sources);
         let partial = partial_holders.and_then(|(size, holders)| {
-            let (name, sources) = self.live_sources(holders, listed, now)?;
-            Some((name, size, sources))
+            let live = self.live_sources(holders, listed, now, |_| true)?;
+            Some((live.name, size, live.sources))
         });
         let (name, size, complete, partial) = match (complete, partial) {
             (Some((name, size, complete)), partial) => (
@@ -878,31 +931,34 @@ impl Index {
 
     fn index_name(&self, key: FileKey, name: &str) {
         let words = &self.inner.words;
-        for word in tokenize(name) {
+        for word in index_words(name) {
             words.add(words.hash(&word), key);
         }
     }
 
     fn unindex_name(&self, key: FileKey, name: &str) {
         let words = &self.inner.words;
-        for word in tokenize(name) {
+        for word in index_words(name) {
             words.remove(words.hash(&word), key);
         }
     }
 
     /// The live sources among `holders` whose address is not `listed`
-    /// already, sorted and capped, and the name the first live one uses;
-    /// `None` if none is live.
+    /// already, sorted and capped, and the name to show: the one most live
+    /// holders use among those `preferred` (the names that match a query),
+    /// else among all (ties go to the earliest holder). `None` if none is
+    /// live.
     fn live_sources(
         &self,
         holders: Holders,
         listed: &[Source],
         now: Instant,
-    ) -> Option<(String, Vec<Source>)> {
+        preferred: impl Fn(&str) -> bool,
+    ) -> Option<LiveSources> {
         let mut sources: Vec<Source> = Vec::with_capacity(holders.len());
-        let mut name = None;
-        for (session, holder_name) in holders {
-            let Some(s) = self.inner.sessions.get(&session) else {
+        let mut names: Vec<&str> = Vec::with_capacity(holders.len());
+        for (session, holder_name) in &holders {
+            let Some(s) = self.inner.sessions.get(session) else {
                 continue;
             };
             if s.lease_expires <= now || listed.iter().chain(&sources).any(|src| src.addr == s.addr)
@@ -913,11 +969,17 @@ impl Index {
                 addr: s.addr.clone(),
                 nick: s.nick.clone(),
             });
-            name.get_or_insert(holder_name);
+            names.push(holder_name);
         }
+        let matched = most_common(names.iter().copied().filter(|n| preferred(n)));
+        let name = matched.or_else(|| most_common(names.iter().copied()))?;
         sources.sort_by(|a, b| a.addr.cmp(&b.addr));
         sources.truncate(200);
-        Some((name?.into(), sources))
+        Some(LiveSources {
+            name: name.to_string(),
+            matched: matched.is_some(),
+            sources,
+        })
     }
 
     /// Live sources of a file, as (name, size, sources); `None` if no live peer has it.
@@ -927,8 +989,8 @@ impl Index {
             .inner
             .files
             .with_id(id, |f| (f.size(), holders_of(f)))?;
-        let (name, sources) = self.live_sources(holders, &[], now)?;
-        Some((name, size, sources))
+        let live = self.live_sources(holders, &[], now, |_| true)?;
+        Some((live.name, size, live.sources))
     }
 
     /// Files whose names contain every word, most live sources first.
@@ -955,22 +1017,7 @@ impl Index {
         if tokens.is_empty() {
             return (Vec::new(), 0);
         }
-        // Start from the rarest word; copy its keys so that no guard is held
-        // while the other words are checked.
-        let index = &self.inner.words;
-        let mut sizes = Vec::with_capacity(tokens.len());
-        for t in &tokens {
-            let h = index.hash(t);
-            match index.len(h) {
-                0 => return (Vec::new(), 0),
-                n => sizes.push((n, h)),
-            }
-        }
-        sizes.sort();
-        let mut candidates: Vec<FileKey> = index.keys(sizes[0].1);
-        for &(_, h) in &sizes[1..] {
-            index.retain_containing(h, &mut candidates);
-        }
+        let candidates = self.candidates(&tokens);
         let mut hits: Vec<SearchHit> = candidates
             .into_iter()
             .filter_map(|key| {
@@ -984,31 +1031,124 @@ impl Index {
                         matches.then(|| (f.id(), f.size(), holders_of(f)))
                     })
                     .flatten()?;
-                let (name, sources) = self.live_sources(holders, &[], now)?;
+                // Show a name that has every word, if one does.
+                let has_all = |name: &str| tokens.iter().all(|t| name_has_word(name, t));
+                let live = self.live_sources(holders, &[], now, has_all)?;
                 Some(SearchHit {
                     id,
-                    name,
+                    name: live.name,
                     size,
-                    sources: sources.len() as u32,
+                    sources: live.sources.len() as u32,
                 })
             })
             .collect();
-        hits.sort_by(|a, b| {
-            b.sources
-                .cmp(&a.sources)
-                .then_with(|| a.name.cmp(&b.name))
-                .then(a.id.cmp(&b.id))
-        });
+        sort_hits(&mut hits);
         let total = hits.len() as u64;
         hits.truncate(limit);
         (hits, total)
+    }
+
+    /// Keys of the files whose names may contain every word (the word
+    /// index's answer, to be confirmed against the names). Starts from the
+    /// rarest word and copies its keys, so that no guard is held while the
+    /// other words are checked.
+    fn candidates(&self, words: &[String]) -> Vec<FileKey> {
+        let index = &self.inner.words;
+        let mut sizes = Vec::with_capacity(words.len());
+        for t in words {
+            let h = index.hash(t);
+            match index.len(h) {
+                0 => return Vec::new(),
+                n => sizes.push((n, h)),
+            }
+        }
+        sizes.sort();
+        let Some(&(_, rarest)) = sizes.first() else {
+            return Vec::new();
+        };
+        let mut candidates: Vec<FileKey> = index.keys(rarest);
+        for &(_, h) in &sizes[1..] {
+            index.retain_containing(h, &mut candidates);
+        }
+        candidates
+    }
+
+    /// Files one of whose live holders uses the exact name `name` (the
+    /// whole name or its last component, after normalization), each under
+    /// the matching name most of them use, most sources first, at most
+    /// `limit`. Unlike [`search`](Self::search) it takes every word of the
+    /// name, whatever their number and length: any name that can be
+    /// registered can be looked up.
+    pub fn lookup_name(&self, name: &str, limit: usize, now: Instant) -> Vec<SearchHit> {
+        if name.is_empty() || name.len() > MAX_NAME_LEN {
+            return Vec::new();
+        }
+        let key = normalize(name);
+        let mut words = tokenize(&key);
+        if words.is_empty() {
+            // Names without words are indexed under the empty word.
+            words.push(String::new());
+        }
+        let mut hits: Vec<SearchHit> = self
+            .candidates(&words)
+            .into_iter()
+            .filter_map(|k| {
+                let (id, size, holders) = self
+                    .inner
+                    .files
+                    .with_key(k, |f| {
+                        f.holders()
+                            .any(|(_, n)| name_matches(n, &key))
+                            .then(|| (f.id(), f.size(), holders_of(f)))
+                    })
+                    .flatten()?;
+                let live = self.live_sources(holders, &[], now, |n| name_matches(n, &key))?;
+                live.matched.then_some(SearchHit {
+                    id,
+                    name: live.name,
+                    size,
+                    sources: live.sources.len() as u32,
+                })
+            })
+            .collect();
+        sort_hits(&mut hits);
+        hits.truncate(limit);
+        hits
+    }
+
+    /// Files with a live holder whose id starts with `prefix`, most sources
+    /// first, at most `limit`. Walks the one shard of the files table the
+    /// prefix names (1/64 of the files), stopping after a few times `limit`
+    /// matches.
+    pub fn lookup_prefix(&self, prefix: &IdPrefix, limit: usize, now: Instant) -> Vec<SearchHit> {
+        let mut found: Vec<(FileId, u64, Holders)> = Vec::new();
+        let most = limit.saturating_mul(4).max(16);
+        self.inner.files.for_prefix(prefix, |f| {
+            found.push((f.id(), f.size(), holders_of(f)));
+            found.len() < most
+        });
+        let mut hits: Vec<SearchHit> = found
+            .into_iter()
+            .filter_map(|(id, size, holders)| {
+                let live = self.live_sources(holders, &[], now, |_| true)?;
+                Some(SearchHit {
+                    id,
+                    name: live.name,
+                    size,
+                    sources: live.sources.len() as u32,
+                })
+            })
+            .collect();
+        sort_hits(&mut hits);
+        hits.truncate(limit);
+        hits
     }
 
     /// The live session holding nickname or address `who`. Both are unique
     /// among live sessions (claimed at login), so this never has to pick
     /// one of several.
     fn find_session(&self, who: &str, now: Instant) -> Option<SessionId> {
-        let by_nick = self.inner.nicks.get(who).map(|s| *s);
+        let by_nick = self.inner.nicks.get(&normalize(who)).map(|s| *s);
         let by_addr = || self.inner.addrs.get(&canonical_addr(who)).map(|s| *s);
         let session = by_nick.or_else(by_addr)?;
         self.is_live(session, now).then_some(session)
@@ -1081,7 +1221,7 @@ impl Index {
     /// The live peer holding `nick`, if any (presence and location).
     pub fn whois(&self, nick: &str, now: Instant) -> Option<PeerSummary> {
         // Copy the session id out before touching the sessions table (one guard at a time).
-        let session = *self.inner.nicks.get(nick)?;
+        let session = *self.inner.nicks.get(&normalize(nick))?;
         let s = self.inner.sessions.get(&session)?;
         (s.lease_expires > now).then(|| PeerSummary {
             addr: s.addr.clone(),
@@ -1624,6 +1764,155 @@ mod tests {
         idx.logout(b);
         assert_eq!(idx.inner.words.counts(), (0, 0));
         assert_eq!(idx.inner.files.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_name_shown_is_the_one_most_holders_use_and_any_holders_name_finds_it() {
+        let idx = Index::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let liar = idx.login("x:1".into(), None, now).unwrap();
+        idx.add_files(liar, vec![file(1, "../../.bashrc")], now)
+            .unwrap();
+        let mut honest = Vec::new();
+        for n in 0..2 {
+            let s = idx.login(format!("h:{n}"), None, now).unwrap();
+            idx.add_files(s, vec![file(1, "Movie.2023.mkv")], now)
+                .unwrap();
+            honest.push(s);
+        }
+        let a = idx.login("a:1".into(), None, now).unwrap();
+        idx.add_files(a, vec![file(1, "alpha-release.mkv")], now)
+            .unwrap();
+        // Lookup shows the majority's name, not the first registrant's.
+        assert_eq!(
+            idx.lookup(&FileId([1; 32]), now).unwrap().0,
+            "Movie.2023.mkv"
+        );
+        // Search shows a name that has the words searched for.
+        let hit = |w: &str| idx.search(&[w.into()], 10, now)[0].name.clone();
+        assert_eq!(hit("mkv"), "Movie.2023.mkv");
+        assert_eq!(hit("alpha"), "alpha-release.mkv");
+        assert_eq!(hit("movie"), "Movie.2023.mkv");
+        // Exact-name lookup matches any holder's name, shown as it matched.
+        for name in ["alpha-release.mkv", "ALPHA-RELEASE.MKV", "Movie.2023.mkv"] {
+            let hits = idx.lookup_name(name, 10, now);
+            assert_eq!(hits.len(), 1, "{name}");
+            assert_eq!(hits[0].name.to_lowercase(), name.to_lowercase());
+            assert_eq!(hits[0].sources, 4);
+        }
+        assert!(
+            idx.lookup_name("alpha", 10, now).is_empty(),
+            "whole names only"
+        );
+        // A holder that left no longer names the file.
+        idx.logout(a);
+        assert!(idx.lookup_name("alpha-release.mkv", 10, now).is_empty());
+        assert!(idx.search(&["alpha".into()], 10, now).is_empty());
+        for s in honest {
+            idx.logout(s);
+        }
+        assert_eq!(
+            idx.lookup(&FileId([1; 32]), now).unwrap().0,
+            "../../.bashrc"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn names_and_words_compare_after_normalization() {
+        let idx = Index::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let a = idx
+            .login("a:1".into(), Some("Jos\u{e9}".into()), now)
+            .unwrap();
+        let nfd = "cafe\u{301}.txt";
+        let nfc = "caf\u{e9}.txt";
+        idx.add_files(
+            a,
+            vec![
+                file(1, nfd),
+                file(2, &format!("docs/{nfc}")),
+                file(3, "---"),
+            ],
+            now,
+        )
+        .unwrap();
+        assert_eq!(found(&idx, &["caf\u{e9}"], now), [1, 2]);
+        assert_eq!(found(&idx, &["CAFE\u{301}"], now), [1, 2]);
+        let by_name = |n: &str| {
+            let mut ids: Vec<u8> = idx
+                .lookup_name(n, 10, now)
+                .iter()
+                .map(|h| h.id.0[0])
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(by_name(nfc), [1, 2], "whole name or last component");
+        assert_eq!(by_name(nfd), [1, 2]);
+        assert_eq!(by_name("DOCS/CAF\u{c9}.TXT"), [2]);
+        assert_eq!(by_name("---"), [3], "a name without words");
+        assert!(by_name("cafe.txt").is_empty());
+        // Nicknames too: one nickname whatever its form, browse finds it.
+        assert!(idx
+            .login("b:1".into(), Some("JOSE\u{301}".into()), now)
+            .is_err());
+        assert!(idx.browse("jose\u{301}", 0, 10, now).is_some());
+        assert_eq!(idx.whois("jos\u{e9}", now).unwrap().addr, "a:1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn exact_names_are_not_bound_by_search_limits() {
+        let idx = Index::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let a = idx.login("a:1".into(), None, now).unwrap();
+        let long_word = format!("{}.flac", "x".repeat(129));
+        let cjk = "\u{6f22}\u{5b57}".repeat(100) + " \u{7b2c}\u{4e00}\u{8a71}.mkv";
+        let many = (0..40)
+            .map(|n| format!("w{n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        idx.add_files(
+            a,
+            vec![file(1, &long_word), file(2, &cjk), file(3, &many)],
+            now,
+        )
+        .unwrap();
+        assert_eq!(idx.lookup_name(&long_word, 10, now)[0].id, FileId([1; 32]));
+        assert_eq!(idx.lookup_name(&cjk, 10, now)[0].id, FileId([2; 32]));
+        assert_eq!(idx.lookup_name(&many, 10, now)[0].id, FileId([3; 32]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn id_prefixes_find_live_files_only() {
+        let idx = Index::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let a = idx.login("a:1".into(), None, now).unwrap();
+        let mut one = file(1, "one");
+        one.id.0[..4].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        let mut two = file(2, "two");
+        two.id.0[..4].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        idx.add_files(a, vec![one.clone(), two.clone(), file(3, "three")], now)
+            .unwrap();
+        let ids = |p: &str| -> Vec<FileId> {
+            let mut v: Vec<FileId> = idx
+                .lookup_prefix(&IdPrefix::parse(p).unwrap(), 10, now)
+                .iter()
+                .map(|h| h.id)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids("deadbeef"), vec![one.id, two.id]);
+        assert_eq!(ids("DEADBEEF01"), vec![one.id]);
+        assert_eq!(ids(&FileId([3; 32]).to_hex()[..12]), vec![FileId([3; 32])]);
+        assert!(ids("deadbee0").is_empty());
+        assert_eq!(
+            idx.lookup_prefix(&IdPrefix::parse("deadbeef").unwrap(), 1, now)
+                .len(),
+            1
+        );
+        idx.logout(a);
+        assert!(ids("deadbeef").is_empty());
     }
 
     #[tokio::test(start_paused = true)]

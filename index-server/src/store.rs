@@ -32,7 +32,7 @@ use std::time::Duration;
 use common::id::{chunk_count, ContentInfo, FileId};
 use common::index_proto::{IndexResponse, SharedFile};
 use common::limits::{FRAME_TIMEOUT, MAX_FILE_SIZE};
-use common::names::validate_name;
+use common::names::{normalize, validate_name};
 use common::store_proto::{StoreErrorCode, StoreRequest, StoreResponse};
 use common::wire::{self, Deadlines, WireError};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
@@ -648,6 +648,16 @@ impl Store {
             );
         }
         let name = output::sanitize_name(&u.name, &u.id);
+        // A name that equals another stored file's after normalization
+        // (`CAFÉ.txt` beside `café.txt`) would make `peer get NAME`
+        // ambiguous: it gets a ` (1)` suffix as an identical name would.
+        let stored = self.library.shared();
+        let name = unclashed_name(&name, |candidate| {
+            let key = normalize(candidate);
+            stored
+                .values()
+                .any(|e| e.info.id != u.id && normalize(&e.rel) == key)
+        });
         let (part, file, root, info) = (
             state.part.clone(),
             state.file.clone(),
@@ -766,6 +776,18 @@ fn found_parts(root: &Path, expiry: Duration) -> HashMap<FileId, Pending> {
         );
     }
     found
+}
+
+/// `name`, or the first of `stem (1).ext`, `stem (2).ext`, … that `taken`
+/// does not refuse (the naming of `output::publish`).
+fn unclashed_name(name: &str, taken: impl Fn(&str) -> bool) -> String {
+    if !taken(name) {
+        return name.to_string();
+    }
+    (1..1000)
+        .map(|n| common::names::numbered_name(name, n))
+        .find(|c| !taken(c))
+        .unwrap_or_else(|| name.to_string())
 }
 
 /// One upload on a connection.

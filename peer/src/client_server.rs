@@ -267,7 +267,7 @@ pub async fn get_from_server(
     progress: Arc<crate::download::Progress>,
     shutdown: CancellationToken,
 ) -> Result<crate::download::DownloadOutcome, ServerGetError> {
-    let resolved = crate::get::resolve(server, target).await?;
+    let resolved = crate::get::resolve_among(server, target, crate::target::Holders::Store).await?;
     let request = crate::download::DownloadRequest {
         id: resolved.id,
         name: resolved.name,

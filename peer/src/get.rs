@@ -13,21 +13,20 @@ use crate::download::{
     self, DownloadError, DownloadOutcome, DownloadRequest, EngineConfig, Progress,
 };
 use crate::index_client::{IndexClient, IndexError};
+use crate::target::{self, Holders, ResolveError, Target, TargetError};
 
 /// Why a get failed.
 #[derive(Debug, thiserror::Error)]
 pub enum GetError {
     #[error(transparent)]
     Index(#[from] IndexError),
-    #[error("no online peer offers a file named {0:?} (try `peer search` to see what is there)")]
-    NameNotFound(String),
+    /// Nothing, or several different files, match the target.
+    #[error(transparent)]
+    Target(#[from] ResolveError),
+    #[error(transparent)]
+    BadTarget(#[from] TargetError),
     #[error("no online peer offers file {0} right now")]
     IdNotFound(FileId),
-    #[error("several different files are named {name:?}; pass one id instead:\n{}", .candidates.iter().map(|(id, n)| format!("  {id}  {}", common::names::escape_for_terminal(n))).collect::<Vec<_>>().join("\n"))]
-    Ambiguous {
-        name: String,
-        candidates: Vec<(FileId, String)>,
-    },
     #[error(transparent)]
     Download(#[from] DownloadError),
 }
@@ -41,44 +40,37 @@ pub struct Resolved {
     pub sources: Vec<String>,
 }
 
-/// Finds the file (by id, or by exact name) and its live sources.
+/// Finds the file (by id, id prefix or exact name: see [`crate::target`])
+/// and its live sources.
 pub async fn resolve(index: &str, target: &str) -> Result<Resolved, GetError> {
+    resolve_among(index, target, Holders::Any).await
+}
+
+/// [`resolve`] among the files `holders` hold.
+pub async fn resolve_among(
+    index: &str,
+    target: &str,
+    holders: Holders,
+) -> Result<Resolved, GetError> {
+    let target: Target = target.parse()?;
     let mut client = IndexClient::connect(index).await?;
-    let id = match target.parse::<FileId>() {
-        Ok(id) => id,
-        Err(_) => {
-            let words = common::names::tokenize(target);
-            if words.is_empty() {
-                return Err(GetError::NameNotFound(target.into()));
-            }
-            let hits = client
-                .search(words, common::limits::MAX_SEARCH_LIMIT)
-                .await?;
-            let base = |n: &str| n.rsplit('/').next().unwrap_or(n).to_string();
-            let mut matching: Vec<(FileId, String)> = hits
-                .into_iter()
-                .filter(|h| h.name == target || base(&h.name) == target)
-                .map(|h| (h.id, h.name))
-                .collect();
-            matching.dedup_by_key(|(id, _)| *id);
-            match matching.len() {
-                0 => return Err(GetError::NameNotFound(target.into())),
-                1 => matching[0].0,
-                _ => {
-                    return Err(GetError::Ambiguous {
-                        name: target.into(),
-                        candidates: matching,
-                    })
-                }
-            }
-        }
-    };
-    let Some((name, size, sources)) = client.lookup(id).await? else {
-        return Err(GetError::IdNotFound(id));
+    let chosen = target::resolve_at_index(&mut client, &target, holders)
+        .await
+        .map_err(|e| match e {
+            ResolveError::Index(e) => GetError::Index(e),
+            other => GetError::Target(other),
+        })?;
+    let Some((name, size, sources)) = client.lookup(chosen.id).await? else {
+        return Err(GetError::IdNotFound(chosen.id));
     };
     Ok(Resolved {
-        id,
-        name,
+        id: chosen.id,
+        // Saved under the name asked for when it was a name.
+        name: if chosen.name.is_empty() {
+            name
+        } else {
+            chosen.name
+        },
         size,
         sources: sources.into_iter().map(|s| s.addr).collect(),
     })

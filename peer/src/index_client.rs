@@ -181,6 +181,33 @@ impl IndexClient {
         }
     }
 
+    /// Files one of whose live holders uses exactly this name (after
+    /// normalization; the whole name or its last component), each under
+    /// the matching name; not bound by the search-word limits.
+    pub async fn lookup_name(&mut self, name: &str) -> Result<Vec<SearchHit>, IndexError> {
+        match self
+            .request(&IndexRequest::LookupName { name: name.into() })
+            .await?
+        {
+            IndexResponse::SearchResults { hits } => Ok(hits),
+            other => Err(IndexError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// Files with a live holder whose id starts with `prefix`.
+    pub async fn lookup_prefix(
+        &mut self,
+        prefix: &common::target::IdPrefix,
+    ) -> Result<Vec<SearchHit>, IndexError> {
+        let request = IndexRequest::LookupPrefix {
+            prefix: prefix.as_str().into(),
+        };
+        match self.request(&request).await? {
+            IndexResponse::SearchResults { hits } => Ok(hits),
+            other => Err(IndexError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// Live sources of `id`; `Ok(None)` when no online peer has it.
     pub async fn lookup(
         &mut self,

@@ -13,6 +13,8 @@
 //!   `peer get --mode client-server` (the server is the only source).
 //! - [`overlay`]: the pure peer-to-peer overlay (Gnutella-style flooding):
 //!   a socket-free routing core and its network layer.
+//! - [`target`]: what `peer get TARGET` and `peer serve --fetch` name (id,
+//!   id prefix, exact name), resolved by one rule in every mode.
 //! - [`swarm`]: `Daemon::download`, a daemon fetching a file while serving
 //!   its verified chunks and listing it at the index as partial (swarming).
 //!
@@ -30,6 +32,7 @@ pub mod overlay;
 pub mod registrar;
 pub mod serve;
 pub mod swarm;
+pub mod target;
 
 pub use transfer::{chunk_server, download, inbox, library, rate, scan};
 

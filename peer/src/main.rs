@@ -202,15 +202,16 @@ enum Command {
         ping_interval: Duration,
         #[command(flatten)]
         rates: RateArgs,
-        /// Fetch this file (a 64-digit id) into the shared folder while
-        /// serving: its verified chunks are passed on to other peers at
-        /// once (swarming), and the finished file is shared. Repeat the flag
-        /// (or separate ids with commas in PEER_FETCH) for several. A failed
-        /// fetch (nobody offers it yet, a full disk, ...) is tried again with
-        /// backoff (up to every minute) until it succeeds; content already in
-        /// the folder counts as fetched.
+        /// Fetch this file (an id, its first 8 or more hex digits, or an
+        /// exact name) into the shared folder while serving: its verified
+        /// chunks are passed on to other peers at once (swarming), and the
+        /// finished file is shared. Repeat the flag (or separate them with
+        /// commas in PEER_FETCH) for several.
+        /// A failed fetch (nobody offers it yet, a full disk, ...) is tried
+        /// again with backoff (up to every minute) until it succeeds; content
+        /// already in the folder counts as fetched.
         #[arg(long = "fetch", env = "PEER_FETCH", value_delimiter = ',')]
-        fetch: Vec<common::id::FileId>,
+        fetch: Vec<peer::target::Target>,
     },
     /// Search the index for files whose name contains every WORD.
     Search {
@@ -277,7 +278,9 @@ enum Command {
         /// left are tried again when the index lists them again.
         #[arg(long, env = "PEER_RETRY_TIMEOUT", default_value = "5m", value_parser = duration(Duration::from_secs(1), DAY))]
         retry_timeout: Duration,
-        /// A 64-digit file id, or a file's exact name as `peer search` shows it.
+        /// A file id (64 hex digits, or an unambiguous prefix of at least
+        /// 8), or a file's exact name (any holder's, compared ignoring case
+        /// and Unicode normalization; the last path component is enough).
         target: String,
     },
     /// Upload files into the index server's store (client-server mode; the

@@ -67,7 +67,7 @@ pub struct ServeConfig {
     pub max_download_rate: Option<u64>,
     /// Files to fetch into the shared folder while serving (swarming): the
     /// verified chunks are served at once, the finished file is shared.
-    pub fetch: Vec<common::id::FileId>,
+    pub fetch: Vec<crate::target::Target>,
 }
 
 impl ServeConfig {
@@ -350,7 +350,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     };
     // Fetching ends before the daemon does: then it waits with it.
     let fetching = async {
-        crate::swarm::fetch_into_share(&daemon, &fetch).await;
+        crate::swarm::fetch_targets_into_share(&daemon, &fetch).await;
         std::future::pending::<std::convert::Infallible>().await
     };
     let refused = tokio::select! {

@@ -21,6 +21,7 @@ use crate::get::GetError;
 use crate::index_client::IndexClient;
 use crate::registrar::RegistrationState;
 use crate::serve::Daemon;
+use crate::target::{ResolveError, Target};
 
 /// How often a swarming download asks the index for new sources.
 pub const SOURCE_REFRESH: Duration = Duration::from_millis(200);
@@ -225,6 +226,40 @@ impl download::SourceLookup for P2pSources {
     }
 }
 
+impl Daemon {
+    /// The id a target (id prefix or exact name) stands for, at the index
+    /// or, for an overlay node, by flooding a search through itself. The
+    /// error says whether it may still come (nobody offers it yet).
+    async fn resolve_target(&self, target: &Target) -> Result<FileId, (bool, String)> {
+        let not_found = |e: ResolveError| {
+            let not_yet = matches!(e, ResolveError::NotFound { .. });
+            (not_yet, e.to_string())
+        };
+        if self.overlay.is_some() {
+            let via = self.listen_addr.to_string();
+            let ttl = crate::overlay::DEFAULT_TTL;
+            let report = crate::overlay::search::flood(
+                &via,
+                crate::target::overlay_words(target),
+                ttl,
+                P2P_REFRESH_WAIT,
+            )
+            .await
+            .map_err(|e| (false, e.to_string()))?;
+            let (_, chosen) =
+                crate::target::resolve_in_hits(target, &report.hits, ttl).map_err(not_found)?;
+            return Ok(chosen.id);
+        }
+        let mut client = IndexClient::connect(&self.index)
+            .await
+            .map_err(|e| (true, e.to_string()))?;
+        crate::target::resolve_at_index(&mut client, target, crate::target::Holders::Any)
+            .await
+            .map(|c| c.id)
+            .map_err(not_found)
+    }
+}
+
 /// The addresses in `addrs` that are not this daemon's own.
 fn others<'a>(own: &[String], addrs: impl Iterator<Item = &'a String>) -> Vec<String> {
     addrs.filter(|a| !own.contains(a)).cloned().collect()
@@ -409,4 +444,40 @@ pub async fn fetch_into_share(daemon: &crate::Daemon, ids: &[FileId]) {
             }
         }
     }
+}
+
+/// `peer serve --fetch`: resolves each target (an id prefix or exact name,
+/// see [`crate::target`]) to an id, looking again every second for up to ten
+/// minutes while nobody offers it (an ambiguous target is logged and
+/// skipped), then fetches the ids with [`fetch_into_share`].
+pub async fn fetch_targets_into_share(daemon: &crate::Daemon, targets: &[Target]) {
+    let stop = daemon.shutdown_token();
+    let mut ids = Vec::with_capacity(targets.len());
+    for target in targets {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(600);
+        loop {
+            let resolved = match target {
+                Target::Id(id) => Ok(*id),
+                other => daemon.resolve_target(other).await,
+            };
+            match resolved {
+                Ok(id) => {
+                    ids.push(id);
+                    break;
+                }
+                Err((not_yet, message)) => {
+                    if !not_yet || tokio::time::Instant::now() > give_up {
+                        tracing::warn!(%target, error = %message, "cannot fetch; still serving");
+                        break;
+                    }
+                    debug!(%target, error = %message, "not offered yet; looking again");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+    fetch_into_share(daemon, &ids).await;
 }

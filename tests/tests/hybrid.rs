@@ -216,7 +216,13 @@ async fn unknown_files_and_dead_sources_give_clear_errors() {
     let err = get(&index.addr_string(), "nothing-like-this.txt", dir.path())
         .await
         .unwrap_err();
-    assert!(matches!(err, GetError::NameNotFound(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            GetError::Target(peer::target::ResolveError::NotFound { .. })
+        ),
+        "{err}"
+    );
     let err = get(&index.addr_string(), &"ab".repeat(32), dir.path())
         .await
         .unwrap_err();

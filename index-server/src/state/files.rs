@@ -2,9 +2,11 @@
 //! 4-byte key.
 //!
 //! The table is split into 64 shards, each behind its own lock. A file lives
-//! in the shard named by its id's hash, and its key is its slot number in
-//! that shard with the shard number in the low bits, so either the id or the
-//! key leads straight to one shard. In a shard:
+//! in the shard named by the top six bits of its id (ids are SHA-256
+//! digests, so they spread evenly; an id prefix of 8 hex digits thus names
+//! one shard, and resolving it walks 1/64 of the files), and its key is its
+//! slot number in that shard with the shard number in the low bits, so
+//! either the id or the key leads straight to one shard. In a shard:
 //!
 //! - `slots`: the records, in fixed-size segments (no slack from doubling
 //!   and no copying of the whole table as it grows); a removed file's slot
@@ -23,6 +25,7 @@ use std::hash::{BuildHasher, RandomState};
 
 use common::id::FileId;
 use common::index_proto::SharedFile;
+use common::target::IdPrefix;
 use hashbrown::HashTable;
 use parking_lot::RwLock;
 
@@ -288,17 +291,17 @@ impl FileTable {
         self.hasher.hash_one(id)
     }
 
-    /// The shard of an id hashed to `h`: from bits that hashbrown does not
-    /// read for tables under 2^32 buckets (it uses the low ones and the top
-    /// seven), so that the files of one shard still spread over its table.
-    fn shard_of(h: u64) -> usize {
-        (h >> 32) as usize & (SHARDS - 1)
+    /// The shard of an id: its top six bits. A peer may claim made-up ids
+    /// that all fall in one shard; that costs only lock sharing, as the
+    /// table in the shard is still keyed by a keyed hash of the whole id.
+    fn shard_of(id: &FileId) -> usize {
+        usize::from(id.0[0] >> (8 - SHARD_BITS))
     }
 
     /// Records `session` as a holder of `file`.
     pub fn register(&self, session: SessionId, file: &SharedFile) -> Registered {
         let h = self.hash(&file.id);
-        let s = Self::shard_of(h);
+        let s = Self::shard_of(&file.id);
         let mut guard = self.shards[s].write();
         let shard = &mut *guard;
         if let Some(n) = shard.find(h, &file.id) {
@@ -361,7 +364,7 @@ impl FileTable {
     /// and key are free for reuse) with its last holder.
     pub fn drop_holder(&self, session: SessionId, id: &FileId) -> Option<Dropped> {
         let h = self.hash(id);
-        let s = Self::shard_of(h);
+        let s = Self::shard_of(id);
         let mut shard = self.shards[s].write();
         let n = shard.find(h, id)?;
         Self::drop_from(&mut shard, s, n, h, session)
@@ -449,7 +452,7 @@ impl FileTable {
     /// Runs `f` on the file with this id, under its shard's read lock.
     pub fn with_id<R>(&self, id: &FileId, f: impl FnOnce(FileRef<'_>) -> R) -> Option<R> {
         let h = self.hash(id);
-        let shard = self.shards[Self::shard_of(h)].read();
+        let shard = self.shards[Self::shard_of(id)].read();
         let n = shard.find(h, id)?;
         Some(f(FileRef {
             shard: &shard,
@@ -468,6 +471,25 @@ impl FileTable {
             shard: &shard,
             slot: n,
         }))
+    }
+
+    /// Runs `f` on every file whose id starts with `prefix`, under the read
+    /// lock of the one shard those ids live in, until `f` returns false.
+    pub fn for_prefix(&self, prefix: &IdPrefix, mut f: impl FnMut(FileRef<'_>) -> bool) {
+        let s = usize::from(prefix.first_byte() >> (8 - SHARD_BITS));
+        let shard = self.shards[s].read();
+        for n in 0..shard.len {
+            let slot = shard.slot(n);
+            if slot.session != FREE
+                && prefix.matches(&slot.id)
+                && !f(FileRef {
+                    shard: &shard,
+                    slot: n,
+                })
+            {
+                return;
+            }
+        }
     }
 
     /// Runs `f` on every file, one shard at a time.
@@ -643,6 +665,36 @@ mod tests {
         for n in 0..files {
             assert_eq!(holders(&t, &file(n, "")), vec![(1, long(n, 10))]);
         }
+    }
+
+    #[test]
+    fn a_prefix_finds_its_files_in_one_shard() {
+        let t = FileTable::default();
+        let mut a = file(1, "a");
+        a.id.0[..4].copy_from_slice(&[0xab, 0xcd, 0xef, 0x01]);
+        let mut b = file(2, "b");
+        b.id.0[..5].copy_from_slice(&[0xab, 0xcd, 0xef, 0x01, 0x22]);
+        let mut c = file(3, "c");
+        c.id.0[..4].copy_from_slice(&[0x12, 0xcd, 0xef, 0x01]);
+        for f in [&a, &b, &c] {
+            t.register(1, f);
+        }
+        let found = |p: &str| {
+            let mut ids = Vec::new();
+            t.for_prefix(&IdPrefix::parse(p).unwrap(), |f| {
+                ids.push(f.id());
+                true
+            });
+            ids.sort();
+            ids
+        };
+        let mut both = vec![a.id, b.id];
+        both.sort();
+        assert_eq!(found("abcdef01"), both);
+        assert_eq!(found("ABCDEF0100"), vec![a.id]);
+        assert_eq!(found("abcdef0122"), vec![b.id]);
+        assert!(found("abcdef00").is_empty());
+        assert_eq!(found("12cdef01"), vec![c.id]);
     }
 
     #[test]

@@ -261,20 +261,17 @@ impl WordIndex {
     }
 }
 
-/// Whether `name`, split and lower-cased as [`common::names::tokenize`]
-/// does, contains the lower-case `word`; allocates only for non-ASCII parts.
+/// Whether `name`, split and normalized as [`common::names::tokenize`]
+/// does, contains the normalized `word`; allocates only for non-ASCII names
+/// (ASCII is its own NFKC form, so only its case is folded).
 pub(crate) fn name_has_word(name: &str, word: &str) -> bool {
-    name.split(|c: char| !c.is_alphanumeric()).any(|part| {
-        if part.is_empty() {
-            false
-        } else if part.is_ascii() {
-            // A lower-case word equals an ASCII part's lower case exactly
-            // when they match ignoring ASCII case.
-            part.eq_ignore_ascii_case(word)
-        } else {
-            part.to_lowercase() == word
-        }
-    })
+    if !name.is_ascii() {
+        return common::names::tokenize(name).iter().any(|w| w == word);
+    }
+    name.split(|c: char| !c.is_ascii_alphanumeric())
+        // A normalized word equals an ASCII part's lower case exactly when
+        // they match ignoring ASCII case.
+        .any(|part| !part.is_empty() && part.eq_ignore_ascii_case(word))
 }
 
 #[cfg(test)]
@@ -357,6 +354,8 @@ mod tests {
             "Canción_ÑANDÚ.txt",
             "ΟΔΥΣΣΕΥΣ",
             "İstanbul-straße",
+            "cafe\u{301}.txt",
+            "ｃａｆé ﬁle",
             "a-a A",
             "..--",
             "x",
@@ -379,6 +378,9 @@ mod tests {
             "x",
             "",
             "i̇stanbul",
+            "café",
+            "cafe",
+            "file",
         ];
         for name in names {
             let tokens = tokenize(name);

@@ -5,26 +5,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::id::FileId;
 use tokio_util::sync::CancellationToken;
 
-use super::search::{search, SearchError, SearchReport};
+use super::search::{flood, search, SearchError, SearchReport};
 use crate::download::{
     self, DownloadError, DownloadOutcome, DownloadRequest, EngineConfig, Progress,
 };
+use crate::target::{overlay_words, resolve_in_hits, ResolveError, Target, TargetError};
+use common::id::FileId;
 
 /// Why a p2p get failed.
 #[derive(Debug, thiserror::Error)]
 pub enum P2pGetError {
     #[error(transparent)]
     Search(#[from] SearchError),
-    #[error("no node within {ttl} hops offers {target:?} (raise --ttl or --wait, or try another --via node)")]
-    NotFound { target: String, ttl: u8 },
-    #[error("several different files are named {name:?}; pass one id instead:\n{}", .candidates.iter().map(|(id, n)| format!("  {id}  {}", common::names::escape_for_terminal(n))).collect::<Vec<_>>().join("\n"))]
-    Ambiguous {
-        name: String,
-        candidates: Vec<(String, String)>,
-    },
+    /// Nothing, or several different files, match the target.
+    #[error(transparent)]
+    Target(#[from] ResolveError),
+    #[error(transparent)]
+    BadTarget(#[from] TargetError),
     #[error(transparent)]
     Download(#[from] DownloadError),
 }
@@ -67,8 +66,8 @@ pub struct P2pGetOutcome {
     pub search: SearchReport,
 }
 
-/// Searches through `via` for `target` (a 64-digit id or an exact name) and
-/// downloads it from the nodes that have it.
+/// Searches through `via` for `target` (an id, id prefix or exact name: see
+/// [`crate::target`]) and downloads it from the nodes that have it.
 #[allow(clippy::too_many_arguments)]
 pub async fn get(
     via: &str,
@@ -80,47 +79,14 @@ pub async fn get(
     progress: Arc<Progress>,
     shutdown: CancellationToken,
 ) -> Result<P2pGetOutcome, P2pGetError> {
-    let by_id = target.parse::<FileId>().ok();
-    let words = match by_id {
-        Some(id) => vec![id.to_hex()],
-        None => vec![target.to_string()],
-    };
-    let report = search(via, words, ttl, wait).await?;
-    let base = |n: &str| n.rsplit('/').next().unwrap_or(n).to_string();
-    let matching: Vec<_> = report
-        .hits
-        .iter()
-        .filter(|h| match by_id {
-            Some(id) => h.id == id.to_hex(),
-            None => h.name == target || base(&h.name) == target,
-        })
-        .collect();
-    let hit = match matching.as_slice() {
-        [] => {
-            return Err(P2pGetError::NotFound {
-                target: target.into(),
-                ttl,
-            })
-        }
-        [one] => (*one).clone(),
-        many => {
-            return Err(P2pGetError::Ambiguous {
-                name: target.into(),
-                candidates: many
-                    .iter()
-                    .map(|h| (h.id.clone(), h.name.clone()))
-                    .collect(),
-            })
-        }
-    };
-    let id: FileId = hit.id.parse().map_err(|_| P2pGetError::NotFound {
-        target: target.into(),
-        ttl,
-    })?;
+    let target: Target = target.parse()?;
+    let report = flood(via, overlay_words(&target), ttl, wait).await?;
+    let (hit, chosen) = resolve_in_hits(&target, &report.hits, ttl)?;
+    let (id, name, sources) = (chosen.id, chosen.name, hit.sources.clone());
     let request = DownloadRequest {
         id,
-        name: hit.name,
-        sources: hit.sources,
+        name,
+        sources,
         out_dir,
     };
     let lookup = FloodSources {

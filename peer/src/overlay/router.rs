@@ -424,11 +424,19 @@ impl Router {
 }
 
 /// Whether a shared file named `name` with id `id` matches a query: every
-/// word's tokens appear among the name's, or the single word is the id.
+/// word's tokens appear among the name's (compared normalized, as
+/// `names::tokenize` does), or the single word is the id, a prefix of it
+/// (8 hex digits or more), or the whole name (`names::name_matches`: what
+/// `peer get NAME` floods, with no limit on its words).
 pub fn matches(words: &[String], id: &common::FileId, name: &str) -> bool {
     if let [only] = words {
-        if let Ok(wanted) = only.parse::<common::FileId>() {
+        if let Ok(wanted) = only.to_ascii_lowercase().parse::<common::FileId>() {
             return wanted == *id;
+        }
+        if common::target::IdPrefix::parse(only).is_some_and(|p| p.matches(id))
+            || common::names::name_matches(name, &common::names::normalize(only))
+        {
+            return true;
         }
     }
     let name_words = common::names::tokenize(name);
@@ -772,5 +780,17 @@ mod tests {
         assert!(matches(&[id.to_hex()], &id, "x"));
         assert!(!matches(&[FileId([2; 32]).to_hex()], &id, "x"));
         assert!(!matches(&[], &id, "x"));
+        // Normalized words, whole names, id prefixes.
+        assert!(matches(&["caf\u{e9}".into()], &id, "Cafe\u{301}.txt"));
+        assert!(matches(
+            &["CAF\u{c9}.TXT".into()],
+            &id,
+            "dir/cafe\u{301}.txt"
+        ));
+        assert!(matches(&["---".into()], &id, "---"));
+        let long = format!("{}.flac", "x".repeat(300));
+        assert!(matches(&[long.clone()], &id, &long));
+        assert!(matches(&[id.to_hex()[..8].to_uppercase()], &id, "x"));
+        assert!(!matches(&[FileId([2; 32]).to_hex()[..8].into()], &id, "x"));
     }
 }

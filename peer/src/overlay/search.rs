@@ -53,7 +53,11 @@ pub const DEFAULT_TTL: u8 = 7;
 #[derive(Debug, Clone, Serialize)]
 pub struct P2pHit {
     pub id: String,
+    /// The name most of the answering nodes use.
     pub name: String,
+    /// Every name the nodes used for it, most used first (`peer get NAME`
+    /// matches any of them).
+    pub names: Vec<String>,
     pub size: u64,
     /// `HOST:PORT` of each node that has it (chunk servers).
     pub sources: Vec<String>,
@@ -104,6 +108,17 @@ pub async fn search(
     if words.iter().all(|w| common::names::tokenize(w).is_empty()) {
         return Err(SearchError::NoWords);
     }
+    flood(via, words, ttl, wait).await
+}
+
+/// [`search`] without the check for words: `peer get` floods a whole name
+/// as one word (which may have no letter or digit at all).
+pub(crate) async fn flood(
+    via: &str,
+    words: Vec<String>,
+    ttl: u8,
+    wait: Duration,
+) -> Result<SearchReport, SearchError> {
     let wire_err = |reason| SearchError::Wire {
         addr: via.to_string(),
         reason,
@@ -162,7 +177,9 @@ pub async fn search(
         elapsed_ms: 0,
     };
     let mut responders: HashSet<String> = HashSet::new();
-    let mut files: BTreeMap<FileId, (String, u64, Vec<String>)> = BTreeMap::new();
+    // id → (names with how many nodes use each, size, sources)
+    type Found = (Vec<(String, u32)>, u64, Vec<String>);
+    let mut files: BTreeMap<FileId, Found> = BTreeMap::new();
     // The via node's own answer is expected; each forwarded copy adds one.
     let mut expected: u64 = 1;
     let mut answers: u64 = 0;
@@ -230,9 +247,13 @@ pub async fn search(
             }
             let entry = files
                 .entry(f.id)
-                .or_insert_with(|| (f.name.clone(), f.size, Vec::new()));
+                .or_insert_with(|| (Vec::new(), f.size, Vec::new()));
             if entry.1 == f.size && !entry.2.contains(&responder) {
                 entry.2.push(responder.clone());
+                match entry.0.iter_mut().find(|(n, _)| *n == f.name) {
+                    Some((_, count)) => *count += 1,
+                    None => entry.0.push((f.name, 1)),
+                }
             }
         }
     }
@@ -241,11 +262,17 @@ pub async fn search(
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     let mut hits: Vec<P2pHit> = files
         .into_iter()
-        .map(|(id, (name, size, sources))| P2pHit {
-            id: id.to_hex(),
-            name,
-            size,
-            sources,
+        .filter_map(|(id, (mut names, size, sources))| {
+            // Most used first; a stable sort keeps the first seen first on ties.
+            names.sort_by(|a, b| b.1.cmp(&a.1));
+            let names: Vec<String> = names.into_iter().map(|(n, _)| n).collect();
+            Some(P2pHit {
+                id: id.to_hex(),
+                name: names.first()?.clone(),
+                names,
+                size,
+                sources,
+            })
         })
         .collect();
     hits.sort_by(|a, b| {
