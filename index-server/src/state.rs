@@ -24,6 +24,15 @@
 //! have it, and a search confirms each candidate against its names. Sessions
 //! list their files in the same compact key sets.
 //!
+//! Every holder's name is indexed, not only the first one's: a file found
+//! by any holder's words or exact name (`lookup_name`), shown under the
+//! name most live holders use (among those matching the query, in a
+//! search). A single-holder file costs nothing more for this; extra
+//! holders' names live in the shard's `more` map as before. The files
+//! table is sharded by the id's top bits, so `lookup_prefix` walks one
+//! shard. Names, words and nicknames are compared normalized
+//! (`common::names::normalize`).
+//!
 //! Memory: 96 bytes per indexed file beyond its name at 1,000,000 files
 //! (three runs; 85 B at 800,000 and 83 B at 900,000), measured as the
 //! server's RSS growth less the name bytes by `p2pshare-bench index --files

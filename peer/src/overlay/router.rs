@@ -789,7 +789,7 @@ mod tests {
         ));
         assert!(matches(&["---".into()], &id, "---"));
         let long = format!("{}.flac", "x".repeat(300));
-        assert!(matches(&[long.clone()], &id, &long));
+        assert!(matches(std::slice::from_ref(&long), &id, &long));
         assert!(matches(&[id.to_hex()[..8].to_uppercase()], &id, "x"));
         assert!(!matches(&[FileId([2; 32]).to_hex()[..8].into()], &id, "x"));
     }

@@ -264,7 +264,7 @@ pub(crate) async fn flood(
         .into_iter()
         .filter_map(|(id, (mut names, size, sources))| {
             // Most used first; a stable sort keeps the first seen first on ties.
-            names.sort_by(|a, b| b.1.cmp(&a.1));
+            names.sort_by_key(|n| std::cmp::Reverse(n.1));
             let names: Vec<String> = names.into_iter().map(|(n, _)| n).collect();
             Some(P2pHit {
                 id: id.to_hex(),
