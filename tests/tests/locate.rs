@@ -318,7 +318,7 @@ async fn every_holders_name_is_searchable_and_fetchable_and_most_holders_name_it
 async fn register(index: &str, files: Vec<SharedFile>) -> IndexClient {
     let mut client = IndexClient::connect(index).await.unwrap();
     let login = IndexRequest::Login(Login {
-        listen_port: 9,
+        listen_port: 40009,
         advertise: None,
         nick: None,
     });
