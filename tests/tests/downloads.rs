@@ -485,3 +485,40 @@ async fn a_fetch_onto_a_full_disk_completes_once_space_is_freed() {
     seed.stop().await;
     index.stop().await;
 }
+
+/// A get whose only listed source refuses every connection (a crashed peer
+/// the index still lists) fails after the stall timeout, saying why, not
+/// after the whole retry timeout meant for sources that are busy or coming
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_whose_sources_all_refuse_connections_fails_in_seconds() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(3 * common::CHUNK_SIZE, 191);
+    let share = dir.path().join("share");
+    write_file(&share, "dead.bin", &data);
+    // A loopback port with nothing listening: bound, then released.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = peer_config(&share, &index.addr_string());
+    config.advertise = Some(dead.to_string());
+    let mut p = start_peer_with(config).await;
+    p.wait_registered(1).await;
+    let engine = peer::EngineConfig {
+        retry_timeout: Duration::from_secs(600),
+        ..test_engine()
+    };
+    let out = dir.path().join("out");
+    let got = tokio::time::timeout(
+        Duration::from_secs(120),
+        hybrid_get(&index.addr_string(), "dead.bin", &out, engine),
+    )
+    .await
+    .expect("a get with no reachable source fails instead of waiting the retry timeout");
+    let err = got.expect_err("nothing could be fetched").to_string();
+    assert!(err.contains(&dead.to_string()), "names the source: {err}");
+    p.stop().await;
+    index.stop().await;
+}

@@ -82,7 +82,8 @@ pub struct EngineConfig {
     /// while its sources are busy or gone: a source that answers `Busy` is
     /// asked again with backoff, one that left is tried again when the feed
     /// offers it again. Past this, the download fails (keeping the
-    /// verified part).
+    /// verified part). Before any source has answered at all (only
+    /// refused connections), `stall_timeout` applies instead.
     pub retry_timeout: Duration,
 }
 
@@ -427,7 +428,15 @@ async fn fetch_hash_list(
     config: &EngineConfig,
     shutdown: &CancellationToken,
 ) -> Result<ContentInfo, HashListFailure> {
-    let give_up = tokio::time::Instant::now() + config.retry_timeout;
+    let start = tokio::time::Instant::now();
+    let give_up = start + config.retry_timeout;
+    // Sources that only ever refused the connection may be down for good
+    // (a crashed peer the index still lists): they get the stall timeout,
+    // not the whole retry timeout, so a get with no reachable source fails
+    // in seconds. Once one has answered anything (even Busy), the longer
+    // deadline applies.
+    let unreachable_give_up = start + config.stall_timeout.min(config.retry_timeout);
+    let mut reached = false;
     let mut round = 0u32;
     loop {
         let mut failures = Vec::new();
@@ -448,13 +457,19 @@ async fn fetch_hash_list(
                 Err(e) => {
                     debug!(%addr, error = %e, "no hash list from this source");
                     hope |= worth_retrying(&e, feed.is_some());
+                    reached |= !matches!(e, SourceError::Connect(_));
                     failures.push((addr.clone(), e.to_string()));
                 }
             }
         }
         round += 1;
         let wait = retry::backoff(round, retry::RETRY_MIN, retry::RETRY_MAX);
-        if !hope || tokio::time::Instant::now() + wait > give_up {
+        let deadline = if reached {
+            give_up
+        } else {
+            unreachable_give_up
+        };
+        if !hope || tokio::time::Instant::now() + wait > deadline {
             return Err(HashListFailure::Failed(failures));
         }
         if round == 1 {
