@@ -158,20 +158,8 @@ pub fn canonical_addr(addr: &str) -> String {
     }
 }
 
-/// The address a source is counted by: IPv4 as is, IPv6 by its /64 (one
-/// host usually owns a whole /64), IPv4-mapped IPv6 as IPv4.
-pub fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
+/// The address a source is counted by (one rule for the whole workspace).
+pub use transfer::admission::source_key;
 
 struct Session {
     addr: String,
