@@ -275,9 +275,9 @@ enum Command {
         /// How long the download waits without progress before it fails
         /// (keeping the verified part): a source at its upload cap (Busy) is
         /// asked again with backoff (0.25 s doubling to 8 s), and sources that
-        /// left are tried again when the index lists them again. While no
-        /// source has answered at all (every connection refused), the
-        /// download gives up after --stall-timeout instead.
+        /// left are tried again when the index lists them again. While every
+        /// source only refuses (the connection, or the file), the download
+        /// gives up after --stall-timeout instead.
         #[arg(long, env = "PEER_RETRY_TIMEOUT", default_value = "5m", value_parser = duration(Duration::from_secs(1), DAY))]
         retry_timeout: Duration,
         /// A file id (64 hex digits, or an unambiguous prefix of at least

@@ -82,8 +82,9 @@ pub struct EngineConfig {
     /// while its sources are busy or gone: a source that answers `Busy` is
     /// asked again with backoff, one that left is tried again when the feed
     /// offers it again. Past this, the download fails (keeping the
-    /// verified part). Before any source has answered at all (only
-    /// refused connections), `stall_timeout` applies instead.
+    /// verified part). While nothing was verified in this run and every
+    /// source only refused (the connection, or the file), `stall_timeout`
+    /// applies instead.
     pub retry_timeout: Duration,
 }
 
@@ -430,11 +431,8 @@ async fn fetch_hash_list(
 ) -> Result<ContentInfo, HashListFailure> {
     let start = tokio::time::Instant::now();
     let give_up = start + config.retry_timeout;
-    // Sources that only ever refused the connection may be down for good
-    // (a crashed peer the index still lists): they get the stall timeout,
-    // not the whole retry timeout, so a get with no reachable source fails
-    // in seconds. Once one has answered anything (even Busy), the longer
-    // deadline applies.
+    // Sources that only refused get the stall timeout (see `refused_only`);
+    // once one has answered anything else (even Busy), the retry timeout.
     let unreachable_give_up = start + config.stall_timeout.min(config.retry_timeout);
     let mut reached = false;
     let mut round = 0u32;
@@ -457,7 +455,7 @@ async fn fetch_hash_list(
                 Err(e) => {
                     debug!(%addr, error = %e, "no hash list from this source");
                     hope |= worth_retrying(&e, feed.is_some());
-                    reached |= !matches!(e, SourceError::Connect(_));
+                    reached |= !refused_only(&e);
                     failures.push((addr.clone(), e.to_string()));
                 }
             }
@@ -626,6 +624,18 @@ struct Sources {
     auto_retry: Vec<bool>,
     /// Offered while every slot was taken: started when one frees up.
     waiting: Vec<String>,
+    /// Some source ended with more than a refusal (of the connection or
+    /// the file): see [`refused_only`].
+    answered: bool,
+}
+
+/// Whether a source that failed this way only refused: the connection, or
+/// the file. Sources that only ever refused may be gone for good (a crashed
+/// peer the index still lists, a file deleted from the only share), so
+/// while nothing else was heard a download gives up after the stall
+/// timeout rather than the whole retry timeout.
+fn refused_only(e: &SourceError) -> bool {
+    matches!(e, SourceError::Connect(_) | SourceError::NotFound)
 }
 
 impl Sources {
@@ -730,6 +740,7 @@ impl Sources {
         self.alive[i] = false;
         self.progress.active_sources.fetch_sub(1, Ordering::Relaxed);
         let Err(e) = result else { return };
+        self.answered |= !refused_only(&e);
         if self.delivered(i) > self.delivered_at_start[i] {
             self.failures[i] = 0;
         }
@@ -939,6 +950,7 @@ pub async fn download_swarm(
         retry_at: vec![None; n],
         auto_retry: vec![false; n],
         waiting: known[n..].to_vec(),
+        answered: false,
     };
     for i in 0..n {
         sources.start(i);
@@ -958,7 +970,8 @@ pub async fn download_swarm(
 
     let mut interrupted = false;
     let mut poll = tokio::time::interval(Duration::from_millis(100));
-    let mut last_done = scheduler.done();
+    let first_done = scheduler.done();
+    let mut last_done = first_done;
     let mut last_progress = tokio::time::Instant::now();
     while !scheduler.is_finished() {
         tokio::select! {
@@ -991,7 +1004,12 @@ pub async fn download_swarm(
             // the feed to bring a source, up to the deadline; else let the
             // verifiers finish the last chunks, then judge.
             let hope = feed.is_some() || sources.retry_pending();
-            if !hope || stuck {
+            // Nothing verified in this run and every source only refused:
+            // the short deadline (see `refused_only`).
+            let refused = !sources.answered
+                && last_done == first_done
+                && last_progress.elapsed() >= config.stall_timeout;
+            if !hope || stuck || refused {
                 break;
             }
         } else if stuck {
