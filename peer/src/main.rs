@@ -363,6 +363,9 @@ fn init_tracing(default: &str) {
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        // A closed stderr (the log reader went away) must not turn every
+        // log line into a panic: the line is dropped instead.
+        .log_internal_errors(false)
         .init();
 }
 

@@ -1161,3 +1161,37 @@ async fn help_documents_exit_statuses_variables_and_arguments() {
     let out = run(&["bogus"]).await;
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A daemon whose log reader went away (stderr a closed pipe) still stops
+/// on SIGTERM: a log line it cannot write is dropped, not a panic in the
+/// task that wrote it (before: the signal task panicked logging "SIGTERM
+/// received" and the daemon never stopped).
+#[tokio::test]
+async fn serve_with_a_closed_stderr_still_stops_on_sigterm() {
+    let (index, stop_index) = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = spawn_serve(&index, dir.path(), &["--nick", "deaf"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while online_nicks(&index).await != vec!["deaf".to_string()] {
+        assert!(tokio::time::Instant::now() < deadline, "peer not online");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(daemon.stderr.take());
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = daemon.try_wait().unwrap() {
+            break status;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let _ = daemon.kill();
+            panic!("still running 20 s after SIGTERM with a closed stderr");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    stop_index.cancel();
+}
