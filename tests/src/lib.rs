@@ -243,3 +243,23 @@ pub fn test_engine() -> peer::EngineConfig {
         ..Default::default()
     }
 }
+
+/// `peer get` in the hybrid model, as the command runs it: `target` (an
+/// id, id prefix or exact name) resolved at `index`, fetched into `out`
+/// with `engine`, no progress shown, never interrupted.
+pub async fn hybrid_get(
+    index: &str,
+    target: &str,
+    out: &Path,
+    engine: peer::EngineConfig,
+) -> Result<peer::DownloadOutcome, peer::get::GetError> {
+    peer::get::get(
+        index,
+        target,
+        out.to_path_buf(),
+        engine,
+        std::sync::Arc::new(peer::download::Progress::default()),
+        CancellationToken::new(),
+    )
+    .await
+}

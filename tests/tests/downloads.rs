@@ -27,23 +27,6 @@ fn visible_files(dir: &Path) -> Vec<String> {
     names
 }
 
-async fn hybrid_get(
-    index: &str,
-    target: &str,
-    out: &Path,
-    engine: peer::EngineConfig,
-) -> Result<peer::DownloadOutcome, peer::get::GetError> {
-    peer::get::get(
-        index,
-        target,
-        out.to_path_buf(),
-        engine,
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    )
-    .await
-}
-
 /// 12.8: a peer at its upload cap answers Busy; the gets it refused wait
 /// with backoff and all complete (before: "all its upload slots are busy").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

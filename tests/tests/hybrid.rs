@@ -15,15 +15,7 @@ async fn get(
     target: &str,
     out: &std::path::Path,
 ) -> Result<peer::DownloadOutcome, GetError> {
-    peer::get::get(
-        index,
-        target,
-        out.to_path_buf(),
-        test_engine(),
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    )
-    .await
+    hybrid_get(index, target, out, test_engine()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,18 +20,12 @@ const NFD: &str = "cafe\u{301}.txt";
 const NFC: &str = "caf\u{e9}.txt";
 const WAIT: Duration = Duration::from_secs(3);
 
-async fn hybrid_get(index: &str, target: &str, out: &Path) -> Result<PathBuf, String> {
-    peer::get::get(
-        index,
-        target,
-        out.to_path_buf(),
-        test_engine(),
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .map(|o| o.path)
-    .map_err(|e| e.to_string())
+/// A hybrid get's saved path, or its error as the user reads it.
+async fn get_path(index: &str, target: &str, out: &Path) -> Result<PathBuf, String> {
+    tests::hybrid_get(index, target, out, test_engine())
+        .await
+        .map(|o| o.path)
+        .map_err(|e| e.to_string())
 }
 
 async fn server_get(index: &str, target: &str, out: &Path) -> Result<PathBuf, String> {
@@ -112,12 +106,12 @@ async fn decomposed_and_composed_names_are_one_name_in_hybrid_mode() {
     assert_eq!(hits.len(), 1, "{hits:?}");
     assert_eq!(hits[0].id, content_info(&cafe).id);
     let out = dir.path().join("out");
-    let got = hybrid_get(&index.addr_string(), NFC, &out).await.unwrap();
+    let got = get_path(&index.addr_string(), NFC, &out).await.unwrap();
     assert_eq!(std::fs::read(&got).unwrap(), cafe);
     // Typed decomposed (and in another case), stored composed.
     let hits = client.search(vec!["the\u{301}".into()], 0).await.unwrap();
     assert_eq!(hits.len(), 1, "{hits:?}");
-    let got = hybrid_get(&index.addr_string(), "the\u{301} VERT.txt", &out)
+    let got = get_path(&index.addr_string(), "the\u{301} VERT.txt", &out)
         .await
         .unwrap();
     assert_eq!(std::fs::read(&got).unwrap(), the);
@@ -206,7 +200,7 @@ async fn any_name_that_can_be_shared_can_be_fetched_by_that_name() {
     a.wait_registered(names.len()).await;
     let out = dir.path().join("out");
     for (n, name) in names.iter().enumerate() {
-        let got = hybrid_get(&index.addr_string(), name, &out).await.unwrap();
+        let got = get_path(&index.addr_string(), name, &out).await.unwrap();
         assert_eq!(
             std::fs::read(&got).unwrap(),
             random_bytes(500, 10 + n as u64)
@@ -281,16 +275,16 @@ async fn every_holders_name_is_searchable_and_fetchable_and_most_holders_name_it
     // Any holder's name fetches it, saved under the name asked for; by id,
     // under the name most holders use.
     let out = dir.path().join("out");
-    let got = hybrid_get(&index.addr_string(), "alpha-release.mkv", &out)
+    let got = get_path(&index.addr_string(), "alpha-release.mkv", &out)
         .await
         .unwrap();
     assert_eq!(got, out.join("alpha-release.mkv"));
     assert_eq!(std::fs::read(&got).unwrap(), movie);
-    let got = hybrid_get(&index.addr_string(), "zz odd name.mkv", &out)
+    let got = get_path(&index.addr_string(), "zz odd name.mkv", &out)
         .await
         .unwrap();
     assert_eq!(got, out.join("zz odd name.mkv"));
-    let got = hybrid_get(&index.addr_string(), &id.to_hex(), &out)
+    let got = get_path(&index.addr_string(), &id.to_hex(), &out)
         .await
         .unwrap();
     assert_eq!(got, out.join("Movie.2023.mkv"));
@@ -351,12 +345,10 @@ async fn an_id_prefix_works_wherever_an_id_does() {
     let out = dir.path().join("out");
     // What the demo prints (16 digits), the shortest (8) and upper case.
     for prefix in [&hex[..16], &hex[..8], &hex[..10].to_uppercase()] {
-        let got = hybrid_get(&addr, prefix, &out).await.unwrap();
+        let got = get_path(&addr, prefix, &out).await.unwrap();
         assert_eq!(std::fs::read(&got).unwrap(), data, "{prefix}");
     }
-    let err = hybrid_get(&addr, "0000000000000000", &out)
-        .await
-        .unwrap_err();
+    let err = get_path(&addr, "0000000000000000", &out).await.unwrap_err();
     assert!(err.contains("no online peer"), "{err}");
 
     // Another file whose id shares the first 62 digits: ambiguous, and
@@ -372,14 +364,14 @@ async fn an_id_prefix_works_wherever_an_id_does() {
         }],
     )
     .await;
-    let err = hybrid_get(&addr, &hex[..16], &out).await.unwrap_err();
+    let err = get_path(&addr, &hex[..16], &out).await.unwrap_err();
     assert!(err.contains(&hex) && err.contains(&twin.to_hex()), "{err}");
     assert!(
         err.contains("decoy.pdf") && err.contains("report.pdf"),
         "{err}"
     );
     // The whole id is never ambiguous.
-    assert!(hybrid_get(&addr, &hex, &out).await.is_ok());
+    assert!(get_path(&addr, &hex, &out).await.is_ok());
 
     // Client-server: the store's copy, by prefix.
     let stored = random_bytes(700, 8);

@@ -12,7 +12,6 @@ use common::index_proto::{IndexRequest, IndexResponse, Login, SharedFile};
 use common::names::MAX_SAVED_NAME_LEN;
 use common::wire::{self, Deadlines};
 use peer::client_server::{put_file, PutError};
-use peer::download::Progress;
 use peer::index_client::IndexClient;
 use tests::*;
 use tokio::net::TcpStream;
@@ -56,16 +55,7 @@ fn log_lines_with(parts: &[&str]) -> usize {
 }
 
 async fn get(index: &str, target: &str, out: &std::path::Path) -> peer::DownloadOutcome {
-    peer::get::get(
-        index,
-        target,
-        out.to_path_buf(),
-        test_engine(),
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap()
+    hybrid_get(index, target, out, test_engine()).await.unwrap()
 }
 
 /// A hand-made client session at the index.
