@@ -945,6 +945,25 @@ impl Index {
     /// holders use among those `preferred` (the names that match a query),
     /// else among all (ties go to the earliest holder). `None` if none is
     /// live.
+    /// A result for a file with live holders: the name chosen as by
+    /// [`Self::live_sources`], and the count of live sources.
+    fn live_hit(
+        &self,
+        id: FileId,
+        size: u64,
+        holders: Holders,
+        now: Instant,
+        preferred: impl Fn(&str) -> bool,
+    ) -> Option<SearchHit> {
+        let live = self.live_sources(holders, &[], now, preferred)?;
+        Some(SearchHit {
+            id,
+            name: live.name,
+            size,
+            sources: live.sources.len() as u32,
+        })
+    }
+
     fn live_sources(
         &self,
         holders: Holders,
@@ -1030,13 +1049,7 @@ impl Index {
                     .flatten()?;
                 // Show a name that has every word, if one does.
                 let has_all = |name: &str| tokens.iter().all(|t| name_has_word(name, t));
-                let live = self.live_sources(holders, &[], now, has_all)?;
-                Some(SearchHit {
-                    id,
-                    name: live.name,
-                    size,
-                    sources: live.sources.len() as u32,
-                })
+                self.live_hit(id, size, holders, now, has_all)
             })
             .collect();
         sort_hits(&mut hits);
@@ -1126,15 +1139,7 @@ impl Index {
         });
         let mut hits: Vec<SearchHit> = found
             .into_iter()
-            .filter_map(|(id, size, holders)| {
-                let live = self.live_sources(holders, &[], now, |_| true)?;
-                Some(SearchHit {
-                    id,
-                    name: live.name,
-                    size,
-                    sources: live.sources.len() as u32,
-                })
-            })
+            .filter_map(|(id, size, holders)| self.live_hit(id, size, holders, now, |_| true))
             .collect();
         sort_hits(&mut hits);
         hits.truncate(limit);
