@@ -15,6 +15,9 @@
 //! - non-persistent: 2 RTT + T per object (handshake, request/response);
 //! - persistent: RTT for the handshake, then RTT + T per object;
 //! - pipelined: RTT for the handshake, then about one RTT for all, + M T.
+//!
+//! Measured at every number of objects in `objects_sweep` with RTT `rtt`,
+//! and at every RTT in `rtt_sweep` with `objects` objects, `runs` times.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,26 +29,53 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::report::{self, Chart, Csv, Series, COLORS};
+use crate::report::{self, Chart, Csv, Series, Spread, COLORS};
 use crate::{human_bytes, human_rate, LabError, Written};
 
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Objects fetched while the RTT varies.
     pub objects: usize,
+    /// Numbers of objects fetched at `rtt`.
+    pub objects_sweep: Vec<usize>,
     pub object_size: u64,
+    /// RTT while the number of objects varies.
     pub rtt: Duration,
+    /// RTTs at which `objects` objects are fetched.
+    pub rtt_sweep: Vec<Duration>,
     /// Link bandwidth, bytes per second (server to client).
     pub bandwidth: u64,
+    /// Repetitions (at least 1).
+    pub runs: usize,
     pub out: PathBuf,
 }
 
+impl Config {
+    /// Every (objects, RTT) point measured, each once.
+    pub fn points(&self) -> Vec<(usize, Duration)> {
+        let mut points: Vec<(usize, Duration)> = Vec::new();
+        let sweep = self.objects_sweep.iter().map(|m| (*m, self.rtt));
+        for p in sweep.chain(self.rtt_sweep.iter().map(|r| (self.objects, *r))) {
+            if !points.contains(&p) {
+                points.push(p);
+            }
+        }
+        points
+    }
+}
+
+/// One row per fetch, point and run (`run` = 1, 2, ...), and one per fetch
+/// and point with `run` = `median` (`min_s`/`max_s` the spread).
 pub const CSV_COLUMNS: &[&str] = &[
     "mode",
     "objects",
     "object_bytes",
     "rtt_ms",
     "bandwidth_bps",
+    "run",
     "measured_s",
+    "min_s",
+    "max_s",
     "model_s",
     "ratio",
 ];
@@ -82,6 +112,10 @@ impl Fetch {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Measured {
     pub fetch: Fetch,
+    pub objects: usize,
+    pub rtt: Duration,
+    /// Which repetition (1-based).
+    pub run: usize,
     pub seconds: f64,
     pub model: f64,
 }
@@ -93,32 +127,44 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Measured>), LabError> 
     let server = TcpListener::bind("127.0.0.1:0").await?;
     let server_addr = server.local_addr()?;
     tasks.spawn(object_server(server, config.object_size, stop.clone()));
-    let proxy = TcpListener::bind("127.0.0.1:0").await?;
-    let proxy_addr = proxy.local_addr()?.to_string();
-    tasks.spawn(delay_proxy(
-        proxy,
-        server_addr.to_string(),
-        config.rtt,
-        config.bandwidth,
-        stop.clone(),
-    ));
 
-    let bar = report::progress(3, "connections");
-    let rtt = config.rtt.as_secs_f64();
+    let points = config.points();
+    let repeats = config.runs.max(1);
+    let bar = report::progress((3 * points.len() * repeats) as u64, "connections");
     let t = config.object_size as f64 / config.bandwidth as f64;
     let mut results = Vec::new();
-    for fetch in Fetch::ALL {
-        bar.set_message(fetch.name());
-        let started = Instant::now();
-        let outcome = fetch_all(&proxy_addr, fetch, config.objects, config.object_size).await;
-        let seconds = started.elapsed().as_secs_f64();
-        outcome?;
-        results.push(Measured {
-            fetch,
-            seconds,
-            model: fetch.model(config.objects, rtt, t),
-        });
-        bar.inc(1);
+    for k in 1..=repeats {
+        for &(objects, rtt) in &points {
+            // A proxy per RTT; stopped (with its connections) after use.
+            let proxy_stop = stop.child_token();
+            let proxy = TcpListener::bind("127.0.0.1:0").await?;
+            let proxy_addr = proxy.local_addr()?.to_string();
+            let proxy_task = tokio::spawn(delay_proxy(
+                proxy,
+                server_addr.to_string(),
+                rtt,
+                config.bandwidth,
+                proxy_stop.clone(),
+            ));
+            for fetch in Fetch::ALL {
+                bar.set_message(format!("{} {objects} x {rtt:?} run {k}", fetch.name()));
+                let started = Instant::now();
+                let outcome = fetch_all(&proxy_addr, fetch, objects, config.object_size).await;
+                let seconds = started.elapsed().as_secs_f64();
+                outcome?;
+                results.push(Measured {
+                    fetch,
+                    objects,
+                    rtt,
+                    run: k,
+                    seconds,
+                    model: fetch.model(objects, rtt.as_secs_f64(), t),
+                });
+                bar.inc(1);
+            }
+            proxy_stop.cancel();
+            let _ = proxy_task.await;
+        }
     }
     bar.finish_and_clear();
     stop.cancel();
@@ -303,78 +349,177 @@ async fn response(s: &mut TcpStream, size: u64) -> Result<(), LabError> {
     Ok(())
 }
 
+/// The runs of one fetch at one point, summarized.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub fetch: Fetch,
+    pub objects: usize,
+    pub rtt: Duration,
+    pub seconds: Spread,
+    pub model: f64,
+}
+
+/// Groups `results` by fetch and point, in order of appearance.
+pub fn summarize(results: &[Measured]) -> Vec<Point> {
+    let mut keys: Vec<(Fetch, usize, Duration)> = Vec::new();
+    for r in results {
+        if !keys.contains(&(r.fetch, r.objects, r.rtt)) {
+            keys.push((r.fetch, r.objects, r.rtt));
+        }
+    }
+    keys.into_iter()
+        .filter_map(|(fetch, objects, rtt)| {
+            let these: Vec<&Measured> = results
+                .iter()
+                .filter(|r| r.fetch == fetch && r.objects == objects && r.rtt == rtt)
+                .collect();
+            Some(Point {
+                fetch,
+                objects,
+                rtt,
+                seconds: Spread::of(&these.iter().map(|r| r.seconds).collect::<Vec<_>>())?,
+                model: these[0].model,
+            })
+        })
+        .collect()
+}
+
 fn write_outputs(config: &Config, results: &[Measured]) -> Result<Written, LabError> {
+    let points = summarize(results);
     let mut csv = Csv::new(CSV_COLUMNS);
+    let ms = |d: Duration| format!("{}", d.as_secs_f64() * 1000.0);
     for r in results {
         csv.row(vec![
             r.fetch.name().into(),
-            config.objects.to_string(),
+            r.objects.to_string(),
             config.object_size.to_string(),
-            format!("{}", config.rtt.as_secs_f64() * 1000.0),
+            ms(r.rtt),
             config.bandwidth.to_string(),
+            r.run.to_string(),
             format!("{:.3}", r.seconds),
+            String::new(),
+            String::new(),
             format!("{:.3}", r.model),
             format!("{:.3}", r.seconds / r.model),
         ]);
     }
-    let names: Vec<String> = results.iter().map(|r| r.fetch.name().to_string()).collect();
-    let chart = Chart {
-        title: format!(
-            "{} objects of {}, RTT {:?}, {}",
-            config.objects,
-            human_bytes(config.object_size as f64),
-            config.rtt,
-            human_rate(config.bandwidth as f64)
-        ),
-        x_label: "how the objects are fetched".into(),
-        y_label: "total response time (s)".into(),
-        series: vec![
-            Series {
-                name: "lecture's model".into(),
-                points: results
+    for p in &points {
+        csv.row(vec![
+            p.fetch.name().into(),
+            p.objects.to_string(),
+            config.object_size.to_string(),
+            ms(p.rtt),
+            config.bandwidth.to_string(),
+            "median".into(),
+            format!("{:.3}", p.seconds.median),
+            format!("{:.3}", p.seconds.min),
+            format!("{:.3}", p.seconds.max),
+            format!("{:.3}", p.model),
+            format!("{:.3}", p.seconds.median / p.model),
+        ]);
+    }
+    let t = config.object_size as f64 / config.bandwidth as f64;
+    let repeats = config.runs.max(1);
+    // One panel per sweep: x is the number of objects or the RTT.
+    let panel = |title: String,
+                 x_label: &str,
+                 mine: &dyn Fn(&Point) -> bool,
+                 x_of: &dyn Fn(&Point) -> f64,
+                 model_xs: Vec<(usize, Duration, f64)>| {
+        let mut series = Vec::new();
+        for (k, fetch) in Fetch::ALL.iter().enumerate() {
+            let color = COLORS[[1, 0, 2][k]];
+            series.push(Series::line(
+                format!("{} (model)", fetch.name()),
+                model_xs
                     .iter()
-                    .enumerate()
-                    .map(|(i, r)| (i as f64, r.model))
+                    .map(|(m, r, x)| (*x, fetch.model(*m, r.as_secs_f64(), t)))
                     .collect(),
-                line: false,
-                color: COLORS[1],
-            },
-            Series {
-                name: "measured".into(),
-                points: results
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| (i as f64, r.seconds))
-                    .collect(),
-                line: false,
-                color: COLORS[0],
-            },
-        ],
-        x_names: Some(names),
+                color,
+            ));
+            let ps: Vec<&Point> = points
+                .iter()
+                .filter(|p| p.fetch == *fetch && mine(p))
+                .collect();
+            series.push(
+                Series::points(
+                    format!("{} (measured)", fetch.name()),
+                    ps.iter().map(|p| (x_of(p), p.seconds.median)).collect(),
+                    color,
+                )
+                .with_bars(
+                    ps.iter()
+                        .filter(|p| p.seconds.count > 1)
+                        .map(|p| (x_of(p), p.seconds.min, p.seconds.max))
+                        .collect(),
+                ),
+            );
+        }
+        let mut c = Chart::new(title, x_label, "total response time (s)", series);
+        c.notes = vec![
+            "non-persistent: M (2 RTT + T)".into(),
+            "persistent: RTT + M (RTT + T)".into(),
+            "pipelined: 2 RTT + M T".into(),
+            format!(
+                "T = {} / {}; median of {repeats}, bars min-max",
+                human_bytes(config.object_size as f64),
+                human_rate(config.bandwidth as f64)
+            ),
+        ];
+        c
     };
-    let rows: Vec<Vec<String>> = results
+    let (rtt, objects) = (config.rtt, config.objects);
+    let max_m = config.objects_sweep.iter().copied().max().unwrap_or(1);
+    let min_m = config.objects_sweep.iter().copied().min().unwrap_or(1);
+    let by_objects = panel(
+        format!("Time against objects, RTT {rtt:?}"),
+        "objects M",
+        &|p| p.rtt == rtt && config.objects_sweep.contains(&p.objects),
+        &|p| p.objects as f64,
+        (min_m..=max_m).map(|m| (m, rtt, m as f64)).collect(),
+    );
+    let mut rtts = config.rtt_sweep.clone();
+    rtts.sort();
+    let (lo, hi) = (
+        rtts.first().copied().unwrap_or_default(),
+        rtts.last().copied().unwrap_or_default(),
+    );
+    let by_rtt = panel(
+        format!("Time against RTT, {objects} objects"),
+        "RTT (ms)",
+        &|p| p.objects == objects && config.rtt_sweep.contains(&p.rtt),
+        &|p| p.rtt.as_secs_f64() * 1000.0,
+        (0..=20)
+            .map(|i| {
+                let r = lo + (hi - lo) * i / 20;
+                (objects, r, r.as_secs_f64() * 1000.0)
+            })
+            .collect(),
+    );
+    let rows: Vec<Vec<String>> = points
         .iter()
-        .map(|r| {
+        .map(|p| {
             vec![
-                r.fetch.name().into(),
-                format!("{:.3}", r.seconds),
-                format!("{:.3}", r.model),
-                format!("{:.2}", r.seconds / r.model),
+                p.fetch.name().into(),
+                p.objects.to_string(),
+                format!("{:?}", p.rtt),
+                p.seconds.text(3),
+                format!("{:.3}", p.model),
+                format!("{:.2}", p.seconds.median / p.model),
             ]
         })
         .collect();
     let mut md = format!(
-        "# Connections\n\n{} objects of {} over a link with RTT {:?} and {} (emulated in user space \
-         by a delaying proxy on loopback). Model, T = size / bandwidth: non-persistent \
-         M (2 RTT + T); persistent RTT + M (RTT + T); pipelined 2 RTT + M T.\n\n",
-        config.objects,
+        "# Connections\n\nObjects of {} over a link with {} and an RTT (emulated in user space \
+         by a delaying proxy on loopback: this kernel has no netem), median of {repeats} run(s) \
+         with [min–max]. Model, T = size / bandwidth: non-persistent M (2 RTT + T); persistent \
+         RTT + M (RTT + T); pipelined 2 RTT + M T.\n\n",
         human_bytes(config.object_size as f64),
-        config.rtt,
         human_rate(config.bandwidth as f64)
     );
     md.push_str(&report::md_table(
-        &["fetch", "measured s", "model s", "ratio"],
+        &["fetch", "objects", "RTT", "measured s", "model s", "ratio"],
         &rows,
     ));
-    report::write_all(&config.out, "connections", &csv, &chart, &md)
+    report::write_all(&config.out, "connections", &csv, &[by_objects, by_rtt], &md)
 }

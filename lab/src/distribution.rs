@@ -34,7 +34,7 @@ use peer::download::{EngineConfig, Progress};
 use peer::rate::RateLimiter;
 use tokio_util::sync::CancellationToken;
 
-use crate::report::{self, Chart, Csv, Series, COLORS};
+use crate::report::{self, Chart, Csv, Series, Spread, COLORS};
 use crate::{human_bytes, human_rate, LabError, Written};
 
 /// A way of distributing the file.
@@ -69,6 +69,8 @@ pub struct Config {
     pub out: PathBuf,
     /// Real `index-server` and `peer` processes instead of in-process tasks.
     pub processes: bool,
+    /// Times each (mode, N) point is measured (at least 1).
+    pub runs: usize,
 }
 
 /// The textbook's lower bounds, in seconds.
@@ -85,11 +87,23 @@ pub fn bounds(n: usize, f: f64, us: f64, u: f64, dmin: Option<f64>) -> (f64, f64
 pub struct Run {
     pub mode: Mode,
     pub n: usize,
+    /// Which repetition (1-based).
+    pub run: usize,
     pub seconds: Option<f64>,
     pub bound_cs: f64,
     pub bound_p2p: f64,
     pub seed_bytes: u64,
     pub peer_bytes: u64,
+    /// Whether the upload counters were read (not from processes).
+    pub counted: bool,
+    /// Seconds from the start until each peer held the whole file, sorted.
+    pub completions: Vec<f64>,
+    /// Seconds from the start until each peer had its first verified
+    /// chunk (start-up and source discovery), sorted; in-process runs only.
+    pub first_chunks: Vec<f64>,
+    /// Seconds until 95% of all the bytes the N peers need had arrived
+    /// (the rest is the endgame); in-process runs only.
+    pub t95: Option<f64>,
     pub status: String,
 }
 
@@ -119,25 +133,131 @@ impl Run {
     pub fn suspect(&self) -> bool {
         self.ratio().is_some_and(|r| r < SUSPECT_RATIO)
     }
+
+    /// The seed's (or server's) share of all uploaded bytes.
+    pub fn seed_share(&self) -> Option<f64> {
+        let total = self.seed_bytes + self.peer_bytes;
+        (self.counted && total > 0).then(|| self.seed_bytes as f64 / total as f64)
+    }
+
+    /// Bytes uploaded over what the upload links could have carried in the
+    /// measured time ((u_s + N u) T for the swarms, u_s T for
+    /// client-server): how busy the uplinks were.
+    pub fn upload_use(&self, server_up: u64, peer_up: u64) -> Option<f64> {
+        let seconds = self.seconds.filter(|s| *s > 0.0)?;
+        if !self.counted {
+            return None;
+        }
+        let capacity = match self.mode {
+            Mode::ClientServer => server_up as f64,
+            _ => server_up as f64 + self.n as f64 * peer_up as f64,
+        } * seconds;
+        Some((self.seed_bytes + self.peer_bytes) as f64 / capacity)
+    }
+
+    /// The median time to a peer's first verified chunk.
+    pub fn first_chunk_median(&self) -> Option<f64> {
+        Spread::of(&self.first_chunks).map(|s| s.median)
+    }
+
+    /// Seconds after 95% of the bytes had arrived (the endgame).
+    pub fn tail(&self) -> Option<f64> {
+        Some(self.seconds? - self.t95?)
+    }
 }
 
+/// The runs of one (mode, N) point, summarized.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Point {
+    pub mode: Mode,
+    pub n: usize,
+    pub bound: f64,
+    pub runs: usize,
+    pub ok: usize,
+    pub seconds: Option<Spread>,
+    pub ratio: Option<Spread>,
+    pub seed_share: Option<Spread>,
+    pub first_chunk: Option<Spread>,
+    pub tail: Option<Spread>,
+    pub upload_use: Option<Spread>,
+    pub seed_bytes: Option<Spread>,
+    pub peer_bytes: Option<Spread>,
+    pub suspect: bool,
+}
+
+/// Groups `runs` by (mode, N), in the order they first appear.
+pub fn summarize(runs: &[Run], server_up: u64, peer_up: u64) -> Vec<Point> {
+    let mut keys: Vec<(Mode, usize)> = Vec::new();
+    for r in runs {
+        if !keys.contains(&(r.mode, r.n)) {
+            keys.push((r.mode, r.n));
+        }
+    }
+    keys.into_iter()
+        .map(|(mode, n)| {
+            let these: Vec<&Run> = runs.iter().filter(|r| r.mode == mode && r.n == n).collect();
+            let of = |f: &dyn Fn(&Run) -> Option<f64>| {
+                Spread::of(&these.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
+            };
+            Point {
+                mode,
+                n,
+                bound: these[0].bound(),
+                runs: these.len(),
+                ok: these.iter().filter(|r| r.seconds.is_some()).count(),
+                seconds: of(&|r| r.seconds),
+                ratio: of(&|r| r.ratio()),
+                seed_share: of(&|r| r.seed_share()),
+                first_chunk: of(&|r| r.first_chunk_median()),
+                tail: of(&|r| r.tail()),
+                upload_use: of(&|r| r.upload_use(server_up, peer_up)),
+                seed_bytes: of(&|r| r.counted.then_some(r.seed_bytes as f64)),
+                peer_bytes: of(&|r| r.counted.then_some(r.peer_bytes as f64)),
+                suspect: these.iter().any(|r| r.suspect()),
+            }
+        })
+        .collect()
+}
+
+/// The CSV's columns. One row per run (`run` = 1, 2, ...) and one per
+/// (mode, N) with `run` = `median`: its figures are the medians of the
+/// runs, `min_s`/`max_s` and `ratio_min`/`ratio_max` their spread.
 pub const CSV_COLUMNS: &[&str] = &[
     "mode",
     "n",
+    "run",
+    "engine",
     "file_bytes",
     "server_up_bps",
     "peer_up_bps",
     "peer_down_bps",
     "measured_s",
+    "min_s",
+    "max_s",
     "bound_cs_s",
     "bound_p2p_s",
     "bound_s",
     "ratio",
+    "ratio_min",
+    "ratio_max",
     "seed_upload_bytes",
     "peer_upload_bytes",
+    "seed_share",
+    "first_chunk_s",
+    "endgame_s",
+    "upload_use",
     "status",
     "suspect",
 ];
+
+/// How the nodes run, as the CSV's `engine` column says it.
+pub fn engine_name(config: &Config) -> &'static str {
+    if config.processes {
+        "processes"
+    } else {
+        "tasks"
+    }
+}
 
 pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
     std::fs::create_dir_all(&config.out)?;
@@ -149,7 +269,8 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
     let id = common::id::content_info(&data).id;
     drop(data);
 
-    let total = (config.ns.len() * config.modes.len()) as u64;
+    let repeats = config.runs.max(1);
+    let total = (config.ns.len() * config.modes.len() * repeats) as u64;
     let bar = report::progress(total, "distribution");
     let mut runs = Vec::new();
     let (f, us, u) = (
@@ -158,60 +279,68 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
         config.peer_up as f64,
     );
     let dmin = config.peer_down.map(|d| d as f64);
-    for mode in &config.modes {
-        for (k, n) in config.ns.iter().enumerate() {
-            bar.set_message(format!("{} N={n}", mode.name()));
-            let (bound_cs, bound_p2p) = bounds(*n, f, us, u, dmin);
-            let run_dir = work.path().join(format!("{}-{n}-{k}", mode.name()));
-            let measured = if config.processes {
-                let seconds = match mode {
-                    Mode::ClientServer => {
-                        crate::processes::client_server(config, *n, id, &seed_dir, &run_dir).await
+    // Repetitions outermost: a slow spell on the machine spreads over the
+    // points instead of spoiling every run of one of them.
+    for k in 1..=repeats {
+        for mode in &config.modes {
+            for n in &config.ns {
+                bar.set_message(format!("{} N={n} run {k}/{repeats}", mode.name()));
+                let (bound_cs, bound_p2p) = bounds(*n, f, us, u, dmin);
+                let run_dir = work.path().join(format!("{}-{n}-{k}", mode.name()));
+                let measured = if config.processes {
+                    match mode {
+                        Mode::ClientServer => {
+                            crate::processes::client_server(config, *n, id, &seed_dir, &run_dir)
+                                .await
+                        }
+                        Mode::Hybrid => {
+                            crate::processes::swarm(config, *n, id, &seed_dir, &run_dir, false)
+                                .await
+                        }
+                        Mode::P2p => {
+                            crate::processes::swarm(config, *n, id, &seed_dir, &run_dir, true).await
+                        }
                     }
-                    Mode::Hybrid => {
-                        crate::processes::swarm(config, *n, id, &seed_dir, &run_dir, false).await
-                    }
-                    Mode::P2p => {
-                        crate::processes::swarm(config, *n, id, &seed_dir, &run_dir, true).await
+                } else {
+                    match mode {
+                        Mode::ClientServer => {
+                            client_server(config, *n, id, &seed_dir, &run_dir).await
+                        }
+                        Mode::Hybrid => hybrid(config, *n, id, &seed_dir, &run_dir).await,
+                        Mode::P2p => p2p(config, *n, id, &seed_dir, &run_dir).await,
                     }
                 };
-                seconds.map(|seconds| Measured {
-                    seconds,
-                    seed_bytes: 0,
-                    peer_bytes: 0,
-                })
-            } else {
-                match mode {
-                    Mode::ClientServer => client_server(config, *n, id, &seed_dir, &run_dir).await,
-                    Mode::Hybrid => hybrid(config, *n, id, &seed_dir, &run_dir).await,
-                    Mode::P2p => p2p(config, *n, id, &seed_dir, &run_dir).await,
-                }
-            };
-            let run = match measured {
-                Ok(m) => Run {
+                let mut run = Run {
                     mode: *mode,
                     n: *n,
-                    seconds: Some(m.seconds),
-                    bound_cs,
-                    bound_p2p,
-                    seed_bytes: m.seed_bytes,
-                    peer_bytes: m.peer_bytes,
-                    status: "ok".into(),
-                },
-                Err(e) => Run {
-                    mode: *mode,
-                    n: *n,
+                    run: k,
                     seconds: None,
                     bound_cs,
                     bound_p2p,
                     seed_bytes: 0,
                     peer_bytes: 0,
-                    status: e.to_string(),
-                },
-            };
-            let _ = std::fs::remove_dir_all(&run_dir);
-            runs.push(run);
-            bar.inc(1);
+                    counted: false,
+                    completions: Vec::new(),
+                    first_chunks: Vec::new(),
+                    t95: None,
+                    status: "ok".into(),
+                };
+                match measured {
+                    Ok(m) => {
+                        run.seconds = Some(m.seconds);
+                        run.seed_bytes = m.seed_bytes;
+                        run.peer_bytes = m.peer_bytes;
+                        run.counted = m.counted;
+                        run.completions = m.completions;
+                        run.first_chunks = m.first_chunks;
+                        run.t95 = m.t95;
+                    }
+                    Err(e) => run.status = e.to_string(),
+                }
+                let _ = std::fs::remove_dir_all(&run_dir);
+                runs.push(run);
+                bar.inc(1);
+            }
         }
     }
     bar.finish_and_clear();
@@ -219,10 +348,66 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
     Ok((written, runs))
 }
 
-struct Measured {
-    seconds: f64,
-    seed_bytes: u64,
-    peer_bytes: u64,
+/// What one run measured.
+#[derive(Debug, Default)]
+pub(crate) struct Measured {
+    pub seconds: f64,
+    pub seed_bytes: u64,
+    pub peer_bytes: u64,
+    /// Whether the upload counters were read.
+    pub counted: bool,
+    pub completions: Vec<f64>,
+    pub first_chunks: Vec<f64>,
+    pub t95: Option<f64>,
+}
+
+/// Samples the downloads' progress every 10 ms from `started`: when each
+/// had its first verified chunk, and when 95% of all the bytes had arrived.
+struct Watch {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<(Vec<f64>, Option<f64>)>,
+}
+
+impl Watch {
+    fn start(progress: Vec<Arc<Progress>>, file_size: u64, started: Instant) -> Watch {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut first: Vec<Option<f64>> = vec![None; progress.len()];
+                let mut t95 = None;
+                let need = 0.95 * file_size as f64 * progress.len() as f64;
+                let mut tick = tokio::time::interval(Duration::from_millis(10));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let now = started.elapsed().as_secs_f64();
+                    let mut sum = 0u64;
+                    for (p, f) in progress.iter().zip(first.iter_mut()) {
+                        let done = p.done_bytes.load(std::sync::atomic::Ordering::Relaxed);
+                        sum += done;
+                        if done > 0 && f.is_none() {
+                            *f = Some(now);
+                        }
+                    }
+                    if t95.is_none() && sum as f64 >= need {
+                        t95 = Some(now);
+                    }
+                }
+                let mut first: Vec<f64> = first.into_iter().flatten().collect();
+                first.sort_by(f64::total_cmp);
+                (first, t95)
+            }
+        });
+        Watch { stop, task }
+    }
+
+    async fn finish(self) -> (Vec<f64>, Option<f64>) {
+        self.stop.cancel();
+        self.task.await.unwrap_or_default()
+    }
 }
 
 /// The engine `peer serve --fetch` uses for swarming, with the lab's
@@ -329,8 +514,10 @@ async fn client_server(
         .clone();
     let (stop, server_task) = crate::run_index(server);
     let started = Instant::now();
+    let progress: Vec<Arc<Progress>> = (0..n).map(|_| Arc::new(Progress::default())).collect();
+    let watch = Watch::start(progress.clone(), config.file_size, started);
     let mut downloads = tokio::task::JoinSet::new();
-    for i in 0..n {
+    for (i, progress) in progress.into_iter().enumerate() {
         let engine = EngineConfig {
             max_sources: 1,
             stall_timeout: Duration::from_secs(60),
@@ -348,31 +535,39 @@ async fn client_server(
                 &id.to_hex(),
                 out_dir,
                 engine,
-                Arc::new(Progress::default()),
+                progress,
                 stop,
             )
             .await
+            .map(|_| started.elapsed().as_secs_f64())
         });
     }
     let mut failure = None;
+    let mut completions = Vec::new();
     while let Some(done) = downloads.join_next().await {
         match done {
-            Ok(Ok(_)) => {}
+            Ok(Ok(t)) => completions.push(t),
             Ok(Err(e)) => failure = Some(e.to_string()),
             Err(e) => failure = Some(e.to_string()),
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let (first_chunks, t95) = watch.finish().await;
     let seed_bytes = uploads.bytes.load(std::sync::atomic::Ordering::Relaxed);
     stop.cancel();
     let _ = server_task.await;
     if let Some(f) = failure {
         return Err(LabError::Setup(format!("a download failed: {f}")));
     }
+    completions.sort_by(f64::total_cmp);
     Ok(Measured {
         seconds,
         seed_bytes,
         peer_bytes: 0,
+        counted: true,
+        completions,
+        first_chunks,
+        t95,
     })
 }
 
@@ -511,14 +706,18 @@ async fn swarm_all(
     shutdown: CancellationToken,
 ) -> Result<Measured, LabError> {
     let started = Instant::now();
+    let progress: Vec<Arc<Progress>> = peers
+        .iter()
+        .map(|_| Arc::new(Progress::default()))
+        .collect();
+    let watch = Watch::start(progress.clone(), config.file_size, started);
     let mut downloads = tokio::task::JoinSet::new();
-    for p in &peers {
+    for (p, progress) in peers.iter().zip(progress) {
         let p = p.clone();
         let engine = swarm_engine(config);
         downloads.spawn(async move {
             let out = p.library.root().to_path_buf();
-            let progress = Arc::new(Progress::default());
-            if p2p {
+            let done = if p2p {
                 p.download_p2p(id, P2P_TTL, out, engine, progress)
                     .await
                     .map(|_| ())
@@ -528,18 +727,22 @@ async fn swarm_all(
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())
-            }
+            };
+            done.map(|()| started.elapsed().as_secs_f64())
         });
     }
     let mut failure = None;
+    let mut completions = Vec::new();
     while let Some(done) = downloads.join_next().await {
         match done {
-            Ok(Ok(())) => {}
+            Ok(Ok(t)) => completions.push(t),
             Ok(Err(e)) => failure = Some(e),
             Err(e) => failure = Some(e.to_string()),
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let (first_chunks, t95) = watch.finish().await;
+    completions.sort_by(f64::total_cmp);
     let bytes = |d: &peer::Daemon| d.uploads.bytes.load(std::sync::atomic::Ordering::Relaxed);
     let seed_bytes = bytes(&seed);
     let peer_bytes = peers.iter().map(|p| bytes(p)).sum();
@@ -555,118 +758,154 @@ async fn swarm_all(
         seconds,
         seed_bytes,
         peer_bytes,
+        counted: true,
+        completions,
+        first_chunks,
+        t95,
     })
 }
 
 fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
+    let points = summarize(runs, config.server_up, config.peer_up);
     let mut csv = Csv::new(CSV_COLUMNS);
     let fmt = |x: f64| format!("{x:.3}");
+    let opt = |x: Option<f64>| x.map_or(String::new(), fmt);
+    let engine = engine_name(config);
+    let settings = [
+        engine.to_string(),
+        config.file_size.to_string(),
+        config.server_up.to_string(),
+        config.peer_up.to_string(),
+        config.peer_down.map_or(String::new(), |d| d.to_string()),
+    ];
     for r in runs {
-        csv.row(vec![
-            r.mode.name().into(),
-            r.n.to_string(),
-            config.file_size.to_string(),
-            config.server_up.to_string(),
-            config.peer_up.to_string(),
-            config.peer_down.map_or(String::new(), |d| d.to_string()),
-            r.seconds.map_or(String::new(), fmt),
+        let mut row = vec![r.mode.name().into(), r.n.to_string(), r.run.to_string()];
+        row.extend(settings.iter().cloned());
+        row.extend([
+            opt(r.seconds),
+            String::new(),
+            String::new(),
             fmt(r.bound_cs),
             fmt(r.bound_p2p),
             fmt(r.bound()),
-            r.ratio().map_or(String::new(), fmt),
-            r.seed_bytes.to_string(),
-            r.peer_bytes.to_string(),
+            opt(r.ratio()),
+            String::new(),
+            String::new(),
+            if r.counted {
+                r.seed_bytes.to_string()
+            } else {
+                String::new()
+            },
+            if r.counted {
+                r.peer_bytes.to_string()
+            } else {
+                String::new()
+            },
+            opt(r.seed_share()),
+            opt(r.first_chunk_median()),
+            opt(r.tail()),
+            opt(r.upload_use(config.server_up, config.peer_up)),
             r.status.clone(),
             r.suspect().to_string(),
         ]);
+        csv.row(row);
+    }
+    for p in &points {
+        let first = runs
+            .iter()
+            .find(|r| r.mode == p.mode && r.n == p.n)
+            .expect("a point has runs");
+        let mut row = vec![p.mode.name().into(), p.n.to_string(), "median".into()];
+        row.extend(settings.iter().cloned());
+        let med = |s: &Option<Spread>| opt(s.map(|s| s.median));
+        row.extend([
+            med(&p.seconds),
+            opt(p.seconds.map(|s| s.min)),
+            opt(p.seconds.map(|s| s.max)),
+            fmt(first.bound_cs),
+            fmt(first.bound_p2p),
+            fmt(p.bound),
+            med(&p.ratio),
+            opt(p.ratio.map(|s| s.min)),
+            opt(p.ratio.map(|s| s.max)),
+            p.seed_bytes
+                .map_or(String::new(), |s| format!("{:.0}", s.median)),
+            p.peer_bytes
+                .map_or(String::new(), |s| format!("{:.0}", s.median)),
+            med(&p.seed_share),
+            med(&p.first_chunk),
+            med(&p.tail),
+            med(&p.upload_use),
+            format!("{} of {} runs ok", p.ok, p.runs),
+            p.suspect.to_string(),
+        ]);
+        csv.row(row);
     }
 
-    // Bound curves over every N from 1 to the largest, like the book's figure.
-    let max_n = config.ns.iter().copied().max().unwrap_or(1);
     let (f, us, u) = (
         config.file_size as f64,
         config.server_up as f64,
         config.peer_up as f64,
     );
     let dmin = config.peer_down.map(|d| d as f64);
-    let curve = |pick: fn((f64, f64)) -> f64| -> Vec<(f64, f64)> {
-        (1..=max_n)
-            .map(|n| (n as f64, pick(bounds(n, f, us, u, dmin))))
-            .collect()
-    };
-    let mut series = vec![
-        Series {
-            name: "client-server bound D_cs".into(),
-            points: curve(|b| b.0),
-            line: true,
-            color: COLORS[1],
-        },
-        Series {
-            name: "P2P bound D_p2p".into(),
-            points: curve(|b| b.1),
-            line: true,
-            color: COLORS[0],
-        },
+    let repeats = config.runs.max(1);
+    let panels = vec![
+        time_panel(config, &points, f, us, u, dmin, repeats),
+        share_panel(config, &points),
+        cdf_panel(config, runs),
     ];
-    for (k, mode) in config.modes.iter().enumerate() {
-        let points: Vec<(f64, f64)> = runs
-            .iter()
-            .filter(|r| r.mode == *mode)
-            .filter_map(|r| r.seconds.map(|s| (r.n as f64, s)))
-            .collect();
-        if !points.is_empty() {
-            series.push(Series {
-                name: format!("{} measured", mode.name()),
-                points,
-                line: false,
-                color: COLORS[[1, 2, 4][k % 3] % COLORS.len()],
-            });
-        }
-    }
-    let chart = Chart {
-        title: format!(
-            "Distribution time, F = {}, u_s = {}, u = {}",
-            human_bytes(f),
-            human_rate(us),
-            human_rate(u)
-        ),
-        x_label: "N (peers)".into(),
-        y_label: "time to distribute (s)".into(),
-        series,
-        x_names: None,
-    };
 
-    let rows: Vec<Vec<String>> = runs
+    let rows: Vec<Vec<String>> = points
         .iter()
-        .map(|r| {
+        .map(|p| {
+            let text = |s: &Option<Spread>, d: usize| s.map_or("-".into(), |s| s.text(d));
+            let pct =
+                |s: &Option<Spread>| s.map_or("-".into(), |s| format!("{:.0}%", s.median * 100.0));
             vec![
-                r.mode.name().into(),
-                r.n.to_string(),
-                r.seconds.map_or("-".into(), |s| format!("{s:.2}")),
-                format!("{:.2}", r.bound()),
-                match r.ratio() {
-                    Some(ratio) if r.suspect() => format!("{ratio:.2} (suspect)"),
-                    Some(ratio) => format!("{ratio:.2}"),
+                p.mode.name().into(),
+                p.n.to_string(),
+                text(&p.seconds, 2),
+                format!("{:.2}", p.bound),
+                match &p.ratio {
+                    Some(r) if p.suspect => format!("{} (suspect)", r.text(2)),
+                    Some(r) => r.text(2),
                     None => "-".into(),
                 },
-                human_bytes(r.seed_bytes as f64),
-                human_bytes(r.peer_bytes as f64),
-                r.status.clone(),
+                pct(&p.seed_share),
+                text(&p.first_chunk, 2),
+                text(&p.tail, 2),
+                pct(&p.upload_use),
+                format!("{}/{}", p.ok, p.runs),
             ]
         })
         .collect();
     let mut md = format!(
-        "# Distribution time\n\nF = {}, u_s = {}, u = {} per peer, d = {}.\n\
+        "# Distribution time\n\nF = {}, u_s = {}, u = {} per peer, d = {}; {}; \
+         median of {repeats} run(s) with [min–max].\n\
          Bounds (Kurose & Ross): D_cs = max(N F/u_s, F/d_min); \
          D_p2p >= max(F/u_s, F/d_min, N F/(u_s + N u)). \
          The ratio is measured / the bound of the run's own paradigm \
          (client-server: D_cs; hybrid swarming and p2p: D_p2p). \
          A ratio below {SUSPECT_RATIO} beats a lower bound by more than \
-         measurement noise and is marked (suspect): something was not counted.\n\n",
+         measurement noise and is marked (suspect): something was not counted.\n\n\
+         Where the time goes: *first chunk* is the median time until a peer had \
+         its first verified chunk (start-up and source discovery); *endgame* \
+         the time after 95% of all the bytes had arrived; *uplinks busy* the \
+         bytes uploaded over what the upload links could have carried in the \
+         measured time ((u_s + N u) T; u_s T for client-server); *seed share* \
+         the seed's part of the uploaded bytes.\n\n",
         human_bytes(f),
         human_rate(us),
         human_rate(u),
         dmin.map_or("unlimited".into(), human_rate),
+        match engine {
+            "processes" =>
+                "real index-server and peer processes on loopback, rates capped by \
+                            the application's token buckets",
+            _ =>
+                "every node a task in the lab's process on loopback, rates capped by the \
+                  application's token buckets",
+        },
     );
     md.push_str(&report::md_table(
         &[
@@ -675,12 +914,27 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
             "measured s",
             "bound s",
             "ratio",
-            "seed uploaded",
-            "peers uploaded",
-            "status",
+            "seed share",
+            "first chunk s",
+            "endgame s",
+            "uplinks busy",
+            "runs ok",
         ],
         &rows,
     ));
+    let failed: Vec<&Run> = runs.iter().filter(|r| r.seconds.is_none()).collect();
+    if !failed.is_empty() {
+        md.push_str("\nFailed runs:\n\n");
+        for r in failed {
+            md.push_str(&format!(
+                "- {} N={} run {}: {}\n",
+                r.mode.name(),
+                r.n,
+                r.run,
+                r.status
+            ));
+        }
+    }
     if config.modes.contains(&Mode::P2p) {
         md.push_str(
             "\nclient-server: the index server's store is the only source. \
@@ -689,51 +943,254 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
              graph, repeated while the download runs to find the other downloaders.\n",
         );
     }
-    report::write_all(&config.out, "distribution", &csv, &chart, &md)
+    report::write_all(&config.out, "distribution", &csv, &panels, &md)
+}
+
+fn mode_color(mode: Mode) -> plotters::style::RGBColor {
+    match mode {
+        Mode::ClientServer => COLORS[1],
+        Mode::Hybrid => COLORS[2],
+        Mode::P2p => COLORS[4],
+    }
+}
+
+/// Time against N (log x): the bounds as curves with their formulas, the
+/// medians with min-max bars.
+fn time_panel(
+    config: &Config,
+    points: &[Point],
+    f: f64,
+    us: f64,
+    u: f64,
+    dmin: Option<f64>,
+    repeats: usize,
+) -> Chart {
+    let max_n = config.ns.iter().copied().max().unwrap_or(1);
+    let min_n = config.ns.iter().copied().min().unwrap_or(1);
+    let curve = |pick: fn((f64, f64)) -> f64| -> Vec<(f64, f64)> {
+        (min_n..=max_n)
+            .map(|n| (n as f64, pick(bounds(n, f, us, u, dmin))))
+            .collect()
+    };
+    let mut series = vec![
+        Series::line("client-server bound D_cs", curve(|b| b.0), COLORS[3]),
+        Series::line("P2P bound D_P2P", curve(|b| b.1), COLORS[0]),
+    ];
+    for mode in &config.modes {
+        let mine: Vec<&Point> = points.iter().filter(|p| p.mode == *mode).collect();
+        let pts: Vec<(f64, f64)> = mine
+            .iter()
+            .filter_map(|p| p.seconds.map(|s| (p.n as f64, s.median)))
+            .collect();
+        let bars = mine
+            .iter()
+            .filter_map(|p| {
+                p.seconds
+                    .filter(|s| s.count > 1)
+                    .map(|s| (p.n as f64, s.min, s.max))
+            })
+            .collect();
+        if !pts.is_empty() {
+            series.push(
+                Series::points(format!("{} (median)", mode.name()), pts, mode_color(*mode))
+                    .with_bars(bars),
+            );
+        }
+    }
+    let mut chart = Chart::new(
+        format!(
+            "Time to distribute F = {} to N peers ({})",
+            human_bytes(f),
+            engine_name(config)
+        ),
+        "N (peers, log scale)",
+        "time (s)",
+        series,
+    );
+    chart.x_log = max_n > min_n;
+    chart.notes = vec![
+        "D_cs = max(N F / u_s, F / d_min)".into(),
+        "D_P2P >= max(F / u_s, F / d_min, N F / (u_s + N u))".into(),
+        format!(
+            "u_s = {}, u = {}, d = {}",
+            human_rate(us),
+            human_rate(u),
+            dmin.map_or("unlimited".into(), human_rate)
+        ),
+        format!("dots: median of {repeats} run(s); bars: min to max"),
+    ];
+    chart
+}
+
+/// The seed's and the peers' share of the uploaded bytes against N.
+fn share_panel(config: &Config, points: &[Point]) -> Chart {
+    let mut series = Vec::new();
+    for mode in config.modes.iter().filter(|m| **m != Mode::ClientServer) {
+        let mine: Vec<&Point> = points.iter().filter(|p| p.mode == *mode).collect();
+        let seed: Vec<(f64, f64)> = mine
+            .iter()
+            .filter_map(|p| p.seed_share.map(|s| (p.n as f64, s.median)))
+            .collect();
+        if seed.is_empty() {
+            continue;
+        }
+        let peers = seed.iter().map(|(n, s)| (*n, 1.0 - s)).collect();
+        let color = mode_color(*mode);
+        series.push(Series::joined(
+            format!("{}: peers", mode.name()),
+            peers,
+            color,
+        ));
+        series.push(Series::joined(
+            format!("{}: seed", mode.name()),
+            seed,
+            plotters::style::RGBColor(color.0 / 2, color.1 / 2, color.2 / 2),
+        ));
+    }
+    let mut chart = Chart::new(
+        "Who uploaded the bytes (median)",
+        "N (peers, log scale)",
+        "share of uploaded bytes",
+        series,
+    );
+    chart.x_log = config.ns.iter().max() > config.ns.iter().min();
+    chart.y_range = Some((0.0, 1.05));
+    if chart.series.is_empty() {
+        chart.notes = vec!["no upload counters (processes)".into()];
+    }
+    chart
+}
+
+/// Per-peer completion times at the largest N, every run pooled: the
+/// share of peers done against time, with the P2P bound.
+fn cdf_panel(config: &Config, runs: &[Run]) -> Chart {
+    let max_n = config.ns.iter().copied().max().unwrap_or(1);
+    let mut series = Vec::new();
+    let mut bound = None;
+    for mode in &config.modes {
+        let mut times: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.mode == *mode && r.n == max_n)
+            .flat_map(|r| r.completions.iter().copied())
+            .collect();
+        if let Some(r) = runs.iter().find(|r| r.n == max_n) {
+            bound = Some(r.bound_p2p);
+        }
+        if times.is_empty() {
+            continue;
+        }
+        times.sort_by(f64::total_cmp);
+        let k = times.len() as f64;
+        let mut pts = vec![(0.0, 0.0)];
+        for (i, t) in times.iter().enumerate() {
+            pts.push((*t, i as f64 / k));
+            pts.push((*t, (i + 1) as f64 / k));
+        }
+        series.push(Series::line(mode.name(), pts, mode_color(*mode)));
+    }
+    if let Some(b) = bound {
+        series.push(Series::line(
+            "P2P bound",
+            vec![(b, 0.0), (b, 1.0)],
+            COLORS[0],
+        ));
+    }
+    let mut chart = Chart::new(
+        format!("Per-peer completion, N = {max_n} (all runs)"),
+        "time since start (s)",
+        "share of peers done",
+        series,
+    );
+    chart.y_range = Some((0.0, 1.05));
+    chart
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run(seconds: f64) -> Run {
+    fn run(k: usize, seconds: f64) -> Run {
         let (bound_cs, bound_p2p) = bounds(1, 16.0 * 1048576.0, 40.0 * 1048576.0, 4.0, None);
         Run {
             mode: Mode::ClientServer,
             n: 1,
+            run: k,
             seconds: Some(seconds),
             bound_cs,
             bound_p2p,
-            seed_bytes: 0,
+            seed_bytes: 16 << 20,
             peer_bytes: 0,
+            counted: true,
+            completions: vec![seconds],
+            first_chunks: vec![0.01],
+            t95: Some(seconds * 0.9),
             status: "ok".into(),
         }
     }
 
-    #[test]
-    fn runs_faster_than_their_bound_are_flagged_in_every_output() {
-        assert!(run(0.224).suspect(), "ratio 0.56");
-        assert!(!run(0.395).suspect(), "within the limiter's 5 ms");
-        assert!(!run(0.6).suspect());
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config {
+    fn config(dir: &Path, runs: usize) -> Config {
+        Config {
             ns: vec![1],
             file_size: 16 << 20,
             server_up: 40 << 20,
             peer_up: 4 << 20,
             peer_down: None,
             modes: vec![Mode::ClientServer],
-            out: dir.path().to_path_buf(),
+            out: dir.to_path_buf(),
             processes: false,
-        };
-        write_outputs(&config, &[run(0.224), run(0.5)]).unwrap();
+            runs,
+        }
+    }
+
+    #[test]
+    fn runs_faster_than_their_bound_are_flagged_in_every_output() {
+        assert!(run(1, 0.224).suspect(), "ratio 0.56");
+        assert!(!run(1, 0.395).suspect(), "within the limiter's 5 ms");
+        assert!(!run(1, 0.6).suspect());
+        let dir = tempfile::tempdir().unwrap();
+        write_outputs(&config(dir.path(), 2), &[run(1, 0.224), run(2, 0.5)]).unwrap();
         let csv = std::fs::read_to_string(dir.path().join("distribution.csv")).unwrap();
         let rows: Vec<&str> = csv.lines().collect();
         assert!(rows[0].ends_with(",suspect"), "{}", rows[0]);
         assert!(rows[1].ends_with(",true"), "{}", rows[1]);
         assert!(rows[2].ends_with(",false"), "{}", rows[2]);
+        // The median row: one suspect run makes the point suspect.
+        assert!(
+            rows[3].contains(",median,") && rows[3].ends_with(",true"),
+            "{}",
+            rows[3]
+        );
         let md = std::fs::read_to_string(dir.path().join("distribution.md")).unwrap();
-        assert!(md.contains("0.56 (suspect)"), "{md}");
-        assert!(!md.contains("1.25 (suspect)"), "{md}");
+        assert!(md.contains("(suspect)"), "{md}");
+    }
+
+    /// Every run is kept, and one more row per point holds the median
+    /// with the min and max of the runs.
+    #[test]
+    fn the_csv_keeps_every_run_and_their_median_and_spread() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = [run(1, 0.5), run(2, 0.8), run(3, 0.42)];
+        write_outputs(&config(dir.path(), 3), &runs).unwrap();
+        let csv = std::fs::read_to_string(dir.path().join("distribution.csv")).unwrap();
+        let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+        let col = |name: &str| CSV_COLUMNS.iter().position(|c| *c == name).unwrap();
+        assert_eq!(rows.len(), 1 + 3 + 1, "{csv}");
+        let runs_col: Vec<&str> = rows[1..].iter().map(|r| r[col("run")]).collect();
+        assert_eq!(runs_col, ["1", "2", "3", "median"]);
+        let median = &rows[4];
+        assert_eq!(median[col("measured_s")], "0.500");
+        assert_eq!(median[col("min_s")], "0.420");
+        assert_eq!(median[col("max_s")], "0.800");
+        assert_eq!(median[col("seed_share")], "1.000");
+        let md = std::fs::read_to_string(dir.path().join("distribution.md")).unwrap();
+        assert!(md.contains("0.50 [0.42–0.80]"), "{md}");
+    }
+
+    #[test]
+    fn spread_is_the_median_and_the_extremes() {
+        let s = Spread::of(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.count), (2.0, 1.0, 3.0, 3));
+        assert_eq!(Spread::of(&[1.0, 2.0, 4.0, 10.0]).unwrap().median, 3.0);
+        assert!(Spread::of(&[]).is_none());
     }
 }

@@ -102,6 +102,15 @@ struct OutArg {
 }
 
 #[derive(Args, Debug, Clone)]
+struct RunsArg {
+    /// Times each point is measured (1 to 100); the CSV keeps every run
+    /// plus their median, min and max; plots show the median with min-max
+    /// bars. Default 1 (3 in `lab all`).
+    #[arg(long, env = "LAB_RUNS", value_parser = count(1, 100))]
+    runs: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
 struct DistributionArgs {
     /// Numbers of downloading peers (1 to 256 each), comma-separated.
     #[arg(
@@ -137,6 +146,8 @@ struct DistributionArgs {
     /// not collected.
     #[arg(long, env = "LAB_PROCESSES", value_parser = boolish)]
     processes: bool,
+    #[command(flatten)]
+    runs: RunsArg,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -147,28 +158,58 @@ struct IndexLoadArgs {
     /// Files each peer registers (1 to 1000000).
     #[arg(long, env = "LAB_FILES_PER_PEER", default_value_t = 1000, value_parser = count(1, 1_000_000))]
     files_per_peer: usize,
-    /// Concurrent client connections for lookups and searches (1 to 1024).
-    #[arg(long, env = "LAB_CLIENTS", default_value_t = 4, value_parser = count(1, 1024))]
-    clients: usize,
-    /// How long lookups, then searches, are issued (10ms to 1h).
-    #[arg(long, env = "LAB_DURATION", default_value = "3s", value_parser = duration(10 * MS, HOUR))]
+    /// Numbers of concurrent client connections for lookups and searches
+    /// (1 to 1024 each), comma-separated: throughput and latency are
+    /// measured at each, to show where the index saturates.
+    #[arg(
+        long,
+        env = "LAB_CLIENTS",
+        value_delimiter = ',',
+        default_value = "1,4,16,64",
+        value_parser = count(1, 1024)
+    )]
+    clients: Vec<usize>,
+    /// How long lookups, then searches, are issued at each client count (10ms to 1h).
+    #[arg(long, env = "LAB_DURATION", default_value = "1s", value_parser = duration(10 * MS, HOUR))]
     duration: Duration,
+    #[command(flatten)]
+    runs: RunsArg,
 }
 
 #[derive(Args, Debug, Clone)]
 struct ConnectionsArgs {
-    /// Objects to fetch (1 to 10000).
+    /// Objects fetched while the RTT varies (1 to 10000).
     #[arg(long, env = "LAB_OBJECTS", default_value_t = 10, value_parser = count(1, 10_000))]
     objects: usize,
+    /// Numbers of objects fetched at --rtt (1 to 10000 each), comma-separated.
+    #[arg(
+        long,
+        env = "LAB_OBJECTS_SWEEP",
+        value_delimiter = ',',
+        default_value = "1,2,5,10",
+        value_parser = count(1, 10_000)
+    )]
+    objects_sweep: Vec<usize>,
     /// Size of each object (1 byte to 1GiB).
     #[arg(long, env = "LAB_OBJECT_SIZE", default_value = "100KB", value_parser = size(1, GIB))]
     object_size: u64,
-    /// Round-trip time injected by the delaying proxy (0 to 10s).
+    /// Round-trip time injected by the delaying proxy while the number of objects varies (0 to 10s).
     #[arg(long, env = "LAB_RTT", default_value = "100ms", value_parser = duration(Duration::ZERO, 10_000 * MS))]
     rtt: Duration,
+    /// Round-trip times for --objects objects (0 to 10s each), comma-separated.
+    #[arg(
+        long,
+        env = "LAB_RTT_SWEEP",
+        value_delimiter = ',',
+        default_value = "10ms,50ms,100ms,200ms",
+        value_parser = duration(Duration::ZERO, 10_000 * MS)
+    )]
+    rtt_sweep: Vec<Duration>,
     /// Bandwidth of the emulated link (server to client).
     #[arg(long, env = "LAB_BANDWIDTH", default_value = "10MB/s", value_parser = parse_rate)]
     bandwidth: u64,
+    #[command(flatten)]
+    runs: RunsArg,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -208,6 +249,8 @@ struct SearchCostArgs {
     /// Queries per TTL on the real overlay (1 to 100000).
     #[arg(long, env = "LAB_OVERLAY_QUERIES", default_value_t = 50, value_parser = count(1, 100_000))]
     overlay_queries: usize,
+    #[command(flatten)]
+    runs: RunsArg,
 }
 
 #[derive(Debug, Clone)]
@@ -268,8 +311,11 @@ enum Command {
         #[command(flatten)]
         out: OutArg,
     },
-    /// All four experiments with their default settings.
+    /// All four experiments with their default settings, each point measured --runs times (default 3).
     All {
+        /// Times each point is measured (1 to 100).
+        #[arg(long, env = "LAB_RUNS", default_value_t = 3, value_parser = count(1, 100))]
+        runs: usize,
         #[command(flatten)]
         out: OutArg,
     },
@@ -295,6 +341,7 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
         modes: a.modes,
         out,
         processes: a.processes,
+        runs: a.runs.runs.unwrap_or(1),
     };
     if config.ns.is_empty() || config.ns.iter().any(|n| *n == 0 || *n > 256) {
         anyhow::bail!("--n takes peer counts from 1 to 256");
@@ -303,9 +350,10 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
     for r in &runs {
         match r.seconds {
             Some(s) => errln!(
-                "{:>13} N={:<3} {s:7.2} s  bound {:6.2} s  ratio {:.2}{}",
+                "{:>13} N={:<3} run {} {s:7.2} s  bound {:6.2} s  ratio {:.2}{}",
                 r.mode.name(),
                 r.n,
+                r.run,
                 r.bound(),
                 s / r.bound(),
                 if r.suspect() {
@@ -317,7 +365,26 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
                     String::new()
                 }
             ),
-            None => errln!("{:>13} N={:<3} {}", r.mode.name(), r.n, r.status),
+            None => errln!(
+                "{:>13} N={:<3} run {} {}",
+                r.mode.name(),
+                r.n,
+                r.run,
+                r.status
+            ),
+        }
+    }
+    if config.runs > 1 {
+        for p in distribution::summarize(&runs, config.server_up, config.peer_up) {
+            if let (Some(s), Some(r)) = (p.seconds, p.ratio) {
+                errln!(
+                    "{:>13} N={:<3} median {} s  ratio {}",
+                    p.mode.name(),
+                    p.n,
+                    s.text(2),
+                    r.text(2)
+                );
+            }
         }
     }
     report("distribution", &w);
@@ -330,6 +397,7 @@ async fn index_load(a: IndexLoadArgs, out: PathBuf) -> anyhow::Result<()> {
         files_per_peer: a.files_per_peer,
         clients: a.clients,
         duration: a.duration,
+        runs: a.runs.runs.unwrap_or(1),
         out,
     };
     let (w, stats, rss) = index_load::run(&config).await?;
@@ -352,9 +420,12 @@ async fn index_load(a: IndexLoadArgs, out: PathBuf) -> anyhow::Result<()> {
 async fn connections(a: ConnectionsArgs, out: PathBuf) -> anyhow::Result<()> {
     let config = connections::Config {
         objects: a.objects.max(1),
+        objects_sweep: a.objects_sweep,
         object_size: a.object_size,
         rtt: a.rtt,
+        rtt_sweep: a.rtt_sweep,
         bandwidth: a.bandwidth,
+        runs: a.runs.runs.unwrap_or(1),
         out,
     };
     let (w, results) = connections::run(&config).await?;
@@ -379,6 +450,7 @@ async fn search_cost(a: SearchCostArgs, out: PathBuf) -> anyhow::Result<()> {
         queries: a.queries.max(1),
         overlay_ns: a.overlay_ns,
         overlay_queries: a.overlay_queries.max(1),
+        runs: a.runs.runs.unwrap_or(1),
         out,
     };
     if config.ns.iter().any(|n| *n == 0 || *n > 1_000_000) {
@@ -411,7 +483,7 @@ async fn main() {
         Command::IndexLoad { args, out } => index_load(args, out.out).await,
         Command::Connections { args, out } => connections(args, out.out).await,
         Command::SearchCost { args, out } => search_cost(args, out.out).await,
-        Command::All { out } => run_all(out.out).await,
+        Command::All { runs, out } => run_all(runs, out.out).await,
     };
     if let Err(e) = result {
         errln!("error: {}", common::report::error_chain(e.as_ref()));
@@ -419,7 +491,7 @@ async fn main() {
     }
 }
 
-async fn run_all(out: PathBuf) -> anyhow::Result<()> {
+async fn run_all(runs: usize, out: PathBuf) -> anyhow::Result<()> {
     // Defaults come from clap, so `lab all` and the single commands agree.
     // All parsed before anything runs: an invalid LAB_* variable is an
     // error at once, as in the single commands.
@@ -433,12 +505,27 @@ async fn run_all(out: PathBuf) -> anyhow::Result<()> {
         defaults("search-cost")?,
         defaults("distribution")?,
     ];
+    // A --runs given to `lab all` (or its default 3) wins over LAB_RUNS's
+    // single-command default of 1.
+    let r = Some(runs);
     for experiment in experiments {
         match experiment {
-            Command::IndexLoad { args, .. } => index_load(args, out.clone()).await?,
-            Command::Connections { args, .. } => connections(args, out.clone()).await?,
-            Command::SearchCost { args, .. } => search_cost(args, out.clone()).await?,
-            Command::Distribution { args, .. } => distribution(args, out.clone()).await?,
+            Command::IndexLoad { mut args, .. } => {
+                args.runs.runs = r;
+                index_load(args, out.clone()).await?
+            }
+            Command::Connections { mut args, .. } => {
+                args.runs.runs = r;
+                connections(args, out.clone()).await?
+            }
+            Command::SearchCost { mut args, .. } => {
+                args.runs.runs = r;
+                search_cost(args, out.clone()).await?
+            }
+            Command::Distribution { mut args, .. } => {
+                args.runs.runs = r;
+                distribution(args, out.clone()).await?
+            }
             _ => unreachable!("only experiments are listed"),
         }
     }
@@ -458,6 +545,10 @@ mod tests {
             (vec!["distribution", "--file-size", "0"], "1B to 64GiB"),
             (vec!["distribution", "--peer-up", "0"], "zero"),
             (vec!["index-load", "--clients", "0"], "1..=1024"),
+            (vec!["index-load", "--clients", "4,2000"], "1..=1024"),
+            (vec!["distribution", "--runs", "0"], "1..=100"),
+            (vec!["all", "--runs", "101"], "1..=100"),
+            (vec!["connections", "--rtt-sweep", "10ms,20s"], "0ms to 10s"),
             (vec!["index-load", "--duration", "0"], "10ms to 1h"),
             (vec!["connections", "--objects", "0"], "1..=10000"),
             (vec!["search-cost", "--degree", "0"], "1..=64"),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::id::FileId;
 
-use crate::distribution::Config;
+use crate::distribution::{Config, Measured};
 use crate::LabError;
 
 /// Longest a process-based run may take.
@@ -87,21 +87,34 @@ async fn wait_listed(index: &str, id: FileId) -> Result<(), LabError> {
     }
 }
 
-/// Waits until every `dirs[i]/name` exists with `size` bytes.
+/// Waits until every `dirs[i]/name` exists with `size` bytes; returns
+/// what was measured: the time since `start` when the last one appeared,
+/// and when each did (sorted), seen every 10 ms.
 async fn wait_files(
     dirs: &[PathBuf],
     name: &str,
     size: u64,
     children: &mut Children,
-) -> Result<(), LabError> {
+    start: Instant,
+) -> Result<Measured, LabError> {
     let deadline = Instant::now() + RUN_DEADLINE;
+    let mut seen: Vec<Option<f64>> = vec![None; dirs.len()];
     loop {
-        let done = dirs
-            .iter()
-            .filter(|d| std::fs::metadata(d.join(name)).is_ok_and(|m| m.len() == size))
-            .count();
+        let now = start.elapsed().as_secs_f64();
+        for (d, s) in dirs.iter().zip(seen.iter_mut()) {
+            if s.is_none() && std::fs::metadata(d.join(name)).is_ok_and(|m| m.len() == size) {
+                *s = Some(now);
+            }
+        }
+        let done = seen.iter().flatten().count();
         if done == dirs.len() {
-            return Ok(());
+            let mut completions: Vec<f64> = seen.into_iter().flatten().collect();
+            completions.sort_by(f64::total_cmp);
+            return Ok(Measured {
+                seconds: now,
+                completions,
+                ..Measured::default()
+            });
         }
         for c in &mut children.0 {
             if let Ok(Some(status)) = c.try_wait() {
@@ -122,13 +135,13 @@ async fn wait_files(
     }
 }
 
-pub async fn client_server(
+pub(crate) async fn client_server(
     config: &Config,
     n: usize,
     id: FileId,
     seed: &Path,
     run: &Path,
-) -> Result<f64, LabError> {
+) -> Result<Measured, LabError> {
     let (index_bin, peer_bin) = (binary("index-server")?, binary("peer")?);
     std::fs::create_dir_all(run)?;
     let port = free_port()?;
@@ -173,18 +186,24 @@ pub async fn client_server(
         outs.push(out);
     }
     // Like the swarms: done when every client holds the file under its name.
-    wait_files(&outs, "lab-file.bin", config.file_size, &mut children).await?;
-    Ok(start.elapsed().as_secs_f64())
+    wait_files(
+        &outs,
+        "lab-file.bin",
+        config.file_size,
+        &mut children,
+        start,
+    )
+    .await
 }
 
-pub async fn swarm(
+pub(crate) async fn swarm(
     config: &Config,
     n: usize,
     id: FileId,
     seed: &Path,
     run: &Path,
     p2p: bool,
-) -> Result<f64, LabError> {
+) -> Result<Measured, LabError> {
     let (index_bin, peer_bin) = (binary("index-server")?, binary("peer")?);
     std::fs::create_dir_all(run)?;
     let mut children = Children(Vec::new());
@@ -286,8 +305,14 @@ pub async fn swarm(
         ports.push(port);
         dirs.push(share);
     }
-    wait_files(&dirs, "lab-file.bin", config.file_size, &mut children).await?;
-    Ok(start.elapsed().as_secs_f64())
+    wait_files(
+        &dirs,
+        "lab-file.bin",
+        config.file_size,
+        &mut children,
+        start,
+    )
+    .await
 }
 
 /// A cheap deterministic spread for choosing random earlier neighbours.

@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
@@ -56,12 +57,56 @@ pub fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
 pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
-    /// Joined by a line (a model or bound curve); otherwise marked points.
+    /// Joined by a line (a model or bound curve).
     pub line: bool,
+    /// Each point marked with a dot (measured values).
+    pub marks: bool,
+    /// Min-max bars: (x, min, max) for each measured point that has a spread.
+    pub bars: Vec<(f64, f64, f64)>,
     pub color: RGBColor,
 }
 
-/// A chart with linear axes.
+impl Series {
+    /// A curve (a model or a bound).
+    pub fn line(name: impl Into<String>, points: Vec<(f64, f64)>, color: RGBColor) -> Self {
+        Series {
+            name: name.into(),
+            points,
+            line: true,
+            marks: false,
+            bars: Vec::new(),
+            color,
+        }
+    }
+
+    /// Measured points, unjoined.
+    pub fn points(name: impl Into<String>, points: Vec<(f64, f64)>, color: RGBColor) -> Self {
+        Series {
+            name: name.into(),
+            points,
+            line: false,
+            marks: true,
+            bars: Vec::new(),
+            color,
+        }
+    }
+
+    /// Measured points joined by a line.
+    pub fn joined(name: impl Into<String>, points: Vec<(f64, f64)>, color: RGBColor) -> Self {
+        Series {
+            line: true,
+            ..Series::points(name, points, color)
+        }
+    }
+
+    /// The same series with min-max bars.
+    pub fn with_bars(mut self, bars: Vec<(f64, f64, f64)>) -> Self {
+        self.bars = bars;
+        self
+    }
+}
+
+/// One panel of a figure: axes, series and notes.
 pub struct Chart {
     pub title: String,
     pub x_label: String,
@@ -69,6 +114,36 @@ pub struct Chart {
     pub series: Vec<Series>,
     /// Names for integer x positions (categories), if any.
     pub x_names: Option<Vec<String>>,
+    /// Logarithmic x axis (values must be positive).
+    pub x_log: bool,
+    /// Logarithmic y axis (values must be positive).
+    pub y_log: bool,
+    /// Fixed y range instead of one fitted to the data.
+    pub y_range: Option<(f64, f64)>,
+    /// Lines of text written inside the plot (formulas, settings).
+    pub notes: Vec<String>,
+}
+
+impl Chart {
+    /// A panel with linear axes and no notes.
+    pub fn new(
+        title: impl Into<String>,
+        x_label: impl Into<String>,
+        y_label: impl Into<String>,
+        series: Vec<Series>,
+    ) -> Self {
+        Chart {
+            title: title.into(),
+            x_label: x_label.into(),
+            y_label: y_label.into(),
+            series,
+            x_names: None,
+            x_log: false,
+            y_log: false,
+            y_range: None,
+            notes: Vec::new(),
+        }
+    }
 }
 
 pub const COLORS: [RGBColor; 6] = [
@@ -91,18 +166,19 @@ fn register_font() {
     });
 }
 
-/// Writes an experiment's files in `dir`: `stem.csv`, the chart as
-/// `stem.svg` and `stem.png`, and the summary as `stem.md`.
+/// Writes an experiment's files in `dir`: `stem.csv`, the figure (one
+/// panel per chart) as `stem.svg` and `stem.png`, and the summary as
+/// `stem.md`.
 pub fn write_all(
     dir: &Path,
     stem: &str,
     csv: &Csv,
-    chart: &Chart,
+    panels: &[Chart],
     summary: &str,
 ) -> Result<Written, LabError> {
     let csv_path = dir.join(format!("{stem}.csv"));
     csv.write(&csv_path)?;
-    let (svg, png) = render(chart, &dir.join(stem))?;
+    let (svg, png) = render(panels, &dir.join(stem))?;
     let summary_path = dir.join(format!("{stem}.md"));
     write_file(&summary_path, summary)?;
     Ok(Written {
@@ -113,8 +189,17 @@ pub fn write_all(
     })
 }
 
+/// Size of a figure of `panels` panels, big enough to project.
+fn figure_size(panels: usize) -> (u32, u32) {
+    match panels {
+        0 | 1 => (1100, 750),
+        2 => (1600, 720),
+        _ => (1600, 1300),
+    }
+}
+
 /// Writes `stem.svg` and `stem.png`; returns their paths.
-pub fn render(chart: &Chart, stem: &Path) -> Result<(PathBuf, PathBuf), LabError> {
+pub fn render(panels: &[Chart], stem: &Path) -> Result<(PathBuf, PathBuf), LabError> {
     register_font();
     let svg = stem.with_extension("svg");
     let png = stem.with_extension("png");
@@ -122,39 +207,143 @@ pub fn render(chart: &Chart, stem: &Path) -> Result<(PathBuf, PathBuf), LabError
         let path = path.to_path_buf();
         move |message: String| LabError::Plot { path, message }
     };
+    let size = figure_size(panels.len());
     {
-        let root = SVGBackend::new(&svg, (900, 600)).into_drawing_area();
-        draw(root, chart).map_err(err(&svg))?;
+        let root = SVGBackend::new(&svg, size).into_drawing_area();
+        draw_figure(root, panels).map_err(err(&svg))?;
     }
     {
-        let root = BitMapBackend::new(&png, (900, 600)).into_drawing_area();
-        draw(root, chart).map_err(err(&png))?;
+        let root = BitMapBackend::new(&png, size).into_drawing_area();
+        draw_figure(root, panels).map_err(err(&png))?;
     }
     Ok((svg, png))
 }
 
-fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Result<(), String> {
+/// One panel: the whole figure. Two: side by side. Three or more: the
+/// first across the top, the others side by side below it.
+fn draw_figure<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    panels: &[Chart],
+) -> Result<(), String> {
     let e = |x: DrawingAreaErrorKind<DB::ErrorType>| format!("{x:?}");
     root.fill(&WHITE).map_err(e)?;
-    let all = chart.series.iter().flat_map(|s| s.points.iter());
-    let (mut x0, mut x1, mut y1) = (f64::MAX, f64::MIN, 0.0f64);
-    for (x, y) in all {
-        x0 = x0.min(*x);
-        x1 = x1.max(*x);
-        y1 = y1.max(*y);
+    match panels.len() {
+        0 => {}
+        1 => draw_panel(&root, &panels[0])?,
+        2 => {
+            let (a, b) = root.split_horizontally(root.dim_in_pixel().0 / 2);
+            draw_panel(&a, &panels[0])?;
+            draw_panel(&b, &panels[1])?;
+        }
+        k => {
+            let (top, bottom) = root.split_vertically(root.dim_in_pixel().1 * 55 / 100);
+            draw_panel(&top, &panels[0])?;
+            let cells = bottom.split_evenly((1, k - 1));
+            for (cell, chart) in cells.iter().zip(&panels[1..]) {
+                draw_panel(cell, chart)?;
+            }
+        }
     }
-    if x0 > x1 {
-        (x0, x1) = (0.0, 1.0);
+    root.present().map_err(e)?;
+    Ok(())
+}
+
+/// The data's range on one axis, padded; for a log axis only positive
+/// values count and the padding is a factor.
+fn axis_range(values: impl Iterator<Item = f64>, log: bool, from_zero: bool) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::MAX, f64::MIN);
+    for v in values.filter(|v| v.is_finite() && (!log || *v > 0.0)) {
+        lo = lo.min(v);
+        hi = hi.max(v);
     }
-    let pad = ((x1 - x0) * 0.05).max(0.5);
-    let (x0, x1) = (x0 - pad, x1 + pad);
-    let y1 = if y1 <= 0.0 { 1.0 } else { y1 * 1.1 };
-    let mut ctx = ChartBuilder::on(&root)
-        .caption(&chart.title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(x0..x1, 0.0..y1)
+    if lo > hi {
+        return if log { (0.1, 10.0) } else { (0.0, 1.0) };
+    }
+    if log {
+        (lo / 1.5, hi * 1.5)
+    } else {
+        let lo = if from_zero { lo.min(0.0) } else { lo };
+        let pad = ((hi - lo) * 0.05).max(if from_zero { 0.0 } else { 0.5 });
+        let hi = if hi <= lo { lo + 1.0 } else { hi };
+        (
+            if from_zero { lo } else { lo - pad },
+            hi + pad.max((hi - lo) * 0.08),
+        )
+    }
+}
+
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    chart: &Chart,
+) -> Result<(), String> {
+    let xs = chart
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0));
+    let ys = chart.series.iter().flat_map(|s| {
+        s.points
+            .iter()
+            .map(|p| p.1)
+            .chain(s.bars.iter().flat_map(|b| [b.1, b.2]))
+    });
+    let (mut x0, x1) = axis_range(xs, chart.x_log, false);
+    // A time or size axis whose data start at 0 starts there too
+    // (categories keep their padding).
+    if !chart.x_log && chart.x_names.is_none() && x0 < 0.0 {
+        let data_min = chart
+            .series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.0))
+            .fold(f64::MAX, f64::min);
+        if data_min >= 0.0 {
+            x0 = 0.0;
+        }
+    }
+    let (y0, y1) = chart
+        .y_range
+        .unwrap_or_else(|| axis_range(ys, chart.y_log, true));
+    match (chart.x_log, chart.y_log) {
+        (false, false) => draw_in(area, chart, x0..x1, y0..y1),
+        (true, false) => draw_in(area, chart, (x0..x1).log_scale(), y0..y1),
+        (false, true) => draw_in(area, chart, x0..x1, (y0..y1).log_scale()),
+        (true, true) => draw_in(area, chart, (x0..x1).log_scale(), (y0..y1).log_scale()),
+    }
+}
+
+/// Axis labels: whole numbers without decimals, others with up to three
+/// significant digits.
+fn tick(v: f64) -> String {
+    if v == 0.0 {
+        "0".into()
+    } else if (v - v.round()).abs() < 1e-9 && v.abs() < 1e9 {
+        format!("{}", v.round() as i64)
+    } else if v.abs() >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn draw_in<DB, XS, YS>(
+    area: &DrawingArea<DB, Shift>,
+    chart: &Chart,
+    x: XS,
+    y: YS,
+) -> Result<(), String>
+where
+    DB: DrawingBackend,
+    XS: AsRangedCoord<Value = f64>,
+    YS: AsRangedCoord<Value = f64>,
+    XS::CoordDescType: ValueFormatter<f64>,
+    YS::CoordDescType: ValueFormatter<f64>,
+{
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| format!("{x:?}");
+    let mut ctx = ChartBuilder::on(area)
+        .caption(&chart.title, ("sans-serif", 24))
+        .margin(18)
+        .x_label_area_size(55)
+        .y_label_area_size(80)
+        .build_cartesian_2d(x, y)
         .map_err(e)?;
     let names = chart.x_names.clone();
     let x_fmt = move |x: &f64| match &names {
@@ -162,41 +351,141 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, chart: &Chart) -> Resu
             n.get(x.round() as usize).cloned().unwrap_or_default()
         }
         Some(_) => String::new(),
-        None => format!("{x}"),
+        None => tick(*x),
     };
+    let y_fmt = |y: &f64| tick(*y);
     let mut mesh = ctx.configure_mesh();
     mesh.x_desc(chart.x_label.as_str())
         .y_desc(chart.y_label.as_str())
-        .x_label_formatter(&x_fmt);
+        .axis_desc_style(("sans-serif", 20))
+        .label_style(("sans-serif", 17))
+        .x_label_formatter(&x_fmt)
+        .y_label_formatter(&y_fmt);
     if let Some(n) = &chart.x_names {
         mesh.x_labels(n.len() * 2 + 1);
     }
     mesh.draw().map_err(e)?;
     for s in &chart.series {
         let color = s.color;
+        let bar_style = color.stroke_width(2);
+        for &(x, lo, hi) in &s.bars {
+            ctx.draw_series(std::iter::once(PathElement::new(
+                vec![(x, lo), (x, hi)],
+                bar_style,
+            )))
+            .map_err(e)?;
+            for end in [lo, hi] {
+                ctx.draw_series(std::iter::once(
+                    EmptyElement::at((x, end)) + PathElement::new(vec![(-6, 0), (6, 0)], bar_style),
+                ))
+                .map_err(e)?;
+            }
+        }
         if s.line {
-            ctx.draw_series(LineSeries::new(
-                s.points.iter().copied(),
-                color.stroke_width(2),
-            ))
-            .map_err(e)?
-            .label(&s.name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        } else {
-            ctx.draw_series(s.points.iter().map(|p| Circle::new(*p, 5, color.filled())))
+            let drawn = ctx
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    color.stroke_width(3),
+                ))
+                .map_err(e)?;
+            if !s.marks {
+                drawn.label(&s.name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
+                });
+            }
+        }
+        if s.marks {
+            ctx.draw_series(s.points.iter().map(|p| Circle::new(*p, 6, color.filled())))
                 .map_err(e)?
                 .label(&s.name)
-                .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
+                .legend(move |(x, y)| Circle::new((x + 12, y), 6, color.filled()));
         }
     }
     ctx.configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
+        .label_font(("sans-serif", 17))
+        .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
         .map_err(e)?;
-    root.present().map_err(e)?;
+    if !chart.notes.is_empty() {
+        // Notes in the plot's lower right corner, over a white box.
+        let plot = ctx.plotting_area().strip_coord_spec();
+        let (w, h) = plot.dim_in_pixel();
+        let font: TextStyle = ("sans-serif", 18).into_font().into();
+        let widest = chart
+            .notes
+            .iter()
+            .map(|n| plot.estimate_text_size(n, &font).map_or(0, |s| s.0))
+            .max()
+            .unwrap_or(0) as i32;
+        let line = 24;
+        let (bw, bh) = (widest + 16, line * chart.notes.len() as i32 + 10);
+        let (x, y) = (w as i32 - bw - 8, h as i32 - bh - 8);
+        plot.draw(&Rectangle::new(
+            [(x, y), (x + bw, y + bh)],
+            WHITE.mix(0.85).filled(),
+        ))
+        .map_err(e)?;
+        plot.draw(&Rectangle::new([(x, y), (x + bw, y + bh)], BLACK))
+            .map_err(e)?;
+        for (k, note) in chart.notes.iter().enumerate() {
+            plot.draw(&Text::new(
+                note.clone(),
+                (x + 8, y + 6 + line * k as i32),
+                font.clone(),
+            ))
+            .map_err(e)?;
+        }
+    }
     Ok(())
+}
+
+/// Median and range of repeated measurements.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// How many samples.
+    pub count: usize,
+}
+
+impl Spread {
+    /// The median (the mean of the two middle values for an even count),
+    /// min and max of `samples`; `None` when there are none.
+    pub fn of(samples: &[f64]) -> Option<Spread> {
+        let mut s: Vec<f64> = samples.iter().copied().filter(|v| v.is_finite()).collect();
+        if s.is_empty() {
+            return None;
+        }
+        s.sort_by(f64::total_cmp);
+        let k = s.len();
+        let median = if k % 2 == 1 {
+            s[k / 2]
+        } else {
+            (s[k / 2 - 1] + s[k / 2]) / 2.0
+        };
+        Some(Spread {
+            median,
+            min: s[0],
+            max: s[k - 1],
+            count: k,
+        })
+    }
+
+    /// `1.23 [1.10–1.40]`-style text with `digits` decimals (no range for
+    /// one sample).
+    pub fn text(&self, digits: usize) -> String {
+        if self.count <= 1 {
+            format!("{:.*}", digits, self.median)
+        } else {
+            format!(
+                "{:.*} [{:.*}–{:.*}]",
+                digits, self.median, digits, self.min, digits, self.max
+            )
+        }
+    }
 }
 
 /// A progress line on stderr (hidden when stderr is not a terminal).

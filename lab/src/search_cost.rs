@@ -29,7 +29,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::report::{self, Chart, Csv, Series, COLORS};
+use crate::report::{self, Chart, Csv, Series, Spread, COLORS};
 use crate::{LabError, Written};
 
 #[derive(Debug, Clone)]
@@ -44,17 +44,26 @@ pub struct Config {
     pub overlay_ns: Vec<usize>,
     /// Queries per TTL on the real overlay.
     pub overlay_queries: usize,
+    /// Repetitions (at least 1), each with a new overlay, graph and queries.
+    pub runs: usize,
     pub out: PathBuf,
 }
 
+/// One row per method, n, TTL and run (`run` = 1, 2, ...), and one per
+/// method, n and TTL with `run` = `median` (medians of the runs, the
+/// messages' min and max beside).
 pub const CSV_COLUMNS: &[&str] = &[
     "method",
     "n",
     "degree",
     "ttl",
+    "run",
     "messages_per_query",
+    "messages_min",
+    "messages_max",
     "reach_share",
     "hit_rate",
+    "hit_messages_per_query",
     "status",
 ];
 
@@ -63,6 +72,8 @@ pub struct Row {
     pub method: &'static str,
     pub n: usize,
     pub ttl: u32,
+    /// Which repetition (1-based).
+    pub run: usize,
     pub messages: f64,
     pub reach: f64,
     pub hit_rate: f64,
@@ -73,8 +84,23 @@ pub struct Row {
 
 pub async fn run(config: &Config) -> Result<(Written, Vec<Row>), LabError> {
     std::fs::create_dir_all(&config.out)?;
-    let steps = config.ns.len() as u64 * 2 + config.overlay_ns.len() as u64;
-    let bar = report::progress(steps, "search-cost");
+    let repeats = config.runs.max(1);
+    let steps = (config.ns.len() * 2 + config.overlay_ns.len()) * repeats;
+    let bar = report::progress(steps as u64, "search-cost");
+    let mut rows = Vec::new();
+    for k in 1..=repeats {
+        rows.extend(one_run(config, k, &bar).await?);
+    }
+    bar.finish_and_clear();
+    let written = write_outputs(config, &rows)?;
+    Ok((written, rows))
+}
+
+async fn one_run(
+    config: &Config,
+    k: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<Vec<Row>, LabError> {
     let mut rows = Vec::new();
     for &n in &config.ns {
         bar.set_message(format!("index n={n}"));
@@ -84,6 +110,7 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Row>), LabError> {
                 method: "index",
                 n,
                 ttl,
+                run: k,
                 messages: 2.0,
                 reach: 1.0,
                 hit_rate,
@@ -95,19 +122,22 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Row>), LabError> {
     }
     for &n in &config.overlay_ns {
         bar.set_message(format!("overlay n={n} (real nodes)"));
-        rows.extend(overlay_queries(n, config).await?);
+        rows.extend(overlay_queries(n, config, k).await?);
         bar.inc(1);
     }
+    // Each run its own graph and queries (run 1 as before runs existed).
+    let salt = (k as u64 - 1) << 32;
     for &n in &config.ns {
         bar.set_message(format!("flooding model n={n}"));
-        let graph = random_graph(n, config.degree, 0x9a11 + n as u64);
+        let graph = random_graph(n, config.degree, (0x9a11 + n as u64) ^ salt);
         for &ttl in &config.ttls {
             let (messages, reach, hit_rate) =
-                flood_stats(&graph, ttl, config, n as u64 + ttl as u64);
+                flood_stats(&graph, ttl, config, (n as u64 + ttl as u64) ^ salt);
             rows.push(Row {
                 method: "flooding-model",
                 n,
                 ttl,
+                run: k,
                 messages,
                 reach,
                 hit_rate,
@@ -117,16 +147,14 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Row>), LabError> {
         }
         bar.inc(1);
     }
-    bar.finish_and_clear();
-    let written = write_outputs(config, &rows)?;
-    Ok((written, rows))
+    Ok(rows)
 }
 
 /// `n` real overlay nodes, the needle held by `replication` of them;
 /// `overlay_queries` searches per TTL from random nodes that lack it.
-async fn overlay_queries(n: usize, config: &Config) -> Result<Vec<Row>, LabError> {
+async fn overlay_queries(n: usize, config: &Config, k: usize) -> Result<Vec<Row>, LabError> {
     let work = tempfile::tempdir()?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(0x0e7 ^ n as u64);
+    let mut rng = rand::rngs::StdRng::seed_from_u64((0x0e7 ^ n as u64) ^ ((k as u64 - 1) << 32));
     let holders = holders(n, config.replication);
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut rng);
@@ -225,6 +253,7 @@ async fn overlay_queries(n: usize, config: &Config) -> Result<Vec<Row>, LabError
             method: "overlay",
             n,
             ttl,
+            run: k,
             messages: messages as f64 / q,
             reach: reached as f64 / q / (n.max(2) - 1) as f64,
             hit_rate: hits as f64 / q,
@@ -368,7 +397,49 @@ pub fn flood_stats(graph: &[Vec<usize>], ttl: u32, config: &Config, seed: u64) -
     )
 }
 
+/// The runs of one method, n and TTL, summarized.
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub method: &'static str,
+    pub n: usize,
+    pub ttl: u32,
+    pub messages: Spread,
+    pub reach: Spread,
+    pub hit_rate: Spread,
+    pub hit_messages: Spread,
+}
+
+/// Groups `rows` by method, n and TTL, in order of appearance.
+pub fn summarize(rows: &[Row]) -> Vec<Point> {
+    let mut keys: Vec<(&'static str, usize, u32)> = Vec::new();
+    for r in rows {
+        if !keys.contains(&(r.method, r.n, r.ttl)) {
+            keys.push((r.method, r.n, r.ttl));
+        }
+    }
+    keys.into_iter()
+        .filter_map(|(method, n, ttl)| {
+            let these: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r.method == method && r.n == n && r.ttl == ttl)
+                .collect();
+            let of =
+                |f: fn(&Row) -> f64| Spread::of(&these.iter().map(|r| f(r)).collect::<Vec<_>>());
+            Some(Point {
+                method,
+                n,
+                ttl,
+                messages: of(|r| r.messages)?,
+                reach: of(|r| r.reach)?,
+                hit_rate: of(|r| r.hit_rate)?,
+                hit_messages: of(|r| r.hit_messages)?,
+            })
+        })
+        .collect()
+}
+
 fn write_outputs(config: &Config, rows: &[Row]) -> Result<Written, LabError> {
+    let points = summarize(rows);
     let mut csv = Csv::new(CSV_COLUMNS);
     for r in rows {
         csv.row(vec![
@@ -376,62 +447,139 @@ fn write_outputs(config: &Config, rows: &[Row]) -> Result<Written, LabError> {
             r.n.to_string(),
             config.degree.to_string(),
             r.ttl.to_string(),
+            r.run.to_string(),
             format!("{:.1}", r.messages),
+            String::new(),
+            String::new(),
             format!("{:.3}", r.reach),
             format!("{:.3}", r.hit_rate),
+            format!("{:.1}", r.hit_messages),
             r.status.clone(),
         ]);
     }
-    let mut series = Vec::new();
+    for p in &points {
+        csv.row(vec![
+            p.method.into(),
+            p.n.to_string(),
+            config.degree.to_string(),
+            p.ttl.to_string(),
+            "median".into(),
+            format!("{:.1}", p.messages.median),
+            format!("{:.1}", p.messages.min),
+            format!("{:.1}", p.messages.max),
+            format!("{:.3}", p.reach.median),
+            format!("{:.3}", p.hit_rate.median),
+            format!("{:.1}", p.hit_messages.median),
+            format!("{} run(s)", p.messages.count),
+        ]);
+    }
+    let repeats = config.runs.max(1);
+    let select = |method: &str, n: usize| -> Vec<&Point> {
+        points
+            .iter()
+            .filter(|p| p.method == method && p.n == n)
+            .collect()
+    };
+    let line_of = |ps: &[&Point], pick: fn(&Point) -> Spread| -> Vec<(f64, f64)> {
+        ps.iter().map(|p| (p.ttl as f64, pick(p).median)).collect()
+    };
+    let bars_of = |ps: &[&Point], pick: fn(&Point) -> Spread| -> Vec<(f64, f64, f64)> {
+        ps.iter()
+            .filter(|p| pick(p).count > 1)
+            .map(|p| (p.ttl as f64, pick(p).min, pick(p).max))
+            .collect()
+    };
+    let mut messages = Vec::new();
+    let mut reach = Vec::new();
     for (k, &n) in config.ns.iter().enumerate() {
-        series.push(Series {
-            name: format!("flooding model, n = {n}"),
-            points: rows
-                .iter()
-                .filter(|r| r.method == "flooding-model" && r.n == n)
-                .map(|r| (r.ttl as f64, r.messages))
-                .collect(),
-            line: true,
-            color: COLORS[(k + 1) % COLORS.len()],
-        });
+        let ps = select("flooding-model", n);
+        let color = COLORS[(k + 1) % COLORS.len()];
+        messages.push(Series::line(
+            format!("flooding model, n = {n}"),
+            line_of(&ps, |p| p.messages),
+            color,
+        ));
+        reach.push(Series::line(
+            format!("reach, model n = {n}"),
+            line_of(&ps, |p| p.reach),
+            color,
+        ));
+        reach.push(Series::points(
+            format!("hit rate, model n = {n}"),
+            line_of(&ps, |p| p.hit_rate),
+            color,
+        ));
     }
     for (k, &n) in config.overlay_ns.iter().enumerate() {
-        series.push(Series {
-            name: format!("overlay measured, n = {n}"),
-            points: rows
-                .iter()
-                .filter(|r| r.method == "overlay" && r.n == n)
-                .map(|r| (r.ttl as f64, r.messages))
-                .collect(),
-            line: false,
-            color: COLORS[(config.ns.len() + k + 1) % COLORS.len()],
-        });
+        let ps = select("overlay", n);
+        let color = COLORS[(config.ns.len() + k + 1) % COLORS.len()];
+        messages.push(
+            Series::points(
+                format!("overlay measured, n = {n}"),
+                line_of(&ps, |p| p.messages),
+                color,
+            )
+            .with_bars(bars_of(&ps, |p| p.messages)),
+        );
+        reach.push(
+            Series::joined(
+                format!("reach, overlay n = {n}"),
+                line_of(&ps, |p| p.reach),
+                color,
+            )
+            .with_bars(bars_of(&ps, |p| p.reach)),
+        );
+        reach.push(
+            Series::points(
+                format!("hit rate, overlay n = {n}"),
+                line_of(&ps, |p| p.hit_rate),
+                color,
+            )
+            .with_bars(bars_of(&ps, |p| p.hit_rate)),
+        );
     }
-    series.push(Series {
-        name: "index (measured), any n".into(),
-        points: config.ttls.iter().map(|t| (*t as f64, 2.0)).collect(),
-        line: true,
-        color: COLORS[0],
-    });
-    let chart = Chart {
-        title: format!("Messages per query, degree {}", config.degree),
-        x_label: "TTL (hops)".into(),
-        y_label: "messages per query".into(),
-        series,
-        x_names: None,
-    };
-    let md_rows: Vec<Vec<String>> = rows
+    messages.push(Series::line(
+        "index (measured), any n",
+        config.ttls.iter().map(|t| (*t as f64, 2.0)).collect(),
+        COLORS[0],
+    ));
+    let mut cost = Chart::new(
+        format!("Messages per query, degree {}", config.degree),
+        "TTL (hops)",
+        "messages per query (log scale)",
+        messages,
+    );
+    cost.y_log = true;
+    cost.notes = vec![
+        "index: 2 messages (request, answer) at any n".into(),
+        format!(
+            "flooding: ~ d (d-1)^(TTL-1) copies until it covers the graph, d = {}",
+            config.degree
+        ),
+        format!("overlay: median of {repeats} run(s); bars: min to max"),
+    ];
+    let mut reached = Chart::new(
+        format!(
+            "Reach and hit rate (file on {:.1}% of nodes)",
+            config.replication * 100.0
+        ),
+        "TTL (hops)",
+        "share of nodes reached / of queries answered",
+        reach,
+    );
+    reached.y_range = Some((0.0, 1.05));
+    let md_rows: Vec<Vec<String>> = points
         .iter()
-        .map(|r| {
+        .map(|p| {
             vec![
-                r.method.into(),
-                r.n.to_string(),
-                r.ttl.to_string(),
-                format!("{:.1}", r.messages),
-                format!("{:.1}%", r.reach * 100.0),
-                format!("{:.1}%", r.hit_rate * 100.0),
-                if r.method == "overlay" {
-                    format!("{:.1}", r.hit_messages)
+                p.method.into(),
+                p.n.to_string(),
+                p.ttl.to_string(),
+                p.messages.text(1),
+                format!("{:.1}%", p.reach.median * 100.0),
+                format!("{:.1}%", p.hit_rate.median * 100.0),
+                if p.method == "overlay" {
+                    format!("{:.1}", p.hit_messages.median)
                 } else {
                     "-".into()
                 },
@@ -440,7 +588,8 @@ fn write_outputs(config: &Config, rows: &[Row]) -> Result<Written, LabError> {
         .collect();
     let mut md = format!(
         "# Search cost\n\nDegree {}, the searched file held by {:.1}% of the nodes (at least one), \
-         {} queries per point ({} on the real overlay). **index**: measured on a real index \
+         {} queries per point ({} on the real overlay), median of {repeats} run(s) (messages \
+         with [min–max]). **index**: measured on a real index \
          server (one request, one answer, every registered peer known). **overlay**: measured \
          on real overlay nodes in this process (n = {:?}); messages are the query copies sent \
          over overlay links, duplicates included; the QueryHits' trips back are the last \
@@ -463,5 +612,5 @@ fn write_outputs(config: &Config, rows: &[Row]) -> Result<Written, LabError> {
         ],
         &md_rows,
     ));
-    report::write_all(&config.out, "search-cost", &csv, &chart, &md)
+    report::write_all(&config.out, "search-cost", &csv, &[cost, reached], &md)
 }

@@ -47,15 +47,22 @@ async fn distribution_tiny() {
         ],
         out: out(dir.path()),
         processes: false,
+        runs: 1,
     };
     let (w, runs) = distribution::run(&config).await.unwrap();
-    check(&w, distribution::CSV_COLUMNS, 6);
+    // Six runs and six medians.
+    check(&w, distribution::CSV_COLUMNS, 12);
     for r in &runs {
         let s = r.seconds.unwrap_or_else(|| panic!("{r:?}"));
         // A capped run cannot beat its lower bound by more than the
         // limiters' small bursts.
         assert!(s > 0.5 * r.bound(), "{r:?}");
         assert!(r.seed_bytes > 0, "the seed or server sent nothing: {r:?}");
+        // Every peer's completion and first chunk were seen, none after the end.
+        assert_eq!(r.completions.len(), r.n, "{r:?}");
+        assert_eq!(r.first_chunks.len(), r.n, "{r:?}");
+        assert!(r.completions.iter().all(|t| *t <= s + 1e-9), "{r:?}");
+        assert!(r.first_chunks[0] <= r.completions[0], "{r:?}");
     }
     assert!(
         runs.iter()
@@ -70,12 +77,16 @@ async fn index_load_tiny() {
     let config = index_load::Config {
         peers: 3,
         files_per_peer: 600,
-        clients: 2,
-        duration: Duration::from_millis(200),
+        clients: vec![1, 3],
+        duration: Duration::from_millis(100),
+        runs: 2,
         out: out(dir.path()),
     };
     let (w, stats, _) = index_load::run(&config).await.unwrap();
-    check(&w, index_load::CSV_COLUMNS, 3);
+    // Per run: register, and lookup and search at 2 client counts; then
+    // a median row for each of those 5.
+    check(&w, index_load::CSV_COLUMNS, 2 * 5 + 5);
+    assert_eq!(stats.len(), 10);
     assert!(stats.iter().all(|s| s.operations > 0));
 }
 
@@ -84,13 +95,18 @@ async fn connections_tiny() {
     let dir = tempfile::tempdir().unwrap();
     let config = connections::Config {
         objects: 3,
+        objects_sweep: vec![1, 3],
         object_size: 10_000,
         rtt: Duration::from_millis(20),
+        rtt_sweep: vec![Duration::from_millis(10), Duration::from_millis(20)],
         bandwidth: 10_000_000,
+        runs: 1,
         out: out(dir.path()),
     };
     let (w, results) = connections::run(&config).await.unwrap();
-    check(&w, connections::CSV_COLUMNS, 3);
+    // Points (1, 20ms), (3, 20ms), (3, 10ms): 3 fetches each, plus medians.
+    check(&w, connections::CSV_COLUMNS, 9 + 9);
+    assert_eq!(results.len(), 9);
     // The injected delays are a floor: no fetch beats its model by much.
     for r in &results {
         assert!(r.seconds >= 0.9 * r.model, "{r:?}");
@@ -108,6 +124,7 @@ async fn search_cost_tiny() {
         queries: 20,
         overlay_ns: vec![12],
         overlay_queries: 5,
+        runs: 1,
         out: out(dir.path()),
     };
     let (w, rows) = search_cost::run(&config).await.unwrap();
