@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`addr`]: `HOST:PORT` arguments (default ports, host names).
 //! - [`serve`]: the `peer serve` daemon (scan, chunk server, registrar).
+//! - [`api`]: the daemon's HTTP/JSON API (axum): router, token, Host check.
 //! - [`registrar`]: staying registered at the index (leases, diffs, reconnects).
 //! - [`index_client`]: one connection to the index, for daemon and CLI.
 //! - [`get`]: `peer get` for the hybrid model (index lookup, then download).
@@ -24,6 +25,7 @@
 //! direct messages.
 
 pub mod addr;
+pub mod api;
 pub mod client_server;
 pub mod get;
 pub mod im;

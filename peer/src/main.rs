@@ -212,6 +212,24 @@ enum Command {
         /// already in the folder counts as fetched.
         #[arg(long = "fetch", env = "PEER_FETCH", value_delimiter = ',')]
         fetch: Vec<peer::target::Target>,
+        /// HTTP/JSON API (and web page) address, IP:PORT, or `off`. Loopback
+        /// only unless --api-token is given. When the default port is taken
+        /// (another daemon), a free one is used; the share's
+        /// .p2pshare/api.json says which, so `peer get` and the other
+        /// commands find it.
+        #[arg(long, env = "PEER_API", value_name = "IP:PORT|off", default_value = peer::api::DEFAULT_API,
+              value_parser = parse_api_addr)]
+        api: ApiAddr,
+        /// Bearer token the API requires (`Authorization: Bearer TOKEN`);
+        /// needed to bind the API to a non-loopback address. Stored for
+        /// local commands in .p2pshare/api-token (readable by you only).
+        #[arg(
+            long,
+            env = "PEER_API_TOKEN",
+            value_name = "TOKEN",
+            hide_env_values = true
+        )]
+        api_token: Option<String>,
     },
     /// Search the index for files whose name contains every WORD.
     Search {
@@ -424,6 +442,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             ping_interval,
             rates,
             fetch,
+            api,
+            api_token,
         } => {
             let shutdown = shutdown_on_signals()?;
             let mut config = peer::ServeConfig::new(share, index.index);
@@ -455,6 +475,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             config.max_upload_rate = rates.max_upload_rate;
             config.max_download_rate = rates.max_download_rate;
             config.fetch = fetch;
+            config.api = match api {
+                ApiAddr::Off => None,
+                ApiAddr::At(addr) => Some(peer::api::ApiConfig {
+                    addr,
+                    token: api_token,
+                    // Only the default may move to a free port.
+                    fallback_to_any_port: addr.to_string() == peer::api::DEFAULT_API
+                        && std::env::var_os("PEER_API").is_none()
+                        && !std::env::args()
+                            .any(|a| a.starts_with("--api") && !a.starts_with("--api-token")),
+                }),
+            };
             peer::serve::run(config, shutdown).await?;
             Ok(0)
         }
@@ -708,6 +740,25 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Im(command) => im_cli::run(command).await,
+    }
+}
+
+/// `--api`: an address, or off.
+#[derive(Debug, Clone, Copy)]
+enum ApiAddr {
+    Off,
+    At(SocketAddr),
+}
+
+fn parse_api_addr(s: &str) -> Result<ApiAddr, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "off" | "no" | "none" | "false" | "0" => Ok(ApiAddr::Off),
+        other => other
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .map(ApiAddr::At)
+            .map_err(|_| format!("{s:?} is not IP:PORT or off (example: 127.0.0.1:6700)")),
     }
 }
 

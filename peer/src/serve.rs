@@ -68,6 +68,10 @@ pub struct ServeConfig {
     /// Files to fetch into the shared folder while serving (swarming): the
     /// verified chunks are served at once, the finished file is shared.
     pub fetch: Vec<crate::target::Target>,
+    /// The HTTP/JSON API ([`crate::api`]); `None`: no API. `peer serve`
+    /// turns it on by default ([`crate::api::DEFAULT_API`]); in-process
+    /// daemons (tests, the demo) opt in.
+    pub api: Option<crate::api::ApiConfig>,
 }
 
 impl ServeConfig {
@@ -95,6 +99,7 @@ impl ServeConfig {
             max_upload_rate: None,
             max_download_rate: None,
             fetch: Vec::new(),
+            api: None,
         }
     }
 }
@@ -125,6 +130,8 @@ pub enum ServeError {
     },
     #[error("{0} (check --advertise or PEER_ADVERTISE)")]
     BadAdvertise(crate::addr::AddrError),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiStartError),
 }
 
 /// A running peer daemon.
@@ -144,6 +151,8 @@ pub struct Daemon {
     pub download_limit: Option<Arc<RateLimiter>>,
     /// The index server this daemon registers with.
     pub index: String,
+    /// Where the HTTP/JSON API listens, when it is on.
+    pub api_addr: Option<SocketAddr>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -197,6 +206,11 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
     if !root.is_dir() {
         return Err(ServeError::NotAFolder(config.share.clone()));
     }
+    // A refused API config (non-loopback without a token) stops us before anything starts.
+    let api = match &config.api {
+        Some(api) => Some(crate::api::bind(api).await?),
+        None => None,
+    };
     let listener =
         transfer::net::bind_listener(config.listen).map_err(|source| ServeError::Bind {
             addr: config.listen,
@@ -311,6 +325,34 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         ));
     }
 
+    let api_addr = api.as_ref().map(|a| a.addr);
+    if let Some(api) = api {
+        let state = crate::api::ApiState {
+            info: Arc::new(crate::api::DaemonInfo {
+                nick: config.nick.clone(),
+                share: root.clone(),
+                index: config.index.clone(),
+                mode: if overlay.is_some() { "p2p" } else { "hybrid" },
+                listen: listen_addr,
+                started: std::time::Instant::now(),
+            }),
+            api_addr: api.addr,
+            library: library.clone(),
+            uploads: uploads.clone(),
+            inbox: inbox.clone(),
+            registration: state_rx.clone(),
+            overlay: overlay.clone(),
+            shutdown: shutdown.clone(),
+        };
+        crate::api::spawn(
+            api,
+            state,
+            &crate::api::state_dir(&root),
+            &tracker,
+            shutdown.clone(),
+        );
+    }
+
     Ok(Daemon {
         listen_addr,
         library,
@@ -321,6 +363,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         upload_limit,
         download_limit,
         index: config.index.clone(),
+        api_addr,
         tracker,
         shutdown,
     })

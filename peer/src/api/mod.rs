@@ -1,0 +1,558 @@
+//! The daemon's HTTP/JSON API (`peer serve --api ADDR`), on axum.
+//!
+//! One [`Router`] built from sub-routers: each module of this folder has
+//! `pub(crate) fn routes() -> Router<ApiState>`. Every handler gets an
+//! [`ApiState`], a cheap clone of the daemon's shared handles.
+//!
+//! Rules every route gets from here, not from its own code:
+//! - **Auth**: with a token, every `/api` and `/metrics` request needs
+//!   `Authorization: Bearer TOKEN` (`/api/events` may take `?token=`, since
+//!   a browser's EventSource cannot set headers). A non-loopback address
+//!   without a token is refused at start ([`ApiError`] never reaches that).
+//! - **Host check** (DNS rebinding): the `Host` header must be a loopback
+//!   name or address, or the address the API is bound to; a page on
+//!   another site that rebinds its name to 127.0.0.1 is refused. A cross-site
+//!   `Origin` is refused the same way. No cookies are read or set (CSRF).
+//! - **Body cap** [`MAX_BODY`]; malformed JSON, a wrong content type, an
+//!   oversized body, an unknown route or method get a 4xx with
+//!   `{"error": "..."}` ([`ApiError`], [`ApiJson`]).
+
+pub(crate) mod status;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::chunk_server::UploadStats;
+use crate::inbox::Inbox;
+use crate::library::Library;
+use crate::registrar::RegistrationState;
+
+/// The API's address when `--api` is not given: loopback only.
+pub const DEFAULT_API: &str = "127.0.0.1:6700";
+
+/// Largest request body accepted, bytes (requests are small JSON objects).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The file in the share's state folder that says where the API listens.
+pub const API_FILE: &str = "api.json";
+/// The file in the share's state folder holding the API token (mode 0600).
+pub const TOKEN_FILE: &str = "api-token";
+
+/// Where and how the API listens.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Address to bind (`127.0.0.1:0` picks a free port).
+    pub addr: SocketAddr,
+    /// Bearer token every request must carry; required off loopback.
+    pub token: Option<String>,
+    /// The address was not chosen by the user (the default): when it is
+    /// taken (another daemon on this machine), a free loopback port is used
+    /// instead (the state file says which) rather than failing.
+    pub fallback_to_any_port: bool,
+}
+
+impl ApiConfig {
+    /// The default: [`DEFAULT_API`], no token, another port if that one is taken.
+    pub fn default_loopback() -> Self {
+        ApiConfig {
+            addr: DEFAULT_API.parse().expect("valid default address"),
+            token: None,
+            fallback_to_any_port: true,
+        }
+    }
+}
+
+/// Why the API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    #[error("the API address {0} is not loopback: anyone who can reach it could steer this peer; give a token with --api-token (or PEER_API_TOKEN), or bind 127.0.0.1")]
+    NeedsToken(SocketAddr),
+    #[error("the API token is empty or has characters other than visible ASCII")]
+    BadToken,
+    #[error("cannot listen for the API on {addr}: {source} (pick another address with --api, or --api off)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What `GET /api/status` tells that does not change while the daemon runs.
+#[derive(Debug, Clone)]
+pub struct DaemonInfo {
+    pub nick: Option<String>,
+    pub share: PathBuf,
+    pub index: String,
+    /// "hybrid" or "p2p".
+    pub mode: &'static str,
+    pub listen: SocketAddr,
+    pub started: Instant,
+}
+
+/// The daemon's handles that API handlers use; cheap to clone (handles
+/// and `Arc`s only). Each API module reads the fields it needs.
+#[derive(Clone)]
+pub struct ApiState {
+    pub(crate) info: Arc<DaemonInfo>,
+    /// Where the API listens (after binding).
+    pub(crate) api_addr: SocketAddr,
+    pub(crate) library: Library,
+    #[allow(dead_code)] // for the uploads and metrics endpoints
+    pub(crate) uploads: Arc<UploadStats>,
+    #[allow(dead_code)] // for the messages endpoints
+    pub(crate) inbox: Inbox,
+    #[allow(dead_code)] // for the peers and status endpoints
+    pub(crate) registration: watch::Receiver<RegistrationState>,
+    #[allow(dead_code)] // for search in p2p mode
+    pub(crate) overlay: Option<crate::overlay::Overlay>,
+    /// Cancelled when the daemon stops: long responses (events) end then.
+    #[allow(dead_code)]
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// An API error: a status and `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(ErrorBody {
+                error: &self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// A JSON request body whose rejections (malformed JSON, wrong content
+/// type, body over [`MAX_BODY`]) are [`ApiError`]s with their 4xx status.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(ApiJson(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => format!("request body over {MAX_BODY} bytes"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            "send the body as JSON with Content-Type: application/json".to_string()
+        }
+        _ => rejection.body_text(),
+    };
+    ApiError::new(status, message)
+}
+
+/// A path parameter whose rejection is an [`ApiError`] (400).
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// A query string whose rejection is an [`ApiError`] (400).
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(ApiError::bad_request(e.body_text())),
+        }
+    }
+}
+
+/// What the access checks need.
+struct Guard {
+    token: Option<String>,
+    bound: SocketAddr,
+}
+
+/// The whole API: every module's routes, the checks, JSON fallbacks.
+pub(crate) fn router(state: ApiState, token: Option<String>) -> Router {
+    let guard = Arc::new(Guard {
+        token,
+        bound: state.api_addr,
+    });
+    Router::new()
+        .merge(status::routes())
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn_with_state(guard, check_access))
+        .with_state(state)
+}
+
+async fn unknown_route(req: Request) -> ApiError {
+    ApiError::not_found(format!("no such endpoint: {}", req.uri().path()))
+}
+
+async fn wrong_method(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// Host, Origin and token checks, before any handler runs.
+async fn check_access(State(guard): State<Arc<Guard>>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    let host_ok = host
+        .as_deref()
+        .is_some_and(|h| host_allowed(h, guard.bound));
+    if !host_ok {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Host {:?} is not allowed (DNS rebinding protection): use http://127.0.0.1:{port}/ or http://localhost:{port}/",
+                host.unwrap_or_default(),
+                port = guard.bound.port()
+            ),
+        )
+        .into_response();
+    }
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://").map(|(_, rest)| rest.to_string()))
+            .is_some_and(|h| host_allowed(&h, guard.bound));
+        if !ok {
+            return ApiError::new(StatusCode::FORBIDDEN, "cross-site requests are not allowed")
+                .into_response();
+        }
+    }
+    let path = req.uri().path();
+    let protected = path == "/api" || path.starts_with("/api/") || path == "/metrics";
+    if let (Some(token), true) = (&guard.token, protected) {
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim);
+        let query = (path == "/api/events")
+            .then(|| query_token(req.uri().query().unwrap_or("")))
+            .flatten();
+        let given = bearer.or(query.as_deref());
+        if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+            return (
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong API token: send Authorization: Bearer TOKEN (the daemon's --api-token)",
+                ),
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// `token=...` from a query string (percent-decoded is not needed: tokens
+/// are visible ASCII without `&`).
+fn query_token(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("token="))
+        .map(str::to_string)
+}
+
+/// Compares without stopping at the first difference.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether a `Host` (or Origin's host) names this API: `localhost`, a
+/// loopback address, or the address bound (any address when bound to an
+/// unspecified one, which needs a token). Names other than `localhost`
+/// are refused: that is what a rebinding attack uses.
+fn host_allowed(host: &str, bound: SocketAddr) -> bool {
+    let name = strip_port(host.trim());
+    if name.eq_ignore_ascii_case("localhost") || name.to_ascii_lowercase().ends_with(".localhost") {
+        return true;
+    }
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    let Ok(ip) = bare.parse::<IpAddr>() else {
+        return false;
+    };
+    ip.to_canonical().is_loopback() || ip == bound.ip() || bound.ip().is_unspecified()
+}
+
+/// `host:port`, `[v6]:port`, `host` or `[v6]` without the port.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        // A bare IPv6 address has several colons; only strip a port from host:port.
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// What `API_FILE` holds: how local commands find this daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiFile {
+    /// `http://IP:PORT`.
+    pub api: String,
+    /// The file holding the token, when the API needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The daemon's process id (informational).
+    #[serde(default)]
+    pub pid: u32,
+}
+
+/// The state folder of a shared folder: `SHARE/.p2pshare` (hash cache,
+/// inbox, API address, download list).
+pub fn state_dir(share: &Path) -> PathBuf {
+    share.join(crate::scan::CACHE_DIR)
+}
+
+/// A bound API listener, not yet serving.
+pub struct BoundApi {
+    listener: TcpListener,
+    pub addr: SocketAddr,
+    token: Option<String>,
+}
+
+/// Checks the config and binds (before anything else starts, so a refused
+/// config stops `peer serve` at once).
+pub async fn bind(config: &ApiConfig) -> Result<BoundApi, ApiStartError> {
+    if let Some(token) = &config.token {
+        if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ApiStartError::BadToken);
+        }
+    }
+    if !config.addr.ip().to_canonical().is_loopback() && config.token.is_none() {
+        return Err(ApiStartError::NeedsToken(config.addr));
+    }
+    let listener = match TcpListener::bind(config.addr).await {
+        Ok(l) => l,
+        Err(e) if config.fallback_to_any_port && e.kind() == std::io::ErrorKind::AddrInUse => {
+            let any = SocketAddr::new(config.addr.ip(), 0);
+            warn!(addr = %config.addr, "API address taken (another peer daemon?); using a free port instead (see the share's .p2pshare/api.json)");
+            TcpListener::bind(any)
+                .await
+                .map_err(|source| ApiStartError::Bind { addr: any, source })?
+        }
+        Err(source) => {
+            return Err(ApiStartError::Bind {
+                addr: config.addr,
+                source,
+            })
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ApiStartError::Bind {
+            addr: config.addr,
+            source,
+        })?;
+    Ok(BoundApi {
+        listener,
+        addr,
+        token: config.token.clone(),
+    })
+}
+
+/// Serves the API on `bound` until `shutdown`; records its address in the
+/// state folder so that `peer get` and the other commands find it.
+pub fn spawn(
+    bound: BoundApi,
+    state: ApiState,
+    state_folder: &Path,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = write_api_file(state_folder, bound.addr, bound.token.as_deref()) {
+        warn!(error = %e, folder = %state_folder.display(), "cannot record the API address; local commands will not find this daemon (set PEER_API)");
+    }
+    let router = router(state, bound.token);
+    info!(addr = %bound.addr, "API listening on http://{}/", bound.addr);
+    let folder = state_folder.to_path_buf();
+    let addr = bound.addr;
+    tracker.spawn(async move {
+        let served = axum::serve(bound.listener, router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "API server stopped");
+        }
+        remove_api_file(&folder, addr);
+    });
+}
+
+fn write_api_file(folder: &Path, addr: SocketAddr, token: Option<&str>) -> std::io::Result<()> {
+    std::fs::create_dir_all(folder)?;
+    let token_file = match token {
+        Some(token) => {
+            let path = folder.join(TOKEN_FILE);
+            write_private(&path, token.as_bytes())?;
+            Some(path)
+        }
+        None => {
+            let _ = std::fs::remove_file(folder.join(TOKEN_FILE));
+            None
+        }
+    };
+    let file = ApiFile {
+        api: format!("http://{addr}"),
+        token_file,
+        pid: std::process::id(),
+    };
+    let json = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+    let tmp = folder.join(format!("{API_FILE}.tmp"));
+    std::fs::write(&tmp, json)?;
+    std::fs::rename(tmp, folder.join(API_FILE))
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+/// Removes the API file on a clean stop, unless another daemon wrote its own since.
+fn remove_api_file(folder: &Path, addr: SocketAddr) {
+    let path = folder.join(API_FILE);
+    let ours = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<ApiFile>(&b).ok())
+        .is_some_and(|f| f.api == format!("http://{addr}"));
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_that_name_this_api_are_allowed_and_others_refused() {
+        let lo: SocketAddr = "127.0.0.1:6700".parse().unwrap();
+        for ok in [
+            "127.0.0.1:6700",
+            "localhost:6700",
+            "LOCALHOST",
+            "[::1]:6700",
+            "127.0.0.2",
+            "app.localhost:1",
+        ] {
+            assert!(host_allowed(ok, lo), "{ok}");
+        }
+        for bad in [
+            "evil.example:6700",
+            "",
+            "10.0.0.1:6700",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(!host_allowed(bad, lo), "{bad}");
+        }
+        let lan: SocketAddr = "10.0.0.1:6700".parse().unwrap();
+        assert!(host_allowed("10.0.0.1:6700", lan));
+        assert!(!host_allowed("10.0.0.2:6700", lan));
+        let any: SocketAddr = "0.0.0.0:6700".parse().unwrap();
+        assert!(host_allowed("192.168.1.9:6700", any));
+        assert!(!host_allowed("rebind.example:6700", any));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"abcd"));
+        assert_eq!(query_token("a=1&token=xyz"), Some("xyz".into()));
+    }
+}
