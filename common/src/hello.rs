@@ -6,13 +6,23 @@
 //!
 //! ```text
 //! client → server: "P2PS" | version u16 BE | protocol u8 | 0
-//! server → client: "P2PS" | version u16 BE | status u8   | 0
+//! server → client: "P2PS" | version u16 BE | status u8   | features u8
 //! ```
+//!
+//! The server's last byte carries feature bits ([`FEATURE_UPLOAD_QUEUE`]);
+//! builds from before it was used sent 0 there and ignore it, so a new
+//! server and an old client (or the reverse) still understand each other.
 
 use crate::limits::PROTOCOL_VERSION;
 
 pub const MAGIC: [u8; 4] = *b"P2PS";
 pub const HELLO_LEN: usize = 8;
+
+/// Server feature bit: this peer keeps a visible upload queue. A client
+/// that sees it may send `PeerRequest::Requester` and is then answered
+/// `Queued` instead of `Busy` when every upload slot is taken
+/// (`crate::peer_proto`).
+pub const FEATURE_UPLOAD_QUEUE: u8 = 1;
 
 /// Which protocol the connection will speak after the hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +81,18 @@ pub fn client_hello(protocol: Protocol) -> [u8; HELLO_LEN] {
 
 pub fn server_hello(status: HelloStatus) -> [u8; HELLO_LEN] {
     hello_with(status as u8)
+}
+
+/// The server's answer with feature bits in its last byte.
+pub fn server_hello_with_features(status: HelloStatus, features: u8) -> [u8; HELLO_LEN] {
+    let mut hello = hello_with(status as u8);
+    hello[7] = features;
+    hello
+}
+
+/// The feature bits of a server's answer (0 from builds that had none).
+pub fn server_features(bytes: &[u8; HELLO_LEN]) -> u8 {
+    bytes[7]
 }
 
 /// Magic, our version, then `field` (the protocol asked for, or the answer).

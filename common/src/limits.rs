@@ -61,6 +61,35 @@ pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// this long is closed; cheap requests (`Have`, messages) do not extend it.
 pub const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 
+/// A requester waiting in the upload queue (`PeerRequest::Wait`) is
+/// answered at least this often, so that its read deadline never fires
+/// while it waits and a dead connection is noticed.
+pub const QUEUE_REFRESH: Duration = Duration::from_secs(5);
+
+/// Most requesters waiting in one peer's upload queue. Each waiting one
+/// costs about 100 bytes of queue state (plus, while connected, one small
+/// connection); past this, requesters are told `Busy` as before.
+pub const UPLOAD_QUEUE_MAX: usize = 4096;
+
+/// Most places in the upload queue one source address (IPv4, IPv6 /64)
+/// may hold, so that one host cannot fill the queue with made-up
+/// requester tokens; a NAT with several users still gets several places.
+pub const UPLOAD_QUEUE_PER_SOURCE: usize = 16;
+
+/// How long a waiting requester keeps its place after its last connection
+/// closed: a reconnection within it keeps the place, after it the place
+/// is given up (so a requester that never comes back holds nothing).
+pub const UPLOAD_QUEUE_GRACE: Duration = Duration::from_secs(60);
+
+/// While others wait, a requester holds an upload slot at most this long
+/// before it goes back to the end of the queue (eMule rotates its slots
+/// the same way), so a long download cannot keep a slot forever.
+pub const UPLOAD_SLOT_TIME: Duration = Duration::from_secs(300);
+
+/// While others wait, a slot whose holder asked for no chunk for this long
+/// is given to the next in the queue.
+pub const UPLOAD_SLOT_IDLE: Duration = Duration::from_secs(5);
+
 /// Fewest hex digits of an id prefix that stands for an id (`peer get
 /// 1a2b3c4d`): 32 bits, so that a prefix picks one of 64 index shards and a
 /// random collision among a million files is rare (about 1 in 4,000).

@@ -7,6 +7,16 @@
 //! value). Any peer that holds a chunk can serve it, including one that is
 //! still downloading the file: `Have` tells which chunks it holds.
 //! `Message` carries a direct message between two users (see [`crate::im`]).
+//!
+//! **Upload queue** (appended later; old peers never see these): a server
+//! whose hello carries [`crate::hello::FEATURE_UPLOAD_QUEUE`] may be sent
+//! `Requester` (who is asking, so a reconnection keeps its place). A chunk
+//! request from such a requester when every upload slot is taken is
+//! answered `Queued { position }` instead of being served; the requester
+//! then sends `Wait`, which is answered when its position changes, at least
+//! every [`crate::limits::QUEUE_REFRESH`], and with `SlotGranted` when an
+//! upload slot is its own. Requesters that never sent `Requester` (older
+//! builds) get `Error { code: Busy }` as before.
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +39,16 @@ pub enum PeerRequest {
     /// matches, withdraws the id and hashes the file again. Answered with
     /// `Delivered`.
     BadChunk { id: FileId, index: u32 },
+    /// Who is asking: `token` is chosen by the requester (random, one per
+    /// process) and, with the source address, names its place in the
+    /// upload queue, so that a reconnection keeps it. Only sent to servers
+    /// whose hello has [`crate::hello::FEATURE_UPLOAD_QUEUE`]; answered
+    /// with `Delivered`.
+    Requester { token: u64 },
+    /// Waits in the upload queue: answered with `Queued` when the position
+    /// changed (or after [`crate::limits::QUEUE_REFRESH`] at the latest) and
+    /// with `SlotGranted` once an upload slot is held for this requester.
+    Wait,
 }
 
 /// Why a peer refused a request.
@@ -67,6 +87,11 @@ pub enum PeerResponse {
     /// Answer to `Message` (it is in the receiver's inbox) and to
     /// `BadChunk` (the report was taken).
     Delivered,
+    /// Every upload slot is taken: the request was not served, the
+    /// requester holds place `position` (1 = next) in the upload queue.
+    Queued { position: u32 },
+    /// An upload slot is held for this requester: ask for chunks again.
+    SlotGranted,
 }
 
 /// Whether bit `index` is set in a `Have` bitfield.
@@ -132,6 +157,24 @@ mod tests {
         expected.extend([0xCD; 32]);
         expected.push(7);
         assert_eq!(encode_frame(&report).unwrap(), expected);
+    }
+
+    #[test]
+    fn pinned_queue_encodings() {
+        // Appended variants: the old ones keep their numbers.
+        assert_eq!(
+            encode_frame(&PeerRequest::Requester { token: 7 }).unwrap(),
+            [0, 0, 0, 2, 5, 7]
+        );
+        assert_eq!(encode_frame(&PeerRequest::Wait).unwrap(), [0, 0, 0, 1, 6]);
+        assert_eq!(
+            encode_frame(&PeerResponse::Queued { position: 3 }).unwrap(),
+            [0, 0, 0, 2, 5, 3]
+        );
+        assert_eq!(
+            encode_frame(&PeerResponse::SlotGranted).unwrap(),
+            [0, 0, 0, 1, 6]
+        );
     }
 
     #[test]

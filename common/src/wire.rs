@@ -190,6 +190,15 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     protocol: Protocol,
 ) -> Result<(), WireError> {
+    client_handshake_features(s, protocol).await.map(|_| ())
+}
+
+/// [`client_handshake`] that also returns the server's feature bits
+/// ([`hello::FEATURE_UPLOAD_QUEUE`]; 0 from older servers).
+pub async fn client_handshake_features<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    protocol: Protocol,
+) -> Result<u8, WireError> {
     s.write_all(&hello::client_hello(protocol)).await?;
     s.flush().await?;
     let mut answer = [0u8; HELLO_LEN];
@@ -200,7 +209,7 @@ pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await?;
     hello::check_server_hello(&answer)?;
-    Ok(())
+    Ok(hello::server_features(&answer))
 }
 
 /// Server side of the hello. With `busy`, the client is told to come back
@@ -225,6 +234,17 @@ pub async fn server_handshake_any<S: AsyncRead + AsyncWrite + Unpin>(
     accepted: &[Protocol],
     busy: impl FnOnce(Protocol) -> bool,
 ) -> Result<Protocol, WireError> {
+    server_handshake_features(s, accepted, busy, |_| 0).await
+}
+
+/// [`server_handshake_any`] whose answer carries `features(protocol)`
+/// in its last byte (see [`hello::server_hello_with_features`]).
+pub async fn server_handshake_features<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    accepted: &[Protocol],
+    busy: impl FnOnce(Protocol) -> bool,
+    features: impl FnOnce(Protocol) -> u8,
+) -> Result<Protocol, WireError> {
     let mut theirs = [0u8; HELLO_LEN];
     with_deadline(
         Some(HELLO_TIMEOUT),
@@ -238,7 +258,12 @@ pub async fn server_handshake_any<S: AsyncRead + AsyncWrite + Unpin>(
             status = HelloStatus::Busy;
         }
     }
-    s.write_all(&hello::server_hello(status)).await?;
+    let bits = match (status, protocol) {
+        (HelloStatus::Ok, Some(p)) => features(p),
+        _ => 0,
+    };
+    s.write_all(&hello::server_hello_with_features(status, bits))
+        .await?;
     s.flush().await?;
     match (status, protocol) {
         (HelloStatus::Ok, Some(p)) => Ok(p),

@@ -172,9 +172,9 @@ impl ProgressBar {
         // Speed and time left from this run's bytes only (indicatif's own
         // estimate would count chunks resumed from disk as received at once).
         let started = std::time::Instant::now();
-        let (p_speed, p_left) = (progress.clone(), progress.clone());
+        let (p_speed, p_left, p_queue) = (progress.clone(), progress.clone(), progress.clone());
         let style = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {speed} eta {left}",
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {speed} eta {left}{queue}",
         )
         .map(|s| {
             s.progress_chars("=> ")
@@ -192,6 +192,16 @@ impl ProgressBar {
                             Some(left) => write!(w, "{:#}", indicatif::HumanDuration(left)),
                             None => write!(w, "-"),
                         };
+                    },
+                )
+                .with_key(
+                    "queue",
+                    move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        // "queued at HOST, position 3" where a source's slots are all taken.
+                        let queued = p_queue.sources.queued_summary();
+                        if !queued.is_empty() {
+                            let _ = write!(w, " ({})", esc(&queued));
+                        }
                     },
                 )
         })

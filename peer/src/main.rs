@@ -168,8 +168,8 @@ enum Command {
         /// half-done; 0 shares files as soon as they are seen (0 to 1d).
         #[arg(long, env = "PEER_SETTLE", default_value = "3s", value_parser = duration(Duration::ZERO, DAY))]
         settle: Duration,
-        /// Upload slots: most chunks sent at once (1 to 4096). A connection
-        /// holds a slot only while it sends a chunk; further requests wait their turn.
+        /// Upload slots: peers served at once (1 to 4096). Further peers wait
+        /// in a fair queue, told their position (`peer uploads` lists it).
         #[arg(long, env = "PEER_MAX_UPLOADS", default_value_t = 32, value_parser = count(1, 4096))]
         max_uploads: usize,
         /// Most upload connections at once; further peers are told the peer

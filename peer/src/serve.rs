@@ -43,8 +43,8 @@ pub struct ServeConfig {
     /// before it is hashed and shared: a file still being written is not
     /// registered under the id of its first bytes ([`scan::DEFAULT_SETTLE`]).
     pub settle: Duration,
-    /// Upload slots: chunks sent at once (a connection holds one only
-    /// while it sends); further requests wait their turn.
+    /// Upload slots: requesters served at once; more wait in the upload
+    /// queue, told their position (`transfer::upload_queue`).
     pub max_uploads: usize,
     /// Upload connections held at once; more are told `Busy`.
     pub max_upload_connections: usize,
@@ -147,6 +147,8 @@ pub struct Daemon {
     pub overlay: Option<crate::overlay::Overlay>,
     /// Shared by every upload connection, when capped.
     pub upload_limit: Option<Arc<RateLimiter>>,
+    /// Upload slots and the queue of requesters waiting for one (`peer uploads`).
+    pub upload_queue: transfer::upload_queue::UploadQueue,
     /// Shared by every download this daemon does, when capped.
     pub download_limit: Option<Arc<RateLimiter>>,
     /// The index server this daemon registers with.
@@ -276,8 +278,12 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
     let others = overlay
         .clone()
         .map(|o| Arc::new(o) as Arc<dyn chunk_server::ProtocolHandler>);
+    let upload_queue = transfer::upload_queue::UploadQueue::new(
+        transfer::upload_queue::QueueConfig::new(config.max_uploads),
+    );
     let chunk_config = chunk_server::ChunkServerConfig {
         max_uploads: config.max_uploads,
+        queue: Some(upload_queue.clone()),
         max_connections: config.max_upload_connections,
         max_connections_per_ip: config.max_upload_connections_per_ip,
         stats: uploads.clone(),
@@ -361,6 +367,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         registration: state_rx,
         overlay,
         upload_limit,
+        upload_queue,
         download_limit,
         index: config.index.clone(),
         api_addr,

@@ -7,10 +7,12 @@
 //! [`Inbox`] when it has one.
 //!
 //! **Upload slots** (eMule's upload slots, BitTorrent's unchoked peers): a
-//! connection holds one of `max_uploads` slots only while it sends a chunk
-//! or a hash list; a request when every slot is busy waits its turn (the
-//! semaphore is fair, so connections take turns). A connection that only
-//! said hello, or only asks cheap questions (`Have`), holds no slot.
+//! requester holds one of `max_uploads` slots from its first chunk request
+//! until its last connection closes (or it idles, or its turn is over,
+//! while others wait); over the slots it gets a place in the fair, visible
+//! queue of [`crate::upload_queue`] and is told its position (`Queued`), or,
+//! when it is an older build that cannot wait, `Busy`. Hash lists, `Have`
+//! and messages need no slot: a queued downloader can start with others.
 //! **Connections** are capped in all and per source address ([`Admission`]);
 //! over either cap the hello answers `Busy`. A connection must send its first
 //! request within `FIRST_REQUEST_TIMEOUT` and is closed once it has asked for
@@ -24,13 +26,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::hello::Protocol;
+use common::hello::{Protocol, FEATURE_UPLOAD_QUEUE};
 use common::id::FileId;
 use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
 use common::wire::{self, Deadlines, WireError};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,6 +42,7 @@ use crate::inbox::Inbox;
 use crate::library::{Holding, Library, OpenHolding, ReadChunkError};
 use crate::rate::RateLimiter;
 use crate::send::send_chunk;
+use crate::upload_queue::{Decision, QueueConfig, UploadQueue};
 
 /// Counters of what this peer has uploaded.
 #[derive(Debug, Default)]
@@ -101,9 +103,12 @@ pub async fn serve(
 #[derive(Clone)]
 pub struct ChunkServerConfig {
     pub library: Library,
-    /// Upload slots: chunks (or hash lists) sent at once. A connection holds
-    /// a slot only while it sends; a request over the cap waits its turn.
+    /// Upload slots: requesters served at once; more wait in the queue
+    /// (ignored when `queue` is given).
     pub max_uploads: usize,
+    /// The upload slots and queue, when the caller wants a handle on them
+    /// (to list them); `None`: one with `max_uploads` slots and the default caps.
+    pub queue: Option<UploadQueue>,
     /// Peer-protocol connections held at once; more are told `Busy`.
     pub max_connections: usize,
     /// Peer-protocol connections one source address may hold; more are told `Busy`.
@@ -128,6 +133,7 @@ impl ChunkServerConfig {
         ChunkServerConfig {
             library,
             max_uploads: 32,
+            queue: None,
             max_connections: common::limits::UPLOAD_CONNECTIONS,
             max_connections_per_ip: common::limits::UPLOAD_CONNECTIONS_PER_SOURCE,
             first_request_timeout: common::limits::FIRST_REQUEST_TIMEOUT,
@@ -141,11 +147,12 @@ impl ChunkServerConfig {
 }
 
 /// How one peer-protocol connection is held: the node's upload slots and
-/// the connection's deadlines (shared by the chunk server and the store).
+/// queue, and the connection's deadlines (shared by the chunk server and
+/// the store).
 #[derive(Debug, Clone)]
 pub struct SessionRules {
-    /// Held while a chunk or a hash list is sent; fair, so waiters take turns.
-    pub slots: Arc<Semaphore>,
+    /// Upload slots and the queue of requesters waiting for one.
+    pub queue: UploadQueue,
     /// Deadline for the first request.
     pub first_request: Duration,
     /// Closed after this long without a data request (chunk or hash list).
@@ -153,10 +160,10 @@ pub struct SessionRules {
 }
 
 impl SessionRules {
-    /// `slots` upload slots (at least 1) and the default deadlines.
+    /// `slots` upload slots (at least 1), the default queue caps and deadlines.
     pub fn new(slots: usize) -> Self {
         SessionRules {
-            slots: Arc::new(Semaphore::new(slots.max(1))),
+            queue: UploadQueue::new(QueueConfig::new(slots)),
             first_request: common::limits::FIRST_REQUEST_TIMEOUT,
             idle: common::limits::UPLOAD_IDLE,
         }
@@ -174,6 +181,7 @@ pub async fn serve_with(
     let ChunkServerConfig {
         library,
         max_uploads,
+        queue,
         max_connections,
         max_connections_per_ip,
         first_request_timeout,
@@ -183,8 +191,10 @@ pub async fn serve_with(
         others,
         upload_limit,
     } = config;
+    let queue = queue.unwrap_or_else(|| UploadQueue::new(QueueConfig::new(max_uploads)));
+    tracker.spawn(queue.clone().run_sweeper(shutdown.clone()));
     let rules = SessionRules {
-        slots: Arc::new(Semaphore::new(max_uploads.max(1))),
+        queue,
         first_request: first_request_timeout,
         idle,
     };
@@ -229,7 +239,7 @@ pub async fn serve_with(
             let mut place = None;
             let hello = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                h = wire::server_handshake_any(&mut stream, &accepted_protocols, |p| match p {
+                h = wire::server_handshake_features(&mut stream, &accepted_protocols, |p| match p {
                     Protocol::Peer => match admission.try_admit(remote.ip()) {
                         Ok(admitted) => {
                             place = Some(admitted);
@@ -241,7 +251,7 @@ pub async fn serve_with(
                         }
                     },
                     other => others.as_ref().is_some_and(|h| h.is_busy(other)),
-                }) => h,
+                }, |p| if p == Protocol::Peer { FEATURE_UPLOAD_QUEUE } else { 0 }) => h,
             };
             let protocol = match hello {
                 Ok(p) => p,
@@ -295,8 +305,15 @@ pub async fn serve_peer_session(
     rules: &SessionRules,
 ) -> Result<(), WireError> {
     let (r, w) = stream.into_split();
-    let mut reader = BufReader::new(r);
-    let mut writer = BufWriter::with_capacity(256 * 1024, w);
+    // Small buffers until a slot is held: a queue of a thousand waiting
+    // connections costs a few MiB, not a quarter of a GiB.
+    let mut reader = BufReader::with_capacity(2048, r);
+    let mut writer = BufWriter::with_capacity(2048, w);
+    let mut big_writer = false;
+    // Legacy (its own requester, never queued) until it says who it is.
+    let mut requester = rules.queue.connect(remote);
+    // The queue position last told on this connection.
+    let mut shown: Option<u32> = None;
     let mut frame = Vec::new();
     // Files opened on this connection, so a run of chunk requests opens once.
     let mut open: HashMap<FileId, Arc<OpenHolding>> = HashMap::new();
@@ -322,8 +339,9 @@ pub async fn serve_peer_session(
         hold_until = hold_until.max(started + rules.idle);
         match request {
             PeerRequest::HashList { id } => match library.get(&id) {
+                // No slot: a hash list is 1/8192 of its file, and a queued
+                // downloader needs it to start with other sources.
                 Some(h) => {
-                    let _slot = rules.slots.acquire().await;
                     hold_until = Instant::now() + rules.idle;
                     let raw = h.info().hash_list_bytes();
                     let header = PeerResponse::HashList {
@@ -367,8 +385,32 @@ pub async fn serve_peer_session(
                 };
                 match checked {
                     Ok((handle, len)) => {
-                        let _slot = rules.slots.acquire().await;
                         hold_until = Instant::now() + rules.idle;
+                        match requester.request(id) {
+                            Decision::Serve => shown = None,
+                            Decision::Queued(position) => {
+                                shown = Some(position);
+                                wire::write_message(
+                                    &mut writer,
+                                    &PeerResponse::Queued { position },
+                                )
+                                .await?;
+                                continue_or_flush(&reader, &mut writer).await?;
+                                continue;
+                            }
+                            Decision::Busy => {
+                                let no = refusal(PeerErrorCode::Busy, "every upload slot is taken");
+                                wire::write_message(&mut writer, &no).await?;
+                                continue_or_flush(&reader, &mut writer).await?;
+                                continue;
+                            }
+                        }
+                        if !big_writer {
+                            // Served from now on: the large buffer chunks go through.
+                            writer.flush().await?;
+                            writer = BufWriter::with_capacity(256 * 1024, writer.into_inner());
+                            big_writer = true;
+                        }
                         let header = PeerResponse::Chunk {
                             id,
                             index,
@@ -387,6 +429,7 @@ pub async fn serve_peer_session(
                         .await?;
                         stats.chunks.fetch_add(1, Ordering::Relaxed);
                         stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                        requester.sent(id, len as u64);
                     }
                     Err(e) => {
                         open.remove(&id);
@@ -429,11 +472,55 @@ pub async fn serve_peer_session(
                 };
                 wire::write_message(&mut writer, &answer).await?;
             }
+            PeerRequest::Requester { token } => {
+                // Its place (or slot) from an earlier connection, if any.
+                requester = rules.queue.connect_announced(remote, token);
+                shown = None;
+                wire::write_message(&mut writer, &PeerResponse::Delivered).await?;
+            }
+            PeerRequest::Wait => {
+                let answer = if !requester.announced() {
+                    refusal(
+                        PeerErrorCode::BadRequest,
+                        "say who is asking (Requester) before waiting in the queue",
+                    )
+                } else {
+                    let decision = tokio::select! {
+                        d = requester.wait(shown, common::limits::QUEUE_REFRESH) => d,
+                        // Closed meanwhile: whatever comes next is not read.
+                        _ = reader.get_mut().readable() => requester.wait(shown, Duration::ZERO).await,
+                    };
+                    // Waiting in the queue is not idling.
+                    hold_until = Instant::now() + rules.idle;
+                    match decision {
+                        Decision::Serve => {
+                            shown = None;
+                            PeerResponse::SlotGranted
+                        }
+                        Decision::Queued(position) => {
+                            shown = Some(position);
+                            PeerResponse::Queued { position }
+                        }
+                        Decision::Busy => refusal(PeerErrorCode::Busy, "the upload queue is full"),
+                    }
+                };
+                wire::write_message(&mut writer, &answer).await?;
+            }
         }
-        if reader.buffer().is_empty() {
-            writer.flush().await?;
-        }
+        continue_or_flush(&reader, &mut writer).await?;
     }
+}
+
+/// Flushes the answers unless more requests are already buffered (their
+/// answers go out together).
+async fn continue_or_flush<R: tokio::io::AsyncRead>(
+    reader: &BufReader<R>,
+    writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+) -> Result<(), WireError> {
+    if reader.buffer().is_empty() {
+        writer.flush().await?;
+    }
+    Ok(())
 }
 
 /// The open file behind `id`, opened off the runtime's threads the first

@@ -16,6 +16,8 @@
 //!   (checked, rate-limited per source, kept and written to a file).
 //! - [`net`]: connecting with a deadline.
 //! - [`admission`]: connection caps in all and per source address.
+//! - [`upload_queue`]: upload slots and the fair, visible queue of
+//!   requesters waiting for one.
 //! - `testing` (feature `test-support`): misbehaving fake sources for tests.
 //! - [`rate`]: token-bucket rate limits shared by all connections of a node.
 //! - [`refused`]: shared files left out of a registration because the index
@@ -33,5 +35,6 @@ pub mod scan;
 mod send;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod upload_queue;
 
 pub use download::{DownloadError, DownloadOutcome, DownloadRequest, EngineConfig, Progress};

@@ -86,6 +86,17 @@ pub struct EngineConfig {
     /// source only refused (the connection, or the file), `stall_timeout`
     /// applies instead.
     pub retry_timeout: Duration,
+    /// Who this download says it is to sources with an upload queue (its
+    /// place there); `None`: the process's token
+    /// ([`source::requester_token`]), shared by all its downloads.
+    pub requester_token: Option<u64>,
+}
+
+impl EngineConfig {
+    /// The requester token in force.
+    pub fn requester(&self) -> u64 {
+        self.requester_token.unwrap_or_else(source::requester_token)
+    }
 }
 
 impl Default for EngineConfig {
@@ -104,6 +115,7 @@ impl Default for EngineConfig {
             max_in_flight: None,
             direct_writes_from: Some(16 << 20),
             retry_timeout: DEFAULT_RETRY_TIMEOUT,
+            requester_token: None,
         }
     }
 }
@@ -134,6 +146,128 @@ pub struct Progress {
     pub resumed_bytes: AtomicU64,
     /// Sources currently connected.
     pub active_sources: AtomicUsize,
+    /// What each source is doing (connecting, sending, queued at position
+    /// N, waiting to be tried again, ...).
+    pub sources: SourceStates,
+}
+
+/// What one source of a download is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceState {
+    Connecting,
+    /// Connected; sending chunks (or ready to).
+    Active,
+    /// Every upload slot there is taken: waiting in its upload queue.
+    Queued,
+    /// Busy or gone for now: tried again later.
+    Retrying,
+    /// Given up on (it lied, broke the protocol, or is gone for good).
+    Failed,
+    /// Its part is over (the download is complete).
+    Done,
+}
+
+/// One source as the user sees it (`sources[]` of a daemon's download).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SourceView {
+    /// `HOST:PORT`.
+    pub addr: String,
+    pub state: SourceState,
+    /// Place in that source's upload queue (1 = next), while `Queued`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u32>,
+    /// Chunk bytes received from it in this run.
+    pub bytes: u64,
+    /// Bytes per second received from it over the last second or so.
+    pub rate_bps: u64,
+}
+
+/// The per-source view of one download, kept by the engine.
+#[derive(Debug, Default)]
+pub struct SourceStates {
+    inner: Mutex<Vec<(SourceView, crate::upload_queue::RateMeter)>>,
+}
+
+impl SourceStates {
+    fn with(
+        &self,
+        i: usize,
+        addr: &str,
+        f: impl FnOnce(&mut SourceView, &mut crate::upload_queue::RateMeter),
+    ) {
+        let mut v = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        while v.len() <= i {
+            v.push((
+                SourceView {
+                    addr: String::new(),
+                    state: SourceState::Connecting,
+                    queue_position: None,
+                    bytes: 0,
+                    rate_bps: 0,
+                },
+                crate::upload_queue::RateMeter::new(tokio::time::Instant::now()),
+            ));
+        }
+        let (view, meter) = &mut v[i];
+        if view.addr != addr {
+            view.addr = addr.to_string();
+        }
+        f(view, meter);
+    }
+
+    /// Source `i` (at `addr`) is now in `state` (`position` when queued).
+    pub(crate) fn set(&self, i: usize, addr: &str, state: SourceState, position: Option<u32>) {
+        self.with(i, addr, |v, _| {
+            v.state = state;
+            v.queue_position = position;
+        });
+    }
+
+    /// `bytes` of chunk data came from source `i`.
+    pub(crate) fn received(&self, i: usize, addr: &str, bytes: u64) {
+        self.with(i, addr, |v, m| {
+            v.bytes += bytes;
+            m.add(bytes, tokio::time::Instant::now());
+        });
+    }
+
+    /// Every source, in the order they were added.
+    pub fn snapshot(&self) -> Vec<SourceView> {
+        let now = tokio::time::Instant::now();
+        let v = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter()
+            .map(|(view, meter)| SourceView {
+                rate_bps: meter.rate(now).round() as u64,
+                ..view.clone()
+            })
+            .collect()
+    }
+
+    /// The download is complete: every source still in play is done.
+    pub(crate) fn finish(&self) {
+        let mut v = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (view, _) in v.iter_mut() {
+            if view.state != SourceState::Failed {
+                view.state = SourceState::Done;
+                view.queue_position = None;
+            }
+        }
+    }
+
+    /// "queued at HOST, position N" for each source where this download
+    /// waits in the upload queue, joined with "; " (empty when none).
+    pub fn queued_summary(&self) -> String {
+        self.snapshot()
+            .iter()
+            .filter_map(|s| {
+                s.queue_position
+                    .filter(|_| s.state == SourceState::Queued)
+                    .map(|p| format!("queued at {}, position {p}", s.addr))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 impl Progress {
@@ -258,6 +392,8 @@ pub(crate) struct Shared {
     pub(crate) in_flight: AtomicUsize,
     /// Woken when a unit of the budget is given back.
     in_flight_freed: Notify,
+    /// Where the per-source states are shown.
+    progress: Arc<Progress>,
 }
 
 impl Shared {
@@ -441,9 +577,13 @@ async fn fetch_hash_list(
         let mut hope = false;
         for addr in sources.iter() {
             let attempt = async {
-                let mut conn =
-                    PeerConnection::connect(addr, config.connect_timeout, config.stall_timeout)
-                        .await?;
+                let mut conn = PeerConnection::connect_as(
+                    addr,
+                    config.connect_timeout,
+                    config.stall_timeout,
+                    config.requester(),
+                )
+                .await?;
                 conn.hash_list(id).await
             };
             let result = tokio::select! {
@@ -656,6 +796,9 @@ impl Sources {
         self.retry_at[i] = None;
         self.auto_retry[i] = false;
         self.delivered_at_start[i] = self.delivered(i);
+        self.progress
+            .sources
+            .set(i, &addr, SourceState::Connecting, None);
         self.workers
             .spawn(async move { (i, source::run(shared, i, addr).await) });
         self.progress.active_sources.fetch_add(1, Ordering::Relaxed);
@@ -739,7 +882,12 @@ impl Sources {
     fn ended(&mut self, i: usize, result: Result<(), SourceError>) {
         self.alive[i] = false;
         self.progress.active_sources.fetch_sub(1, Ordering::Relaxed);
-        let Err(e) = result else { return };
+        let Err(e) = result else {
+            self.progress
+                .sources
+                .set(i, &self.addrs[i], SourceState::Done, None);
+            return;
+        };
         self.answered |= !refused_only(&e);
         if self.delivered(i) > self.delivered_at_start[i] {
             self.failures[i] = 0;
@@ -750,8 +898,14 @@ impl Sources {
             self.retry_at[i] = Some(tokio::time::Instant::now() + wait);
             self.auto_retry[i] = matches!(e, SourceError::Busy);
             debug!(source = %self.addrs[i], error = %e, ?wait, "source dropped; may try it again");
+            self.progress
+                .sources
+                .set(i, &self.addrs[i], SourceState::Retrying, None);
         } else {
             info!(source = %self.addrs[i], error = %e, "source dropped");
+            self.progress
+                .sources
+                .set(i, &self.addrs[i], SourceState::Failed, None);
         }
         // A busy answer after a good run says less than why the run ended.
         if !matches!(e, SourceError::Wire(_)) || self.reasons[i].is_none() {
@@ -933,6 +1087,7 @@ pub async fn download_swarm(
         bytes_received: AtomicU64::new(0),
         in_flight: AtomicUsize::new(0),
         in_flight_freed: Notify::new(),
+        progress: progress.clone(),
     });
     let n = first.len();
     let mut sources = Sources {
@@ -1025,6 +1180,9 @@ pub async fn download_swarm(
         }
     }
     progress.active_sources.store(0, Ordering::Relaxed);
+    if scheduler.is_finished() {
+        progress.sources.finish();
+    }
     let received = shared.bytes_received.load(Ordering::Relaxed);
     let (addrs, reasons) = (
         std::mem::take(&mut sources.addrs),

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::hello::Protocol;
+use common::hello::{Protocol, FEATURE_UPLOAD_QUEUE};
 use common::id::{chunk_count, ContentInfo, FileId};
 use common::limits::MAX_FILE_SIZE;
 use common::peer_proto::{bit_is_set, PeerErrorCode, PeerRequest, PeerResponse};
@@ -15,7 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::scheduler::Pick;
-use super::{Shared, VerifyJob};
+use super::{Shared, SourceState, VerifyJob};
 use crate::net::connect_tcp;
 
 /// Why a source was given up.
@@ -39,38 +39,84 @@ pub enum SourceError {
     Protocol(String),
 }
 
+/// This process's requester token (`PeerRequest::Requester`): random, the
+/// same for every connection, so that all of them share one place in a
+/// source's upload queue and a reconnection finds it again.
+pub fn requester_token() -> u64 {
+    static TOKEN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TOKEN.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.finish()
+    })
+}
+
+/// Longest wait for the answer to `Wait` (the source answers at least
+/// every `QUEUE_REFRESH`).
+const QUEUE_ANSWER_DEADLINE: Duration = Duration::from_secs(3 * 5);
+
 /// A handshaken connection to a peer's chunk server.
 pub struct PeerConnection {
     reader: BufReader<OwnedReadHalf>,
     writer: BufWriter<OwnedWriteHalf>,
     buf: Vec<u8>,
     stall: Duration,
+    /// The source keeps an upload queue (and was told who we are).
+    queue_aware: bool,
+    /// The `Delivered` answering our `Requester` is still to be read.
+    requester_unanswered: bool,
 }
 
 impl PeerConnection {
+    /// Connects as this process's requester ([`requester_token`]).
     pub async fn connect(
         addr: &str,
         connect_timeout: Duration,
         stall: Duration,
     ) -> Result<Self, SourceError> {
+        Self::connect_as(addr, connect_timeout, stall, requester_token()).await
+    }
+
+    /// Connects, and tells a source with an upload queue that the
+    /// requester is `token`.
+    pub async fn connect_as(
+        addr: &str,
+        connect_timeout: Duration,
+        stall: Duration,
+        token: u64,
+    ) -> Result<Self, SourceError> {
         let mut stream: TcpStream = connect_tcp(addr, connect_timeout)
             .await
             .map_err(SourceError::Connect)?;
-        wire::client_handshake(&mut stream, Protocol::Peer)
+        let features = wire::client_handshake_features(&mut stream, Protocol::Peer)
             .await
             .map_err(|e| match e {
                 WireError::Hello(common::hello::HelloError::Busy) => SourceError::Busy,
                 other => SourceError::Wire(other),
             })?;
         let (r, w) = stream.into_split();
-        Ok(PeerConnection {
+        let mut conn = PeerConnection {
             // Small on purpose: a chunk read larger than the buffer goes
             // straight into the chunk buffer instead of through this one.
             reader: BufReader::with_capacity(16 * 1024, r),
             writer: BufWriter::new(w),
             buf: Vec::new(),
             stall,
-        })
+            queue_aware: features & FEATURE_UPLOAD_QUEUE != 0,
+            requester_unanswered: false,
+        };
+        if conn.queue_aware {
+            // Goes out with the first request; its answer is read first.
+            conn.queue(&PeerRequest::Requester { token }).await?;
+            conn.requester_unanswered = true;
+        }
+        Ok(conn)
+    }
+
+    /// Whether the source keeps an upload queue (answers `Queued`).
+    pub fn queue_aware(&self) -> bool {
+        self.queue_aware
     }
 
     async fn queue(&mut self, req: &PeerRequest) -> Result<(), SourceError> {
@@ -85,12 +131,30 @@ impl PeerConnection {
     }
 
     async fn header(&mut self) -> Result<PeerResponse, SourceError> {
+        self.header_within(self.stall).await
+    }
+
+    /// The next answer, the first byte of which must come within `idle`.
+    async fn header_within(&mut self, idle: Duration) -> Result<PeerResponse, SourceError> {
         let deadlines = Deadlines {
-            idle: Some(self.stall),
+            idle: Some(idle),
             frame: self.stall,
         };
+        if self.requester_unanswered {
+            self.requester_unanswered = false;
+            match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await {
+                Ok(PeerResponse::Delivered) => {}
+                Err(WireError::Timeout(_)) => return Err(SourceError::Stalled(idle)),
+                Err(e) => return Err(e.into()),
+                Ok(other) => {
+                    return Err(SourceError::Protocol(format!(
+                        "expected the requester to be acknowledged, got {other:?}"
+                    )))
+                }
+            }
+        }
         match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await {
-            Err(WireError::Timeout(_)) => Err(SourceError::Stalled(self.stall)),
+            Err(WireError::Timeout(_)) => Err(SourceError::Stalled(idle)),
             Err(e) => Err(e.into()),
             Ok(PeerResponse::Error { code, message }) => Err(match code {
                 PeerErrorCode::NotFound => SourceError::NotFound,
@@ -129,6 +193,8 @@ impl PeerConnection {
                 self.raw(&mut raw).await?;
                 ContentInfo::from_hash_list(id, size, &raw).map_err(|_| SourceError::BadData)
             }
+            // Hash lists need no slot here, but a source may think otherwise.
+            PeerResponse::Queued { .. } => Err(SourceError::Busy),
             other => Err(SourceError::Protocol(format!(
                 "expected a hash list, got {other:?}"
             ))),
@@ -265,10 +331,11 @@ async fn fetch_loop(
     inflight: &mut VecDeque<Pending>,
 ) -> Result<(), SourceError> {
     let connected = async {
-        let mut conn = PeerConnection::connect(
+        let mut conn = PeerConnection::connect_as(
             addr,
             shared.config.connect_timeout,
             shared.config.stall_timeout,
+            shared.config.requester(),
         )
         .await?;
         let have = conn.have(shared.info.id, &shared.info).await?;
@@ -281,6 +348,11 @@ async fn fetch_loop(
     let (mut conn, mut have) = connected?;
     shared.scheduler.set_have(index, have.as_deref());
     shared.started.cancelled().await;
+    let states = &shared.progress.sources;
+    states.set(index, addr, SourceState::Active, None);
+    // Our place in the source's upload queue while its slots are all taken:
+    // no chunk is asked for, the source is waited on (`Wait`) meanwhile.
+    let mut queued: Option<u32> = None;
 
     let id = shared.info.id;
     let depth = shared.config.pipeline_depth.max(1);
@@ -307,7 +379,7 @@ async fn fetch_loop(
         }
         // Top the pipeline up once half of it has been answered, so that
         // requests go out (and wake the uploader) in batches, not one by one.
-        let top_up = chunks_inflight <= depth / 2;
+        let top_up = chunks_inflight <= depth / 2 && queued.is_none();
         while top_up && chunks_inflight < depth {
             // A complete source (a seed, a finished peer) is never left
             // idle for the budget: one request may go beyond it.
@@ -338,6 +410,32 @@ async fn fetch_loop(
         if inflight.is_empty() {
             if shared.scheduler.is_finished() {
                 return Ok(());
+            }
+            if let Some(position) = queued {
+                // Every request was answered: wait for our turn (the other
+                // sources go on meanwhile).
+                conn.queue(&PeerRequest::Wait).await?;
+                conn.flush().await?;
+                match conn.header_within(QUEUE_ANSWER_DEADLINE).await? {
+                    PeerResponse::Queued { position: p } => {
+                        if p != position {
+                            tracing::debug!(source = %addr, position = p, "moved up in the upload queue");
+                        }
+                        queued = Some(p);
+                        states.set(index, addr, SourceState::Queued, Some(p));
+                    }
+                    PeerResponse::SlotGranted => {
+                        tracing::debug!(source = %addr, "an upload slot is ours");
+                        queued = None;
+                        states.set(index, addr, SourceState::Active, None);
+                    }
+                    other => {
+                        return Err(SourceError::Protocol(format!(
+                            "expected an upload queue answer, got {other:?}"
+                        )))
+                    }
+                }
+                continue;
             }
             // Nothing for us now: wait for released chunks (or, for a partial
             // source, for it to get more), then look again.
@@ -393,6 +491,7 @@ async fn fetch_loop(
                 shared
                     .bytes_received
                     .fetch_add(len as u64, Ordering::Relaxed);
+                states.received(index, addr, len as u64);
                 // The verifier owns the chunk from here (and releases it if it is bad).
                 if shared
                     .verify
@@ -406,6 +505,17 @@ async fn fetch_loop(
                 {
                     return Ok(());
                 }
+            }
+            PeerResponse::Queued { position } if conn.queue_aware() => {
+                // Not served: the chunk goes back to the pool for others.
+                inflight.pop_front();
+                shared.give_back(1);
+                shared.scheduler.release([expected]);
+                if queued.is_none() {
+                    tracing::debug!(source = %addr, position, "every upload slot there is taken; queued");
+                }
+                queued = Some(position);
+                states.set(index, addr, SourceState::Queued, Some(position));
             }
             other => {
                 return Err(SourceError::Protocol(format!(
