@@ -174,7 +174,7 @@ async fn requesters_wait_in_order_are_told_their_positions_and_the_head_is_serve
     assert_eq!(c.chunk(id, 1).await, queued(3));
     // Asking again does not move anyone; the holder is still served.
     assert_eq!(c.chunk(id, 2).await, queued(3));
-    assert_eq!(a.ask(&PeerRequest::Wait).await, queued(1));
+    assert_eq!(a.chunk(id, 2).await, queued(1));
     assert!(is_chunk(&holder.chunk(id, 1).await));
     // An older build that cannot wait is told Busy, as before.
     let mut old = Requester::connect("127.0.0.6", &addr, None).await;
@@ -190,13 +190,28 @@ async fn requesters_wait_in_order_are_told_their_positions_and_the_head_is_serve
         "{busy:?}"
     );
 
+    // Counted once the chunk has left (the holder may read it first).
+    let two_chunks = 2 * common::CHUNK_SIZE as u64;
+    wait_until(
+        "the holder's bytes to be counted",
+        Duration::from_secs(10),
+        || {
+            let q = seed.daemon.upload_queue.clone();
+            async move {
+                q.snapshot()
+                    .active
+                    .first()
+                    .is_some_and(|h| h.bytes == two_chunks)
+            }
+        },
+    )
+    .await;
     let listing = seed.daemon.upload_queue.snapshot();
     assert_eq!((listing.slots, listing.slots_in_use), (1, 1));
     assert!(
         listing.active[0].peer.starts_with("127.0.0.2:"),
         "{listing:?}"
     );
-    assert_eq!(listing.active[0].bytes, 2 * common::CHUNK_SIZE as u64);
     assert_eq!(
         listing.active[0].file_id.as_deref(),
         Some(id.to_hex().as_str())
@@ -337,6 +352,20 @@ fn watch_queue(
     })
 }
 
+/// A chunk server with one slot whose holder never idles out, however
+/// slow this machine is.
+async fn one_slot_server(
+    root: &std::path::Path,
+    data: &[u8],
+) -> (String, UploadQueue, CancellationToken) {
+    let queue = UploadQueue::new(QueueConfig {
+        slot_idle: Duration::from_secs(3600),
+        ..QueueConfig::new(1)
+    });
+    let (addr, _, stop) = chunk_server(root, data, queue.clone()).await;
+    (addr, queue, stop)
+}
+
 /// A download queued at one source completes from the others; its view
 /// shows "queued at HOST, position 1" meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -345,15 +374,7 @@ async fn a_download_queued_at_one_source_completes_from_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let data = random_bytes(16 * common::CHUNK_SIZE, 144);
     let id = content_info(&data).id;
-    let full = seed(
-        &dir.path().join("full"),
-        &index.addr_string(),
-        "f.bin",
-        &data,
-        1,
-        None,
-    )
-    .await;
+    let (full, full_queue, stop_full) = one_slot_server(&dir.path().join("full"), &data).await;
     // The other source is slow enough (4 MiB/s) for the queue to be seen.
     let free = seed(
         &dir.path().join("free"),
@@ -364,7 +385,7 @@ async fn a_download_queued_at_one_source_completes_from_the_others() {
         Some(4 << 20),
     )
     .await;
-    let mut holder = Requester::connect("127.0.0.2", &full.addr(), Some(1)).await;
+    let mut holder = Requester::connect("127.0.0.2", &full, Some(1)).await;
     assert!(is_chunk(&holder.chunk(id, 0).await));
 
     let progress = Arc::new(Progress::default());
@@ -376,7 +397,7 @@ async fn a_download_queued_at_one_source_completes_from_the_others() {
             DownloadRequest {
                 id,
                 name: "f.bin".into(),
-                sources: vec![full.addr(), free.addr()],
+                sources: vec![full.clone(), free.addr()],
                 out_dir: dir.path().join("out"),
             },
             test_engine(),
@@ -391,22 +412,21 @@ async fn a_download_queued_at_one_source_completes_from_the_others() {
     done.cancel();
     assert_eq!(std::fs::read(&outcome.path).unwrap(), data);
     assert_eq!(
-        outcome.source(&full.addr()).unwrap().chunks,
+        outcome.source(&full).unwrap().chunks,
         0,
         "the full source sent nothing"
     );
     assert_eq!(outcome.source(&free.addr()).unwrap().chunks, 16);
     let seen = seen.await.unwrap();
     assert!(
-        seen.contains(&format!("queued at {}, position 1", full.addr())),
+        seen.contains(&format!("queued at {full}, position 1")),
         "{seen:?}"
     );
-    // Still holding the slot: the queued download's place is listed at the source.
-    let listing = full.daemon.upload_queue.snapshot();
-    assert_eq!(listing.slots_in_use, 1);
+    // The holder kept its slot throughout.
+    assert_eq!(full_queue.snapshot().slots_in_use, 1);
     assert!(is_chunk(&holder.chunk(id, 1).await));
     drop(holder);
-    full.stop().await;
+    stop_full.cancel();
     free.stop().await;
     index.stop().await;
 }
@@ -415,27 +435,18 @@ async fn a_download_queued_at_one_source_completes_from_the_others() {
 /// is served as soon as the slot frees.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_download_is_served_when_the_slot_frees() {
-    let index = start_index().await;
     let dir = tempfile::tempdir().unwrap();
     let data = random_bytes(4 * common::CHUNK_SIZE, 145);
     let id = content_info(&data).id;
-    let only = seed(
-        &dir.path().join("s"),
-        &index.addr_string(),
-        "f.bin",
-        &data,
-        1,
-        None,
-    )
-    .await;
-    let mut holder = Requester::connect("127.0.0.2", &only.addr(), Some(1)).await;
+    let (only, queue, stop) = one_slot_server(&dir.path().join("s"), &data).await;
+    let mut holder = Requester::connect("127.0.0.2", &only, Some(1)).await;
     assert!(is_chunk(&holder.chunk(id, 0).await));
 
     let progress = Arc::new(Progress::default());
     let request = DownloadRequest {
         id,
         name: "f.bin".into(),
-        sources: vec![only.addr()],
+        sources: vec![only.clone()],
         out_dir: dir.path().join("out"),
     };
     let mut download = tokio::spawn(peer::download::download(
@@ -455,7 +466,7 @@ async fn a_queued_download_is_served_when_the_slot_frees() {
         }
     })
     .await;
-    assert_eq!(only.daemon.upload_queue.snapshot().queue.len(), 1);
+    assert_eq!(queue.snapshot().queue.len(), 1);
     // Longer than the downloader's stall timeout (2 s): waiting is not stalling.
     assert!(
         tokio::time::timeout(Duration::from_secs(3), &mut download)
@@ -472,6 +483,5 @@ async fn a_queued_download_is_served_when_the_slot_frees() {
     assert_eq!(std::fs::read(&outcome.path).unwrap(), data);
     let states = progress.sources.snapshot();
     assert_eq!(states[0].state, SourceState::Done, "{states:?}");
-    only.stop().await;
-    index.stop().await;
+    stop.cancel();
 }
