@@ -55,6 +55,18 @@ impl Mode {
     }
 }
 
+/// How the nodes are connected and their rates capped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Net {
+    /// Every node on 127.0.0.1, its rates capped by the application's
+    /// token buckets.
+    Loopback,
+    /// Every node in its own network namespace on a bridge, its uplink
+    /// (and downlink, if capped) shaped by the kernel (`tbf`) instead of
+    /// the application ([`crate::netns`]). Needs root.
+    Netns,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub ns: Vec<usize>,
@@ -71,6 +83,8 @@ pub struct Config {
     pub processes: bool,
     /// Times each (mode, N) point is measured (at least 1).
     pub runs: usize,
+    /// Networks to run on, each a set of points side by side in the CSV.
+    pub nets: Vec<Net>,
 }
 
 /// The textbook's lower bounds, in seconds.
@@ -85,6 +99,8 @@ pub fn bounds(n: usize, f: f64, us: f64, u: f64, dmin: Option<f64>) -> (f64, f64
 /// One measured (or skipped) run.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Run {
+    /// Where the nodes ran ([`engine_name`]).
+    pub engine: &'static str,
     pub mode: Mode,
     pub n: usize,
     /// Which repetition (1-based).
@@ -169,6 +185,7 @@ impl Run {
 /// The runs of one (mode, N) point, summarized.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Point {
+    pub engine: &'static str,
     pub mode: Mode,
     pub n: usize,
     pub bound: f64,
@@ -185,21 +202,25 @@ pub struct Point {
     pub suspect: bool,
 }
 
-/// Groups `runs` by (mode, N), in the order they first appear.
+/// Groups `runs` by (engine, mode, N), in the order they first appear.
 pub fn summarize(runs: &[Run], server_up: u64, peer_up: u64) -> Vec<Point> {
-    let mut keys: Vec<(Mode, usize)> = Vec::new();
+    let mut keys: Vec<(&'static str, Mode, usize)> = Vec::new();
     for r in runs {
-        if !keys.contains(&(r.mode, r.n)) {
-            keys.push((r.mode, r.n));
+        if !keys.contains(&(r.engine, r.mode, r.n)) {
+            keys.push((r.engine, r.mode, r.n));
         }
     }
     keys.into_iter()
-        .map(|(mode, n)| {
-            let these: Vec<&Run> = runs.iter().filter(|r| r.mode == mode && r.n == n).collect();
+        .map(|(engine, mode, n)| {
+            let these: Vec<&Run> = runs
+                .iter()
+                .filter(|r| r.engine == engine && r.mode == mode && r.n == n)
+                .collect();
             let of = |f: &dyn Fn(&Run) -> Option<f64>| {
                 Spread::of(&these.iter().filter_map(|r| f(r)).collect::<Vec<_>>())
             };
             Point {
+                engine,
                 mode,
                 n,
                 bound: these[0].bound(),
@@ -250,12 +271,89 @@ pub const CSV_COLUMNS: &[&str] = &[
     "suspect",
 ];
 
-/// How the nodes run, as the CSV's `engine` column says it.
-pub fn engine_name(config: &Config) -> &'static str {
-    if config.processes {
-        "processes"
-    } else {
-        "tasks"
+/// How the nodes run, as the CSV's `engine` column says it: `tasks` or
+/// `processes` on loopback (application-shaped), `netns` or
+/// `netns-processes` in namespaces (kernel-shaped).
+pub fn engine_name(processes: bool, net: Net) -> &'static str {
+    match (processes, net) {
+        (false, Net::Loopback) => "tasks",
+        (true, Net::Loopback) => "processes",
+        (false, Net::Netns) => "netns",
+        (true, Net::Netns) => "netns-processes",
+    }
+}
+
+/// Where one run's in-process nodes live: tasks on the caller's runtime
+/// on loopback, or tasks on runtimes inside namespaces on a LAN.
+pub(crate) struct Nodes {
+    // Fields drop in order: the runtimes stop before the LAN goes.
+    runtimes: Vec<crate::netns::HostRuntime>,
+    lan: Option<crate::netns::Lan>,
+}
+
+/// One node: where its tasks run, its address, and whether the kernel
+/// caps its rates (then the application must not).
+#[derive(Clone)]
+pub(crate) struct Node {
+    handle: tokio::runtime::Handle,
+    ip: std::net::IpAddr,
+    kernel: bool,
+}
+
+impl Node {
+    /// The cap the application applies: none when the kernel does.
+    fn app(&self, cap: Option<u64>) -> Option<u64> {
+        if self.kernel {
+            None
+        } else {
+            cap
+        }
+    }
+
+    /// Runs `f` on this node (in its namespace) and waits for it.
+    async fn on<F, T>(&self, f: F) -> Result<T, LabError>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.handle.spawn(f).await.map_err(LabError::setup)
+    }
+}
+
+impl Nodes {
+    pub(crate) fn new(net: Net) -> Result<Nodes, LabError> {
+        let lan = match net {
+            Net::Loopback => None,
+            Net::Netns => Some(crate::netns::Lan::create().map_err(LabError::setup)?),
+        };
+        Ok(Nodes {
+            runtimes: Vec::new(),
+            lan,
+        })
+    }
+
+    /// A node named `label` whose uplink is capped at `up` and downlink
+    /// at `down` bytes per second (by the kernel in a namespace; by the
+    /// application, through [`Node::app`], on loopback).
+    fn node(&mut self, label: &str, up: Option<u64>, down: Option<u64>) -> Result<Node, LabError> {
+        match &mut self.lan {
+            None => Ok(Node {
+                handle: tokio::runtime::Handle::current(),
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                kernel: false,
+            }),
+            Some(lan) => {
+                let host = lan.add_host(label, up, down).map_err(LabError::setup)?;
+                let rt = host.runtime().map_err(LabError::setup)?;
+                let node = Node {
+                    handle: rt.handle().clone(),
+                    ip: host.addr.into(),
+                    kernel: true,
+                };
+                self.runtimes.push(rt);
+                Ok(node)
+            }
+        }
     }
 }
 
@@ -270,7 +368,15 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
     drop(data);
 
     let repeats = config.runs.max(1);
-    let total = (config.ns.len() * config.modes.len() * repeats) as u64;
+    let nets = if config.nets.is_empty() {
+        vec![Net::Loopback]
+    } else {
+        config.nets.clone()
+    };
+    if nets.contains(&Net::Netns) {
+        crate::netns::available().map_err(|e| LabError::Setup(format!("--net netns: {e}")))?;
+    }
+    let total = (config.ns.len() * config.modes.len() * repeats * nets.len()) as u64;
     let bar = report::progress(total, "distribution");
     let mut runs = Vec::new();
     let (f, us, u) = (
@@ -282,35 +388,48 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
     // Repetitions outermost: a slow spell on the machine spreads over the
     // points instead of spoiling every run of one of them.
     for k in 1..=repeats {
-        for mode in &config.modes {
-            for n in &config.ns {
-                bar.set_message(format!("{} N={n} run {k}/{repeats}", mode.name()));
+        let points = nets
+            .iter()
+            .flat_map(|net| config.modes.iter().map(move |m| (*net, *m)))
+            .flat_map(|(net, m)| config.ns.iter().map(move |n| (net, m, *n)));
+        for (net, mode, n) in points {
+            let engine = engine_name(config.processes, net);
+            {
+                let (n, mode) = (&n, &mode);
+                bar.set_message(format!("{engine} {} N={n} run {k}/{repeats}", mode.name()));
                 let (bound_cs, bound_p2p) = bounds(*n, f, us, u, dmin);
-                let run_dir = work.path().join(format!("{}-{n}-{k}", mode.name()));
+                let run_dir = work
+                    .path()
+                    .join(format!("{engine}-{}-{n}-{k}", mode.name()));
                 let measured = if config.processes {
-                    match mode {
-                        Mode::ClientServer => {
-                            crate::processes::client_server(config, *n, id, &seed_dir, &run_dir)
-                                .await
+                    let p2p = match mode {
+                        Mode::ClientServer => None,
+                        Mode::Hybrid => Some(false),
+                        Mode::P2p => Some(true),
+                    };
+                    match p2p {
+                        None => {
+                            crate::processes::client_server(
+                                config, net, *n, id, &seed_dir, &run_dir,
+                            )
+                            .await
                         }
-                        Mode::Hybrid => {
-                            crate::processes::swarm(config, *n, id, &seed_dir, &run_dir, false)
+                        Some(p2p) => {
+                            crate::processes::swarm(config, net, *n, id, &seed_dir, &run_dir, p2p)
                                 .await
-                        }
-                        Mode::P2p => {
-                            crate::processes::swarm(config, *n, id, &seed_dir, &run_dir, true).await
                         }
                     }
                 } else {
                     match mode {
                         Mode::ClientServer => {
-                            client_server(config, *n, id, &seed_dir, &run_dir).await
+                            client_server(config, net, *n, id, &seed_dir, &run_dir).await
                         }
-                        Mode::Hybrid => hybrid(config, *n, id, &seed_dir, &run_dir).await,
-                        Mode::P2p => p2p(config, *n, id, &seed_dir, &run_dir).await,
+                        Mode::Hybrid => hybrid(config, net, *n, id, &seed_dir, &run_dir).await,
+                        Mode::P2p => p2p(config, net, *n, id, &seed_dir, &run_dir).await,
                     }
                 };
                 let mut run = Run {
+                    engine,
                     mode: *mode,
                     n: *n,
                     run: k,
@@ -412,34 +531,64 @@ impl Watch {
 
 /// The engine `peer serve --fetch` uses for swarming, with the lab's
 /// download cap.
-fn swarm_engine(config: &Config) -> EngineConfig {
+fn swarm_engine(config: &Config, node: &Node) -> EngineConfig {
     EngineConfig {
-        download_limit: config.peer_down.map(|d| Arc::new(RateLimiter::new(d))),
+        download_limit: node
+            .app(config.peer_down)
+            .map(|d| Arc::new(RateLimiter::new(d))),
         ..peer::swarm::swarm_engine()
     }
 }
 
-async fn start_index() -> Result<(String, CancellationToken, tokio::task::JoinHandle<()>), LabError>
-{
-    let server = crate::bind_index(Default::default()).await?;
-    let addr = server.local_addr().to_string();
-    let (stop, task) = crate::run_index(server);
-    Ok((addr, stop, task))
+/// An index server running on `node`.
+struct RunningIndex {
+    addr: String,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    /// Its store's upload counters, if it has a store.
+    uploads: Option<Arc<peer::chunk_server::UploadStats>>,
 }
 
-/// A daemon sharing `share` (created) on loopback with these caps, for
-/// `peer serve` at `index` (empty: no index).
+impl RunningIndex {
+    async fn start(node: &Node, config: index_server::Config) -> Result<RunningIndex, LabError> {
+        let ip = node.ip;
+        node.on(async move {
+            let server = crate::bind_index_at(config, ip).await?;
+            let addr = server.local_addr().to_string();
+            let uploads = server.store().map(|s| s.uploads.clone());
+            // Spawned on this node's runtime: its sockets are the node's.
+            let (stop, task) = crate::run_index(server);
+            Ok::<_, LabError>(RunningIndex {
+                addr,
+                stop,
+                task,
+                uploads,
+            })
+        })
+        .await?
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// A daemon sharing `share` (created) on `node` with these caps (the
+/// application's only where the kernel does not cap), for `peer serve` at
+/// `index` (empty: no index).
 fn daemon_config(
     share: &Path,
     index: &str,
+    node: &Node,
     up: Option<u64>,
     down: Option<u64>,
 ) -> Result<peer::ServeConfig, LabError> {
     std::fs::create_dir_all(share)?;
     let mut c = peer::ServeConfig::new(share.to_path_buf(), index.to_string());
-    c.listen = "127.0.0.1:0".parse().expect("valid address");
-    c.max_upload_rate = up;
-    c.max_download_rate = down;
+    c.listen = std::net::SocketAddr::new(node.ip, 0);
+    c.max_upload_rate = node.app(up);
+    c.max_download_rate = node.app(down);
     c.max_uploads = 256;
     // Every downloader comes from 127.0.0.1: no per-address cap here.
     c.max_upload_connections_per_ip = c.max_upload_connections;
@@ -449,16 +598,15 @@ fn daemon_config(
     Ok(c)
 }
 
+/// Starts a daemon on `node` (see [`daemon_config`]).
 async fn start_daemon(
-    share: &Path,
-    index: &str,
-    up: Option<u64>,
-    down: Option<u64>,
+    c: peer::ServeConfig,
+    node: &Node,
     shutdown: &CancellationToken,
 ) -> Result<peer::Daemon, LabError> {
-    let c = daemon_config(share, index, up, down)?;
-    peer::serve::start(c, shutdown.clone())
-        .await
+    let shutdown = shutdown.clone();
+    node.on(async move { peer::serve::start(c, shutdown).await })
+        .await?
         .map_err(LabError::setup)
 }
 
@@ -485,11 +633,13 @@ async fn stop_daemons(daemons: Vec<peer::Daemon>, shutdown: CancellationToken) {
 
 async fn client_server(
     config: &Config,
+    net: Net,
     n: usize,
     id: FileId,
     seed_dir: &Path,
     run_dir: &Path,
 ) -> Result<Measured, LabError> {
+    let mut nodes = Nodes::new(net)?;
     // The store serves a folder of its own (it keeps its hash cache there).
     let store_dir = run_dir.join("store");
     std::fs::create_dir_all(&store_dir)?;
@@ -497,50 +647,59 @@ async fn client_server(
         seed_dir.join("lab-file.bin"),
         store_dir.join("lab-file.bin"),
     )?;
+    let server_node = nodes.node("server", Some(config.server_up), None)?;
     let mut store = index_server::store::StoreConfig::new(store_dir);
-    store.max_upload_rate = Some(config.server_up);
+    store.max_upload_rate = server_node.app(Some(config.server_up));
     store.rescan_interval = Duration::from_secs(3600);
     store.settle = Duration::ZERO;
-    let server = crate::bind_index(index_server::Config {
-        store: Some(store),
-        ..Default::default()
-    })
+    let index = RunningIndex::start(
+        &server_node,
+        index_server::Config {
+            store: Some(store),
+            ..Default::default()
+        },
+    )
     .await?;
-    let addr = server.local_addr().to_string();
-    let uploads = server
-        .store()
-        .ok_or_else(|| LabError::Setup("the index server started without its store".into()))?
+    let uploads = index
         .uploads
-        .clone();
-    let (stop, server_task) = crate::run_index(server);
+        .clone()
+        .ok_or_else(|| LabError::Setup("the index server started without its store".into()))?;
+    let clients: Vec<Node> = (0..n)
+        .map(|i| nodes.node(&format!("c{i}"), None, config.peer_down))
+        .collect::<Result<_, _>>()?;
     let started = Instant::now();
     let progress: Vec<Arc<Progress>> = (0..n).map(|_| Arc::new(Progress::default())).collect();
     let watch = Watch::start(progress.clone(), config.file_size, started);
     let mut downloads = tokio::task::JoinSet::new();
-    for (i, progress) in progress.into_iter().enumerate() {
+    for (i, (progress, node)) in progress.into_iter().zip(&clients).enumerate() {
         let engine = EngineConfig {
             max_sources: 1,
             stall_timeout: Duration::from_secs(60),
-            download_limit: config.peer_down.map(|d| Arc::new(RateLimiter::new(d))),
+            download_limit: node
+                .app(config.peer_down)
+                .map(|d| Arc::new(RateLimiter::new(d))),
             ..EngineConfig::default()
         };
         let (addr, out_dir, stop) = (
-            addr.clone(),
+            index.addr.clone(),
             run_dir.join(format!("client{i}")),
-            stop.child_token(),
+            index.stop.child_token(),
         );
-        downloads.spawn(async move {
-            peer::client_server::get_from_server(
-                &addr,
-                &id.to_hex(),
-                out_dir,
-                engine,
-                progress,
-                stop,
-            )
-            .await
-            .map(|_| started.elapsed().as_secs_f64())
-        });
+        downloads.spawn_on(
+            async move {
+                peer::client_server::get_from_server(
+                    &addr,
+                    &id.to_hex(),
+                    out_dir,
+                    engine,
+                    progress,
+                    stop,
+                )
+                .await
+                .map(|_| started.elapsed().as_secs_f64())
+            },
+            &node.handle,
+        );
     }
     let mut failure = None;
     let mut completions = Vec::new();
@@ -554,8 +713,7 @@ async fn client_server(
     let seconds = started.elapsed().as_secs_f64();
     let (first_chunks, t95) = watch.finish().await;
     let seed_bytes = uploads.bytes.load(std::sync::atomic::Ordering::Relaxed);
-    stop.cancel();
-    let _ = server_task.await;
+    index.stop().await;
     if let Some(f) = failure {
         return Err(LabError::Setup(format!("a download failed: {f}")));
     }
@@ -574,29 +732,28 @@ async fn client_server(
 /// Hop limit of the p2p searches: Gnutella's 7 covers the lab's graphs.
 const P2P_TTL: u8 = 7;
 
-async fn start_node(
+/// An overlay node (`peer serve --mode p2p`, no index) on `node`.
+async fn start_overlay_node(
     share: &Path,
     neighbors: Vec<String>,
+    node: &Node,
     up: Option<u64>,
     down: Option<u64>,
     shutdown: &CancellationToken,
 ) -> Result<peer::Daemon, LabError> {
-    // No index: `peer serve --mode p2p`.
-    let mut c = daemon_config(share, "", up, down)?;
+    let mut c = daemon_config(share, "", node, up, down)?;
     c.p2p = Some(peer::overlay::OverlayConfig {
         neighbors,
         degree: 4,
         ping_interval: Duration::from_millis(500),
         link_idle: Duration::from_secs(60),
     });
-    peer::serve::start(c, shutdown.clone())
-        .await
-        .map_err(LabError::setup)
+    start_daemon(c, node, shutdown).await
 }
 
-/// Waits until a search from `node` through the overlay finds the seed's file.
-async fn wait_reachable(node: &peer::Daemon, id: FileId) -> Result<(), LabError> {
-    let via = node.listen_addr.to_string();
+/// Waits until a search through the overlay node at `via` finds the
+/// seed's file (run it on that node: it connects from there).
+async fn wait_reachable(via: String, id: FileId) -> Result<(), LabError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = peer::overlay::search(&via, vec![id.to_hex()], P2P_TTL, Duration::from_secs(2))
@@ -617,16 +774,20 @@ async fn wait_reachable(node: &peer::Daemon, id: FileId) -> Result<(), LabError>
 
 async fn p2p(
     config: &Config,
+    net: Net,
     n: usize,
     id: FileId,
     seed_dir: &Path,
     run_dir: &Path,
 ) -> Result<Measured, LabError> {
     use rand::{Rng, SeedableRng};
+    let mut nodes = Nodes::new(net)?;
     let shutdown = CancellationToken::new();
-    let seed = start_node(
+    let seed_node = nodes.node("seed", Some(config.server_up), None)?;
+    let seed = start_overlay_node(
         seed_dir,
         Vec::new(),
+        &seed_node,
         Some(config.server_up),
         None,
         &shutdown,
@@ -636,6 +797,7 @@ async fn p2p(
     let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
     let mut peers = Vec::new();
     for i in 0..n {
+        let node = nodes.node(&format!("p{i}"), Some(config.peer_up), config.peer_down)?;
         // The previous node (a line, so the graph is connected) and a random
         // earlier one (shortcuts, so searches reach everyone within the TTL);
         // the degree keeper adds more links from pongs.
@@ -644,64 +806,75 @@ async fn p2p(
         if !neighbors.contains(&other) {
             neighbors.push(other);
         }
-        let d = start_node(
+        let d = start_overlay_node(
             &run_dir.join(format!("peer{i}")),
             neighbors,
+            &node,
             Some(config.peer_up),
             config.peer_down,
             &shutdown,
         )
         .await?;
         addrs.push(d.listen_addr.to_string());
-        peers.push(Arc::new(d));
+        peers.push((Arc::new(d), node));
     }
-    for p in &peers {
-        wait_reachable(p, id).await?;
+    for (p, node) in &peers {
+        node.on(wait_reachable(p.listen_addr.to_string(), id))
+            .await??;
     }
-    let measured = swarm_all(config, id, seed, peers, true, shutdown).await;
-    measured
+    swarm_all(config, id, seed, peers, true, shutdown).await
 }
 
 async fn hybrid(
     config: &Config,
+    net: Net,
     n: usize,
     id: FileId,
     seed_dir: &Path,
     run_dir: &Path,
 ) -> Result<Measured, LabError> {
-    let (index, index_stop, index_task) = start_index().await?;
+    let mut nodes = Nodes::new(net)?;
+    let index = RunningIndex::start(&nodes.node("index", None, None)?, Default::default()).await?;
     let shutdown = CancellationToken::new();
-    let seed = start_daemon(seed_dir, &index, Some(config.server_up), None, &shutdown).await?;
+    let seed_node = nodes.node("seed", Some(config.server_up), None)?;
+    let c = daemon_config(
+        seed_dir,
+        &index.addr,
+        &seed_node,
+        Some(config.server_up),
+        None,
+    )?;
+    let seed = start_daemon(c, &seed_node, &shutdown).await?;
     wait_registered(&seed, 1).await?;
     let mut peers = Vec::new();
     for i in 0..n {
-        let d = start_daemon(
+        let node = nodes.node(&format!("p{i}"), Some(config.peer_up), config.peer_down)?;
+        let c = daemon_config(
             &run_dir.join(format!("peer{i}")),
-            &index,
+            &index.addr,
+            &node,
             Some(config.peer_up),
             config.peer_down,
-            &shutdown,
-        )
-        .await?;
-        peers.push(Arc::new(d));
+        )?;
+        let d = start_daemon(c, &node, &shutdown).await?;
+        peers.push((Arc::new(d), node));
     }
-    for p in &peers {
+    for (p, _) in &peers {
         wait_registered(p, 0).await?;
     }
     let measured = swarm_all(config, id, seed, peers, false, shutdown).await;
-    index_stop.cancel();
-    let _ = index_task.await;
+    index.stop().await;
     measured
 }
 
 /// Starts every peer's swarming download at once (through the index, or
-/// through the overlay when `p2p`), times them until the last one is done,
-/// reads the upload counters and stops the daemons.
+/// through the overlay when `p2p`), each on its own node, times them until
+/// the last one is done, reads the upload counters and stops the daemons.
 async fn swarm_all(
     config: &Config,
     id: FileId,
     seed: peer::Daemon,
-    peers: Vec<Arc<peer::Daemon>>,
+    peers: Vec<(Arc<peer::Daemon>, Node)>,
     p2p: bool,
     shutdown: CancellationToken,
 ) -> Result<Measured, LabError> {
@@ -712,24 +885,27 @@ async fn swarm_all(
         .collect();
     let watch = Watch::start(progress.clone(), config.file_size, started);
     let mut downloads = tokio::task::JoinSet::new();
-    for (p, progress) in peers.iter().zip(progress) {
+    for ((p, node), progress) in peers.iter().zip(progress) {
         let p = p.clone();
-        let engine = swarm_engine(config);
-        downloads.spawn(async move {
-            let out = p.library.root().to_path_buf();
-            let done = if p2p {
-                p.download_p2p(id, P2P_TTL, out, engine, progress)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            } else {
-                p.download(id, out, engine, progress)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            };
-            done.map(|()| started.elapsed().as_secs_f64())
-        });
+        let engine = swarm_engine(config, node);
+        downloads.spawn_on(
+            async move {
+                let out = p.library.root().to_path_buf();
+                let done = if p2p {
+                    p.download_p2p(id, P2P_TTL, out, engine, progress)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                } else {
+                    p.download(id, out, engine, progress)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                };
+                done.map(|()| started.elapsed().as_secs_f64())
+            },
+            &node.handle,
+        );
     }
     let mut failure = None;
     let mut completions = Vec::new();
@@ -745,9 +921,9 @@ async fn swarm_all(
     completions.sort_by(f64::total_cmp);
     let bytes = |d: &peer::Daemon| d.uploads.bytes.load(std::sync::atomic::Ordering::Relaxed);
     let seed_bytes = bytes(&seed);
-    let peer_bytes = peers.iter().map(|p| bytes(p)).sum();
+    let peer_bytes = peers.iter().map(|(p, _)| bytes(p)).sum();
     let mut all = vec![seed];
-    for p in peers {
+    for (p, _) in peers {
         all.push(Arc::into_inner(p).ok_or_else(|| LabError::Setup("peer still in use".into()))?);
     }
     stop_daemons(all, shutdown).await;
@@ -770,16 +946,19 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
     let mut csv = Csv::new(CSV_COLUMNS);
     let fmt = |x: f64| format!("{x:.3}");
     let opt = |x: Option<f64>| x.map_or(String::new(), fmt);
-    let engine = engine_name(config);
     let settings = [
-        engine.to_string(),
         config.file_size.to_string(),
         config.server_up.to_string(),
         config.peer_up.to_string(),
         config.peer_down.map_or(String::new(), |d| d.to_string()),
     ];
     for r in runs {
-        let mut row = vec![r.mode.name().into(), r.n.to_string(), r.run.to_string()];
+        let mut row = vec![
+            r.mode.name().into(),
+            r.n.to_string(),
+            r.run.to_string(),
+            r.engine.into(),
+        ];
         row.extend(settings.iter().cloned());
         row.extend([
             opt(r.seconds),
@@ -813,9 +992,14 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
     for p in &points {
         let first = runs
             .iter()
-            .find(|r| r.mode == p.mode && r.n == p.n)
+            .find(|r| r.engine == p.engine && r.mode == p.mode && r.n == p.n)
             .expect("a point has runs");
-        let mut row = vec![p.mode.name().into(), p.n.to_string(), "median".into()];
+        let mut row = vec![
+            p.mode.name().into(),
+            p.n.to_string(),
+            "median".into(),
+            p.engine.into(),
+        ];
         row.extend(settings.iter().cloned());
         let med = |s: &Option<Spread>| opt(s.map(|s| s.median));
         row.extend([
@@ -850,8 +1034,8 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
     let dmin = config.peer_down.map(|d| d as f64);
     let repeats = config.runs.max(1);
     let panels = vec![
-        time_panel(config, &points, f, us, u, dmin, repeats),
-        share_panel(config, &points),
+        time_panel(config, runs, &points),
+        share_panel(config, runs, &points),
         cdf_panel(config, runs),
     ];
 
@@ -862,6 +1046,7 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
             let pct =
                 |s: &Option<Spread>| s.map_or("-".into(), |s| format!("{:.0}%", s.median * 100.0));
             vec![
+                p.engine.into(),
                 p.mode.name().into(),
                 p.n.to_string(),
                 text(&p.seconds, 2),
@@ -880,8 +1065,8 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
         })
         .collect();
     let mut md = format!(
-        "# Distribution time\n\nF = {}, u_s = {}, u = {} per peer, d = {}; {}; \
-         median of {repeats} run(s) with [min–max].\n\
+        "# Distribution time\n\nF = {}, u_s = {}, u = {} per peer, d = {}; \
+         median of {repeats} run(s) with [min–max].\n\n{}\n\
          Bounds (Kurose & Ross): D_cs = max(N F/u_s, F/d_min); \
          D_p2p >= max(F/u_s, F/d_min, N F/(u_s + N u)). \
          The ratio is measured / the bound of the run's own paradigm \
@@ -898,17 +1083,11 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
         human_rate(us),
         human_rate(u),
         dmin.map_or("unlimited".into(), human_rate),
-        match engine {
-            "processes" =>
-                "real index-server and peer processes on loopback, rates capped by \
-                            the application's token buckets",
-            _ =>
-                "every node a task in the lab's process on loopback, rates capped by the \
-                  application's token buckets",
-        },
+        engines_text(runs),
     );
     md.push_str(&report::md_table(
         &[
+            "engine",
             "mode",
             "N",
             "measured s",
@@ -927,7 +1106,8 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
         md.push_str("\nFailed runs:\n\n");
         for r in failed {
             md.push_str(&format!(
-                "- {} N={} run {}: {}\n",
+                "- {} {} N={} run {}: {}\n",
+                r.engine,
                 r.mode.name(),
                 r.n,
                 r.run,
@@ -946,25 +1126,81 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
     report::write_all(&config.out, "distribution", &csv, &panels, &md)
 }
 
-fn mode_color(mode: Mode) -> plotters::style::RGBColor {
-    match mode {
+/// The engines in `runs`, in order of appearance.
+fn engines(runs: &[Run]) -> Vec<&'static str> {
+    let mut e: Vec<&'static str> = Vec::new();
+    for r in runs {
+        if !e.contains(&r.engine) {
+            e.push(r.engine);
+        }
+    }
+    e
+}
+
+/// What each engine in `runs` is, one line each.
+fn engines_text(runs: &[Run]) -> String {
+    engines(runs)
+        .iter()
+        .map(|e| {
+            let what = match *e {
+                "processes" => {
+                    "real index-server and peer processes on loopback, rates capped by the \
+                     application's token buckets"
+                }
+                "netns" => {
+                    "every node in its own network namespace on a bridge (tasks of the lab \
+                     process on a thread inside the namespace), uplinks (and capped downlinks) \
+                     shaped by the kernel's tbf instead of the application; no RTT is \
+                     emulated (netem is not available: latency would be a user-space delay)"
+                }
+                "netns-processes" => {
+                    "real index-server and peer processes, each in its own network namespace \
+                     on a bridge, uplinks (and capped downlinks) shaped by the kernel's tbf \
+                     instead of the application; no RTT is emulated (netem is not available)"
+                }
+                _ => {
+                    "every node a task in the lab's process on loopback, rates capped by the \
+                     application's token buckets"
+                }
+            };
+            format!("- **{e}**: {what}.\n")
+        })
+        .collect()
+}
+
+fn mode_color(mode: Mode, engine: usize) -> plotters::style::RGBColor {
+    let c = match mode {
         Mode::ClientServer => COLORS[1],
         Mode::Hybrid => COLORS[2],
         Mode::P2p => COLORS[4],
+    };
+    // A second engine in a darker shade, a third lighter.
+    match engine {
+        0 => c,
+        1 => plotters::style::RGBColor(c.0 / 2, c.1 / 2, c.2 / 2),
+        _ => plotters::style::RGBColor(c.0 / 2 + 128, c.1 / 2 + 128, c.2 / 2 + 128),
+    }
+}
+
+/// "hybrid" with one engine, "hybrid (netns)" with several.
+fn label(mode: Mode, engine: &str, several: bool) -> String {
+    if several {
+        format!("{} ({engine})", mode.name())
+    } else {
+        mode.name().to_string()
     }
 }
 
 /// Time against N (log x): the bounds as curves with their formulas, the
 /// medians with min-max bars.
-fn time_panel(
-    config: &Config,
-    points: &[Point],
-    f: f64,
-    us: f64,
-    u: f64,
-    dmin: Option<f64>,
-    repeats: usize,
-) -> Chart {
+fn time_panel(config: &Config, runs: &[Run], points: &[Point]) -> Chart {
+    let (f, us, u) = (
+        config.file_size as f64,
+        config.server_up as f64,
+        config.peer_up as f64,
+    );
+    let dmin = config.peer_down.map(|d| d as f64);
+    let repeats = config.runs.max(1);
     let max_n = config.ns.iter().copied().max().unwrap_or(1);
     let min_n = config.ns.iter().copied().min().unwrap_or(1);
     let curve = |pick: fn((f64, f64)) -> f64| -> Vec<(f64, f64)> {
@@ -976,32 +1212,42 @@ fn time_panel(
         Series::line("client-server bound D_cs", curve(|b| b.0), COLORS[3]),
         Series::line("P2P bound D_P2P", curve(|b| b.1), COLORS[0]),
     ];
-    for mode in &config.modes {
-        let mine: Vec<&Point> = points.iter().filter(|p| p.mode == *mode).collect();
-        let pts: Vec<(f64, f64)> = mine
-            .iter()
-            .filter_map(|p| p.seconds.map(|s| (p.n as f64, s.median)))
-            .collect();
-        let bars = mine
-            .iter()
-            .filter_map(|p| {
-                p.seconds
-                    .filter(|s| s.count > 1)
-                    .map(|s| (p.n as f64, s.min, s.max))
-            })
-            .collect();
-        if !pts.is_empty() {
-            series.push(
-                Series::points(format!("{} (median)", mode.name()), pts, mode_color(*mode))
+    let engines = engines(runs);
+    for (e, engine) in engines.iter().enumerate() {
+        for mode in &config.modes {
+            let mine: Vec<&Point> = points
+                .iter()
+                .filter(|p| p.mode == *mode && p.engine == *engine)
+                .collect();
+            let pts: Vec<(f64, f64)> = mine
+                .iter()
+                .filter_map(|p| p.seconds.map(|s| (p.n as f64, s.median)))
+                .collect();
+            let bars = mine
+                .iter()
+                .filter_map(|p| {
+                    p.seconds
+                        .filter(|s| s.count > 1)
+                        .map(|s| (p.n as f64, s.min, s.max))
+                })
+                .collect();
+            if !pts.is_empty() {
+                series.push(
+                    Series::points(
+                        label(*mode, engine, engines.len() > 1),
+                        pts,
+                        mode_color(*mode, e),
+                    )
                     .with_bars(bars),
-            );
+                );
+            }
         }
     }
     let mut chart = Chart::new(
         format!(
             "Time to distribute F = {} to N peers ({})",
             human_bytes(f),
-            engine_name(config)
+            engines.join(", ")
         ),
         "N (peers, log scale)",
         "time (s)",
@@ -1023,29 +1269,31 @@ fn time_panel(
 }
 
 /// The seed's and the peers' share of the uploaded bytes against N.
-fn share_panel(config: &Config, points: &[Point]) -> Chart {
+fn share_panel(config: &Config, runs: &[Run], points: &[Point]) -> Chart {
     let mut series = Vec::new();
-    for mode in config.modes.iter().filter(|m| **m != Mode::ClientServer) {
-        let mine: Vec<&Point> = points.iter().filter(|p| p.mode == *mode).collect();
-        let seed: Vec<(f64, f64)> = mine
-            .iter()
-            .filter_map(|p| p.seed_share.map(|s| (p.n as f64, s.median)))
-            .collect();
-        if seed.is_empty() {
-            continue;
+    let engines = engines(runs);
+    for (e, engine) in engines.iter().enumerate() {
+        for mode in config.modes.iter().filter(|m| **m != Mode::ClientServer) {
+            let mine: Vec<&Point> = points
+                .iter()
+                .filter(|p| p.mode == *mode && p.engine == *engine)
+                .collect();
+            let seed: Vec<(f64, f64)> = mine
+                .iter()
+                .filter_map(|p| p.seed_share.map(|s| (p.n as f64, s.median)))
+                .collect();
+            if seed.is_empty() {
+                continue;
+            }
+            let peers = seed.iter().map(|(n, s)| (*n, 1.0 - s)).collect();
+            let color = mode_color(*mode, e);
+            let name = label(*mode, engine, engines.len() > 1);
+            series.push(Series::joined(format!("{name}: peers"), peers, color));
+            let mut seed = Series::joined(format!("{name}: seed"), seed, color);
+            // The seed's line drawn without dots (the peers' has them).
+            seed.marks = false;
+            series.push(seed);
         }
-        let peers = seed.iter().map(|(n, s)| (*n, 1.0 - s)).collect();
-        let color = mode_color(*mode);
-        series.push(Series::joined(
-            format!("{}: peers", mode.name()),
-            peers,
-            color,
-        ));
-        series.push(Series::joined(
-            format!("{}: seed", mode.name()),
-            seed,
-            plotters::style::RGBColor(color.0 / 2, color.1 / 2, color.2 / 2),
-        ));
     }
     let mut chart = Chart::new(
         "Who uploaded the bytes (median)",
@@ -1055,6 +1303,7 @@ fn share_panel(config: &Config, points: &[Point]) -> Chart {
     );
     chart.x_log = config.ns.iter().max() > config.ns.iter().min();
     chart.y_range = Some((0.0, 1.05));
+    chart.notes = vec!["dots: the peers' share; line alone: the seed's".into()];
     if chart.series.is_empty() {
         chart.notes = vec!["no upload counters (processes)".into()];
     }
@@ -1066,27 +1315,31 @@ fn share_panel(config: &Config, points: &[Point]) -> Chart {
 fn cdf_panel(config: &Config, runs: &[Run]) -> Chart {
     let max_n = config.ns.iter().copied().max().unwrap_or(1);
     let mut series = Vec::new();
-    let mut bound = None;
-    for mode in &config.modes {
-        let mut times: Vec<f64> = runs
-            .iter()
-            .filter(|r| r.mode == *mode && r.n == max_n)
-            .flat_map(|r| r.completions.iter().copied())
-            .collect();
-        if let Some(r) = runs.iter().find(|r| r.n == max_n) {
-            bound = Some(r.bound_p2p);
+    let bound = runs.iter().find(|r| r.n == max_n).map(|r| r.bound_p2p);
+    let engines = engines(runs);
+    for (e, engine) in engines.iter().enumerate() {
+        for mode in &config.modes {
+            let mut times: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.mode == *mode && r.n == max_n && r.engine == *engine)
+                .flat_map(|r| r.completions.iter().copied())
+                .collect();
+            if times.is_empty() {
+                continue;
+            }
+            times.sort_by(f64::total_cmp);
+            let k = times.len() as f64;
+            let mut pts = vec![(0.0, 0.0)];
+            for (i, t) in times.iter().enumerate() {
+                pts.push((*t, i as f64 / k));
+                pts.push((*t, (i + 1) as f64 / k));
+            }
+            series.push(Series::line(
+                label(*mode, engine, engines.len() > 1),
+                pts,
+                mode_color(*mode, e),
+            ));
         }
-        if times.is_empty() {
-            continue;
-        }
-        times.sort_by(f64::total_cmp);
-        let k = times.len() as f64;
-        let mut pts = vec![(0.0, 0.0)];
-        for (i, t) in times.iter().enumerate() {
-            pts.push((*t, i as f64 / k));
-            pts.push((*t, (i + 1) as f64 / k));
-        }
-        series.push(Series::line(mode.name(), pts, mode_color(*mode)));
     }
     if let Some(b) = bound {
         series.push(Series::line(
@@ -1112,6 +1365,7 @@ mod tests {
     fn run(k: usize, seconds: f64) -> Run {
         let (bound_cs, bound_p2p) = bounds(1, 16.0 * 1048576.0, 40.0 * 1048576.0, 4.0, None);
         Run {
+            engine: "tasks",
             mode: Mode::ClientServer,
             n: 1,
             run: k,
@@ -1139,6 +1393,7 @@ mod tests {
             out: dir.to_path_buf(),
             processes: false,
             runs,
+            nets: vec![Net::Loopback],
         }
     }
 

@@ -16,10 +16,13 @@
 //!   flooding on real overlay nodes measured, flooding on a random graph as
 //!   a model.
 //! - [`report`]: CSV, plots (SVG and PNG) and progress lines.
+//! - [`netns`]: hosts in network namespaces on a switch, links shaped by
+//!   the kernel (`--net netns`; a topology builder for tests too).
 
 pub mod connections;
 pub mod distribution;
 pub mod index_load;
+pub mod netns;
 pub mod processes;
 pub mod report;
 pub mod search_cost;
@@ -60,9 +63,18 @@ impl LabError {
 pub(crate) async fn bind_index(
     config: index_server::Config,
 ) -> Result<index_server::Server, LabError> {
+    bind_index_at(config, std::net::Ipv4Addr::LOCALHOST.into()).await
+}
+
+/// Binds an index server on a free port of `ip` (whatever `config.listen`
+/// says).
+pub(crate) async fn bind_index_at(
+    config: index_server::Config,
+    ip: std::net::IpAddr,
+) -> Result<index_server::Server, LabError> {
     index_server::Server::bind(index_server::Config {
-        listen: "127.0.0.1:0".parse().expect("valid address"),
-        // Every simulated peer and client comes from 127.0.0.1.
+        listen: std::net::SocketAddr::new(ip, 0),
+        // Every simulated peer and client may come from 127.0.0.1.
         max_connections_per_ip: config.max_connections,
         ..config
     })

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand};
 use common::units::{parse_duration_in, parse_size_in, UnitError};
-use lab::distribution::Mode;
+use lab::distribution::{Mode, Net};
 use lab::{connections, distribution, index_load, search_cost, Written};
 use peer::rate::parse_rate;
 
@@ -146,6 +146,18 @@ struct DistributionArgs {
     /// not collected.
     #[arg(long, env = "LAB_PROCESSES", value_parser = boolish)]
     processes: bool,
+    /// Networks, comma-separated, each run side by side into one CSV:
+    /// loopback (rates capped by the application's token buckets) or netns
+    /// (every node in its own network namespace on a bridge, its uplink
+    /// and capped downlink shaped by the kernel's tbf; needs root; no RTT
+    /// is emulated, as netem is not available).
+    #[arg(
+        long,
+        env = "LAB_NET",
+        value_delimiter = ',',
+        default_value = "loopback"
+    )]
+    net: Vec<Net>,
     #[command(flatten)]
     runs: RunsArg,
 }
@@ -342,6 +354,7 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
         out,
         processes: a.processes,
         runs: a.runs.runs.unwrap_or(1),
+        nets: a.net,
     };
     if config.ns.is_empty() || config.ns.iter().any(|n| *n == 0 || *n > 256) {
         anyhow::bail!("--n takes peer counts from 1 to 256");
@@ -350,7 +363,8 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
     for r in &runs {
         match r.seconds {
             Some(s) => errln!(
-                "{:>13} N={:<3} run {} {s:7.2} s  bound {:6.2} s  ratio {:.2}{}",
+                "{:>15} {:>13} N={:<3} run {} {s:7.2} s  bound {:6.2} s  ratio {:.2}{}",
+                r.engine,
                 r.mode.name(),
                 r.n,
                 r.run,
@@ -366,7 +380,8 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
                 }
             ),
             None => errln!(
-                "{:>13} N={:<3} run {} {}",
+                "{:>15} {:>13} N={:<3} run {} {}",
+                r.engine,
                 r.mode.name(),
                 r.n,
                 r.run,
@@ -378,7 +393,8 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
         for p in distribution::summarize(&runs, config.server_up, config.peer_up) {
             if let (Some(s), Some(r)) = (p.seconds, p.ratio) {
                 errln!(
-                    "{:>13} N={:<3} median {} s  ratio {}",
+                    "{:>15} {:>13} N={:<3} median {} s  ratio {}",
+                    p.engine,
                     p.mode.name(),
                     p.n,
                     s.text(2),
@@ -478,6 +494,26 @@ async fn main() {
         .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
+    // Ctrl-C or SIGTERM: remove the network namespaces and kill the child
+    // processes before going (a plain exit would leave both behind).
+    tokio::spawn(async {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        lab::processes::kill_all();
+        lab::netns::cleanup_all();
+        errln!("interrupted: child processes and network namespaces removed");
+        std::process::exit(130);
+    });
     let result = match cli.command {
         Command::Distribution { args, out } => distribution(args, out.out).await,
         Command::IndexLoad { args, out } => index_load(args, out.out).await,
@@ -547,6 +583,7 @@ mod tests {
             (vec!["index-load", "--clients", "0"], "1..=1024"),
             (vec!["index-load", "--clients", "4,2000"], "1..=1024"),
             (vec!["distribution", "--runs", "0"], "1..=100"),
+            (vec!["distribution", "--net", "vlan"], "loopback, netns"),
             (vec!["all", "--runs", "101"], "1..=100"),
             (vec!["connections", "--rtt-sweep", "10ms,20s"], "0ms to 10s"),
             (vec!["index-load", "--duration", "0"], "10ms to 1h"),

@@ -11,6 +11,11 @@
 //! from starting the N downloaders until every one holds the whole file
 //! under its name (a `peer get` exits 0; a `--fetch` publishes the file).
 //! Upload counters are not collected from processes (reported as 0).
+//!
+//! With `--net netns` every process runs in a network namespace of its own
+//! (`ip netns exec`) on a LAN of [`crate::netns`], listening on its host's
+//! address, and its rates are capped by the kernel there instead of by its
+//! own `--max-upload-rate`/`--max-download-rate`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -18,29 +23,156 @@ use std::time::{Duration, Instant};
 
 use common::id::FileId;
 
-use crate::distribution::{Config, Measured};
+use crate::distribution::{Config, Measured, Net};
+use crate::netns::{Host, Lan};
 use crate::LabError;
 
 /// Longest a process-based run may take.
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
+/// Ids of every child process alive, for [`kill_all`].
+static LIVE: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills every child process the lab started and has not reaped yet (for
+/// a signal handler: Ctrl-C, SIGTERM).
+pub fn kill_all() {
+    let pids = match LIVE.lock() {
+        Ok(mut l) => std::mem::take(&mut *l),
+        Err(p) => std::mem::take(&mut *p.into_inner()),
+    };
+    for pid in pids {
+        if let Ok(pid) = i32::try_from(pid) {
+            // SAFETY: kill has no memory preconditions; a reaped pid fails
+            // with ESRCH (the lab reaps only after taking it off the list).
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
 /// Kills every child on drop, so a failed run leaves nothing behind.
 struct Children(Vec<Child>);
+
+impl Children {
+    fn push(&mut self, c: Child) {
+        if let Ok(mut l) = LIVE.lock() {
+            l.push(c.id());
+        }
+        self.0.push(c);
+    }
+}
 
 impl Drop for Children {
     fn drop(&mut self) {
         for c in &mut self.0 {
+            if let Ok(mut l) = LIVE.lock() {
+                l.retain(|p| *p != c.id());
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 }
 
+/// Where one run's processes live: on loopback (free ports, the
+/// application's caps) or each on a host of a LAN (the kernel's caps).
+struct Spots {
+    lan: Option<Lan>,
+}
+
+/// One process's place.
+struct Spot {
+    host: Option<Host>,
+    ip: std::net::IpAddr,
+    port: u16,
+}
+
+/// The port every process listens on in its own namespace.
+const NETNS_PORT: u16 = 7000;
+
+impl Spots {
+    fn new(net: Net) -> Result<Spots, LabError> {
+        Ok(Spots {
+            lan: match net {
+                Net::Loopback => None,
+                Net::Netns => Some(Lan::create().map_err(LabError::setup)?),
+            },
+        })
+    }
+
+    /// A place for a process named `label`, its uplink capped at `up` and
+    /// its downlink at `down` (by the kernel in a namespace; on loopback
+    /// the caller passes the caps as flags, see [`Spot::app`]).
+    fn spot(&mut self, label: &str, up: Option<u64>, down: Option<u64>) -> Result<Spot, LabError> {
+        match &mut self.lan {
+            None => Ok(Spot {
+                host: None,
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                port: free_port()?,
+            }),
+            Some(lan) => {
+                let host = lan.add_host(label, up, down).map_err(LabError::setup)?;
+                Ok(Spot {
+                    ip: host.addr.into(),
+                    port: NETNS_PORT,
+                    host: Some(host),
+                })
+            }
+        }
+    }
+}
+
+impl Spot {
+    fn addr(&self) -> String {
+        std::net::SocketAddr::new(self.ip, self.port).to_string()
+    }
+
+    /// `program` to run here.
+    fn command(&self, program: &Path) -> Command {
+        match &self.host {
+            None => Command::new(program),
+            Some(h) => h.command(program),
+        }
+    }
+
+    /// The cap the process applies itself: none where the kernel caps.
+    fn app(&self, cap: Option<u64>) -> Option<u64> {
+        if self.host.is_some() {
+            None
+        } else {
+            cap
+        }
+    }
+
+    /// Runs `f` where this spot's sockets live and waits for it.
+    async fn run<F, Fut, T>(&self, f: F) -> Result<T, LabError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T> + Send,
+        T: Send + 'static,
+    {
+        match &self.host {
+            None => Ok(f().await),
+            Some(h) => {
+                let h = h.clone();
+                tokio::task::spawn_blocking(move || h.run_in(f))
+                    .await
+                    .map_err(LabError::setup)?
+                    .map_err(LabError::setup)
+            }
+        }
+    }
+}
+
 fn binary(name: &str) -> Result<PathBuf, LabError> {
     let exe = std::env::current_exe()?;
-    let path = exe.parent().map(|d| d.join(name)).unwrap_or_default();
-    if path.is_file() {
-        Ok(path)
+    // Beside the lab binary; for tests (target/*/deps/), one folder up.
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let candidates = [dir.join(name), dir.parent().unwrap_or(&dir).join(name)];
+    let path = candidates[0].clone();
+    if let Some(found) = candidates.iter().find(|p| p.is_file()) {
+        Ok(found.clone())
     } else {
         Err(LabError::Setup(format!(
             "--processes needs the {name} binary beside the lab binary ({}); build it with `cargo build --release -p lab -p peer -p index-server`",
@@ -137,6 +269,7 @@ async fn wait_files(
 
 pub(crate) async fn client_server(
     config: &Config,
+    net: Net,
     n: usize,
     id: FileId,
     seed: &Path,
@@ -144,29 +277,43 @@ pub(crate) async fn client_server(
 ) -> Result<Measured, LabError> {
     let (index_bin, peer_bin) = (binary("index-server")?, binary("peer")?);
     std::fs::create_dir_all(run)?;
-    let port = free_port()?;
-    let index = format!("127.0.0.1:{port}");
+    // Declared first, dropped last: the processes die before their hosts.
+    let mut spots = Spots::new(net)?;
     let mut children = Children(Vec::new());
-    children.0.push(spawn(
-        Command::new(&index_bin).args([
-            "--listen",
-            &index,
-            "--store",
-            seed.to_str().unwrap_or_default(),
-            "--max-upload-rate",
-            &rate(config.server_up),
-            // Every client comes from 127.0.0.1.
-            "--max-connections-per-ip",
-            "10000",
-        ]),
-        &run.join("index.log"),
-    )?);
-    wait_listed(&index, id).await?;
+    let server = spots.spot("server", Some(config.server_up), None)?;
+    let index = server.addr();
+    let mut cmd = server.command(&index_bin);
+    cmd.args([
+        "--listen",
+        &index,
+        "--store",
+        seed.to_str().unwrap_or_default(),
+        // Every client may come from 127.0.0.1.
+        "--max-connections-per-ip",
+        "10000",
+    ]);
+    if let Some(r) = server.app(Some(config.server_up)) {
+        cmd.args(["--max-upload-rate", &rate(r)]);
+    }
+    children.push(spawn(&mut cmd, &run.join("index.log"))?);
+    let clients: Vec<Spot> = (0..n)
+        .map(|i| spots.spot(&format!("c{i}"), None, config.peer_down))
+        .collect::<Result<_, _>>()?;
+    {
+        let index = index.clone();
+        match clients.first() {
+            Some(c) => {
+                c.run(move || async move { wait_listed(&index, id).await })
+                    .await??
+            }
+            None => wait_listed(&index, id).await?,
+        }
+    }
     let start = Instant::now();
     let mut outs = Vec::new();
-    for i in 0..n {
+    for (i, spot) in clients.iter().enumerate() {
         let out = run.join(format!("client-{i}"));
-        let mut cmd = Command::new(&peer_bin);
+        let mut cmd = spot.command(&peer_bin);
         cmd.args([
             "get",
             "--mode",
@@ -176,13 +323,11 @@ pub(crate) async fn client_server(
             "-o",
             out.to_str().unwrap_or_default(),
         ]);
-        if let Some(d) = config.peer_down {
+        if let Some(d) = spot.app(config.peer_down) {
             cmd.args(["--max-download-rate", &rate(d)]);
         }
         cmd.arg(id.to_hex());
-        children
-            .0
-            .push(spawn(&mut cmd, &run.join(format!("client-{i}.log")))?);
+        children.push(spawn(&mut cmd, &run.join(format!("client-{i}.log")))?);
         outs.push(out);
     }
     // Like the swarms: done when every client holds the file under its name.
@@ -196,8 +341,10 @@ pub(crate) async fn client_server(
     .await
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn swarm(
     config: &Config,
+    net: Net,
     n: usize,
     id: FileId,
     seed: &Path,
@@ -206,103 +353,107 @@ pub(crate) async fn swarm(
 ) -> Result<Measured, LabError> {
     let (index_bin, peer_bin) = (binary("index-server")?, binary("peer")?);
     std::fs::create_dir_all(run)?;
+    // Declared first, dropped last: the processes die before their hosts.
+    let mut spots = Spots::new(net)?;
     let mut children = Children(Vec::new());
-    let index = format!("127.0.0.1:{}", free_port()?);
-    if !p2p {
-        children.0.push(spawn(
-            Command::new(&index_bin).args([
-                "--listen",
-                &index,
-                "--max-connections-per-ip",
-                "10000",
-            ]),
-            &run.join("index.log"),
-        )?);
+    let index_spot = if p2p {
+        None
+    } else {
+        Some(spots.spot("index", None, None)?)
+    };
+    // p2p: no index (and no --index).
+    let index = index_spot.as_ref().map(Spot::addr).unwrap_or_default();
+    if let Some(spot) = &index_spot {
+        let mut cmd = spot.command(&index_bin);
+        cmd.args(["--listen", &index, "--max-connections-per-ip", "10000"]);
+        children.push(spawn(&mut cmd, &run.join("index.log"))?);
     }
-    let mut ports = vec![free_port()?];
-    let mut seed_cmd = Command::new(&peer_bin);
+    let seed_spot = spots.spot("seed", Some(config.server_up), None)?;
+    let mut seed_cmd = seed_spot.command(&peer_bin);
     seed_cmd.args([
         "serve",
         "--share",
         seed.to_str().unwrap_or_default(),
         "--listen",
-        &format!("127.0.0.1:{}", ports[0]),
-        "--index",
-        &index,
+        &seed_spot.addr(),
         "--nick",
         "seed",
-        "--max-upload-rate",
-        &rate(config.server_up),
-        // Every downloader comes from 127.0.0.1.
+        // Every downloader may come from 127.0.0.1.
         "--max-connections-per-ip",
         "256",
     ]);
+    if let Some(r) = seed_spot.app(Some(config.server_up)) {
+        seed_cmd.args(["--max-upload-rate", &rate(r)]);
+    }
     if p2p {
         seed_cmd.args(["--mode", "p2p"]);
+    } else {
+        seed_cmd.args(["--index", &index]);
     }
-    children
-        .0
-        .push(spawn(&mut seed_cmd, &run.join("seed.log"))?);
+    children.push(spawn(&mut seed_cmd, &run.join("seed.log"))?);
     if p2p {
         // The seed must accept neighbours before the others join through it.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", ports[0]))
-            .await
-            .is_err()
-        {
-            if Instant::now() > deadline {
-                return Err(LabError::Setup("the seed did not start within 30 s".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let addr = seed_spot.addr();
+        seed_spot
+            .run(move || async move {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while tokio::net::TcpStream::connect(&addr).await.is_err() {
+                    if Instant::now() > deadline {
+                        return Err(LabError::Setup("the seed did not start within 30 s".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(())
+            })
+            .await??;
     } else {
-        wait_listed(&index, id).await?;
+        let index = index.clone();
+        seed_spot
+            .run(move || async move { wait_listed(&index, id).await })
+            .await??;
     }
+    let peers: Vec<Spot> = (0..n)
+        .map(|i| spots.spot(&format!("p{i}"), Some(config.peer_up), config.peer_down))
+        .collect::<Result<_, _>>()?;
     let start = Instant::now();
     let mut dirs = Vec::new();
-    for i in 0..n {
+    let mut addrs = vec![seed_spot.addr()];
+    for (i, spot) in peers.iter().enumerate() {
         let share = run.join(format!("peer-{i}"));
         std::fs::create_dir_all(&share)?;
-        let port = free_port()?;
-        let mut cmd = Command::new(&peer_bin);
+        let mut cmd = spot.command(&peer_bin);
         cmd.args([
             "serve",
             "--share",
             share.to_str().unwrap_or_default(),
             "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--index",
-            &index,
+            &spot.addr(),
             "--nick",
             &format!("peer{i}"),
-            "--max-upload-rate",
-            &rate(config.peer_up),
             "--max-connections-per-ip",
             "256",
             "--fetch",
             &id.to_hex(),
         ]);
-        if let Some(d) = config.peer_down {
+        if let Some(r) = spot.app(Some(config.peer_up)) {
+            cmd.args(["--max-upload-rate", &rate(r)]);
+        }
+        if let Some(d) = spot.app(config.peer_down) {
             cmd.args(["--max-download-rate", &rate(d)]);
         }
         if p2p {
             // A line through every node plus one random earlier node.
-            let previous = ports[ports.len() - 1];
-            let random = ports[(rand_index(i) as usize) % ports.len()];
-            cmd.args([
-                "--mode",
-                "p2p",
-                "--neighbor",
-                &format!("127.0.0.1:{previous}"),
-            ]);
+            let previous = addrs[addrs.len() - 1].clone();
+            let random = addrs[(rand_index(i) as usize) % addrs.len()].clone();
+            cmd.args(["--mode", "p2p", "--neighbor", &previous]);
             if random != previous {
-                cmd.args(["--neighbor", &format!("127.0.0.1:{random}")]);
+                cmd.args(["--neighbor", &random]);
             }
+        } else {
+            cmd.args(["--index", &index]);
         }
-        children
-            .0
-            .push(spawn(&mut cmd, &run.join(format!("peer-{i}.log")))?);
-        ports.push(port);
+        children.push(spawn(&mut cmd, &run.join(format!("peer-{i}.log")))?);
+        addrs.push(spot.addr());
         dirs.push(share);
     }
     wait_files(

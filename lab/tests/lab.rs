@@ -48,6 +48,7 @@ async fn distribution_tiny() {
         out: out(dir.path()),
         processes: false,
         runs: 1,
+        nets: vec![distribution::Net::Loopback],
     };
     let (w, runs) = distribution::run(&config).await.unwrap();
     // Six runs and six medians.
@@ -144,4 +145,53 @@ async fn search_cost_tiny() {
         .iter()
         .filter(|r| r.method == "index")
         .all(|r| r.hit_rate == 1.0));
+}
+
+/// `--net loopback,netns`: the same tiny distribution with the
+/// application's caps on loopback and with the kernel's in namespaces,
+/// side by side in one CSV. The kernel's tbf is the only cap in the netns
+/// runs (the application's buckets are off there), so a run at its bound
+/// shows the shaping works; every namespace is gone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_netns_smoke() {
+    if let Err(e) = lab::netns::available() {
+        eprintln!("skipped: --net netns needs root and iproute2 ({e})");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = distribution::Config {
+        ns: vec![2],
+        // 4 chunks; bounds 0.5 s (client-server: 2 F / u_s) and 0.33 s.
+        file_size: 4 * 256 * 1024,
+        server_up: 4 * 1024 * 1024,
+        peer_up: 2 * 1024 * 1024,
+        peer_down: None,
+        modes: vec![
+            distribution::Mode::ClientServer,
+            distribution::Mode::Hybrid,
+            distribution::Mode::P2p,
+        ],
+        out: out(dir.path()),
+        processes: false,
+        runs: 1,
+        nets: vec![distribution::Net::Loopback, distribution::Net::Netns],
+    };
+    let (w, runs) = distribution::run(&config).await.unwrap();
+    check(&w, distribution::CSV_COLUMNS, 12);
+    let csv = std::fs::read_to_string(&w.csv).unwrap();
+    assert!(csv.contains(",tasks,") && csv.contains(",netns,"), "{csv}");
+    for r in &runs {
+        let s = r.seconds.unwrap_or_else(|| panic!("{r:?}"));
+        // Uncapped, 1 MiB crosses a veth in milliseconds: only the
+        // kernel's shaping keeps a netns run near its bound.
+        assert!(s > 0.8 * r.bound(), "{r:?}");
+        assert!(r.seed_bytes > 0, "{r:?}");
+    }
+    assert_eq!(runs.iter().filter(|r| r.engine == "netns").count(), 3);
+    let prefix = format!("p2l-{}-", std::process::id());
+    let left: Vec<String> = lab::netns::existing()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
