@@ -53,7 +53,7 @@ pub fn spawn_with_addr(mut cmd: Command, from_stderr: bool) -> anyhow::Result<(C
     Ok((child, addr))
 }
 
-fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kb: u64 = status
         .lines()

@@ -4,6 +4,7 @@
 
 mod index_load;
 mod transfer_bench;
+mod upload_queue_bench;
 
 use std::path::PathBuf;
 
@@ -71,6 +72,15 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = common::units::parse_duration)]
         duration: std::time::Duration,
     },
+    /// The upload queue: uploader memory for N waiting requesters and how soon
+    /// the head is served once a slot frees, vs requesters told Busy that retry.
+    UploadQueue {
+        #[arg(long, default_value_t = 1000)]
+        requesters: usize,
+        /// Slot hand-overs to time.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
     /// (internal) a bare request/response echo server over the protocol's framing.
     EchoServer,
 }
@@ -120,6 +130,9 @@ async fn main() -> anyhow::Result<()> {
             clients,
             duration,
         } => index_load::run(files, clients, duration).await,
+        Command::UploadQueue { requesters, rounds } => {
+            upload_queue_bench::run(requesters, rounds).await
+        }
         Command::EchoServer => index_load::echo_server().await,
     }
 }

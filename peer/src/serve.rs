@@ -348,6 +348,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
             inbox: inbox.clone(),
             registration: state_rx.clone(),
             overlay: overlay.clone(),
+            upload_queue: upload_queue.clone(),
             shutdown: shutdown.clone(),
         };
         crate::api::spawn(

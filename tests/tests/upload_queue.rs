@@ -88,6 +88,23 @@ impl Requester {
     }
 }
 
+/// `GET path` on the daemon's API; the body as JSON.
+async fn api_get(addr: SocketAddr, path: &str) -> serde_json::Value {
+    use tokio::io::AsyncWriteExt;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the API answered within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
 fn queued(position: u32) -> PeerResponse {
     PeerResponse::Queued { position }
 }
@@ -136,6 +153,11 @@ async fn seed(
     let mut config = peer_config(root, index);
     config.max_uploads = slots;
     config.max_upload_rate = rate;
+    config.api = Some(peer::api::ApiConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: None,
+        fallback_to_any_port: false,
+    });
     let mut p = start_peer_with(config).await;
     p.wait_registered(1).await;
     p
@@ -225,6 +247,23 @@ async fn requesters_wait_in_order_are_told_their_positions_and_the_head_is_serve
         waiting,
         [(1, "127.0.0.3"), (2, "127.0.0.4"), (3, "127.0.0.5")]
     );
+
+    // The same through the daemon's API (what `peer uploads` prints).
+    let api = api_get(seed.daemon.api_addr.unwrap(), "/api/uploads").await;
+    assert_eq!(api["slots"], 1);
+    assert_eq!(api["slots_in_use"], 1);
+    assert_eq!(api["active"][0]["name"], "q.bin");
+    assert_eq!(api["active"][0]["file_id"], id.to_hex());
+    assert_eq!(api["active"][0]["bytes"], two_chunks);
+    assert!(api["active"][0]["rate_bps"].is_u64());
+    let queue = api["queue"].as_array().unwrap();
+    assert_eq!(queue.len(), 3);
+    for (i, w) in queue.iter().enumerate() {
+        assert_eq!(w["position"], i + 1);
+        assert!(w["waiting_since"].as_u64().unwrap() > 1_700_000_000, "{w}");
+        assert_eq!(w["connected"], true);
+    }
+    assert!(queue[0]["peer"].as_str().unwrap().starts_with("127.0.0.3:"));
 
     // The holder leaves: the head gets the slot, the others move up.
     drop(holder);

@@ -18,6 +18,7 @@
 //!   `{"error": "..."}` ([`ApiError`], [`ApiJson`]).
 
 pub(crate) mod status;
+pub mod uploads;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -119,6 +120,8 @@ pub struct ApiState {
     pub(crate) registration: watch::Receiver<RegistrationState>,
     #[allow(dead_code)] // for search in p2p mode
     pub(crate) overlay: Option<crate::overlay::Overlay>,
+    /// Upload slots and queue (`GET /api/uploads`).
+    pub(crate) upload_queue: transfer::upload_queue::UploadQueue,
     /// Cancelled when the daemon stops: long responses (events) end then.
     #[allow(dead_code)]
     pub(crate) shutdown: CancellationToken,
@@ -250,6 +253,7 @@ pub(crate) fn router(state: ApiState, token: Option<String>) -> Router {
     });
     Router::new()
         .merge(status::routes())
+        .merge(uploads::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
