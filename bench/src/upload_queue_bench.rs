@@ -19,6 +19,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
+/// Requests refused with `Busy` (the baseline's polling load at the uploader).
+static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 struct Uploader {
     index: Child,
     peer: Child,
@@ -89,14 +92,20 @@ impl Client {
         socket.bind(format!("{from}:0").parse::<SocketAddr>()?)?;
         let mut stream = socket.connect(addr.parse()?).await?;
         let features = wire::client_handshake_features(&mut stream, Protocol::Peer).await?;
-        anyhow::ensure!(features & FEATURE_UPLOAD_QUEUE != 0, "no upload queue there");
+        anyhow::ensure!(
+            features & FEATURE_UPLOAD_QUEUE != 0,
+            "no upload queue there"
+        );
         let mut c = Client {
             stream,
             buf: Vec::new(),
         };
         if let Some(token) = token {
             let ack = c.ask(&PeerRequest::Requester { token }).await?;
-            anyhow::ensure!(ack == PeerResponse::Delivered, "requester not taken: {ack:?}");
+            anyhow::ensure!(
+                ack == PeerResponse::Delivered,
+                "requester not taken: {ack:?}"
+            );
         }
         Ok(c)
     }
@@ -167,7 +176,9 @@ async fn busy_poller(
             PeerResponse::Error {
                 code: PeerErrorCode::Busy,
                 ..
-            } => {}
+            } => {
+                REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             other => anyhow::bail!("unexpected {other:?}"),
         }
     }
@@ -183,6 +194,8 @@ struct Figures {
     latencies: Vec<Duration>,
     /// Rounds in which the one served was the one waiting longest.
     in_order: usize,
+    /// Requests refused per second while they waited (after the first ask).
+    refused_per_s: f64,
 }
 
 fn median_max(v: &[Duration]) -> (Duration, Duration) {
@@ -235,6 +248,8 @@ async fn measure(
         }
     }
     // Every requester waiting (or polling) for a while.
+    let refused_before = REFUSED.load(std::sync::atomic::Ordering::Relaxed);
+    let waited = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = uploader.rss()?;
 
@@ -256,12 +271,15 @@ async fn measure(
         waiting.retain(|w| *w != i);
         holder = c;
     }
+    let refused = REFUSED.load(std::sync::atomic::Ordering::Relaxed) - refused_before;
+    let refused_per_s = refused as f64 / waited.elapsed().as_secs_f64();
     tasks.abort_all();
     drop(holder);
     Ok(Figures {
         memory: rss_after.saturating_sub(rss_before),
         latencies,
         in_order,
+        refused_per_s,
     })
 }
 
@@ -305,6 +323,10 @@ pub async fn run(requesters: usize, rounds: usize) -> anyhow::Result<()> {
     println!(
         "| the one served had waited longest | {} of {rounds} | {} of {rounds} | all |",
         queued.in_order, polled.in_order
+    );
+    println!(
+        "| requests refused at the uploader per second while they wait | {:.0} | {:.0} | - |",
+        queued.refused_per_s, polled.refused_per_s
     );
     Ok(())
 }
