@@ -5,6 +5,9 @@
 //! - [`addr`]: `HOST:PORT` arguments (default ports, host names).
 //! - [`serve`]: the `peer serve` daemon (scan, chunk server, registrar).
 //! - [`api`]: the daemon's HTTP/JSON API (axum): router, token, Host check.
+//! - [`daemon`]: downloads owned by the daemon (queue, states, redb store)
+//!   and the client local commands use to reach a running daemon.
+//! - [`pipeline`]: one path from a name to verified bytes, every mode.
 //! - [`registrar`]: staying registered at the index (leases, diffs, reconnects).
 //! - [`index_client`]: one connection to the index, for daemon and CLI.
 //! - [`get`]: `peer get` for the hybrid model (index lookup, then download).
@@ -27,10 +30,12 @@
 pub mod addr;
 pub mod api;
 pub mod client_server;
+pub mod daemon;
 pub mod get;
 pub mod im;
 pub mod index_client;
 pub mod overlay;
+pub mod pipeline;
 pub mod registrar;
 pub mod serve;
 pub mod swarm;

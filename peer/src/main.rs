@@ -3,6 +3,7 @@
 
 #[macro_use]
 mod cli_output;
+mod daemon_cli;
 mod demo;
 mod im_cli;
 
@@ -230,6 +231,10 @@ enum Command {
             hide_env_values = true
         )]
         api_token: Option<String>,
+        /// Downloads the daemon runs at once (1 to 1000); more wait in its queue.
+        #[arg(long, env = "PEER_MAX_ACTIVE_DOWNLOADS", default_value_t = peer::daemon::DEFAULT_MAX_ACTIVE,
+              value_parser = count(1, 1000))]
+        max_active_downloads: usize,
     },
     /// Search the index for files whose name contains every WORD.
     Search {
@@ -298,6 +303,13 @@ enum Command {
         /// gives up after --stall-timeout instead.
         #[arg(long, env = "PEER_RETRY_TIMEOUT", default_value = "5m", value_parser = duration(Duration::from_secs(1), DAY))]
         retry_timeout: Duration,
+        /// When a `peer serve` shares the output folder (or a folder above
+        /// it; or PEER_API is set), the download is handed to that daemon,
+        /// which keeps it across restarts: return at once instead of
+        /// showing its progress until it is done. (The daemon then uses its
+        /// own engine settings.)
+        #[arg(long, env = "PEER_DETACH", value_parser = boolish())]
+        detach: bool,
         /// A file id (64 hex digits, or an unambiguous prefix of at least
         /// 8), or a file's exact name (any holder's, compared ignoring case
         /// and Unicode normalization; the last path component is enough).
@@ -365,6 +377,8 @@ enum Command {
     },
     #[command(flatten)]
     Im(im_cli::ImCommand),
+    #[command(flatten)]
+    Daemon(daemon_cli::DaemonCommand),
 }
 
 /// Ends the command as clap ends a usage error: the message, exit status 2.
@@ -444,6 +458,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             fetch,
             api,
             api_token,
+            max_active_downloads,
         } => {
             let shutdown = shutdown_on_signals()?;
             let mut config = peer::ServeConfig::new(share, index.index);
@@ -475,6 +490,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             config.max_upload_rate = rates.max_upload_rate;
             config.max_download_rate = rates.max_download_rate;
             config.fetch = fetch;
+            config.max_active_downloads = max_active_downloads;
             config.api = match api {
                 ApiAddr::Off => None,
                 ApiAddr::At(addr) => Some(peer::api::ApiConfig {
@@ -545,9 +561,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             p2p,
             max_download_rate,
             retry_timeout,
+            detach,
             target,
         } => {
             let shutdown = shutdown_on_signals()?;
+            if let Some(client) = daemon_for_get(&out, mode, &index.index).await {
+                return daemon_cli::get_through(&client, &target, &out, json, detach, shutdown)
+                    .await;
+            }
             let engine = EngineConfig {
                 retry_timeout,
                 stall_timeout,
@@ -740,7 +761,36 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Im(command) => im_cli::run(command).await,
+        Command::Daemon(command) => daemon_cli::run(command).await,
     }
+}
+
+/// The running daemon a `peer get` into `out` is handed to: the one that
+/// shares `out` (or a folder above it), or PEER_API; only when it runs in
+/// the same mode (and, in hybrid mode, with the same index).
+async fn daemon_for_get(
+    out: &std::path::Path,
+    mode: Mode,
+    index: &str,
+) -> Option<peer::daemon::client::ApiClient> {
+    if mode == Mode::ClientServer {
+        return None;
+    }
+    let client = peer::daemon::client::ApiClient::discover(out)
+        .await
+        .ok()??;
+    let status = client.get("/api/status").await.ok()?;
+    let same_mode = match mode {
+        Mode::Hybrid => status["mode"] == "hybrid" && status["index"].as_str() == Some(index),
+        Mode::P2p => status["mode"] == "p2p",
+        Mode::ClientServer => false,
+    };
+    if !same_mode {
+        tracing::info!(
+            "the daemon found runs in another mode or with another index; fetching here"
+        );
+    }
+    same_mode.then_some(client)
 }
 
 /// `--api`: an address, or off.

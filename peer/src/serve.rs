@@ -72,6 +72,9 @@ pub struct ServeConfig {
     /// turns it on by default ([`crate::api::DEFAULT_API`]); in-process
     /// daemons (tests, the demo) opt in.
     pub api: Option<crate::api::ApiConfig>,
+    /// Downloads the daemon runs at once ([`crate::daemon`]); the list is
+    /// kept (with the API) in the share's state folder.
+    pub max_active_downloads: usize,
 }
 
 impl ServeConfig {
@@ -100,6 +103,7 @@ impl ServeConfig {
             max_download_rate: None,
             fetch: Vec::new(),
             api: None,
+            max_active_downloads: crate::daemon::DEFAULT_MAX_ACTIVE,
         }
     }
 }
@@ -132,6 +136,8 @@ pub enum ServeError {
     BadAdvertise(crate::addr::AddrError),
     #[error(transparent)]
     Api(#[from] crate::api::ApiStartError),
+    #[error("cannot open the download list in {path}: {reason} (is another `peer serve` sharing this folder?)")]
+    DownloadStore { path: PathBuf, reason: String },
 }
 
 /// A running peer daemon.
@@ -155,8 +161,12 @@ pub struct Daemon {
     pub index: String,
     /// Where the HTTP/JSON API listens, when it is on.
     pub api_addr: Option<SocketAddr>,
+    /// The downloads this daemon owns (with the API).
+    pub downloads: Option<crate::daemon::DownloadManager>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// No task outlives a dropped daemon.
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl Daemon {
@@ -191,6 +201,9 @@ impl Daemon {
 /// Scans the folder, binds, and starts serving and registering. Returns once
 /// the files are hashed and the chunk server listens.
 pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<Daemon, ServeError> {
+    // Our own token: cancelled with the caller's, and when the daemon is dropped.
+    let shutdown = shutdown.child_token();
+    let stop_on_drop = shutdown.clone().drop_guard();
     // What the index would refuse for good is refused here, before anything starts.
     if let Some(nick) = &config.nick {
         common::im::validate_nick(nick).map_err(|reason| ServeError::BadNick {
@@ -332,6 +345,43 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
     }
 
     let api_addr = api.as_ref().map(|a| a.addr);
+    let downloads = match &api {
+        None => None,
+        Some(_) => {
+            let state_dir = crate::api::state_dir(&root);
+            let fetcher = match &overlay {
+                Some(_) => crate::pipeline::Fetcher::P2p {
+                    via: listen_addr.to_string(),
+                    ttl: crate::overlay::DEFAULT_TTL,
+                    wait: Duration::from_secs(2),
+                },
+                None => crate::pipeline::Fetcher::Hybrid {
+                    index: config.index.clone(),
+                },
+            };
+            let manager_config = crate::daemon::ManagerConfig {
+                max_active: config.max_active_downloads.max(1),
+                default_out: root.clone(),
+                state_dir: state_dir.clone(),
+                engine: crate::download::EngineConfig {
+                    download_limit: download_limit.clone(),
+                    ..Default::default()
+                },
+            };
+            let manager = crate::daemon::DownloadManager::start(
+                manager_config,
+                fetcher,
+                Some(library.clone()),
+                tracker.clone(),
+                &shutdown,
+            )
+            .map_err(|e| ServeError::DownloadStore {
+                path: crate::daemon::store_path(&state_dir),
+                reason: e.to_string(),
+            })?;
+            Some(manager)
+        }
+    };
     if let Some(api) = api {
         let state = crate::api::ApiState {
             info: Arc::new(crate::api::DaemonInfo {
@@ -349,6 +399,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
             registration: state_rx.clone(),
             overlay: overlay.clone(),
             upload_queue: upload_queue.clone(),
+            downloads: downloads.clone(),
             shutdown: shutdown.clone(),
         };
         crate::api::spawn(
@@ -372,8 +423,10 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         download_limit,
         index: config.index.clone(),
         api_addr,
+        downloads,
         tracker,
         shutdown,
+        _stop_on_drop: stop_on_drop,
     })
 }
 

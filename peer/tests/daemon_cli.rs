@@ -23,7 +23,16 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// One blocking HTTP/1.1 request; the status and the JSON body (Null if none).
 fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
+    try_http(addr, method, path, body).expect("the API answers")
+}
+
+fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, Value)> {
+    let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(b) = body {
@@ -34,26 +43,37 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16,
     }
     req.push_str("\r\n");
     req.push_str(body.unwrap_or(""));
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(req.as_bytes()).ok()?;
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
+    s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf);
-    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+    Some((code, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
-/// Where the daemon sharing `share` says its API is (once it wrote it).
+/// Where the daemon sharing `share` says its API is, once it answers there
+/// (a file left by a killed daemon names a port nobody answers on).
 fn api_of(share: &Path) -> SocketAddr {
     let file = share.join(".p2pshare/api.json");
-    wait_for("the API file", || file.exists());
-    let v: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    v["api"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap()
+    let mut found = None;
+    wait_for("the API file of a live daemon", || {
+        let Ok(bytes) = std::fs::read(&file) else {
+            return false;
+        };
+        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
+            return false;
+        };
+        let Some(addr) = v["api"]
+            .as_str()
+            .and_then(|a| a.trim_start_matches("http://").parse::<SocketAddr>().ok())
+        else {
+            return false;
+        };
+        found = Some(addr);
+        try_http(addr, "GET", "/api/status", None).is_some_and(|(c, _)| c == 200)
+    });
+    found.unwrap()
 }
 
 fn serve(share: &Path, index: &str, extra: &[&str]) -> Child {
@@ -128,4 +148,280 @@ fn serve_publishes_its_api_in_the_share_and_stops_it_on_sigterm() {
     let status = sigterm(&mut child);
     assert!(status.success(), "{status:?}");
     assert!(!share.join(".p2pshare/api.json").exists());
+}
+
+// ---- downloads through a daemon ----
+
+use common::hello::Protocol;
+use common::id::{content_info, ContentInfo};
+use common::index_proto::{IndexRequest, IndexResponse, Login, SharedFile};
+use common::wire::{self, Deadlines};
+use tokio_util::sync::CancellationToken;
+use transfer::testing::{self as fake, random_bytes, Behaviour};
+
+async fn start_index() -> (String, CancellationToken) {
+    let config = index_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let server = index_server::Server::bind(config).await.unwrap();
+    let addr = server.local_addr().to_string();
+    let token = CancellationToken::new();
+    tokio::spawn(server.run(token.clone()));
+    (addr, token)
+}
+
+/// Registers `addr` at the index as the holder of `info` under `name`;
+/// the returned connection keeps the registration alive.
+async fn register_source(
+    index: &str,
+    addr: &str,
+    info: &ContentInfo,
+    name: &str,
+) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(index).await.unwrap();
+    wire::client_handshake(&mut s, Protocol::Index)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let file = SharedFile {
+        id: info.id,
+        name: name.into(),
+        size: info.size,
+    };
+    for req in [
+        IndexRequest::Login(Login {
+            listen_port: 1,
+            advertise: Some(addr.into()),
+            nick: None,
+        }),
+        IndexRequest::AddFiles { files: vec![file] },
+    ] {
+        wire::send_message(&mut s, &req).await.unwrap();
+        let r: IndexResponse = wire::expect_message(&mut s, &mut buf, Deadlines::default())
+            .await
+            .unwrap();
+        assert!(!matches!(r, IndexResponse::Error { .. }), "{r:?}");
+    }
+    s
+}
+
+async fn peer_cmd(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(PEER)
+            .args(&args)
+            .env_remove("RUST_LOG")
+            .env_remove("PEER_API")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+async fn wait_async(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_get_hands_the_download_to_the_daemon_of_the_share() {
+    let (index, stop_index) = start_index().await;
+    let data = random_bytes(6 * common::CHUNK_SIZE + 123, 41);
+    let info = content_info(&data);
+    let good = fake::start(data.clone(), Behaviour::OnlyFirst(u32::MAX)).await;
+    let _reg = register_source(&index, &good.addr_string(), &info, "song.ogg").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    let mut daemon = serve(&share, &index, &["--api", "127.0.0.1:0"]);
+    let api = api_of(&share);
+
+    // Into a folder of the share that does not exist yet: found through
+    // the share's API file, done by the daemon, the path printed as usual.
+    let out_dir = share.join("music");
+    let out = peer_cmd(args(&[
+        "get",
+        "--index",
+        &index,
+        "-o",
+        out_dir.to_str().unwrap(),
+        "--json",
+        "song.ogg",
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(got["download"].is_u64(), "not through the daemon: {got}");
+    assert_eq!(got["id"], info.id.to_hex());
+    assert_eq!(std::fs::read(got["path"].as_str().unwrap()).unwrap(), data);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("handed to the daemon"));
+
+    // peer downloads lists it as done until it is cleared.
+    let share_s = share.to_str().unwrap().to_string();
+    let out = peer_cmd(args(&["downloads", "--share", &share_s, "--json"])).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["downloads"][0]["state"], "done", "{list}");
+    let id = list["downloads"][0]["id"].as_u64().unwrap().to_string();
+    let out = peer_cmd(args(&["downloads", "--share", &share_s])).await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("done") && table.contains("song.ogg"),
+        "{table}"
+    );
+    let out = peer_cmd(args(&["cancel", "--share", &share_s, &id])).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        http(api, "GET", "/api/downloads", None).1["downloads"],
+        serde_json::json!([])
+    );
+    let out = peer_cmd(args(&["pause", "--share", &share_s, &id])).await;
+    assert_eq!(out.status.code(), Some(1), "an unknown id is an error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no download"));
+
+    // --detach returns at once with the download's number.
+    let other = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&other).unwrap();
+    let out = peer_cmd(args(&[
+        "get",
+        "--index",
+        &index,
+        "-o",
+        share.join("again").to_str().unwrap(),
+        "--detach",
+        "--json",
+        &info.id.to_hex(),
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = created["id"].as_u64().unwrap();
+    wait_async("the detached download done", || {
+        http(api, "GET", &format!("/api/downloads/{id}"), None).1["state"] == "done"
+    })
+    .await;
+
+    // Outside any share, with no PEER_API: standalone as before.
+    let out = peer_cmd(args(&[
+        "get",
+        "--index",
+        &index,
+        "-o",
+        other.to_str().unwrap(),
+        "--json",
+        &info.id.to_hex(),
+    ]))
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(got.get("download").is_none(), "{got}");
+    assert_eq!(got["sources_used"], 1);
+
+    assert!(sigterm(&mut daemon).success());
+    stop_index.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_killed_mid_download_continues_from_its_verified_chunks_after_restart() {
+    let (index, stop_index) = start_index().await;
+    let data = random_bytes(16 * common::CHUNK_SIZE, 43);
+    let info = content_info(&data);
+    let slow = fake::start(data.clone(), Behaviour::StallAfter(5)).await;
+    let registration = register_source(&index, &slow.addr_string(), &info, "movie.bin").await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let share = dir.path().join("share");
+    let mut daemon = serve(&share, &index, &["--api", "127.0.0.1:0"]);
+    let api = api_of(&share);
+    let (code, created) = http(
+        api,
+        "POST",
+        "/api/downloads",
+        Some(r#"{"target":"movie.bin"}"#),
+    );
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_u64().unwrap();
+    let part = share.join(format!(".{}.part", info.id.to_hex()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !part_has(&part, &info, 5) {
+        let state = http(api, "GET", "/api/downloads", None).1;
+        let files: Vec<_> = std::fs::read_dir(&share)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            Instant::now() < deadline,
+            "no five verified chunks in {part:?}: {state} {files:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.kill().unwrap(); // SIGKILL: no chance to save anything
+    daemon.wait().unwrap();
+    assert!(!share.join("movie.bin").exists());
+    drop(registration);
+
+    let good = fake::start(data.clone(), Behaviour::OnlyFirst(u32::MAX)).await;
+    let _reg = register_source(&index, &good.addr_string(), &info, "movie.bin").await;
+    let mut daemon = serve(&share, &index, &["--api", "127.0.0.1:0"]);
+    let api = api_of(&share);
+    let mut last = Value::Null;
+    wait_async("the download done after the restart", || {
+        last = http(api, "GET", &format!("/api/downloads/{id}"), None).1;
+        last["state"] == "done"
+    })
+    .await;
+    assert!(last["chunks_resumed"].as_u64().unwrap() >= 5, "{last}");
+    assert_eq!(std::fs::read(share.join("movie.bin")).unwrap(), data);
+    assert!(
+        good.served.load(std::sync::atomic::Ordering::Relaxed) <= 11,
+        "the verified chunks were fetched again"
+    );
+    assert!(sigterm(&mut daemon).success());
+    stop_index.cancel();
+}
+
+/// Whether at least `n` chunks of the part file already verify.
+fn part_has(part: &Path, info: &ContentInfo, n: u32) -> bool {
+    let Ok(bytes) = std::fs::read(part) else {
+        return false;
+    };
+    let verified = (0..info.chunk_count())
+        .filter(|&i| {
+            let start = i as usize * common::CHUNK_SIZE;
+            let end = start + info.chunk_len(i);
+            bytes.len() >= end && info.verify_chunk(i, &bytes[start..end])
+        })
+        .count();
+    verified >= n as usize
 }

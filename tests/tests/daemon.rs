@@ -15,11 +15,33 @@ use tokio::net::TcpStream;
 async fn raw(addr: SocketAddr, request: &[u8]) -> (u16, Value) {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
+    // Read the head and Content-Length bytes of body (a server may keep
+    // the connection open to drain a body it refused).
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+    let read = async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if let Some(len) = len {
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
         .await
-        .expect("the API answered within 10 s")
-        .unwrap();
+        .expect("the API answered within 10 s");
     let text = String::from_utf8_lossy(&buf);
     let status: u16 = text
         .split_whitespace()
@@ -200,4 +222,305 @@ async fn a_non_loopback_api_without_a_token_is_refused_at_start() {
         Ok(_) => panic!("a non-loopback API without a token started"),
     };
     assert!(err.contains("--api-token"), "{err}");
+}
+
+/// A peer sharing `files` (name, bytes) and an API daemon downloading at
+/// most `rate` bytes/s with `max_active` downloads at once.
+async fn source_and_daemon(
+    dir: &Path,
+    index: &str,
+    files: &[(&str, Vec<u8>)],
+    rate: Option<u64>,
+    max_active: usize,
+) -> (Peer, Peer) {
+    let src_share = dir.join("src");
+    for (name, data) in files {
+        write_file(&src_share, name, data);
+    }
+    let mut source = start_peer(&src_share, index).await;
+    source.wait_registered(files.len()).await;
+    let mut config = peer_config(&dir.join("dst"), index);
+    config.api = Some(api_config(None));
+    config.max_download_rate = rate;
+    config.max_active_downloads = max_active;
+    let daemon = start_peer_with(config).await;
+    (source, daemon)
+}
+
+async fn state_of(api: SocketAddr, id: u64) -> Value {
+    let (code, d) = call(api, "GET", &format!("/api/downloads/{id}"), &[], None).await;
+    assert_eq!(code, 200, "{d}");
+    d
+}
+
+async fn wait_state(api: SocketAddr, id: u64, states: &[&str]) -> Value {
+    let mut last = Value::Null;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        last = state_of(api, id).await;
+        if states.iter().any(|s| last["state"] == *s) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("download {id} never reached {states:?}: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_are_created_listed_paused_resumed_and_cancelled_through_the_api() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let small = random_bytes(300_000, 7);
+    let big = random_bytes(4 << 20, 8);
+    let (source, daemon) = source_and_daemon(
+        dir.path(),
+        &index.addr_string(),
+        &[("small.bin", small.clone()), ("big.bin", big.clone())],
+        Some(512 * 1024),
+        3,
+    )
+    .await;
+    let api = daemon.daemon.api_addr.unwrap();
+
+    // A small file by name: done, in the shared folder, listed until cleared.
+    let (code, d) = call(
+        api,
+        "POST",
+        "/api/downloads",
+        &[],
+        Some(r#"{"target":"small.bin"}"#),
+    )
+    .await;
+    assert_eq!(code, 201, "{d}");
+    let small_id = d["id"].as_u64().unwrap();
+    let done = wait_state(api, small_id, &["done", "failed"]).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let path = done["path"].as_str().unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), small);
+    assert_eq!(done["size"], small.len());
+    assert_eq!(done["bytes_done"], small.len());
+    assert_eq!(
+        done["file_id"],
+        common::id::content_info(&small).id.to_hex()
+    );
+
+    // A slow one (rate-capped): pause keeps it, resume continues, DELETE cancels.
+    let body = format!(
+        r#"{{"target":"big.bin","out":{:?}}}"#,
+        dir.path().join("out").display().to_string()
+    );
+    let (code, d) = call(api, "POST", "/api/downloads", &[], Some(&body)).await;
+    assert_eq!(code, 201, "{d}");
+    let big_id = d["id"].as_u64().unwrap();
+    wait_until("some bytes verified", Duration::from_secs(30), || async {
+        state_of(api, big_id).await["bytes_done"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    })
+    .await;
+    let (code, d) = call(
+        api,
+        "POST",
+        &format!("/api/downloads/{big_id}/pause"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(d["state"], "paused");
+    // Pausing twice is a conflict, not a crash.
+    let (code, d) = call(
+        api,
+        "POST",
+        &format!("/api/downloads/{big_id}/pause"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(code, 409, "{d}");
+    assert!(is_error(&d));
+    let (code, list) = call(api, "GET", "/api/downloads", &[], None).await;
+    assert_eq!(code, 200);
+    let ids: Vec<u64> = list["downloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, vec![small_id, big_id]);
+    let (code, d) = call(
+        api,
+        "POST",
+        &format!("/api/downloads/{big_id}/resume"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{d}");
+    wait_state(api, big_id, &["waiting", "active"]).await;
+    let (code, _) = call(
+        api,
+        "DELETE",
+        &format!("/api/downloads/{big_id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        call(api, "GET", &format!("/api/downloads/{big_id}"), &[], None)
+            .await
+            .0,
+        404
+    );
+    // Clearing a finished one.
+    assert_eq!(
+        call(
+            api,
+            "DELETE",
+            &format!("/api/downloads/{small_id}"),
+            &[],
+            None
+        )
+        .await
+        .0,
+        200
+    );
+    let (_, list) = call(api, "GET", "/api/downloads", &[], None).await;
+    assert_eq!(list["downloads"].as_array().unwrap().len(), 0);
+
+    daemon.stop().await;
+    source.stop().await;
+    index.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_download_requests_get_4xx_json_errors() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = start_api_peer(&dir.path().join("share"), &index.addr_string(), None).await;
+    let api = p.daemon.api_addr.unwrap();
+    let cases: Vec<(&str, String, Option<String>, u16)> = vec![
+        (
+            "POST",
+            "/api/downloads".into(),
+            Some("{not json".into()),
+            400,
+        ),
+        (
+            "POST",
+            "/api/downloads".into(),
+            Some(r#"{"target": 5}"#.into()),
+            422,
+        ),
+        (
+            "POST",
+            "/api/downloads".into(),
+            Some(r#"{"nothing":"x"}"#.into()),
+            422,
+        ),
+        (
+            "POST",
+            "/api/downloads".into(),
+            Some(r#"{"target":"  "}"#.into()),
+            400,
+        ),
+        (
+            "POST",
+            "/api/downloads".into(),
+            Some(r#"{"target":"x","out":"relative/dir"}"#.into()),
+            400,
+        ),
+        (
+            "POST",
+            "/api/downloads".into(),
+            Some(format!(r#"{{"target":"{}"}}"#, "a".repeat(100_000))),
+            413,
+        ),
+        ("GET", "/api/downloads/999".into(), None, 404),
+        ("GET", "/api/downloads/-1".into(), None, 400),
+        (
+            "GET",
+            "/api/downloads/99999999999999999999999".into(),
+            None,
+            400,
+        ),
+        ("POST", "/api/downloads/999/pause".into(), None, 404),
+        ("DELETE", "/api/downloads/abc".into(), None, 400),
+    ];
+    for (method, path, body, want) in cases {
+        let (code, answer) = call(api, method, &path, &[], body.as_deref()).await;
+        assert_eq!(code, want, "{method} {path} {body:?}: {answer}");
+        assert!(is_error(&answer), "{method} {path}: {answer}");
+    }
+    // Without the JSON content type.
+    let req = format!("POST /api/downloads HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\n{{\"target\":\"x\"}}");
+    let (code, answer) = raw(api, req.as_bytes()).await;
+    assert_eq!(code, 415, "{answer}");
+    // A body that claims more than the cap is refused before it is read.
+    let req = format!("POST /api/downloads HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: 100000000\r\n\r\n{{");
+    let (code, answer) = raw(api, req.as_bytes()).await;
+    assert_eq!(code, 413, "{answer}");
+    // Still alive, nothing listed.
+    let (code, list) = call(api, "GET", "/api/downloads", &[], None).await;
+    assert_eq!(code, 200);
+    assert_eq!(list["downloads"].as_array().unwrap().len(), 0);
+    p.stop().await;
+    index.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_max_active_downloads_run_and_the_rest_queue_in_order() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("f{i}.bin"), random_bytes(2 << 20, 20 + i)))
+        .collect();
+    let named: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let (source, daemon) = source_and_daemon(
+        dir.path(),
+        &index.addr_string(),
+        &named,
+        Some(256 * 1024),
+        1,
+    )
+    .await;
+    let api = daemon.daemon.api_addr.unwrap();
+    let mut ids = Vec::new();
+    for (name, _) in &files {
+        let body = format!(r#"{{"target":"{name}"}}"#);
+        let (code, d) = call(api, "POST", "/api/downloads", &[], Some(&body)).await;
+        assert_eq!(code, 201, "{d}");
+        ids.push(d["id"].as_u64().unwrap());
+    }
+    let first = wait_state(api, ids[0], &["waiting", "active"]).await;
+    assert!(first.get("queue_position").is_none());
+    let second = state_of(api, ids[1]).await;
+    let third = state_of(api, ids[2]).await;
+    assert_eq!(second["state"], "queued", "{second}");
+    assert_eq!(second["queue_position"], 1);
+    assert_eq!(third["queue_position"], 2);
+    // Pausing the running one frees its slot for the next in line.
+    call(
+        api,
+        "POST",
+        &format!("/api/downloads/{}/pause", ids[0]),
+        &[],
+        None,
+    )
+    .await;
+    wait_state(api, ids[1], &["waiting", "active"]).await;
+    assert_eq!(state_of(api, ids[2]).await["queue_position"], 1);
+    let (_, list) = call(api, "GET", "/api/downloads", &[], None).await;
+    let running = list["downloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["state"] == "active" || d["state"] == "waiting")
+        .count();
+    assert_eq!(running, 1, "{list}");
+    daemon.stop().await;
+    source.stop().await;
+    index.stop().await;
 }

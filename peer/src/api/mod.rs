@@ -17,6 +17,7 @@
 //!   oversized body, an unknown route or method get a 4xx with
 //!   `{"error": "..."}` ([`ApiError`], [`ApiJson`]).
 
+pub(crate) mod downloads;
 pub(crate) mod status;
 pub mod uploads;
 
@@ -122,6 +123,8 @@ pub struct ApiState {
     pub(crate) overlay: Option<crate::overlay::Overlay>,
     /// Upload slots and queue (`GET /api/uploads`).
     pub(crate) upload_queue: transfer::upload_queue::UploadQueue,
+    /// The daemon's downloads (none when it keeps no list).
+    pub(crate) downloads: Option<crate::daemon::DownloadManager>,
     /// Cancelled when the daemon stops: long responses (events) end then.
     #[allow(dead_code)]
     pub(crate) shutdown: CancellationToken,
@@ -254,6 +257,7 @@ pub(crate) fn router(state: ApiState, token: Option<String>) -> Router {
     Router::new()
         .merge(status::routes())
         .merge(uploads::routes())
+        .merge(downloads::routes())
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -304,6 +308,19 @@ async fn check_access(State(guard): State<Arc<Guard>>, req: Request, next: Next)
             return ApiError::new(StatusCode::FORBIDDEN, "cross-site requests are not allowed")
                 .into_response();
         }
+    }
+    // A body announced over the cap is refused before any of it is read.
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|len| len > MAX_BODY as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over {MAX_BODY} bytes"),
+        )
+        .into_response();
     }
     let path = req.uri().path();
     let protected = path == "/api" || path.starts_with("/api/") || path == "/metrics";
