@@ -2,6 +2,7 @@
 //! judged against, measured in the same run on the same machine, as a ratio.
 //! `scripts/bench` builds in release mode and runs them all.
 
+mod daemon_bench;
 mod index_load;
 mod transfer_bench;
 mod upload_queue_bench;
@@ -81,6 +82,26 @@ enum Command {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
+    /// A download through a running daemon (`peer get` handed to it) vs a
+    /// standalone `peer get`, alternated.
+    Daemon {
+        #[arg(long, default_value = "1GiB", value_parser = common::units::parse_size)]
+        size: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// A daemon with many running and queued downloads: API list latency,
+    /// RSS, how often progress is published.
+    DaemonList {
+        #[arg(long, default_value_t = 100)]
+        active: usize,
+        #[arg(long, default_value_t = 10_000)]
+        queued: usize,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// (internal) a bare request/response echo server over the protocol's framing.
     EchoServer,
 }
@@ -134,6 +155,12 @@ async fn main() -> anyhow::Result<()> {
             upload_queue_bench::run(requesters, rounds).await
         }
         Command::EchoServer => index_load::echo_server().await,
+        Command::Daemon { size, runs, dir } => daemon_bench::through_daemon(size, runs, dir).await,
+        Command::DaemonList {
+            active,
+            queued,
+            dir,
+        } => daemon_bench::long_list(active, queued, dir).await,
     }
 }
 

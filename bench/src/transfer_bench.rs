@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::gbps;
 
-fn scratch(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+pub(crate) fn scratch(
+    dir: Option<PathBuf>,
+) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
     match dir {
         Some(d) => {
             std::fs::create_dir_all(&d)?;
@@ -27,7 +29,7 @@ fn scratch(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, Option<tempfile::Te
     }
 }
 
-fn write_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<()> {
     if std::fs::metadata(path).is_ok_and(|m| m.len() == size) {
         return Ok(());
     }

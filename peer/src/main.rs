@@ -16,9 +16,9 @@ use anyhow::Context;
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use common::units::{parse_duration_in, parse_size_in, UnitError};
-use peer::download::{DownloadError, EngineConfig, Progress};
-use peer::get::GetError;
+use peer::download::{EngineConfig, Progress};
 use peer::index_client::IndexClient;
+use peer::pipeline::Fetcher;
 use peer::rate::{parse_rate, RateLimiter};
 use tokio_util::sync::CancellationToken;
 
@@ -280,10 +280,10 @@ enum Command {
         #[arg(long, env = "PEER_STALL_TIMEOUT", default_value = "10s", value_parser = duration(100 * MS, DAY))]
         stall_timeout: Duration,
         /// Most sources to fetch from at once (1 to 256).
-        #[arg(long, env = "PEER_MAX_SOURCES", default_value_t = 16, value_parser = count(1, 256))]
+        #[arg(long, env = "PEER_MAX_SOURCES", default_value_t = peer::download::DEFAULT_MAX_SOURCES, value_parser = count(1, 256))]
         max_sources: usize,
         /// Chunk requests kept in flight per source (1 to 256).
-        #[arg(long, env = "PEER_PIPELINE", default_value_t = 16, value_parser = count(1, 256))]
+        #[arg(long, env = "PEER_PIPELINE", default_value_t = peer::download::DEFAULT_PIPELINE_DEPTH, value_parser = count(1, 256))]
         pipeline: usize,
         /// hybrid: every peer the index lists; client-server: the index
         /// server's store only (never another peer); p2p: the nodes a
@@ -578,80 +578,56 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 ..EngineConfig::default()
             };
             let progress = Arc::new(Progress::default());
-            let bar = cli_output::ProgressBar::start(progress.clone(), &target);
-            if mode == Mode::P2p {
-                let via = p2p.via();
-                let result = peer::overlay::get::get(
-                    &via, &target, p2p.ttl, p2p.wait, out, engine, progress, shutdown,
-                )
-                .await;
-                bar.finish();
-                return match result {
-                    Ok(outcome) => {
-                        if json {
-                            cli_output::print_json(&outcome);
-                        } else {
-                            errln!(
-                                "found by flooding: {} nodes reached, {} messages",
-                                outcome.search.nodes_reached,
-                                outcome.search.messages
-                            );
-                            outln!("{}", outcome.download.path.display());
-                        }
-                        Ok(0)
-                    }
-                    Err(peer::overlay::get::P2pGetError::Download(
-                        e @ DownloadError::Interrupted { .. },
-                    )) => {
-                        errln!("{e}");
-                        Ok(130)
-                    }
-                    Err(e) => Err(e.into()),
-                };
-            }
-            if mode == Mode::ClientServer {
+            // The mode only says where the file is resolved and its sources
+            // come from; the rest is one path (peer::pipeline).
+            let fetcher = match mode {
+                Mode::Hybrid => Fetcher::Hybrid {
+                    index: index.index.clone(),
+                },
                 // The server is the only source; no chunk server is started here.
-                let result = peer::client_server::get_from_server(
-                    &index.index,
-                    &target,
-                    out,
-                    engine,
-                    progress,
-                    shutdown,
-                )
-                .await;
-                bar.finish();
-                return match result {
-                    Ok(outcome) => {
-                        if json {
-                            cli_output::print_json(&outcome);
-                        } else {
-                            outln!("{}", outcome.path.display());
-                        }
-                        Ok(0)
-                    }
-                    Err(peer::client_server::ServerGetError::Download(
-                        e @ DownloadError::Interrupted { .. },
-                    )) => {
-                        errln!("{e}");
-                        Ok(130)
-                    }
-                    Err(e) => Err(e.into()),
-                };
-            }
+                Mode::ClientServer => Fetcher::ClientServer {
+                    server: index.index.clone(),
+                },
+                Mode::P2p => Fetcher::P2p {
+                    via: p2p.via(),
+                    ttl: p2p.ttl,
+                    wait: p2p.wait,
+                },
+            };
+            let bar = cli_output::ProgressBar::start(progress.clone(), &target);
+            let options = peer::pipeline::FetchOptions {
+                out_dir: out,
+                engine,
+                progress,
+                library: None,
+            };
             let result =
-                peer::get::get(&index.index, &target, out, engine, progress, shutdown).await;
+                peer::pipeline::fetch(&fetcher, &target, options, |_, _, _| {}, shutdown).await;
             bar.finish();
             match result {
-                Ok(outcome) => {
-                    if json {
-                        cli_output::print_json(&outcome);
-                    } else {
-                        outln!("{}", outcome.path.display());
+                Ok(fetched) => {
+                    match (&fetched.search, json) {
+                        (Some(search), true) => {
+                            cli_output::print_json(&peer::overlay::get::P2pGetOutcome {
+                                download: fetched.download.clone(),
+                                search: search.clone(),
+                            })
+                        }
+                        (None, true) => cli_output::print_json(&fetched.download),
+                        (search, false) => {
+                            if let Some(search) = search {
+                                errln!(
+                                    "found by flooding: {} nodes reached, {} messages",
+                                    search.nodes_reached,
+                                    search.messages
+                                );
+                            }
+                            outln!("{}", fetched.download.path.display());
+                        }
                     }
                     Ok(0)
                 }
-                Err(GetError::Download(e @ DownloadError::Interrupted { .. })) => {
+                Err(e) if e.interrupted() => {
                     errln!("{e}");
                     Ok(130)
                 }
@@ -839,4 +815,47 @@ async fn browse(
         }
     }
     first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults clap shows are the library's (durations are written as
+    /// text for --help, so they are checked here).
+    #[test]
+    fn get_defaults_are_the_engines() {
+        let cli = Cli::try_parse_from(["peer", "get", "x"]).unwrap();
+        let Command::Get {
+            stall_timeout,
+            retry_timeout,
+            max_sources,
+            pipeline,
+            ..
+        } = cli.command
+        else {
+            panic!("not get");
+        };
+        let engine = EngineConfig::default();
+        assert_eq!(stall_timeout, engine.stall_timeout);
+        assert_eq!(retry_timeout, engine.retry_timeout);
+        assert_eq!(max_sources, engine.max_sources);
+        assert_eq!(pipeline, engine.pipeline_depth);
+        let cli = Cli::try_parse_from(["peer", "serve", "--share", "/x"]).unwrap();
+        let Command::Serve {
+            rescan_interval,
+            settle,
+            max_active_downloads,
+            listen,
+            ..
+        } = cli.command
+        else {
+            panic!("not serve");
+        };
+        let config = peer::ServeConfig::new("/x".into(), String::new());
+        assert_eq!(rescan_interval, config.rescan_interval);
+        assert_eq!(settle, config.settle);
+        assert_eq!(listen, config.listen);
+        assert_eq!(max_active_downloads, config.max_active_downloads);
+    }
 }

@@ -20,6 +20,9 @@
 //!  DownloadOutcome (path under the final name once complete)
 //! ```
 //!
+//! `peer get` (every mode) and the daemon's download manager both call
+//! [`fetch`]; nothing else starts a download from a name.
+//!
 //! A [`Fetcher`] says which mode; [`fetch`] runs the whole path and reports
 //! the resolved file as soon as it is known (the daemon records it, so a
 //! restarted download asks for the id, not the name again).
@@ -70,7 +73,31 @@ pub enum FetchError {
     Server(#[from] crate::client_server::ServerGetError),
 }
 
+/// A finished fetch: the download, and in p2p mode the flooding search
+/// that found the file.
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    pub download: DownloadOutcome,
+    pub search: Option<crate::overlay::SearchReport>,
+}
+
 impl FetchError {
+    /// Whether it stopped because `shutdown` was cancelled (exit status
+    /// 130; the part file resumes).
+    pub fn interrupted(&self) -> bool {
+        use crate::download::DownloadError::Interrupted;
+        matches!(
+            self,
+            FetchError::Hybrid(crate::get::GetError::Download(Interrupted { .. }))
+                | FetchError::P2p(crate::overlay::get::P2pGetError::Download(
+                    Interrupted { .. }
+                ))
+                | FetchError::Server(crate::client_server::ServerGetError::Download(
+                    Interrupted { .. }
+                ))
+        )
+    }
+
     /// Whether trying again later may succeed (not for a malformed or
     /// ambiguous target).
     pub fn retryable(&self) -> bool {
@@ -98,7 +125,7 @@ pub async fn fetch(
     options: FetchOptions,
     resolved: impl FnOnce(String, String, u64) + Send,
     shutdown: CancellationToken,
-) -> Result<DownloadOutcome, FetchError> {
+) -> Result<Fetched, FetchError> {
     let FetchOptions {
         out_dir,
         engine,
@@ -116,7 +143,7 @@ pub async fn fetch(
                 sources: found.sources,
                 out_dir,
             };
-            Ok(download::download_refreshed(
+            let download = download::download_refreshed(
                 request,
                 engine,
                 progress,
@@ -126,25 +153,35 @@ pub async fn fetch(
                 shutdown,
             )
             .await
-            .map_err(crate::get::GetError::from)?)
+            .map_err(crate::get::GetError::from)?;
+            Ok(Fetched {
+                download,
+                search: None,
+            })
         }
         Fetcher::P2p { via, ttl, wait } => {
             let outcome = crate::overlay::get::get(
                 via, target, *ttl, *wait, out_dir, engine, progress, shutdown,
             )
             .await?;
-            let d = outcome.download;
+            let d = &outcome.download;
             let name = d
                 .path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
             resolved(d.id.clone(), name, d.size);
-            Ok(d)
+            Ok(Fetched {
+                download: outcome.download,
+                search: Some(outcome.search),
+            })
         }
-        Fetcher::ClientServer { server } => Ok(crate::client_server::get_from_server(
-            server, target, out_dir, engine, progress, shutdown,
-        )
-        .await?),
+        Fetcher::ClientServer { server } => Ok(Fetched {
+            download: crate::client_server::get_from_server(
+                server, target, out_dir, engine, progress, shutdown,
+            )
+            .await?,
+            search: None,
+        }),
     }
 }

@@ -679,7 +679,7 @@ async fn run_one(
     }
     let mut rec = entry.rec.clone();
     match result {
-        Ok(done) => {
+        Ok(pipeline::Fetched { download: done, .. }) => {
             info!(id, path = %done.path.display(), "download done");
             rec.state = Stored::Done;
             rec.size = Some(done.size);

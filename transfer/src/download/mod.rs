@@ -102,10 +102,10 @@ impl EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            pipeline_depth: 16,
+            pipeline_depth: DEFAULT_PIPELINE_DEPTH,
             stall_timeout: Duration::from_secs(10),
             connect_timeout: common::limits::CONNECT_TIMEOUT,
-            max_sources: 16,
+            max_sources: DEFAULT_MAX_SOURCES,
             start_grace: Duration::from_millis(300),
             // Twice the cores of the machines measured: a thread waiting on a
             // direct write leaves its core to one that hashes.
@@ -119,6 +119,11 @@ impl Default for EngineConfig {
         }
     }
 }
+
+/// Default of [`EngineConfig::pipeline_depth`] (and of `peer get --pipeline`).
+pub const DEFAULT_PIPELINE_DEPTH: usize = 16;
+/// Default of [`EngineConfig::max_sources`] (and of `peer get --max-sources`).
+pub const DEFAULT_MAX_SOURCES: usize = 16;
 
 /// Default of [`EngineConfig::retry_timeout`].
 pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(300);
