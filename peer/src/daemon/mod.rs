@@ -57,6 +57,8 @@ pub const DEFAULT_MAX_ACTIVE: usize = 3;
 pub const STORE_FILE: &str = "downloads.redb";
 
 const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("downloads");
+/// Settings kept with the list: the requester token ("requester").
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// First wait before a failed download is tried again; doubles per failure.
 const RETRY_FIRST: Duration = Duration::from_secs(30);
@@ -98,7 +100,7 @@ struct Record {
 }
 
 /// A download as the API shows it (RULES.md's contract).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Download {
     pub id: u64,
     pub target: String,
@@ -111,8 +113,9 @@ pub struct Download {
     pub bytes_done: u64,
     /// Bytes per second received in this run.
     pub rate_bps: u64,
-    /// Sources connected now.
-    pub sources: Vec<SourceView>,
+    /// Each source of a running download: its state (connecting, active,
+    /// queued at it with `queue_position`, retrying, failed, done) and rate.
+    pub sources: Vec<crate::download::SourceView>,
     /// Sources connected now (a count, when per-source detail is unknown).
     pub active_sources: usize,
     /// Place among the queued downloads (1 = next to start).
@@ -130,16 +133,6 @@ pub struct Download {
     /// part file (an earlier run, before a pause or a crash) and not fetched again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chunks_resumed: Option<u32>,
-}
-
-/// One source of a running download.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SourceView {
-    pub addr: String,
-    pub state: String,
-    pub rate_bps: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub queue_position: Option<u32>,
 }
 
 /// Why the manager refused a request.
@@ -242,7 +235,7 @@ impl DownloadManager {
     /// Opens (or creates) the store, queues again what was running when the
     /// daemon stopped, and starts the scheduler on `tracker`.
     pub fn start(
-        config: ManagerConfig,
+        mut config: ManagerConfig,
         fetcher: Fetcher,
         library: Option<Library>,
         tracker: TaskTracker,
@@ -253,6 +246,20 @@ impl DownloadManager {
         let mut entries = BTreeMap::new();
         {
             let tx = db.begin_write()?;
+            {
+                // One requester token for this share's downloads, kept across
+                // restarts: a restarted daemon keeps its places in the
+                // sources' upload queues (within their grace period).
+                let mut meta = tx.open_table(META)?;
+                let token = match meta.get("requester")? {
+                    Some(t) => t.value(),
+                    None => rand::random::<u64>() | 1,
+                };
+                meta.insert("requester", token)?;
+                if config.engine.requester_token.is_none() {
+                    config.engine.requester_token = Some(token);
+                }
+            }
             {
                 let mut t = tx.open_table(TABLE)?;
                 let mut requeue = Vec::new();
@@ -456,16 +463,10 @@ impl Inner {
 fn state_name(e: &Entry) -> String {
     match e.rec.state {
         Stored::Queued => "queued",
+        // Active while some source sends; waiting while every source is
+        // connecting, queued at its upload slots, or retrying.
         Stored::Running => match &e.run {
-            Some(run)
-                if run
-                    .progress
-                    .active_sources
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    > 0 =>
-            {
-                "active"
-            }
+            Some(run) if sending(&run.progress) => "active",
             _ => "waiting",
         },
         Stored::Paused => "paused",
@@ -473,6 +474,19 @@ fn state_name(e: &Entry) -> String {
         Stored::Failed => "failed",
     }
     .to_string()
+}
+
+fn sending(progress: &Progress) -> bool {
+    let sources = progress.sources.snapshot();
+    if sources.is_empty() {
+        return progress
+            .active_sources
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0;
+    }
+    sources
+        .iter()
+        .any(|s| s.state == crate::download::SourceState::Active)
 }
 
 fn view_of(table: &Table, id: u64) -> Option<Download> {
@@ -490,7 +504,7 @@ fn view_of(table: &Table, id: u64) -> Option<Download> {
 fn view(e: &Entry, queue_position: Option<usize>) -> Download {
     use std::sync::atomic::Ordering::Relaxed;
     let rec = &e.rec;
-    let (bytes_done, rate_bps, active_sources, size) = match &e.run {
+    let (bytes_done, rate_bps, active_sources, size, sources) = match &e.run {
         Some(run) => {
             let p = &run.progress;
             let total = p.total_bytes.load(Relaxed);
@@ -499,6 +513,7 @@ fn view(e: &Entry, queue_position: Option<usize>) -> Download {
                 p.rate(run.started.elapsed()).0 as u64,
                 p.active_sources.load(Relaxed),
                 if total > 0 { Some(total) } else { rec.size },
+                p.sources.snapshot(),
             )
         }
         None => (
@@ -510,6 +525,7 @@ fn view(e: &Entry, queue_position: Option<usize>) -> Download {
             0,
             0,
             rec.size,
+            Vec::new(),
         ),
     };
     Download {
@@ -521,7 +537,7 @@ fn view(e: &Entry, queue_position: Option<usize>) -> Download {
         state: state_name(e),
         bytes_done,
         rate_bps,
-        sources: Vec::new(),
+        sources,
         active_sources,
         queue_position,
         path: rec.path.clone(),
