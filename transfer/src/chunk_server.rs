@@ -283,6 +283,10 @@ pub async fn serve_with(
     }
 }
 
+/// A waiting requester is told that its place moved at most this often (a
+/// slot, at once): at every hand-over each of a thousand waiters moves up.
+const POSITION_CALM: Duration = Duration::from_secs(1);
+
 fn refusal(code: PeerErrorCode, message: impl Into<String>) -> PeerResponse {
     PeerResponse::Error {
         code,
@@ -486,9 +490,9 @@ pub async fn serve_peer_session(
                     )
                 } else {
                     let decision = tokio::select! {
-                        d = requester.wait(shown, common::limits::QUEUE_REFRESH) => d,
+                        d = requester.wait(shown, POSITION_CALM, common::limits::QUEUE_REFRESH) => d,
                         // Closed meanwhile: whatever comes next is not read.
-                        _ = reader.get_mut().readable() => requester.wait(shown, Duration::ZERO).await,
+                        _ = reader.get_mut().readable() => requester.wait(shown, Duration::ZERO, Duration::ZERO).await,
                     };
                     // Waiting in the queue is not idling.
                     hold_until = Instant::now() + rules.idle;

@@ -543,13 +543,17 @@ impl Requester {
         decision
     }
 
-    /// Waits in the queue: `Serve` once a slot is held for this requester,
-    /// `Queued(p)` as soon as its place differs from `shown`, or after
-    /// `refresh` at the latest. A requester holding no place asks for one
-    /// (`Busy` when it cannot have one).
-    pub async fn wait(&self, shown: Option<u32>, refresh: Duration) -> Decision {
+    /// Waits in the queue: `Serve` as soon as a slot is held for this
+    /// requester; `Queued(p)` once its place differs from `shown`, but not
+    /// before `calm` has passed (so a queue of thousands is not sent a
+    /// message each at every hand-over), or after `refresh` at the latest.
+    /// A requester holding no place asks for one (`Busy` when it cannot
+    /// have one).
+    pub async fn wait(&self, shown: Option<u32>, calm: Duration, refresh: Duration) -> Decision {
         let mut epoch = self.queue.inner.epoch.subscribe();
-        let deadline = Instant::now() + refresh;
+        let start = Instant::now();
+        let deadline = start + refresh;
+        let calm_until = start + calm.min(refresh);
         loop {
             // Looked at after subscribing: no change is missed.
             let (position, file) = {
@@ -566,12 +570,23 @@ impl Requester {
                 Some(p) => p,
                 None => return self.request(file.unwrap_or(FileId([0; 32]))),
             };
-            if shown != Some(position) {
+            let now = Instant::now();
+            if shown != Some(position) && now >= calm_until {
                 return Decision::Queued(position);
             }
+            // A moved place waits for the calm to end (a grant does not).
+            let wake = if shown != Some(position) {
+                calm_until
+            } else {
+                deadline
+            };
             tokio::select! {
                 r = epoch.changed() => if r.is_err() { return Decision::Queued(position) },
-                _ = tokio::time::sleep_until(deadline) => return Decision::Queued(position),
+                _ = tokio::time::sleep_until(wake) => {
+                    if wake == deadline {
+                        return Decision::Queued(position);
+                    }
+                }
             }
         }
     }
@@ -670,15 +685,18 @@ mod tests {
         // The holder leaves: the head gets the slot, the others move up.
         drop(a);
         assert_eq!(
-            c.wait(Some(1), Duration::from_secs(5)).await,
+            c.wait(Some(1), Duration::ZERO, Duration::from_secs(5))
+                .await,
             Decision::Serve
         );
         assert_eq!(
-            b.wait(Some(2), Duration::from_secs(5)).await,
+            b.wait(Some(2), Duration::ZERO, Duration::from_secs(5))
+                .await,
             Decision::Queued(1)
         );
         assert_eq!(
-            d.wait(Some(3), Duration::from_secs(5)).await,
+            d.wait(Some(3), Duration::ZERO, Duration::from_secs(5))
+                .await,
             Decision::Queued(2)
         );
         let snap = q.snapshot();
@@ -720,7 +738,8 @@ mod tests {
         );
         drop(holder2);
         assert_eq!(
-            w2.wait(Some(1), Duration::from_secs(1)).await,
+            w2.wait(Some(1), Duration::ZERO, Duration::from_secs(1))
+                .await,
             Decision::Serve
         );
         assert_eq!(w1.request(F), Decision::Serve);
@@ -750,7 +769,8 @@ mod tests {
         tokio::time::advance(Duration::from_secs(31)).await;
         q.sweep();
         assert_eq!(
-            b.wait(Some(2), Duration::from_secs(1)).await,
+            b.wait(Some(2), Duration::ZERO, Duration::from_secs(1))
+                .await,
             Decision::Queued(1)
         );
         let a = q.connect_announced(addr("10.0.0.2:3"), 2);
@@ -774,7 +794,8 @@ mod tests {
         drop(holder);
         // The slot went to the first connected waiter.
         assert_eq!(
-            b.wait(Some(2), Duration::from_secs(1)).await,
+            b.wait(Some(2), Duration::ZERO, Duration::from_secs(1))
+                .await,
             Decision::Serve
         );
         let a = q.connect_announced(addr("10.0.0.2:2"), 2);
@@ -834,7 +855,8 @@ mod tests {
         tokio::time::advance(Duration::from_secs(6)).await;
         q.sweep();
         assert_eq!(
-            w.wait(Some(1), Duration::from_secs(1)).await,
+            w.wait(Some(1), Duration::ZERO, Duration::from_secs(1))
+                .await,
             Decision::Serve
         );
         // The idle one asks again: back to the end of the queue.
@@ -848,7 +870,9 @@ mod tests {
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(w.request(F), Decision::Queued(1));
         assert_eq!(
-            holder.wait(Some(1), Duration::from_secs(1)).await,
+            holder
+                .wait(Some(1), Duration::ZERO, Duration::from_secs(1))
+                .await,
             Decision::Serve
         );
     }
@@ -862,10 +886,45 @@ mod tests {
         assert_eq!(w.request(F), Decision::Queued(1));
         let started = Instant::now();
         assert_eq!(
-            w.wait(Some(1), Duration::from_secs(5)).await,
+            w.wait(Some(1), Duration::ZERO, Duration::from_secs(5))
+                .await,
             Decision::Queued(1)
         );
         assert_eq!(started.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_moved_place_is_told_after_the_calm_a_slot_at_once() {
+        let q = queue(1);
+        let holder = q.connect_announced(addr("10.0.0.1:1"), 1);
+        assert_eq!(holder.request(F), Decision::Serve);
+        let a = q.connect_announced(addr("10.0.0.2:1"), 2);
+        let b = q.connect_announced(addr("10.0.0.3:1"), 3);
+        assert_eq!(a.request(F), Decision::Queued(1));
+        assert_eq!(b.request(F), Decision::Queued(2));
+        let calm = Duration::from_secs(1);
+        let started = Instant::now();
+        let (b_wait, a_wait, ()) = tokio::join!(
+            b.wait(Some(2), calm, Duration::from_secs(5)),
+            a.wait(Some(1), calm, Duration::from_secs(5)),
+            async { drop(holder) }
+        );
+        assert_eq!(a_wait, Decision::Serve);
+        assert_eq!(b_wait, Decision::Queued(1));
+        assert_eq!(
+            started.elapsed(),
+            calm,
+            "the move is told once the calm is over"
+        );
+        // The grant itself came at once.
+        let holder = q.connect_announced(addr("10.0.0.1:2"), 1);
+        assert_eq!(holder.request(F), Decision::Queued(2));
+        let started = Instant::now();
+        let (granted, ()) = tokio::join!(b.wait(Some(1), calm, Duration::from_secs(5)), async {
+            drop(a)
+        });
+        assert_eq!(granted, Decision::Serve);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
