@@ -13,9 +13,9 @@
 //! `Requester` (who is asking, so a reconnection keeps its place). A chunk
 //! request from such a requester when every upload slot is taken is
 //! answered `Queued { position }` instead of being served; the requester
-//! then sends `Wait`, which is answered when its position changes, at least
-//! every [`crate::limits::QUEUE_REFRESH`], and with `SlotGranted` when an
-//! upload slot is its own. Requesters that never sent `Requester` (older
+//! then sends `Wait`, which is answered with `SlotGranted` as soon as an
+//! upload slot is its own, with `Queued` when its position changed (at most
+//! about once a second) and at least every [`crate::limits::QUEUE_REFRESH`]. Requesters that never sent `Requester` (older
 //! builds) get `Error { code: Busy }` as before.
 
 use serde::{Deserialize, Serialize};
@@ -45,9 +45,10 @@ pub enum PeerRequest {
     /// whose hello has [`crate::hello::FEATURE_UPLOAD_QUEUE`]; answered
     /// with `Delivered`.
     Requester { token: u64 },
-    /// Waits in the upload queue: answered with `Queued` when the position
-    /// changed (or after [`crate::limits::QUEUE_REFRESH`] at the latest) and
-    /// with `SlotGranted` once an upload slot is held for this requester.
+    /// Waits in the upload queue: answered with `SlotGranted` once an
+    /// upload slot is held for this requester, else with `Queued` when the
+    /// position changed (at most about once a second) or after
+    /// [`crate::limits::QUEUE_REFRESH`] at the latest.
     Wait,
 }
 
