@@ -43,6 +43,9 @@ pub enum Mode {
     ClientServer,
     Hybrid,
     P2p,
+    /// A real BitTorrent swarm (aria2c and opentracker) with the same
+    /// settings, for comparison ([`crate::bittorrent`]).
+    Bittorrent,
 }
 
 impl Mode {
@@ -51,6 +54,7 @@ impl Mode {
             Mode::ClientServer => "client-server",
             Mode::Hybrid => "hybrid",
             Mode::P2p => "p2p",
+            Mode::Bittorrent => "bittorrent",
         }
     }
 }
@@ -373,8 +377,22 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
     } else {
         config.nets.clone()
     };
+    if config.modes.contains(&Mode::Bittorrent) {
+        crate::bittorrent::available()?;
+    }
     if nets.contains(&Net::Netns) {
         crate::netns::available().map_err(|e| LabError::Setup(format!("--net netns: {e}")))?;
+    }
+    if !config.processes {
+        let n = config.ns.iter().copied().max().unwrap_or(1);
+        let limit = crate::raise_open_files_limit().unwrap_or(u64::MAX);
+        if in_process_open_files(n) > limit {
+            return Err(LabError::Setup(format!(
+                "N = {n} peers in one process may need about {} open files, over this \
+                 process's limit of {limit}: run it with --processes (each peer its own process)",
+                in_process_open_files(n)
+            )));
+        }
     }
     let total = (config.ns.len() * config.modes.len() * repeats * nets.len()) as u64;
     let bar = report::progress(total, "distribution");
@@ -393,7 +411,16 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
             .flat_map(|net| config.modes.iter().map(move |m| (*net, *m)))
             .flat_map(|(net, m)| config.ns.iter().map(move |n| (net, m, *n)));
         for (net, mode, n) in points {
-            let engine = engine_name(config.processes, net);
+            // BitTorrent runs once per repetition, as processes on loopback.
+            if mode == Mode::Bittorrent && net != nets[0] {
+                bar.inc(1);
+                continue;
+            }
+            let engine = if mode == Mode::Bittorrent {
+                "aria2c"
+            } else {
+                engine_name(config.processes, net)
+            };
             {
                 let (n, mode) = (&n, &mode);
                 bar.set_message(format!("{engine} {} N={n} run {k}/{repeats}", mode.name()));
@@ -401,11 +428,13 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
                 let run_dir = work
                     .path()
                     .join(format!("{engine}-{}-{n}-{k}", mode.name()));
-                let measured = if config.processes {
+                let measured = if *mode == Mode::Bittorrent {
+                    crate::bittorrent::swarm(config, *n, &seed_dir, &run_dir).await
+                } else if config.processes {
                     let p2p = match mode {
                         Mode::ClientServer => None,
                         Mode::Hybrid => Some(false),
-                        Mode::P2p => Some(true),
+                        _ => Some(true),
                     };
                     match p2p {
                         None => {
@@ -425,7 +454,7 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
                             client_server(config, net, *n, id, &seed_dir, &run_dir).await
                         }
                         Mode::Hybrid => hybrid(config, net, *n, id, &seed_dir, &run_dir).await,
-                        Mode::P2p => p2p(config, net, *n, id, &seed_dir, &run_dir).await,
+                        _ => p2p(config, net, *n, id, &seed_dir, &run_dir).await,
                     }
                 };
                 let mut run = Run {
@@ -465,6 +494,14 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
     bar.finish_and_clear();
     let written = write_outputs(config, &runs)?;
     Ok((written, runs))
+}
+
+/// Open files N peers in one process may need at worst: each peer's
+/// download connected to up to 64 sources (both ends in this process),
+/// plus its listener, index and overlay links and files.
+pub fn in_process_open_files(n: usize) -> u64 {
+    let n = n as u64;
+    n * (2 * n.min(64) + 16) + 64
 }
 
 /// What one run measured.
@@ -1153,6 +1190,12 @@ fn engines_text(runs: &[Run]) -> String {
                      shaped by the kernel's tbf instead of the application; no RTT is \
                      emulated (netem is not available: latency would be a user-space delay)"
                 }
+                "aria2c" => {
+                    "a real BitTorrent swarm: an opentracker on 127.0.0.1, aria2c seed and \
+                     peers (256 KiB pieces, DHT and local discovery off, peer exchange on) \
+                     capped by aria2's own --max-overall-upload-limit, like p2pshare's \
+                     loopback runs"
+                }
                 "netns-processes" => {
                     "real index-server and peer processes, each in its own network namespace \
                      on a bridge, uplinks (and capped downlinks) shaped by the kernel's tbf \
@@ -1173,6 +1216,7 @@ fn mode_color(mode: Mode, engine: usize) -> plotters::style::RGBColor {
         Mode::ClientServer => COLORS[1],
         Mode::Hybrid => COLORS[2],
         Mode::P2p => COLORS[4],
+        Mode::Bittorrent => COLORS[5],
     };
     // A second engine in a darker shade, a third lighter.
     match engine {

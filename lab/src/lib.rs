@@ -15,10 +15,14 @@
 //! - [`search_cost`]: messages, reach and hit rate per query: the index and
 //!   flooding on real overlay nodes measured, flooding on a random graph as
 //!   a model.
+//! - [`sessions`]: the index under 10,000 peer sessions that log in,
+//!   register files and heartbeat while clients search (memory per
+//!   session, heartbeat CPU, search latency), spread over processes.
 //! - [`report`]: CSV, plots (SVG and PNG) and progress lines.
 //! - [`netns`]: hosts in network namespaces on a switch, links shaped by
 //!   the kernel (`--net netns`; a topology builder for tests too).
 
+pub mod bittorrent;
 pub mod connections;
 pub mod distribution;
 pub mod index_load;
@@ -26,8 +30,34 @@ pub mod netns;
 pub mod processes;
 pub mod report;
 pub mod search_cost;
+pub mod sessions;
 
 use std::path::PathBuf;
+
+/// Raises this process's soft limit of open files to its hard limit (the
+/// children started later inherit it); returns the soft limit now.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read only `lim`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}
 
 /// Why an experiment failed.
 #[derive(Debug, thiserror::Error)]

@@ -146,6 +146,11 @@ struct DistributionArgs {
     /// not collected.
     #[arg(long, env = "LAB_PROCESSES", value_parser = boolish)]
     processes: bool,
+    /// Also run the same settings through a real BitTorrent swarm (aria2c
+    /// and opentracker from Debian's packages aria2, opentracker and
+    /// mktorrent), into the same CSV and plot (mode `bittorrent`).
+    #[arg(long, env = "LAB_COMPARE_BITTORRENT", value_parser = boolish)]
+    compare_bittorrent: bool,
     /// Networks, comma-separated, each run side by side into one CSV:
     /// loopback (rates capped by the application's token buckets) or netns
     /// (every node in its own network namespace on a bridge, its uplink
@@ -184,6 +189,32 @@ struct IndexLoadArgs {
     /// How long lookups, then searches, are issued at each client count (10ms to 1h).
     #[arg(long, env = "LAB_DURATION", default_value = "1s", value_parser = duration(10 * MS, HOUR))]
     duration: Duration,
+    #[command(flatten)]
+    runs: RunsArg,
+}
+
+#[derive(Args, Debug, Clone)]
+struct SessionsArgs {
+    /// Peer sessions (1 to 100000).
+    #[arg(long, env = "LAB_SESSIONS", default_value_t = 10_000, value_parser = count(1, 100_000))]
+    sessions: usize,
+    /// Worker processes holding the sessions (1 to 64): one process may
+    /// hold 20,000 open files here.
+    #[arg(long, env = "LAB_WORKERS", default_value_t = 4, value_parser = count(1, 64))]
+    workers: usize,
+    /// Files each session registers (0 to 10000).
+    #[arg(long, env = "LAB_FILES_PER_SESSION", default_value_t = 10, value_parser = count(0, 10_000))]
+    files_per_session: usize,
+    /// Each session's heartbeat interval (100ms to 1h; peers use a third of
+    /// the index's 60 s lease).
+    #[arg(long, env = "LAB_HEARTBEAT", default_value = "20s", value_parser = duration(100 * MS, HOUR))]
+    heartbeat: Duration,
+    /// Length of each measuring window (100ms to 1h).
+    #[arg(long, env = "LAB_DURATION", default_value = "20s", value_parser = duration(100 * MS, HOUR))]
+    duration: Duration,
+    /// Concurrent search connections (1 to 1024).
+    #[arg(long, env = "LAB_CLIENTS", default_value_t = 4, value_parser = count(1, 1024))]
+    clients: usize,
     #[command(flatten)]
     runs: RunsArg,
 }
@@ -323,6 +354,38 @@ enum Command {
         #[command(flatten)]
         out: OutArg,
     },
+    /// The index under many peer sessions that log in, register files and
+    /// heartbeat while clients search: memory per session, heartbeat CPU,
+    /// search p50/p99 (a real index-server process; sessions spread over
+    /// worker processes).
+    Sessions {
+        #[command(flatten)]
+        args: SessionsArgs,
+        #[command(flatten)]
+        out: OutArg,
+    },
+    /// (internal) the index server for `lab sessions`.
+    #[command(hide = true)]
+    IndexWorker {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        cap: usize,
+    },
+    /// (internal) one process of sessions for `lab sessions`.
+    #[command(hide = true)]
+    SessionWorker {
+        #[arg(long)]
+        index: String,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        files: usize,
+        #[arg(long)]
+        heartbeat_ms: u64,
+    },
     /// All four experiments with their default settings, each point measured --runs times (default 3).
     All {
         /// Times each point is measured (1 to 100).
@@ -356,6 +419,10 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
         runs: a.runs.runs.unwrap_or(1),
         nets: a.net,
     };
+    let mut config = config;
+    if a.compare_bittorrent && !config.modes.contains(&Mode::Bittorrent) {
+        config.modes.push(Mode::Bittorrent);
+    }
     if config.ns.is_empty() || config.ns.iter().any(|n| *n == 0 || *n > 256) {
         anyhow::bail!("--n takes peer counts from 1 to 256");
     }
@@ -457,6 +524,35 @@ async fn connections(a: ConnectionsArgs, out: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn sessions(a: SessionsArgs, out: PathBuf) -> anyhow::Result<()> {
+    lab::raise_open_files_limit();
+    let config = lab::sessions::Config {
+        sessions: a.sessions,
+        workers: a.workers,
+        files_per_session: a.files_per_session,
+        heartbeat: a.heartbeat,
+        duration: a.duration,
+        clients: a.clients,
+        runs: a.runs.runs.unwrap_or(1),
+        out,
+    };
+    let (w, outcomes) = lab::sessions::run(&config).await?;
+    for o in &outcomes {
+        errln!(
+            "run {}: {:.0} bytes/session, {:.0} bytes/file, {:.1} µs CPU/heartbeat ({:.1}% of a core), search p99 {:.0} µs quiet, {:.0} µs during heartbeats",
+            o.run,
+            o.bytes_per_session(&config),
+            o.bytes_per_file(&config),
+            o.cpu_per_heartbeat_us(),
+            o.heartbeat_core_share(&config) * 100.0,
+            o.quiet_p99_us,
+            o.during_p99_us
+        );
+    }
+    report("sessions", &w);
+    Ok(())
+}
+
 async fn search_cost(a: SearchCostArgs, out: PathBuf) -> anyhow::Result<()> {
     let config = search_cost::Config {
         ns: a.ns,
@@ -519,6 +615,25 @@ async fn main() {
         Command::IndexLoad { args, out } => index_load(args, out.out).await,
         Command::Connections { args, out } => connections(args, out.out).await,
         Command::SearchCost { args, out } => search_cost(args, out.out).await,
+        Command::Sessions { args, out } => sessions(args, out.out).await,
+        Command::IndexWorker { listen, cap } => lab::sessions::index_worker(listen, cap)
+            .await
+            .map_err(Into::into),
+        Command::SessionWorker {
+            index,
+            first,
+            count,
+            files,
+            heartbeat_ms,
+        } => lab::sessions::worker(
+            index,
+            first,
+            count,
+            files,
+            Duration::from_millis(heartbeat_ms.max(1)),
+        )
+        .await
+        .map_err(Into::into),
         Command::All { runs, out } => run_all(runs, out.out).await,
     };
     if let Err(e) = result {

@@ -51,11 +51,12 @@ pub fn kill_all() {
     }
 }
 
-/// Kills every child on drop, so a failed run leaves nothing behind.
-struct Children(Vec<Child>);
+/// Kills every child on drop, so a failed run leaves nothing behind;
+/// [`kill_all`] reaches them on Ctrl-C and SIGTERM.
+pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Children {
-    fn push(&mut self, c: Child) {
+    pub(crate) fn push(&mut self, c: Child) {
         if let Ok(mut l) = LIVE.lock() {
             l.push(c.id());
         }
@@ -165,7 +166,8 @@ impl Spot {
     }
 }
 
-fn binary(name: &str) -> Result<PathBuf, LabError> {
+/// The binary `name` beside the lab binary (or one folder up, for tests).
+pub(crate) fn binary(name: &str) -> Result<PathBuf, LabError> {
     let exe = std::env::current_exe()?;
     // Beside the lab binary; for tests (target/*/deps/), one folder up.
     let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -195,3 +195,91 @@ async fn distribution_netns_smoke() {
         .collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
+
+/// `lab sessions` at a small size: sessions log in, register and heartbeat
+/// from worker processes against an index in a process of its own; the
+/// figures come from that process (memory grows with sessions and files,
+/// heartbeats were answered and cost CPU, searches were timed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_tiny() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = lab::sessions::Config {
+        sessions: 300,
+        workers: 2,
+        files_per_session: 20,
+        heartbeat: Duration::from_millis(200),
+        duration: Duration::from_millis(600),
+        clients: 2,
+        runs: 1,
+        out: out(dir.path()),
+    };
+    let (w, outcomes) = lab::sessions::run(&config).await.unwrap();
+    check(&w, lab::sessions::CSV_COLUMNS, 2);
+    let o = &outcomes[0];
+    assert!(o.rss_idle > 0 && o.rss_files > o.rss_idle, "{o:?}");
+    // 300 sessions heartbeating every 200 ms for 600 ms: about 900.
+    assert!(o.heartbeats > 300, "{o:?}");
+    assert!(o.quiet_p99_us > 0.0 && o.during_p99_us > 0.0, "{o:?}");
+}
+
+/// In one process, N peers may need more open files than this process
+/// may hold: the lab says to use --processes instead of failing midway.
+#[tokio::test]
+async fn too_many_peers_in_one_process_are_refused_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = distribution::Config {
+        ns: vec![256],
+        file_size: 1024,
+        server_up: 1 << 20,
+        peer_up: 1 << 20,
+        peer_down: None,
+        modes: vec![distribution::Mode::Hybrid],
+        out: out(dir.path()),
+        processes: false,
+        runs: 1,
+        nets: vec![distribution::Net::Loopback],
+    };
+    let limit = lab::raise_open_files_limit().unwrap();
+    if distribution::in_process_open_files(256) <= limit {
+        eprintln!("skipped: this process may open {limit} files, enough for 256 peers");
+        return;
+    }
+    let e = distribution::run(&config).await.unwrap_err().to_string();
+    assert!(e.contains("--processes"), "{e}");
+}
+
+/// `--compare-bittorrent`: the same tiny distribution through a real
+/// BitTorrent swarm (aria2c, opentracker), in the same CSV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_compared_with_bittorrent() {
+    if let Err(e) = lab::bittorrent::available() {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = distribution::Config {
+        ns: vec![2],
+        file_size: 4 * 256 * 1024,
+        server_up: 4_000_000,
+        peer_up: 2_000_000,
+        peer_down: None,
+        modes: vec![distribution::Mode::Hybrid, distribution::Mode::Bittorrent],
+        out: out(dir.path()),
+        processes: false,
+        runs: 1,
+        nets: vec![distribution::Net::Loopback],
+    };
+    let (w, runs) = distribution::run(&config).await.unwrap();
+    check(&w, distribution::CSV_COLUMNS, 4);
+    let bt = runs
+        .iter()
+        .find(|r| r.mode == distribution::Mode::Bittorrent)
+        .expect("a BitTorrent run");
+    assert_eq!(bt.engine, "aria2c");
+    let s = bt.seconds.unwrap_or_else(|| panic!("{bt:?}"));
+    // aria2's caps hold it to its bound at least.
+    assert!(s > 0.8 * bt.bound(), "{bt:?}");
+    assert_eq!(bt.completions.len(), 2, "{bt:?}");
+    let csv = std::fs::read_to_string(&w.csv).unwrap();
+    assert!(csv.contains("bittorrent,2,1,aria2c"), "{csv}");
+}
