@@ -276,6 +276,31 @@ fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     chart: &Chart,
 ) -> Result<(), String> {
+    // Notes go in a strip above the plot, where they hide no data.
+    if !chart.notes.is_empty() {
+        let e = |x: DrawingAreaErrorKind<DB::ErrorType>| format!("{x:?}");
+        let line = 22;
+        let height = (line * chart.notes.len() as u32 + 14).min(area.dim_in_pixel().1 / 3);
+        let (top, rest) = area.split_vertically(height);
+        let font: TextStyle = ("sans-serif", 17).into_font().into();
+        for (k, note) in chart.notes.iter().enumerate() {
+            top.draw(&Text::new(
+                note.clone(),
+                (90, 8 + line as i32 * k as i32),
+                font.clone(),
+            ))
+            .map_err(e)?;
+        }
+        return draw_plot(&rest, chart);
+    }
+    draw_plot(area, chart)
+}
+
+/// Draws `chart`'s axes and series (not its notes).
+fn draw_plot<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    chart: &Chart,
+) -> Result<(), String> {
     let xs = chart
         .series
         .iter()
@@ -408,36 +433,6 @@ where
         .border_style(BLACK)
         .draw()
         .map_err(e)?;
-    if !chart.notes.is_empty() {
-        // Notes in the plot's lower right corner, over a white box.
-        let plot = ctx.plotting_area().strip_coord_spec();
-        let (w, h) = plot.dim_in_pixel();
-        let font: TextStyle = ("sans-serif", 18).into_font().into();
-        let widest = chart
-            .notes
-            .iter()
-            .map(|n| plot.estimate_text_size(n, &font).map_or(0, |s| s.0))
-            .max()
-            .unwrap_or(0) as i32;
-        let line = 24;
-        let (bw, bh) = (widest + 16, line * chart.notes.len() as i32 + 10);
-        let (x, y) = (w as i32 - bw - 8, h as i32 - bh - 8);
-        plot.draw(&Rectangle::new(
-            [(x, y), (x + bw, y + bh)],
-            WHITE.mix(0.85).filled(),
-        ))
-        .map_err(e)?;
-        plot.draw(&Rectangle::new([(x, y), (x + bw, y + bh)], BLACK))
-            .map_err(e)?;
-        for (k, note) in chart.notes.iter().enumerate() {
-            plot.draw(&Text::new(
-                note.clone(),
-                (x + 8, y + 6 + line * k as i32),
-                font.clone(),
-            ))
-            .map_err(e)?;
-        }
-    }
     Ok(())
 }
 
