@@ -222,6 +222,22 @@ pub async fn get_through(
                         .unwrap_or_else(|| "?".into()),
                     cli_output::human_size(d["rate_bps"].as_u64().unwrap_or(0)),
                 );
+                // "queued at HOST, position 3" where a source's upload slots are all taken.
+                let queued: Vec<String> = d["sources"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| {
+                        let p = s["queue_position"].as_u64()?;
+                        let host = common::names::escape_for_terminal(s["addr"].as_str()?);
+                        Some(format!("queued at {host}, position {p}"))
+                    })
+                    .collect();
+                let line = if queued.is_empty() {
+                    line
+                } else {
+                    format!("{line} ({})", queued.join("; "))
+                };
                 if line != last_line {
                     errln!("{line}");
                     last_line = line;

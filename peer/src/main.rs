@@ -6,6 +6,7 @@ mod cli_output;
 mod daemon_cli;
 mod demo;
 mod im_cli;
+mod uploads_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -379,6 +380,9 @@ enum Command {
     Im(im_cli::ImCommand),
     #[command(flatten)]
     Daemon(daemon_cli::DaemonCommand),
+    /// Who the running daemon uploads to (peer, file, rate, bytes) and who
+    /// waits in its upload queue (position, waiting since).
+    Uploads(uploads_cli::UploadsArgs),
 }
 
 /// Ends the command as clap ends a usage error: the message, exit status 2.
@@ -738,6 +742,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Im(command) => im_cli::run(command).await,
         Command::Daemon(command) => daemon_cli::run(command).await,
+        Command::Uploads(args) => uploads_cli::run(args).await,
     }
 }
 
