@@ -399,7 +399,12 @@ fn search(
     } else {
         limit.min(MAX_SEARCH_LIMIT)
     };
-    Ok(index.search_counted(words, limit as usize, now))
+    let started = std::time::Instant::now();
+    let found = index.search_counted(words, limit as usize, now);
+    index
+        .search_seconds()
+        .observe(started.elapsed().as_secs_f64());
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -15,9 +15,14 @@
 //!   and served by the server itself, uploads with `peer put`, on the same
 //!   port as the index (the hello's protocol byte tells them apart).
 //!
+//! - [`http`]: the optional read-only network page (`--http ADDR`): the
+//!   network live, as HTML and JSON, and `/metrics` ([`metrics`]).
+//!
 //! Embed with [`Server::bind`] + [`Server::run`], or [`run`].
 
 pub mod handler;
+pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod store;
@@ -56,6 +61,9 @@ pub struct Config {
     pub store: Option<store::StoreConfig>,
     /// Caps on sessions and the files they list.
     pub limits: state::Limits,
+    /// Where to serve the read-only network page, its JSON and `/metrics`
+    /// ([`http`]); none by default.
+    pub http: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -73,6 +81,7 @@ impl Default for Config {
             max_requests_per_sec: 200_000,
             store: None,
             limits: state::Limits::default(),
+            http: None,
         }
     }
 }
@@ -82,6 +91,11 @@ impl Default for Config {
 pub enum ServerError {
     #[error("cannot listen on {addr} (is another index server running there? pick another address with --listen)")]
     Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} for the network page (is something else there? pick another address with --http)")]
+    BindHttp {
         addr: SocketAddr,
         source: std::io::Error,
     },

@@ -122,6 +122,13 @@ struct Cli {
     /// 500KiB/s (client-server mode's server upload rate). Default: none.
     #[arg(long, env = "INDEX_MAX_UPLOAD_RATE", value_parser = transfer::rate::parse_rate)]
     max_upload_rate: Option<u64>,
+
+    /// Also serve a read-only web page with the network live (peers,
+    /// files, requests per second, a chart) at http://ADDR/, the same as
+    /// JSON at /api/network and Prometheus metrics at /metrics, e.g.
+    /// 127.0.0.1:8080. Off by default; it shows only counts, never files.
+    #[arg(long, env = "INDEX_HTTP", value_name = "ADDR")]
+    http: Option<SocketAddr>,
 }
 
 /// Checks a `HOST:PORT` or `HOST` (kept as given: the port is added once
@@ -210,6 +217,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             store.max_pending_per_client = cli.store_max_pending_per_client as usize;
             store
         }),
+        http: cli.http,
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

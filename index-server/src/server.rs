@@ -25,6 +25,8 @@ pub struct Server {
     index: Index,
     config: Config,
     store: Option<Arc<Store>>,
+    /// The network page's listener (`Config::http`).
+    http: Option<TcpListener>,
 }
 
 impl Server {
@@ -35,6 +37,14 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        let http = match config.http {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::BindHttp { addr, source })?,
+            ),
+            None => None,
+        };
         let index = Index::with_limits(config.lease_ttl, config.limits);
         let store = match &config.store {
             Some(store_config) => Some(Store::open(store_config, index.clone()).await?),
@@ -45,6 +55,7 @@ impl Server {
             index,
             config,
             store,
+            http,
         })
     }
 
@@ -52,6 +63,11 @@ impl Server {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where the network page listens, when it does (`Config::http`).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// A handle to the live state (for tests and embedding).
@@ -71,6 +87,7 @@ impl Server {
             index,
             config,
             store,
+            http,
         } = self;
         info!(addr = %listener.local_addr()?, lease_ttl = ?config.lease_ttl, "index server listening");
         let tracker = TaskTracker::new();
@@ -92,6 +109,15 @@ impl Server {
                     .clone()
                     .rescan_loop(store_config.rescan_interval, shutdown.clone()),
             );
+        }
+
+        if let Some(http) = http {
+            let (index, shutdown) = (index.clone(), shutdown.clone());
+            tracker.spawn(async move {
+                if let Err(e) = crate::http::serve(http, index, shutdown).await {
+                    warn!(error = %e, "the network page stopped");
+                }
+            });
         }
 
         let mut accept_backoff = transfer::net::AcceptBackoff::default();

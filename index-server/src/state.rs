@@ -302,6 +302,8 @@ struct Inner {
     other_requests: AtomicU64,
     /// The last answer to `stats` and when it was computed.
     stats_cache: Mutex<Option<(Instant, IndexStats)>>,
+    /// How long searches take (`p2pshare_index_search_duration_seconds`).
+    search_seconds: prometheus::Histogram,
 }
 
 /// How old an answer to `stats` may be. Counting walks every file (9 ms at
@@ -355,6 +357,7 @@ impl Index {
                 requests: Default::default(),
                 other_requests: AtomicU64::new(0),
                 stats_cache: Mutex::new(None),
+                search_seconds: crate::metrics::search_histogram(),
             }),
         }
     }
@@ -1231,6 +1234,12 @@ impl Index {
             files: s.files.len() as u64,
             bytes: s.bytes,
         })
+    }
+
+    /// The histogram of search durations, observed by the handler and
+    /// exported by [`crate::metrics`].
+    pub fn search_seconds(&self) -> &prometheus::Histogram {
+        &self.inner.search_seconds
     }
 
     /// Counts one handled request of `kind` (a request variant's name).

@@ -7,6 +7,9 @@
 //! - [`fake`]: hand-written sources that die, stall or lie, speaking the
 //!   real protocol (from `transfer`'s `test-support` feature).
 //! - [`wait_until`]: polls a condition until a deadline (never a bare sleep).
+//! - [`http`]: a minimal HTTP client for the HTTP endpoints, and promtool.
+
+pub mod http;
 
 pub use transfer::testing as fake;
 pub use transfer::testing::random_bytes;

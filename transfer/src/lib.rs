@@ -20,6 +20,8 @@
 //!   requesters waiting for one.
 //! - `testing` (feature `test-support`): misbehaving fake sources for tests.
 //! - [`rate`]: token-bucket rate limits shared by all connections of a node.
+//! - [`metrics`]: Prometheus metrics: the engine's counters and families
+//!   read from live state when scraped, shared by the peer and the index.
 //! - [`refused`]: shared files left out of a registration because the index
 //!   would refuse their names, warned about once each.
 
@@ -28,6 +30,7 @@ pub mod chunk_server;
 pub mod download;
 pub mod inbox;
 pub mod library;
+pub mod metrics;
 pub mod net;
 pub mod rate;
 pub mod refused;

@@ -90,6 +90,9 @@ pub struct EngineConfig {
     /// place there); `None`: the process's token
     /// ([`source::requester_token`]), shared by all its downloads.
     pub requester_token: Option<u64>,
+    /// Counters of the node's downloads to add to (bytes, chunks verified
+    /// and rejected), if it exports metrics.
+    pub metrics: Option<crate::metrics::EngineMetrics>,
 }
 
 impl EngineConfig {
@@ -116,6 +119,7 @@ impl Default for EngineConfig {
             direct_writes_from: Some(16 << 20),
             retry_timeout: DEFAULT_RETRY_TIMEOUT,
             requester_token: None,
+            metrics: None,
         }
     }
 }
@@ -448,6 +452,7 @@ struct Verifier {
     delivered: Mutex<Vec<u64>>,
     write_error: Mutex<Option<std::io::Error>>,
     abort: CancellationToken,
+    metrics: Option<crate::metrics::EngineMetrics>,
 }
 
 impl Verifier {
@@ -471,6 +476,9 @@ impl Verifier {
                 );
                 self.scheduler.ban_for_chunk(job.source, job.index);
                 self.scheduler.reject(job.index);
+                if let Some(m) = &self.metrics {
+                    m.chunks_rejected.inc();
+                }
                 self.buffers.give(job.data);
                 continue;
             }
@@ -510,6 +518,10 @@ impl Verifier {
                 self.progress
                     .done_bytes
                     .fetch_add(job.data.data().len() as u64, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.chunks_verified.inc();
+                    m.downloaded_bytes.inc_by(job.data.data().len() as u64);
+                }
                 let mut delivered = self.delivered.lock().unwrap_or_else(|p| p.into_inner());
                 if let Some(c) = delivered.get_mut(job.source) {
                     *c += 1;
@@ -1057,6 +1069,7 @@ pub async fn download_swarm(
         delivered: Mutex::new(vec![0; first.len()]),
         write_error: Mutex::new(None),
         abort: abort.clone(),
+        metrics: config.metrics.clone(),
     });
     let (verify_tx, verify_rx) = async_channel::bounded::<VerifyJob>(verify_queue);
     let mut verifiers = Vec::new();

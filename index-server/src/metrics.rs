@@ -1,0 +1,87 @@
+//! The index server's Prometheus metrics (`/metrics` on `--http`).
+//!
+//! Everything but the search histogram is read from the index's own state
+//! when scraped (see [`transfer::metrics::Sampled`]): request counts by
+//! kind (a fixed set of request names), live peers, files, bytes, memory.
+
+use prometheus::proto::MetricType;
+use prometheus::{Histogram, HistogramOpts, Registry};
+use tokio::time::Instant;
+use transfer::metrics::{register, Sampled};
+
+use crate::state::Index;
+
+/// Bucket bounds of the search histogram, seconds: 10 µs to 1 s (a search
+/// over a big index takes milliseconds).
+const SEARCH_BUCKETS: [f64; 11] = [
+    1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0,
+];
+
+/// The search-duration histogram an [`Index`] observes ([`SEARCH_BUCKETS`]).
+pub fn search_histogram() -> Histogram {
+    let opts = HistogramOpts::new(
+        "p2pshare_index_search_duration_seconds",
+        "Time the index took to answer a keyword search.",
+    )
+    .buckets(SEARCH_BUCKETS.to_vec());
+    Histogram::with_opts(opts).expect("a valid histogram")
+}
+
+/// A registry with the metrics of `index`.
+pub fn registry(index: &Index) -> Registry {
+    let registry = Registry::new();
+    let i = index.clone();
+    register(
+        &registry,
+        Sampled::new(
+            MetricType::COUNTER,
+            "p2pshare_index_requests_total",
+            "Requests the index handled, by kind.",
+            &["kind"],
+            move || {
+                i.request_counts()
+                    .into_iter()
+                    .map(|(kind, n)| (vec![kind.to_string()], n as f64))
+                    .collect()
+            },
+        ),
+    );
+    let i = index.clone();
+    register(
+        &registry,
+        Sampled::gauge(
+            "p2pshare_index_sessions",
+            "Peers logged in with a live lease (sessions).",
+            move || i.stats(Instant::now()).peers as f64,
+        ),
+    );
+    let i = index.clone();
+    register(
+        &registry,
+        Sampled::gauge(
+            "p2pshare_index_files",
+            "Distinct files offered by live peers.",
+            move || i.stats(Instant::now()).files as f64,
+        ),
+    );
+    let i = index.clone();
+    register(
+        &registry,
+        Sampled::gauge(
+            "p2pshare_index_shared_bytes",
+            "Sum of the sizes of the distinct files offered by live peers.",
+            move || i.stats(Instant::now()).bytes as f64,
+        ),
+    );
+    let i = index.clone();
+    register(
+        &registry,
+        Sampled::gauge(
+            "p2pshare_index_memory_used_bytes",
+            "Estimated memory the listings take (see --memory-budget).",
+            move || i.memory_used() as f64,
+        ),
+    );
+    register(&registry, index.search_seconds().clone());
+    registry
+}
