@@ -8,6 +8,8 @@
 //! - [`daemon`]: downloads owned by the daemon (queue, states, redb store)
 //!   and the client local commands use to reach a running daemon.
 //! - [`pipeline`]: one path from a name to verified bytes, every mode.
+//! - [`web`]: the web page the API serves at `/` (embedded, no build step).
+//! - [`metrics`]: the daemon's Prometheus metrics (`/metrics`).
 //! - [`registrar`]: staying registered at the index (leases, diffs, reconnects).
 //! - [`index_client`]: one connection to the index, for daemon and CLI.
 //! - [`get`]: `peer get` for the hybrid model (index lookup, then download).
@@ -34,12 +36,14 @@ pub mod daemon;
 pub mod get;
 pub mod im;
 pub mod index_client;
+pub mod metrics;
 pub mod overlay;
 pub mod pipeline;
 pub mod registrar;
 pub mod serve;
 pub mod swarm;
 pub mod target;
+pub mod web;
 
 pub use transfer::{chunk_server, download, inbox, library, rate, scan};
 

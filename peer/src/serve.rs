@@ -163,6 +163,9 @@ pub struct Daemon {
     pub api_addr: Option<SocketAddr>,
     /// The downloads this daemon owns (with the API).
     pub downloads: Option<crate::daemon::DownloadManager>,
+    /// Prometheus metrics (`GET /metrics` on the API); its engine
+    /// counters go into every download this daemon does.
+    pub metrics: Arc<crate::metrics::PeerMetrics>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     /// No task outlives a dropped daemon.
@@ -344,6 +347,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         ));
     }
 
+    let metrics = Arc::new(crate::metrics::PeerMetrics::new());
+    metrics.watch_daemon(&library, &uploads, &inbox, &state_rx);
     let api_addr = api.as_ref().map(|a| a.addr);
     let downloads = match &api {
         None => None,
@@ -401,6 +406,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
             upload_queue: upload_queue.clone(),
             downloads: downloads.clone(),
             shutdown: shutdown.clone(),
+            metrics: metrics.clone(),
+            sent: Default::default(),
         };
         crate::api::spawn(
             api,
@@ -424,6 +431,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         index: config.index.clone(),
         api_addr,
         downloads,
+        metrics,
         tracker,
         shutdown,
         _stop_on_drop: stop_on_drop,

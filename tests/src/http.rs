@@ -170,3 +170,39 @@ pub fn promtool_check(what: &str, text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Sends `GET path` and reads the (endless) answer, such as a stream of
+/// server-sent events, until `enough` holds for the text read so far, or
+/// panics after `deadline`. Returns the text (head and body, chunk framing
+/// left in).
+pub async fn read_stream(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    deadline: Duration,
+    enough: impl Fn(&str) -> bool,
+) -> String {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut text = String::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let give_up = tokio::time::Instant::now() + deadline;
+    while !enough(&text) {
+        let n = tokio::time::timeout_at(give_up, stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("GET {path}: not enough within {deadline:?}:\n{text}"))
+            .unwrap_or(0);
+        if n == 0 {
+            panic!("GET {path}: the server closed the stream:\n{text}");
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    text
+}

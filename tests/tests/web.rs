@@ -146,3 +146,417 @@ fn metric(text: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
 }
+
+const TOKEN: &str = "test-token-0123456789";
+
+/// A peer with its API on loopback port 0 (and a token, if given).
+async fn start_api_peer(
+    share: &std::path::Path,
+    index: &str,
+    nick: &str,
+    token: Option<&str>,
+) -> (tests::Peer, String) {
+    let mut config = tests::peer_config(share, index);
+    config.nick = Some(nick.into());
+    config.api = Some(peer::api::ApiConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: token.map(Into::into),
+        fallback_to_any_port: false,
+    });
+    let peer = tests::start_peer_with(config).await;
+    let api = peer.daemon.api_addr.expect("the API listens").to_string();
+    (peer, api)
+}
+
+fn bearer() -> (&'static str, String) {
+    ("Authorization", format!("Bearer {TOKEN}"))
+}
+
+/// `GET path` with the test token.
+async fn get_auth(api: &str, path: &str) -> http::Response {
+    let (n, v) = bearer();
+    http::request(api, "GET", path, &[(n, &v)], b"").await
+}
+
+/// `POST path` with the test token and a JSON body.
+async fn post_auth(api: &str, path: &str, body: &str) -> http::Response {
+    let (n, v) = bearer();
+    http::request(
+        api,
+        "POST",
+        path,
+        &[(n, &v), ("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// Shared files, peers online, messages both ways, the event stream, the
+/// page and `/metrics` (promtool-clean, counting what happened), with real
+/// daemons: alice without a token, bob with one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_endpoints_with_real_daemons() {
+    let index = tests::start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice_share = dir.path().join("alice");
+    write_file(&alice_share, "b side.ogg", &[1u8; 3000]);
+    write_file(&alice_share, "a side.ogg", &[2u8; 2000]);
+    write_file(&alice_share, "sub/notes.txt", b"hello");
+    let (mut alice, alice_api) =
+        start_api_peer(&alice_share, &index.addr_string(), "alice", None).await;
+    alice.wait_registered(3).await;
+    let (mut bob, bob_api) = start_api_peer(
+        &dir.path().join("bob"),
+        &index.addr_string(),
+        "bob",
+        Some(TOKEN),
+    )
+    .await;
+    bob.wait_registered(0).await;
+
+    // Shared files, sorted by name.
+    let shared = http::get(&alice_api, "/api/shared").await;
+    assert_eq!(shared.status, 200, "{}", shared.text());
+    let names: Vec<String> = shared.json()["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["a side.ogg", "b side.ogg", "sub/notes.txt"]);
+    assert_eq!(shared.json()["files"][0]["size"], 2000);
+    assert_eq!(shared.json()["files"][0]["id"].as_str().unwrap().len(), 64);
+
+    // Who is online, through the index.
+    let peers = get_auth(&bob_api, "/api/peers").await;
+    assert_eq!(peers.status, 200, "{}", peers.text());
+    assert_eq!(peers.json()["source"], "index");
+    let mut nicks: Vec<String> = peers.json()["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["nick"].as_str().unwrap().to_string())
+        .collect();
+    nicks.sort();
+    assert_eq!(nicks, ["alice", "bob"]);
+    let a = &peers.json()["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["nick"] == "alice")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (a["files"].as_u64(), a["bytes"].as_u64()),
+        (Some(3), Some(5005))
+    );
+
+    // bob writes to alice through his API; it goes straight to alice.
+    let sent = post_auth(
+        &bob_api,
+        "/api/messages",
+        r#"{"to": "alice", "text": "hola, ¿qué tal?"}"#,
+    )
+    .await;
+    assert_eq!(sent.status, 200, "{}", sent.text());
+    assert_eq!(sent.json()["to"], "alice");
+    assert_eq!(sent.json()["addr"], alice.addr());
+    let inbox = http::get(&alice_api, "/api/messages").await.json();
+    let got = &inbox["messages"][0];
+    assert_eq!(
+        (
+            got["dir"].as_str(),
+            got["from"].as_str(),
+            got["text"].as_str()
+        ),
+        (Some("in"), Some("bob"), Some("hola, ¿qué tal?"))
+    );
+    let outbox = get_auth(&bob_api, "/api/messages").await.json();
+    let out = &outbox["messages"][0];
+    assert_eq!(
+        (out["dir"].as_str(), out["to"].as_str()),
+        (Some("out"), Some("alice"))
+    );
+
+    // Events: each kind arrives again and again; EventSource's ?token= works.
+    let text = http::read_stream(
+        &bob_api,
+        &format!("/api/events?token={TOKEN}"),
+        &[],
+        Duration::from_secs(10),
+        |t| t.matches("event: messages").count() >= 2,
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{text}"
+    );
+    assert!(text.contains("hola, ¿qué tal?"), "{text}");
+
+    // The page: no token needed for the (data-free) page itself, nothing
+    // from elsewhere, locked down by its CSP.
+    let page = http::get(&bob_api, "/").await;
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = page.header("content-security-policy").expect("a CSP");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    let html = page.text();
+    for path in [
+        "/api/search",
+        "/api/downloads",
+        "/api/events",
+        "/api/messages",
+        "/api/peers",
+    ] {
+        assert!(html.contains(path), "the page does not use {path}");
+    }
+    assert!(
+        !html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("//cdn")
+    );
+
+    // Metrics: promtool-clean on both, counting what happened.
+    let alice_metrics = http::get(&alice_api, "/metrics").await;
+    assert_eq!(alice_metrics.status, 200);
+    let text = alice_metrics.text();
+    promtool_check("alice's /metrics", &text);
+    for line in [
+        "p2pshare_messages_received_total 1",
+        "p2pshare_shared_files 3",
+        "p2pshare_shared_bytes 5005",
+        "p2pshare_index_registered 1",
+        "p2pshare_api_requests_total{method=\"GET\",route=\"/api/shared\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} missing:\n{text}");
+    }
+    let bob_metrics = get_auth(&bob_api, "/metrics").await;
+    assert_eq!(bob_metrics.status, 200);
+    let text = bob_metrics.text();
+    promtool_check("bob's /metrics", &text);
+    assert!(
+        text.lines()
+            .any(|l| l == "p2pshare_api_requests_total{method=\"POST\",route=\"/api/messages\"} 1"),
+        "{text}"
+    );
+    for family in [
+        "p2pshare_downloaded_bytes_total",
+        "p2pshare_chunks_verified_total",
+        "p2pshare_chunks_rejected_total",
+        "p2pshare_uploaded_bytes_total",
+        "p2pshare_upload_sessions_total",
+        "p2pshare_search_duration_seconds_count",
+    ] {
+        metric(&text, family);
+    }
+
+    bob.stop().await;
+    alice.stop().await;
+    index.stop().await;
+}
+
+/// Hostile input on these endpoints: a clear 4xx with a JSON error, never a
+/// panic, and the daemon still answers afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_endpoints_refuse_hostile_input() {
+    let index = tests::start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut bob, api) = start_api_peer(
+        &dir.path().join("bob"),
+        &index.addr_string(),
+        "bob",
+        Some(TOKEN),
+    )
+    .await;
+    bob.wait_registered(0).await;
+    let (n, v) = bearer();
+    let auth = [(n, v.as_str())];
+    let json = [(n, v.as_str()), ("Content-Type", "application/json")];
+
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        // Without the token (or with a wrong one), nothing but the page.
+        ("GET", "/api/messages", vec![], vec![], 401, "token"),
+        ("GET", "/metrics", vec![], vec![], 401, "token"),
+        (
+            "GET",
+            "/api/events?token=wrong",
+            vec![],
+            vec![],
+            401,
+            "token",
+        ),
+        (
+            "GET",
+            "/api/peers",
+            vec![("Authorization", "Bearer wrong")],
+            vec![],
+            401,
+            "token",
+        ),
+        // A rebound name.
+        (
+            "GET",
+            "/api/shared",
+            vec![auth[0], ("Host", "evil.example:80")],
+            vec![],
+            403,
+            "Host",
+        ),
+        // Messages: bad JSON, wrong fields, wrong type, bad nick, bad text.
+        (
+            "POST",
+            "/api/messages",
+            json.to_vec(),
+            b"{\"to\": \"alice\", ".to_vec(),
+            400,
+            "",
+        ),
+        (
+            "POST",
+            "/api/messages",
+            json.to_vec(),
+            b"[1, 2]".to_vec(),
+            422,
+            "",
+        ),
+        (
+            "POST",
+            "/api/messages",
+            json.to_vec(),
+            b"{\"to\": \"alice\"}".to_vec(),
+            422,
+            "text",
+        ),
+        (
+            "POST",
+            "/api/messages",
+            json.to_vec(),
+            b"{\"to\": \"a\", \"text\": \"x\", \"admin\": true}".to_vec(),
+            422,
+            "admin",
+        ),
+        (
+            "POST",
+            "/api/messages",
+            json.to_vec(),
+            b"{\"to\": 5, \"text\": \"x\"}".to_vec(),
+            422,
+            "",
+        ),
+        (
+            "POST",
+            "/api/messages",
+            auth.to_vec(),
+            b"{\"to\": \"alice\", \"text\": \"x\"}".to_vec(),
+            415,
+            "JSON",
+        ),
+        (
+            "POST",
+            "/api/messages",
+            json.to_vec(),
+            b"{\"to\": \"../../etc/passwd\", \"text\": \"x\"}".to_vec(),
+            400,
+            "can be called",
+        ),
+        (
+            "POST",
+            "/api/messages",
+            json.to_vec(),
+            b"{\"to\": \"alice\", \"text\": \"a\\u0007b\"}".to_vec(),
+            400,
+            "not sent",
+        ),
+        (
+            "POST",
+            "/api/messages",
+            json.to_vec(),
+            format!("{{\"to\": \"alice\", \"text\": \"{}\"}}", "x".repeat(5000)).into_bytes(),
+            400,
+            "not sent",
+        ),
+        (
+            "POST",
+            "/api/messages",
+            json.to_vec(),
+            b"{\"to\": \"nobody\", \"text\": \"hello?\"}".to_vec(),
+            404,
+            "not online",
+        ),
+        (
+            "POST",
+            "/api/messages",
+            json.to_vec(),
+            format!(
+                "{{\"to\": \"alice\", \"text\": \"{}\"}}",
+                "x".repeat(100_000)
+            )
+            .into_bytes(),
+            413,
+            "body",
+        ),
+        // Read-only endpoints.
+        (
+            "DELETE",
+            "/api/shared",
+            auth.to_vec(),
+            vec![],
+            405,
+            "not allowed",
+        ),
+        (
+            "POST",
+            "/api/peers",
+            json.to_vec(),
+            b"{}".to_vec(),
+            405,
+            "not allowed",
+        ),
+        (
+            "PUT",
+            "/metrics",
+            json.to_vec(),
+            b"{}".to_vec(),
+            405,
+            "not allowed",
+        ),
+        (
+            "POST",
+            "/",
+            json.to_vec(),
+            b"{}".to_vec(),
+            405,
+            "not allowed",
+        ),
+        (
+            "GET",
+            "/api/nothing/../../etc/passwd",
+            auth.to_vec(),
+            vec![],
+            404,
+            "no such",
+        ),
+    ];
+    for (method, path, headers, body, status, says) in cases {
+        let r = http::request(&api, method, path, &headers, &body).await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        let error = r.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: no error: {}", r.text()))
+            .to_string();
+        assert!(
+            error.contains(says),
+            "{method} {path}: {error:?} does not say {says:?}"
+        );
+    }
+    // Still serving.
+    assert_eq!(get_auth(&api, "/api/shared").await.status, 200);
+    bob.stop().await;
+    index.stop().await;
+}

@@ -18,6 +18,12 @@
 //!   `{"error": "..."}` ([`ApiError`], [`ApiJson`]).
 
 pub(crate) mod downloads;
+pub(crate) mod events;
+pub(crate) mod messages;
+pub(crate) mod metrics;
+pub(crate) mod peers;
+// WAITING-FOR-SEARCH pub(crate) mod search;
+pub(crate) mod shared;
 pub(crate) mod status;
 pub mod uploads;
 
@@ -113,21 +119,22 @@ pub struct ApiState {
     /// Where the API listens (after binding).
     pub(crate) api_addr: SocketAddr,
     pub(crate) library: Library,
-    #[allow(dead_code)] // for the uploads and metrics endpoints
+    #[allow(dead_code)] // for the uploads endpoint
     pub(crate) uploads: Arc<UploadStats>,
-    #[allow(dead_code)] // for the messages endpoints
     pub(crate) inbox: Inbox,
     #[allow(dead_code)] // for the peers and status endpoints
     pub(crate) registration: watch::Receiver<RegistrationState>,
-    #[allow(dead_code)] // for search in p2p mode
     pub(crate) overlay: Option<crate::overlay::Overlay>,
     /// Upload slots and queue (`GET /api/uploads`).
     pub(crate) upload_queue: transfer::upload_queue::UploadQueue,
     /// The daemon's downloads (none when it keeps no list).
     pub(crate) downloads: Option<crate::daemon::DownloadManager>,
     /// Cancelled when the daemon stops: long responses (events) end then.
-    #[allow(dead_code)]
     pub(crate) shutdown: CancellationToken,
+    /// The daemon's metrics (`GET /metrics`, counted API requests).
+    pub(crate) metrics: Arc<crate::metrics::PeerMetrics>,
+    /// Messages sent through the API, for `GET /api/messages`.
+    pub(crate) sent: messages::SentLog,
 }
 
 /// An API error: a status and `{"error": message}`.
@@ -258,6 +265,17 @@ pub(crate) fn router(state: ApiState, token: Option<String>) -> Router {
         .merge(status::routes())
         .merge(uploads::routes())
         .merge(downloads::routes())
+        // WAITING-FOR-SEARCH .merge(search::routes())
+        .merge(shared::routes())
+        .merge(peers::routes())
+        .merge(messages::routes())
+        .merge(events::routes())
+        .merge(metrics::routes())
+        .merge(crate::web::routes())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::count_requests,
+        ))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(DefaultBodyLimit::max(MAX_BODY))
