@@ -82,15 +82,40 @@ async fn raw(
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(body).await.unwrap();
     let mut all = Vec::new();
-    // A server may close as soon as it answered (a refused body): what
-    // arrived is the answer.
-    let _ = stream.read_to_end(&mut all).await;
+    let mut buf = vec![0u8; 64 * 1024];
+    // Until the server closes or the whole body arrived (some servers keep
+    // the connection open whatever it asked). A server may close as soon
+    // as it answered (a refused body): what arrived is the answer.
+    while !complete(&all) {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
     parse(&all).unwrap_or_else(|| {
         panic!(
             "{method} {path}: not an HTTP answer: {:?}",
             String::from_utf8_lossy(&all)
         )
     })
+}
+
+/// Whether `all` holds a whole answer: its head and a body as long as
+/// its `Content-Length`, or a chunked body's last chunk.
+fn complete(all: &[u8]) -> bool {
+    let Some(end) = all.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&all[..end]).to_ascii_lowercase();
+    let body = &all[end + 4..];
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= len;
+    }
+    head.contains("transfer-encoding: chunked") && body.ends_with(b"0\r\n\r\n")
 }
 
 /// Parses a whole HTTP/1.1 answer.
