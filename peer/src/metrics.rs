@@ -137,3 +137,28 @@ impl PeerMetrics {
         ));
     }
 }
+
+impl PeerMetrics {
+    /// Adds the upload slots and the fair queue: slots, slots in use,
+    /// requesters waiting.
+    pub fn watch_upload_queue(&self, queue: &transfer::upload_queue::UploadQueue) {
+        let slots = queue.config().slots;
+        self.sample(Sampled::gauge(
+            "p2pshare_upload_slots",
+            "Upload slots (--max-uploads): requesters served at once.",
+            move || slots as f64,
+        ));
+        let q = queue.clone();
+        self.sample(Sampled::gauge(
+            "p2pshare_upload_slots_in_use",
+            "Upload slots held now.",
+            move || q.slots_in_use() as f64,
+        ));
+        let q = queue.clone();
+        self.sample(Sampled::gauge(
+            "p2pshare_upload_queue_length",
+            "Requesters waiting in the upload queue (connected or within their grace period).",
+            move || q.waiting() as f64,
+        ));
+    }
+}

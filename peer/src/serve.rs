@@ -349,6 +349,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
 
     let metrics = Arc::new(crate::metrics::PeerMetrics::new());
     metrics.watch_daemon(&library, &uploads, &inbox, &state_rx);
+    metrics.watch_upload_queue(&upload_queue);
     let api_addr = api.as_ref().map(|a| a.addr);
     let downloads = match &api {
         None => None,

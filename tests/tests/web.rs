@@ -294,6 +294,10 @@ async fn api_endpoints_with_real_daemons() {
         "{text}"
     );
     assert!(text.contains("hola, ¿qué tal?"), "{text}");
+    assert!(
+        text.contains("event: uploads") && text.contains("\"slots_in_use\""),
+        "{text}"
+    );
 
     // The page: no token needed for the (data-free) page itself, nothing
     // from elsewhere, locked down by its CSP.
@@ -352,6 +356,8 @@ async fn api_endpoints_with_real_daemons() {
         "p2pshare_uploaded_bytes_total",
         "p2pshare_upload_sessions_total",
         "p2pshare_search_duration_seconds_count",
+        "p2pshare_upload_slots_in_use",
+        "p2pshare_upload_queue_length",
     ] {
         metric(&text, family);
     }

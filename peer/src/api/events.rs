@@ -32,6 +32,10 @@ fn round(state: &ApiState) -> Vec<Event> {
         Err(e) => tracing::warn!(event = name, error = %e, "cannot encode an event"),
     };
     add(
+        "uploads",
+        Event::default().json_data(super::uploads::listing(&state.upload_queue, &state.library)),
+    );
+    add(
         "messages",
         Event::default().json_data(super::messages::snapshot(state)),
     );
