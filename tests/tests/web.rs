@@ -367,6 +367,17 @@ async fn api_endpoints_with_real_daemons() {
     index.stop().await;
 }
 
+/// One hostile request: method, path, headers, body, the status expected
+/// and a word its error must say.
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+);
+
 /// Hostile input on these endpoints: a clear 4xx with a JSON error, never a
 /// panic, and the daemon still answers afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,7 +396,7 @@ async fn api_endpoints_refuse_hostile_input() {
     let auth = [(n, v.as_str())];
     let json = [(n, v.as_str()), ("Content-Type", "application/json")];
 
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         // Without the token (or with a wrong one), nothing but the page.
         ("GET", "/api/messages", vec![], vec![], 401, "token"),
         ("GET", "/metrics", vec![], vec![], 401, "token"),
