@@ -162,3 +162,28 @@ impl PeerMetrics {
         ));
     }
 }
+
+impl PeerMetrics {
+    /// Adds the daemon's downloads by state (every state listed, zero
+    /// included, so a dashboard sees each series from the start).
+    pub fn watch_downloads(&self, downloads: &crate::daemon::DownloadManager) {
+        const STATES: [&str; 6] = ["queued", "waiting", "active", "paused", "done", "failed"];
+        let d = downloads.clone();
+        self.sample(Sampled::new(
+            prometheus::proto::MetricType::GAUGE,
+            "p2pshare_downloads",
+            "Downloads this daemon owns, by state.",
+            &["state"],
+            move || {
+                let list = d.list();
+                STATES
+                    .iter()
+                    .map(|s| {
+                        let n = list.iter().filter(|x| x.state == *s).count();
+                        (vec![s.to_string()], n as f64)
+                    })
+                    .collect()
+            },
+        ));
+    }
+}

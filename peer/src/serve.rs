@@ -371,6 +371,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
                 state_dir: state_dir.clone(),
                 engine: crate::download::EngineConfig {
                     download_limit: download_limit.clone(),
+                    metrics: Some(metrics.engine.clone()),
                     ..Default::default()
                 },
             };
@@ -385,6 +386,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
                 path: crate::daemon::store_path(&state_dir),
                 reason: e.to_string(),
             })?;
+            metrics.watch_downloads(&manager);
             Some(manager)
         }
     };

@@ -227,6 +227,50 @@ async fn api_endpoints_with_real_daemons() {
     assert_eq!(shared.json()["files"][0]["size"], 2000);
     assert_eq!(shared.json()["files"][0]["id"].as_str().unwrap().len(), 64);
 
+    // Search through bob's API (hybrid: at the index), with filters.
+    let found = get_auth(&bob_api, "/api/search?q=side").await;
+    assert_eq!(found.status, 200, "{}", found.text());
+    let found = found.json();
+    assert_eq!(found["total"], 2, "{found}");
+    assert_eq!(found["truncated"], false);
+    let mut hits: Vec<(String, u64, u64)> = found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap().to_string(),
+                h["size"].as_u64().unwrap(),
+                h["sources"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    hits.sort();
+    assert_eq!(
+        hits,
+        [
+            ("a side.ogg".to_string(), 2000, 1),
+            ("b side.ogg".to_string(), 3000, 1)
+        ]
+    );
+    let small = get_auth(&bob_api, "/api/search?q=side&ext=OGG&max_size=2500")
+        .await
+        .json();
+    assert_eq!(small["results"].as_array().unwrap().len(), 1, "{small}");
+    assert_eq!(small["results"][0]["name"], "a side.ogg");
+    let cut = get_auth(&bob_api, "/api/search?q=side&limit=1")
+        .await
+        .json();
+    assert_eq!(
+        (cut["results"].as_array().unwrap().len(), &cut["truncated"]),
+        (1, &serde_json::json!(true)),
+        "{cut}"
+    );
+    let none = get_auth(&bob_api, "/api/search?q=nothing+like+this")
+        .await
+        .json();
+    assert_eq!(none["results"].as_array().unwrap().len(), 0, "{none}");
+
     // Who is online, through the index.
     let peers = get_auth(&bob_api, "/api/peers").await;
     assert_eq!(peers.status, 200, "{}", peers.text());
@@ -396,6 +440,7 @@ async fn api_endpoints_refuse_hostile_input() {
     let auth = [(n, v.as_str())];
     let json = [(n, v.as_str()), ("Content-Type", "application/json")];
 
+    let long_word = format!("/api/search?q={}", "w".repeat(200));
     let cases: Vec<Case> = vec![
         // Without the token (or with a wrong one), nothing but the page.
         ("GET", "/api/messages", vec![], vec![], 401, "token"),
@@ -517,6 +562,81 @@ async fn api_endpoints_refuse_hostile_input() {
             .into_bytes(),
             413,
             "body",
+        ),
+        // Search: no words, too many or too long, bad numbers and filters.
+        ("GET", "/api/search", auth.to_vec(), vec![], 400, "q"),
+        (
+            "GET",
+            "/api/search?q=%20%20",
+            auth.to_vec(),
+            vec![],
+            400,
+            "q",
+        ),
+        (
+            "GET",
+            "/api/search?q=a+b+c+d+e+f+g+h+i+j+k+l+m+n+o+p+q",
+            auth.to_vec(),
+            vec![],
+            400,
+            "words",
+        ),
+        ("GET", &long_word, auth.to_vec(), vec![], 400, "words"),
+        (
+            "GET",
+            "/api/search?q=x&limit=0",
+            auth.to_vec(),
+            vec![],
+            400,
+            "limit",
+        ),
+        (
+            "GET",
+            "/api/search?q=x&limit=-3",
+            auth.to_vec(),
+            vec![],
+            400,
+            "limit",
+        ),
+        (
+            "GET",
+            "/api/search?q=x&limit=99999999999",
+            auth.to_vec(),
+            vec![],
+            400,
+            "limit",
+        ),
+        (
+            "GET",
+            "/api/search?q=x&min_size=lots",
+            auth.to_vec(),
+            vec![],
+            400,
+            "min_size",
+        ),
+        (
+            "GET",
+            "/api/search?q=x&min_size=2MB&max_size=1MB",
+            auth.to_vec(),
+            vec![],
+            400,
+            "larger",
+        ),
+        (
+            "GET",
+            "/api/search?q=x&ext=../../etc",
+            auth.to_vec(),
+            vec![],
+            400,
+            "extension",
+        ),
+        (
+            "GET",
+            "/api/search?q=x&type=everything",
+            auth.to_vec(),
+            vec![],
+            400,
+            "type",
         ),
         // Read-only endpoints.
         (

@@ -31,6 +31,15 @@ fn round(state: &ApiState) -> Vec<Event> {
         Ok(e) => out.push(e.event(name)),
         Err(e) => tracing::warn!(event = name, error = %e, "cannot encode an event"),
     };
+    let downloads = state
+        .downloads
+        .as_ref()
+        .map(|m| m.list())
+        .unwrap_or_default();
+    add(
+        "downloads",
+        Event::default().json_data(serde_json::json!({ "downloads": downloads })),
+    );
     add(
         "uploads",
         Event::default().json_data(super::uploads::listing(&state.upload_queue, &state.library)),

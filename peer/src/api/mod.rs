@@ -22,7 +22,7 @@ pub(crate) mod events;
 pub(crate) mod messages;
 pub(crate) mod metrics;
 pub(crate) mod peers;
-// WAITING-FOR-SEARCH pub(crate) mod search;
+pub(crate) mod search;
 pub(crate) mod shared;
 pub(crate) mod status;
 pub mod uploads;
@@ -265,7 +265,7 @@ pub(crate) fn router(state: ApiState, token: Option<String>) -> Router {
         .merge(status::routes())
         .merge(uploads::routes())
         .merge(downloads::routes())
-        // WAITING-FOR-SEARCH .merge(search::routes())
+        .merge(search::routes())
         .merge(shared::routes())
         .merge(peers::routes())
         .merge(messages::routes())

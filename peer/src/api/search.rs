@@ -62,7 +62,32 @@ pub(crate) fn routes() -> Router<ApiState> {
 struct Query {
     words: Vec<String>,
     limit: u32,
-    filter: common::index_proto::SearchFilter,
+    filter: Filter,
+}
+
+/// Longest extension in an `ext` filter.
+const MAX_EXTENSION_LEN: usize = 16;
+/// Most extensions in one filter.
+const MAX_EXTENSIONS: usize = 64;
+
+/// Size and extension filters, applied to the index's answers here.
+struct Filter {
+    min_size: Option<u64>,
+    max_size: Option<u64>,
+    exts: Vec<String>,
+}
+
+impl Filter {
+    fn is_empty(&self) -> bool {
+        self.min_size.is_none() && self.max_size.is_none() && self.exts.is_empty()
+    }
+
+    fn accepts(&self, size: u64, name: &str) -> bool {
+        let name = name.to_lowercase();
+        self.min_size.is_none_or(|m| size >= m)
+            && self.max_size.is_none_or(|m| size <= m)
+            && (self.exts.is_empty() || self.exts.iter().any(|e| name.ends_with(&format!(".{e}"))))
+    }
 }
 
 fn parse(p: SearchParams) -> Result<Query, ApiError> {
@@ -112,40 +137,29 @@ fn parse(p: SearchParams) -> Result<Query, ApiError> {
         if e.is_empty() {
             continue;
         }
-        if e.len() > common::names::MAX_EXTENSION_LEN || e.contains(['/', ' ']) {
+        if e.len() > MAX_EXTENSION_LEN || e.contains(['/', ' ']) {
             return Err(ApiError::bad_request(format!(
-                "an extension is 1 to {} bytes without spaces (mp3, tar.gz)",
-                common::names::MAX_EXTENSION_LEN
+                "an extension is 1 to {MAX_EXTENSION_LEN} bytes without spaces (mp3, tar.gz)"
             )));
         }
         exts.push(e);
     }
-    for k in p.kind.as_deref().unwrap_or("").split(',') {
-        let k = k.trim();
-        if k.is_empty() {
-            continue;
-        }
-        let kind = common::search::FileKind::parse(k).ok_or_else(|| {
-            let names: Vec<&str> = common::search::FileKind::ALL
-                .iter()
-                .map(|k| k.name())
-                .collect();
-            ApiError::bad_request(format!("unknown type {k:?}: one of {}", names.join(", ")))
-        })?;
-        exts.extend(kind.extensions().iter().map(|e| e.to_string()));
+    if p.kind.as_deref().is_some_and(|k| !k.trim().is_empty()) {
+        return Err(ApiError::bad_request(
+            "type filters are not supported by this daemon yet: give extensions with ext=mp3,flac",
+        ));
     }
     exts.sort();
     exts.dedup();
-    if exts.len() > common::search::MAX_FILTER_EXTENSIONS {
+    if exts.len() > MAX_EXTENSIONS {
         return Err(ApiError::bad_request(format!(
-            "at most {} extensions in all",
-            common::search::MAX_FILTER_EXTENSIONS
+            "at most {MAX_EXTENSIONS} extensions in all"
         )));
     }
     Ok(Query {
         words,
         limit,
-        filter: common::index_proto::SearchFilter {
+        filter: Filter {
             min_size,
             max_size,
             exts,
@@ -217,25 +231,39 @@ async fn run(state: &ApiState, query: Query) -> Result<SearchAnswer, ApiError> {
     let mut client = IndexClient::connect(&state.info.index)
         .await
         .map_err(|e| unavailable(format!("cannot reach the index {}: {e}", state.info.index)))?;
-    let answer = client
-        .search_filtered(query.words, query.limit, query.filter)
-        .await
-        .map_err(|e| match e.code() {
-            Some(common::index_proto::ErrorCode::BadRequest) => ApiError::bad_request(e.to_string()),
-            _ => unavailable(format!("the index could not search: {e}")),
-        })?;
+    // Filters run here: ask for as many as the index gives, then cut.
+    let ask = if query.filter.is_empty() {
+        query.limit
+    } else {
+        MAX_SEARCH_LIMIT
+    };
+    let (hits, total) =
+        client
+            .search_counted(query.words, ask)
+            .await
+            .map_err(|e| match e.code() {
+                Some(common::index_proto::ErrorCode::BadRequest) => {
+                    ApiError::bad_request(e.to_string())
+                }
+                _ => unavailable(format!("the index could not search: {e}")),
+            })?;
+    let filtered = !query.filter.is_empty();
+    let mut results: Vec<SearchResult> = hits
+        .into_iter()
+        .filter(|h| query.filter.accepts(h.size, &h.name))
+        .map(|h| SearchResult {
+            id: h.id.to_string(),
+            name: h.name,
+            size: h.size,
+            sources: u64::from(h.sources),
+        })
+        .collect();
+    let matched = results.len() as u64;
+    results.truncate(query.limit as usize);
+    let total = if filtered { Some(matched) } else { total };
     Ok(SearchAnswer {
-        total: answer.total,
-        truncated: answer.truncated,
-        results: answer
-            .hits
-            .into_iter()
-            .map(|h| SearchResult {
-                id: h.id.to_string(),
-                name: h.name,
-                size: h.size,
-                sources: u64::from(h.sources),
-            })
-            .collect(),
+        truncated: total.is_some_and(|t| t > results.len() as u64),
+        total,
+        results,
     })
 }
