@@ -205,10 +205,7 @@ async fn run(state: &ApiState, query: Query) -> Result<SearchAnswer, ApiError> {
             P2P_WAIT,
         )
         .await
-        .map_err(|e| match e {
-            crate::overlay::search::SearchError::NoWords => ApiError::bad_request(e.to_string()),
-            e => unavailable(format!("the overlay search failed: {e}")),
-        })?;
+        .map_err(|e| unavailable(format!("the overlay search failed: {e}")))?;
         let mut results: Vec<SearchResult> = report
             .hits
             .into_iter()
