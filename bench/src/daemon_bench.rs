@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use peer::daemon::client::ApiClient;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::index_load::spawn_with_addr;
 
@@ -206,7 +206,7 @@ pub async fn long_list(active: usize, queued: usize, dir: Option<PathBuf>) -> an
         ids.push(info.id.to_hex());
     }
     // Slow uploads: every download stays running through the measurement.
-    let net = Network::start(&src, Some("2MB/s"))?;
+    let net = Network::start(&src, Some("1MB/s"))?;
     wait_files(&net.index_addr, active as u64).await?;
     let dst = root.join("list-dst");
     let max_active = active.to_string();
@@ -229,12 +229,9 @@ pub async fn long_list(active: usize, queued: usize, dir: Option<PathBuf>) -> an
     // Let every running download connect.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let list = api.get("/api/downloads").await?;
-    let all = list["downloads"].as_array().context("downloads")?;
-    let running = all
-        .iter()
-        .filter(|d| d["state"] == "active" || d["state"] == "waiting")
-        .count();
-    let queued_now = all.iter().filter(|d| d["state"] == "queued").count();
+    let count = |s: &str| list["counts"][s].as_u64().unwrap_or(0);
+    let running = count("active") + count("waiting");
+    let queued_now = count("queued");
 
     let lat = |n: usize, path: &'static str| {
         let api = api.clone();
@@ -250,41 +247,48 @@ pub async fn long_list(active: usize, queued: usize, dir: Option<PathBuf>) -> an
         }
     };
     let mut list_p = (0.0f64, 0.0f64);
+    let mut list1k_p = (0.0f64, 0.0f64);
     let mut status_p = (0.0f64, 0.0f64);
-    // Alternated in rounds, since the machine is shared.
+    // Alternated in rounds, since the machine is shared; the worst round kept.
     for _ in 0..3 {
         let s = lat(100, "/api/status").await?;
         let l = lat(100, "/api/downloads").await?;
+        let k = lat(20, "/api/downloads?limit=1000").await?;
         status_p = (status_p.0.max(s.0), status_p.1.max(s.1));
         list_p = (list_p.0.max(l.0), list_p.1.max(l.1));
+        list1k_p = (list1k_p.0.max(k.0), list1k_p.1.max(k.1));
     }
+    let t = Instant::now();
+    api.get("/api/downloads?limit=100000").await?;
+    let whole = t.elapsed().as_secs_f64() * 1e3;
     let rss = crate::index_load::rss_bytes(pid)?;
 
-    // Progress as the API shows it: how often a running download's
-    // bytes_done changes, sampled every 100 ms for 10 s.
-    let first = ids[0].clone();
-    let one = all
-        .iter()
-        .find(|d| d["file_id"] == Value::String(first.clone()) && d["state"] != "queued")
-        .map(|d| d["id"].clone())
-        .context("a running download")?;
+    // Progress as the API shows it: how often the running downloads'
+    // verified bytes (summed) change, sampled every 100 ms for 10 s.
     let mut changes = 0u32;
     let mut last = None;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(10) {
-        let d = api.get(&format!("/api/downloads/{one}")).await?;
-        let done = d["bytes_done"].as_u64();
-        if last.is_some() && done != last {
+        let list = api.get("/api/downloads?state=active,waiting").await?;
+        let sum: u64 = list["downloads"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|d| d["bytes_done"].as_u64()).sum())
+            .unwrap_or(0);
+        if last.is_some() && Some(sum) != last {
             changes += 1;
         }
-        last = done;
+        last = Some(sum);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop(daemon);
     net.stop();
     println!(
-        "| API list, {running} running + {queued_now} queued downloads, p50 / p99 (300 calls, new connection each) | {:.2} ms / {:.2} ms | `GET /api/status` on the same daemon {:.2} ms / {:.2} ms; target p99 < 5 ms | {:.2} |",
+        "| API list (`GET /api/downloads`: the default first page of 100, total and counts), {running} running + {queued_now} queued, p50 / p99 (300 calls, new connection each) | {:.2} ms / {:.2} ms | `GET /api/status` on the same daemon {:.2} ms / {:.2} ms; target p99 < 5 ms | {:.2} |",
         list_p.0, list_p.1, status_p.0, status_p.1, 5.0 / list_p.1
+    );
+    println!(
+        "| same, a page of 1000 (`?limit=1000`), p50 / p99 (60 calls) | {:.2} ms / {:.2} ms | the whole list of {} in one call: {:.1} ms | - |",
+        list1k_p.0, list1k_p.1, running + queued_now, whole
     );
     println!(
         "| daemon RSS with that list | {:.1} MiB | target < 150 MiB | {:.2} |",
@@ -292,7 +296,7 @@ pub async fn long_list(active: usize, queued: usize, dir: Option<PathBuf>) -> an
         150.0 * (1 << 20) as f64 / rss as f64
     );
     println!(
-        "| progress of one running download, changes seen per second (sampled every 100 ms, 10 s) | {:.1} /s | target >= 1 /s | {:.1} |",
+        "| progress of the running downloads as the list shows it, changes per second (sampled every 100 ms for 10 s; no event stream yet) | {:.1} /s | target >= 1 /s | {:.1} |",
         changes as f64 / 10.0,
         changes as f64 / 10.0
     );

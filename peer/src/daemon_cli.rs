@@ -68,7 +68,7 @@ pub async fn run(command: DaemonCommand) -> anyhow::Result<i32> {
     match command {
         DaemonCommand::Downloads { daemon, json } => {
             let client = find(&daemon.share).await?;
-            let list = client.get("/api/downloads").await?;
+            let list = client.get("/api/downloads?limit=100000").await?;
             if json {
                 cli_output::print_json(&list);
             } else {

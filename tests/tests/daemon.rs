@@ -349,6 +349,21 @@ async fn downloads_are_created_listed_paused_resumed_and_cancelled_through_the_a
         .map(|d| d["id"].as_u64().unwrap())
         .collect();
     assert_eq!(ids, vec![small_id, big_id]);
+    assert_eq!(list["total"], 2);
+    assert_eq!(list["counts"]["done"], 1);
+    assert_eq!(list["counts"]["paused"], 1);
+    // Filtered and paged.
+    let (_, done_only) = call(api, "GET", "/api/downloads?state=done", &[], None).await;
+    assert_eq!(done_only["total"], 1);
+    assert_eq!(done_only["downloads"][0]["id"], small_id);
+    let (_, page) = call(api, "GET", "/api/downloads?offset=1&limit=1", &[], None).await;
+    assert_eq!(page["total"], 2);
+    assert_eq!(page["downloads"].as_array().unwrap().len(), 1);
+    assert_eq!(page["downloads"][0]["id"], big_id);
+    let (code, bad) = call(api, "GET", "/api/downloads?state=bogus", &[], None).await;
+    assert_eq!(code, 400, "{bad}");
+    let (code, bad) = call(api, "GET", "/api/downloads?limit=-1", &[], None).await;
+    assert_eq!(code, 400, "{bad}");
     let (code, d) = call(
         api,
         "POST",

@@ -6,10 +6,9 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
-use super::{ApiError, ApiJson, ApiPath, ApiState};
-use crate::daemon::{Download, DownloadManager, ManagerError};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
+use crate::daemon::{Download, DownloadManager, ManagerError, Page};
 
 /// The body of `POST /api/downloads`.
 #[derive(Debug, Deserialize)]
@@ -54,8 +53,57 @@ impl From<ManagerError> for ApiError {
     }
 }
 
-async fn list(State(state): State<ApiState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "downloads": manager(&state)?.list() })))
+/// Most downloads one list call returns when no `limit` is given; a page
+/// of a long queue stays quick to build and to read.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// Largest `limit` accepted.
+pub const MAX_LIST_LIMIT: usize = 100_000;
+
+/// `GET /api/downloads?state=active,waiting&offset=0&limit=1000`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Comma-separated shown states to keep (default: all).
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub offset: Option<usize>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+const STATES: [&str; 6] = ["queued", "waiting", "active", "paused", "done", "failed"];
+
+async fn list(
+    State(state): State<ApiState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<Page>, ApiError> {
+    let states: Vec<String> = q
+        .state
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if let Some(bad) = states.iter().find(|s| !STATES.contains(&s.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown state {bad:?}: use {}",
+            STATES.join(", ")
+        )));
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if limit > MAX_LIST_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "limit over {MAX_LIST_LIMIT}"
+        )));
+    }
+    Ok(Json(manager(&state)?.page(
+        &states,
+        q.offset.unwrap_or(0),
+        limit,
+    )))
 }
 
 async fn create(

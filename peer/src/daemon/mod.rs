@@ -135,6 +135,16 @@ pub struct Download {
     pub chunks_resumed: Option<u32>,
 }
 
+/// A page of the download list (`GET /api/downloads`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub downloads: Vec<Download>,
+    /// Downloads matching the filter (the page may hold fewer).
+    pub total: usize,
+    /// Downloads in each shown state, whatever the filter.
+    pub counts: std::collections::BTreeMap<&'static str, usize>,
+}
+
 /// Why the manager refused a request.
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -362,6 +372,38 @@ impl DownloadManager {
             .collect()
     }
 
+    /// One page of the list, oldest first: the downloads whose shown
+    /// state is in `states` (all when empty), skipping `offset`, at most
+    /// `limit`; with how many match and how many are in each state.
+    pub fn page(&self, states: &[String], offset: usize, limit: usize) -> Page {
+        let table = self.inner.table.lock().expect("table lock");
+        let mut counts = std::collections::BTreeMap::new();
+        let mut total = 0;
+        let mut position = 0;
+        let mut downloads = Vec::new();
+        for e in table.entries.values() {
+            let pos = (e.rec.state == Stored::Queued).then(|| {
+                position += 1;
+                position
+            });
+            let state = state_name(e);
+            let wanted = states.is_empty() || states.iter().any(|s| s == state);
+            *counts.entry(state).or_insert(0usize) += 1;
+            if !wanted {
+                continue;
+            }
+            if total >= offset && downloads.len() < limit {
+                downloads.push(view(e, pos));
+            }
+            total += 1;
+        }
+        Page {
+            downloads,
+            total,
+            counts,
+        }
+    }
+
     pub fn get(&self, id: u64) -> Result<Download, ManagerError> {
         let table = self.inner.table.lock().expect("table lock");
         view_of(&table, id).ok_or(ManagerError::Unknown(id))
@@ -415,7 +457,7 @@ impl DownloadManager {
         let Some(to) = next(entry.rec.state) else {
             return Err(ManagerError::WrongState {
                 id,
-                state: state_name(entry),
+                state: state_name(entry).to_string(),
                 action,
             });
         };
@@ -460,7 +502,7 @@ impl Inner {
     }
 }
 
-fn state_name(e: &Entry) -> String {
+fn state_name(e: &Entry) -> &'static str {
     match e.rec.state {
         Stored::Queued => "queued",
         // Active while some source sends; waiting while every source is
@@ -473,7 +515,6 @@ fn state_name(e: &Entry) -> String {
         Stored::Done => "done",
         Stored::Failed => "failed",
     }
-    .to_string()
 }
 
 fn sending(progress: &Progress) -> bool {
@@ -534,7 +575,7 @@ fn view(e: &Entry, queue_position: Option<usize>) -> Download {
         file_id: rec.file_id.clone(),
         name: rec.name.clone(),
         size,
-        state: state_name(e),
+        state: state_name(e).to_string(),
         bytes_done,
         rate_bps,
         sources,
