@@ -524,3 +524,109 @@ async fn a_queued_download_is_served_when_the_slot_frees() {
     assert_eq!(states[0].state, SourceState::Done, "{states:?}");
     stop.cancel();
 }
+
+/// `POST path` with a JSON body on the daemon's API; the status and body.
+async fn api_post(addr: SocketAddr, path: &str, body: &str) -> (u16, serde_json::Value) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the API answered within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    let code = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, serde_json::from_str(body).unwrap_or_default())
+}
+
+/// A daemon's download shows "queued at that source, position 1" in its
+/// JSON (`sources[].queue_position`) while the source's one slot is taken,
+/// the source lists it in its queue, and it completes once the slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_download_shows_its_queue_position_at_a_busy_source() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(4 * common::CHUNK_SIZE, 146);
+    let id = content_info(&data).id;
+    let source = seed(
+        &dir.path().join("s"),
+        &index.addr_string(),
+        "f.bin",
+        &data,
+        1,
+        None,
+    )
+    .await;
+    // The slot's holder keeps asking, so it never idles out of it.
+    let mut holder = Requester::connect("127.0.0.2", &source.addr(), Some(1)).await;
+    assert!(is_chunk(&holder.chunk(id, 0).await));
+    let keep = CancellationToken::new();
+    let holding = {
+        let keep = keep.clone();
+        tokio::spawn(async move {
+            while !keep.is_cancelled() {
+                assert!(is_chunk(&holder.chunk(id, 1).await));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let mut config = peer_config(&dir.path().join("d"), &index.addr_string());
+    config.api = Some(peer::api::ApiConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: None,
+        fallback_to_any_port: false,
+    });
+    let downloader = start_peer_with(config).await;
+    let api = downloader.daemon.api_addr.unwrap();
+    let (code, d) = api_post(
+        api,
+        "/api/downloads",
+        &format!(r#"{{"target":"{}"}}"#, id.to_hex()),
+    )
+    .await;
+    assert_eq!(code, 201, "{d}");
+    let n = d["id"].as_u64().unwrap();
+    let path = format!("/api/downloads/{n}");
+    wait_until(
+        "the download to show its queue position",
+        Duration::from_secs(30),
+        || {
+            let path = path.clone();
+            let source = source.addr();
+            async move {
+                let d = api_get(api, &path).await;
+                d["sources"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|s| s["addr"] == source.as_str() && s["queue_position"] == 1)
+            }
+        },
+    )
+    .await;
+    let at_source = api_get(source.daemon.api_addr.unwrap(), "/api/uploads").await;
+    assert_eq!(
+        at_source["queue"].as_array().unwrap().len(),
+        1,
+        "{at_source}"
+    );
+    assert_eq!(at_source["queue"][0]["position"], 1);
+    keep.cancel();
+    holding.await.unwrap();
+    wait_until("the download to be done", Duration::from_secs(30), || {
+        let path = path.clone();
+        async move { api_get(api, &path).await["state"] == "done" }
+    })
+    .await;
+    let done = api_get(api, &path).await;
+    assert_eq!(std::fs::read(done["path"].as_str().unwrap()).unwrap(), data);
+    downloader.stop().await;
+    source.stop().await;
+    index.stop().await;
+}
