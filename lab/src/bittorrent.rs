@@ -68,11 +68,7 @@ fn spawn(cmd: &mut Command, log: &Path) -> Result<Child, LabError> {
         .spawn()?)
 }
 
-fn free_port() -> Result<u16, LabError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use crate::processes::free_port;
 
 async fn wait_port(port: u16, what: &str) -> Result<(), LabError> {
     let deadline = Instant::now() + Duration::from_secs(30);

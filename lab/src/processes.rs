@@ -183,8 +183,20 @@ pub(crate) fn binary(name: &str) -> Result<PathBuf, LabError> {
     }
 }
 
-/// A free loopback port (bound, then released for the child to take).
-fn free_port() -> Result<u16, LabError> {
+/// A free loopback port for a child to listen on, below the kernel's
+/// ephemeral range (32768 and up): a port taken from that range and
+/// released is soon handed out again for some outgoing connection, and
+/// with a hundred processes connecting to each other a child then fails
+/// to bind (seen at N = 64 and 128).
+pub(crate) fn free_port() -> Result<u16, LabError> {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
