@@ -485,6 +485,13 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
                     }
                     Err(e) => run.status = e.to_string(),
                 }
+                if run.seconds.is_none() {
+                    // Keep the logs of a failed run (processes write them).
+                    let kept = keep_logs(&run_dir, &config.out.join("failed-logs"));
+                    if let Some(dir) = kept {
+                        run.status = format!("{} (logs in {})", run.status, dir.display());
+                    }
+                }
                 let _ = std::fs::remove_dir_all(&run_dir);
                 runs.push(run);
                 bar.inc(1);
@@ -502,6 +509,26 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
 pub fn in_process_open_files(n: usize) -> u64 {
     let n = n as u64;
     n * (2 * n.min(64) + 16) + 64
+}
+
+/// Copies the `*.log` files of `run_dir` into `into/<run_dir's name>`;
+/// returns that folder if there were any.
+fn keep_logs(run_dir: &Path, into: &Path) -> Option<PathBuf> {
+    let logs: Vec<PathBuf> = std::fs::read_dir(run_dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    if logs.is_empty() {
+        return None;
+    }
+    let dest = into.join(run_dir.file_name()?);
+    std::fs::create_dir_all(&dest).ok()?;
+    for l in logs {
+        let _ = std::fs::copy(&l, dest.join(l.file_name()?));
+    }
+    Some(dest)
 }
 
 /// What one run measured.
