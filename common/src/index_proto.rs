@@ -109,6 +109,50 @@ pub enum IndexRequest {
     /// `limits::MIN_ID_PREFIX_LEN`): answered by `SearchResults`, at most
     /// `limits::MAX_LOOKUP_CANDIDATES`.
     LookupPrefix { prefix: String },
+    /// A search with filters, answered by `SearchAnswer`. `words` follow
+    /// `common::search::Query::parse` (prefixes, `-word` exclusions,
+    /// runs of Chinese/Japanese/Thai); the filters run at the index, before
+    /// the cut to `limit`. An index older than this variant closes the
+    /// connection: ask again with `SearchCounted` (no filters).
+    SearchFiltered {
+        words: Vec<String>,
+        limit: u32,
+        filter: SearchFilter,
+    },
+}
+
+/// Filters of a `SearchFiltered` request; each one left empty lets every
+/// file through.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SearchFilter {
+    /// Smallest size, in bytes.
+    pub min_size: Option<u64>,
+    /// Largest size, in bytes.
+    pub max_size: Option<u64>,
+    /// Extensions, lower case and without the dot (`mp3`, `tar.gz`): the
+    /// name's (`common::search::extension_of`) must be one of them. At most
+    /// `common::search::MAX_FILTER_EXTENSIONS` of at most
+    /// `names::MAX_EXTENSION_LEN` bytes. A `--type` is sent as its list.
+    pub exts: Vec<String>,
+}
+
+impl SearchFilter {
+    /// Whether a file of `size` bytes named `name` passes.
+    pub fn accepts(&self, size: u64, name: &str) -> bool {
+        self.min_size.is_none_or(|m| size >= m)
+            && self.max_size.is_none_or(|m| size <= m)
+            && self.accepts_name(name)
+    }
+
+    /// Whether a file named `name` passes the extension filter.
+    pub fn accepts_name(&self, name: &str) -> bool {
+        self.exts.is_empty() || self.exts.contains(&crate::search::extension_of(name))
+    }
+
+    /// Whether a file of `size` bytes can pass (the name not yet known).
+    pub fn accepts_size(&self, size: u64) -> bool {
+        self.min_size.is_none_or(|m| size >= m) && self.max_size.is_none_or(|m| size <= m)
+    }
 }
 
 /// One search result.
@@ -213,6 +257,17 @@ pub enum IndexResponse {
         hits: Vec<SearchHit>,
         total: u64,
     },
+    /// Answer to `SearchFiltered`: the hits (at most the limit, best
+    /// first), how many files matched in all, whether the list was cut at
+    /// the limit, and whether `total` is an exact count (`false`: a query
+    /// matching more files than the index ranks, `limits::MAX_RANKED`,
+    /// whose total is estimated from the ones it ranked).
+    SearchAnswer {
+        hits: Vec<SearchHit>,
+        total: u64,
+        truncated: bool,
+        total_exact: bool,
+    },
 }
 
 #[cfg(test)]
@@ -311,6 +366,30 @@ mod tests {
         assert_eq!(
             encode_frame(&IndexRequest::LookupPrefix { prefix: "b".into() }).unwrap(),
             [0, 0, 0, 3, 14, 1, b'b']
+        );
+    }
+
+    /// The filtered search comes after every older variant.
+    #[test]
+    fn filtered_search_is_appended() {
+        assert_eq!(
+            encode_frame(&IndexRequest::SearchFiltered {
+                words: vec![],
+                limit: 5,
+                filter: SearchFilter::default(),
+            })
+            .unwrap(),
+            [0, 0, 0, 6, 15, 0, 5, 0, 0, 0]
+        );
+        assert_eq!(
+            encode_frame(&IndexResponse::SearchAnswer {
+                hits: vec![],
+                total: 7,
+                truncated: true,
+                total_exact: false,
+            })
+            .unwrap(),
+            [0, 0, 0, 5, 10, 0, 7, 1, 0]
         );
     }
 

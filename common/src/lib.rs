@@ -20,6 +20,8 @@
 //!   deadline on every whole frame.
 //! - [`limits`]: every cap and default timeout in one place.
 //! - [`names`]: file-name tokenisation and validation for keyword search.
+//! - [`search`]: how a query matches names (folding, prefixes, runs of
+//!   unspaced scripts, exclusions), the same in the index and the overlay.
 //! - [`target`]: a file as a user names it (id, id prefix, exact name) and
 //!   the one ambiguity rule every mode uses.
 //! - [`im`]: nickname and direct-message rules (instant messaging).
@@ -41,6 +43,7 @@ pub mod overlay_proto;
 pub mod peer_proto;
 pub mod report;
 pub mod sample;
+pub mod search;
 pub mod store_proto;
 pub mod target;
 pub mod units;

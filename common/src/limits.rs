@@ -22,6 +22,13 @@ pub const MAX_SEARCH_WORDS: usize = 16;
 /// Longest search word, in bytes.
 pub const MAX_WORD_LEN: usize = 128;
 
+/// Most candidate files one search ranks: a query that matches more (a
+/// two-letter prefix of a million files) ranks its whole-word matches
+/// first and then the others in index order up to this many, and
+/// estimates its total from them, so that no query holds the index for
+/// more than a few milliseconds.
+pub const MAX_RANKED: usize = 20_000;
+
 /// Default and hard cap of search results (Napster answered at most 100).
 pub const DEFAULT_SEARCH_LIMIT: u32 = 100;
 pub const MAX_SEARCH_LIMIT: u32 = 1000;

@@ -2,15 +2,19 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use common::index_proto::{ErrorCode, IndexRequest, IndexResponse, Login};
+use common::index_proto::{ErrorCode, IndexRequest, IndexResponse, Login, SearchFilter};
 use common::limits::{
     DEFAULT_SEARCH_LIMIT, MAX_FILES_PER_BATCH, MAX_LOOKUP_CANDIDATES, MAX_NAME_LEN,
     MAX_SEARCH_LIMIT, MAX_SEARCH_WORDS, MAX_WORD_LEN, MIN_ID_PREFIX_LEN,
 };
+use common::names::MAX_EXTENSION_LEN;
+use common::search::{Query, MAX_FILTER_EXTENSIONS};
 use common::target::IdPrefix;
 use tokio::time::Instant;
 
-use crate::state::{canonical_addr, source_key, Index, NewSession, SessionId, StateError};
+use crate::state::{
+    canonical_addr, source_key, Index, NewSession, SearchOutcome, SessionId, StateError,
+};
 
 /// What a connection knows about itself.
 pub struct Connection {
@@ -182,6 +186,7 @@ pub fn request_kind(request: &IndexRequest) -> &'static str {
         IndexRequest::SwarmLookup { .. } => "SwarmLookup",
         // The same work as `Search`, counted as one.
         IndexRequest::SearchCounted { .. } => "Search",
+        IndexRequest::SearchFiltered { .. } => "Search",
         IndexRequest::LookupName { .. } => "LookupName",
         IndexRequest::LookupPrefix { .. } => "LookupPrefix",
     }
@@ -291,10 +296,12 @@ pub fn handle(
                 Err(e) => state_error(e),
             }
         }
-        IndexRequest::Search { words, limit } => match search(index, &words, limit, now) {
-            Ok((hits, _)) => IndexResponse::SearchResults { hits },
-            Err(refusal) => refusal,
-        },
+        IndexRequest::Search { words, limit } => {
+            match search(index, &words, limit, &SearchFilter::default(), now) {
+                Ok(found) => IndexResponse::SearchResults { hits: found.hits },
+                Err(refusal) => refusal,
+            }
+        }
         IndexRequest::Lookup { id } => match index.lookup(&id, now) {
             Some((name, size, sources)) => IndexResponse::Sources {
                 id,
@@ -352,8 +359,26 @@ pub fn handle(
             },
             None => error(ErrorCode::NotFound, format!("no online peer offers {id}")),
         },
-        IndexRequest::SearchCounted { words, limit } => match search(index, &words, limit, now) {
-            Ok((hits, total)) => IndexResponse::SearchPage { hits, total },
+        IndexRequest::SearchCounted { words, limit } => {
+            match search(index, &words, limit, &SearchFilter::default(), now) {
+                Ok(found) => IndexResponse::SearchPage {
+                    hits: found.hits,
+                    total: found.total,
+                },
+                Err(refusal) => refusal,
+            }
+        }
+        IndexRequest::SearchFiltered {
+            words,
+            limit,
+            filter,
+        } => match search(index, &words, limit, &filter, now) {
+            Ok(found) => IndexResponse::SearchAnswer {
+                hits: found.hits,
+                total: found.total,
+                truncated: found.truncated,
+                total_exact: found.total_exact,
+            },
             Err(refusal) => refusal,
         },
         // Not bound by the search-word limits: the frame and the name
@@ -381,26 +406,43 @@ pub fn handle(
     }
 }
 
-/// A search's hits and how many files matched, or the refusal to answer.
+/// A search's answer, or the refusal to answer: too many or too long
+/// words, words with nothing to look for, a malformed filter.
 fn search(
     index: &Index,
     words: &[String],
     limit: u32,
+    filter: &SearchFilter,
     now: Instant,
-) -> Result<(Vec<common::index_proto::SearchHit>, u64), IndexResponse> {
+) -> Result<SearchOutcome, IndexResponse> {
     if words.len() > MAX_SEARCH_WORDS || words.iter().any(|w| w.len() > MAX_WORD_LEN) {
         return Err(error(
             ErrorCode::BadRequest,
             format!("at most {MAX_SEARCH_WORDS} words of at most {MAX_WORD_LEN} bytes"),
         ));
     }
+    if filter.exts.len() > MAX_FILTER_EXTENSIONS
+        || filter.exts.iter().any(|e| e.len() > MAX_EXTENSION_LEN)
+    {
+        return Err(error(
+            ErrorCode::BadRequest,
+            format!(
+                "at most {MAX_FILTER_EXTENSIONS} extensions of at most {MAX_EXTENSION_LEN} bytes"
+            ),
+        ));
+    }
+    let query = Query::parse(words).map_err(|e| error(ErrorCode::BadRequest, e.to_string()))?;
     let limit = if limit == 0 {
         DEFAULT_SEARCH_LIMIT
     } else {
         limit.min(MAX_SEARCH_LIMIT)
     };
+    let mut filter = filter.clone();
+    for e in &mut filter.exts {
+        *e = e.trim_start_matches('.').to_lowercase();
+    }
     let started = std::time::Instant::now();
-    let found = index.search_counted(words, limit as usize, now);
+    let found = index.search_query(&query, &filter, limit as usize, now);
     index
         .search_seconds()
         .observe(started.elapsed().as_secs_f64());

@@ -55,9 +55,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::id::FileId;
+use common::index_proto::SearchFilter;
 use common::index_proto::{IndexStats, PeerSummary, SearchHit, SharedFile, Source};
+use common::limits::MAX_RANKED;
 use common::limits::{MAX_FILES_PER_BATCH, MAX_NAME_LEN};
-use common::names::{base_name, name_matches, normalize, tokenize};
+use common::names::{base_name, name_matches, normalize};
+use common::search::{self, Query, Term, TermsFound, TokenKind};
 use common::target::IdPrefix;
 use dashmap::DashMap;
 use smallvec::SmallVec;
@@ -65,7 +68,7 @@ use tokio::time::Instant;
 
 use files::{FileRef, FileTable, Registered};
 use keyset::KeySet;
-use words::{name_has_word, WordIndex};
+use words::WordIndex;
 
 /// Identifies one login session (one connection of a sharing peer).
 pub type SessionId = u64;
@@ -244,15 +247,28 @@ fn sort_hits(hits: &mut [SearchHit]) {
     });
 }
 
-/// The words a holder's name is indexed under: its words, and the empty
-/// word when its last component has none (so that an exact-name lookup of
-/// a name like `---` finds it without a walk over every file).
-fn index_words(name: &str) -> Vec<String> {
-    let mut words = tokenize(name);
-    if words.is_empty() || tokenize(base_name(name)).is_empty() {
-        words.push(String::new());
+/// Hashes of the tokens a holder's name is indexed under
+/// (`common::search::for_each_token` of its folded form), each once, and
+/// the empty word when its last component has no word (so that an
+/// exact-name lookup of a name like `---` finds it without a walk over
+/// every file).
+fn index_hashes(words: &WordIndex, name: &str) -> Vec<u32> {
+    let mut hashes = Vec::with_capacity(24);
+    search::for_each_token(&search::fold(name), |kind, text| {
+        hashes.push(words.token_hash(kind, text))
+    });
+    let base = base_name(name);
+    let base_has_piece = base.len() == name.len() && !hashes.is_empty() || {
+        let mut any = false;
+        search::for_each_piece(&search::fold(base), |_| any = true);
+        any
+    };
+    if !base_has_piece {
+        hashes.push(words.token_hash(TokenKind::Word, ""));
     }
-    words
+    hashes.sort_unstable();
+    hashes.dedup();
+    hashes
 }
 
 fn holders_of(f: FileRef<'_>) -> Holders {
@@ -316,6 +332,29 @@ pub const STATS_MAX_AGE: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Index {
     inner: Arc<Inner>,
+}
+
+/// What [`Index::search_query`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchOutcome {
+    pub hits: Vec<SearchHit>,
+    /// Files that matched in all (estimated when not `total_exact`).
+    pub total: u64,
+    /// Whether fewer hits are listed than matched.
+    pub truncated: bool,
+    pub total_exact: bool,
+}
+
+/// A confirmed candidate of a search, before the cut to the limit.
+struct Scored {
+    key: FileKey,
+    id: FileId,
+    /// Terms its best name matched only as prefixes.
+    prefix_only: u8,
+    /// Live holders.
+    sources: u32,
+    /// Characters in its best matching name.
+    name_len: u32,
 }
 
 /// What an `add_files` call did.
@@ -931,15 +970,15 @@ impl Index {
 
     fn index_name(&self, key: FileKey, name: &str) {
         let words = &self.inner.words;
-        for word in index_words(name) {
-            words.add(words.hash(&word), key);
+        for h in index_hashes(words, name) {
+            words.add(h, key);
         }
     }
 
     fn unindex_name(&self, key: FileKey, name: &str) {
         let words = &self.inner.words;
-        for word in index_words(name) {
-            words.remove(words.hash(&word), key);
+        for h in index_hashes(words, name) {
+            words.remove(h, key);
         }
     }
 
@@ -1012,13 +1051,8 @@ impl Index {
         Some((live.name, size, live.sources))
     }
 
-    /// Files whose names contain every word, most live sources first.
-    ///
-    /// The word index is keyed by word hashes and keys are reused, so its
-    /// answer may include files that do not match (a hash collision, or a
-    /// file removed while the search runs whose key went to a new file):
-    /// each candidate is confirmed against its holders' names before it is
-    /// listed.
+    /// Files matching `words` (see `common::search`), best first, at most
+    /// `limit`; nothing when the words hold no term.
     pub fn search(&self, words: &[String], limit: usize, now: Instant) -> Vec<SearchHit> {
         self.search_counted(words, limit, now).0
     }
@@ -1030,46 +1064,237 @@ impl Index {
         limit: usize,
         now: Instant,
     ) -> (Vec<SearchHit>, u64) {
-        let mut tokens: Vec<String> = words.iter().flat_map(|w| tokenize(w)).collect();
-        tokens.sort();
-        tokens.dedup();
-        if tokens.is_empty() {
-            return (Vec::new(), 0);
+        match Query::parse(words) {
+            Ok(query) => {
+                let found = self.search_query(&query, &SearchFilter::default(), limit, now);
+                (found.hits, found.total)
+            }
+            Err(_) => (Vec::new(), 0),
         }
-        let candidates = self.candidates(&tokens);
-        let mut hits: Vec<SearchHit> = candidates
-            .into_iter()
-            .filter_map(|key| {
-                let (id, size, holders) = self
-                    .inner
-                    .files
-                    .with_key(key, |f| {
-                        let matches = tokens
-                            .iter()
-                            .all(|t| f.holders().any(|(_, name)| name_has_word(name, t)));
-                        matches.then(|| (f.id(), f.size(), holders_of(f)))
-                    })
-                    .flatten()?;
-                // Show a name that has every word, if one does.
-                let has_all = |name: &str| tokens.iter().all(|t| name_has_word(name, t));
-                self.live_hit(id, size, holders, now, has_all)
-            })
-            .collect();
-        sort_hits(&mut hits);
-        let total = hits.len() as u64;
-        hits.truncate(limit);
-        (hits, total)
     }
 
-    /// Keys of the files whose names may contain every word (the word
-    /// index's answer, to be confirmed against the names). Starts from the
-    /// rarest word and copies its keys, so that no guard is held while the
-    /// other words are checked.
-    fn candidates(&self, words: &[String]) -> Vec<FileKey> {
+    /// Files with a live holder whose name matches `query` and passes
+    /// `filter`, best first: whole-word matches before prefix ones, then
+    /// more live sources, then shorter names (then by name and id); at
+    /// most `limit`, and how many matched in all.
+    ///
+    /// The word index answers by token hashes and keys are reused, so its
+    /// candidates are confirmed against the holders' names
+    /// (`Query::match_name`). At most [`MAX_RANKED`] candidates are
+    /// confirmed and ranked: beyond that the whole-word ones go first, and
+    /// the total is estimated from the share of ranked candidates that
+    /// matched (`total_exact: false`).
+    pub fn search_query(
+        &self,
+        query: &Query,
+        filter: &SearchFilter,
+        limit: usize,
+        now: Instant,
+    ) -> SearchOutcome {
+        let mut candidates = self.query_candidates(query);
+        let found = candidates.len();
+        let capped = found > MAX_RANKED;
+        if capped {
+            // Whole-word candidates first: fewer terms matched only as prefixes.
+            let mut misses = vec![0u8; candidates.len()];
+            let index = &self.inner.words;
+            for t in &query.include {
+                if matches!(t, Term::Seq(_)) {
+                    continue;
+                }
+                let mut marks = vec![false; candidates.len()];
+                index.mark_containing(
+                    index.token_hash(TokenKind::Word, t.text()),
+                    &candidates,
+                    &mut marks,
+                );
+                for (m, whole) in misses.iter_mut().zip(marks) {
+                    *m += u8::from(!whole);
+                }
+            }
+            let mut order: Vec<(u8, FileKey)> = misses.into_iter().zip(candidates).collect();
+            order.sort_unstable();
+            order.truncate(MAX_RANKED);
+            candidates = order.into_iter().map(|(_, k)| k).collect();
+        }
+        let ranked_count = candidates.len();
+        let mut live: HashMap<SessionId, bool> = HashMap::new();
+        let mut is_live = |s: SessionId| -> bool {
+            *live.entry(s).or_insert_with(|| {
+                self.inner
+                    .sessions
+                    .get(&s)
+                    .is_some_and(|x| x.lease_expires > now)
+            })
+        };
+        let mut scored: Vec<Scored> = Vec::new();
+        for key in candidates {
+            // (id, holders: (session, the query's terms in its name,
+            // whether the name passes the filter, its length in characters))
+            type Found = (SessionId, TermsFound, bool, u32);
+            let Some(Some((id, holders))) = self.inner.files.with_key(key, |f| {
+                if !filter.accepts_size(f.size()) {
+                    return None;
+                }
+                let mut holders: SmallVec<[Found; 2]> = SmallVec::new();
+                let mut any = TermsFound::default();
+                for (session, name) in f.holders() {
+                    let terms = query.terms_in(name);
+                    any = any.unite(terms);
+                    let passes = filter.accepts(f.size(), name);
+                    holders.push((session, terms, passes, name.chars().count() as u32));
+                }
+                any.matched(query)?;
+                Some((f.id(), holders))
+            }) else {
+                continue;
+            };
+            // The live holders' names together must match; ranked by the
+            // best of those names that passes the filter.
+            let mut sources = 0u32;
+            let mut terms = TermsFound::default();
+            let mut shortest: Option<u32> = None;
+            for (session, found, passes, len) in holders {
+                if !is_live(session) {
+                    continue;
+                }
+                sources += 1;
+                terms = terms.unite(found);
+                if passes && found.any != 0 {
+                    shortest = Some(shortest.map_or(len, |s| s.min(len)));
+                }
+            }
+            if let (Some(m), Some(name_len)) = (terms.matched(query), shortest) {
+                scored.push(Scored {
+                    key,
+                    id,
+                    prefix_only: m.prefix_only,
+                    sources,
+                    name_len,
+                });
+            }
+        }
+        let matched = scored.len();
+        let total = if capped && ranked_count > 0 {
+            (matched as f64 * found as f64 / ranked_count as f64).round() as u64
+        } else {
+            matched as u64
+        };
+        let rank = |a: &Scored, b: &Scored| {
+            a.prefix_only
+                .cmp(&b.prefix_only)
+                .then(b.sources.cmp(&a.sources))
+                .then(a.name_len.cmp(&b.name_len))
+                .then(a.key.cmp(&b.key))
+        };
+        if scored.len() > limit && limit > 0 {
+            scored.select_nth_unstable_by(limit - 1, rank);
+        }
+        scored.truncate(limit);
+        // Show a name that has every term and passes the filter, if one
+        // does (else the most common name).
+        let shown = |name: &str| query.match_name(name).is_some() && filter.accepts_name(name);
+        let mut hits: Vec<(u8, u32, SearchHit)> = scored
+            .into_iter()
+            .filter_map(|s| {
+                let (size, holders) = self
+                    .inner
+                    .files
+                    .with_key(s.key, |f| {
+                        (f.id() == s.id).then(|| (f.size(), holders_of(f)))
+                    })
+                    .flatten()?;
+                let hit = self.live_hit(s.id, size, holders, now, shown)?;
+                Some((s.prefix_only, hit.name.chars().count() as u32, hit))
+            })
+            .collect();
+        hits.sort_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then(b.2.sources.cmp(&a.2.sources))
+                .then(a.1.cmp(&b.1))
+                .then_with(|| a.2.name.cmp(&b.2.name))
+                .then(a.2.id.cmp(&b.2.id))
+        });
+        SearchOutcome {
+            truncated: total > hits.len() as u64,
+            hits: hits.into_iter().map(|(_, _, h)| h).collect(),
+            total,
+            total_exact: !capped,
+        }
+    }
+
+    /// Keys of the files whose names may match every included term of
+    /// `query` (the word index's answer, to be confirmed against the
+    /// names). The term with the fewest candidates is listed; the others
+    /// only filter it, so a common two-letter prefix beside a rare word
+    /// costs one pass over the rare word's files.
+    fn query_candidates(&self, query: &Query) -> Vec<FileKey> {
         let index = &self.inner.words;
-        let mut sizes = Vec::with_capacity(words.len());
-        for t in words {
-            let h = index.hash(t);
+        // Per term: (estimated count, is an intersection, hashes).
+        let mut terms: Vec<(usize, bool, Vec<u32>)> = Vec::with_capacity(query.include.len());
+        for t in &query.include {
+            let hashes: Vec<u32> = t
+                .tokens()
+                .iter()
+                .map(|(k, text)| index.token_hash(*k, text))
+                .collect();
+            let all = matches!(t, Term::Seq(_));
+            let sizes = hashes.iter().map(|h| index.len(*h));
+            let estimate = if all {
+                sizes.min().unwrap_or(0)
+            } else {
+                sizes.sum()
+            };
+            if estimate == 0 {
+                return Vec::new();
+            }
+            terms.push((estimate, all, hashes));
+        }
+        terms.sort_by_key(|t| t.0);
+        let Some((_, all, hashes)) = terms.first() else {
+            return Vec::new();
+        };
+        let mut keys: Vec<FileKey> = if *all {
+            let mut by_size: Vec<u32> = hashes.clone();
+            by_size.sort_by_key(|h| index.len(*h));
+            let mut keys = index.keys(by_size[0]);
+            for h in &by_size[1..] {
+                index.retain_containing(*h, &mut keys);
+            }
+            keys
+        } else {
+            let mut keys: Vec<FileKey> = hashes.iter().flat_map(|h| index.keys(*h)).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        };
+        for (_, all, hashes) in &terms[1..] {
+            if *all {
+                for h in hashes {
+                    index.retain_containing(*h, &mut keys);
+                }
+            } else {
+                let mut marks = vec![false; keys.len()];
+                for h in hashes {
+                    index.mark_containing(*h, &keys, &mut marks);
+                }
+                let mut it = marks.into_iter();
+                keys.retain(|_| it.next().unwrap_or(false));
+            }
+            if keys.is_empty() {
+                break;
+            }
+        }
+        keys
+    }
+
+    /// Keys of the files whose names may hold every one of these token
+    /// hashes. Starts from the rarest and copies its keys, so that no
+    /// guard is held while the others are checked.
+    fn candidates(&self, hashes: &[u32]) -> Vec<FileKey> {
+        let index = &self.inner.words;
+        let mut sizes = Vec::with_capacity(hashes.len());
+        for &h in hashes {
             match index.len(h) {
                 0 => return Vec::new(),
                 n => sizes.push((n, h)),
@@ -1097,13 +1322,23 @@ impl Index {
             return Vec::new();
         }
         let key = normalize(name);
-        let mut words = tokenize(&key);
-        if words.is_empty() {
+        // Whole words and character pairs of the name: every holder's name
+        // equal to it (or ending in it) was indexed under them.
+        let index = &self.inner.words;
+        let mut hashes = Vec::new();
+        search::for_each_token(&search::fold(&key), |kind, text| {
+            if matches!(kind, TokenKind::Word | TokenKind::Pair) {
+                hashes.push(index.token_hash(kind, text));
+            }
+        });
+        if hashes.is_empty() {
             // Names without words are indexed under the empty word.
-            words.push(String::new());
+            hashes.push(index.token_hash(TokenKind::Word, ""));
         }
+        hashes.sort_unstable();
+        hashes.dedup();
         let mut hits: Vec<SearchHit> = self
-            .candidates(&words)
+            .candidates(&hashes)
             .into_iter()
             .filter_map(|k| {
                 let (id, size, holders) = self

@@ -237,23 +237,3 @@ impl ProgressBar {
         self.bar.finish_and_clear();
     }
 }
-
-/// Says on stderr how many files matched when the list shown is shorter
-/// (`total` is unknown when an older index answered).
-pub fn note_cut(shown: usize, total: Option<u64>, limit: u32) {
-    let max = common::limits::MAX_SEARCH_LIMIT;
-    match total {
-        Some(total) if total > shown as u64 => {
-            let more = if limit < max {
-                format!("raise --limit (at most {max}) or add words to see the rest")
-            } else {
-                format!("add words to narrow the search (the index sends at most {max})")
-            };
-            errln!("showing {shown} of {total} matching files, most sources first; {more}");
-        }
-        None if shown as u64 >= u64::from(limit) => {
-            errln!("showing the first {shown} matching files, there may be more; raise --limit (at most {max}) or add words");
-        }
-        _ => {}
-    }
-}

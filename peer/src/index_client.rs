@@ -5,7 +5,8 @@ use std::time::Duration;
 use common::hello::Protocol;
 use common::id::FileId;
 use common::index_proto::{
-    ErrorCode, IndexRequest, IndexResponse, IndexStats, PeerSummary, SearchHit, SharedFile, Source,
+    ErrorCode, IndexRequest, IndexResponse, IndexStats, PeerSummary, SearchFilter, SearchHit,
+    SharedFile, Source,
 };
 use common::limits::CONNECT_TIMEOUT;
 use common::wire::{self, Deadlines, WireError};
@@ -14,6 +15,19 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 /// How long to wait for the index to answer one request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What [`IndexClient::search_filtered`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchAnswer {
+    /// Best first, at most the limit.
+    pub hits: Vec<SearchHit>,
+    /// Files that matched in all (`None`: an index too old to count).
+    pub total: Option<u64>,
+    /// Whether fewer hits are listed than matched.
+    pub truncated: bool,
+    /// Whether `total` is exact, not estimated (see `IndexResponse::SearchAnswer`).
+    pub total_exact: bool,
+}
 
 /// Why talking to the index failed.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +190,53 @@ impl IndexClient {
             Err(IndexError::Wire(WireError::Closed | WireError::Io(_))) => {
                 *self = IndexClient::connect(&self.addr).await?;
                 Ok((self.search(words, limit).await?, None))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A search with filters at the index (see `common::search` for the
+    /// words). An index older than `SearchFiltered` closes the connection:
+    /// the search is asked again with `SearchCounted` when there is no
+    /// filter, and refused with [`IndexError::Unexpected`] when there is.
+    pub async fn search_filtered(
+        &mut self,
+        words: Vec<String>,
+        limit: u32,
+        filter: SearchFilter,
+    ) -> Result<SearchAnswer, IndexError> {
+        let request = IndexRequest::SearchFiltered {
+            words: words.clone(),
+            limit,
+            filter: filter.clone(),
+        };
+        match self.request(&request).await {
+            Ok(IndexResponse::SearchAnswer {
+                hits,
+                total,
+                truncated,
+                total_exact,
+            }) => Ok(SearchAnswer {
+                hits,
+                total: Some(total),
+                truncated,
+                total_exact,
+            }),
+            Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
+            Err(IndexError::Wire(WireError::Closed | WireError::Io(_))) => {
+                if filter != SearchFilter::default() {
+                    return Err(IndexError::Unexpected(
+                        "this index is older and cannot filter searches: leave out --min-size, --max-size, --ext and --type".into(),
+                    ));
+                }
+                *self = IndexClient::connect(&self.addr).await?;
+                let (hits, total) = self.search_counted(words, limit).await?;
+                Ok(SearchAnswer {
+                    truncated: total.is_some_and(|t| t > hits.len() as u64),
+                    hits,
+                    total,
+                    total_exact: true,
+                })
             }
             Err(e) => Err(e),
         }

@@ -6,6 +6,7 @@ mod cli_output;
 mod daemon_cli;
 mod demo;
 mod im_cli;
+mod search_cli;
 mod uploads_cli;
 
 use std::net::SocketAddr;
@@ -237,11 +238,14 @@ enum Command {
               value_parser = count(1, 1000))]
         max_active_downloads: usize,
     },
-    /// Search the index for files whose name contains every WORD.
+    /// Search the index for files whose names match every WORD (prefixes,
+    /// accents and case ignored, `-WORD` excludes).
+    #[command(after_long_help = search_cli::SEARCH_HELP)]
     Search {
         #[command(flatten)]
         index: IndexArg,
-        /// Print one JSON array (id, name, size, sources) instead of a table.
+        /// Print one JSON object instead of a table: {total, truncated,
+        /// total_exact, results: [{id, name, size, sources}]}.
         #[arg(long, env = "PEER_JSON", value_parser = boolish())]
         json: bool,
         /// Most results to show, 1 to 1000 (the index never sends more); when
@@ -255,8 +259,11 @@ enum Command {
         mode: Mode,
         #[command(flatten)]
         p2p: P2pSearchArgs,
-        /// Words that must all appear in the name (case-insensitive).
-        #[arg(required = true)]
+        #[command(flatten)]
+        filters: search_cli::SearchFilterArgs,
+        /// Words that must all match (prefixes of the name's words);
+        /// `-WORD` excludes. See the matching rules below.
+        #[arg(required = true, allow_hyphen_values = true)]
         words: Vec<String>,
     },
     /// Download a file by id or exact name from every peer that has it.
@@ -516,8 +523,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             limit,
             mode: Mode::P2p,
             p2p,
+            filters,
             words,
         } => {
+            let filter = filters.filter().unwrap_or_else(|e| usage_error(&e));
             let shutdown = shutdown_on_signals()?;
             let via = p2p.via();
             let search = peer::overlay::search(&via, words, p2p.ttl, p2p.wait);
@@ -525,15 +534,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 report = search => report?,
                 _ = shutdown.cancelled() => return Ok(interrupted()),
             };
+            // No index here: the filters apply to what the nodes answered.
+            report.hits.retain(|h| filter.accepts(h.size, &h.name));
             let total = report.hits.len() as u64;
             report.hits.truncate(limit as usize);
             let _ = index;
             if json {
-                cli_output::print_json(&report);
+                let mut value = serde_json::to_value(&report)?;
+                value["total"] = total.into();
+                value["truncated"] = (total > report.hits.len() as u64).into();
+                cli_output::print_json(&value);
             } else {
                 cli_output::print_p2p_report(&report);
             }
-            cli_output::note_cut(report.hits.len(), Some(total), limit);
+            search_cli::note_cut(report.hits.len(), Some(total), true, limit);
             Ok(0)
         }
         Command::Search {
@@ -542,16 +556,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             limit,
             mode: _,
             p2p: _,
+            filters,
             words,
         } => {
+            let filter = filters.filter().unwrap_or_else(|e| usage_error(&e));
             let mut client = IndexClient::connect(&index.index).await?;
-            let (hits, total) = client.search_counted(words, limit).await?;
+            let answer = client.search_filtered(words, limit, filter).await?;
             if json {
-                cli_output::print_json(&cli_output::hits_json(&hits));
+                cli_output::print_json(&search_cli::answer_json(&answer));
             } else {
-                cli_output::print_hits(&hits);
+                cli_output::print_hits(&answer.hits);
             }
-            cli_output::note_cut(hits.len(), total, limit);
+            search_cli::note_cut(answer.hits.len(), answer.total, answer.total_exact, limit);
             Ok(0)
         }
         Command::Get {

@@ -192,7 +192,8 @@ async fn serve_search_and_get_with_json_output() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        hits = serde_json::from_slice(&out.stdout).unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        hits = answer["results"].clone();
         if hits.as_array().is_some_and(|a| !a.is_empty()) {
             break;
         }
@@ -1000,20 +1001,46 @@ async fn search_says_how_many_matched_when_the_list_is_cut() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 11);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("10 of 150"), "{err}");
+    assert!(err.contains("showing 10 of 150"), "{err}");
     let out = run(&["search", "--index", &index, "song"]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("100 of 150") && err.contains("1000"), "{err}");
     let out = run(&["search", "--index", &index, "--json", "song", "7"]).await;
-    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(hits.as_array().unwrap().len(), 1);
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["results"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (&answer["total"], &answer["truncated"]),
+        (&1.into(), &false.into())
+    );
     assert!(
         out.stderr.is_empty(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let out = run(&["search", "--index", &index, "--json", "--limit", "5", "so"]).await;
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["results"].as_array().unwrap().len(), 5);
+    assert_eq!(
+        (&answer["total"], &answer["truncated"]),
+        (&150.into(), &true.into())
+    );
     let out = run(&["search", "--help"]).await;
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1000"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("1000"), "{help}");
+    for needle in ["-live", "--type", "--min-size", "千尋", "document  pdf"] {
+        assert!(help.contains(needle), "{needle}: {help}");
+    }
+    // Thousands are grouped.
+    let many: Vec<SharedFile> = (0..1234)
+        .map(|i| {
+            let info = content_info(format!("tune {i}").as_bytes());
+            shared_as(&info, &format!("tune-{i}.mp3"))
+        })
+        .collect();
+    let _more = raw_session(&index, Some("tunes"), many).await;
+    let out = run(&["search", "--index", &index, "tune", "-7"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("showing 100 of 1,233"), "{err}");
     stop_index.cancel();
 }
 

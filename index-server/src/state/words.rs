@@ -1,5 +1,7 @@
-//! The word index: which files' names contain a word, keyed by a 32-bit
-//! keyed hash of the word rather than by its text.
+//! The word index: which files' names hold an index token (a word, one of
+//! its first 2 to 4 characters, or a character pair of a run of Chinese,
+//! Japanese or Thai: `common::search::for_each_token`), keyed by a 32-bit
+//! keyed hash of the token rather than by its text.
 //!
 //! Most words of real names (a track number, a date, a rare word) belong to
 //! one file, and storing their text again beside the names costs more than
@@ -18,6 +20,8 @@ use std::hash::{BuildHasher, RandomState};
 
 use hashbrown::HashTable;
 use parking_lot::RwLock;
+
+use common::search::TokenKind;
 
 use super::keyset::KeySet;
 use super::FileKey;
@@ -169,14 +173,42 @@ impl Default for WordIndex {
 }
 
 impl WordIndex {
-    /// The 32-bit hash of a (lower-case) word that every other method takes.
+    /// The 32-bit hash of a (folded) word that every other method takes.
+    #[cfg(test)]
     pub fn hash(&self, word: &str) -> u32 {
+        self.token_hash(TokenKind::Word, word)
+    }
+
+    /// The 32-bit hash of an index token (its kind and folded text).
+    pub fn token_hash(&self, kind: TokenKind, text: &str) -> u32 {
         #[cfg(test)]
         if self.collide {
             return 0x5eed_cafe;
         }
-        let h = self.hasher.hash_one(word);
+        let h = self.hasher.hash_one((kind as u8, text));
         (h ^ (h >> 32)) as u32
+    }
+
+    /// Sets `marks[i]` for each of `keys[i]` that may hold the token hashed
+    /// to `h` (one read lock for them all).
+    pub fn mark_containing(&self, h: u32, keys: &[FileKey], marks: &mut [bool]) {
+        let shard = self.shard(h).read();
+        match shard.get(h) {
+            None => {}
+            Some(v) if v & LIST == 0 => {
+                for (k, m) in keys.iter().zip(marks.iter_mut()) {
+                    *m |= *k == v;
+                }
+            }
+            Some(v) => {
+                let list = &shard.lists[(v & !LIST) as usize].keys;
+                for (k, m) in keys.iter().zip(marks.iter_mut()) {
+                    if !*m && list.contains(*k) {
+                        *m = true;
+                    }
+                }
+            }
+        }
     }
 
     fn shard(&self, h: u32) -> &RwLock<Shard> {
@@ -261,23 +293,9 @@ impl WordIndex {
     }
 }
 
-/// Whether `name`, split and normalized as [`common::names::tokenize`]
-/// does, contains the normalized `word`; allocates only for non-ASCII names
-/// (ASCII is its own NFKC form, so only its case is folded).
-pub(crate) fn name_has_word(name: &str, word: &str) -> bool {
-    if !name.is_ascii() {
-        return common::names::tokenize(name).iter().any(|w| w == word);
-    }
-    name.split(|c: char| !c.is_ascii_alphanumeric())
-        // A normalized word equals an ASCII part's lower case exactly when
-        // they match ignoring ASCII case.
-        .any(|part| !part.is_empty() && part.eq_ignore_ascii_case(word))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::names::tokenize;
 
     #[test]
     fn a_word_goes_from_one_file_to_many_and_back() {
@@ -345,52 +363,5 @@ mod tests {
         words.remove(h, 1);
         assert_eq!(words.keys(h), vec![2]);
         assert_eq!(words.counts(), (1, 0));
-    }
-
-    #[test]
-    fn name_has_word_agrees_with_tokenize() {
-        let names = [
-            "Blue Monday (1983).MP3",
-            "Canción_ÑANDÚ.txt",
-            "ΟΔΥΣΣΕΥΣ",
-            "İstanbul-straße",
-            "cafe\u{301}.txt",
-            "ｃａｆé ﬁle",
-            "a-a A",
-            "..--",
-            "x",
-        ];
-        let probes = [
-            "blue",
-            "mon",
-            "monday",
-            "1983",
-            "mp3",
-            "canción",
-            "ñandú",
-            "nandu",
-            "txt",
-            "a",
-            "οδυσσευς",
-            "οδυσσευσ",
-            "straße",
-            "strasse",
-            "x",
-            "",
-            "i̇stanbul",
-            "café",
-            "cafe",
-            "file",
-        ];
-        for name in names {
-            let tokens = tokenize(name);
-            for t in tokens.iter().map(String::as_str).chain(probes) {
-                assert_eq!(
-                    name_has_word(name, t),
-                    tokens.iter().any(|w| w == t),
-                    "{name:?} / {t:?}"
-                );
-            }
-        }
     }
 }

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use super::router::{
-    matches, Action, LinkId, LocalNode, OverlayCounters, Router, MAX_DEGREE, MAX_LINKS, PING_TTL,
+    Action, LinkId, LocalNode, Matcher, OverlayCounters, Router, MAX_DEGREE, MAX_LINKS, PING_TTL,
 };
 use crate::library::Library;
 use common::names::validate_name;
@@ -125,12 +125,13 @@ impl LocalNode for Local {
     /// A downloader asks a partial source which chunks it holds before
     /// requesting any.
     fn search(&self, words: &[String]) -> Vec<OverlayFile> {
+        let matcher = Matcher::new(words);
         let mut out: Vec<OverlayFile> = self
             .library
             .shared()
             .iter()
             // The index's name rule holds here too: searchers drop other names.
-            .filter(|(id, e)| matches(words, id, &e.rel) && validate_name(&e.rel).is_ok())
+            .filter(|(id, e)| matcher.matches(id, &e.rel) && validate_name(&e.rel).is_ok())
             .map(|(id, e)| OverlayFile {
                 id: *id,
                 name: e.rel.clone(),
@@ -142,7 +143,7 @@ impl LocalNode for Local {
             .library
             .partial_listing()
             .into_values()
-            .filter(|f| matches(words, &f.id, &f.name) && validate_name(&f.name).is_ok())
+            .filter(|f| matcher.matches(&f.id, &f.name) && validate_name(&f.name).is_ok())
             .map(|f| OverlayFile {
                 id: f.id,
                 name: f.name,

@@ -423,31 +423,59 @@ impl Router {
     }
 }
 
-/// Whether a shared file named `name` with id `id` matches a query: every
-/// word's tokens appear among the name's (compared normalized, as
-/// `names::tokenize` does), or the single word is the id, a prefix of it
-/// (8 hex digits or more), or the whole name (`names::name_matches`: what
-/// `peer get NAME` floods, with no limit on its words).
+/// Whether a shared file named `name` with id `id` matches a query (see
+/// [`Matcher`]).
 pub fn matches(words: &[String], id: &common::FileId, name: &str) -> bool {
-    if let [only] = words {
-        if let Ok(wanted) = only.to_ascii_lowercase().parse::<common::FileId>() {
-            return wanted == *id;
-        }
-        if common::target::IdPrefix::parse(only).is_some_and(|p| p.matches(id))
-            || common::names::name_matches(name, &common::names::normalize(only))
-        {
-            return true;
+    Matcher::new(words).matches(id, name)
+}
+
+/// A query as an overlay node answers it, parsed once for all its files:
+/// the single word is the id, a prefix of it (8 hex digits or more), or
+/// the whole name (`names::name_matches`: what `peer get NAME` floods, with
+/// no limit on its words); otherwise the words match as at the index
+/// (`common::search::Query`: prefixes, folding, runs of unspaced scripts,
+/// exclusions), so both modes find the same files.
+pub struct Matcher {
+    /// The single word, as an id, an id prefix and a normalized name.
+    only: Option<(
+        Option<common::FileId>,
+        Option<common::target::IdPrefix>,
+        String,
+    )>,
+    query: Option<common::search::Query>,
+}
+
+impl Matcher {
+    pub fn new(words: &[String]) -> Matcher {
+        let only = match words {
+            [only] => Some((
+                only.to_ascii_lowercase().parse::<common::FileId>().ok(),
+                common::target::IdPrefix::parse(only),
+                common::names::normalize(only),
+            )),
+            _ => None,
+        };
+        Matcher {
+            only,
+            query: common::search::Query::parse(words).ok(),
         }
     }
-    let name_words = common::names::tokenize(name);
-    let mut any = false;
-    for w in words.iter().flat_map(|w| common::names::tokenize(w)) {
-        any = true;
-        if !name_words.contains(&w) {
-            return false;
+
+    pub fn matches(&self, id: &common::FileId, name: &str) -> bool {
+        if let Some((full, prefix, key)) = &self.only {
+            if let Some(wanted) = full {
+                return wanted == id;
+            }
+            if prefix.as_ref().is_some_and(|p| p.matches(id))
+                || common::names::name_matches(name, key)
+            {
+                return true;
+            }
         }
+        self.query
+            .as_ref()
+            .is_some_and(|q| q.match_name(name).is_some())
     }
-    any
 }
 
 #[cfg(test)]
@@ -771,11 +799,19 @@ mod tests {
     #[test]
     fn matching_by_words_or_id() {
         let id = FileId([1; 32]);
-        assert!(!matches(
+        // Prefixes match, as at the index (issue 13).
+        assert!(matches(
             &["BLUE".into(), "mon".into()],
             &id,
             "Blue Monday.mp3"
         ));
+        assert!(!matches(
+            &["BLUE".into(), "mon".into(), "-monday".into()],
+            &id,
+            "Blue Monday.mp3"
+        ));
+        assert!(!matches(&["onday".into()], &id, "Blue Monday.mp3"));
+        assert!(matches(&["beyonce".into()], &id, "Beyonc\u{e9}.mp3"));
         assert!(matches(&["blue monday".into()], &id, "Blue Monday.mp3"));
         assert!(matches(&[id.to_hex()], &id, "x"));
         assert!(!matches(&[FileId([2; 32]).to_hex()], &id, "x"));

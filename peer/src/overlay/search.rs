@@ -93,8 +93,14 @@ pub enum SearchError {
     NotOverlay(String),
     #[error("overlay node {addr}: {reason}")]
     Wire { addr: String, reason: WireError },
-    #[error("nothing to search for: give at least one word with a letter or digit")]
-    NoWords,
+    #[error(transparent)]
+    Query(#[from] common::search::QueryError),
+    #[error(
+        "at most {} words of at most {} bytes",
+        common::limits::MAX_SEARCH_WORDS,
+        common::limits::MAX_WORD_LEN
+    )]
+    TooLong,
 }
 
 /// Floods a query for `words` through the node at `via` and collects the
@@ -105,8 +111,11 @@ pub async fn search(
     ttl: u8,
     wait: Duration,
 ) -> Result<SearchReport, SearchError> {
-    if words.iter().all(|w| common::names::tokenize(w).is_empty()) {
-        return Err(SearchError::NoWords);
+    common::search::Query::parse(&words)?;
+    if words.len() > common::limits::MAX_SEARCH_WORDS
+        || words.iter().any(|w| w.len() > common::limits::MAX_WORD_LEN)
+    {
+        return Err(SearchError::TooLong);
     }
     flood(via, words, ttl, wait).await
 }
