@@ -261,9 +261,13 @@ enum Command {
         p2p: P2pSearchArgs,
         #[command(flatten)]
         filters: search_cli::SearchFilterArgs,
+        /// Exclude names with a word starting with WORD (what `-WORD`
+        /// among the words means); repeat for several.
+        #[arg(long, value_name = "WORD")]
+        exclude: Vec<String>,
         /// Words that must all match (prefixes of the name's words);
         /// `-WORD` excludes. See the matching rules below.
-        #[arg(required = true, allow_hyphen_values = true)]
+        #[arg(required = true)]
         words: Vec<String>,
     },
     /// Download a file by id or exact name from every peer that has it.
@@ -431,7 +435,7 @@ fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(search_cli::exclusions_as_flags(std::env::args_os()));
     let default_log = match cli.command {
         Command::Serve { .. } => "info",
         _ => "warn",
@@ -524,8 +528,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             mode: Mode::P2p,
             p2p,
             filters,
-            words,
+            exclude,
+            mut words,
         } => {
+            words.extend(exclude.iter().map(|w| format!("-{w}")));
             let filter = filters.filter().unwrap_or_else(|e| usage_error(&e));
             let shutdown = shutdown_on_signals()?;
             let via = p2p.via();
@@ -557,8 +563,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             mode: _,
             p2p: _,
             filters,
-            words,
+            exclude,
+            mut words,
         } => {
+            words.extend(exclude.iter().map(|w| format!("-{w}")));
             let filter = filters.filter().unwrap_or_else(|e| usage_error(&e));
             let mut client = IndexClient::connect(&index.index).await?;
             let answer = client.search_filtered(words, limit, filter).await?;

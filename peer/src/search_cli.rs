@@ -16,9 +16,8 @@ everything. Case, accents and Unicode forms are ignored (`beyonce` finds \
 `Beyoncé`, `strasse` finds `Straße`, `lodz` finds `Łódź`), and so are \
 apostrophes inside words (`dont` finds `Don't`). Chinese, Japanese and Thai: \
 2 or more characters find names holding that sequence (`千尋` finds \
-`千と千尋の神隠し.mkv`). Every WORD must match; `-WORD` excludes names \
-with a word starting with it (put `--` before the words if one starts with \
-`-h`). Whole-word matches come first, then files with more sources, then \
+`千と千尋の神隠し.mkv`). Every WORD must match; `-WORD` (or --exclude WORD) \
+excludes names with a word starting with it. Whole-word matches come first, then files with more sources, then \
 shorter names.
 
 Filters run at the index, before --limit: --min-size/--max-size (10MB, 1GiB), \
@@ -112,6 +111,36 @@ impl SearchFilterArgs {
     }
 }
 
+/// The command line with `peer search`'s `-WORD`s turned into
+/// `--exclude=WORD` (clap would read `-live` as the flags `-l -i -v -e`).
+/// Only after `search`, not `-h`, and not after `--` (where
+/// `common::search::Query::parse` reads `-WORD` as an exclusion anyway).
+pub fn exclusions_as_flags(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut in_search = false;
+    let mut words_only = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        if i == 1 && arg == "search" {
+            in_search = true;
+        } else if in_search && !words_only {
+            if arg == "--" {
+                words_only = true;
+            } else if let Some(word) = arg
+                .to_str()
+                .and_then(|a| a.strip_prefix('-'))
+                .filter(|w| !w.is_empty() && !w.starts_with('-') && *w != "h")
+            {
+                out.push(format!("--exclude={word}").into());
+                continue;
+            }
+        }
+        out.push(arg);
+    }
+    out
+}
+
 /// `4312` → `"4,312"`.
 pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
@@ -170,6 +199,33 @@ mod tests {
         assert_eq!(thousands(100), "100");
         assert_eq!(thousands(4312), "4,312");
         assert_eq!(thousands(1_000_000), "1,000,000");
+    }
+
+    #[test]
+    fn minus_words_become_exclusions_in_search_only() {
+        let args = |v: &[&str]| -> Vec<std::ffi::OsString> { v.iter().map(|s| s.into()).collect() };
+        assert_eq!(
+            exclusions_as_flags(args(&[
+                "peer", "search", "queen", "-live", "--index", "x", "-h"
+            ])),
+            args(&[
+                "peer",
+                "search",
+                "queen",
+                "--exclude=live",
+                "--index",
+                "x",
+                "-h"
+            ])
+        );
+        assert_eq!(
+            exclusions_as_flags(args(&["peer", "search", "a", "--", "-b"])),
+            args(&["peer", "search", "a", "--", "-b"])
+        );
+        assert_eq!(
+            exclusions_as_flags(args(&["peer", "get", "-o", "x"])),
+            args(&["peer", "get", "-o", "x"])
+        );
     }
 
     /// The table in `--help` is the one the filter uses.
