@@ -1,8 +1,24 @@
 //! The index server as a separate process under load, beside a bare echo
-//! server over the same framing, both measured in the same run.
+//! server over the same framing, both measured in the same run; with
+//! `--baseline PATH` also an older `index-server` binary (the exact-word
+//! index before issue 13), measured alternately with the current one over
+//! the same names and queries.
+//!
+//! **Names** ([`names`]): a deterministic generator of realistic shared
+//! names (splitmix64 seeded by the file number): 40 % music (`Artist -
+//! Title (year).mp3`, `NN Title.flac`), 20 % video (`Title.year.1080p.mkv`),
+//! 15 % photos (`IMG_20190704_123456.jpg`), 10 % documents (`Title vN.pdf`),
+//! 5 % archives and programs, and 10 % Chinese or Japanese titles (a run of
+//! 2 to 8 characters from 300 common kanji and kana, then a number or a
+//! Latin word). Words are drawn from about 4,000: 200 real ones (English,
+//! Spanish, French, German, with their accents: `corazón`, `été`, `Straße`,
+//! `Don't`) and syllable-made ones, with a skewed (about Zipf) frequency, so
+//! a few words are in many names and most are rare; numbers (years, track
+//! numbers, dates, resolutions) make about one word per name unique.
 
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -16,15 +32,350 @@ use tokio::net::TcpStream;
 /// Pipelined requests per connection (the field notes measured echo with 16).
 const DEPTH: usize = 16;
 
-fn file(i: usize) -> SharedFile {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    id[31] = 0xA5;
-    SharedFile {
-        id: FileId(id),
-        name: format!("file-{i:07} word{} tag{}.dat", i % 1000, i % 97),
-        size: 1 + i as u64,
+/// splitmix64: a fast, well-spread deterministic generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Skewed towards 0: about Zipf over `n`.
+    fn skewed(&mut self, n: usize) -> usize {
+        let u = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        ((n as f64).powf(u) - 1.0) as usize % n
+    }
+}
+
+const REAL_WORDS: &[&str] = &[
+    "love",
+    "song",
+    "night",
+    "day",
+    "monday",
+    "blue",
+    "live",
+    "remix",
+    "mix",
+    "dance",
+    "heart",
+    "world",
+    "time",
+    "life",
+    "dream",
+    "fire",
+    "rain",
+    "summer",
+    "winter",
+    "light",
+    "dark",
+    "home",
+    "road",
+    "city",
+    "girl",
+    "boy",
+    "baby",
+    "star",
+    "sun",
+    "moon",
+    "sky",
+    "sea",
+    "river",
+    "king",
+    "queen",
+    "black",
+    "white",
+    "red",
+    "gold",
+    "silver",
+    "wild",
+    "free",
+    "forever",
+    "never",
+    "again",
+    "tonight",
+    "morning",
+    "evening",
+    "party",
+    "club",
+    "radio",
+    "edit",
+    "original",
+    "version",
+    "acoustic",
+    "unplugged",
+    "demo",
+    "session",
+    "concert",
+    "tour",
+    "album",
+    "single",
+    "best",
+    "hits",
+    "greatest",
+    "collection",
+    "anthology",
+    "vol",
+    "part",
+    "chapter",
+    "episode",
+    "season",
+    "series",
+    "movie",
+    "film",
+    "documentary",
+    "trailer",
+    "holiday",
+    "wedding",
+    "birthday",
+    "family",
+    "vacation",
+    "beach",
+    "mountain",
+    "lecture",
+    "notes",
+    "report",
+    "thesis",
+    "paper",
+    "manual",
+    "guide",
+    "tutorial",
+    "slides",
+    "invoice",
+    "resume",
+    "backup",
+    "project",
+    "draft",
+    "final",
+    "setup",
+    "installer",
+    "update",
+    "patch",
+    "driver",
+    "game",
+    "Don't",
+    "I'm",
+    "can't",
+    "won't",
+    "it's",
+    "rock'n'roll",
+    "corazón",
+    "canción",
+    "mañana",
+    "niño",
+    "amor",
+    "vida",
+    "noche",
+    "música",
+    "fiesta",
+    "español",
+    "día",
+    "sueño",
+    "ciudad",
+    "été",
+    "café",
+    "résumé",
+    "déjà",
+    "vu",
+    "français",
+    "chanson",
+    "cœur",
+    "élève",
+    "hôtel",
+    "Straße",
+    "Über",
+    "schön",
+    "Mädchen",
+    "Grüße",
+    "Köln",
+    "Øresund",
+    "Ærøskøbing",
+    "Łódź",
+    "Kraków",
+    "Beyoncé",
+    "Björk",
+    "Motörhead",
+    "Sigur",
+    "Rós",
+    "Mötley",
+    "Crüe",
+    "naïve",
+    "façade",
+    "piñata",
+    "jalapeño",
+    "São",
+    "Paulo",
+    "Zürich",
+    "München",
+    "Malmö",
+    "Tromsø",
+    "Ísland",
+    "Dvořák",
+    "Smetana",
+    "Chopin",
+    "Mozart",
+    "Beethoven",
+    "Bach",
+    "Vivaldi",
+    "symphony",
+    "concerto",
+    "sonata",
+    "quartet",
+    "opus",
+    "major",
+    "minor",
+    "prelude",
+    "nocturne",
+    "waltz",
+    "march",
+    "suite",
+    "overture",
+    "requiem",
+    "mass",
+    "the",
+    "of",
+    "and",
+    "in",
+    "on",
+    "my",
+    "your",
+    "with",
+    "for",
+    "from",
+    "to",
+    "a",
+    "la",
+    "el",
+    "le",
+    "de",
+    "der",
+    "die",
+    "das",
+];
+
+const SYLLABLES: &[&str] = &[
+    "ka", "lo", "mi", "ren", "tor", "sa", "vel", "an", "do", "ri", "mar", "te", "zu", "bel", "os",
+    "in", "ga", "pe", "lu", "mon", "tra", "es", "cor", "di", "na", "vi", "ro", "len", "ar", "si",
+];
+
+const CJK: &str = "千と尋の神隠し天空城ラピュタ風谷ナウシカ魔女宅急便紅豚もののけ姫猫恋愛夏冬春秋月星海山川花雨雪夜朝東京大阪京都北海道日本中国上海北京台湾香港人生歌手音楽映画電影第一二三四五六七八九十話集版完全字幕高清中文愛情青春物語世界戦争平和家族友達学校先生私僕君彼女彼心夢希望未来過去時間空気光影色白黒赤青緑金銀新旧古今生死命運的了是我你他她们这那有在不会和说个上下来去大小多少好坏长短开关ありがとうさようならこんにちはおはようすきだいすきしあわせアニメゲームドラマライブコンサートベストアルバムシングルリミックスカバー";
+
+fn pseudo_word(k: usize) -> String {
+    let mut w = String::new();
+    let mut k = k + 31;
+    while k > 0 {
+        w.push_str(SYLLABLES[k % SYLLABLES.len()]);
+        k /= SYLLABLES.len();
+    }
+    w
+}
+
+/// The vocabulary: real words first (the most frequent), then made ones.
+fn vocabulary() -> Vec<String> {
+    let mut v: Vec<String> = REAL_WORDS.iter().map(|w| w.to_string()).collect();
+    v.extend((0..3800).map(pseudo_word));
+    v
+}
+
+fn capital(w: &str) -> String {
+    let mut c = w.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// `min` to `min + spread - 1` capitalised words, skewed towards the
+/// frequent ones, joined by `sep`.
+fn title(r: &mut Rng, vocab: &[String], min: usize, spread: usize, sep: &str) -> String {
+    let n = min + r.below(spread);
+    (0..n)
+        .map(|_| capital(&vocab[r.skewed(vocab.len())]))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// The name of file `i` (see the module docs).
+fn name(i: usize, vocab: &[String], cjk: &[char]) -> String {
+    let mut r = Rng(i as u64 ^ 0x5eed);
+    let r = &mut r;
+    match r.below(100) {
+        0..=29 => {
+            let artist = title(r, vocab, 1, 2, " ");
+            let song = title(r, vocab, 1, 4, " ");
+            format!("{artist} - {song} ({}).mp3", 1960 + r.below(65))
+        }
+        30..=39 => {
+            let track = 1 + r.below(20);
+            let song = title(r, vocab, 1, 4, " ");
+            let kbps = [128, 192, 256, 320][r.below(4)];
+            format!("{track:02} {song} [{kbps}kbps].flac")
+        }
+        40..=59 => {
+            let film = title(r, vocab, 1, 3, ".");
+            let year = 1970 + r.below(55);
+            let res = ["720p", "1080p", "2160p", "480p"][r.below(4)];
+            format!("{film}.{year}.{res}.x264-{i:x}.mkv")
+        }
+        60..=74 => format!(
+            "IMG_{}{:02}{:02}_{:06}.jpg",
+            2005 + r.below(20),
+            1 + r.below(12),
+            1 + r.below(28),
+            r.below(1_000_000)
+        ),
+        75..=84 => {
+            let doc = title(r, vocab, 2, 4, " ");
+            format!("{doc} v{}.{}.pdf", 1 + r.below(9), r.below(100))
+        }
+        85..=89 => {
+            let prog = title(r, vocab, 1, 2, " ");
+            let ext = ["zip", "tar.gz", "exe", "iso", "7z"][r.below(5)];
+            format!(
+                "{prog}-{}.{}.{}.{ext}",
+                r.below(10),
+                r.below(30),
+                r.below(300)
+            )
+        }
+        _ => {
+            let len = 2 + r.below(7);
+            let run: String = (0..len).map(|_| cjk[r.skewed(cjk.len())]).collect();
+            match r.below(3) {
+                0 => format!("{run} \u{7b2c}{}\u{8a71}.mkv", 1 + r.below(50)),
+                1 => format!("{run} - {}.mp3", title(r, vocab, 1, 1, " ")),
+                _ => format!("{run}{}.mp4", 1990 + r.below(35)),
+            }
+        }
+    }
+}
+
+/// Files 0..n, each with a distinct id, its generated name and a size.
+fn generate(n: usize) -> Vec<SharedFile> {
+    let vocab = vocabulary();
+    let cjk: Vec<char> = CJK.chars().collect();
+    (0..n)
+        .map(|i| {
+            let mut id = [0u8; 32];
+            let mut r = Rng(i as u64);
+            for chunk in id.chunks_mut(8) {
+                chunk.copy_from_slice(&r.next().to_le_bytes());
+            }
+            SharedFile {
+                id: FileId(id),
+                name: name(i, &vocab, &cjk),
+                size: 1 + (Rng(!(i as u64)).next() % (1 << 32)),
+            }
+        })
+        .collect()
 }
 
 /// Spawns a child that logs or prints `addr=HOST:PORT`, and returns it with that address.
@@ -103,11 +454,17 @@ impl Conn {
     }
 }
 
-/// Pipelined request/response rate with `clients` connections for `duration`.
-async fn rate(addr: &str, clients: usize, duration: Duration, files: usize) -> anyhow::Result<f64> {
+/// Pipelined lookup rate with `clients` connections for `duration`.
+async fn rate(
+    addr: &str,
+    clients: usize,
+    duration: Duration,
+    ids: Arc<Vec<FileId>>,
+) -> anyhow::Result<f64> {
     let mut tasks = Vec::new();
     for c in 0..clients {
         let addr = addr.to_string();
+        let ids = ids.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(&addr).await?;
             let start = Instant::now();
@@ -116,8 +473,8 @@ async fn rate(addr: &str, clients: usize, duration: Duration, files: usize) -> a
             while start.elapsed() < duration {
                 let batch: Vec<IndexRequest> = (0..DEPTH)
                     .map(|k| {
-                        i = (i + 104_729 + k) % files.max(1);
-                        IndexRequest::Lookup { id: file(i).id }
+                        i = (i + 104_729 + k) % ids.len().max(1);
+                        IndexRequest::Lookup { id: ids[i] }
                     })
                     .collect();
                 conn.pipelined(&batch).await?;
@@ -134,18 +491,145 @@ async fn rate(addr: &str, clients: usize, duration: Duration, files: usize) -> a
     Ok(total)
 }
 
-pub async fn run(files: usize, clients: usize, duration: Duration) -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("exe dir")?;
-    let mut index_cmd = Command::new(dir.join("index-server"));
+/// Query sets, drawn from the generated names (so each finds something at
+/// the current index).
+struct Queries {
+    /// Two whole words of one name: the common query (exact words work on both).
+    common: Vec<Vec<String>>,
+    /// The first 3 characters of two words of one name.
+    prefix2: Vec<Vec<String>>,
+    /// The 2-letter prefix that the most names have a word starting with.
+    short: Vec<String>,
+    short_files: usize,
+    /// 2 characters of a Chinese/Japanese run.
+    cjk: Vec<Vec<String>>,
+}
+
+fn words_of(name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    common::search::for_each_piece(&common::search::fold(name), |p| {
+        if let common::search::Piece::Word(w) = p {
+            if w.chars().count() >= 3 && !w.chars().all(|c| c.is_ascii_digit()) {
+                out.push(w.to_string());
+            }
+        }
+    });
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn queries(files: &[SharedFile]) -> Queries {
+    let mut r = Rng(42);
+    let mut common = Vec::new();
+    let mut prefix2 = Vec::new();
+    let mut cjk = Vec::new();
+    while common.len() < 2000 || prefix2.len() < 2000 || cjk.len() < 1000 {
+        let name = &files[r.below(files.len())].name;
+        let words = words_of(name);
+        if words.len() >= 2 {
+            let (a, b) = (&words[r.below(words.len())], &words[r.below(words.len())]);
+            if a != b {
+                if common.len() < 2000 {
+                    common.push(vec![a.clone(), b.clone()]);
+                }
+                if prefix2.len() < 2000 {
+                    let p = |w: &str| w.chars().take(3).collect::<String>();
+                    prefix2.push(vec![p(a), p(b)]);
+                }
+            }
+        }
+        let chars: Vec<char> = name
+            .chars()
+            .take_while(|c| common::search::is_unspaced(*c))
+            .collect();
+        if chars.len() >= 2 && cjk.len() < 1000 {
+            let at = r.below(chars.len() - 1);
+            cjk.push(vec![chars[at..at + 2].iter().collect()]);
+        }
+    }
+    // The most common 2-letter prefix of words (ASCII letters).
+    let mut counts = std::collections::HashMap::<String, usize>::new();
+    for f in files {
+        let mut seen = std::collections::HashSet::new();
+        common::search::for_each_piece(&common::search::fold(&f.name), |p| {
+            if let common::search::Piece::Word(w) = p {
+                if w.len() >= 2 && w.as_bytes()[..2].iter().all(u8::is_ascii_lowercase) {
+                    seen.insert(w[..2].to_string());
+                }
+            }
+        });
+        for s in seen {
+            *counts.entry(s).or_default() += 1;
+        }
+    }
+    let (short, short_files) = counts
+        .into_iter()
+        .max_by_key(|(_, n)| *n)
+        .unwrap_or_default();
+    Queries {
+        common,
+        prefix2,
+        short: vec![short],
+        short_files,
+        cjk,
+    }
+}
+
+/// p50 and p99 of sequential searches, in ms, and the mean hits returned.
+async fn latencies(
+    conn: &mut Conn,
+    queries: &[Vec<String>],
+    n: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let mut times = Vec::with_capacity(n);
+    let mut hits = 0usize;
+    for q in 0..n {
+        let words = queries[q % queries.len()].clone();
+        let t = Instant::now();
+        let r = conn
+            .pipelined(&[IndexRequest::Search { words, limit: 100 }])
+            .await?;
+        times.push(t.elapsed());
+        if let Some(IndexResponse::SearchResults { hits: h }) = r.first() {
+            hits += h.len();
+        }
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Ok((
+        ms(times[n / 2]),
+        ms(times[n * 99 / 100]),
+        hits as f64 / n as f64,
+    ))
+}
+
+/// Everything measured on one server.
+#[derive(Default, Clone)]
+struct Figures {
+    reg_rate: f64,
+    per_file: f64,
+    lookups: f64,
+    lookups_loaded: f64,
+    common: (f64, f64, f64),
+    prefix2: (f64, f64, f64),
+    short: (f64, f64, f64),
+    cjk: (f64, f64, f64),
+}
+
+async fn measure(
+    server: &std::path::Path,
+    files: Arc<Vec<SharedFile>>,
+    queries: &Queries,
+    clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Figures> {
+    let mut index_cmd = Command::new(server);
     index_cmd
         .args(["--listen", "127.0.0.1:0", "--lease-ttl", "1h"])
         .env("RUST_LOG", "info");
     let (mut index, addr) = spawn_with_addr(index_cmd, true)
-        .context("start target/release/index-server (build it first)")?;
-    let mut echo_cmd = Command::new(&exe);
-    echo_cmd.arg("echo-server");
-    let (mut echo, echo_addr) = spawn_with_addr(echo_cmd, false)?;
+        .with_context(|| format!("start {} (build it first)", server.display()))?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = rss_bytes(index.id())?;
 
@@ -155,6 +639,7 @@ pub async fn run(files: usize, clients: usize, duration: Duration) -> anyhow::Re
     let mut tasks = Vec::new();
     for s in 0..sessions {
         let addr = addr.clone();
+        let files = files.clone();
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::open(&addr).await?;
             conn.pipelined(&[IndexRequest::Login(Login {
@@ -163,13 +648,13 @@ pub async fn run(files: usize, clients: usize, duration: Duration) -> anyhow::Re
                 nick: None,
             })])
             .await?;
-            let mine: Vec<usize> = (s..files).step_by(sessions).collect();
+            let mine: Vec<usize> = (s..files.len()).step_by(sessions).collect();
             let mut names = 0u64;
             for group in mine.chunks(512 * 16) {
                 let batches: Vec<IndexRequest> = group
                     .chunks(512)
                     .map(|b| IndexRequest::AddFiles {
-                        files: b.iter().map(|&i| file(i)).collect(),
+                        files: b.iter().map(|&i| files[i].clone()).collect(),
                     })
                     .collect();
                 for r in conn.pipelined(&batches).await? {
@@ -180,7 +665,7 @@ pub async fn run(files: usize, clients: usize, duration: Duration) -> anyhow::Re
                 }
                 names += group
                     .iter()
-                    .map(|&i| file(i).name.len() as u64)
+                    .map(|&i| files[i].name.len() as u64)
                     .sum::<u64>();
             }
             anyhow::Ok((conn, names))
@@ -196,54 +681,247 @@ pub async fn run(files: usize, clients: usize, duration: Duration) -> anyhow::Re
     let reg_secs = start.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_after = rss_bytes(index.id())?;
+    let n = files.len();
     let per_file = (rss_after
         .saturating_sub(rss_before)
         .saturating_sub(name_bytes)) as f64
-        / files as f64;
+        / n as f64;
 
-    let echo_rate = rate(&echo_addr, clients, duration, files).await?;
-    let lookup_rate = rate(&addr, clients, duration, files).await?;
+    let ids: Arc<Vec<FileId>> = Arc::new(files.iter().map(|f| f.id).collect());
+    let lookups = rate(&addr, clients, duration, ids.clone()).await?;
+    // The same lookups while two clients search for the heaviest query.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut searchers = Vec::new();
+    for _ in 0..2 {
+        let addr = addr.clone();
+        let stop = stop.clone();
+        let words = queries.short.clone();
+        searchers.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await?;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                conn.pipelined(&[IndexRequest::Search {
+                    words: words.clone(),
+                    limit: 100,
+                }])
+                .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let lookups_loaded = rate(&addr, clients, duration, ids).await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in searchers {
+        s.await??;
+    }
 
-    // Search latency: one client, sequential, random vocabulary words.
     let mut conn = Conn::open(&addr).await?;
-    let mut latencies = Vec::new();
-    for q in 0..2000usize {
-        let words = vec![
-            format!("word{}", (q * 37) % 1000),
-            format!("tag{}", (q * 11) % 97),
-        ];
-        let t = Instant::now();
-        conn.pipelined(&[IndexRequest::Search { words, limit: 100 }])
-            .await?;
-        latencies.push(t.elapsed());
-    }
-    latencies.sort();
-    let p50 = latencies[latencies.len() / 2];
-    let p99 = latencies[latencies.len() * 99 / 100];
-    let mut single = Vec::new();
-    for q in 0..500usize {
-        let t = Instant::now();
-        conn.pipelined(&[IndexRequest::Search {
-            words: vec![format!("word{}", (q * 37) % 1000)],
-            limit: 100,
-        }])
-        .await?;
-        single.push(t.elapsed());
-    }
-    single.sort();
-    let single_p99 = single[single.len() * 99 / 100];
+    let common = latencies(&mut conn, &queries.common, 2000).await?;
+    let prefix2 = latencies(&mut conn, &queries.prefix2, 2000).await?;
+    let short = latencies(&mut conn, std::slice::from_ref(&queries.short), 300).await?;
+    let cjk = latencies(&mut conn, &queries.cjk, 1000).await?;
 
     drop(held);
     let _ = index.kill();
-    let _ = echo.kill();
     let _ = index.wait();
+    Ok(Figures {
+        reg_rate: n as f64 / reg_secs,
+        per_file,
+        lookups,
+        lookups_loaded,
+        common,
+        prefix2,
+        short,
+        cjk,
+    })
+}
+
+pub async fn run(
+    files: usize,
+    clients: usize,
+    duration: Duration,
+    baseline: Option<std::path::PathBuf>,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("exe dir")?;
+    let current = dir.join("index-server");
+    let t = Instant::now();
+    let generated = Arc::new(generate(files));
+    let queries = queries(&generated);
+    let name_bytes: usize = generated.iter().map(|f| f.name.len()).sum();
+    eprintln!(
+        "{files} names generated in {:.1} s ({:.1} bytes a name on average); `{}` is in {} names",
+        t.elapsed().as_secs_f64(),
+        name_bytes as f64 / files.max(1) as f64,
+        queries.short[0],
+        queries.short_files
+    );
+
+    let mut echo_cmd = Command::new(&exe);
+    echo_cmd.arg("echo-server");
+    let (mut echo, echo_addr) = spawn_with_addr(echo_cmd, false)?;
+    let ids: Arc<Vec<FileId>> = Arc::new(generated.iter().map(|f| f.id).collect());
+    let echo_rate = rate(&echo_addr, clients, duration, ids).await?;
+    let _ = echo.kill();
     let _ = echo.wait();
 
-    println!("| registration, {files} files over 8 sessions | {:.0} files/s | target 200,000 files/s | {:.2} |", files as f64 / reg_secs, files as f64 / reg_secs / 200_000.0);
-    println!("| lookups, {clients} clients x {DEPTH} pipelined | {lookup_rate:.0} /s | echo on the same framing {echo_rate:.0} /s | {:.2} (target >= 0.5) |", lookup_rate / echo_rate);
-    println!("| search, 2 words (about 10 hits), p50 / p99 | {:.2} ms / {:.2} ms | target p99 < 10 ms | {:.2} |", p50.as_secs_f64() * 1e3, p99.as_secs_f64() * 1e3, 10.0 / (p99.as_secs_f64() * 1e3));
-    println!("| search, 1 word (1000 hits ranked, 100 returned), p99 | {:.2} ms | target p99 < 10 ms | {:.2} |", single_p99.as_secs_f64() * 1e3, 10.0 / (single_p99.as_secs_f64() * 1e3));
-    println!("| index memory per file beyond names (RSS delta) | {per_file:.0} B | target 256 B | {:.2} |", 256.0 / per_file.max(1.0));
+    let mut servers: Vec<(&str, std::path::PathBuf)> = Vec::new();
+    if let Some(b) = &baseline {
+        servers.push(("baseline (exact words)", b.clone()));
+    }
+    servers.push(("this build (prefixes)", current));
+    let mut results: Vec<Vec<Figures>> = vec![Vec::new(); servers.len()];
+    // Alternate the servers, round after round (the machine is shared).
+    for round in 0..rounds {
+        for (k, (label, path)) in servers.iter().enumerate() {
+            eprintln!("round {}: {label}", round + 1);
+            results[k].push(measure(path, generated.clone(), &queries, clients, duration).await?);
+        }
+    }
+
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let cell = |k: usize, f: &dyn Fn(&Figures) -> f64, fmt: &dyn Fn(f64) -> String| {
+        let v: Vec<f64> = results[k].iter().map(f).collect();
+        let each: Vec<String> = v.iter().map(|x| fmt(*x)).collect();
+        if v.len() > 1 {
+            format!("{} ({})", fmt(median(&v)), each.join(", "))
+        } else {
+            fmt(v[0])
+        }
+    };
+    let ms = |x: f64| format!("{x:.2} ms");
+    let per_s = |x: f64| format!("{x:.0} /s");
+    let bytes = |x: f64| format!("{x:.0} B");
+    let ratio = |x: f64| format!("{x:.2}");
+    type Row<'a> = (
+        &'a str,
+        Box<dyn Fn(&Figures) -> f64>,
+        &'a dyn Fn(f64) -> String,
+        &'a str,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            "registration, 8 sessions x batches of 512",
+            Box::new(|f: &Figures| f.reg_rate),
+            &per_s,
+            "target >= 500,000 /s",
+        ),
+        (
+            "index memory per file beyond names (RSS delta)",
+            Box::new(|f: &Figures| f.per_file),
+            &bytes,
+            "target <= 128 B",
+        ),
+        (
+            "lookups, no search load",
+            Box::new(|f: &Figures| f.lookups),
+            &per_s,
+            "",
+        ),
+        (
+            "lookups, while 2 clients search the 2-letter prefix",
+            Box::new(|f: &Figures| f.lookups_loaded),
+            &per_s,
+            "",
+        ),
+        (
+            "lookups under search load / without",
+            Box::new(|f: &Figures| f.lookups_loaded / f.lookups),
+            &ratio,
+            "target >= 0.80",
+        ),
+        (
+            "common query, 2 whole words, p50",
+            Box::new(|f: &Figures| f.common.0),
+            &ms,
+            "target p50 < 1 ms",
+        ),
+        (
+            "common query, 2 whole words, p99",
+            Box::new(|f: &Figures| f.common.1),
+            &ms,
+            "target p99 < 10 ms",
+        ),
+        (
+            "  mean hits returned",
+            Box::new(|f: &Figures| f.common.2),
+            &ratio,
+            "",
+        ),
+        (
+            "2-word prefix query (3 letters each), p50",
+            Box::new(|f: &Figures| f.prefix2.0),
+            &ms,
+            "",
+        ),
+        (
+            "2-word prefix query (3 letters each), p99",
+            Box::new(|f: &Figures| f.prefix2.1),
+            &ms,
+            "target p99 < 10 ms",
+        ),
+        (
+            "  mean hits returned",
+            Box::new(|f: &Figures| f.prefix2.2),
+            &ratio,
+            "",
+        ),
+        (
+            "1-word 2-letter prefix, p50",
+            Box::new(|f: &Figures| f.short.0),
+            &ms,
+            "",
+        ),
+        (
+            "1-word 2-letter prefix, p99",
+            Box::new(|f: &Figures| f.short.1),
+            &ms,
+            "target p99 < 10 ms",
+        ),
+        (
+            "  mean hits returned",
+            Box::new(|f: &Figures| f.short.2),
+            &ratio,
+            "",
+        ),
+        (
+            "CJK 2-character query, p50",
+            Box::new(|f: &Figures| f.cjk.0),
+            &ms,
+            "",
+        ),
+        (
+            "CJK 2-character query, p99",
+            Box::new(|f: &Figures| f.cjk.1),
+            &ms,
+            "target p99 < 10 ms",
+        ),
+        (
+            "  mean hits returned",
+            Box::new(|f: &Figures| f.cjk.2),
+            &ratio,
+            "",
+        ),
+    ];
+    println!(
+        "{files} files ({:.1} B names), {clients} lookup clients x {DEPTH} pipelined, {rounds} round(s) alternating; echo on the same framing {echo_rate:.0} /s; 2-letter prefix `{}` is in {} names",
+        name_bytes as f64 / files.max(1) as f64,
+        queries.short[0],
+        queries.short_files
+    );
+    let header: Vec<&str> = servers.iter().map(|(l, _)| *l).collect();
+    println!("| figure | {} | target |", header.join(" | "));
+    println!("|---|{}---|", "---|".repeat(servers.len()));
+    for (label, f, fmt, target) in &rows {
+        let cells: Vec<String> = (0..servers.len())
+            .map(|k| cell(k, f.as_ref(), fmt))
+            .collect();
+        println!("| {label} | {} | {target} |", cells.join(" | "));
+    }
     Ok(())
 }
 

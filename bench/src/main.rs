@@ -64,7 +64,9 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// The index server (a separate process) under load vs an echo server on the same framing.
+    /// The index server (a separate process) under load vs an echo server
+    /// on the same framing, over generated realistic names; with
+    /// --baseline, also an older index-server binary, alternately.
     Index {
         #[arg(long, default_value_t = 1_000_000)]
         files: usize,
@@ -72,6 +74,13 @@ enum Command {
         clients: usize,
         #[arg(long, default_value = "5s", value_parser = common::units::parse_duration)]
         duration: std::time::Duration,
+        /// Another index-server binary to measure alternately with this
+        /// build's (e.g. one built from an older commit).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Rounds of measurements (each server once a round); medians are shown.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// The upload queue: uploader memory for N waiting requesters and how soon
     /// the head is served once a slot frees, vs requesters told Busy that retry.
@@ -150,7 +159,9 @@ async fn main() -> anyhow::Result<()> {
             files,
             clients,
             duration,
-        } => index_load::run(files, clients, duration).await,
+            baseline,
+            rounds,
+        } => index_load::run(files, clients, duration, baseline, rounds.max(1)).await,
         Command::UploadQueue { requesters, rounds } => {
             upload_queue_bench::run(requesters, rounds).await
         }

@@ -117,6 +117,16 @@ pub fn check_text(data: &[u8]) {
         assert!(!word.chars().any(char::is_whitespace));
     }
     let _ = crate::names::validate_name(&text);
+    // Search folding and matching never panic, and a name matches itself.
+    let words: Vec<&str> = text.split(' ').collect();
+    if let Ok(query) = crate::search::Query::parse(&words) {
+        let _ = query.match_name(&text);
+    }
+    if let Ok(query) = crate::search::Query::parse(&[text.as_ref()]) {
+        if query.exclude.is_empty() {
+            assert!(query.match_name(&text).is_some(), "{text:?}");
+        }
+    }
     let _ = text.parse::<FileId>();
     let _ = crate::units::parse_size(&text);
     let _ = crate::units::parse_duration(&text);

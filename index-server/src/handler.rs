@@ -215,6 +215,17 @@ fn batch_session(
     Ok(session)
 }
 
+/// Whether `request` is a keyword search (which the server runs off the
+/// runtime's worker threads; it never touches the connection's state).
+pub fn is_search(request: &IndexRequest) -> bool {
+    matches!(
+        request,
+        IndexRequest::Search { .. }
+            | IndexRequest::SearchCounted { .. }
+            | IndexRequest::SearchFiltered { .. }
+    )
+}
+
 /// Handles one request. Pure apart from the index state it is given.
 pub fn handle(
     index: &Index,

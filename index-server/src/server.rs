@@ -337,7 +337,23 @@ async fn connection_loop(
         if let IndexRequest::Login(login) = &request {
             resolve_advertised(conn, login.advertise.as_deref()).await;
         }
-        let response: IndexResponse = handle(index, conn, request, Instant::now());
+        let response: IndexResponse = if crate::handler::is_search(&request) {
+            // A search may confirm thousands of names: it runs on a blocking
+            // thread, at most `Index::search_slot` at once, so that the
+            // runtime's workers go on serving lookups and registrations.
+            let _slot = index.search_slot().await;
+            let index = index.clone();
+            let mut scratch = Connection::new(conn.peer_ip);
+            let now = Instant::now();
+            tokio::task::spawn_blocking(move || handle(&index, &mut scratch, request, now))
+                .await
+                .unwrap_or_else(|e| IndexResponse::Error {
+                    code: common::index_proto::ErrorCode::Internal,
+                    message: format!("the search failed: {e}"),
+                })
+        } else {
+            handle(index, conn, request, Instant::now())
+        };
         let response = crate::store::localize(response, &local);
         wire::write_message(&mut writer, &response).await?;
         // Pipelined requests already buffered are answered before one flush.

@@ -320,6 +320,8 @@ struct Inner {
     stats_cache: Mutex<Option<(Instant, IndexStats)>>,
     /// How long searches take (`p2pshare_index_search_duration_seconds`).
     search_seconds: prometheus::Histogram,
+    /// Searches that may run at once (see [`Index::search_slot`]).
+    search_slots: tokio::sync::Semaphore,
 }
 
 /// How old an answer to `stats` may be. Counting walks every file (9 ms at
@@ -343,6 +345,56 @@ pub struct SearchOutcome {
     /// Whether fewer hits are listed than matched.
     pub truncated: bool,
     pub total_exact: bool,
+}
+
+/// The union of two sorted, duplicate-free key lists, sorted.
+fn union_sorted(a: Vec<FileKey>, b: Vec<FileKey>) -> Vec<FileKey> {
+    if a.is_empty() {
+        return b;
+    }
+    if b.is_empty() {
+        return a;
+    }
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
+/// The keys in both sorted lists, sorted.
+fn intersect_sorted(a: &[FileKey], b: &[FileKey]) -> Vec<FileKey> {
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out
 }
 
 /// A confirmed candidate of a search, before the cut to the limit.
@@ -397,6 +449,11 @@ impl Index {
                 other_requests: AtomicU64::new(0),
                 stats_cache: Mutex::new(None),
                 search_seconds: crate::metrics::search_histogram(),
+                search_slots: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism()
+                        .map_or(1, |n| n.get() / 2)
+                        .max(1),
+                ),
             }),
         }
     }
@@ -1051,6 +1108,13 @@ impl Index {
         Some((live.name, size, live.sources))
     }
 
+    /// Waits for a place among the searches that may run at once: half the
+    /// cores, at least one, so that searches never take every core from
+    /// lookups and registrations (`None` only if the index is closing).
+    pub async fn search_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.inner.search_slots.acquire().await.ok()
+    }
+
     /// Files matching `words` (see `common::search`), best first, at most
     /// `limit`; nothing when the words hold no term.
     pub fn search(&self, words: &[String], limit: usize, now: Instant) -> Vec<SearchHit> {
@@ -1095,27 +1159,26 @@ impl Index {
         let found = candidates.len();
         let capped = found > MAX_RANKED;
         if capped {
-            // Whole-word candidates first: fewer terms matched only as prefixes.
-            let mut misses = vec![0u8; candidates.len()];
+            // Files where a term is a whole word go first (they rank first),
+            // then the others in key order, up to the cap.
             let index = &self.inner.words;
+            let mut first: Vec<FileKey> = Vec::new();
             for t in &query.include {
-                if matches!(t, Term::Seq(_)) {
-                    continue;
-                }
-                let mut marks = vec![false; candidates.len()];
-                index.mark_containing(
-                    index.token_hash(TokenKind::Word, t.text()),
-                    &candidates,
-                    &mut marks,
-                );
-                for (m, whole) in misses.iter_mut().zip(marks) {
-                    *m += u8::from(!whole);
+                if !matches!(t, Term::Seq(_)) {
+                    let whole = index.keys(index.token_hash(TokenKind::Word, t.text()));
+                    first = union_sorted(first, intersect_sorted(&whole, &candidates));
                 }
             }
-            let mut order: Vec<(u8, FileKey)> = misses.into_iter().zip(candidates).collect();
-            order.sort_unstable();
-            order.truncate(MAX_RANKED);
-            candidates = order.into_iter().map(|(_, k)| k).collect();
+            first.truncate(MAX_RANKED);
+            let room = MAX_RANKED - first.len();
+            let rest: Vec<FileKey> = candidates
+                .iter()
+                .filter(|k| first.binary_search(k).is_err())
+                .take(room)
+                .copied()
+                .collect();
+            first.extend(rest);
+            candidates = first;
         }
         let ranked_count = candidates.len();
         let mut live: HashMap<SessionId, bool> = HashMap::new();
@@ -1263,10 +1326,10 @@ impl Index {
             }
             keys
         } else {
-            let mut keys: Vec<FileKey> = hashes.iter().flat_map(|h| index.keys(*h)).collect();
-            keys.sort_unstable();
-            keys.dedup();
-            keys
+            // Each posting list is in key order: merge them.
+            hashes
+                .iter()
+                .fold(Vec::new(), |acc, h| union_sorted(acc, index.keys(*h)))
         };
         for (_, all, hashes) in &terms[1..] {
             if *all {
@@ -1932,6 +1995,51 @@ mod tests {
             .collect();
         ids.sort();
         ids
+    }
+
+    #[test]
+    fn sorted_key_lists_merge() {
+        assert_eq!(
+            union_sorted(vec![1, 4, 9], vec![2, 4, 10]),
+            [1, 2, 4, 9, 10]
+        );
+        assert_eq!(union_sorted(vec![], vec![3]), [3]);
+        assert_eq!(intersect_sorted(&[1, 4, 9, 12], &[2, 4, 9, 10]), [4, 9]);
+        assert!(intersect_sorted(&[1], &[]).is_empty());
+    }
+
+    /// A query matching more files than are ranked lists the whole-word
+    /// ones first and estimates its total.
+    #[tokio::test(start_paused = true)]
+    async fn a_query_matching_more_than_are_ranked_is_bounded() {
+        let idx = Index::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let a = idx.login("a:1".into(), None, now).unwrap();
+        let n = MAX_RANKED + 3_000;
+        let mut files: Vec<SharedFile> = (0..n as u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_le_bytes());
+                SharedFile {
+                    id: FileId(id),
+                    name: format!("zebra{i}.txt"),
+                    size: 1,
+                }
+            })
+            .collect();
+        files.push(SharedFile {
+            id: FileId([0xee; 32]),
+            name: "ze.txt".into(),
+            size: 1,
+        });
+        for batch in files.chunks(MAX_FILES_PER_BATCH) {
+            idx.add_files(a, batch.to_vec(), now).unwrap();
+        }
+        let q = Query::parse(&["ze"]).unwrap();
+        let found = idx.search_query(&q, &SearchFilter::default(), 10, now);
+        assert!(!found.total_exact && found.truncated);
+        assert_eq!(found.total, (n + 1) as u64);
+        assert_eq!(found.hits[0].name, "ze.txt", "the whole word first");
     }
 
     #[tokio::test(start_paused = true)]

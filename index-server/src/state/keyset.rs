@@ -16,10 +16,18 @@ const SPARSE_BELOW: usize = 2048;
 /// 64-bit words in a bitmap chunk.
 const WORDS: usize = 1 << 10;
 
+/// A set with at most this many keys is a plain sorted `Vec<u32>` (4 bytes
+/// a key, one allocation); chunks cost 2 bytes a key but about 48 bytes
+/// each, and the keys of a small set are spread over every chunk (the index
+/// holds a million keys in 16 chunks), so below this a plain list is smaller.
+const SMALL_MAX: usize = 512;
+
 /// A set of `u32` keys: insert, remove, membership, count, listing.
 #[derive(Default)]
 pub(crate) struct KeySet {
     len: u32,
+    /// The keys, sorted, while the set is small (`chunks` is then empty).
+    small: Vec<u32>,
     /// Sorted by `hi`, none empty.
     chunks: Vec<Chunk>,
 }
@@ -144,6 +152,9 @@ impl KeySet {
     }
 
     pub fn contains(&self, key: u32) -> bool {
+        if self.chunks.is_empty() {
+            return self.small.binary_search(&key).is_ok();
+        }
         let (hi, lo) = split(key);
         self.chunk(hi)
             .is_ok_and(|at| self.chunks[at].bits.contains(lo))
@@ -151,6 +162,26 @@ impl KeySet {
 
     /// Adds `key`; true if it was not there.
     pub fn insert(&mut self, key: u32) -> bool {
+        if self.chunks.is_empty() {
+            let Err(at) = self.small.binary_search(&key) else {
+                return false;
+            };
+            self.small.insert(at, key);
+            self.len += 1;
+            if self.small.len() > SMALL_MAX {
+                // Grown out of the plain list: into chunks.
+                let keys = std::mem::take(&mut self.small);
+                self.len = 0;
+                for k in keys {
+                    self.insert_chunked(k);
+                }
+            }
+            return true;
+        }
+        self.insert_chunked(key)
+    }
+
+    fn insert_chunked(&mut self, key: u32) -> bool {
         let (hi, lo) = split(key);
         let at = match self.chunk(hi) {
             Ok(at) => at,
@@ -172,6 +203,17 @@ impl KeySet {
 
     /// Removes `key`; true if it was there.
     pub fn remove(&mut self, key: u32) -> bool {
+        if self.chunks.is_empty() {
+            let Ok(at) = self.small.binary_search(&key) else {
+                return false;
+            };
+            self.small.remove(at);
+            self.len -= 1;
+            if self.small.capacity() > 8 && self.small.len() * 4 < self.small.capacity() {
+                self.small.shrink_to(self.small.len() * 2);
+            }
+            return true;
+        }
         let (hi, lo) = split(key);
         let Ok(at) = self.chunk(hi) else {
             return false;
@@ -191,6 +233,9 @@ impl KeySet {
 
     /// Every key, in increasing order.
     pub fn keys(&self) -> Vec<u32> {
+        if self.chunks.is_empty() {
+            return self.small.clone();
+        }
         let mut out = Vec::with_capacity(self.len());
         for c in &self.chunks {
             c.bits.for_each(u32::from(c.hi) << 16, |k| out.push(k));
@@ -209,6 +254,7 @@ mod tests {
         assert_eq!(set.len(), model.len());
         assert_eq!(set.keys(), model.iter().copied().collect::<Vec<_>>());
         assert!(set.chunks.windows(2).all(|w| w[0].hi < w[1].hi));
+        assert!(set.chunks.is_empty() || set.small.is_empty());
         for c in &set.chunks {
             assert!(c.bits.len() > 0, "no empty chunk is kept");
             if let Bits::Dense(n, w) = &c.bits {

@@ -31,44 +31,22 @@ const SHARDS: usize = 1 << SHARD_BITS;
 /// In an entry's value: the rest is a `lists` index, not a file key.
 const LIST: u32 = 1 << 31;
 
-/// Files with one word (well, one word hash) in their names.
+/// Files with one token (well, one token hash) in their names.
 #[derive(Default)]
 struct Postings {
     keys: KeySet,
-    /// Occurrences beyond the first, for the few files with several
-    /// holders whose names contain the word (usually empty: no allocation).
-    more: HashMap<FileKey, u32>,
-}
-
-impl Postings {
-    fn add(&mut self, key: FileKey) {
-        if !self.keys.insert(key) {
-            *self.more.entry(key).or_insert(0) += 1;
-        }
-    }
-
-    fn remove(&mut self, key: FileKey) {
-        match self.more.get_mut(&key) {
-            Some(n) if *n > 1 => *n -= 1,
-            Some(_) => {
-                self.more.remove(&key);
-                if self.more.is_empty() {
-                    self.more = HashMap::new();
-                }
-            }
-            None => {
-                self.keys.remove(key);
-            }
-        }
-    }
 }
 
 #[derive(Default)]
 struct Shard {
-    /// (word hash, file key or `LIST | index into lists`).
+    /// (token hash, file key or `LIST | index into lists`).
     table: HashTable<(u32, u32)>,
     lists: Vec<Postings>,
     free: Vec<u32>,
+    /// (list, key) → occurrences beyond the first, for the few files with
+    /// several holders whose names hold the token (kept here rather than in
+    /// each list, which would cost every list an empty map).
+    more: HashMap<(u32, FileKey), u32>,
 }
 
 /// Spreads a 32-bit word hash over the 64 bits hashbrown reads (it takes
@@ -108,16 +86,33 @@ impl Shard {
             return;
         };
         if value & LIST != 0 {
-            self.lists[(value & !LIST) as usize].add(key);
+            self.add_to_list(value & !LIST, key);
             return;
         }
         // One file so far: make it a list of two occurrences.
-        let mut postings = Postings::default();
-        postings.add(value);
-        postings.add(key);
-        let i = self.new_list(postings);
+        let i = self.new_list(Postings::default());
+        self.add_to_list(i, value);
+        self.add_to_list(i, key);
         if let Some(e) = self.table.find_mut(spread(h), |e| e.0 == h) {
             e.1 = LIST | i;
+        }
+    }
+
+    fn add_to_list(&mut self, i: u32, key: FileKey) {
+        if !self.lists[i as usize].keys.insert(key) {
+            *self.more.entry((i, key)).or_insert(0) += 1;
+        }
+    }
+
+    fn remove_from_list(&mut self, i: u32, key: FileKey) {
+        match self.more.get_mut(&(i, key)) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.more.remove(&(i, key));
+            }
+            None => {
+                self.lists[i as usize].keys.remove(key);
+            }
         }
     }
 
@@ -133,11 +128,17 @@ impl Shard {
             None
         } else {
             let i = value & !LIST;
-            let list = &mut self.lists[i as usize];
-            list.remove(key);
+            self.remove_from_list(i, key);
+            let list = &self.lists[i as usize];
             let after = match list.keys.len() {
                 0 => None,
-                1 if list.more.is_empty() => list.keys.keys().first().copied(),
+                1 => {
+                    let only = list.keys.keys()[0];
+                    if self.more.contains_key(&(i, only)) {
+                        return;
+                    }
+                    Some(only)
+                }
                 _ => return,
             };
             self.free_list(i);
