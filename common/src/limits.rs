@@ -27,7 +27,7 @@ pub const MAX_WORD_LEN: usize = 128;
 /// first and then the others in index order up to this many, and
 /// estimates its total from them, so that no query holds the index for
 /// more than a few milliseconds.
-pub const MAX_RANKED: usize = 20_000;
+pub const MAX_RANKED: usize = 5_000;
 
 /// Default and hard cap of search results (Napster answered at most 100).
 pub const DEFAULT_SEARCH_LIMIT: u32 = 100;

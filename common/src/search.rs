@@ -118,6 +118,14 @@ pub fn is_unspaced(c: char) -> bool {
             | 0x20000..=0x3FFFF) // CJK extensions B and later
 }
 
+/// Whether [`fold`] leaves `c` as it is whatever surrounds it: CJK
+/// ideographs, and kana other than the voicing marks (which compose with
+/// the kana before them) and the compatibility digraphs `ゟ`, `ヿ`.
+fn folds_to_itself(c: char) -> bool {
+    matches!(c as u32,
+        0x3041..=0x3096 | 0x309D..=0x309E | 0x30A0..=0x30FE | 0x3400..=0x4DBF | 0x4E00..=0x9FFF)
+}
+
 /// A name or query folded for comparison (see the module docs): NFKD, lower
 /// case, diacritics dropped, [`fold_letter`], NFC, apostrophes inside words
 /// dropped. ASCII text only has its case and apostrophes folded.
@@ -134,6 +142,22 @@ pub fn fold(s: &str) -> String {
                 continue;
             }
             out.push(char::from(c.to_ascii_lowercase()));
+        }
+        return out;
+    }
+    if s.chars().all(|c| c.is_ascii() || folds_to_itself(c)) {
+        // Most Chinese and Japanese names: no normalization round trip.
+        let chars: Vec<char> = s.chars().collect();
+        let mut out = String::with_capacity(s.len());
+        for (i, &c) in chars.iter().enumerate() {
+            if is_apostrophe(c)
+                && i > 0
+                && chars[i - 1].is_alphanumeric()
+                && chars.get(i + 1).is_some_and(|n| n.is_alphanumeric())
+            {
+                continue;
+            }
+            out.push(c.to_ascii_lowercase());
         }
         return out;
     }
@@ -323,7 +347,7 @@ impl Term {
         match self {
             Term::Prefix(q) => (w.len() >= q.len()
                 && w.as_bytes()[..q.len()].eq_ignore_ascii_case(q.as_bytes()))
-            .then(|| w.len() == q.len()),
+            .then_some(w.len() == q.len()),
             Term::Whole(q) => w.eq_ignore_ascii_case(q).then_some(true),
             Term::Seq(_) => None,
         }
@@ -658,6 +682,33 @@ mod tests {
         );
         assert_eq!(fold("\u{ff76}\u{ff9e}"), "\u{30ac}");
         assert_eq!(fold("\u{d55c}\u{ae00}"), "\u{d55c}\u{ae00}");
+        // The shortcut for CJK and kana agrees with the full folding.
+        assert_eq!(fold("\u{304b}\u{3099}X"), "\u{304c}x");
+        assert_eq!(fold("千と千尋 Don't"), "千と千尋 dont");
+        for c in (0x3000u32..0x3100)
+            .chain(0x4e00..0x4e10)
+            .filter_map(char::from_u32)
+        {
+            let text = format!("a{c}\u{3099}B");
+            let full: String = {
+                let flat: String = text
+                    .nfkd()
+                    .filter(|c| !is_diacritic(*c))
+                    .flat_map(char::to_lowercase)
+                    .collect();
+                flat.nfc().collect()
+            };
+            assert_eq!(fold(&text), full, "U+{:04X}", c as u32);
+            if folds_to_itself(c) {
+                assert_eq!(fold(&c.to_string()), c.to_string());
+                assert_eq!(
+                    c.to_string().nfkd().nfc().collect::<String>(),
+                    c.to_string(),
+                    "U+{:04X}",
+                    c as u32
+                );
+            }
+        }
         // Only combining marks or punctuation: nothing is left to match.
         assert!(pieces("\u{301}\u{302}\u{303}").is_empty());
         assert!(pieces("!!! --- ...").is_empty());

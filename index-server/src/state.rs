@@ -347,6 +347,10 @@ pub struct SearchOutcome {
     pub total_exact: bool,
 }
 
+/// Most keys a search lists from one posting list: a term in more files is
+/// sampled (see `Index::query_candidates`).
+const SAMPLE: usize = 4 * MAX_RANKED;
+
 /// The union of two sorted, duplicate-free key lists, sorted.
 fn union_sorted(a: Vec<FileKey>, b: Vec<FileKey>) -> Vec<FileKey> {
     if a.is_empty() {
@@ -1155,17 +1159,18 @@ impl Index {
         limit: usize,
         now: Instant,
     ) -> SearchOutcome {
-        let mut candidates = self.query_candidates(query);
+        let (mut candidates, scale) = self.query_candidates(query);
         let found = candidates.len();
-        let capped = found > MAX_RANKED;
-        if capped {
+        let capped = found > MAX_RANKED || scale > 1.0;
+        if found > MAX_RANKED {
             // Files where a term is a whole word go first (they rank first),
             // then the others in key order, up to the cap.
             let index = &self.inner.words;
             let mut first: Vec<FileKey> = Vec::new();
             for t in &query.include {
                 if !matches!(t, Term::Seq(_)) {
-                    let whole = index.keys(index.token_hash(TokenKind::Word, t.text()));
+                    let h = index.token_hash(TokenKind::Word, t.text());
+                    let whole = index.keys_first(h, SAMPLE);
                     first = union_sorted(first, intersect_sorted(&whole, &candidates));
                 }
             }
@@ -1239,7 +1244,7 @@ impl Index {
         }
         let matched = scored.len();
         let total = if capped && ranked_count > 0 {
-            (matched as f64 * found as f64 / ranked_count as f64).round() as u64
+            (matched as f64 * found as f64 / ranked_count as f64 * scale).round() as u64
         } else {
             matched as u64
         };
@@ -1291,7 +1296,7 @@ impl Index {
     /// names). The term with the fewest candidates is listed; the others
     /// only filter it, so a common two-letter prefix beside a rare word
     /// costs one pass over the rare word's files.
-    fn query_candidates(&self, query: &Query) -> Vec<FileKey> {
+    fn query_candidates(&self, query: &Query) -> (Vec<FileKey>, f64) {
         let index = &self.inner.words;
         // Per term: (estimated count, is an intersection, hashes).
         let mut terms: Vec<(usize, bool, Vec<u32>)> = Vec::with_capacity(query.include.len());
@@ -1309,27 +1314,48 @@ impl Index {
                 sizes.sum()
             };
             if estimate == 0 {
-                return Vec::new();
+                return (Vec::new(), 1.0);
             }
             terms.push((estimate, all, hashes));
         }
         terms.sort_by_key(|t| t.0);
-        let Some((_, all, hashes)) = terms.first() else {
-            return Vec::new();
+        let Some((estimate, all, hashes)) = terms.first() else {
+            return (Vec::new(), 1.0);
         };
+        // A term in more files than a search samples (a two-letter prefix
+        // of a million names) is listed only so far, whole words first
+        // (its `Word` list comes first): enough to rank, and to estimate
+        // the total from.
+        let sampled = *estimate > SAMPLE;
         let mut keys: Vec<FileKey> = if *all {
             let mut by_size: Vec<u32> = hashes.clone();
             by_size.sort_by_key(|h| index.len(*h));
-            let mut keys = index.keys(by_size[0]);
+            let mut keys = index.keys_first(by_size[0], SAMPLE);
             for h in &by_size[1..] {
                 index.retain_containing(*h, &mut keys);
             }
             keys
         } else {
             // Each posting list is in key order: merge them.
-            hashes
-                .iter()
-                .fold(Vec::new(), |acc, h| union_sorted(acc, index.keys(*h)))
+            let mut keys = Vec::new();
+            for h in hashes {
+                let room = SAMPLE.saturating_sub(keys.len());
+                if room == 0 {
+                    break;
+                }
+                keys = union_sorted(keys, index.keys_first(*h, room));
+            }
+            keys
+        };
+        let listed = if *all {
+            (*estimate).min(SAMPLE)
+        } else {
+            keys.len()
+        };
+        let scale = if sampled {
+            *estimate as f64 / listed.max(1) as f64
+        } else {
+            1.0
         };
         for (_, all, hashes) in &terms[1..] {
             if *all {
@@ -1348,7 +1374,7 @@ impl Index {
                 break;
             }
         }
-        keys
+        (keys, scale)
     }
 
     /// Keys of the files whose names may hold every one of these token

@@ -231,6 +231,25 @@ impl KeySet {
         removed
     }
 
+    /// The `n` smallest keys, in increasing order.
+    pub fn first_keys(&self, n: usize) -> Vec<u32> {
+        if self.chunks.is_empty() {
+            return self.small[..n.min(self.small.len())].to_vec();
+        }
+        let mut out = Vec::with_capacity(n.min(self.len()));
+        for c in &self.chunks {
+            if out.len() >= n {
+                break;
+            }
+            c.bits.for_each(u32::from(c.hi) << 16, |k| {
+                if out.len() < n {
+                    out.push(k)
+                }
+            });
+        }
+        out
+    }
+
     /// Every key, in increasing order.
     pub fn keys(&self) -> Vec<u32> {
         if self.chunks.is_empty() {
@@ -255,6 +274,10 @@ mod tests {
         assert_eq!(set.keys(), model.iter().copied().collect::<Vec<_>>());
         assert!(set.chunks.windows(2).all(|w| w[0].hi < w[1].hi));
         assert!(set.chunks.is_empty() || set.small.is_empty());
+        let all = set.keys();
+        for n in [0, 1, 3, all.len()] {
+            assert_eq!(set.first_keys(n), all[..n.min(all.len())]);
+        }
         for c in &set.chunks {
             assert!(c.bits.len() > 0, "no empty chunk is kept");
             if let Bits::Dense(n, w) = &c.bits {

@@ -246,6 +246,17 @@ impl WordIndex {
         }
     }
 
+    /// The `n` smallest keys of files that may contain the word.
+    pub fn keys_first(&self, h: u32, n: usize) -> Vec<FileKey> {
+        let shard = self.shard(h).read();
+        match shard.get(h) {
+            None => Vec::new(),
+            Some(_) if n == 0 => Vec::new(),
+            Some(v) if v & LIST == 0 => vec![v],
+            Some(v) => shard.lists[(v & !LIST) as usize].keys.first_keys(n),
+        }
+    }
+
     /// Whether file `key` may contain the word.
     #[cfg(test)]
     pub fn contains(&self, h: u32, key: FileKey) -> bool {
