@@ -262,8 +262,9 @@ enum Command {
         #[command(flatten)]
         filters: search_cli::SearchFilterArgs,
         /// Exclude names with a word starting with WORD (what `-WORD`
-        /// among the words means); repeat for several.
-        #[arg(long, value_name = "WORD")]
+        /// among the words means); repeat for several (or separate them
+        /// with commas in PEER_EXCLUDE).
+        #[arg(long, env = "PEER_EXCLUDE", value_name = "WORD", value_delimiter = ',')]
         exclude: Vec<String>,
         /// Words that must all match (prefixes of the name's words);
         /// `-WORD` excludes. See the matching rules below.
