@@ -14,6 +14,9 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use transfer::testing::{self as fake, random_bytes, Behaviour};
 
+mod support;
+use support::{register_source, shared_as};
+
 const PEER: &str = env!("CARGO_BIN_EXE_peer");
 
 async fn start_index() -> (String, CancellationToken) {
@@ -26,40 +29,6 @@ async fn start_index() -> (String, CancellationToken) {
     let token = CancellationToken::new();
     tokio::spawn(server.run(token.clone()));
     (addr, token)
-}
-
-/// Registers `addr` at the index as the holder of `file` (for fake sources);
-/// the returned connection keeps the registration alive.
-async fn register_source(index: &str, addr: &str, file: SharedFile) -> TcpStream {
-    let mut s = TcpStream::connect(index).await.unwrap();
-    wire::client_handshake(&mut s, Protocol::Index)
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    for req in [
-        IndexRequest::Login(Login {
-            listen_port: 1,
-            advertise: Some(addr.into()),
-            nick: None,
-        }),
-        IndexRequest::AddFiles { files: vec![file] },
-    ] {
-        wire::send_message(&mut s, &req).await.unwrap();
-        let r: IndexResponse = wire::expect_message(&mut s, &mut buf, Deadlines::default())
-            .await
-            .unwrap();
-        assert!(!matches!(r, IndexResponse::Error { .. }), "{r:?}");
-    }
-    s
-}
-
-/// The index entry for the content `info` under `name`.
-fn shared_as(info: &ContentInfo, name: &str) -> SharedFile {
-    SharedFile {
-        id: info.id,
-        name: name.into(),
-        size: info.size,
-    }
 }
 
 async fn run(args: &[&str]) -> Output {

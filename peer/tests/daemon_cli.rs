@@ -152,12 +152,11 @@ fn serve_publishes_its_api_in_the_share_and_stops_it_on_sigterm() {
 
 // ---- downloads through a daemon ----
 
-use common::hello::Protocol;
 use common::id::{content_info, ContentInfo};
-use common::index_proto::{IndexRequest, IndexResponse, Login, SharedFile};
-use common::wire::{self, Deadlines};
 use tokio_util::sync::CancellationToken;
 use transfer::testing::{self as fake, random_bytes, Behaviour};
+
+mod support;
 
 async fn start_index() -> (String, CancellationToken) {
     let config = index_server::Config {
@@ -179,31 +178,7 @@ async fn register_source(
     info: &ContentInfo,
     name: &str,
 ) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(index).await.unwrap();
-    wire::client_handshake(&mut s, Protocol::Index)
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let file = SharedFile {
-        id: info.id,
-        name: name.into(),
-        size: info.size,
-    };
-    for req in [
-        IndexRequest::Login(Login {
-            listen_port: 1,
-            advertise: Some(addr.into()),
-            nick: None,
-        }),
-        IndexRequest::AddFiles { files: vec![file] },
-    ] {
-        wire::send_message(&mut s, &req).await.unwrap();
-        let r: IndexResponse = wire::expect_message(&mut s, &mut buf, Deadlines::default())
-            .await
-            .unwrap();
-        assert!(!matches!(r, IndexResponse::Error { .. }), "{r:?}");
-    }
-    s
+    support::register_source(index, addr, support::shared_as(info, name)).await
 }
 
 async fn peer_cmd(args: Vec<String>) -> std::process::Output {
