@@ -95,6 +95,16 @@ async fn open_browser(driver: &Chromedriver, browser: &Path) -> Client {
         .expect("a browser session")
 }
 
+/// Types `text` into the element `at`.
+async fn type_into(page: &Client, at: Locator<'_>, text: &str) {
+    page.find(at).await.unwrap().send_keys(text).await.unwrap();
+}
+
+/// Clicks the element `at`.
+async fn click(page: &Client, at: Locator<'_>) {
+    page.find(at).await.unwrap().click().await.unwrap();
+}
+
 /// Runs `script` (a function body that returns a value) in the page.
 async fn js(page: &Client, script: &str) -> serde_json::Value {
     page.execute(script, vec![]).await.expect("script ran")
@@ -163,12 +173,7 @@ async fn the_web_page_searches_downloads_and_messages() {
     )
     .await;
     token_box.send_keys(TOKEN).await.unwrap();
-    page.find(Locator::Css("#tokenform button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&page, Locator::Css("#tokenform button")).await;
     wait_js(
         &page,
         "the daemon's status",
@@ -183,18 +188,8 @@ async fn the_web_page_searches_downloads_and_messages() {
     .await;
 
     // Search, click Download, watch the progress.
-    page.find(Locator::Id("q"))
-        .await
-        .unwrap()
-        .send_keys("lecture")
-        .await
-        .unwrap();
-    page.find(Locator::Css("#searchform button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&page, Locator::Id("q"), "lecture").await;
+    click(&page, Locator::Css("#searchform button")).await;
     let download = page
         .wait()
         .at_most(Duration::from_secs(30))
@@ -283,24 +278,9 @@ async fn the_web_page_searches_downloads_and_messages() {
     );
 
     // A message sent from the page reaches alice; hers shows up in the page.
-    page.find(Locator::Id("to"))
-        .await
-        .unwrap()
-        .send_keys("alice")
-        .await
-        .unwrap();
-    page.find(Locator::Id("text"))
-        .await
-        .unwrap()
-        .send_keys("thanks for the notes")
-        .await
-        .unwrap();
-    page.find(Locator::Css("#sendform button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&page, Locator::Id("to"), "alice").await;
+    type_into(&page, Locator::Id("text"), "thanks for the notes").await;
+    click(&page, Locator::Css("#sendform button")).await;
     wait_js(
         &page,
         "delivered",
