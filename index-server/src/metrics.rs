@@ -9,7 +9,12 @@ use prometheus::{Histogram, HistogramOpts, Registry};
 use tokio::time::Instant;
 use transfer::metrics::{register, Sampled};
 
+use common::index_proto::IndexStats;
+
 use crate::state::Index;
+
+/// A gauge read from [`IndexStats`]: name, help, and which figure.
+type StatsGauge = (&'static str, &'static str, fn(&IndexStats) -> f64);
 
 /// Bucket bounds of the search histogram, seconds: 10 µs to 1 s (a search
 /// over a big index takes milliseconds).
@@ -46,33 +51,30 @@ pub fn registry(index: &Index) -> Registry {
             },
         ),
     );
-    let i = index.clone();
-    register(
-        &registry,
-        Sampled::gauge(
+    let stats: [StatsGauge; 3] = [
+        (
             "p2pshare_index_sessions",
             "Peers logged in with a live lease (sessions).",
-            move || i.stats(Instant::now()).peers as f64,
+            |s| s.peers as f64,
         ),
-    );
-    let i = index.clone();
-    register(
-        &registry,
-        Sampled::gauge(
+        (
             "p2pshare_index_files",
             "Distinct files offered by live peers.",
-            move || i.stats(Instant::now()).files as f64,
+            |s| s.files as f64,
         ),
-    );
-    let i = index.clone();
-    register(
-        &registry,
-        Sampled::gauge(
+        (
             "p2pshare_index_shared_bytes",
             "Sum of the sizes of the distinct files offered by live peers.",
-            move || i.stats(Instant::now()).bytes as f64,
+            |s| s.bytes as f64,
         ),
-    );
+    ];
+    for (name, help, pick) in stats {
+        let i = index.clone();
+        register(
+            &registry,
+            Sampled::gauge(name, help, move || pick(&i.stats(Instant::now()))),
+        );
+    }
     let i = index.clone();
     register(
         &registry,
