@@ -183,17 +183,29 @@ pub(crate) fn binary(name: &str) -> Result<PathBuf, LabError> {
     }
 }
 
+/// Ports [`free_port`] has handed out in this process: a child binds its
+/// port only when it starts, after every port of the run was chosen, so a
+/// port that is merely free now could be chosen twice.
+static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+
 /// A free loopback port for a child to listen on, below the kernel's
 /// ephemeral range (32768 and up): a port taken from that range and
 /// released is soon handed out again for some outgoing connection, and
 /// with a hundred processes connecting to each other a child then fails
-/// to bind (seen at N = 64 and 128).
+/// to bind (seen at N = 64 and 128). Never the same port twice in one lab
+/// process: the ports of a run are all chosen before its children bind
+/// them, and 130 random picks among 12,000 ports collide about every
+/// second run. That is the likely cause of the failed N = 128 runs (their
+/// logs were not kept): a second child on a port exits with status 1,
+/// "cannot listen ... Address already in use", the status they reported.
 pub(crate) fn free_port() -> Result<u16, LabError> {
     use rand::Rng;
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
     let mut rng = rand::rng();
     for _ in 0..1000 {
         let port = rng.random_range(20_000..32_000);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
             return Ok(port);
         }
     }
@@ -483,4 +495,18 @@ pub(crate) async fn swarm(
 /// A cheap deterministic spread for choosing random earlier neighbours.
 fn rand_index(i: usize) -> u64 {
     (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        // 2,000 picks among the 12,000 ports below the ephemeral range:
+        // without the record of handed-out ports a repeat is all but certain.
+        let mut ports: Vec<u16> = (0..2000).map(|_| super::free_port().unwrap()).collect();
+        ports.sort_unstable();
+        let before = ports.len();
+        ports.dedup();
+        assert_eq!(ports.len(), before, "a port was handed out twice");
+    }
 }
