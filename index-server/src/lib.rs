@@ -22,6 +22,7 @@
 
 pub mod handler;
 pub mod http;
+mod lazy_buf;
 pub mod metrics;
 pub mod server;
 pub mod state;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::hello::Protocol;
 use common::index_proto::{IndexRequest, IndexResponse};
 use common::wire::{self, Deadlines, WireError};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::handler::{handle, Connection};
+use crate::lazy_buf::LazyBufReader;
 use crate::state::Index;
 use crate::store::Store;
 use crate::{Config, ServerError};
@@ -296,6 +297,10 @@ async fn resolve_advertised(conn: &mut Connection, advertise: Option<&str>) {
     conn.resolved = Some((name.to_string(), addrs));
 }
 
+/// Largest request buffer a connection keeps between requests (a
+/// heartbeat or lookup fits; a registration of many files does not).
+const KEEP_FRAME_BUFFER: usize = 1024;
+
 async fn connection_loop(
     stream: TcpStream,
     index: &Index,
@@ -306,9 +311,13 @@ async fn connection_loop(
     // (an IPv4 client of a dual-stack socket as IPv4).
     let local = stream.local_addr()?;
     let local = SocketAddr::new(local.ip().to_canonical(), local.port()).to_string();
-    let (read_half, write_half) = stream.into_split();
-    let mut reader = BufReader::new(read_half);
-    let mut writer = BufWriter::new(write_half);
+    let (read_half, mut writer) = stream.into_split();
+    // No buffer is kept while a session waits for its next request (most
+    // of its life): the reader holds only unread bytes, answers wait in
+    // `out` only until the pipelined requests read so far are answered,
+    // and the frame buffer is dropped after a large request.
+    let mut reader = LazyBufReader::new(read_half);
+    let mut out: Vec<u8> = Vec::new();
     let mut buf = Vec::new();
     let mut budget = RequestBudget::new(config.max_requests_per_sec);
     let mut first = true;
@@ -355,10 +364,19 @@ async fn connection_loop(
             handle(index, conn, request, Instant::now())
         };
         let response = crate::store::localize(response, &local);
-        wire::write_message(&mut writer, &response).await?;
-        // Pipelined requests already buffered are answered before one flush.
-        if reader.buffer().is_empty() {
-            writer.flush().await?;
+        let frame = common::frame::encode_frame(&response)?;
+        if out.is_empty() {
+            out = frame;
+        } else {
+            out.extend_from_slice(&frame);
+        }
+        if buf.capacity() > KEEP_FRAME_BUFFER {
+            buf = Vec::new();
+        }
+        // Pipelined requests already read are answered before one write.
+        if !reader.has_buffered() {
+            writer.write_all(&out).await?;
+            out = Vec::new();
         }
     }
 }
