@@ -422,6 +422,151 @@ type Case<'a> = (
     &'a str,
 );
 
+/// `/api/search` sends its words and every filter to the index, which
+/// filters before it cuts to the limit: files past the first 1,000 matches
+/// are found by their extension, `type=` works, and the total counts the
+/// files that pass the filters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_search_filters_at_the_index_before_the_limit() {
+    use common::index_proto::{IndexRequest, IndexResponse, Login, SharedFile};
+    let index = tests::start_index().await;
+    // 1,100 short `.ogg` names rank before three longer `.flac` and `.mkv`
+    // ones: a filter applied to the index's first 1,000 answers would miss
+    // those three.
+    let files: Vec<SharedFile> = (0..1100)
+        .map(|i| (format!("track {i:04}.ogg"), 1000 + i as u64))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .chain([
+            (
+                "track 0001 the long live version.flac".to_string(),
+                5_000_000,
+            ),
+            ("track 0002 the long live version.flac".to_string(), 50),
+            (
+                "track 0003 the long concert film.mkv".to_string(),
+                9_000_000,
+            ),
+        ])
+        .map(|(name, size)| SharedFile {
+            id: common::id::content_info(name.as_bytes()).id,
+            name,
+            size,
+        })
+        .collect();
+    let mut source = peer::index_client::IndexClient::connect(&index.addr_string())
+        .await
+        .unwrap();
+    let login = IndexRequest::Login(Login {
+        listen_port: 7001,
+        advertise: None,
+        nick: None,
+    });
+    assert!(matches!(
+        source.request(&login).await.unwrap(),
+        IndexResponse::Welcome { .. }
+    ));
+    for batch in files.chunks(512) {
+        let r = source
+            .request(&IndexRequest::AddFiles {
+                files: batch.to_vec(),
+            })
+            .await
+            .unwrap();
+        assert!(matches!(r, IndexResponse::Ack { .. }), "{r:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut bob, api) = start_api_peer(
+        &dir.path().join("bob"),
+        &index.addr_string(),
+        "bob",
+        Some(TOKEN),
+    )
+    .await;
+    bob.wait_registered(0).await;
+    let names = |answer: &serde_json::Value| -> Vec<String> {
+        let mut v: Vec<String> = answer["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["name"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let search = |path: &'static str| {
+        let api = api.clone();
+        async move {
+            let r = get_auth(&api, path).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            r.json()
+        }
+    };
+
+    let all = search("/api/search?q=track&limit=10").await;
+    assert_eq!(
+        (&all["total"], &all["truncated"], &all["total_exact"]),
+        (
+            &serde_json::json!(1103),
+            &serde_json::json!(true),
+            &serde_json::json!(true)
+        ),
+        "{all}"
+    );
+    assert_eq!(all["results"].as_array().unwrap().len(), 10);
+
+    let flac = search("/api/search?q=track&ext=FLAC").await;
+    assert_eq!(
+        names(&flac),
+        [
+            "track 0001 the long live version.flac",
+            "track 0002 the long live version.flac"
+        ],
+        "{flac}"
+    );
+    assert_eq!(
+        (&flac["total"], &flac["truncated"]),
+        (&serde_json::json!(2), &serde_json::json!(false))
+    );
+
+    let video = search("/api/search?q=track+long&type=video").await;
+    assert_eq!(
+        names(&video),
+        ["track 0003 the long concert film.mkv"],
+        "{video}"
+    );
+
+    // A type and a size together; the limit counts what passed.
+    let big_audio = search("/api/search?q=track&type=audio&min_size=1MB&limit=1").await;
+    assert_eq!(
+        names(&big_audio),
+        ["track 0001 the long live version.flac"],
+        "{big_audio}"
+    );
+    assert_eq!(big_audio["total"], 1, "{big_audio}");
+    let small_audio = search("/api/search?q=track&type=audio,video&max_size=1002&limit=5").await;
+    assert_eq!(
+        names(&small_audio),
+        [
+            "track 0000.ogg",
+            "track 0001.ogg",
+            "track 0002 the long live version.flac",
+            "track 0002.ogg"
+        ],
+        "{small_audio}"
+    );
+    // Excluded words reach the index too.
+    let no_live = search("/api/search?q=track+long+-live").await;
+    assert_eq!(
+        names(&no_live),
+        ["track 0003 the long concert film.mkv"],
+        "{no_live}"
+    );
+    bob.stop().await;
+    drop(source);
+    index.stop().await;
+}
+
 /// Hostile input on these endpoints: a clear 4xx with a JSON error, never a
 /// panic, and the daemon still answers afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,16 +2,27 @@
 //! keywords, through the index (hybrid mode) or a flood of the overlay
 //! from this node (p2p mode).
 //!
-//! Answer: `{total, truncated, results: [{id, name, size, sources}]}`;
-//! `total` is how many files matched (null when not known), `truncated`
-//! whether `results` was cut to `limit`. `sources` is a count.
+//! Hybrid mode: the words and every filter go to the index
+//! (`IndexClient::search_filtered`), which filters before it cuts to
+//! `limit`; `type` is one of audio, video, image, document, archive,
+//! program (the table in `common::search::FileKind`), sent as its
+//! extensions. p2p mode: the overlay's answers are filtered here.
+//!
+//! Answer: `{total, truncated, total_exact, results: [{id, name, size,
+//! sources}]}`; `total` is how many files matched (null when an older index
+//! did not count), `truncated` whether `results` was cut to `limit`,
+//! `total_exact` false when the index estimated `total`. `sources` is a
+//! count.
 
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use common::index_proto::SearchFilter;
 use common::limits::{DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT, MAX_SEARCH_WORDS, MAX_WORD_LEN};
+use common::names::MAX_EXTENSION_LEN;
+use common::search::{FileKind, MAX_FILTER_EXTENSIONS};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiQuery, ApiState};
@@ -51,6 +62,8 @@ pub struct SearchResult {
 pub struct SearchAnswer {
     pub total: Option<u64>,
     pub truncated: bool,
+    /// Whether `total` is an exact count (false: the index estimated it).
+    pub total_exact: bool,
     pub results: Vec<SearchResult>,
 }
 
@@ -65,28 +78,16 @@ struct Query {
     filter: Filter,
 }
 
-/// Longest extension in an `ext` filter.
-const MAX_EXTENSION_LEN: usize = 16;
-/// Most extensions in one filter.
-const MAX_EXTENSIONS: usize = 64;
-
-/// Size and extension filters, applied to the index's answers here.
-struct Filter {
-    min_size: Option<u64>,
-    max_size: Option<u64>,
-    exts: Vec<String>,
-}
+/// The filters of a query, as the index takes them (`SearchFilter`: sizes
+/// and extensions, a `type` sent as its extension list), so that they run
+/// at the index, before the limit.
+struct Filter(SearchFilter);
 
 impl Filter {
-    fn is_empty(&self) -> bool {
-        self.min_size.is_none() && self.max_size.is_none() && self.exts.is_empty()
-    }
-
+    /// Whether a file of `size` bytes named `name` passes (for the p2p
+    /// mode, whose nodes do not filter).
     fn accepts(&self, size: u64, name: &str) -> bool {
-        let name = name.to_lowercase();
-        self.min_size.is_none_or(|m| size >= m)
-            && self.max_size.is_none_or(|m| size <= m)
-            && (self.exts.is_empty() || self.exts.iter().any(|e| name.ends_with(&format!(".{e}"))))
+        self.0.accepts(size, name)
     }
 }
 
@@ -144,26 +145,35 @@ fn parse(p: SearchParams) -> Result<Query, ApiError> {
         }
         exts.push(e);
     }
-    if p.kind.as_deref().is_some_and(|k| !k.trim().is_empty()) {
-        return Err(ApiError::bad_request(
-            "type filters are not supported by this daemon yet: give extensions with ext=mp3,flac",
-        ));
+    for k in p.kind.as_deref().unwrap_or("").split(',') {
+        let k = k.trim();
+        if k.is_empty() {
+            continue;
+        }
+        let Some(kind) = FileKind::parse(k) else {
+            let names: Vec<&str> = FileKind::ALL.iter().map(|k| k.name()).collect();
+            return Err(ApiError::bad_request(format!(
+                "unknown type {k:?}: one of {}",
+                names.join(", ")
+            )));
+        };
+        exts.extend(kind.extensions().iter().map(|e| e.to_string()));
     }
     exts.sort();
     exts.dedup();
-    if exts.len() > MAX_EXTENSIONS {
+    if exts.len() > MAX_FILTER_EXTENSIONS {
         return Err(ApiError::bad_request(format!(
-            "at most {MAX_EXTENSIONS} extensions in all"
+            "at most {MAX_FILTER_EXTENSIONS} extensions in all (ext and type together)"
         )));
     }
     Ok(Query {
         words,
         limit,
-        filter: Filter {
+        filter: Filter(SearchFilter {
             min_size,
             max_size,
             exts,
-        },
+        }),
     })
 }
 
@@ -222,32 +232,26 @@ async fn run(state: &ApiState, query: Query) -> Result<SearchAnswer, ApiError> {
         return Ok(SearchAnswer {
             total: Some(total),
             truncated: total > results.len() as u64,
+            total_exact: true,
             results,
         });
     }
     let mut client = IndexClient::connect(&state.info.index)
         .await
         .map_err(|e| unavailable(format!("cannot reach the index {}: {e}", state.info.index)))?;
-    // Filters run here: ask for as many as the index gives, then cut.
-    let ask = if query.filter.is_empty() {
-        query.limit
-    } else {
-        MAX_SEARCH_LIMIT
-    };
-    let (hits, total) =
-        client
-            .search_counted(query.words, ask)
-            .await
-            .map_err(|e| match e.code() {
-                Some(common::index_proto::ErrorCode::BadRequest) => {
-                    ApiError::bad_request(e.to_string())
-                }
-                _ => unavailable(format!("the index could not search: {e}")),
-            })?;
-    let filtered = !query.filter.is_empty();
-    let mut results: Vec<SearchResult> = hits
+    // Filters run at the index, so the limit applies after them.
+    let answer = client
+        .search_filtered(query.words, query.limit, query.filter.0)
+        .await
+        .map_err(|e| match e.code() {
+            Some(common::index_proto::ErrorCode::BadRequest) => {
+                ApiError::bad_request(e.to_string())
+            }
+            _ => unavailable(format!("the index could not search: {e}")),
+        })?;
+    let results = answer
+        .hits
         .into_iter()
-        .filter(|h| query.filter.accepts(h.size, &h.name))
         .map(|h| SearchResult {
             id: h.id.to_string(),
             name: h.name,
@@ -255,12 +259,10 @@ async fn run(state: &ApiState, query: Query) -> Result<SearchAnswer, ApiError> {
             sources: u64::from(h.sources),
         })
         .collect();
-    let matched = results.len() as u64;
-    results.truncate(query.limit as usize);
-    let total = if filtered { Some(matched) } else { total };
     Ok(SearchAnswer {
-        truncated: total.is_some_and(|t| t > results.len() as u64),
-        total,
+        total: answer.total,
+        truncated: answer.truncated,
+        total_exact: answer.total_exact,
         results,
     })
 }
