@@ -361,6 +361,7 @@ async fn connection_loop(
                     message: format!("the search failed: {e}"),
                 })
         } else {
+            index.note_foreground();
             handle(index, conn, request, Instant::now())
         };
         let response = crate::store::localize(response, &local);

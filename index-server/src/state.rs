@@ -261,7 +261,15 @@ fn sort_hits(hits: &mut [SearchHit]) {
 /// every file).
 fn index_hashes(words: &WordIndex, name: &str) -> Vec<u32> {
     let mut hashes = Vec::with_capacity(24);
-    search::for_each_token(&search::fold(name), |kind, text| {
+    index_hashes_into(words, name, &mut hashes);
+    hashes
+}
+
+/// [`index_hashes`] into `hashes` (cleared first), to reuse its room.
+fn index_hashes_into(words: &WordIndex, name: &str, hashes: &mut Vec<u32>) {
+    hashes.clear();
+    let folded = search::fold(name);
+    search::for_each_token(&folded, |kind, text| {
         hashes.push(words.token_hash(kind, text))
     });
     let base = base_name(name);
@@ -275,7 +283,6 @@ fn index_hashes(words: &WordIndex, name: &str) -> Vec<u32> {
     }
     hashes.sort_unstable();
     hashes.dedup();
-    hashes
 }
 
 fn holders_of(f: FileRef<'_>) -> Holders {
@@ -329,6 +336,73 @@ struct Inner {
     search_seconds: prometheus::Histogram,
     /// Searches that may run at once (see [`Index::search_slot`]).
     search_slots: tokio::sync::Semaphore,
+    /// When the index was made: the origin of `last_foreground`.
+    started: std::time::Instant,
+    /// When a request other than a search was last handled, in
+    /// microseconds since `started` (see [`Pacer`]).
+    last_foreground: AtomicU64,
+}
+
+/// How long a search works before it checks whether to pause.
+const SEARCH_SLICE: std::time::Duration = std::time::Duration::from_micros(250);
+/// How long it then pauses while other requests are being served: 4
+/// slices, so that a search takes at most a fifth of a core from them.
+const SEARCH_PAUSE: std::time::Duration = std::time::Duration::from_micros(1000);
+/// Other requests handled within this long count as "being served".
+const FOREGROUND_RECENT_MICROS: u64 = 2000;
+/// Keys checked against one posting list per lock taken (and between two
+/// [`Pacer`] checks), so that no search holds a shard for long.
+const KEYS_PER_LOCK: usize = 2048;
+
+/// Paces a search (issue 13: a search must not slow down lookups and
+/// registrations on a 2-core machine, where it competes with them for CPU
+/// as much as for locks). A search calls [`Pacer::step`] between pieces of
+/// work, outside every lock; each [`SEARCH_SLICE`] of work, if a request
+/// other than a search was handled in the last
+/// [`FOREGROUND_RECENT_MICROS`], it sleeps [`SEARCH_PAUSE`], giving the
+/// core back. On an otherwise idle index a search never pauses.
+struct Pacer<'a> {
+    inner: &'a Inner,
+    slice_start: std::time::Instant,
+    work: usize,
+}
+
+impl<'a> Pacer<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        Pacer {
+            inner,
+            slice_start: std::time::Instant::now(),
+            work: 0,
+        }
+    }
+
+    /// Counts `n` units of work (a candidate confirmed, a key checked);
+    /// pauses if the slice is used up and others are waiting.
+    fn step(&mut self, n: usize) {
+        self.work += n;
+        if self.work < 64 {
+            return;
+        }
+        self.work = 0;
+        let now = std::time::Instant::now();
+        if now.duration_since(self.slice_start) < SEARCH_SLICE {
+            return;
+        }
+        let now_micros = now.duration_since(self.inner.started).as_micros() as u64;
+        let last = self.inner.last_foreground.load(Ordering::Relaxed);
+        if now_micros.saturating_sub(last) < FOREGROUND_RECENT_MICROS {
+            std::thread::sleep(SEARCH_PAUSE);
+        }
+        self.slice_start = std::time::Instant::now();
+    }
+}
+
+/// Searches that run at once, and search threads: half the cores, at
+/// least one.
+fn search_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get() / 2)
+        .max(1)
 }
 
 /// How old an answer to `stats` may be. Counting walks every file (9 ms at
@@ -460,11 +534,9 @@ impl Index {
                 other_requests: AtomicU64::new(0),
                 stats_cache: Mutex::new(None),
                 search_seconds: crate::metrics::search_histogram(),
-                search_slots: tokio::sync::Semaphore::new(
-                    std::thread::available_parallelism()
-                        .map_or(1, |n| n.get() / 2)
-                        .max(1),
-                ),
+                search_slots: tokio::sync::Semaphore::new(search_threads()),
+                started: std::time::Instant::now(),
+                last_foreground: AtomicU64::new(0),
             }),
         }
     }
@@ -751,6 +823,10 @@ impl Index {
         let mut charged = total as i64;
         let mut outcome = AddOutcome::default();
         let mut new_keys: Vec<(FileKey, u64)> = Vec::new();
+        // (token hash, key) of the new files, indexed together after the
+        // loop (`WordIndex::add_all`: a lock per shard, not per token).
+        let mut pending: Vec<(u32, FileKey)> = Vec::with_capacity(batch.len() * 16);
+        let mut hashes: Vec<u32> = Vec::with_capacity(32);
         for f in batch {
             if !acceptable(f) {
                 outcome.rejected += 1;
@@ -770,17 +846,24 @@ impl Index {
                 Registered::Renamed(key, old) => {
                     self.release(holding_cost(&old));
                     charged -= holding_cost(&old) as i64;
+                    // The old name may be one this batch added: index
+                    // what is pending before taking it out.
+                    self.inner.words.add_all(&mut pending);
+                    pending.clear();
                     self.unindex_name(key, &old);
                     self.index_name(key, &f.name);
                     outcome.added += 1;
                 }
                 Registered::New(key) => {
-                    self.index_name(key, &f.name);
+                    index_hashes_into(&self.inner.words, &f.name, &mut hashes);
+                    pending.extend(hashes.iter().map(|&h| (h, key)));
                     new_keys.push((key, f.size));
                     outcome.added += 1;
                 }
             }
         }
+        self.inner.words.add_all(&mut pending);
+        drop(pending);
         let mut completed: Vec<FileId> = Vec::new();
         let still_there = match self.inner.sessions.get_mut(&session) {
             Some(mut s) => {
@@ -1126,6 +1209,13 @@ impl Index {
         self.inner.search_slots.acquire().await.ok()
     }
 
+    /// Notes that a request other than a search is being handled: searches
+    /// running now pause between slices of their work (see [`Pacer`]).
+    pub fn note_foreground(&self) {
+        let micros = self.inner.started.elapsed().as_micros() as u64;
+        self.inner.last_foreground.store(micros, Ordering::Relaxed);
+    }
+
     /// Files matching `words` (see `common::search`), best first, at most
     /// `limit`; nothing when the words hold no term.
     pub fn search(&self, words: &[String], limit: usize, now: Instant) -> Vec<SearchHit> {
@@ -1166,7 +1256,8 @@ impl Index {
         limit: usize,
         now: Instant,
     ) -> SearchOutcome {
-        let (mut candidates, scale) = self.query_candidates(query);
+        let mut pacer = Pacer::new(&self.inner);
+        let (mut candidates, scale) = self.query_candidates(query, &mut pacer);
         let found = candidates.len();
         let capped = found > MAX_RANKED || scale > 1.0;
         if found > MAX_RANKED {
@@ -1204,6 +1295,7 @@ impl Index {
         };
         let mut scored: Vec<Scored> = Vec::new();
         for key in candidates {
+            pacer.step(1);
             // (id, holders: (session, the query's terms in its name,
             // whether the name passes the filter, its length in characters))
             type Found = (SessionId, TermsFound, bool, u32);
@@ -1303,7 +1395,7 @@ impl Index {
     /// names). The term with the fewest candidates is listed; the others
     /// only filter it, so a common two-letter prefix beside a rare word
     /// costs one pass over the rare word's files.
-    fn query_candidates(&self, query: &Query) -> (Vec<FileKey>, f64) {
+    fn query_candidates(&self, query: &Query, pacer: &mut Pacer<'_>) -> (Vec<FileKey>, f64) {
         let index = &self.inner.words;
         // Per term: (estimated count, is an intersection, hashes).
         let mut terms: Vec<(usize, bool, Vec<u32>)> = Vec::with_capacity(query.include.len());
@@ -1339,7 +1431,7 @@ impl Index {
             by_size.sort_by_key(|h| index.len(*h));
             let mut keys = index.keys_first(by_size[0], SAMPLE);
             for h in &by_size[1..] {
-                index.retain_containing(*h, &mut keys);
+                self.retain_paced(*h, &mut keys, pacer);
             }
             keys
         } else {
@@ -1367,12 +1459,12 @@ impl Index {
         for (_, all, hashes) in &terms[1..] {
             if *all {
                 for h in hashes {
-                    index.retain_containing(*h, &mut keys);
+                    self.retain_paced(*h, &mut keys, pacer);
                 }
             } else {
                 let mut marks = vec![false; keys.len()];
                 for h in hashes {
-                    index.mark_containing(*h, &keys, &mut marks);
+                    self.mark_paced(*h, &keys, &mut marks, pacer);
                 }
                 let mut it = marks.into_iter();
                 keys.retain(|_| it.next().unwrap_or(false));
@@ -1382,6 +1474,27 @@ impl Index {
             }
         }
         (keys, scale)
+    }
+
+    /// `WordIndex::mark_containing` over `keys`, [`KEYS_PER_LOCK`] at a
+    /// time, pacing the search between blocks (with no lock held).
+    fn mark_paced(&self, h: u32, keys: &[FileKey], marks: &mut [bool], pacer: &mut Pacer<'_>) {
+        for (k, m) in keys
+            .chunks(KEYS_PER_LOCK)
+            .zip(marks.chunks_mut(KEYS_PER_LOCK))
+        {
+            self.inner.words.mark_containing(h, k, m);
+            pacer.step(k.len());
+        }
+    }
+
+    /// Keeps the `keys` that may hold the token hashed to `h`, as
+    /// [`Self::mark_paced`] finds them.
+    fn retain_paced(&self, h: u32, keys: &mut Vec<FileKey>, pacer: &mut Pacer<'_>) {
+        let mut marks = vec![false; keys.len()];
+        self.mark_paced(h, keys, &mut marks, pacer);
+        let mut it = marks.into_iter();
+        keys.retain(|_| it.next().unwrap_or(false));
     }
 
     /// Keys of the files whose names may hold every one of these token

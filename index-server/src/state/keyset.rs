@@ -163,6 +163,13 @@ impl KeySet {
     /// Adds `key`; true if it was not there.
     pub fn insert(&mut self, key: u32) -> bool {
         if self.chunks.is_empty() {
+            // New files get the highest keys: most inserts append.
+            if self.small.last().is_none_or(|&last| last < key) && self.small.len() < SMALL_MAX
+            {
+                self.small.push(key);
+                self.len += 1;
+                return true;
+            }
             let Err(at) = self.small.binary_search(&key) else {
                 return false;
             };
@@ -183,6 +190,18 @@ impl KeySet {
 
     fn insert_chunked(&mut self, key: u32) -> bool {
         let (hi, lo) = split(key);
+        // The common case, a key above every other one: the last chunk.
+        if let Some(Chunk {
+            hi: last_hi,
+            bits: Bits::Sparse(v),
+        }) = self.chunks.last_mut()
+        {
+            if *last_hi == hi && v.last().is_some_and(|&l| l < lo) && v.len() < DENSE_ABOVE {
+                v.push(lo);
+                self.len += 1;
+                return true;
+            }
+        }
         let at = match self.chunk(hi) {
             Ok(at) => at,
             Err(at) => {
