@@ -506,16 +506,25 @@ async fn hostile_queries_are_refused_or_bounded() {
     let _a = share(&addr, 20_061, files).await;
     let mut c = IndexClient::connect(&addr).await.unwrap();
 
-    // A prefix matching every file: a bounded answer with an estimated total.
+    // A prefix matching every file: a bounded answer with an exact total
+    // (a short prefix's posting lists are exact: counted on the index).
     let found = find(&mut c, &["fi"], SearchFilter::default(), 1000).await;
     assert_eq!(found.hits.len(), 1000);
     assert!(found.truncated);
+    assert_eq!((found.total, found.total_exact), (Some(count as u64), true));
+    // Exact too with an exclusion: `-file` leaves nothing.
+    let found = find(&mut c, &["fi", "-file"], SearchFilter::default(), 10).await;
+    assert_eq!((found.total, found.total_exact), (Some(0), true));
+    // With a filter, more candidates than are ranked: an estimated total.
+    let filter = SearchFilter {
+        max_size: Some(count as u64 / 2),
+        ..SearchFilter::default()
+    };
+    let found = find(&mut c, &["fi"], filter, 1000).await;
     assert!(!found.total_exact, "more candidates than are ranked");
     let total = found.total.unwrap();
-    assert!(
-        (count as u64 * 9 / 10..=count as u64 * 11 / 10).contains(&total),
-        "{total}"
-    );
+    let half = count as u64 / 2;
+    assert!((half * 8 / 10..=half * 12 / 10).contains(&total), "{total}");
     // Under the cap the total is exact.
     let found = find(&mut c, &["file", "0"], SearchFilter::default(), 10).await;
     assert_eq!(found.total, Some(0), "1-character words are whole words");

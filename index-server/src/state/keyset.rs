@@ -131,6 +131,15 @@ impl Bits {
     }
 }
 
+/// Sets bit `key` of the bitmap `bits`, growing it as needed.
+pub(crate) fn set_bit(bits: &mut Vec<u64>, key: u32) {
+    let at = (key / 64) as usize;
+    if bits.len() <= at {
+        bits.resize(at + 1, 0);
+    }
+    bits[at] |= 1 << (key % 64);
+}
+
 /// Calls `f` with `base | i` for every set bit `i` of `words`, in order.
 fn push_bits(words: &[u64], base: u32, mut f: impl FnMut(u32)) {
     for (i, &word) in words.iter().enumerate() {
@@ -164,8 +173,7 @@ impl KeySet {
     pub fn insert(&mut self, key: u32) -> bool {
         if self.chunks.is_empty() {
             // New files get the highest keys: most inserts append.
-            if self.small.last().is_none_or(|&last| last < key) && self.small.len() < SMALL_MAX
-            {
+            if self.small.last().is_none_or(|&last| last < key) && self.small.len() < SMALL_MAX {
                 self.small.push(key);
                 self.len += 1;
                 return true;
@@ -269,6 +277,36 @@ impl KeySet {
         out
     }
 
+    /// Sets bit `k` of the bitmap `bits` (grown as needed) for every key
+    /// `k`; a dense chunk is ORed in a word at a time.
+    pub fn or_into(&self, bits: &mut Vec<u64>) {
+        if self.chunks.is_empty() {
+            for &k in &self.small {
+                set_bit(bits, k);
+            }
+            return;
+        }
+        for c in &self.chunks {
+            let base = u32::from(c.hi) << 16;
+            match &c.bits {
+                Bits::Sparse(v) => {
+                    for &lo in v {
+                        set_bit(bits, base | u32::from(lo));
+                    }
+                }
+                Bits::Dense(_, w) => {
+                    let at = (base / 64) as usize;
+                    if bits.len() < at + WORDS {
+                        bits.resize(at + WORDS, 0);
+                    }
+                    for (out, word) in bits[at..at + WORDS].iter_mut().zip(w.iter()) {
+                        *out |= word;
+                    }
+                }
+            }
+        }
+    }
+
     /// Every key, in increasing order.
     pub fn keys(&self) -> Vec<u32> {
         if self.chunks.is_empty() {
@@ -297,6 +335,15 @@ mod tests {
         for n in [0, 1, 3, all.len()] {
             assert_eq!(set.first_keys(n), all[..n.min(all.len())]);
         }
+        let mut bits = Vec::new();
+        if all.last().is_some_and(|&k| k >= 1 << 24) {
+            return; // a bitmap of every key would be too big for a test
+        }
+        set.or_into(&mut bits);
+        let from_bits: Vec<u32> = (0..bits.len() as u32 * 64)
+            .filter(|k| bits[(k / 64) as usize] & (1 << (k % 64)) != 0)
+            .collect();
+        assert_eq!(from_bits, all, "or_into sets exactly the keys");
         for c in &set.chunks {
             assert!(c.bits.len() > 0, "no empty chunk is kept");
             if let Bits::Dense(n, w) = &c.bits {

@@ -49,6 +49,44 @@ struct Shard {
     more: HashMap<(u32, FileKey), u32>,
 }
 
+/// In a token's code before [`mix`]: the token is spelled out, not hashed.
+const EXACT: u32 = 1 << 31;
+/// Longest token (in bytes, ASCII only) spelled out in its code.
+pub const EXACT_BYTES: usize = 4;
+
+/// The spelled-out code of a token of at most [`EXACT_BYTES`] ASCII bytes
+/// (none of them NUL): [`EXACT`], the kind in 3 bits, the bytes in 7 bits
+/// each. Distinct tokens get distinct codes, as no byte is 0.
+fn exact_code(kind: TokenKind, text: &str) -> Option<u32> {
+    let b = text.as_bytes();
+    if b.len() > EXACT_BYTES || !b.iter().all(|&c| c != 0 && c.is_ascii()) {
+        return None;
+    }
+    let mut code = EXACT | (kind as u32 & 7) << 28;
+    for (i, &c) in b.iter().enumerate() {
+        code |= u32::from(c) << (7 * (3 - i));
+    }
+    Some(code)
+}
+
+/// Whether a token's posting list holds exactly the files with it (no
+/// other token can share its entry): see [`WordIndex::token_hash`].
+pub fn token_is_exact(kind: TokenKind, text: &str) -> bool {
+    exact_code(kind, text).is_some()
+}
+
+/// A keyed bijection of 32-bit values (murmur3's finalizer between two
+/// keys): distinct codes stay distinct, and where a code lands in the table
+/// cannot be foretold without the keys.
+fn mix(mut x: u32, (k1, k2): (u32, u32)) -> u32 {
+    x ^= k1;
+    x = x.wrapping_mul(0x85eb_ca6b);
+    x ^= x >> 13;
+    x = x.wrapping_mul(0xc2b2_ae35);
+    x ^= x >> 16;
+    x ^ k2
+}
+
 /// Spreads a 32-bit word hash over the 64 bits hashbrown reads (it takes
 /// buckets from the low bits and a tag from the top seven).
 fn spread(h: u32) -> u64 {
@@ -191,6 +229,8 @@ impl Shard {
 /// The word index, sharded by word hash.
 pub(crate) struct WordIndex {
     hasher: RandomState,
+    /// Keys of the bijection [`mix`] (random per index).
+    seeds: (u32, u32),
     /// For tests: every word gets the same hash, as if all collided.
     #[cfg(test)]
     collide: bool,
@@ -201,6 +241,10 @@ impl Default for WordIndex {
     fn default() -> Self {
         WordIndex {
             hasher: RandomState::new(),
+            seeds: {
+                let h = RandomState::new().hash_one(0x5eed_u32);
+                (h as u32, (h >> 32) as u32)
+            },
             #[cfg(test)]
             collide: false,
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
@@ -215,14 +259,42 @@ impl WordIndex {
         self.token_hash(TokenKind::Word, word)
     }
 
-    /// The 32-bit hash of an index token (its kind and folded text).
+    /// The 32-bit code of an index token (its kind and folded text).
+    ///
+    /// A token of at most [`EXACT_BYTES`] ASCII bytes (every 2- to
+    /// 4-letter prefix of a Latin word, every short word) is spelled out
+    /// in the code: its kind and its 7-bit characters, with the top bit
+    /// set, so no other token shares its entry and its posting list holds
+    /// exactly the files with it (see [`token_is_exact`]). Any other token
+    /// is a 31-bit keyed hash, which another token may share (search
+    /// confirms candidates against the names). Both then go through a
+    /// keyed bijection, so that nobody can choose tokens that crowd one
+    /// bucket of the table.
     pub fn token_hash(&self, kind: TokenKind, text: &str) -> u32 {
         #[cfg(test)]
         if self.collide {
             return 0x5eed_cafe;
         }
-        let h = self.hasher.hash_one((kind as u8, text));
-        (h ^ (h >> 32)) as u32
+        let code = match exact_code(kind, text) {
+            Some(code) => code,
+            None => {
+                let h = self.hasher.hash_one((kind as u8, text));
+                (h ^ (h >> 32)) as u32 & !EXACT
+            }
+        };
+        mix(code, self.seeds)
+    }
+
+    /// Sets `bits[k / 64]` bit `k % 64` for every key `k` that may hold the
+    /// token hashed to `h` (the vector grows as needed), under one read
+    /// lock: a bitmap word at a time for the dense parts of a list.
+    pub fn or_into(&self, h: u32, bits: &mut Vec<u64>) {
+        let shard = self.shard(h).read();
+        match shard.get(h) {
+            None => {}
+            Some(v) if v & LIST == 0 => super::keyset::set_bit(bits, v),
+            Some(v) => shard.lists[(v & !LIST) as usize].keys.or_into(bits),
+        }
     }
 
     /// Sets `marks[i]` for each of `keys[i]` that may hold the token hashed
@@ -428,6 +500,36 @@ mod tests {
     }
 
     #[test]
+    fn short_ascii_tokens_are_spelled_out_and_never_share_an_entry() {
+        let words = WordIndex::default();
+        assert!(token_is_exact(TokenKind::Prefix2, "mp"));
+        assert!(token_is_exact(TokenKind::Word, "love"));
+        assert!(token_is_exact(TokenKind::Word, ""));
+        assert!(!token_is_exact(TokenKind::Word, "lovely"));
+        assert!(!token_is_exact(TokenKind::Prefix2, "été"));
+        // Every 1- and 2-character token of letters and digits, of each
+        // kind: all codes distinct.
+        let chars: Vec<char> = ('a'..='z').chain('0'..='9').collect();
+        let mut seen = std::collections::HashSet::new();
+        for kind in [TokenKind::Word, TokenKind::Prefix2, TokenKind::Pair] {
+            assert!(seen.insert(words.token_hash(kind, "")));
+            for a in &chars {
+                assert!(seen.insert(words.token_hash(kind, &a.to_string())));
+                for b in &chars {
+                    assert!(seen.insert(words.token_hash(kind, &format!("{a}{b}"))));
+                }
+            }
+        }
+        // The same token, the same code; another index, other keys.
+        assert_eq!(
+            words.token_hash(TokenKind::Word, "ab"),
+            words.token_hash(TokenKind::Word, "ab")
+        );
+        let other = WordIndex::default();
+        assert_ne!(words.seeds, other.seeds);
+    }
+
+    #[test]
     fn a_batch_adds_what_one_by_one_adds() {
         let one = WordIndex::default();
         let batch = WordIndex::default();
@@ -438,7 +540,12 @@ mod tests {
         one.add(pre, 3);
         batch.add(pre, 3);
         for k in 0..2000u32 {
-            for h in [pre, k.wrapping_mul(0x9e37_79b9), (k % 7) << 27 | 5, 42 << 26] {
+            for h in [
+                pre,
+                k.wrapping_mul(0x9e37_79b9),
+                (k % 7) << 27 | 5,
+                42 << 26,
+            ] {
                 pairs.push((h, k % 1500));
             }
         }
