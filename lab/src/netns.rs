@@ -18,6 +18,16 @@
 //! SIGTERM), and [`Lan::create`] first removes namespaces left behind by a
 //! lab process that no longer exists (killed with SIGKILL).
 //!
+//! Routers ([`Lan::add_router`]) put private networks behind the switch:
+//! a router is a namespace with `eth0` on the switch (its public address)
+//! and one interface per host behind it (192.168.R.0/24, a /24 per
+//! router), IPv4 forwarding on, and nftables rules (`nft`, Debian package
+//! nftables) for its kind of NAT ([`NatKind`]): masquerade on `eth0`
+//! (port-preserving for a home router, random ports for a strict one) and
+//! a filter that drops new inbound connections on `eth0`, as a real
+//! router does (a Linux namespace would answer them with a RST, which
+//! breaks TCP simultaneous open).
+//!
 //! Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN): [`available`] says why
 //! not in one line.
 
@@ -49,6 +59,8 @@ pub enum NetnsError {
     },
     #[error("the LAN is full ({0} hosts)")]
     Full(usize),
+    #[error("`nft` is not installed (Debian package nftables): routers need it")]
+    NoNft,
 }
 
 /// The prefix of every namespace this module makes.
@@ -99,6 +111,36 @@ fn run(program: &str, args: &[&str]) -> Result<(), NetnsError> {
                 reason,
             },
         })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetnsError::Command {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Runs `program args` with `input` on its stdin, failing with its stderr.
+fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<(), NetnsError> {
+    use std::io::Write;
+    let command = format!("{program} {}", args.join(" "));
+    let io = |reason| NetnsError::Io {
+        command: command.clone(),
+        reason,
+    };
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).map_err(io)?;
+    }
+    let out = child.wait_with_output().map_err(io)?;
     if out.status.success() {
         Ok(())
     } else {
@@ -316,6 +358,58 @@ pub struct Lan {
     name: String,
     switch: String,
     hosts: Vec<Host>,
+    /// Namespaces on the switch so far (hosts and routers): numbers their
+    /// ports and addresses.
+    attached: usize,
+    /// Routers and the hosts behind them, removed with the LAN.
+    others: Vec<String>,
+    /// Routers made so far (numbers their private networks).
+    routers: usize,
+}
+
+/// The kind of NAT a router does (what `lab reachability` varies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    /// A home router: endpoint-independent mapping that keeps the inside
+    /// port when it is free (`masquerade`), new inbound connections
+    /// dropped. TCP hole punching works through it.
+    Home,
+    /// A strict (symmetric, carrier-grade-like) NAT: a random outside port
+    /// per connection (`masquerade random`), new inbound connections
+    /// dropped. Hole punching cannot predict its ports.
+    Strict,
+}
+
+impl NatKind {
+    /// `home` or `strict`.
+    pub fn label(self) -> &'static str {
+        match self {
+            NatKind::Home => "home",
+            NatKind::Strict => "strict",
+        }
+    }
+}
+
+/// A NAT router on a [`Lan`]: its public side is a port of the switch.
+#[derive(Debug, Clone)]
+pub struct Router {
+    /// Its namespace and public address (`eth0` on the switch).
+    pub outside: Host,
+    pub kind: NatKind,
+    /// Its number: the private network behind it is 192.168.`net`.0/24.
+    net: u8,
+    /// Hosts behind it so far.
+    inside: usize,
+}
+
+/// The most routers on one LAN, and hosts behind one router.
+pub const MAX_ROUTERS: usize = 250;
+
+impl Router {
+    /// Its public address: what hosts behind it appear as on the switch.
+    pub fn public_addr(&self) -> Ipv4Addr {
+        self.outside.addr
+    }
 }
 
 /// Bits per second for `tc`, from bytes per second.
@@ -362,6 +456,9 @@ impl Lan {
             name,
             switch: switch.clone(),
             hosts: Vec::new(),
+            attached: 0,
+            others: Vec::new(),
+            routers: 0,
         };
         lan.add_namespace(&switch)?;
         run(
@@ -391,14 +488,22 @@ impl Lan {
         up: Option<u64>,
         down: Option<u64>,
     ) -> Result<Host, NetnsError> {
-        let i = self.hosts.len();
+        let ns = format!("{}-{label}", self.name);
+        let host = self.attach(&ns, up, down)?;
+        self.hosts.push(host.clone());
+        Ok(host)
+    }
+
+    /// Makes namespace `ns` a port of the switch with the next address.
+    fn attach(&mut self, ns: &str, up: Option<u64>, down: Option<u64>) -> Result<Host, NetnsError> {
+        let i = self.attached;
         if i >= MAX_HOSTS {
             return Err(NetnsError::Full(MAX_HOSTS));
         }
-        let ns = format!("{}-{label}", self.name);
+        self.attached += 1;
         let port = format!("p{i}");
         let addr = Ipv4Addr::new(10, 100, (i / 250) as u8, (i % 250 + 2) as u8);
-        self.add_namespace(&ns)?;
+        self.add_namespace(ns)?;
         run(
             "ip",
             &[
@@ -406,7 +511,7 @@ impl Lan {
                 "add",
                 "eth0",
                 "netns",
-                &ns,
+                ns,
                 "type",
                 "veth",
                 "peer",
@@ -433,7 +538,7 @@ impl Lan {
             "ip",
             &[
                 "-n",
-                &ns,
+                ns,
                 "addr",
                 "add",
                 &format!("{addr}/16"),
@@ -441,16 +546,187 @@ impl Lan {
                 "eth0",
             ],
         )?;
-        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
         if let Some(rate) = up {
-            shape(&ns, "eth0", rate)?;
+            shape(ns, "eth0", rate)?;
         }
         if let Some(rate) = down {
             shape(&self.switch, &port, rate)?;
         }
-        let host = Host { ns, addr, up, down };
-        self.hosts.push(host.clone());
-        Ok(host)
+        Ok(Host {
+            ns: ns.to_string(),
+            addr,
+            up,
+            down,
+        })
+    }
+
+    /// Adds a NAT router named `label` with its public side on the switch
+    /// (see the module's notes for its rules). Hosts go behind it with
+    /// [`Lan::add_behind`]. Needs `nft`.
+    pub fn add_router(&mut self, label: &str, kind: NatKind) -> Result<Router, NetnsError> {
+        if self.routers >= MAX_ROUTERS {
+            return Err(NetnsError::Full(MAX_ROUTERS));
+        }
+        if Command::new("nft")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            return Err(NetnsError::NoNft);
+        }
+        let net = (self.routers + 1) as u8;
+        self.routers += 1;
+        let ns = format!("{}-{label}", self.name);
+        self.others.push(ns.clone());
+        let outside = self.attach(&ns, None, None)?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
+            ],
+        )?;
+        let random = match kind {
+            NatKind::Home => "",
+            NatKind::Strict => " random",
+        };
+        // Masquerade what leaves by eth0; drop what arrives there unasked
+        // (to the router itself and to the hosts behind it).
+        let rules = format!(
+            r#"table ip nat {{
+  chain post {{
+    type nat hook postrouting priority 100;
+    oifname "eth0" masquerade{random}
+  }}
+}}
+table inet filter {{
+  chain input {{
+    type filter hook input priority 0; policy accept;
+    iifname "eth0" ct state new drop
+  }}
+  chain forward {{
+    type filter hook forward priority 0; policy accept;
+    iifname "eth0" ct state new drop
+  }}
+}}
+"#
+        );
+        run_with_input("ip", &["netns", "exec", &ns, "nft", "-f", "-"], &rules)?;
+        Ok(Router {
+            outside,
+            kind,
+            net,
+            inside: 0,
+        })
+    }
+
+    /// Adds a host named `label` behind `router`: its `eth0` on the
+    /// router's private network (192.168.N.2 and up), its default route
+    /// through the router (192.168.N.1).
+    pub fn add_behind(&mut self, router: &mut Router, label: &str) -> Result<Host, NetnsError> {
+        if router.inside >= MAX_ROUTERS {
+            return Err(NetnsError::Full(MAX_ROUTERS));
+        }
+        let i = router.inside;
+        router.inside += 1;
+        let ns = format!("{}-{label}", self.name);
+        self.others.push(ns.clone());
+        self.add_namespace(&ns)?;
+        let inner = format!("in{i}");
+        let rns = &router.outside.ns;
+        run(
+            "ip",
+            &[
+                "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", &inner,
+                "netns", rns,
+            ],
+        )?;
+        let gateway = Ipv4Addr::new(192, 168, router.net, 1);
+        let addr = Ipv4Addr::new(192, 168, router.net, (i + 2) as u8);
+        // The gateway address once per router; the route to each host's
+        // /32 by its own interface.
+        if i == 0 {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    rns,
+                    "addr",
+                    "add",
+                    &format!("{gateway}/32"),
+                    "dev",
+                    &inner,
+                ],
+            )?;
+        }
+        run("ip", &["-n", rns, "link", "set", &inner, "up"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                rns,
+                "route",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                &inner,
+                "src",
+                &gateway.to_string(),
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                &format!("{gateway}/32"),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        run(
+            "ip",
+            &[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &gateway.to_string(),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        Ok(Host {
+            ns,
+            addr,
+            up: None,
+            down: None,
+        })
     }
 
     /// The hosts, in the order they were added.
@@ -470,10 +746,12 @@ impl Lan {
     }
 
     fn cleanup(&mut self) {
+        // Hosts behind routers first, then routers, hosts, the switch.
         let mine: Vec<String> = self
-            .hosts
+            .others
             .drain(..)
-            .map(|h| h.ns)
+            .rev()
+            .chain(self.hosts.drain(..).map(|h| h.ns))
             .chain(std::iter::once(self.switch.clone()))
             .collect();
         if let Ok(mut live) = LIVE.lock() {
@@ -510,6 +788,90 @@ pub fn existing() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// From a host behind `router`, connects to `server` `n` times; the
+    /// (local, as seen by the server) address pairs.
+    fn connect_through(
+        inside: &Host,
+        server: &std::net::TcpListener,
+        target: std::net::SocketAddr,
+        n: usize,
+    ) -> Vec<(std::net::SocketAddr, std::net::SocketAddr)> {
+        (0..n)
+            .map(|_| {
+                let local = inside
+                    .run_in(|| async move {
+                        let s = std::net::TcpStream::connect_timeout(
+                            &target,
+                            std::time::Duration::from_secs(2),
+                        )?;
+                        let local = s.local_addr()?;
+                        Ok::<_, std::io::Error>((s, local))
+                    })
+                    .unwrap()
+                    .unwrap();
+                let (_, seen) = server.accept().unwrap();
+                (local.1, seen)
+            })
+            .collect()
+    }
+
+    /// A home router keeps the inside port, a strict one picks new ones;
+    /// both show their public address and refuse unasked connections.
+    #[test]
+    fn routers_translate_and_drop_unasked_connections() {
+        if let Err(e) = available() {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        let mut lan = Lan::create().unwrap();
+        let public = lan.add_host("pub", None, None).unwrap();
+        let mut home = lan.add_router("home", NatKind::Home).unwrap();
+        let mut strict = lan.add_router("strict", NatKind::Strict).unwrap();
+        let behind_home = lan.add_behind(&mut home, "h1").unwrap();
+        let behind_strict = lan.add_behind(&mut strict, "s1").unwrap();
+        let server = public
+            .run_in(|| async { std::net::TcpListener::bind("0.0.0.0:0") })
+            .unwrap()
+            .unwrap();
+        let target = std::net::SocketAddr::from((public.addr, server.local_addr().unwrap().port()));
+        for (local, seen) in connect_through(&behind_home, &server, target, 3) {
+            assert_eq!(seen.ip(), std::net::IpAddr::V4(home.public_addr()));
+            assert_eq!(local.ip(), std::net::IpAddr::V4(behind_home.addr));
+            assert_eq!(seen.port(), local.port(), "a home router keeps the port");
+        }
+        let strict_pairs = connect_through(&behind_strict, &server, target, 4);
+        assert!(strict_pairs
+            .iter()
+            .all(|(_, seen)| seen.ip() == std::net::IpAddr::V4(strict.public_addr())));
+        assert!(
+            strict_pairs
+                .iter()
+                .any(|(local, seen)| local.port() != seen.port()),
+            "a strict router picks its own ports: {strict_pairs:?}"
+        );
+        // Unasked inbound: a listener behind the home router is reachable
+        // neither at the router's address nor at its own.
+        let inner = behind_home
+            .run_in(|| async { std::net::TcpListener::bind("0.0.0.0:0") })
+            .unwrap()
+            .unwrap();
+        let port = inner.local_addr().unwrap().port();
+        for addr in [home.public_addr(), behind_home.addr] {
+            let to = std::net::SocketAddr::from((addr, port));
+            let tried = public
+                .run_in(|| async move {
+                    std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_millis(300))
+                })
+                .unwrap();
+            assert!(tried.is_err(), "{to} answered from outside");
+        }
+        let names = [behind_home.ns.clone(), home.outside.ns.clone()];
+        drop((server, inner));
+        drop(lan);
+        let left = existing();
+        assert!(names.iter().all(|n| !left.contains(n)), "{left:?}");
+    }
 
     /// Two hosts reach each other over the switch; the uplink carries its
     /// qdisc; everything is gone after drop.
