@@ -119,6 +119,53 @@ pub enum IndexRequest {
         limit: u32,
         filter: SearchFilter,
     },
+    /// `Login` with a reachability check (`crate::reach`): before
+    /// answering, the index dials each address the peer asks to publish
+    /// (the connection's source IP with `login.listen_port`, and
+    /// `login.advertise`) and publishes only those that prove themselves
+    /// with `nonce`. Answered by `WelcomeChecked`. `nonce` is fresh and
+    /// random per login and never shown to anyone else; a nonce a live
+    /// session already uses is refused. An index older than this variant
+    /// closes the connection: log in again with `Login`.
+    LoginChecked {
+        login: Login,
+        nonce: [u8; crate::reach::NONCE_LEN],
+    },
+    /// `ListPeers` whose page also says how each peer can be reached:
+    /// answered by `PeersReach`. An index older than this variant closes
+    /// the connection: ask again with `ListPeers`.
+    ListPeersReach { start: u32 },
+}
+
+/// How other nodes can reach a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reach {
+    /// Its published address answered the index's dial-back (or, for a
+    /// peer that logged in with the old `Login`, was published unproven,
+    /// as before the check existed).
+    Direct,
+    /// No address it asked for proved itself: it accepts no incoming
+    /// connections, and no address of it is published ("LowID").
+    Firewalled,
+}
+
+impl Reach {
+    /// `direct` or `firewalled` (for tables and JSON).
+    pub fn label(self) -> &'static str {
+        match self {
+            Reach::Direct => "direct",
+            Reach::Firewalled => "firewalled",
+        }
+    }
+}
+
+/// One online peer and how it can be reached (`PeersReach`). For a
+/// firewalled peer, `summary.addr` is where the index sees its connection
+/// come from (`IP:PORT`): a name for it, not an address anyone can dial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerReach {
+    pub summary: PeerSummary,
+    pub reach: Reach,
 }
 
 /// Filters of a `SearchFiltered` request; each one left empty lets every
@@ -268,6 +315,24 @@ pub enum IndexResponse {
         truncated: bool,
         total_exact: bool,
     },
+    /// Answer to `LoginChecked`: the session is open. `addr` is the address
+    /// published for it (`None`: no address proved itself, the peer is
+    /// firewalled and listed under `observed`); `observed` is the source
+    /// `IP:PORT` of this index connection as the index sees it (a NAT's
+    /// outside address); `refused` says, one line per address, why an
+    /// address asked for was not published.
+    WelcomeChecked {
+        addr: Option<String>,
+        observed: String,
+        refused: Vec<String>,
+        lease_ttl_ms: u64,
+    },
+    /// Answer to `ListPeersReach`: a page of online peers with how each can
+    /// be reached; `next` is the offset of the next page, if any.
+    PeersReach {
+        peers: Vec<PeerReach>,
+        next: Option<u32>,
+    },
 }
 
 #[cfg(test)]
@@ -390,6 +455,44 @@ mod tests {
             })
             .unwrap(),
             [0, 0, 0, 5, 10, 0, 7, 1, 0]
+        );
+    }
+
+    /// The reachability variants come after every older one.
+    #[test]
+    fn reachability_variants_are_appended() {
+        let login = IndexRequest::LoginChecked {
+            login: Login {
+                listen_port: 1,
+                advertise: None,
+                nick: None,
+            },
+            nonce: [7; 16],
+        };
+        let bytes = encode_frame(&login).unwrap();
+        assert_eq!(bytes[4..8], [16, 1, 0, 0]);
+        assert_eq!(bytes[8..], [7; 16]);
+        assert_eq!(
+            encode_frame(&IndexRequest::ListPeersReach { start: 2 }).unwrap(),
+            [0, 0, 0, 2, 17, 2]
+        );
+        let welcome = IndexResponse::WelcomeChecked {
+            addr: None,
+            observed: "a".into(),
+            refused: vec![],
+            lease_ttl_ms: 3,
+        };
+        assert_eq!(
+            encode_frame(&welcome).unwrap(),
+            [0, 0, 0, 6, 11, 0, 1, b'a', 0, 3]
+        );
+        assert_eq!(
+            encode_frame(&IndexResponse::PeersReach {
+                peers: vec![],
+                next: None
+            })
+            .unwrap(),
+            [0, 0, 0, 3, 12, 0, 0]
         );
     }
 

@@ -41,6 +41,7 @@ pub mod limits;
 pub mod names;
 pub mod overlay_proto;
 pub mod peer_proto;
+pub mod reach;
 pub mod report;
 pub mod sample;
 pub mod search;

@@ -50,6 +50,13 @@ pub enum PeerRequest {
     /// position changed (at most about once a second) or after
     /// [`crate::limits::QUEUE_REFRESH`] at the latest.
     Wait,
+    /// The index's dial-back (`crate::reach`): prove that this node is the
+    /// one whose login nonce the index holds. Answered with `Reachable`
+    /// (`proof = reach::proof(nonce, challenge)`), or `Error { NotFound }`
+    /// by a node that has not logged in.
+    ProveReachable {
+        challenge: [u8; crate::reach::NONCE_LEN],
+    },
 }
 
 /// Why a peer refused a request.
@@ -93,6 +100,10 @@ pub enum PeerResponse {
     Queued { position: u32 },
     /// An upload slot is held for this requester: ask for chunks again.
     SlotGranted,
+    /// Answer to `ProveReachable`.
+    Reachable {
+        proof: [u8; crate::reach::PROOF_LEN],
+    },
 }
 
 /// Whether bit `index` is set in a `Have` bitfield.
@@ -175,6 +186,22 @@ mod tests {
         assert_eq!(
             encode_frame(&PeerResponse::SlotGranted).unwrap(),
             [0, 0, 0, 1, 6]
+        );
+    }
+
+    #[test]
+    fn pinned_reachability_encodings() {
+        let mut expected = vec![0, 0, 0, 17, 7];
+        expected.extend([3; 16]);
+        assert_eq!(
+            encode_frame(&PeerRequest::ProveReachable { challenge: [3; 16] }).unwrap(),
+            expected
+        );
+        let mut expected = vec![0, 0, 0, 33, 7];
+        expected.extend([4; 32]);
+        assert_eq!(
+            encode_frame(&PeerResponse::Reachable { proof: [4; 32] }).unwrap(),
+            expected
         );
     }
 

@@ -2,7 +2,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use common::index_proto::{ErrorCode, IndexRequest, IndexResponse, Login, SearchFilter};
+use common::index_proto::{
+    ErrorCode, IndexRequest, IndexResponse, Login, PeerReach, Reach, SearchFilter,
+};
 use common::limits::{
     DEFAULT_SEARCH_LIMIT, MAX_FILES_PER_BATCH, MAX_LOOKUP_CANDIDATES, MAX_NAME_LEN,
     MAX_SEARCH_LIMIT, MAX_SEARCH_WORDS, MAX_WORD_LEN, MIN_ID_PREFIX_LEN,
@@ -25,6 +27,16 @@ pub struct Connection {
     /// before the `Login` that names it is handled (this module does no
     /// I/O): the name as advertised and its addresses.
     pub resolved: Option<(String, Vec<SocketAddr>)>,
+    /// The connection's source port (with `peer_ip`, where the index sees
+    /// it come from: a NAT's outside address); 0 when unknown.
+    pub peer_port: u16,
+    /// Reachability dial-backs the server made before the `LoginChecked`
+    /// being handled (this module does no I/O): each address dialed and
+    /// whether it proved itself (`Err`: why not, for the peer).
+    pub dialbacks: Vec<(SocketAddr, Result<(), String>)>,
+    /// Whether a legacy `Login` is listed as firewalled
+    /// (`Config::require_proof`).
+    pub require_proof: bool,
 }
 
 impl Connection {
@@ -34,7 +46,144 @@ impl Connection {
             peer_ip: peer_ip.to_canonical(),
             session: None,
             resolved: None,
+            peer_port: 0,
+            dialbacks: Vec::new(),
+            require_proof: false,
         }
+    }
+
+    /// The connection's source `IP:PORT` as the index sees it.
+    pub fn observed(&self) -> SocketAddr {
+        SocketAddr::new(self.peer_ip, self.peer_port)
+    }
+}
+
+/// What a `LoginChecked` asks to publish, before any dial-back: the
+/// listening port at the connection's source IP, and the advertised
+/// address with what it resolves to. Each is `Err` with the reason it
+/// cannot be published at all (checked without a dial-back).
+pub struct Candidates {
+    pub listen: Result<SocketAddr, String>,
+    pub advertise: Option<Result<Advertised, String>>,
+}
+
+/// An advertised address as it would be published: (published form,
+/// address claims, addresses to dial).
+pub type Advertised = (String, Vec<String>, Vec<SocketAddr>);
+
+impl Candidates {
+    /// Every address to dial back, at most [`MAX_DIALBACKS`].
+    pub fn targets(&self) -> Vec<SocketAddr> {
+        let mut all: Vec<SocketAddr> = self.listen.iter().copied().collect();
+        if let Some(Ok((_, _, targets))) = &self.advertise {
+            all.extend(targets);
+        }
+        all.sort();
+        all.dedup();
+        all.truncate(MAX_DIALBACKS);
+        all
+    }
+}
+
+/// Most addresses dialed back for one login (an advertised name resolving
+/// to many addresses is checked at its first few).
+pub const MAX_DIALBACKS: usize = 4;
+
+/// The addresses a `LoginChecked` on `conn` asks to publish.
+pub fn candidates(conn: &Connection, login: &Login, low_ports: bool) -> Candidates {
+    let listen = match login_address(conn, login.listen_port, None, low_ports) {
+        Ok(_) => Ok(SocketAddr::new(conn.peer_ip, login.listen_port)),
+        Err(why) => Err(why),
+    };
+    let advertise = login.advertise.clone().map(|a| {
+        let (addr, claims) = login_address(conn, login.listen_port, Some(a), low_ports)?;
+        let targets = match advertised_ip(&addr) {
+            Some(ip) => vec![SocketAddr::new(
+                ip.to_canonical(),
+                addr.rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok())
+                    .unwrap_or(0),
+            )],
+            None => conn
+                .resolved
+                .as_ref()
+                .map(|(_, addrs)| addrs.clone())
+                .unwrap_or_default(),
+        };
+        let targets = targets
+            .into_iter()
+            .map(|t| SocketAddr::new(t.ip().to_canonical(), t.port()))
+            .collect();
+        Ok((addr, claims, targets))
+    });
+    Candidates { listen, advertise }
+}
+
+/// Whether the dial-back to `target` succeeded (`Err`: why not).
+fn dialed(conn: &Connection, target: SocketAddr) -> Result<(), String> {
+    conn.dialbacks
+        .iter()
+        .find(|(t, _)| *t == target)
+        .map(|(_, r)| r.clone())
+        .unwrap_or_else(|| Err("it was not dialed".into()))
+}
+
+/// The session to open for a `LoginChecked` whose dial-backs are in
+/// `conn.dialbacks`: the advertised address when every address it names
+/// proved itself, else the listening address when it did, else none
+/// (firewalled, named by the connection's observed address). With the
+/// reasons the others were not published.
+fn checked_session(
+    conn: &Connection,
+    login: &Login,
+    low_ports: bool,
+) -> (String, Vec<String>, Reach, Vec<String>) {
+    let c = candidates(conn, login, low_ports);
+    let mut refused = Vec::new();
+    let mut chosen = None;
+    match &c.advertise {
+        None => {}
+        Some(Err(why)) => refused.push(why.clone()),
+        Some(Ok((addr, claims, targets))) => {
+            let failures: Vec<String> = targets
+                .iter()
+                .filter_map(|t| dialed(conn, *t).err().map(|why| format!("{t}: {why}")))
+                .collect();
+            if targets.is_empty() || !failures.is_empty() || targets.len() > MAX_DIALBACKS {
+                refused.push(format!(
+                    "advertised address {addr} was not published: it did not prove to be this peer ({})",
+                    if failures.is_empty() {
+                        "too many addresses to check".to_string()
+                    } else {
+                        failures.join("; ")
+                    }
+                ));
+            } else {
+                chosen = Some((addr.clone(), claims.clone()));
+            }
+        }
+    }
+    match &c.listen {
+        Err(why) => refused.push(why.clone()),
+        Ok(target) => match dialed(conn, *target) {
+            Ok(()) => {
+                if chosen.is_none() {
+                    chosen = Some((target.to_string(), vec![target.to_string()]));
+                }
+            }
+            Err(why) => refused.push(format!(
+                "{target} (this connection's address with the listening port) was not published: {why}"
+            )),
+        },
+    }
+    match chosen {
+        Some((addr, claims)) => (addr, claims, Reach::Direct, refused),
+        None => (
+            conn.observed().to_string(),
+            Vec::new(),
+            Reach::Firewalled,
+            refused,
+        ),
     }
 }
 
@@ -189,6 +338,8 @@ pub fn request_kind(request: &IndexRequest) -> &'static str {
         IndexRequest::SearchFiltered { .. } => "Search",
         IndexRequest::LookupName { .. } => "LookupName",
         IndexRequest::LookupPrefix { .. } => "LookupPrefix",
+        IndexRequest::LoginChecked { .. } => "Login",
+        IndexRequest::ListPeersReach { .. } => "ListPeers",
     }
 }
 
@@ -259,11 +410,19 @@ pub fn handle(
                     );
                 }
             }
+            // Unproven: without `require_proof` published as before the
+            // check existed (older peers), with it listed as firewalled.
+            let (addr, claims, reach) = if conn.require_proof {
+                (conn.observed().to_string(), Vec::new(), Reach::Firewalled)
+            } else {
+                (addr, claims, Reach::Direct)
+            };
             let new = NewSession {
                 addr: addr.clone(),
                 claims,
                 nick,
                 source: Some(source_key(conn.peer_ip)),
+                reach,
             };
             match index.open_session(new, now) {
                 Ok(id) => {
@@ -275,6 +434,54 @@ pub fn handle(
                 }
                 Err(e) => state_error(e),
             }
+        }
+        IndexRequest::LoginChecked { login, nonce } => {
+            if conn.session.is_some() {
+                return error(
+                    ErrorCode::AlreadyLoggedIn,
+                    "this connection is already logged in",
+                );
+            }
+            if let Some(n) = &login.nick {
+                if !valid_nick(n) {
+                    return error(
+                        ErrorCode::BadRequest,
+                        "a nickname is 1 to 32 letters, digits, '-', '_' or '.'",
+                    );
+                }
+            }
+            if !index.use_nonce(nonce) {
+                return error(
+                    ErrorCode::BadRequest,
+                    "this login nonce was used before (a replayed login); log in again with a fresh random nonce",
+                );
+            }
+            let low_ports = index.limits().allow_privileged_ports;
+            let (addr, claims, reach, refused) = checked_session(conn, &login, low_ports);
+            let new = NewSession {
+                addr: addr.clone(),
+                claims,
+                nick: login.nick,
+                source: Some(source_key(conn.peer_ip)),
+                reach,
+            };
+            match index.open_session(new, now) {
+                Ok(id) => {
+                    conn.session = Some(id);
+                    IndexResponse::WelcomeChecked {
+                        addr: (reach == Reach::Direct).then_some(addr),
+                        observed: conn.observed().to_string(),
+                        refused,
+                        lease_ttl_ms: index.lease_ttl().as_millis() as u64,
+                    }
+                }
+                Err(e) => state_error(e),
+            }
+        }
+        IndexRequest::ListPeersReach { start } => {
+            let (peers, next): (Vec<PeerReach>, _) =
+                index.peers_reach(start as usize, MAX_FILES_PER_BATCH, now);
+            IndexResponse::PeersReach { peers, next }
         }
         IndexRequest::AddFiles { files } => {
             let session = match batch_session(conn, files.len(), "adding files", "files") {

@@ -65,6 +65,18 @@ pub struct Config {
     /// Where to serve the read-only network page, its JSON and `/metrics`
     /// ([`http`]); none by default.
     pub http: Option<SocketAddr>,
+    /// How long the index waits for one reachability dial-back (connect,
+    /// hello and proof) before it counts the address as unproven
+    /// (`common::reach`): a router that drops unasked connections makes
+    /// every dial-back to a peer behind it wait this long.
+    pub dialback_timeout: Duration,
+    /// Refuse to publish the address of a peer that logs in with the old
+    /// `Login` (no reachability proof): such a peer is listed as
+    /// firewalled. Off by default so that peers from before the check keep
+    /// working; turn it on (`index-server --require-proof`) where no old
+    /// peers are left, so that nobody can point downloaders at a third
+    /// party's host.
+    pub require_proof: bool,
 }
 
 impl Default for Config {
@@ -83,6 +95,8 @@ impl Default for Config {
             store: None,
             limits: state::Limits::default(),
             http: None,
+            dialback_timeout: Duration::from_secs(3),
+            require_proof: false,
         }
     }
 }

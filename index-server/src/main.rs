@@ -129,6 +129,18 @@ struct Cli {
     /// 127.0.0.1:8080. Off by default; it shows only counts, never files.
     #[arg(long, env = "INDEX_HTTP", value_name = "ADDR")]
     http: Option<SocketAddr>,
+
+    /// Publish only addresses that prove themselves: a peer that logs in
+    /// the old way (builds from before the reachability check, which
+    /// cannot answer the dial-back) is listed as firewalled instead of at
+    /// the address it claims. Recommended once every peer is up to date.
+    #[arg(long, env = "INDEX_REQUIRE_PROOF")]
+    require_proof: bool,
+
+    /// How long one reachability dial-back (connect, hello, proof) may take
+    /// before the address counts as unproven, e.g. 3s (100ms to 60s).
+    #[arg(long, env = "INDEX_DIALBACK_TIMEOUT", default_value = "3s", value_parser = duration(Duration::from_millis(100), 60 * SEC))]
+    dialback_timeout: Duration,
 }
 
 /// Checks a `HOST:PORT` or `HOST` (kept as given: the port is added once
@@ -218,6 +230,8 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             store
         }),
         http: cli.http,
+        require_proof: cli.require_proof,
+        dialback_timeout: cli.dialback_timeout,
         ..Default::default()
     };
     let shutdown = CancellationToken::new();

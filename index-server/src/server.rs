@@ -206,6 +206,8 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let mut conn = Connection::new(remote.ip());
+    conn.peer_port = remote.port();
+    conn.require_proof = config.require_proof;
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         r = dispatch(stream, &index, &mut conn, config, store) => r,
@@ -301,6 +303,86 @@ async fn resolve_advertised(conn: &mut Connection, advertise: Option<&str>) {
 /// heartbeat or lookup fits; a registration of many files does not).
 const KEEP_FRAME_BUFFER: usize = 1024;
 
+/// Dials back every address a `LoginChecked` asks to publish, at once, and
+/// records in `conn.dialbacks` which proved to be this login's peer
+/// (`common::reach`). Nothing is dialed for a logged-in connection or a
+/// replayed nonce (the handler refuses those).
+async fn prove_addresses(
+    conn: &mut Connection,
+    index: &Index,
+    login: &common::index_proto::Login,
+    nonce: &[u8; common::reach::NONCE_LEN],
+    limit: Duration,
+) {
+    conn.dialbacks.clear();
+    if conn.session.is_some() || index.nonce_seen(nonce) {
+        return;
+    }
+    let targets =
+        crate::handler::candidates(conn, login, index.limits().allow_privileged_ports).targets();
+    // Owned by this function: dropped (aborted) with it.
+    let mut checks = tokio::task::JoinSet::new();
+    for target in targets {
+        let nonce = *nonce;
+        checks.spawn(async move {
+            let result = match tokio::time::timeout(limit, dial_back(target, &nonce)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "no answer within {} ms (a NAT or firewall in the way?)",
+                    limit.as_millis()
+                )),
+            };
+            debug!(%target, ?result, "reachability dial-back");
+            (target, result)
+        });
+    }
+    while let Some(done) = checks.join_next().await {
+        if let Ok(pair) = done {
+            conn.dialbacks.push(pair);
+        }
+    }
+}
+
+/// One dial-back: connect to `target` with the peer protocol (through the
+/// common connection setup), send a fresh challenge, check the proof.
+async fn dial_back(
+    target: SocketAddr,
+    nonce: &[u8; common::reach::NONCE_LEN],
+) -> Result<(), String> {
+    use common::peer_proto::{PeerRequest, PeerResponse};
+    let mut stream = TcpStream::connect(target)
+        .await
+        .map_err(|e| format!("cannot connect ({e})"))?;
+    wire::client_handshake(&mut stream, Protocol::Peer)
+        .await
+        .map_err(|e| format!("not a p2pshare peer there ({e})"))?;
+    let challenge: [u8; common::reach::NONCE_LEN] = rand::random();
+    wire::send_message(&mut stream, &PeerRequest::ProveReachable { challenge })
+        .await
+        .map_err(|e| format!("the check could not be sent ({e})"))?;
+    let mut buf = Vec::new();
+    let answer = wire::expect_message::<_, PeerResponse>(
+        &mut stream,
+        &mut buf,
+        Deadlines::with_idle(common::limits::FRAME_TIMEOUT),
+    )
+    .await
+    .map_err(|e| format!("no proof came back ({e})"))?;
+    match answer {
+        PeerResponse::Reachable { proof } if proof == common::reach::proof(nonce, &challenge) => {
+            Ok(())
+        }
+        PeerResponse::Reachable { .. } => {
+            Err("another peer answers there (its proof is not this login's)".into())
+        }
+        PeerResponse::Error { message, .. } => Err(format!(
+            "the node there refused the check: {}",
+            common::names::escape_for_terminal(&message)
+        )),
+        _ => Err("the node there gave an unexpected answer".into()),
+    }
+}
+
 async fn connection_loop(
     stream: TcpStream,
     index: &Index,
@@ -345,6 +427,10 @@ async fn connection_loop(
         budget.take().await;
         if let IndexRequest::Login(login) = &request {
             resolve_advertised(conn, login.advertise.as_deref()).await;
+        }
+        if let IndexRequest::LoginChecked { login, nonce } = &request {
+            resolve_advertised(conn, login.advertise.as_deref()).await;
+            prove_addresses(conn, index, login, nonce, config.dialback_timeout).await;
         }
         let response: IndexResponse = if crate::handler::is_search(&request) {
             // A search may confirm thousands of names: it runs on a blocking

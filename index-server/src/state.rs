@@ -63,7 +63,9 @@ use std::time::Duration;
 
 use common::id::FileId;
 use common::index_proto::SearchFilter;
-use common::index_proto::{IndexStats, PeerSummary, SearchHit, SharedFile, Source};
+use common::index_proto::{
+    IndexStats, PeerReach, PeerSummary, Reach, SearchHit, SharedFile, Source,
+};
 use common::limits::MAX_RANKED;
 use common::limits::{MAX_FILES_PER_BATCH, MAX_NAME_LEN};
 use common::names::{base_name, name_matches, normalize};
@@ -156,6 +158,9 @@ pub struct NewSession {
     /// The connection's source address, counted against
     /// [`Limits::max_sessions_per_source`]; `None` for the server's own store.
     pub source: Option<IpAddr>,
+    /// Whether `addr` can be dialed (`Direct`) or only names a firewalled
+    /// peer, which is then never listed as a source.
+    pub reach: Reach,
 }
 
 /// The form an address is compared in: an IP literal as Rust prints it
@@ -173,6 +178,7 @@ pub use transfer::admission::source_key;
 
 struct Session {
     addr: String,
+    reach: Reach,
     /// Address keys this session holds in `Inner::addrs`.
     claims: Vec<String>,
     /// Source key (see [`source_key`]), counted in `Inner::per_source`.
@@ -341,6 +347,8 @@ struct Inner {
     /// When a request other than a search was last handled, in
     /// microseconds since `started` (see [`Pacer`]).
     last_foreground: AtomicU64,
+    /// Login nonces seen lately (see [`Index::use_nonce`]).
+    nonces: Mutex<SeenNonces>,
 }
 
 /// How long a search works before it checks whether to pause.
@@ -403,6 +411,18 @@ fn search_threads() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get() / 2)
         .max(1)
+}
+
+/// The most login nonces remembered: a replayed nonce is refused as long
+/// as it is among the last this many (16 bytes each, about 4 MiB with the
+/// set's overhead), so the memory stays bounded under a flood of logins.
+pub const MAX_REMEMBERED_NONCES: usize = 100_000;
+
+/// Recently used login nonces, oldest first out.
+#[derive(Default)]
+struct SeenNonces {
+    set: HashSet<[u8; common::reach::NONCE_LEN]>,
+    order: std::collections::VecDeque<[u8; common::reach::NONCE_LEN]>,
 }
 
 /// How old an answer to `stats` may be. Counting walks every file (9 ms at
@@ -537,12 +557,42 @@ impl Index {
                 search_slots: tokio::sync::Semaphore::new(search_threads()),
                 started: std::time::Instant::now(),
                 last_foreground: AtomicU64::new(0),
+                nonces: Mutex::new(SeenNonces::default()),
             }),
         }
     }
 
     pub fn lease_ttl(&self) -> Duration {
         self.inner.lease_ttl
+    }
+
+    /// Whether `nonce` was used by a login lately (among the last
+    /// [`MAX_REMEMBERED_NONCES`]): a replay, to be refused.
+    pub fn nonce_seen(&self, nonce: &[u8; common::reach::NONCE_LEN]) -> bool {
+        let seen = match self.inner.nonces.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        seen.set.contains(nonce)
+    }
+
+    /// Records `nonce` as used by a login; `false` when it was already
+    /// (a replay). The oldest is forgotten past [`MAX_REMEMBERED_NONCES`].
+    pub fn use_nonce(&self, nonce: [u8; common::reach::NONCE_LEN]) -> bool {
+        let mut seen = match self.inner.nonces.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if !seen.set.insert(nonce) {
+            return false;
+        }
+        seen.order.push_back(nonce);
+        if seen.order.len() > MAX_REMEMBERED_NONCES {
+            if let Some(old) = seen.order.pop_front() {
+                seen.set.remove(&old);
+            }
+        }
+        true
     }
 
     /// The caps this index enforces.
@@ -564,6 +614,7 @@ impl Index {
                 addr,
                 nick,
                 source: None,
+                reach: Reach::Direct,
             },
             now,
         )
@@ -584,6 +635,7 @@ impl Index {
             claims,
             nick,
             source,
+            reach,
         } = new;
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         if let Some(src) = source {
@@ -600,6 +652,7 @@ impl Index {
             id,
             Session {
                 addr,
+                reach,
                 claims: Vec::new(),
                 source,
                 charged: 0,
@@ -1170,7 +1223,10 @@ impl Index {
             let Some(s) = self.inner.sessions.get(session) else {
                 continue;
             };
-            if s.lease_expires <= now || listed.iter().chain(&sources).any(|src| src.addr == s.addr)
+            // A firewalled peer has no address anyone can dial.
+            if s.lease_expires <= now
+                || s.reach == Reach::Firewalled
+                || listed.iter().chain(&sources).any(|src| src.addr == s.addr)
             {
                 continue;
             }
@@ -1707,19 +1763,33 @@ impl Index {
         page: usize,
         now: Instant,
     ) -> (Vec<PeerSummary>, Option<u32>) {
-        let mut all: Vec<PeerSummary> = self
+        let (page, next) = self.peers_reach(start, page, now);
+        (page.into_iter().map(|p| p.summary).collect(), next)
+    }
+
+    /// A page of live peers with how each can be reached, sorted by address.
+    pub fn peers_reach(
+        &self,
+        start: usize,
+        page: usize,
+        now: Instant,
+    ) -> (Vec<PeerReach>, Option<u32>) {
+        let mut all: Vec<PeerReach> = self
             .inner
             .sessions
             .iter()
             .filter(|s| s.lease_expires > now)
-            .map(|s| PeerSummary {
-                addr: s.addr.clone(),
-                nick: s.nick.clone(),
-                files: s.files.len() as u64,
-                bytes: s.bytes,
+            .map(|s| PeerReach {
+                summary: PeerSummary {
+                    addr: s.addr.clone(),
+                    nick: s.nick.clone(),
+                    files: s.files.len() as u64,
+                    bytes: s.bytes,
+                },
+                reach: s.reach,
             })
             .collect();
-        all.sort_by(|a, b| a.addr.cmp(&b.addr));
+        all.sort_by(|a, b| a.summary.addr.cmp(&b.summary.addr));
         let end = (start + page).min(all.len());
         let next = (end < all.len()).then_some(end as u32);
         (
@@ -1853,6 +1923,7 @@ mod tests {
 
     fn session_at(addr: &str, source: &str) -> NewSession {
         NewSession {
+            reach: Reach::Direct,
             addr: addr.into(),
             claims: vec![addr.into()],
             nick: None,

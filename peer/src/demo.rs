@@ -39,7 +39,7 @@ async fn wait_registered(daemon: &mut Daemon) -> anyhow::Result<(String, usize)>
     .context("a peer did not register within 20 s")??
     .clone();
     match state {
-        RegistrationState::Registered { addr, files } => Ok((addr, files)),
+        RegistrationState::Registered { addr, files, .. } => Ok((addr, files)),
         other => bail!("unexpected registration state {other:?}"),
     }
 }

@@ -70,27 +70,37 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
     match command {
         ImCommand::Who { index, json } => {
             let mut client = IndexClient::connect(&index.index).await?;
-            let peers = client.peers().await?;
+            let peers = client.peers_reach().await?;
             if json {
-                let all: Vec<_> = peers.iter().map(peer_json).collect();
+                let all: Vec<_> = peers
+                    .iter()
+                    .map(|p| {
+                        let mut v = peer_json(&p.summary);
+                        v["reach"] = p.reach.label().into();
+                        v
+                    })
+                    .collect();
                 print_json(&all);
             } else if peers.is_empty() {
                 errln!("nobody is online");
             } else {
                 outln!(
-                    "{:<32}  {:<24}  {:>7}  {:>10}",
+                    "{:<32}  {:<24}  {:<10}  {:>7}  {:>10}",
                     "NICK",
                     "ADDRESS",
+                    "REACH",
                     "FILES",
                     "SIZE"
                 );
                 for p in &peers {
+                    let s = &p.summary;
                     outln!(
-                        "{:<32}  {:<24}  {:>7}  {:>10}",
-                        esc(p.nick.as_deref().unwrap_or("-")),
-                        esc(&p.addr),
-                        p.files,
-                        human_size(p.bytes)
+                        "{:<32}  {:<24}  {:<10}  {:>7}  {:>10}",
+                        esc(s.nick.as_deref().unwrap_or("-")),
+                        esc(&s.addr),
+                        p.reach.label(),
+                        s.files,
+                        human_size(s.bytes)
                     );
                 }
             }

@@ -5,8 +5,8 @@ use std::time::Duration;
 use common::hello::Protocol;
 use common::id::FileId;
 use common::index_proto::{
-    ErrorCode, IndexRequest, IndexResponse, IndexStats, PeerSummary, SearchFilter, SearchHit,
-    SharedFile, Source,
+    ErrorCode, IndexRequest, IndexResponse, IndexStats, PeerReach, PeerSummary, Reach,
+    SearchFilter, SearchHit, SharedFile, Source,
 };
 use common::limits::CONNECT_TIMEOUT;
 use common::wire::{self, Deadlines, WireError};
@@ -347,6 +347,39 @@ impl IndexClient {
                     }
                 }
                 other => return Err(IndexError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
+    /// Every online peer with how it can be reached (all pages). An index
+    /// older than `ListPeersReach` closes the connection: the list is asked
+    /// again the old way on a new connection, every peer shown as direct
+    /// (before the check, every published address was).
+    pub async fn peers_reach(&mut self) -> Result<Vec<PeerReach>, IndexError> {
+        let mut all = Vec::new();
+        let mut start = 0;
+        loop {
+            match self.request(&IndexRequest::ListPeersReach { start }).await {
+                Ok(IndexResponse::PeersReach { peers, next }) => {
+                    all.extend(peers);
+                    match next {
+                        Some(n) if n > start => start = n,
+                        _ => return Ok(all),
+                    }
+                }
+                Ok(other) => return Err(IndexError::Unexpected(format!("{other:?}"))),
+                Err(IndexError::Wire(WireError::Closed | WireError::Io(_))) if start == 0 => {
+                    *self = IndexClient::connect(&self.addr).await?;
+                    let old = self.peers().await?;
+                    return Ok(old
+                        .into_iter()
+                        .map(|summary| PeerReach {
+                            summary,
+                            reach: Reach::Direct,
+                        })
+                        .collect());
+                }
+                Err(e) => return Err(e),
             }
         }
     }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use common::hello::HelloError;
 use common::id::FileId;
-use common::index_proto::{ErrorCode, IndexRequest, IndexResponse, Login, SharedFile};
+use common::index_proto::{ErrorCode, IndexRequest, IndexResponse, Login, Reach, SharedFile};
 use common::limits::MAX_FILES_PER_BATCH;
+use common::reach::LoginNonce;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -27,6 +28,10 @@ pub enum RegistrationState {
     Registered {
         addr: String,
         files: usize,
+        /// `Firewalled`: no address this peer asked for proved itself at
+        /// the index's dial-back; `addr` is then where the index sees this
+        /// peer's connection come from, not an address anyone can dial.
+        reach: Reach,
     },
     /// Refused for good (a nickname clash, an invalid login, another
     /// protocol version or service); not retried. The text says what to do.
@@ -36,6 +41,9 @@ pub enum RegistrationState {
 pub struct RegistrarConfig {
     pub index: String,
     pub login: Login,
+    /// Set to a fresh random nonce before each login; the chunk server
+    /// answers the index's dial-backs with it (`common::reach`).
+    pub login_nonce: LoginNonce,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     /// The nickname was not chosen by the user (the host name): when it is
@@ -158,11 +166,50 @@ async fn session(
     refusals: &mut Refusals,
 ) -> Result<(), IndexError> {
     let mut client = IndexClient::connect(&config.index).await?;
-    let (addr, ttl) = match client.request(&IndexRequest::Login(login.clone())).await? {
-        IndexResponse::Welcome { addr, lease_ttl_ms } => {
-            (addr, Duration::from_millis(lease_ttl_ms.max(300)))
+    // A fresh nonce per login, set before the index can dial back.
+    let nonce: [u8; common::reach::NONCE_LEN] = rand::random();
+    config.login_nonce.set(nonce);
+    let checked = IndexRequest::LoginChecked {
+        login: login.clone(),
+        nonce,
+    };
+    let (addr, ttl, reach) = match client.request(&checked).await {
+        Ok(IndexResponse::WelcomeChecked {
+            addr,
+            observed,
+            refused,
+            lease_ttl_ms,
+        }) => {
+            for why in &refused {
+                warn!(reason = %why, "the index did not publish an address of ours");
+            }
+            let reach = if addr.is_some() {
+                Reach::Direct
+            } else {
+                warn!(%observed, "no address of ours proved reachable: the index lists this peer as firewalled (downloaders cannot connect to it; forward a port to --listen and use --advertise)");
+                Reach::Firewalled
+            };
+            (
+                addr.unwrap_or(observed),
+                Duration::from_millis(lease_ttl_ms.max(300)),
+                reach,
+            )
         }
-        other => return Err(IndexError::Unexpected(format!("{other:?}"))),
+        Ok(other) => return Err(IndexError::Unexpected(format!("{other:?}"))),
+        // An index from before the check closes the connection on the
+        // unknown request: log in the old way.
+        Err(IndexError::Wire(WireError::Closed | WireError::Io(_))) => {
+            client = IndexClient::connect(&config.index).await?;
+            match client.request(&IndexRequest::Login(login.clone())).await? {
+                IndexResponse::Welcome { addr, lease_ttl_ms } => (
+                    addr,
+                    Duration::from_millis(lease_ttl_ms.max(300)),
+                    Reach::Direct,
+                ),
+                other => return Err(IndexError::Unexpected(format!("{other:?}"))),
+            }
+        }
+        Err(e) => return Err(e),
     };
     *registered_once = true;
     let mut changes = library.subscribe();
@@ -184,11 +231,11 @@ async fn session(
                 let mut listing = Listing { client: &mut client, registered: &mut registered, registered_partial: &mut registered_partial, held: &mut held };
                 let refused = listing.sync(library, refusals).await?;
                 if !announced {
-                    info!(%addr, nick = ?login.nick, files = held, refused, "registered at the index");
+                    info!(%addr, reach = reach.label(), nick = ?login.nick, files = held, refused, "registered at the index");
                     announced = true;
                     *backoff = config.backoff_min;
                 }
-                state.send_replace(RegistrationState::Registered { addr: addr.clone(), files: held });
+                state.send_replace(RegistrationState::Registered { addr: addr.clone(), files: held, reach });
             }
             _ = heartbeat.tick() => {
                 client.request(&IndexRequest::Heartbeat).await?;

@@ -297,7 +297,9 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
     let upload_queue = transfer::upload_queue::UploadQueue::new(
         transfer::upload_queue::QueueConfig::new(config.max_uploads),
     );
+    let login_nonce = common::reach::LoginNonce::default();
     let chunk_config = chunk_server::ChunkServerConfig {
+        login_nonce: Some(login_nonce.clone()),
         max_uploads: config.max_uploads,
         queue: Some(upload_queue.clone()),
         max_connections: config.max_upload_connections,
@@ -324,6 +326,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
     let (state_tx, state_rx) = watch::channel(RegistrationState::Connecting);
     let registrar_config = RegistrarConfig {
         index: config.index.clone(),
+        login_nonce,
         login: Login {
             listen_port: listen_addr.port(),
             advertise: advertise.or_else(|| loopback_advertise(listen_addr)),
@@ -530,6 +533,8 @@ async fn warn_if_unreachable(
     let published = tokio::select! {
         _ = shutdown.cancelled() => return,
         state = registration.wait_for(|s| matches!(s, RegistrationState::Registered { .. })) => match state.as_deref() {
+            // A firewalled peer has no published address to check.
+            Ok(RegistrationState::Registered { reach: common::index_proto::Reach::Firewalled, .. }) => return,
             Ok(RegistrationState::Registered { addr, .. }) => addr.clone(),
             _ => return,
         },

@@ -8,8 +8,11 @@
 //!   real protocol (from `transfer`'s `test-support` feature).
 //! - [`wait_until`]: polls a condition until a deadline (never a bare sleep).
 //! - [`http`]: a minimal HTTP client for the HTTP endpoints, and promtool.
+//! - [`netlab`]: an index and peers in network namespaces, behind NAT
+//!   routers ([`lab::netns`]; root only).
 
 pub mod http;
+pub mod netlab;
 
 pub use transfer::testing as fake;
 pub use transfer::testing::random_bytes;

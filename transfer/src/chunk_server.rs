@@ -29,6 +29,7 @@ use std::time::Duration;
 use common::hello::{Protocol, FEATURE_UPLOAD_QUEUE};
 use common::id::FileId;
 use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
+use common::reach::LoginNonce;
 use common::wire::{self, Deadlines, WireError};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -124,6 +125,9 @@ pub struct ChunkServerConfig {
     pub others: Option<Arc<dyn ProtocolHandler>>,
     /// Cap on the bytes per second of all uploads together.
     pub upload_limit: Option<Arc<RateLimiter>>,
+    /// This node's login nonce at the index, to answer its reachability
+    /// dial-backs (`common::reach`); `None` refuses them.
+    pub login_nonce: Option<LoginNonce>,
 }
 
 impl ChunkServerConfig {
@@ -142,6 +146,7 @@ impl ChunkServerConfig {
             inbox: None,
             others: None,
             upload_limit: None,
+            login_nonce: None,
         }
     }
 }
@@ -157,6 +162,9 @@ pub struct SessionRules {
     pub first_request: Duration,
     /// Closed after this long without a data request (chunk or hash list).
     pub idle: Duration,
+    /// Answers the index's reachability dial-backs (`common::reach`);
+    /// `None` refuses them.
+    pub login_nonce: Option<LoginNonce>,
 }
 
 impl SessionRules {
@@ -166,6 +174,7 @@ impl SessionRules {
             queue: UploadQueue::new(QueueConfig::new(slots)),
             first_request: common::limits::FIRST_REQUEST_TIMEOUT,
             idle: common::limits::UPLOAD_IDLE,
+            login_nonce: None,
         }
     }
 }
@@ -190,6 +199,7 @@ pub async fn serve_with(
         inbox,
         others,
         upload_limit,
+        login_nonce,
     } = config;
     let queue = queue.unwrap_or_else(|| UploadQueue::new(QueueConfig::new(max_uploads)));
     tracker.spawn(queue.clone().run_sweeper(shutdown.clone()));
@@ -197,6 +207,7 @@ pub async fn serve_with(
         queue,
         first_request: first_request_timeout,
         idle,
+        login_nonce,
     };
     let admission = Admission::new(max_connections, max_connections_per_ip);
     let mut accepted_protocols = vec![Protocol::Peer];
@@ -473,6 +484,16 @@ pub async fn serve_peer_session(
                 let answer = match inbox {
                     Some(inbox) => inbox.answer(remote.ip(), from, text).await,
                     None => refusal(PeerErrorCode::BadRequest, "this node takes no messages"),
+                };
+                wire::write_message(&mut writer, &answer).await?;
+            }
+            PeerRequest::ProveReachable { challenge } => {
+                let answer = match rules.login_nonce.as_ref().and_then(|n| n.prove(&challenge)) {
+                    Some(proof) => PeerResponse::Reachable { proof },
+                    None => refusal(
+                        PeerErrorCode::NotFound,
+                        "this node is not logged in at an index",
+                    ),
                 };
                 wire::write_message(&mut writer, &answer).await?;
             }

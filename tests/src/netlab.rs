@@ -1,0 +1,142 @@
+//! Nodes on the lab's emulated network ([`lab::netns`]): an index and
+//! peers each in a network namespace of its own, some behind NAT routers,
+//! driven from the test's runtime. Needs root; [`skip`] says so in one
+//! line otherwise (CI runs as root).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use lab::netns::{Host, HostRuntime};
+use peer::registrar::RegistrationState;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// `true` (after printing one line) when namespaces cannot be made here.
+pub fn skip(test: &str) -> bool {
+    if let Err(e) = lab::netns::available() {
+        eprintln!("skipped {test}: it builds network namespaces ({e})");
+        return true;
+    }
+    if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped {test}: `nft` is not installed (Debian package nftables)");
+        return true;
+    }
+    false
+}
+
+/// An index server running inside a host's namespace.
+pub struct NsIndex {
+    /// Where peers reach it (the host's address).
+    pub addr: SocketAddr,
+    pub state: index_server::Index,
+    shutdown: CancellationToken,
+    _rt: HostRuntime,
+}
+
+impl Drop for NsIndex {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Starts an index on `host` (all its addresses, a free port) with
+/// `config` (its `listen` is replaced).
+pub async fn start_index(host: &Host, mut config: index_server::Config) -> NsIndex {
+    crate::init_logging();
+    let rt = host.runtime().expect("a runtime in the index's namespace");
+    config.listen = "0.0.0.0:0".parse().unwrap();
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let stop = shutdown.clone();
+    rt.handle().spawn(async move {
+        let server = index_server::Server::bind(config)
+            .await
+            .expect("bind the index");
+        let _ = tx.send((server.local_addr().port(), server.index()));
+        let _ = server.run(stop).await;
+    });
+    let (port, state) = rx.await.expect("the index started");
+    NsIndex {
+        addr: SocketAddr::from((host.addr, port)),
+        state,
+        shutdown,
+        _rt: rt,
+    }
+}
+
+/// A sharing peer daemon running inside a host's namespace.
+pub struct NsPeer {
+    /// Where its chunk server listens (the host's address and its port).
+    pub listen: SocketAddr,
+    pub registration: watch::Receiver<RegistrationState>,
+    shutdown: CancellationToken,
+    _rt: HostRuntime,
+}
+
+impl Drop for NsPeer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl NsPeer {
+    /// Waits until the peer is registered, and returns that state.
+    pub async fn registered(&mut self) -> RegistrationState {
+        let mut rx = self.registration.clone();
+        let found = {
+            let waited = tokio::time::timeout(
+                Duration::from_secs(30),
+                rx.wait_for(|s| matches!(s, RegistrationState::Registered { .. })),
+            )
+            .await;
+            match waited {
+                Ok(Ok(s)) => Some(s.clone()),
+                _ => None,
+            }
+        };
+        found.unwrap_or_else(|| {
+            panic!(
+                "the peer did not register; state {:?}",
+                *self.registration.borrow()
+            )
+        })
+    }
+}
+
+/// Starts a peer on `host` sharing `share` at `index`, listening on all
+/// the host's addresses; `adjust` may change its config.
+pub async fn start_peer(
+    host: &Host,
+    share: &Path,
+    index: SocketAddr,
+    adjust: impl FnOnce(&mut peer::ServeConfig),
+) -> NsPeer {
+    crate::init_logging();
+    std::fs::create_dir_all(share).unwrap();
+    let rt = host.runtime().expect("a runtime in the peer's namespace");
+    let mut config = crate::peer_config(share, &index.to_string());
+    config.listen = "0.0.0.0:0".parse().unwrap();
+    adjust(&mut config);
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let stop = shutdown.clone();
+    rt.handle().spawn(async move {
+        let daemon = peer::serve::start(config, stop.clone())
+            .await
+            .expect("start the peer");
+        let _ = tx.send((daemon.listen_addr.port(), daemon.registration.clone()));
+        daemon.wait().await;
+    });
+    let (port, registration) = rx.await.expect("the peer started");
+    NsPeer {
+        listen: SocketAddr::from((host.addr, port)),
+        registration,
+        shutdown,
+        _rt: rt,
+    }
+}

@@ -1,0 +1,263 @@
+//! Reachability at login (issue 15): the index dials back every address a
+//! peer asks to publish and publishes only those that prove to be that
+//! peer. On loopback here, and on the emulated network with NAT routers
+//! (network namespaces; skipped with one line when not root).
+
+use std::time::Duration;
+
+use common::index_proto::{IndexRequest, IndexResponse, Login, Reach};
+use peer::index_client::{IndexClient, IndexError};
+use peer::registrar::RegistrationState;
+use tests::*;
+
+fn checked(listen_port: u16, advertise: Option<String>, nonce: [u8; 16]) -> IndexRequest {
+    IndexRequest::LoginChecked {
+        login: Login {
+            listen_port,
+            advertise,
+            nick: None,
+        },
+        nonce,
+    }
+}
+
+/// The reach the index lists for the peer published at `addr`.
+fn listed_reach(index: &Index, addr: &str) -> Option<Reach> {
+    let (peers, _) = index
+        .state
+        .peers_reach(0, 1000, tokio::time::Instant::now());
+    peers
+        .into_iter()
+        .find(|p| p.summary.addr == addr)
+        .map(|p| p.reach)
+}
+
+/// A peer on loopback answers the dial-back: it is published as before,
+/// listed as direct, and its files have it as a source.
+#[tokio::test]
+async fn a_peer_that_answers_the_dial_back_is_published() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    write_file(dir.path(), "a.bin", &random_bytes(1000, 1));
+    let mut peer = start_peer(dir.path(), &index.addr_string()).await;
+    peer.wait_registered(1).await;
+    let state = peer.daemon.registration.borrow().clone();
+    let RegistrationState::Registered { addr, reach, .. } = state else {
+        panic!("{state:?}")
+    };
+    assert_eq!(reach, Reach::Direct);
+    assert_eq!(addr, peer.addr());
+    assert_eq!(listed_reach(&index, &addr), Some(Reach::Direct));
+    peer.stop().await;
+    index.stop().await;
+}
+
+/// A client that asks to be published at another peer's address (its
+/// listening port, or --advertise) is refused: that peer's proof is not
+/// this login's. It is listed as firewalled, never at that address.
+#[tokio::test]
+async fn a_peer_answering_on_someone_elses_behalf_is_refused() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut victim = start_peer(dir.path(), &index.addr_string()).await;
+    victim.wait_registered(0).await;
+    let port = victim.daemon.listen_addr.port();
+    let mut thief = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let answer = thief
+        .request(&checked(port, Some(victim.addr()), rand::random()))
+        .await
+        .unwrap();
+    let IndexResponse::WelcomeChecked {
+        addr,
+        observed,
+        refused,
+        ..
+    } = answer
+    else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(addr, None, "published at someone else's address");
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(
+        refused.iter().all(|r| r.contains("another peer answers")),
+        "{refused:?}"
+    );
+    assert_eq!(listed_reach(&index, &observed), Some(Reach::Firewalled));
+    // Nobody but the victim is listed at its address.
+    let (peers, _) = index
+        .state
+        .peers_reach(0, 1000, tokio::time::Instant::now());
+    assert_eq!(
+        peers
+            .iter()
+            .filter(|p| p.summary.addr == victim.addr())
+            .count(),
+        1
+    );
+    victim.stop().await;
+    index.stop().await;
+}
+
+/// An --advertise address where something that is not a p2pshare peer
+/// listens (a third party's host) is never published, and neither is one
+/// where nothing listens.
+#[tokio::test]
+async fn an_advertised_third_party_host_is_refused() {
+    let index = start_index().await;
+    let third_party = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = third_party.local_addr().unwrap();
+    // It answers every connection with a line of text, as a web server might.
+    let serving = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = third_party.accept().await else {
+                return;
+            };
+            use tokio::io::AsyncWriteExt;
+            let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
+        }
+    });
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let answer = client
+        .request(&checked(
+            target.port(),
+            Some(target.to_string()),
+            rand::random(),
+        ))
+        .await
+        .unwrap();
+    let IndexResponse::WelcomeChecked { addr, refused, .. } = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(addr, None);
+    assert!(
+        refused.iter().any(|r| r.contains("not a p2pshare peer")),
+        "{refused:?}"
+    );
+    serving.abort();
+    index.stop().await;
+}
+
+/// A login nonce is good once: the same nonce again (a replayed login) is
+/// refused with the reason, and the connection stays usable.
+#[tokio::test]
+async fn a_replayed_login_nonce_is_refused() {
+    let index = start_index().await;
+    let nonce = rand::random();
+    let mut first = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let answer = first.request(&checked(40000, None, nonce)).await.unwrap();
+    assert!(
+        matches!(answer, IndexResponse::WelcomeChecked { .. }),
+        "{answer:?}"
+    );
+    let mut replay = IndexClient::connect(&index.addr_string()).await.unwrap();
+    match replay.request(&checked(40001, None, nonce)).await {
+        Err(IndexError::Refused { message, .. }) => {
+            assert!(message.contains("replayed"), "{message}")
+        }
+        other => panic!("a replayed nonce was accepted: {other:?}"),
+    }
+    assert!(replay.stats().await.is_ok());
+    index.stop().await;
+}
+
+/// With --require-proof, a peer logging in the old way (no proof) is
+/// listed as firewalled, not at the address it claims.
+#[tokio::test]
+async fn an_unproven_old_login_is_firewalled_when_proof_is_required() {
+    let server = index_server::Server::bind(index_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        require_proof: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let index = run_index(server);
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let answer = client
+        .request(&IndexRequest::Login(Login {
+            listen_port: 40000,
+            advertise: Some("127.0.0.1:40002".into()),
+            nick: None,
+        }))
+        .await
+        .unwrap();
+    let IndexResponse::Welcome { addr, .. } = answer else {
+        panic!("{answer:?}")
+    };
+    assert_ne!(addr, "127.0.0.1:40002");
+    assert_eq!(listed_reach(&index, &addr), Some(Reach::Firewalled));
+    index.stop().await;
+}
+
+/// On the emulated network: a peer on the public segment is proven and
+/// published; a peer behind a home router is firewalled (the router drops
+/// the dial-back), listed under its router's address; a public peer that
+/// advertises a third party's host is published at its own address only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reachability_on_the_emulated_network() {
+    if netlab::skip("reachability_on_the_emulated_network") {
+        return;
+    }
+    let mut lan = lab::netns::Lan::create().unwrap();
+    let index_host = lan.add_host("index", None, None).unwrap();
+    let public_host = lan.add_host("public", None, None).unwrap();
+    let third_party = lan.add_host("third", None, None).unwrap();
+    let mut router = lan.add_router("home", lab::netns::NatKind::Home).unwrap();
+    let home_host = lan.add_behind(&mut router, "homepeer").unwrap();
+    let index = netlab::start_index(
+        &index_host,
+        index_server::Config {
+            dialback_timeout: Duration::from_millis(800),
+            ..Default::default()
+        },
+    )
+    .await;
+    let dirs = tempfile::tempdir().unwrap();
+    let mut public =
+        netlab::start_peer(&public_host, &dirs.path().join("p"), index.addr, |_| {}).await;
+    let mut behind =
+        netlab::start_peer(&home_host, &dirs.path().join("h"), index.addr, |_| {}).await;
+    // A listener on the third party's host that is no peer.
+    let listener = third_party
+        .run_in(|| async { std::net::TcpListener::bind("0.0.0.0:0") })
+        .unwrap()
+        .unwrap();
+    let third =
+        std::net::SocketAddr::from((third_party.addr, listener.local_addr().unwrap().port()));
+    let mut liar = netlab::start_peer(&public_host, &dirs.path().join("l"), index.addr, |c| {
+        c.advertise = Some(third.to_string());
+    })
+    .await;
+
+    match public.registered().await {
+        RegistrationState::Registered { addr, reach, .. } => {
+            assert_eq!(reach, Reach::Direct);
+            assert_eq!(addr, public.listen.to_string());
+        }
+        other => panic!("{other:?}"),
+    }
+    match behind.registered().await {
+        RegistrationState::Registered { addr, reach, .. } => {
+            assert_eq!(reach, Reach::Firewalled, "published at {addr}");
+            assert!(
+                addr.starts_with(&format!("{}:", router.public_addr())),
+                "{addr}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match liar.registered().await {
+        RegistrationState::Registered { addr, reach, .. } => {
+            assert_eq!(reach, Reach::Direct);
+            assert_eq!(addr, liar.listen.to_string(), "published at {addr}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let (peers, _) = index.state.peers_reach(0, 100, tokio::time::Instant::now());
+    assert!(
+        peers.iter().all(|p| p.summary.addr != third.to_string()),
+        "{peers:?}"
+    );
+    drop((public, behind, liar, index, listener));
+    lan.remove();
+}
