@@ -382,6 +382,7 @@ async fn fetch_from(
         engine,
         Arc::new(transfer::Progress::default()),
         None,
+        transfer::download::StartOnly,
         CancellationToken::new(),
     )
     .await?;

@@ -68,6 +68,10 @@ pub const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// this long is closed; cheap requests (`Have`, messages) do not extend it.
 pub const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 
+/// Upload slots of a serving peer (`peer serve --max-uploads`): requesters
+/// served at once; further ones wait in its upload queue.
+pub const UPLOAD_SLOTS: usize = 32;
+
 /// A requester waiting in the upload queue (`PeerRequest::Wait`) is
 /// answered at least this often, so that its read deadline never fires
 /// while it waits and a dead connection is noticed.

@@ -16,9 +16,9 @@
 //!   at 4 from pongs). Each downloader floods a search
 //!   for the file through its own node and downloads from every node that
 //!   answered; nodes answer from their partial holdings too, and each
-//!   downloader searches again every [`peer::swarm::P2P_SOURCE_REFRESH`],
+//!   downloader searches again every [`peer::pipeline::P2P_SWARM_SOURCE_REFRESH`],
 //!   so downloaders find each other and swarm as in hybrid
-//!   ([`peer::Daemon::download_p2p`]).
+//!   ([`peer::Daemon::download`] in p2p mode).
 //!
 //! The bounds, with F the file size, u_s the server's upload, u each peer's
 //! upload and d_min the slowest download:
@@ -653,7 +653,7 @@ fn daemon_config(
     c.listen = std::net::SocketAddr::new(node.ip, 0);
     c.max_upload_rate = node.app(up);
     c.max_download_rate = node.app(down);
-    c.max_uploads = 256;
+    c.upload_queue.slots = 256;
     // Every downloader comes from 127.0.0.1: no per-address cap here.
     c.max_upload_connections_per_ip = c.max_upload_connections;
     c.rescan_interval = Duration::from_secs(3600);
@@ -751,16 +751,11 @@ async fn client_server(
         );
         downloads.spawn_on(
             async move {
-                peer::client_server::get_from_server(
-                    &addr,
-                    &id.to_hex(),
-                    out_dir,
-                    engine,
-                    progress,
-                    stop,
-                )
-                .await
-                .map(|_| started.elapsed().as_secs_f64())
+                let fetcher = peer::pipeline::Fetcher::ClientServer { server: addr };
+                let options = peer::pipeline::FetchOptions::new(out_dir, engine, progress);
+                peer::pipeline::fetch(&fetcher, &id.to_hex(), options, stop)
+                    .await
+                    .map(|_| started.elapsed().as_secs_f64())
             },
             &node.handle,
         );
@@ -886,7 +881,7 @@ async fn p2p(
         node.on(wait_reachable(p.listen_addr.to_string(), id))
             .await??;
     }
-    swarm_all(config, id, seed, peers, true, shutdown).await
+    swarm_all(config, id, seed, peers, shutdown).await
 }
 
 async fn hybrid(
@@ -926,20 +921,19 @@ async fn hybrid(
     for (p, _) in &peers {
         wait_registered(p, 0).await?;
     }
-    let measured = swarm_all(config, id, seed, peers, false, shutdown).await;
+    let measured = swarm_all(config, id, seed, peers, shutdown).await;
     index.stop().await;
     measured
 }
 
 /// Starts every peer's swarming download at once (through the index, or
-/// through the overlay when `p2p`), each on its own node, times them until
+/// through the overlay for overlay nodes), each on its own node, times them until
 /// the last one is done, reads the upload counters and stops the daemons.
 async fn swarm_all(
     config: &Config,
     id: FileId,
     seed: peer::Daemon,
     peers: Vec<(Arc<peer::Daemon>, Node)>,
-    p2p: bool,
     shutdown: CancellationToken,
 ) -> Result<Measured, LabError> {
     let started = Instant::now();
@@ -955,17 +949,13 @@ async fn swarm_all(
         downloads.spawn_on(
             async move {
                 let out = p.library.root().to_path_buf();
-                let done = if p2p {
-                    p.download_p2p(id, P2P_TTL, out, engine, progress)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                } else {
-                    p.download(id, out, engine, progress)
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                };
+                // The daemon's mode (p2p: flooding through its own node,
+                // hop limit DEFAULT_TTL = P2P_TTL) picks where sources come from.
+                let done = p
+                    .download(id, out, engine, progress)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
                 done.map(|()| started.elapsed().as_secs_f64())
             },
             &node.handle,

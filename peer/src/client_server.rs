@@ -1,7 +1,8 @@
 //! Client-server mode: `peer put` uploads files into the index server's
 //! store, and `peer get --mode client-server` downloads from that server
-//! only. A client in this mode talks to nobody but the server and never
-//! uploads to anyone (it starts no chunk server).
+//! only ([`crate::pipeline::Fetcher::ClientServer`]). A client in this mode
+//! talks to nobody but the server and never uploads to anyone (it starts
+//! no chunk server).
 //!
 //! The file is hashed locally (the same id as everywhere), the server is
 //! told its id, name and size, then sent the hash list and only the chunks
@@ -243,54 +244,4 @@ async fn send_chunks(
     }
     writer.flush().await?;
     Ok(())
-}
-
-/// Why a client-server get failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerGetError {
-    #[error(transparent)]
-    Resolve(#[from] crate::get::GetError),
-    #[error("the server at {0} does not hold this file in its store (upload it with `peer put`, or use the hybrid mode to fetch from peers)")]
-    NotInStore(String),
-    #[error(transparent)]
-    Download(crate::download::DownloadError),
-}
-
-/// Downloads `target` (an id or exact name) from the server at `server`
-/// only: the index resolves the name, and the one source is the server's
-/// own address, never another peer.
-pub async fn get_from_server(
-    server: &str,
-    target: &str,
-    out_dir: PathBuf,
-    engine: crate::download::EngineConfig,
-    progress: Arc<crate::download::Progress>,
-    shutdown: CancellationToken,
-) -> Result<crate::download::DownloadOutcome, ServerGetError> {
-    let resolved = crate::get::resolve_among(server, target, crate::target::Holders::Store).await?;
-    let request = crate::download::DownloadRequest {
-        id: resolved.id,
-        name: resolved.name,
-        sources: vec![server.to_string()],
-        out_dir,
-    };
-    // The server stays the only source; offering it again every second
-    // lets the engine try it again with backoff if it went away or was busy.
-    let lookup = crate::download::FixedSources(vec![server.to_string()]);
-    let refreshed = crate::download::download_refreshed(
-        request,
-        engine,
-        progress,
-        None,
-        lookup,
-        crate::get::SOURCE_REFRESH,
-        shutdown,
-    );
-    match refreshed.await {
-        Ok(outcome) => Ok(outcome),
-        Err(crate::download::DownloadError::NoHashList(_)) => {
-            Err(ServerGetError::NotInStore(server.to_string()))
-        }
-        Err(e) => Err(ServerGetError::Download(e)),
-    }
 }

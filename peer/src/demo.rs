@@ -258,6 +258,7 @@ async fn narrate(root: &Path, size: u64, shutdown: CancellationToken) -> anyhow:
             EngineConfig::default(),
             Arc::new(Progress::default()),
             None,
+            peer::download::StartOnly,
             shutdown.child_token(),
         )
     };
@@ -282,7 +283,10 @@ async fn narrate(root: &Path, size: u64, shutdown: CancellationToken) -> anyhow:
     );
 
     // 6. By name.
-    let resolved = peer::get::resolve(&index_addr, "canción de prueba.txt").await?;
+    let hybrid = peer::pipeline::Fetcher::Hybrid {
+        index: index_addr.clone(),
+    };
+    let resolved = peer::pipeline::resolve(&hybrid, "canción de prueba.txt").await?;
     let small = carol_fetch(resolved.id, resolved.name, resolved.sources).await?;
     outln!(
         "6. carol fetched by exact name too: {}",

@@ -33,7 +33,6 @@ pub mod addr;
 pub mod api;
 pub mod client_server;
 pub mod daemon;
-pub mod get;
 pub mod im;
 pub mod index_client;
 pub mod metrics;

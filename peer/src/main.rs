@@ -172,9 +172,38 @@ enum Command {
         #[arg(long, env = "PEER_SETTLE", default_value = "3s", value_parser = duration(Duration::ZERO, DAY))]
         settle: Duration,
         /// Upload slots: peers served at once (1 to 4096). Further peers wait
-        /// in a fair queue, told their position (`peer uploads` lists it).
-        #[arg(long, env = "PEER_MAX_UPLOADS", default_value_t = 32, value_parser = count(1, 4096))]
+        /// in a fair queue (first come, first served, one place per
+        /// requesting peer), told their position (`peer uploads` lists it).
+        #[arg(long, env = "PEER_MAX_UPLOADS", default_value_t = common::limits::UPLOAD_SLOTS, value_parser = count(1, 4096))]
         max_uploads: usize,
+        /// Most peers waiting in the upload queue (1 to 65536); past it a
+        /// requester is told the peer is busy and retries later. Each place
+        /// costs about 100 bytes.
+        #[arg(long, env = "PEER_UPLOAD_QUEUE_MAX", value_name = "N",
+              default_value_t = common::limits::UPLOAD_QUEUE_MAX, value_parser = count(1, 65_536))]
+        upload_queue_max: usize,
+        /// Most places in the upload queue one address (IPv4, or IPv6 /64)
+        /// may hold (1 to 65536), so one host cannot fill the queue; a NAT
+        /// with several users still gets several.
+        #[arg(long, env = "PEER_UPLOAD_QUEUE_PER_IP", value_name = "N",
+              default_value_t = common::limits::UPLOAD_QUEUE_PER_SOURCE, value_parser = count(1, 65_536))]
+        upload_queue_per_ip: usize,
+        /// How long a waiting peer keeps its place in the upload queue after
+        /// its connection closed (0 to 1h): reconnecting within it keeps the
+        /// place, after it the place is given up.
+        #[arg(long, env = "PEER_UPLOAD_QUEUE_GRACE", value_name = "DURATION", default_value = "60s",
+              value_parser = duration(Duration::ZERO, HOUR))]
+        upload_queue_grace: Duration,
+        /// While others wait, the longest one peer keeps an upload slot
+        /// before going back to the end of the queue (1s to 1d).
+        #[arg(long, env = "PEER_UPLOAD_SLOT_TIME", value_name = "DURATION", default_value = "5m",
+              value_parser = duration(Duration::from_secs(1), DAY))]
+        upload_slot_time: Duration,
+        /// While others wait, a slot whose peer asked for no chunk for this
+        /// long goes to the next in the queue (100ms to 1h).
+        #[arg(long, env = "PEER_UPLOAD_SLOT_IDLE", value_name = "DURATION", default_value = "5s",
+              value_parser = duration(100 * MS, HOUR))]
+        upload_slot_idle: Duration,
         /// Most upload connections at once; further peers are told the peer
         /// is busy (they retry later).
         #[arg(long, env = "PEER_MAX_UPLOAD_CONNECTIONS", default_value_t = common::limits::UPLOAD_CONNECTIONS,
@@ -464,6 +493,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             rescan_interval,
             settle,
             max_uploads,
+            upload_queue_max,
+            upload_queue_per_ip,
+            upload_queue_grace,
+            upload_slot_time,
+            upload_slot_idle,
             max_upload_connections,
             max_connections_per_ip,
             mode,
@@ -500,7 +534,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             config.cache_dir = cache_dir;
             config.rescan_interval = rescan_interval;
             config.settle = settle;
-            config.max_uploads = max_uploads;
+            config.upload_queue = transfer::upload_queue::QueueConfig {
+                slots: max_uploads,
+                max_waiting: upload_queue_max,
+                max_waiting_per_source: upload_queue_per_ip,
+                grace: upload_queue_grace,
+                slot_time: upload_slot_time,
+                slot_idle: upload_slot_idle,
+            };
             config.max_upload_connections = max_upload_connections;
             config.max_upload_connections_per_ip = max_connections_per_ip;
             config.max_upload_rate = rates.max_upload_rate;
@@ -624,35 +665,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 },
             };
             let bar = cli_output::ProgressBar::start(progress.clone(), &target);
-            let options = peer::pipeline::FetchOptions {
-                out_dir: out,
-                engine,
-                progress,
-                library: None,
-            };
-            let result =
-                peer::pipeline::fetch(&fetcher, &target, options, |_, _, _| {}, shutdown).await;
+            let options = peer::pipeline::FetchOptions::new(out, engine, progress);
+            let result = peer::pipeline::fetch(&fetcher, &target, options, shutdown).await;
             bar.finish();
             match result {
                 Ok(fetched) => {
-                    match (&fetched.search, json) {
-                        (Some(search), true) => {
-                            cli_output::print_json(&peer::overlay::get::P2pGetOutcome {
-                                download: fetched.download.clone(),
-                                search: search.clone(),
-                            })
+                    if json {
+                        cli_output::print_json(&fetched);
+                    } else {
+                        if let Some(search) = &fetched.search {
+                            errln!(
+                                "found by flooding: {} nodes reached, {} messages",
+                                search.nodes_reached,
+                                search.messages
+                            );
                         }
-                        (None, true) => cli_output::print_json(&fetched.download),
-                        (search, false) => {
-                            if let Some(search) = search {
-                                errln!(
-                                    "found by flooding: {} nodes reached, {} messages",
-                                    search.nodes_reached,
-                                    search.messages
-                                );
-                            }
-                            outln!("{}", fetched.download.path.display());
-                        }
+                        outln!("{}", fetched.download.path.display());
                     }
                     Ok(0)
                 }
@@ -877,12 +905,25 @@ mod tests {
             settle,
             max_active_downloads,
             listen,
+            max_uploads,
+            upload_queue_max,
+            upload_queue_per_ip,
+            upload_queue_grace,
+            upload_slot_time,
+            upload_slot_idle,
             ..
         } = cli.command
         else {
             panic!("not serve");
         };
         let config = peer::ServeConfig::new("/x".into(), String::new());
+        let queue = &config.upload_queue;
+        assert_eq!(max_uploads, queue.slots);
+        assert_eq!(upload_queue_max, queue.max_waiting);
+        assert_eq!(upload_queue_per_ip, queue.max_waiting_per_source);
+        assert_eq!(upload_queue_grace, queue.grace);
+        assert_eq!(upload_slot_time, queue.slot_time);
+        assert_eq!(upload_slot_idle, queue.slot_idle);
         assert_eq!(rescan_interval, config.rescan_interval);
         assert_eq!(settle, config.settle);
         assert_eq!(listen, config.listen);

@@ -1,48 +1,82 @@
 //! One path from a name to verified bytes, for every caller (the daemon's
-//! download manager, `peer get`, `peer serve --fetch`) and every mode.
+//! download manager, `peer get`, `peer serve --fetch`, a daemon's swarming
+//! downloads) and every mode.
 //!
 //! ```text
 //!  target ("id" | "id prefix" | "exact name")
-//!     |  target::Target (parsed once)
+//!     |  Target::from_str, once                    (bad target: error)
 //!     v
-//!  resolve where the mode looks ............ one ambiguity rule (common::target::pick)
-//!     |   hybrid: index LookupPrefix/LookupName     p2p: flooding search hits
-//!     |   client-server: the index's store only
+//!  already here? (a whole id only) ---- yes ----> DownloadOutcome (already_present)
+//!     | no
 //!     v
-//!  (id, name, first sources)
+//!  locate: resolve where the mode looks, one ambiguity rule (target::decide)
+//!     |   hybrid:        index LookupPrefix/LookupName, then Lookup
+//!     |                  (SwarmLookup, complete + partial, for a daemon)
+//!     |   p2p:           a flooding search through a node
+//!     |   client-server: the index, among the files in its store
+//!     v
+//!  (id, name, size, first sources) ----> `resolved` callback (the daemon stores the id)
 //!     |
-//!     v                          source stream (SourceLookup, every refresh):
-//!  download::download_refreshed <---- hybrid: index lookups (IndexSources)
-//!     |  (the one engine entry        p2p: flooding searches (FloodSources)
-//!     |   point: verified chunks,     client-server: the server (FixedSources)
-//!     |   part file, resume)
+//!     v                            source stream, asked again every `every`:
+//!  download::download  <--------- hybrid:        index lookups      (IndexSources)
+//!     |  (the one engine           p2p:           flooding searches  (FloodSources)
+//!     |   entry point: verified    client-server: the server only    (FixedSources)
+//!     |   chunks, part file,       (a daemon leaves its own addresses out)
+//!     |   resume)
 //!     v
-//!  DownloadOutcome (path under the final name once complete)
+//!  DownloadOutcome (the file under its final name; a daemon shares it)
 //! ```
 //!
-//! `peer get` (every mode) and the daemon's download manager both call
-//! [`fetch`]; nothing else starts a download from a name.
-//!
-//! A [`Fetcher`] says which mode; [`fetch`] runs the whole path and reports
-//! the resolved file as soon as it is known (the daemon records it, so a
-//! restarted download asks for the id, not the name again).
+//! A [`Fetcher`] says which mode; [`FetchOptions::swarming`] says that a
+//! serving daemon runs the download (its verified chunks are served while
+//! it runs, its own addresses are never its sources, the finished file is
+//! shared, sources are looked up more often). Nothing else starts a
+//! download from a name.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::id::FileId;
 use tokio_util::sync::CancellationToken;
 
-use crate::download::{self, DownloadOutcome, DownloadRequest, EngineConfig, Progress};
+use crate::download::{
+    self, DownloadError, DownloadOutcome, DownloadRequest, EngineConfig, FixedSources, Progress,
+    SourceLookup,
+};
+use crate::index_client::{IndexClient, IndexError};
 use crate::library::Library;
+use crate::overlay::search::{flood, SearchError, SearchReport};
+use crate::target::{self, Holders, ResolveError, Target, TargetError};
+
+/// How often a standalone download asks the index again who offers its
+/// file, so that it uses peers that joined and sources that came back.
+pub const SOURCE_REFRESH: Duration = Duration::from_secs(1);
+
+/// How often a daemon's (swarming) download asks the index for new
+/// complete and partial sources: other downloaders appear quickly.
+pub const SWARM_SOURCE_REFRESH: Duration = Duration::from_millis(200);
+
+/// How often a standalone p2p download floods its search again for fresh
+/// sources (each search costs about one message per overlay link).
+pub const P2P_SOURCE_REFRESH: Duration = Duration::from_secs(2);
+
+/// How often a daemon's p2p download floods its search again to find the
+/// nodes that started downloading since (an overlay node answers from its
+/// partial holdings too).
+pub const P2P_SWARM_SOURCE_REFRESH: Duration = Duration::from_millis(300);
+
+/// How long a daemon's p2p searches wait for answers.
+pub const P2P_SWARM_WAIT: Duration = Duration::from_secs(2);
 
 /// Where a download's file is resolved and its sources come from.
 #[derive(Debug, Clone)]
 pub enum Fetcher {
-    /// The index resolves the target and lists the peers (and partial
-    /// holders) that offer it, asked again every [`crate::get::SOURCE_REFRESH`].
+    /// The index resolves the target and lists the peers that offer it.
     Hybrid { index: String },
-    /// A flooding search through `via` resolves it and finds the nodes.
+    /// A flooding search through `via` (with hop limit `ttl`, answers
+    /// collected for `wait`) resolves it and finds the nodes.
     P2p {
         via: String,
         ttl: u8,
@@ -52,136 +86,431 @@ pub enum Fetcher {
     ClientServer { server: String },
 }
 
+/// The addresses a serving daemon is known by (read afresh on each call:
+/// its published address arrives with its registration).
+pub type OwnAddrs = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
+/// What a serving daemon brings to a download (see the module docs).
+#[derive(Clone)]
+pub struct Swarming {
+    /// Its library: the verified chunks are served from it while the
+    /// download runs, and the finished file is shared through it.
+    pub library: Library,
+    /// Its own addresses, never used as sources.
+    pub own: OwnAddrs,
+}
+
+/// Called once with (id in hex, name, size) when the file is known.
+pub type OnResolved = Box<dyn FnOnce(String, String, u64) + Send>;
+
 /// Where the bytes go and how the engine runs.
 pub struct FetchOptions {
     pub out_dir: PathBuf,
     pub engine: EngineConfig,
     pub progress: Arc<Progress>,
-    /// The daemon's library: its verified chunks are served while the
-    /// download runs (swarming); `None` for a standalone `peer get`.
-    pub library: Option<Library>,
+    /// Set when a serving daemon runs the download; `None` for a
+    /// standalone `peer get`.
+    pub swarming: Option<Swarming>,
+    /// Told the file once it is resolved (the daemon records it, so a
+    /// restarted download asks for the id, not the name again).
+    pub on_resolved: Option<OnResolved>,
+}
+
+impl FetchOptions {
+    /// A standalone download into `out_dir`.
+    pub fn new(out_dir: PathBuf, engine: EngineConfig, progress: Arc<Progress>) -> Self {
+        FetchOptions {
+            out_dir,
+            engine,
+            progress,
+            swarming: None,
+            on_resolved: None,
+        }
+    }
 }
 
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    /// Not an id, an id prefix or a name.
     #[error(transparent)]
-    Hybrid(#[from] crate::get::GetError),
+    BadTarget(#[from] TargetError),
+    /// Nothing, or several different files, match the target.
     #[error(transparent)]
-    P2p(#[from] crate::overlay::get::P2pGetError),
+    Target(ResolveError),
     #[error(transparent)]
-    Server(#[from] crate::client_server::ServerGetError),
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Search(#[from] SearchError),
+    /// The file is known but nobody offers it right now.
+    #[error("no online peer offers file {0} right now")]
+    NotOffered(FileId),
+    #[error("the server at {0} does not hold this file in its store (upload it with `peer put`, or use the hybrid mode to fetch from peers)")]
+    NotInStore(String),
+    #[error(transparent)]
+    Download(#[from] DownloadError),
 }
 
-/// A finished fetch: the download, and in p2p mode the flooding search
-/// that found the file.
-#[derive(Debug, Clone)]
-pub struct Fetched {
-    pub download: DownloadOutcome,
-    pub search: Option<crate::overlay::SearchReport>,
+impl From<ResolveError> for FetchError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::Index(e) => FetchError::Index(e),
+            other => FetchError::Target(other),
+        }
+    }
 }
 
 impl FetchError {
     /// Whether it stopped because `shutdown` was cancelled (exit status
     /// 130; the part file resumes).
     pub fn interrupted(&self) -> bool {
-        use crate::download::DownloadError::Interrupted;
         matches!(
             self,
-            FetchError::Hybrid(crate::get::GetError::Download(Interrupted { .. }))
-                | FetchError::P2p(crate::overlay::get::P2pGetError::Download(
-                    Interrupted { .. }
-                ))
-                | FetchError::Server(crate::client_server::ServerGetError::Download(
-                    Interrupted { .. }
-                ))
+            FetchError::Download(DownloadError::Interrupted { .. })
         )
     }
 
     /// Whether trying again later may succeed (not for a malformed or
     /// ambiguous target).
     pub fn retryable(&self) -> bool {
-        use crate::target::ResolveError;
-        let target = match self {
-            FetchError::Hybrid(crate::get::GetError::Target(e)) => Some(e),
-            FetchError::P2p(crate::overlay::get::P2pGetError::Target(e)) => Some(e),
-            FetchError::Server(crate::client_server::ServerGetError::Resolve(
-                crate::get::GetError::Target(e),
-            )) => Some(e),
-            FetchError::Hybrid(crate::get::GetError::BadTarget(_))
-            | FetchError::P2p(crate::overlay::get::P2pGetError::BadTarget(_)) => return false,
-            _ => None,
-        };
-        !matches!(target, Some(ResolveError::Ambiguous { .. }))
+        !matches!(
+            self,
+            FetchError::BadTarget(_) | FetchError::Target(ResolveError::Ambiguous { .. })
+        )
+    }
+
+    /// Whether it failed because nobody offers the file yet (a seed may be
+    /// registering right now: worth looking again soon).
+    pub fn not_offered_yet(&self) -> bool {
+        matches!(
+            self,
+            FetchError::NotOffered(_) | FetchError::Target(ResolveError::NotFound { .. })
+        )
     }
 }
 
+/// A finished fetch: the download, and in p2p mode the flooding search
+/// that found the file (none when the file was already here). As JSON
+/// (`peer get --json`): the download's fields, and `search` when there is one.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Fetched {
+    #[serde(flatten)]
+    pub download: DownloadOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchReport>,
+}
+
+/// The file a target stands for, and where to start fetching it.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub id: FileId,
+    /// The name to save it under (the one asked for, when it was a name).
+    pub name: String,
+    pub size: u64,
+    /// Its first sources.
+    pub sources: Vec<String>,
+    /// The flooding search that found it (p2p mode).
+    pub search: Option<SearchReport>,
+}
+
+/// The first step of [`fetch`] alone: the file `target` stands for where
+/// `fetcher` looks, and its sources now.
+pub async fn resolve(fetcher: &Fetcher, target: &str) -> Result<Located, FetchError> {
+    locate(fetcher, &Target::from_str(target)?, None).await
+}
+
 /// Resolves `target`, streams its sources per `fetcher`, and downloads it
-/// with the one engine entry point. `resolved(id_hex, name, size)` is
-/// called once the file is known.
+/// with the one engine entry point ([`download::download`]).
 pub async fn fetch(
     fetcher: &Fetcher,
     target: &str,
     options: FetchOptions,
-    resolved: impl FnOnce(String, String, u64) + Send,
     shutdown: CancellationToken,
 ) -> Result<Fetched, FetchError> {
+    let target = Target::from_str(target)?;
     let FetchOptions {
         out_dir,
         engine,
         progress,
-        library,
+        swarming,
+        on_resolved,
     } = options;
+    let library = swarming.as_ref().map(|s| s.library.clone());
+    // A whole id already here (in the folder, the share around it, or the
+    // daemon's library) needs no network at all.
+    if let Target::Id(id) = &target {
+        if let Some(done) =
+            download::already_present(*id, &out_dir, library.as_ref(), &progress).await
+        {
+            return Ok(Fetched {
+                download: done,
+                search: None,
+            });
+        }
+    }
+    let own = swarming.as_ref().map(|s| s.own.clone());
+    let located = locate(fetcher, &target, own.as_ref()).await?;
+    if let Some(tell) = on_resolved {
+        tell(located.id.to_hex(), located.name.clone(), located.size);
+    }
+    let request = DownloadRequest {
+        id: located.id,
+        name: located.name,
+        sources: located.sources,
+        out_dir,
+    };
+    let swarm = swarming.is_some();
+    let id = located.id;
+    let result = match fetcher {
+        Fetcher::Hybrid { index } => {
+            let lookup = IndexSources {
+                index: index.clone(),
+                id,
+                client: None,
+                own,
+                every: if swarm {
+                    SWARM_SOURCE_REFRESH
+                } else {
+                    SOURCE_REFRESH
+                },
+            };
+            download::download(request, engine, progress, library.clone(), lookup, shutdown)
+                .await
+                .map_err(FetchError::from)
+        }
+        Fetcher::P2p { via, ttl, wait } => {
+            let (every, wait) = if swarm {
+                (P2P_SWARM_SOURCE_REFRESH, P2P_SWARM_WAIT)
+            } else {
+                (P2P_SOURCE_REFRESH, *wait)
+            };
+            let lookup = FloodSources {
+                via: via.clone(),
+                id,
+                ttl: *ttl,
+                wait,
+                own,
+                every,
+            };
+            download::download(request, engine, progress, library.clone(), lookup, shutdown)
+                .await
+                .map_err(FetchError::from)
+        }
+        Fetcher::ClientServer { server } => {
+            // The server stays the only source; offering it again lets the
+            // engine try it again with backoff if it went away or was busy.
+            let lookup = FixedSources {
+                sources: vec![server.clone()],
+                every: SOURCE_REFRESH,
+            };
+            match download::download(request, engine, progress, library.clone(), lookup, shutdown)
+                .await
+            {
+                Err(DownloadError::NoHashList(_)) => Err(FetchError::NotInStore(server.clone())),
+                other => other.map_err(FetchError::from),
+            }
+        }
+    };
+    let download = result?;
+    if let Some(lib) = &library {
+        // Shared at once when it landed in the shared folder (written whole
+        // and closed: no need to wait for it to settle).
+        lib.closed_after_writing(&download.path);
+        lib.request_rescan();
+    }
+    Ok(Fetched {
+        download,
+        search: located.search,
+    })
+}
+
+/// Finds the file `target` stands for, where `fetcher` looks, and its
+/// first sources (less `own`).
+async fn locate(
+    fetcher: &Fetcher,
+    target: &Target,
+    own: Option<&OwnAddrs>,
+) -> Result<Located, FetchError> {
     match fetcher {
         Fetcher::Hybrid { index } => {
-            let found = crate::get::resolve(index, target).await?;
-            resolved(found.id.to_hex(), found.name.clone(), found.size);
-            let lookup = crate::get::IndexSources::new(index, found.id);
-            let request = DownloadRequest {
-                id: found.id,
-                name: found.name,
-                sources: found.sources,
-                out_dir,
+            let mut client = IndexClient::connect(index).await?;
+            let chosen = target::resolve_at_index(&mut client, target, Holders::Any).await?;
+            let found = if own.is_some() {
+                client.swarm_lookup(chosen.id).await?.map(|f| {
+                    let sources = f.complete.iter().chain(&f.partial).map(|s| s.addr.clone());
+                    (f.name, f.size, sources.collect())
+                })
+            } else {
+                client
+                    .lookup(chosen.id)
+                    .await?
+                    .map(|(name, size, sources)| {
+                        (name, size, sources.into_iter().map(|s| s.addr).collect())
+                    })
             };
-            let download = download::download_refreshed(
-                request,
-                engine,
-                progress,
-                library,
-                lookup,
-                crate::get::SOURCE_REFRESH,
-                shutdown,
-            )
-            .await
-            .map_err(crate::get::GetError::from)?;
-            Ok(Fetched {
-                download,
+            let Some((name, size, sources)) = found else {
+                return Err(FetchError::NotOffered(chosen.id));
+            };
+            let sources = others(own, sources);
+            if sources.is_empty() {
+                return Err(FetchError::NotOffered(chosen.id));
+            }
+            Ok(Located {
+                id: chosen.id,
+                // Saved under the name asked for when it was a name.
+                name: if chosen.name.is_empty() {
+                    name
+                } else {
+                    chosen.name
+                },
+                size,
+                sources,
+                search: None,
+            })
+        }
+        Fetcher::ClientServer { server } => {
+            let mut client = IndexClient::connect(server).await?;
+            let chosen = target::resolve_at_index(&mut client, target, Holders::Store).await?;
+            let Some((name, size, _)) = client.lookup(chosen.id).await? else {
+                return Err(FetchError::NotOffered(chosen.id));
+            };
+            Ok(Located {
+                id: chosen.id,
+                name: if chosen.name.is_empty() {
+                    name
+                } else {
+                    chosen.name
+                },
+                size,
+                // Only ever the server, never another peer.
+                sources: vec![server.clone()],
                 search: None,
             })
         }
         Fetcher::P2p { via, ttl, wait } => {
-            let outcome = crate::overlay::get::get(
-                via, target, *ttl, *wait, out_dir, engine, progress, shutdown,
-            )
-            .await?;
-            let d = &outcome.download;
-            let name = d
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            resolved(d.id.clone(), name, d.size);
-            Ok(Fetched {
-                download: outcome.download,
-                search: Some(outcome.search),
+            let report = flood(via, target::overlay_words(target), *ttl, *wait).await?;
+            let (hit, chosen) = target::resolve_in_hits(target, &report.hits, *ttl)?;
+            let size = hit.size;
+            let hex = chosen.id.to_hex();
+            let sources = others(
+                own,
+                report
+                    .hits
+                    .iter()
+                    .filter(|h| h.id == hex)
+                    .flat_map(|h| h.sources.iter().cloned())
+                    .collect(),
+            );
+            if sources.is_empty() {
+                return Err(FetchError::Target(ResolveError::NotFound {
+                    target: target.to_string(),
+                    kind: target::Kind::Id,
+                    place: format!("no other node within {ttl} hops"),
+                    hint: "raise --ttl or --wait, or try another --via node".into(),
+                }));
+            }
+            Ok(Located {
+                id: chosen.id,
+                name: chosen.name,
+                size,
+                sources,
+                search: Some(report),
             })
         }
-        Fetcher::ClientServer { server } => Ok(Fetched {
-            download: crate::client_server::get_from_server(
-                server, target, out_dir, engine, progress, shutdown,
-            )
-            .await?,
-            search: None,
-        }),
+    }
+}
+
+/// The addresses in `addrs` that are not in `own` (if any).
+fn others(own: Option<&OwnAddrs>, addrs: Vec<String>) -> Vec<String> {
+    let mut addrs = addrs;
+    if let Some(own) = own {
+        let own = own();
+        addrs.retain(|a| !own.contains(a));
+    }
+    let mut seen = std::collections::HashSet::new();
+    addrs.retain(|a| seen.insert(a.clone()));
+    addrs
+}
+
+/// The sources the index lists for one file now (with the partial ones
+/// for a swarming daemon, less its own addresses). Reconnects to the index
+/// after a failure.
+struct IndexSources {
+    index: String,
+    id: FileId,
+    client: Option<IndexClient>,
+    own: Option<OwnAddrs>,
+    every: Duration,
+}
+
+impl SourceLookup for IndexSources {
+    async fn sources(&mut self) -> Option<Vec<String>> {
+        if self.client.is_none() {
+            self.client = IndexClient::connect(&self.index).await.ok();
+        }
+        let client = self.client.as_mut()?;
+        let found = if self.own.is_some() {
+            client.swarm_lookup(self.id).await.map(|f| {
+                f.map(|f| {
+                    f.complete
+                        .into_iter()
+                        .chain(f.partial)
+                        .map(|s| s.addr)
+                        .collect()
+                })
+            })
+        } else {
+            client
+                .lookup(self.id)
+                .await
+                .map(|f| f.map(|(_, _, s)| s.into_iter().map(|s| s.addr).collect()))
+        };
+        match found {
+            Ok(found) => Some(others(self.own.as_ref(), found.unwrap_or_default())),
+            Err(e) => {
+                tracing::debug!(error = %e, "index lookup failed; reconnecting next time");
+                self.client = None;
+                None
+            }
+        }
+    }
+
+    fn every(&self) -> Option<Duration> {
+        Some(self.every)
+    }
+}
+
+/// The nodes that answer a flooding search for one id now (complete or
+/// partial holders), less `own`.
+struct FloodSources {
+    via: String,
+    id: FileId,
+    ttl: u8,
+    wait: Duration,
+    own: Option<OwnAddrs>,
+    every: Duration,
+}
+
+impl SourceLookup for FloodSources {
+    async fn sources(&mut self) -> Option<Vec<String>> {
+        let hex = self.id.to_hex();
+        let report = match flood(&self.via, vec![hex.clone()], self.ttl, self.wait).await {
+            Ok(report) => report,
+            Err(e) => {
+                tracing::debug!(error = %e, "p2p source refresh failed; keeping the sources we have");
+                return None;
+            }
+        };
+        let found = report
+            .hits
+            .into_iter()
+            .filter(|h| h.id == hex)
+            .flat_map(|h| h.sources)
+            .collect();
+        Some(others(self.own.as_ref(), found))
+    }
+
+    fn every(&self) -> Option<Duration> {
+        Some(self.every)
     }
 }

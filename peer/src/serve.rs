@@ -43,9 +43,10 @@ pub struct ServeConfig {
     /// before it is hashed and shared: a file still being written is not
     /// registered under the id of its first bytes ([`scan::DEFAULT_SETTLE`]).
     pub settle: Duration,
-    /// Upload slots: requesters served at once; more wait in the upload
-    /// queue, told their position (`transfer::upload_queue`).
-    pub max_uploads: usize,
+    /// Upload slots (`slots`: requesters served at once) and the upload
+    /// queue's caps and times: more requesters wait in the queue, told
+    /// their position (`transfer::upload_queue`).
+    pub upload_queue: transfer::upload_queue::QueueConfig,
     /// Upload connections held at once; more are told `Busy`.
     pub max_upload_connections: usize,
     /// Upload connections one source address (IPv4, IPv6 /64) may hold.
@@ -90,7 +91,7 @@ impl ServeConfig {
             cache_dir: None,
             rescan_interval: Duration::from_secs(10),
             settle: scan::DEFAULT_SETTLE,
-            max_uploads: 32,
+            upload_queue: transfer::upload_queue::QueueConfig::new(common::limits::UPLOAD_SLOTS),
             max_upload_connections: common::limits::UPLOAD_CONNECTIONS,
             max_upload_connections_per_ip: common::limits::UPLOAD_CONNECTIONS_PER_SOURCE,
             backoff_min: Duration::from_millis(200),
@@ -294,13 +295,11 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
     let others = overlay
         .clone()
         .map(|o| Arc::new(o) as Arc<dyn chunk_server::ProtocolHandler>);
-    let upload_queue = transfer::upload_queue::UploadQueue::new(
-        transfer::upload_queue::QueueConfig::new(config.max_uploads),
-    );
+    let upload_queue = transfer::upload_queue::UploadQueue::new(config.upload_queue.clone());
     let login_nonce = common::reach::LoginNonce::default();
     let chunk_config = chunk_server::ChunkServerConfig {
         login_nonce: Some(login_nonce.clone()),
-        max_uploads: config.max_uploads,
+        max_uploads: config.upload_queue.slots,
         queue: Some(upload_queue.clone()),
         max_connections: config.max_upload_connections,
         max_connections_per_ip: config.max_upload_connections_per_ip,
@@ -358,16 +357,8 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         None => None,
         Some(_) => {
             let state_dir = crate::api::state_dir(&root);
-            let fetcher = match &overlay {
-                Some(_) => crate::pipeline::Fetcher::P2p {
-                    via: listen_addr.to_string(),
-                    ttl: crate::overlay::DEFAULT_TTL,
-                    wait: Duration::from_secs(2),
-                },
-                None => crate::pipeline::Fetcher::Hybrid {
-                    index: config.index.clone(),
-                },
-            };
+            let fetcher =
+                crate::swarm::daemon_fetcher(overlay.is_some(), listen_addr, &config.index);
             let manager_config = crate::daemon::ManagerConfig {
                 max_active: config.max_active_downloads.max(1),
                 default_out: root.clone(),
@@ -381,7 +372,10 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
             let manager = crate::daemon::DownloadManager::start(
                 manager_config,
                 fetcher,
-                Some(library.clone()),
+                Some(crate::pipeline::Swarming {
+                    library: library.clone(),
+                    own: crate::swarm::own_addrs(listen_addr, state_rx.clone()),
+                }),
                 tracker.clone(),
                 &shutdown,
             )

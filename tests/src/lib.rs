@@ -250,22 +250,76 @@ pub fn test_engine() -> peer::EngineConfig {
     }
 }
 
-/// `peer get` in the hybrid model, as the command runs it: `target` (an
-/// id, id prefix or exact name) resolved at `index`, fetched into `out`
-/// with `engine`, no progress shown, never interrupted.
+/// `peer get` as the command runs it, through the one pipeline: `target`
+/// (an id, id prefix or exact name) resolved and its sources found per
+/// `fetcher`, fetched into `out` with `engine`, no progress shown, never
+/// interrupted.
+pub async fn fetch(
+    fetcher: peer::pipeline::Fetcher,
+    target: &str,
+    out: &Path,
+    engine: peer::EngineConfig,
+) -> Result<peer::pipeline::Fetched, peer::pipeline::FetchError> {
+    let options = peer::pipeline::FetchOptions::new(
+        out.to_path_buf(),
+        engine,
+        std::sync::Arc::new(peer::download::Progress::default()),
+    );
+    peer::pipeline::fetch(&fetcher, target, options, CancellationToken::new()).await
+}
+
+/// [`fetch`] in the hybrid model, at `index`.
 pub async fn hybrid_get(
     index: &str,
     target: &str,
     out: &Path,
     engine: peer::EngineConfig,
-) -> Result<peer::DownloadOutcome, peer::get::GetError> {
-    peer::get::get(
-        index,
+) -> Result<peer::DownloadOutcome, peer::pipeline::FetchError> {
+    let index = index.to_string();
+    fetch(
+        peer::pipeline::Fetcher::Hybrid { index },
         target,
-        out.to_path_buf(),
+        out,
         engine,
-        std::sync::Arc::new(peer::download::Progress::default()),
-        CancellationToken::new(),
+    )
+    .await
+    .map(|f| f.download)
+}
+
+/// [`fetch`] in client-server mode, from the store of `server`.
+pub async fn server_get(
+    server: &str,
+    target: &str,
+    out: &Path,
+    engine: peer::EngineConfig,
+) -> Result<peer::DownloadOutcome, peer::pipeline::FetchError> {
+    let server = server.to_string();
+    fetch(
+        peer::pipeline::Fetcher::ClientServer { server },
+        target,
+        out,
+        engine,
+    )
+    .await
+    .map(|f| f.download)
+}
+
+/// [`fetch`] in p2p mode: a flooding search through `via` with hop limit
+/// `ttl`, answers collected for `wait`.
+pub async fn p2p_get(
+    via: &str,
+    target: &str,
+    ttl: u8,
+    wait: Duration,
+    out: &Path,
+    engine: peer::EngineConfig,
+) -> Result<peer::pipeline::Fetched, peer::pipeline::FetchError> {
+    let via = via.to_string();
+    fetch(
+        peer::pipeline::Fetcher::P2p { via, ttl, wait },
+        target,
+        out,
+        engine,
     )
     .await
 }

@@ -1,14 +1,11 @@
 //! Issue 12.19: listening on both IP families, and publishing an address
 //! the peer really listens on.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::id::content_info;
-use peer::download::Progress;
 use peer::registrar::RegistrationState;
 use tests::*;
-use tokio_util::sync::CancellationToken;
 
 /// Whether this machine has IPv6 loopback (containers may not).
 async fn has_ipv6() -> bool {
@@ -42,13 +39,11 @@ async fn a_peer_on_ipv4_loopback_is_published_where_it_listens() {
         peer.addr(),
         "published where it does not listen"
     );
-    let got = peer::get::get(
+    let got = tests::hybrid_get(
         &via_v6,
         &content_info(&data).id.to_hex(),
-        dir.path().join("out"),
+        &dir.path().join("out"),
         test_engine(),
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
     )
     .await
     .expect("a get from the IPv4-only peer through the IPv6 index");

@@ -9,24 +9,16 @@ use common::hello::Protocol;
 use common::id::content_info;
 use common::store_proto::{StoreErrorCode, StoreRequest, StoreResponse};
 use common::wire::{self, Deadlines};
-use peer::client_server::{get_from_server, put_file, PutError};
-use peer::download::Progress;
+use peer::client_server::{put_file, PutError};
 use peer::index_client::IndexClient;
 use tests::*;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
 async fn server_get(index: &str, target: &str, out: &std::path::Path) -> peer::DownloadOutcome {
-    get_from_server(
-        index,
-        target,
-        out.to_path_buf(),
-        test_engine(),
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .expect("client-server get")
+    tests::server_get(index, target, out, test_engine())
+        .await
+        .expect("client-server get")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

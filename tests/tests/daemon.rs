@@ -539,3 +539,56 @@ async fn at_most_max_active_downloads_run_and_the_rest_queue_in_order() {
     source.stop().await;
     index.stop().await;
 }
+
+/// The API of a daemon in p2p mode (no index anywhere): search floods the
+/// overlay through its own node, peers are its overlay neighbours, and a
+/// download created by name goes through the same pipeline, found by
+/// flooding, and lands byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_p2p_daemon_searches_lists_peers_and_downloads_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(3 * common::CHUNK_SIZE + 17, 77);
+    write_file(&dir.path().join("seed"), "p2p only song.ogg", &data);
+    let seed = start_p2p_node(&dir.path().join("seed"), Vec::new(), 4).await;
+    let mut config = p2p_config(&dir.path().join("me"), vec![seed.addr()], 4);
+    config.api = Some(api_config(None));
+    let me = start_peer_with(config).await;
+    let api = me.daemon.api_addr.unwrap();
+    wait_until("the overlay link is up", Duration::from_secs(10), || async {
+        me.daemon
+            .overlay
+            .as_ref()
+            .is_some_and(|o| !o.neighbours().is_empty())
+    })
+    .await;
+
+    let (code, status) = call(api, "GET", "/api/status", &[], None).await;
+    assert_eq!((code, status["mode"].as_str()), (200, Some("p2p")), "{status}");
+    let (code, peers) = call(api, "GET", "/api/peers", &[], None).await;
+    assert_eq!(code, 200, "{peers}");
+    assert_eq!(peers["source"], "overlay");
+    assert_eq!(peers["peers"][0]["addr"], seed.addr(), "{peers}");
+    let (code, found) = call(api, "GET", "/api/search?q=song", &[], None).await;
+    assert_eq!(code, 200, "{found}");
+    assert_eq!(found["results"][0]["name"], "p2p only song.ogg", "{found}");
+    assert_eq!(
+        found["results"][0]["id"],
+        common::id::content_info(&data).id.to_hex()
+    );
+
+    let (code, created) = call(
+        api,
+        "POST",
+        "/api/downloads",
+        &[],
+        Some(r#"{"target": "p2p only song.ogg"}"#),
+    )
+    .await;
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_u64().unwrap();
+    let done = wait_state(api, id, &["done", "failed"]).await;
+    assert_eq!(done["state"], "done", "{done}");
+    let path = done["path"].as_str().unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), data);
+    assert!(seed.chunks_served() >= 4, "the seed served it");
+}

@@ -96,6 +96,7 @@ async fn a_busy_source_is_asked_again_until_the_retry_timeout() {
         engine.clone(),
         Arc::new(Progress::default()),
         None,
+        peer::download::StartOnly,
         CancellationToken::new(),
     )
     .await
@@ -111,6 +112,7 @@ async fn a_busy_source_is_asked_again_until_the_retry_timeout() {
         },
         Arc::new(Progress::default()),
         None,
+        peer::download::StartOnly,
         CancellationToken::new(),
     ));
     tokio::time::sleep(Duration::from_millis(600)).await; // let it be refused a few times
@@ -238,6 +240,7 @@ async fn two_downloads_of_one_file_into_one_folder_share_one_part_file() {
             engine,
             Arc::new(Progress::default()),
             None,
+            peer::download::StartOnly,
             CancellationToken::new(),
         )
     };
@@ -285,6 +288,7 @@ async fn the_endgame_wastes_at_most_one_chunk_per_source() {
                 test_engine(),
                 Arc::new(Progress::default()),
                 None,
+                peer::download::StartOnly,
                 CancellationToken::new(),
             )
             .await

@@ -36,6 +36,7 @@ async fn fetch(req: DownloadRequest) -> Result<peer::DownloadOutcome, DownloadEr
         test_engine(),
         Arc::new(Progress::default()),
         None,
+        peer::download::StartOnly,
         CancellationToken::new(),
     )
     .await
@@ -197,6 +198,7 @@ async fn cancelling_a_download_keeps_the_verified_part_for_later() {
         },
         progress.clone(),
         None,
+        peer::download::StartOnly,
         shutdown.clone(),
     ));
     wait_until("five chunks verified", Duration::from_secs(10), || {

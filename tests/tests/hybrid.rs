@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use common::id::content_info;
 use peer::download::{DownloadError, DownloadRequest, Progress};
-use peer::get::GetError;
 use peer::index_client::IndexClient;
+use peer::pipeline::FetchError;
 use tests::*;
 use tokio_util::sync::CancellationToken;
 
@@ -14,7 +14,7 @@ async fn get(
     index: &str,
     target: &str,
     out: &std::path::Path,
-) -> Result<peer::DownloadOutcome, GetError> {
+) -> Result<peer::DownloadOutcome, FetchError> {
     hybrid_get(index, target, out, test_engine()).await
 }
 
@@ -156,14 +156,9 @@ async fn zero_copy_serving_and_direct_writes_keep_every_byte() {
             direct_writes_from: Some(0),
             ..test_engine()
         };
-        peer::get::get(
-            &index_addr,
-            "tail.bin",
-            dir.path().join(out),
-            engine,
-            Arc::new(Progress::default()),
-            CancellationToken::new(),
-        )
+        let out = dir.path().join(out);
+        let index_addr = index_addr.clone();
+        async move { tests::hybrid_get(&index_addr, "tail.bin", &out, engine).await }
     };
 
     drop_cache();
@@ -211,14 +206,14 @@ async fn unknown_files_and_dead_sources_give_clear_errors() {
     assert!(
         matches!(
             err,
-            GetError::Target(peer::target::ResolveError::NotFound { .. })
+            FetchError::Target(peer::target::ResolveError::NotFound { .. })
         ),
         "{err}"
     );
     let err = get(&index.addr_string(), &"ab".repeat(32), dir.path())
         .await
         .unwrap_err();
-    assert!(matches!(err, GetError::IdNotFound(_)), "{err}");
+    assert!(matches!(err, FetchError::NotOffered(_)), "{err}");
     assert!(err.to_string().contains("no online peer"));
 
     // A source list where nobody answers.
@@ -236,6 +231,7 @@ async fn unknown_files_and_dead_sources_give_clear_errors() {
         test_engine(),
         Arc::new(Progress::default()),
         None,
+        peer::download::StartOnly,
         CancellationToken::new(),
     )
     .await

@@ -372,6 +372,7 @@ async fn the_peer_chunk_server_survives_bad_input_too() {
         test_engine(),
         Default::default(),
         None,
+        peer::download::StartOnly,
         Default::default(),
     )
     .await
@@ -416,7 +417,10 @@ async fn transfers_go_on_while_the_index_is_down_and_peers_come_back() {
         p.wait_registered(1).await;
         peers.push(p);
     }
-    let resolved = peer::get::resolve(&index.addr_string(), &id.to_hex())
+    let hybrid = peer::pipeline::Fetcher::Hybrid {
+        index: index.addr_string(),
+    };
+    let resolved = peer::pipeline::resolve(&hybrid, &id.to_hex())
         .await
         .unwrap();
     let progress = std::sync::Arc::new(peer::Progress::default());
@@ -430,6 +434,7 @@ async fn transfers_go_on_while_the_index_is_down_and_peers_come_back() {
         test_engine(),
         progress.clone(),
         None,
+        peer::download::StartOnly,
         Default::default(),
     ));
     wait_until(

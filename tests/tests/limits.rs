@@ -5,14 +5,12 @@
 //! cheap questions; real downloads and searches must still go through.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::hello::Protocol;
 use common::id::content_info;
 use common::peer_proto::{PeerRequest, PeerResponse};
 use common::wire::{self, Deadlines};
-use peer::download::Progress;
 use tests::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -92,16 +90,9 @@ async fn hello_only_connections_hold_no_upload_slot() {
     }
     // A real download still goes through at once: none of them holds a slot.
     let out = dir.path().join("out");
-    let got = peer::get::get(
-        &index.addr_string(),
-        &id.to_hex(),
-        out,
-        test_engine(),
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .expect("a real get is served although 33 connections sit idle");
+    let got = tests::hybrid_get(&index.addr_string(), &id.to_hex(), &out, test_engine())
+        .await
+        .expect("a real get is served although 33 connections sit idle");
     assert_eq!(std::fs::read(got.path).unwrap(), data);
     drop(idle);
     a.stop().await;

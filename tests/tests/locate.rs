@@ -2,16 +2,14 @@
 //! after Unicode normalization and case folding, exact names of any length,
 //! every holder's name, and id prefixes.
 //!
-//! The tests go through the string-taking entry points (`peer::get::get`,
-//! `get_from_server`, `overlay::get::get`) that `peer get` uses.
+//! The tests go through the string-taking entry point that `peer get`
+//! uses in every mode (`peer::pipeline::fetch`).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::id::{content_info, FileId};
 use common::index_proto::{IndexRequest, IndexResponse, Login, SharedFile};
-use peer::download::Progress;
 use peer::index_client::IndexClient;
 use tests::*;
 use tokio_util::sync::CancellationToken;
@@ -29,33 +27,17 @@ async fn get_path(index: &str, target: &str, out: &Path) -> Result<PathBuf, Stri
 }
 
 async fn server_get(index: &str, target: &str, out: &Path) -> Result<PathBuf, String> {
-    peer::client_server::get_from_server(
-        index,
-        target,
-        out.to_path_buf(),
-        test_engine(),
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .map(|o| o.path)
-    .map_err(|e| e.to_string())
+    tests::server_get(index, target, out, test_engine())
+        .await
+        .map(|o| o.path)
+        .map_err(|e| e.to_string())
 }
 
 async fn p2p_get(via: &str, target: &str, out: &Path) -> Result<PathBuf, String> {
-    peer::overlay::get::get(
-        via,
-        target,
-        7,
-        WAIT,
-        out.to_path_buf(),
-        test_engine(),
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .map(|o| o.download.path)
-    .map_err(|e| e.to_string())
+    tests::p2p_get(via, target, 7, WAIT, out, test_engine())
+        .await
+        .map(|o| o.download.path)
+        .map_err(|e| e.to_string())
 }
 
 /// Two overlay nodes, linked, sharing `root/a` and `root/b`.

@@ -6,10 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::id::content_info;
-use peer::download::Progress;
 use peer::overlay::{self, OverlayCounters};
 use tests::*;
-use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(3);
 
@@ -165,34 +163,23 @@ async fn a_p2p_get_is_verified_and_byte_identical_from_several_nodes() {
     })
     .await;
     let out = dir.path().join("out");
-    let got = overlay::get::get(
-        &nodes[0].addr(),
-        "movie.mkv",
-        7,
-        WAIT,
-        out.clone(),
-        test_engine(),
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let got = tests::p2p_get(&nodes[0].addr(), "movie.mkv", 7, WAIT, &out, test_engine())
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(&got.download.path).unwrap(), data);
     assert_eq!(got.download.id, content_info(&data).id.to_hex());
     assert_eq!(got.download.per_source.len(), 2, "both holders are sources");
-    assert!(got.search.nodes_reached >= 4);
+    assert!(got.search.as_ref().unwrap().nodes_reached >= 4);
     assert!(nodes[2].chunks_served() + nodes[3].chunks_served() >= 7);
 
     // By id as well, with no index anywhere.
-    let by_id = overlay::get::get(
+    let by_id = tests::p2p_get(
         &nodes[1].addr(),
         &content_info(&data).id.to_hex(),
         7,
         WAIT,
-        dir.path().join("out2"),
+        &dir.path().join("out2"),
         test_engine(),
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
     )
     .await
     .unwrap();

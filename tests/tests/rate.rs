@@ -5,10 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use peer::download::Progress;
 use peer::rate::RateLimiter;
 use tests::*;
-use tokio_util::sync::CancellationToken;
 
 const RATE: u64 = 1024 * 1024;
 const SIZE: usize = 2 * 1024 * 1024 + 1000;
@@ -26,16 +24,9 @@ async fn timed_get(
     engine: peer::EngineConfig,
 ) -> (peer::DownloadOutcome, f64) {
     let started = Instant::now();
-    let outcome = peer::get::get(
-        &index.addr_string(),
-        "capped.bin",
-        dir.join("out"),
-        engine,
-        Arc::new(Progress::default()),
-        CancellationToken::new(),
-    )
-    .await
-    .unwrap();
+    let outcome = tests::hybrid_get(&index.addr_string(), "capped.bin", &dir.join("out"), engine)
+        .await
+        .unwrap();
     (outcome, started.elapsed().as_secs_f64())
 }
 

@@ -28,6 +28,7 @@ async fn fetch(
         test_engine(),
         Arc::new(Progress::default()),
         None,
+        peer::download::StartOnly,
         CancellationToken::new(),
     )
     .await

@@ -126,9 +126,8 @@ async fn p2p_downloaders_find_and_serve_each_other_through_the_overlay() {
     }
     let downloads = leechers.iter().map(|p| {
         let out = p.share.clone();
-        p.daemon.download_p2p(
+        p.daemon.download(
             info.id,
-            7,
             out,
             short_pipelines(),
             Arc::new(Progress::default()),

@@ -151,7 +151,7 @@ async fn seed(
 ) -> Peer {
     write_file(root, name, data);
     let mut config = peer_config(root, index);
-    config.max_uploads = slots;
+    config.upload_queue.slots = slots;
     config.max_upload_rate = rate;
     config.api = Some(peer::api::ApiConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
@@ -442,6 +442,7 @@ async fn a_download_queued_at_one_source_completes_from_the_others() {
             test_engine(),
             progress.clone(),
             None,
+            peer::download::StartOnly,
             CancellationToken::new(),
         ),
     )
@@ -493,6 +494,7 @@ async fn a_queued_download_is_served_when_the_slot_frees() {
         test_engine(),
         progress.clone(),
         None,
+        peer::download::StartOnly,
         CancellationToken::new(),
     ));
     wait_until("the download to be queued", Duration::from_secs(20), || {

@@ -342,6 +342,13 @@ async fn api_endpoints_with_real_daemons() {
         text.contains("event: uploads") && text.contains("\"slots_in_use\""),
         "{text}"
     );
+    // Downloads come as changes: the whole list once, then only what moved
+    // (nothing here: an empty change, still sent as a heartbeat).
+    assert_eq!(text.matches("\"full\":true").count(), 1, "{text}");
+    assert!(
+        text.contains(r#"{"downloads":[],"full":false,"removed":[]}"#),
+        "{text}"
+    );
 
     // The page: no token needed for the (data-free) page itself, nothing
     // from elsewhere, locked down by its CSP.

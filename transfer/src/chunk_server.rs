@@ -136,7 +136,7 @@ impl ChunkServerConfig {
     pub fn new(library: Library) -> Self {
         ChunkServerConfig {
             library,
-            max_uploads: 32,
+            max_uploads: common::limits::UPLOAD_SLOTS,
             queue: None,
             max_connections: common::limits::UPLOAD_CONNECTIONS,
             max_connections_per_ip: common::limits::UPLOAD_CONNECTIONS_PER_SOURCE,

@@ -47,8 +47,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::download::{EngineConfig, Progress};
-use crate::library::Library;
-use crate::pipeline::{self, Fetcher};
+use crate::pipeline::{self, Fetcher, Swarming};
 
 /// Default of `--max-active-downloads`.
 pub const DEFAULT_MAX_ACTIVE: usize = 3;
@@ -220,7 +219,7 @@ struct Inner {
     wake: Arc<Notify>,
     changed: watch::Sender<u64>,
     fetcher: Fetcher,
-    library: Option<Library>,
+    swarming: Option<Swarming>,
     config: ManagerConfig,
     tracker: TaskTracker,
     stop: CancellationToken,
@@ -247,7 +246,7 @@ impl DownloadManager {
     pub fn start(
         mut config: ManagerConfig,
         fetcher: Fetcher,
-        library: Option<Library>,
+        swarming: Option<Swarming>,
         tracker: TaskTracker,
         shutdown: &CancellationToken,
     ) -> Result<Self, StoreError> {
@@ -309,7 +308,7 @@ impl DownloadManager {
             wake: Arc::new(Notify::new()),
             changed: watch::Sender::new(0),
             fetcher,
-            library,
+            swarming,
             config,
             tracker: tracker.clone(),
             stop: stop.clone(),
@@ -688,7 +687,7 @@ async fn run_one(
         return;
     };
     let fetcher = strong.fetcher.clone();
-    let library = strong.library.clone();
+    let swarming = strong.swarming.clone();
     let engine = strong.config.engine.clone();
     drop(strong);
     // Once resolved, the id is asked for (not the name again).
@@ -710,19 +709,12 @@ async fn run_one(
             }
         }
     };
-    let result = pipeline::fetch(
-        &fetcher,
-        &target,
-        pipeline::FetchOptions {
-            out_dir: rec.out_dir.clone(),
-            engine,
-            progress,
-            library: library.clone(),
-        },
-        on_resolved,
-        cancel.clone(),
-    )
-    .await;
+    let options = pipeline::FetchOptions {
+        swarming,
+        on_resolved: Some(Box::new(on_resolved)),
+        ..pipeline::FetchOptions::new(rec.out_dir.clone(), engine, progress)
+    };
+    let result = pipeline::fetch(&fetcher, &target, options, cancel.clone()).await;
     let Some(inner) = inner.upgrade() else { return };
     let mut table = inner.table.lock().expect("table lock");
     let Some(entry) = table.entries.get_mut(&id) else {
@@ -745,11 +737,6 @@ async fn run_one(
             rec.error = None;
             rec.failures = 0;
             rec.chunks_resumed = Some(done.chunks_resumed);
-            if let Some(lib) = &library {
-                // Shared at once when it landed in the shared folder.
-                lib.closed_after_writing(&done.path);
-                lib.request_rescan();
-            }
         }
         Err(e) if cancel.is_cancelled() && inner.stop.is_cancelled() => {
             // The daemon is stopping: stays running in the store, resumes at start.

@@ -12,9 +12,9 @@
 //! - [`node`]: the network side: links, the router task, the degree keeper;
 //!   it handles `Overlay` connections on the peer's usual port.
 //! - [`search`]: the searching client and how it measures the cost.
-//! - [`get`]: search, then download from the nodes that answered.
+//! - `peer get --mode p2p` searches, then downloads from the nodes that
+//!   answered, through [`crate::pipeline`].
 
-pub mod get;
 pub mod node;
 pub mod router;
 pub mod search;

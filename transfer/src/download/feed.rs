@@ -1,25 +1,24 @@
-//! Keeping a download's sources fresh while it runs.
+//! A download's stream of sources.
 //!
-//! Every download (a plain `peer get` in any mode as much as a daemon's
-//! swarming one) asks again now and then who offers the file, so that it
-//! learns of peers that joined and of sources that left and came back
-//! (churn), instead of living on the list it started with. The engine
-//! starts a source task for each new address and tries again, after a
-//! backoff, an address whose task ended without a ban ([`super::download_swarm`]).
+//! Every download learns who offers its file through one [`SourceLookup`]:
+//! the sources it starts with come in the [`super::DownloadRequest`], and
+//! the lookup is asked again every [`SourceLookup::every`] while the
+//! download runs (an index lookup, a flooding search, the one server of
+//! the client-server mode), so that it learns of peers that joined and of
+//! sources that left and came back (churn). A lookup that is never asked
+//! again ([`StartOnly`]) ends the stream at once: the sources given at the
+//! start are then all there is, and a source that left is not waited for.
+//! The engine ([`super::download`]) starts a source task for each new
+//! address and tries again, after a backoff, an address whose task ended
+//! without a ban when the stream offers it again.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
-
-use super::{
-    download_swarm, DownloadError, DownloadOutcome, DownloadRequest, EngineConfig, Progress,
-};
-use crate::library::Library;
 
 /// How a download learns who offers its file now (an index lookup, a
 /// flooding search, or a fixed server).
@@ -28,38 +27,75 @@ pub trait SourceLookup: Send + 'static {
     /// (the download keeps the sources it has, and the next call may
     /// reconnect).
     fn sources(&mut self) -> impl Future<Output = Option<Vec<String>>> + Send;
+
+    /// How long to wait before each lookup; `None`: never looked up (the
+    /// stream ends with the sources the download started with).
+    fn every(&self) -> Option<Duration>;
 }
 
-/// Always the same sources (client-server mode: the one server), offered
-/// again so that a server that went away is tried again when it is back.
-pub struct FixedSources(pub Vec<String>);
+/// The sources the download starts with and no others (a download from
+/// addresses given by hand, a test's fixed sources).
+pub struct StartOnly;
 
-impl SourceLookup for FixedSources {
+impl SourceLookup for StartOnly {
     async fn sources(&mut self) -> Option<Vec<String>> {
-        Some(self.0.clone())
+        Some(Vec::new())
+    }
+
+    fn every(&self) -> Option<Duration> {
+        None
     }
 }
 
-/// [`download_swarm`] with a task that calls `lookup` every `every` and
-/// feeds what it finds to the engine; the task is stopped when the download
-/// ends.
-pub async fn download_refreshed<L: SourceLookup>(
-    request: DownloadRequest,
-    config: EngineConfig,
-    progress: Arc<Progress>,
-    library: Option<Library>,
-    lookup: L,
-    every: Duration,
-    shutdown: CancellationToken,
-) -> Result<DownloadOutcome, DownloadError> {
-    let (feed_tx, feed_rx) = mpsc::channel(4);
-    let stop = shutdown.child_token();
-    let mut refresher = JoinSet::new();
-    refresher.spawn(refresh(lookup, every, feed_tx, stop.clone()));
-    let result = download_swarm(request, config, progress, library, Some(feed_rx), shutdown).await;
-    stop.cancel();
-    refresher.shutdown().await;
-    result
+/// Always the same sources (client-server mode: the one server), offered
+/// again every `every` so that a server that went away or was busy is
+/// tried again when it is back.
+pub struct FixedSources {
+    pub sources: Vec<String>,
+    pub every: Duration,
+}
+
+impl SourceLookup for FixedSources {
+    async fn sources(&mut self) -> Option<Vec<String>> {
+        Some(self.sources.clone())
+    }
+
+    fn every(&self) -> Option<Duration> {
+        Some(self.every)
+    }
+}
+
+/// Addresses of sources found while a download runs, until the stream ends.
+pub(super) type SourceFeed = mpsc::Receiver<Vec<String>>;
+
+/// The task that asks a lookup again and again while a download runs;
+/// stopped (and awaited) by [`Refresher::stop`].
+pub(super) struct Refresher {
+    task: JoinSet<()>,
+    stop: CancellationToken,
+}
+
+impl Refresher {
+    /// Starts asking `lookup` (unless it is never asked: then the stream
+    /// is `None`, ended).
+    pub(super) fn start<L: SourceLookup>(
+        lookup: L,
+        shutdown: &CancellationToken,
+    ) -> (Refresher, Option<SourceFeed>) {
+        let stop = shutdown.child_token();
+        let mut task = JoinSet::new();
+        let feed = lookup.every().map(|every| {
+            let (tx, rx) = mpsc::channel(4);
+            task.spawn(refresh(lookup, every, tx, stop.clone()));
+            rx
+        });
+        (Refresher { task, stop }, feed)
+    }
+
+    pub(super) async fn stop(mut self) {
+        self.stop.cancel();
+        self.task.shutdown().await;
+    }
 }
 
 async fn refresh<L: SourceLookup>(

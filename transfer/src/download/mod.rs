@@ -19,7 +19,8 @@
 //! Content already in the output folder (or the share around it) is not
 //! fetched again; a part file belongs to one download at a time (a lock);
 //! sources that are busy or leave are tried again with backoff ([`retry`]),
-//! and every download can be fed fresh sources while it runs ([`feed`]).
+//! and every download takes its sources from one stream that may bring
+//! fresh ones while it runs ([`feed`]). [`download`] is the one entry point.
 
 pub mod disk;
 pub mod feed;
@@ -33,10 +34,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use feed::{download_refreshed, FixedSources, SourceLookup};
+pub use feed::{FixedSources, SourceLookup, StartOnly};
+use feed::{Refresher, SourceFeed};
 
 use common::id::{ContentInfo, FileId};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -531,7 +533,7 @@ impl Verifier {
     }
 }
 
-/// The next batch from the feed; pends forever without one.
+/// The next batch from the source stream; pends forever once it ended.
 async fn recv_feed(feed: &mut Option<SourceFeed>) -> Option<Vec<String>> {
     match feed {
         Some(rx) => rx.recv().await,
@@ -552,8 +554,9 @@ fn merge(known: &mut Vec<String>, found: Vec<String>) {
 /// it was busy; never when it lied or broke the protocol; otherwise (it
 /// left, could not be reached, stalled, or did not hold the file for a
 /// moment, like a peer between finishing a download and sharing the
-/// result) when a feed, which says who offers the file now, offers it again.
-fn worth_retrying(e: &SourceError, with_feed: bool) -> bool {
+/// result) while the source stream, which says who offers the file now,
+/// is open: when it offers the address again.
+fn worth_retrying(e: &SourceError, stream_open: bool) -> bool {
     match e {
         SourceError::Busy => true,
         SourceError::BadData | SourceError::Protocol(_) => false,
@@ -561,7 +564,7 @@ fn worth_retrying(e: &SourceError, with_feed: bool) -> bool {
         | SourceError::Wire(_)
         | SourceError::Stalled(_)
         | SourceError::NotFound
-        | SourceError::FileChanged => with_feed,
+        | SourceError::FileChanged => stream_open,
     }
 }
 
@@ -647,24 +650,6 @@ async fn fetch_hash_list(
         }
     }
 }
-
-/// Runs one download to completion, failure or interruption (`shutdown`).
-///
-/// With a `library`, the partial file is published there while it grows, so
-/// that a serving peer passes on the chunks it already has.
-pub async fn download(
-    request: DownloadRequest,
-    config: EngineConfig,
-    progress: Arc<Progress>,
-    library: Option<Library>,
-    shutdown: CancellationToken,
-) -> Result<DownloadOutcome, DownloadError> {
-    download_swarm(request, config, progress, library, None, shutdown).await
-}
-
-/// Addresses of sources found while a download runs (for example partial
-/// sources the index learned of since the download started).
-pub type SourceFeed = mpsc::Receiver<Vec<String>>;
 
 /// The outcome of a download whose content is already at `path`.
 fn present(id: FileId, path: PathBuf, size: u64, progress: &Progress) -> DownloadOutcome {
@@ -767,7 +752,7 @@ struct Sources {
     progress: Arc<Progress>,
     workers: JoinSet<(usize, Result<(), SourceError>)>,
     max: usize,
-    with_feed: bool,
+    stream_open: bool,
     addrs: Vec<String>,
     alive: Vec<bool>,
     reasons: Vec<Option<String>>,
@@ -910,7 +895,7 @@ impl Sources {
             self.failures[i] = 0;
         }
         self.failures[i] += 1;
-        if worth_retrying(&e, self.with_feed) && !self.shared.scheduler.is_banned(i) {
+        if worth_retrying(&e, self.stream_open) && !self.shared.scheduler.is_banned(i) {
             let wait = retry::backoff(self.failures[i], retry::RETRY_MIN, retry::RETRY_MAX);
             self.retry_at[i] = Some(tokio::time::Instant::now() + wait);
             self.auto_retry[i] = matches!(e, SourceError::Busy);
@@ -931,13 +916,37 @@ impl Sources {
     }
 }
 
-/// [`download`] that also takes sources from `feed` while it runs: each new
-/// address gets a source task, up to `max_sources` at once, and one whose
-/// task ended without a ban is tried again (after a backoff) when the feed
-/// offers it again. Busy sources are asked again with backoff with or
-/// without a feed. The download fails once it has made no progress for
-/// `retry_timeout` with nothing left to try.
-pub async fn download_swarm(
+/// Runs one download to completion, failure or interruption (`shutdown`):
+/// the one entry point of the engine, for every mode and caller.
+///
+/// It starts from `request.sources` and takes more from `sources` while it
+/// runs (see [`feed`]): each new address gets a source task, up to
+/// `max_sources` at once, and one whose task ended without a ban is tried
+/// again (after a backoff) when the stream offers it again. Busy sources
+/// are asked again with backoff whether offered again or not. The download
+/// fails once it has made no progress for `retry_timeout` with nothing
+/// left to try (once the stream has ended, a source that left or could
+/// not be reached is not waited for).
+///
+/// With a `library`, the partial file is published there while it grows, so
+/// that a serving peer passes on the chunks it already has.
+pub async fn download<L: SourceLookup>(
+    request: DownloadRequest,
+    config: EngineConfig,
+    progress: Arc<Progress>,
+    library: Option<Library>,
+    sources: L,
+    shutdown: CancellationToken,
+) -> Result<DownloadOutcome, DownloadError> {
+    let (refresher, feed) = Refresher::start(sources, &shutdown);
+    let result = run(request, config, progress, library, feed, shutdown).await;
+    refresher.stop().await;
+    result
+}
+
+/// [`download`] with its source stream started: `feed` is `None` once the
+/// stream has ended.
+async fn run(
     request: DownloadRequest,
     config: EngineConfig,
     progress: Arc<Progress>,
@@ -1114,7 +1123,7 @@ pub async fn download_swarm(
         progress: progress.clone(),
         workers: JoinSet::new(),
         max,
-        with_feed: feed.is_some(),
+        stream_open: feed.is_some(),
         addrs: first,
         alive: vec![false; n],
         reasons: vec![None; n],
@@ -1161,7 +1170,7 @@ pub async fn download_swarm(
                 Some(addrs) => sources.offer(addrs),
                 None => {
                     feed = None;
-                    sources.with_feed = false;
+                    sources.stream_open = false;
                 }
             },
         }
