@@ -554,16 +554,24 @@ async fn a_p2p_daemon_searches_lists_peers_and_downloads_through_the_api() {
     config.api = Some(api_config(None));
     let me = start_peer_with(config).await;
     let api = me.daemon.api_addr.unwrap();
-    wait_until("the overlay link is up", Duration::from_secs(10), || async {
-        me.daemon
-            .overlay
-            .as_ref()
-            .is_some_and(|o| !o.neighbours().is_empty())
-    })
+    wait_until(
+        "the overlay link is up",
+        Duration::from_secs(10),
+        || async {
+            me.daemon
+                .overlay
+                .as_ref()
+                .is_some_and(|o| !o.neighbours().is_empty())
+        },
+    )
     .await;
 
     let (code, status) = call(api, "GET", "/api/status", &[], None).await;
-    assert_eq!((code, status["mode"].as_str()), (200, Some("p2p")), "{status}");
+    assert_eq!(
+        (code, status["mode"].as_str()),
+        (200, Some("p2p")),
+        "{status}"
+    );
     let (code, peers) = call(api, "GET", "/api/peers", &[], None).await;
     assert_eq!(code, 200, "{peers}");
     assert_eq!(peers["source"], "overlay");
