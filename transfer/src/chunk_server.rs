@@ -50,6 +50,8 @@ use crate::upload_queue::{Decision, QueueConfig, UploadQueue};
 pub struct UploadStats {
     pub chunks: AtomicU64,
     pub bytes: AtomicU64,
+    /// Peer-protocol connections accepted, not counting the index's
+    /// reachability dial-backs (a probe, not a downloader).
     pub connections: AtomicU64,
 }
 
@@ -333,6 +335,7 @@ pub async fn serve_peer_session(
     // Files opened on this connection, so a run of chunk requests opens once.
     let mut open: HashMap<FileId, Arc<OpenHolding>> = HashMap::new();
     let mut chunk_buf: Vec<u8> = Vec::new();
+    let mut counted_as_probe = false;
     // Until the first request: the short deadline. After it, `idle` from the
     // last data request (or from the start): cheap requests never extend it.
     let started = Instant::now();
@@ -488,6 +491,12 @@ pub async fn serve_peer_session(
                 wire::write_message(&mut writer, &answer).await?;
             }
             PeerRequest::ProveReachable { challenge } => {
+                // The index checking that we are reachable is no upload
+                // connection: take it back out of the count, once.
+                if !counted_as_probe {
+                    counted_as_probe = true;
+                    stats.connections.fetch_sub(1, Ordering::Relaxed);
+                }
                 let answer = match rules.login_nonce.as_ref().and_then(|n| n.prove(&challenge)) {
                     Some(proof) => PeerResponse::Reachable { proof },
                     None => refusal(
