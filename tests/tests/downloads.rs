@@ -482,17 +482,41 @@ async fn a_get_whose_sources_all_refuse_connections_fails_in_seconds() {
     let index = start_index().await;
     let dir = tempfile::tempdir().unwrap();
     let data = random_bytes(3 * common::CHUNK_SIZE, 191);
-    let share = dir.path().join("share");
-    write_file(&share, "dead.bin", &data);
     // A loopback port with nothing listening: bound, then released.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut config = peer_config(&share, &index.addr_string());
-    config.advertise = Some(dead.to_string());
-    let mut p = start_peer_with(config).await;
-    p.wait_registered(1).await;
+    // An old-style login (no reachability proof; the index's default still
+    // takes it) publishes the dead address, as a crashed peer's session
+    // would stay listed until its lease ends. A real peer can no longer
+    // publish an address it does not answer on.
+    let mut session = peer::index_client::IndexClient::connect(&index.addr_string())
+        .await
+        .unwrap();
+    let login = common::index_proto::IndexRequest::Login(common::index_proto::Login {
+        listen_port: dead.port(),
+        advertise: Some(dead.to_string()),
+        nick: None,
+    });
+    assert!(matches!(
+        session.request(&login).await.unwrap(),
+        common::index_proto::IndexResponse::Welcome { .. }
+    ));
+    let added = session
+        .request(&common::index_proto::IndexRequest::AddFiles {
+            files: vec![common::index_proto::SharedFile {
+                id: content_info(&data).id,
+                name: "dead.bin".into(),
+                size: data.len() as u64,
+            }],
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(added, common::index_proto::IndexResponse::Ack { count: 1 }),
+        "{added:?}"
+    );
     let engine = peer::EngineConfig {
         retry_timeout: Duration::from_secs(600),
         ..test_engine()
@@ -506,6 +530,6 @@ async fn a_get_whose_sources_all_refuse_connections_fails_in_seconds() {
     .expect("a get with no reachable source fails instead of waiting the retry timeout");
     let err = got.expect_err("nothing could be fetched").to_string();
     assert!(err.contains(&dead.to_string()), "names the source: {err}");
-    p.stop().await;
+    drop(session);
     index.stop().await;
 }

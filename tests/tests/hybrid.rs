@@ -331,13 +331,21 @@ async fn the_index_lists_a_peer_under_its_advertised_address() {
     let dir = tempfile::tempdir().unwrap();
     write_file(&dir.path().join("a"), "f.txt", b"f");
     let mut config = peer_config(&dir.path().join("a"), &index.addr_string());
-    // A host name the index can resolve (one that does not is refused).
-    config.advertise = Some("localhost:7000".into());
+    // A host name the index can resolve (one that does not is refused),
+    // naming the port the peer really listens on: the index publishes an
+    // advertised address only once the peer answers its dial-back there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    config.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    config.advertise = Some(format!("localhost:{port}"));
     let mut a = start_peer_with(config).await;
     a.wait_registered(1).await;
     let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
     let (_, _, sources) = client.lookup(content_info(b"f").id).await.unwrap().unwrap();
-    assert_eq!(sources[0].addr, "localhost:7000");
+    assert_eq!(sources[0].addr, format!("localhost:{port}"));
     a.stop().await;
     wait_until(
         "the stopped peer's files to be withdrawn",
