@@ -111,6 +111,11 @@ fn run(program: &str, args: &[&str]) -> Result<(), NetnsError> {
                 reason,
             },
         })?;
+    succeeded(command, out)
+}
+
+/// `Ok` if `command` exited with success, else its status and stderr.
+fn succeeded(command: String, out: std::process::Output) -> Result<(), NetnsError> {
     if out.status.success() {
         Ok(())
     } else {
@@ -141,15 +146,7 @@ fn run_with_input(program: &str, args: &[&str], input: &str) -> Result<(), Netns
         stdin.write_all(input.as_bytes()).map_err(io)?;
     }
     let out = child.wait_with_output().map_err(io)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetnsError::Command {
-            command,
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    succeeded(command, out)
 }
 
 /// Kills every process in namespace `ns` and deletes it; errors ignored

@@ -357,12 +357,7 @@ async fn locate(
             }
             Ok(Located {
                 id: chosen.id,
-                // Saved under the name asked for when it was a name.
-                name: if chosen.name.is_empty() {
-                    name
-                } else {
-                    chosen.name
-                },
+                name: saved_name(chosen.name, name),
                 size,
                 sources,
                 search: None,
@@ -376,11 +371,7 @@ async fn locate(
             };
             Ok(Located {
                 id: chosen.id,
-                name: if chosen.name.is_empty() {
-                    name
-                } else {
-                    chosen.name
-                },
+                name: saved_name(chosen.name, name),
                 size,
                 // Only ever the server, never another peer.
                 sources: vec![server.clone()],
@@ -512,5 +503,15 @@ impl SourceLookup for FloodSources {
 
     fn every(&self) -> Option<Duration> {
         Some(self.every)
+    }
+}
+
+/// The name a download is saved under: the name asked for when the target
+/// was a name (`asked` not empty), else the name the index lists.
+fn saved_name(asked: String, listed: String) -> String {
+    if asked.is_empty() {
+        listed
+    } else {
+        asked
     }
 }
