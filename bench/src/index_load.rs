@@ -434,6 +434,29 @@ impl Conn {
         })
     }
 
+    /// Sends `n` requests already encoded as frames in `frames`, and reads
+    /// their `n` answers.
+    async fn pipelined_raw(
+        &mut self,
+        frames: &[u8],
+        n: usize,
+    ) -> anyhow::Result<Vec<IndexResponse>> {
+        self.writer.write_all(frames).await?;
+        self.writer.flush().await?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(
+                wire::expect_message(
+                    &mut self.reader,
+                    &mut self.buf,
+                    Deadlines::with_idle(Duration::from_secs(60)),
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
     async fn pipelined(&mut self, requests: &[IndexRequest]) -> anyhow::Result<Vec<IndexResponse>> {
         for r in requests {
             wire::write_message(&mut self.writer, r).await?;
@@ -633,40 +656,52 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = rss_bytes(index.id())?;
 
-    // Registration: 8 sessions, batches of 512, all pipelined.
+    // Registration: 8 sessions, batches of 512, 16 batches pipelined. The
+    // sessions log in and every frame is encoded before the clock starts:
+    // the figure is the server's rate, not this client's cloning and
+    // encoding (which took more CPU than the server's work on 2 cores).
     let sessions = 8;
+    let mut prepared = Vec::new();
+    for s in 0..sessions {
+        let mut conn = Conn::open(&addr).await?;
+        conn.pipelined(&[IndexRequest::Login(Login {
+            listen_port: 7000 + s as u16,
+            advertise: None,
+            nick: None,
+        })])
+        .await?;
+        let mine: Vec<usize> = (s..files.len()).step_by(sessions).collect();
+        let mut names = 0u64;
+        let mut groups: Vec<(Vec<u8>, usize)> = Vec::new();
+        for group in mine.chunks(512 * 16) {
+            let mut frames = Vec::new();
+            let mut n = 0;
+            for b in group.chunks(512) {
+                let req = IndexRequest::AddFiles {
+                    files: b.iter().map(|&i| files[i].clone()).collect(),
+                };
+                frames.extend(common::frame::encode_frame(&req)?);
+                n += 1;
+            }
+            groups.push((frames, n));
+            names += group
+                .iter()
+                .map(|&i| files[i].name.len() as u64)
+                .sum::<u64>();
+        }
+        prepared.push((conn, groups, names));
+    }
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for s in 0..sessions {
-        let addr = addr.clone();
-        let files = files.clone();
+    for (mut conn, groups, names) in prepared {
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(&addr).await?;
-            conn.pipelined(&[IndexRequest::Login(Login {
-                listen_port: 7000 + s as u16,
-                advertise: None,
-                nick: None,
-            })])
-            .await?;
-            let mine: Vec<usize> = (s..files.len()).step_by(sessions).collect();
-            let mut names = 0u64;
-            for group in mine.chunks(512 * 16) {
-                let batches: Vec<IndexRequest> = group
-                    .chunks(512)
-                    .map(|b| IndexRequest::AddFiles {
-                        files: b.iter().map(|&i| files[i].clone()).collect(),
-                    })
-                    .collect();
-                for r in conn.pipelined(&batches).await? {
+            for (frames, n) in &groups {
+                for r in conn.pipelined_raw(frames, *n).await? {
                     anyhow::ensure!(
                         matches!(r, IndexResponse::Ack { .. }),
                         "registration refused: {r:?}"
                     );
                 }
-                names += group
-                    .iter()
-                    .map(|&i| files[i].name.len() as u64)
-                    .sum::<u64>();
             }
             anyhow::Ok((conn, names))
         }));
@@ -715,7 +750,14 @@ async fn measure(
     }
 
     let mut conn = Conn::open(&addr).await?;
+    let cpu = crate::transfer_bench::child_cpu_secs(index.id());
+    let t = Instant::now();
     let common = latencies(&mut conn, &queries.common, 2000).await?;
+    eprintln!(
+        "  common query: server CPU {:.3} ms a query, wall {:.3} ms a query",
+        (crate::transfer_bench::child_cpu_secs(index.id()) - cpu) * 1e3 / 2000.0,
+        t.elapsed().as_secs_f64() * 1e3 / 2000.0
+    );
     let prefix2 = latencies(&mut conn, &queries.prefix2, 2000).await?;
     let short = latencies(&mut conn, std::slice::from_ref(&queries.short), 300).await?;
     let cjk = latencies(&mut conn, &queries.cjk, 1000).await?;
@@ -951,4 +993,68 @@ pub async fn echo_server() -> anyhow::Result<()> {
             anyhow::Ok(())
         });
     }
+}
+
+/// The index's search alone, in this process (no network, no other load):
+/// registers `files` generated names with 8 sessions, then times each
+/// query set (those whose label contains `only`, if given) `repeat`
+/// times over, and prints p50/p99 and the mean number
+/// of candidates' matches (`total`). For profiling the search itself
+/// (`perf record` on this process), not a figure for docs/benchmarks.md.
+pub fn search_in_process(files: usize, repeat: usize, only: Option<&str>) -> anyhow::Result<()> {
+    use index_server::state::Index;
+    let generated = generate(files);
+    let queries = queries(&generated);
+    let now = tokio::time::Instant::now();
+    let index = Index::new(Duration::from_secs(3600));
+    let sessions: Vec<_> = (0..8)
+        .map(|s| index.login(format!("127.0.0.1:{}", 7000 + s), None, now))
+        .collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    for (i, batch) in generated.chunks(512).enumerate() {
+        index.add_files(sessions[i % 8], batch.to_vec(), now)?;
+    }
+    eprintln!(
+        "{files} files registered in process at {:.0} files/s",
+        files as f64 / t.elapsed().as_secs_f64()
+    );
+    let sets: [(&str, Vec<Vec<String>>); 4] = [
+        ("common query, 2 whole words", queries.common.clone()),
+        ("2-word prefix query", queries.prefix2.clone()),
+        ("1-word 2-letter prefix", vec![queries.short.clone()]),
+        ("CJK 2-character query", queries.cjk.clone()),
+    ];
+    for (label, set) in sets {
+        if only.is_some_and(|o| !label.contains(o)) {
+            continue;
+        }
+        let n = set.len().max(300) * repeat;
+        let mut times = Vec::with_capacity(n);
+        let mut total = 0u64;
+        for q in 0..n {
+            let words = &set[q % set.len()];
+            let t = Instant::now();
+            let query = common::search::Query::parse(words)
+                .map_err(|e| anyhow::anyhow!("query {words:?}: {e:?}"))?;
+            let found = index.search_query(
+                &query,
+                &common::index_proto::SearchFilter::default(),
+                100,
+                now,
+            );
+            times.push(t.elapsed());
+            total += found.total;
+        }
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        eprintln!(
+            "{label}: p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms, mean total {:.0}",
+            ms(times[n / 2]),
+            ms(times[n * 9 / 10]),
+            ms(times[n * 99 / 100]),
+            ms(times[n - 1]),
+            total as f64 / n as f64
+        );
+    }
+    Ok(())
 }

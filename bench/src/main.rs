@@ -82,6 +82,18 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         rounds: usize,
     },
+    /// The index's search alone, in this process (no network): p50/p99 per
+    /// query kind over generated names; for profiling the search.
+    SearchInProcess {
+        #[arg(long, default_value_t = 1_000_000)]
+        files: usize,
+        /// Times over each query set.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        /// Only the query sets whose label contains this (e.g. "2-letter").
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// The upload queue: uploader memory for N waiting requesters and how soon
     /// the head is served once a slot frees, vs requesters told Busy that retry.
     UploadQueue {
@@ -162,6 +174,11 @@ async fn main() -> anyhow::Result<()> {
             baseline,
             rounds,
         } => index_load::run(files, clients, duration, baseline, rounds.max(1)).await,
+        Command::SearchInProcess {
+            files,
+            repeat,
+            only,
+        } => index_load::search_in_process(files, repeat.max(1), only.as_deref()),
         Command::UploadQueue { requesters, rounds } => {
             upload_queue_bench::run(requesters, rounds).await
         }

@@ -58,7 +58,7 @@ fn process_cpu_secs() -> f64 {
 }
 
 /// CPU seconds process `pid` has used, from /proc (0 where unreadable).
-fn child_cpu_secs(pid: u32) -> f64 {
+pub fn child_cpu_secs(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };

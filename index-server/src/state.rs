@@ -353,9 +353,11 @@ struct Inner {
 
 /// How long a search works before it checks whether to pause.
 const SEARCH_SLICE: std::time::Duration = std::time::Duration::from_micros(250);
-/// How long it then pauses while other requests are being served: 4
-/// slices, so that a search takes at most a fifth of a core from them.
-const SEARCH_PAUSE: std::time::Duration = std::time::Duration::from_micros(1000);
+/// How long it then pauses while other requests are being served: 8
+/// slices, so that a search takes at most a ninth of a core from them
+/// (with a fifth, lookups under a search load fell to 0.68-0.86 of those
+/// without on 2 cores; docs/benchmarks.md).
+const SEARCH_PAUSE: std::time::Duration = std::time::Duration::from_micros(2000);
 /// Other requests handled within this long count as "being served".
 const FOREGROUND_RECENT_MICROS: u64 = 2000;
 /// Keys checked against one posting list per lock taken (and between two
@@ -1352,15 +1354,16 @@ impl Index {
                     .is_some_and(|x| x.lease_expires > now)
             })
         };
-        let mut scored: Vec<Scored> = Vec::new();
-        for key in candidates {
-            pacer.step(1);
-            // (id, holders: (session, the query's terms in its name,
-            // whether the name passes the filter, its length in characters))
-            type Found = (SessionId, TermsFound, bool, u32);
-            let Some(Some((id, holders))) = self.inner.files.with_key(key, |f| {
+        // Confirm every candidate against its holders' names: (key, id,
+        // holders: (session, the query's terms in its name, whether the
+        // name passes the filter, its length in characters)).
+        type Found = (SessionId, TermsFound, bool, u32);
+        let mut confirmed: Vec<(FileKey, FileId, SmallVec<[Found; 2]>)> = Vec::new();
+        self.inner.files.with_keys(
+            &candidates,
+            |key, f| {
                 if !filter.accepts_size(f.size()) {
-                    return None;
+                    return;
                 }
                 let mut holders: SmallVec<[Found; 2]> = SmallVec::new();
                 let mut any = TermsFound::default();
@@ -1370,11 +1373,14 @@ impl Index {
                     let passes = filter.accepts(f.size(), name);
                     holders.push((session, terms, passes, name.chars().count() as u32));
                 }
-                any.matched(query)?;
-                Some((f.id(), holders))
-            }) else {
-                continue;
-            };
+                if any.matched(query).is_some() {
+                    confirmed.push((key, f.id(), holders));
+                }
+            },
+            |n| pacer.step(n),
+        );
+        let mut scored: Vec<Scored> = Vec::new();
+        for (key, id, holders) in confirmed {
             // The live holders' names together must match; ranked by the
             // best of those names that passes the filter.
             let mut sources = 0u32;
