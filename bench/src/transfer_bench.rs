@@ -286,7 +286,7 @@ pub async fn capped(
     }
     let bed = Sources::start(shares, Some(cap)).await?;
     let id = bed.daemons[0]
-        .library
+        .library()
         .shared()
         .keys()
         .next()
@@ -295,7 +295,7 @@ pub async fn capped(
     let addrs: Vec<String> = bed
         .daemons
         .iter()
-        .map(|d| d.listen_addr.to_string())
+        .map(|d| d.listen_addr().to_string())
         .collect();
     let secs = fetch_from(
         id,

@@ -675,7 +675,7 @@ async fn start_daemon(
 }
 
 async fn wait_registered(d: &peer::Daemon, files: usize) -> Result<(), LabError> {
-    let mut rx = d.registration.clone();
+    let mut rx = d.registration().clone();
     tokio::time::timeout(
         Duration::from_secs(30),
         rx.wait_for(|s| {
@@ -852,7 +852,7 @@ async fn p2p(
         &shutdown,
     )
     .await?;
-    let mut addrs = vec![seed.listen_addr.to_string()];
+    let mut addrs = vec![seed.listen_addr().to_string()];
     let mut rng = rand::rngs::StdRng::seed_from_u64(n as u64);
     let mut peers = Vec::new();
     for i in 0..n {
@@ -874,11 +874,11 @@ async fn p2p(
             &shutdown,
         )
         .await?;
-        addrs.push(d.listen_addr.to_string());
+        addrs.push(d.listen_addr().to_string());
         peers.push((Arc::new(d), node));
     }
     for (p, node) in &peers {
-        node.on(wait_reachable(p.listen_addr.to_string(), id))
+        node.on(wait_reachable(p.listen_addr().to_string(), id))
             .await??;
     }
     swarm_all(config, id, seed, peers, shutdown).await
@@ -948,7 +948,7 @@ async fn swarm_all(
         let engine = swarm_engine(config, node);
         downloads.spawn_on(
             async move {
-                let out = p.library.root().to_path_buf();
+                let out = p.library().root().to_path_buf();
                 // The daemon's mode (p2p: flooding through its own node,
                 // hop limit DEFAULT_TTL = P2P_TTL) picks where sources come from.
                 let done = p
@@ -973,7 +973,7 @@ async fn swarm_all(
     let seconds = started.elapsed().as_secs_f64();
     let (first_chunks, t95) = watch.finish().await;
     completions.sort_by(f64::total_cmp);
-    let bytes = |d: &peer::Daemon| d.uploads.bytes.load(std::sync::atomic::Ordering::Relaxed);
+    let bytes = |d: &peer::Daemon| d.uploads().bytes.load(std::sync::atomic::Ordering::Relaxed);
     let seed_bytes = bytes(&seed);
     let peer_bytes = peers.iter().map(|(p, _)| bytes(p)).sum();
     let mut all = vec![seed];

@@ -170,7 +170,7 @@ async fn overlay_queries(n: usize, config: &Config, k: usize) -> Result<Vec<Row>
         if holder_set.contains(&i) {
             std::fs::write(share.join("target needle.bin"), &needle)?;
         }
-        let mut earlier: Vec<String> = nodes.iter().map(|d| d.listen_addr.to_string()).collect();
+        let mut earlier: Vec<String> = nodes.iter().map(|d| d.listen_addr().to_string()).collect();
         earlier.shuffle(&mut rng);
         earlier.truncate(join);
         let mut c = peer::ServeConfig::new(share, String::new());
@@ -193,7 +193,7 @@ async fn overlay_queries(n: usize, config: &Config, k: usize) -> Result<Vec<Row>
         );
     }
     // Let the degree keepers settle: every node at its degree (or 10 s).
-    let degree_of = |d: &peer::Daemon| d.overlay.as_ref().map_or(0, |o| o.neighbours().len());
+    let degree_of = |d: &peer::Daemon| d.overlay().map_or(0, |o| o.neighbours().len());
     let settle = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while tokio::time::Instant::now() < settle
         && nodes
@@ -223,7 +223,7 @@ async fn overlay_queries(n: usize, config: &Config, k: usize) -> Result<Vec<Row>
             let mut attempt = 0;
             let report = loop {
                 let origin = origins[rng.random_range(0..origins.len())];
-                let via = nodes[origin].listen_addr.to_string();
+                let via = nodes[origin].listen_addr().to_string();
                 match peer::overlay::search(
                     &via,
                     vec!["needle".into()],

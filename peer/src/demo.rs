@@ -29,11 +29,10 @@ async fn start_peer(
 
 async fn wait_registered(daemon: &mut Daemon) -> anyhow::Result<(String, usize)> {
     let deadline = Duration::from_secs(20);
+    let mut registration = daemon.registration().clone();
     let state = tokio::time::timeout(
         deadline,
-        daemon
-            .registration
-            .wait_for(|s| matches!(s, RegistrationState::Registered { .. })),
+        registration.wait_for(|s| matches!(s, RegistrationState::Registered { .. })),
     )
     .await
     .context("a peer did not register within 20 s")??
@@ -198,7 +197,7 @@ async fn narrate(root: &Path, size: u64, shutdown: CancellationToken) -> anyhow:
         ("carol", &mut carol),
     ] {
         let (addr, files) = wait_registered(d).await?;
-        outln!("3. {name} hashed its folder, serves chunks on {} and registered {files} file(s) at the index as {addr}.", d.listen_addr);
+        outln!("3. {name} hashed its folder, serves chunks on {} and registered {files} file(s) at the index as {addr}.", d.listen_addr());
     }
 
     // 4. Search and browse.
@@ -296,8 +295,8 @@ async fn narrate(root: &Path, size: u64, shutdown: CancellationToken) -> anyhow:
     // 7. Uploads as the peers saw them.
     outln!(
         "7. Uploads: alice served {} chunk(s), bob {}; the index served no file data at all.",
-        alice.uploads.chunks(),
-        bob.uploads.chunks(),
+        alice.uploads().chunks(),
+        bob.uploads().chunks(),
     );
 
     shutdown.cancel();

@@ -141,32 +141,22 @@ pub enum ServeError {
     DownloadStore { path: PathBuf, reason: String },
 }
 
-/// A running peer daemon.
+/// A running peer daemon. Its state is private (read it through the
+/// accessors); every task it started stops when it is dropped.
 pub struct Daemon {
-    /// Where the chunk server actually listens (useful with port 0).
-    pub listen_addr: SocketAddr,
-    pub library: Library,
-    pub uploads: Arc<UploadStats>,
-    /// Direct messages received.
-    pub inbox: Inbox,
-    pub registration: watch::Receiver<RegistrationState>,
-    /// The overlay node, in pure peer-to-peer mode.
-    pub overlay: Option<crate::overlay::Overlay>,
-    /// Shared by every upload connection, when capped.
-    pub upload_limit: Option<Arc<RateLimiter>>,
-    /// Upload slots and the queue of requesters waiting for one (`peer uploads`).
-    pub upload_queue: transfer::upload_queue::UploadQueue,
-    /// Shared by every download this daemon does, when capped.
-    pub download_limit: Option<Arc<RateLimiter>>,
-    /// The index server this daemon registers with.
-    pub index: String,
-    /// Where the HTTP/JSON API listens, when it is on.
-    pub api_addr: Option<SocketAddr>,
-    /// The downloads this daemon owns (with the API).
-    pub downloads: Option<crate::daemon::DownloadManager>,
-    /// Prometheus metrics (`GET /metrics` on the API); its engine
-    /// counters go into every download this daemon does.
-    pub metrics: Arc<crate::metrics::PeerMetrics>,
+    listen_addr: SocketAddr,
+    library: Library,
+    uploads: Arc<UploadStats>,
+    inbox: Inbox,
+    registration: watch::Receiver<RegistrationState>,
+    overlay: Option<crate::overlay::Overlay>,
+    upload_limit: Option<Arc<RateLimiter>>,
+    upload_queue: transfer::upload_queue::UploadQueue,
+    download_limit: Option<Arc<RateLimiter>>,
+    index: String,
+    api_addr: Option<SocketAddr>,
+    downloads: Option<crate::daemon::DownloadManager>,
+    metrics: Arc<crate::metrics::PeerMetrics>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     /// No task outlives a dropped daemon.
@@ -174,6 +164,72 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Where the chunk server actually listens (useful with port 0).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// The files this daemon shares.
+    pub fn library(&self) -> &Library {
+        &self.library
+    }
+
+    /// Counters of the chunks and bytes this daemon uploaded.
+    pub fn uploads(&self) -> &Arc<UploadStats> {
+        &self.uploads
+    }
+
+    /// Direct messages received.
+    pub fn inbox(&self) -> &Inbox {
+        &self.inbox
+    }
+
+    /// Where registration at the index stands (clone it to wait for a change).
+    pub fn registration(&self) -> &watch::Receiver<RegistrationState> {
+        &self.registration
+    }
+
+    /// The overlay node, in pure peer-to-peer mode.
+    pub fn overlay(&self) -> Option<&crate::overlay::Overlay> {
+        self.overlay.as_ref()
+    }
+
+    /// Shared by every upload connection, when uploads are capped.
+    pub fn upload_limit(&self) -> Option<&Arc<RateLimiter>> {
+        self.upload_limit.as_ref()
+    }
+
+    /// Upload slots and the queue of requesters waiting for one (`peer uploads`).
+    pub fn upload_queue(&self) -> &transfer::upload_queue::UploadQueue {
+        &self.upload_queue
+    }
+
+    /// Shared by every download this daemon does, when downloads are capped.
+    pub fn download_limit(&self) -> Option<&Arc<RateLimiter>> {
+        self.download_limit.as_ref()
+    }
+
+    /// The index server this daemon registers with.
+    pub fn index(&self) -> &str {
+        &self.index
+    }
+
+    /// Where the HTTP/JSON API listens, when it is on.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    /// The downloads this daemon owns (with the API).
+    pub fn downloads(&self) -> Option<&crate::daemon::DownloadManager> {
+        self.downloads.as_ref()
+    }
+
+    /// Prometheus metrics (`GET /metrics` on the API); its engine counters
+    /// go into every download this daemon does.
+    pub fn metrics(&self) -> &Arc<crate::metrics::PeerMetrics> {
+        &self.metrics
+    }
+
     /// Waits until `shutdown` is cancelled and every task has stopped.
     pub async fn wait(self) {
         self.shutdown.cancelled().await;
@@ -192,6 +248,8 @@ impl Daemon {
         self.tracker.len()
     }
 
+    /// The tracker of every task this daemon started: empty once it has
+    /// stopped (after [`Daemon::wait`], or soon after a drop).
     pub fn tracker(&self) -> TaskTracker {
         self.tracker.clone()
     }
@@ -444,7 +502,7 @@ pub async fn run(config: ServeConfig, shutdown: CancellationToken) -> Result<(),
     let daemon_shutdown = shutdown.child_token();
     let fetch = config.fetch.clone();
     let daemon = start(config, daemon_shutdown.clone()).await?;
-    let mut registration = daemon.registration.clone();
+    let mut registration = daemon.registration().clone();
     let watch_refusal = async {
         tokio::select! {
             _ = shutdown.cancelled() => None,

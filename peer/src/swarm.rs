@@ -59,14 +59,14 @@ impl Daemon {
     /// Where this daemon finds files (its mode: its index, or a flooding
     /// search through its own overlay node).
     pub fn fetcher(&self) -> Fetcher {
-        daemon_fetcher(self.overlay.is_some(), self.listen_addr, &self.index)
+        daemon_fetcher(self.overlay().is_some(), self.listen_addr(), self.index())
     }
 
     /// What this daemon brings to its downloads: its library and addresses.
     pub fn swarming(&self) -> Swarming {
         Swarming {
-            library: self.library.clone(),
-            own: own_addrs(self.listen_addr, self.registration.clone()),
+            library: self.library().clone(),
+            own: own_addrs(self.listen_addr(), self.registration().clone()),
         }
     }
 
@@ -85,7 +85,7 @@ impl Daemon {
         progress: Arc<Progress>,
     ) -> Result<Fetched, FetchError> {
         if engine.download_limit.is_none() {
-            engine.download_limit = self.download_limit.clone();
+            engine.download_limit = self.download_limit().cloned();
         }
         let options = FetchOptions {
             swarming: Some(self.swarming()),
@@ -159,13 +159,13 @@ struct Pending {
 /// coming back is enough, no restart needed. Each new reason is logged
 /// once as a warning. Content already in the share counts as fetched.
 pub async fn fetch_targets_into_share(daemon: &crate::Daemon, targets: &[Target]) {
-    let out_dir = daemon.library.root().to_path_buf();
+    let out_dir = daemon.library().root().to_path_buf();
     let stop = daemon.shutdown_token();
     let now = tokio::time::Instant::now();
     let give_up_waiting = now + Duration::from_secs(600);
     // A flooding search from a node with no neighbour yet finds nothing:
     // wait for the overlay to form first.
-    if let Some(overlay) = &daemon.overlay {
+    if let Some(overlay) = daemon.overlay() {
         while overlay.neighbours().is_empty() && tokio::time::Instant::now() < give_up_waiting {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -216,7 +216,7 @@ pub async fn fetch_targets_into_share(daemon: &crate::Daemon, targets: &[Target]
             ..FetchOptions::new(
                 out_dir.clone(),
                 EngineConfig {
-                    download_limit: daemon.download_limit.clone(),
+                    download_limit: daemon.download_limit().cloned(),
                     ..swarm_engine()
                 },
                 Arc::new(Progress::default()),

@@ -160,16 +160,16 @@ pub struct Peer {
 
 impl Peer {
     pub fn addr(&self) -> String {
-        self.daemon.listen_addr.to_string()
+        self.daemon.listen_addr().to_string()
     }
 
     pub fn chunks_served(&self) -> u64 {
-        self.daemon.uploads.chunks()
+        self.daemon.uploads().chunks()
     }
 
     /// Waits until the peer is registered with exactly `files` files.
     pub async fn wait_registered(&mut self, files: usize) {
-        let mut rx = self.daemon.registration.clone();
+        let mut rx = self.daemon.registration().clone();
         let waited = tokio::time::timeout(
             Duration::from_secs(20),
             rx.wait_for(
@@ -182,7 +182,7 @@ impl Peer {
             waited,
             Ok(true),
             "peer did not register {files} files; state {:?}",
-            *self.daemon.registration.borrow()
+            *self.daemon.registration().borrow()
         );
     }
 

@@ -129,7 +129,7 @@ pub async fn start_peer(
         let daemon = peer::serve::start(config, stop.clone())
             .await
             .expect("start the peer");
-        let _ = tx.send((daemon.listen_addr.port(), daemon.registration.clone()));
+        let _ = tx.send((daemon.listen_addr().port(), daemon.registration().clone()));
         daemon.wait().await;
     });
     let (port, registration) = rx.await.expect("the peer started");

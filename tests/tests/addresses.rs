@@ -13,7 +13,7 @@ async fn has_ipv6() -> bool {
 }
 
 fn published(peer: &Peer) -> String {
-    match &*peer.daemon.registration.borrow() {
+    match &*peer.daemon.registration().borrow() {
         RegistrationState::Registered { addr, .. } => addr.clone(),
         other => panic!("not registered: {other:?}"),
     }
@@ -76,7 +76,7 @@ async fn the_default_listen_address_serves_both_families() {
     // Published under the IPv4 address it came from (not IPv4-mapped).
     let addr = published(&peer);
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
-    let peer_port = peer.daemon.listen_addr.port();
+    let peer_port = peer.daemon.listen_addr().port();
     for host in ["127.0.0.1", "[::1]"] {
         tokio::net::TcpStream::connect(format!("{host}:{peer_port}"))
             .await

@@ -263,7 +263,7 @@ async fn a_client_server_get_never_contacts_another_peer() {
     assert_eq!(std::fs::read(&got.path).unwrap(), data);
     assert_eq!(other.chunks_served(), 0);
     assert_eq!(
-        other.daemon.uploads.connections.load(Ordering::Relaxed),
+        other.daemon.uploads().connections.load(Ordering::Relaxed),
         0,
         "the client-server client connected to a peer"
     );

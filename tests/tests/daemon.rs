@@ -106,7 +106,7 @@ async fn status_auth_host_check_and_hostile_input_get_json_answers() {
     write_file(&share, "a.bin", &random_bytes(100_000, 1));
     let mut p = start_api_peer(&share, &index.addr_string(), None).await;
     p.wait_registered(1).await;
-    let api = p.daemon.api_addr.expect("API on");
+    let api = p.daemon.api_addr().expect("API on");
 
     // The state folder says where the API is.
     let file: Value =
@@ -172,7 +172,7 @@ async fn a_token_is_required_on_every_api_request() {
     let share = dir.path().join("share");
     std::fs::create_dir_all(&share).unwrap();
     let p = start_api_peer(&share, &index.addr_string(), Some("s3cret")).await;
-    let api = p.daemon.api_addr.unwrap();
+    let api = p.daemon.api_addr().unwrap();
     let (code, body) = call(api, "GET", "/api/status", &[], None).await;
     assert_eq!(code, 401);
     assert!(is_error(&body));
@@ -280,7 +280,7 @@ async fn downloads_are_created_listed_paused_resumed_and_cancelled_through_the_a
         3,
     )
     .await;
-    let api = daemon.daemon.api_addr.unwrap();
+    let api = daemon.daemon.api_addr().unwrap();
 
     // A small file by name: done, in the shared folder, listed until cleared.
     let (code, d) = call(
@@ -415,7 +415,7 @@ async fn hostile_download_requests_get_4xx_json_errors() {
     let index = start_index().await;
     let dir = tempfile::tempdir().unwrap();
     let p = start_api_peer(&dir.path().join("share"), &index.addr_string(), None).await;
-    let api = p.daemon.api_addr.unwrap();
+    let api = p.daemon.api_addr().unwrap();
     let cases: Vec<(&str, String, Option<String>, u16)> = vec![
         (
             "POST",
@@ -501,7 +501,7 @@ async fn at_most_max_active_downloads_run_and_the_rest_queue_in_order() {
         1,
     )
     .await;
-    let api = daemon.daemon.api_addr.unwrap();
+    let api = daemon.daemon.api_addr().unwrap();
     let mut ids = Vec::new();
     for (name, _) in &files {
         let body = format!(r#"{{"target":"{name}"}}"#);
@@ -553,14 +553,13 @@ async fn a_p2p_daemon_searches_lists_peers_and_downloads_through_the_api() {
     let mut config = p2p_config(&dir.path().join("me"), vec![seed.addr()], 4);
     config.api = Some(api_config(None));
     let me = start_peer_with(config).await;
-    let api = me.daemon.api_addr.unwrap();
+    let api = me.daemon.api_addr().unwrap();
     wait_until(
         "the overlay link is up",
         Duration::from_secs(10),
         || async {
             me.daemon
-                .overlay
-                .as_ref()
+                .overlay()
                 .is_some_and(|o| !o.neighbours().is_empty())
         },
     )
@@ -599,4 +598,83 @@ async fn a_p2p_daemon_searches_lists_peers_and_downloads_through_the_api() {
     let path = done["path"].as_str().unwrap();
     assert_eq!(std::fs::read(path).unwrap(), data);
     assert!(seed.chunks_served() >= 4, "the seed served it");
+}
+
+/// No task outlives a dropped daemon: with the API up, one download
+/// running and one queued, dropping the `Daemon` (no shutdown token
+/// cancelled, no `wait`) stops every task it started, closes its chunk
+/// and API ports, and releases its download list, which a new daemon on
+/// the same share opens with both downloads still listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_daemon_stops_every_task_and_closes_its_ports() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let files = [
+        ("one.bin", random_bytes(2 << 20, 31)),
+        ("two.bin", random_bytes(2 << 20, 32)),
+    ];
+    // Slow enough that the first download is still running when dropped.
+    let (source, daemon) =
+        source_and_daemon(dir.path(), &index.addr_string(), &files, Some(64 * 1024), 1).await;
+    let api = daemon.daemon.api_addr().unwrap();
+    let mut ids = Vec::new();
+    for (name, _) in &files {
+        let body = format!(r#"{{"target":"{name}"}}"#);
+        let (code, d) = call(api, "POST", "/api/downloads", &[], Some(&body)).await;
+        assert_eq!(code, 201, "{d}");
+        ids.push(d["id"].as_u64().unwrap());
+    }
+    wait_state(api, ids[0], &["waiting", "active"]).await;
+    assert_eq!(state_of(api, ids[1]).await["state"], "queued");
+
+    let Peer {
+        daemon,
+        share,
+        shutdown,
+    } = daemon;
+    let tracker = daemon.tracker();
+    let chunk_port = daemon.listen_addr();
+    assert!(tracker.len() > 0, "a running daemon has tasks");
+    drop(daemon);
+    wait_until(
+        "every task of the dropped daemon to stop",
+        Duration::from_secs(10),
+        || {
+            let tracker = tracker.clone();
+            async move { tracker.is_empty() }
+        },
+    )
+    .await;
+    assert!(!shutdown.is_cancelled(), "only the drop stopped it");
+    for (what, addr) in [("chunk server", chunk_port), ("API", api)] {
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "the {what} port {addr} still accepts connections"
+        );
+    }
+
+    // The store was closed with it: a new daemon opens it and lists both.
+    let mut config = peer_config(&share, &index.addr_string());
+    config.api = Some(api_config(None));
+    config.max_active_downloads = 1;
+    let again = start_peer_with(config).await;
+    let (code, list) = call(
+        again.daemon.api_addr().unwrap(),
+        "GET",
+        "/api/downloads",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{list}");
+    let listed: Vec<u64> = list["downloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, ids, "{list}");
+    again.stop().await;
+    source.stop().await;
+    index.stop().await;
 }

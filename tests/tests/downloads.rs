@@ -376,7 +376,7 @@ async fn churn(i: usize, mut peer: Peer, index: String, stop: CancellationToken)
             _ = tokio::time::sleep(Duration::from_millis(600 + 200 * (k * 7 % 5))) => {}
         }
         let share = peer.share.clone();
-        let port = peer.daemon.listen_addr.port();
+        let port = peer.daemon.listen_addr().port();
         peer.stop().await;
         cycles += 1;
         tokio::time::sleep(Duration::from_millis(200 + 100 * (k * 3 % 4))).await;

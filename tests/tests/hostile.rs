@@ -239,7 +239,7 @@ async fn a_login_cannot_claim_another_peers_address() {
     let mut honest = start_peer(dir.path(), &index.addr_string()).await;
     honest.wait_registered(1).await;
     let real = honest.addr();
-    let port = honest.daemon.listen_addr.port();
+    let port = honest.daemon.listen_addr().port();
     let decoy = common::index_proto::SharedFile {
         id: common::id::FileId([7; 32]),
         name: "decoy.txt".into(),
@@ -440,7 +440,7 @@ async fn a_peer_over_the_files_cap_stays_registered() {
     let peer = start_peer(dir.path(), &addr).await;
     wait_until("the peer to register", Duration::from_secs(10), || {
         let registered = matches!(
-            *peer.daemon.registration.borrow(),
+            *peer.daemon.registration().borrow(),
             peer::registrar::RegistrationState::Registered { .. }
         );
         async move { registered }

@@ -295,7 +295,7 @@ async fn a_symlink_out_of_the_share_is_not_served() {
         .is_empty());
     assert!(a
         .daemon
-        .library
+        .library()
         .get(&content_info(b"top secret").id)
         .is_none());
     a.stop().await;

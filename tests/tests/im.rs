@@ -156,7 +156,7 @@ async fn a_message_goes_straight_to_the_peer_and_not_through_the_index() {
     handled.remove("Heartbeat");
     assert_eq!(handled, BTreeMap::from([("WhoIs", 1)]));
 
-    let received = bob.daemon.inbox.recent();
+    let received = bob.daemon.inbox().recent();
     assert_eq!(received.len(), 1);
     assert_eq!(
         (
@@ -276,7 +276,7 @@ async fn oversized_and_hostile_messages_are_refused() {
     };
     wire::send_message(&mut stream, &ok).await.unwrap();
     assert_eq!(answer(&mut stream).await, PeerResponse::Delivered);
-    assert_eq!(bob.daemon.inbox.received(), 1);
+    assert_eq!(bob.daemon.inbox().received(), 1);
     drop(stream);
     bob.stop().await;
     index.stop().await;
@@ -335,7 +335,7 @@ async fn a_flood_from_one_sender_is_limited() {
     assert!(err.to_string().contains("too many messages"), "{err}");
     let texts: Vec<String> = bob
         .daemon
-        .inbox
+        .inbox()
         .recent()
         .into_iter()
         .map(|m| m.text)

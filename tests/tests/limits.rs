@@ -292,7 +292,7 @@ async fn overlay_line(root: &std::path::Path, n: usize) -> Vec<Peer> {
         nodes.push(start_p2p_node(&share, neighbors, 1).await);
     }
     let ends_and_middle = |nodes: &[Peer]| {
-        let count = |p: &Peer| p.daemon.overlay.as_ref().unwrap().neighbours().len();
+        let count = |p: &Peer| p.daemon.overlay().unwrap().neighbours().len();
         count(&nodes[0]) >= 1
             && count(&nodes[n - 1]) >= 1
             && nodes[1..n - 1].iter().all(|p| count(p) >= 2)
@@ -388,7 +388,7 @@ async fn a_query_with_ttl_255_goes_no_farther_than_seven_hops() {
     assert_eq!(farthest, 7, "the farthest answer is 7 hops out");
     assert_eq!(reached, 8, "the via node and the 7 hops after it, of 10");
     for (i, n) in nodes.iter().enumerate().skip(8) {
-        let c = n.daemon.overlay.as_ref().unwrap().counters();
+        let c = n.daemon.overlay().unwrap().counters();
         assert_eq!(
             OverlayCounters::get(&c.queries_processed),
             0,
@@ -458,7 +458,7 @@ async fn a_forged_answer_count_does_not_hold_the_searcher() {
     wait_until(
         "the liar is a neighbour",
         Duration::from_secs(10),
-        || async { v.daemon.overlay.as_ref().unwrap().neighbours().len() == 1 },
+        || async { v.daemon.overlay().unwrap().neighbours().len() == 1 },
     )
     .await;
     let liar_task = tokio::spawn(async move {

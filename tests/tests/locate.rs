@@ -52,7 +52,7 @@ async fn two_nodes(root: &Path) -> (Peer, Peer) {
         || async {
             [&a, &b]
                 .iter()
-                .all(|p| p.daemon.overlay.as_ref().unwrap().neighbours().len() == 1)
+                .all(|p| p.daemon.overlay().unwrap().neighbours().len() == 1)
         },
     )
     .await;
@@ -64,7 +64,7 @@ async fn wait_shared(p: &Peer, files: usize) {
     wait_until(
         "the node shares its files",
         Duration::from_secs(10),
-        || async { p.daemon.library.shared().len() == files },
+        || async { p.daemon.library().shared().len() == files },
     )
     .await;
 }

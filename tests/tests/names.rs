@@ -294,7 +294,7 @@ async fn p2p_search_drops_invisible_names() {
     let n0 = start_p2p_node(&dir.path().join("n0"), vec![], 1).await;
     let n1 = start_p2p_node(&dir.path().join("n1"), vec![n0.addr()], 1).await;
     wait_until("the nodes are linked", Duration::from_secs(10), || async {
-        n1.daemon.overlay.as_ref().unwrap().neighbours().len() == 1
+        n1.daemon.overlay().unwrap().neighbours().len() == 1
     })
     .await;
     // The first scan may not be done yet: search until something is found.

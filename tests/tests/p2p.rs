@@ -12,11 +12,11 @@ use tests::*;
 const WAIT: Duration = Duration::from_secs(3);
 
 fn neighbours(p: &Peer) -> usize {
-    p.daemon.overlay.as_ref().unwrap().neighbours().len()
+    p.daemon.overlay().unwrap().neighbours().len()
 }
 
 fn counters(p: &Peer) -> Arc<OverlayCounters> {
-    p.daemon.overlay.as_ref().unwrap().counters()
+    p.daemon.overlay().unwrap().counters()
 }
 
 /// Starts `n` nodes, node i joining through node i-1 (and, for a ring, node 0
@@ -134,7 +134,7 @@ async fn a_node_leaving_does_not_break_search_among_the_rest() {
         "node 0 is back at degree 2",
         Duration::from_secs(10),
         || async {
-            let n = nodes[0].daemon.overlay.as_ref().unwrap().neighbours();
+            let n = nodes[0].daemon.overlay().unwrap().neighbours();
             n.len() >= 2 && !n.contains(&gone)
         },
     )

@@ -50,7 +50,7 @@ async fn capped_upload_is_not_faster_than_the_cap() {
         took >= 0.9 * expected_secs(),
         "{SIZE} bytes at {RATE} B/s took only {took:.2} s"
     );
-    let limit = seed.daemon.upload_limit.as_ref().expect("upload limiter");
+    let limit = seed.daemon.upload_limit().expect("upload limiter");
     assert_eq!(
         limit.granted(),
         SIZE as u64,

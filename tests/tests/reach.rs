@@ -41,7 +41,7 @@ async fn a_peer_that_answers_the_dial_back_is_published() {
     write_file(dir.path(), "a.bin", &random_bytes(1000, 1));
     let mut peer = start_peer(dir.path(), &index.addr_string()).await;
     peer.wait_registered(1).await;
-    let state = peer.daemon.registration.borrow().clone();
+    let state = peer.daemon.registration().borrow().clone();
     let RegistrationState::Registered { addr, reach, .. } = state else {
         panic!("{state:?}")
     };
@@ -61,7 +61,7 @@ async fn a_peer_answering_on_someone_elses_behalf_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut victim = start_peer(dir.path(), &index.addr_string()).await;
     victim.wait_registered(0).await;
-    let port = victim.daemon.listen_addr.port();
+    let port = victim.daemon.listen_addr().port();
     let mut thief = IndexClient::connect(&index.addr_string()).await.unwrap();
     let answer = thief
         .request(&checked(port, Some(victim.addr()), rand::random()))

@@ -124,13 +124,13 @@ async fn a_daemon_registers_a_growing_file_once_stable_with_its_final_id() {
     config.settle = Duration::from_secs(1);
     config.rescan_interval = Duration::from_secs(3600);
     let mut peer = start_peer_with(config).await;
-    assert_eq!(peer.daemon.library.scans(), 1, "the scan at start");
+    assert_eq!(peer.daemon.library().scans(), 1, "the scan at start");
     while !writer.is_finished() {
-        let shared = peer.daemon.library.shared();
+        let shared = peer.daemon.library().shared();
         assert!(shared.is_empty(), "a partial file was shared");
         // Waiting for it costs a stat of that file, not a walk of the folder.
         assert_eq!(
-            peer.daemon.library.scans(),
+            peer.daemon.library().scans(),
             1,
             "the folder was walked again"
         );
@@ -139,11 +139,11 @@ async fn a_daemon_registers_a_growing_file_once_stable_with_its_final_id() {
     writer.join().unwrap();
     peer.wait_registered(1).await;
     assert_eq!(
-        peer.daemon.library.scans(),
+        peer.daemon.library().scans(),
         2,
         "one walk once it was stable"
     );
-    let shared = peer.daemon.library.shared();
+    let shared = peer.daemon.library().shared();
     assert!(shared.contains_key(&content_info(&data).id));
     assert!(index_has(&index.addr_string(), content_info(&data).id).await);
     peer.stop().await;
@@ -162,7 +162,7 @@ async fn an_edit_with_its_old_mtime_restored_changes_the_id() {
     let mut peer = start_peer(&share, &index.addr_string()).await;
     peer.wait_registered(1).await;
     let old_id = content_info(&data).id;
-    assert!(peer.daemon.library.shared().contains_key(&old_id));
+    assert!(peer.daemon.library().shared().contains_key(&old_id));
 
     let old_mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
     let mut edited = data.clone();
@@ -225,7 +225,7 @@ async fn a_bad_chunk_report_makes_the_source_withdraw_a_stale_id() {
     let mut peer = start_peer(&share, &index.addr_string()).await;
     peer.wait_registered(1).await;
     assert!(
-        peer.daemon.library.shared().contains_key(&stale),
+        peer.daemon.library().shared().contains_key(&stale),
         "the cache is trusted at first"
     );
 
@@ -305,8 +305,8 @@ async fn a_share_moved_away_and_back_is_not_recreated_nor_rehashed() {
     std::fs::rename(&share, &away).unwrap();
     peer.wait_registered(0).await;
     // Several more scans while it is away: none may create it again.
-    let scans = peer.daemon.library.scans();
-    let library = peer.daemon.library.clone();
+    let scans = peer.daemon.library().scans();
+    let library = peer.daemon.library().clone();
     wait_until("five more scans", Duration::from_secs(10), || {
         let library = library.clone();
         async move { library.scans() >= scans + 5 }
@@ -433,14 +433,14 @@ async fn a_download_finished_into_the_share_is_shared_without_settling() {
     config.settle = Duration::from_secs(3600);
     let b = start_peer_with(config).await;
     let id = content_info(&data).id;
-    let share = b.daemon.library.root().to_path_buf();
+    let share = b.daemon.library().root().to_path_buf();
     let got = b
         .daemon
         .download(id, share, test_engine(), Arc::new(Progress::default()))
         .await
         .unwrap();
     assert_eq!(std::fs::read(&got.path).unwrap(), data);
-    let library = b.daemon.library.clone();
+    let library = b.daemon.library().clone();
     wait_until(
         "the finished download shared",
         Duration::from_secs(10),

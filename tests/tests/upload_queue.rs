@@ -218,7 +218,7 @@ async fn requesters_wait_in_order_are_told_their_positions_and_the_head_is_serve
         "the holder's bytes to be counted",
         Duration::from_secs(10),
         || {
-            let q = seed.daemon.upload_queue.clone();
+            let q = seed.daemon.upload_queue().clone();
             async move {
                 q.snapshot()
                     .active
@@ -228,7 +228,7 @@ async fn requesters_wait_in_order_are_told_their_positions_and_the_head_is_serve
         },
     )
     .await;
-    let listing = seed.daemon.upload_queue.snapshot();
+    let listing = seed.daemon.upload_queue().snapshot();
     assert_eq!((listing.slots, listing.slots_in_use), (1, 1));
     assert!(
         listing.active[0].peer.starts_with("127.0.0.2:"),
@@ -249,7 +249,7 @@ async fn requesters_wait_in_order_are_told_their_positions_and_the_head_is_serve
     );
 
     // The same through the daemon's API (what `peer uploads` prints).
-    let api = api_get(seed.daemon.api_addr.unwrap(), "/api/uploads").await;
+    let api = api_get(seed.daemon.api_addr().unwrap(), "/api/uploads").await;
     assert_eq!(api["slots"], 1);
     assert_eq!(api["slots_in_use"], 1);
     assert_eq!(api["active"][0]["name"], "q.bin");
@@ -585,7 +585,7 @@ async fn a_daemon_download_shows_its_queue_position_at_a_busy_source() {
         fallback_to_any_port: false,
     });
     let downloader = start_peer_with(config).await;
-    let api = downloader.daemon.api_addr.unwrap();
+    let api = downloader.daemon.api_addr().unwrap();
     let (code, d) = api_post(
         api,
         "/api/downloads",
@@ -612,7 +612,7 @@ async fn a_daemon_download_shows_its_queue_position_at_a_busy_source() {
         },
     )
     .await;
-    let at_source = api_get(source.daemon.api_addr.unwrap(), "/api/uploads").await;
+    let at_source = api_get(source.daemon.api_addr().unwrap(), "/api/uploads").await;
     assert_eq!(
         at_source["queue"].as_array().unwrap().len(),
         1,

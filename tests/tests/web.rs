@@ -164,7 +164,7 @@ async fn start_api_peer(
         fallback_to_any_port: false,
     });
     let peer = tests::start_peer_with(config).await;
-    let api = peer.daemon.api_addr.expect("the API listens").to_string();
+    let api = peer.daemon.api_addr().expect("the API listens").to_string();
     (peer, api)
 }
 

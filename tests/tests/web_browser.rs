@@ -159,7 +159,7 @@ async fn the_web_page_searches_downloads_and_messages() {
     });
     let mut bob = start_peer_with(bob_config).await;
     bob.wait_registered(0).await;
-    let api = bob.daemon.api_addr.expect("bob's API listens");
+    let api = bob.daemon.api_addr().expect("bob's API listens");
 
     let page = open_browser(&driver, &browser).await;
     page.goto(&format!("http://{api}/")).await.unwrap();
@@ -235,7 +235,7 @@ async fn the_web_page_searches_downloads_and_messages() {
         "no progress shown between 0 and 100%: {seen:?}"
     );
     let shown_path = js(&page, &format!("return {row}.innerText")).await;
-    let done = bob.daemon.library.root().to_path_buf();
+    let done = bob.daemon.library().root().to_path_buf();
     let _ = done;
     let path = shown_path
         .as_str()
@@ -271,7 +271,7 @@ async fn the_web_page_searches_downloads_and_messages() {
     assert!(
         alice
             .daemon
-            .uploads
+            .uploads()
             .bytes
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 4 << 20
@@ -289,7 +289,7 @@ async fn the_web_page_searches_downloads_and_messages() {
     .await;
     assert!(alice
         .daemon
-        .inbox
+        .inbox()
         .recent()
         .iter()
         .any(|m| m.from == "bob" && m.text == "thanks for the notes"));
