@@ -79,23 +79,43 @@ pub struct Config {
     pub require_proof: bool,
 }
 
+/// Default of [`Config::listen`] (and of `index-server --listen`): both
+/// IPv6 and IPv4 (see `transfer::net::bind_listener`), Napster's port 8888.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V6(std::net::SocketAddrV6::new(
+    std::net::Ipv6Addr::UNSPECIFIED,
+    8888,
+    0,
+    0,
+));
+/// Default of [`Config::lease_ttl`] (`--lease-ttl`).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(60);
+/// Default of [`Config::max_connections`] (`--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default of [`Config::max_connections_per_ip`] (`--max-connections-per-ip`).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Default of [`Config::client_idle`] (`--client-idle`).
+pub const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(300);
+/// Default of [`Config::max_requests_per_sec`] (`--max-requests-per-sec`).
+pub const DEFAULT_MAX_REQUESTS_PER_SEC: u32 = 200_000;
+/// Default of [`Config::dialback_timeout`] (`--dialback-timeout`).
+pub const DEFAULT_DIALBACK_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Default for Config {
     fn default() -> Self {
         Config {
-            // Both IPv4 and IPv6 (see `transfer::net::bind_listener`).
-            listen: "[::]:8888".parse().expect("valid default address"),
-            lease_ttl: Duration::from_secs(60),
-            max_connections: 10_000,
-            max_connections_per_ip: 256,
+            listen: DEFAULT_LISTEN,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             first_request_timeout: common::limits::FIRST_REQUEST_TIMEOUT,
-            client_idle: Duration::from_secs(300),
+            client_idle: DEFAULT_CLIENT_IDLE,
             hello_timeout: common::limits::HELLO_TIMEOUT,
             frame_timeout: common::limits::FRAME_TIMEOUT,
-            max_requests_per_sec: 200_000,
+            max_requests_per_sec: DEFAULT_MAX_REQUESTS_PER_SEC,
             store: None,
             limits: state::Limits::default(),
             http: None,
-            dialback_timeout: Duration::from_secs(3),
+            dialback_timeout: DEFAULT_DIALBACK_TIMEOUT,
             require_proof: false,
         }
     }

@@ -14,6 +14,17 @@ fn duration(
     move |s| parse_duration_in(s, min, max)
 }
 
+/// A library default duration as clap shows and parses it (`60s`): the
+/// default is written once, in the library.
+fn default_duration(d: Duration) -> String {
+    common::units::human_duration(d)
+}
+
+/// A library default size as clap shows and parses it (`2GiB`).
+fn default_size(bytes: u64) -> String {
+    common::units::human_bytes(bytes)
+}
+
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -32,54 +43,57 @@ Durations and sizes take units in any case (30s, 2m, 500MiB, 10gb).";
 struct Cli {
     /// Address to listen on (Napster's port by default). `[::]` takes both
     /// IPv6 and IPv4 (dual-stack), or IPv4 only where IPv6 is unavailable.
-    #[arg(long, env = "INDEX_LISTEN", default_value = "[::]:8888")]
+    #[arg(long, env = "INDEX_LISTEN", default_value_t = index_server::DEFAULT_LISTEN)]
     listen: SocketAddr,
 
     /// Lease of a peer, 1s to 1d: one that sends no heartbeat for this long
     /// is dropped from every answer (e.g. 30s, 2m). Peers heartbeat every third of it.
-    #[arg(long, env = "INDEX_LEASE_TTL", default_value = "60s", value_parser = duration(SEC, DAY))]
+    #[arg(long, env = "INDEX_LEASE_TTL", default_value = default_duration(index_server::DEFAULT_LEASE_TTL),
+          value_parser = duration(SEC, DAY))]
     lease_ttl: Duration,
 
     /// Most simultaneous connections (1 to 1000000); further ones are told the server is busy.
-    #[arg(long, env = "INDEX_MAX_CONNECTIONS", default_value_t = 10_000,
+    #[arg(long, env = "INDEX_MAX_CONNECTIONS", default_value_t = index_server::DEFAULT_MAX_CONNECTIONS,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     max_connections: usize,
 
     /// Most simultaneous connections from one address (IPv4, or IPv6 /64),
     /// so that one host cannot take every place (1 to 1000000).
-    #[arg(long, env = "INDEX_MAX_CONNECTIONS_PER_IP", default_value_t = 256,
+    #[arg(long, env = "INDEX_MAX_CONNECTIONS_PER_IP", default_value_t = index_server::DEFAULT_MAX_CONNECTIONS_PER_IP,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     max_connections_per_ip: usize,
 
     /// How long a non-sharing client (search, get) may keep an idle connection (1s to 1d).
-    #[arg(long, env = "INDEX_CLIENT_IDLE", default_value = "5m", value_parser = duration(SEC, DAY))]
+    #[arg(long, env = "INDEX_CLIENT_IDLE", default_value = default_duration(index_server::DEFAULT_CLIENT_IDLE),
+          value_parser = duration(SEC, DAY))]
     client_idle: Duration,
 
     /// Deadline for the rest of a message once its first byte arrived
     /// (100ms to 1h); a client dripping bytes slower than this is cut off.
-    #[arg(long, env = "INDEX_FRAME_TIMEOUT", default_value = "10s", value_parser = duration(100 * MS, HOUR))]
+    #[arg(long, env = "INDEX_FRAME_TIMEOUT", default_value = default_duration(common::limits::FRAME_TIMEOUT),
+          value_parser = duration(100 * MS, HOUR))]
     frame_timeout: Duration,
 
     /// Requests per second one connection may make (at least 1); faster clients are slowed down.
-    #[arg(long, env = "INDEX_MAX_REQUESTS_PER_SEC", default_value_t = 200_000,
+    #[arg(long, env = "INDEX_MAX_REQUESTS_PER_SEC", default_value_t = index_server::DEFAULT_MAX_REQUESTS_PER_SEC,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_requests_per_sec: u32,
 
     /// Most files one peer may list; further ones are refused with a clear error.
-    #[arg(long, env = "INDEX_MAX_FILES_PER_SESSION", default_value_t = 250_000,
+    #[arg(long, env = "INDEX_MAX_FILES_PER_SESSION", default_value_t = index_server::state::DEFAULT_MAX_FILES_PER_SESSION as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_files_per_session: u64,
 
     /// Most peers logged in at once from one source address (an IPv4
     /// address or an IPv6 /64).
-    #[arg(long, env = "INDEX_MAX_SESSIONS_PER_ADDRESS", default_value_t = 1024,
+    #[arg(long, env = "INDEX_MAX_SESSIONS_PER_ADDRESS", default_value_t = index_server::state::DEFAULT_MAX_SESSIONS_PER_SOURCE as u64,
           value_parser = clap::value_parser!(u64).range(1..))]
     max_sessions_per_address: u64,
 
     /// Memory the listings may take, estimated as 128 bytes plus the name
     /// per listed file (e.g. 512MiB, 4GiB); registrations beyond it are
     /// refused with a clear error instead of growing the server.
-    #[arg(long, env = "INDEX_MEMORY_BUDGET", default_value = "2GiB", value_parser = |s: &str| parse_size_in(s, 1, u64::MAX))]
+    #[arg(long, env = "INDEX_MEMORY_BUDGET", default_value = default_size(index_server::state::DEFAULT_MEMORY_BUDGET), value_parser = |s: &str| parse_size_in(s, 1, u64::MAX))]
     memory_budget: u64,
 
     /// Let peers publish ports below 1024 (refused by default: a peer never
@@ -94,17 +108,18 @@ struct Cli {
 
     /// Most bytes the store holds, counting uploads in progress (e.g. 500MiB,
     /// 10GiB; at least 1 byte); an upload that would exceed it is refused with a clear message.
-    #[arg(long, env = "INDEX_STORE_QUOTA", default_value = "10GiB", value_parser = |s: &str| parse_size_in(s, 1, u64::MAX))]
+    #[arg(long, env = "INDEX_STORE_QUOTA", default_value = default_size(index_server::store::DEFAULT_QUOTA), value_parser = |s: &str| parse_size_in(s, 1, u64::MAX))]
     store_quota: u64,
 
     /// How long the part file of an abandoned upload is kept for a resume
     /// (it counts against the quota meanwhile), e.g. 30m, 1h, 24h (1s to 30d).
-    #[arg(long, env = "INDEX_STORE_PART_EXPIRY", default_value = "1h", value_parser = duration(SEC, 30 * DAY))]
+    #[arg(long, env = "INDEX_STORE_PART_EXPIRY", default_value = default_duration(index_server::store::DEFAULT_PART_EXPIRY),
+          value_parser = duration(SEC, 30 * DAY))]
     store_part_expiry: Duration,
 
     /// Most uploads one client address may have unfinished at once (in
     /// progress, or interrupted and not yet expired).
-    #[arg(long, env = "INDEX_STORE_MAX_PENDING_PER_CLIENT", default_value_t = 4,
+    #[arg(long, env = "INDEX_STORE_MAX_PENDING_PER_CLIENT", default_value_t = index_server::store::DEFAULT_MAX_PENDING_PER_CLIENT as u64,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     store_max_pending_per_client: u64,
 
@@ -115,7 +130,8 @@ struct Cli {
 
     /// How long a file copied into the store folder by hand must stay
     /// unchanged before it is hashed and listed (0 to 1h; 0: at once).
-    #[arg(long, env = "INDEX_STORE_SETTLE", default_value = "3s", value_parser = duration(Duration::ZERO, HOUR))]
+    #[arg(long, env = "INDEX_STORE_SETTLE", default_value = default_duration(transfer::scan::DEFAULT_SETTLE),
+          value_parser = duration(Duration::ZERO, HOUR))]
     store_settle: Duration,
 
     /// Cap on the total rate the store serves downloads at, e.g. 10MB/s or
@@ -139,7 +155,8 @@ struct Cli {
 
     /// How long one reachability dial-back (connect, hello, proof) may take
     /// before the address counts as unproven, e.g. 3s (100ms to 60s).
-    #[arg(long, env = "INDEX_DIALBACK_TIMEOUT", default_value = "3s", value_parser = duration(Duration::from_millis(100), 60 * SEC))]
+    #[arg(long, env = "INDEX_DIALBACK_TIMEOUT", default_value = default_duration(index_server::DEFAULT_DIALBACK_TIMEOUT),
+          value_parser = duration(Duration::from_millis(100), 60 * SEC))]
     dialback_timeout: Duration,
 }
 
@@ -292,6 +309,40 @@ mod tests {
         assert_eq!(cli.store_quota, 10 << 30);
         assert_eq!(cli.lease_ttl, Duration::from_secs(30));
         assert_eq!(cli.max_upload_rate, Some(10_000_000));
+    }
+
+    /// Parsing no flag gives the library's defaults (written once there;
+    /// durations and sizes go through their text form for --help).
+    #[test]
+    fn defaults_are_the_librarys() {
+        let cli = Cli::try_parse_from(["index-server", "--store", "/s"]).unwrap();
+        let config = index_server::Config::default();
+        assert_eq!(cli.listen, config.listen);
+        assert_eq!(cli.lease_ttl, config.lease_ttl);
+        assert_eq!(cli.max_connections, config.max_connections);
+        assert_eq!(cli.max_connections_per_ip, config.max_connections_per_ip);
+        assert_eq!(cli.client_idle, config.client_idle);
+        assert_eq!(cli.frame_timeout, config.frame_timeout);
+        assert_eq!(cli.max_requests_per_sec, config.max_requests_per_sec);
+        assert_eq!(cli.dialback_timeout, config.dialback_timeout);
+        let limits = &config.limits;
+        assert_eq!(
+            cli.max_files_per_session,
+            limits.max_files_per_session as u64
+        );
+        assert_eq!(
+            cli.max_sessions_per_address,
+            limits.max_sessions_per_source as u64
+        );
+        assert_eq!(cli.memory_budget, limits.memory_budget);
+        let store = index_server::store::StoreConfig::new("/s".into());
+        assert_eq!(cli.store_quota, store.quota);
+        assert_eq!(cli.store_part_expiry, store.part_expiry);
+        assert_eq!(
+            cli.store_max_pending_per_client,
+            store.max_pending_per_client as u64
+        );
+        assert_eq!(cli.store_settle, store.settle);
     }
 
     #[test]

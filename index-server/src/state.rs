@@ -122,15 +122,22 @@ pub struct Limits {
     pub allow_privileged_ports: bool,
 }
 
+/// Default of [`Limits::max_files_per_session`] (`--max-files-per-session`).
+pub const DEFAULT_MAX_FILES_PER_SESSION: usize = 250_000;
+/// Default of [`Limits::max_sessions_per_source`] (`--max-sessions-per-address`).
+pub const DEFAULT_MAX_SESSIONS_PER_SOURCE: usize = 1024;
+/// Default of [`Limits::memory_budget`] (`--memory-budget`).
+pub const DEFAULT_MEMORY_BUDGET: u64 = 2 << 30;
+
 impl Default for Limits {
     /// 250,000 files a session (the 1,000,000-file benchmark uses 8
     /// sessions of 125,000), 1024 sessions per address (the lab runs 100+
     /// peers on 127.0.0.1), and 2 GiB (1,000,000 files with 1 KiB names).
     fn default() -> Self {
         Limits {
-            max_files_per_session: 250_000,
-            max_sessions_per_source: 1024,
-            memory_budget: 2 << 30,
+            max_files_per_session: DEFAULT_MAX_FILES_PER_SESSION,
+            max_sessions_per_source: DEFAULT_MAX_SESSIONS_PER_SOURCE,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
             allow_privileged_ports: false,
         }
     }

@@ -88,6 +88,9 @@ pub struct StoreConfig {
     pub max_pending_per_client: usize,
 }
 
+/// Default of [`StoreConfig::quota`] (`--store-quota`).
+pub const DEFAULT_QUOTA: u64 = 10 << 30;
+
 /// Default of [`StoreConfig::part_expiry`]: long enough to resume after a
 /// dropped connection or a laptop's nap, short enough that abandoned parts
 /// do not hold the quota for long.
@@ -101,7 +104,7 @@ impl StoreConfig {
     pub fn new(dir: PathBuf) -> Self {
         StoreConfig {
             dir,
-            quota: 10 << 30,
+            quota: DEFAULT_QUOTA,
             advertise: None,
             rescan_interval: Duration::from_secs(10),
             settle: scan::DEFAULT_SETTLE,

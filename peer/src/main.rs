@@ -65,6 +65,12 @@ fn duration(
     move |s| parse_duration_in(s, min, max)
 }
 
+/// A library's default duration as clap shows and parses it (`10s`), so
+/// that the default is written once, in the library.
+fn default_duration(d: Duration) -> String {
+    common::units::human_duration(d)
+}
+
 const MS: Duration = Duration::from_millis(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -106,7 +112,8 @@ struct P2pSearchArgs {
     ttl: u8,
     /// Longest wait for answers, 10ms to 1h; the search stops earlier once
     /// every copy of the query is accounted for, or when no answer came for 1 s.
-    #[arg(long, env = "PEER_WAIT", default_value = "2s", value_parser = duration(10 * MS, HOUR))]
+    #[arg(long, env = "PEER_WAIT", default_value = default_duration(peer::overlay::DEFAULT_WAIT),
+          value_parser = duration(10 * MS, HOUR))]
     wait: Duration,
 }
 
@@ -148,7 +155,7 @@ enum Command {
         index: IndexArg,
         /// Address to accept chunk requests on; `[::]` takes both IPv6 and
         /// IPv4 (IPv4 only where IPv6 is unavailable).
-        #[arg(long, env = "PEER_LISTEN", default_value = "[::]:6699")]
+        #[arg(long, env = "PEER_LISTEN", default_value_t = peer::serve::DEFAULT_LISTEN)]
         listen: SocketAddr,
         /// HOST:PORT other peers should use to reach this one, when the
         /// index would otherwise see a NAT or container address (HOST alone:
@@ -167,12 +174,14 @@ enum Command {
         #[arg(long, env = "PEER_CACHE_DIR")]
         cache_dir: Option<PathBuf>,
         /// How often to look for added, changed and removed files (100ms to 1d).
-        #[arg(long, env = "PEER_RESCAN_INTERVAL", default_value = "10s", value_parser = duration(100 * MS, DAY))]
+        #[arg(long, env = "PEER_RESCAN_INTERVAL", default_value = default_duration(peer::serve::DEFAULT_RESCAN_INTERVAL),
+              value_parser = duration(100 * MS, DAY))]
         rescan_interval: Duration,
         /// How long a file must stay unchanged (size, times, inode) before it
         /// is hashed and shared, so a file still being written is not shared
         /// half-done; 0 shares files as soon as they are seen (0 to 1d).
-        #[arg(long, env = "PEER_SETTLE", default_value = "3s", value_parser = duration(Duration::ZERO, DAY))]
+        #[arg(long, env = "PEER_SETTLE", default_value = default_duration(peer::scan::DEFAULT_SETTLE),
+              value_parser = duration(Duration::ZERO, DAY))]
         settle: Duration,
         /// Upload slots: peers served at once (1 to 4096). Further peers wait
         /// in a fair queue (first come, first served, one place per
@@ -194,17 +203,17 @@ enum Command {
         /// How long a waiting peer keeps its place in the upload queue after
         /// its connection closed (0 to 1h): reconnecting within it keeps the
         /// place, after it the place is given up.
-        #[arg(long, env = "PEER_UPLOAD_QUEUE_GRACE", value_name = "DURATION", default_value = "60s",
+        #[arg(long, env = "PEER_UPLOAD_QUEUE_GRACE", value_name = "DURATION", default_value = default_duration(common::limits::UPLOAD_QUEUE_GRACE),
               value_parser = duration(Duration::ZERO, HOUR))]
         upload_queue_grace: Duration,
         /// While others wait, the longest one peer keeps an upload slot
         /// before going back to the end of the queue (1s to 1d).
-        #[arg(long, env = "PEER_UPLOAD_SLOT_TIME", value_name = "DURATION", default_value = "5m",
+        #[arg(long, env = "PEER_UPLOAD_SLOT_TIME", value_name = "DURATION", default_value = default_duration(common::limits::UPLOAD_SLOT_TIME),
               value_parser = duration(Duration::from_secs(1), DAY))]
         upload_slot_time: Duration,
         /// While others wait, a slot whose peer asked for no chunk for this
         /// long goes to the next in the queue (100ms to 1h).
-        #[arg(long, env = "PEER_UPLOAD_SLOT_IDLE", value_name = "DURATION", default_value = "5s",
+        #[arg(long, env = "PEER_UPLOAD_SLOT_IDLE", value_name = "DURATION", default_value = default_duration(common::limits::UPLOAD_SLOT_IDLE),
               value_parser = duration(100 * MS, HOUR))]
         upload_slot_idle: Duration,
         /// Most upload connections at once; further peers are told the peer
@@ -230,10 +239,11 @@ enum Command {
         neighbors: Vec<String>,
         /// p2p: neighbours to keep (1 to 64); below it the node dials
         /// addresses it learned by ping/pong (and the --neighbor ones again).
-        #[arg(long, env = "PEER_DEGREE", default_value_t = 4, value_parser = count(1, 64))]
+        #[arg(long, env = "PEER_DEGREE", default_value_t = peer::overlay::DEFAULT_DEGREE, value_parser = count(1, 64))]
         degree: usize,
         /// p2p: how often to ping neighbours and replace missing ones (100ms to 1h).
-        #[arg(long, env = "PEER_PING_INTERVAL", default_value = "5s", value_parser = duration(100 * MS, HOUR))]
+        #[arg(long, env = "PEER_PING_INTERVAL", default_value = default_duration(peer::overlay::DEFAULT_PING_INTERVAL),
+              value_parser = duration(100 * MS, HOUR))]
         ping_interval: Duration,
         #[command(flatten)]
         rates: RateArgs,
@@ -322,7 +332,8 @@ enum Command {
         #[arg(long, env = "PEER_JSON", value_parser = boolish())]
         json: bool,
         /// Drop a source that sends nothing for this long (100ms to 1d).
-        #[arg(long, env = "PEER_STALL_TIMEOUT", default_value = "10s", value_parser = duration(100 * MS, DAY))]
+        #[arg(long, env = "PEER_STALL_TIMEOUT", default_value = default_duration(peer::download::DEFAULT_STALL_TIMEOUT),
+              value_parser = duration(100 * MS, DAY))]
         stall_timeout: Duration,
         /// Most sources to fetch from at once (1 to 256).
         #[arg(long, env = "PEER_MAX_SOURCES", default_value_t = peer::download::DEFAULT_MAX_SOURCES, value_parser = count(1, 256))]
@@ -346,7 +357,8 @@ enum Command {
         /// left are tried again when the index lists them again. While every
         /// source only refuses (the connection, or the file), the download
         /// gives up after --stall-timeout instead.
-        #[arg(long, env = "PEER_RETRY_TIMEOUT", default_value = "5m", value_parser = duration(Duration::from_secs(1), DAY))]
+        #[arg(long, env = "PEER_RETRY_TIMEOUT", default_value = default_duration(peer::download::DEFAULT_RETRY_TIMEOUT),
+              value_parser = duration(Duration::from_secs(1), DAY))]
         retry_timeout: Duration,
         /// When a `peer serve` shares the output folder (or a folder above
         /// it; or PEER_API is set), the download is handed to that daemon,
@@ -902,6 +914,12 @@ mod tests {
         assert_eq!(retry_timeout, engine.retry_timeout);
         assert_eq!(max_sources, engine.max_sources);
         assert_eq!(pipeline, engine.pipeline_depth);
+        let cli = Cli::try_parse_from(["peer", "search", "--mode", "p2p", "x"]).unwrap();
+        let Command::Search { p2p, .. } = cli.command else {
+            panic!("not search");
+        };
+        assert_eq!(p2p.wait, peer::overlay::DEFAULT_WAIT);
+        assert_eq!(p2p.ttl, peer::overlay::DEFAULT_TTL);
         let cli = Cli::try_parse_from(["peer", "serve", "--share", "/x"]).unwrap();
         let Command::Serve {
             rescan_interval,
@@ -914,11 +932,16 @@ mod tests {
             upload_queue_grace,
             upload_slot_time,
             upload_slot_idle,
+            degree,
+            ping_interval,
             ..
         } = cli.command
         else {
             panic!("not serve");
         };
+        let overlay = peer::overlay::OverlayConfig::default();
+        assert_eq!(degree, overlay.degree);
+        assert_eq!(ping_interval, overlay.ping_interval);
         let config = peer::ServeConfig::new("/x".into(), String::new());
         let queue = &config.upload_queue;
         assert_eq!(max_uploads, queue.slots);

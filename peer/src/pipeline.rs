@@ -68,7 +68,7 @@ pub const P2P_SOURCE_REFRESH: Duration = Duration::from_secs(2);
 pub const P2P_SWARM_SOURCE_REFRESH: Duration = Duration::from_millis(300);
 
 /// How long a daemon's p2p searches wait for answers.
-pub const P2P_SWARM_WAIT: Duration = Duration::from_secs(2);
+pub const P2P_SWARM_WAIT: Duration = crate::overlay::DEFAULT_WAIT;
 
 /// Where a download's file is resolved and its sources come from.
 #[derive(Debug, Clone)]

@@ -18,6 +18,18 @@ use crate::rate::RateLimiter;
 use crate::registrar::{self, RegistrarConfig, RegistrationState};
 use crate::scan::{self, HashCache};
 
+/// Default of [`ServeConfig::listen`] (and of `peer serve --listen`):
+/// both IPv6 and IPv4 (see `transfer::net::bind_listener`), port 6699.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V6(std::net::SocketAddrV6::new(
+    std::net::Ipv6Addr::UNSPECIFIED,
+    crate::addr::PEER_PORT,
+    0,
+    0,
+));
+
+/// Default of [`ServeConfig::rescan_interval`] (and of `--rescan-interval`).
+pub const DEFAULT_RESCAN_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Settings of a sharing peer.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -83,13 +95,12 @@ impl ServeConfig {
         ServeConfig {
             share,
             index,
-            // Both IPv6 and IPv4 (see `transfer::net::bind_listener`).
-            listen: "[::]:6699".parse().expect("valid default address"),
+            listen: DEFAULT_LISTEN,
             advertise: None,
             nick: None,
             nick_fallback: false,
             cache_dir: None,
-            rescan_interval: Duration::from_secs(10),
+            rescan_interval: DEFAULT_RESCAN_INTERVAL,
             settle: scan::DEFAULT_SETTLE,
             upload_queue: transfer::upload_queue::QueueConfig::new(common::limits::UPLOAD_SLOTS),
             max_upload_connections: common::limits::UPLOAD_CONNECTIONS,

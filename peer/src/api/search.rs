@@ -29,7 +29,7 @@ use super::{ApiError, ApiQuery, ApiState};
 use crate::index_client::IndexClient;
 
 /// How long a p2p search waits for the overlay's answers.
-const P2P_WAIT: Duration = Duration::from_secs(2);
+const P2P_WAIT: Duration = crate::overlay::DEFAULT_WAIT;
 
 /// Longest a search may take before the API answers 504.
 const SEARCH_DEADLINE: Duration = Duration::from_secs(15);

@@ -19,6 +19,6 @@ pub mod node;
 pub mod router;
 pub mod search;
 
-pub use node::{Overlay, OverlayConfig};
+pub use node::{Overlay, OverlayConfig, DEFAULT_DEGREE, DEFAULT_PING_INTERVAL};
 pub use router::OverlayCounters;
-pub use search::{search, SearchReport, DEFAULT_TTL};
+pub use search::{search, SearchReport, DEFAULT_TTL, DEFAULT_WAIT};

@@ -52,12 +52,17 @@ pub struct OverlayConfig {
     pub link_idle: Duration,
 }
 
+/// Default of [`OverlayConfig::degree`] (and of `peer serve --degree`).
+pub const DEFAULT_DEGREE: usize = 4;
+/// Default of [`OverlayConfig::ping_interval`] (and of `--ping-interval`).
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(5);
+
 impl Default for OverlayConfig {
     fn default() -> Self {
         OverlayConfig {
             neighbors: Vec::new(),
-            degree: 4,
-            ping_interval: Duration::from_secs(5),
+            degree: DEFAULT_DEGREE,
+            ping_interval: DEFAULT_PING_INTERVAL,
             link_idle: Duration::from_secs(60),
         }
     }

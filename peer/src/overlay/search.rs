@@ -49,6 +49,10 @@ pub const ANSWER_QUIET: Duration = Duration::from_secs(1);
 /// Default hop limit, as in Gnutella 0.6.
 pub const DEFAULT_TTL: u8 = 7;
 
+/// Default longest wait for a flooding search's answers (`--wait`, the
+/// API's p2p search, a daemon's p2p downloads).
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(2);
+
 /// One file found, with every node that offers it.
 #[derive(Debug, Clone, Serialize)]
 pub struct P2pHit {

@@ -108,7 +108,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             pipeline_depth: DEFAULT_PIPELINE_DEPTH,
-            stall_timeout: Duration::from_secs(10),
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
             connect_timeout: common::limits::CONNECT_TIMEOUT,
             max_sources: DEFAULT_MAX_SOURCES,
             start_grace: Duration::from_millis(300),
@@ -126,6 +126,8 @@ impl Default for EngineConfig {
     }
 }
 
+/// Default of [`EngineConfig::stall_timeout`] (and of `peer get --stall-timeout`).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default of [`EngineConfig::pipeline_depth`] (and of `peer get --pipeline`).
 pub const DEFAULT_PIPELINE_DEPTH: usize = 16;
 /// Default of [`EngineConfig::max_sources`] (and of `peer get --max-sources`).
