@@ -210,3 +210,127 @@ fn peer_uploads_lists_who_is_served_and_who_waits() {
     assert!(!ok);
     assert!(err.contains("no running daemon"), "{err}");
 }
+
+/// Starts `peer serve` over `share` with `flags` (no index needed to serve
+/// chunks); returns the process and its chunk and API addresses.
+fn serve_with(share: &Path, flags: &[&str]) -> (Killed, String, SocketAddr) {
+    let serve = Killed(
+        Command::new(PEER)
+            .args(["serve", "--share"])
+            .arg(share)
+            .args(["--index", "127.0.0.1:9", "--listen", "127.0.0.1:0"])
+            .args(["--settle", "0", "--api", "127.0.0.1:0"])
+            .args(flags)
+            .env_remove("PEER_API")
+            .env_remove("PEER_API_TOKEN")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let api_file = share.join(".p2pshare/api.json");
+    wait_for("the API file", || api_file.exists());
+    let api: SocketAddr = serde_json::from_slice::<Value>(&std::fs::read(&api_file).unwrap())
+        .unwrap()["api"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    wait_for("the file to be shared", || {
+        api_get(api, "/api/status")["files"] == 1
+    });
+    let listen = api_get(api, "/api/status")["listen"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (serve, listen, api)
+}
+
+/// The upload-queue flags of `peer serve` change what requesters get, not
+/// just what parses: `--max-uploads 2` serves two at once where
+/// `--max-uploads 1` queues the second (served when the first leaves), and
+/// `--upload-queue-grace 2s` keeps a place across a quick reconnection but
+/// loses it well before the default minute would.
+#[test]
+fn the_upload_queue_flags_of_serve_change_who_is_served_and_who_keeps_a_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..2 * common::CHUNK_SIZE)
+        .map(|i| (i * 13 % 251) as u8)
+        .collect();
+    let id = common::id::content_info(&data).id;
+    let chunk = PeerRequest::Chunk { id, index: 0 };
+    let is_chunk = |a: &PeerResponse| matches!(a, PeerResponse::Chunk { .. });
+    let queued = |position| PeerResponse::Queued { position };
+    let mut shares = Vec::new();
+    for name in ["two", "one"] {
+        let share = dir.path().join(name);
+        std::fs::create_dir_all(&share).unwrap();
+        std::fs::write(share.join("f.bin"), &data).unwrap();
+        shares.push(share);
+    }
+    // Holders never idle out here, however slow this machine is.
+    let (_two, two, two_api) = serve_with(
+        &shares[0],
+        &["--max-uploads", "2", "--upload-slot-idle", "1h"],
+    );
+    let (_one, one, one_api) = serve_with(
+        &shares[1],
+        &[
+            "--max-uploads",
+            "1",
+            "--upload-queue-grace",
+            "2s",
+            "--upload-slot-idle",
+            "1h",
+        ],
+    );
+
+    // Two slots: two requesters served at once, the third waits.
+    let mut r1 = Requester::connect(&two, Some(1));
+    let mut r2 = Requester::connect(&two, Some(2));
+    assert!(is_chunk(&r1.ask(&chunk)));
+    assert!(is_chunk(&r2.ask(&chunk)));
+    let mut r3 = Requester::connect(&two, Some(3));
+    assert_eq!(r3.ask(&chunk), queued(1));
+    assert_eq!(api_get(two_api, "/api/uploads")["slots_in_use"], 2);
+
+    // One slot: the second requester waits at position 1, the third at 2.
+    let mut holder = Requester::connect(&one, Some(1));
+    assert!(is_chunk(&holder.ask(&chunk)));
+    let mut a = Requester::connect(&one, Some(2));
+    let mut b = Requester::connect(&one, Some(3));
+    assert_eq!(a.ask(&chunk), queued(1));
+    assert_eq!(b.ask(&chunk), queued(2));
+
+    // `a` leaves and comes back within the 2 s grace: still first.
+    drop(a);
+    wait_for("the queue to see a leave", || {
+        api_get(one_api, "/api/uploads")["queue"][0]["connected"] == false
+    });
+    let mut a = Requester::connect(&one, Some(2));
+    assert_eq!(a.ask(&chunk), queued(1), "back within the grace");
+    // Away past the grace (wait_for gives up after 30 s, long before the
+    // default 60 s grace would end): the place goes, `b` moves up, and `a`
+    // starts again at the end.
+    drop(a);
+    wait_for("the place to be given up after 2 s", || {
+        let q = api_get(one_api, "/api/uploads");
+        q["queue"].as_array().map(Vec::len) == Some(1)
+    });
+    let mut a = Requester::connect(&one, Some(2));
+    assert_eq!(a.ask(&chunk), queued(2), "a lost place starts at the end");
+
+    // The holder finishes: the head of the queue (`b`) gets the slot.
+    drop(holder);
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let mut granted = b.ask(&PeerRequest::Wait);
+    while granted == queued(1) && Instant::now() < give_up {
+        granted = b.ask(&PeerRequest::Wait);
+    }
+    assert_eq!(granted, PeerResponse::SlotGranted);
+    assert!(is_chunk(&b.ask(&chunk)));
+    assert_eq!(a.ask(&chunk), queued(1));
+    drop((r1, r2, r3));
+}
