@@ -163,14 +163,19 @@ pub async fn get_through(
     client: &ApiClient,
     target: &str,
     out: &Path,
+    store: Option<&str>,
     json: bool,
     detach: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<i32> {
     let out = std::path::absolute(out)?;
-    let created = client
-        .post("/api/downloads", json!({"target": target, "out": out}))
-        .await?;
+    let mut body = json!({"target": target, "out": out});
+    // Client-server mode: the daemon fetches from that server's store only.
+    if let Some(server) = store {
+        body["mode"] = "client-server".into();
+        body["server"] = server.into();
+    }
+    let created = client.post("/api/downloads", body).await?;
     let id = created["id"].as_u64().unwrap_or(0);
     if detach {
         if json {

@@ -651,8 +651,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let shutdown = shutdown_on_signals()?;
             if let Some(client) = daemon_for_get(&out, mode, &index.index).await {
-                return daemon_cli::get_through(&client, &target, &out, json, detach, shutdown)
-                    .await;
+                let store = (mode == Mode::ClientServer).then_some(index.index.as_str());
+                return daemon_cli::get_through(
+                    &client, &target, &out, store, json, detach, shutdown,
+                )
+                .await;
             }
             let engine = EngineConfig {
                 retry_timeout,
@@ -815,16 +818,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 }
 
 /// The running daemon a `peer get` into `out` is handed to: the one that
-/// shares `out` (or a folder above it), or PEER_API; only when it runs in
-/// the same mode (and, in hybrid mode, with the same index).
+/// shares `out` (or a folder above it), or PEER_API; in hybrid and p2p
+/// mode only when it runs in the same mode (and, in hybrid mode, with the
+/// same index). Any daemon takes a client-server download, told the server.
 async fn daemon_for_get(
     out: &std::path::Path,
     mode: Mode,
     index: &str,
 ) -> Option<peer::daemon::client::ApiClient> {
-    if mode == Mode::ClientServer {
-        return None;
-    }
     let client = peer::daemon::client::ApiClient::discover(out)
         .await
         .ok()??;
@@ -832,7 +833,7 @@ async fn daemon_for_get(
     let same_mode = match mode {
         Mode::Hybrid => status["mode"] == "hybrid" && status["index"].as_str() == Some(index),
         Mode::P2p => status["mode"] == "p2p",
-        Mode::ClientServer => false,
+        Mode::ClientServer => true,
     };
     if !same_mode {
         tracing::info!(

@@ -402,3 +402,84 @@ fn part_has(part: &Path, info: &ContentInfo, n: u32) -> bool {
         .count();
     verified >= n as usize
 }
+
+/// `peer get --mode client-server` with a daemon sharing the output folder
+/// hands the download to the daemon, which fetches it from the index
+/// server's store only, through the same pipeline; the API refuses modes
+/// the daemon cannot run with a 400 that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_get_in_client_server_mode_is_handed_to_the_daemon_and_served_by_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let data = random_bytes(5 * common::CHUNK_SIZE + 7, 47);
+    std::fs::write(store_dir.join("lecture.pdf"), &data).unwrap();
+    let mut store = index_server::store::StoreConfig::new(store_dir);
+    // Written whole before the server starts: no need to wait for it to settle.
+    store.settle = Duration::ZERO;
+    let config = index_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        store: Some(store),
+        ..Default::default()
+    };
+    let server = index_server::Server::bind(config).await.unwrap();
+    let index = server.local_addr().to_string();
+    let store = server.store().expect("a store");
+    let stop_index = CancellationToken::new();
+    tokio::spawn(server.run(stop_index.clone()));
+
+    let share = dir.path().join("share");
+    let mut daemon = serve(&share, &index, &["--api", "127.0.0.1:0"]);
+    let api = api_of(&share);
+    let out = peer_cmd(args(&[
+        "get",
+        "--mode",
+        "client-server",
+        "--index",
+        &index,
+        "-o",
+        share.join("from store").to_str().unwrap(),
+        "--json",
+        "lecture.pdf",
+    ]))
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("handed to the daemon"), "{stderr}");
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = got["download"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("not through the daemon: {got}"));
+    assert_eq!(std::fs::read(got["path"].as_str().unwrap()).unwrap(), data);
+    // Nobody but the store has the file: it served every chunk.
+    assert!(store.uploads.chunks() >= 6, "the store served it");
+    let (_, listed) = http(api, "GET", &format!("/api/downloads/{id}"), None);
+    assert_eq!(listed["mode"], "client-server", "{listed}");
+    assert_eq!(listed["server"], index.as_str(), "{listed}");
+
+    // What this hybrid daemon cannot do is a 400 with the reason.
+    for (body, says) in [
+        (r#"{"target":"lecture.pdf","mode":"p2p"}"#, "hybrid mode"),
+        (
+            r#"{"target":"lecture.pdf","mode":"napster"}"#,
+            "unknown mode",
+        ),
+        (
+            r#"{"target":"lecture.pdf","server":"127.0.0.1:1"}"#,
+            "client-server",
+        ),
+        (
+            r#"{"target":"lecture.pdf","mode":"client-server","server":"a b:c"}"#,
+            "server",
+        ),
+    ] {
+        let (code, answer) = http(api, "POST", "/api/downloads", Some(body));
+        assert_eq!(code, 400, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap_or("").contains(says),
+            "{body}: {answer}"
+        );
+    }
+    assert!(sigterm(&mut daemon).success());
+    stop_index.cancel();
+}

@@ -19,6 +19,57 @@ pub struct NewDownload {
     /// Absolute folder to put the file in (default: the shared folder).
     #[serde(default)]
     pub out: Option<std::path::PathBuf>,
+    /// "client-server": fetch from an index server's store only (never a
+    /// peer); the daemon's own mode ("hybrid" or "p2p") is the default,
+    /// and the other peer-to-peer mode is refused (the daemon is a node of
+    /// one network only).
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// With "client-server": the index server holding the store, `HOST:PORT`
+    /// or `HOST` (port 8888); default: the daemon's index.
+    #[serde(default)]
+    pub server: Option<String>,
+}
+
+/// The store a new download comes from: `Some(server)` in client-server
+/// mode, `None` in the daemon's own mode; a 400 for a mode it cannot run.
+fn store_server(state: &ApiState, body: &NewDownload) -> Result<Option<String>, ApiError> {
+    let own = state.info.mode;
+    let mode = body.mode.as_deref().map(str::trim).unwrap_or(own);
+    match mode {
+        "client-server" => {}
+        m if m == own => {
+            return match body.server {
+                None => Ok(None),
+                Some(_) => Err(ApiError::bad_request(
+                    "\"server\" goes with \"mode\": \"client-server\" only",
+                )),
+            };
+        }
+        "hybrid" | "p2p" => {
+            return Err(ApiError::bad_request(format!(
+                "this daemon runs in {own} mode and cannot download in {mode} mode (run `peer get --mode {mode}` without it, or a daemon in that mode)"
+            )))
+        }
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown mode {other:?}: use hybrid, p2p or client-server"
+            )))
+        }
+    }
+    let server = match body.server.as_deref() {
+        Some(s) => s,
+        // A p2p daemon's index is not used (and may be empty).
+        None if own == "hybrid" => state.info.index.as_str(),
+        None => {
+            return Err(ApiError::bad_request(
+                "a p2p daemon has no index server: give \"server\": \"HOST:PORT\" of the index server with the store",
+            ))
+        }
+    };
+    crate::addr::parse_host_port(server, crate::addr::INDEX_PORT)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("server: {e}")))
 }
 
 /// Longest target accepted (a name is at most this long anyway).
@@ -115,9 +166,10 @@ async fn create(
             "target longer than {MAX_TARGET} bytes"
         )));
     }
+    let server = store_server(&state, &body)?;
     let manager = manager(&state)?.clone();
     // The store commits (fsync) off the async threads.
-    let created = tokio::task::spawn_blocking(move || manager.add(&body.target, body.out))
+    let created = tokio::task::spawn_blocking(move || manager.add(&body.target, body.out, server))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok((StatusCode::CREATED, Json(created)))

@@ -96,6 +96,10 @@ struct Record {
     /// Chunks a finished download found already verified in its part file.
     #[serde(default)]
     chunks_resumed: Option<u32>,
+    /// Client-server mode: fetched from this index server's store only
+    /// (never a peer); none: the daemon's own mode.
+    #[serde(default)]
+    server: Option<String>,
 }
 
 /// A download as the API shows it (RULES.md's contract).
@@ -128,6 +132,12 @@ pub struct Download {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_at: Option<u64>,
     pub out_dir: PathBuf,
+    /// "client-server" (fetched from `server`'s store only), or the
+    /// daemon's own mode ("hybrid" or "p2p").
+    pub mode: &'static str,
+    /// The index server whose store a client-server download comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
     /// Of a finished download: chunks that were already verified in its
     /// part file (an earlier run, before a pause or a crash) and not fetched again.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -209,6 +219,8 @@ struct Entry {
 }
 
 struct Table {
+    /// The daemon's own mode, as downloads show it ("hybrid" or "p2p").
+    mode: &'static str,
     next_id: u64,
     entries: BTreeMap<u64, Entry>,
 }
@@ -303,7 +315,11 @@ impl DownloadManager {
         let next_id = entries.keys().next_back().map_or(1, |k| k + 1);
         let stop = shutdown.child_token();
         let inner = Arc::new(Inner {
-            table: Mutex::new(Table { next_id, entries }),
+            table: Mutex::new(Table {
+                mode: mode_name(&fetcher),
+                next_id,
+                entries,
+            }),
             db,
             wake: Arc::new(Notify::new()),
             changed: watch::Sender::new(0),
@@ -320,8 +336,15 @@ impl DownloadManager {
         Ok(DownloadManager { inner })
     }
 
-    /// Queues a download of `target` into `out` (default: the shared folder).
-    pub fn add(&self, target: &str, out: Option<PathBuf>) -> Result<Download, ManagerError> {
+    /// Queues a download of `target` into `out` (default: the shared
+    /// folder), in the daemon's mode, or with `server` in client-server
+    /// mode: from that index server's store only, through the same pipeline.
+    pub fn add(
+        &self,
+        target: &str,
+        out: Option<PathBuf>,
+        server: Option<String>,
+    ) -> Result<Download, ManagerError> {
         let target = target.trim();
         let _: crate::target::Target = target.parse()?;
         let out_dir = match out {
@@ -344,6 +367,7 @@ impl DownloadManager {
             retry_at: None,
             failures: 0,
             chunks_resumed: None,
+            server,
         };
         self.inner.persist(&rec)?;
         table.next_id += 1;
@@ -366,7 +390,7 @@ impl DownloadManager {
                     position += 1;
                     position
                 });
-                view(e, pos)
+                view(e, pos, table.mode)
             })
             .collect()
     }
@@ -392,7 +416,7 @@ impl DownloadManager {
                 continue;
             }
             if total >= offset && downloads.len() < limit {
-                downloads.push(view(e, pos));
+                downloads.push(view(e, pos, table.mode));
             }
             total += 1;
         }
@@ -538,10 +562,19 @@ fn view_of(table: &Table, id: u64) -> Option<Download> {
             .filter(|(_, e)| e.rec.state == Stored::Queued)
             .count()
     });
-    Some(view(entry, pos))
+    Some(view(entry, pos, table.mode))
 }
 
-fn view(e: &Entry, queue_position: Option<usize>) -> Download {
+/// How a download in `fetcher`'s mode is shown.
+fn mode_name(fetcher: &Fetcher) -> &'static str {
+    match fetcher {
+        Fetcher::Hybrid { .. } => "hybrid",
+        Fetcher::P2p { .. } => "p2p",
+        Fetcher::ClientServer { .. } => "client-server",
+    }
+}
+
+fn view(e: &Entry, queue_position: Option<usize>, mode: &'static str) -> Download {
     use std::sync::atomic::Ordering::Relaxed;
     let rec = &e.rec;
     let (bytes_done, rate_bps, active_sources, size, sources) = match &e.run {
@@ -584,6 +617,11 @@ fn view(e: &Entry, queue_position: Option<usize>) -> Download {
         error: rec.error.clone(),
         retry_at: rec.retry_at,
         out_dir: rec.out_dir.clone(),
+        mode: match rec.server {
+            Some(_) => "client-server",
+            None => mode,
+        },
+        server: rec.server.clone(),
         chunks_resumed: rec.chunks_resumed,
     }
 }
@@ -686,7 +724,14 @@ async fn run_one(
     let Some(strong) = inner.upgrade() else {
         return;
     };
-    let fetcher = strong.fetcher.clone();
+    // One pipeline for every mode: only where the file is resolved and
+    // its sources come from differs.
+    let fetcher = match &rec.server {
+        Some(server) => Fetcher::ClientServer {
+            server: server.clone(),
+        },
+        None => strong.fetcher.clone(),
+    };
     let swarming = strong.swarming.clone();
     let engine = strong.config.engine.clone();
     drop(strong);
