@@ -249,7 +249,14 @@ pub async fn fetch(
         }
     }
     let own = swarming.as_ref().map(|s| s.own.clone());
-    let located = locate(fetcher, &target, own.as_ref()).await?;
+    // Resolving waits on the network (an index that accepts and never
+    // answers holds it for the hello timeout): it stops with the rest.
+    let located = tokio::select! {
+        located = locate(fetcher, &target, own.as_ref()) => located?,
+        _ = shutdown.cancelled() => {
+            return Err(FetchError::Download(DownloadError::Interrupted { done: 0, total: 0 }))
+        }
+    };
     if let Some(tell) = on_resolved {
         tell(located.id.to_hex(), located.name.clone(), located.size);
     }

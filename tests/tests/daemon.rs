@@ -678,3 +678,40 @@ async fn dropping_the_daemon_stops_every_task_and_closes_its_ports() {
     source.stop().await;
     index.stop().await;
 }
+
+/// A download still resolving its target (here at an index that accepts
+/// and never answers) stops with the daemon at once, not after the
+/// index's hello timeout: `stop` finds no task left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_stuck_resolving_stops_with_the_daemon() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = peer_config(&dir.path().join("share"), &silent_addr);
+    config.api = Some(api_config(None));
+    let daemon = start_peer_with(config).await;
+    let api = daemon.daemon.api_addr().unwrap();
+    let (code, d) = call(
+        api,
+        "POST",
+        "/api/downloads",
+        &[],
+        Some(r#"{"target":"anything.bin"}"#),
+    )
+    .await;
+    assert_eq!(code, 201, "{d}");
+    wait_state(api, d["id"].as_u64().unwrap(), &["waiting"]).await;
+    let stopping = std::time::Instant::now();
+    daemon.stop().await;
+    assert!(
+        stopping.elapsed() < common::limits::HELLO_TIMEOUT,
+        "stopping waited for the index's hello timeout"
+    );
+    held.abort();
+}
