@@ -679,6 +679,75 @@ async fn dropping_the_daemon_stops_every_task_and_closes_its_ports() {
     index.stop().await;
 }
 
+/// The first `downloads` event of `/api/events{query}`, parsed (axum
+/// writes an event's `data:` line before its `event:` line).
+async fn first_downloads_event(api: SocketAddr, query: &str) -> Value {
+    let marker = "\nevent: downloads";
+    let text = http::read_stream(
+        &api.to_string(),
+        &format!("/api/events{query}"),
+        &[],
+        Duration::from_secs(20),
+        |t| t.contains(marker),
+    )
+    .await;
+    let before = text.split_once(marker).unwrap().0;
+    let data = before
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("no data line before the event: {before}"));
+    serde_json::from_str(data).unwrap_or_else(|e| panic!("{e}: {data}"))
+}
+
+/// A long download list is watched a page at a time (what the web page
+/// does): `/api/events?offset=&limit=` sends that page's downloads only,
+/// with the whole list's total and counts, and refuses a zero limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_of_one_page_of_a_long_download_list_hold_that_page_only() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = peer_config(&dir.path().join("share"), &index.addr_string());
+    config.api = Some(api_config(None));
+    config.max_active_downloads = 1;
+    let daemon = start_peer_with(config).await;
+    let api = daemon.daemon.api_addr().unwrap();
+    // Names nobody offers: they fail or wait, and every one stays listed.
+    const N: u64 = 130;
+    for i in 0..N {
+        let body = format!(r#"{{"target":"nobody has {i}.bin"}}"#);
+        let (code, d) = call(api, "POST", "/api/downloads", &[], Some(&body)).await;
+        assert_eq!(code, 201, "{d}");
+    }
+
+    let page = first_downloads_event(api, "?offset=50&limit=50").await;
+    assert_eq!(page["full"], true, "{page}");
+    assert_eq!(page["total"], N, "{page}");
+    let ids: Vec<u64> = page["downloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, (51..=100).collect::<Vec<u64>>());
+    let counted: u64 = page["counts"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, N, "{page}");
+    // Without a window: every download, as before.
+    let all = first_downloads_event(api, "").await;
+    assert_eq!(all["downloads"].as_array().unwrap().len() as u64, N);
+
+    let (code, answer) = call(api, "GET", "/api/events?limit=0", &[], None).await;
+    assert_eq!(code, 400, "{answer}");
+    assert!(is_error(&answer), "{answer}");
+    daemon.stop().await;
+    index.stop().await;
+}
+
 /// A download still resolving its target (here at an index that accepts
 /// and never answers) stops with the daemon at once, not after the
 /// index's hello timeout: `stop` finds no task left.

@@ -346,7 +346,7 @@ async fn api_endpoints_with_real_daemons() {
     // (nothing here: an empty change, still sent as a heartbeat).
     assert_eq!(text.matches("\"full\":true").count(), 1, "{text}");
     assert!(
-        text.contains(r#"{"downloads":[],"full":false,"removed":[]}"#),
+        text.contains(r#""downloads":[],"full":false,"removed":[],"total":0"#),
         "{text}"
     );
 

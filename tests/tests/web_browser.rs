@@ -325,3 +325,103 @@ async fn the_web_page_searches_downloads_and_messages() {
     alice.stop().await;
     index.stop().await;
 }
+
+/// A long download list stays light in the page: it shows one page of it
+/// (the API's offset/limit, and the events of that page only), with the
+/// whole list's count, and pages through the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_page_shows_a_long_download_queue_a_page_at_a_time() {
+    let (driver, browser) = match start_chromedriver().await {
+        Ok(found) => found,
+        Err(why) if std::env::var_os("CI").is_none() => {
+            eprintln!("SKIP the_web_page_shows_a_long_download_queue_a_page_at_a_time: {why} (apt-get install chromium chromium-driver)");
+            return;
+        }
+        Err(why) => panic!("CI installs chromium and chromium-driver: {why}"),
+    };
+    // An "index" that accepts and never answers: the one running download
+    // waits on it, so every other one stays queued.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = peer_config(&dir.path().join("share"), &silent_addr);
+    config.max_active_downloads = 1;
+    config.api = Some(peer::api::ApiConfig {
+        addr: "127.0.0.1:0".parse().unwrap(),
+        token: None,
+        fallback_to_any_port: false,
+    });
+    let daemon = start_peer_with(config).await;
+    let api = daemon.daemon.api_addr().unwrap().to_string();
+    const N: usize = 1000;
+    for i in 0..N {
+        let body = format!(r#"{{"target":"queued {i}.bin"}}"#);
+        let r = tests::http::request(
+            &api,
+            "POST",
+            "/api/downloads",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+
+    let page = open_browser(&driver, &browser).await;
+    page.goto(&format!("http://{api}/")).await.unwrap();
+    let rows = "return [...document.querySelectorAll('#downloads tbody tr')].map((r) => Number(r.dataset.id))";
+    wait_js(
+        &page,
+        "the first page and the whole count",
+        &format!("return document.getElementById('dlinfo').textContent.startsWith('1–50 of {N}')"),
+    )
+    .await;
+    wait_js(
+        &page,
+        "live events",
+        "return document.getElementById('live').textContent === 'live'",
+    )
+    .await;
+    let first: Vec<u64> = serde_json::from_value(js(&page, rows).await).unwrap();
+    assert_eq!(first, (1..=50).collect::<Vec<u64>>());
+    assert!(
+        js(
+            &page,
+            "return document.getElementById('dlinfo').textContent"
+        )
+        .await
+        .as_str()
+        .unwrap()
+        .contains("queued"),
+        "the counts by state are shown"
+    );
+
+    click(&page, Locator::Id("dlnext")).await;
+    wait_js(
+        &page,
+        "the second page",
+        &format!(
+            "return document.getElementById('dlinfo').textContent.startsWith('51–100 of {N}')"
+        ),
+    )
+    .await;
+    // The next events (of the new page) leave it as it is: 50 rows.
+    wait_js(
+        &page,
+        "live events",
+        "return document.getElementById('live').textContent === 'live'",
+    )
+    .await;
+    let second: Vec<u64> = serde_json::from_value(js(&page, rows).await).unwrap();
+    assert_eq!(second, (51..=100).collect::<Vec<u64>>());
+
+    page.close().await.unwrap();
+    daemon.stop().await;
+    held.abort();
+}

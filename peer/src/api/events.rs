@@ -1,13 +1,17 @@
 //! `GET /api/events`: server-sent events, once a second, for the web page
 //! and any other watcher, each as JSON data:
 //! - `downloads`: what changed in the download list since the last event
-//!   of this stream, `{"full": bool, "downloads": [...], "removed": [id]}`.
-//!   The first one is `full` (every download, as `GET /api/downloads?limit=`
-//!   would list them all); later ones carry only the downloads whose shown
-//!   fields changed and the ids removed, so that a list of 10,000 queued
-//!   downloads costs its watchers the few that move, not the whole list
-//!   every second. Sent every second even when nothing changed (a
-//!   heartbeat the page shows as "live").
+//!   of this stream, `{"full": bool, "downloads": [...], "removed": [id],
+//!   "total": n, "counts": {state: n}}`. The first one is `full` (every
+//!   download, as `GET /api/downloads?limit=` would list them all); later
+//!   ones carry only the downloads whose shown fields changed and the ids
+//!   removed, so that a list of 10,000 queued downloads costs its watchers
+//!   the few that move, not the whole list every second. Sent every second
+//!   even when nothing changed (a heartbeat the page shows as "live").
+//!   `?offset=&limit=` watch one page of the list instead (as `GET
+//!   /api/downloads` pages it; the web page does): the event then holds
+//!   that page's downloads, `removed` also names those that left it, and
+//!   `total` and `counts` still cover the whole list.
 //! - `uploads` (the body of `GET /api/uploads`) and `messages` (of `GET
 //!   /api/messages`), whole: both are bounded (the upload queue's cap, the
 //!   inbox's capacity).
@@ -25,8 +29,19 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use axum::Router;
 use futures_util::Stream;
+use serde::Deserialize;
 
-use super::ApiState;
+use super::{ApiError, ApiQuery, ApiState};
+
+/// `GET /api/events?offset=&limit=`: the page of downloads to watch
+/// (default: all). Other parameters (`token`) are the access layer's.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventsQuery {
+    #[serde(default)]
+    pub offset: Option<usize>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
 
 /// How often every event is sent.
 pub const EVENT_PERIOD: Duration = Duration::from_secs(1);
@@ -45,17 +60,24 @@ struct Sent {
 
 /// One round of events: the changes in the downloads since `sent`, and the
 /// uploads and messages now.
-fn round(state: &ApiState, sent: &mut Sent) -> Vec<Event> {
+fn round(state: &ApiState, window: &EventsQuery, sent: &mut Sent) -> Vec<Event> {
     let mut out = Vec::with_capacity(3);
     let mut add = |name: &str, data: Result<Event, axum::Error>| match data {
         Ok(e) => out.push(e.event(name)),
         Err(e) => tracing::warn!(event = name, error = %e, "cannot encode an event"),
     };
-    let downloads = state
-        .downloads
-        .as_ref()
-        .map(|m| m.list())
-        .unwrap_or_default();
+    // One page (built without copying the rest of the list) or all of it.
+    let page = state.downloads.as_ref().map(|m| {
+        m.page(
+            &[],
+            window.offset.unwrap_or(0),
+            window.limit.unwrap_or(usize::MAX),
+        )
+    });
+    let (downloads, total, counts) = match page {
+        Some(p) => (p.downloads, p.total, p.counts),
+        None => Default::default(),
+    };
     let full = !sent.started;
     sent.started = true;
     let hasher = BuildHasherDefault::<DefaultHasher>::default();
@@ -83,6 +105,8 @@ fn round(state: &ApiState, sent: &mut Sent) -> Vec<Event> {
             "full": full,
             "downloads": changed,
             "removed": removed,
+            "total": total,
+            "counts": counts,
         })),
     );
     add(
@@ -98,23 +122,30 @@ fn round(state: &ApiState, sent: &mut Sent) -> Vec<Event> {
 
 async fn events(
     State(state): State<ApiState>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    ApiQuery(window): ApiQuery<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    if window.limit.unwrap_or(1) == 0 || window.limit > Some(super::downloads::MAX_LIST_LIMIT) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {}",
+            super::downloads::MAX_LIST_LIMIT
+        )));
+    }
     let mut tick = tokio::time::interval(EVENT_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream = futures_util::stream::unfold(
-        (state, tick, VecDeque::new(), Sent::default()),
-        |(state, mut tick, mut pending, mut sent)| async move {
+        ((state, window), tick, VecDeque::new(), Sent::default()),
+        |((state, window), mut tick, mut pending, mut sent)| async move {
             loop {
                 if let Some(event) = pending.pop_front() {
-                    return Some((Ok(event), (state, tick, pending, sent)));
+                    return Some((Ok(event), ((state, window), tick, pending, sent)));
                 }
                 tokio::select! {
                     _ = state.shutdown.cancelled() => return None,
                     _ = tick.tick() => {}
                 }
-                pending.extend(round(&state, &mut sent));
+                pending.extend(round(&state, &window, &mut sent));
             }
         },
     );
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
