@@ -634,7 +634,7 @@ async fn dropping_the_daemon_stops_every_task_and_closes_its_ports() {
     } = daemon;
     let tracker = daemon.tracker();
     let chunk_port = daemon.listen_addr();
-    assert!(tracker.len() > 0, "a running daemon has tasks");
+    assert!(!tracker.is_empty(), "a running daemon has tasks");
     drop(daemon);
     wait_until(
         "every task of the dropped daemon to stop",
