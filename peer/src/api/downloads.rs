@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
-use crate::daemon::{Download, DownloadManager, ManagerError, Page};
+use crate::daemon::{Download, DownloadManager, ManagerError, Page, SHOWN_STATES as STATES};
 
 /// The body of `POST /api/downloads`.
 #[derive(Debug, Deserialize)]
@@ -122,8 +122,6 @@ pub struct ListQuery {
     #[serde(default)]
     pub limit: Option<usize>,
 }
-
-const STATES: [&str; 6] = ["queued", "waiting", "active", "paused", "done", "failed"];
 
 async fn list(
     State(state): State<ApiState>,

@@ -399,8 +399,15 @@ impl DownloadManager {
     /// state is in `states` (all when empty), skipping `offset`, at most
     /// `limit`; with how many match and how many are in each state.
     pub fn page(&self, states: &[String], offset: usize, limit: usize) -> Page {
+        // One pass over every entry under the lock, so it stays cheap: the
+        // counts in an array, a state's name looked up once (issue 14: a
+        // list call under 5 ms at p99 with 10,100 downloads).
+        let wanted: Vec<bool> = SHOWN_STATES
+            .iter()
+            .map(|n| states.is_empty() || states.iter().any(|s| s == n))
+            .collect();
         let table = self.inner.table.lock().expect("table lock");
-        let mut counts = std::collections::BTreeMap::new();
+        let mut counts = [0usize; SHOWN_STATES.len()];
         let mut total = 0;
         let mut position = 0;
         let mut downloads = Vec::new();
@@ -409,10 +416,9 @@ impl DownloadManager {
                 position += 1;
                 position
             });
-            let state = state_name(e);
-            let wanted = states.is_empty() || states.iter().any(|s| s == state);
-            *counts.entry(state).or_insert(0usize) += 1;
-            if !wanted {
+            let state = state_index(e);
+            counts[state] += 1;
+            if !wanted[state] {
                 continue;
             }
             if total >= offset && downloads.len() < limit {
@@ -420,10 +426,16 @@ impl DownloadManager {
             }
             total += 1;
         }
+        drop(table);
         Page {
             downloads,
             total,
-            counts,
+            counts: SHOWN_STATES
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| *n > 0)
+                .map(|(s, n)| (*s, n))
+                .collect(),
         }
     }
 
@@ -525,18 +537,27 @@ impl Inner {
     }
 }
 
+/// The states a download is shown in (the API's `state` filter takes
+/// these names).
+pub const SHOWN_STATES: [&str; 6] = ["queued", "waiting", "active", "paused", "done", "failed"];
+
 fn state_name(e: &Entry) -> &'static str {
+    SHOWN_STATES[state_index(e)]
+}
+
+/// `e`'s shown state, an index into [`SHOWN_STATES`].
+fn state_index(e: &Entry) -> usize {
     match e.rec.state {
-        Stored::Queued => "queued",
+        Stored::Queued => 0,
         // Active while some source sends; waiting while every source is
         // connecting, queued at its upload slots, or retrying.
         Stored::Running => match &e.run {
-            Some(run) if sending(&run.progress) => "active",
-            _ => "waiting",
+            Some(run) if sending(&run.progress) => 2,
+            _ => 1,
         },
-        Stored::Paused => "paused",
-        Stored::Done => "done",
-        Stored::Failed => "failed",
+        Stored::Paused => 3,
+        Stored::Done => 4,
+        Stored::Failed => 5,
     }
 }
 
