@@ -20,6 +20,7 @@
 //!
 //! Embed with [`Server::bind`] + [`Server::run`], or [`run`].
 
+pub mod dialback_budget;
 pub mod handler;
 pub mod http;
 mod lazy_buf;
@@ -70,6 +71,12 @@ pub struct Config {
     /// (`common::reach`): a router that drops unasked connections makes
     /// every dial-back to a peer behind it wait this long.
     pub dialback_timeout: Duration,
+    /// Dial-backs to hosts other than its own that one requester (an IPv4
+    /// address or an IPv6 /64) may cause per minute ([`dialback_budget`]):
+    /// past it a login's addresses on other hosts are left unproven at
+    /// once, saying why, so that nobody can make the index connect to a
+    /// third party's host over and over.
+    pub max_dialbacks_per_minute: u32,
     /// Refuse to publish the address of a peer that logs in with the old
     /// `Login` (no reachability proof): such a peer is listed as
     /// firewalled. Off by default so that peers from before the check keep
@@ -99,6 +106,10 @@ pub const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(300);
 pub const DEFAULT_MAX_REQUESTS_PER_SEC: u32 = 200_000;
 /// Default of [`Config::dialback_timeout`] (`--dialback-timeout`).
 pub const DEFAULT_DIALBACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default of [`Config::max_dialbacks_per_minute`]
+/// (`--max-dialbacks-per-minute`): a peer restarting every few seconds
+/// with an address and an `--advertise` stays under it.
+pub const DEFAULT_MAX_DIALBACKS_PER_MINUTE: u32 = 30;
 
 impl Default for Config {
     fn default() -> Self {
@@ -116,6 +127,7 @@ impl Default for Config {
             limits: state::Limits::default(),
             http: None,
             dialback_timeout: DEFAULT_DIALBACK_TIMEOUT,
+            max_dialbacks_per_minute: DEFAULT_MAX_DIALBACKS_PER_MINUTE,
             require_proof: false,
         }
     }

@@ -158,6 +158,15 @@ struct Cli {
     #[arg(long, env = "INDEX_DIALBACK_TIMEOUT", default_value = default_duration(index_server::DEFAULT_DIALBACK_TIMEOUT),
           value_parser = duration(Duration::from_millis(100), 60 * SEC))]
     dialback_timeout: Duration,
+
+    /// Reachability dial-backs to hosts other than its own that one
+    /// requester (an IPv4 address or an IPv6 /64) may cause per minute;
+    /// past it a login's addresses on other hosts are left unproven and it
+    /// is told why. Bounds how often anyone can make the index connect to a
+    /// host they name with --advertise.
+    #[arg(long, env = "INDEX_MAX_DIALBACKS_PER_MINUTE",
+          default_value_t = index_server::DEFAULT_MAX_DIALBACKS_PER_MINUTE)]
+    max_dialbacks_per_minute: u32,
 }
 
 /// Checks a `HOST:PORT` or `HOST` (kept as given: the port is added once
@@ -249,6 +258,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         http: cli.http,
         require_proof: cli.require_proof,
         dialback_timeout: cli.dialback_timeout,
+        max_dialbacks_per_minute: cli.max_dialbacks_per_minute,
         ..Default::default()
     };
     let shutdown = CancellationToken::new();
@@ -325,6 +335,10 @@ mod tests {
         assert_eq!(cli.frame_timeout, config.frame_timeout);
         assert_eq!(cli.max_requests_per_sec, config.max_requests_per_sec);
         assert_eq!(cli.dialback_timeout, config.dialback_timeout);
+        assert_eq!(
+            cli.max_dialbacks_per_minute,
+            config.max_dialbacks_per_minute
+        );
         let limits = &config.limits;
         assert_eq!(
             cli.max_files_per_session,

@@ -312,14 +312,42 @@ async fn prove_addresses(
     index: &Index,
     login: &common::index_proto::Login,
     nonce: &[u8; common::reach::NONCE_LEN],
-    limit: Duration,
+    config: &Config,
 ) {
+    let limit = config.dialback_timeout;
     conn.dialbacks.clear();
     if conn.session.is_some() || index.nonce_seen(nonce) {
         return;
     }
     let targets =
         crate::handler::candidates(conn, login, index.limits().allow_privileged_ports).targets();
+    // Dial-backs to the requester's own IP only reach its own host; those
+    // to any other host (what --advertise can name) are what a budget per
+    // requester caps, so that nobody can aim the index at a third party.
+    let own = crate::dialback_budget::requester_key(conn.peer_ip);
+    let (mut targets, others): (Vec<SocketAddr>, Vec<SocketAddr>) = targets
+        .into_iter()
+        .partition(|t| crate::dialback_budget::requester_key(t.ip()) == own);
+    let per_minute = config.max_dialbacks_per_minute;
+    let wanted = u32::try_from(others.len()).unwrap_or(u32::MAX);
+    if wanted == 0
+        || index
+            .dialback_budget()
+            .take(conn.peer_ip, wanted, per_minute, std::time::Instant::now())
+    {
+        targets.extend(others);
+    } else {
+        debug!(peer = %conn.peer_ip, per_minute, "reachability dial-backs over budget: not checked");
+        for target in others {
+            conn.dialbacks.push((
+                target,
+                Err(format!(
+                    "not checked: {} asked for more than {per_minute} reachability checks of other hosts in a minute (index-server --max-dialbacks-per-minute); log in again later",
+                    conn.peer_ip
+                )),
+            ));
+        }
+    }
     // Owned by this function: dropped (aborted) with it.
     let mut checks = tokio::task::JoinSet::new();
     for target in targets {
@@ -430,7 +458,7 @@ async fn connection_loop(
         }
         if let IndexRequest::LoginChecked { login, nonce } = &request {
             resolve_advertised(conn, login.advertise.as_deref()).await;
-            prove_addresses(conn, index, login, nonce, config.dialback_timeout).await;
+            prove_addresses(conn, index, login, nonce, config).await;
         }
         let response: IndexResponse = if crate::handler::is_search(&request) {
             // A search may confirm thousands of names: it runs on a blocking

@@ -356,6 +356,8 @@ struct Inner {
     last_foreground: AtomicU64,
     /// Login nonces seen lately (see [`Index::use_nonce`]).
     nonces: Mutex<SeenNonces>,
+    /// Reachability dial-backs each requester has caused lately.
+    dialbacks: crate::dialback_budget::DialbackBudget,
 }
 
 /// How long a search works before it checks whether to pause.
@@ -567,12 +569,19 @@ impl Index {
                 started: std::time::Instant::now(),
                 last_foreground: AtomicU64::new(0),
                 nonces: Mutex::new(SeenNonces::default()),
+                dialbacks: Default::default(),
             }),
         }
     }
 
     pub fn lease_ttl(&self) -> Duration {
         self.inner.lease_ttl
+    }
+
+    /// The reachability dial-backs each requester has caused lately
+    /// (`Config::max_dialbacks_per_minute`).
+    pub fn dialback_budget(&self) -> &crate::dialback_budget::DialbackBudget {
+        &self.inner.dialbacks
     }
 
     /// Whether `nonce` was used by a login lately (among the last

@@ -261,3 +261,87 @@ async fn reachability_on_the_emulated_network() {
     drop((public, behind, liar, index, listener));
     lan.remove();
 }
+
+/// One requester cannot make the index dial another host of its choosing
+/// over and over: with a budget of 3 dial-backs a minute, logins past it
+/// are answered at once with the other host's address unchecked (saying
+/// why), the host named by --advertise (127.0.0.2, another host than the
+/// client's 127.0.0.1) sees exactly 3 connections from the index, while
+/// the client's own address is still checked every time.
+#[tokio::test]
+async fn dial_backs_per_requester_are_capped() {
+    init_logging();
+    let config = index_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        lease_ttl: Duration::from_secs(30),
+        max_dialbacks_per_minute: 3,
+        ..Default::default()
+    };
+    let index = run_index(index_server::Server::bind(config).await.unwrap());
+    let victim = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let target = victim.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let serving = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            loop {
+                let Ok((mut s, from)) = victim.accept().await else {
+                    return;
+                };
+                seen.lock().unwrap().push(from);
+                use tokio::io::AsyncWriteExt;
+                let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
+            }
+        }
+    });
+    let mut refusals = Vec::new();
+    for _ in 0..6 {
+        let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+        let answer = client
+            .request(&checked(
+                target.port(),
+                Some(target.to_string()),
+                rand::random(),
+            ))
+            .await
+            .unwrap();
+        let IndexResponse::WelcomeChecked { addr, refused, .. } = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(addr, None, "the victim's address was published");
+        refusals.push(refused);
+    }
+    // The advertised host was checked for the first three logins (and
+    // failed: not a peer), not at all after; the client's own address
+    // (127.0.0.1, where nothing listens on that port) was checked each time.
+    for (i, refused) in refusals.iter().enumerate() {
+        let unchecked = refused.iter().any(|r| r.contains("not checked"));
+        assert_eq!(unchecked, i >= 3, "login {i}: {refused:?}");
+        assert_eq!(refused.len(), 2, "login {i}: {refused:?}");
+    }
+    assert!(
+        refusals[5]
+            .iter()
+            .any(|r| r.contains("--max-dialbacks-per-minute")),
+        "{:?}",
+        refusals[5]
+    );
+    // A marker connection, accepted after every earlier one (the backlog
+    // is in order): then count the index's connections.
+    let marker = tokio::net::TcpStream::connect(target).await.unwrap();
+    let marker_addr = marker.local_addr().unwrap();
+    wait_until("the marker is accepted", Duration::from_secs(10), || {
+        let accepted = seen.lock().unwrap().contains(&marker_addr);
+        async move { accepted }
+    })
+    .await;
+    let from_index = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| **a != marker_addr)
+        .count();
+    assert_eq!(from_index, 3, "dial-backs that reached the victim");
+    serving.abort();
+    index.stop().await;
+}
