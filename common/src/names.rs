@@ -114,11 +114,19 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
             max: crate::limits::MAX_NAME_LEN,
         });
     }
-    if name.chars().any(char::is_control) {
-        return Err(NameError::ControlCharacter);
-    }
-    if let Some(c) = name.chars().find(|c| is_invisible_format(*c)) {
-        return Err(NameError::InvisibleCharacter(c));
+    if name.is_ascii() {
+        // Most names: one pass over the bytes (no ASCII character is an
+        // invisible format one; the control ones are below 0x20 and 0x7F).
+        if name.bytes().any(|b| b < 0x20 || b == 0x7F) {
+            return Err(NameError::ControlCharacter);
+        }
+    } else {
+        if name.chars().any(char::is_control) {
+            return Err(NameError::ControlCharacter);
+        }
+        if let Some(c) = name.chars().find(|c| is_invisible_format(*c)) {
+            return Err(NameError::InvisibleCharacter(c));
+        }
     }
     // A name is a path relative to a shared folder: it never climbs out of it.
     if name
@@ -327,6 +335,22 @@ mod tests {
     fn validates_names() {
         assert_eq!(validate_name(""), Err(NameError::Empty));
         assert_eq!(validate_name("a\nb"), Err(NameError::ControlCharacter));
+        // Every control character, in an ASCII name and in one that is not.
+        for c in (0u32..0x20).chain([0x7F]).chain(0x80..0xA0) {
+            let c = char::from_u32(c).unwrap();
+            for name in [format!("a{c}b"), format!("é{c}")] {
+                assert_eq!(
+                    validate_name(&name),
+                    Err(NameError::ControlCharacter),
+                    "{name:?}"
+                );
+            }
+        }
+        assert_eq!(
+            validate_name("a\u{202E}b"),
+            Err(NameError::InvisibleCharacter('\u{202E}'))
+        );
+        assert!(validate_name(" ~!#$%&()+,;=@[]^_{}").is_ok());
         assert!(validate_name(&"x".repeat(2000)).is_err());
         assert!(validate_name("música y más.ogg").is_ok());
         assert_eq!(validate_name("../../.bashrc"), Err(NameError::DotComponent));
