@@ -30,6 +30,7 @@
 //! - [`report`]: an error and its causes, each said once, for the commands.
 //! - `fuzzing` (feature `fuzzing`): the checks the fuzz targets run.
 
+pub mod env_vars;
 pub mod frame;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;

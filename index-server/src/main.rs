@@ -195,8 +195,14 @@ fn store_advertise(s: &str) -> Result<String, String> {
     }
 }
 
+fn main() {
+    // Before the runtime starts its threads: an empty variable is unset.
+    common::env_vars::unset_empty(&["INDEX_"]);
+    async_main()
+}
+
 #[tokio::main]
-async fn main() {
+async fn async_main() {
     let cli = Cli::parse();
     if let Err(e) = serve(cli).await {
         // Each cause once; a closed stderr is ignored.

@@ -578,8 +578,14 @@ async fn search_cost(a: SearchCostArgs, out: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn main() {
+    // Before the runtime starts its threads: an empty variable is unset.
+    common::env_vars::unset_empty(&["LAB_", "PEER_", "INDEX_"]);
+    async_main()
+}
+
 #[tokio::main]
-async fn main() {
+async fn async_main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

@@ -44,12 +44,14 @@ pub enum DaemonCommand {
     Pause {
         #[command(flatten)]
         daemon: DaemonArg,
+        /// The download's number (`peer downloads` shows it).
         id: u64,
     },
     /// Queue a paused or failed download of the running daemon again.
     Resume {
         #[command(flatten)]
         daemon: DaemonArg,
+        /// The download's number (`peer downloads` shows it).
         id: u64,
     },
 }
@@ -120,7 +122,7 @@ fn print_table(list: &[Value]) {
         return;
     }
     outln!(
-        "{:>4}  {:<8}  {:>7}  {:>10}  {:>11}  NAME",
+        "{:>4}  {:<12}  {:>7}  {:>10}  {:>11}  NAME",
         "ID",
         "STATE",
         "DONE",
@@ -140,8 +142,9 @@ fn print_table(list: &[Value]) {
             state = format!("{state} #{p}");
         }
         outln!(
-            "{:>4}  {:<8}  {:>7}  {:>10}  {:>9}/s  {}{}",
-            d["id"],
+            "{:>4}  {:<12}  {:>7}  {:>10}  {:>9}/s  {}{}",
+            // A number, not a JSON value: `Value`'s Display ignores widths.
+            d["id"].as_u64().unwrap_or(0),
             state,
             pct,
             size.map(cli_output::human_size)
@@ -202,9 +205,14 @@ pub async fn get_through(
         match d["state"].as_str() {
             Some("done") => {
                 if json {
-                    cli_output::print_json(&json!({
-                        "path": d["path"], "id": d["file_id"], "size": d["size"], "download": id,
-                    }));
+                    // The object a standalone `peer get --json` prints, and
+                    // the daemon's number for the download.
+                    let mut out = match &d["outcome"] {
+                        o @ Value::Object(_) => o.clone(),
+                        _ => json!({"path": d["path"], "id": d["file_id"], "size": d["size"]}),
+                    };
+                    out["download"] = id.into();
+                    cli_output::print_json(&out);
                 } else {
                     outln!("{}", d["path"].as_str().unwrap_or(""));
                 }

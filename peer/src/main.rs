@@ -478,8 +478,14 @@ fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
     Ok(token)
 }
 
+fn main() {
+    // Before the runtime starts its threads: an empty variable is unset.
+    common::env_vars::unset_empty(&["PEER_"]);
+    async_main()
+}
+
 #[tokio::main]
-async fn main() {
+async fn async_main() {
     let cli = Cli::parse_from(search_cli::exclusions_as_flags(std::env::args_os()));
     let default_log = match cli.command {
         Command::Serve { .. } => "info",

@@ -26,11 +26,20 @@ use crate::overlay::search::P2pHit;
 /// Why a target did not come to one file.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("{place} offers {}{target} ({hint})", match .kind { Kind::Name => "a file named ", Kind::Prefix => "a file whose id starts with ", Kind::Id => "" })]
+    #[error("{place} {}{target} ({hint})", match (.place.ends_with(':'), .kind) {
+        (false, Kind::Name) => "offers a file named ",
+        (false, Kind::Prefix) => "offers a file whose id starts with ",
+        (false, Kind::Id) => "offers ",
+        (true, Kind::Name) => "no file named ",
+        (true, Kind::Prefix) => "no file whose id starts with ",
+        (true, Kind::Id) => "no file ",
+    })]
     NotFound {
         target: String,
         kind: Kind,
-        /// Where it was looked for ("no online peer", "no node within 7 hops").
+        /// Where it was looked for, as the subject of "offers"
+        /// ("no online peer", "no node within 7 hops"), or ending in a colon
+        /// before "no file named …" ("nothing in the server's store:").
         place: String,
         /// What to try next.
         hint: String,
@@ -150,7 +159,7 @@ pub async fn resolve_at_index(
     let (place, hint) = match holders {
         Holders::Any => ("no online peer", "try `peer search` to see what is there"),
         Holders::Store => (
-            "the server's store",
+            "nothing in the server's store:",
             "upload it with `peer put`, or use the hybrid mode to fetch from peers",
         ),
     };

@@ -892,6 +892,35 @@ async fn flags_are_checked_when_parsed() {
     .unwrap();
     assert!(serde_json::from_slice::<serde_json::Value>(&out.stdout).is_err());
 
+    // An empty variable counts as unset (the flag's default), never as an
+    // empty value: exit 1 (the index at 127.0.0.1:1 is not running), not 2.
+    let out = tokio::task::spawn_blocking(|| {
+        let mut cmd = Command::new(PEER);
+        cmd.args(["get", "--index", "127.0.0.1:1", "x.bin"]);
+        for var in [
+            "PEER_OUT",
+            "PEER_STALL_TIMEOUT",
+            "PEER_MAX_SOURCES",
+            "PEER_MODE",
+            "PEER_TTL",
+            "PEER_MAX_DOWNLOAD_RATE",
+            "PEER_RETRY_TIMEOUT",
+            "PEER_NICK",
+            "PEER_API",
+        ] {
+            cmd.env(var, "");
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Units in any case are accepted (the index is not running: exit 1, not 2).
     let out = run(&[
         "get",

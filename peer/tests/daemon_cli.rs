@@ -243,6 +243,20 @@ async fn peer_get_hands_the_download_to_the_daemon_of_the_share() {
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(got["download"].is_u64(), "not through the daemon: {got}");
     assert_eq!(got["id"], info.id.to_hex());
+    // The same object a standalone `peer get --json` prints.
+    for key in [
+        "path",
+        "size",
+        "sources_used",
+        "chunks_resumed",
+        "chunks_total",
+        "per_source",
+        "already_present",
+        "bytes_received",
+    ] {
+        assert!(!got[key].is_null(), "{key} missing: {got}");
+    }
+    assert_eq!(got["sources_used"], 1, "{got}");
     assert_eq!(std::fs::read(got["path"].as_str().unwrap()).unwrap(), data);
     assert!(String::from_utf8_lossy(&out.stderr).contains("handed to the daemon"));
 

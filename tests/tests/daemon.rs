@@ -329,6 +329,10 @@ async fn downloads_are_created_listed_paused_resumed_and_cancelled_through_the_a
     .await;
     assert_eq!(code, 200, "{d}");
     assert_eq!(d["state"], "paused");
+    // A paused download still shows what it had verified (not 0%).
+    let paused_at = d["bytes_done"].as_u64().unwrap_or(0);
+    assert!(paused_at > 0, "{d}");
+    assert_eq!(state_of(api, big_id).await["bytes_done"], paused_at);
     // Pausing twice is a conflict, not a crash.
     let (code, d) = call(
         api,

@@ -100,6 +100,15 @@ struct Record {
     /// (never a peer); none: the daemon's own mode.
     #[serde(default)]
     server: Option<String>,
+    /// Verified bytes when the download last stopped (paused, failed):
+    /// what the list shows while it does not run.
+    #[serde(default)]
+    bytes_done: u64,
+    /// Of a finished download: the engine's report, as a standalone
+    /// `peer get --json` prints it (path, id, size, sources_used,
+    /// per_source, ...).
+    #[serde(default)]
+    outcome: Option<serde_json::Value>,
 }
 
 /// A download as the API shows it (RULES.md's contract).
@@ -142,6 +151,12 @@ pub struct Download {
     /// part file (an earlier run, before a pause or a crash) and not fetched again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chunks_resumed: Option<u32>,
+    /// Of a finished download: the engine's report, the object a
+    /// standalone `peer get --json` prints (`path`, `id`, `size`,
+    /// `sources_used`, `chunks_resumed`, `chunks_total`, `per_source`,
+    /// `already_present`, `bytes_received`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<serde_json::Value>,
 }
 
 /// A page of the download list (`GET /api/downloads`).
@@ -368,6 +383,8 @@ impl DownloadManager {
             failures: 0,
             chunks_resumed: None,
             server,
+            bytes_done: 0,
+            outcome: None,
         };
         self.inner.persist(&rec)?;
         table.next_id += 1;
@@ -499,6 +516,9 @@ impl DownloadManager {
         let mut rec = entry.rec.clone();
         rec.state = to;
         rec.retry_at = None;
+        if let Some(run) = &entry.run {
+            note_progress(&mut rec, &run.progress);
+        }
         if to == Stored::Queued {
             rec.error = None;
         }
@@ -614,7 +634,7 @@ fn view(e: &Entry, queue_position: Option<usize>, mode: &'static str) -> Downloa
             if rec.state == Stored::Done {
                 rec.size.unwrap_or(0)
             } else {
-                0
+                rec.bytes_done
             },
             0,
             0,
@@ -644,6 +664,7 @@ fn view(e: &Entry, queue_position: Option<usize>, mode: &'static str) -> Downloa
         },
         server: rec.server.clone(),
         chunks_resumed: rec.chunks_resumed,
+        outcome: rec.outcome.clone(),
     }
 }
 
@@ -803,6 +824,7 @@ async fn run_one(
             rec.error = None;
             rec.failures = 0;
             rec.chunks_resumed = Some(done.chunks_resumed);
+            rec.outcome = serde_json::to_value(&done).ok();
         }
         Err(e) if cancel.is_cancelled() && inner.stop.is_cancelled() => {
             // The daemon is stopping: stays running in the store, resumes at start.
@@ -811,6 +833,9 @@ async fn run_one(
             return;
         }
         Err(e) => {
+            if let Some(run) = &entry.run {
+                note_progress(&mut rec, &run.progress);
+            }
             rec.state = Stored::Failed;
             rec.failures += 1;
             rec.error = Some(common::report::error_chain(&e));
@@ -830,6 +855,17 @@ async fn run_one(
     entry.run = None;
     drop(table);
     inner.touch();
+}
+
+/// Keeps what a run had verified (and the size it learnt) in its record,
+/// for the list to show once the run stops.
+fn note_progress(rec: &mut Record, progress: &Progress) {
+    use std::sync::atomic::Ordering::Relaxed;
+    rec.bytes_done = progress.done_bytes.load(Relaxed);
+    let total = progress.total_bytes.load(Relaxed);
+    if total > 0 {
+        rec.size = Some(total);
+    }
 }
 
 /// Where the store of a share lives.
