@@ -299,6 +299,45 @@ async fn downloads_are_created_listed_paused_resumed_and_cancelled_through_the_a
     assert_eq!(std::fs::read(path).unwrap(), small);
     assert_eq!(done["size"], small.len());
     assert_eq!(done["bytes_done"], small.len());
+
+    // Asked again into a folder outside the share: the share's copy is
+    // copied there (verified), not just pointed at.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let body = format!(
+        r#"{{"target":"small.bin","out":{:?}}}"#,
+        elsewhere.path().display().to_string()
+    );
+    let (code, d) = call(api, "POST", "/api/downloads", &[], Some(&body)).await;
+    assert_eq!(code, 201, "{d}");
+    let copy_id = d["id"].as_u64().unwrap();
+    let copy = wait_state(api, copy_id, &["done", "failed"]).await;
+    assert_eq!(copy["state"], "done", "{copy}");
+    let copied = std::path::PathBuf::from(copy["path"].as_str().unwrap());
+    assert_eq!(
+        copied.parent().map(|p| p.canonicalize().unwrap()),
+        Some(elsewhere.path().canonicalize().unwrap()),
+        "{copy}"
+    );
+    assert_eq!(std::fs::read(&copied).unwrap(), small);
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        small,
+        "the share's copy stays"
+    );
+    assert_eq!(copy["outcome"]["already_present"], true, "{copy}");
+    // Nothing but the file is left in that folder (no temporary copy).
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 1);
+    // Cleared from the list (the file stays).
+    let (code, d) = call(
+        api,
+        "DELETE",
+        &format!("/api/downloads/{copy_id}"),
+        &[],
+        None,
+    )
+    .await;
+    assert!(code == 200 || code == 204, "{code} {d}");
+    assert!(copied.is_file());
     assert_eq!(
         done["file_id"],
         common::id::content_info(&small).id.to_hex()

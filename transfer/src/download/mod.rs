@@ -684,10 +684,34 @@ pub async fn already_present(
     progress: &Progress,
 ) -> Option<DownloadOutcome> {
     let (dir, lib) = (out_dir.to_path_buf(), library.cloned());
-    let found = tokio::task::spawn_blocking(move || output::find_known(&id, &dir, lib.as_ref()))
-        .await
-        .ok()
-        .flatten()?;
+    let found = tokio::task::spawn_blocking(move || {
+        // A library whose share does not hold `out_dir`: its copy is not
+        // where the file was asked for, so it is copied there (verified).
+        let outside = lib.as_ref().filter(|l| {
+            !std::fs::canonicalize(&dir).is_ok_and(|d| d.starts_with(l.root()))
+        });
+        let Some(lib) = outside else {
+            return output::find_known(&id, &dir, lib.as_ref());
+        };
+        if let Some(found) = output::find_known(&id, &dir, None) {
+            return Some(found);
+        }
+        let (from, size) = output::find_known(&id, &dir, Some(lib))?;
+        let name = from.file_name()?.to_str()?.to_string();
+        match output::copy_in(&from, &dir, &id, &name) {
+            Ok(path) => {
+                info!(from = %from.display(), to = %path.display(), "copied from the share");
+                Some((path, size))
+            }
+            Err(e) => {
+                warn!(from = %from.display(), error = %e, "cannot copy from the share; fetching instead");
+                None
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()?;
     Some(present(id, found.0, found.1, progress))
 }
 

@@ -237,6 +237,50 @@ pub fn publish(part: &Path, file: &File, out_dir: &Path, name: &str) -> io::Resu
     ))
 }
 
+/// Copies `from`, a local file known to hold content `id` (a file of the
+/// daemon's share), into `out_dir` as a download publishes: into a
+/// temporary file there, whose hash list is then checked against `id` (the
+/// copy is verified as downloaded chunks are), then published under `name`
+/// or a numbered name, never replacing a file. A file of that name there
+/// with the same content already is returned instead. Blocking.
+///
+/// Errors: the copy's I/O errors, or `InvalidData` when `from` no longer
+/// holds `id` (changed since it was hashed).
+pub fn copy_in(from: &Path, out_dir: &Path, id: &FileId, name: &str) -> io::Result<PathBuf> {
+    std::fs::create_dir_all(out_dir)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = out_dir.join(format!(
+        ".{}.{}-{nanos}.copy",
+        id.to_hex(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut src = File::open(from)?;
+        let mut dst = File::options().write(true).create_new(true).open(&tmp)?;
+        io::copy(&mut src, &mut dst)?;
+        drop(dst);
+        let info = crate::scan::hash_file(&tmp)?;
+        if info.id != *id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} changed since it was hashed", from.display()),
+            ));
+        }
+        if let Some(same) = find_same_named(out_dir, name, &info) {
+            std::fs::remove_file(&tmp)?;
+            return Ok(same);
+        }
+        let file = File::open(&tmp)?;
+        publish(&tmp, &file, out_dir, name)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
