@@ -351,6 +351,10 @@ async fn downloads_are_created_listed_paused_resumed_and_cancelled_through_the_a
     let (code, d) = call(api, "POST", "/api/downloads", &[], Some(&body)).await;
     assert_eq!(code, 201, "{d}");
     let big_id = d["id"].as_u64().unwrap();
+    // Asked again while it runs: the same download, not a second one.
+    let (code, again) = call(api, "POST", "/api/downloads", &[], Some(&body)).await;
+    assert_eq!(code, 201, "{again}");
+    assert_eq!(again["id"], big_id, "{again}");
     wait_until("some bytes verified", Duration::from_secs(30), || async {
         state_of(api, big_id).await["bytes_done"]
             .as_u64()

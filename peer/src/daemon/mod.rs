@@ -354,6 +354,8 @@ impl DownloadManager {
     /// Queues a download of `target` into `out` (default: the shared
     /// folder), in the daemon's mode, or with `server` in client-server
     /// mode: from that index server's store only, through the same pipeline.
+    /// An unfinished download of the same target into the same folder (and
+    /// from the same server) is returned instead of a second one.
     pub fn add(
         &self,
         target: &str,
@@ -368,6 +370,17 @@ impl DownloadManager {
             None => self.inner.config.default_out.clone(),
         };
         let mut table = self.inner.table.lock().expect("table lock");
+        // The same target into the same folder, not finished yet: that
+        // download is the answer (asking twice does not fetch twice).
+        let same = table.entries.iter().find(|(_, e)| {
+            e.rec.state != Stored::Done
+                && e.rec.target == target
+                && e.rec.out_dir == out_dir
+                && e.rec.server == server
+        });
+        if let Some((&id, _)) = same {
+            return Ok(view_of(&table, id).expect("present"));
+        }
         let id = table.next_id;
         let rec = Record {
             id,
