@@ -442,28 +442,21 @@ impl Conn {
         n: usize,
     ) -> anyhow::Result<Vec<IndexResponse>> {
         self.writer.write_all(frames).await?;
-        self.writer.flush().await?;
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            out.push(
-                wire::expect_message(
-                    &mut self.reader,
-                    &mut self.buf,
-                    Deadlines::with_idle(Duration::from_secs(60)),
-                )
-                .await?,
-            );
-        }
-        Ok(out)
+        self.answers(n).await
     }
 
     async fn pipelined(&mut self, requests: &[IndexRequest]) -> anyhow::Result<Vec<IndexResponse>> {
         for r in requests {
             wire::write_message(&mut self.writer, r).await?;
         }
+        self.answers(requests.len()).await
+    }
+
+    /// Flushes what was written and reads `n` answers.
+    async fn answers(&mut self, n: usize) -> anyhow::Result<Vec<IndexResponse>> {
         self.writer.flush().await?;
-        let mut out = Vec::with_capacity(requests.len());
-        for _ in requests {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
             out.push(
                 wire::expect_message(
                     &mut self.reader,

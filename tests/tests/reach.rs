@@ -21,6 +21,34 @@ fn checked(listen_port: u16, advertise: Option<String>, nonce: [u8; 16]) -> Inde
     }
 }
 
+/// A third party's host at `bind`: it answers every connection with a line
+/// of text, as a web server might, and notes where each came from.
+async fn web_server(
+    bind: &str,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>,
+) {
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let serving = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            loop {
+                let Ok((mut s, from)) = listener.accept().await else {
+                    return;
+                };
+                seen.lock().unwrap().push(from);
+                use tokio::io::AsyncWriteExt;
+                let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
+            }
+        }
+    });
+    (addr, serving, seen)
+}
+
 /// The reach the index lists for the peer published at `addr`.
 fn listed_reach(index: &Index, addr: &str) -> Option<Reach> {
     let (peers, _) = index
@@ -104,18 +132,7 @@ async fn a_peer_answering_on_someone_elses_behalf_is_refused() {
 #[tokio::test]
 async fn an_advertised_third_party_host_is_refused() {
     let index = start_index().await;
-    let third_party = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = third_party.local_addr().unwrap();
-    // It answers every connection with a line of text, as a web server might.
-    let serving = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = third_party.accept().await else {
-                return;
-            };
-            use tokio::io::AsyncWriteExt;
-            let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
-        }
-    });
+    let (target, serving, _) = web_server("127.0.0.1:0").await;
     let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
     let answer = client
         .request(&checked(
@@ -278,22 +295,7 @@ async fn dial_backs_per_requester_are_capped() {
         ..Default::default()
     };
     let index = run_index(index_server::Server::bind(config).await.unwrap());
-    let victim = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
-    let target = victim.local_addr().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let serving = tokio::spawn({
-        let seen = seen.clone();
-        async move {
-            loop {
-                let Ok((mut s, from)) = victim.accept().await else {
-                    return;
-                };
-                seen.lock().unwrap().push(from);
-                use tokio::io::AsyncWriteExt;
-                let _ = s.write_all(b"HTTP/1.0 400 Bad Request\r\n\r\n").await;
-            }
-        }
-    });
+    let (target, serving, seen) = web_server("127.0.0.2:0").await;
     let mut refusals = Vec::new();
     for _ in 0..6 {
         let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
