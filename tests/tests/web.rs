@@ -846,6 +846,53 @@ async fn api_endpoints_refuse_hostile_input() {
     }
     // Still serving.
     assert_eq!(get_auth(&api, "/api/shared").await.status, 200);
+
+    // Another origin, even on loopback, may not steer the peer (a "simple"
+    // cross-origin POST a page elsewhere can send without a preflight);
+    // the API's own origin may.
+    let own = format!("http://{api}");
+    let other_port = format!("http://127.0.0.1:{}", port_other_than(&api));
+    for origin in [
+        "http://localhost:9999",
+        other_port.as_str(),
+        "http://evil.example",
+        "null",
+        &own.replace("http:", "https:"),
+    ] {
+        let r = http::request(
+            &api,
+            "POST",
+            "/api/downloads/5/pause",
+            &[auth[0], ("Origin", origin), ("Content-Type", "text/plain")],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 403, "Origin {origin}: {}", r.text());
+        assert!(r.json()["error"].as_str().unwrap().contains("cross-origin"));
+    }
+    let r = http::request(
+        &api,
+        "GET",
+        "/api/shared",
+        &[auth[0], ("Origin", &own)],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "own origin: {}", r.text());
+
+    // The Bearer scheme in any case (RFC 7235).
+    for scheme in ["bearer", "BEARER", "bEaRer"] {
+        let v = format!("{scheme} {TOKEN}");
+        let r = http::request(&api, "GET", "/api/shared", &[("Authorization", &v)], b"").await;
+        assert_eq!(r.status, 200, "{scheme}: {}", r.text());
+    }
+
     bob.stop().await;
     index.stop().await;
+}
+
+/// A loopback port that is not `api`'s.
+fn port_other_than(api: &str) -> u16 {
+    let port: u16 = api.rsplit(':').next().unwrap().parse().unwrap();
+    port.wrapping_add(1).max(1)
 }

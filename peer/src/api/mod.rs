@@ -11,8 +11,11 @@
 //!   without a token is refused at start ([`ApiError`] never reaches that).
 //! - **Host check** (DNS rebinding): the `Host` header must be a loopback
 //!   name or address, or the address the API is bound to; a page on
-//!   another site that rebinds its name to 127.0.0.1 is refused. A cross-site
-//!   `Origin` is refused the same way. No cookies are read or set (CSRF).
+//!   another site that rebinds its name to 127.0.0.1 is refused.
+//! - **Origin**: a request with an `Origin` header is served only when it
+//!   is this API's own (`http://` + the `Host`): another origin, even a
+//!   loopback one on another port, gets a 403. Requests without one (curl,
+//!   the CLI) pass. No cookies are read or set (CSRF).
 //! - **Body cap** [`MAX_BODY`]; malformed JSON, a wrong content type, an
 //!   oversized body, an unknown route or method get a 4xx with
 //!   `{"error": "..."}` ([`ApiError`], [`ApiJson`]).
@@ -317,14 +320,17 @@ async fn check_access(State(guard): State<Arc<Guard>>, req: Request, next: Next)
         .into_response();
     }
     if let Some(origin) = req.headers().get(header::ORIGIN) {
+        // Any other origin, even another loopback port (another local web
+        // app), could steer this peer from a browser: only our own page may.
         let ok = origin
             .to_str()
-            .ok()
-            .and_then(|o| o.split_once("://").map(|(_, rest)| rest.to_string()))
-            .is_some_and(|h| host_allowed(&h, guard.bound));
+            .is_ok_and(|o| same_origin(o, host.as_deref().unwrap_or_default()));
         if !ok {
-            return ApiError::new(StatusCode::FORBIDDEN, "cross-site requests are not allowed")
-                .into_response();
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross-origin requests are not allowed: only this API's own page may send an Origin",
+            )
+            .into_response();
         }
     }
     // A body announced over the cap is refused before any of it is read.
@@ -347,8 +353,7 @@ async fn check_access(State(guard): State<Arc<Guard>>, req: Request, next: Next)
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         let query = (path == "/api/events")
             .then(|| query_token(req.uri().query().unwrap_or("")))
             .flatten();
@@ -365,6 +370,28 @@ async fn check_access(State(guard): State<Arc<Guard>>, req: Request, next: Next)
         }
     }
     next.run(req).await
+}
+
+/// The token of `Authorization: Bearer TOKEN`; the scheme's case does not
+/// matter (RFC 7235).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("Bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `origin` is this API's own, as the browser names it: `http://`
+/// and the same host and port as the request's (already checked) `Host`.
+fn same_origin(origin: &str, host: &str) -> bool {
+    let origin = origin.trim();
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("http")
+        && !host.is_empty()
+        && rest.eq_ignore_ascii_case(host.trim())
 }
 
 /// `token=...` from a query string (percent-decoded is not needed: tokens
@@ -593,5 +620,36 @@ mod tests {
         assert!(!same_secret(b"abc", b"abd"));
         assert!(!same_secret(b"abc", b"abcd"));
         assert_eq!(query_token("a=1&token=xyz"), Some("xyz".into()));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for ok in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR  abc "] {
+            assert_eq!(bearer_token(ok), Some("abc"), "{ok}");
+        }
+        for bad in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc", ""] {
+            assert_eq!(bearer_token(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_apis_own_origin_is_same_origin() {
+        let host = "127.0.0.1:6700";
+        assert!(same_origin("http://127.0.0.1:6700", host));
+        assert!(same_origin("HTTP://LOCALHOST:6700", "localhost:6700"));
+        for bad in [
+            "http://localhost:9999",
+            "http://127.0.0.1:9999",
+            "http://localhost:6700",
+            "https://127.0.0.1:6700",
+            "http://127.0.0.1:6700/",
+            "http://127.0.0.1",
+            "null",
+            "",
+            "http://evil.example",
+        ] {
+            assert!(!same_origin(bad, host), "{bad}");
+        }
+        assert!(!same_origin("http://", ""));
     }
 }
