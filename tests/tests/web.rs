@@ -887,6 +887,37 @@ async fn api_endpoints_refuse_hostile_input() {
         assert_eq!(r.status, 200, "{scheme}: {}", r.text());
     }
 
+    // The download list and its event stream check their query alike.
+    for query in [
+        "?state=bogus",
+        "?state=bogus&foo=bar",
+        "?foo=bar",
+        "?limit=0",
+        "?limit=100001",
+        "?limit=-1",
+        "?offset=x",
+    ] {
+        for path in ["/api/downloads", "/api/events"] {
+            let r = get_auth(&api, &format!("{path}{query}")).await;
+            assert_eq!(r.status, 400, "{path}{query}: {}", r.text());
+            let error = r.json()["error"].as_str().unwrap().to_string();
+            let says = if query.contains("foo") {
+                "foo"
+            } else if query.starts_with("?state") {
+                "unknown state"
+            } else {
+                ""
+            };
+            assert!(error.contains(says), "{path}{query}: {error}");
+            if query == "?limit=0" {
+                assert!(error.contains("limit must be 1 to 100000"), "{error}");
+            }
+        }
+    }
+    // `?token=` is for the event stream only (EventSource sets no headers).
+    let r = get_auth(&api, &format!("/api/downloads?token={TOKEN}")).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+
     bob.stop().await;
     index.stop().await;
 }

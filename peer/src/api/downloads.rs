@@ -7,8 +7,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState};
-use crate::daemon::{Download, DownloadManager, ManagerError, Page, SHOWN_STATES as STATES};
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, ApiState, ListQuery};
+use crate::daemon::{Download, DownloadManager, ManagerError, Page};
 
 /// The body of `POST /api/downloads`.
 #[derive(Debug, Deserialize)]
@@ -107,52 +107,16 @@ impl From<ManagerError> for ApiError {
 /// Most downloads one list call returns when no `limit` is given; a page
 /// of a long queue stays quick to build and to read.
 pub const DEFAULT_LIST_LIMIT: usize = 100;
-/// Largest `limit` accepted.
+/// Largest `limit` accepted (here and by `/api/events`).
 pub const MAX_LIST_LIMIT: usize = 100_000;
-
-/// `GET /api/downloads?state=active,waiting&offset=0&limit=1000`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    /// Comma-separated shown states to keep (default: all).
-    #[serde(default)]
-    pub state: Option<String>,
-    #[serde(default)]
-    pub offset: Option<usize>,
-    #[serde(default)]
-    pub limit: Option<usize>,
-}
 
 async fn list(
     State(state): State<ApiState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page>, ApiError> {
-    let states: Vec<String> = q
-        .state
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_ascii_lowercase)
-        .collect();
-    if let Some(bad) = states.iter().find(|s| !STATES.contains(&s.as_str())) {
-        return Err(ApiError::bad_request(format!(
-            "unknown state {bad:?}: use {}",
-            STATES.join(", ")
-        )));
-    }
-    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT);
-    if limit > MAX_LIST_LIMIT {
-        return Err(ApiError::bad_request(format!(
-            "limit over {MAX_LIST_LIMIT}"
-        )));
-    }
-    Ok(Json(manager(&state)?.page(
-        &states,
-        q.offset.unwrap_or(0),
-        limit,
-    )))
+    // The rules are shared with `/api/events` (see `ListQuery::check`).
+    let w = q.check(DEFAULT_LIST_LIMIT, false)?;
+    Ok(Json(manager(&state)?.page(&w.states, w.offset, w.limit)))
 }
 
 async fn create(

@@ -8,10 +8,11 @@
 //!   removed, so that a list of 10,000 queued downloads costs its watchers
 //!   the few that move, not the whole list every second. Sent every second
 //!   even when nothing changed (a heartbeat the page shows as "live").
-//!   `?offset=&limit=` watch one page of the list instead (as `GET
-//!   /api/downloads` pages it; the web page does): the event then holds
-//!   that page's downloads, `removed` also names those that left it, and
-//!   `total` and `counts` still cover the whole list.
+//!   `?state=&offset=&limit=` watch one page of the list instead, checked
+//!   and applied as `GET /api/downloads` does (the web page does so): the
+//!   event then holds that page's downloads, `removed` also names those
+//!   that left it, `total` counts the downloads of those states and
+//!   `counts` covers the whole list.
 //! - `uploads` (the body of `GET /api/uploads`) and `messages` (of `GET
 //!   /api/messages`), whole: both are bounded (the upload queue's cap, the
 //!   inbox's capacity).
@@ -24,24 +25,12 @@ use std::convert::Infallible;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::time::Duration;
 
+use super::{ApiError, ApiQuery, ApiState, ListQuery, ListWindow};
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
 use axum::Router;
 use futures_util::Stream;
-use serde::Deserialize;
-
-use super::{ApiError, ApiQuery, ApiState};
-
-/// `GET /api/events?offset=&limit=`: the page of downloads to watch
-/// (default: all). Other parameters (`token`) are the access layer's.
-#[derive(Debug, Default, Deserialize)]
-pub struct EventsQuery {
-    #[serde(default)]
-    pub offset: Option<usize>,
-    #[serde(default)]
-    pub limit: Option<usize>,
-}
 
 /// How often every event is sent: twice a second, so that progress
 /// reaches the page at least once a second even with timer jitter (issue
@@ -62,20 +51,17 @@ struct Sent {
 
 /// One round of events: the changes in the downloads since `sent`, and the
 /// uploads and messages now.
-fn round(state: &ApiState, window: &EventsQuery, sent: &mut Sent) -> Vec<Event> {
+fn round(state: &ApiState, window: &ListWindow, sent: &mut Sent) -> Vec<Event> {
     let mut out = Vec::with_capacity(3);
     let mut add = |name: &str, data: Result<Event, axum::Error>| match data {
         Ok(e) => out.push(e.event(name)),
         Err(e) => tracing::warn!(event = name, error = %e, "cannot encode an event"),
     };
     // One page (built without copying the rest of the list) or all of it.
-    let page = state.downloads.as_ref().map(|m| {
-        m.page(
-            &[],
-            window.offset.unwrap_or(0),
-            window.limit.unwrap_or(usize::MAX),
-        )
-    });
+    let page = state
+        .downloads
+        .as_ref()
+        .map(|m| m.page(&window.states, window.offset, window.limit));
     let (downloads, total, counts) = match page {
         Some(p) => (p.downloads, p.total, p.counts),
         None => Default::default(),
@@ -124,14 +110,10 @@ fn round(state: &ApiState, window: &EventsQuery, sent: &mut Sent) -> Vec<Event> 
 
 async fn events(
     State(state): State<ApiState>,
-    ApiQuery(window): ApiQuery<EventsQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    if window.limit.unwrap_or(1) == 0 || window.limit > Some(super::downloads::MAX_LIST_LIMIT) {
-        return Err(ApiError::bad_request(format!(
-            "limit must be 1 to {}",
-            super::downloads::MAX_LIST_LIMIT
-        )));
-    }
+    // The same rules as `GET /api/downloads`; without a limit, the whole list.
+    let window = query.check(usize::MAX, true)?;
     let mut tick = tokio::time::interval(EVENT_PERIOD);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let stream = futures_util::stream::unfold(

@@ -252,6 +252,77 @@ where
     }
 }
 
+/// The query of the download list, the same for `GET /api/downloads` and
+/// `GET /api/events` (which watches a page of that list): one parser and
+/// one set of rules ([`ListQuery::check`]) so the two cannot drift apart.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Comma-separated shown states to keep (default: all).
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub offset: Option<usize>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// `/api/events` only: the token for the access layer (a browser's
+    /// EventSource cannot set headers); refused elsewhere.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// A checked [`ListQuery`]: what to pass to `DownloadManager::page`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListWindow {
+    /// Lower-case shown states, empty for all.
+    pub states: Vec<String>,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+impl ListQuery {
+    /// The rules: known state names only, a given `limit` 1 to
+    /// [`downloads::MAX_LIST_LIMIT`] (`default_limit` when absent), `token`
+    /// only where `token_allowed`.
+    pub fn check(self, default_limit: usize, token_allowed: bool) -> Result<ListWindow, ApiError> {
+        if self.token.is_some() && !token_allowed {
+            return Err(ApiError::bad_request(
+                "unknown parameter `token`: send the token as Authorization: Bearer TOKEN",
+            ));
+        }
+        let states: Vec<String> = self
+            .state
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let known = crate::daemon::SHOWN_STATES;
+        if let Some(bad) = states.iter().find(|s| !known.contains(&s.as_str())) {
+            return Err(ApiError::bad_request(format!(
+                "unknown state {bad:?}: use {}",
+                known.join(", ")
+            )));
+        }
+        if self
+            .limit
+            .is_some_and(|l| !(1..=downloads::MAX_LIST_LIMIT).contains(&l))
+        {
+            return Err(ApiError::bad_request(format!(
+                "limit must be 1 to {}",
+                downloads::MAX_LIST_LIMIT
+            )));
+        }
+        Ok(ListWindow {
+            states,
+            offset: self.offset.unwrap_or(0),
+            limit: self.limit.unwrap_or(default_limit),
+        })
+    }
+}
+
 /// What the access checks need.
 struct Guard {
     token: Option<String>,
@@ -620,6 +691,34 @@ mod tests {
         assert!(!same_secret(b"abc", b"abd"));
         assert!(!same_secret(b"abc", b"abcd"));
         assert_eq!(query_token("a=1&token=xyz"), Some("xyz".into()));
+    }
+
+    #[test]
+    fn both_lists_share_one_set_of_rules() {
+        let q = |state: Option<&str>, limit: Option<usize>| ListQuery {
+            state: state.map(Into::into),
+            limit,
+            ..Default::default()
+        };
+        let w = q(Some(" Active,waiting ,"), Some(5))
+            .check(100, false)
+            .unwrap();
+        assert_eq!(w.states, vec!["active", "waiting"]);
+        assert_eq!((w.offset, w.limit), (0, 5));
+        assert_eq!(q(None, None).check(100, false).unwrap().limit, 100);
+        for bad in [
+            q(Some("bogus"), None),
+            q(None, Some(0)),
+            q(None, Some(100_001)),
+        ] {
+            assert!(bad.check(100, true).is_err());
+        }
+        let with_token = || ListQuery {
+            token: Some("t".into()),
+            ..Default::default()
+        };
+        assert!(with_token().check(100, true).is_ok());
+        assert!(with_token().check(100, false).is_err());
     }
 
     #[test]
