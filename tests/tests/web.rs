@@ -927,3 +927,48 @@ fn port_other_than(api: &str) -> u16 {
     let port: u16 = api.rsplit(':').next().unwrap().parse().unwrap();
     port.wrapping_add(1).max(1)
 }
+
+/// Connections that send half a request head and stop (8,000 of them
+/// once held 8,000 descriptors) are closed after the header timeout, and
+/// meanwhile a whole request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let index = tests::start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (bob, api) =
+        start_api_peer(&dir.path().join("bob"), &index.addr_string(), "bob", None).await;
+    let started = std::time::Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(&api).await.unwrap();
+        s.write_all(b"GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    assert_eq!(http::get(&api, "/api/status").await.status, 200);
+    let deadline = peer::api::HEADER_READ_TIMEOUT + Duration::from_secs(10);
+    for s in &mut stalled {
+        let mut buf = [0u8; 512];
+        let closed = tokio::time::timeout(deadline.saturating_sub(started.elapsed()), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a half-sent request still open after {:?}",
+            started.elapsed()
+        );
+    }
+    // Not closed at once either: the timeout, not an error, closed them.
+    assert!(started.elapsed() >= peer::api::HEADER_READ_TIMEOUT - Duration::from_secs(1));
+    assert_eq!(http::get(&api, "/api/status").await.status, 200);
+    bob.stop().await;
+    index.stop().await;
+}

@@ -33,7 +33,7 @@ pub mod uploads;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
@@ -43,7 +43,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -58,6 +58,16 @@ pub const DEFAULT_API: &str = "127.0.0.1:6700";
 
 /// Largest request body accepted, bytes (requests are small JSON objects).
 pub const MAX_BODY: usize = 64 * 1024;
+
+/// Longest wait for a request's head on an HTTP/1 connection (also an
+/// idle keep-alive one): a client that connects and never finishes its
+/// headers is closed after this instead of holding a descriptor forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most API connections served at once. Past it new connections wait in
+/// the kernel's listen backlog (costing this process no descriptor) until
+/// one closes; [`HEADER_READ_TIMEOUT`] frees those held by stalled clients.
+pub const MAX_API_CONNECTIONS: usize = 512;
 
 /// The file in the share's state folder that says where the API listens.
 pub const API_FILE: &str = "api.json";
@@ -593,14 +603,95 @@ pub fn spawn(
     let folder = state_folder.to_path_buf();
     let addr = bound.addr;
     tracker.spawn(async move {
-        let served = axum::serve(bound.listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            warn!(error = %e, "API server stopped");
-        }
+        serve(bound.listener, router, ConnLimits::DAEMON, shutdown).await;
         remove_api_file(&folder, addr);
     });
+}
+
+/// The per-connection limits of [`serve`] (tests use small ones).
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    header_read_timeout: Duration,
+    max_connections: usize,
+}
+
+impl ConnLimits {
+    const DAEMON: ConnLimits = ConnLimits {
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        max_connections: MAX_API_CONNECTIONS,
+    };
+}
+
+/// Serves `router` on `listener` until `shutdown`, then lets the requests
+/// under way finish. Not `axum::serve`: that sets no header read timeout
+/// and no connection cap, so half-sent requests piled up without bound.
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    loop {
+        // A slot before accepting: at the cap, clients wait in the backlog.
+        let slot = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    accept_failed(e, &shutdown).await;
+                    continue;
+                }
+            },
+        };
+        let conn = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(router.clone()),
+        );
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = shutdown.cancelled() => {}
+            }
+            // Finish the request under way; an idle connection closes now.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// After a failed accept: a connection reset before it was taken is
+/// nothing; out of descriptors (or another error), wait a moment rather
+/// than spin, as axum::serve does.
+async fn accept_failed(e: std::io::Error, shutdown: &CancellationToken) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    warn!(error = %e, "API cannot accept a connection; retrying in 1 s");
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
 }
 
 fn write_api_file(folder: &Path, addr: SocketAddr, token: Option<&str>) -> std::io::Result<()> {
@@ -691,6 +782,100 @@ mod tests {
         assert!(!same_secret(b"abc", b"abd"));
         assert!(!same_secret(b"abc", b"abcd"));
         assert_eq!(query_token("a=1&token=xyz"), Some("xyz".into()));
+    }
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    /// A server of one route with `limits`, on 127.0.0.1 port 0.
+    async fn small_server(limits: ConnLimits) -> (SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(listener, router, limits, shutdown.clone()));
+        (addr, shutdown)
+    }
+
+    /// A connection that sent part of a request head and stopped.
+    async fn half_sent(addr: SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        s
+    }
+
+    /// Sends a whole request and reads the answer until the server closes.
+    async fn whole_request(addr: SocketAddr) -> String {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    /// Whether the server closed `s` (end of stream or reset).
+    async fn closed(s: &mut TcpStream) -> bool {
+        let mut buf = [0u8; 256];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_that_never_finish_their_headers_are_closed() {
+        let (addr, shutdown) = small_server(ConnLimits {
+            header_read_timeout: Duration::from_millis(300),
+            max_connections: 512,
+        })
+        .await;
+        let mut stalled = Vec::new();
+        for _ in 0..50 {
+            stalled.push(half_sent(addr).await);
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(10), whole_request(addr))
+            .await
+            .expect("a whole request is answered");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        for s in &mut stalled {
+            // Without the timeout they would stay open and this would fail.
+            tokio::time::timeout(Duration::from_secs(10), closed(s))
+                .await
+                .expect("a half-sent request is closed after the header timeout");
+        }
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_wait_for_a_free_slot() {
+        // A header timeout far longer than the test: only the cap acts.
+        let (addr, shutdown) = small_server(ConnLimits {
+            header_read_timeout: Duration::from_secs(600),
+            max_connections: 4,
+        })
+        .await;
+        let mut stalled = Vec::new();
+        for _ in 0..4 {
+            stalled.push(half_sent(addr).await);
+        }
+        let mut waiting = tokio::spawn(whole_request(addr));
+        let early = tokio::time::timeout(Duration::from_millis(500), &mut waiting).await;
+        assert!(
+            early.is_err(),
+            "a fifth connection was served past a cap of 4"
+        );
+        // One stalled client leaves: its slot goes to the waiting request.
+        drop(stalled.pop());
+        let answer = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("served once a slot is free")
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        shutdown.cancel();
     }
 
     #[test]
