@@ -221,9 +221,15 @@ pub async fn long_list(active: usize, queued: usize, dir: Option<PathBuf>) -> an
     for id in &ids {
         api.post("/api/downloads", json!({ "target": id })).await?;
     }
+    // Each into its own folder: the daemon answers a second request for
+    // the same target into the same folder with the first download.
+    let queued_out = std::path::absolute(dst.join("queued"))?;
     for i in 0..queued {
-        api.post("/api/downloads", json!({ "target": ids[i % ids.len()] }))
-            .await?;
+        api.post(
+            "/api/downloads",
+            json!({ "target": ids[i % ids.len()], "out": queued_out.join(format!("q{i}")) }),
+        )
+        .await?;
     }
     let created = t.elapsed().as_secs_f64();
     // Let every running download connect.
