@@ -17,7 +17,7 @@ pub struct DaemonArg {
     /// The shared folder of the daemon to steer (it records its API address
     /// in SHARE/.p2pshare/api.json); default: the current folder or one
     /// above it. PEER_API=http://IP:PORT (and PEER_API_TOKEN) override it.
-    #[arg(long, value_name = "SHARE", default_value = ".")]
+    #[arg(long, value_name = "SHARE", env = "PEER_SHARE", default_value = ".")]
     share: PathBuf,
 }
 
