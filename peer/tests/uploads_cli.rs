@@ -110,43 +110,7 @@ fn peer_uploads_lists_who_is_served_and_who_waits() {
     std::fs::write(share.join("popular.bin"), &data).unwrap();
     let id = common::id::content_info(&data).id;
     // No index needed to serve chunks: an address nothing listens on.
-    let _serve = Killed(
-        Command::new(PEER)
-            .args(["serve", "--share"])
-            .arg(&share)
-            .args([
-                "--index",
-                "127.0.0.1:9",
-                "--listen",
-                "127.0.0.1:0",
-                "--settle",
-                "0",
-            ])
-            .args(["--api", "127.0.0.1:0", "--max-uploads", "1"])
-            .env_remove("PEER_API")
-            .env_remove("PEER_API_TOKEN")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let api_file = share.join(".p2pshare/api.json");
-    wait_for("the API file", || api_file.exists());
-    let api: SocketAddr = serde_json::from_slice::<Value>(&std::fs::read(&api_file).unwrap())
-        .unwrap()["api"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    wait_for("the file to be shared", || {
-        api_get(api, "/api/status")["files"] == 1
-    });
-    let listen = api_get(api, "/api/status")["listen"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (_serve, listen, api) = serve_with(&share, &["--max-uploads", "1"]);
 
     // Nothing yet.
     let (ok, out, err) = run(&["uploads", "--share", share.to_str().unwrap()], dir.path());

@@ -49,6 +49,28 @@ async fn web_server(
     (addr, serving, seen)
 }
 
+/// A checked login on a new connection that listens at `target`'s port and
+/// advertises `target`: the address published (if any) and the reasons
+/// for those refused.
+async fn login_advertising(
+    index: &Index,
+    target: std::net::SocketAddr,
+) -> (Option<String>, Vec<String>) {
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let answer = client
+        .request(&checked(
+            target.port(),
+            Some(target.to_string()),
+            rand::random(),
+        ))
+        .await
+        .unwrap();
+    let IndexResponse::WelcomeChecked { addr, refused, .. } = answer else {
+        panic!("{answer:?}")
+    };
+    (addr, refused)
+}
+
 /// The reach the index lists for the peer published at `addr`.
 fn listed_reach(index: &Index, addr: &str) -> Option<Reach> {
     let (peers, _) = index
@@ -133,18 +155,7 @@ async fn a_peer_answering_on_someone_elses_behalf_is_refused() {
 async fn an_advertised_third_party_host_is_refused() {
     let index = start_index().await;
     let (target, serving, _) = web_server("127.0.0.1:0").await;
-    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
-    let answer = client
-        .request(&checked(
-            target.port(),
-            Some(target.to_string()),
-            rand::random(),
-        ))
-        .await
-        .unwrap();
-    let IndexResponse::WelcomeChecked { addr, refused, .. } = answer else {
-        panic!("{answer:?}")
-    };
+    let (addr, refused) = login_advertising(&index, target).await;
     assert_eq!(addr, None);
     assert!(
         refused.iter().any(|r| r.contains("not a p2pshare peer")),
@@ -298,18 +309,7 @@ async fn dial_backs_per_requester_are_capped() {
     let (target, serving, seen) = web_server("127.0.0.2:0").await;
     let mut refusals = Vec::new();
     for _ in 0..6 {
-        let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
-        let answer = client
-            .request(&checked(
-                target.port(),
-                Some(target.to_string()),
-                rand::random(),
-            ))
-            .await
-            .unwrap();
-        let IndexResponse::WelcomeChecked { addr, refused, .. } = answer else {
-            panic!("{answer:?}")
-        };
+        let (addr, refused) = login_advertising(&index, target).await;
         assert_eq!(addr, None, "the victim's address was published");
         refusals.push(refused);
     }

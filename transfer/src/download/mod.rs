@@ -696,7 +696,7 @@ pub async fn already_present(
         if let Some(found) = output::find_known(&id, &dir, None) {
             return Some(found);
         }
-        let (from, size) = output::find_known(&id, &dir, Some(lib))?;
+        let (from, size) = output::find_in_library(&id, lib)?;
         let name = from.file_name()?.to_str()?.to_string();
         match output::copy_in(&from, &dir, &id, &name) {
             Ok(path) => {

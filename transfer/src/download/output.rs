@@ -117,16 +117,8 @@ pub fn find_known(
     out_dir: &Path,
     library: Option<&Library>,
 ) -> Option<(PathBuf, u64)> {
-    // The daemon's own trust rule: the file is as it was when hashed.
-    let unchanged = |path: &Path, stamp: &FileStamp| {
-        std::fs::metadata(path).is_ok_and(|m| m.is_file() && FileStamp::of(&m) == *stamp)
-    };
-    if let Some(lib) = library {
-        if let Some(Holding::Complete(e)) = lib.get(id) {
-            if unchanged(&e.path, &e.stamp) {
-                return Some((e.path.clone(), e.size));
-            }
-        }
+    if let Some(found) = library.and_then(|lib| find_in_library(id, lib)) {
+        return Some(found);
     }
     let out_dir = std::fs::canonicalize(out_dir).ok()?;
     for root in out_dir.ancestors() {
@@ -144,6 +136,22 @@ pub fn find_known(
         }
     }
     None
+}
+
+/// The daemon's own trust rule: the file is as it was when hashed.
+fn unchanged(path: &Path, stamp: &FileStamp) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && FileStamp::of(&m) == *stamp)
+}
+
+/// A complete file of `library` with content `id`, unchanged since it was
+/// hashed: its path and size. Blocking (one `stat`).
+pub fn find_in_library(id: &FileId, library: &Library) -> Option<(PathBuf, u64)> {
+    match library.get(id) {
+        Some(Holding::Complete(e)) if unchanged(&e.path, &e.stamp) => {
+            Some((e.path.clone(), e.size))
+        }
+        _ => None,
+    }
 }
 
 /// A file in `out_dir` named `name` or `name (k)` (the names [`publish`]
