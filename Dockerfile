@@ -30,6 +30,12 @@ ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 WORKDIR /src
 
+# 0) `make`, which the index server's allocator (jemalloc) is built with; the
+#    slim image has gcc but not make.
+RUN command -v make >/dev/null \
+    || { apt-get update && apt-get install -y --no-install-recommends make \
+         && rm -rf /var/lib/apt/lists/*; }
+
 # 1) Third-party crates, fetched and built against the stub workspace. If the
 #    stub build cannot work for some manifest, the full build below does it all.
 COPY --from=planner /skeleton/ ./

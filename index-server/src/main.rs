@@ -6,6 +6,12 @@ use clap::Parser;
 use common::units::{parse_duration_in, parse_size_in, UnitError};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc rather than glibc's malloc: see the `jemalloc` feature in
+/// Cargo.toml.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A duration from `min` to `max`, refused at parse time otherwise.
 fn duration(
     min: Duration,

@@ -286,11 +286,15 @@ fn index_hashes_into(words: &WordIndex, name: &str, hashes: &mut Vec<u32>) {
         hashes.push(words.token_hash(kind, text))
     });
     let base = base_name(name);
-    let base_has_piece = base.len() == name.len() && !hashes.is_empty() || {
-        let mut any = false;
-        search::for_each_piece(&search::fold(base), |_| any = true);
-        any
-    };
+    let base_has_piece = base.len() == name.len() && !hashes.is_empty()
+        // An ASCII text folds to a piece exactly when it has a letter or a
+        // digit: no second fold for the usual `name.ext`.
+        || base.is_ascii() && base.bytes().any(|b| b.is_ascii_alphanumeric())
+        || !base.is_ascii() && {
+            let mut any = false;
+            search::for_each_piece(&search::fold(base), |_| any = true);
+            any
+        };
     if !base_has_piece {
         hashes.push(words.token_hash(TokenKind::Word, ""));
     }
@@ -884,10 +888,13 @@ impl Index {
         }
         // The whole batch is charged up front; what it does not add is
         // given back below.
+        // Checked once: a name's check is a good part of its cost.
+        let ok: Vec<bool> = batch.iter().map(acceptable).collect();
         let total: u64 = batch
             .iter()
-            .filter(|f| acceptable(f))
-            .map(|f| holding_cost(&f.name))
+            .zip(&ok)
+            .filter(|(_, ok)| **ok)
+            .map(|(f, _)| holding_cost(&f.name))
             .sum();
         self.charge(total)?;
         // Net bytes of the memory budget this batch took.
@@ -898,8 +905,8 @@ impl Index {
         // loop (`WordIndex::add_all`: a lock per shard, not per token).
         let mut pending: Vec<(u32, FileKey)> = Vec::with_capacity(batch.len() * 16);
         let mut hashes: Vec<u32> = Vec::with_capacity(32);
-        for f in batch {
-            if !acceptable(f) {
+        for (f, ok) in batch.iter().zip(ok) {
+            if !ok {
                 outcome.rejected += 1;
                 continue;
             }
@@ -919,7 +926,7 @@ impl Index {
                     charged -= holding_cost(&old) as i64;
                     // The old name may be one this batch added: index
                     // what is pending before taking it out.
-                    self.inner.words.add_all(&mut pending);
+                    self.inner.words.add_all(&pending);
                     pending.clear();
                     self.unindex_name(key, &old);
                     self.index_name(key, &f.name);
@@ -933,7 +940,7 @@ impl Index {
                 }
             }
         }
-        self.inner.words.add_all(&mut pending);
+        self.inner.words.add_all(&pending);
         drop(pending);
         let mut completed: Vec<FileId> = Vec::new();
         let still_there = match self.inner.sessions.get_mut(&session) {
@@ -2477,6 +2484,37 @@ mod tests {
             idx.logout(s);
         }
         assert_eq!(idx.lookup(&FileId([1; 32]), now).unwrap().0, "evil/.bashrc");
+    }
+
+    /// A name whose last component has no word of its own (in a folder
+    /// that has one) is found by that component, ASCII or not; one whose
+    /// last component has a word is not filed under the empty word.
+    #[tokio::test(start_paused = true)]
+    async fn last_components_without_words_are_found_by_name() {
+        let idx = Index::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let a = idx.login("a:1".into(), None, now).unwrap();
+        let names = [
+            "music/!!!",
+            "m\u{fa}sica/\u{2605}\u{2605}",
+            "docs/--.x",
+            "---",
+        ];
+        let files = (1..).zip(names).map(|(n, name)| file(n, name)).collect();
+        idx.add_files(a, files, now).unwrap();
+        let by_name = |n: &str| -> Vec<u8> {
+            let mut ids: Vec<u8> = idx
+                .lookup_name(n, 10, now)
+                .iter()
+                .map(|h| h.id.0[0])
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(by_name("!!!"), [1]);
+        assert_eq!(by_name("\u{2605}\u{2605}"), [2]);
+        assert_eq!(by_name("--.x"), [3]);
+        assert_eq!(by_name("---"), [4]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -37,13 +37,13 @@ const SHARDS: usize = 1 << SHARD_BITS;
 /// Slots in a shard: keys stay below 2^31, which the word index relies on.
 const MAX_SLOTS: u32 = 1 << (31 - SHARD_BITS);
 /// Slots in one segment.
-const SEGMENT: usize = 1024;
+const SEGMENT: usize = 256;
 /// Keys looked at per read lock taken in [`FileTable::with_keys`]: enough
 /// for the CPU to overlap their cache misses, few enough that a writer
 /// waits microseconds.
 const KEYS_PER_LOCK: usize = 64;
 /// Bytes in one chunk of names (a name never straddles two).
-const CHUNK: usize = 1 << 14;
+const CHUNK: usize = 1 << 13;
 /// In `NameRef::len`: the file has holders beyond the first (in `more`).
 const MORE: u16 = 1 << 15;
 /// No session has this id (they count from 1): marks a free slot.

@@ -65,7 +65,7 @@ impl Bits {
 
     fn insert(&mut self, lo: u16) -> bool {
         match self {
-            Bits::Sparse(v) => match v.binary_search(&lo) {
+            Bits::Sparse(v) => match search_from_end(v, lo) {
                 Ok(_) => false,
                 Err(at) => {
                     v.insert(at, lo);
@@ -131,6 +131,37 @@ impl Bits {
     }
 }
 
+/// `binary_search` for a key that is most likely near the end of `v`: a
+/// gallop back from the end (1, 2, 4, ... places) brackets it, then a binary
+/// search within the bracket. New files get roughly increasing keys (each
+/// file shard hands out its own increasing slots, and the shards fill at
+/// about the same pace), so a key added to a posting list lands a few
+/// places, or a few hundred, before its end: O(log distance) probes, all in
+/// the recently written tail, instead of a search from the cold middle of a
+/// list of thousands.
+fn search_from_end<T: Ord + Copy>(v: &[T], key: T) -> Result<usize, usize> {
+    let Some(&last) = v.last() else {
+        return Err(0);
+    };
+    if last < key {
+        return Err(v.len());
+    }
+    // Invariant: v[hi] >= key.
+    let mut hi = v.len() - 1;
+    let mut step = 1;
+    loop {
+        let lo = hi.saturating_sub(step);
+        if lo == 0 || v[lo] < key {
+            return match v[lo..=hi].binary_search(&key) {
+                Ok(i) => Ok(lo + i),
+                Err(i) => Err(lo + i),
+            };
+        }
+        hi = lo;
+        step *= 2;
+    }
+}
+
 /// Sets bit `key` of the bitmap `bits`, growing it as needed.
 pub(crate) fn set_bit(bits: &mut Vec<u64>, key: u32) {
     let at = (key / 64) as usize;
@@ -178,7 +209,7 @@ impl KeySet {
                 self.len += 1;
                 return true;
             }
-            let Err(at) = self.small.binary_search(&key) else {
+            let Err(at) = search_from_end(&self.small, key) else {
                 return false;
             };
             self.small.insert(at, key);
@@ -210,7 +241,13 @@ impl KeySet {
                 return true;
             }
         }
-        let at = match self.chunk(hi) {
+        // Most keys go to the last chunk; look there before searching.
+        let last = self.chunks.len().wrapping_sub(1);
+        let found = match self.chunks.last() {
+            Some(c) if c.hi == hi => Ok(last),
+            _ => self.chunk(hi),
+        };
+        let at = match found {
             Ok(at) => at,
             Err(at) => {
                 self.chunks.insert(
@@ -349,6 +386,20 @@ mod tests {
             if let Bits::Dense(n, w) = &c.bits {
                 let ones: u32 = w.iter().map(|x| x.count_ones()).sum();
                 assert_eq!(*n, ones);
+            }
+        }
+    }
+
+    #[test]
+    fn search_from_end_agrees_with_binary_search() {
+        for len in 0..70u16 {
+            let v: Vec<u16> = (0..len).map(|i| i * 2 + 1).collect();
+            for key in 0..=len * 2 + 2 {
+                assert_eq!(
+                    search_from_end(&v, key),
+                    v.binary_search(&key),
+                    "key {key} in 0..{len}"
+                );
             }
         }
     }
