@@ -475,8 +475,10 @@ async fn connection_loop(
                     message: format!("the search failed: {e}"),
                 })
         } else {
-            index.note_foreground();
-            handle(index, conn, request, Instant::now())
+            let started = std::time::Instant::now();
+            let response = handle(index, conn, request, Instant::now());
+            index.note_foreground(started.elapsed());
+            response
         };
         let response = crate::store::localize(response, &local);
         let frame = common::frame::encode_frame(&response)?;
