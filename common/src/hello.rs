@@ -35,6 +35,12 @@ pub enum Protocol {
     Overlay = 3,
     /// Uploading files into an index server's store (client-server mode).
     Store = 4,
+    /// A firewalled source connecting out to a downloader that asked the
+    /// index for a callback (`index_proto::IndexRequest::Callback`): after
+    /// the hello the source sends a `reach::CallbackHello` frame, then the
+    /// downloader speaks the peer protocol as a client over it and the
+    /// source answers as a chunk server would.
+    Callback = 5,
 }
 
 impl Protocol {
@@ -45,6 +51,7 @@ impl Protocol {
             2 => Some(Protocol::Peer),
             3 => Some(Protocol::Overlay),
             4 => Some(Protocol::Store),
+            5 => Some(Protocol::Callback),
             _ => None,
         }
     }
@@ -211,5 +218,6 @@ mod tests {
         );
         assert_eq!(client_hello(Protocol::Overlay)[6], 3);
         assert_eq!(client_hello(Protocol::Store)[6], 4);
+        assert_eq!(client_hello(Protocol::Callback)[6], 5);
     }
 }

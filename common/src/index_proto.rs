@@ -135,6 +135,37 @@ pub enum IndexRequest {
     /// answered by `PeersReach`. An index older than this variant closes
     /// the connection: ask again with `ListPeers`.
     ListPeersReach { start: u32 },
+    /// From a logged-in session: forward callback orders for it on this
+    /// connection (`CallbackOrder`, see `Callback`). Answered with `Ack`;
+    /// from then on the index may send a `CallbackOrder` frame between any
+    /// two answers (never inside one). Refused (`NotLoggedIn`) before a
+    /// login. An index older than this variant closes the connection: the
+    /// peer logs in again without it (and takes no callbacks).
+    AcceptCallbacks,
+    /// `Lookup` that also lists holders that cannot be dialed (firewalled
+    /// ones, named by their observed `IP:PORT`), each with its reach:
+    /// answered by `SourcesReach`. Firewalled sources are reached with
+    /// `Callback`. An index older than this variant closes the connection.
+    LookupReach { id: FileId },
+    /// Asks the index to have the firewalled peer listed as `source`
+    /// connect out to this client (a "push"): the index sends that peer a
+    /// `CallbackOrder` naming `IP:port`, where `IP` is this connection's
+    /// source address (never taken from the message: nobody can aim a
+    /// peer at a third host) and `port` is where this client accepts
+    /// `hello::Protocol::Callback` connections; the peer dials it, sends
+    /// `reach::CallbackHello` with `token` and then serves the peer
+    /// protocol on that connection. Answered with `Ack { count: 1 }` once
+    /// the order is forwarded, or refused: `NotFound` (no such peer, or it
+    /// has not registered `id`), `BadRequest` (a port no one can be sent
+    /// to, a peer that takes no callbacks), `TooMany` (over this
+    /// requester's budget of callbacks per minute, or too many orders
+    /// pending at that peer).
+    Callback {
+        id: FileId,
+        source: String,
+        port: u16,
+        token: [u8; crate::reach::NONCE_LEN],
+    },
 }
 
 /// How other nodes can reach a peer.
@@ -333,6 +364,31 @@ pub enum IndexResponse {
         peers: Vec<PeerReach>,
         next: Option<u32>,
     },
+    /// Not an answer: sent unasked, between answers, to a session that
+    /// sent `AcceptCallbacks`. Connect to `target` (`IP:PORT`), send the
+    /// callback hello with `token`, and serve the peer protocol there for
+    /// file `id` (see `IndexRequest::Callback`).
+    CallbackOrder {
+        id: FileId,
+        target: String,
+        token: [u8; crate::reach::NONCE_LEN],
+    },
+    /// Answer to `LookupReach`: every live holder of the whole file, each
+    /// with how it can be reached (a firewalled one under its observed
+    /// `IP:PORT`, which is not dialable).
+    SourcesReach {
+        id: FileId,
+        name: String,
+        size: u64,
+        sources: Vec<SourceReach>,
+    },
+}
+
+/// One holder of a file and how it can be reached (`SourcesReach`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceReach {
+    pub source: Source,
+    pub reach: Reach,
 }
 
 #[cfg(test)]
@@ -494,6 +550,51 @@ mod tests {
             .unwrap(),
             [0, 0, 0, 3, 12, 0, 0]
         );
+    }
+
+    /// The callback variants come after every older one.
+    #[test]
+    fn callback_variants_are_appended() {
+        assert_eq!(
+            encode_frame(&IndexRequest::AcceptCallbacks).unwrap(),
+            [0, 0, 0, 1, 18]
+        );
+        let id = FileId([2; 32]);
+        let bytes = encode_frame(&IndexRequest::LookupReach { id }).unwrap();
+        assert_eq!(bytes[..5], [0, 0, 0, 33, 19]);
+        let bytes = encode_frame(&IndexRequest::Callback {
+            id,
+            source: "a".into(),
+            port: 7,
+            token: [9; 16],
+        })
+        .unwrap();
+        assert_eq!(bytes[4], 20);
+        assert_eq!(bytes[37..40], [1, b'a', 7]);
+        assert_eq!(bytes[40..], [9; 16]);
+        let order = encode_frame(&IndexResponse::CallbackOrder {
+            id,
+            target: "b".into(),
+            token: [8; 16],
+        })
+        .unwrap();
+        assert_eq!(order[4], 13);
+        assert_eq!(order[37..39], [1, b'b']);
+        let reach = IndexResponse::SourcesReach {
+            id,
+            name: String::new(),
+            size: 1,
+            sources: vec![SourceReach {
+                source: Source {
+                    addr: "c".into(),
+                    nick: None,
+                },
+                reach: Reach::Firewalled,
+            }],
+        };
+        let bytes = encode_frame(&reach).unwrap();
+        assert_eq!(bytes[4], 14);
+        assert_eq!(bytes[37..], [0, 1, 1, 1, b'c', 0, 1]);
     }
 
     #[test]

@@ -64,9 +64,37 @@ impl LoginNonce {
     }
 }
 
+/// The first frame a source sends on a callback connection (after the
+/// hello of `hello::Protocol::Callback`): the token the downloader chose in
+/// its `IndexRequest::Callback`, by which it knows which request this
+/// connection answers, and the source's feature bits as a chunk server
+/// would send them in its hello (`hello::FEATURE_UPLOAD_QUEUE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CallbackHello {
+    pub token: [u8; NONCE_LEN],
+    pub features: u8,
+}
+
+/// Largest encoded [`CallbackHello`] frame payload a downloader reads.
+pub const MAX_CALLBACK_HELLO_LEN: usize = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pinned_callback_hello() {
+        let bytes = crate::frame::encode_frame(&CallbackHello {
+            token: [5; NONCE_LEN],
+            features: 1,
+        })
+        .unwrap();
+        let mut expected = vec![0, 0, 0, 17];
+        expected.extend([5; NONCE_LEN]);
+        expected.push(1);
+        assert_eq!(bytes, expected);
+        assert!(bytes.len() - 4 <= MAX_CALLBACK_HELLO_LEN);
+    }
 
     #[test]
     fn proofs_depend_on_nonce_and_challenge() {

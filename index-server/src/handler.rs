@@ -37,6 +37,9 @@ pub struct Connection {
     /// Whether a legacy `Login` is listed as firewalled
     /// (`Config::require_proof`).
     pub require_proof: bool,
+    /// Callback requests this connection's requester may make per minute
+    /// (`Config::max_callbacks_per_minute`).
+    pub max_callbacks_per_minute: u32,
 }
 
 impl Connection {
@@ -49,6 +52,7 @@ impl Connection {
             peer_port: 0,
             dialbacks: Vec::new(),
             require_proof: false,
+            max_callbacks_per_minute: crate::DEFAULT_MAX_CALLBACKS_PER_MINUTE,
         }
     }
 
@@ -340,6 +344,9 @@ pub fn request_kind(request: &IndexRequest) -> &'static str {
         IndexRequest::LookupPrefix { .. } => "LookupPrefix",
         IndexRequest::LoginChecked { .. } => "Login",
         IndexRequest::ListPeersReach { .. } => "ListPeers",
+        IndexRequest::AcceptCallbacks => "Login",
+        IndexRequest::LookupReach { .. } => "Lookup",
+        IndexRequest::Callback { .. } => "Callback",
     }
 }
 
@@ -478,6 +485,27 @@ pub fn handle(
                 Err(e) => state_error(e),
             }
         }
+        // The connection task made the channel the orders go through
+        // before this answer (this module does no I/O).
+        IndexRequest::AcceptCallbacks => match conn.session {
+            Some(_) => IndexResponse::Ack { count: 0 },
+            None => error(ErrorCode::NotLoggedIn, "log in before taking callbacks"),
+        },
+        IndexRequest::LookupReach { id } => match index.lookup_reach(&id, now) {
+            Some((name, size, sources)) => IndexResponse::SourcesReach {
+                id,
+                name,
+                size,
+                sources,
+            },
+            None => error(ErrorCode::NotFound, format!("no online peer offers {id}")),
+        },
+        IndexRequest::Callback {
+            id,
+            source,
+            port,
+            token,
+        } => callback(index, conn, id, source, port, token, now),
         IndexRequest::ListPeersReach { start } => {
             let (peers, next): (Vec<PeerReach>, _) =
                 index.peers_reach(start as usize, MAX_FILES_PER_BATCH, now);
@@ -621,6 +649,63 @@ pub fn handle(
                 format!("an id prefix is {MIN_ID_PREFIX_LEN} to 63 hex digits"),
             ),
         },
+    }
+}
+
+/// Forwards a callback request to the source's connection (see
+/// `IndexRequest::Callback`), or says why not. Every request, refused or
+/// not, counts against the requester's budget, so that probing which
+/// peers hold what costs the same as asking.
+fn callback(
+    index: &Index,
+    conn: &Connection,
+    id: common::id::FileId,
+    source: String,
+    port: u16,
+    token: [u8; common::reach::NONCE_LEN],
+    now: Instant,
+) -> IndexResponse {
+    let per_minute = conn.max_callbacks_per_minute;
+    if !index
+        .callback_budget()
+        .take(conn.peer_ip, 1, per_minute, now.into_std())
+    {
+        return error(
+            ErrorCode::TooMany,
+            format!(
+                "{} asked for more than {per_minute} callbacks in a minute (index-server --max-callbacks-per-minute); try again later",
+                conn.peer_ip
+            ),
+        );
+    }
+    let low_ports = index.limits().allow_privileged_ports;
+    if let Some(why) = unreachable_reason(conn.peer_ip, port, conn.peer_ip, low_ports) {
+        return error(
+            ErrorCode::BadRequest,
+            format!("cannot call back to port {port}: {why}"),
+        );
+    }
+    if source.len() > 255 {
+        return error(ErrorCode::BadRequest, "a peer address is at most 255 bytes");
+    }
+    let Some(session) = index.holder_named(&id, &source, now) else {
+        return error(
+            ErrorCode::NotFound,
+            format!(
+                "no online peer {:?} has registered file {id}",
+                common::names::escape_for_terminal(&source)
+            ),
+        );
+    };
+    let order = IndexResponse::CallbackOrder {
+        id,
+        target: SocketAddr::new(conn.peer_ip, port).to_string(),
+        token,
+    };
+    match index.send_callback(session, order) {
+        Ok(()) => IndexResponse::Ack { count: 1 },
+        Err(e @ crate::state::CallbackError::Full) => error(ErrorCode::TooMany, e.to_string()),
+        Err(e) => error(ErrorCode::BadRequest, e.to_string()),
     }
 }
 

@@ -84,6 +84,11 @@ pub struct Config {
     /// peers are left, so that nobody can point downloaders at a third
     /// party's host.
     pub require_proof: bool,
+    /// Callback requests (`IndexRequest::Callback`) one requester (an IPv4
+    /// address or an IPv6 /64) may make per minute; past it they are
+    /// refused (`TooMany`, saying why), so that nobody can make firewalled
+    /// peers connect out over and over.
+    pub max_callbacks_per_minute: u32,
 }
 
 /// Default of [`Config::listen`] (and of `index-server --listen`): both
@@ -110,6 +115,10 @@ pub const DEFAULT_DIALBACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// (`--max-dialbacks-per-minute`): a peer restarting every few seconds
 /// with an address and an `--advertise` stays under it.
 pub const DEFAULT_MAX_DIALBACKS_PER_MINUTE: u32 = 30;
+/// Default of [`Config::max_callbacks_per_minute`]
+/// (`--max-callbacks-per-minute`): a downloader asks once per firewalled
+/// source and again only when that source's connection ended.
+pub const DEFAULT_MAX_CALLBACKS_PER_MINUTE: u32 = 120;
 
 impl Default for Config {
     fn default() -> Self {
@@ -129,6 +138,7 @@ impl Default for Config {
             dialback_timeout: DEFAULT_DIALBACK_TIMEOUT,
             max_dialbacks_per_minute: DEFAULT_MAX_DIALBACKS_PER_MINUTE,
             require_proof: false,
+            max_callbacks_per_minute: DEFAULT_MAX_CALLBACKS_PER_MINUTE,
         }
     }
 }

@@ -173,6 +173,12 @@ struct Cli {
     #[arg(long, env = "INDEX_MAX_DIALBACKS_PER_MINUTE",
           default_value_t = index_server::DEFAULT_MAX_DIALBACKS_PER_MINUTE)]
     max_dialbacks_per_minute: u32,
+    /// Callback requests (a downloader asking that a firewalled peer
+    /// connect out to it) one requester (an IPv4 address or an IPv6 /64)
+    /// may make per minute; past it they are refused, saying why.
+    #[arg(long, env = "INDEX_MAX_CALLBACKS_PER_MINUTE",
+          default_value_t = index_server::DEFAULT_MAX_CALLBACKS_PER_MINUTE)]
+    max_callbacks_per_minute: u32,
 }
 
 /// Checks a `HOST:PORT` or `HOST` (kept as given: the port is added once
@@ -271,6 +277,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         require_proof: cli.require_proof,
         dialback_timeout: cli.dialback_timeout,
         max_dialbacks_per_minute: cli.max_dialbacks_per_minute,
+        max_callbacks_per_minute: cli.max_callbacks_per_minute,
         ..Default::default()
     };
     let shutdown = CancellationToken::new();
@@ -350,6 +357,10 @@ mod tests {
         assert_eq!(
             cli.max_dialbacks_per_minute,
             config.max_dialbacks_per_minute
+        );
+        assert_eq!(
+            cli.max_callbacks_per_minute,
+            config.max_callbacks_per_minute
         );
         let limits = &config.limits;
         assert_eq!(

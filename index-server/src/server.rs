@@ -208,6 +208,7 @@ async fn serve_connection(
     let mut conn = Connection::new(remote.ip());
     conn.peer_port = remote.port();
     conn.require_proof = config.require_proof;
+    conn.max_callbacks_per_minute = config.max_callbacks_per_minute;
     let result = tokio::select! {
         _ = shutdown.cancelled() => Ok(()),
         r = dispatch(stream, &index, &mut conn, config, store) => r,
@@ -421,7 +422,13 @@ async fn connection_loop(
     // (an IPv4 client of a dual-stack socket as IPv4).
     let local = stream.local_addr()?;
     let local = SocketAddr::new(local.ip().to_canonical(), local.port()).to_string();
-    let (read_half, mut writer) = stream.into_split();
+    let (read_half, writer) = stream.into_split();
+    // Shared with the task that writes callback orders (whole frames under
+    // the lock, so they fall between answers, never inside one).
+    let writer = Arc::new(tokio::sync::Mutex::new(writer));
+    // That task, once the session takes callbacks: dropped (aborted) with
+    // this loop.
+    let mut order_writer = tokio::task::JoinSet::new();
     // No buffer is kept while a session waits for its next request (most
     // of its life): the reader holds only unread bytes, answers wait in
     // `out` only until the pipelined requests read so far are answered,
@@ -460,6 +467,13 @@ async fn connection_loop(
             resolve_advertised(conn, login.advertise.as_deref()).await;
             prove_addresses(conn, index, login, nonce, config).await;
         }
+        if matches!(request, IndexRequest::AcceptCallbacks) && order_writer.is_empty() {
+            if let Some(session) = conn.session {
+                let (tx, rx) = tokio::sync::mpsc::channel(crate::state::CALLBACK_QUEUE);
+                index.accept_callbacks(session, tx);
+                order_writer.spawn(write_orders(rx, writer.clone(), config.frame_timeout));
+            }
+        }
         let response: IndexResponse = if crate::handler::is_search(&request) {
             // A search may confirm thousands of names: it runs on a blocking
             // thread, at most `Index::search_slot` at once, so that the
@@ -492,8 +506,32 @@ async fn connection_loop(
         }
         // Pipelined requests already read are answered before one write.
         if !reader.has_buffered() {
-            writer.write_all(&out).await?;
+            writer.lock().await.write_all(&out).await?;
             out = Vec::new();
+        }
+    }
+}
+
+/// Writes the callback orders of one session's connection as they come
+/// (`IndexRequest::AcceptCallbacks`), each within `limit`; ends with the
+/// session (its sender is dropped at logout) or when a write fails.
+async fn write_orders(
+    mut orders: tokio::sync::mpsc::Receiver<IndexResponse>,
+    writer: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    limit: Duration,
+) {
+    while let Some(order) = orders.recv().await {
+        let frame = match common::frame::encode_frame(&order) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "a callback order could not be encoded");
+                continue;
+            }
+        };
+        let mut w = writer.lock().await;
+        match tokio::time::timeout(limit, w.write_all(&frame)).await {
+            Ok(Ok(())) => debug!("callback order sent"),
+            _ => return,
         }
     }
 }

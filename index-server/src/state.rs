@@ -64,7 +64,7 @@ use std::time::Duration;
 use common::id::FileId;
 use common::index_proto::SearchFilter;
 use common::index_proto::{
-    IndexStats, PeerReach, PeerSummary, Reach, SearchHit, SharedFile, Source,
+    IndexResponse, IndexStats, PeerReach, PeerSummary, Reach, SearchHit, SharedFile, Source,
 };
 use common::limits::MAX_RANKED;
 use common::limits::{MAX_FILES_PER_BATCH, MAX_NAME_LEN};
@@ -308,7 +308,7 @@ fn holders_of(f: FileRef<'_>) -> Holders {
 
 /// Request kinds counted by [`Index::count_request`], in a fixed table so
 /// that counting is one atomic add on the hot path.
-const REQUEST_KINDS: [&str; 14] = [
+const REQUEST_KINDS: [&str; 15] = [
     "Login",
     "AddFiles",
     "RemoveFiles",
@@ -323,6 +323,7 @@ const REQUEST_KINDS: [&str; 14] = [
     "SwarmLookup",
     "LookupName",
     "LookupPrefix",
+    "Callback",
 ];
 
 struct Inner {
@@ -361,7 +362,28 @@ struct Inner {
     nonces: Mutex<SeenNonces>,
     /// Reachability dial-backs each requester has caused lately.
     dialbacks: crate::dialback_budget::DialbackBudget,
+    /// Callback requests each requester has made lately.
+    callbacks_asked: crate::dialback_budget::DialbackBudget,
+    /// Sessions that take callback orders (`IndexRequest::AcceptCallbacks`)
+    /// → where their connection task picks them up.
+    callback_senders: DashMap<SessionId, tokio::sync::mpsc::Sender<IndexResponse>>,
 }
+
+/// Why a callback order could not be handed to a session's connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallbackError {
+    /// The session never sent `AcceptCallbacks` (an older peer), or its
+    /// connection is closing.
+    #[error("that peer does not take callbacks (an older peer, or it is leaving)")]
+    NotAccepted,
+    /// [`CALLBACK_QUEUE`] orders already wait to be written to it.
+    #[error("that peer has too many callback orders pending; try again later")]
+    Full,
+}
+
+/// Callback orders that may wait for one session's connection to write
+/// them; more are refused ([`CallbackError::Full`]).
+pub const CALLBACK_QUEUE: usize = 16;
 
 /// How long a search works before it checks whether to pause.
 const SEARCH_SLICE: std::time::Duration = std::time::Duration::from_micros(250);
@@ -619,6 +641,8 @@ impl Index {
                 foreground_nanos: AtomicU64::new(0),
                 nonces: Mutex::new(SeenNonces::default()),
                 dialbacks: Default::default(),
+                callbacks_asked: Default::default(),
+                callback_senders: DashMap::new(),
             }),
         }
     }
@@ -631,6 +655,105 @@ impl Index {
     /// (`Config::max_dialbacks_per_minute`).
     pub fn dialback_budget(&self) -> &crate::dialback_budget::DialbackBudget {
         &self.inner.dialbacks
+    }
+
+    /// The callback requests each requester has made lately
+    /// (`Config::max_callbacks_per_minute`).
+    pub fn callback_budget(&self) -> &crate::dialback_budget::DialbackBudget {
+        &self.inner.callbacks_asked
+    }
+
+    /// Makes `session` take callback orders through `orders` (its
+    /// connection task writes them out); forgotten at logout.
+    pub fn accept_callbacks(
+        &self,
+        session: SessionId,
+        orders: tokio::sync::mpsc::Sender<IndexResponse>,
+    ) {
+        if self.inner.sessions.contains_key(&session) {
+            self.inner.callback_senders.insert(session, orders);
+        }
+    }
+
+    /// Hands `order` (an `IndexResponse::CallbackOrder`) to `session`'s
+    /// connection without waiting.
+    pub fn send_callback(
+        &self,
+        session: SessionId,
+        order: IndexResponse,
+    ) -> Result<(), CallbackError> {
+        let Some(tx) = self.inner.callback_senders.get(&session).map(|t| t.clone()) else {
+            return Err(CallbackError::NotAccepted);
+        };
+        match tx.try_send(order) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => Err(CallbackError::Full),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                Err(CallbackError::NotAccepted)
+            }
+        }
+    }
+
+    /// The live session listed as `addr` that holds `id` (whole or in
+    /// part), firewalled or not. Only the file's holders are looked at.
+    pub fn holder_named(&self, id: &FileId, addr: &str, now: Instant) -> Option<SessionId> {
+        let mut candidates: Vec<SessionId> = self
+            .inner
+            .files
+            .with_id(id, |f| f.holders().map(|(s, _)| s).collect())
+            .unwrap_or_default();
+        if let Some(rec) = self.inner.partials.get(id) {
+            candidates.extend(rec.holders.keys().copied());
+        }
+        candidates.into_iter().find(|session| {
+            self.inner
+                .sessions
+                .get(session)
+                .is_some_and(|s| s.lease_expires > now && s.addr == addr)
+        })
+    }
+
+    /// Every live holder of the whole file `id`, firewalled ones included
+    /// (under their observed address), with how each is reached: (name,
+    /// size, sources), direct ones first, at most 200; `None` if no live
+    /// peer holds it.
+    pub fn lookup_reach(
+        &self,
+        id: &FileId,
+        now: Instant,
+    ) -> Option<(String, u64, Vec<common::index_proto::SourceReach>)> {
+        let (size, holders) = self
+            .inner
+            .files
+            .with_id(id, |f| (f.size(), holders_of(f)))?;
+        let mut sources = Vec::new();
+        let mut names = Vec::new();
+        for (session, holder_name) in &holders {
+            let Some(s) = self.inner.sessions.get(session) else {
+                continue;
+            };
+            if s.lease_expires <= now
+                || sources
+                    .iter()
+                    .any(|x: &common::index_proto::SourceReach| x.source.addr == s.addr)
+            {
+                continue;
+            }
+            sources.push(common::index_proto::SourceReach {
+                source: Source {
+                    addr: s.addr.clone(),
+                    nick: s.nick.clone(),
+                },
+                reach: s.reach,
+            });
+            names.push(&**holder_name);
+        }
+        let name = most_common(names.iter().copied())?.to_string();
+        sources.sort_by(|a, b| {
+            (a.reach != Reach::Direct, &a.source.addr).cmp(&(b.reach != Reach::Direct, &b.source.addr))
+        });
+        sources.truncate(200);
+        Some((name, size, sources))
     }
 
     /// Whether `nonce` was used by a login lately (among the last
@@ -1066,6 +1189,7 @@ impl Index {
 
     /// Ends a session: its files, nickname and lease are gone at once.
     pub fn logout(&self, session: SessionId) {
+        self.inner.callback_senders.remove(&session);
         let Some(s) = self.remove_session(session) else {
             return;
         };
