@@ -86,7 +86,15 @@ pub struct IndexClient {
     reader: BufReader<OwnedReadHalf>,
     writer: BufWriter<OwnedWriteHalf>,
     buf: Vec<u8>,
+    /// Callback orders (`IndexResponse::CallbackOrder`) the index sent
+    /// unasked, to a session that takes them, not yet taken by
+    /// [`Self::take_orders`]; at most [`MAX_HELD_ORDERS`].
+    orders: Vec<IndexResponse>,
 }
+
+/// Most callback orders an [`IndexClient`] holds until they are taken;
+/// more are dropped (the downloader asks again).
+pub const MAX_HELD_ORDERS: usize = 64;
 
 impl IndexClient {
     pub async fn connect(addr: &str) -> Result<Self, IndexError> {
@@ -112,6 +120,7 @@ impl IndexClient {
             reader: BufReader::new(r),
             writer: BufWriter::new(w),
             buf: Vec::new(),
+            orders: Vec::new(),
         })
     }
 
@@ -137,15 +146,98 @@ impl IndexClient {
     }
 
     /// Reads the next answer.
+    /// Callback orders that came between answers are kept for
+    /// [`Self::take_orders`], not returned.
     pub async fn receive(&mut self) -> Result<IndexResponse, IndexError> {
         let deadlines = Deadlines::with_idle(ANSWER_TIMEOUT);
+        loop {
+            match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await? {
+                // The message is shown to the user: never raw terminal control from the server.
+                IndexResponse::Error { code, message } => {
+                    return Err(IndexError::Refused {
+                        code,
+                        message: common::names::escape_for_terminal(&message).into_owned(),
+                    })
+                }
+                order @ IndexResponse::CallbackOrder { .. } => self.hold_order(order),
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn hold_order(&mut self, order: IndexResponse) {
+        if self.orders.len() < MAX_HELD_ORDERS {
+            self.orders.push(order);
+        } else {
+            tracing::debug!("too many callback orders held; dropping one");
+        }
+    }
+
+    /// The callback orders received so far (see `IndexRequest::AcceptCallbacks`).
+    pub fn take_orders(&mut self) -> Vec<IndexResponse> {
+        std::mem::take(&mut self.orders)
+    }
+
+    /// Resolves when the server sends something unasked (`Ok`: read it
+    /// with [`Self::receive_unasked`]) or closes the connection (`Err`).
+    /// Cancel-safe: use it in a `select!` while no request is outstanding.
+    pub async fn readable(&mut self) -> Result<(), IndexError> {
+        use tokio::io::AsyncBufReadExt;
+        match self.reader.fill_buf().await {
+            Ok([]) => Err(IndexError::Wire(WireError::Closed)),
+            Ok(_) => Ok(()),
+            Err(e) => Err(IndexError::Wire(WireError::Io(e))),
+        }
+    }
+
+    /// Reads one message the server sent unasked (after [`Self::readable`]):
+    /// a callback order is held for [`Self::take_orders`]; anything else
+    /// is an error.
+    pub async fn receive_unasked(&mut self) -> Result<(), IndexError> {
+        let deadlines = Deadlines::with_idle(common::limits::FRAME_TIMEOUT);
         match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await? {
-            // The message is shown to the user: never raw terminal control from the server.
-            IndexResponse::Error { code, message } => Err(IndexError::Refused {
-                code,
-                message: common::names::escape_for_terminal(&message).into_owned(),
-            }),
-            other => Ok(other),
+            order @ IndexResponse::CallbackOrder { .. } => {
+                self.hold_order(order);
+                Ok(())
+            }
+            other => Err(IndexError::Unexpected(format!(
+                "the index sent something unasked: {other:?}"
+            ))),
+        }
+    }
+
+    /// Every live holder of `id`, firewalled ones too, with how each is
+    /// reached (`LookupReach`): (name, size, sources); `Ok(None)` when no
+    /// online peer has it. An index older than `LookupReach` closes the
+    /// connection: asked again with `Lookup` on a new one (every source
+    /// listed then is direct).
+    pub async fn lookup_reach(
+        &mut self,
+        id: FileId,
+    ) -> Result<Option<(String, u64, Vec<common::index_proto::SourceReach>)>, IndexError> {
+        match self.request(&IndexRequest::LookupReach { id }).await {
+            Ok(IndexResponse::SourcesReach {
+                name,
+                size,
+                sources,
+                ..
+            }) => Ok(Some((name, size, sources))),
+            Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+            Err(IndexError::Wire(WireError::Closed | WireError::Io(_))) => {
+                *self = IndexClient::connect(&self.addr).await?;
+                Ok(self.lookup(id).await?.map(|(name, size, sources)| {
+                    let sources = sources
+                        .into_iter()
+                        .map(|source| common::index_proto::SourceReach {
+                            source,
+                            reach: Reach::Direct,
+                        })
+                        .collect();
+                    (name, size, sources)
+                }))
+            }
+            Err(e) => Err(e),
         }
     }
 

@@ -31,6 +31,7 @@
 
 pub mod addr;
 pub mod api;
+pub mod callback;
 pub mod client_server;
 pub mod daemon;
 pub mod im;

@@ -367,6 +367,15 @@ enum Command {
         /// own engine settings.)
         #[arg(long, env = "PEER_DETACH", value_parser = boolish())]
         detach: bool,
+        /// Where to accept callbacks (hybrid mode): a source that accepts
+        /// no connections (firewalled, behind a NAT) is asked through the
+        /// index to connect out to this port, at the address the index
+        /// sees this machine at. Port 0: any free port.
+        #[arg(long, env = "PEER_CALLBACK_LISTEN", default_value = "[::]:0")]
+        callback_listen: std::net::SocketAddr,
+        /// Use only sources that can be dialed (no callbacks).
+        #[arg(long, env = "PEER_NO_CALLBACKS", value_parser = boolish())]
+        no_callbacks: bool,
         /// A file id (64 hex digits, or an unambiguous prefix of at least
         /// 8), or a file's exact name (any holder's, compared ignoring case
         /// and Unicode normalization; the last path component is enough).
@@ -653,6 +662,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             max_download_rate,
             retry_timeout,
             detach,
+            callback_listen,
+            no_callbacks,
             target,
         } => {
             let shutdown = shutdown_on_signals()?;
@@ -689,7 +700,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 },
             };
             let bar = cli_output::ProgressBar::start(progress.clone(), &target);
-            let options = peer::pipeline::FetchOptions::new(out, engine, progress);
+            let options = peer::pipeline::FetchOptions {
+                callbacks: (!no_callbacks).then_some(callback_listen),
+                ..peer::pipeline::FetchOptions::new(out, engine, progress)
+            };
             let result = peer::pipeline::fetch(&fetcher, &target, options, shutdown).await;
             bar.finish();
             match result {

@@ -114,6 +114,12 @@ pub struct FetchOptions {
     /// Told the file once it is resolved (the daemon records it, so a
     /// restarted download asks for the id, not the name again).
     pub on_resolved: Option<OnResolved>,
+    /// Where to accept callbacks (`crate::callback`) from sources that
+    /// accept no connections (hybrid mode, standalone downloads): with
+    /// it, firewalled sources are used too, each asked through the index
+    /// to connect out to this address's port; `None`: only sources that
+    /// can be dialed.
+    pub callbacks: Option<std::net::SocketAddr>,
 }
 
 impl FetchOptions {
@@ -125,6 +131,7 @@ impl FetchOptions {
             progress,
             swarming: None,
             on_resolved: None,
+            callbacks: None,
         }
     }
 }
@@ -149,6 +156,12 @@ pub enum FetchError {
     NotInStore(String),
     #[error(transparent)]
     Download(#[from] DownloadError),
+    /// The listener for callbacks could not be opened.
+    #[error("cannot listen for callbacks at {addr}: {reason}")]
+    Callbacks {
+        addr: std::net::SocketAddr,
+        reason: std::io::Error,
+    },
 }
 
 impl From<ResolveError> for FetchError {
@@ -211,12 +224,15 @@ pub struct Located {
     pub sources: Vec<String>,
     /// The flooding search that found it (p2p mode).
     pub search: Option<SearchReport>,
+    /// Those of `sources` that accept no connections (firewalled: reached
+    /// by callback); listed only when asked for.
+    pub firewalled: Vec<String>,
 }
 
 /// The first step of [`fetch`] alone: the file `target` stands for where
 /// `fetcher` looks, and its sources now.
 pub async fn resolve(fetcher: &Fetcher, target: &str) -> Result<Located, FetchError> {
-    locate(fetcher, &Target::from_str(target)?, None).await
+    locate(fetcher, &Target::from_str(target)?, None, false).await
 }
 
 /// Resolves `target`, streams its sources per `fetcher`, and downloads it
@@ -234,7 +250,11 @@ pub async fn fetch(
         progress,
         swarming,
         on_resolved,
+        callbacks,
     } = options;
+    let mut engine = engine;
+    // Callbacks only for a standalone hybrid download.
+    let callbacks = callbacks.filter(|_| swarming.is_none() && matches!(fetcher, Fetcher::Hybrid { .. }));
     let library = swarming.as_ref().map(|s| s.library.clone());
     // A whole id already here (in the folder, the share around it, or the
     // daemon's library) needs no network at all.
@@ -252,7 +272,7 @@ pub async fn fetch(
     // Resolving waits on the network (an index that accepts and never
     // answers holds it for the hello timeout): it stops with the rest.
     let located = tokio::select! {
-        located = locate(fetcher, &target, own.as_ref()) => located?,
+        located = locate(fetcher, &target, own.as_ref(), callbacks.is_some()) => located?,
         _ = shutdown.cancelled() => {
             return Err(FetchError::Download(DownloadError::Interrupted { done: 0, total: 0 }))
         }
@@ -270,10 +290,25 @@ pub async fn fetch(
     let id = located.id;
     let result = match fetcher {
         Fetcher::Hybrid { index } => {
+            let callbacks = match callbacks {
+                Some(listen) => {
+                    let cb = crate::callback::Callbacks::start(index, id, listen).map_err(|e| {
+                        FetchError::Callbacks {
+                            addr: listen,
+                            reason: e,
+                        }
+                    })?;
+                    cb.mark_firewalled(&located.firewalled);
+                    engine.connector = Some(Arc::new(cb.clone()));
+                    Some(cb)
+                }
+                None => None,
+            };
             let lookup = IndexSources {
                 index: index.clone(),
                 id,
                 client: None,
+                callbacks,
                 own,
                 every: if swarm {
                     SWARM_SOURCE_REFRESH
@@ -337,12 +372,27 @@ async fn locate(
     fetcher: &Fetcher,
     target: &Target,
     own: Option<&OwnAddrs>,
+    with_firewalled: bool,
 ) -> Result<Located, FetchError> {
     match fetcher {
         Fetcher::Hybrid { index } => {
             let mut client = IndexClient::connect(index).await?;
             let chosen = target::resolve_at_index(&mut client, target, Holders::Any).await?;
-            let found = if own.is_some() {
+            let mut firewalled = Vec::new();
+            let found = if with_firewalled {
+                client.lookup_reach(chosen.id).await?.map(|(name, size, sources)| {
+                    let addrs = sources
+                        .into_iter()
+                        .map(|s| {
+                            if s.reach == common::index_proto::Reach::Firewalled {
+                                firewalled.push(s.source.addr.clone());
+                            }
+                            s.source.addr
+                        })
+                        .collect();
+                    (name, size, addrs)
+                })
+            } else if own.is_some() {
                 client.swarm_lookup(chosen.id).await?.map(|f| {
                     let sources = f.complete.iter().chain(&f.partial).map(|s| s.addr.clone());
                     (f.name, f.size, sources.collect())
@@ -368,6 +418,7 @@ async fn locate(
                 size,
                 sources,
                 search: None,
+                firewalled,
             })
         }
         Fetcher::ClientServer { server } => {
@@ -383,6 +434,7 @@ async fn locate(
                 // Only ever the server, never another peer.
                 sources: vec![server.clone()],
                 search: None,
+                firewalled: Vec::new(),
             })
         }
         Fetcher::P2p { via, ttl, wait } => {
@@ -413,6 +465,7 @@ async fn locate(
                 size,
                 sources,
                 search: Some(report),
+                firewalled: Vec::new(),
             })
         }
     }
@@ -437,6 +490,9 @@ struct IndexSources {
     index: String,
     id: FileId,
     client: Option<IndexClient>,
+    /// Set when firewalled sources are used too (reached by callback):
+    /// told how each source is reached.
+    callbacks: Option<crate::callback::Callbacks>,
     own: Option<OwnAddrs>,
     every: Duration,
 }
@@ -447,7 +503,12 @@ impl SourceLookup for IndexSources {
             self.client = IndexClient::connect(&self.index).await.ok();
         }
         let client = self.client.as_mut()?;
-        let found = if self.own.is_some() {
+        let found = if let Some(cb) = &self.callbacks {
+            client
+                .lookup_reach(self.id)
+                .await
+                .map(|f| f.map(|(_, _, sources)| cb.note(sources)))
+        } else if self.own.is_some() {
             client.swarm_lookup(self.id).await.map(|f| {
                 f.map(|f| {
                     f.complete

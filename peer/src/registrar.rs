@@ -50,6 +50,9 @@ pub struct RegistrarConfig {
     /// taken, register under a free variant (`name-2`, `name-3`, ...)
     /// instead of stopping.
     pub nick_fallback: bool,
+    /// Serves the callback orders the index forwards while this peer is
+    /// firewalled (`crate::callback`); `None`: takes none.
+    pub callbacks: Option<crate::callback::CallbackServer>,
 }
 
 /// Whether the index refused the login for a reason that retrying cannot
@@ -98,11 +101,21 @@ pub async fn run(
     let mut login = config.login.clone();
     let base_nick = login.nick.clone().unwrap_or_default();
     let mut variant = 1;
+    // Callback uploads: they outlive one index connection, and end (are
+    // aborted) when this task does.
+    let mut answering = tokio::task::JoinSet::new();
+    // Cleared when the index turns out to be older than callbacks.
+    let mut take_callbacks = config.callbacks.is_some();
     loop {
         state.send_replace(RegistrationState::Connecting);
+        let mut calls = Calls {
+            server: config.callbacks.as_ref(),
+            answering: &mut answering,
+            wanted: &mut take_callbacks,
+        };
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = session(&config, &login, &library, &state, &mut backoff, &mut registered_once, &mut refusals) => r,
+            r = session(&config, &login, &library, &state, &mut backoff, &mut registered_once, &mut refusals, &mut calls) => r,
         };
         let Err(e) = result else { return };
         if let IndexError::Refused {
@@ -156,6 +169,42 @@ pub async fn run(
     }
 }
 
+/// The callback orders of a firewalled peer's session (`crate::callback`).
+struct Calls<'a> {
+    server: Option<&'a crate::callback::CallbackServer>,
+    answering: &'a mut tokio::task::JoinSet<()>,
+    /// Whether to ask the index for callback orders (cleared for an index
+    /// too old to send them).
+    wanted: &'a mut bool,
+}
+
+impl Calls<'_> {
+    /// Serves each callback order `client` holds (at most
+    /// `callback::MAX_ANSWERING` at once; more are dropped).
+    fn answer(&mut self, client: &mut IndexClient) {
+        while self.answering.try_join_next().is_some() {}
+        for order in client.take_orders() {
+            let IndexResponse::CallbackOrder { id, target, token } = order else {
+                continue;
+            };
+            let Some(server) = self.server.cloned() else {
+                continue;
+            };
+            if self.answering.len() >= crate::callback::MAX_ANSWERING {
+                warn!(%target, "too many callbacks being served; dropping an order");
+                continue;
+            }
+            info!(%target, %id, "the index asks us to call a downloader back");
+            self.answering.spawn(async move {
+                if let Err(e) = server.answer(&target, token).await {
+                    warn!(%target, error = %common::report::error_chain(&e), "callback failed");
+                }
+            });
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn session(
     config: &RegistrarConfig,
     login: &Login,
@@ -164,6 +213,7 @@ async fn session(
     backoff: &mut Duration,
     registered_once: &mut bool,
     refusals: &mut Refusals,
+    calls: &mut Calls<'_>,
 ) -> Result<(), IndexError> {
     let mut client = IndexClient::connect(&config.index).await?;
     // A fresh nonce per login, set before the index can dial back.
@@ -212,6 +262,22 @@ async fn session(
         Err(e) => return Err(e),
     };
     *registered_once = true;
+    if reach == Reach::Firewalled && *calls.wanted {
+        match client.request(&IndexRequest::AcceptCallbacks).await {
+            Ok(IndexResponse::Ack { .. }) => {
+                info!("firewalled: downloaders reach us by callback (we connect out at the index's request)")
+            }
+            Ok(other) => return Err(IndexError::Unexpected(format!("{other:?}"))),
+            // An index from before callbacks closes the connection on the
+            // unknown request: log in again without asking.
+            Err(e @ IndexError::Wire(WireError::Closed | WireError::Io(_))) => {
+                warn!("the index is too old to forward callbacks: downloaders cannot reach this firewalled peer");
+                *calls.wanted = false;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let mut changes = library.subscribe();
     changes.mark_changed();
     let mut registered: HashMap<FileId, SharedFile> = HashMap::new();
@@ -240,9 +306,14 @@ async fn session(
             _ = heartbeat.tick() => {
                 client.request(&IndexRequest::Heartbeat).await?;
             }
-            // Notice at once when the index goes away, not at the next heartbeat.
-            e = client.closed() => return Err(e),
+            // Notice at once when the index goes away, not at the next
+            // heartbeat; and take callback orders as they come.
+            readable = client.readable() => {
+                readable?;
+                client.receive_unasked().await?;
+            }
         }
+        calls.answer(&mut client);
     }
 }
 

@@ -403,6 +403,16 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         backoff_min: config.backoff_min,
         backoff_max: config.backoff_max,
         nick_fallback: config.nick_fallback,
+        callbacks: Some(crate::callback::CallbackServer {
+            library: library.clone(),
+            stats: uploads.clone(),
+            upload_limit: upload_limit.clone(),
+            rules: transfer::chunk_server::SessionRules {
+                queue: upload_queue.clone(),
+                login_nonce: None,
+                ..transfer::chunk_server::SessionRules::new(config.upload_queue.slots)
+            },
+        }),
     };
     if overlay.is_none() {
         tracker.spawn(warn_if_unreachable(

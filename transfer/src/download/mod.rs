@@ -95,6 +95,9 @@ pub struct EngineConfig {
     /// Counters of the node's downloads to add to (bytes, chunks verified
     /// and rejected), if it exports metrics.
     pub metrics: Option<crate::metrics::EngineMetrics>,
+    /// Reaches the sources that cannot be dialed (callback, relay); `None`:
+    /// every source is dialed at its address.
+    pub connector: Option<Arc<dyn source::Connector>>,
 }
 
 impl EngineConfig {
@@ -122,6 +125,7 @@ impl Default for EngineConfig {
             retry_timeout: DEFAULT_RETRY_TIMEOUT,
             requester_token: None,
             metrics: None,
+            connector: None,
         }
     }
 }
@@ -310,6 +314,9 @@ pub struct SourceReport {
     pub chunks: u64,
     /// Why it was dropped, if it was.
     pub error: Option<String>,
+    /// How it was reached: `direct`, `callback` (it connected out to us
+    /// at the index's request), `punched` or `relayed`.
+    pub path: &'static str,
 }
 
 /// A finished download.
@@ -599,8 +606,9 @@ async fn fetch_hash_list(
         let mut hope = false;
         for addr in sources.iter() {
             let attempt = async {
-                let mut conn = PeerConnection::connect_as(
+                let mut conn = PeerConnection::connect_via(
                     addr,
+                    config.connector.as_deref(),
                     config.connect_timeout,
                     config.stall_timeout,
                     config.requester(),
@@ -1297,6 +1305,10 @@ async fn run(
         .zip(&delivered)
         .zip(reasons)
         .map(|((addr, n), error)| SourceReport {
+            path: config
+                .connector
+                .as_ref()
+                .map_or("direct", |c| c.path(addr)),
             addr: addr.clone(),
             chunks: *n,
             error,

@@ -52,6 +52,26 @@ pub fn requester_token() -> u64 {
     })
 }
 
+/// How the engine reaches a source other than by dialing its address: a
+/// peer that accepts no connections is asked, through the index, to
+/// connect out to us (a callback), or reached through a relay. Addresses it
+/// does not handle are dialed as usual.
+pub trait Connector: std::fmt::Debug + Send + Sync + 'static {
+    /// A connection to the source named `addr` on which this node speaks
+    /// the peer protocol as the client (hello already done), with the
+    /// source's feature bits (`hello::FEATURE_UPLOAD_QUEUE`); `None`: dial
+    /// `addr` directly. The engine bounds the whole future by its
+    /// `connect_timeout`.
+    fn connect<'a>(
+        &'a self,
+        addr: &'a str,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(TcpStream, u8)>> + Send + 'a>>>;
+
+    /// How the source named `addr` is reached: `direct`, `callback`,
+    /// `punched` or `relayed` (for `peer get --json`).
+    fn path(&self, addr: &str) -> &'static str;
+}
+
 /// Longest wait for the answer to `Wait` (the source answers at least
 /// every `QUEUE_REFRESH`).
 const QUEUE_ANSWER_DEADLINE: Duration = Duration::from_secs(3 * 5);
@@ -86,6 +106,30 @@ impl PeerConnection {
         stall: Duration,
         token: u64,
     ) -> Result<Self, SourceError> {
+        Self::connect_via(addr, None, connect_timeout, stall, token).await
+    }
+
+    /// [`Self::connect_as`], through `connector` when it handles `addr`
+    /// (a callback or a relay), within `connect_timeout` either way.
+    pub async fn connect_via(
+        addr: &str,
+        connector: Option<&dyn Connector>,
+        connect_timeout: Duration,
+        stall: Duration,
+        token: u64,
+    ) -> Result<Self, SourceError> {
+        if let Some(connecting) = connector.and_then(|c| c.connect(addr)) {
+            let (stream, features) = tokio::time::timeout(connect_timeout, connecting)
+                .await
+                .map_err(|_| {
+                    SourceError::Connect(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("not connected within {connect_timeout:?}"),
+                    ))
+                })?
+                .map_err(SourceError::Connect)?;
+            return Self::handshaken(stream, features, stall, token).await;
+        }
         let mut stream: TcpStream = connect_tcp(addr, connect_timeout)
             .await
             .map_err(SourceError::Connect)?;
@@ -95,6 +139,17 @@ impl PeerConnection {
                 WireError::Hello(common::hello::HelloError::Busy) => SourceError::Busy,
                 other => SourceError::Wire(other),
             })?;
+        Self::handshaken(stream, features, stall, token).await
+    }
+
+    /// A connection whose hello is done (the source's feature bits are
+    /// `features`); a source with an upload queue is told we are `token`.
+    async fn handshaken(
+        stream: TcpStream,
+        features: u8,
+        stall: Duration,
+        token: u64,
+    ) -> Result<Self, SourceError> {
         let (r, w) = stream.into_split();
         let mut conn = PeerConnection {
             // Small on purpose: a chunk read larger than the buffer goes
@@ -331,8 +386,9 @@ async fn fetch_loop(
     inflight: &mut VecDeque<Pending>,
 ) -> Result<(), SourceError> {
     let connected = async {
-        let mut conn = PeerConnection::connect_as(
+        let mut conn = PeerConnection::connect_via(
             addr,
+            shared.config.connector.as_deref(),
             shared.config.connect_timeout,
             shared.config.stall_timeout,
             shared.config.requester(),
