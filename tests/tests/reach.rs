@@ -347,3 +347,223 @@ async fn dial_backs_per_requester_are_capped() {
     serving.abort();
     index.stop().await;
 }
+
+/// An index that checks no address on another host than the client's
+/// (a dial-back budget of 0), and a peer that listens on 127.0.0.2 only:
+/// the dial-back to its connection's address (127.0.0.1) finds nothing
+/// and its advertised 127.0.0.2 is not checked, so it is firewalled, as
+/// behind a NAT. Returns the index, the peer and the name it is listed
+/// under (its observed address).
+async fn firewalled_pair(
+    share: &std::path::Path,
+    max_callbacks_per_minute: u32,
+) -> (Index, Peer, String) {
+    let index = run_index(
+        index_server::Server::bind(index_server::Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            lease_ttl: Duration::from_secs(30),
+            max_dialbacks_per_minute: 0,
+            max_callbacks_per_minute,
+            ..Default::default()
+        })
+        .await
+        .unwrap(),
+    );
+    let mut config = peer_config(share, &index.addr_string());
+    config.listen = "127.0.0.2:0".parse().unwrap();
+    let mut source = start_peer_with(config).await;
+    source.wait_registered(1).await;
+    let state = source.daemon.registration().borrow().clone();
+    let RegistrationState::Registered { addr, reach, .. } = state else {
+        panic!("{state:?}")
+    };
+    assert_eq!(reach, Reach::Firewalled, "listed at {addr}");
+    (index, source, addr)
+}
+
+/// `peer get` with or without callbacks (`None`), at `index`.
+async fn get_with_callbacks(
+    index: &Index,
+    id: &str,
+    out: &std::path::Path,
+    callbacks: Option<&str>,
+) -> Result<peer::pipeline::Fetched, peer::pipeline::FetchError> {
+    let options = peer::pipeline::FetchOptions {
+        callbacks: callbacks.map(|a| a.parse().unwrap()),
+        ..peer::pipeline::FetchOptions::new(
+            out.to_path_buf(),
+            test_engine(),
+            std::sync::Arc::new(peer::download::Progress::default()),
+        )
+    };
+    let fetcher = peer::pipeline::Fetcher::Hybrid {
+        index: index.addr_string(),
+    };
+    peer::pipeline::fetch(
+        &fetcher,
+        id,
+        options,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+}
+
+/// A firewalled source cannot be dialed: a downloader that only dials
+/// (Napster's and eMule's plain transfer) finds no source. With callbacks
+/// the index has the source connect out to the downloader, which fetches
+/// and verifies the whole file over that connection, and says so
+/// (`path: callback`).
+#[tokio::test]
+async fn a_firewalled_source_is_reached_by_callback() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(600_000, 15);
+    write_file(&dir.path().join("share"), "f.bin", &data);
+    let id = common::id::content_info(&data).id.to_hex();
+    let (index, source, _) = firewalled_pair(&dir.path().join("share"), 120).await;
+
+    match get_with_callbacks(&index, &id, &dir.path().join("plain"), None).await {
+        Err(peer::pipeline::FetchError::NotOffered(_)) => {}
+        other => panic!("a firewalled source was dialed: {other:?}"),
+    }
+    let fetched = get_with_callbacks(&index, &id, &dir.path().join("out"), Some("127.0.0.1:0"))
+        .await
+        .expect("the download by callback");
+    let got = std::fs::read(&fetched.download.path).unwrap();
+    assert!(got == data, "the file differs");
+    let used: Vec<_> = fetched
+        .download
+        .per_source
+        .iter()
+        .filter(|s| s.chunks > 0)
+        .collect();
+    assert!(!used.is_empty(), "{:?}", fetched.download.per_source);
+    assert!(
+        used.iter().all(|s| s.path == "callback"),
+        "{:?}",
+        fetched.download.per_source
+    );
+    let json = serde_json::to_value(&fetched).unwrap();
+    assert_eq!(json["per_source"][0]["path"], "callback", "{json}");
+    assert!(source.chunks_served() > 0);
+    source.stop().await;
+    index.stop().await;
+}
+
+/// A raw index client whose connection comes from `from` (another
+/// loopback address: another requester).
+async fn client_from(from: &str, index: &Index) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(from.parse().unwrap()).unwrap();
+    let mut stream = socket.connect(index.addr).await.unwrap();
+    common::wire::client_handshake(&mut stream, common::hello::Protocol::Index)
+        .await
+        .unwrap();
+    stream
+}
+
+async fn ask(stream: &mut tokio::net::TcpStream, request: &IndexRequest) -> IndexResponse {
+    common::wire::send_message(stream, request).await.unwrap();
+    let mut buf = Vec::new();
+    common::wire::expect_message(
+        stream,
+        &mut buf,
+        common::wire::Deadlines::with_idle(Duration::from_secs(10)),
+    )
+    .await
+    .unwrap()
+}
+
+/// Callback requests for a file the named peer has not registered, or
+/// for a peer that is not online, are refused with the reason; nothing
+/// is forwarded.
+#[tokio::test]
+async fn a_callback_for_an_unregistered_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(1000, 16);
+    write_file(&dir.path().join("share"), "f.bin", &data);
+    let id = common::id::content_info(&data).id;
+    let (index, source, listed) = firewalled_pair(&dir.path().join("share"), 120).await;
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let callback = |id, source: &str| IndexRequest::Callback {
+        id,
+        source: source.into(),
+        port: 40000,
+        token: rand::random(),
+    };
+    let other = common::id::FileId([0x5A; 32]);
+    for (request, why) in [
+        (callback(other, &listed), "has registered file"),
+        (callback(id, "127.0.0.9:1234"), "has registered file"),
+    ] {
+        match client.request(&request).await {
+            Err(IndexError::Refused { code, message }) => {
+                assert_eq!(code, common::index_proto::ErrorCode::NotFound);
+                assert!(message.contains(why), "{message}");
+            }
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+    // A port no one can be sent to.
+    match client.request(&IndexRequest::Callback {
+        id,
+        source: listed.clone(),
+        port: 22,
+        token: [0; 16],
+    }).await {
+        Err(IndexError::Refused { message, .. }) => assert!(message.contains("privileged"), "{message}"),
+        other => panic!("accepted: {other:?}"),
+    }
+    assert!(client.stats().await.is_ok(), "the connection stays usable");
+    source.stop().await;
+    index.stop().await;
+}
+
+/// One requester flooding callback requests is refused past its budget
+/// (5 a minute here), saying why; the source is asked to connect out only
+/// for those within it; another requester still downloads by callback.
+#[tokio::test]
+async fn callback_floods_are_rate_limited_per_requester() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(300_000, 17);
+    write_file(&dir.path().join("share"), "f.bin", &data);
+    let id = common::id::content_info(&data).id;
+    let (index, source, listed) = firewalled_pair(&dir.path().join("share"), 5).await;
+    // Where the flood asks callbacks to go: it counts the connections.
+    let (target, serving, seen) = web_server("127.0.0.3:0").await;
+    let mut flood = client_from("127.0.0.3:0", &index).await;
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        let request = IndexRequest::Callback {
+            id,
+            source: listed.clone(),
+            port: target.port(),
+            token: rand::random(),
+        };
+        answers.push(ask(&mut flood, &request).await);
+    }
+    for (i, answer) in answers.iter().enumerate() {
+        match answer {
+            IndexResponse::Ack { count: 1 } => assert!(i < 5, "request {i} was forwarded"),
+            IndexResponse::Error { code, message } => {
+                assert!(i >= 5, "request {i} refused: {message}");
+                assert_eq!(*code, common::index_proto::ErrorCode::TooMany);
+                assert!(message.contains("--max-callbacks-per-minute"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    wait_until("the 5 forwarded callbacks arrive", Duration::from_secs(10), || {
+        let n = seen.lock().unwrap().len();
+        async move { n >= 5 }
+    })
+    .await;
+    // Another requester (127.0.0.1) is not held back by that flood.
+    let fetched = get_with_callbacks(&index, &id.to_hex(), &dir.path().join("out"), Some("127.0.0.1:0"))
+        .await
+        .expect("another requester's download by callback");
+    assert!(std::fs::read(&fetched.download.path).unwrap() == data);
+    assert_eq!(seen.lock().unwrap().len(), 5, "callbacks beyond the budget were made");
+    serving.abort();
+    source.stop().await;
+    index.stop().await;
+}
