@@ -41,6 +41,11 @@ pub enum Protocol {
     /// downloader speaks the peer protocol as a client over it and the
     /// source answers as a chunk server would.
     Callback = 5,
+    /// One side of a relay through the index
+    /// (`index_proto::IndexRequest::Relay`): after the hello the client
+    /// sends a `reach::RelayHello` and reads a `reach::RelayAnswer`; once
+    /// paired, the bytes go through to the other side unchanged.
+    Relay = 6,
 }
 
 impl Protocol {
@@ -52,6 +57,7 @@ impl Protocol {
             3 => Some(Protocol::Overlay),
             4 => Some(Protocol::Store),
             5 => Some(Protocol::Callback),
+            6 => Some(Protocol::Relay),
             _ => None,
         }
     }
@@ -219,5 +225,6 @@ mod tests {
         assert_eq!(client_hello(Protocol::Overlay)[6], 3);
         assert_eq!(client_hello(Protocol::Store)[6], 4);
         assert_eq!(client_hello(Protocol::Callback)[6], 5);
+        assert_eq!(client_hello(Protocol::Relay)[6], 6);
     }
 }

@@ -166,6 +166,25 @@ pub enum IndexRequest {
         port: u16,
         token: [u8; crate::reach::NONCE_LEN],
     },
+    /// From a logged-in session: arrange a relay through the index to the
+    /// firewalled peer listed as `source`, for file `id`, when neither
+    /// side accepts connections. The index sends that peer a `RelayOrder`
+    /// with `token` and answers `Ack { count: 1 }`; both sides then open a
+    /// connection to the index with the hello of `hello::Protocol::Relay`
+    /// and a `reach::RelayHello` carrying `token`, and the index splices
+    /// the two (opaque bytes, rate-capped; it never stores them). Over the
+    /// spliced connection the source opens as in a callback (hello of
+    /// `Protocol::Callback`, `reach::CallbackHello`), then the downloader
+    /// asks for chunks and verifies each. Refused: `NotLoggedIn` (only
+    /// logged-in peers may use the relay), `NotFound` (no such peer, or it
+    /// has not registered `id`), `BadRequest` (the index does not relay,
+    /// or the peer takes no orders), `TooMany` (over the requester's
+    /// budget, or the relay is at its cap of sessions).
+    Relay {
+        id: FileId,
+        source: String,
+        token: [u8; crate::reach::NONCE_LEN],
+    },
 }
 
 /// How other nodes can reach a peer.
@@ -382,6 +401,13 @@ pub enum IndexResponse {
         size: u64,
         sources: Vec<SourceReach>,
     },
+    /// Not an answer: sent unasked, like `CallbackOrder`. Connect to the
+    /// index's relay with `token` and serve file `id` over it (see
+    /// `IndexRequest::Relay`).
+    RelayOrder {
+        id: FileId,
+        token: [u8; crate::reach::NONCE_LEN],
+    },
 }
 
 /// One holder of a file and how it can be reached (`SourcesReach`).
@@ -595,6 +621,18 @@ mod tests {
         let bytes = encode_frame(&reach).unwrap();
         assert_eq!(bytes[4], 14);
         assert_eq!(bytes[37..], [0, 1, 1, 1, b'c', 0, 1]);
+        let bytes = encode_frame(&IndexRequest::Relay {
+            id,
+            source: "d".into(),
+            token: [6; 16],
+        })
+        .unwrap();
+        assert_eq!(bytes[4], 21);
+        assert_eq!(bytes[37..39], [1, b'd']);
+        assert_eq!(bytes[39..], [6; 16]);
+        let bytes = encode_frame(&IndexResponse::RelayOrder { id, token: [4; 16] }).unwrap();
+        assert_eq!(bytes[4], 15);
+        assert_eq!(bytes[37..], [4; 16]);
     }
 
     #[test]

@@ -75,6 +75,37 @@ pub struct CallbackHello {
     pub features: u8,
 }
 
+/// Which side of a relay a connection is (`RelayHello`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RelayRole {
+    /// The side that asked for the relay and will ask for chunks.
+    Downloader,
+    /// The firewalled source the index sent a `RelayOrder`.
+    Source,
+}
+
+/// The first frame on a connection to the index's relay (after the hello
+/// of `hello::Protocol::Relay`): the token of the relay arranged by a
+/// logged-in peer's `IndexRequest::Relay`, and which side this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RelayHello {
+    pub token: [u8; NONCE_LEN],
+    pub role: RelayRole,
+}
+
+/// The index's answer to a [`RelayHello`]: sent when the other side has
+/// come (then every later byte is the other side's), or with the reason
+/// the connection is refused (then it is closed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum RelayAnswer {
+    Paired,
+    Refused { reason: String },
+}
+
+/// Largest encoded [`CallbackHello`], [`RelayHello`] or [`RelayAnswer`]
+/// frame payload read.
+pub const MAX_RELAY_FRAME_LEN: usize = 512;
+
 /// Largest encoded [`CallbackHello`] frame payload a downloader reads.
 pub const MAX_CALLBACK_HELLO_LEN: usize = 64;
 
@@ -94,6 +125,17 @@ mod tests {
         expected.push(1);
         assert_eq!(bytes, expected);
         assert!(bytes.len() - 4 <= MAX_CALLBACK_HELLO_LEN);
+        let bytes = crate::frame::encode_frame(&RelayHello {
+            token: [5; NONCE_LEN],
+            role: RelayRole::Source,
+        })
+        .unwrap();
+        assert_eq!(bytes[..4], [0, 0, 0, 17]);
+        assert_eq!(bytes[20], 1);
+        assert_eq!(
+            crate::frame::encode_frame(&RelayAnswer::Paired).unwrap(),
+            [0, 0, 0, 1, 0]
+        );
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Connection {
     /// Callback requests this connection's requester may make per minute
     /// (`Config::max_callbacks_per_minute`).
     pub max_callbacks_per_minute: u32,
+    /// The index's relay, when it has one (`Config::relay`).
+    pub relay: Option<std::sync::Arc<crate::relay::Relay>>,
 }
 
 impl Connection {
@@ -53,6 +55,7 @@ impl Connection {
             dialbacks: Vec::new(),
             require_proof: false,
             max_callbacks_per_minute: crate::DEFAULT_MAX_CALLBACKS_PER_MINUTE,
+            relay: None,
         }
     }
 
@@ -347,6 +350,7 @@ pub fn request_kind(request: &IndexRequest) -> &'static str {
         IndexRequest::AcceptCallbacks => "Login",
         IndexRequest::LookupReach { .. } => "Lookup",
         IndexRequest::Callback { .. } => "Callback",
+        IndexRequest::Relay { .. } => "Callback",
     }
 }
 
@@ -506,6 +510,7 @@ pub fn handle(
             port,
             token,
         } => callback(index, conn, id, source, port, token, now),
+        IndexRequest::Relay { id, source, token } => relay(index, conn, id, source, token, now),
         IndexRequest::ListPeersReach { start } => {
             let (peers, next): (Vec<PeerReach>, _) =
                 index.peers_reach(start as usize, MAX_FILES_PER_BATCH, now);
@@ -706,6 +711,69 @@ fn callback(
         Ok(()) => IndexResponse::Ack { count: 1 },
         Err(e @ crate::state::CallbackError::Full) => error(ErrorCode::TooMany, e.to_string()),
         Err(e) => error(ErrorCode::BadRequest, e.to_string()),
+    }
+}
+
+/// Arranges a relay to the source's connection (see
+/// `IndexRequest::Relay`), or says why not. Counted against the same
+/// budget as callbacks.
+fn relay(
+    index: &Index,
+    conn: &Connection,
+    id: common::id::FileId,
+    source: String,
+    token: [u8; common::reach::NONCE_LEN],
+    now: Instant,
+) -> IndexResponse {
+    if conn.session.is_none() {
+        return error(
+            ErrorCode::NotLoggedIn,
+            "only logged-in peers may use the relay: log in first",
+        );
+    }
+    let Some(relay) = &conn.relay else {
+        return error(
+            ErrorCode::BadRequest,
+            "this index does not relay (index-server --relay false)",
+        );
+    };
+    let per_minute = conn.max_callbacks_per_minute;
+    if !index
+        .callback_budget()
+        .take(conn.peer_ip, 1, per_minute, now.into_std())
+    {
+        return error(
+            ErrorCode::TooMany,
+            format!(
+                "{} asked for more than {per_minute} callbacks and relays in a minute (index-server --max-callbacks-per-minute); try again later",
+                conn.peer_ip
+            ),
+        );
+    }
+    if source.len() > 255 {
+        return error(ErrorCode::BadRequest, "a peer address is at most 255 bytes");
+    }
+    let Some(session) = index.holder_named(&id, &source, now) else {
+        return error(
+            ErrorCode::NotFound,
+            format!(
+                "no online peer {:?} has registered file {id}",
+                common::names::escape_for_terminal(&source)
+            ),
+        );
+    };
+    if let Err(e) = relay.arrange(token, now) {
+        return error(ErrorCode::TooMany, e.to_string());
+    }
+    match index.send_callback(session, IndexResponse::RelayOrder { id, token }) {
+        Ok(()) => IndexResponse::Ack { count: 1 },
+        Err(e) => {
+            relay.cancel(&token);
+            match e {
+                crate::state::CallbackError::Full => error(ErrorCode::TooMany, e.to_string()),
+                _ => error(ErrorCode::BadRequest, e.to_string()),
+            }
+        }
     }
 }
 

@@ -25,6 +25,7 @@ pub mod handler;
 pub mod http;
 mod lazy_buf;
 pub mod metrics;
+pub mod relay;
 pub mod server;
 pub mod state;
 pub mod store;
@@ -89,6 +90,10 @@ pub struct Config {
     /// refused (`TooMany`, saying why), so that nobody can make firewalled
     /// peers connect out over and over.
     pub max_callbacks_per_minute: u32,
+    /// The relay through the index for peers that cannot reach each other
+    /// otherwise ([`relay`]), with its caps; `None`: no relay
+    /// (`index-server --relay false`).
+    pub relay: Option<relay::RelayConfig>,
 }
 
 /// Default of [`Config::listen`] (and of `index-server --listen`): both
@@ -139,6 +144,7 @@ impl Default for Config {
             max_dialbacks_per_minute: DEFAULT_MAX_DIALBACKS_PER_MINUTE,
             require_proof: false,
             max_callbacks_per_minute: DEFAULT_MAX_CALLBACKS_PER_MINUTE,
+            relay: Some(relay::RelayConfig::default()),
         }
     }
 }

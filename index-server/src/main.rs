@@ -179,6 +179,24 @@ struct Cli {
     #[arg(long, env = "INDEX_MAX_CALLBACKS_PER_MINUTE",
           default_value_t = index_server::DEFAULT_MAX_CALLBACKS_PER_MINUTE)]
     max_callbacks_per_minute: u32,
+    /// Relay bytes between logged-in peers that cannot connect to each
+    /// other (both behind NATs or firewalls): opaque bytes, rate-capped,
+    /// never stored. On by default; `--relay false` turns it off.
+    #[arg(long, env = "INDEX_RELAY", default_value_t = true, action = clap::ArgAction::Set)]
+    relay: bool,
+    /// Cap on the rate of one relayed connection (both directions), e.g.
+    /// 4MiB/s.
+    #[arg(long, env = "INDEX_RELAY_RATE", value_parser = transfer::rate::parse_rate,
+          default_value = "4MiB/s")]
+    relay_rate: u64,
+    /// Cap on the rate of all relayed connections together.
+    #[arg(long, env = "INDEX_RELAY_TOTAL_RATE", value_parser = transfer::rate::parse_rate,
+          default_value = "32MiB/s")]
+    relay_total_rate: u64,
+    /// Relays pending or running at once; more are refused.
+    #[arg(long, env = "INDEX_RELAY_MAX_SESSIONS",
+          default_value_t = index_server::relay::DEFAULT_RELAY_MAX_SESSIONS)]
+    relay_max_sessions: usize,
 }
 
 /// Checks a `HOST:PORT` or `HOST` (kept as given: the port is added once
@@ -278,6 +296,12 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         dialback_timeout: cli.dialback_timeout,
         max_dialbacks_per_minute: cli.max_dialbacks_per_minute,
         max_callbacks_per_minute: cli.max_callbacks_per_minute,
+        relay: cli.relay.then_some(index_server::relay::RelayConfig {
+            session_rate: cli.relay_rate,
+            total_rate: cli.relay_total_rate,
+            max_sessions: cli.relay_max_sessions,
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let shutdown = CancellationToken::new();
@@ -362,6 +386,11 @@ mod tests {
             cli.max_callbacks_per_minute,
             config.max_callbacks_per_minute
         );
+        let relay = config.relay.unwrap();
+        assert!(cli.relay);
+        assert_eq!(cli.relay_rate, relay.session_rate);
+        assert_eq!(cli.relay_total_rate, relay.total_rate);
+        assert_eq!(cli.relay_max_sessions, relay.max_sessions);
         let limits = &config.limits;
         assert_eq!(
             cli.max_files_per_session,

@@ -28,6 +28,8 @@ pub struct Server {
     store: Option<Arc<Store>>,
     /// The network page's listener (`Config::http`).
     http: Option<TcpListener>,
+    /// The relay (`Config::relay`).
+    relay: Option<Arc<crate::relay::Relay>>,
 }
 
 impl Server {
@@ -51,12 +53,16 @@ impl Server {
             Some(store_config) => Some(Store::open(store_config, index.clone()).await?),
             None => None,
         };
+        let relay = config
+            .relay
+            .map(|r| Arc::new(crate::relay::Relay::new(r)));
         Ok(Server {
             listener,
             index,
             config,
             store,
             http,
+            relay,
         })
     }
 
@@ -76,6 +82,12 @@ impl Server {
         self.index.clone()
     }
 
+    /// The relay, when the server has one (`Config::relay`): what it
+    /// carried, for tests and the lab.
+    pub fn relay(&self) -> Option<Arc<crate::relay::Relay>> {
+        self.relay.clone()
+    }
+
     /// The store, when the server has one (`--store`).
     pub fn store(&self) -> Option<Arc<Store>> {
         self.store.clone()
@@ -89,6 +101,7 @@ impl Server {
             config,
             store,
             http,
+            relay,
         } = self;
         info!(addr = %listener.local_addr()?, lease_ttl = ?config.lease_ttl, "index server listening");
         let tracker = TaskTracker::new();
@@ -144,14 +157,16 @@ impl Server {
             transfer::net::tune_socket(&stream);
             match admission.try_admit(remote.ip()) {
                 Ok(permit) => {
-                    let (index, config, shutdown, store) = (
+                    let (index, config, shutdown, store, relay) = (
                         index.clone(),
                         config.clone(),
                         shutdown.clone(),
                         store.clone(),
+                        relay.clone(),
                     );
                     tracker.spawn(async move {
-                        serve_connection(stream, remote, index, &config, store, shutdown).await;
+                        serve_connection(stream, remote, index, &config, store, relay, shutdown)
+                            .await;
                         drop(permit);
                     });
                 }
@@ -203,9 +218,11 @@ async fn serve_connection(
     index: Index,
     config: &Config,
     store: Option<Arc<Store>>,
+    relay: Option<Arc<crate::relay::Relay>>,
     shutdown: CancellationToken,
 ) {
     let mut conn = Connection::new(remote.ip());
+    conn.relay = relay;
     conn.peer_port = remote.port();
     conn.require_proof = config.require_proof;
     conn.max_callbacks_per_minute = config.max_callbacks_per_minute;
@@ -266,15 +283,26 @@ async fn dispatch(
     config: &Config,
     store: Option<Arc<Store>>,
 ) -> Result<(), WireError> {
-    let accepted: &[Protocol] = match store {
-        Some(_) => &[Protocol::Index, Protocol::Peer, Protocol::Store],
-        None => &[Protocol::Index],
+    let accepted: &[Protocol] = match (&store, conn.relay.is_some()) {
+        (Some(_), true) => &[
+            Protocol::Index,
+            Protocol::Peer,
+            Protocol::Store,
+            Protocol::Relay,
+        ],
+        (Some(_), false) => &[Protocol::Index, Protocol::Peer, Protocol::Store],
+        (None, true) => &[Protocol::Index, Protocol::Relay],
+        (None, false) => &[Protocol::Index],
     };
     let hello = wire::server_handshake_any(&mut stream, accepted, |_| false);
     let protocol = tokio::time::timeout(config.hello_timeout, hello)
         .await
         .map_err(|_| WireError::Timeout("the client's hello"))??;
     match (protocol, store) {
+        (Protocol::Relay, _) => match conn.relay.clone() {
+            Some(relay) => relay.serve(stream).await,
+            None => Ok(()),
+        },
         (Protocol::Peer, Some(store)) => store.serve_download(stream).await,
         (Protocol::Store, Some(store)) => store.serve_upload(stream).await,
         _ => connection_loop(stream, index, conn, config).await,
