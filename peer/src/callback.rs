@@ -28,9 +28,13 @@ use std::time::Duration;
 
 use common::hello::{Protocol, FEATURE_UPLOAD_QUEUE};
 use common::id::FileId;
-use common::index_proto::{IndexRequest, IndexResponse, Reach, SourceReach};
+use common::index_proto::{IndexRequest, IndexResponse, Login, Reach, SourceReach};
+use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
 use common::limits::{CONNECT_TIMEOUT, FRAME_TIMEOUT, HELLO_TIMEOUT};
-use common::reach::{CallbackHello, MAX_CALLBACK_HELLO_LEN, NONCE_LEN};
+use common::reach::{
+    CallbackHello, LoginNonce, RelayAnswer, RelayHello, RelayRole, MAX_CALLBACK_HELLO_LEN,
+    MAX_RELAY_FRAME_LEN, NONCE_LEN,
+};
 use common::wire::{self, Deadlines, WireError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -58,6 +62,9 @@ pub enum CallbackError {
     Dial { target: String, source: WireError },
     #[error("the callback listener stopped")]
     Stopped,
+    /// The relay through the index failed.
+    #[error("relay: {0}")]
+    Relay(String),
 }
 
 /// Most callback connections being greeted at once at one downloader;
@@ -86,8 +93,24 @@ struct Inner {
     port: u16,
     pending: Pending,
     firewalled: Mutex<HashSet<String>>,
+    /// How each source that was not dialed was reached last.
+    paths: Mutex<HashMap<String, &'static str>>,
+    /// Our session at the index (logged in on first need): the relay is
+    /// for logged-in peers, and its dial-back says whether we can take
+    /// callbacks at all.
+    session: tokio::sync::Mutex<Option<Session>>,
+    /// The nonce of that login, to answer its dial-back on our listener.
+    nonce: LoginNonce,
     /// The accept loop (aborted when the last handle goes).
     _accepting: JoinSet<()>,
+}
+
+/// A logged-in connection to the index.
+struct Session {
+    client: IndexClient,
+    /// Whether our callback port proved reachable at the login (an index
+    /// older than the check: assumed so, and there is no relay).
+    reachable: bool,
 }
 
 impl Callbacks {
@@ -107,6 +130,9 @@ impl Callbacks {
                 port,
                 pending: Mutex::new(HashMap::new()),
                 firewalled: Mutex::new(HashSet::new()),
+                paths: Mutex::new(HashMap::new()),
+                session: tokio::sync::Mutex::new(None),
+                nonce: LoginNonce::default(),
                 _accepting: accepting,
             }
         });
@@ -155,14 +181,13 @@ impl Callbacks {
             }
         }
         let _forget = Forget(&self.inner.pending, token);
-        let mut client = IndexClient::connect(&self.inner.index).await?;
         let request = IndexRequest::Callback {
             id: self.inner.id,
             source: source.to_string(),
             port: self.inner.port,
             token,
         };
-        match client.request(&request).await? {
+        match self.ask(&request).await? {
             IndexResponse::Ack { .. } => {}
             other => return Err(IndexError::Unexpected(format!("{other:?}")).into()),
         }
@@ -174,6 +199,172 @@ impl Callbacks {
         }
     }
 }
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("reachable", &self.reachable)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Callbacks {
+    /// Logs in at the index (a fresh nonce; our callback port is the
+    /// listening port the index checks).
+    async fn login(&self) -> Result<Session, IndexError> {
+        let mut client = IndexClient::connect(&self.inner.index).await?;
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        self.inner.nonce.set(nonce);
+        let login = IndexRequest::LoginChecked {
+            login: Login {
+                listen_port: self.inner.port,
+                advertise: None,
+                nick: None,
+            },
+            nonce,
+        };
+        match client.request(&login).await {
+            Ok(IndexResponse::WelcomeChecked { addr, observed, .. }) => {
+                let reachable = addr.is_some();
+                info!(%observed, reachable, "logged in at the index for callbacks and relays");
+                Ok(Session { client, reachable })
+            }
+            Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
+            // An index from before the check (and before the relay).
+            Err(IndexError::Wire(WireError::Closed | WireError::Io(_))) => Ok(Session {
+                client: IndexClient::connect(&self.inner.index).await?,
+                reachable: true,
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether sources can call us back (logs in first if needed).
+    async fn reachable(&self) -> Result<bool, IndexError> {
+        let mut session = self.inner.session.lock().await;
+        if session.is_none() {
+            *session = Some(self.login().await?);
+        }
+        Ok(session.as_ref().is_some_and(|s| s.reachable))
+    }
+
+    /// Sends `request` on our logged-in connection (logging in again once
+    /// if the connection or the session was lost).
+    async fn ask(&self, request: &IndexRequest) -> Result<IndexResponse, IndexError> {
+        let mut session = self.inner.session.lock().await;
+        for attempt in 0..2 {
+            if session.is_none() {
+                *session = Some(self.login().await?);
+            }
+            let Some(s) = session.as_mut() else { continue };
+            // Keeps the lease of a long download's session.
+            let renewed = s.client.request(&IndexRequest::Heartbeat).await;
+            let result = match renewed {
+                Ok(_) => s.client.request(request).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Err(IndexError::Wire(_))
+                | Err(IndexError::Refused {
+                    code: common::index_proto::ErrorCode::NotLoggedIn,
+                    ..
+                }) if attempt == 0 => *session = None,
+                other => return other,
+            }
+        }
+        Err(IndexError::Unexpected("no session at the index".into()))
+    }
+
+    /// Reaches the firewalled source listed as `source` through the
+    /// index's relay: arranges it, connects there, and waits for the
+    /// source's callback hello through it.
+    pub async fn relay(&self, source: &str) -> Result<(TcpStream, u8), CallbackError> {
+        let token: [u8; NONCE_LEN] = rand::random();
+        let request = IndexRequest::Relay {
+            id: self.inner.id,
+            source: source.to_string(),
+            token,
+        };
+        match self.ask(&request).await? {
+            IndexResponse::Ack { .. } => {}
+            other => return Err(IndexError::Unexpected(format!("{other:?}")).into()),
+        }
+        let mut stream = join_relay(&self.inner.index, token, RelayRole::Downloader).await?;
+        let hello = tokio::time::timeout(CONNECT_TIMEOUT, greet_callback(&mut stream))
+            .await
+            .map_err(|_| CallbackError::NoCallback(CONNECT_TIMEOUT))?
+            .map_err(|source| CallbackError::Relay(source.to_string()))?;
+        if hello.token != token {
+            return Err(CallbackError::Relay(
+                "the relayed source sent another token".into(),
+            ));
+        }
+        debug!(%source, "relayed through the index");
+        Ok((stream, hello.features))
+    }
+
+    /// Reaches a firewalled source: by callback when sources can call us
+    /// back, else (or when that fails) through the relay.
+    async fn reach(&self, source: &str) -> std::io::Result<(TcpStream, u8)> {
+        let reachable = self.reachable().await.map_err(std::io::Error::other)?;
+        if reachable {
+            match self.call(source).await {
+                Ok(pair) => {
+                    lock(&self.inner.paths).insert(source.to_string(), "callback");
+                    return Ok(pair);
+                }
+                Err(e) => debug!(%source, error = %e, "callback failed; trying the relay"),
+            }
+        }
+        let pair = self.relay(source).await.map_err(std::io::Error::other)?;
+        lock(&self.inner.paths).insert(source.to_string(), "relayed");
+        Ok(pair)
+    }
+}
+
+/// Connects to the relay at `index` as `role` of the relay arranged under
+/// `token`, and waits until the other side is there.
+pub async fn join_relay(
+    index: &str,
+    token: [u8; NONCE_LEN],
+    role: RelayRole,
+) -> Result<TcpStream, CallbackError> {
+    let relay_error = |e: WireError| CallbackError::Relay(e.to_string());
+    let mut stream = transfer::net::connect_tcp(index, CONNECT_TIMEOUT)
+        .await
+        .map_err(|e| relay_error(WireError::Io(e)))?;
+    transfer::net::tune_socket(&stream);
+    wire::client_handshake(&mut stream, Protocol::Relay)
+        .await
+        .map_err(relay_error)?;
+    wire::send_message(&mut stream, &RelayHello { token, role })
+        .await
+        .map_err(relay_error)?;
+    let mut buf = Vec::new();
+    let got = wire::read_frame(
+        &mut stream,
+        &mut buf,
+        MAX_RELAY_FRAME_LEN,
+        Deadlines::with_idle(RELAY_PAIR_WAIT),
+    )
+    .await
+    .map_err(relay_error)?;
+    if !got {
+        return Err(relay_error(WireError::Closed));
+    }
+    let answer: RelayAnswer =
+        common::frame::decode_payload(&buf).map_err(|e| relay_error(e.into()))?;
+    match answer {
+        RelayAnswer::Paired => Ok(stream),
+        RelayAnswer::Refused { reason } => Err(CallbackError::Relay(format!(
+            "the index refused: {}",
+            common::names::escape_for_terminal(&reason)
+        ))),
+    }
+}
+
+/// Longest wait at the relay for the other side.
+pub const RELAY_PAIR_WAIT: Duration = Duration::from_secs(15);
 
 impl Connector for Callbacks {
     fn connect<'a>(
@@ -187,17 +378,11 @@ impl Connector for Callbacks {
         if !lock(&self.inner.firewalled).contains(addr) {
             return None;
         }
-        Some(Box::pin(async move {
-            self.call(addr).await.map_err(std::io::Error::other)
-        }))
+        Some(Box::pin(self.reach(addr)))
     }
 
     fn path(&self, addr: &str) -> &'static str {
-        if lock(&self.inner.firewalled).contains(addr) {
-            "callback"
-        } else {
-            "direct"
-        }
+        lock(&self.inner.paths).get(addr).copied().unwrap_or("direct")
     }
 }
 
@@ -233,8 +418,10 @@ async fn accept_loop(listener: TcpListener, inner: std::sync::Weak<Inner>) {
         }
         let inner = inner.clone();
         greeting.spawn(async move {
-            match greet(&mut stream).await {
-                Ok(hello) => {
+            let nonce = inner.upgrade().map(|i| i.nonce.clone()).unwrap_or_default();
+            match greet(&mut stream, &nonce).await {
+                Ok(None) => {}
+                Ok(Some(hello)) => {
                     let Some(inner) = inner.upgrade() else { return };
                     let waiting = lock(&inner.pending).remove(&hello.token);
                     match waiting {
@@ -251,10 +438,46 @@ async fn accept_loop(listener: TcpListener, inner: std::sync::Weak<Inner>) {
     }
 }
 
-/// The server side of a callback connection's opening: the hello for
-/// [`Protocol::Callback`], then the [`CallbackHello`] frame.
-async fn greet(stream: &mut TcpStream) -> Result<CallbackHello, WireError> {
+/// The server side of a connection to the callback listener: a source's
+/// callback (the hello for [`Protocol::Callback`], then the
+/// [`CallbackHello`] frame: `Some`), or the index's dial-back of our login
+/// (the peer protocol's `ProveReachable`, answered with `nonce`: `None`).
+async fn greet(stream: &mut TcpStream, nonce: &LoginNonce) -> Result<Option<CallbackHello>, WireError> {
+    let protocol =
+        wire::server_handshake_any(stream, &[Protocol::Callback, Protocol::Peer], |_| false)
+            .await?;
+    if protocol == Protocol::Peer {
+        let mut buf = Vec::new();
+        let deadlines = Deadlines::with_idle(HELLO_TIMEOUT);
+        let answer = match wire::expect_message(stream, &mut buf, deadlines).await? {
+            PeerRequest::ProveReachable { challenge } => match nonce.prove(&challenge) {
+                Some(proof) => PeerResponse::Reachable { proof },
+                None => PeerResponse::Error {
+                    code: PeerErrorCode::NotFound,
+                    message: "not logged in".into(),
+                },
+            },
+            _ => PeerResponse::Error {
+                code: PeerErrorCode::BadRequest,
+                message: "this port takes callbacks only".into(),
+            },
+        };
+        tokio::time::timeout(FRAME_TIMEOUT, wire::send_message(stream, &answer))
+            .await
+            .map_err(|_| WireError::Timeout("sending the proof"))??;
+        return Ok(None);
+    }
+    read_callback_hello(stream).await.map(Some)
+}
+
+/// The hello of a callback arriving through the relay (the source speaks
+/// first, as on a callback connection).
+async fn greet_callback(stream: &mut TcpStream) -> Result<CallbackHello, WireError> {
     wire::server_handshake(stream, Protocol::Callback, false).await?;
+    read_callback_hello(stream).await
+}
+
+async fn read_callback_hello(stream: &mut TcpStream) -> Result<CallbackHello, WireError> {
     let mut buf = Vec::new();
     let got = wire::read_frame(
         stream,
@@ -287,14 +510,37 @@ impl CallbackServer {
     /// Connects to `target`, sends the callback hello with `token`, and
     /// serves the peer protocol there until the downloader is done.
     pub async fn answer(&self, target: &str, token: [u8; NONCE_LEN]) -> Result<(), CallbackError> {
+        let stream = transfer::net::connect_tcp(target, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| CallbackError::Dial {
+                target: target.to_string(),
+                source: WireError::Io(e),
+            })?;
+        transfer::net::tune_socket(&stream);
+        info!(%target, "called back a downloader; serving it");
+        self.serve_over(stream, target, token).await
+    }
+
+    /// Joins the relay at `index` arranged under `token` and serves the
+    /// downloader at its other end.
+    pub async fn answer_relay(&self, index: &str, token: [u8; NONCE_LEN]) -> Result<(), CallbackError> {
+        let stream = join_relay(index, token, RelayRole::Source).await?;
+        info!(%index, "serving a downloader through the index's relay");
+        self.serve_over(stream, "the relay", token).await
+    }
+
+    /// Opens a callback on `stream` (to `target`, for messages) and serves
+    /// the peer protocol on it.
+    async fn serve_over(
+        &self,
+        mut stream: TcpStream,
+        target: &str,
+        token: [u8; NONCE_LEN],
+    ) -> Result<(), CallbackError> {
         let dial_error = |source| CallbackError::Dial {
             target: target.to_string(),
             source,
         };
-        let mut stream = transfer::net::connect_tcp(target, CONNECT_TIMEOUT)
-            .await
-            .map_err(|e| dial_error(WireError::Io(e)))?;
-        transfer::net::tune_socket(&stream);
         wire::client_handshake(&mut stream, Protocol::Callback)
             .await
             .map_err(dial_error)?;
@@ -309,7 +555,6 @@ impl CallbackServer {
         let remote = stream
             .peer_addr()
             .map_err(|e| dial_error(WireError::Io(e)))?;
-        info!(%target, "called back a downloader; serving it");
         self.stats
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

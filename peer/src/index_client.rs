@@ -159,7 +159,8 @@ impl IndexClient {
                         message: common::names::escape_for_terminal(&message).into_owned(),
                     })
                 }
-                order @ IndexResponse::CallbackOrder { .. } => self.hold_order(order),
+                order @ (IndexResponse::CallbackOrder { .. }
+                | IndexResponse::RelayOrder { .. }) => self.hold_order(order),
                 other => return Ok(other),
             }
         }
@@ -196,7 +197,7 @@ impl IndexClient {
     pub async fn receive_unasked(&mut self) -> Result<(), IndexError> {
         let deadlines = Deadlines::with_idle(common::limits::FRAME_TIMEOUT);
         match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await? {
-            order @ IndexResponse::CallbackOrder { .. } => {
+            order @ (IndexResponse::CallbackOrder { .. } | IndexResponse::RelayOrder { .. }) => {
                 self.hold_order(order);
                 Ok(())
             }

@@ -181,25 +181,36 @@ struct Calls<'a> {
 impl Calls<'_> {
     /// Serves each callback order `client` holds (at most
     /// `callback::MAX_ANSWERING` at once; more are dropped).
-    fn answer(&mut self, client: &mut IndexClient) {
+    fn answer(&mut self, client: &mut IndexClient, index: &str) {
         while self.answering.try_join_next().is_some() {}
         for order in client.take_orders() {
-            let IndexResponse::CallbackOrder { id, target, token } = order else {
-                continue;
-            };
             let Some(server) = self.server.cloned() else {
                 continue;
             };
             if self.answering.len() >= crate::callback::MAX_ANSWERING {
-                warn!(%target, "too many callbacks being served; dropping an order");
+                warn!("too many callbacks being served; dropping an order");
                 continue;
             }
-            info!(%target, %id, "the index asks us to call a downloader back");
-            self.answering.spawn(async move {
-                if let Err(e) = server.answer(&target, token).await {
-                    warn!(%target, error = %common::report::error_chain(&e), "callback failed");
+            match order {
+                IndexResponse::CallbackOrder { id, target, token } => {
+                    info!(%target, %id, "the index asks us to call a downloader back");
+                    self.answering.spawn(async move {
+                        if let Err(e) = server.answer(&target, token).await {
+                            warn!(%target, error = %common::report::error_chain(&e), "callback failed");
+                        }
+                    });
                 }
-            });
+                IndexResponse::RelayOrder { id, token } => {
+                    info!(%id, "the index asks us to serve a downloader through its relay");
+                    let index = index.to_string();
+                    self.answering.spawn(async move {
+                        if let Err(e) = server.answer_relay(&index, token).await {
+                            warn!(error = %common::report::error_chain(&e), "relayed upload failed");
+                        }
+                    });
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -313,7 +324,7 @@ async fn session(
                 client.receive_unasked().await?;
             }
         }
-        calls.answer(&mut client);
+        calls.answer(&mut client, &config.index);
     }
 }
 

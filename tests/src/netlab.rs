@@ -34,6 +34,8 @@ pub struct NsIndex {
     /// Where peers reach it (the host's address).
     pub addr: SocketAddr,
     pub state: index_server::Index,
+    /// Its relay, when it has one.
+    pub relay: Option<std::sync::Arc<index_server::relay::Relay>>,
     shutdown: CancellationToken,
     _rt: HostRuntime,
 }
@@ -57,13 +59,14 @@ pub async fn start_index(host: &Host, mut config: index_server::Config) -> NsInd
         let server = index_server::Server::bind(config)
             .await
             .expect("bind the index");
-        let _ = tx.send((server.local_addr().port(), server.index()));
+        let _ = tx.send((server.local_addr().port(), server.index(), server.relay()));
         let _ = server.run(stop).await;
     });
-    let (port, state) = rx.await.expect("the index started");
+    let (port, state, relay) = rx.await.expect("the index started");
     NsIndex {
         addr: SocketAddr::from((host.addr, port)),
         state,
+        relay,
         shutdown,
         _rt: rt,
     }

@@ -119,6 +119,9 @@ impl PeerConnection {
         token: u64,
     ) -> Result<Self, SourceError> {
         if let Some(connecting) = connector.and_then(|c| c.connect(addr)) {
+            // A callback or a relay takes a round trip to the index and a
+            // connection set up from the other side (and a first login).
+            let connect_timeout = connect_timeout.saturating_mul(3);
             let (stream, features) = tokio::time::timeout(connect_timeout, connecting)
                 .await
                 .map_err(|_| {
