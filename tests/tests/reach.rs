@@ -358,17 +358,29 @@ async fn firewalled_pair(
     share: &std::path::Path,
     max_callbacks_per_minute: u32,
 ) -> (Index, Peer, String) {
-    let index = run_index(
-        index_server::Server::bind(index_server::Config {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            lease_ttl: Duration::from_secs(30),
-            max_dialbacks_per_minute: 0,
-            max_callbacks_per_minute,
-            ..Default::default()
-        })
-        .await
-        .unwrap(),
-    );
+    let (index, _, source, listed) =
+        firewalled_pair_with(share, max_callbacks_per_minute, Default::default()).await;
+    (index, source, listed)
+}
+
+/// [`firewalled_pair`] with the index's relay configured, and its handle.
+async fn firewalled_pair_with(
+    share: &std::path::Path,
+    max_callbacks_per_minute: u32,
+    relay: index_server::relay::RelayConfig,
+) -> (Index, std::sync::Arc<index_server::relay::Relay>, Peer, String) {
+    let server = index_server::Server::bind(index_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        lease_ttl: Duration::from_secs(30),
+        max_dialbacks_per_minute: 0,
+        max_callbacks_per_minute,
+        relay: Some(relay),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let relay = server.relay().unwrap();
+    let index = run_index(server);
     let mut config = peer_config(share, &index.addr_string());
     config.listen = "127.0.0.2:0".parse().unwrap();
     let mut source = start_peer_with(config).await;
@@ -378,7 +390,7 @@ async fn firewalled_pair(
         panic!("{state:?}")
     };
     assert_eq!(reach, Reach::Firewalled, "listed at {addr}");
-    (index, source, addr)
+    (index, relay, source, addr)
 }
 
 /// `peer get` with or without callbacks (`None`), at `index`.
@@ -709,4 +721,145 @@ async fn the_reachability_matrix_on_the_emulated_network() {
     assert!(relayed >= 4 * 700_000, "the relay carried {relayed} bytes");
     drop((sources, runtimes, index));
     lan.remove();
+}
+
+/// A downloader that cannot be called back either (its callback port is
+/// on 127.0.0.2, where the index's dial-back to its connection's address
+/// 127.0.0.1 does not reach) gets the file from a firewalled source
+/// through the index's relay: verified, shown as `relayed`, and every
+/// byte of it went through the relay.
+#[tokio::test]
+async fn a_firewalled_pair_is_connected_through_the_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(500_000, 18);
+    write_file(&dir.path().join("share"), "f.bin", &data);
+    let id = common::id::content_info(&data).id.to_hex();
+    let (index, relay, source, _) =
+        firewalled_pair_with(&dir.path().join("share"), 120, Default::default()).await;
+    let fetched = get_with_callbacks(&index, &id, &dir.path().join("out"), Some("127.0.0.2:0"))
+        .await
+        .expect("the download through the relay");
+    assert!(std::fs::read(&fetched.download.path).unwrap() == data);
+    let paths: Vec<_> = fetched
+        .download
+        .per_source
+        .iter()
+        .filter(|s| s.chunks > 0)
+        .map(|s| s.path)
+        .collect();
+    assert_eq!(paths, ["relayed"], "{:?}", fetched.download.per_source);
+    assert!(
+        relay.relayed_bytes() >= data.len() as u64,
+        "the relay carried {} bytes",
+        relay.relayed_bytes()
+    );
+    source.stop().await;
+    index.stop().await;
+}
+
+/// The relay is for logged-in peers: a relay request from a client that
+/// did not log in is refused, and so is a connection to the relay with a
+/// token no logged-in peer arranged; the reason is said each time.
+#[tokio::test]
+async fn the_relay_refuses_clients_that_are_not_logged_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(1000, 19);
+    write_file(&dir.path().join("share"), "f.bin", &data);
+    let id = common::id::content_info(&data).id;
+    let (index, relay, source, listed) =
+        firewalled_pair_with(&dir.path().join("share"), 120, Default::default()).await;
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let request = IndexRequest::Relay {
+        id,
+        source: listed.clone(),
+        token: rand::random(),
+    };
+    match client.request(&request).await {
+        Err(IndexError::Refused { code, message }) => {
+            assert_eq!(code, common::index_proto::ErrorCode::NotLoggedIn);
+            assert!(message.contains("only logged-in peers"), "{message}");
+        }
+        other => panic!("relayed for a client that did not log in: {other:?}"),
+    }
+    match peer::callback::join_relay(
+        &index.addr_string(),
+        rand::random(),
+        common::reach::RelayRole::Downloader,
+    )
+    .await
+    {
+        Err(e) => assert!(e.to_string().contains("no relay is arranged"), "{e}"),
+        Ok(_) => panic!("joined a relay nobody arranged"),
+    }
+    assert_eq!(relay.relayed_bytes(), 0);
+    assert!(client.stats().await.is_ok(), "the connection stays usable");
+    source.stop().await;
+    index.stop().await;
+}
+
+/// Past the relay's cap of sessions (1 here) a logged-in peer's relay
+/// request is refused, saying so; once the first relay is used and gone,
+/// one can be arranged again, and a second downloader still gets its file
+/// through it.
+#[tokio::test]
+async fn relays_beyond_the_cap_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(200_000, 20);
+    write_file(&dir.path().join("share"), "f.bin", &data);
+    let id = common::id::content_info(&data).id;
+    let relay_config = index_server::relay::RelayConfig {
+        max_sessions: 1,
+        pair_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let (index, relay, source, listed) =
+        firewalled_pair_with(&dir.path().join("share"), 120, relay_config).await;
+    // A logged-in client (its listening port is not checked here: any).
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let answer = client
+        .request(&checked(40000, None, rand::random()))
+        .await
+        .unwrap();
+    assert!(matches!(answer, IndexResponse::WelcomeChecked { .. }), "{answer:?}");
+    let relay_request = |token| IndexRequest::Relay {
+        id,
+        source: listed.clone(),
+        token,
+    };
+    // The first is arranged (and the source joins it, waiting for us).
+    let first = client.request(&relay_request(rand::random())).await.unwrap();
+    assert_eq!(first, IndexResponse::Ack { count: 1 });
+    match client.request(&relay_request(rand::random())).await {
+        Err(IndexError::Refused { code, message }) => {
+            assert_eq!(code, common::index_proto::ErrorCode::TooMany);
+            assert!(message.contains("--relay-max-sessions"), "{message}");
+        }
+        other => panic!("a relay past the cap: {other:?}"),
+    }
+    // The unused first one expires (its pair timeout), then a download
+    // goes through the relay.
+    let fetched = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = get_with_callbacks(
+                &index,
+                &id.to_hex(),
+                &dir.path().join("out"),
+                Some("127.0.0.2:0"),
+            )
+            .await;
+            match got {
+                Ok(f) => break f,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "not yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("no download through the relay: {e}"),
+            }
+        }
+    };
+    assert!(std::fs::read(&fetched.download.path).unwrap() == data);
+    assert!(relay.relayed_bytes() >= data.len() as u64);
+    source.stop().await;
+    index.stop().await;
 }
