@@ -185,6 +185,21 @@ pub enum IndexRequest {
         source: String,
         token: [u8; crate::reach::NONCE_LEN],
     },
+    /// From a logged-in session: TCP hole punching to the firewalled peer
+    /// listed as `source`, for file `id`. The index answers `PunchAnswer`
+    /// with that peer's observed address and, at the same moment (the
+    /// start signal), sends the peer a `PunchOrder` with this connection's
+    /// observed address. Both then connect to each other's observed
+    /// address from the local port of their index connection (shared with
+    /// `SO_REUSEPORT`), a TCP simultaneous open, which endpoint-independent
+    /// NATs (home routers) let through and strict ones do not. Over the
+    /// connection the source opens as in a callback (`token`). Refused as
+    /// `Relay` is (logged-in peers only, the same budget).
+    Punch {
+        id: FileId,
+        source: String,
+        token: [u8; crate::reach::NONCE_LEN],
+    },
 }
 
 /// How other nodes can reach a peer.
@@ -407,6 +422,19 @@ pub enum IndexResponse {
     RelayOrder {
         id: FileId,
         token: [u8; crate::reach::NONCE_LEN],
+    },
+    /// Answer to `Punch`: connect now to `peer` (`IP:PORT`, the source's
+    /// index connection as the index sees it) from the local port of this
+    /// index connection.
+    PunchAnswer { peer: String },
+    /// Not an answer: sent unasked, like `CallbackOrder`. Connect now to
+    /// `peer` (the downloader's index connection as the index sees it)
+    /// from the local port of this index connection, then open as in a
+    /// callback with `token` and serve file `id` (see `IndexRequest::Punch`).
+    PunchOrder {
+        id: FileId,
+        token: [u8; crate::reach::NONCE_LEN],
+        peer: String,
     },
 }
 
@@ -633,6 +661,27 @@ mod tests {
         let bytes = encode_frame(&IndexResponse::RelayOrder { id, token: [4; 16] }).unwrap();
         assert_eq!(bytes[4], 15);
         assert_eq!(bytes[37..], [4; 16]);
+        let bytes = encode_frame(&IndexRequest::Punch {
+            id,
+            source: "e".into(),
+            token: [3; 16],
+        })
+        .unwrap();
+        assert_eq!(bytes[4], 22);
+        assert_eq!(bytes[37..39], [1, b'e']);
+        assert_eq!(
+            encode_frame(&IndexResponse::PunchAnswer { peer: "f".into() }).unwrap(),
+            [0, 0, 0, 3, 16, 1, b'f']
+        );
+        let bytes = encode_frame(&IndexResponse::PunchOrder {
+            id,
+            token: [2; 16],
+            peer: "g".into(),
+        })
+        .unwrap();
+        assert_eq!(bytes[4], 17);
+        assert_eq!(bytes[37..53], [2; 16]);
+        assert_eq!(bytes[53..], [1, b'g']);
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Connection {
     pub max_callbacks_per_minute: u32,
     /// The index's relay, when it has one (`Config::relay`).
     pub relay: Option<std::sync::Arc<crate::relay::Relay>>,
+    /// Whether `Punch` requests are taken (`Config::hole_punching`).
+    pub hole_punching: bool,
 }
 
 impl Connection {
@@ -56,6 +58,7 @@ impl Connection {
             require_proof: false,
             max_callbacks_per_minute: crate::DEFAULT_MAX_CALLBACKS_PER_MINUTE,
             relay: None,
+            hole_punching: true,
         }
     }
 
@@ -351,6 +354,7 @@ pub fn request_kind(request: &IndexRequest) -> &'static str {
         IndexRequest::LookupReach { .. } => "Lookup",
         IndexRequest::Callback { .. } => "Callback",
         IndexRequest::Relay { .. } => "Callback",
+        IndexRequest::Punch { .. } => "Callback",
     }
 }
 
@@ -511,6 +515,7 @@ pub fn handle(
             token,
         } => callback(index, conn, id, source, port, token, now),
         IndexRequest::Relay { id, source, token } => relay(index, conn, id, source, token, now),
+        IndexRequest::Punch { id, source, token } => punch(index, conn, id, source, token, now),
         IndexRequest::ListPeersReach { start } => {
             let (peers, next): (Vec<PeerReach>, _) =
                 index.peers_reach(start as usize, MAX_FILES_PER_BATCH, now);
@@ -709,6 +714,68 @@ fn callback(
     };
     match index.send_callback(session, order) {
         Ok(()) => IndexResponse::Ack { count: 1 },
+        Err(e @ crate::state::CallbackError::Full) => error(ErrorCode::TooMany, e.to_string()),
+        Err(e) => error(ErrorCode::BadRequest, e.to_string()),
+    }
+}
+
+/// Starts a hole punch between this connection's peer and the source
+/// (see `IndexRequest::Punch`), or says why not. Counted against the same
+/// budget as callbacks.
+fn punch(
+    index: &Index,
+    conn: &Connection,
+    id: common::id::FileId,
+    source: String,
+    token: [u8; common::reach::NONCE_LEN],
+    now: Instant,
+) -> IndexResponse {
+    if conn.session.is_none() {
+        return error(
+            ErrorCode::NotLoggedIn,
+            "only logged-in peers may punch holes: log in first",
+        );
+    }
+    if !conn.hole_punching {
+        return error(
+            ErrorCode::BadRequest,
+            "this index does not coordinate hole punching (index-server --hole-punching false)",
+        );
+    }
+    let per_minute = conn.max_callbacks_per_minute;
+    if !index
+        .callback_budget()
+        .take(conn.peer_ip, 1, per_minute, now.into_std())
+    {
+        return error(
+            ErrorCode::TooMany,
+            format!(
+                "{} asked for more than {per_minute} callbacks, punches and relays in a minute (index-server --max-callbacks-per-minute); try again later",
+                conn.peer_ip
+            ),
+        );
+    }
+    if source.len() > 255 {
+        return error(ErrorCode::BadRequest, "a peer address is at most 255 bytes");
+    }
+    let Some(session) = index.holder_named(&id, &source, now) else {
+        return error(
+            ErrorCode::NotFound,
+            format!(
+                "no online peer {:?} has registered file {id}",
+                common::names::escape_for_terminal(&source)
+            ),
+        );
+    };
+    let order = IndexResponse::PunchOrder {
+        id,
+        token,
+        peer: conn.observed().to_string(),
+    };
+    match index.send_callback(session, order) {
+        // `source` is the session's listed address: for a firewalled
+        // peer, its index connection as seen here.
+        Ok(()) => IndexResponse::PunchAnswer { peer: source },
         Err(e @ crate::state::CallbackError::Full) => error(ErrorCode::TooMany, e.to_string()),
         Err(e) => error(ErrorCode::BadRequest, e.to_string()),
     }

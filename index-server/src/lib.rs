@@ -94,6 +94,10 @@ pub struct Config {
     /// otherwise ([`relay`]), with its caps; `None`: no relay
     /// (`index-server --relay false`).
     pub relay: Option<relay::RelayConfig>,
+    /// Coordinate TCP hole punching (`IndexRequest::Punch`). On by
+    /// default; off (`--hole-punching false`) where every peer sits behind
+    /// NATs that never let it through, to spare downloaders the attempt.
+    pub hole_punching: bool,
 }
 
 /// Default of [`Config::listen`] (and of `index-server --listen`): both
@@ -145,6 +149,7 @@ impl Default for Config {
             require_proof: false,
             max_callbacks_per_minute: DEFAULT_MAX_CALLBACKS_PER_MINUTE,
             relay: Some(relay::RelayConfig::default()),
+            hole_punching: true,
         }
     }
 }

@@ -197,6 +197,10 @@ struct Cli {
     #[arg(long, env = "INDEX_RELAY_MAX_SESSIONS",
           default_value_t = index_server::relay::DEFAULT_RELAY_MAX_SESSIONS)]
     relay_max_sessions: usize,
+    /// Coordinate TCP hole punching between peers behind NATs (home
+    /// routers let it through, strict NATs do not). On by default.
+    #[arg(long, env = "INDEX_HOLE_PUNCHING", default_value_t = true, action = clap::ArgAction::Set)]
+    hole_punching: bool,
 }
 
 /// Checks a `HOST:PORT` or `HOST` (kept as given: the port is added once
@@ -302,6 +306,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             max_sessions: cli.relay_max_sessions,
             ..Default::default()
         }),
+        hole_punching: cli.hole_punching,
         ..Default::default()
     };
     let shutdown = CancellationToken::new();
@@ -391,6 +396,7 @@ mod tests {
         assert_eq!(cli.relay_rate, relay.session_rate);
         assert_eq!(cli.relay_total_rate, relay.total_rate);
         assert_eq!(cli.relay_max_sessions, relay.max_sessions);
+        assert_eq!(cli.hole_punching, config.hole_punching);
         let limits = &config.limits;
         assert_eq!(
             cli.max_files_per_session,

@@ -223,6 +223,7 @@ async fn serve_connection(
 ) {
     let mut conn = Connection::new(remote.ip());
     conn.relay = relay;
+    conn.hole_punching = config.hole_punching;
     conn.peer_port = remote.port();
     conn.require_proof = config.require_proof;
     conn.max_callbacks_per_minute = config.max_callbacks_per_minute;

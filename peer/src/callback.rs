@@ -62,6 +62,10 @@ pub enum CallbackError {
     Dial { target: String, source: WireError },
     #[error("the callback listener stopped")]
     Stopped,
+    /// The hole punch failed (a strict NAT on either side, or a source
+    /// that is gone).
+    #[error("hole punch: {0}")]
+    Punch(String),
     /// The relay through the index failed.
     #[error("relay: {0}")]
     Relay(String),
@@ -212,7 +216,8 @@ impl Callbacks {
     /// Logs in at the index (a fresh nonce; our callback port is the
     /// listening port the index checks).
     async fn login(&self) -> Result<Session, IndexError> {
-        let mut client = IndexClient::connect(&self.inner.index).await?;
+        // From a port a hole punch may share.
+        let mut client = IndexClient::connect_shareable(&self.inner.index).await?;
         let nonce: [u8; NONCE_LEN] = rand::random();
         self.inner.nonce.set(nonce);
         let login = IndexRequest::LoginChecked {
@@ -275,6 +280,55 @@ impl Callbacks {
         Err(IndexError::Unexpected("no session at the index".into()))
     }
 
+    /// The local port of our index connection, if it can be shared.
+    async fn session_port(&self) -> Option<u16> {
+        self.inner
+            .session
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|s| s.client.local_port())
+    }
+
+    /// Reaches the firewalled source listed as `source` by TCP hole
+    /// punching: the index tells it to connect to us while we connect to
+    /// it, each from its index connection's port.
+    pub async fn punch(&self, source: &str) -> Result<(TcpStream, u8), CallbackError> {
+        let token: [u8; NONCE_LEN] = rand::random();
+        let request = IndexRequest::Punch {
+            id: self.inner.id,
+            source: source.to_string(),
+            token,
+        };
+        let peer = match self.ask(&request).await? {
+            IndexResponse::PunchAnswer { peer } => peer,
+            other => return Err(IndexError::Unexpected(format!("{other:?}")).into()),
+        };
+        let punch_error = |e: std::io::Error| CallbackError::Punch(e.to_string());
+        let port = self
+            .session_port()
+            .await
+            .ok_or_else(|| CallbackError::Punch("no shareable index connection".into()))?;
+        let addr: SocketAddr = peer
+            .parse()
+            .map_err(|_| CallbackError::Punch(format!("{peer} is not IP:PORT")))?;
+        let mut stream = transfer::net::connect_from_port(port, addr, PUNCH_TIMEOUT)
+            .await
+            .map_err(punch_error)?;
+        // Closed with a reset, not TIME_WAIT: the next connection to this
+        // source (after the hash list) uses the same two ports.
+        let _ = stream.set_zero_linger();
+        let hello = tokio::time::timeout(CONNECT_TIMEOUT, greet_callback(&mut stream))
+            .await
+            .map_err(|_| CallbackError::NoCallback(CONNECT_TIMEOUT))?
+            .map_err(|e| CallbackError::Punch(e.to_string()))?;
+        if hello.token != token {
+            return Err(CallbackError::Punch("the source sent another token".into()));
+        }
+        debug!(%source, "punched through");
+        Ok((stream, hello.features))
+    }
+
     /// Reaches the firewalled source listed as `source` through the
     /// index's relay: arranges it, connects there, and waits for the
     /// source's callback hello through it.
@@ -304,7 +358,8 @@ impl Callbacks {
     }
 
     /// Reaches a firewalled source: by callback when sources can call us
-    /// back, else (or when that fails) through the relay.
+    /// back, else (or when that fails) by a hole punch, else through the
+    /// relay.
     async fn reach(&self, source: &str) -> std::io::Result<(TcpStream, u8)> {
         let reachable = self.reachable().await.map_err(std::io::Error::other)?;
         if reachable {
@@ -313,8 +368,15 @@ impl Callbacks {
                     lock(&self.inner.paths).insert(source.to_string(), "callback");
                     return Ok(pair);
                 }
-                Err(e) => debug!(%source, error = %e, "callback failed; trying the relay"),
+                Err(e) => debug!(%source, error = %e, "callback failed; trying a hole punch"),
             }
+        }
+        match self.punch(source).await {
+            Ok(pair) => {
+                lock(&self.inner.paths).insert(source.to_string(), "punched");
+                return Ok(pair);
+            }
+            Err(e) => debug!(%source, error = %e, "hole punch failed; trying the relay"),
         }
         let pair = self.relay(source).await.map_err(std::io::Error::other)?;
         lock(&self.inner.paths).insert(source.to_string(), "relayed");
@@ -362,6 +424,10 @@ pub async fn join_relay(
         ))),
     }
 }
+
+/// How long both sides of a hole punch try to connect (the kernel sends
+/// a SYN again after 1 s and 3 s).
+pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// Longest wait at the relay for the other side.
 pub const RELAY_PAIR_WAIT: Duration = Duration::from_secs(15);
@@ -519,6 +585,29 @@ impl CallbackServer {
         transfer::net::tune_socket(&stream);
         info!(%target, "called back a downloader; serving it");
         self.serve_over(stream, target, token).await
+    }
+
+    /// Connects to the downloader at `peer` from local `port` (that of our
+    /// index connection) while it connects to us (a TCP simultaneous
+    /// open; see `IndexRequest::Punch`), and serves it there.
+    pub async fn answer_punch(
+        &self,
+        port: u16,
+        peer: &str,
+        token: [u8; NONCE_LEN],
+    ) -> Result<(), CallbackError> {
+        let dial_error = |e| CallbackError::Dial {
+            target: peer.to_string(),
+            source: WireError::Io(e),
+        };
+        let addr: SocketAddr = peer
+            .parse()
+            .map_err(|_| dial_error(std::io::Error::other("not an IP:PORT")))?;
+        let stream = transfer::net::connect_from_port(port, addr, PUNCH_TIMEOUT)
+            .await
+            .map_err(dial_error)?;
+        info!(%peer, "punched through to a downloader; serving it");
+        self.serve_over(stream, peer, token).await
     }
 
     /// Joins the relay at `index` arranged under `token` and serves the

@@ -90,6 +90,9 @@ pub struct IndexClient {
     /// unasked, to a session that takes them, not yet taken by
     /// [`Self::take_orders`]; at most [`MAX_HELD_ORDERS`].
     orders: Vec<IndexResponse>,
+    /// The connection's local port, when it was made to be shared (see
+    /// [`Self::connect_shareable`]).
+    local_port: Option<u16>,
 }
 
 /// Most callback orders an [`IndexClient`] holds until they are taken;
@@ -98,7 +101,30 @@ pub const MAX_HELD_ORDERS: usize = 64;
 
 impl IndexClient {
     pub async fn connect(addr: &str) -> Result<Self, IndexError> {
-        let mut stream = match connect_tcp(addr, CONNECT_TIMEOUT).await {
+        Self::connect_with(addr, false).await
+    }
+
+    /// [`Self::connect`] from a local port that other sockets may share
+    /// (`SO_REUSEPORT`; see [`Self::local_port`]): the index connection of
+    /// a peer that may punch holes (`IndexRequest::Punch`).
+    pub async fn connect_shareable(addr: &str) -> Result<Self, IndexError> {
+        Self::connect_with(addr, true).await
+    }
+
+    /// The local port of a connection made by [`Self::connect_shareable`].
+    pub fn local_port(&self) -> Option<u16> {
+        self.local_port
+    }
+
+    async fn connect_with(addr: &str, shareable: bool) -> Result<Self, IndexError> {
+        let connected = if shareable {
+            transfer::net::connect_shareable(addr, CONNECT_TIMEOUT)
+                .await
+                .map(|(s, port)| (s, Some(port)))
+        } else {
+            connect_tcp(addr, CONNECT_TIMEOUT).await.map(|s| (s, None))
+        };
+        let (mut stream, local_port) = match connected {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return Err(IndexError::ConnectTimeout {
@@ -121,6 +147,7 @@ impl IndexClient {
             writer: BufWriter::new(w),
             buf: Vec::new(),
             orders: Vec::new(),
+            local_port,
         })
     }
 
@@ -160,7 +187,8 @@ impl IndexClient {
                     })
                 }
                 order @ (IndexResponse::CallbackOrder { .. }
-                | IndexResponse::RelayOrder { .. }) => self.hold_order(order),
+                | IndexResponse::RelayOrder { .. }
+                | IndexResponse::PunchOrder { .. }) => self.hold_order(order),
                 other => return Ok(other),
             }
         }
@@ -197,7 +225,9 @@ impl IndexClient {
     pub async fn receive_unasked(&mut self) -> Result<(), IndexError> {
         let deadlines = Deadlines::with_idle(common::limits::FRAME_TIMEOUT);
         match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await? {
-            order @ (IndexResponse::CallbackOrder { .. } | IndexResponse::RelayOrder { .. }) => {
+            order @ (IndexResponse::CallbackOrder { .. }
+            | IndexResponse::RelayOrder { .. }
+            | IndexResponse::PunchOrder { .. }) => {
                 self.hold_order(order);
                 Ok(())
             }

@@ -183,6 +183,7 @@ impl Calls<'_> {
     /// `callback::MAX_ANSWERING` at once; more are dropped).
     fn answer(&mut self, client: &mut IndexClient, index: &str) {
         while self.answering.try_join_next().is_some() {}
+        let local_port = client.local_port();
         for order in client.take_orders() {
             let Some(server) = self.server.cloned() else {
                 continue;
@@ -197,6 +198,15 @@ impl Calls<'_> {
                     self.answering.spawn(async move {
                         if let Err(e) = server.answer(&target, token).await {
                             warn!(%target, error = %common::report::error_chain(&e), "callback failed");
+                        }
+                    });
+                }
+                IndexResponse::PunchOrder { id, token, peer } => {
+                    let Some(port) = local_port else { continue };
+                    info!(%peer, %id, "the index asks us to punch a hole to a downloader");
+                    self.answering.spawn(async move {
+                        if let Err(e) = server.answer_punch(port, &peer, token).await {
+                            tracing::debug!(%peer, error = %common::report::error_chain(&e), "hole punch failed (the downloader goes through the relay)");
                         }
                     });
                 }
@@ -226,7 +236,8 @@ async fn session(
     refusals: &mut Refusals,
     calls: &mut Calls<'_>,
 ) -> Result<(), IndexError> {
-    let mut client = IndexClient::connect(&config.index).await?;
+    // From a port a hole punch may share (`IndexRequest::Punch`).
+    let mut client = IndexClient::connect_shareable(&config.index).await?;
     // A fresh nonce per login, set before the index can dial back.
     let nonce: [u8; common::reach::NONCE_LEN] = rand::random();
     config.login_nonce.set(nonce);

@@ -128,6 +128,85 @@ pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, std
     Ok(stream)
 }
 
+/// A socket with `SO_REUSEADDR` and `SO_REUSEPORT` bound to `port` on the
+/// unspecified address of `family`'s kind: several such sockets may share
+/// the port, one connection each (TCP hole punching: a connection made
+/// from the same port as the index connection leaves a NAT at the port
+/// the index saw).
+fn shared_port_socket(
+    family: SocketAddr,
+    port: u16,
+) -> std::io::Result<tokio::net::TcpSocket> {
+    let (socket, any) = match family {
+        SocketAddr::V4(_) => (
+            tokio::net::TcpSocket::new_v4()?,
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        ),
+        SocketAddr::V6(_) => (
+            tokio::net::TcpSocket::new_v6()?,
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ),
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(SocketAddr::new(any, port))?;
+    Ok(socket)
+}
+
+/// [`connect_tcp`] from a port other sockets may share
+/// ([`connect_from_port`]): the index connection of a peer that may punch
+/// holes. Returns the stream and its local port.
+pub async fn connect_shareable(addr: &str, timeout: Duration) -> std::io::Result<(TcpStream, u16)> {
+    let connect = async {
+        let target = tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("{addr} resolves to no address")))?;
+        shared_port_socket(target, 0)?.connect(target).await
+    };
+    let stream = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))??;
+    tune_socket(&stream);
+    let port = stream.local_addr()?.port();
+    Ok((stream, port))
+}
+
+/// Connects to `peer` from local `port` (shared with a connection made by
+/// [`connect_shareable`]), trying again until `timeout`: one side of a
+/// TCP simultaneous open, the other side connecting to us at the same
+/// time. A NAT's filter drops the first SYN that arrives before the other
+/// side's left; the kernel sends it again (1 s later), and an attempt
+/// refused outright (a RST) is made again after a short pause.
+pub async fn connect_from_port(
+    port: u16,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let socket = shared_port_socket(peer, port)?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, socket.connect(peer)).await {
+            Ok(Ok(stream)) => {
+                tune_socket(&stream);
+                return Ok(stream);
+            }
+            Ok(Err(e)) if tokio::time::Instant::now() + Duration::from_millis(100) < deadline => {
+                tracing::debug!(%peer, error = %e, "punch attempt failed; trying again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no simultaneous open with {peer} within {timeout:?}"),
+                ))
+            }
+        }
+    }
+}
+
 /// Settings for a connection that may carry file data, either way: Nagle's
 /// algorithm off (requests are small and pipelined) and, on a loopback
 /// connection, a congestion control that does not pace ([`unpaced_on_loopback`]).
