@@ -426,7 +426,9 @@ pub enum IndexResponse {
     /// Answer to `Punch`: connect now to `peer` (`IP:PORT`, the source's
     /// index connection as the index sees it) from the local port of this
     /// index connection.
-    PunchAnswer { peer: String },
+    PunchAnswer {
+        peer: String,
+    },
     /// Not an answer: sent unasked, like `CallbackOrder`. Connect now to
     /// `peer` (the downloader's index connection as the index sees it)
     /// from the local port of this index connection, then open as in a

@@ -255,7 +255,12 @@ impl Relay {
 
     /// Copies `from` to `to` at the session's and the total rate until
     /// `from` ends (then shuts `to` down for writing) or is idle too long.
-    async fn pump<R, W>(&self, from: &mut R, to: &mut W, session: &RateLimiter) -> std::io::Result<u64>
+    async fn pump<R, W>(
+        &self,
+        from: &mut R,
+        to: &mut W,
+        session: &RateLimiter,
+    ) -> std::io::Result<u64>
     where
         R: tokio::io::AsyncRead + Unpin,
         W: tokio::io::AsyncWrite + Unpin,

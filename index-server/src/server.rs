@@ -53,9 +53,7 @@ impl Server {
             Some(store_config) => Some(Store::open(store_config, index.clone()).await?),
             None => None,
         };
-        let relay = config
-            .relay
-            .map(|r| Arc::new(crate::relay::Relay::new(r)));
+        let relay = config.relay.map(|r| Arc::new(crate::relay::Relay::new(r)));
         Ok(Server {
             listener,
             index,

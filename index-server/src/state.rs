@@ -750,7 +750,8 @@ impl Index {
         }
         let name = most_common(names.iter().copied())?.to_string();
         sources.sort_by(|a, b| {
-            (a.reach != Reach::Direct, &a.source.addr).cmp(&(b.reach != Reach::Direct, &b.source.addr))
+            (a.reach != Reach::Direct, &a.source.addr)
+                .cmp(&(b.reach != Reach::Direct, &b.source.addr))
         });
         sources.truncate(200);
         Some((name, size, sources))

@@ -28,6 +28,7 @@ pub mod distribution;
 pub mod index_load;
 pub mod netns;
 pub mod processes;
+pub mod reachability;
 pub mod report;
 pub mod search_cost;
 pub mod sessions;

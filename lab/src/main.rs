@@ -386,6 +386,20 @@ enum Command {
         #[arg(long)]
         heartbeat_ms: u64,
     },
+    /// Which path (direct, callback, hole punch, relay) connects a source
+    /// and a downloader in each position {public, home NAT, strict NAT} on
+    /// an emulated network, with time to first byte, throughput and bytes
+    /// through the relay (needs root: network namespaces).
+    Reachability {
+        /// Size of each file fetched (e.g. 8MiB; 1 byte to 1GiB).
+        #[arg(long, env = "LAB_FILE_SIZE", default_value = "8MiB", value_parser = size(1, GIB))]
+        file_size: u64,
+        /// The index relay's cap per session, e.g. 4MiB/s.
+        #[arg(long, env = "LAB_RELAY_RATE", default_value = "4MiB/s", value_parser = parse_rate)]
+        relay_rate: u64,
+        #[command(flatten)]
+        out: OutArg,
+    },
     /// All four experiments with their default settings, each point measured --runs times (default 3).
     All {
         /// Times each point is measured (1 to 100).
@@ -622,6 +636,21 @@ async fn async_main() {
         Command::Connections { args, out } => connections(args, out.out).await,
         Command::SearchCost { args, out } => search_cost(args, out.out).await,
         Command::Sessions { args, out } => sessions(args, out.out).await,
+        Command::Reachability {
+            file_size,
+            relay_rate,
+            out,
+        } => {
+            let config = lab::reachability::Config {
+                file_size,
+                relay_rate,
+                out: out.out,
+            };
+            lab::reachability::run(&config)
+                .await
+                .map(|w| outln!("reachability: {} {}", w.csv.display(), w.summary.display()))
+                .map_err(Into::into)
+        }
         Command::IndexWorker { listen, cap } => lab::sessions::index_worker(listen, cap)
             .await
             .map_err(Into::into),

@@ -29,8 +29,8 @@ use std::time::Duration;
 use common::hello::{Protocol, FEATURE_UPLOAD_QUEUE};
 use common::id::FileId;
 use common::index_proto::{IndexRequest, IndexResponse, Login, Reach, SourceReach};
-use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
 use common::limits::{CONNECT_TIMEOUT, FRAME_TIMEOUT, HELLO_TIMEOUT};
+use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
 use common::reach::{
     CallbackHello, LoginNonce, RelayAnswer, RelayHello, RelayRole, MAX_CALLBACK_HELLO_LEN,
     MAX_RELAY_FRAME_LEN, NONCE_LEN,
@@ -99,6 +99,9 @@ struct Inner {
     firewalled: Mutex<HashSet<String>>,
     /// How each source that was not dialed was reached last.
     paths: Mutex<HashMap<String, &'static str>>,
+    /// Sources a hole punch did not reach: the next connection to them
+    /// goes straight to the relay (a strict NAT does not change its mind).
+    unpunchable: Mutex<HashSet<String>>,
     /// Our session at the index (logged in on first need): the relay is
     /// for logged-in peers, and its dial-back says whether we can take
     /// callbacks at all.
@@ -135,6 +138,7 @@ impl Callbacks {
                 pending: Mutex::new(HashMap::new()),
                 firewalled: Mutex::new(HashSet::new()),
                 paths: Mutex::new(HashMap::new()),
+                unpunchable: Mutex::new(HashSet::new()),
                 session: tokio::sync::Mutex::new(None),
                 nonce: LoginNonce::default(),
                 _accepting: accepting,
@@ -371,12 +375,17 @@ impl Callbacks {
                 Err(e) => debug!(%source, error = %e, "callback failed; trying a hole punch"),
             }
         }
-        match self.punch(source).await {
-            Ok(pair) => {
-                lock(&self.inner.paths).insert(source.to_string(), "punched");
-                return Ok(pair);
+        if !lock(&self.inner.unpunchable).contains(source) {
+            match self.punch(source).await {
+                Ok(pair) => {
+                    lock(&self.inner.paths).insert(source.to_string(), "punched");
+                    return Ok(pair);
+                }
+                Err(e) => {
+                    debug!(%source, error = %e, "hole punch failed; trying the relay");
+                    lock(&self.inner.unpunchable).insert(source.to_string());
+                }
             }
-            Err(e) => debug!(%source, error = %e, "hole punch failed; trying the relay"),
         }
         let pair = self.relay(source).await.map_err(std::io::Error::other)?;
         lock(&self.inner.paths).insert(source.to_string(), "relayed");
@@ -425,22 +434,16 @@ pub async fn join_relay(
     }
 }
 
-/// How long both sides of a hole punch try to connect (the kernel sends
-/// a SYN again after 1 s and 3 s).
-pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long both sides of a hole punch try to connect: long enough for
+/// the kernel's first SYN retransmission (after 1 s), which gets through
+/// when the first SYN reached the other NAT before that side's own left.
+pub const PUNCH_TIMEOUT: Duration = Duration::from_millis(2500);
 
 /// Longest wait at the relay for the other side.
 pub const RELAY_PAIR_WAIT: Duration = Duration::from_secs(15);
 
 impl Connector for Callbacks {
-    fn connect<'a>(
-        &'a self,
-        addr: &'a str,
-    ) -> Option<
-        std::pin::Pin<
-            Box<dyn std::future::Future<Output = std::io::Result<(TcpStream, u8)>> + Send + 'a>,
-        >,
-    > {
+    fn connect<'a>(&'a self, addr: &'a str) -> Option<transfer::download::source::Connecting<'a>> {
         if !lock(&self.inner.firewalled).contains(addr) {
             return None;
         }
@@ -448,7 +451,10 @@ impl Connector for Callbacks {
     }
 
     fn path(&self, addr: &str) -> &'static str {
-        lock(&self.inner.paths).get(addr).copied().unwrap_or("direct")
+        lock(&self.inner.paths)
+            .get(addr)
+            .copied()
+            .unwrap_or("direct")
     }
 }
 
@@ -508,7 +514,10 @@ async fn accept_loop(listener: TcpListener, inner: std::sync::Weak<Inner>) {
 /// callback (the hello for [`Protocol::Callback`], then the
 /// [`CallbackHello`] frame: `Some`), or the index's dial-back of our login
 /// (the peer protocol's `ProveReachable`, answered with `nonce`: `None`).
-async fn greet(stream: &mut TcpStream, nonce: &LoginNonce) -> Result<Option<CallbackHello>, WireError> {
+async fn greet(
+    stream: &mut TcpStream,
+    nonce: &LoginNonce,
+) -> Result<Option<CallbackHello>, WireError> {
     let protocol =
         wire::server_handshake_any(stream, &[Protocol::Callback, Protocol::Peer], |_| false)
             .await?;
@@ -612,7 +621,11 @@ impl CallbackServer {
 
     /// Joins the relay at `index` arranged under `token` and serves the
     /// downloader at its other end.
-    pub async fn answer_relay(&self, index: &str, token: [u8; NONCE_LEN]) -> Result<(), CallbackError> {
+    pub async fn answer_relay(
+        &self,
+        index: &str,
+        token: [u8; NONCE_LEN],
+    ) -> Result<(), CallbackError> {
         let stream = join_relay(index, token, RelayRole::Source).await?;
         info!(%index, "serving a downloader through the index's relay");
         self.serve_over(stream, "the relay", token).await

@@ -254,7 +254,8 @@ pub async fn fetch(
     } = options;
     let mut engine = engine;
     // Callbacks only for a standalone hybrid download.
-    let callbacks = callbacks.filter(|_| swarming.is_none() && matches!(fetcher, Fetcher::Hybrid { .. }));
+    let callbacks =
+        callbacks.filter(|_| swarming.is_none() && matches!(fetcher, Fetcher::Hybrid { .. }));
     let library = swarming.as_ref().map(|s| s.library.clone());
     // A whole id already here (in the folder, the share around it, or the
     // daemon's library) needs no network at all.
@@ -380,18 +381,21 @@ async fn locate(
             let chosen = target::resolve_at_index(&mut client, target, Holders::Any).await?;
             let mut firewalled = Vec::new();
             let found = if with_firewalled {
-                client.lookup_reach(chosen.id).await?.map(|(name, size, sources)| {
-                    let addrs = sources
-                        .into_iter()
-                        .map(|s| {
-                            if s.reach == common::index_proto::Reach::Firewalled {
-                                firewalled.push(s.source.addr.clone());
-                            }
-                            s.source.addr
-                        })
-                        .collect();
-                    (name, size, addrs)
-                })
+                client
+                    .lookup_reach(chosen.id)
+                    .await?
+                    .map(|(name, size, sources)| {
+                        let addrs = sources
+                            .into_iter()
+                            .map(|s| {
+                                if s.reach == common::index_proto::Reach::Firewalled {
+                                    firewalled.push(s.source.addr.clone());
+                                }
+                                s.source.addr
+                            })
+                            .collect();
+                        (name, size, addrs)
+                    })
             } else if own.is_some() {
                 client.swarm_lookup(chosen.id).await?.map(|f| {
                     let sources = f.complete.iter().chain(&f.partial).map(|s| s.addr.clone());

@@ -368,7 +368,12 @@ async fn firewalled_pair_with(
     share: &std::path::Path,
     max_callbacks_per_minute: u32,
     relay: index_server::relay::RelayConfig,
-) -> (Index, std::sync::Arc<index_server::relay::Relay>, Peer, String) {
+) -> (
+    Index,
+    std::sync::Arc<index_server::relay::Relay>,
+    Peer,
+    String,
+) {
     let server = index_server::Server::bind(index_server::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         lease_ttl: Duration::from_secs(30),
@@ -519,13 +524,18 @@ async fn a_callback_for_an_unregistered_file_is_refused() {
         }
     }
     // A port no one can be sent to.
-    match client.request(&IndexRequest::Callback {
-        id,
-        source: listed.clone(),
-        port: 22,
-        token: [0; 16],
-    }).await {
-        Err(IndexError::Refused { message, .. }) => assert!(message.contains("privileged"), "{message}"),
+    match client
+        .request(&IndexRequest::Callback {
+            id,
+            source: listed.clone(),
+            port: 22,
+            token: [0; 16],
+        })
+        .await
+    {
+        Err(IndexError::Refused { message, .. }) => {
+            assert!(message.contains("privileged"), "{message}")
+        }
         other => panic!("accepted: {other:?}"),
     }
     assert!(client.stats().await.is_ok(), "the connection stays usable");
@@ -567,17 +577,30 @@ async fn callback_floods_are_rate_limited_per_requester() {
             other => panic!("{other:?}"),
         }
     }
-    wait_until("the 5 forwarded callbacks arrive", Duration::from_secs(10), || {
-        let n = seen.lock().unwrap().len();
-        async move { n >= 5 }
-    })
+    wait_until(
+        "the 5 forwarded callbacks arrive",
+        Duration::from_secs(10),
+        || {
+            let n = seen.lock().unwrap().len();
+            async move { n >= 5 }
+        },
+    )
     .await;
     // Another requester (127.0.0.1) is not held back by that flood.
-    let fetched = get_with_callbacks(&index, &id.to_hex(), &dir.path().join("out"), Some("127.0.0.1:0"))
-        .await
-        .expect("another requester's download by callback");
+    let fetched = get_with_callbacks(
+        &index,
+        &id.to_hex(),
+        &dir.path().join("out"),
+        Some("127.0.0.1:0"),
+    )
+    .await
+    .expect("another requester's download by callback");
     assert!(std::fs::read(&fetched.download.path).unwrap() == data);
-    assert_eq!(seen.lock().unwrap().len(), 5, "callbacks beyond the budget were made");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        5,
+        "callbacks beyond the budget were made"
+    );
     serving.abort();
     source.stop().await;
     index.stop().await;
@@ -665,13 +688,19 @@ async fn the_reachability_matrix_on_the_emulated_network() {
         let state = index.state.clone();
         let ids: Vec<_> = files.iter().map(|(id, _)| *id).collect();
         async move {
-            ids.iter()
-                .all(|id| state.lookup_reach(id, tokio::time::Instant::now()).is_some())
+            ids.iter().all(|id| {
+                state
+                    .lookup_reach(id, tokio::time::Instant::now())
+                    .is_some()
+            })
         }
     })
     .await;
     // Every pair at once, each download on its downloader's host.
-    let runtimes: Vec<_> = downloader_hosts.iter().map(|h| h.runtime().unwrap()).collect();
+    let runtimes: Vec<_> = downloader_hosts
+        .iter()
+        .map(|h| h.runtime().unwrap())
+        .collect();
     let mut pairs = Vec::new();
     for (s, src_pos) in positions.iter().enumerate() {
         for (d, dl_pos) in positions.iter().enumerate() {
@@ -705,7 +734,10 @@ async fn the_reachability_matrix_on_the_emulated_network() {
         let path = match &result {
             Ok(fetched) => {
                 let got = std::fs::read(&fetched.download.path).unwrap();
-                assert!(got == files[s].1, "{src_pos:?} -> {dl_pos:?}: the file differs");
+                assert!(
+                    got == files[s].1,
+                    "{src_pos:?} -> {dl_pos:?}: the file differs"
+                );
                 let used: Vec<&str> = fetched
                     .download
                     .per_source
@@ -839,14 +871,20 @@ async fn relays_beyond_the_cap_are_refused() {
         .request(&checked(40000, None, rand::random()))
         .await
         .unwrap();
-    assert!(matches!(answer, IndexResponse::WelcomeChecked { .. }), "{answer:?}");
+    assert!(
+        matches!(answer, IndexResponse::WelcomeChecked { .. }),
+        "{answer:?}"
+    );
     let relay_request = |token| IndexRequest::Relay {
         id,
         source: listed.clone(),
         token,
     };
     // The first is arranged (and the source joins it, waiting for us).
-    let first = client.request(&relay_request(rand::random())).await.unwrap();
+    let first = client
+        .request(&relay_request(rand::random()))
+        .await
+        .unwrap();
     assert_eq!(first, IndexResponse::Ack { count: 1 });
     match client.request(&relay_request(rand::random())).await {
         Err(IndexError::Refused { code, message }) => {

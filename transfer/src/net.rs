@@ -133,10 +133,7 @@ pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, std
 /// the port, one connection each (TCP hole punching: a connection made
 /// from the same port as the index connection leaves a NAT at the port
 /// the index saw).
-fn shared_port_socket(
-    family: SocketAddr,
-    port: u16,
-) -> std::io::Result<tokio::net::TcpSocket> {
+fn shared_port_socket(family: SocketAddr, port: u16) -> std::io::Result<tokio::net::TcpSocket> {
     let (socket, any) = match family {
         SocketAddr::V4(_) => (
             tokio::net::TcpSocket::new_v4()?,

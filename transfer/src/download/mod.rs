@@ -1305,10 +1305,7 @@ async fn run(
         .zip(&delivered)
         .zip(reasons)
         .map(|((addr, n), error)| SourceReport {
-            path: config
-                .connector
-                .as_ref()
-                .map_or("direct", |c| c.path(addr)),
+            path: config.connector.as_ref().map_or("direct", |c| c.path(addr)),
             addr: addr.clone(),
             chunks: *n,
             error,

@@ -52,20 +52,24 @@ pub fn requester_token() -> u64 {
     })
 }
 
+/// A connection being made by a [`Connector`]: the stream, on which the
+/// hello is done, and the source's feature bits.
+pub type Connecting<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::io::Result<(TcpStream, u8)>> + Send + 'a>,
+>;
+
 /// How the engine reaches a source other than by dialing its address: a
 /// peer that accepts no connections is asked, through the index, to
-/// connect out to us (a callback), or reached through a relay. Addresses it
-/// does not handle are dialed as usual.
+/// connect out to us (a callback), punched through to, or reached through
+/// a relay. Addresses it does not handle are dialed as usual.
 pub trait Connector: std::fmt::Debug + Send + Sync + 'static {
     /// A connection to the source named `addr` on which this node speaks
     /// the peer protocol as the client (hello already done), with the
     /// source's feature bits (`hello::FEATURE_UPLOAD_QUEUE`); `None`: dial
-    /// `addr` directly. The engine bounds the whole future by its
-    /// `connect_timeout`.
-    fn connect<'a>(
-        &'a self,
-        addr: &'a str,
-    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(TcpStream, u8)>> + Send + 'a>>>;
+    /// `addr` directly. The engine bounds the whole future by three times
+    /// its `connect_timeout` (an index round trip, a connection set up by
+    /// the other side, maybe a first login and a failed attempt).
+    fn connect<'a>(&'a self, addr: &'a str) -> Option<Connecting<'a>>;
 
     /// How the source named `addr` is reached: `direct`, `callback`,
     /// `punched` or `relayed` (for `peer get --json`).
