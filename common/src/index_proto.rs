@@ -7,6 +7,10 @@
 //! the connection closes or its lease runs out. Plain clients (search, get,
 //! browse) never log in.
 //!
+//! The one exception: a session that sent [`IndexRequest::AcceptCallbacks`]
+//! may also be sent `CallbackOrder`, `PunchOrder` and `RelayOrder` frames,
+//! unasked, between two answers (reachability, issue 15; `DESIGN.md`).
+//!
 //! New variants are only ever appended, so the encoding of existing ones
 //! (pinned in the tests) never changes within a protocol version.
 
