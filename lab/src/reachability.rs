@@ -80,6 +80,9 @@ pub struct PairResult {
     /// Bytes per second after the first byte.
     pub throughput: Option<f64>,
     pub relay_bytes: u64,
+    /// CPU time of the index's thread while the pair ran (all the index
+    /// did: the lookups, the orders, and for a relayed pair the splicing).
+    pub index_cpu: Duration,
 }
 
 /// Files written.
@@ -179,7 +182,7 @@ async fn measure(config: &Config, lan: &mut Lan) -> Result<Vec<PairResult>, LabE
         .map_err(LabError::Setup)?;
     let relay = relay.ok_or_else(|| LabError::Setup("the index has no relay".into()))?;
     let index_addr = SocketAddr::from((index_host.addr, port));
-    let _index = Node { stop, _rt: rt };
+    let index_node = Node { stop, _rt: rt };
 
     // The sources, each sharing its own file.
     let work = tempfile::tempdir()?;
@@ -238,8 +241,12 @@ async fn measure(config: &Config, lan: &mut Lan) -> Result<Vec<PairResult>, LabE
         for (d, dl) in Position::ALL.iter().enumerate() {
             let out = work.path().join(format!("out-{s}-{d}"));
             let before = relay.relayed_bytes();
+            let cpu_before = thread_cpu(index_node._rt.handle()).await;
             let (path, ttfb, throughput) = fetch_one(&runtimes[d], index_addr, files[s], out).await;
             let relay_bytes = relay.relayed_bytes() - before;
+            let index_cpu = thread_cpu(index_node._rt.handle())
+                .await
+                .saturating_sub(cpu_before);
             eprintln!(
                 "source {} -> downloader {}: {path}",
                 src.label(),
@@ -252,11 +259,32 @@ async fn measure(config: &Config, lan: &mut Lan) -> Result<Vec<PairResult>, LabE
                 ttfb,
                 throughput,
                 relay_bytes,
+                index_cpu,
             });
         }
     }
     drop(nodes);
     Ok(results)
+}
+
+/// CPU time used so far by the thread of the current-thread runtime
+/// `handle` runs on (the index's: `netns::Host::runtime`).
+async fn thread_cpu(handle: &tokio::runtime::Handle) -> Duration {
+    handle
+        .spawn(async {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `t` is a valid, writable timespec.
+            let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            if rc != 0 {
+                return Duration::ZERO;
+            }
+            Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+        })
+        .await
+        .unwrap_or_default()
 }
 
 async fn start_source(host: &Host, share: &Path, index: SocketAddr) -> Result<Node, LabError> {
@@ -357,6 +385,7 @@ fn write(config: &Config, results: &[PairResult]) -> Result<Written, LabError> {
         "ttfb_ms",
         "throughput_bytes_per_s",
         "relay_bytes",
+        "index_cpu_ms",
         "napster_emule",
     ]);
     let mut rows = Vec::new();
@@ -373,6 +402,7 @@ fn write(config: &Config, results: &[PairResult]) -> Result<Written, LabError> {
             ttfb.clone(),
             rate,
             r.relay_bytes.to_string(),
+            format!("{:.1}", r.index_cpu.as_secs_f64() * 1000.0),
             r.source.napster_emule(r.downloader).into(),
         ]);
         rows.push(vec![
@@ -386,6 +416,7 @@ fn write(config: &Config, results: &[PairResult]) -> Result<Written, LabError> {
             },
             r.throughput.map(human_rate).unwrap_or_else(|| "-".into()),
             human_bytes(r.relay_bytes as f64),
+            format!("{:.1} ms", r.index_cpu.as_secs_f64() * 1000.0),
             r.source.napster_emule(r.downloader).into(),
         ]);
     }
@@ -424,6 +455,7 @@ fn write(config: &Config, results: &[PairResult]) -> Result<Written, LabError> {
             "time to first byte",
             "throughput",
             "through the relay",
+            "index CPU",
             "Napster / eMule",
         ],
         &rows,
@@ -437,6 +469,23 @@ fn write(config: &Config, results: &[PairResult]) -> Result<Written, LabError> {
             " Relayed pairs ran at {:.2} or more of the relay's per-session cap ({}/s).",
             relay_share,
             human_bytes(config.relay_rate as f64)
+        ));
+    }
+    let relayed_bytes: u64 = results
+        .iter()
+        .filter(|r| r.path == "relayed")
+        .map(|r| r.relay_bytes)
+        .sum();
+    let relayed_cpu: f64 = results
+        .iter()
+        .filter(|r| r.path == "relayed")
+        .map(|r| r.index_cpu.as_secs_f64())
+        .sum();
+    if relayed_bytes > 0 {
+        md.push_str(&format!(
+            " The index spent {:.2} s of CPU per relayed GB (its thread's CPU time over the relayed pairs, lookups and orders included; {}).",
+            relayed_cpu / (relayed_bytes as f64 / 1e9),
+            if cfg!(debug_assertions) { "a debug build" } else { "a release build" }
         ));
     }
     md.push('\n');
