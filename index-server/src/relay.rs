@@ -37,7 +37,8 @@ pub struct RelayConfig {
     pub max_sessions: usize,
     /// How long an arranged relay waits for both sides to connect.
     pub pair_timeout: Duration,
-    /// A relay that carries nothing either way for this long is closed.
+    /// A relay that carries nothing either way for this long is closed
+    /// (one direction may wait longer while the other carries bytes).
     pub idle: Duration,
 }
 
@@ -245,21 +246,26 @@ impl Relay {
         let session = RateLimiter::new(self.config.session_rate.max(1));
         let (mut ar, mut aw) = stream.split();
         let (mut br, mut bw) = other.split();
+        let (active, start) = (AtomicU64::new(0), Instant::now());
         let (one, two) = tokio::join!(
-            self.pump(&mut ar, &mut bw, &session),
-            self.pump(&mut br, &mut aw, &session)
+            self.pump(&mut ar, &mut bw, &session, &active, start),
+            self.pump(&mut br, &mut aw, &session, &active, start)
         );
         debug!(a_to_b = ?one, b_to_a = ?two, "relay ended");
         Ok(())
     }
 
     /// Copies `from` to `to` at the session's and the total rate until
-    /// `from` ends (then shuts `to` down for writing) or is idle too long.
+    /// `from` ends (then shuts `to` down for writing), or until neither
+    /// direction of the relay carried anything for [`RelayConfig::idle`]
+    /// (`active`: when either last did, in ms since `start`).
     async fn pump<R, W>(
         &self,
         from: &mut R,
         to: &mut W,
         session: &RateLimiter,
+        active: &AtomicU64,
+        start: Instant,
     ) -> std::io::Result<u64>
     where
         R: tokio::io::AsyncRead + Unpin,
@@ -267,10 +273,18 @@ impl Relay {
     {
         let mut buf = vec![0u8; 16 * 1024];
         let mut moved = 0u64;
+        let idle_ms = self.config.idle.as_millis() as u64;
         loop {
             let n = match tokio::time::timeout(self.config.idle, from.read(&mut buf)).await {
                 Ok(r) => r?,
-                Err(_) => 0,
+                Err(_) => {
+                    let now = start.elapsed().as_millis() as u64;
+                    if now.saturating_sub(active.load(Ordering::Relaxed)) < idle_ms {
+                        // The other direction is busy: this one may wait.
+                        continue;
+                    }
+                    0
+                }
             };
             if n == 0 {
                 let _ = to.shutdown().await;
@@ -280,6 +294,7 @@ impl Relay {
             self.total.acquire(n as u64).await;
             to.write_all(&buf[..n]).await?;
             moved += n as u64;
+            active.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
             self.relayed.fetch_add(n as u64, Ordering::Relaxed);
         }
     }

@@ -808,9 +808,10 @@ async fn a_firewalled_pair_is_connected_through_the_relay() {
     index.stop().await;
 }
 
-/// The relay is for logged-in peers: a relay request from a client that
-/// did not log in is refused, and so is a connection to the relay with a
-/// token no logged-in peer arranged; the reason is said each time.
+/// The relay and hole punching are for logged-in peers: a relay or punch
+/// request from a client that did not log in is refused, and so is a
+/// connection to the relay with a token no logged-in peer arranged; the
+/// reason is said each time.
 #[tokio::test]
 async fn the_relay_refuses_clients_that_are_not_logged_in() {
     let dir = tempfile::tempdir().unwrap();
@@ -831,6 +832,18 @@ async fn the_relay_refuses_clients_that_are_not_logged_in() {
             assert!(message.contains("only logged-in peers"), "{message}");
         }
         other => panic!("relayed for a client that did not log in: {other:?}"),
+    }
+    let punch = IndexRequest::Punch {
+        id,
+        source: listed.clone(),
+        token: rand::random(),
+    };
+    match client.request(&punch).await {
+        Err(IndexError::Refused { code, message }) => {
+            assert_eq!(code, common::index_proto::ErrorCode::NotLoggedIn);
+            assert!(message.contains("only logged-in peers"), "{message}");
+        }
+        other => panic!("a punch for a client that did not log in: {other:?}"),
     }
     match peer::callback::join_relay(
         &index.addr_string(),
