@@ -87,6 +87,7 @@ pub enum RelayError {
 }
 
 impl Relay {
+    /// A relay with no session yet, capped by `config`.
     pub fn new(config: RelayConfig) -> Self {
         Relay {
             config,

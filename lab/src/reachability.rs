@@ -48,8 +48,10 @@ pub enum Position {
 }
 
 impl Position {
+    /// Every position, in the order of the table.
     pub const ALL: [Position; 3] = [Position::Public, Position::Home, Position::Strict];
 
+    /// `public`, `home NAT` or `strict NAT`.
     pub fn label(self) -> &'static str {
         match self {
             Position::Public => "public",

@@ -400,6 +400,17 @@ pub async fn join_relay(
     token: [u8; NONCE_LEN],
     role: RelayRole,
 ) -> Result<TcpStream, CallbackError> {
+    let limit = CONNECT_TIMEOUT + RELAY_PAIR_WAIT;
+    tokio::time::timeout(limit, join_relay_now(index, token, role))
+        .await
+        .map_err(|_| CallbackError::Relay(format!("not paired within {limit:?}")))?
+}
+
+async fn join_relay_now(
+    index: &str,
+    token: [u8; NONCE_LEN],
+    role: RelayRole,
+) -> Result<TcpStream, CallbackError> {
     let relay_error = |e: WireError| CallbackError::Relay(e.to_string());
     let mut stream = transfer::net::connect_tcp(index, CONNECT_TIMEOUT)
         .await
@@ -575,9 +586,13 @@ async fn read_callback_hello(stream: &mut TcpStream) -> Result<CallbackHello, Wi
 /// server would serve an accepted one (the same upload slots and queue).
 #[derive(Clone)]
 pub struct CallbackServer {
+    /// What is served (the daemon's library).
     pub library: Library,
+    /// The daemon's upload counters.
     pub stats: Arc<UploadStats>,
+    /// The daemon's cap on all uploads together, bytes per second.
     pub upload_limit: Option<Arc<RateLimiter>>,
+    /// The chunk server's upload slots, queue and deadlines.
     pub rules: SessionRules,
 }
 
