@@ -370,10 +370,13 @@ enum Command {
         /// Where to accept callbacks (hybrid mode): a source that accepts
         /// no connections (firewalled, behind a NAT) is asked through the
         /// index to connect out to this port, at the address the index
-        /// sees this machine at. Port 0: any free port.
+        /// sees this machine at. Port 0: any free port. When the index
+        /// finds this port unreachable, such a source is reached by a hole
+        /// punch or through the index's relay instead.
         #[arg(long, env = "PEER_CALLBACK_LISTEN", default_value = "[::]:0")]
         callback_listen: std::net::SocketAddr,
-        /// Use only sources that can be dialed (no callbacks).
+        /// Use only sources that can be dialed (no callback, hole punch or
+        /// relay: firewalled sources are left out).
         #[arg(long, env = "PEER_NO_CALLBACKS", value_parser = boolish())]
         no_callbacks: bool,
         /// A file id (64 hex digits, or an unambiguous prefix of at least
