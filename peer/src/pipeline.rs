@@ -70,6 +70,12 @@ pub const P2P_SWARM_SOURCE_REFRESH: Duration = Duration::from_millis(300);
 /// How long a daemon's p2p searches wait for answers.
 pub const P2P_SWARM_WAIT: Duration = crate::overlay::DEFAULT_WAIT;
 
+/// Where a daemon's downloads accept callbacks: any free port, on every
+/// address (`FetchOptions::callbacks`).
+pub const CALLBACKS_ANY_PORT: std::net::SocketAddr = std::net::SocketAddr::V6(
+    std::net::SocketAddrV6::new(std::net::Ipv6Addr::UNSPECIFIED, 0, 0, 0),
+);
+
 /// Where a download's file is resolved and its sources come from.
 #[derive(Debug, Clone)]
 pub enum Fetcher {
@@ -115,10 +121,11 @@ pub struct FetchOptions {
     /// restarted download asks for the id, not the name again).
     pub on_resolved: Option<OnResolved>,
     /// Where to accept callbacks (`crate::callback`) from sources that
-    /// accept no connections (hybrid mode, standalone downloads): with
-    /// it, firewalled sources are used too, each asked through the index
-    /// to connect out to this address's port; `None`: only sources that
-    /// can be dialed.
+    /// accept no connections (hybrid mode): with it, firewalled sources
+    /// (complete holders) are used too, each reached by callback to this
+    /// address's port, by hole punch or through the index's relay
+    /// (`peer get`, a daemon's downloads); `None`: only sources that can
+    /// be dialed.
     pub callbacks: Option<std::net::SocketAddr>,
 }
 
@@ -253,9 +260,8 @@ pub async fn fetch(
         callbacks,
     } = options;
     let mut engine = engine;
-    // Callbacks only for a standalone hybrid download.
-    let callbacks =
-        callbacks.filter(|_| swarming.is_none() && matches!(fetcher, Fetcher::Hybrid { .. }));
+    // Callbacks, punches and relays: hybrid mode only.
+    let callbacks = callbacks.filter(|_| matches!(fetcher, Fetcher::Hybrid { .. }));
     let library = swarming.as_ref().map(|s| s.library.clone());
     // A whole id already here (in the folder, the share around it, or the
     // daemon's library) needs no network at all.
@@ -380,12 +386,12 @@ async fn locate(
             let mut client = IndexClient::connect(index).await?;
             let chosen = target::resolve_at_index(&mut client, target, Holders::Any).await?;
             let mut firewalled = Vec::new();
-            let found = if with_firewalled {
+            let found = if with_firewalled && own.is_none() {
                 client
                     .lookup_reach(chosen.id)
                     .await?
                     .map(|(name, size, sources)| {
-                        let addrs = sources
+                        let addrs: Vec<String> = sources
                             .into_iter()
                             .map(|s| {
                                 if s.reach == common::index_proto::Reach::Firewalled {
@@ -409,6 +415,20 @@ async fn locate(
                         (name, size, sources.into_iter().map(|s| s.addr).collect())
                     })
             };
+            // A swarming download lists complete and partial holders that
+            // can be dialed; the firewalled complete ones come from here.
+            let mut found = found;
+            if with_firewalled && own.is_some() {
+                if let Some((name, size, holders)) = client.lookup_reach(chosen.id).await? {
+                    let (_, _, sources) = found.get_or_insert_with(|| (name, size, Vec::new()));
+                    for h in holders {
+                        if h.reach == common::index_proto::Reach::Firewalled {
+                            firewalled.push(h.source.addr.clone());
+                            sources.push(h.source.addr);
+                        }
+                    }
+                }
+            }
             let Some((name, size, sources)) = found else {
                 return Err(FetchError::NotOffered(chosen.id));
             };
@@ -507,7 +527,7 @@ impl SourceLookup for IndexSources {
             self.client = IndexClient::connect(&self.index).await.ok();
         }
         let client = self.client.as_mut()?;
-        let found = if let Some(cb) = &self.callbacks {
+        let found = if let (Some(cb), None) = (&self.callbacks, &self.own) {
             client
                 .lookup_reach(self.id)
                 .await
@@ -527,6 +547,25 @@ impl SourceLookup for IndexSources {
                 .lookup(self.id)
                 .await
                 .map(|f| f.map(|(_, _, s)| s.into_iter().map(|s| s.addr).collect()))
+        };
+        // A swarming download with callbacks: the firewalled complete
+        // holders too.
+        let found = match (found, &self.callbacks, &self.own) {
+            (Ok(found), Some(cb), Some(_)) => match client.lookup_reach(self.id).await {
+                Ok(holders) => {
+                    let firewalled: Vec<_> = holders
+                        .map(|(_, _, h)| h)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|h| h.reach == common::index_proto::Reach::Firewalled)
+                        .collect();
+                    let mut found = found.unwrap_or_default();
+                    found.extend(cb.note(firewalled));
+                    Ok(Some(found))
+                }
+                Err(e) => Err(e),
+            },
+            (found, _, _) => found,
         };
         match found {
             Ok(found) => Some(others(self.own.as_ref(), found.unwrap_or_default())),

@@ -89,6 +89,7 @@ impl Daemon {
         }
         let options = FetchOptions {
             swarming: Some(self.swarming()),
+            callbacks: Some(crate::pipeline::CALLBACKS_ANY_PORT),
             ..FetchOptions::new(out_dir, engine, progress)
         };
         pipeline::fetch(
@@ -207,6 +208,7 @@ pub async fn fetch_targets_into_share(daemon: &crate::Daemon, targets: &[Target]
         let resolved = Arc::new(std::sync::Mutex::new(None));
         let options = FetchOptions {
             swarming: Some(daemon.swarming()),
+            callbacks: Some(crate::pipeline::CALLBACKS_ANY_PORT),
             on_resolved: Some({
                 let resolved = resolved.clone();
                 Box::new(move |id: String, _: String, _: u64| {

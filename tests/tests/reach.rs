@@ -933,3 +933,38 @@ async fn relays_beyond_the_cap_are_refused() {
     source.stop().await;
     index.stop().await;
 }
+
+/// A serving daemon's download (swarming: it lists complete and partial
+/// holders) uses firewalled sources too: here the source calls the
+/// daemon back.
+#[tokio::test]
+async fn a_daemon_download_reaches_a_firewalled_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(400_000, 21);
+    write_file(&dir.path().join("share"), "f.bin", &data);
+    let id = common::id::content_info(&data).id;
+    let (index, source, _) = firewalled_pair(&dir.path().join("share"), 120).await;
+    let mut downloader = start_peer(&dir.path().join("dl"), &index.addr_string()).await;
+    downloader.wait_registered(0).await;
+    let outcome = downloader
+        .daemon
+        .download(
+            id,
+            dir.path().join("dl-out"),
+            test_engine(),
+            std::sync::Arc::new(peer::download::Progress::default()),
+        )
+        .await
+        .expect("the daemon's download by callback");
+    assert!(std::fs::read(&outcome.path).unwrap() == data);
+    let paths: Vec<_> = outcome
+        .per_source
+        .iter()
+        .filter(|s| s.chunks > 0)
+        .map(|s| s.path)
+        .collect();
+    assert_eq!(paths, ["callback"], "{:?}", outcome.per_source);
+    downloader.stop().await;
+    source.stop().await;
+    index.stop().await;
+}

@@ -812,6 +812,8 @@ async fn run_one(
     let options = pipeline::FetchOptions {
         swarming,
         on_resolved: Some(Box::new(on_resolved)),
+        // Firewalled sources too (callback, hole punch, relay).
+        callbacks: Some(pipeline::CALLBACKS_ANY_PORT),
         ..pipeline::FetchOptions::new(rec.out_dir.clone(), engine, progress)
     };
     let result = pipeline::fetch(&fetcher, &target, options, cancel.clone()).await;
