@@ -300,3 +300,31 @@ impl Relay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn arranged_relays_are_capped_and_expire() {
+        let relay = Relay::new(RelayConfig {
+            max_sessions: 2,
+            pair_timeout: Duration::from_secs(10),
+            ..Default::default()
+        });
+        let now = Instant::now();
+        assert_eq!(relay.arrange([1; NONCE_LEN], now), Ok(()));
+        assert_eq!(
+            relay.arrange([1; NONCE_LEN], now),
+            Err(RelayError::TokenTaken)
+        );
+        assert_eq!(relay.arrange([2; NONCE_LEN], now), Ok(()));
+        assert_eq!(relay.arrange([3; NONCE_LEN], now), Err(RelayError::Full(2)));
+        relay.cancel(&[2; NONCE_LEN]);
+        assert_eq!(relay.arrange([3; NONCE_LEN], now), Ok(()));
+        // Unpaired ones expire after the pair timeout and free their place.
+        let later = now + Duration::from_secs(10);
+        assert_eq!(relay.arrange([4; NONCE_LEN], later), Ok(()));
+        assert_eq!(relay.arrange([5; NONCE_LEN], later), Ok(()));
+    }
+}

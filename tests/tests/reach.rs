@@ -363,26 +363,39 @@ async fn firewalled_pair(
     (index, source, listed)
 }
 
-/// [`firewalled_pair`] with the index's relay configured, and its handle.
-async fn firewalled_pair_with(
-    share: &std::path::Path,
-    max_callbacks_per_minute: u32,
-    relay: index_server::relay::RelayConfig,
-) -> (
+/// The index, its relay, a firewalled peer and the name it is listed
+/// under.
+type FirewalledSetup = (
     Index,
     std::sync::Arc<index_server::relay::Relay>,
     Peer,
     String,
-) {
+);
+
+/// [`firewalled_pair`] with the index's relay configured, and its handle.
+/// The index does not coordinate hole punching: on loopback a
+/// simultaneous open may succeed, and these tests are about the relay.
+async fn firewalled_pair_with(
+    share: &std::path::Path,
+    max_callbacks_per_minute: u32,
+    relay: index_server::relay::RelayConfig,
+) -> FirewalledSetup {
+    firewalled_setup(share, max_callbacks_per_minute, relay, false).await
+}
+
+async fn firewalled_setup(
+    share: &std::path::Path,
+    max_callbacks_per_minute: u32,
+    relay: index_server::relay::RelayConfig,
+    hole_punching: bool,
+) -> FirewalledSetup {
     let server = index_server::Server::bind(index_server::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         lease_ttl: Duration::from_secs(30),
         max_dialbacks_per_minute: 0,
         max_callbacks_per_minute,
         relay: Some(relay),
-        // On loopback a simultaneous open may succeed: these tests are
-        // about the relay.
-        hole_punching: false,
+        hole_punching,
         ..Default::default()
     })
     .await
@@ -965,6 +978,48 @@ async fn a_daemon_download_reaches_a_firewalled_source() {
         .collect();
     assert_eq!(paths, ["callback"], "{:?}", outcome.per_source);
     downloader.stop().await;
+    source.stop().await;
+    index.stop().await;
+}
+
+/// A logged-in peer's punch request is answered with the firewalled
+/// source's observed address (where to connect), and counts against the
+/// same budget as callbacks: past it, refused with the reason.
+#[tokio::test]
+async fn a_punch_is_answered_with_the_source_address_and_budgeted() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = random_bytes(1000, 22);
+    write_file(&dir.path().join("share"), "f.bin", &data);
+    let id = common::id::content_info(&data).id;
+    let (index, _, source, listed) =
+        firewalled_setup(&dir.path().join("share"), 2, Default::default(), true).await;
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let answer = client
+        .request(&checked(40000, None, rand::random()))
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, IndexResponse::WelcomeChecked { .. }),
+        "{answer:?}"
+    );
+    let punch = IndexRequest::Punch {
+        id,
+        source: listed.clone(),
+        token: rand::random(),
+    };
+    for _ in 0..2 {
+        match client.request(&punch).await {
+            Ok(IndexResponse::PunchAnswer { peer }) => assert_eq!(peer, listed),
+            other => panic!("{other:?}"),
+        }
+    }
+    match client.request(&punch).await {
+        Err(IndexError::Refused { code, message }) => {
+            assert_eq!(code, common::index_proto::ErrorCode::TooMany);
+            assert!(message.contains("--max-callbacks-per-minute"), "{message}");
+        }
+        other => panic!("a punch past the budget: {other:?}"),
+    }
     source.stop().await;
     index.stop().await;
 }
