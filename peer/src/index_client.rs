@@ -93,6 +93,9 @@ pub struct IndexClient {
     /// The connection's local port, when it was made to be shared (see
     /// [`Self::connect_shareable`]).
     local_port: Option<u16>,
+    /// The index closed the connection on `LookupReach` (an older index):
+    /// [`Self::lookup_reach`] asks with `Lookup` from then on.
+    no_lookup_reach: bool,
 }
 
 /// Most callback orders an [`IndexClient`] holds until they are taken;
@@ -148,6 +151,7 @@ impl IndexClient {
             buf: Vec::new(),
             orders: Vec::new(),
             local_port,
+            no_lookup_reach: false,
         })
     }
 
@@ -246,6 +250,21 @@ impl IndexClient {
         &mut self,
         id: FileId,
     ) -> Result<Option<(String, u64, Vec<common::index_proto::SourceReach>)>, IndexError> {
+        let direct_only = |found: Option<(String, u64, Vec<Source>)>| {
+            found.map(|(name, size, sources)| {
+                let sources = sources
+                    .into_iter()
+                    .map(|source| common::index_proto::SourceReach {
+                        source,
+                        reach: Reach::Direct,
+                    })
+                    .collect();
+                (name, size, sources)
+            })
+        };
+        if self.no_lookup_reach {
+            return Ok(direct_only(self.lookup(id).await?));
+        }
         match self.request(&IndexRequest::LookupReach { id }).await {
             Ok(IndexResponse::SourcesReach {
                 name,
@@ -257,16 +276,8 @@ impl IndexClient {
             Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
             Err(IndexError::Wire(WireError::Closed | WireError::Io(_))) => {
                 *self = IndexClient::connect(&self.addr).await?;
-                Ok(self.lookup(id).await?.map(|(name, size, sources)| {
-                    let sources = sources
-                        .into_iter()
-                        .map(|source| common::index_proto::SourceReach {
-                            source,
-                            reach: Reach::Direct,
-                        })
-                        .collect();
-                    (name, size, sources)
-                }))
+                self.no_lookup_reach = true;
+                Ok(direct_only(self.lookup(id).await?))
             }
             Err(e) => Err(e),
         }
