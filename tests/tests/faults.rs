@@ -44,7 +44,10 @@ async fn fetch(req: DownloadRequest) -> Result<peer::DownloadOutcome, DownloadEr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_killed_mid_transfer_is_replaced() {
-    let data = random_bytes(40 * common::CHUNK_SIZE + 7, 11);
+    // Enough chunks that the dying source is surely asked for a fourth
+    // even when its connection opens late on a loaded machine (with 40,
+    // the good source once took all but two).
+    let data = random_bytes(160 * common::CHUNK_SIZE + 7, 11);
     let dying = fake::start(data.clone(), Behaviour::DieAfter(3)).await;
     let good = fake::start(data.clone(), Behaviour::OnlyFirst(u32::MAX)).await;
     let dir = tempfile::tempdir().unwrap();
