@@ -35,6 +35,7 @@ use peer::rate::RateLimiter;
 use tokio_util::sync::CancellationToken;
 
 use crate::report::{self, Chart, Csv, Series, Spread, COLORS};
+use crate::uplinks::Holdings;
 use crate::{human_bytes, human_rate, LabError, Written};
 
 /// A way of distributing the file.
@@ -124,6 +125,11 @@ pub struct Run {
     /// Seconds until 95% of all the bytes the N peers need had arrived
     /// (the rest is the endgame); in-process runs only.
     pub t95: Option<f64>,
+    /// Where the upload capacity went: used, idle while holding a chunk an
+    /// unfinished peer lacked, idle with nothing anyone lacked
+    /// ([`crate::uplinks`]); in-process swarms only.
+    #[serde(skip)]
+    pub uplinks: Option<crate::uplinks::Ledger>,
     pub status: String,
 }
 
@@ -184,6 +190,18 @@ impl Run {
     pub fn tail(&self) -> Option<f64> {
         Some(self.seconds? - self.t95?)
     }
+
+    /// Share of the upload capacity left idle while its node held a chunk
+    /// an unfinished peer lacked (the protocol's share of the idle time).
+    pub fn idle_wanted(&self) -> Option<f64> {
+        self.uplinks?.fractions().map(|(_, w, _)| w)
+    }
+
+    /// Share of the upload capacity idle because its node held nothing
+    /// anybody lacked (the chunk model's share: start-up and the end).
+    pub fn idle_nothing(&self) -> Option<f64> {
+        self.uplinks?.fractions().map(|(_, _, n)| n)
+    }
 }
 
 /// The runs of one (mode, N) point, summarized.
@@ -201,6 +219,8 @@ pub struct Point {
     pub first_chunk: Option<Spread>,
     pub tail: Option<Spread>,
     pub upload_use: Option<Spread>,
+    pub idle_wanted: Option<Spread>,
+    pub idle_nothing: Option<Spread>,
     pub seed_bytes: Option<Spread>,
     pub peer_bytes: Option<Spread>,
     pub suspect: bool,
@@ -236,6 +256,8 @@ pub fn summarize(runs: &[Run], server_up: u64, peer_up: u64) -> Vec<Point> {
                 first_chunk: of(&|r| r.first_chunk_median()),
                 tail: of(&|r| r.tail()),
                 upload_use: of(&|r| r.upload_use(server_up, peer_up)),
+                idle_wanted: of(&|r| r.idle_wanted()),
+                idle_nothing: of(&|r| r.idle_nothing()),
                 seed_bytes: of(&|r| r.counted.then_some(r.seed_bytes as f64)),
                 peer_bytes: of(&|r| r.counted.then_some(r.peer_bytes as f64)),
                 suspect: these.iter().any(|r| r.suspect()),
@@ -271,6 +293,8 @@ pub const CSV_COLUMNS: &[&str] = &[
     "first_chunk_s",
     "endgame_s",
     "upload_use",
+    "idle_wanted",
+    "idle_nothing",
     "status",
     "suspect",
 ];
@@ -471,6 +495,7 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
                     completions: Vec::new(),
                     first_chunks: Vec::new(),
                     t95: None,
+                    uplinks: None,
                     status: "ok".into(),
                 };
                 match measured {
@@ -482,6 +507,7 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
                         run.completions = m.completions;
                         run.first_chunks = m.first_chunks;
                         run.t95 = m.t95;
+                        run.uplinks = m.uplinks;
                     }
                     Err(e) => run.status = e.to_string(),
                 }
@@ -542,17 +568,81 @@ pub(crate) struct Measured {
     pub completions: Vec<f64>,
     pub first_chunks: Vec<f64>,
     pub t95: Option<f64>,
+    /// Where the upload capacity went (in-process swarms only).
+    pub uplinks: Option<crate::uplinks::Ledger>,
 }
 
 /// Samples the downloads' progress every 10 ms from `started`: when each
-/// had its first verified chunk, and when 95% of all the bytes had arrived.
+/// had its first verified chunk, and when 95% of all the bytes had arrived;
+/// with [`Uplinks`], also where the upload capacity went
+/// ([`crate::uplinks`]).
 struct Watch {
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<(Vec<f64>, Option<f64>)>,
+    task: tokio::task::JoinHandle<Watched>,
+}
+
+/// What a [`Watch`] saw.
+#[derive(Default)]
+struct Watched {
+    first_chunks: Vec<f64>,
+    t95: Option<f64>,
+    uplinks: Option<crate::uplinks::Ledger>,
+}
+
+/// The swarm's uploaders, for the uplink ledger: the seed (complete) and
+/// every downloading peer (in the order of the watched progress), each with
+/// its upload counter and cap.
+struct Uplinks {
+    id: FileId,
+    seed: (Arc<peer::chunk_server::UploadStats>, f64),
+    peers: Vec<(Arc<peer::chunk_server::UploadStats>, f64, peer::library::Library)>,
+}
+
+impl Uplinks {
+    /// Every node's holdings now, the seed first.
+    fn holdings(&self, progress: &[Arc<Progress>], file_size: u64) -> Vec<Holdings> {
+        let chunks = common::id::chunk_count(file_size) as u32;
+        let mut held = vec![Holdings::complete(chunks)];
+        for ((_, _, library), p) in self.peers.iter().zip(progress) {
+            let done = p.done_bytes.load(std::sync::atomic::Ordering::Relaxed);
+            held.push(if done >= file_size {
+                Holdings::complete(chunks)
+            } else {
+                match library.get(&self.id) {
+                    Some(peer::library::Holding::Partial(h)) => {
+                        Holdings::from_bitfield(&h.bitfield(), chunks, true)
+                    }
+                    Some(peer::library::Holding::Complete(_)) => Holdings::complete(chunks),
+                    None => Holdings::empty(chunks),
+                }
+            });
+        }
+        held
+    }
+
+    fn counters(&self) -> Vec<u64> {
+        let read = |s: &peer::chunk_server::UploadStats| {
+            s.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        std::iter::once(read(&self.seed.0))
+            .chain(self.peers.iter().map(|(s, _, _)| read(s)))
+            .collect()
+    }
+
+    fn caps(&self) -> Vec<f64> {
+        std::iter::once(self.seed.1)
+            .chain(self.peers.iter().map(|(_, c, _)| *c))
+            .collect()
+    }
 }
 
 impl Watch {
-    fn start(progress: Vec<Arc<Progress>>, file_size: u64, started: Instant) -> Watch {
+    fn start(
+        progress: Vec<Arc<Progress>>,
+        file_size: u64,
+        started: Instant,
+        uplinks: Option<Uplinks>,
+    ) -> Watch {
         let stop = CancellationToken::new();
         let task = tokio::spawn({
             let stop = stop.clone();
@@ -561,6 +651,12 @@ impl Watch {
                 let mut t95 = None;
                 let need = 0.95 * file_size as f64 * progress.len() as f64;
                 let mut tick = tokio::time::interval(Duration::from_millis(10));
+                // The ledger's last sample: when, the counters, the holdings.
+                let mut ledger = crate::uplinks::Ledger::default();
+                let mut last = uplinks
+                    .as_ref()
+                    .map(|u| (Instant::now(), u.counters(), u.holdings(&progress, file_size)));
+                let caps = uplinks.as_ref().map(|u| u.caps()).unwrap_or_default();
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
@@ -578,16 +674,34 @@ impl Watch {
                     if t95.is_none() && sum as f64 >= need {
                         t95 = Some(now);
                     }
+                    if let (Some(u), Some((at, counters, held))) = (&uplinks, &mut last) {
+                        if at.elapsed() >= crate::uplinks::SAMPLE {
+                            let (now, counts) = (Instant::now(), u.counters());
+                            let sent: Vec<u64> = counts
+                                .iter()
+                                .zip(counters.iter())
+                                .map(|(n, o)| n.saturating_sub(*o))
+                                .collect();
+                            ledger.add((now - *at).as_secs_f64(), &caps, &sent, held);
+                            *at = now;
+                            *counters = counts;
+                            *held = u.holdings(&progress, file_size);
+                        }
+                    }
                 }
                 let mut first: Vec<f64> = first.into_iter().flatten().collect();
                 first.sort_by(f64::total_cmp);
-                (first, t95)
+                Watched {
+                    first_chunks: first,
+                    t95,
+                    uplinks: uplinks.map(|_| ledger),
+                }
             }
         });
         Watch { stop, task }
     }
 
-    async fn finish(self) -> (Vec<f64>, Option<f64>) {
+    async fn finish(self) -> Watched {
         self.stop.cancel();
         self.task.await.unwrap_or_default()
     }
@@ -733,7 +847,7 @@ async fn client_server(
         .collect::<Result<_, _>>()?;
     let started = Instant::now();
     let progress: Vec<Arc<Progress>> = (0..n).map(|_| Arc::new(Progress::default())).collect();
-    let watch = Watch::start(progress.clone(), config.file_size, started);
+    let watch = Watch::start(progress.clone(), config.file_size, started, None);
     let mut downloads = tokio::task::JoinSet::new();
     for (i, (progress, node)) in progress.into_iter().zip(&clients).enumerate() {
         let engine = EngineConfig {
@@ -770,7 +884,9 @@ async fn client_server(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let (first_chunks, t95) = watch.finish().await;
+    let Watched {
+        first_chunks, t95, ..
+    } = watch.finish().await;
     let seed_bytes = uploads.bytes.load(std::sync::atomic::Ordering::Relaxed);
     index.stop().await;
     if let Some(f) = failure {
@@ -785,6 +901,7 @@ async fn client_server(
         completions,
         first_chunks,
         t95,
+        uplinks: None,
     })
 }
 
@@ -941,7 +1058,21 @@ async fn swarm_all(
         .iter()
         .map(|_| Arc::new(Progress::default()))
         .collect();
-    let watch = Watch::start(progress.clone(), config.file_size, started);
+    let uplinks = Uplinks {
+        id,
+        seed: (seed.uploads().clone(), config.server_up as f64),
+        peers: peers
+            .iter()
+            .map(|(p, _)| {
+                (
+                    p.uploads().clone(),
+                    config.peer_up as f64,
+                    p.library().clone(),
+                )
+            })
+            .collect(),
+    };
+    let watch = Watch::start(progress.clone(), config.file_size, started, Some(uplinks));
     let mut downloads = tokio::task::JoinSet::new();
     for ((p, node), progress) in peers.iter().zip(progress) {
         let p = p.clone();
@@ -971,7 +1102,11 @@ async fn swarm_all(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
-    let (first_chunks, t95) = watch.finish().await;
+    let Watched {
+        first_chunks,
+        t95,
+        uplinks,
+    } = watch.finish().await;
     completions.sort_by(f64::total_cmp);
     let bytes = |d: &peer::Daemon| d.uploads().bytes.load(std::sync::atomic::Ordering::Relaxed);
     let seed_bytes = bytes(&seed);
@@ -992,6 +1127,7 @@ async fn swarm_all(
         completions,
         first_chunks,
         t95,
+        uplinks,
     })
 }
 
@@ -1038,6 +1174,8 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
             opt(r.first_chunk_median()),
             opt(r.tail()),
             opt(r.upload_use(config.server_up, config.peer_up)),
+            opt(r.idle_wanted()),
+            opt(r.idle_nothing()),
             r.status.clone(),
             r.suspect().to_string(),
         ]);
@@ -1074,6 +1212,8 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
             med(&p.first_chunk),
             med(&p.tail),
             med(&p.upload_use),
+            med(&p.idle_wanted),
+            med(&p.idle_nothing),
             format!("{} of {} runs ok", p.ok, p.runs),
             p.suspect.to_string(),
         ]);
@@ -1114,6 +1254,8 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
                 text(&p.first_chunk, 2),
                 text(&p.tail, 2),
                 pct(&p.upload_use),
+                pct(&p.idle_wanted),
+                pct(&p.idle_nothing),
                 format!("{}/{}", p.ok, p.runs),
             ]
         })
@@ -1131,8 +1273,12 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
          its first verified chunk (start-up and source discovery); *endgame* \
          the time after 95% of all the bytes had arrived; *uplinks busy* the \
          bytes uploaded over what the upload links could have carried in the \
-         measured time ((u_s + N u) T; u_s T for client-server); *seed share* \
-         the seed's part of the uploaded bytes.\n\n",
+         measured time ((u_s + N u) T; u_s T for client-server); *idle, held \
+         wanted* the upload capacity left unused while its node held a chunk \
+         some unfinished peer lacked (sampled every 50 ms: the protocol did not \
+         ask for it in time); *idle, nothing wanted* the capacity unused while \
+         its node held nothing anybody lacked (start-up before its first chunk, \
+         the end); *seed share* the seed's part of the uploaded bytes.\n\n",
         human_bytes(f),
         human_rate(us),
         human_rate(u),
@@ -1151,6 +1297,8 @@ fn write_outputs(config: &Config, runs: &[Run]) -> Result<Written, LabError> {
             "first chunk s",
             "endgame s",
             "uplinks busy",
+            "idle, held wanted",
+            "idle, nothing wanted",
             "runs ok",
         ],
         &rows,
@@ -1439,6 +1587,7 @@ mod tests {
             completions: vec![seconds],
             first_chunks: vec![0.01],
             t95: Some(seconds * 0.9),
+            uplinks: None,
             status: "ok".into(),
         }
     }

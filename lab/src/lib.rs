@@ -32,6 +32,7 @@ pub mod reachability;
 pub mod report;
 pub mod search_cost;
 pub mod sessions;
+pub mod uplinks;
 
 use std::path::PathBuf;
 
