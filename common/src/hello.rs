@@ -24,6 +24,12 @@ pub const HELLO_LEN: usize = 8;
 /// (`crate::peer_proto`).
 pub const FEATURE_UPLOAD_QUEUE: u8 = 1;
 
+/// Server feature bit: this peer pushes availability. A client that sees
+/// it may send `PeerRequest::Subscribe` and is then told each chunk the
+/// peer gains (`PeerResponse::Gained`) instead of asking `Have` again and
+/// again (`crate::peer_proto`).
+pub const FEATURE_HAVE_PUSH: u8 = 2;
+
 /// Which protocol the connection will speak after the hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {

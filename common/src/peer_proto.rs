@@ -17,6 +17,16 @@
 //! upload slot is its own, with `Queued` when its position changed (at most
 //! about once a second) and at least every [`crate::limits::QUEUE_REFRESH`]. Requesters that never sent `Requester` (older
 //! builds) get `Error { code: Busy }` as before.
+//!
+//! **Pushed availability** (appended later still; BitTorrent's HAVE): a
+//! server whose hello carries [`crate::hello::FEATURE_HAVE_PUSH`] may be
+//! sent `Subscribe { id }`, answered like `Have`; from then on, each chunk
+//! of `id` the server verifies is announced on that connection with an
+//! unsolicited `Gained { id, index }` frame, sent between answers (never
+//! inside one), so a downloader learns of a new chunk at once instead of
+//! at its next `Have`. Older servers are never sent `Subscribe` (their
+//! downloaders keep asking `Have`); older clients never send it, so never
+//! see `Gained`.
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +67,11 @@ pub enum PeerRequest {
     ProveReachable {
         challenge: [u8; crate::reach::NONCE_LEN],
     },
+    /// Which chunks of the file this peer holds (answered as `Have`), and
+    /// from then on each chunk it gains, pushed as `Gained` on this
+    /// connection. Only sent to servers whose hello has
+    /// [`crate::hello::FEATURE_HAVE_PUSH`].
+    Subscribe { id: FileId },
 }
 
 /// Why a peer refused a request.
@@ -104,6 +119,9 @@ pub enum PeerResponse {
     Reachable {
         proof: [u8; crate::reach::PROOF_LEN],
     },
+    /// Unsolicited, after `Subscribe { id }`: this peer now holds chunk
+    /// `index` of `id`. Sent between answers, never answering a request.
+    Gained { id: FileId, index: u32 },
 }
 
 /// Whether bit `index` is set in a `Have` bitfield.
@@ -201,6 +219,31 @@ mod tests {
         expected.extend([4; 32]);
         assert_eq!(
             encode_frame(&PeerResponse::Reachable { proof: [4; 32] }).unwrap(),
+            expected
+        );
+    }
+
+    #[test]
+    fn pinned_push_encodings() {
+        // Appended variants: every older one keeps its tag.
+        let mut expected = vec![0, 0, 0, 33, 8];
+        expected.extend([0xEE; 32]);
+        assert_eq!(
+            encode_frame(&PeerRequest::Subscribe {
+                id: FileId([0xEE; 32])
+            })
+            .unwrap(),
+            expected
+        );
+        let mut expected = vec![0, 0, 0, 34, 8];
+        expected.extend([0xEE; 32]);
+        expected.push(9);
+        assert_eq!(
+            encode_frame(&PeerResponse::Gained {
+                id: FileId([0xEE; 32]),
+                index: 9
+            })
+            .unwrap(),
             expected
         );
     }

@@ -194,13 +194,13 @@ impl Run {
     /// Share of the upload capacity left idle while its node held a chunk
     /// an unfinished peer lacked (the protocol's share of the idle time).
     pub fn idle_wanted(&self) -> Option<f64> {
-        self.uplinks?.fractions().map(|(_, w, _)| w)
+        self.uplinks.as_ref()?.fractions().map(|(_, w, _)| w)
     }
 
     /// Share of the upload capacity idle because its node held nothing
     /// anybody lacked (the chunk model's share: start-up and the end).
     pub fn idle_nothing(&self) -> Option<f64> {
-        self.uplinks?.fractions().map(|(_, _, n)| n)
+        self.uplinks.as_ref()?.fractions().map(|(_, _, n)| n)
     }
 }
 
@@ -594,8 +594,33 @@ struct Watched {
 /// its upload counter and cap.
 struct Uplinks {
     id: FileId,
-    seed: (Arc<peer::chunk_server::UploadStats>, f64),
-    peers: Vec<(Arc<peer::chunk_server::UploadStats>, f64, peer::library::Library)>,
+    seed: (Counter, f64),
+    peers: Vec<(Counter, f64, peer::library::Library)>,
+}
+
+/// A node's upload counter: its rate limiter's grants (64 KiB pieces) where
+/// the application caps it, else its chunk server's sent bytes (whole
+/// chunks).
+#[derive(Clone)]
+enum Counter {
+    Granted(Arc<RateLimiter>),
+    Sent(Arc<peer::chunk_server::UploadStats>),
+}
+
+impl Counter {
+    fn of(d: &peer::Daemon) -> Counter {
+        match d.upload_limit() {
+            Some(l) => Counter::Granted(l.clone()),
+            None => Counter::Sent(d.uploads().clone()),
+        }
+    }
+
+    fn read(&self) -> u64 {
+        match self {
+            Counter::Granted(l) => l.granted(),
+            Counter::Sent(s) => s.bytes.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
 }
 
 impl Uplinks {
@@ -621,11 +646,8 @@ impl Uplinks {
     }
 
     fn counters(&self) -> Vec<u64> {
-        let read = |s: &peer::chunk_server::UploadStats| {
-            s.bytes.load(std::sync::atomic::Ordering::Relaxed)
-        };
-        std::iter::once(read(&self.seed.0))
-            .chain(self.peers.iter().map(|(s, _, _)| read(s)))
+        std::iter::once(self.seed.0.read())
+            .chain(self.peers.iter().map(|(c, _, _)| c.read()))
             .collect()
     }
 
@@ -653,9 +675,13 @@ impl Watch {
                 let mut tick = tokio::time::interval(Duration::from_millis(10));
                 // The ledger's last sample: when, the counters, the holdings.
                 let mut ledger = crate::uplinks::Ledger::default();
-                let mut last = uplinks
-                    .as_ref()
-                    .map(|u| (Instant::now(), u.counters(), u.holdings(&progress, file_size)));
+                let mut last = uplinks.as_ref().map(|u| {
+                    (
+                        Instant::now(),
+                        u.counters(),
+                        u.holdings(&progress, file_size),
+                    )
+                });
                 let caps = uplinks.as_ref().map(|u| u.caps()).unwrap_or_default();
                 loop {
                     tokio::select! {
@@ -1060,16 +1086,10 @@ async fn swarm_all(
         .collect();
     let uplinks = Uplinks {
         id,
-        seed: (seed.uploads().clone(), config.server_up as f64),
+        seed: (Counter::of(&seed), config.server_up as f64),
         peers: peers
             .iter()
-            .map(|(p, _)| {
-                (
-                    p.uploads().clone(),
-                    config.peer_up as f64,
-                    p.library().clone(),
-                )
-            })
+            .map(|(p, _)| (Counter::of(p), config.peer_up as f64, p.library().clone()))
             .collect(),
     };
     let watch = Watch::start(progress.clone(), config.file_size, started, Some(uplinks));

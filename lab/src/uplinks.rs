@@ -8,7 +8,10 @@
 //! every downloader's holdings every [`SAMPLE`] and feeds each interval to
 //! [`Ledger::add`]: the capacity of an interval is the node's cap times its
 //! length; what was not sent is charged to one of the two idle kinds by
-//! the holdings at the interval's start.
+//! the holdings at the interval's start. Counters move in lumps (a 64 KiB
+//! piece of the rate limiter, or a whole chunk), larger than an interval's
+//! capacity: what a node counted beyond its capacity is carried into its
+//! next intervals, so no byte is lost and none counts twice.
 
 use std::time::Duration;
 
@@ -63,17 +66,12 @@ impl Holdings {
 pub fn wanted(nodes: &[Holdings], k: usize) -> bool {
     let mine = &nodes[k].bits;
     nodes.iter().enumerate().any(|(j, other)| {
-        j != k
-            && other.downloading
-            && mine
-                .iter()
-                .zip(&other.bits)
-                .any(|(m, o)| m & !o != 0)
+        j != k && other.downloading && mine.iter().zip(&other.bits).any(|(m, o)| m & !o != 0)
     })
 }
 
 /// Upload capacity, summed over nodes and intervals, by what became of it.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ledger {
     /// Bytes the uplinks could have carried.
     pub capacity: f64,
@@ -83,6 +81,8 @@ pub struct Ledger {
     pub idle_wanted: f64,
     /// Capacity left unused while the node held nothing anybody lacked.
     pub idle_nothing: f64,
+    /// Per node: bytes counted beyond an interval's capacity, carried on.
+    carry: Vec<f64>,
 }
 
 impl Ledger {
@@ -90,9 +90,14 @@ impl Ledger {
     /// second and sent `sent[k]`; `held` are the holdings of every node at
     /// the interval's start (the same order).
     pub fn add(&mut self, seconds: f64, caps: &[f64], sent: &[u64], held: &[Holdings]) {
+        if self.carry.len() < caps.len() {
+            self.carry.resize(caps.len(), 0.0);
+        }
         for k in 0..caps.len() {
             let capacity = caps[k] * seconds;
-            let used = (sent[k] as f64).min(capacity);
+            let counted = sent[k] as f64 + self.carry[k];
+            let used = counted.min(capacity);
+            self.carry[k] = counted - used;
             self.capacity += capacity;
             self.used += used;
             let idle = capacity - used;
@@ -144,9 +149,13 @@ mod tests {
         assert_eq!(l.used, 50.0);
         assert_eq!(l.idle_wanted, 50.0);
         assert_eq!(l.idle_nothing, 20.0);
-        // A burst over the cap counts as the cap, not more.
+        // A lump over the cap counts as the cap; the rest goes on to the
+        // next interval.
         l.add(1.0, &[100.0, 10.0, 10.0], &[150, 0, 0], &nodes);
         assert_eq!(l.used, 150.0);
+        l.add(1.0, &[100.0, 10.0, 10.0], &[0, 0, 0], &nodes);
+        assert_eq!(l.used, 200.0, "the 50 bytes carried are counted once");
+        assert_eq!(l.idle_wanted, 100.0);
         let (used, w, n) = l.fractions().unwrap();
         assert!((used + w + n - 1.0).abs() < 1e-9);
         // Nobody downloading any more: nothing is wanted.

@@ -115,18 +115,22 @@ impl Daemon {
     }
 }
 
-/// The engine settings for swarming downloads: short pipelines and a small
-/// budget of requests in flight over all sources, so that chunks spread
-/// through the swarm instead of every downloader queueing for the seed
-/// (measured by the lab: about 1.3x the P2P bound at N = 32, against 1.6x
-/// without the budget).
+/// The engine settings for swarming downloads: one request at a time per
+/// source and a budget of 32 requests in flight over all sources, so that
+/// chunks spread through the swarm instead of queueing at every uploader
+/// (measured by the lab at issue 17's settings, N = 32, one run each: 1.26
+/// of the P2P bound against 1.32 with two per source and 24 in flight; the
+/// seed and the peers serve chunks in turns, so a longer queue at an
+/// uploader is a longer wait for every chunk there). The cost, on links
+/// with a round trip: a partial source that serves nobody else idles for
+/// one round trip between two of our chunks.
 pub fn swarm_engine() -> EngineConfig {
     EngineConfig {
-        pipeline_depth: 2,
+        pipeline_depth: 1,
         max_sources: 64,
         stall_timeout: Duration::from_secs(30),
         have_refresh: Duration::from_millis(100),
-        max_in_flight: Some(12),
+        max_in_flight: Some(32),
         ..EngineConfig::default()
     }
 }

@@ -17,6 +17,13 @@
 //! over either cap the hello answers `Busy`. A connection must send its first
 //! request within `FIRST_REQUEST_TIMEOUT` and is closed once it has asked for
 //! no data for `UPLOAD_IDLE`: cheap requests do not keep it open.
+//!
+//! **Pushed availability**: a connection that sent `Subscribe` for a file
+//! held partially is told of each chunk verified from then on (`Gained`),
+//! between answers and while it waits for the next request.
+//!
+//! **Upload cap**: chunks take the node's rate limiter in turns, a whole
+//! chunk per turn, not interleaved piece by piece (see the chunk request).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::hello::{Protocol, FEATURE_UPLOAD_QUEUE};
+use common::hello::{Protocol, FEATURE_HAVE_PUSH, FEATURE_UPLOAD_QUEUE};
 use common::id::FileId;
 use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
 use common::reach::LoginNonce;
@@ -264,7 +271,7 @@ pub async fn serve_with(
                         }
                     },
                     other => others.as_ref().is_some_and(|h| h.is_busy(other)),
-                }, |p| if p == Protocol::Peer { FEATURE_UPLOAD_QUEUE } else { 0 }) => h,
+                }, |p| if p == Protocol::Peer { FEATURE_UPLOAD_QUEUE | FEATURE_HAVE_PUSH } else { 0 }) => h,
             };
             let protocol = match hello {
                 Ok(p) => p,
@@ -340,7 +347,32 @@ pub async fn serve_peer_session(
     // last data request (or from the start): cheap requests never extend it.
     let started = Instant::now();
     let mut hold_until = started + rules.first_request;
+    // The partial file this connection subscribed to (`Subscribe`): its
+    // newly held chunks are pushed between answers.
+    let mut pushing: Option<Push> = None;
     loop {
+        if let Some(push) = &mut pushing {
+            if push.changed.has_changed().unwrap_or(false) {
+                push.send_gains(&mut writer).await?;
+            }
+            if reader.buffer().is_empty() {
+                // Nothing more asked yet: push gains as they come until it is.
+                writer.flush().await?;
+                loop {
+                    tokio::select! {
+                        r = reader.get_mut().readable() => { r?; break; }
+                        _ = tokio::time::sleep_until(hold_until) => break,
+                        changed = push.changed.changed() => {
+                            if changed.is_err() {
+                                break;
+                            }
+                            push.send_gains(&mut writer).await?;
+                            writer.flush().await?;
+                        }
+                    }
+                }
+            }
+        }
         let left = hold_until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(WireError::Timeout("a data request"));
@@ -378,6 +410,30 @@ pub async fn serve_peer_session(
                     .await?
                 }
             },
+            PeerRequest::Subscribe { id } => {
+                let answer = match library.get(&id) {
+                    Some(Holding::Partial(p)) => {
+                        let push = Push::new(id, p);
+                        let answer = PeerResponse::Have {
+                            id,
+                            size: push.partial.info.size,
+                            complete: false,
+                            bitfield: push.sent.clone(),
+                        };
+                        pushing = Some(push);
+                        answer
+                    }
+                    // Nothing to push: it holds everything already.
+                    Some(Holding::Complete(e)) => PeerResponse::Have {
+                        id,
+                        size: e.size,
+                        complete: true,
+                        bitfield: Vec::new(),
+                    },
+                    None => refusal(PeerErrorCode::NotFound, "not shared here"),
+                };
+                wire::write_message(&mut writer, &answer).await?;
+            }
             PeerRequest::Have { id } => {
                 let answer = match library.get(&id) {
                     Some(Holding::Complete(e)) => PeerResponse::Have {
@@ -435,13 +491,25 @@ pub async fn serve_peer_session(
                             len: len as u32,
                         };
                         let offset = index as u64 * common::CHUNK_SIZE as u64;
+                        // One chunk at a time through the cap: the whole
+                        // chunk is paid for in one turn, then sent. Pieces
+                        // interleaved over k connections would finish k
+                        // chunks together after k chunk-times; in turns the
+                        // first is whole after one, the second after two,
+                        // ..., so each downloader can pass its chunk on
+                        // sooner (a chunk is served only once verified).
+                        // The answer's first byte waits for its turn, but
+                        // its last byte comes no later than interleaved.
+                        if let Some(limit) = limit {
+                            limit.acquire(len as u64).await;
+                        }
                         send_chunk(
                             &mut writer,
                             &header,
                             &handle,
                             offset,
                             len,
-                            limit,
+                            None,
                             &mut chunk_buf,
                         )
                         .await?;
@@ -542,6 +610,54 @@ pub async fn serve_peer_session(
             }
         }
         continue_or_flush(&reader, &mut writer).await?;
+    }
+}
+
+/// A connection's subscription to a partial file (`Subscribe`): which
+/// chunks it was told of, and the wake-up for new ones.
+struct Push {
+    id: FileId,
+    partial: Arc<crate::library::PartialEntry>,
+    changed: tokio::sync::watch::Receiver<u64>,
+    /// The bitfield as the subscriber knows it.
+    sent: Vec<u8>,
+}
+
+impl Push {
+    fn new(id: FileId, partial: Arc<crate::library::PartialEntry>) -> Push {
+        // Subscribed before the bitfield is read: a chunk set in between
+        // is pushed (at worst twice told, never missed).
+        let mut changed = partial.watch();
+        changed.mark_unchanged();
+        let sent = partial.bitfield();
+        Push {
+            id,
+            partial,
+            changed,
+            sent,
+        }
+    }
+
+    /// Writes a `Gained` for each chunk held since the last call (not flushed).
+    async fn send_gains(
+        &mut self,
+        writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    ) -> Result<(), WireError> {
+        // Seen before reading: a chunk set meanwhile wakes us again.
+        self.changed.mark_unchanged();
+        let now = self.partial.bitfield();
+        for (byte, (new, old)) in now.iter().zip(self.sent.iter_mut()).enumerate() {
+            let gained = new & !*old;
+            for bit in 0..8u32 {
+                if gained & (1 << bit) != 0 {
+                    let index = byte as u32 * 8 + bit;
+                    let frame = PeerResponse::Gained { id: self.id, index };
+                    wire::write_message(writer, &frame).await?;
+                }
+            }
+            *old |= gained;
+        }
+        Ok(())
     }
 }
 

@@ -104,6 +104,9 @@ pub struct PartialEntry {
     /// The name it is registered under at the index while partial.
     pub name: String,
     have: Vec<AtomicU8>,
+    /// Bumped each time a chunk is newly held: connections that push
+    /// availability (`Subscribe`) wait on it.
+    gained: watch::Sender<u64>,
 }
 
 impl PartialEntry {
@@ -115,14 +118,25 @@ impl PartialEntry {
             info,
             name,
             have: (0..bytes).map(|_| AtomicU8::new(0)).collect(),
+            gained: watch::channel(0).0,
         }
     }
 
-    /// Marks chunk `index` as verified and written.
+    /// Marks chunk `index` as verified and written, and wakes the
+    /// connections watching this file ([`PartialEntry::watch`]).
     pub fn set(&self, index: u32) {
         if let Some(b) = self.have.get((index / 8) as usize) {
-            b.fetch_or(1 << (index % 8), Ordering::Release);
+            let bit = 1 << (index % 8);
+            if b.fetch_or(bit, Ordering::Release) & bit == 0 {
+                self.gained.send_modify(|n| *n += 1);
+            }
         }
+    }
+
+    /// Changes whenever a chunk is newly held; read [`PartialEntry::bitfield`]
+    /// after it fires.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.gained.subscribe()
     }
 
     pub fn has(&self, index: u32) -> bool {

@@ -1076,21 +1076,22 @@ async fn run(
         lib.add_partial(partial.clone());
     }
 
-    // In a swarm, downloaders start at random points so that they do not
-    // all ask the seed for the same chunks first; a plain download walks
-    // from the start (sources in their regions), as it always did.
-    let rotation = match library {
-        Some(_) => {
-            use std::hash::{BuildHasher, Hasher};
-            std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish() as u32
-        }
-        None => 0,
-    };
+    // In a swarm, downloaders pick at random among the rarest chunks so
+    // that they do not ask the seed for the same ones at once
+    // ([`Scheduler::shuffled`]); a plain download walks from the start
+    // (sources in their regions, chunks in order on disk), as it always did.
     let max = config.max_sources.max(1);
     let first: Vec<String> = known.iter().take(max).cloned().collect();
-    let scheduler = Arc::new(Scheduler::with_rotation(&have, first.len(), rotation));
+    let scheduler = Arc::new(match library {
+        Some(_) => {
+            use std::hash::{BuildHasher, Hasher};
+            let seed = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            Scheduler::shuffled(&have, first.len(), seed)
+        }
+        None => Scheduler::new(&have, first.len()),
+    });
     let threads = config.verifier_threads.max(1);
     let verify_queue = config.pipeline_depth.max(2) * 2;
     // Enough buffers for every source filling one, a full queue and every

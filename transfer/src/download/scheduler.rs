@@ -83,9 +83,21 @@ struct State {
     dup_by: Vec<Option<usize>>,
     /// Per source: duplicates it asked for that may still turn out wasted.
     debt: Vec<u32>,
+    /// State of the generator that picks among equally rare chunks
+    /// ([`Scheduler::shuffled`]); `None`: the walk order decides.
+    random: Option<u64>,
 }
 
 impl State {
+    /// The next number of the tie-breaking generator (xorshift64).
+    fn next_random(&mut self) -> Option<u64> {
+        let x = self.random.as_mut()?;
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        Some(*x)
+    }
+
     /// One of a chunk's two requests went away: only one copy can arrive, so
     /// its duplicate was not a waste.
     fn settle_duplicate(&mut self, index: usize) {
@@ -170,9 +182,24 @@ impl Scheduler {
                 rotation,
                 dup_by: vec![None; total as usize],
                 debt: vec![0; sources],
+                random: None,
             }),
             changed: Notify::new(),
         }
+    }
+
+    /// For a swarm: like [`Scheduler::with_rotation`] (by `seed`), and a
+    /// chunk is picked at random among the rarest a source holds instead
+    /// of by the walk order. Downloaders that walk a seed's chunks in the
+    /// same order fall into step (one catches up with the other's region)
+    /// and then fetch the same chunks at the same time, so neither holds
+    /// anything the other lacks; random choice keeps their holdings apart
+    /// (BitTorrent's random rarest-first).
+    pub fn shuffled(have: &[bool], sources: usize, seed: u64) -> Self {
+        let s = Self::with_rotation(have, sources, seed as u32);
+        // xorshift must not start at zero.
+        s.lock().random = Some(seed | 1);
+        s
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -201,6 +228,24 @@ impl Scheduler {
             Some(bits) => Holds::Some(bits.to_vec()),
         };
         self.lock().set_holds(source, holds);
+    }
+
+    /// `source`, which reported a `Have` bitfield, now holds chunk `index`
+    /// too (pushed by the source as it gained it).
+    pub fn gained(&self, source: usize, index: u32) {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        if let Some(Holds::Some(bits)) = s.holds.get_mut(source) {
+            let (byte, bit) = ((index / 8) as usize, 1u8 << (index % 8));
+            if let Some(b) = bits.get_mut(byte) {
+                if *b & bit == 0 {
+                    *b |= bit;
+                    if let Some(a) = s.availability.get_mut(index as usize) {
+                        *a = a.saturating_add(1);
+                    }
+                }
+            }
+        }
     }
 
     /// A source left: its chunks no longer count as available.
@@ -256,6 +301,10 @@ impl Scheduler {
         let mut best: Option<(u16, u32)> = None;
         let mut any_missing = false;
         let mut outstanding = 0u32;
+        // Shuffled: the walk goes on past the floor, and each of the k
+        // equally rare chunks seen so far is kept with chance 1/k.
+        let shuffled = s.random.is_some();
+        let mut ties = 0u64;
         for step in 0..total {
             let i = (start + step) % total;
             match s.chunks[i as usize] {
@@ -267,8 +316,14 @@ impl Scheduler {
                 let rarity = s.availability[i as usize];
                 if best.is_none_or(|(r, _)| rarity < r) {
                     best = Some((rarity, i));
-                    if rarity <= floor {
+                    ties = 1;
+                    if rarity <= floor && !shuffled {
                         break;
+                    }
+                } else if shuffled && best.is_some_and(|(r, _)| rarity == r) {
+                    ties += 1;
+                    if s.next_random().is_some_and(|x| x % ties == 0) {
+                        best = Some((rarity, i));
                     }
                 }
             }
@@ -515,6 +570,36 @@ mod tests {
         assert_eq!(late, 2);
         s.set_have(late, Some(&[0b0000_0010]));
         assert_eq!(s.next(late, |i| i == 1, false), Pick::Chunk(1));
+    }
+
+    #[test]
+    fn shuffled_picks_vary_among_equally_rare_chunks() {
+        // Two downloaders of one seed, started at the same point: with the
+        // walk order they ask for the same chunks; shuffled, they mostly
+        // do not (the lockstep of issue 17's N = 2 runs).
+        let a = Scheduler::shuffled(&[false; 64], 1, 11);
+        let b = Scheduler::shuffled(&[false; 64], 1, 11 + 64);
+        let (mut same, mut seen) = (0, std::collections::HashSet::new());
+        for _ in 0..16 {
+            let (Pick::Chunk(x), Pick::Chunk(y)) =
+                (a.next(0, |_| true, false), b.next(0, |_| true, false))
+            else {
+                panic!("every chunk is missing");
+            };
+            same += usize::from(x == y);
+            seen.insert(x);
+        }
+        assert!(same <= 4, "{same} of 16 picks alike");
+        assert_eq!(seen.len(), 16, "a chunk is picked once");
+        // Rarity still comes first: only chunk 5 is held by one source only.
+        let s = Scheduler::shuffled(&[false; 8], 2, 3);
+        s.set_have(0, None);
+        s.set_have(1, Some(&[0b1101_1111]));
+        assert_eq!(s.next(0, |_| true, false), Pick::Chunk(5));
+        // The walk order (no shuffle) is kept for plain downloads.
+        let w = Scheduler::with_rotation(&[false; 8], 1, 3);
+        assert_eq!(w.next(0, |_| true, false), Pick::Chunk(3));
+        assert_eq!(w.next(0, |_| true, false), Pick::Chunk(4));
     }
 
     #[test]

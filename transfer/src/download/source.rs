@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::hello::{Protocol, FEATURE_UPLOAD_QUEUE};
+use common::hello::{Protocol, FEATURE_HAVE_PUSH, FEATURE_UPLOAD_QUEUE};
 use common::id::{chunk_count, ContentInfo, FileId};
 use common::limits::MAX_FILE_SIZE;
 use common::peer_proto::{bit_is_set, PeerErrorCode, PeerRequest, PeerResponse};
@@ -90,6 +90,13 @@ pub struct PeerConnection {
     queue_aware: bool,
     /// The `Delivered` answering our `Requester` is still to be read.
     requester_unanswered: bool,
+    /// The source pushes availability (`Subscribe`).
+    pushes: bool,
+    /// The file subscribed to and its chunk count, once `Subscribe` was
+    /// answered with a partial holding: `Gained` frames may come.
+    subscribed: Option<(FileId, u32)>,
+    /// Chunks announced by `Gained` and not yet taken ([`Self::take_gained`]).
+    gained: Vec<u32>,
 }
 
 impl PeerConnection {
@@ -167,6 +174,9 @@ impl PeerConnection {
             stall,
             queue_aware: features & FEATURE_UPLOAD_QUEUE != 0,
             requester_unanswered: false,
+            pushes: features & FEATURE_HAVE_PUSH != 0,
+            subscribed: None,
+            gained: Vec::new(),
         };
         if conn.queue_aware {
             // Goes out with the first request; its answer is read first.
@@ -197,14 +207,19 @@ impl PeerConnection {
     }
 
     /// The next answer, the first byte of which must come within `idle`.
+    /// `Gained` frames pushed before it are taken note of on the way (they
+    /// do not extend the deadline).
     async fn header_within(&mut self, idle: Duration) -> Result<PeerResponse, SourceError> {
-        let deadlines = Deadlines {
-            idle: Some(idle),
-            frame: self.stall,
+        let until = tokio::time::Instant::now() + idle;
+        let stall = self.stall;
+        let deadlines = |now: tokio::time::Instant| Deadlines {
+            idle: Some(until.saturating_duration_since(now)),
+            frame: stall,
         };
         if self.requester_unanswered {
             self.requester_unanswered = false;
-            match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await {
+            let d = deadlines(tokio::time::Instant::now());
+            match wire::expect_message(&mut self.reader, &mut self.buf, d).await {
                 Ok(PeerResponse::Delivered) => {}
                 Err(WireError::Timeout(_)) => return Err(SourceError::Stalled(idle)),
                 Err(e) => return Err(e.into()),
@@ -215,19 +230,84 @@ impl PeerConnection {
                 }
             }
         }
-        match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await {
-            Err(WireError::Timeout(_)) => Err(SourceError::Stalled(idle)),
-            Err(e) => Err(e.into()),
-            Ok(PeerResponse::Error { code, message }) => Err(match code {
-                PeerErrorCode::NotFound => SourceError::NotFound,
-                PeerErrorCode::FileChanged => SourceError::FileChanged,
-                PeerErrorCode::Busy => SourceError::Busy,
-                // Shown to the user: never raw terminal control from a peer.
-                _ => {
-                    SourceError::Protocol(common::names::escape_for_terminal(&message).into_owned())
+        loop {
+            let d = deadlines(tokio::time::Instant::now());
+            return match wire::expect_message(&mut self.reader, &mut self.buf, d).await {
+                Err(WireError::Timeout(_)) => Err(SourceError::Stalled(idle)),
+                Err(e) => Err(e.into()),
+                Ok(PeerResponse::Gained { id, index }) => {
+                    self.note_gain(id, index)?;
+                    continue;
                 }
-            }),
-            Ok(other) => Ok(other),
+                Ok(PeerResponse::Error { code, message }) => Err(match code {
+                    PeerErrorCode::NotFound => SourceError::NotFound,
+                    PeerErrorCode::FileChanged => SourceError::FileChanged,
+                    PeerErrorCode::Busy => SourceError::Busy,
+                    // Shown to the user: never raw terminal control from a peer.
+                    _ => SourceError::Protocol(
+                        common::names::escape_for_terminal(&message).into_owned(),
+                    ),
+                }),
+                Ok(other) => Ok(other),
+            };
+        }
+    }
+
+    /// Records a pushed `Gained`: only for the file subscribed to, and
+    /// within it.
+    fn note_gain(&mut self, id: FileId, index: u32) -> Result<(), SourceError> {
+        match self.subscribed {
+            Some((sub, chunks)) if sub == id && index < chunks => {
+                // At most one per chunk is pending: a source repeating
+                // itself cannot grow this past the file's chunk count.
+                if !self.gained.contains(&index) {
+                    self.gained.push(index);
+                }
+                Ok(())
+            }
+            _ => Err(SourceError::Protocol(format!(
+                "announced chunk {index} of a file not subscribed to"
+            ))),
+        }
+    }
+
+    /// Chunks the source announced since the last call.
+    pub(super) fn take_gained(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.gained)
+    }
+
+    /// Whether the source pushes its new chunks to us (a `Subscribe` was
+    /// answered with a partial holding).
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.is_some()
+    }
+
+    /// Resolves when something arrived while no request is out: from a
+    /// subscribed source, a pushed `Gained` (read it with
+    /// [`Self::read_pushed`]). Cancel-safe: nothing is consumed.
+    pub(super) async fn push_arrived(&mut self) -> Result<(), SourceError> {
+        use tokio::io::AsyncBufReadExt;
+        self.reader
+            .fill_buf()
+            .await
+            .map(|_| ())
+            .map_err(|e| SourceError::Wire(WireError::Io(e)))
+    }
+
+    /// Reads the frame that [`Self::push_arrived`] announced: with no
+    /// request out, only a `Gained` may come.
+    pub(super) async fn read_pushed(&mut self) -> Result<(), SourceError> {
+        let deadlines = Deadlines {
+            idle: Some(self.stall),
+            frame: self.stall,
+        };
+        match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await {
+            Ok(PeerResponse::Gained { id, index }) => self.note_gain(id, index),
+            Err(WireError::Timeout(_)) => Err(SourceError::Stalled(self.stall)),
+            Err(e) => Err(e.into()),
+            Ok(other) => Err(SourceError::Protocol(format!(
+                "sent {other:?} when nothing was asked"
+            ))),
         }
     }
 
@@ -274,6 +354,28 @@ impl PeerConnection {
         let answer = self.header().await?;
         check_have(answer, info)
     }
+
+    /// Which chunks the peer holds (`None`: all of them), from a source
+    /// that pushes availability: asked with `Subscribe`, so each chunk it
+    /// gains from now on is announced ([`Self::take_gained`]). Falls back
+    /// to [`Self::have`] for sources that do not push.
+    pub async fn subscribe(
+        &mut self,
+        id: FileId,
+        info: &ContentInfo,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
+        if !self.pushes {
+            return self.have(id, info).await;
+        }
+        self.queue(&PeerRequest::Subscribe { id }).await?;
+        self.flush().await?;
+        let answer = self.header().await?;
+        let have = check_have(answer, info)?;
+        if have.is_some() {
+            self.subscribed = Some((id, info.chunk_count()));
+        }
+        Ok(have)
+    }
 }
 
 /// Checks a `Have` answer against the file: `None` means every chunk.
@@ -299,6 +401,35 @@ fn check_have(answer: PeerResponse, info: &ContentInfo) -> Result<Option<Vec<u8>
                 "unexpected availability answer {other:?}"
             ))),
         }
+    }
+}
+
+/// Takes the chunks a subscribed source announced into its availability
+/// (`have`, and the scheduler's counts); a source that now holds every
+/// chunk counts as complete from here on.
+fn apply_gains(
+    shared: &Shared,
+    index: usize,
+    conn: &mut PeerConnection,
+    have: &mut Option<Vec<u8>>,
+) {
+    let gained = conn.take_gained();
+    let Some(bits) = have.as_mut() else {
+        return;
+    };
+    if gained.is_empty() {
+        return;
+    }
+    for chunk in gained {
+        if let Some(byte) = bits.get_mut((chunk / 8) as usize) {
+            *byte |= 1 << (chunk % 8);
+        }
+        shared.scheduler.gained(index, chunk);
+    }
+    let total = shared.info.chunk_count();
+    if (0..total).all(|i| bit_is_set(bits, i)) {
+        *have = None;
+        shared.scheduler.set_have(index, None);
     }
 }
 
@@ -401,7 +532,9 @@ async fn fetch_loop(
             shared.config.requester(),
         )
         .await?;
-        let have = conn.have(shared.info.id, &shared.info).await?;
+        // Told of each new chunk by a source that pushes; asked now and
+        // then otherwise (older peers).
+        let have = conn.subscribe(shared.info.id, &shared.info).await?;
         Ok::<_, SourceError>((conn, have))
     }
     .await;
@@ -428,10 +561,13 @@ async fn fetch_loop(
             }
             return Err(SourceError::BadData);
         }
+        apply_gains(shared, index, &mut conn, &mut have);
         let mut chunks_inflight = inflight.iter().filter(|p| **p != Pending::Have).count();
         // A partial source gains chunks as it downloads: ask again now and
-        // then, in the pipeline, without stopping the chunk requests.
+        // then, in the pipeline, without stopping the chunk requests
+        // (unless it tells us itself).
         if have.is_some()
+            && !conn.subscribed()
             && chunks_inflight > 0
             && !inflight.contains(&Pending::Have)
             && last_have.elapsed() >= refresh
@@ -504,15 +640,23 @@ async fn fetch_loop(
             // source, for it to get more), then look again.
             let waiting = shared.scheduler.changed.notified();
             let freed = shared.in_flight_freed.notified();
+            let subscribed = conn.subscribed();
             tokio::select! {
                 _ = waiting => {}
                 _ = freed => {}
-                _ = tokio::time::sleep(refresh) => {
-                    if have.is_some() {
+                arrived = conn.push_arrived(), if subscribed => {
+                    arrived?;
+                    conn.read_pushed().await?;
+                }
+                // From the last look, not from now: other sources' chunks
+                // wake this wait far more often than `refresh`, and a
+                // fresh sleep each time would never end.
+                _ = tokio::time::sleep_until(last_have + refresh) => {
+                    if have.is_some() && !subscribed {
                         have = conn.have(id, &shared.info).await?;
                         shared.scheduler.set_have(index, have.as_deref());
-                        last_have = tokio::time::Instant::now();
                     }
+                    last_have = tokio::time::Instant::now();
                 }
             }
             continue;
