@@ -31,7 +31,7 @@ impl Holdings {
     /// Every one of `chunks` chunks, not downloading (a seed, a finished peer).
     pub fn complete(chunks: u32) -> Holdings {
         let mut bits = vec![u64::MAX; (chunks as usize).div_ceil(64)];
-        if chunks % 64 != 0 {
+        if !chunks.is_multiple_of(64) {
             if let Some(last) = bits.last_mut() {
                 *last = (1u64 << (chunks % 64)) - 1;
             }
