@@ -67,7 +67,8 @@ pub struct EngineConfig {
     /// holds the same limiter (a daemon's downloads share one).
     pub download_limit: Option<Arc<RateLimiter>>,
     /// How often a partial source (one still downloading) is asked again
-    /// which chunks it holds.
+    /// which chunks it holds; a source that pushes availability
+    /// (`Subscribe`) is not asked: it tells.
     pub have_refresh: Duration,
     /// Most chunk requests in flight over all sources at once (none: only
     /// `pipeline_depth` per source). In a swarm with many slow sources,

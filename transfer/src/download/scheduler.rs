@@ -20,9 +20,10 @@
 //! Rarest first: sources report which chunks they hold ([`Scheduler::set_have`]),
 //! and a source is given, among the missing chunks it has, one held by the
 //! fewest connected sources (ties broken by its walk from its starting
-//! point). With complete sources only, every chunk is equally rare and this
-//! is the plain walk; in a swarm it spreads the chunks only the seed has
-//! before the ones every downloader can already pass on.
+//! point, or, in a swarm, at random: [`Scheduler::shuffled`]). With
+//! complete sources only, every chunk is equally rare and this is the plain
+//! walk; in a swarm it spreads the chunks only the seed has before the ones
+//! every downloader can already pass on.
 
 use std::sync::Mutex;
 
