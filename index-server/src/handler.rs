@@ -662,6 +662,51 @@ pub fn handle(
     }
 }
 
+/// Takes one request from the requester's budget of callbacks, punches
+/// and relays (`index-server --max-callbacks-per-minute`); the refusal if
+/// it is spent.
+fn take_callback_budget(index: &Index, conn: &Connection, now: Instant) -> Option<IndexResponse> {
+    let per_minute = conn.max_callbacks_per_minute;
+    if index
+        .callback_budget()
+        .take(conn.peer_ip, 1, per_minute, now.into_std())
+    {
+        return None;
+    }
+    Some(error(
+        ErrorCode::TooMany,
+        format!(
+            "{} asked for more than {per_minute} callbacks, punches and relays in a minute (index-server --max-callbacks-per-minute); try again later",
+            conn.peer_ip
+        ),
+    ))
+}
+
+/// The online session listed at `source` (at most 255 bytes) that has
+/// registered file `id`, or the refusal that says why there is none.
+fn registered_holder(
+    index: &Index,
+    id: &common::id::FileId,
+    source: &str,
+    now: Instant,
+) -> Result<SessionId, IndexResponse> {
+    if source.len() > 255 {
+        return Err(error(
+            ErrorCode::BadRequest,
+            "a peer address is at most 255 bytes",
+        ));
+    }
+    index.holder_named(id, source, now).ok_or_else(|| {
+        error(
+            ErrorCode::NotFound,
+            format!(
+                "no online peer {:?} has registered file {id}",
+                common::names::escape_for_terminal(source)
+            ),
+        )
+    })
+}
+
 /// Forwards a callback request to the source's connection (see
 /// `IndexRequest::Callback`), or says why not. Every request, refused or
 /// not, counts against the requester's budget, so that probing which
@@ -675,18 +720,8 @@ fn callback(
     token: [u8; common::reach::NONCE_LEN],
     now: Instant,
 ) -> IndexResponse {
-    let per_minute = conn.max_callbacks_per_minute;
-    if !index
-        .callback_budget()
-        .take(conn.peer_ip, 1, per_minute, now.into_std())
-    {
-        return error(
-            ErrorCode::TooMany,
-            format!(
-                "{} asked for more than {per_minute} callbacks in a minute (index-server --max-callbacks-per-minute); try again later",
-                conn.peer_ip
-            ),
-        );
+    if let Some(refusal) = take_callback_budget(index, conn, now) {
+        return refusal;
     }
     let low_ports = index.limits().allow_privileged_ports;
     if let Some(why) = unreachable_reason(conn.peer_ip, port, conn.peer_ip, low_ports) {
@@ -695,17 +730,9 @@ fn callback(
             format!("cannot call back to port {port}: {why}"),
         );
     }
-    if source.len() > 255 {
-        return error(ErrorCode::BadRequest, "a peer address is at most 255 bytes");
-    }
-    let Some(session) = index.holder_named(&id, &source, now) else {
-        return error(
-            ErrorCode::NotFound,
-            format!(
-                "no online peer {:?} has registered file {id}",
-                common::names::escape_for_terminal(&source)
-            ),
-        );
+    let session = match registered_holder(index, &id, &source, now) {
+        Ok(session) => session,
+        Err(refusal) => return refusal,
     };
     let order = IndexResponse::CallbackOrder {
         id,
@@ -742,30 +769,12 @@ fn punch(
             "this index does not coordinate hole punching (index-server --hole-punching false)",
         );
     }
-    let per_minute = conn.max_callbacks_per_minute;
-    if !index
-        .callback_budget()
-        .take(conn.peer_ip, 1, per_minute, now.into_std())
-    {
-        return error(
-            ErrorCode::TooMany,
-            format!(
-                "{} asked for more than {per_minute} callbacks, punches and relays in a minute (index-server --max-callbacks-per-minute); try again later",
-                conn.peer_ip
-            ),
-        );
+    if let Some(refusal) = take_callback_budget(index, conn, now) {
+        return refusal;
     }
-    if source.len() > 255 {
-        return error(ErrorCode::BadRequest, "a peer address is at most 255 bytes");
-    }
-    let Some(session) = index.holder_named(&id, &source, now) else {
-        return error(
-            ErrorCode::NotFound,
-            format!(
-                "no online peer {:?} has registered file {id}",
-                common::names::escape_for_terminal(&source)
-            ),
-        );
+    let session = match registered_holder(index, &id, &source, now) {
+        Ok(session) => session,
+        Err(refusal) => return refusal,
     };
     let order = IndexResponse::PunchOrder {
         id,
@@ -804,30 +813,12 @@ fn relay(
             "this index does not relay (index-server --relay false)",
         );
     };
-    let per_minute = conn.max_callbacks_per_minute;
-    if !index
-        .callback_budget()
-        .take(conn.peer_ip, 1, per_minute, now.into_std())
-    {
-        return error(
-            ErrorCode::TooMany,
-            format!(
-                "{} asked for more than {per_minute} callbacks and relays in a minute (index-server --max-callbacks-per-minute); try again later",
-                conn.peer_ip
-            ),
-        );
+    if let Some(refusal) = take_callback_budget(index, conn, now) {
+        return refusal;
     }
-    if source.len() > 255 {
-        return error(ErrorCode::BadRequest, "a peer address is at most 255 bytes");
-    }
-    let Some(session) = index.holder_named(&id, &source, now) else {
-        return error(
-            ErrorCode::NotFound,
-            format!(
-                "no online peer {:?} has registered file {id}",
-                common::names::escape_for_terminal(&source)
-            ),
-        );
+    let session = match registered_holder(index, &id, &source, now) {
+        Ok(session) => session,
+        Err(refusal) => return refusal,
     };
     if let Err(e) = relay.arrange(token, now) {
         return error(ErrorCode::TooMany, e.to_string());

@@ -2684,6 +2684,17 @@ mod tests {
         assert!(!foreground_is_busy(4, us(4), us(250)));
     }
 
+    /// The first id bytes of the files `lookup_name(name)` finds, sorted.
+    fn ids_by_name(idx: &Index, name: &str, now: Instant) -> Vec<u8> {
+        let mut ids: Vec<u8> = idx
+            .lookup_name(name, 10, now)
+            .iter()
+            .map(|h| h.id.0[0])
+            .collect();
+        ids.sort();
+        ids
+    }
+
     /// A name whose last component has no word of its own (in a folder
     /// that has one) is found by that component, ASCII or not; one whose
     /// last component has a word is not filed under the empty word.
@@ -2700,15 +2711,7 @@ mod tests {
         ];
         let files = (1..).zip(names).map(|(n, name)| file(n, name)).collect();
         idx.add_files(a, files, now).unwrap();
-        let by_name = |n: &str| -> Vec<u8> {
-            let mut ids: Vec<u8> = idx
-                .lookup_name(n, 10, now)
-                .iter()
-                .map(|h| h.id.0[0])
-                .collect();
-            ids.sort();
-            ids
-        };
+        let by_name = |n: &str| ids_by_name(&idx, n, now);
         assert_eq!(by_name("!!!"), [1]);
         assert_eq!(by_name("\u{2605}\u{2605}"), [2]);
         assert_eq!(by_name("--.x"), [3]);
@@ -2736,15 +2739,7 @@ mod tests {
         .unwrap();
         assert_eq!(found(&idx, &["caf\u{e9}"], now), [1, 2]);
         assert_eq!(found(&idx, &["CAFE\u{301}"], now), [1, 2]);
-        let by_name = |n: &str| {
-            let mut ids: Vec<u8> = idx
-                .lookup_name(n, 10, now)
-                .iter()
-                .map(|h| h.id.0[0])
-                .collect();
-            ids.sort();
-            ids
-        };
+        let by_name = |n: &str| ids_by_name(&idx, n, now);
         assert_eq!(by_name(nfc), [1, 2], "whole name or last component");
         assert_eq!(by_name(nfd), [1, 2]);
         assert_eq!(by_name("DOCS/CAF\u{c9}.TXT"), [2]);
