@@ -10,6 +10,25 @@ use peer::index_client::{IndexClient, IndexError};
 use peer::registrar::RegistrationState;
 use tests::*;
 
+/// Writes `len` bytes of sample data (seeded by `seed`) to `share/f.bin`:
+/// the bytes and their file id.
+fn shared_file(share: &std::path::Path, len: usize, seed: u64) -> (Vec<u8>, common::id::FileId) {
+    let data = random_bytes(len, seed);
+    write_file(share, "f.bin", &data);
+    let id = common::id::content_info(&data).id;
+    (data, id)
+}
+
+/// The path (direct, callback, punched, relayed) of each source that
+/// delivered chunks.
+fn paths_used(per_source: &[transfer::download::SourceReport]) -> Vec<&'static str> {
+    per_source
+        .iter()
+        .filter(|s| s.chunks > 0)
+        .map(|s| s.path)
+        .collect()
+}
+
 fn checked(listen_port: u16, advertise: Option<String>, nonce: [u8; 16]) -> IndexRequest {
     IndexRequest::LoginChecked {
         login: Login {
@@ -449,9 +468,8 @@ async fn get_with_callbacks(
 #[tokio::test]
 async fn a_firewalled_source_is_reached_by_callback() {
     let dir = tempfile::tempdir().unwrap();
-    let data = random_bytes(600_000, 15);
-    write_file(&dir.path().join("share"), "f.bin", &data);
-    let id = common::id::content_info(&data).id.to_hex();
+    let (data, id) = shared_file(&dir.path().join("share"), 600_000, 15);
+    let id = id.to_hex();
     let (index, source, _) = firewalled_pair(&dir.path().join("share"), 120).await;
 
     match get_with_callbacks(&index, &id, &dir.path().join("plain"), None).await {
@@ -463,15 +481,10 @@ async fn a_firewalled_source_is_reached_by_callback() {
         .expect("the download by callback");
     let got = std::fs::read(&fetched.download.path).unwrap();
     assert!(got == data, "the file differs");
-    let used: Vec<_> = fetched
-        .download
-        .per_source
-        .iter()
-        .filter(|s| s.chunks > 0)
-        .collect();
+    let used = paths_used(&fetched.download.per_source);
     assert!(!used.is_empty(), "{:?}", fetched.download.per_source);
     assert!(
-        used.iter().all(|s| s.path == "callback"),
+        used.iter().all(|p| *p == "callback"),
         "{:?}",
         fetched.download.per_source
     );
@@ -512,9 +525,7 @@ async fn ask(stream: &mut tokio::net::TcpStream, request: &IndexRequest) -> Inde
 #[tokio::test]
 async fn a_callback_for_an_unregistered_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let data = random_bytes(1000, 16);
-    write_file(&dir.path().join("share"), "f.bin", &data);
-    let id = common::id::content_info(&data).id;
+    let (_, id) = shared_file(&dir.path().join("share"), 1000, 16);
     let (index, source, listed) = firewalled_pair(&dir.path().join("share"), 120).await;
     let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
     let callback = |id, source: &str| IndexRequest::Callback {
@@ -562,9 +573,7 @@ async fn a_callback_for_an_unregistered_file_is_refused() {
 #[tokio::test]
 async fn callback_floods_are_rate_limited_per_requester() {
     let dir = tempfile::tempdir().unwrap();
-    let data = random_bytes(300_000, 17);
-    write_file(&dir.path().join("share"), "f.bin", &data);
-    let id = common::id::content_info(&data).id;
+    let (data, id) = shared_file(&dir.path().join("share"), 300_000, 17);
     let (index, source, listed) = firewalled_pair(&dir.path().join("share"), 5).await;
     // Where the flood asks callbacks to go: it counts the connections.
     let (target, serving, seen) = web_server("127.0.0.3:0").await;
@@ -795,22 +804,15 @@ async fn the_reachability_matrix_on_the_emulated_network() {
 #[tokio::test]
 async fn a_firewalled_pair_is_connected_through_the_relay() {
     let dir = tempfile::tempdir().unwrap();
-    let data = random_bytes(500_000, 18);
-    write_file(&dir.path().join("share"), "f.bin", &data);
-    let id = common::id::content_info(&data).id.to_hex();
+    let (data, id) = shared_file(&dir.path().join("share"), 500_000, 18);
+    let id = id.to_hex();
     let (index, relay, source, _) =
         firewalled_pair_with(&dir.path().join("share"), 120, Default::default()).await;
     let fetched = get_with_callbacks(&index, &id, &dir.path().join("out"), Some("127.0.0.2:0"))
         .await
         .expect("the download through the relay");
     assert!(std::fs::read(&fetched.download.path).unwrap() == data);
-    let paths: Vec<_> = fetched
-        .download
-        .per_source
-        .iter()
-        .filter(|s| s.chunks > 0)
-        .map(|s| s.path)
-        .collect();
+    let paths = paths_used(&fetched.download.per_source);
     assert_eq!(paths, ["relayed"], "{:?}", fetched.download.per_source);
     assert!(
         relay.relayed_bytes() >= data.len() as u64,
@@ -828,9 +830,7 @@ async fn a_firewalled_pair_is_connected_through_the_relay() {
 #[tokio::test]
 async fn the_relay_refuses_clients_that_are_not_logged_in() {
     let dir = tempfile::tempdir().unwrap();
-    let data = random_bytes(1000, 19);
-    write_file(&dir.path().join("share"), "f.bin", &data);
-    let id = common::id::content_info(&data).id;
+    let (_, id) = shared_file(&dir.path().join("share"), 1000, 19);
     let (index, relay, source, listed) =
         firewalled_pair_with(&dir.path().join("share"), 120, Default::default()).await;
     let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
@@ -881,9 +881,7 @@ async fn the_relay_refuses_clients_that_are_not_logged_in() {
 #[tokio::test]
 async fn relays_beyond_the_cap_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let data = random_bytes(200_000, 20);
-    write_file(&dir.path().join("share"), "f.bin", &data);
-    let id = common::id::content_info(&data).id;
+    let (data, id) = shared_file(&dir.path().join("share"), 200_000, 20);
     let relay_config = index_server::relay::RelayConfig {
         max_sessions: 1,
         pair_timeout: Duration::from_secs(2),
@@ -953,9 +951,7 @@ async fn relays_beyond_the_cap_are_refused() {
 #[tokio::test]
 async fn a_daemon_download_reaches_a_firewalled_source() {
     let dir = tempfile::tempdir().unwrap();
-    let data = random_bytes(400_000, 21);
-    write_file(&dir.path().join("share"), "f.bin", &data);
-    let id = common::id::content_info(&data).id;
+    let (data, id) = shared_file(&dir.path().join("share"), 400_000, 21);
     let (index, source, _) = firewalled_pair(&dir.path().join("share"), 120).await;
     let mut downloader = start_peer(&dir.path().join("dl"), &index.addr_string()).await;
     downloader.wait_registered(0).await;
@@ -970,12 +966,7 @@ async fn a_daemon_download_reaches_a_firewalled_source() {
         .await
         .expect("the daemon's download by callback");
     assert!(std::fs::read(&outcome.path).unwrap() == data);
-    let paths: Vec<_> = outcome
-        .per_source
-        .iter()
-        .filter(|s| s.chunks > 0)
-        .map(|s| s.path)
-        .collect();
+    let paths = paths_used(&outcome.per_source);
     assert_eq!(paths, ["callback"], "{:?}", outcome.per_source);
     downloader.stop().await;
     source.stop().await;
@@ -988,9 +979,7 @@ async fn a_daemon_download_reaches_a_firewalled_source() {
 #[tokio::test]
 async fn a_punch_is_answered_with_the_source_address_and_budgeted() {
     let dir = tempfile::tempdir().unwrap();
-    let data = random_bytes(1000, 22);
-    write_file(&dir.path().join("share"), "f.bin", &data);
-    let id = common::id::content_info(&data).id;
+    let (_, id) = shared_file(&dir.path().join("share"), 1000, 22);
     let (index, _, source, listed) =
         firewalled_setup(&dir.path().join("share"), 2, Default::default(), true).await;
     let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
