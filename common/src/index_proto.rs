@@ -204,7 +204,37 @@ pub enum IndexRequest {
         source: String,
         token: [u8; crate::reach::NONCE_LEN],
     },
+    /// `LoginChecked` with the peer's addresses in the other IP family
+    /// and inside its NAT (dual stack, issue 15). `also`: at most
+    /// [`MAX_ALSO_ADDRS`] `IP:PORT` literals where the peer also listens
+    /// (typically its IPv6 address when it logs in over IPv4, or the
+    /// reverse); each is dialed back like the listening address and
+    /// published beside it only if it proves to be this peer (if nothing
+    /// else proves itself, the first that does is the published address).
+    /// `lan`: at most [`MAX_ALSO_ADDRS`] `IP:PORT` literals of the peer's
+    /// own network (the local address of its index connection with its
+    /// listening port): never dialed nor published, only handed to a
+    /// downloader whose connection comes from the same public IP as this
+    /// firewalled peer's (two peers behind one NAT), which may dial them.
+    /// Answered by `WelcomeChecked`. An index older than this variant
+    /// closes the connection: log in again with `LoginChecked`.
+    LoginAddrs {
+        login: Login,
+        nonce: [u8; crate::reach::NONCE_LEN],
+        also: Vec<String>,
+        lan: Vec<String>,
+    },
+    /// `LookupReach` that also gives each holder's other proven addresses
+    /// and, to a requester behind the same public IP as a firewalled
+    /// holder, that holder's inside addresses: answered by
+    /// `SourcesAddrs`. An index older than this variant closes the
+    /// connection: ask again with `LookupReach`.
+    LookupAddrs { id: FileId },
 }
+
+/// Most addresses in each list of `IndexRequest::LoginAddrs` (more are
+/// refused).
+pub const MAX_ALSO_ADDRS: usize = 2;
 
 /// How other nodes can reach a peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -442,6 +472,30 @@ pub enum IndexResponse {
         token: [u8; crate::reach::NONCE_LEN],
         peer: String,
     },
+    /// Answer to `LookupAddrs`: every live holder of the whole file with
+    /// all its addresses.
+    SourcesAddrs {
+        id: FileId,
+        name: String,
+        size: u64,
+        sources: Vec<SourceAddrs>,
+    },
+}
+
+/// One holder of a file with every address it can be reached at
+/// (`SourcesAddrs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceAddrs {
+    /// How it is listed (its published address, or a firewalled peer's
+    /// observed `IP:PORT`) and how it is reached.
+    pub source: SourceReach,
+    /// Its other proven addresses (the other IP family): a downloader
+    /// connects to `source.source.addr` and these with Happy Eyeballs.
+    pub also: Vec<String>,
+    /// Its inside addresses, only when the requester's connection comes
+    /// from the same public IP as this firewalled holder's (same NAT):
+    /// unproven, dialed directly before any callback.
+    pub lan: Vec<String>,
 }
 
 /// One holder of a file and how it can be reached (`SourcesReach`).
@@ -688,6 +742,47 @@ mod tests {
         assert_eq!(bytes[4], 17);
         assert_eq!(bytes[37..53], [2; 16]);
         assert_eq!(bytes[53..], [1, b'g']);
+    }
+
+    /// The dual-stack variants come after every older one.
+    #[test]
+    fn address_variants_are_appended() {
+        let login = IndexRequest::LoginAddrs {
+            login: Login {
+                listen_port: 1,
+                advertise: None,
+                nick: None,
+            },
+            nonce: [7; 16],
+            also: vec!["a".into()],
+            lan: vec![],
+        };
+        let bytes = encode_frame(&login).unwrap();
+        assert_eq!(bytes[4..8], [23, 1, 0, 0]);
+        assert_eq!(bytes[8..24], [7; 16]);
+        assert_eq!(bytes[24..], [1, 1, b'a', 0]);
+        let id = FileId([2; 32]);
+        let bytes = encode_frame(&IndexRequest::LookupAddrs { id }).unwrap();
+        assert_eq!(bytes[..5], [0, 0, 0, 33, 24]);
+        let answer = IndexResponse::SourcesAddrs {
+            id,
+            name: String::new(),
+            size: 1,
+            sources: vec![SourceAddrs {
+                source: SourceReach {
+                    source: Source {
+                        addr: "c".into(),
+                        nick: None,
+                    },
+                    reach: Reach::Direct,
+                },
+                also: vec!["d".into()],
+                lan: vec![],
+            }],
+        };
+        let bytes = encode_frame(&answer).unwrap();
+        assert_eq!(bytes[4], 18);
+        assert_eq!(bytes[37..], [0, 1, 1, 1, b'c', 0, 0, 1, 1, b'd', 0]);
     }
 
     #[test]

@@ -75,6 +75,9 @@ impl Connection {
 pub struct Candidates {
     pub listen: Result<SocketAddr, String>,
     pub advertise: Option<Result<Advertised, String>>,
+    /// The other addresses of a `LoginAddrs` (the other IP family), each
+    /// as given and then the address to dial or why it cannot be.
+    pub also: Vec<(String, Result<SocketAddr, String>)>,
 }
 
 /// An advertised address as it would be published: (published form,
@@ -91,16 +94,57 @@ impl Candidates {
         all.sort();
         all.dedup();
         all.truncate(MAX_DIALBACKS);
+        all.extend(
+            self.also
+                .iter()
+                .filter_map(|(_, t)| t.as_ref().ok().copied()),
+        );
+        all.sort();
+        all.dedup();
         all
     }
 }
 
-/// Most addresses dialed back for one login (an advertised name resolving
-/// to many addresses is checked at its first few).
+/// Most addresses dialed back for the listening address and
+/// `--advertise` of one login (an advertised name resolving to many
+/// addresses is checked at its first few); a `LoginAddrs` adds at most
+/// `MAX_ALSO_ADDRS` more.
 pub const MAX_DIALBACKS: usize = 4;
 
-/// The addresses a `LoginChecked` on `conn` asks to publish.
-pub fn candidates(conn: &Connection, login: &Login, low_ports: bool) -> Candidates {
+/// The `also` addresses of a `LoginAddrs`, each with the address to dial
+/// or why it cannot be published (an IP literal is required: names go in
+/// `--advertise`).
+fn also_candidates(
+    conn: &Connection,
+    also: &[String],
+    low_ports: bool,
+) -> Vec<(String, Result<SocketAddr, String>)> {
+    also.iter()
+        .take(common::index_proto::MAX_ALSO_ADDRS)
+        .map(|a| {
+            let target = match a.parse::<SocketAddr>() {
+                Err(_) => Err(format!("other address {a:?} is not IP:PORT")),
+                Ok(t) => {
+                    let t = SocketAddr::new(t.ip().to_canonical(), t.port());
+                    match unreachable_reason(t.ip(), t.port(), conn.peer_ip, low_ports) {
+                        Some(why) => Err(format!("cannot publish {t}: {why}")),
+                        None => Ok(t),
+                    }
+                }
+            };
+            (a.clone(), target)
+        })
+        .collect()
+}
+
+/// The addresses a `LoginChecked` (or a `LoginAddrs` with `also`) on
+/// `conn` asks to publish.
+pub fn candidates(
+    conn: &Connection,
+    login: &Login,
+    also: &[String],
+    low_ports: bool,
+) -> Candidates {
     let listen = match login_address(conn, login.listen_port, None, low_ports) {
         Ok(_) => Ok(SocketAddr::new(conn.peer_ip, login.listen_port)),
         Err(why) => Err(why),
@@ -126,7 +170,11 @@ pub fn candidates(conn: &Connection, login: &Login, low_ports: bool) -> Candidat
             .collect();
         Ok((addr, claims, targets))
     });
-    Candidates { listen, advertise }
+    Candidates {
+        listen,
+        advertise,
+        also: also_candidates(conn, also, low_ports),
+    }
 }
 
 /// Whether the dial-back to `target` succeeded (`Err`: why not).
@@ -146,9 +194,10 @@ fn dialed(conn: &Connection, target: SocketAddr) -> Result<(), String> {
 fn checked_session(
     conn: &Connection,
     login: &Login,
+    also: &[String],
     low_ports: bool,
-) -> (String, Vec<String>, Reach, Vec<String>) {
-    let c = candidates(conn, login, low_ports);
+) -> CheckedSession {
+    let c = candidates(conn, login, also, low_ports);
     let mut refused = Vec::new();
     let mut chosen = None;
     match &c.advertise {
@@ -186,14 +235,131 @@ fn checked_session(
             )),
         },
     }
+    // The other family's addresses: published beside the chosen one, or
+    // (nothing else proved itself) the first of them is.
+    let mut others = Vec::new();
+    for (given, target) in &c.also {
+        match target {
+            Err(why) => refused.push(why.clone()),
+            Ok(t) => match dialed(conn, *t) {
+                Ok(()) => {
+                    let addr = t.to_string();
+                    match &mut chosen {
+                        None => chosen = Some((addr.clone(), vec![addr])),
+                        Some((primary, claims)) => {
+                            if *primary != addr && !others.contains(&addr) {
+                                claims.push(addr.clone());
+                                others.push(addr);
+                            }
+                        }
+                    }
+                }
+                Err(why) => refused.push(format!("other address {given} was not published: {why}")),
+            },
+        }
+    }
     match chosen {
-        Some((addr, claims)) => (addr, claims, Reach::Direct, refused),
-        None => (
-            conn.observed().to_string(),
-            Vec::new(),
-            Reach::Firewalled,
+        Some((addr, claims)) => CheckedSession {
+            addr,
+            claims,
+            reach: Reach::Direct,
             refused,
-        ),
+            also: others,
+        },
+        None => CheckedSession {
+            addr: conn.observed().to_string(),
+            claims: Vec::new(),
+            reach: Reach::Firewalled,
+            refused,
+            also: Vec::new(),
+        },
+    }
+}
+
+/// What a checked login publishes (see [`checked_session`]).
+struct CheckedSession {
+    addr: String,
+    claims: Vec<String>,
+    reach: Reach,
+    refused: Vec<String>,
+    /// Other proven addresses, published beside `addr`.
+    also: Vec<String>,
+}
+
+/// The inside addresses of a `LoginAddrs` kept for a firewalled session:
+/// well-formed `IP:PORT` literals only, at most `MAX_ALSO_ADDRS`.
+fn lan_addresses(lan: &[String]) -> Vec<String> {
+    lan.iter()
+        .filter_map(|a| a.parse::<SocketAddr>().ok())
+        .filter(|a| a.port() != 0 && !a.ip().is_unspecified() && !a.ip().is_multicast())
+        .take(common::index_proto::MAX_ALSO_ADDRS)
+        .map(|a| a.to_string())
+        .collect()
+}
+
+/// A `LoginChecked` (or `LoginAddrs`, with `also` and `lan`) whose
+/// dial-backs are in `conn.dialbacks`: opens the session with what proved
+/// itself, answered `WelcomeChecked`.
+fn login_checked(
+    index: &Index,
+    conn: &mut Connection,
+    login: Login,
+    nonce: [u8; common::reach::NONCE_LEN],
+    also: &[String],
+    lan: &[String],
+    now: Instant,
+) -> IndexResponse {
+    if conn.session.is_some() {
+        return error(
+            ErrorCode::AlreadyLoggedIn,
+            "this connection is already logged in",
+        );
+    }
+    if let Some(n) = &login.nick {
+        if !valid_nick(n) {
+            return error(
+                ErrorCode::BadRequest,
+                "a nickname is 1 to 32 letters, digits, '-', '_' or '.'",
+            );
+        }
+    }
+    if !index.use_nonce(nonce) {
+        return error(
+            ErrorCode::BadRequest,
+            "this login nonce was used before (a replayed login); log in again with a fresh random nonce",
+        );
+    }
+    let low_ports = index.limits().allow_privileged_ports;
+    let CheckedSession {
+        addr,
+        claims,
+        reach,
+        refused,
+        also,
+    } = checked_session(conn, &login, also, low_ports);
+    let new = NewSession {
+        addr: addr.clone(),
+        claims,
+        nick: login.nick,
+        source: Some(source_key(conn.peer_ip)),
+        reach,
+    };
+    match index.open_session(new, now) {
+        Ok(id) => {
+            conn.session = Some(id);
+            let lan = match reach {
+                Reach::Firewalled => lan_addresses(lan),
+                Reach::Direct => Vec::new(),
+            };
+            index.set_other_addresses(id, also, lan);
+            IndexResponse::WelcomeChecked {
+                addr: (reach == Reach::Direct).then_some(addr),
+                observed: conn.observed().to_string(),
+                refused,
+                lease_ttl_ms: index.lease_ttl().as_millis() as u64,
+            }
+        }
+        Err(e) => state_error(e),
     }
 }
 
@@ -349,6 +515,8 @@ pub fn request_kind(request: &IndexRequest) -> &'static str {
         IndexRequest::LookupName { .. } => "LookupName",
         IndexRequest::LookupPrefix { .. } => "LookupPrefix",
         IndexRequest::LoginChecked { .. } => "Login",
+        IndexRequest::LoginAddrs { .. } => "Login",
+        IndexRequest::LookupAddrs { .. } => "Lookup",
         IndexRequest::ListPeersReach { .. } => "ListPeers",
         IndexRequest::AcceptCallbacks => "Login",
         IndexRequest::LookupReach { .. } => "Lookup",
@@ -451,48 +619,23 @@ pub fn handle(
             }
         }
         IndexRequest::LoginChecked { login, nonce } => {
-            if conn.session.is_some() {
-                return error(
-                    ErrorCode::AlreadyLoggedIn,
-                    "this connection is already logged in",
-                );
-            }
-            if let Some(n) = &login.nick {
-                if !valid_nick(n) {
-                    return error(
-                        ErrorCode::BadRequest,
-                        "a nickname is 1 to 32 letters, digits, '-', '_' or '.'",
-                    );
-                }
-            }
-            if !index.use_nonce(nonce) {
-                return error(
-                    ErrorCode::BadRequest,
-                    "this login nonce was used before (a replayed login); log in again with a fresh random nonce",
-                );
-            }
-            let low_ports = index.limits().allow_privileged_ports;
-            let (addr, claims, reach, refused) = checked_session(conn, &login, low_ports);
-            let new = NewSession {
-                addr: addr.clone(),
-                claims,
-                nick: login.nick,
-                source: Some(source_key(conn.peer_ip)),
-                reach,
-            };
-            match index.open_session(new, now) {
-                Ok(id) => {
-                    conn.session = Some(id);
-                    IndexResponse::WelcomeChecked {
-                        addr: (reach == Reach::Direct).then_some(addr),
-                        observed: conn.observed().to_string(),
-                        refused,
-                        lease_ttl_ms: index.lease_ttl().as_millis() as u64,
-                    }
-                }
-                Err(e) => state_error(e),
-            }
+            login_checked(index, conn, login, nonce, &[], &[], now)
         }
+        IndexRequest::LoginAddrs {
+            login,
+            nonce,
+            also,
+            lan,
+        } => login_checked(index, conn, login, nonce, &also, &lan, now),
+        IndexRequest::LookupAddrs { id } => match index.lookup_addrs(&id, conn.peer_ip, now) {
+            Some((name, size, sources)) => IndexResponse::SourcesAddrs {
+                id,
+                name,
+                size,
+                sources,
+            },
+            None => error(ErrorCode::NotFound, format!("no online peer offers {id}")),
+        },
         // The connection task made the channel the orders go through
         // before this answer (this module does no I/O).
         IndexRequest::AcceptCallbacks => match conn.session {

@@ -339,6 +339,7 @@ async fn prove_addresses(
     conn: &mut Connection,
     index: &Index,
     login: &common::index_proto::Login,
+    also: &[String],
     nonce: &[u8; common::reach::NONCE_LEN],
     config: &Config,
 ) {
@@ -348,7 +349,8 @@ async fn prove_addresses(
         return;
     }
     let targets =
-        crate::handler::candidates(conn, login, index.limits().allow_privileged_ports).targets();
+        crate::handler::candidates(conn, login, also, index.limits().allow_privileged_ports)
+            .targets();
     // Dial-backs to the requester's own IP only reach its own host; those
     // to any other host (what --advertise can name) are what a budget per
     // requester caps, so that nobody can aim the index at a third party.
@@ -406,7 +408,8 @@ async fn dial_back(
     nonce: &[u8; common::reach::NONCE_LEN],
 ) -> Result<(), String> {
     use common::peer_proto::{PeerRequest, PeerResponse};
-    let mut stream = TcpStream::connect(target)
+    // The caller bounds the whole dial-back.
+    let (mut stream, _) = transfer::net::connect_addrs(&[target], Duration::MAX)
         .await
         .map_err(|e| format!("cannot connect ({e})"))?;
     wire::client_handshake(&mut stream, Protocol::Peer)
@@ -492,7 +495,14 @@ async fn connection_loop(
         }
         if let IndexRequest::LoginChecked { login, nonce } = &request {
             resolve_advertised(conn, login.advertise.as_deref()).await;
-            prove_addresses(conn, index, login, nonce, config).await;
+            prove_addresses(conn, index, login, &[], nonce, config).await;
+        }
+        if let IndexRequest::LoginAddrs {
+            login, nonce, also, ..
+        } = &request
+        {
+            resolve_advertised(conn, login.advertise.as_deref()).await;
+            prove_addresses(conn, index, login, also, nonce, config).await;
         }
         if matches!(request, IndexRequest::AcceptCallbacks) && order_writer.is_empty() {
             if let Some(session) = conn.session {

@@ -186,6 +186,11 @@ pub use transfer::admission::source_key;
 struct Session {
     addr: String,
     reach: Reach,
+    /// Other proven addresses, published beside `addr` (dual stack).
+    also: Vec<String>,
+    /// A firewalled session's inside addresses (unproven), handed only to
+    /// requesters behind the same public IP.
+    lan: Vec<String>,
     /// Address keys this session holds in `Inner::addrs`.
     claims: Vec<String>,
     /// Source key (see [`source_key`]), counted in `Inner::per_source`.
@@ -757,6 +762,54 @@ impl Index {
         Some((name, size, sources))
     }
 
+    /// Records a session's other proven addresses (published beside its
+    /// address; claimed at login) and, for a firewalled one, its inside
+    /// addresses (see `IndexRequest::LoginAddrs`).
+    pub fn set_other_addresses(&self, session: SessionId, also: Vec<String>, lan: Vec<String>) {
+        if let Some(mut s) = self.inner.sessions.get_mut(&session) {
+            s.also = also;
+            s.lan = lan;
+        }
+    }
+
+    /// [`Index::lookup_reach`] with each holder's other addresses, and the
+    /// inside addresses of firewalled holders whose observed IP is
+    /// `requester`'s (the same NAT).
+    pub fn lookup_addrs(
+        &self,
+        id: &FileId,
+        requester: IpAddr,
+        now: Instant,
+    ) -> Option<(String, u64, Vec<common::index_proto::SourceAddrs>)> {
+        let (name, size, sources) = self.lookup_reach(id, now)?;
+        let requester = requester.to_canonical();
+        let holders = self.inner.files.with_id(id, holders_of).unwrap_or_default();
+        // Each listed address's other and inside addresses (one pass).
+        let mut extra: HashMap<String, (Vec<String>, Vec<String>)> = HashMap::new();
+        for (session, _) in &holders {
+            let Some(s) = self.inner.sessions.get(session) else {
+                continue;
+            };
+            if s.lease_expires <= now || (s.also.is_empty() && s.lan.is_empty()) {
+                continue;
+            }
+            let same_nat = s.reach == Reach::Firewalled
+                && s.addr
+                    .parse::<std::net::SocketAddr>()
+                    .is_ok_and(|a| a.ip().to_canonical() == requester);
+            let lan = if same_nat { s.lan.clone() } else { Vec::new() };
+            extra.insert(s.addr.clone(), (s.also.clone(), lan));
+        }
+        let sources = sources
+            .into_iter()
+            .map(|source| {
+                let (also, lan) = extra.remove(&source.source.addr).unwrap_or_default();
+                common::index_proto::SourceAddrs { source, also, lan }
+            })
+            .collect();
+        Some((name, size, sources))
+    }
+
     /// Whether `nonce` was used by a login lately (among the last
     /// [`MAX_REMEMBERED_NONCES`]): a replay, to be refused.
     pub fn nonce_seen(&self, nonce: &[u8; common::reach::NONCE_LEN]) -> bool {
@@ -844,6 +897,8 @@ impl Index {
             Session {
                 addr,
                 reach,
+                also: Vec::new(),
+                lan: Vec::new(),
                 claims: Vec::new(),
                 source,
                 charged: 0,

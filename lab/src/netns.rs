@@ -31,7 +31,7 @@
 //! Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN): [`available`] says why
 //! not in one line.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -225,8 +225,12 @@ fn enter(ns: &str) -> Result<(), NetnsError> {
 pub struct Host {
     /// Its network namespace (for `ip netns exec`).
     pub ns: String,
-    /// Its address on the LAN.
+    /// Its IPv4 address on the LAN (`0.0.0.0` on an IPv6-only host).
     pub addr: Ipv4Addr,
+    /// Its IPv6 address on the LAN (fd00:100::/64), if it has one: every
+    /// host on the switch does (where the kernel has IPv6), hosts behind a
+    /// router do not (no NAT66 here).
+    pub addr6: Option<Ipv6Addr>,
     /// Its uplink cap, bytes per second (none: the link's speed).
     pub up: Option<u64>,
     /// Its downlink cap, bytes per second.
@@ -234,6 +238,19 @@ pub struct Host {
 }
 
 impl Host {
+    /// Whether it has an IPv4 address (not an IPv6-only host).
+    pub fn has_ipv4(&self) -> bool {
+        !self.addr.is_unspecified()
+    }
+
+    /// Its address on the switch: IPv4 if it has one, else IPv6.
+    pub fn ip(&self) -> IpAddr {
+        match (self.has_ipv4(), self.addr6) {
+            (false, Some(v6)) => IpAddr::V6(v6),
+            _ => IpAddr::V4(self.addr),
+        }
+    }
+
     /// A command that runs `program` inside this host's namespace.
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
@@ -486,13 +503,36 @@ impl Lan {
         down: Option<u64>,
     ) -> Result<Host, NetnsError> {
         let ns = format!("{}-{label}", self.name);
-        let host = self.attach(&ns, up, down)?;
+        let host = self.attach(&ns, up, down, true)?;
+        self.hosts.push(host.clone());
+        Ok(host)
+    }
+
+    /// Adds an IPv6-only host named `label` on the switch: an address in
+    /// fd00:100::/64 and no IPv4 address. Fails when the kernel has no
+    /// IPv6.
+    pub fn add_host_v6only(&mut self, label: &str) -> Result<Host, NetnsError> {
+        let ns = format!("{}-{label}", self.name);
+        let host = self.attach(&ns, None, None, false)?;
+        if host.addr6.is_none() {
+            return Err(NetnsError::Command {
+                command: format!("ip -n {ns} -6 addr add"),
+                status: "no IPv6".into(),
+                stderr: "this kernel gives namespaces no IPv6 address".into(),
+            });
+        }
         self.hosts.push(host.clone());
         Ok(host)
     }
 
     /// Makes namespace `ns` a port of the switch with the next address.
-    fn attach(&mut self, ns: &str, up: Option<u64>, down: Option<u64>) -> Result<Host, NetnsError> {
+    fn attach(
+        &mut self,
+        ns: &str,
+        up: Option<u64>,
+        down: Option<u64>,
+        ipv4: bool,
+    ) -> Result<Host, NetnsError> {
         let i = self.attached;
         if i >= MAX_HOSTS {
             return Err(NetnsError::Full(MAX_HOSTS));
@@ -531,19 +571,52 @@ impl Lan {
                 "up",
             ],
         )?;
-        run(
+        if ipv4 {
+            run(
+                "ip",
+                &[
+                    "-n",
+                    ns,
+                    "addr",
+                    "add",
+                    &format!("{addr}/16"),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+        }
+        // IPv6 beside it: fd00:100::N/64, usable at once (no duplicate
+        // address detection), and a default route on the link so that the
+        // host has a source address toward "the Internet". A kernel
+        // without IPv6 leaves the host IPv4-only.
+        let n = i + 2;
+        let addr6 = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, (n >> 16) as u16, n as u16);
+        let with_v6 = run(
             "ip",
             &[
                 "-n",
                 ns,
+                "-6",
                 "addr",
                 "add",
-                &format!("{addr}/16"),
+                &format!("{addr6}/64"),
                 "dev",
                 "eth0",
+                "nodad",
             ],
-        )?;
+        )
+        .is_ok();
         run("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+        let addr6 = with_v6
+            .then(|| {
+                run(
+                    "ip",
+                    &["-n", ns, "-6", "route", "add", "default", "dev", "eth0"],
+                )
+            })
+            .transpose()?
+            .map(|()| addr6);
+        let addr = if ipv4 { addr } else { Ipv4Addr::UNSPECIFIED };
         if let Some(rate) = up {
             shape(ns, "eth0", rate)?;
         }
@@ -553,6 +626,7 @@ impl Lan {
         Ok(Host {
             ns: ns.to_string(),
             addr,
+            addr6,
             up,
             down,
         })
@@ -578,7 +652,7 @@ impl Lan {
         self.routers += 1;
         let ns = format!("{}-{label}", self.name);
         self.others.push(ns.clone());
-        let outside = self.attach(&ns, None, None)?;
+        let outside = self.attach(&ns, None, None, true)?;
         run(
             "ip",
             &[
@@ -721,6 +795,7 @@ table inet filter {{
         Ok(Host {
             ns,
             addr,
+            addr6: None,
             up: None,
             down: None,
         })

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use common::hello::{Protocol, FEATURE_UPLOAD_QUEUE};
 use common::id::FileId;
-use common::index_proto::{IndexRequest, IndexResponse, Login, Reach, SourceReach};
+use common::index_proto::{IndexRequest, IndexResponse, Login, Reach, SourceAddrs};
 use common::limits::{CONNECT_TIMEOUT, FRAME_TIMEOUT, HELLO_TIMEOUT};
 use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
 use common::reach::{
@@ -99,6 +99,11 @@ struct Inner {
     firewalled: Mutex<HashSet<String>>,
     /// How each source that was not dialed was reached last.
     paths: Mutex<HashMap<String, &'static str>>,
+    /// Every published address of sources that have several (dual
+    /// stack), by the name they are listed under.
+    addresses: Mutex<HashMap<String, Vec<String>>>,
+    /// Inside addresses of firewalled sources behind our own NAT.
+    lan: Mutex<HashMap<String, Vec<String>>>,
     /// Sources a hole punch did not reach: the next connection to them
     /// goes straight to the relay (a strict NAT does not change its mind).
     unpunchable: Mutex<HashSet<String>>,
@@ -138,6 +143,8 @@ impl Callbacks {
                 pending: Mutex::new(HashMap::new()),
                 firewalled: Mutex::new(HashSet::new()),
                 paths: Mutex::new(HashMap::new()),
+                addresses: Mutex::new(HashMap::new()),
+                lan: Mutex::new(HashMap::new()),
                 unpunchable: Mutex::new(HashSet::new()),
                 session: tokio::sync::Mutex::new(None),
                 nonce: LoginNonce::default(),
@@ -152,23 +159,34 @@ impl Callbacks {
         self.inner.port
     }
 
-    /// Notes that the sources named `addrs` are firewalled.
-    pub fn mark_firewalled(&self, addrs: &[String]) {
-        lock(&self.inner.firewalled).extend(addrs.iter().cloned());
-    }
-
-    /// Notes how each of `sources` is reached, and returns their addresses.
-    pub fn note(&self, sources: Vec<SourceReach>) -> Vec<String> {
+    /// Notes how each of `sources` is reached (firewalled or not, its
+    /// other addresses, its inside addresses behind our NAT), and returns
+    /// the names they are listed under.
+    pub fn note(&self, sources: Vec<SourceAddrs>) -> Vec<String> {
         let mut firewalled = lock(&self.inner.firewalled);
+        let mut addresses = lock(&self.inner.addresses);
+        let mut lan = lock(&self.inner.lan);
         sources
             .into_iter()
             .map(|s| {
-                if s.reach == Reach::Firewalled {
-                    firewalled.insert(s.source.addr.clone());
+                let name = s.source.source.addr;
+                if s.source.reach == Reach::Firewalled {
+                    firewalled.insert(name.clone());
                 } else {
-                    firewalled.remove(&s.source.addr);
+                    firewalled.remove(&name);
                 }
-                s.source.addr
+                if s.also.is_empty() {
+                    addresses.remove(&name);
+                } else {
+                    let all = std::iter::once(name.clone()).chain(s.also).collect();
+                    addresses.insert(name.clone(), all);
+                }
+                if s.lan.is_empty() {
+                    lan.remove(&name);
+                } else {
+                    lan.insert(name.clone(), s.lan);
+                }
+                name
             })
             .collect()
     }
@@ -365,6 +383,19 @@ impl Callbacks {
     /// back, else (or when that fails) by a hole punch, else through the
     /// relay.
     async fn reach(&self, source: &str) -> std::io::Result<(TcpStream, u8)> {
+        // Behind the same NAT: its inside address, before anything else.
+        let lan = lock(&self.inner.lan).get(source).cloned();
+        if let Some(lan) = lan {
+            match dial_lan(&lan).await {
+                Ok(pair) => {
+                    lock(&self.inner.paths).insert(source.to_string(), "lan");
+                    return Ok(pair);
+                }
+                Err(e) => {
+                    debug!(%source, error = %e, "its inside address did not answer; trying a callback")
+                }
+            }
+        }
         let reachable = self.reachable().await.map_err(std::io::Error::other)?;
         if reachable {
             match self.call(source).await {
@@ -391,6 +422,26 @@ impl Callbacks {
         lock(&self.inner.paths).insert(source.to_string(), "relayed");
         Ok(pair)
     }
+}
+
+/// How long a dial to a source's inside address (behind our own NAT) may
+/// take: a round trip on a LAN, so a wrong address costs little.
+pub const LAN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Dials a source behind our own NAT at its inside addresses `lan` (the
+/// index hands them only to a requester with the same public IP), and
+/// says the peer protocol's hello there.
+async fn dial_lan(lan: &[String]) -> std::io::Result<(TcpStream, u8)> {
+    let addrs: Vec<SocketAddr> = lan.iter().filter_map(|a| a.parse().ok()).collect();
+    let (mut stream, _) = transfer::net::connect_addrs(&addrs, LAN_TIMEOUT).await?;
+    let features = tokio::time::timeout(
+        HELLO_TIMEOUT,
+        wire::client_handshake_features(&mut stream, Protocol::Peer),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))?
+    .map_err(std::io::Error::other)?;
+    Ok((stream, features))
 }
 
 /// Connects to the relay at `index` as `role` of the relay arranged under
@@ -466,6 +517,13 @@ impl Connector for Callbacks {
             .get(addr)
             .copied()
             .unwrap_or("direct")
+    }
+
+    fn addresses(&self, addr: &str) -> Vec<String> {
+        lock(&self.inner.addresses)
+            .get(addr)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 

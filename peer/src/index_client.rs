@@ -96,6 +96,9 @@ pub struct IndexClient {
     /// The index closed the connection on `LookupReach` (an older index):
     /// [`Self::lookup_reach`] asks with `Lookup` from then on.
     no_lookup_reach: bool,
+    /// The index closed the connection on `LookupAddrs`: asked with
+    /// `LookupReach` from then on.
+    no_lookup_addrs: bool,
 }
 
 /// Most callback orders an [`IndexClient`] holds until they are taken;
@@ -112,6 +115,12 @@ impl IndexClient {
     /// a peer that may punch holes (`IndexRequest::Punch`).
     pub async fn connect_shareable(addr: &str) -> Result<Self, IndexError> {
         Self::connect_with(addr, true).await
+    }
+
+    /// This end's address of the connection (the host's address toward
+    /// the index: behind a NAT, its inside address).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.reader.get_ref().local_addr().ok()
     }
 
     /// The local port of a connection made by [`Self::connect_shareable`].
@@ -152,6 +161,7 @@ impl IndexClient {
             orders: Vec::new(),
             local_port,
             no_lookup_reach: false,
+            no_lookup_addrs: false,
         })
     }
 
@@ -278,6 +288,49 @@ impl IndexClient {
                 *self = IndexClient::connect(&self.addr).await?;
                 self.no_lookup_reach = true;
                 Ok(direct_only(self.lookup(id).await?))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every live holder of `id` with all its addresses (`LookupAddrs`:
+    /// other proven addresses, and inside addresses of firewalled holders
+    /// behind our own NAT): (name, size, sources); `Ok(None)` when no
+    /// online peer has it. An index older than `LookupAddrs` closes the
+    /// connection: asked again with [`Self::lookup_reach`] on a new one.
+    pub async fn lookup_addrs(
+        &mut self,
+        id: FileId,
+    ) -> Result<Option<(String, u64, Vec<common::index_proto::SourceAddrs>)>, IndexError> {
+        let plain = |found: Option<(String, u64, Vec<common::index_proto::SourceReach>)>| {
+            found.map(|(name, size, sources)| {
+                let sources = sources
+                    .into_iter()
+                    .map(|source| common::index_proto::SourceAddrs {
+                        source,
+                        also: Vec::new(),
+                        lan: Vec::new(),
+                    })
+                    .collect();
+                (name, size, sources)
+            })
+        };
+        if self.no_lookup_addrs {
+            return Ok(plain(self.lookup_reach(id).await?));
+        }
+        match self.request(&IndexRequest::LookupAddrs { id }).await {
+            Ok(IndexResponse::SourcesAddrs {
+                name,
+                size,
+                sources,
+                ..
+            }) => Ok(Some((name, size, sources))),
+            Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
+            Err(IndexError::Wire(WireError::Closed | WireError::Io(_))) => {
+                *self = IndexClient::connect(&self.addr).await?;
+                self.no_lookup_addrs = true;
+                Ok(plain(self.lookup_reach(id).await?))
             }
             Err(e) => Err(e),
         }

@@ -231,9 +231,10 @@ pub struct Located {
     pub sources: Vec<String>,
     /// The flooding search that found it (p2p mode).
     pub search: Option<SearchReport>,
-    /// Those of `sources` that accept no connections (firewalled: reached
-    /// by callback); listed only when asked for.
-    pub firewalled: Vec<String>,
+    /// How the index lists those of `sources` it knows (firewalled ones:
+    /// reached by callback; every address of each, for Happy Eyeballs and
+    /// a peer behind our own NAT); listed only when asked for.
+    pub reach: Vec<common::index_proto::SourceAddrs>,
 }
 
 /// The first step of [`fetch`] alone: the file `target` stands for where
@@ -305,7 +306,7 @@ pub async fn fetch(
                             reason: e,
                         }
                     })?;
-                    cb.mark_firewalled(&located.firewalled);
+                    cb.note(located.reach.clone());
                     engine.connector = Some(Arc::new(cb.clone()));
                     Some(cb)
                 }
@@ -385,21 +386,17 @@ async fn locate(
         Fetcher::Hybrid { index } => {
             let mut client = IndexClient::connect(index).await?;
             let chosen = target::resolve_at_index(&mut client, target, Holders::Any).await?;
-            let mut firewalled = Vec::new();
+            let mut reach = Vec::new();
             let found = if with_firewalled && own.is_none() {
                 client
-                    .lookup_reach(chosen.id)
+                    .lookup_addrs(chosen.id)
                     .await?
                     .map(|(name, size, sources)| {
                         let addrs: Vec<String> = sources
-                            .into_iter()
-                            .map(|s| {
-                                if s.reach == common::index_proto::Reach::Firewalled {
-                                    firewalled.push(s.source.addr.clone());
-                                }
-                                s.source.addr
-                            })
+                            .iter()
+                            .map(|s| s.source.source.addr.clone())
                             .collect();
+                        reach = sources;
                         (name, size, addrs)
                     })
             } else if own.is_some() {
@@ -416,17 +413,18 @@ async fn locate(
                     })
             };
             // A swarming download lists complete and partial holders that
-            // can be dialed; the firewalled complete ones come from here.
+            // can be dialed; the firewalled complete ones come from here
+            // (and every holder's other addresses).
             let mut found = found;
             if with_firewalled && own.is_some() {
-                if let Some((name, size, holders)) = client.lookup_reach(chosen.id).await? {
+                if let Some((name, size, holders)) = client.lookup_addrs(chosen.id).await? {
                     let (_, _, sources) = found.get_or_insert_with(|| (name, size, Vec::new()));
-                    for h in holders {
-                        if h.reach == common::index_proto::Reach::Firewalled {
-                            firewalled.push(h.source.addr.clone());
-                            sources.push(h.source.addr);
+                    for h in &holders {
+                        if h.source.reach == common::index_proto::Reach::Firewalled {
+                            sources.push(h.source.source.addr.clone());
                         }
                     }
+                    reach = holders;
                 }
             }
             let Some((name, size, sources)) = found else {
@@ -442,7 +440,7 @@ async fn locate(
                 size,
                 sources,
                 search: None,
-                firewalled,
+                reach,
             })
         }
         Fetcher::ClientServer { server } => {
@@ -458,7 +456,7 @@ async fn locate(
                 // Only ever the server, never another peer.
                 sources: vec![server.clone()],
                 search: None,
-                firewalled: Vec::new(),
+                reach: Vec::new(),
             })
         }
         Fetcher::P2p { via, ttl, wait } => {
@@ -489,7 +487,7 @@ async fn locate(
                 size,
                 sources,
                 search: Some(report),
-                firewalled: Vec::new(),
+                reach: Vec::new(),
             })
         }
     }
@@ -529,7 +527,7 @@ impl SourceLookup for IndexSources {
         let client = self.client.as_mut()?;
         let found = if let (Some(cb), None) = (&self.callbacks, &self.own) {
             client
-                .lookup_reach(self.id)
+                .lookup_addrs(self.id)
                 .await
                 .map(|f| f.map(|(_, _, sources)| cb.note(sources)))
         } else if self.own.is_some() {
@@ -549,18 +547,19 @@ impl SourceLookup for IndexSources {
                 .map(|f| f.map(|(_, _, s)| s.into_iter().map(|s| s.addr).collect()))
         };
         // A swarming download with callbacks: the firewalled complete
-        // holders too.
+        // holders too (and every holder's other addresses).
         let found = match (found, &self.callbacks, &self.own) {
-            (Ok(found), Some(cb), Some(_)) => match client.lookup_reach(self.id).await {
+            (Ok(found), Some(cb), Some(_)) => match client.lookup_addrs(self.id).await {
                 Ok(holders) => {
-                    let firewalled: Vec<_> = holders
-                        .map(|(_, _, h)| h)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|h| h.reach == common::index_proto::Reach::Firewalled)
+                    let holders = holders.map(|(_, _, h)| h).unwrap_or_default();
+                    let firewalled: Vec<String> = holders
+                        .iter()
+                        .filter(|h| h.source.reach == common::index_proto::Reach::Firewalled)
+                        .map(|h| h.source.source.addr.clone())
                         .collect();
+                    cb.note(holders);
                     let mut found = found.unwrap_or_default();
-                    found.extend(cb.note(firewalled));
+                    found.extend(firewalled);
                     Ok(Some(found))
                 }
                 Err(e) => Err(e),

@@ -53,6 +53,40 @@ pub struct RegistrarConfig {
     /// Serves the callback orders the index forwards while this peer is
     /// firewalled (`crate::callback`); `None`: takes none.
     pub callbacks: Option<crate::callback::CallbackServer>,
+    /// Where the chunk server listens (`[::]`: both IP families), to offer
+    /// the index this host's address in the other family and its inside
+    /// address (`IndexRequest::LoginAddrs`); `None`: offer none.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// What a `LoginAddrs` offers besides the connection's own address: the
+/// host's address in the other IP family (when the listener on `listen`
+/// takes it), and `local` (the index connection's local address: the
+/// inside address behind a NAT), each with the listening port.
+pub fn other_addresses(
+    listen: std::net::SocketAddr,
+    local: Option<std::net::SocketAddr>,
+) -> (Vec<String>, Vec<String>) {
+    use std::net::{IpAddr, SocketAddr};
+    let dual = listen.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    let takes = |ip: IpAddr| {
+        let ip = ip.to_canonical();
+        dual || listen.ip() == ip
+            || (listen.ip() == IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) && ip.is_ipv4())
+    };
+    // An index on this machine (tests, the lab): nothing to add.
+    let Some(local) = local
+        .map(|l| SocketAddr::new(l.ip().to_canonical(), l.port()))
+        .filter(|l| !l.ip().is_loopback())
+    else {
+        return (Vec::new(), Vec::new());
+    };
+    let port = listen.port();
+    let also = transfer::net::source_address(local.is_ipv4())
+        .filter(|ip| takes(*ip))
+        .map(|ip| SocketAddr::new(ip, port).to_string());
+    let lan = takes(local.ip()).then(|| SocketAddr::new(local.ip(), port).to_string());
+    (also.into_iter().collect(), lan.into_iter().collect())
 }
 
 /// Whether the index refused the login for a reason that retrying cannot
@@ -106,12 +140,15 @@ pub async fn run(
     let mut answering = tokio::task::JoinSet::new();
     // Cleared when the index turns out to be older than callbacks.
     let mut take_callbacks = config.callbacks.is_some();
+    // Cleared when the index turns out to be older than `LoginAddrs`.
+    let mut offer_addrs = true;
     loop {
         state.send_replace(RegistrationState::Connecting);
         let mut calls = Calls {
             server: config.callbacks.as_ref(),
             answering: &mut answering,
             wanted: &mut take_callbacks,
+            addrs: &mut offer_addrs,
         };
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -176,6 +213,9 @@ struct Calls<'a> {
     /// Whether to ask the index for callback orders (cleared for an index
     /// too old to send them).
     wanted: &'a mut bool,
+    /// Whether to log in with `LoginAddrs` (cleared for an index too old
+    /// to take it).
+    addrs: &'a mut bool,
 }
 
 impl Calls<'_> {
@@ -241,11 +281,42 @@ async fn session(
     // A fresh nonce per login, set before the index can dial back.
     let nonce: [u8; common::reach::NONCE_LEN] = rand::random();
     config.login_nonce.set(nonce);
-    let checked = IndexRequest::LoginChecked {
-        login: login.clone(),
-        nonce,
+    let (also, lan) = match config.listen {
+        Some(listen) if *calls.addrs => other_addresses(listen, client.local_addr()),
+        _ => (Vec::new(), Vec::new()),
     };
-    let (addr, ttl, reach) = match client.request(&checked).await {
+    let checked = if also.is_empty() && lan.is_empty() {
+        IndexRequest::LoginChecked {
+            login: login.clone(),
+            nonce,
+        }
+    } else {
+        IndexRequest::LoginAddrs {
+            login: login.clone(),
+            nonce,
+            also,
+            lan,
+        }
+    };
+    let answer = match client.request(&checked).await {
+        // An index from before `LoginAddrs` closes the connection: the
+        // same login without the other addresses, from now on.
+        Err(IndexError::Wire(WireError::Closed | WireError::Io(_)))
+            if matches!(checked, IndexRequest::LoginAddrs { .. }) =>
+        {
+            *calls.addrs = false;
+            client = IndexClient::connect_shareable(&config.index).await?;
+            let nonce: [u8; common::reach::NONCE_LEN] = rand::random();
+            config.login_nonce.set(nonce);
+            let checked = IndexRequest::LoginChecked {
+                login: login.clone(),
+                nonce,
+            };
+            client.request(&checked).await
+        }
+        other => other,
+    };
+    let (addr, ttl, reach) = match answer {
         Ok(IndexResponse::WelcomeChecked {
             addr,
             observed,

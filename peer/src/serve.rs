@@ -403,6 +403,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         backoff_min: config.backoff_min,
         backoff_max: config.backoff_max,
         nick_fallback: config.nick_fallback,
+        listen: Some(listen_addr),
         callbacks: Some(crate::callback::CallbackServer {
             library: library.clone(),
             stats: uploads.clone(),

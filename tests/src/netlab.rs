@@ -31,8 +31,11 @@ pub fn skip(test: &str) -> bool {
 
 /// An index server running inside a host's namespace.
 pub struct NsIndex {
-    /// Where peers reach it (the host's address).
+    /// Where peers reach it (the host's address: IPv4).
     pub addr: SocketAddr,
+    /// Where IPv6 peers reach it (the host's IPv6 address, if it has one;
+    /// the index listens dual-stack on `[::]`).
+    pub addr6: Option<SocketAddr>,
     pub state: index_server::Index,
     /// Its relay, when it has one.
     pub relay: Option<std::sync::Arc<index_server::relay::Relay>>,
@@ -51,7 +54,8 @@ impl Drop for NsIndex {
 pub async fn start_index(host: &Host, mut config: index_server::Config) -> NsIndex {
     crate::init_logging();
     let rt = host.runtime().expect("a runtime in the index's namespace");
-    config.listen = "0.0.0.0:0".parse().unwrap();
+    // Dual stack: IPv4 and IPv6 peers on one socket.
+    config.listen = "[::]:0".parse().unwrap();
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let stop = shutdown.clone();
@@ -65,6 +69,7 @@ pub async fn start_index(host: &Host, mut config: index_server::Config) -> NsInd
     let (port, state, relay) = rx.await.expect("the index started");
     NsIndex {
         addr: SocketAddr::from((host.addr, port)),
+        addr6: host.addr6.map(|a| SocketAddr::from((a, port))),
         state,
         relay,
         shutdown,
@@ -112,7 +117,7 @@ impl NsPeer {
 }
 
 /// Starts a peer on `host` sharing `share` at `index`, listening on all
-/// the host's addresses; `adjust` may change its config.
+/// the host's addresses (IPv6 and IPv4); `adjust` may change its config.
 pub async fn start_peer(
     host: &Host,
     share: &Path,
@@ -123,7 +128,8 @@ pub async fn start_peer(
     std::fs::create_dir_all(share).unwrap();
     let rt = host.runtime().expect("a runtime in the peer's namespace");
     let mut config = crate::peer_config(share, &index.to_string());
-    config.listen = "0.0.0.0:0".parse().unwrap();
+    // Dual stack, as `peer serve` by default.
+    config.listen = "[::]:0".parse().unwrap();
     adjust(&mut config);
     let shutdown = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -137,7 +143,7 @@ pub async fn start_peer(
     });
     let (port, registration) = rx.await.expect("the peer started");
     NsPeer {
-        listen: SocketAddr::from((host.addr, port)),
+        listen: SocketAddr::new(host.ip(), port),
         registration,
         shutdown,
         _rt: rt,

@@ -631,19 +631,63 @@ async fn callback_floods_are_rate_limited_per_requester() {
 /// Where a node of the matrix sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Position {
+    /// On the public segment, IPv4 and IPv6.
     Public,
+    /// Behind a home router (IPv4 only).
     Home,
+    /// Behind a strict NAT (IPv4 only).
     Strict,
+    /// On the public segment with IPv6 only.
+    V6Only,
+    /// A downloader behind the same home router as the home source.
+    SameHome,
 }
 
-/// The matrix on the emulated network: a source and a downloader in each
-/// position {public, home NAT, strict NAT}. Every pair completes and
-/// verifies: a public source is dialed (`direct`, whatever the
-/// downloader's NAT), a source behind either NAT connects out to a public
-/// downloader (`callback`), two peers behind home routers punch a hole
-/// (`punched`), and a pair with a strict NAT on both sides, or on one
-/// side and a home router on the other, goes through the index's relay
-/// (`relayed`). The relay carried at least those three files.
+impl Position {
+    fn has_ipv6(self) -> bool {
+        matches!(self, Position::Public | Position::V6Only)
+    }
+
+    fn has_ipv4(self) -> bool {
+        self != Position::V6Only
+    }
+}
+
+/// The path a pair should take, `None` when it has no IP family in
+/// common (an IPv6-only node and one behind an IPv4 NAT: not tried).
+fn expected_path(src: Position, dl: Position) -> Option<&'static str> {
+    use Position::*;
+    let common = (src.has_ipv4() && dl.has_ipv4()) || (src.has_ipv6() && dl.has_ipv6());
+    if !common || (dl == SameHome && src != Home) {
+        return None;
+    }
+    Some(match (src, dl) {
+        // Published addresses: dialed (IPv6 first where both have it).
+        (Public | V6Only, _) => "direct",
+        // Behind the same router: its inside address, from the index.
+        (Home, SameHome) => "lan",
+        (_, Public) => "callback",
+        // Both behind home routers (endpoint-independent, port
+        // preserving): a TCP simultaneous open gets through.
+        (Home, Home) => "punched",
+        // A strict NAT on either side: through the index's relay.
+        _ => "relayed",
+    })
+}
+
+/// The matrix on the emulated network: a source in each position
+/// {public (dual stack), home NAT, strict NAT, IPv6-only} and a
+/// downloader in each of those and behind the source's home router, every
+/// pair with an IP family in common. Every pair completes and verifies,
+/// by the path [`expected_path`] names: a public source is dialed
+/// (`direct`; an IPv6-only downloader reaches a dual-stack source at the
+/// IPv6 address its dial-back proved), a source behind either NAT
+/// connects out to a public downloader (`callback`), two peers behind
+/// different home routers punch a hole (`punched`), two behind the same
+/// router connect at the source's inside address (`lan`), and a pair with
+/// a strict NAT and the other side behind any NAT goes through the
+/// index's relay (`relayed`). The relay carried at least those three
+/// files; the dual-stack source is published at both its addresses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reachability_matrix_on_the_emulated_network() {
     if netlab::skip("the_reachability_matrix_on_the_emulated_network") {
@@ -651,8 +695,14 @@ async fn the_reachability_matrix_on_the_emulated_network() {
     }
     let mut lan = lab::netns::Lan::create().unwrap();
     let index_host = lan.add_host("index", None, None).unwrap();
-    // A router of each kind per side: sources and downloaders never share
-    // a NAT (that needs hairpinning, another matter).
+    if index_host.addr6.is_none() {
+        eprintln!(
+            "skipped the_reachability_matrix_on_the_emulated_network: namespaces get no IPv6 here"
+        );
+        return;
+    }
+    // A router of each kind per side: sources and downloaders behind
+    // different NATs, but for the SameHome downloader.
     let mut routers: Vec<_> = ["s", "d"]
         .iter()
         .map(|side| {
@@ -664,17 +714,34 @@ async fn the_reachability_matrix_on_the_emulated_network() {
             )
         })
         .collect();
-    let positions = [Position::Public, Position::Home, Position::Strict];
+    let source_positions = [
+        Position::Public,
+        Position::Home,
+        Position::Strict,
+        Position::V6Only,
+    ];
+    let downloader_positions = [
+        Position::Public,
+        Position::Home,
+        Position::Strict,
+        Position::V6Only,
+        Position::SameHome,
+    ];
     let mut host = |pos: Position, role: &str| {
         let (home, strict) = &mut routers[usize::from(role == "dl")];
         match pos {
             Position::Public => lan.add_host(&format!("{role}pub"), None, None).unwrap(),
+            Position::V6Only => lan.add_host_v6only(&format!("{role}six")).unwrap(),
             Position::Home => lan.add_behind(home, &format!("{role}home")).unwrap(),
             Position::Strict => lan.add_behind(strict, &format!("{role}strict")).unwrap(),
+            Position::SameHome => lan.add_behind(&mut routers[0].0, "dlsame").unwrap(),
         }
     };
-    let source_hosts: Vec<_> = positions.iter().map(|p| host(*p, "src")).collect();
-    let downloader_hosts: Vec<_> = positions.iter().map(|p| host(*p, "dl")).collect();
+    let source_hosts: Vec<_> = source_positions.iter().map(|p| host(*p, "src")).collect();
+    let downloader_hosts: Vec<_> = downloader_positions
+        .iter()
+        .map(|p| host(*p, "dl"))
+        .collect();
     let index = netlab::start_index(
         &index_host,
         index_server::Config {
@@ -683,17 +750,21 @@ async fn the_reachability_matrix_on_the_emulated_network() {
         },
     )
     .await;
+    let index_for = |pos: Position| match pos {
+        Position::V6Only => index.addr6.unwrap(),
+        _ => index.addr,
+    };
     let dirs = tempfile::tempdir().unwrap();
     let mut sources = Vec::new();
     let mut files = Vec::new();
-    for (i, (pos, h)) in positions.iter().zip(&source_hosts).enumerate() {
+    for (i, (pos, h)) in source_positions.iter().zip(&source_hosts).enumerate() {
         let share = dirs.path().join(format!("src{i}"));
         let data = random_bytes(700_000, 100 + i as u64);
         write_file(&share, "f.bin", &data);
-        let mut peer = netlab::start_peer(h, &share, index.addr, |_| {}).await;
+        let mut peer = netlab::start_peer(h, &share, index_for(*pos), |_| {}).await;
         match peer.registered().await {
             RegistrationState::Registered { reach, addr, .. } => {
-                let expected = if *pos == Position::Public {
+                let expected = if pos.has_ipv6() {
                     Reach::Direct
                 } else {
                     Reach::Firewalled
@@ -718,20 +789,38 @@ async fn the_reachability_matrix_on_the_emulated_network() {
         }
     })
     .await;
+    // The dual-stack source is published at its IPv4 address and, proven
+    // by its own dial-back, at its IPv6 one.
+    let (_, _, public) = index
+        .state
+        .lookup_addrs(
+            &files[0].0,
+            index_host.addr.into(),
+            tokio::time::Instant::now(),
+        )
+        .unwrap();
+    let six = std::net::SocketAddr::new(
+        source_hosts[0].addr6.unwrap().into(),
+        sources[0].listen.port(),
+    );
+    assert_eq!(public[0].also, [six.to_string()], "{public:?}");
     // Every pair at once, each download on its downloader's host.
     let runtimes: Vec<_> = downloader_hosts
         .iter()
         .map(|h| h.runtime().unwrap())
         .collect();
     let mut pairs = Vec::new();
-    for (s, src_pos) in positions.iter().enumerate() {
-        for (d, dl_pos) in positions.iter().enumerate() {
+    for (s, src_pos) in source_positions.iter().enumerate() {
+        for (d, dl_pos) in downloader_positions.iter().enumerate() {
+            let Some(expected) = expected_path(*src_pos, *dl_pos) else {
+                continue;
+            };
             let id = files[s].0.to_hex();
             let out = dirs.path().join(format!("out-{s}-{d}"));
-            let index = index.addr.to_string();
+            let index = index_for(*dl_pos).to_string();
             let job = runtimes[d].handle().spawn(async move {
                 let options = peer::pipeline::FetchOptions {
-                    callbacks: Some("0.0.0.0:0".parse().unwrap()),
+                    callbacks: Some("[::]:0".parse().unwrap()),
                     ..peer::pipeline::FetchOptions::new(
                         out,
                         test_engine(),
@@ -747,11 +836,16 @@ async fn the_reachability_matrix_on_the_emulated_network() {
                 )
                 .await
             });
-            pairs.push((s, *src_pos, *dl_pos, job));
+            pairs.push((s, *src_pos, *dl_pos, expected, job));
         }
     }
+    assert_eq!(
+        pairs.len(),
+        13,
+        "9 IPv4 pairs, 3 with IPv6-only nodes, 1 same NAT"
+    );
     let mut table = Vec::new();
-    for (s, src_pos, dl_pos, job) in pairs {
+    for (s, src_pos, dl_pos, expected, job) in pairs {
         let result = job.await.unwrap();
         let path = match &result {
             Ok(fetched) => {
@@ -760,33 +854,18 @@ async fn the_reachability_matrix_on_the_emulated_network() {
                     got == files[s].1,
                     "{src_pos:?} -> {dl_pos:?}: the file differs"
                 );
-                let used: Vec<&str> = fetched
-                    .download
-                    .per_source
-                    .iter()
-                    .filter(|r| r.chunks > 0)
-                    .map(|r| r.path)
-                    .collect();
+                let used = paths_used(&fetched.download.per_source);
                 assert_eq!(used.len(), 1, "{:?}", fetched.download.per_source);
                 used[0].to_string()
             }
             Err(e) => format!("failed: {e}"),
         };
         eprintln!("source {src_pos:?} -> downloader {dl_pos:?}: {path}");
-        table.push((src_pos, dl_pos, path));
+        table.push((src_pos, dl_pos, path, expected));
     }
-    for (src_pos, dl_pos, path) in &table {
-        let expected = match (src_pos, dl_pos) {
-            (Position::Public, _) => "direct",
-            (_, Position::Public) => "callback",
-            // Both behind home routers (endpoint-independent, port
-            // preserving): a TCP simultaneous open gets through.
-            (Position::Home, Position::Home) => "punched",
-            // A strict NAT on either side: through the index's relay.
-            _ => "relayed",
-        };
+    for (src_pos, dl_pos, path, expected) in &table {
         assert!(
-            path.starts_with(expected),
+            path == expected,
             "source {src_pos:?} -> downloader {dl_pos:?}: {path} (expected {expected})"
         );
     }
@@ -1010,5 +1089,128 @@ async fn a_punch_is_answered_with_the_source_address_and_budgeted() {
         other => panic!("a punch past the budget: {other:?}"),
     }
     source.stop().await;
+    index.stop().await;
+}
+
+/// A node that answers the index's dial-backs with `nonce` (as a peer's
+/// chunk server does) on a dual-stack listener (`[::]`, IPv6 and IPv4).
+async fn prover(nonce: [u8; 16]) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = transfer::net::bind_listener("[::]:0".parse().unwrap()).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let serving = tokio::spawn(async move {
+        use common::peer_proto::{PeerRequest, PeerResponse};
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                common::wire::server_handshake(&mut s, common::hello::Protocol::Peer, false)
+                    .await?;
+                let mut buf = Vec::new();
+                let request: PeerRequest = common::wire::expect_message(
+                    &mut s,
+                    &mut buf,
+                    common::wire::Deadlines::with_idle(Duration::from_secs(5)),
+                )
+                .await?;
+                if let PeerRequest::ProveReachable { challenge } = request {
+                    let proof = common::reach::proof(&nonce, &challenge);
+                    common::wire::send_message(&mut s, &PeerResponse::Reachable { proof }).await?;
+                }
+                Ok::<_, common::wire::WireError>(())
+            });
+        }
+    });
+    (port, serving)
+}
+
+/// Dual stack at the index: a `LoginAddrs` naming the peer's IPv6 address
+/// besides its IPv4 connection gets it dialed back and published beside
+/// the listening address (`LookupAddrs` lists it), while an address in it
+/// that does not prove itself is refused with the reason. A firewalled
+/// peer's inside addresses go only to requesters from its own public IP
+/// (here 127.0.0.1), not to others (127.0.0.2).
+#[tokio::test]
+async fn other_family_addresses_are_proven_and_inside_ones_stay_behind_the_nat() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped other_family_addresses_are_proven_and_inside_ones_stay_behind_the_nat: no IPv6 loopback here");
+        return;
+    }
+    let index = start_index().await;
+    let nonce: [u8; 16] = rand::random();
+    let (port, serving) = prover(nonce).await;
+    let (_, id) = shared_file(tempfile::tempdir().unwrap().path(), 1000, 30);
+    let file = |id| common::index_proto::SharedFile {
+        id,
+        name: "f.bin".into(),
+        size: 1000,
+    };
+    let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let login = IndexRequest::LoginAddrs {
+        login: Login {
+            listen_port: port,
+            advertise: None,
+            nick: None,
+        },
+        nonce,
+        also: vec![format!("[::1]:{port}"), "[::1]:1".into()],
+        lan: vec!["192.168.7.2:4000".into()],
+    };
+    let IndexResponse::WelcomeChecked { addr, refused, .. } = client.request(&login).await.unwrap()
+    else {
+        panic!("not welcomed")
+    };
+    assert_eq!(addr, Some(format!("127.0.0.1:{port}")));
+    assert!(
+        refused.len() == 1 && refused[0].contains("[::1]:1"),
+        "{refused:?}"
+    );
+    client
+        .request(&IndexRequest::AddFiles {
+            files: vec![file(id)],
+        })
+        .await
+        .unwrap();
+    // A firewalled peer (nothing listens at its port) with an inside address.
+    let mut behind = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let other = common::id::FileId([0x33; 32]);
+    let login = IndexRequest::LoginAddrs {
+        login: Login {
+            listen_port: 1,
+            advertise: None,
+            nick: None,
+        },
+        nonce: rand::random(),
+        also: vec![],
+        lan: vec!["192.168.7.2:4000".into()],
+    };
+    let IndexResponse::WelcomeChecked { addr: None, .. } = behind.request(&login).await.unwrap()
+    else {
+        panic!("a peer listening nowhere was published")
+    };
+    behind
+        .request(&IndexRequest::AddFiles {
+            files: vec![file(other)],
+        })
+        .await
+        .unwrap();
+
+    let mut asker = IndexClient::connect(&index.addr_string()).await.unwrap();
+    let (_, _, found) = asker.lookup_addrs(id).await.unwrap().unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].also, [format!("[::1]:{port}")]);
+    assert!(found[0].lan.is_empty(), "a direct peer's inside address");
+    let (_, _, found) = asker.lookup_addrs(other).await.unwrap().unwrap();
+    assert_eq!(found[0].source.reach, Reach::Firewalled);
+    assert_eq!(found[0].lan, ["192.168.7.2:4000"], "same public IP");
+    // From another address: no inside address.
+    let mut elsewhere = client_from("127.0.0.2:0", &index).await;
+    match ask(&mut elsewhere, &IndexRequest::LookupAddrs { id: other }).await {
+        IndexResponse::SourcesAddrs { sources, .. } => {
+            assert!(sources[0].lan.is_empty(), "{sources:?}")
+        }
+        answer => panic!("{answer:?}"),
+    }
+    serving.abort();
     index.stop().await;
 }

@@ -119,13 +119,160 @@ fn bind_one(addr: SocketAddr, v6_only: Option<bool>) -> std::io::Result<TcpListe
 }
 
 /// Connects to `addr` (`HOST:PORT`, resolved now) within `timeout`, with
-/// the settings of [`tune_socket`].
+/// the settings of [`tune_socket`]. A name with several addresses (IPv6
+/// and IPv4) is connected with Happy Eyeballs ([`connect_addrs`]).
+/// Every outgoing TCP connection of the workspace's nodes is made here or
+/// by [`connect_addrs`], so the dial policy lives in one place.
 pub async fn connect_tcp(addr: &str, timeout: Duration) -> Result<TcpStream, std::io::Error> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    let connect = async {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+        if addrs.is_empty() {
+            return Err(std::io::Error::other(format!(
+                "{addr} resolves to no address"
+            )));
+        }
+        race_connect(&addrs, CONNECTION_ATTEMPT_DELAY, TcpStream::connect).await
+    };
+    let (stream, _) = tokio::time::timeout(timeout, connect)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))??;
     tune_socket(&stream);
     Ok(stream)
+}
+
+/// RFC 8305 §5's "Connection Attempt Delay": how long one connection
+/// attempt runs alone before the next address is tried beside it (the
+/// RFC's recommended 250 ms).
+pub const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// Connects to the first of `addrs` to answer, with Happy Eyeballs
+/// (RFC 8305): IPv6 first, families interleaved ([`happy_eyeballs_order`]),
+/// the next attempt started [`CONNECTION_ATTEMPT_DELAY`] after the last
+/// (or at once when it fails); the first connection made wins and every
+/// other attempt is dropped (its socket closed). Within `timeout` in all,
+/// with the settings of [`tune_socket`]. Returns the stream and the
+/// address that won.
+pub async fn connect_addrs(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> std::io::Result<(TcpStream, SocketAddr)> {
+    let raced = race_connect(addrs, CONNECTION_ATTEMPT_DELAY, TcpStream::connect);
+    let (stream, won) = tokio::time::timeout(timeout, raced)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))??;
+    tune_socket(&stream);
+    Ok((stream, won))
+}
+
+/// This host's source address toward the rest of the network in `family`'s
+/// IP family (IPv6 when `v6`): the address the kernel would pick for a
+/// packet to a global address (a "connected" UDP socket to a reserved
+/// documentation address: a route lookup, no packet is sent). `None` when
+/// the host has no route there (no IPv6, or no IPv4, or only loopback
+/// and link-local addresses).
+pub fn source_address(v6: bool) -> Option<IpAddr> {
+    let (bind, probe): (SocketAddr, SocketAddr) = if v6 {
+        (
+            (Ipv6Addr::UNSPECIFIED, 0).into(),
+            (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into(),
+        )
+    } else {
+        (
+            (Ipv4Addr::UNSPECIFIED, 0).into(),
+            (Ipv4Addr::new(192, 0, 2, 1), 9).into(),
+        )
+    };
+    let socket = std::net::UdpSocket::bind(bind).ok()?;
+    socket.connect(probe).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    let link_local = match ip {
+        IpAddr::V6(a) => a.is_unicast_link_local(),
+        IpAddr::V4(a) => a.is_link_local(),
+    };
+    (!ip.is_unspecified() && !ip.is_loopback() && !link_local).then_some(ip)
+}
+
+/// The order RFC 8305 §4 tries addresses in: duplicates dropped, IPv6
+/// first, then alternating families (v6, v4, v6, v4, ...), each family in
+/// the order given. IPv4-mapped IPv6 addresses count as IPv4.
+pub fn happy_eyeballs_order(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut seen = std::collections::HashSet::new();
+    let (mut v6, mut v4) = (Vec::new(), Vec::new());
+    for a in addrs {
+        let a = SocketAddr::new(a.ip().to_canonical(), a.port());
+        if seen.insert(a) {
+            if a.is_ipv6() {
+                v6.push(a);
+            } else {
+                v4.push(a);
+            }
+        }
+    }
+    let mut order = Vec::with_capacity(v6.len() + v4.len());
+    let (mut six, mut four) = (v6.into_iter(), v4.into_iter());
+    loop {
+        match (six.next(), four.next()) {
+            (None, None) => return order,
+            (a, b) => order.extend(a.into_iter().chain(b)),
+        }
+    }
+}
+
+/// Happy Eyeballs with any `dial` (a TCP connect, or a fake in tests):
+/// attempts start in [`happy_eyeballs_order`], one every `delay` while
+/// none has finished, the next at once when one fails; the first to
+/// succeed wins, and the attempts still running are aborted. `Err`: every
+/// attempt failed (the last error, naming its address, keeping its kind).
+pub async fn race_connect<T, F, Fut>(
+    addrs: &[SocketAddr],
+    delay: Duration,
+    mut dial: F,
+) -> std::io::Result<(T, SocketAddr)>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let order = happy_eyeballs_order(addrs);
+    // One address: its error as it came (callers name the address).
+    let many = order.len() > 1;
+    let mut next = order.into_iter().peekable();
+    // Aborted when dropped: the losers of the race go with it.
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut last_error = None;
+    loop {
+        if let Some(addr) = next.next() {
+            let attempt = dial(addr);
+            attempts.spawn(async move { (addr, attempt.await) });
+        }
+        if attempts.is_empty() {
+            return Err(last_error.unwrap_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address to connect to")
+            }));
+        }
+        // Until the delay passes (then the next starts) or an attempt
+        // ends (a failure starts the next at once).
+        tokio::select! {
+            done = attempts.join_next() => match done {
+                Some(Ok((addr, Ok(won)))) => return Ok((won, addr)),
+                Some(Ok((addr, Err(e)))) => {
+                    debug!(%addr, error = %e, "connection attempt failed");
+                    last_error = Some(if many {
+                        std::io::Error::new(e.kind(), format!("{addr}: {e}"))
+                    } else {
+                        e
+                    });
+                }
+                Some(Err(e)) => {
+                    last_error = Some(std::io::Error::other(format!(
+                        "a connection attempt ended: {e}"
+                    )));
+                }
+                None => {}
+            },
+            _ = tokio::time::sleep(delay), if next.peek().is_some() => {}
+        }
+    }
 }
 
 /// A socket with `SO_REUSEADDR` and `SO_REUSEPORT` bound to `port` on the
@@ -274,6 +421,179 @@ mod tests {
         backoff.succeeded("t");
         assert_eq!(backoff.failures(), 0);
         assert_eq!(backoff.failed("t", &emfile), ACCEPT_BACKOFF_MIN);
+    }
+
+    fn v6(port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv6Addr::LOCALHOST, port))
+    }
+
+    fn v4(port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+
+    #[test]
+    fn happy_eyeballs_order_interleaves_families_v6_first() {
+        let mapped: SocketAddr = "[::ffff:10.0.0.1]:5".parse().unwrap();
+        let order = happy_eyeballs_order(&[v4(1), v4(2), v6(3), v4(1), mapped, v6(4)]);
+        let canonical_mapped: SocketAddr = "10.0.0.1:5".parse().unwrap();
+        assert_eq!(order, [v6(3), v4(1), v6(4), v4(2), canonical_mapped]);
+        assert!(happy_eyeballs_order(&[]).is_empty());
+    }
+
+    /// A fake dial: each address answers after its delay (`None`: never),
+    /// with `Ok(address)` or a refusal; every address dialed is noted.
+    fn fake_dial(
+        plan: Vec<(SocketAddr, Option<Duration>, bool)>,
+        dialed: std::sync::Arc<std::sync::Mutex<Vec<(SocketAddr, Duration)>>>,
+        start: tokio::time::Instant,
+    ) -> impl FnMut(
+        SocketAddr,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<SocketAddr>> + Send>,
+    > {
+        move |addr| {
+            dialed.lock().unwrap().push((addr, start.elapsed()));
+            let (_, after, ok) = *plan.iter().find(|(a, _, _)| *a == addr).unwrap();
+            Box::pin(async move {
+                match after {
+                    None => std::future::pending().await,
+                    Some(d) => tokio::time::sleep(d).await,
+                }
+                if ok {
+                    Ok(addr)
+                } else {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionRefused,
+                        "refused",
+                    ))
+                }
+            })
+        }
+    }
+
+    type Dialed = std::sync::Arc<std::sync::Mutex<Vec<(SocketAddr, Duration)>>>;
+
+    /// The IPv6 address never answers: IPv4 is tried after the connection
+    /// attempt delay (250 ms, on tokio's paused clock) and wins.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_ipv6_address_loses_to_ipv4_after_the_delay() {
+        let dialed = Dialed::default();
+        let start = tokio::time::Instant::now();
+        let plan = vec![
+            (v6(1), None, true),
+            (v4(2), Some(Duration::from_millis(10)), true),
+        ];
+        let (won, addr) = race_connect(
+            &[v4(2), v6(1)],
+            CONNECTION_ATTEMPT_DELAY,
+            fake_dial(plan, dialed.clone(), start),
+        )
+        .await
+        .unwrap();
+        assert_eq!((won, addr), (v4(2), v4(2)));
+        let dialed = dialed.lock().unwrap().clone();
+        assert_eq!(dialed[0], (v6(1), Duration::ZERO), "IPv6 first");
+        assert_eq!(dialed[1], (v4(2), CONNECTION_ATTEMPT_DELAY));
+        assert_eq!(
+            start.elapsed(),
+            CONNECTION_ATTEMPT_DELAY + Duration::from_millis(10)
+        );
+    }
+
+    /// Both answer: IPv6 wins and IPv4 is never dialed; an IPv6 address
+    /// that refuses at once starts IPv4 at once (no delay); when all fail
+    /// the last error says which address.
+    #[tokio::test(start_paused = true)]
+    async fn ipv6_wins_when_both_answer_and_a_refusal_moves_on_at_once() {
+        let dialed = Dialed::default();
+        let start = tokio::time::Instant::now();
+        let plan = vec![
+            (v6(1), Some(Duration::from_millis(20)), true),
+            (v4(2), Some(Duration::from_millis(1)), true),
+        ];
+        let (_, addr) = race_connect(
+            &[v4(2), v6(1)],
+            CONNECTION_ATTEMPT_DELAY,
+            fake_dial(plan, dialed.clone(), start),
+        )
+        .await
+        .unwrap();
+        assert_eq!(addr, v6(1));
+        assert_eq!(dialed.lock().unwrap().len(), 1, "IPv4 was dialed too");
+
+        let dialed = Dialed::default();
+        let start = tokio::time::Instant::now();
+        let plan = vec![
+            (v6(1), Some(Duration::from_millis(5)), false),
+            (v4(2), Some(Duration::from_millis(5)), true),
+        ];
+        let (_, addr) = race_connect(
+            &[v6(1), v4(2)],
+            CONNECTION_ATTEMPT_DELAY,
+            fake_dial(plan, dialed.clone(), start),
+        )
+        .await
+        .unwrap();
+        assert_eq!(addr, v4(2));
+        assert_eq!(dialed.lock().unwrap()[1], (v4(2), Duration::from_millis(5)));
+
+        let plan = vec![
+            (v6(1), Some(Duration::from_millis(5)), false),
+            (v4(2), Some(Duration::from_millis(5)), false),
+        ];
+        let e = race_connect(
+            &[v6(1), v4(2)],
+            CONNECTION_ATTEMPT_DELAY,
+            fake_dial(plan, Dialed::default(), start),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert!(e.to_string().contains("127.0.0.1:2"), "{e}");
+    }
+
+    /// `true` (after one line saying so) when this machine has no IPv6
+    /// loopback to test with.
+    fn no_ipv6_loopback(test: &str) -> bool {
+        match std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)) {
+            Ok(_) => false,
+            Err(e) => {
+                eprintln!("skipped {test}: no IPv6 loopback here ({e})");
+                true
+            }
+        }
+    }
+
+    /// Real sockets on loopback: with listeners on ::1 and 127.0.0.1 the
+    /// IPv6 one wins; when the IPv6 listener's accept queue is full (the
+    /// kernel drops the SYN, so the attempt hangs) IPv4 wins, after the
+    /// attempt delay.
+    #[tokio::test]
+    async fn happy_eyeballs_on_loopback_sockets() {
+        if no_ipv6_loopback("happy_eyeballs_on_loopback_sockets") {
+            return;
+        }
+        let four = tokio::net::TcpListener::bind(v4(0)).await.unwrap();
+        let six = tokio::net::TcpListener::bind(v6(0)).await.unwrap();
+        let addrs = [four.local_addr().unwrap(), six.local_addr().unwrap()];
+        let (stream, won) = connect_addrs(&addrs, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(won, addrs[1]);
+        assert!(stream.peer_addr().unwrap().is_ipv6());
+
+        // A backlog of 0 holds one connection nobody accepts; the next
+        // SYN is dropped.
+        let socket = TcpSocket::new_v6().unwrap();
+        socket.bind(v6(0)).unwrap();
+        let full = socket.listen(0).unwrap();
+        let full_addr = full.local_addr().unwrap();
+        let _filler = TcpStream::connect(full_addr).await.unwrap();
+        let started = std::time::Instant::now();
+        let (stream, won) = connect_addrs(&[full_addr, addrs[0]], Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(won, addrs[0], "IPv4 should win over the full IPv6 listener");
+        assert!(stream.peer_addr().unwrap().is_ipv4());
+        assert!(started.elapsed() >= CONNECTION_ATTEMPT_DELAY);
     }
 
     #[tokio::test]

@@ -74,6 +74,13 @@ pub trait Connector: std::fmt::Debug + Send + Sync + 'static {
     /// How the source named `addr` is reached: `direct`, `callback`,
     /// `punched` or `relayed` (for `peer get --json`).
     fn path(&self, addr: &str) -> &'static str;
+
+    /// Every address the source named `addr` is published at (`addr` and
+    /// its other IP family's), dialed together with Happy Eyeballs
+    /// (`net::connect_addrs`); empty (the default): `addr` alone.
+    fn addresses(&self, _addr: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Longest wait for the answer to `Wait` (the source answers at least
@@ -144,9 +151,17 @@ impl PeerConnection {
                 .map_err(SourceError::Connect)?;
             return Self::handshaken(stream, features, stall, token).await;
         }
-        let mut stream: TcpStream = connect_tcp(addr, connect_timeout)
-            .await
-            .map_err(SourceError::Connect)?;
+        let alternatives: Option<Vec<std::net::SocketAddr>> = connector
+            .map(|c| c.addresses(addr))
+            .filter(|all| all.len() > 1)
+            .and_then(|all| all.iter().map(|a| a.parse().ok()).collect());
+        let mut stream: TcpStream = match alternatives {
+            Some(all) => crate::net::connect_addrs(&all, connect_timeout)
+                .await
+                .map(|(stream, _)| stream),
+            None => connect_tcp(addr, connect_timeout).await,
+        }
+        .map_err(SourceError::Connect)?;
         let features = wire::client_handshake_features(&mut stream, Protocol::Peer)
             .await
             .map_err(|e| match e {
