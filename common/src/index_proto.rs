@@ -230,7 +230,31 @@ pub enum IndexRequest {
     /// `SourcesAddrs`. An index older than this variant closes the
     /// connection: ask again with `LookupReach`.
     LookupAddrs { id: FileId },
+    /// `AcceptCallbacks` saying which orders this session understands
+    /// beyond the callback, punch and relay orders: `flags` of
+    /// [`ORDERS_RELAY_AT`] (it joins a relay at another address:
+    /// `RelayOrderAt`) and [`ORDERS_RELAYS`] (a public peer that relays
+    /// for others, `peer serve --relay`: it takes `RelayArrange`; only a
+    /// session with a proven address may). Answered with `Ack`. An index
+    /// older than this variant closes the connection: log in again and
+    /// send `AcceptCallbacks` (and relay for no one).
+    AcceptOrders { flags: u8 },
+    /// `Relay` that lets the index choose the relay: a public peer that
+    /// offers relaying, or the index's own. Answered with `RelayAt`; the
+    /// source gets `RelayOrderAt` (or `RelayOrder` for the index's own),
+    /// the relay peer `RelayArrange`. Refused as `Relay` is. An index
+    /// older than this variant closes the connection: ask with `Relay`.
+    RelayVia {
+        id: FileId,
+        source: String,
+        token: [u8; crate::reach::NONCE_LEN],
+    },
 }
+
+/// `AcceptOrders` flag: the session understands `RelayOrderAt`.
+pub const ORDERS_RELAY_AT: u8 = 1;
+/// `AcceptOrders` flag: the session relays for others (`RelayArrange`).
+pub const ORDERS_RELAYS: u8 = 2;
 
 /// Most addresses in each list of `IndexRequest::LoginAddrs` (more are
 /// refused).
@@ -479,6 +503,24 @@ pub enum IndexResponse {
         name: String,
         size: u64,
         sources: Vec<SourceAddrs>,
+    },
+    /// Answer to `RelayVia`: join the relay at `relay` (a public peer's
+    /// `IP:PORT`, with the hello of `hello::Protocol::Relay` and a
+    /// `reach::RelayHello`), or at the index itself (`None`).
+    RelayAt {
+        relay: Option<String>,
+    },
+    /// Not an answer: sent unasked to a session that relays for others
+    /// (`ORDERS_RELAYS`): expect the two sides of a relay under `token`.
+    RelayArrange {
+        token: [u8; crate::reach::NONCE_LEN],
+    },
+    /// Not an answer: like `RelayOrder`, but the relay is the public peer
+    /// at `relay` (`IP:PORT`), not the index.
+    RelayOrderAt {
+        id: FileId,
+        token: [u8; crate::reach::NONCE_LEN],
+        relay: String,
     },
 }
 
@@ -783,6 +825,39 @@ mod tests {
         let bytes = encode_frame(&answer).unwrap();
         assert_eq!(bytes[4], 18);
         assert_eq!(bytes[37..], [0, 1, 1, 1, b'c', 0, 0, 1, 1, b'd', 0]);
+    }
+
+    /// The peer-relay variants come after every older one.
+    #[test]
+    fn peer_relay_variants_are_appended() {
+        assert_eq!(
+            encode_frame(&IndexRequest::AcceptOrders { flags: 3 }).unwrap(),
+            [0, 0, 0, 2, 25, 3]
+        );
+        let id = FileId([2; 32]);
+        let bytes = encode_frame(&IndexRequest::RelayVia {
+            id,
+            source: "d".into(),
+            token: [6; 16],
+        })
+        .unwrap();
+        assert_eq!(bytes[4], 26);
+        assert_eq!(bytes[37..39], [1, b'd']);
+        assert_eq!(
+            encode_frame(&IndexResponse::RelayAt { relay: None }).unwrap(),
+            [0, 0, 0, 2, 19, 0]
+        );
+        let bytes = encode_frame(&IndexResponse::RelayArrange { token: [5; 16] }).unwrap();
+        assert_eq!(bytes[4], 20);
+        assert_eq!(bytes[5..], [5; 16]);
+        let bytes = encode_frame(&IndexResponse::RelayOrderAt {
+            id,
+            token: [4; 16],
+            relay: "r".into(),
+        })
+        .unwrap();
+        assert_eq!(bytes[4], 21);
+        assert_eq!(bytes[53..], [1, b'r']);
     }
 
     #[test]

@@ -517,6 +517,8 @@ pub fn request_kind(request: &IndexRequest) -> &'static str {
         IndexRequest::LoginChecked { .. } => "Login",
         IndexRequest::LoginAddrs { .. } => "Login",
         IndexRequest::LookupAddrs { .. } => "Lookup",
+        IndexRequest::AcceptOrders { .. } => "Login",
+        IndexRequest::RelayVia { .. } => "Callback",
         IndexRequest::ListPeersReach { .. } => "ListPeers",
         IndexRequest::AcceptCallbacks => "Login",
         IndexRequest::LookupReach { .. } => "Lookup",
@@ -658,6 +660,27 @@ pub fn handle(
             token,
         } => callback(index, conn, id, source, port, token, now),
         IndexRequest::Relay { id, source, token } => relay(index, conn, id, source, token, now),
+        IndexRequest::RelayVia { id, source, token } => {
+            relay_via(index, conn, id, source, token, now)
+        }
+        // The connection task made the channel the orders go through
+        // before this answer (this module does no I/O).
+        IndexRequest::AcceptOrders { flags } => match conn.session {
+            None => error(ErrorCode::NotLoggedIn, "log in before taking orders"),
+            Some(session)
+                if flags & common::index_proto::ORDERS_RELAYS != 0
+                    && index.session_reach(session) != Some(Reach::Direct) =>
+            {
+                error(
+                    ErrorCode::BadRequest,
+                    "only a peer with a proven address can relay for others (this one is firewalled)",
+                )
+            }
+            Some(session) => {
+                index.set_order_flags(session, flags);
+                IndexResponse::Ack { count: 0 }
+            }
+        },
         IndexRequest::Punch { id, source, token } => punch(index, conn, id, source, token, now),
         IndexRequest::ListPeersReach { start } => {
             let (peers, next): (Vec<PeerReach>, _) =
@@ -963,6 +986,19 @@ fn relay(
         Ok(session) => session,
         Err(refusal) => return refusal,
     };
+    relay_at_index(index, relay, session, id, token, now)
+}
+
+/// Arranges a relay at the index's own `relay` for the holder `session`
+/// of `id` (checks done): `Ack`, or the refusal.
+fn relay_at_index(
+    index: &Index,
+    relay: &crate::relay::Relay,
+    session: SessionId,
+    id: common::id::FileId,
+    token: [u8; common::reach::NONCE_LEN],
+    now: Instant,
+) -> IndexResponse {
     if let Err(e) = relay.arrange(token, now) {
         return error(ErrorCode::TooMany, e.to_string());
     }
@@ -975,6 +1011,66 @@ fn relay(
                 _ => error(ErrorCode::BadRequest, e.to_string()),
             }
         }
+    }
+}
+
+/// `RelayVia`: a public peer that relays for others when there is one
+/// (not the requester, not the source) and the source can join it,
+/// else the index's own relay, as `Relay`.
+fn relay_via(
+    index: &Index,
+    conn: &Connection,
+    id: common::id::FileId,
+    source: String,
+    token: [u8; common::reach::NONCE_LEN],
+    now: Instant,
+) -> IndexResponse {
+    let Some(requester) = conn.session else {
+        return error(
+            ErrorCode::NotLoggedIn,
+            "only logged-in peers may use a relay: log in first",
+        );
+    };
+    if let Some(refusal) = take_callback_budget(index, conn, now) {
+        return refusal;
+    }
+    let holder = match registered_holder(index, &id, &source, now) {
+        Ok(session) => session,
+        Err(refusal) => return refusal,
+    };
+    let peer_relay = index
+        .takes_orders(holder, common::index_proto::ORDERS_RELAY_AT)
+        .then(|| index.pick_peer_relay(&[requester, holder], now))
+        .flatten();
+    let Some((relay_session, relay_addr)) = peer_relay else {
+        let Some(relay) = &conn.relay else {
+            return error(
+                ErrorCode::BadRequest,
+                "no relay: this index does not relay (index-server --relay false) and no public peer offers to",
+            );
+        };
+        return match relay_at_index(index, relay, holder, id, token, now) {
+            IndexResponse::Ack { .. } => IndexResponse::RelayAt { relay: None },
+            refusal => refusal,
+        };
+    };
+    if let Err(e) = index.send_callback(relay_session, IndexResponse::RelayArrange { token }) {
+        return error(
+            ErrorCode::TooMany,
+            format!("the relay peer cannot take it now ({e}); try again"),
+        );
+    }
+    let order = IndexResponse::RelayOrderAt {
+        id,
+        token,
+        relay: relay_addr.clone(),
+    };
+    match index.send_callback(holder, order) {
+        Ok(()) => IndexResponse::RelayAt {
+            relay: Some(relay_addr),
+        },
+        Err(e @ crate::state::CallbackError::Full) => error(ErrorCode::TooMany, e.to_string()),
+        Err(e) => error(ErrorCode::BadRequest, e.to_string()),
     }
 }
 

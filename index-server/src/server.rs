@@ -504,7 +504,11 @@ async fn connection_loop(
             resolve_advertised(conn, login.advertise.as_deref()).await;
             prove_addresses(conn, index, login, also, nonce, config).await;
         }
-        if matches!(request, IndexRequest::AcceptCallbacks) && order_writer.is_empty() {
+        if matches!(
+            request,
+            IndexRequest::AcceptCallbacks | IndexRequest::AcceptOrders { .. }
+        ) && order_writer.is_empty()
+        {
             if let Some(session) = conn.session {
                 let (tx, rx) = tokio::sync::mpsc::channel(crate::state::CALLBACK_QUEUE);
                 index.accept_callbacks(session, tx);

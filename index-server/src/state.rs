@@ -372,6 +372,10 @@ struct Inner {
     /// Sessions that take callback orders (`IndexRequest::AcceptCallbacks`)
     /// → where their connection task picks them up.
     callback_senders: DashMap<SessionId, tokio::sync::mpsc::Sender<IndexResponse>>,
+    /// `AcceptOrders` flags of the sessions that sent them.
+    order_flags: DashMap<SessionId, u8>,
+    /// Turns through the peer relays ([`Index::pick_peer_relay`]).
+    next_relay: std::sync::atomic::AtomicUsize,
 }
 
 /// Why a callback order could not be handed to a session's connection.
@@ -648,6 +652,8 @@ impl Index {
                 dialbacks: Default::default(),
                 callbacks_asked: Default::default(),
                 callback_senders: DashMap::new(),
+                order_flags: DashMap::new(),
+                next_relay: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -678,6 +684,51 @@ impl Index {
         if self.inner.sessions.contains_key(&session) {
             self.inner.callback_senders.insert(session, orders);
         }
+    }
+
+    /// How `session` is reached, if it is live.
+    pub fn session_reach(&self, session: SessionId) -> Option<Reach> {
+        self.inner.sessions.get(&session).map(|s| s.reach)
+    }
+
+    /// Records which orders `session` understands (`AcceptOrders`
+    /// flags: `ORDERS_RELAY_AT`, `ORDERS_RELAYS`).
+    pub fn set_order_flags(&self, session: SessionId, flags: u8) {
+        if self.inner.sessions.contains_key(&session) {
+            self.inner.order_flags.insert(session, flags);
+        }
+    }
+
+    /// Whether `session` understands every order in `flags`.
+    pub fn takes_orders(&self, session: SessionId, flags: u8) -> bool {
+        self.inner
+            .order_flags
+            .get(&session)
+            .is_some_and(|f| *f & flags == flags)
+    }
+
+    /// A live direct session that relays for others (`ORDERS_RELAYS`),
+    /// other than those in `not`, taken in turn: (session, its published
+    /// address). `None` when there is none.
+    pub fn pick_peer_relay(&self, not: &[SessionId], now: Instant) -> Option<(SessionId, String)> {
+        let relays: Vec<(SessionId, String)> = self
+            .inner
+            .order_flags
+            .iter()
+            .filter(|e| *e.value() & common::index_proto::ORDERS_RELAYS != 0)
+            .filter(|e| !not.contains(e.key()))
+            .filter_map(|e| {
+                let s = self.inner.sessions.get(e.key())?;
+                (s.reach == Reach::Direct && s.lease_expires > now)
+                    .then(|| (*e.key(), s.addr.clone()))
+            })
+            .take(1024)
+            .collect();
+        if relays.is_empty() {
+            return None;
+        }
+        let turn = self.inner.next_relay.fetch_add(1, Ordering::Relaxed);
+        relays.get(turn % relays.len()).cloned()
     }
 
     /// Hands `order` (an `IndexResponse::CallbackOrder`) to `session`'s
@@ -1246,6 +1297,7 @@ impl Index {
     /// Ends a session: its files, nickname and lease are gone at once.
     pub fn logout(&self, session: SessionId) {
         self.inner.callback_senders.remove(&session);
+        self.inner.order_flags.remove(&session);
         let Some(s) = self.remove_session(session) else {
             return;
         };

@@ -1,10 +1,12 @@
 //! `lab reachability` (issue 15): which path connects each pair of peers
 //! on an emulated network with NAT routers, and what it costs.
 //!
-//! On a [`crate::netns::Lan`]: an index on the public segment; a source
-//! and a downloader in each position {public, behind a home router,
-//! behind a strict NAT} (each side with routers of its own, so that no
-//! pair shares a NAT). The source in each position shares a file of
+//! On a [`crate::netns::Lan`]: an index on the public segment (dual
+//! stack); a source and a downloader in each position {public (IPv4 and
+//! IPv6), behind a home router, behind a strict NAT, IPv6-only on the
+//! public segment} (each side with routers of its own), and one more
+//! downloader behind the source's home router (the same NAT). Pairs with
+//! no IP family in common (IPv6-only and IPv4 NAT) are not tried. The source in each position shares a file of
 //! `file_size` bytes; each downloader fetches each file in turn (one pair
 //! at a time, so that pairs do not share links or the relay), with the
 //! same path `peer get` takes: direct, callback, hole punch, relay.
@@ -42,28 +44,62 @@ pub struct Config {
 /// Where a node sits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Position {
+    /// On the public segment, IPv4 and IPv6.
     Public,
     Home,
     Strict,
+    /// On the public segment, IPv6 only.
+    V6Only,
+    /// A downloader behind the home source's own router.
+    SameHome,
 }
 
 impl Position {
-    /// Every position, in the order of the table.
-    pub const ALL: [Position; 3] = [Position::Public, Position::Home, Position::Strict];
+    /// Where sources sit, in the order of the table.
+    pub const SOURCES: [Position; 4] = [
+        Position::Public,
+        Position::Home,
+        Position::Strict,
+        Position::V6Only,
+    ];
+    /// Where downloaders sit, in the order of the table.
+    pub const DOWNLOADERS: [Position; 5] = [
+        Position::Public,
+        Position::Home,
+        Position::Strict,
+        Position::V6Only,
+        Position::SameHome,
+    ];
 
-    /// `public`, `home NAT` or `strict NAT`.
+    /// `public`, `home NAT`, `strict NAT`, `IPv6-only` or `same home NAT`.
     pub fn label(self) -> &'static str {
         match self {
             Position::Public => "public",
             Position::Home => "home NAT",
             Position::Strict => "strict NAT",
+            Position::V6Only => "IPv6-only",
+            Position::SameHome => "same home NAT",
         }
     }
 
+    fn has_ipv6(self) -> bool {
+        matches!(self, Position::Public | Position::V6Only)
+    }
+
+    /// Whether the pair (this source, `downloader`) is measured: an IP
+    /// family in common, and the same-NAT downloader only with the home
+    /// source.
+    pub fn tried(self, downloader: Position) -> bool {
+        let v4 = self != Position::V6Only && downloader != Position::V6Only;
+        let v6 = self.has_ipv6() && downloader.has_ipv6();
+        (v4 || v6) && (downloader != Position::SameHome || self == Position::Home)
+    }
+
     /// What Napster (push) and eMule (server callback) could do for a
-    /// source here and a downloader at `downloader`.
+    /// source here and a downloader at `downloader` (neither had IPv6).
     pub fn napster_emule(self, downloader: Position) -> &'static str {
         match (self, downloader) {
+            (Position::V6Only, _) | (_, Position::V6Only) => "no IPv6",
             (Position::Public, _) => "direct",
             (_, Position::Public) => "push/callback",
             _ => "no transfer",
@@ -136,16 +172,18 @@ async fn measure(config: &Config, lan: &mut Lan) -> Result<Vec<PairResult>, LabE
         let (home, strict) = &mut routers[side];
         match pos {
             Position::Public => lan.add_host(&format!("{role}pub"), None, None),
+            Position::V6Only => lan.add_host_v6only(&format!("{role}six")),
             Position::Home => lan.add_behind(home, &format!("{role}home")),
             Position::Strict => lan.add_behind(strict, &format!("{role}strict")),
+            Position::SameHome => lan.add_behind(&mut routers[0].0, "dlsame"),
         }
         .map_err(setup)
     };
-    let sources: Vec<Host> = Position::ALL
+    let sources: Vec<Host> = Position::SOURCES
         .iter()
         .map(|p| host(*p, 0))
         .collect::<Result<_, _>>()?;
-    let downloaders: Vec<Host> = Position::ALL
+    let downloaders: Vec<Host> = Position::DOWNLOADERS
         .iter()
         .map(|p| host(*p, 1))
         .collect::<Result<_, _>>()?;
@@ -155,7 +193,8 @@ async fn measure(config: &Config, lan: &mut Lan) -> Result<Vec<PairResult>, LabE
     let stop = CancellationToken::new();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let index_config = index_server::Config {
-        listen: "0.0.0.0:0".parse().expect("an address"),
+        // Dual stack: IPv6-only peers too.
+        listen: "[::]:0".parse().expect("an address"),
         dialback_timeout: Duration::from_millis(800),
         relay: Some(index_server::relay::RelayConfig {
             session_rate: config.relay_rate,
@@ -184,13 +223,21 @@ async fn measure(config: &Config, lan: &mut Lan) -> Result<Vec<PairResult>, LabE
         .map_err(LabError::Setup)?;
     let relay = relay.ok_or_else(|| LabError::Setup("the index has no relay".into()))?;
     let index_addr = SocketAddr::from((index_host.addr, port));
+    let index_addr6 = index_host
+        .addr6
+        .map(|a| SocketAddr::from((a, port)))
+        .ok_or_else(|| LabError::Setup("the namespaces get no IPv6 address here".into()))?;
+    let index_for = |pos: Position| match pos {
+        Position::V6Only => index_addr6,
+        _ => index_addr,
+    };
     let index_node = Node { stop, _rt: rt };
 
     // The sources, each sharing its own file.
     let work = tempfile::tempdir()?;
     let mut nodes = Vec::new();
     let mut files = Vec::new();
-    for (i, h) in sources.iter().enumerate() {
+    for (i, (h, pos)) in sources.iter().zip(Position::SOURCES).enumerate() {
         let share = work.path().join(format!("src{i}"));
         std::fs::create_dir_all(&share)?;
         let data = {
@@ -202,7 +249,7 @@ async fn measure(config: &Config, lan: &mut Lan) -> Result<Vec<PairResult>, LabE
         };
         std::fs::write(share.join(format!("file{i}.bin")), &data)?;
         files.push(common::id::content_info(&data).id);
-        nodes.push(start_source(h, &share, index_addr).await?);
+        nodes.push(start_source(h, &share, index_for(pos)).await?);
     }
     let runtimes: Vec<HostRuntime> = downloaders
         .iter()
@@ -239,12 +286,16 @@ async fn measure(config: &Config, lan: &mut Lan) -> Result<Vec<PairResult>, LabE
         .map_err(LabError::setup)?
         .map_err(LabError::Setup)?;
     let mut results = Vec::new();
-    for (s, src) in Position::ALL.iter().enumerate() {
-        for (d, dl) in Position::ALL.iter().enumerate() {
+    for (s, src) in Position::SOURCES.iter().enumerate() {
+        for (d, dl) in Position::DOWNLOADERS.iter().enumerate() {
+            if !src.tried(*dl) {
+                continue;
+            }
             let out = work.path().join(format!("out-{s}-{d}"));
             let before = relay.relayed_bytes();
             let cpu_before = thread_cpu(index_node._rt.handle()).await;
-            let (path, ttfb, throughput) = fetch_one(&runtimes[d], index_addr, files[s], out).await;
+            let (path, ttfb, throughput) =
+                fetch_one(&runtimes[d], index_for(*dl), files[s], out).await;
             let relay_bytes = relay.relayed_bytes() - before;
             let index_cpu = thread_cpu(index_node._rt.handle())
                 .await
@@ -292,7 +343,8 @@ async fn thread_cpu(handle: &tokio::runtime::Handle) -> Duration {
 async fn start_source(host: &Host, share: &Path, index: SocketAddr) -> Result<Node, LabError> {
     let rt = host.runtime().map_err(LabError::setup)?;
     let mut config = peer::ServeConfig::new(share.to_path_buf(), index.to_string());
-    config.listen = "0.0.0.0:0".parse().expect("an address");
+    // Dual stack, as `peer serve` by default.
+    config.listen = "[::]:0".parse().expect("an address");
     config.settle = Duration::ZERO;
     config.rescan_interval = Duration::from_millis(200);
     config.backoff_min = Duration::from_millis(50);
@@ -337,7 +389,7 @@ async fn fetch_one(
                 ..Default::default()
             };
             let options = peer::pipeline::FetchOptions {
-                callbacks: Some("0.0.0.0:0".parse().expect("an address")),
+                callbacks: Some("[::]:0".parse().expect("an address")),
                 ..peer::pipeline::FetchOptions::new(out, engine, progress)
             };
             let fetcher = peer::pipeline::Fetcher::Hybrid {
@@ -430,7 +482,12 @@ fn write(config: &Config, results: &[PairResult]) -> Result<Written, LabError> {
         .count();
     let napster = results
         .iter()
-        .filter(|r| r.source.napster_emule(r.downloader) != "no transfer")
+        .filter(|r| {
+            !matches!(
+                r.source.napster_emule(r.downloader),
+                "no transfer" | "no IPv6"
+            )
+        })
         .count();
     let relayed: Vec<f64> = results
         .iter()
@@ -463,7 +520,7 @@ fn write(config: &Config, results: &[PairResult]) -> Result<Written, LabError> {
         &rows,
     ));
     md.push_str(&format!(
-        "\n{completed} of {} pairs completed and verified; Napster's push and eMule's callback connect {napster} of them (a firewalled source only to a public downloader; two firewalled peers: no transfer).",
+        "\n{completed} of {} pairs completed and verified; Napster's push and eMule's callback connect {napster} of them (a firewalled source only to a public downloader; two firewalled peers: no transfer; neither spoke IPv6).",
         results.len()
     ));
     if relay_share.is_finite() {

@@ -104,6 +104,12 @@ struct Inner {
     addresses: Mutex<HashMap<String, Vec<String>>>,
     /// Inside addresses of firewalled sources behind our own NAT.
     lan: Mutex<HashMap<String, Vec<String>>>,
+    /// The relay each relayed source went through last: a public peer's
+    /// address, or `index` for the index's own.
+    via: Mutex<HashMap<String, String>>,
+    /// The index closed the connection on `RelayVia` (an older index):
+    /// ask with `Relay` from then on.
+    no_relay_via: std::sync::atomic::AtomicBool,
     /// Sources a hole punch did not reach: the next connection to them
     /// goes straight to the relay (a strict NAT does not change its mind).
     unpunchable: Mutex<HashSet<String>>,
@@ -145,6 +151,8 @@ impl Callbacks {
                 paths: Mutex::new(HashMap::new()),
                 addresses: Mutex::new(HashMap::new()),
                 lan: Mutex::new(HashMap::new()),
+                via: Mutex::new(HashMap::new()),
+                no_relay_via: std::sync::atomic::AtomicBool::new(false),
                 unpunchable: Mutex::new(HashSet::new()),
                 session: tokio::sync::Mutex::new(None),
                 nonce: LoginNonce::default(),
@@ -351,21 +359,54 @@ impl Callbacks {
         Ok((stream, hello.features))
     }
 
-    /// Reaches the firewalled source listed as `source` through the
-    /// index's relay: arranges it, connects there, and waits for the
-    /// source's callback hello through it.
+    /// Reaches the firewalled source listed as `source` through a relay
+    /// the index chooses (a public peer that relays, or its own):
+    /// arranges it, connects there, and waits for the source's callback
+    /// hello through it. Notes which relay it was ([`Connector::via`]).
     pub async fn relay(&self, source: &str) -> Result<(TcpStream, u8), CallbackError> {
+        use std::sync::atomic::Ordering;
         let token: [u8; NONCE_LEN] = rand::random();
-        let request = IndexRequest::Relay {
-            id: self.inner.id,
-            source: source.to_string(),
-            token,
+        let (id, source_name) = (self.inner.id, source.to_string());
+        let relay_at = if self.inner.no_relay_via.load(Ordering::Relaxed) {
+            None
+        } else {
+            let request = IndexRequest::RelayVia {
+                id,
+                source: source_name.clone(),
+                token,
+            };
+            match self.ask(&request).await {
+                Ok(IndexResponse::RelayAt { relay }) => Some(relay),
+                Ok(other) => return Err(IndexError::Unexpected(format!("{other:?}")).into()),
+                // An index from before `RelayVia` closes the connection.
+                Err(IndexError::Wire(_)) => {
+                    self.inner.no_relay_via.store(true, Ordering::Relaxed);
+                    *self.inner.session.lock().await = None;
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            }
         };
-        match self.ask(&request).await? {
-            IndexResponse::Ack { .. } => {}
-            other => return Err(IndexError::Unexpected(format!("{other:?}")).into()),
-        }
-        let mut stream = join_relay(&self.inner.index, token, RelayRole::Downloader).await?;
+        let relay = match relay_at {
+            Some(relay) => relay,
+            None => {
+                let request = IndexRequest::Relay {
+                    id,
+                    source: source_name,
+                    token,
+                };
+                match self.ask(&request).await? {
+                    IndexResponse::Ack { .. } => None,
+                    other => return Err(IndexError::Unexpected(format!("{other:?}")).into()),
+                }
+            }
+        };
+        let at = relay.clone().unwrap_or_else(|| self.inner.index.clone());
+        let mut stream = join_relay(&at, token, RelayRole::Downloader).await?;
+        lock(&self.inner.via).insert(
+            source.to_string(),
+            relay.unwrap_or_else(|| "index".to_string()),
+        );
         let hello = tokio::time::timeout(CONNECT_TIMEOUT, greet_callback(&mut stream))
             .await
             .map_err(|_| CallbackError::NoCallback(CONNECT_TIMEOUT))?
@@ -444,8 +485,9 @@ async fn dial_lan(lan: &[String]) -> std::io::Result<(TcpStream, u8)> {
     Ok((stream, features))
 }
 
-/// Connects to the relay at `index` as `role` of the relay arranged under
-/// `token`, and waits until the other side is there.
+/// Connects to the relay at `index` (the index, or a public peer that
+/// relays) as `role` of the relay arranged under `token`, and waits until
+/// the other side is there.
 pub async fn join_relay(
     index: &str,
     token: [u8; NONCE_LEN],
@@ -517,6 +559,13 @@ impl Connector for Callbacks {
             .get(addr)
             .copied()
             .unwrap_or("direct")
+    }
+
+    fn via(&self, addr: &str) -> Option<String> {
+        if self.path(addr) != "relayed" {
+            return None;
+        }
+        lock(&self.inner.via).get(addr).cloned()
     }
 
     fn addresses(&self, addr: &str) -> Vec<String> {
@@ -692,8 +741,8 @@ impl CallbackServer {
         self.serve_over(stream, peer, token).await
     }
 
-    /// Joins the relay at `index` arranged under `token` and serves the
-    /// downloader at its other end.
+    /// Joins the relay at `index` (the index's, or a public peer's)
+    /// arranged under `token` and serves the downloader at its other end.
     pub async fn answer_relay(
         &self,
         index: &str,

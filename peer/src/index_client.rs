@@ -202,6 +202,8 @@ impl IndexClient {
                 }
                 order @ (IndexResponse::CallbackOrder { .. }
                 | IndexResponse::RelayOrder { .. }
+                | IndexResponse::RelayOrderAt { .. }
+                | IndexResponse::RelayArrange { .. }
                 | IndexResponse::PunchOrder { .. }) => self.hold_order(order),
                 other => return Ok(other),
             }
@@ -241,6 +243,8 @@ impl IndexClient {
         match wire::expect_message(&mut self.reader, &mut self.buf, deadlines).await? {
             order @ (IndexResponse::CallbackOrder { .. }
             | IndexResponse::RelayOrder { .. }
+            | IndexResponse::RelayOrderAt { .. }
+            | IndexResponse::RelayArrange { .. }
             | IndexResponse::PunchOrder { .. }) => {
                 self.hold_order(order);
                 Ok(())

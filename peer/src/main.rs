@@ -226,6 +226,24 @@ enum Command {
         #[arg(long, env = "PEER_MAX_CONNECTIONS_PER_IP", default_value_t = common::limits::UPLOAD_CONNECTIONS_PER_SOURCE,
               value_parser = count(1, 65_536))]
         max_connections_per_ip: usize,
+        /// hybrid: relay for others (peers that cannot connect to each
+        /// other: both behind NATs), when the index has proven this peer's
+        /// address: opaque bytes between the two, capped, never stored.
+        #[arg(long, env = "PEER_RELAY")]
+        relay: bool,
+        /// Cap on the rate of one relayed connection (both directions),
+        /// with --relay.
+        #[arg(long, env = "PEER_RELAY_RATE", value_parser = transfer::rate::parse_rate,
+              default_value = "4MiB/s")]
+        relay_rate: u64,
+        /// Cap on the rate of all relayed connections together, with --relay.
+        #[arg(long, env = "PEER_RELAY_TOTAL_RATE", value_parser = transfer::rate::parse_rate,
+              default_value = "16MiB/s")]
+        relay_total_rate: u64,
+        /// Relays pending or running at once, with --relay; more are refused.
+        #[arg(long, env = "PEER_RELAY_MAX_SESSIONS", default_value_t = 64,
+              value_parser = count(1, 65_536))]
+        relay_max_sessions: usize,
         /// hybrid: register at the index (default); p2p: join an overlay
         /// through --neighbor, no index. (client-server has no serving
         /// peers: run `index-server --store DIR` and `peer put` instead.)
@@ -533,6 +551,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             upload_slot_idle,
             max_upload_connections,
             max_connections_per_ip,
+            relay,
+            relay_rate,
+            relay_total_rate,
+            relay_max_sessions,
             mode,
             neighbors,
             degree,
@@ -577,6 +599,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             config.max_upload_connections = max_upload_connections;
             config.max_upload_connections_per_ip = max_connections_per_ip;
+            config.relay = relay.then_some(transfer::relay::RelayConfig {
+                session_rate: relay_rate,
+                total_rate: relay_total_rate,
+                max_sessions: relay_max_sessions,
+                arrange_wait: transfer::relay::PEER_RELAY_ARRANGE_WAIT,
+                ..Default::default()
+            });
             config.max_upload_rate = rates.max_upload_rate;
             config.max_download_rate = rates.max_download_rate;
             config.fetch = fetch;

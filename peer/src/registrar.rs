@@ -53,6 +53,10 @@ pub struct RegistrarConfig {
     /// Serves the callback orders the index forwards while this peer is
     /// firewalled (`crate::callback`); `None`: takes none.
     pub callbacks: Option<crate::callback::CallbackServer>,
+    /// The relay this peer runs for others (`peer serve --relay`): offered
+    /// to the index when it proves our address (`AcceptOrders` with
+    /// `ORDERS_RELAYS`), fed the relays it arranges.
+    pub relay: Option<std::sync::Arc<transfer::relay::Relay>>,
     /// Where the chunk server listens (`[::]`: both IP families), to offer
     /// the index this host's address in the other family and its inside
     /// address (`IndexRequest::LoginAddrs`); `None`: offer none.
@@ -142,6 +146,8 @@ pub async fn run(
     let mut take_callbacks = config.callbacks.is_some();
     // Cleared when the index turns out to be older than `LoginAddrs`.
     let mut offer_addrs = true;
+    // Cleared when the index turns out to be older than `AcceptOrders`.
+    let mut accept_orders = true;
     loop {
         state.send_replace(RegistrationState::Connecting);
         let mut calls = Calls {
@@ -149,6 +155,8 @@ pub async fn run(
             answering: &mut answering,
             wanted: &mut take_callbacks,
             addrs: &mut offer_addrs,
+            orders: &mut accept_orders,
+            relay: config.relay.as_ref(),
         };
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -216,6 +224,10 @@ struct Calls<'a> {
     /// Whether to log in with `LoginAddrs` (cleared for an index too old
     /// to take it).
     addrs: &'a mut bool,
+    /// Whether to ask with `AcceptOrders` (cleared for an index too old).
+    orders: &'a mut bool,
+    /// The relay we run for others, if any.
+    relay: Option<&'a std::sync::Arc<transfer::relay::Relay>>,
 }
 
 impl Calls<'_> {
@@ -247,6 +259,21 @@ impl Calls<'_> {
                     self.answering.spawn(async move {
                         if let Err(e) = server.answer_punch(port, &peer, token).await {
                             tracing::debug!(%peer, error = %common::report::error_chain(&e), "hole punch failed (the downloader goes through the relay)");
+                        }
+                    });
+                }
+                IndexResponse::RelayArrange { token } => match self.relay {
+                    Some(relay) => match relay.arrange(token, tokio::time::Instant::now()) {
+                        Ok(()) => tracing::debug!("the index arranged a relay through us"),
+                        Err(e) => warn!(error = %e, "cannot relay for the index now"),
+                    },
+                    None => tracing::debug!("a relay order, but we relay for no one"),
+                },
+                IndexResponse::RelayOrderAt { id, token, relay } => {
+                    info!(%id, %relay, "the index asks us to serve a downloader through a peer's relay");
+                    self.answering.spawn(async move {
+                        if let Err(e) = server.answer_relay(&relay, token).await {
+                            warn!(error = %common::report::error_chain(&e), "relayed upload failed");
                         }
                     });
                 }
@@ -355,10 +382,31 @@ async fn session(
         Err(e) => return Err(e),
     };
     *registered_once = true;
-    if reach == Reach::Firewalled && *calls.wanted {
-        match client.request(&IndexRequest::AcceptCallbacks).await {
+    let relays = reach == Reach::Direct && config.relay.is_some();
+    if (reach == Reach::Firewalled || relays) && *calls.wanted {
+        let mut flags = common::index_proto::ORDERS_RELAY_AT;
+        if relays {
+            flags |= common::index_proto::ORDERS_RELAYS;
+        }
+        let request = if *calls.orders {
+            IndexRequest::AcceptOrders { flags }
+        } else {
+            IndexRequest::AcceptCallbacks
+        };
+        match client.request(&request).await {
+            Ok(IndexResponse::Ack { .. }) if relays && *calls.orders => {
+                info!("relaying for other peers at the index's request (peer serve --relay)")
+            }
+            Ok(IndexResponse::Ack { .. }) if relays => {}
             Ok(IndexResponse::Ack { .. }) => {
                 info!("firewalled: downloaders reach us by callback (we connect out at the index's request)")
+            }
+            // An index from before `AcceptOrders`: log in again and ask
+            // the old way.
+            Err(e @ IndexError::Wire(WireError::Closed | WireError::Io(_))) if *calls.orders => {
+                warn!("the index is too old for AcceptOrders: taking callbacks the old way, relaying for no one");
+                *calls.orders = false;
+                return Err(e);
             }
             Ok(other) => return Err(IndexError::Unexpected(format!("{other:?}"))),
             // An index from before callbacks closes the connection on the

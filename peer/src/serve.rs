@@ -88,6 +88,10 @@ pub struct ServeConfig {
     /// Downloads the daemon runs at once ([`crate::daemon`]); the list is
     /// kept (with the API) in the share's state folder.
     pub max_active_downloads: usize,
+    /// Relay for other peers (`peer serve --relay`, hybrid mode, once the
+    /// index has proven this peer's address), with these caps; `None`:
+    /// relay for no one.
+    pub relay: Option<transfer::relay::RelayConfig>,
 }
 
 impl ServeConfig {
@@ -116,6 +120,7 @@ impl ServeConfig {
             fetch: Vec::new(),
             api: None,
             max_active_downloads: crate::daemon::DEFAULT_MAX_ACTIVE,
+            relay: None,
         }
     }
 }
@@ -161,6 +166,7 @@ pub struct Daemon {
     inbox: Inbox,
     registration: watch::Receiver<RegistrationState>,
     overlay: Option<crate::overlay::Overlay>,
+    relay: Option<Arc<transfer::relay::Relay>>,
     upload_limit: Option<Arc<RateLimiter>>,
     upload_queue: transfer::upload_queue::UploadQueue,
     download_limit: Option<Arc<RateLimiter>>,
@@ -175,6 +181,11 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// The relay this daemon runs for others (`ServeConfig::relay`).
+    pub fn relay(&self) -> Option<&Arc<transfer::relay::Relay>> {
+        self.relay.as_ref()
+    }
+
     /// Where the chunk server actually listens (useful with port 0).
     pub fn listen_addr(&self) -> SocketAddr {
         self.listen_addr
@@ -360,10 +371,19 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
             shutdown.clone(),
         )
     });
-    // One port for everything: chunks, and the overlay in p2p mode.
-    let others = overlay
-        .clone()
-        .map(|o| Arc::new(o) as Arc<dyn chunk_server::ProtocolHandler>);
+    // Relaying for others: hybrid mode only (the index arranges each).
+    let relay = config
+        .relay
+        .filter(|_| config.p2p.is_none())
+        .map(|c| Arc::new(transfer::relay::Relay::new(c)));
+    // One port for everything: chunks, the overlay in p2p mode, relays.
+    let others =
+        match (overlay.clone(), relay.clone()) {
+            (Some(o), _) => Some(Arc::new(o) as Arc<dyn chunk_server::ProtocolHandler>),
+            (None, Some(r)) => Some(Arc::new(transfer::relay::RelayHandler(r))
+                as Arc<dyn chunk_server::ProtocolHandler>),
+            (None, None) => None,
+        };
     let upload_queue = transfer::upload_queue::UploadQueue::new(config.upload_queue.clone());
     let login_nonce = common::reach::LoginNonce::default();
     let chunk_config = chunk_server::ChunkServerConfig {
@@ -404,6 +424,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         backoff_max: config.backoff_max,
         nick_fallback: config.nick_fallback,
         listen: Some(listen_addr),
+        relay: relay.clone(),
         callbacks: Some(crate::callback::CallbackServer {
             library: library.clone(),
             stats: uploads.clone(),
@@ -505,6 +526,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         inbox,
         registration: state_rx,
         overlay,
+        relay,
         upload_limit,
         upload_queue,
         download_limit,

@@ -82,6 +82,8 @@ pub struct NsPeer {
     /// Where its chunk server listens (the host's address and its port).
     pub listen: SocketAddr,
     pub registration: watch::Receiver<RegistrationState>,
+    /// The relay it runs for others (`ServeConfig::relay`), if any.
+    pub relay: Option<std::sync::Arc<transfer::relay::Relay>>,
     shutdown: CancellationToken,
     _rt: HostRuntime,
 }
@@ -93,6 +95,11 @@ impl Drop for NsPeer {
 }
 
 impl NsPeer {
+    /// Bytes its relay carried (0 without one).
+    pub fn relayed_bytes(&self) -> u64 {
+        self.relay.as_ref().map_or(0, |r| r.relayed_bytes())
+    }
+
     /// Waits until the peer is registered, and returns that state.
     pub async fn registered(&mut self) -> RegistrationState {
         let mut rx = self.registration.clone();
@@ -138,13 +145,18 @@ pub async fn start_peer(
         let daemon = peer::serve::start(config, stop.clone())
             .await
             .expect("start the peer");
-        let _ = tx.send((daemon.listen_addr().port(), daemon.registration().clone()));
+        let _ = tx.send((
+            daemon.listen_addr().port(),
+            daemon.registration().clone(),
+            daemon.relay().cloned(),
+        ));
         daemon.wait().await;
     });
-    let (port, registration) = rx.await.expect("the peer started");
+    let (port, registration, relay) = rx.await.expect("the peer started");
     NsPeer {
         listen: SocketAddr::new(host.ip(), port),
         registration,
+        relay,
         shutdown,
         _rt: rt,
     }

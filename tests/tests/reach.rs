@@ -685,9 +685,11 @@ fn expected_path(src: Position, dl: Position) -> Option<&'static str> {
 /// connects out to a public downloader (`callback`), two peers behind
 /// different home routers punch a hole (`punched`), two behind the same
 /// router connect at the source's inside address (`lan`), and a pair with
-/// a strict NAT and the other side behind any NAT goes through the
-/// index's relay (`relayed`). The relay carried at least those three
-/// files; the dual-stack source is published at both its addresses.
+/// a strict NAT and the other side behind any NAT is relayed by the
+/// public peer that offers it (`peer serve --relay`, `relayed` via its
+/// address), which carried at least those three files (the index's own
+/// relay nothing); the dual-stack source is published at both its
+/// addresses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reachability_matrix_on_the_emulated_network() {
     if netlab::skip("the_reachability_matrix_on_the_emulated_network") {
@@ -695,6 +697,7 @@ async fn the_reachability_matrix_on_the_emulated_network() {
     }
     let mut lan = lab::netns::Lan::create().unwrap();
     let index_host = lan.add_host("index", None, None).unwrap();
+    let relay_host = lan.add_host("relay", None, None).unwrap();
     if index_host.addr6.is_none() {
         eprintln!(
             "skipped the_reachability_matrix_on_the_emulated_network: namespaces get no IPv6 here"
@@ -755,6 +758,16 @@ async fn the_reachability_matrix_on_the_emulated_network() {
         _ => index.addr,
     };
     let dirs = tempfile::tempdir().unwrap();
+    // A public peer that relays for others.
+    let mut relay_peer =
+        netlab::start_peer(&relay_host, &dirs.path().join("relay"), index.addr, |c| {
+            c.relay = Some(transfer::relay::RelayConfig {
+                arrange_wait: transfer::relay::PEER_RELAY_ARRANGE_WAIT,
+                ..Default::default()
+            });
+        })
+        .await;
+    relay_peer.registered().await;
     let mut sources = Vec::new();
     let mut files = Vec::new();
     for (i, (pos, h)) in source_positions.iter().zip(&source_hosts).enumerate() {
@@ -854,24 +867,41 @@ async fn the_reachability_matrix_on_the_emulated_network() {
                     got == files[s].1,
                     "{src_pos:?} -> {dl_pos:?}: the file differs"
                 );
-                let used = paths_used(&fetched.download.per_source);
+                let used: Vec<_> = fetched
+                    .download
+                    .per_source
+                    .iter()
+                    .filter(|r| r.chunks > 0)
+                    .collect();
                 assert_eq!(used.len(), 1, "{:?}", fetched.download.per_source);
-                used[0].to_string()
+                match &used[0].via {
+                    Some(via) => format!("{} via {via}", used[0].path),
+                    None => used[0].path.to_string(),
+                }
             }
             Err(e) => format!("failed: {e}"),
         };
         eprintln!("source {src_pos:?} -> downloader {dl_pos:?}: {path}");
         table.push((src_pos, dl_pos, path, expected));
     }
+    let via_peer = format!("relayed via {}", relay_peer.listen);
     for (src_pos, dl_pos, path, expected) in &table {
+        let expected = match *expected {
+            "relayed" => via_peer.as_str(),
+            other => other,
+        };
         assert!(
             path == expected,
             "source {src_pos:?} -> downloader {dl_pos:?}: {path} (expected {expected})"
         );
     }
-    let relayed = index.relay.as_ref().unwrap().relayed_bytes();
-    assert!(relayed >= 3 * 700_000, "the relay carried {relayed} bytes");
-    drop((sources, runtimes, index));
+    let relayed = relay_peer.relayed_bytes();
+    assert!(
+        relayed >= 3 * 700_000,
+        "the relay peer carried {relayed} bytes"
+    );
+    assert_eq!(index.relay.as_ref().unwrap().relayed_bytes(), 0);
+    drop((sources, relay_peer, runtimes, index));
     lan.remove();
 }
 
@@ -1212,5 +1242,90 @@ async fn other_family_addresses_are_proven_and_inside_ones_stay_behind_the_nat()
         answer => panic!("{answer:?}"),
     }
     serving.abort();
+    index.stop().await;
+}
+
+/// `peer serve --relay`: a public peer relays for a firewalled pair that
+/// can neither call back nor punch (a downloader whose callback port is
+/// not reachable, an index that coordinates no punching). The index
+/// hands out that peer rather than its own relay; every byte goes through
+/// the peer (counted there), none through the index, every chunk is
+/// verified, and `--json` says `relayed` via that peer's address.
+#[tokio::test]
+async fn a_firewalled_pair_is_relayed_through_a_public_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, id) = shared_file(&dir.path().join("share"), 500_000, 31);
+    let (index, index_relay, source, _) =
+        firewalled_pair_with(&dir.path().join("share"), 120, Default::default()).await;
+    let mut config = peer_config(&dir.path().join("relay-share"), &index.addr_string());
+    std::fs::create_dir_all(&config.share).unwrap();
+    config.relay = Some(transfer::relay::RelayConfig {
+        arrange_wait: transfer::relay::PEER_RELAY_ARRANGE_WAIT,
+        ..Default::default()
+    });
+    let mut relay_peer = start_peer_with(config).await;
+    relay_peer.wait_registered(0).await;
+    let relay_addr = relay_peer.addr();
+    let fetched = get_with_callbacks(
+        &index,
+        &id.to_hex(),
+        &dir.path().join("out"),
+        Some("127.0.0.2:0"),
+    )
+    .await
+    .expect("the download through the relay peer");
+    assert!(std::fs::read(&fetched.download.path).unwrap() == data);
+    let used: Vec<_> = fetched
+        .download
+        .per_source
+        .iter()
+        .filter(|s| s.chunks > 0)
+        .collect();
+    assert_eq!(used.len(), 1, "{:?}", fetched.download.per_source);
+    assert_eq!(used[0].path, "relayed");
+    assert_eq!(used[0].via.as_deref(), Some(relay_addr.as_str()));
+    let json = serde_json::to_value(&fetched).unwrap();
+    assert_eq!(json["per_source"][0]["via"], relay_addr, "{json}");
+    let carried = relay_peer.daemon.relay().unwrap().relayed_bytes();
+    assert!(
+        carried >= data.len() as u64,
+        "the relay peer carried {carried} bytes"
+    );
+    assert_eq!(
+        index_relay.relayed_bytes(),
+        0,
+        "bytes went through the index"
+    );
+    relay_peer.stop().await;
+    source.stop().await;
+    index.stop().await;
+}
+
+/// Only the index arranges relays at a peer: a connection to a peer's
+/// relay with a token the index never sent is refused (after the short
+/// wait for an order on its way), and nothing is relayed.
+#[tokio::test]
+async fn a_peer_relay_refuses_tokens_the_index_did_not_arrange() {
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = peer_config(dir.path(), &index.addr_string());
+    config.relay = Some(transfer::relay::RelayConfig {
+        arrange_wait: Duration::from_millis(200),
+        ..Default::default()
+    });
+    let mut relay_peer = start_peer_with(config).await;
+    relay_peer.wait_registered(0).await;
+    match peer::callback::join_relay(
+        &relay_peer.addr(),
+        rand::random(),
+        common::reach::RelayRole::Downloader,
+    )
+    .await
+    {
+        Err(e) => assert!(e.to_string().contains("no relay is arranged"), "{e}"),
+        Ok(_) => panic!("joined a relay the index never arranged"),
+    }
+    assert_eq!(relay_peer.daemon.relay().unwrap().relayed_bytes(), 0);
+    relay_peer.stop().await;
     index.stop().await;
 }

@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod net;
 pub mod rate;
 pub mod refused;
+pub mod relay;
 pub mod scan;
 mod send;
 #[cfg(feature = "test-support")]

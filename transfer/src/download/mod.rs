@@ -315,9 +315,14 @@ pub struct SourceReport {
     pub chunks: u64,
     /// Why it was dropped, if it was.
     pub error: Option<String>,
-    /// How it was reached: `direct`, `callback` (it connected out to us
-    /// at the index's request), `punched` or `relayed`.
+    /// How it was reached: `direct`, `lan` (its inside address, behind
+    /// our own NAT), `callback` (it connected out to us at the index's
+    /// request), `punched` or `relayed`.
     pub path: &'static str,
+    /// For a `relayed` source, the relay: a public peer's `IP:PORT`, or
+    /// `index` for the index's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// A finished download.
@@ -1308,6 +1313,7 @@ async fn run(
         .zip(reasons)
         .map(|((addr, n), error)| SourceReport {
             path: config.connector.as_ref().map_or("direct", |c| c.path(addr)),
+            via: config.connector.as_ref().and_then(|c| c.via(addr)),
             addr: addr.clone(),
             chunks: *n,
             error,

@@ -81,6 +81,12 @@ pub trait Connector: std::fmt::Debug + Send + Sync + 'static {
     fn addresses(&self, _addr: &str) -> Vec<String> {
         Vec::new()
     }
+
+    /// For a `relayed` source, which relay carried it: a public peer's
+    /// `IP:PORT`, or `index` for the index's own (for `peer get --json`).
+    fn via(&self, _addr: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Longest wait for the answer to `Wait` (the source answers at least
