@@ -72,6 +72,18 @@ pub enum Net {
     Netns,
 }
 
+/// Where the nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+pub enum Engine {
+    /// On this machine: tasks in the lab's process, or processes with
+    /// `--processes`, on loopback or in namespaces (`--net`).
+    #[default]
+    Local,
+    /// On a Docker Swarm stack of the project's image ([`crate::stack`]):
+    /// needs a Swarm manager and the image.
+    Swarm,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub ns: Vec<usize>,
@@ -90,6 +102,8 @@ pub struct Config {
     pub runs: usize,
     /// Networks to run on, each a set of points side by side in the CSV.
     pub nets: Vec<Net>,
+    /// Where the nodes run (`--engine`).
+    pub engine: Engine,
 }
 
 /// The textbook's lower bounds, in seconds.
@@ -301,8 +315,12 @@ pub const CSV_COLUMNS: &[&str] = &[
 
 /// How the nodes run, as the CSV's `engine` column says it: `tasks` or
 /// `processes` on loopback (application-shaped), `netns` or
-/// `netns-processes` in namespaces (kernel-shaped).
-pub fn engine_name(processes: bool, net: Net) -> &'static str {
+/// `netns-processes` in namespaces (kernel-shaped), `swarm` on a Docker
+/// Swarm stack (application-shaped, on the stack's overlay network).
+pub fn engine_name(engine: Engine, processes: bool, net: Net) -> &'static str {
+    if engine == Engine::Swarm {
+        return "swarm";
+    }
     match (processes, net) {
         (false, Net::Loopback) => "tasks",
         (true, Net::Loopback) => "processes",
@@ -404,10 +422,27 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
     if config.modes.contains(&Mode::Bittorrent) {
         crate::bittorrent::available()?;
     }
+    if config.engine == Engine::Swarm {
+        if config.processes || nets.iter().any(|n| *n != Net::Loopback) {
+            return Err(LabError::Setup(
+                "--engine swarm runs every node in a container on the stack's network: \
+                 leave out --processes and --net"
+                    .into(),
+            ));
+        }
+        if let Some(m) = config.modes.iter().find(|m| matches!(m, Mode::P2p)) {
+            return Err(LabError::Setup(format!(
+                "--engine swarm runs client-server and hybrid (and bittorrent locally); \
+                 run {} with --engine local",
+                m.name()
+            )));
+        }
+        crate::stack::available().await?;
+    }
     if nets.contains(&Net::Netns) {
         crate::netns::available().map_err(|e| LabError::Setup(format!("--net netns: {e}")))?;
     }
-    if !config.processes {
+    if !config.processes && config.engine == Engine::Local {
         let n = config.ns.iter().copied().max().unwrap_or(1);
         let limit = crate::raise_open_files_limit().unwrap_or(u64::MAX);
         if in_process_open_files(n) > limit {
@@ -443,7 +478,7 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
             let engine = if mode == Mode::Bittorrent {
                 "aria2c"
             } else {
-                engine_name(config.processes, net)
+                engine_name(config.engine, config.processes, net)
             };
             {
                 let (n, mode) = (&n, &mode);
@@ -452,8 +487,18 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
                 let run_dir = work
                     .path()
                     .join(format!("{engine}-{}-{n}-{k}", mode.name()));
+                let mut note = None;
                 let measured = if *mode == Mode::Bittorrent {
                     crate::bittorrent::swarm(config, *n, &seed_dir, &run_dir).await
+                } else if config.engine == Engine::Swarm {
+                    let data = common::sample::bytes(config.file_size as usize, 0x5eed);
+                    let label = format!("{}-{n}-{k}", mode.name());
+                    crate::stack::distribution(config, *mode, *n, &data, id, &run_dir, &label)
+                        .await
+                        .map(|(m, status)| {
+                            note = Some(status);
+                            m
+                        })
                 } else if config.processes {
                     let p2p = match mode {
                         Mode::ClientServer => None,
@@ -500,6 +545,9 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
                 };
                 match measured {
                     Ok(m) => {
+                        if let Some(note) = note {
+                            run.status = note;
+                        }
                         run.seconds = Some(m.seconds);
                         run.seed_bytes = m.seed_bytes;
                         run.peer_bytes = m.peer_bytes;
@@ -1381,6 +1429,14 @@ fn engines_text(runs: &[Run]) -> String {
                      capped by aria2's own --max-overall-upload-limit, like p2pshare's \
                      loopback runs"
                 }
+                "swarm" => {
+                    "a Docker Swarm stack (`--engine swarm`): the index, the seed and N peer \
+                     replicas each a container of the project's image on the stack's overlay \
+                     network, rates capped by the application's token buckets; the N fetches \
+                     are `peer get --json` started at once with `docker exec` (handed to each \
+                     replica's daemon, which swarms), so one exec's start-up (in the status \
+                     column) is inside the time; upload counters are not collected"
+                }
                 "netns-processes" => {
                     "real index-server and peer processes, each in its own network namespace \
                      on a bridge, uplinks (and capped downlinks) shaped by the kernel's tbf \
@@ -1534,7 +1590,7 @@ fn share_panel(config: &Config, runs: &[Run], points: &[Point]) -> Chart {
     chart.y_range = Some((0.0, 1.05));
     chart.notes = vec!["dots: the peers' share; line alone: the seed's".into()];
     if chart.series.is_empty() {
-        chart.notes = vec!["no upload counters (processes)".into()];
+        chart.notes = vec!["no upload counters (processes, swarm)".into()];
     }
     chart
 }
@@ -1624,6 +1680,7 @@ mod tests {
             processes: false,
             runs,
             nets: vec![Net::Loopback],
+            engine: Engine::Local,
         }
     }
 

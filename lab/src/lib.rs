@@ -21,6 +21,7 @@
 //! - [`report`]: CSV, plots (SVG and PNG) and progress lines.
 //! - [`netns`]: hosts in network namespaces on a switch, links shaped by
 //!   the kernel (`--net netns`; a topology builder for tests too).
+//! - [`stack`]: the distribution on a Docker Swarm stack (`--engine swarm`).
 
 pub mod bittorrent;
 pub mod connections;
@@ -32,6 +33,7 @@ pub mod reachability;
 pub mod report;
 pub mod search_cost;
 pub mod sessions;
+pub mod stack;
 pub mod uplinks;
 
 use std::path::PathBuf;

@@ -163,6 +163,14 @@ struct DistributionArgs {
         default_value = "loopback"
     )]
     net: Vec<Net>,
+    /// Where the nodes run: local (this machine, as --processes and --net
+    /// say) or swarm (a Docker Swarm stack of the image P2PSHARE_IMAGE,
+    /// default p2pshare:latest: an index, a seed and N peer replicas,
+    /// fetches started with `docker exec`, the stack removed afterwards;
+    /// needs a Swarm manager, `docker swarm init`; client-server and
+    /// hybrid).
+    #[arg(long, env = "LAB_ENGINE", default_value = "local")]
+    engine: distribution::Engine,
     #[command(flatten)]
     runs: RunsArg,
 }
@@ -432,6 +440,7 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
         processes: a.processes,
         runs: a.runs.runs.unwrap_or(1),
         nets: a.net,
+        engine: a.engine,
     };
     let mut config = config;
     if a.compare_bittorrent && !config.modes.contains(&Mode::Bittorrent) {
@@ -627,7 +636,8 @@ async fn async_main() {
         }
         lab::processes::kill_all();
         lab::netns::cleanup_all();
-        errln!("interrupted: child processes and network namespaces removed");
+        lab::stack::remove_all();
+        errln!("interrupted: child processes, network namespaces and Swarm stacks removed");
         std::process::exit(130);
     });
     let result = match cli.command {

@@ -49,6 +49,7 @@ async fn distribution_tiny() {
         processes: false,
         runs: 1,
         nets: vec![distribution::Net::Loopback],
+        engine: distribution::Engine::Local,
     };
     let (w, runs) = distribution::run(&config).await.unwrap();
     // Six runs and six medians.
@@ -175,6 +176,7 @@ async fn distribution_netns_smoke() {
         processes: false,
         runs: 1,
         nets: vec![distribution::Net::Loopback, distribution::Net::Netns],
+        engine: distribution::Engine::Local,
     };
     let (w, runs) = distribution::run(&config).await.unwrap();
     check(&w, distribution::CSV_COLUMNS, 12);
@@ -238,6 +240,7 @@ async fn too_many_peers_in_one_process_are_refused_up_front() {
         processes: false,
         runs: 1,
         nets: vec![distribution::Net::Loopback],
+        engine: distribution::Engine::Local,
     };
     let limit = lab::raise_open_files_limit().unwrap();
     if distribution::in_process_open_files(256) <= limit {
@@ -268,6 +271,7 @@ async fn distribution_compared_with_bittorrent() {
         processes: false,
         runs: 1,
         nets: vec![distribution::Net::Loopback],
+        engine: distribution::Engine::Local,
     };
     let (w, runs) = distribution::run(&config).await.unwrap();
     check(&w, distribution::CSV_COLUMNS, 4);
