@@ -25,6 +25,7 @@ pub mod handler;
 pub mod http;
 mod lazy_buf;
 pub mod metrics;
+pub mod possession;
 pub mod relay;
 pub mod server;
 pub mod state;
@@ -98,6 +99,13 @@ pub struct Config {
     /// default; off (`--hole-punching false`) where every peer sits behind
     /// NATs that never let it through, to spare downloaders the attempt.
     pub hole_punching: bool,
+    /// Proof-of-possession checks of directly reachable peers' registrations
+    /// ([`possession`]); `None`: off. Off in `Config::default()`, for the
+    /// programs that embed the index (tests, the lab: a check is an upload
+    /// their measurements do not expect); the `index-server` binary turns
+    /// it on with [`possession::PossessionConfig::default`]
+    /// (`--possession-checks`, default 10m; `off` to turn it off).
+    pub possession: Option<possession::PossessionConfig>,
 }
 
 /// Default of [`Config::listen`] (and of `index-server --listen`): both
@@ -150,6 +158,7 @@ impl Default for Config {
             max_callbacks_per_minute: DEFAULT_MAX_CALLBACKS_PER_MINUTE,
             relay: Some(relay::RelayConfig::default()),
             hole_punching: true,
+            possession: None,
         }
     }
 }

@@ -201,6 +201,33 @@ struct Cli {
     /// routers let it through, strict NATs do not). On by default.
     #[arg(long, env = "INDEX_HOLE_PUNCHING", default_value_t = true, action = clap::ArgAction::Set)]
     hole_punching: bool,
+    /// Proof of possession: check each directly reachable peer at most once
+    /// per this interval (a random registered file: its hash list against
+    /// the id, one random chunk against its hash, as a downloader would); a
+    /// failed check drops that listing, 3 failures end the session. `off`
+    /// turns the checks off (1s to 30d, or off).
+    #[arg(long, env = "INDEX_POSSESSION_CHECKS",
+          default_value = default_duration(index_server::possession::DEFAULT_INTERVAL),
+          value_parser = possession_interval)]
+    possession_checks: EveryOrOff,
+    /// Most proof-of-possession checks per second over all peers (1 to
+    /// 10000); at most 8 run at once.
+    #[arg(long, env = "INDEX_POSSESSION_CHECKS_PER_SECOND",
+          default_value_t = index_server::possession::DEFAULT_PER_SECOND,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    possession_checks_per_second: u32,
+}
+
+/// An interval, or `off` (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EveryOrOff(Option<Duration>);
+
+/// `--possession-checks`: a duration from 1 s to 30 days, or `off`.
+fn possession_interval(s: &str) -> Result<EveryOrOff, UnitError> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(EveryOrOff(None));
+    }
+    parse_duration_in(s, SEC, 30 * 24 * 3600 * SEC).map(|d| EveryOrOff(Some(d)))
 }
 
 /// Checks a `HOST:PORT` or `HOST` (kept as given: the port is added once
@@ -307,6 +334,13 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
             ..Default::default()
         }),
         hole_punching: cli.hole_punching,
+        possession: cli.possession_checks.0.map(|interval| {
+            index_server::possession::PossessionConfig {
+                interval,
+                per_second: cli.possession_checks_per_second,
+                ..Default::default()
+            }
+        }),
         ..Default::default()
     };
     let shutdown = CancellationToken::new();
@@ -397,6 +431,11 @@ mod tests {
         assert_eq!(cli.relay_total_rate, relay.total_rate);
         assert_eq!(cli.relay_max_sessions, relay.max_sessions);
         assert_eq!(cli.hole_punching, config.hole_punching);
+        let possession = index_server::possession::PossessionConfig::default();
+        assert_eq!(cli.possession_checks.0, Some(possession.interval));
+        assert_eq!(cli.possession_checks_per_second, possession.per_second);
+        let off = Cli::try_parse_from(["index-server", "--possession-checks", "off"]).unwrap();
+        assert_eq!(off.possession_checks.0, None);
         let limits = &config.limits;
         assert_eq!(
             cli.max_files_per_session,

@@ -115,6 +115,13 @@ impl Server {
             config.lease_ttl,
             shutdown.clone(),
         ));
+        if let Some(possession) = config.possession {
+            tracker.spawn(crate::possession::run(
+                index.clone(),
+                possession,
+                shutdown.clone(),
+            ));
+        }
         if let (Some(store), Some(store_config)) = (&store, &config.store) {
             tracker.spawn(
                 store

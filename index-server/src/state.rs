@@ -53,6 +53,7 @@
 
 mod files;
 mod keyset;
+pub mod possession;
 mod words;
 
 use std::collections::{HashMap, HashSet};
@@ -376,6 +377,8 @@ struct Inner {
     order_flags: DashMap<SessionId, u8>,
     /// Turns through the peer relays ([`Index::pick_peer_relay`]).
     next_relay: std::sync::atomic::AtomicUsize,
+    /// What the proof-of-possession checks found ([`crate::possession`]).
+    possession: possession::PossessionCounters,
 }
 
 /// Why a callback order could not be handed to a session's connection.
@@ -654,6 +657,7 @@ impl Index {
                 callback_senders: DashMap::new(),
                 order_flags: DashMap::new(),
                 next_relay: std::sync::atomic::AtomicUsize::new(0),
+                possession: Default::default(),
             }),
         }
     }

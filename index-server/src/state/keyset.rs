@@ -296,6 +296,28 @@ impl KeySet {
     }
 
     /// The `n` smallest keys, in increasing order.
+    /// The key at position `i` in ascending order (`None` past the end),
+    /// without allocating: O(i).
+    pub fn nth(&self, i: usize) -> Option<u32> {
+        if self.chunks.is_empty() {
+            return self.small.get(i).copied();
+        }
+        let mut seen = 0usize;
+        let mut found = None;
+        for c in &self.chunks {
+            c.bits.for_each(u32::from(c.hi) << 16, |k| {
+                if seen == i {
+                    found = Some(k);
+                }
+                seen += 1;
+            });
+            if found.is_some() {
+                break;
+            }
+        }
+        found
+    }
+
     pub fn first_keys(&self, n: usize) -> Vec<u32> {
         if self.chunks.is_empty() {
             return self.small[..n.min(self.small.len())].to_vec();
@@ -371,6 +393,13 @@ mod tests {
         let all = set.keys();
         for n in [0, 1, 3, all.len()] {
             assert_eq!(set.first_keys(n), all[..n.min(all.len())]);
+        }
+        let step = (all.len() / 7).max(1);
+        for i in (0..all.len())
+            .step_by(step)
+            .chain([all.len().saturating_sub(1), all.len()])
+        {
+            assert_eq!(set.nth(i), all.get(i).copied(), "nth({i})");
         }
         let mut bits = Vec::new();
         if all.last().is_some_and(|&k| k >= 1 << 24) {

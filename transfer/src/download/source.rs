@@ -364,6 +364,45 @@ impl PeerConnection {
         }
     }
 
+    /// Fetches chunk `index` of the file `info` describes and verifies it
+    /// against its hash: the chunk's bytes (`info.chunk_len(index)` of
+    /// them). Used where one chunk is wanted outside a download (the
+    /// index's proof-of-possession check).
+    ///
+    /// # Errors
+    /// [`SourceError::BadData`] when the bytes do not match the hash list,
+    /// [`SourceError::NotFound`] / `FileChanged` / `Busy` as the source
+    /// answered (a queued request counts as `Busy`), `Protocol` for an
+    /// answer that does not fit, `Stalled` after the stall timeout.
+    pub async fn chunk(&mut self, info: &ContentInfo, index: u32) -> Result<Vec<u8>, SourceError> {
+        if index >= info.chunk_count() {
+            return Err(SourceError::Protocol(format!(
+                "chunk {index} asked of a file of {} chunks",
+                info.chunk_count()
+            )));
+        }
+        self.queue(&PeerRequest::Chunk { id: info.id, index })
+            .await?;
+        self.flush().await?;
+        match self.header().await? {
+            PeerResponse::Chunk { id, index: i, len }
+                if id == info.id && i == index && len as usize == info.chunk_len(index) =>
+            {
+                let mut data = vec![0u8; len as usize];
+                self.raw(&mut data).await?;
+                if info.verify_chunk(index, &data) {
+                    Ok(data)
+                } else {
+                    Err(SourceError::BadData)
+                }
+            }
+            PeerResponse::Queued { .. } => Err(SourceError::Busy),
+            other => Err(SourceError::Protocol(format!(
+                "expected chunk {index}, got {other:?}"
+            ))),
+        }
+    }
+
     /// Asks which chunks the peer holds: `None` means all of them.
     pub async fn have(
         &mut self,
