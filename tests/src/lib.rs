@@ -323,3 +323,16 @@ pub async fn p2p_get(
     )
     .await
 }
+
+/// How many sources the index at `index` lists for `id` (0 when it lists
+/// none or does not know the id).
+pub async fn sources_of(index: &str, id: common::id::FileId) -> usize {
+    let mut c = peer::index_client::IndexClient::connect(index)
+        .await
+        .unwrap();
+    c.lookup(id)
+        .await
+        .unwrap()
+        .map(|(_, _, s)| s.len())
+        .unwrap_or(0)
+}

@@ -65,15 +65,6 @@ fn shared(data: &[u8], name: &str) -> SharedFile {
     }
 }
 
-async fn sources_of(index: &str, id: FileId) -> usize {
-    let mut c = IndexClient::connect(index).await.unwrap();
-    c.lookup(id)
-        .await
-        .unwrap()
-        .map(|(_, _, s)| s.len())
-        .unwrap_or(0)
-}
-
 /// The server still answers a well-behaved client.
 async fn still_serving(index: &str) {
     let mut c = IndexClient::connect(index).await.unwrap();

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use common::hello::Protocol;
-use common::id::{content_info, FileId};
+use common::id::content_info;
 use common::index_proto::{IndexRequest, IndexResponse, Login, SharedFile};
 use common::wire::{self, Deadlines};
 use index_server::possession::PossessionConfig;
@@ -71,15 +71,6 @@ fn sample(seed: u8, size: usize) -> (Vec<u8>, SharedFile) {
         size: size as u64,
     };
     (data, file)
-}
-
-async fn sources_of(index: &str, id: FileId) -> usize {
-    let mut c = IndexClient::connect(index).await.unwrap();
-    c.lookup(id)
-        .await
-        .unwrap()
-        .map(|(_, _, s)| s.len())
-        .unwrap_or(0)
 }
 
 #[tokio::test]
