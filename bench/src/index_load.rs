@@ -416,16 +416,16 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 }
 
 struct Conn {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    reader: BufReader<transfer::net::ConnReader>,
+    writer: BufWriter<transfer::net::ConnWriter>,
     buf: Vec<u8>,
 }
 
 impl Conn {
     async fn open(addr: &str) -> anyhow::Result<Conn> {
-        let mut s = TcpStream::connect(addr).await?;
+        let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
-        wire::client_handshake(&mut s, Protocol::Index).await?;
+        let (s, _) = transfer::net::client(s, Protocol::Index, None).await?;
         let (r, w) = s.into_split();
         Ok(Conn {
             reader: BufReader::new(r),
@@ -966,10 +966,10 @@ pub async fn echo_server() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("echo server addr={}", listener.local_addr()?);
     loop {
-        let (mut s, _) = listener.accept().await?;
+        let (s, _) = listener.accept().await?;
         s.set_nodelay(true)?;
         tokio::spawn(async move {
-            wire::server_handshake(&mut s, Protocol::Index, false).await?;
+            let (_, s) = transfer::net::accept(s, &[Protocol::Index], |_| false, |_| 0).await?;
             let (r, w) = s.into_split();
             let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
             let mut buf = Vec::new();

@@ -16,7 +16,7 @@ use common::id::FileId;
 use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
 use common::wire::{self, Deadlines};
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 
 /// Requests refused with `Busy` (the baseline's polling load at the uploader).
@@ -77,7 +77,7 @@ impl Drop for Uploader {
 
 /// A requester's connection.
 struct Client {
-    stream: TcpStream,
+    stream: transfer::net::Conn,
     buf: Vec<u8>,
 }
 
@@ -90,8 +90,8 @@ impl Client {
     async fn connect(from: &str, addr: &str, token: Option<u64>) -> anyhow::Result<Client> {
         let socket = TcpSocket::new_v4()?;
         socket.bind(format!("{from}:0").parse::<SocketAddr>()?)?;
-        let mut stream = socket.connect(addr.parse()?).await?;
-        let features = wire::client_handshake_features(&mut stream, Protocol::Peer).await?;
+        let stream = socket.connect(addr.parse()?).await?;
+        let (stream, features) = transfer::net::client(stream, Protocol::Peer, None).await?;
         anyhow::ensure!(
             features & FEATURE_UPLOAD_QUEUE != 0,
             "no upload queue there"

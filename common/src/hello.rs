@@ -5,13 +5,15 @@
 //! misparsing a frame and hanging:
 //!
 //! ```text
-//! client → server: "P2PS" | version u16 BE | protocol u8 | 0
+//! client → server: "P2PS" | version u16 BE | protocol u8 | flags u8
 //! server → client: "P2PS" | version u16 BE | status u8   | features u8
 //! ```
 //!
-//! The server's last byte carries feature bits ([`FEATURE_UPLOAD_QUEUE`]);
-//! builds from before it was used sent 0 there and ignore it, so a new
-//! server and an old client (or the reverse) still understand each other.
+//! The server's last byte carries feature bits ([`FEATURE_UPLOAD_QUEUE`],
+//! [`FEATURE_SECURE`]); the client's carries flags ([`CLIENT_SECURE`]).
+//! The hello stays in clear text; with [`CLIENT_SECURE`] on both sides the
+//! Noise handshake of `crate::secure` follows, and both hellos are its
+//! prologue, so a hello changed on the way makes the handshake fail.
 
 use crate::limits::PROTOCOL_VERSION;
 
@@ -29,6 +31,16 @@ pub const FEATURE_UPLOAD_QUEUE: u8 = 1;
 /// peer gains (`PeerResponse::Gained`) instead of asking `Have` again and
 /// again (`crate::peer_proto`).
 pub const FEATURE_HAVE_PUSH: u8 = 2;
+
+/// Server feature bit: this server encrypts (it was started without
+/// `--insecure`), and answers a client without [`CLIENT_SECURE`] with
+/// [`HelloStatus::SecurityMismatch`]. Set in every answer, so that a
+/// refused client can say which side to change.
+pub const FEATURE_SECURE: u8 = 4;
+
+/// Client flag bit: "I run the Noise handshake next" (this client was
+/// started without `--insecure`).
+pub const CLIENT_SECURE: u8 = 1;
 
 /// Which protocol the connection will speak after the hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +89,9 @@ pub enum HelloStatus {
     WrongProtocol = 2,
     /// The server is at its connection cap; try again later.
     Busy = 3,
+    /// One side runs with `--insecure` and the other does not: the server's
+    /// [`FEATURE_SECURE`] bit says which.
+    SecurityMismatch = 4,
 }
 
 /// Why a hello was not accepted.
@@ -90,12 +105,41 @@ pub enum HelloError {
     WrongProtocol,
     #[error("the server is busy (connection limit reached); try again later")]
     Busy,
+    #[error("{}", mismatch_text(*.we_encrypt))]
+    SecurityMismatch {
+        /// Whether this side encrypts (was started without `--insecure`).
+        we_encrypt: bool,
+    },
     #[error("unknown hello field value {0}")]
     Unknown(u8),
 }
 
+/// What to change when one side runs with `--insecure` and the other not.
+fn mismatch_text(we_encrypt: bool) -> &'static str {
+    if we_encrypt {
+        "the other side runs in clear text (--insecure) and this side encrypts: \
+         start the other side without --insecure (or, for a lab comparison only, both sides with it)"
+    } else {
+        "the other side requires encryption and this side was started with --insecure: \
+         drop --insecure here (or start the other side with --insecure too)"
+    }
+}
+
+/// The client's hello in clear text (flags 0, as `--insecure` sends it).
 pub fn client_hello(protocol: Protocol) -> [u8; HELLO_LEN] {
     hello_with(protocol as u8)
+}
+
+/// The client's hello with `flags` ([`CLIENT_SECURE`]) in its last byte.
+pub fn client_hello_with_flags(protocol: Protocol, flags: u8) -> [u8; HELLO_LEN] {
+    let mut hello = hello_with(protocol as u8);
+    hello[7] = flags;
+    hello
+}
+
+/// The flags of a client's hello (0 from `--insecure` clients).
+pub fn client_flags(bytes: &[u8; HELLO_LEN]) -> u8 {
+    bytes[7]
 }
 
 pub fn server_hello(status: HelloStatus) -> [u8; HELLO_LEN] {
@@ -150,7 +194,24 @@ pub fn check_client_hello_any(
     }
 }
 
-/// Client side: turns the server's answer into success or a clear error.
+/// Client side, for a client that encrypts when `we_encrypt`: success, or a
+/// clear error, also when the server accepted but does not run the same
+/// mode (a server or a man in the middle that drops [`FEATURE_SECURE`]
+/// gets a refusal, never clear text).
+pub fn check_server_hello_mode(
+    bytes: &[u8; HELLO_LEN],
+    we_encrypt: bool,
+) -> Result<(), HelloError> {
+    let server_encrypts = server_features(bytes) & FEATURE_SECURE != 0;
+    match check_server_hello(bytes) {
+        Err(HelloError::Unknown(4)) => Err(HelloError::SecurityMismatch { we_encrypt }),
+        Ok(()) if server_encrypts != we_encrypt => Err(HelloError::SecurityMismatch { we_encrypt }),
+        other => other,
+    }
+}
+
+/// Client side: turns the server's answer into success or a clear error
+/// (without the encryption mode: see [`check_server_hello_mode`]).
 pub fn check_server_hello(bytes: &[u8; HELLO_LEN]) -> Result<(), HelloError> {
     if bytes[..4] != MAGIC {
         return Err(HelloError::BadMagic);
@@ -176,12 +237,39 @@ mod tests {
     fn pinned_bytes() {
         assert_eq!(
             client_hello(Protocol::Index),
-            [b'P', b'2', b'P', b'S', 0, 1, 1, 0]
+            [b'P', b'2', b'P', b'S', 0, 2, 1, 0]
+        );
+        assert_eq!(
+            client_hello_with_flags(Protocol::Peer, CLIENT_SECURE),
+            [b'P', b'2', b'P', b'S', 0, 2, 2, 1]
         );
         assert_eq!(
             server_hello(HelloStatus::Busy),
-            [b'P', b'2', b'P', b'S', 0, 1, 3, 0]
+            [b'P', b'2', b'P', b'S', 0, 2, 3, 0]
         );
+    }
+
+    #[test]
+    fn encryption_mode_mismatch_is_refused_both_ways() {
+        let secure_ok = server_hello_with_features(HelloStatus::Ok, FEATURE_SECURE);
+        let clear_ok = server_hello_with_features(HelloStatus::Ok, 0);
+        assert_eq!(check_server_hello_mode(&secure_ok, true), Ok(()));
+        assert_eq!(check_server_hello_mode(&clear_ok, false), Ok(()));
+        // A stripped feature bit is a refusal, not a downgrade.
+        assert_eq!(
+            check_server_hello_mode(&clear_ok, true),
+            Err(HelloError::SecurityMismatch { we_encrypt: true })
+        );
+        assert_eq!(
+            check_server_hello_mode(&secure_ok, false),
+            Err(HelloError::SecurityMismatch { we_encrypt: false })
+        );
+        let refused = server_hello_with_features(HelloStatus::SecurityMismatch, FEATURE_SECURE);
+        let err = check_server_hello_mode(&refused, false).unwrap_err();
+        assert!(err.to_string().contains("drop --insecure here"), "{err}");
+        let refused = server_hello_with_features(HelloStatus::SecurityMismatch, 0);
+        let err = check_server_hello_mode(&refused, true).unwrap_err();
+        assert!(err.to_string().contains("without --insecure"), "{err}");
     }
 
     #[test]

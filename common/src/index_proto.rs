@@ -17,6 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::FileId;
+use crate::identity::PeerId;
 
 /// One file a peer offers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,6 +342,10 @@ pub struct Source {
     /// `HOST:PORT` of the peer's chunk server.
     pub addr: String,
     pub nick: Option<String>,
+    /// The id the peer proved in its handshake with the index (`None` when
+    /// the index runs `--insecure`): a downloader refuses a source that
+    /// proves another.
+    pub peer_id: Option<PeerId>,
 }
 
 /// Counts over all live sessions.
@@ -358,6 +363,9 @@ pub struct IndexStats {
 pub struct PeerSummary {
     pub addr: String,
     pub nick: Option<String>,
+    /// The id the peer proved in its handshake with the index (`None`
+    /// when the index runs `--insecure`).
+    pub peer_id: Option<PeerId>,
     pub files: u64,
     pub bytes: u64,
 }
@@ -744,13 +752,14 @@ mod tests {
                 source: Source {
                     addr: "c".into(),
                     nick: None,
+                    peer_id: None,
                 },
                 reach: Reach::Firewalled,
             }],
         };
         let bytes = encode_frame(&reach).unwrap();
         assert_eq!(bytes[4], 14);
-        assert_eq!(bytes[37..], [0, 1, 1, 1, b'c', 0, 1]);
+        assert_eq!(bytes[37..], [0, 1, 1, 1, b'c', 0, 0, 1]);
         let bytes = encode_frame(&IndexRequest::Relay {
             id,
             source: "d".into(),
@@ -815,6 +824,7 @@ mod tests {
                     source: Source {
                         addr: "c".into(),
                         nick: None,
+                        peer_id: None,
                     },
                     reach: Reach::Direct,
                 },
@@ -875,6 +885,7 @@ mod tests {
             name: "ñ a.txt".into(),
             size: 1 << 33,
             sources: vec![Source {
+                peer_id: None,
                 addr: "127.0.0.1:6699".into(),
                 nick: None,
             }],

@@ -11,6 +11,10 @@
 //!   (byte limit, trailing bytes rejected).
 //! - [`hello`]: the fixed 8-byte versioned handshake that opens every
 //!   connection, readable by any future version.
+//! - [`identity`]: node keys and [`identity::PeerId`]s (ed25519 public keys).
+//! - [`secure`]: the Noise handshake after the hello and the encrypting
+//!   stream wrapper every connection runs through (or clear text with
+//!   `--insecure` on both sides).
 //! - [`index_proto`]: peer/client ⇄ index server messages.
 //! - [`peer_proto`]: peer ⇄ peer messages (hash lists, chunks, availability).
 //! - [`store_proto`]: client → index server store uploads (client-server mode).
@@ -36,6 +40,7 @@ pub mod frame;
 pub mod fuzzing;
 pub mod hello;
 pub mod id;
+pub mod identity;
 pub mod im;
 pub mod index_proto;
 pub mod limits;
@@ -46,6 +51,7 @@ pub mod reach;
 pub mod report;
 pub mod sample;
 pub mod search;
+pub mod secure;
 pub mod store_proto;
 pub mod target;
 pub mod units;

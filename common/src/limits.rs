@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 /// Protocol version spoken by this build. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest control frame (any serialized message). Checked against the
 /// length prefix before anything is allocated. File data never travels in a

@@ -31,6 +31,8 @@ pub enum WireError {
     Frame(#[from] FrameError),
     #[error(transparent)]
     Hello(#[from] HelloError),
+    #[error(transparent)]
+    Secure(#[from] crate::secure::SecureError),
     #[error("unexpected message: {0}")]
     Unexpected(String),
 }
@@ -46,7 +48,10 @@ impl WireError {
     pub fn is_protocol_violation(&self) -> bool {
         matches!(
             self,
-            WireError::Frame(_) | WireError::Hello(_) | WireError::Unexpected(_)
+            WireError::Frame(_)
+                | WireError::Hello(_)
+                | WireError::Secure(_)
+                | WireError::Unexpected(_)
         )
     }
 }
@@ -185,21 +190,22 @@ pub async fn read_raw<R: AsyncRead + Unpin>(
         .map(|_| ())
 }
 
-/// Client side of the hello: send ours, check the answer.
-pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+/// Client side of the hello: send ours (with [`hello::CLIENT_SECURE`] when
+/// `we_encrypt`), check the answer. Returns both hellos (the Noise
+/// prologue, `crate::secure`) and the server's feature bits. Most code
+/// opens connections through `crate::secure::client` instead.
+pub async fn client_hello_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     protocol: Protocol,
-) -> Result<(), WireError> {
-    client_handshake_features(s, protocol).await.map(|_| ())
-}
-
-/// [`client_handshake`] that also returns the server's feature bits
-/// ([`hello::FEATURE_UPLOAD_QUEUE`]; 0 from older servers).
-pub async fn client_handshake_features<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
-    protocol: Protocol,
-) -> Result<u8, WireError> {
-    s.write_all(&hello::client_hello(protocol)).await?;
+    we_encrypt: bool,
+) -> Result<([u8; HELLO_LEN], [u8; HELLO_LEN]), WireError> {
+    let flags = if we_encrypt && protocol != Protocol::Relay {
+        hello::CLIENT_SECURE
+    } else {
+        0
+    };
+    let ours = hello::client_hello_with_flags(protocol, flags);
+    s.write_all(&ours).await?;
     s.flush().await?;
     let mut answer = [0u8; HELLO_LEN];
     with_deadline(
@@ -208,43 +214,32 @@ pub async fn client_handshake_features<S: AsyncRead + AsyncWrite + Unpin>(
         s.read_exact(&mut answer),
     )
     .await?;
-    hello::check_server_hello(&answer)?;
-    Ok(hello::server_features(&answer))
+    if protocol == Protocol::Relay {
+        // The relay's own leg is clear by design (see `crate::secure`).
+        hello::check_server_hello(&answer)?;
+    } else {
+        hello::check_server_hello_mode(&answer, we_encrypt)?;
+    }
+    Ok((ours, answer))
 }
 
-/// Server side of the hello. With `busy`, the client is told to come back
-/// later and the call fails with [`HelloError::Busy`].
-pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
-    protocol: Protocol,
-    busy: bool,
-) -> Result<(), WireError> {
-    server_handshake_any(s, &[protocol], |_| busy)
-        .await
-        .map(|_| ())
-}
-
-/// Server side of the hello on a port that speaks several protocols.
-/// Returns the protocol the client asked for. `busy` is asked, once the
+/// Server side of the hello on a port that speaks `accepted` protocols, for
+/// a server that encrypts when `we_encrypt`. `busy` is asked, once the
 /// protocol is known and acceptable, whether to turn the client away as
-/// busy (so each protocol can have its own connection cap); then the call
-/// fails with [`HelloError::Busy`].
-pub async fn server_handshake_any<S: AsyncRead + AsyncWrite + Unpin>(
-    s: &mut S,
-    accepted: &[Protocol],
-    busy: impl FnOnce(Protocol) -> bool,
-) -> Result<Protocol, WireError> {
-    server_handshake_features(s, accepted, busy, |_| 0).await
-}
-
-/// [`server_handshake_any`] whose answer carries `features(protocol)`
-/// in its last byte (see [`hello::server_hello_with_features`]).
-pub async fn server_handshake_features<S: AsyncRead + AsyncWrite + Unpin>(
+/// busy (then the call fails with [`HelloError::Busy`]); `features(protocol)`
+/// goes in the answer's last byte, with [`hello::FEATURE_SECURE`] added when
+/// `we_encrypt`. A client whose [`hello::CLIENT_SECURE`] flag differs from
+/// `we_encrypt` is answered [`HelloStatus::SecurityMismatch`], except on
+/// [`Protocol::Relay`], whose own leg is always clear (the relayed peers
+/// run their own handshake end to end). Returns the protocol and both
+/// hellos (client's first).
+pub async fn server_hello_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     accepted: &[Protocol],
     busy: impl FnOnce(Protocol) -> bool,
     features: impl FnOnce(Protocol) -> u8,
-) -> Result<Protocol, WireError> {
+    we_encrypt: bool,
+) -> Result<(Protocol, [u8; HELLO_LEN], [u8; HELLO_LEN]), WireError> {
     let mut theirs = [0u8; HELLO_LEN];
     with_deadline(
         Some(HELLO_TIMEOUT),
@@ -253,26 +248,39 @@ pub async fn server_handshake_features<S: AsyncRead + AsyncWrite + Unpin>(
     )
     .await?;
     let (mut status, protocol) = hello::check_client_hello_any(&theirs, accepted)?;
-    if let Some(p) = protocol {
+    let they_encrypt = hello::client_flags(&theirs) & hello::CLIENT_SECURE != 0;
+    // The relay's own leg is clear by design: it carries a one-time token
+    // and then the bytes of two peers' own end-to-end Noise session.
+    let relay = protocol == Some(Protocol::Relay);
+    if status == HelloStatus::Ok && !relay && they_encrypt != we_encrypt {
+        status = HelloStatus::SecurityMismatch;
+    }
+    if let (HelloStatus::Ok, Some(p)) = (status, protocol) {
         if busy(p) {
             status = HelloStatus::Busy;
         }
     }
-    let bits = match (status, protocol) {
+    let mut bits = match (status, protocol) {
         (HelloStatus::Ok, Some(p)) => features(p),
         _ => 0,
     };
-    s.write_all(&hello::server_hello_with_features(status, bits))
-        .await?;
+    if we_encrypt && !relay {
+        bits |= hello::FEATURE_SECURE;
+    }
+    let answer = hello::server_hello_with_features(status, bits);
+    s.write_all(&answer).await?;
     s.flush().await?;
     match (status, protocol) {
-        (HelloStatus::Ok, Some(p)) => Ok(p),
+        (HelloStatus::Ok, Some(p)) => Ok((p, theirs, answer)),
         (HelloStatus::UnsupportedVersion, _) => Err(HelloError::VersionMismatch {
             ours: crate::limits::PROTOCOL_VERSION,
             theirs: u16::from_be_bytes([theirs[4], theirs[5]]),
         }
         .into()),
         (HelloStatus::Busy, _) => Err(HelloError::Busy.into()),
+        (HelloStatus::SecurityMismatch, _) => {
+            Err(HelloError::SecurityMismatch { we_encrypt }.into())
+        }
         _ => Err(HelloError::WrongProtocol.into()),
     }
 }
@@ -337,10 +345,9 @@ mod tests {
     #[tokio::test]
     async fn handshake_reports_version_mismatch() {
         let (mut client, mut server) = tokio::io::duplex(64);
-        let srv =
-            tokio::spawn(
-                async move { server_handshake(&mut server, Protocol::Index, false).await },
-            );
+        let srv = tokio::spawn(async move {
+            server_hello_exchange(&mut server, &[Protocol::Index], |_| false, |_| 0, false).await
+        });
         let mut hello = hello::client_hello(Protocol::Index);
         hello[5] = 42;
         client.write_all(&hello).await.unwrap();
@@ -355,20 +362,21 @@ mod tests {
 
     #[tokio::test]
     async fn multi_protocol_handshake_reports_the_choice_and_refuses_others() {
+        let both = [Protocol::Peer, Protocol::Overlay];
         let (mut client, mut server) = tokio::io::duplex(64);
         let srv = tokio::spawn(async move {
-            server_handshake_any(&mut server, &[Protocol::Peer, Protocol::Overlay], |_| false).await
+            server_hello_exchange(&mut server, &both, |_| false, |_| 0, false).await
         });
-        client_handshake(&mut client, Protocol::Overlay)
+        client_hello_exchange(&mut client, Protocol::Overlay, false)
             .await
             .unwrap();
-        assert_eq!(srv.await.unwrap().unwrap(), Protocol::Overlay);
+        assert_eq!(srv.await.unwrap().unwrap().0, Protocol::Overlay);
 
         let (mut client, mut server) = tokio::io::duplex(64);
         let srv = tokio::spawn(async move {
-            server_handshake_any(&mut server, &[Protocol::Peer], |_| false).await
+            server_hello_exchange(&mut server, &[Protocol::Peer], |_| false, |_| 0, false).await
         });
-        let err = client_handshake(&mut client, Protocol::Store)
+        let err = client_hello_exchange(&mut client, Protocol::Store, false)
             .await
             .unwrap_err();
         assert!(matches!(err, WireError::Hello(HelloError::WrongProtocol)));
@@ -376,12 +384,54 @@ mod tests {
 
         let (mut client, mut server) = tokio::io::duplex(64);
         let srv = tokio::spawn(async move {
-            server_handshake_any(&mut server, &[Protocol::Peer], |p| p == Protocol::Peer).await
+            server_hello_exchange(
+                &mut server,
+                &[Protocol::Peer],
+                |p| p == Protocol::Peer,
+                |_| 0,
+                false,
+            )
+            .await
         });
-        let err = client_handshake(&mut client, Protocol::Peer)
+        let err = client_hello_exchange(&mut client, Protocol::Peer, false)
             .await
             .unwrap_err();
         assert!(matches!(err, WireError::Hello(HelloError::Busy)));
         assert!(srv.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn clear_and_encrypting_sides_refuse_each_other() {
+        for (client_encrypts, server_encrypts) in [(true, false), (false, true)] {
+            let (mut client, mut server) = tokio::io::duplex(64);
+            let srv = tokio::spawn(async move {
+                server_hello_exchange(
+                    &mut server,
+                    &[Protocol::Peer],
+                    |_| false,
+                    |_| 0,
+                    server_encrypts,
+                )
+                .await
+            });
+            let err = client_hello_exchange(&mut client, Protocol::Peer, client_encrypts)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    WireError::Hello(HelloError::SecurityMismatch { we_encrypt }) if we_encrypt == client_encrypts
+                ),
+                "{err:?}"
+            );
+            let server_err = srv.await.unwrap().unwrap_err();
+            assert!(
+                matches!(
+                    server_err,
+                    WireError::Hello(HelloError::SecurityMismatch { .. })
+                ),
+                "{server_err:?}"
+            );
+        }
     }
 }

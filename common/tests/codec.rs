@@ -72,7 +72,11 @@ fn index_response() -> impl Strategy<Value = IndexResponse> {
                 size,
                 sources: s
                     .into_iter()
-                    .map(|(addr, nick)| Source { addr, nick })
+                    .map(|(addr, nick)| Source {
+                        addr,
+                        nick,
+                        peer_id: None
+                    })
                     .collect()
             }),
         (

@@ -44,6 +44,9 @@ pub struct Connection {
     pub relay: Option<std::sync::Arc<crate::relay::Relay>>,
     /// Whether `Punch` requests are taken (`Config::hole_punching`).
     pub hole_punching: bool,
+    /// The id the connection's handshake proved (`None` in clear text):
+    /// the session's id, never taken from a message.
+    pub peer_id: Option<common::identity::PeerId>,
 }
 
 impl Connection {
@@ -59,6 +62,7 @@ impl Connection {
             max_callbacks_per_minute: crate::DEFAULT_MAX_CALLBACKS_PER_MINUTE,
             relay: None,
             hole_punching: true,
+            peer_id: None,
         }
     }
 
@@ -343,6 +347,7 @@ fn login_checked(
         nick: login.nick,
         source: Some(source_key(conn.peer_ip)),
         reach,
+        peer_id: conn.peer_id,
     };
     match index.open_session(new, now) {
         Ok(id) => {
@@ -608,6 +613,7 @@ pub fn handle(
                 nick,
                 source: Some(source_key(conn.peer_ip)),
                 reach,
+                peer_id: conn.peer_id,
             };
             match index.open_session(new, now) {
                 Ok(id) => {

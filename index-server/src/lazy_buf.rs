@@ -45,6 +45,11 @@ impl<R> LazyBufReader<R> {
         self.pos < self.rest.len()
     }
 
+    /// The stream read from.
+    pub(crate) fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
     /// Copies what is buffered into `out`; frees the buffer once it is
     /// all taken.
     fn take_buffered(&mut self, out: &mut ReadBuf<'_>) {

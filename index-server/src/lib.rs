@@ -106,6 +106,10 @@ pub struct Config {
     /// it on with [`possession::PossessionConfig::default`]
     /// (`--possession-checks`, default 10m; `off` to turn it off).
     pub possession: Option<possession::PossessionConfig>,
+    /// How connections are secured (keys, network key, or clear text);
+    /// `None`: the process's (`common::secure::Security::process`, which
+    /// the binary installs from --key, --network-key and --insecure).
+    pub security: Option<common::secure::Security>,
 }
 
 /// Default of [`Config::listen`] (and of `index-server --listen`): both
@@ -159,7 +163,18 @@ impl Default for Config {
             relay: Some(relay::RelayConfig::default()),
             hole_punching: true,
             possession: None,
+            security: None,
         }
+    }
+}
+
+impl Config {
+    /// The security this server's connections run with:
+    /// [`Config::security`], else the process's.
+    pub fn security(&self) -> common::secure::Security {
+        self.security
+            .clone()
+            .unwrap_or_else(common::secure::Security::process)
     }
 }
 

@@ -1,10 +1,12 @@
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::RangedU64ValueParser;
 use clap::Parser;
 use common::units::{parse_duration_in, parse_size_in, UnitError};
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 /// jemalloc rather than glibc's malloc: see the `jemalloc` feature in
 /// Cargo.toml.
@@ -216,6 +218,34 @@ struct Cli {
           default_value_t = index_server::possession::DEFAULT_PER_SECOND,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     possession_checks_per_second: u32,
+    /// This index's identity key file (ed25519, mode 0600), created on first
+    /// start. Default: STORE/.p2pshare/node.key with --store, else
+    /// $XDG_STATE_HOME/p2pshare/index-server.key (~/.local/state/...).
+    /// Peers pin the key on first use (or take `peer --index-key ID`).
+    #[arg(long, env = "INDEX_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Private network: a 32-byte pre-shared key (raw, or libp2p's
+    /// swarm.key text) every node of the network holds; a node without it
+    /// cannot complete a handshake with this index.
+    #[arg(long, env = "INDEX_NETWORK_KEY", value_name = "FILE")]
+    network_key: Option<PathBuf>,
+    /// Clear text: no handshake, no encryption, no node ids (for a lab's
+    /// comparison only). Peers must be started with --insecure too; any
+    /// other pairing is refused with a message saying which side to change.
+    #[arg(long, env = "INDEX_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    insecure: bool,
+}
+
+/// The default identity key file (see `Cli::key`); `None` when there is
+/// no state folder to put it in (then the key lives for this run only).
+fn default_key(store: Option<&std::path::Path>) -> Option<PathBuf> {
+    if let Some(store) = store {
+        return Some(store.join(".p2pshare").join("node.key"));
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(state.join("p2pshare").join("index-server.key"))
 }
 
 /// An interval, or `off` (`None`).
@@ -288,6 +318,23 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         // log line into a panic: the line is dropped instead.
         .log_internal_errors(false)
         .init();
+    let key = match (&cli.key, cli.insecure) {
+        (Some(k), _) => Some(k.clone()),
+        (None, false) => default_key(cli.store.as_deref()),
+        (None, true) => None,
+    };
+    let security =
+        transfer::keyfile::security(cli.insecure, key.as_deref(), cli.network_key.as_deref())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    match security.peer_id() {
+        Some(id) => {
+            info!(peer_id = %id, key = ?key, network_key = security.has_network_key(), "index identity")
+        }
+        None => warn!("--insecure: connections are in clear text, peers' ids are not checked"),
+    }
+    if common::secure::Security::install(security).is_err() {
+        anyhow::bail!("the connection security was set twice");
+    }
     let config = index_server::Config {
         listen: cli.listen,
         lease_ttl: cli.lease_ttl,

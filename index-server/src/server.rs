@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+use transfer::net::{Conn, ConnWriter};
 
 use crate::handler::{handle, Connection};
 use crate::lazy_buf::LazyBufReader;
@@ -193,10 +194,10 @@ impl Server {
     }
 }
 
-async fn refuse_busy(mut stream: TcpStream) {
+async fn refuse_busy(stream: TcpStream) {
     let _ = tokio::time::timeout(
         common::limits::HELLO_TIMEOUT,
-        wire::server_handshake(&mut stream, Protocol::Index, true),
+        transfer::net::accept(stream, &[Protocol::Index], |_| true, |_| 0),
     )
     .await;
 }
@@ -283,7 +284,7 @@ impl RequestBudget {
 /// Answers the hello and hands the connection to the protocol it asked for:
 /// the index, or (with a store) downloads from and uploads to the store.
 async fn dispatch(
-    mut stream: TcpStream,
+    stream: TcpStream,
     index: &Index,
     conn: &mut Connection,
     config: &Config,
@@ -300,14 +301,24 @@ async fn dispatch(
         (None, true) => &[Protocol::Index, Protocol::Relay],
         (None, false) => &[Protocol::Index],
     };
-    let hello = wire::server_handshake_any(&mut stream, accepted, |_| false);
-    let protocol = tokio::time::timeout(config.hello_timeout, hello)
+    let security = config.security();
+    let hello = transfer::net::accept_with(stream, accepted, |_| false, |_| 0, &security);
+    let (protocol, stream) = tokio::time::timeout(config.hello_timeout, hello)
         .await
         .map_err(|_| WireError::Timeout("the client's hello"))??;
+    // The session's id is the one the handshake proved, never a claim.
+    conn.peer_id = stream.remote();
     match (protocol, store) {
-        (Protocol::Relay, _) => match conn.relay.clone() {
-            Some(relay) => relay.serve(stream).await,
-            None => Ok(()),
+        (Protocol::Relay, _) => match (conn.relay.clone(), stream.into_clear()) {
+            // The relay's leg is clear (`common::secure`): the peers' own
+            // end-to-end handshake runs through it.
+            (Some(relay), Some((r, w))) => {
+                let stream = r
+                    .reunite(w)
+                    .map_err(|e| WireError::Io(std::io::Error::other(e)))?;
+                relay.serve(stream).await
+            }
+            _ => Ok(()),
         },
         (Protocol::Peer, Some(store)) => store.serve_download(stream).await,
         (Protocol::Store, Some(store)) => store.serve_upload(stream).await,
@@ -389,8 +400,11 @@ async fn prove_addresses(
     let mut checks = tokio::task::JoinSet::new();
     for target in targets {
         let nonce = *nonce;
+        let expect = conn.peer_id;
+        let security = config.security();
         checks.spawn(async move {
-            let result = match tokio::time::timeout(limit, dial_back(target, &nonce)).await {
+            let dialed = dial_back(target, &nonce, expect, &security);
+            let result = match tokio::time::timeout(limit, dialed).await {
                 Ok(r) => r,
                 Err(_) => Err(format!(
                     "no answer within {} ms (a NAT or firewall in the way?)",
@@ -409,19 +423,30 @@ async fn prove_addresses(
 }
 
 /// One dial-back: connect to `target` with the peer protocol (through the
-/// common connection setup), send a fresh challenge, check the proof.
+/// common connection setup; with `expect`, the session's proven id, the
+/// node there must prove the same id), send a fresh challenge, check the
+/// proof.
 async fn dial_back(
     target: SocketAddr,
     nonce: &[u8; common::reach::NONCE_LEN],
+    expect: Option<common::identity::PeerId>,
+    security: &common::secure::Security,
 ) -> Result<(), String> {
     use common::peer_proto::{PeerRequest, PeerResponse};
     // The caller bounds the whole dial-back.
-    let (mut stream, _) = transfer::net::connect_addrs(&[target], Duration::MAX)
+    let (stream, _) = transfer::net::connect_addrs(&[target], Duration::MAX)
         .await
         .map_err(|e| format!("cannot connect ({e})"))?;
-    wire::client_handshake(&mut stream, Protocol::Peer)
+    // In secure mode the node there must prove the session's own key: a
+    // node answering for someone else fails here, before any nonce.
+    let (mut stream, _) = transfer::net::client_with(stream, Protocol::Peer, expect, security)
         .await
-        .map_err(|e| format!("not a p2pshare peer there ({e})"))?;
+        .map_err(|e| match e {
+            WireError::Secure(e @ common::secure::SecureError::WrongPeer { .. }) => {
+                format!("another node answers there ({e})")
+            }
+            e => format!("not a p2pshare peer there ({e})"),
+        })?;
     let challenge: [u8; common::reach::NONCE_LEN] = rand::random();
     wire::send_message(&mut stream, &PeerRequest::ProveReachable { challenge })
         .await
@@ -450,14 +475,14 @@ async fn dial_back(
 }
 
 async fn connection_loop(
-    stream: TcpStream,
+    stream: Conn,
     index: &Index,
     conn: &mut Connection,
     config: &Config,
 ) -> Result<(), WireError> {
     // The store is listed under the address this client reached us at
     // (an IPv4 client of a dual-stack socket as IPv4).
-    let local = stream.local_addr()?;
+    let local = stream.get_ref().0.local_addr()?;
     let local = SocketAddr::new(local.ip().to_canonical(), local.port()).to_string();
     let (read_half, writer) = stream.into_split();
     // Shared with the task that writes callback orders (whole frames under
@@ -553,8 +578,10 @@ async fn connection_loop(
             buf = Vec::new();
         }
         // Pipelined requests already read are answered before one write.
-        if !reader.has_buffered() {
-            writer.lock().await.write_all(&out).await?;
+        if !reader.has_buffered() && !reader.get_ref().has_buffered() {
+            let mut w = writer.lock().await;
+            w.write_all(&out).await?;
+            w.flush().await?;
             out = Vec::new();
         }
     }
@@ -565,7 +592,7 @@ async fn connection_loop(
 /// session (its sender is dropped at logout) or when a write fails.
 async fn write_orders(
     mut orders: tokio::sync::mpsc::Receiver<IndexResponse>,
-    writer: Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    writer: Arc<tokio::sync::Mutex<ConnWriter>>,
     limit: Duration,
 ) {
     while let Some(order) = orders.recv().await {
@@ -577,7 +604,11 @@ async fn write_orders(
             }
         };
         let mut w = writer.lock().await;
-        match tokio::time::timeout(limit, w.write_all(&frame)).await {
+        let written = async {
+            w.write_all(&frame).await?;
+            w.flush().await
+        };
+        match tokio::time::timeout(limit, written).await {
             Ok(Ok(())) => debug!("callback order sent"),
             _ => return,
         }

@@ -63,6 +63,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::id::FileId;
+use common::identity::PeerId;
 use common::index_proto::SearchFilter;
 use common::index_proto::{
     IndexResponse, IndexStats, PeerReach, PeerSummary, Reach, SearchHit, SharedFile, Source,
@@ -169,6 +170,8 @@ pub struct NewSession {
     /// Whether `addr` can be dialed (`Direct`) or only names a firewalled
     /// peer, which is then never listed as a source.
     pub reach: Reach,
+    /// The id the connection's handshake proved (`None` in clear text).
+    pub peer_id: Option<PeerId>,
 }
 
 /// The form an address is compared in: an IP literal as Rust prints it
@@ -199,6 +202,8 @@ struct Session {
     /// Bytes of the memory budget its complete files are charged.
     charged: u64,
     nick: Option<String>,
+    /// The id its connection's handshake proved (`None` in clear text).
+    peer_id: Option<PeerId>,
     /// Keys of the files this session registered (names live in the holders).
     files: KeySet,
     bytes: u64,
@@ -803,6 +808,7 @@ impl Index {
                 source: Source {
                     addr: s.addr.clone(),
                     nick: s.nick.clone(),
+                    peer_id: s.peer_id,
                 },
                 reach: s.reach,
             });
@@ -914,6 +920,7 @@ impl Index {
                 nick,
                 source: None,
                 reach: Reach::Direct,
+                peer_id: None,
             },
             now,
         )
@@ -935,6 +942,7 @@ impl Index {
             nick,
             source,
             reach,
+            peer_id,
         } = new;
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         if let Some(src) = source {
@@ -958,6 +966,7 @@ impl Index {
                 source,
                 charged: 0,
                 nick: None,
+                peer_id,
                 files: KeySet::default(),
                 bytes: 0,
                 lease_expires: now + self.inner.lease_ttl,
@@ -1539,6 +1548,7 @@ impl Index {
             sources.push(Source {
                 addr: s.addr.clone(),
                 nick: s.nick.clone(),
+                peer_id: s.peer_id,
             });
             names.push(holder_name);
         }
@@ -2099,6 +2109,7 @@ impl Index {
                 summary: PeerSummary {
                     addr: s.addr.clone(),
                     nick: s.nick.clone(),
+                    peer_id: s.peer_id,
                     files: s.files.len() as u64,
                     bytes: s.bytes,
                 },
@@ -2122,6 +2133,7 @@ impl Index {
         (s.lease_expires > now).then(|| PeerSummary {
             addr: s.addr.clone(),
             nick: s.nick.clone(),
+            peer_id: s.peer_id,
             files: s.files.len() as u64,
             bytes: s.bytes,
         })
@@ -2244,6 +2256,7 @@ mod tests {
             claims: vec![addr.into()],
             nick: None,
             source: Some(source.parse().unwrap()),
+            peer_id: None,
         }
     }
 

@@ -36,12 +36,12 @@ use common::names::{normalize, validate_name};
 use common::store_proto::{StoreErrorCode, StoreRequest, StoreResponse};
 use common::wire::{self, Deadlines, WireError};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use transfer::chunk_server::UploadStats;
 use transfer::download::output;
 use transfer::library::{Library, SharedEntry};
+use transfer::net::Conn;
 use transfer::refused::Refusals;
 use transfer::scan::{self, HashCache};
 
@@ -333,9 +333,9 @@ impl Store {
     }
 
     /// Serves a downloader (peer protocol) on a connection whose hello was answered.
-    pub async fn serve_download(&self, stream: TcpStream) -> Result<(), WireError> {
+    pub async fn serve_download(&self, stream: Conn) -> Result<(), WireError> {
         self.uploads.connections.fetch_add(1, Ordering::Relaxed);
-        let remote = stream.peer_addr()?;
+        let remote = stream.get_ref().0.peer_addr()?;
         // The store takes no direct messages: it is a server, not a person.
         transfer::chunk_server::serve_peer_session(
             stream,
@@ -427,8 +427,8 @@ impl Store {
     }
 
     /// Serves one uploader (`peer put`) on a connection whose hello was answered.
-    pub async fn serve_upload(self: &Arc<Self>, stream: TcpStream) -> Result<(), WireError> {
-        let client = crate::state::source_key(stream.peer_addr()?.ip());
+    pub async fn serve_upload(self: &Arc<Self>, stream: Conn) -> Result<(), WireError> {
+        let client = crate::state::source_key(stream.get_ref().0.peer_addr()?.ip());
         let (r, w) = stream.into_split();
         let mut reader = BufReader::with_capacity(256 * 1024, r);
         let mut writer = BufWriter::new(w);
@@ -445,8 +445,8 @@ impl Store {
 
     async fn upload_loop(
         self: &Arc<Self>,
-        reader: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-        writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+        reader: &mut BufReader<common::secure::SecureRead<tokio::net::tcp::OwnedReadHalf>>,
+        writer: &mut BufWriter<common::secure::SecureWrite<tokio::net::tcp::OwnedWriteHalf>>,
         upload: &mut Option<Upload>,
         client: IpAddr,
     ) -> Result<(), WireError> {
@@ -818,7 +818,7 @@ fn refusal(code: StoreErrorCode, message: impl Into<String>) -> StoreResponse {
 
 /// Answers an error and ends the connection (the stream cannot be resynchronised).
 async fn fail(
-    writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    writer: &mut BufWriter<common::secure::SecureWrite<tokio::net::tcp::OwnedWriteHalf>>,
     code: StoreErrorCode,
     message: impl Into<String>,
 ) -> Result<(), WireError> {

@@ -43,6 +43,7 @@ use tracing::{debug, info};
 use transfer::chunk_server::{serve_peer_session, SessionRules, UploadStats};
 use transfer::download::source::Connector;
 use transfer::library::Library;
+use transfer::net::Conn;
 use transfer::rate::RateLimiter;
 
 use crate::index_client::{IndexClient, IndexError};
@@ -79,7 +80,7 @@ pub const MAX_GREETING: usize = 64;
 /// (the downloader asks again).
 pub const MAX_ANSWERING: usize = 64;
 
-type Pending = Mutex<HashMap<[u8; NONCE_LEN], oneshot::Sender<(TcpStream, u8)>>>;
+type Pending = Mutex<HashMap<[u8; NONCE_LEN], oneshot::Sender<(Conn, u8)>>>;
 
 /// The downloader's side for one download: a listener that takes the
 /// sources' callback connections, the sources known to be firewalled, and
@@ -203,7 +204,7 @@ impl Callbacks {
     /// us, and waits (within `CONNECT_TIMEOUT` after the index forwarded
     /// it) for that connection: returned after its callback hello, with
     /// the source's feature bits.
-    pub async fn call(&self, source: &str) -> Result<(TcpStream, u8), CallbackError> {
+    pub async fn call(&self, source: &str) -> Result<(Conn, u8), CallbackError> {
         let token: [u8; NONCE_LEN] = rand::random();
         let (tx, rx) = oneshot::channel();
         lock(&self.inner.pending).insert(token, tx);
@@ -323,7 +324,7 @@ impl Callbacks {
     /// Reaches the firewalled source listed as `source` by TCP hole
     /// punching: the index tells it to connect to us while we connect to
     /// it, each from its index connection's port.
-    pub async fn punch(&self, source: &str) -> Result<(TcpStream, u8), CallbackError> {
+    pub async fn punch(&self, source: &str) -> Result<(Conn, u8), CallbackError> {
         let token: [u8; NONCE_LEN] = rand::random();
         let request = IndexRequest::Punch {
             id: self.inner.id,
@@ -342,13 +343,13 @@ impl Callbacks {
         let addr: SocketAddr = peer
             .parse()
             .map_err(|_| CallbackError::Punch(format!("{peer} is not IP:PORT")))?;
-        let mut stream = transfer::net::connect_from_port(port, addr, PUNCH_TIMEOUT)
+        let stream = transfer::net::connect_from_port(port, addr, PUNCH_TIMEOUT)
             .await
             .map_err(punch_error)?;
         // Closed with a reset, not TIME_WAIT: the next connection to this
         // source (after the hash list) uses the same two ports.
         let _ = stream.set_zero_linger();
-        let hello = tokio::time::timeout(CONNECT_TIMEOUT, greet_callback(&mut stream))
+        let (hello, stream) = tokio::time::timeout(CONNECT_TIMEOUT, greet_callback(stream))
             .await
             .map_err(|_| CallbackError::NoCallback(CONNECT_TIMEOUT))?
             .map_err(|e| CallbackError::Punch(e.to_string()))?;
@@ -363,7 +364,7 @@ impl Callbacks {
     /// the index chooses (a public peer that relays, or its own):
     /// arranges it, connects there, and waits for the source's callback
     /// hello through it. Notes which relay it was ([`Connector::via`]).
-    pub async fn relay(&self, source: &str) -> Result<(TcpStream, u8), CallbackError> {
+    pub async fn relay(&self, source: &str) -> Result<(Conn, u8), CallbackError> {
         use std::sync::atomic::Ordering;
         let token: [u8; NONCE_LEN] = rand::random();
         let (id, source_name) = (self.inner.id, source.to_string());
@@ -402,12 +403,13 @@ impl Callbacks {
             }
         };
         let at = relay.clone().unwrap_or_else(|| self.inner.index.clone());
-        let mut stream = join_relay(&at, token, RelayRole::Downloader).await?;
+        let stream = join_relay(&at, token, RelayRole::Downloader).await?;
         lock(&self.inner.via).insert(
             source.to_string(),
             relay.unwrap_or_else(|| "index".to_string()),
         );
-        let hello = tokio::time::timeout(CONNECT_TIMEOUT, greet_callback(&mut stream))
+        // The handshake runs end to end with the source, through the relay.
+        let (hello, stream) = tokio::time::timeout(CONNECT_TIMEOUT, greet_callback(stream))
             .await
             .map_err(|_| CallbackError::NoCallback(CONNECT_TIMEOUT))?
             .map_err(|source| CallbackError::Relay(source.to_string()))?;
@@ -423,7 +425,7 @@ impl Callbacks {
     /// Reaches a firewalled source: by callback when sources can call us
     /// back, else (or when that fails) by a hole punch, else through the
     /// relay.
-    async fn reach(&self, source: &str) -> std::io::Result<(TcpStream, u8)> {
+    async fn reach(&self, source: &str) -> std::io::Result<(Conn, u8)> {
         // Behind the same NAT: its inside address, before anything else.
         let lan = lock(&self.inner.lan).get(source).cloned();
         if let Some(lan) = lan {
@@ -472,17 +474,17 @@ pub const LAN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Dials a source behind our own NAT at its inside addresses `lan` (the
 /// index hands them only to a requester with the same public IP), and
 /// says the peer protocol's hello there.
-async fn dial_lan(lan: &[String]) -> std::io::Result<(TcpStream, u8)> {
+async fn dial_lan(lan: &[String]) -> std::io::Result<(Conn, u8)> {
     let addrs: Vec<SocketAddr> = lan.iter().filter_map(|a| a.parse().ok()).collect();
-    let (mut stream, _) = transfer::net::connect_addrs(&addrs, LAN_TIMEOUT).await?;
-    let features = tokio::time::timeout(
+    let (stream, _) = transfer::net::connect_addrs(&addrs, LAN_TIMEOUT).await?;
+    // Within the hello's limit; the engine checks the source's id.
+    tokio::time::timeout(
         HELLO_TIMEOUT,
-        wire::client_handshake_features(&mut stream, Protocol::Peer),
+        transfer::net::client(stream, Protocol::Peer, None),
     )
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no hello"))?
-    .map_err(std::io::Error::other)?;
-    Ok((stream, features))
+    .map_err(std::io::Error::other)
 }
 
 /// Connects to the relay at `index` (the index, or a public peer that
@@ -509,7 +511,9 @@ async fn join_relay_now(
         .await
         .map_err(|e| relay_error(WireError::Io(e)))?;
     transfer::net::tune_socket(&stream);
-    wire::client_handshake(&mut stream, Protocol::Relay)
+    // The relay's own leg is clear by design: the two peers run their own
+    // handshake end to end through it (`common::secure`).
+    wire::client_hello_exchange(&mut stream, Protocol::Relay, false)
         .await
         .map_err(relay_error)?;
     wire::send_message(&mut stream, &RelayHello { token, role })
@@ -598,7 +602,7 @@ async fn accept_loop(listener: TcpListener, inner: std::sync::Weak<Inner>) {
             return;
         };
         drop(strong);
-        let Ok((mut stream, remote)) = accepted else {
+        let Ok((stream, remote)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -609,14 +613,14 @@ async fn accept_loop(listener: TcpListener, inner: std::sync::Weak<Inner>) {
         let inner = inner.clone();
         greeting.spawn(async move {
             let nonce = inner.upgrade().map(|i| i.nonce.clone()).unwrap_or_default();
-            match greet(&mut stream, &nonce).await {
+            transfer::net::tune_socket(&stream);
+            match greet(stream, &nonce).await {
                 Ok(None) => {}
-                Ok(Some(hello)) => {
+                Ok(Some((hello, stream))) => {
                     let Some(inner) = inner.upgrade() else { return };
                     let waiting = lock(&inner.pending).remove(&hello.token);
                     match waiting {
                         Some(tx) => {
-                            transfer::net::tune_socket(&stream);
                             let _ = tx.send((stream, hello.features));
                         }
                         None => debug!(%remote, "a callback with a token nobody waits for; closed"),
@@ -633,16 +637,20 @@ async fn accept_loop(listener: TcpListener, inner: std::sync::Weak<Inner>) {
 /// [`CallbackHello`] frame: `Some`), or the index's dial-back of our login
 /// (the peer protocol's `ProveReachable`, answered with `nonce`: `None`).
 async fn greet(
-    stream: &mut TcpStream,
+    stream: TcpStream,
     nonce: &LoginNonce,
-) -> Result<Option<CallbackHello>, WireError> {
-    let protocol =
-        wire::server_handshake_any(stream, &[Protocol::Callback, Protocol::Peer], |_| false)
-            .await?;
+) -> Result<Option<(CallbackHello, Conn)>, WireError> {
+    let (protocol, mut stream) = transfer::net::accept(
+        stream,
+        &[Protocol::Callback, Protocol::Peer],
+        |_| false,
+        |_| 0,
+    )
+    .await?;
     if protocol == Protocol::Peer {
         let mut buf = Vec::new();
         let deadlines = Deadlines::with_idle(HELLO_TIMEOUT);
-        let answer = match wire::expect_message(stream, &mut buf, deadlines).await? {
+        let answer = match wire::expect_message(&mut stream, &mut buf, deadlines).await? {
             PeerRequest::ProveReachable { challenge } => match nonce.prove(&challenge) {
                 Some(proof) => PeerResponse::Reachable { proof },
                 None => PeerResponse::Error {
@@ -655,22 +663,26 @@ async fn greet(
                 message: "this port takes callbacks only".into(),
             },
         };
-        tokio::time::timeout(FRAME_TIMEOUT, wire::send_message(stream, &answer))
+        tokio::time::timeout(FRAME_TIMEOUT, wire::send_message(&mut stream, &answer))
             .await
             .map_err(|_| WireError::Timeout("sending the proof"))??;
         return Ok(None);
     }
-    read_callback_hello(stream).await.map(Some)
+    let hello = read_callback_hello(&mut stream).await?;
+    Ok(Some((hello, stream)))
 }
 
-/// The hello of a callback arriving through the relay (the source speaks
-/// first, as on a callback connection).
-async fn greet_callback(stream: &mut TcpStream) -> Result<CallbackHello, WireError> {
-    wire::server_handshake(stream, Protocol::Callback, false).await?;
-    read_callback_hello(stream).await
+/// The hello of a callback arriving through the relay or a punched
+/// connection (the source speaks first, as on a callback connection; the
+/// handshake runs end to end with it).
+async fn greet_callback(stream: TcpStream) -> Result<(CallbackHello, Conn), WireError> {
+    let (_, mut stream) =
+        transfer::net::accept(stream, &[Protocol::Callback], |_| false, |_| 0).await?;
+    let hello = read_callback_hello(&mut stream).await?;
+    Ok((hello, stream))
 }
 
-async fn read_callback_hello(stream: &mut TcpStream) -> Result<CallbackHello, WireError> {
+async fn read_callback_hello(stream: &mut Conn) -> Result<CallbackHello, WireError> {
     let mut buf = Vec::new();
     let got = wire::read_frame(
         stream,
@@ -757,7 +769,7 @@ impl CallbackServer {
     /// the peer protocol on it.
     async fn serve_over(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         target: &str,
         token: [u8; NONCE_LEN],
     ) -> Result<(), CallbackError> {
@@ -765,7 +777,11 @@ impl CallbackServer {
             target: target.to_string(),
             source,
         };
-        wire::client_handshake(&mut stream, Protocol::Callback)
+        let remote = stream
+            .peer_addr()
+            .map_err(|e| dial_error(WireError::Io(e)))?;
+        // The downloader checks our id against the one the index listed.
+        let (mut stream, _) = transfer::net::client(stream, Protocol::Callback, None)
             .await
             .map_err(dial_error)?;
         let hello = CallbackHello {
@@ -776,9 +792,6 @@ impl CallbackServer {
             .await
             .map_err(|_| dial_error(WireError::Timeout("sending the callback hello")))?
             .map_err(dial_error)?;
-        let remote = stream
-            .peer_addr()
-            .map_err(|e| dial_error(WireError::Io(e)))?;
         self.stats
             .connections
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

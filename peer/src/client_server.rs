@@ -117,13 +117,13 @@ async fn upload(
     info: ContentInfo,
     file: Arc<std::fs::File>,
 ) -> Result<PutOutcome, PutError> {
-    let mut stream = transfer::net::connect_tcp(server, CONNECT_TIMEOUT)
+    let stream = transfer::net::connect_tcp(server, CONNECT_TIMEOUT)
         .await
         .map_err(|reason| PutError::Connect {
             addr: server.to_string(),
             reason,
         })?;
-    wire::client_handshake(&mut stream, Protocol::Store)
+    let (stream, _) = transfer::net::client(stream, Protocol::Store, None)
         .await
         .map_err(|e| match e {
             WireError::Hello(HelloError::WrongProtocol) => PutError::NoStore(server.to_string()),
@@ -215,7 +215,7 @@ async fn upload(
 }
 
 async fn send_chunks(
-    writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    writer: &mut BufWriter<common::secure::SecureWrite<tokio::net::tcp::OwnedWriteHalf>>,
     info: &ContentInfo,
     file: &Arc<std::fs::File>,
     missing: &[u32],

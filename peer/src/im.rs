@@ -116,10 +116,10 @@ pub async fn deliver_to(addr: &str, to: &str, from: &str, text: &str) -> Result<
         addr: addr.into(),
         reason,
     };
-    let mut stream = connect_tcp(addr, CONNECT_TIMEOUT)
+    let stream = connect_tcp(addr, CONNECT_TIMEOUT)
         .await
         .map_err(unreachable)?;
-    wire::client_handshake(&mut stream, Protocol::Peer)
+    let (mut stream, _) = transfer::net::client(stream, Protocol::Peer, None)
         .await
         .map_err(wire_error)?;
     let request = PeerRequest::Message {

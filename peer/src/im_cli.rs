@@ -85,8 +85,9 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
                 errln!("nobody is online");
             } else {
                 outln!(
-                    "{:<32}  {:<24}  {:<10}  {:>7}  {:>10}",
+                    "{:<32}  {:<12}  {:<24}  {:<10}  {:>7}  {:>10}",
                     "NICK",
+                    "ID",
                     "ADDRESS",
                     "REACH",
                     "FILES",
@@ -95,8 +96,9 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
                 for p in &peers {
                     let s = &p.summary;
                     outln!(
-                        "{:<32}  {:<24}  {:<10}  {:>7}  {:>10}",
+                        "{:<32}  {:<12}  {:<24}  {:<10}  {:>7}  {:>10}",
                         esc(s.nick.as_deref().unwrap_or("-")),
+                        s.peer_id.map(|id| id.short()).unwrap_or_else(|| "-".into()),
                         esc(&s.addr),
                         p.reach.label(),
                         s.files,
@@ -116,6 +118,9 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
                 print_json(&peer_json(&p));
             } else {
                 outln!("{}", esc(&p.addr));
+                if let Some(id) = p.peer_id {
+                    outln!("id {id}");
+                }
             }
             Ok(0)
         }
@@ -170,7 +175,13 @@ pub async fn run(command: ImCommand) -> anyhow::Result<i32> {
 }
 
 fn peer_json(p: &PeerSummary) -> serde_json::Value {
-    serde_json::json!({"nick": p.nick, "addr": p.addr, "files": p.files, "bytes": p.bytes})
+    serde_json::json!({
+        "nick": p.nick,
+        "addr": p.addr,
+        "peer_id": p.peer_id.map(|id| id.to_string()),
+        "files": p.files,
+        "bytes": p.bytes,
+    })
 }
 
 fn print_message(m: &InboxMessage) {

@@ -1,9 +1,11 @@
 //! A connection to the index server, for the daemon and the command line.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::hello::Protocol;
 use common::id::FileId;
+use common::identity::PeerId;
 use common::index_proto::{
     ErrorCode, IndexRequest, IndexResponse, IndexStats, PeerReach, PeerSummary, Reach,
     SearchFilter, SearchHit, SharedFile, Source,
@@ -11,7 +13,7 @@ use common::index_proto::{
 use common::limits::CONNECT_TIMEOUT;
 use common::wire::{self, Deadlines, WireError};
 use tokio::io::{BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use transfer::net::{ConnReader, ConnWriter};
 
 /// How long to wait for the index to answer one request.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,6 +49,63 @@ pub enum IndexError {
     Refused { code: ErrorCode, message: String },
     #[error("the index server sent an unexpected answer: {0}")]
     Unexpected(String),
+    /// The index proved another key than the one pinned for it (the
+    /// message says which, where it was pinned and how to change that).
+    #[error("{0}")]
+    WrongIndex(String),
+}
+
+/// Remembers the id the index listed for each of `sources`, which the
+/// download engine then requires of them (`transfer::net::note_listed`).
+fn note_listed<'a>(sources: impl Iterator<Item = &'a Source>) {
+    for s in sources {
+        transfer::net::note_listed(&s.addr, s.peer_id);
+    }
+}
+
+/// Which key the index must prove (`peer --index-key`, or pinned on first
+/// use in a sharing peer's `known_index` file).
+#[derive(Debug, Clone, Default)]
+pub struct IndexPin {
+    /// Given with `--index-key`: always required.
+    pub fixed: Option<PeerId>,
+    /// The file of ids seen first, one `HOST:PORT ID` line per index.
+    pub known: Option<PathBuf>,
+}
+
+static INDEX_PIN: std::sync::OnceLock<IndexPin> = std::sync::OnceLock::new();
+
+/// Sets the process's [`IndexPin`], once, before the first connection to
+/// an index (later calls are ignored).
+pub fn set_index_pin(pin: IndexPin) {
+    let _ = INDEX_PIN.set(pin);
+}
+
+/// The id pinned for the index at `addr` in `file`, if any.
+fn pinned_in(file: &Path, addr: &str) -> Option<PeerId> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().find_map(|line| {
+        let (a, id) = line.trim().split_once(' ')?;
+        (a == addr).then(|| id.trim().parse().ok()).flatten()
+    })
+}
+
+/// Records `id` as the index at `addr`'s in `file` (its first use).
+fn pin_first(file: &Path, addr: &str, id: PeerId) {
+    use std::io::Write;
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .and_then(|mut f| writeln!(f, "{addr} {id}"));
+    match written {
+        Ok(()) => {
+            tracing::info!(index = %addr, index_id = %id, file = %file.display(), "pinned the index's id (first use)")
+        }
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "cannot record the index's id")
+        }
+    }
 }
 
 // The cause is in the message, so it is a plain field, not a `source`
@@ -83,8 +142,8 @@ pub struct SwarmFound {
 pub struct IndexClient {
     /// The address connected to, to connect again (see [`Self::search_counted`]).
     addr: String,
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    reader: BufReader<ConnReader>,
+    writer: BufWriter<ConnWriter>,
     buf: Vec<u8>,
     /// Callback orders (`IndexResponse::CallbackOrder`) the index sent
     /// unasked, to a session that takes them, not yet taken by
@@ -120,7 +179,7 @@ impl IndexClient {
     /// This end's address of the connection (the host's address toward
     /// the index: behind a NAT, its inside address).
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.reader.get_ref().local_addr().ok()
+        self.reader.get_ref().get_ref().local_addr().ok()
     }
 
     /// The local port of a connection made by [`Self::connect_shareable`].
@@ -136,7 +195,7 @@ impl IndexClient {
         } else {
             connect_tcp(addr, CONNECT_TIMEOUT).await.map(|s| (s, None))
         };
-        let (mut stream, local_port) = match connected {
+        let (stream, local_port) = match connected {
             Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 return Err(IndexError::ConnectTimeout {
@@ -151,7 +210,37 @@ impl IndexClient {
                 })
             }
         };
-        wire::client_handshake(&mut stream, Protocol::Index).await?;
+        let pin = INDEX_PIN.get().cloned().unwrap_or_default();
+        let pinned = pin.known.as_deref().and_then(|file| pinned_in(file, addr));
+        let (stream, _) = transfer::net::client(stream, Protocol::Index, None).await?;
+        if let Some(got) = stream.remote() {
+            let (expected, pinned_in, fix) = match (pin.fixed, pinned, &pin.known) {
+                (Some(id), _, _) => (
+                    Some(id),
+                    "--index-key".to_string(),
+                    "pass its new id with --index-key".to_string(),
+                ),
+                (None, Some(id), Some(file)) => (
+                    Some(id),
+                    file.display().to_string(),
+                    format!("delete the line for {addr} in {}", file.display()),
+                ),
+                _ => (None, String::new(), String::new()),
+            };
+            match expected {
+                Some(expected) if expected != got => {
+                    return Err(IndexError::WrongIndex(format!(
+                        "the index at {addr} proved id {got}, but {pinned_in} says {expected}: if the index's key was changed on purpose, {fix}; otherwise something is impersonating the index"
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(file) = &pin.known {
+                        pin_first(file, addr, got);
+                    }
+                }
+            }
+        }
         let (r, w) = stream.into_split();
         Ok(IndexClient {
             addr: addr.to_string(),
@@ -285,7 +374,10 @@ impl IndexClient {
                 size,
                 sources,
                 ..
-            }) => Ok(Some((name, size, sources))),
+            }) => {
+                note_listed(sources.iter().map(|s| &s.source));
+                Ok(Some((name, size, sources)))
+            }
             Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
             Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
             Err(IndexError::Wire(WireError::Closed | WireError::Io(_))) => {
@@ -471,7 +563,10 @@ impl IndexClient {
                 size,
                 sources,
                 ..
-            }) => Ok(Some((name, size, sources))),
+            }) => {
+                note_listed(sources.iter());
+                Ok(Some((name, size, sources)))
+            }
             Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
             Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
             Err(e) => Err(e),
@@ -488,12 +583,15 @@ impl IndexClient {
                 complete,
                 partial,
                 ..
-            }) => Ok(Some(SwarmFound {
-                name,
-                size,
-                complete,
-                partial,
-            })),
+            }) => {
+                note_listed(complete.iter().chain(&partial));
+                Ok(Some(SwarmFound {
+                    name,
+                    size,
+                    complete,
+                    partial,
+                }))
+            }
             Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
             Err(e) if e.code() == Some(ErrorCode::NotFound) => Ok(None),
             Err(e) => Err(e),

@@ -31,6 +31,60 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    security: SecurityArgs,
+}
+
+/// How this node's connections are secured (every command).
+#[derive(Args, Debug, Clone)]
+struct SecurityArgs {
+    /// This node's identity key file (ed25519, mode 0600), created when
+    /// missing. Default for `serve`: SHARE/.p2pshare/node.key (or in
+    /// --cache-dir); other commands use a key made for the run.
+    #[arg(long, global = true, env = "PEER_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Private network: a 32-byte pre-shared key (raw, or libp2p's
+    /// swarm.key text) every node of the network holds; without the same
+    /// key no handshake completes.
+    #[arg(long, global = true, env = "PEER_NETWORK_KEY", value_name = "FILE")]
+    network_key: Option<PathBuf>,
+    /// The index's node id (as `index-server` logs it at start): the index
+    /// must prove it. Without it, `serve` pins the id seen first in
+    /// SHARE/.p2pshare/known_index and refuses another later.
+    #[arg(long, global = true, env = "PEER_INDEX_KEY", value_name = "ID")]
+    index_key: Option<common::identity::PeerId>,
+    /// Clear text: no handshake, no encryption, no ids checked (for a
+    /// lab's comparison only). The other side must run --insecure too;
+    /// any other pairing is refused, saying which side to change.
+    #[arg(long, global = true, env = "PEER_INSECURE", value_parser = boolish())]
+    insecure: bool,
+}
+
+/// Installs the process's connection security from `args`; `state` is
+/// the folder of a sharing command's own files (its key and pinned index
+/// id live there).
+fn install_security(args: &SecurityArgs, state: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let key = match (&args.key, state, args.insecure) {
+        (Some(k), _, _) => Some(k.clone()),
+        (None, Some(dir), false) => Some(transfer::keyfile::default_key_path(dir)),
+        _ => None,
+    };
+    let security =
+        transfer::keyfile::security(args.insecure, key.as_deref(), args.network_key.as_deref())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(id) = security.peer_id() {
+        tracing::info!(peer_id = %id, "node identity");
+    }
+    peer::index_client::set_index_pin(peer::index_client::IndexPin {
+        fixed: args.index_key,
+        known: state
+            .filter(|_| !args.insecure)
+            .map(|dir| dir.join("known_index")),
+    });
+    if common::secure::Security::install(security).is_err() {
+        anyhow::bail!("the connection security was set twice");
+    }
+    Ok(())
 }
 
 /// What every command's `--help` says about how it ends.
@@ -533,6 +587,9 @@ async fn async_main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
+    if !matches!(cli.command, Command::Serve { .. }) {
+        install_security(&cli.security, None)?;
+    }
     match cli.command {
         Command::Serve {
             share,
@@ -565,6 +622,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             api_token,
             max_active_downloads,
         } => {
+            let state = cache_dir.clone().unwrap_or_else(|| share.join(".p2pshare"));
+            install_security(&cli.security, Some(&state))?;
             let shutdown = shutdown_on_signals()?;
             let mut config = peer::ServeConfig::new(share, index.index);
             match mode {

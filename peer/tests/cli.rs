@@ -505,9 +505,13 @@ static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::n
 
 /// A session that logs in as `nick` (if any) and registers `files`; the
 /// returned connection keeps them registered.
-async fn raw_session(index: &str, nick: Option<&str>, files: Vec<SharedFile>) -> TcpStream {
-    let mut s = TcpStream::connect(index).await.unwrap();
-    wire::client_handshake(&mut s, Protocol::Index)
+async fn raw_session(
+    index: &str,
+    nick: Option<&str>,
+    files: Vec<SharedFile>,
+) -> transfer::net::Conn {
+    let s = TcpStream::connect(index).await.unwrap();
+    let (mut s, _) = transfer::net::client(s, Protocol::Index, None)
         .await
         .unwrap();
     let mut buf = Vec::new();

@@ -177,7 +177,7 @@ async fn register_source(
     addr: &str,
     info: &ContentInfo,
     name: &str,
-) -> tokio::net::TcpStream {
+) -> transfer::net::Conn {
     support::register_source(index, addr, support::shared_as(info, name)).await
 }
 

@@ -23,16 +23,15 @@ async fn hostile_index() -> String {
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = listener.accept().await else {
+            let Ok((s, _)) = listener.accept().await else {
                 return;
             };
             tokio::spawn(async move {
-                if wire::server_handshake(&mut s, Protocol::Index, false)
-                    .await
-                    .is_err()
-                {
+                let Ok((_, mut s)) =
+                    transfer::net::accept(s, &[Protocol::Index], |_| false, |_| 0).await
+                else {
                     return;
-                }
+                };
                 let mut buf = Vec::new();
                 while let Ok(Some(req)) =
                     wire::read_message::<_, IndexRequest>(&mut s, &mut buf, Deadlines::default())
@@ -61,6 +60,7 @@ async fn hostile_index() -> String {
                                 peers: vec![PeerSummary {
                                     addr: HOSTILE.into(),
                                     nick: Some(HOSTILE.into()),
+                                    peer_id: None,
                                     files: 1,
                                     bytes: 1,
                                 }],

@@ -35,7 +35,8 @@ fn api_get(addr: SocketAddr, path: &str) -> Value {
     serde_json::from_str(body).unwrap_or(Value::Null)
 }
 
-/// A hand-made requester on the peer protocol.
+/// A hand-made requester on the peer protocol (clear text: the peer runs
+/// `--insecure`).
 struct Requester(TcpStream);
 
 impl Requester {
@@ -184,6 +185,8 @@ fn serve_with(share: &Path, flags: &[&str]) -> (Killed, String, SocketAddr) {
             .arg(share)
             .args(["--index", "127.0.0.1:9", "--listen", "127.0.0.1:0"])
             .args(["--settle", "0", "--api", "127.0.0.1:0"])
+            // The hand-made requesters speak clear text.
+            .arg("--insecure")
             .args(flags)
             .env_remove("PEER_API")
             .env_remove("PEER_API_TOKEN")

@@ -11,6 +11,7 @@
 //! - [`netlab`]: an index and peers in network namespaces, behind NAT
 //!   routers ([`lab::netns`]; root only).
 
+pub mod capture;
 pub mod http;
 pub mod netlab;
 

@@ -82,9 +82,9 @@ async fn begin_upload(
     server: impl tokio::net::ToSocketAddrs,
     info: &common::id::ContentInfo,
     name: &str,
-) -> (tokio::net::TcpStream, Vec<u8>, StoreResponse, StoreResponse) {
-    let mut s = tokio::net::TcpStream::connect(server).await.unwrap();
-    wire::client_handshake(&mut s, Protocol::Store)
+) -> (transfer::net::Conn, Vec<u8>, StoreResponse, StoreResponse) {
+    let s = tokio::net::TcpStream::connect(server).await.unwrap();
+    let (mut s, _) = transfer::net::client(s, Protocol::Store, None)
         .await
         .unwrap();
     let (mut buf, d) = (Vec::new(), Deadlines::default());
@@ -109,6 +109,7 @@ async fn begin_upload(
     .await
     .unwrap();
     s.write_all(&raw).await.unwrap();
+    s.flush().await.unwrap();
     let ready: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
     (s, buf, begun, ready)
 }
@@ -132,6 +133,7 @@ async fn partial_upload(server: &str, data: &[u8], name: &str, chunks: u32) {
         .await
         .unwrap();
         s.write_all(chunk).await.unwrap();
+        s.flush().await.unwrap();
     }
     // Finish is the sync point: the chunks before it have been written.
     wire::send_message(&mut s, &StoreRequest::Finish)
@@ -187,6 +189,7 @@ async fn an_interrupted_put_resumes_and_bad_chunks_are_refused() {
     .await
     .unwrap();
     s.write_all(&vec![0u8; common::CHUNK_SIZE]).await.unwrap();
+    s.flush().await.unwrap();
     let r: StoreResponse = wire::expect_message(&mut s, &mut buf, d).await.unwrap();
     assert!(
         matches!(

@@ -77,8 +77,8 @@ async fn a_busy_source_is_asked_again_until_the_retry_timeout() {
     config.max_upload_connections = 1;
     let mut seed = start_peer_with(config).await;
     seed.wait_registered(1).await;
-    let mut holder = tokio::net::TcpStream::connect(seed.addr()).await.unwrap();
-    common::wire::client_handshake(&mut holder, common::hello::Protocol::Peer)
+    let holder = tokio::net::TcpStream::connect(seed.addr()).await.unwrap();
+    let (holder, _) = transfer::net::client(holder, common::hello::Protocol::Peer, None)
         .await
         .unwrap();
     let request = |out: &str| DownloadRequest {

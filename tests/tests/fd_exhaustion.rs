@@ -57,8 +57,8 @@ async fn out_of_descriptors_withdraws_nothing_and_the_server_accepts_later() {
     ));
 
     // A downloader connected before the descriptors run out.
-    let mut early = tokio::net::TcpStream::connect(addr).await.unwrap();
-    common::wire::client_handshake(&mut early, common::hello::Protocol::Peer)
+    let early = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut early, _) = transfer::net::client(early, common::hello::Protocol::Peer, None)
         .await
         .unwrap();
 
@@ -88,7 +88,7 @@ async fn out_of_descriptors_withdraws_nothing_and_the_server_accepts_later() {
 
     // The server cannot open the file for it: it says "busy" (come back
     // later), not an internal error that would drop this source for good.
-    common::wire::write_message(
+    common::wire::send_message(
         &mut early,
         &common::peer_proto::PeerRequest::Chunk {
             id: content_info(&a).id,
@@ -119,8 +119,10 @@ async fn out_of_descriptors_withdraws_nothing_and_the_server_accepts_later() {
     // cannot accept it yet, and must neither die nor lose it.
     held.pop();
     let connecting = tokio::spawn(async move {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        common::wire::client_handshake(&mut stream, common::hello::Protocol::Peer).await
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        transfer::net::client(stream, common::hello::Protocol::Peer, None)
+            .await
+            .map(|_| ())
     });
     // Let the accept loop fail a few times.
     for _ in 0..20 {

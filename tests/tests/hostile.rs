@@ -36,7 +36,7 @@ async fn answered(addr: &str) {
 }
 
 /// Waits (with a deadline) until the server closes `s`.
-async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> bool {
     let mut sink = [0u8; 64];
     tokio::time::timeout(limit, async {
         loop {
@@ -54,14 +54,15 @@ async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
 async fn slowloris_clients_are_cut_off_by_the_frame_deadline() {
     let (addr, stop) = index_with(|c| c.frame_timeout = Duration::from_millis(300)).await;
     // A header and then nothing.
-    let mut stalled = TcpStream::connect(&addr).await.unwrap();
-    wire::client_handshake(&mut stalled, Protocol::Index)
+    let stalled = TcpStream::connect(&addr).await.unwrap();
+    let (mut stalled, _) = transfer::net::client(stalled, Protocol::Index, None)
         .await
         .unwrap();
     stalled.write_all(&[0, 0, 0, 10, 1]).await.unwrap();
+    stalled.flush().await.unwrap();
     // One byte at a time, each well within any per-read timeout.
-    let mut drip = TcpStream::connect(&addr).await.unwrap();
-    wire::client_handshake(&mut drip, Protocol::Index)
+    let drip = TcpStream::connect(&addr).await.unwrap();
+    let (mut drip, _) = transfer::net::client(drip, Protocol::Index, None)
         .await
         .unwrap();
     let dripper = tokio::spawn(async move {
@@ -71,7 +72,7 @@ async fn slowloris_clients_are_cut_off_by_the_frame_deadline() {
         })
         .unwrap();
         for b in frame {
-            if drip.write_all(&[b]).await.is_err() {
+            if drip.write_all(&[b]).await.is_err() || drip.flush().await.is_err() {
                 return drip;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -100,15 +101,16 @@ async fn two_thousand_idle_connections_do_not_block_a_normal_client() {
     let rss_before = rss_bytes();
     let mut idle = Vec::new();
     for _ in 0..1800 {
-        let mut s = TcpStream::connect(&addr).await.unwrap();
-        wire::client_handshake(&mut s, Protocol::Index)
+        let s = TcpStream::connect(&addr).await.unwrap();
+        let (s, _) = transfer::net::client(s, Protocol::Index, None)
             .await
             .unwrap();
         idle.push(s);
     }
     // Plus some that never even say hello.
+    let mut silent = Vec::new();
     for _ in 0..200 {
-        idle.push(TcpStream::connect(&addr).await.unwrap());
+        silent.push(TcpStream::connect(&addr).await.unwrap());
     }
     answered(&addr).await;
     // Server and clients share this process: 2,000 connections on each side
@@ -120,6 +122,7 @@ async fn two_thousand_idle_connections_do_not_block_a_normal_client() {
         grown >> 20
     );
     drop(idle);
+    drop(silent);
     answered(&addr).await;
     stop.cancel();
 }
@@ -160,8 +163,8 @@ async fn connections_over_the_cap_get_a_clear_refusal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_flood_on_one_connection_does_not_starve_others() {
     let (addr, stop) = index_with(|c| c.max_requests_per_sec = 5_000).await;
-    let mut flood = TcpStream::connect(&addr).await.unwrap();
-    wire::client_handshake(&mut flood, Protocol::Index)
+    let flood = TcpStream::connect(&addr).await.unwrap();
+    let (flood, _) = transfer::net::client(flood, Protocol::Index, None)
         .await
         .unwrap();
     let burst: Vec<u8> = (0..20_000)
@@ -170,6 +173,7 @@ async fn a_request_flood_on_one_connection_does_not_starve_others() {
     let (mut reader, mut writer) = flood.into_split();
     let flooder = tokio::spawn(async move {
         let _ = writer.write_all(&burst).await;
+        let _ = writer.flush().await;
         writer
     });
     // Drain answers in the background so the flood really is served.
@@ -197,9 +201,9 @@ async fn a_request_flood_on_one_connection_does_not_starve_others() {
 async fn session(
     addr: &str,
     requests: Vec<IndexRequest>,
-) -> (Vec<common::index_proto::IndexResponse>, TcpStream) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    wire::client_handshake(&mut s, Protocol::Index)
+) -> (Vec<common::index_proto::IndexResponse>, transfer::net::Conn) {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut s, _) = transfer::net::client(s, Protocol::Index, None)
         .await
         .unwrap();
     let mut buf = Vec::new();

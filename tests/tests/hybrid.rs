@@ -374,12 +374,12 @@ async fn upload_connections_over_the_cap_are_told_to_come_back_later() {
     a.wait_registered(1).await;
     // One connection holds the only place (upload slots are held only while
     // a chunk is sent: tests/tests/limits.rs).
-    let mut holder = tokio::net::TcpStream::connect(a.addr()).await.unwrap();
-    common::wire::client_handshake(&mut holder, common::hello::Protocol::Peer)
+    let holder = tokio::net::TcpStream::connect(a.addr()).await.unwrap();
+    let (holder, _) = transfer::net::client(holder, common::hello::Protocol::Peer, None)
         .await
         .unwrap();
-    let mut second = tokio::net::TcpStream::connect(a.addr()).await.unwrap();
-    let err = common::wire::client_handshake(&mut second, common::hello::Protocol::Peer)
+    let second = tokio::net::TcpStream::connect(a.addr()).await.unwrap();
+    let err = transfer::net::client(second, common::hello::Protocol::Peer, None)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("busy"), "{err}");

@@ -208,15 +208,15 @@ async fn messaging_an_offline_peer_fails_clearly() {
 }
 
 /// A peer-protocol connection for sending hand-made requests.
-async fn raw_connection(addr: &str) -> tokio::net::TcpStream {
-    let mut stream = connect_tcp(addr, Duration::from_secs(5)).await.unwrap();
-    wire::client_handshake(&mut stream, Protocol::Peer)
+async fn raw_connection(addr: &str) -> transfer::net::Conn {
+    let stream = connect_tcp(addr, Duration::from_secs(5)).await.unwrap();
+    let (stream, _) = transfer::net::client(stream, Protocol::Peer, None)
         .await
         .unwrap();
     stream
 }
 
-async fn answer(stream: &mut tokio::net::TcpStream) -> PeerResponse {
+async fn answer(stream: &mut transfer::net::Conn) -> PeerResponse {
     let mut buf = Vec::new();
     wire::expect_message(
         stream,

@@ -14,14 +14,14 @@ use tokio::net::TcpStream;
 
 /// A hand-driven index connection.
 struct Raw {
-    stream: TcpStream,
+    stream: transfer::net::Conn,
     buf: Vec<u8>,
 }
 
 impl Raw {
     async fn connect(addr: &str) -> Raw {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        wire::client_handshake(&mut stream, Protocol::Index)
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = transfer::net::client(stream, Protocol::Index, None)
             .await
             .unwrap();
         Raw {
@@ -208,6 +208,7 @@ async fn bad_input_closes_only_that_connection() {
         .write_all(&[0x7F, 0xFF, 0xFF, 0xFF, 0])
         .await
         .unwrap();
+    raw.stream.flush().await.unwrap();
     assert_closed(&mut raw.stream).await;
 
     // 3. Garbage inside a well-sized frame.
@@ -216,21 +217,25 @@ async fn bad_input_closes_only_that_connection() {
         .write_all(&[0, 0, 0, 5, 0xFF, 0xFE, 0xFD, 0xFC, 0xFB])
         .await
         .unwrap();
+    raw.stream.flush().await.unwrap();
     assert_closed(&mut raw.stream).await;
 
     // 4. An unknown message type.
     let mut raw = Raw::connect(&addr).await;
     raw.stream.write_all(&[0, 0, 0, 1, 250]).await.unwrap();
+    raw.stream.flush().await.unwrap();
     assert_closed(&mut raw.stream).await;
 
     // 5. Trailing bytes after a valid message.
     let mut raw = Raw::connect(&addr).await;
     raw.stream.write_all(&[0, 0, 0, 2, 7, 0]).await.unwrap();
+    raw.stream.flush().await.unwrap();
     assert_closed(&mut raw.stream).await;
 
     // 6. A truncated frame, then the client goes away.
     let mut raw = Raw::connect(&addr).await;
     raw.stream.write_all(&[0, 0, 0, 50, 1, 2]).await.unwrap();
+    raw.stream.flush().await.unwrap();
     drop(raw);
 
     // 7. A valid frame with absurd content gets a clear refusal, connection kept.
@@ -317,16 +322,17 @@ async fn the_peer_chunk_server_survives_bad_input_too() {
         &[0, 0, 0, 3, 9, 9, 9][..],
         &[0, 0, 0, 1, 2][..],
     ] {
-        let mut s = TcpStream::connect(p.addr()).await.unwrap();
-        wire::client_handshake(&mut s, Protocol::Peer)
+        let s = TcpStream::connect(p.addr()).await.unwrap();
+        let (mut s, _) = transfer::net::client(s, Protocol::Peer, None)
             .await
             .unwrap();
         s.write_all(junk).await.unwrap();
+        s.flush().await.unwrap();
         assert_closed(&mut s).await;
     }
     // An id it does not have and a chunk past the end get refusals, not a hang.
-    let mut s = TcpStream::connect(p.addr()).await.unwrap();
-    wire::client_handshake(&mut s, Protocol::Peer)
+    let s = TcpStream::connect(p.addr()).await.unwrap();
+    let (mut s, _) = transfer::net::client(s, Protocol::Peer, None)
         .await
         .unwrap();
     let id = content_info(&data).id;
@@ -374,7 +380,7 @@ async fn the_peer_chunk_server_survives_bad_input_too() {
 }
 
 /// Reads until the server closes the connection (with a deadline).
-async fn assert_closed(s: &mut TcpStream) {
+async fn assert_closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S) {
     let mut sink = [0u8; 256];
     let closed = tokio::time::timeout(Duration::from_secs(5), async {
         loop {

@@ -27,16 +27,20 @@ async fn connect_from(from: &str, addr: &str) -> TcpStream {
 }
 
 /// Says hello for `protocol` from `from`; the error text when refused.
-async fn hello_from(from: &str, addr: &str, protocol: Protocol) -> Result<TcpStream, String> {
-    let mut s = connect_from(from, addr).await;
-    match wire::client_handshake(&mut s, protocol).await {
-        Ok(()) => Ok(s),
+async fn hello_from(
+    from: &str,
+    addr: &str,
+    protocol: Protocol,
+) -> Result<transfer::net::Conn, String> {
+    let s = connect_from(from, addr).await;
+    match transfer::net::client(s, protocol, None).await {
+        Ok((s, _)) => Ok(s),
         Err(e) => Err(e.to_string()),
     }
 }
 
 /// Waits (with a deadline) until the server closes `s`.
-async fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(s: &mut S, limit: Duration) -> bool {
     let mut sink = [0u8; 4096];
     tokio::time::timeout(limit, async {
         loop {
@@ -306,9 +310,9 @@ async fn overlay_line(root: &std::path::Path, n: usize) -> Vec<Peer> {
 }
 
 /// Opens an overlay link to `addr` as a search client or as a neighbour.
-async fn overlay_link(addr: &str, client: bool) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    wire::client_handshake(&mut s, Protocol::Overlay)
+async fn overlay_link(addr: &str, client: bool) -> transfer::net::Conn {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut s, _) = transfer::net::client(s, Protocol::Overlay, None)
         .await
         .unwrap();
     wire::send_message(

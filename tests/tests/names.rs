@@ -60,14 +60,14 @@ async fn get(index: &str, target: &str, out: &std::path::Path) -> peer::Download
 
 /// A hand-made client session at the index.
 struct Raw {
-    stream: TcpStream,
+    stream: transfer::net::Conn,
     buf: Vec<u8>,
 }
 
 impl Raw {
     async fn login(index: &str, listen_port: u16) -> Raw {
-        let mut stream = TcpStream::connect(index).await.unwrap();
-        wire::client_handshake(&mut stream, Protocol::Index)
+        let stream = TcpStream::connect(index).await.unwrap();
+        let (stream, _) = transfer::net::client(stream, Protocol::Index, None)
             .await
             .unwrap();
         let mut raw = Raw {

@@ -33,9 +33,9 @@ async fn checking_index() -> Index {
 
 /// A session logged in by hand: listed under `port` on 127.0.0.1 (where a
 /// fake source may or may not answer), holding `files`.
-async fn login(index: &str, port: u16, files: Vec<SharedFile>) -> TcpStream {
-    let mut stream = TcpStream::connect(index).await.unwrap();
-    wire::client_handshake(&mut stream, Protocol::Index)
+async fn login(index: &str, port: u16, files: Vec<SharedFile>) -> transfer::net::Conn {
+    let stream = TcpStream::connect(index).await.unwrap();
+    let (mut stream, _) = transfer::net::client(stream, Protocol::Index, None)
         .await
         .unwrap();
     let mut buf = Vec::new();

@@ -497,17 +497,17 @@ async fn a_firewalled_source_is_reached_by_callback() {
 
 /// A raw index client whose connection comes from `from` (another
 /// loopback address: another requester).
-async fn client_from(from: &str, index: &Index) -> tokio::net::TcpStream {
+async fn client_from(from: &str, index: &Index) -> transfer::net::Conn {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(from.parse().unwrap()).unwrap();
-    let mut stream = socket.connect(index.addr).await.unwrap();
-    common::wire::client_handshake(&mut stream, common::hello::Protocol::Index)
+    let stream = socket.connect(index.addr).await.unwrap();
+    transfer::net::client(stream, common::hello::Protocol::Index, None)
         .await
-        .unwrap();
-    stream
+        .unwrap()
+        .0
 }
 
-async fn ask(stream: &mut tokio::net::TcpStream, request: &IndexRequest) -> IndexResponse {
+async fn ask(stream: &mut transfer::net::Conn, request: &IndexRequest) -> IndexResponse {
     common::wire::send_message(stream, request).await.unwrap();
     let mut buf = Vec::new();
     common::wire::expect_message(
@@ -1130,12 +1130,13 @@ async fn prover(nonce: [u8; 16]) -> (u16, tokio::task::JoinHandle<()>) {
     let serving = tokio::spawn(async move {
         use common::peer_proto::{PeerRequest, PeerResponse};
         loop {
-            let Ok((mut s, _)) = listener.accept().await else {
+            let Ok((s, _)) = listener.accept().await else {
                 return;
             };
             tokio::spawn(async move {
-                common::wire::server_handshake(&mut s, common::hello::Protocol::Peer, false)
-                    .await?;
+                let (_, mut s) =
+                    transfer::net::accept(s, &[common::hello::Protocol::Peer], |_| false, |_| 0)
+                        .await?;
                 let mut buf = Vec::new();
                 let request: PeerRequest = common::wire::expect_message(
                     &mut s,

@@ -552,8 +552,8 @@ async fn hostile_queries_are_refused_or_bounded() {
 
     // Invalid UTF-8 from a hand-made client: the connection is closed, and
     // others are served.
-    let mut raw = TcpStream::connect(&addr).await.unwrap();
-    wire::client_handshake(&mut raw, Protocol::Index)
+    let raw = TcpStream::connect(&addr).await.unwrap();
+    let (mut raw, _) = transfer::net::client(raw, Protocol::Index, None)
         .await
         .unwrap();
     // SearchFiltered { words: [<ff fe>], limit: 10, filter: default }
@@ -561,6 +561,7 @@ async fn hostile_queries_are_refused_or_bounded() {
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
     frame.extend(body);
     raw.write_all(&frame).await.unwrap();
+    raw.flush().await.unwrap();
     let mut buf = Vec::new();
     let answer: Result<Option<IndexResponse>, _> =
         wire::read_message(&mut raw, &mut buf, Deadlines::default()).await;

@@ -26,7 +26,7 @@ use transfer::upload_queue::{QueueConfig, UploadQueue};
 /// announced as `token` (or, with `None`, an older build that never says
 /// who it is).
 struct Requester {
-    stream: TcpStream,
+    stream: transfer::net::Conn,
     buf: Vec<u8>,
 }
 
@@ -36,8 +36,8 @@ impl Requester {
         socket
             .bind(format!("{from}:0").parse::<SocketAddr>().unwrap())
             .unwrap();
-        let mut stream = socket.connect(addr.parse().unwrap()).await.unwrap();
-        let features = wire::client_handshake_features(&mut stream, Protocol::Peer)
+        let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+        let (stream, features) = transfer::net::client(stream, Protocol::Peer, None)
             .await
             .unwrap();
         assert_ne!(features & FEATURE_UPLOAD_QUEUE, 0, "the peer keeps a queue");

@@ -37,9 +37,11 @@ use common::hello::{Protocol, FEATURE_HAVE_PUSH, FEATURE_UPLOAD_QUEUE};
 use common::id::FileId;
 use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
 use common::reach::LoginNonce;
+use common::secure::SecureWrite;
 use common::wire::{self, Deadlines, WireError};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,6 +50,7 @@ use tracing::{debug, info};
 use crate::admission::Admission;
 use crate::inbox::Inbox;
 use crate::library::{Holding, Library, OpenHolding, ReadChunkError};
+use crate::net::Conn;
 use crate::rate::RateLimiter;
 use crate::send::send_chunk;
 use crate::upload_queue::{Decision, QueueConfig, UploadQueue};
@@ -82,7 +85,7 @@ pub trait ProtocolHandler: Send + Sync + 'static {
     fn serve(
         &self,
         protocol: Protocol,
-        stream: TcpStream,
+        stream: Conn,
         remote: SocketAddr,
         shutdown: CancellationToken,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -230,7 +233,7 @@ pub async fn serve_with(
             _ = shutdown.cancelled() => return,
             a = listener.accept() => a,
         };
-        let (mut stream, remote) = match accepted {
+        let (stream, remote) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 // Out of file descriptors: connections wait in the backlog.
@@ -259,7 +262,7 @@ pub async fn serve_with(
             let mut place = None;
             let hello = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                h = wire::server_handshake_features(&mut stream, &accepted_protocols, |p| match p {
+                h = crate::net::accept(stream, &accepted_protocols, |p| match p {
                     Protocol::Peer => match admission.try_admit(remote.ip()) {
                         Ok(admitted) => {
                             place = Some(admitted);
@@ -273,8 +276,8 @@ pub async fn serve_with(
                     other => others.as_ref().is_some_and(|h| h.is_busy(other)),
                 }, |p| if p == Protocol::Peer { FEATURE_UPLOAD_QUEUE | FEATURE_HAVE_PUSH } else { 0 }) => h,
             };
-            let protocol = match hello {
-                Ok(p) => p,
+            let (protocol, stream) = match hello {
+                Ok(pair) => pair,
                 Err(e) => {
                     debug!(%remote, error = %e, "hello refused");
                     return;
@@ -320,7 +323,7 @@ fn refusal(code: PeerErrorCode, message: impl Into<String>) -> PeerResponse {
 /// the connection (a `Timeout` error) when the first request is later than
 /// `rules.first_request` or no data was asked for during `rules.idle`.
 pub async fn serve_peer_session(
-    stream: TcpStream,
+    stream: Conn,
     remote: SocketAddr,
     library: &Library,
     stats: &UploadStats,
@@ -355,12 +358,12 @@ pub async fn serve_peer_session(
             if push.changed.has_changed().unwrap_or(false) {
                 push.send_gains(&mut writer).await?;
             }
-            if reader.buffer().is_empty() {
+            if reader.buffer().is_empty() && !reader.get_ref().has_buffered() {
                 // Nothing more asked yet: push gains as they come until it is.
                 writer.flush().await?;
                 loop {
                     tokio::select! {
-                        r = reader.get_mut().readable() => { r?; break; }
+                        r = reader.get_mut().get_mut().readable() => { r?; break; }
                         _ = tokio::time::sleep_until(hold_until) => break,
                         changed = push.changed.changed() => {
                             if changed.is_err() {
@@ -590,7 +593,7 @@ pub async fn serve_peer_session(
                     let decision = tokio::select! {
                         d = requester.wait(shown, POSITION_CALM, common::limits::QUEUE_REFRESH) => d,
                         // Closed meanwhile: whatever comes next is not read.
-                        _ = reader.get_mut().readable() => requester.wait(shown, Duration::ZERO, Duration::ZERO).await,
+                        _ = reader.get_mut().get_mut().readable() => requester.wait(shown, Duration::ZERO, Duration::ZERO).await,
                     };
                     // Waiting in the queue is not idling.
                     hold_until = Instant::now() + rules.idle;
@@ -641,7 +644,7 @@ impl Push {
     /// Writes a `Gained` for each chunk held since the last call (not flushed).
     async fn send_gains(
         &mut self,
-        writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+        writer: &mut BufWriter<crate::net::ConnWriter>,
     ) -> Result<(), WireError> {
         // Seen before reading: a chunk set meanwhile wakes us again.
         self.changed.mark_unchanged();
@@ -663,11 +666,11 @@ impl Push {
 
 /// Flushes the answers unless more requests are already buffered (their
 /// answers go out together).
-async fn continue_or_flush<R: tokio::io::AsyncRead>(
-    reader: &BufReader<R>,
-    writer: &mut BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+async fn continue_or_flush<R: tokio::io::AsyncRead + Unpin>(
+    reader: &BufReader<common::secure::SecureRead<R>>,
+    writer: &mut BufWriter<SecureWrite<OwnedWriteHalf>>,
 ) -> Result<(), WireError> {
-    if reader.buffer().is_empty() {
+    if reader.buffer().is_empty() && !reader.get_ref().has_buffered() {
         writer.flush().await?;
     }
     Ok(())

@@ -14,7 +14,9 @@
 //!   pooled chunk buffers and direct (`O_DIRECT`) writes in `download::disk`.
 //! - [`inbox`]: direct messages received on the chunk server's port
 //!   (checked, rate-limited per source, kept and written to a file).
-//! - [`net`]: connecting with a deadline.
+//! - [`net`]: connecting with a deadline, and the secure connection setup
+//!   ([`net::connect`], [`net::accept`]) every connection goes through.
+//! - [`keyfile`]: node key and network key files (created 0600, checked).
 //! - [`admission`]: connection caps in all and per source address.
 //! - [`upload_queue`]: upload slots and the fair, visible queue of
 //!   requesters waiting for one.
@@ -29,6 +31,7 @@ pub mod admission;
 pub mod chunk_server;
 pub mod download;
 pub mod inbox;
+pub mod keyfile;
 pub mod library;
 pub mod metrics;
 pub mod net;

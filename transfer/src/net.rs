@@ -4,8 +4,119 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use common::hello::Protocol;
+use common::identity::PeerId;
+use common::secure::{self, SecureStream, Security};
+use common::wire::WireError;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, info, warn};
+
+/// A TCP connection after its hello and (unless `--insecure`) its Noise
+/// handshake: frames are read and written through it unchanged.
+pub type Conn = SecureStream<OwnedReadHalf, OwnedWriteHalf>;
+/// The read half of a [`Conn`].
+pub type ConnReader = common::secure::SecureRead<OwnedReadHalf>;
+/// The write half of a [`Conn`].
+pub type ConnWriter = common::secure::SecureWrite<OwnedWriteHalf>;
+
+/// Most listed ids remembered ([`note_listed`]); past it the table starts
+/// over (a source dialed after that is checked once it is listed again).
+pub const MAX_LISTED: usize = 65_536;
+
+static LISTED: std::sync::Mutex<Option<std::collections::HashMap<String, PeerId>>> =
+    std::sync::Mutex::new(None);
+
+/// Notes the id the index listed for the source at `addr` (`None`: the
+/// index listed none, e.g. an `--insecure` index): a later connection to
+/// `addr` by the download engine must prove that id, or it is refused as
+/// an impostor (see `download::source`).
+pub fn note_listed(addr: &str, id: Option<PeerId>) {
+    let mut listed = LISTED.lock().unwrap_or_else(|p| p.into_inner());
+    let table = listed.get_or_insert_with(Default::default);
+    match id {
+        Some(id) => {
+            if table.len() >= MAX_LISTED && !table.contains_key(addr) {
+                table.clear();
+            }
+            table.insert(addr.to_string(), id);
+        }
+        None => {
+            table.remove(addr);
+        }
+    }
+}
+
+/// The id last listed for the source at `addr` ([`note_listed`]).
+pub fn listed_id(addr: &str) -> Option<PeerId> {
+    let listed = LISTED.lock().unwrap_or_else(|p| p.into_inner());
+    listed.as_ref()?.get(addr).copied()
+}
+
+/// The TCP stream under a clear-text [`Conn`] (`--insecure`, or the
+/// relay's own leg, which carries two peers' end-to-end session); `None`
+/// (the connection dropped) when it encrypts.
+pub fn into_tcp(conn: Conn) -> Option<TcpStream> {
+    let (r, w) = conn.into_clear()?;
+    r.reunite(w).ok()
+}
+
+/// Client side of the connection setup on a connected `stream`, with the
+/// process's [`Security`]: hello, handshake, and the server's feature bits.
+/// With `expect`, a server that proves another [`PeerId`] is refused
+/// (`common::secure::SecureError::WrongPeer`).
+pub async fn client(
+    stream: TcpStream,
+    protocol: Protocol,
+    expect: Option<PeerId>,
+) -> Result<(Conn, u8), WireError> {
+    client_with(stream, protocol, expect, &Security::process()).await
+}
+
+/// [`client`] with the given security (tests, and programs that hold
+/// several identities).
+pub async fn client_with(
+    mut stream: TcpStream,
+    protocol: Protocol,
+    expect: Option<PeerId>,
+    security: &Security,
+) -> Result<(Conn, u8), WireError> {
+    let (session, features) = secure::client(&mut stream, protocol, security, expect).await?;
+    let (r, w) = stream.into_split();
+    Ok((SecureStream::new(r, w, session), features))
+}
+
+/// Server side of the connection setup on an accepted `stream`, with the
+/// process's [`Security`] (see `common::secure::server` for `busy` and
+/// `features`). Returns the protocol the client asked for.
+pub async fn accept(
+    stream: TcpStream,
+    accepted: &[Protocol],
+    busy: impl FnOnce(Protocol) -> bool,
+    features: impl FnOnce(Protocol) -> u8,
+) -> Result<(Protocol, Conn), WireError> {
+    accept_with(stream, accepted, busy, features, &Security::process()).await
+}
+
+/// [`accept`] with the given security.
+pub async fn accept_with(
+    mut stream: TcpStream,
+    accepted: &[Protocol],
+    busy: impl FnOnce(Protocol) -> bool,
+    features: impl FnOnce(Protocol) -> u8,
+    security: &Security,
+) -> Result<(Protocol, Conn), WireError> {
+    let (protocol, session) =
+        secure::server(&mut stream, accepted, busy, features, security).await?;
+    let (r, w) = stream.into_split();
+    Ok((protocol, SecureStream::new(r, w, session)))
+}
+
+/// Connects to `addr` within `timeout` and runs [`client`].
+pub async fn connect(addr: &str, timeout: Duration, protocol: Protocol) -> Result<Conn, WireError> {
+    let stream = connect_tcp(addr, timeout).await?;
+    Ok(client(stream, protocol, None).await?.0)
+}
 
 /// Whether `e` says the process (`EMFILE`) or the system (`ENFILE`) ran out
 /// of file descriptors: a transient condition to back off from, never a

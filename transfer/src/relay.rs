@@ -348,12 +348,17 @@ impl crate::chunk_server::ProtocolHandler for RelayHandler {
     fn serve(
         &self,
         _protocol: common::hello::Protocol,
-        stream: TcpStream,
+        stream: crate::net::Conn,
         remote: std::net::SocketAddr,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
         let relay = self.0.clone();
         Box::pin(async move {
+            // The relay's leg is clear (`common::secure`): the two peers'
+            // own handshake runs end to end through it.
+            let Some(stream) = crate::net::into_tcp(stream) else {
+                return;
+            };
             tokio::select! {
                 served = relay.serve(stream) => {
                     if let Err(e) = served {

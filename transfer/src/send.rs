@@ -16,6 +16,7 @@ use std::io;
 use std::sync::Arc;
 
 use common::peer_proto::PeerResponse;
+use common::secure::SecureWrite;
 use common::wire::{self, WireError};
 use tokio::io::BufWriter;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -24,9 +25,11 @@ use crate::library::{OpenHolding, ReadChunkError};
 use crate::rate::{write_limited, RateLimiter, PIECE};
 
 /// Sends `header` and then `len` bytes of `handle`'s file from `offset`.
-/// `buf` is scratch for the fallback.
+/// `buf` is scratch for the fallback. On an encrypted connection the bytes
+/// are read (at once from the page cache, else on a blocking thread) and
+/// go through the encrypting writer; `sendfile` is for clear text only.
 pub async fn send_chunk(
-    writer: &mut BufWriter<OwnedWriteHalf>,
+    writer: &mut BufWriter<SecureWrite<OwnedWriteHalf>>,
     header: &PeerResponse,
     handle: &Arc<OpenHolding>,
     offset: u64,
@@ -35,10 +38,36 @@ pub async fn send_chunk(
     buf: &mut Vec<u8>,
 ) -> Result<(), WireError> {
     #[cfg(target_os = "linux")]
-    let (offset, len) = if is_cached(handle.file(), offset, len) {
+    let cached = is_cached(handle.file(), offset, len);
+    #[cfg(not(target_os = "linux"))]
+    let cached = false;
+    if !writer.get_ref().is_clear() {
+        wire::write_message(writer, header).await?;
+        let mut data = std::mem::take(buf);
+        let data = if cached {
+            // From the page cache: a copy, no disk wait.
+            handle.read_at(offset, len, &mut data)?;
+            data
+        } else {
+            let handle = handle.clone();
+            tokio::task::spawn_blocking(move || {
+                handle.read_at(offset, len, &mut data).map(|_| data)
+            })
+            .await
+            .map_err(io::Error::other)??
+        };
+        write_limited(writer, &data, limit).await?;
+        *buf = data;
+        // The chunk's last message goes out now, as `sendfile` would send
+        // it: left in the writer it would wait for the next chunk's turn.
+        tokio::io::AsyncWriteExt::flush(writer).await?;
+        return Ok(());
+    }
+    #[cfg(target_os = "linux")]
+    let (offset, len) = if cached {
         use tokio::io::AsyncWriteExt;
         writer.flush().await?; // earlier answers go first
-        let stream = writer.get_ref().as_ref();
+        let stream = writer.get_ref().get_ref().as_ref();
         let frame = common::frame::encode_frame(header)?;
         send_more(stream, &frame).await?;
         match sendfile_range(stream, handle, offset, len, limit).await? {

@@ -70,18 +70,16 @@ pub async fn start(data: Vec<u8>, behaviour: Behaviour) -> FakeSource {
 }
 
 async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     info: Arc<ContentInfo>,
     data: Arc<Vec<u8>>,
     behaviour: Behaviour,
     served: Arc<AtomicU64>,
 ) {
-    if wire::server_handshake(&mut stream, Protocol::Peer, false)
-        .await
-        .is_err()
-    {
+    let Ok((_, mut stream)) = crate::net::accept(stream, &[Protocol::Peer], |_| false, |_| 0).await
+    else {
         return;
-    }
+    };
     let mut buf = Vec::new();
     loop {
         let Ok(Some(req)) =

@@ -57,8 +57,8 @@ async fn a_capped_uploader_sends_one_whole_chunk_before_the_next() {
     // Both connect first, then both ask at once.
     let mut streams = Vec::new();
     for _ in 0..2 {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        wire::client_handshake(&mut s, Protocol::Peer)
+        let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (s, _) = transfer::net::client(s, Protocol::Peer, None)
             .await
             .unwrap();
         streams.push(s);

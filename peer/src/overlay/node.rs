@@ -21,7 +21,6 @@ use common::hello::Protocol;
 use common::overlay_proto::{MessageId, OverlayFile, OverlayMessage};
 use common::wire::{self, Deadlines, WireError};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -432,8 +431,8 @@ impl Overlay {
     }
 
     async fn dial(&self, addr: &str, shutdown: CancellationToken) -> Result<(), WireError> {
-        let mut stream = transfer::net::connect_tcp(addr, common::limits::CONNECT_TIMEOUT).await?;
-        wire::client_handshake(&mut stream, Protocol::Overlay).await?;
+        let stream = transfer::net::connect_tcp(addr, common::limits::CONNECT_TIMEOUT).await?;
+        let (mut stream, _) = transfer::net::client(stream, Protocol::Overlay, None).await?;
         wire::send_message(
             &mut stream,
             &OverlayMessage::Connect {
@@ -468,7 +467,7 @@ impl Overlay {
     /// Starts the reader and writer of an established link and announces it.
     async fn attach(
         &self,
-        stream: TcpStream,
+        stream: transfer::net::Conn,
         addr: Option<String>,
         client: bool,
         shutdown: CancellationToken,
@@ -543,7 +542,12 @@ impl Overlay {
     }
 
     /// Serves an incoming `Overlay` connection whose hello was answered.
-    async fn accept(&self, mut stream: TcpStream, remote: SocketAddr, shutdown: CancellationToken) {
+    async fn accept(
+        &self,
+        mut stream: transfer::net::Conn,
+        remote: SocketAddr,
+        shutdown: CancellationToken,
+    ) {
         // An IPv4 neighbour of a dual-stack listener is named by its IPv4
         // address, so that one neighbour has one address.
         let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
@@ -601,7 +605,7 @@ impl transfer::chunk_server::ProtocolHandler for Overlay {
     fn serve(
         &self,
         _protocol: Protocol,
-        stream: TcpStream,
+        stream: transfer::net::Conn,
         remote: SocketAddr,
         shutdown: CancellationToken,
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {

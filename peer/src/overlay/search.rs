@@ -139,13 +139,13 @@ pub(crate) async fn flood(
     let started = Instant::now();
     // Nodes clamp it on arrival; clamp it here too, so the report says what ran.
     let ttl = ttl.clamp(1, MAX_TTL);
-    let mut stream = transfer::net::connect_tcp(via, common::limits::CONNECT_TIMEOUT)
+    let stream = transfer::net::connect_tcp(via, common::limits::CONNECT_TIMEOUT)
         .await
         .map_err(|reason| SearchError::Connect {
             addr: via.to_string(),
             reason,
         })?;
-    wire::client_handshake(&mut stream, Protocol::Overlay)
+    let (mut stream, _) = transfer::net::client(stream, Protocol::Overlay, None)
         .await
         .map_err(|e| match e {
             WireError::Hello(common::hello::HelloError::WrongProtocol) => {

@@ -8,9 +8,9 @@ use tokio::net::TcpStream;
 
 /// Registers `addr` at the index as the holder of `file` (for fake sources);
 /// the returned connection keeps the registration alive.
-pub async fn register_source(index: &str, addr: &str, file: SharedFile) -> TcpStream {
-    let mut s = TcpStream::connect(index).await.unwrap();
-    wire::client_handshake(&mut s, Protocol::Index)
+pub async fn register_source(index: &str, addr: &str, file: SharedFile) -> transfer::net::Conn {
+    let s = TcpStream::connect(index).await.unwrap();
+    let (mut s, _) = transfer::net::client(s, Protocol::Index, None)
         .await
         .unwrap();
     let mut buf = Vec::new();

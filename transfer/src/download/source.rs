@@ -11,12 +11,11 @@ use common::limits::MAX_FILE_SIZE;
 use common::peer_proto::{bit_is_set, PeerErrorCode, PeerRequest, PeerResponse};
 use common::wire::{self, Deadlines, WireError};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use super::scheduler::Pick;
 use super::{Shared, SourceState, VerifyJob};
-use crate::net::connect_tcp;
+use crate::net::{connect_tcp, Conn, ConnReader, ConnWriter};
 
 /// Why a source was given up.
 #[derive(Debug, thiserror::Error)]
@@ -54,9 +53,8 @@ pub fn requester_token() -> u64 {
 
 /// A connection being made by a [`Connector`]: the stream, on which the
 /// hello is done, and the source's feature bits.
-pub type Connecting<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = std::io::Result<(TcpStream, u8)>> + Send + 'a>,
->;
+pub type Connecting<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<(Conn, u8)>> + Send + 'a>>;
 
 /// How the engine reaches a source other than by dialing its address: a
 /// peer that accepts no connections is asked, through the index, to
@@ -64,7 +62,9 @@ pub type Connecting<'a> = std::pin::Pin<
 /// a relay. Addresses it does not handle are dialed as usual.
 pub trait Connector: std::fmt::Debug + Send + Sync + 'static {
     /// A connection to the source named `addr` on which this node speaks
-    /// the peer protocol as the client (hello already done), with the
+    /// the peer protocol as the client (hello and handshake already done,
+    /// whichever side opened it; the engine checks the source's proven id
+    /// against the listed one), with the
     /// source's feature bits (`hello::FEATURE_UPLOAD_QUEUE`); `None`: dial
     /// `addr` directly. The engine bounds the whole future by three times
     /// its `connect_timeout` (an index round trip, a connection set up by
@@ -95,8 +95,8 @@ const QUEUE_ANSWER_DEADLINE: Duration = Duration::from_secs(3 * 5);
 
 /// A handshaken connection to a peer's chunk server.
 pub struct PeerConnection {
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    reader: BufReader<ConnReader>,
+    writer: BufWriter<ConnWriter>,
     buf: Vec<u8>,
     stall: Duration,
     /// The source keeps an upload queue (and was told who we are).
@@ -123,7 +123,9 @@ impl PeerConnection {
     }
 
     /// Connects, and tells a source with an upload queue that the
-    /// requester is `token`.
+    /// requester is `token`. An `addr` of the form `PEERID@HOST:PORT`
+    /// (a source as the index listed it) must prove that id, or it is
+    /// refused as an impostor.
     pub async fn connect_as(
         addr: &str,
         connect_timeout: Duration,
@@ -142,6 +144,10 @@ impl PeerConnection {
         stall: Duration,
         token: u64,
     ) -> Result<Self, SourceError> {
+        let (expect, addr) = common::identity::split_dial_addr(addr)
+            .map_err(|e| SourceError::Protocol(format!("bad source address: {e}")))?;
+        // The id the index listed for this source, if it listed one.
+        let expect = expect.or_else(|| crate::net::listed_id(addr));
         if let Some(connecting) = connector.and_then(|c| c.connect(addr)) {
             // A callback or a relay takes a round trip to the index and a
             // connection set up from the other side (and a first login).
@@ -155,32 +161,44 @@ impl PeerConnection {
                     ))
                 })?
                 .map_err(SourceError::Connect)?;
+            // A callback's source opened the connection: its id is checked here.
+            if let (Some(expected), Some(got)) = (expect, stream.remote()) {
+                if expected != got {
+                    return Err(SourceError::Protocol(
+                        common::secure::SecureError::WrongPeer { expected, got }.to_string(),
+                    ));
+                }
+            }
             return Self::handshaken(stream, features, stall, token).await;
         }
         let alternatives: Option<Vec<std::net::SocketAddr>> = connector
             .map(|c| c.addresses(addr))
             .filter(|all| all.len() > 1)
             .and_then(|all| all.iter().map(|a| a.parse().ok()).collect());
-        let mut stream: TcpStream = match alternatives {
+        let stream: TcpStream = match alternatives {
             Some(all) => crate::net::connect_addrs(&all, connect_timeout)
                 .await
                 .map(|(stream, _)| stream),
             None => connect_tcp(addr, connect_timeout).await,
         }
         .map_err(SourceError::Connect)?;
-        let features = wire::client_handshake_features(&mut stream, Protocol::Peer)
+        let (conn, features) = crate::net::client(stream, Protocol::Peer, expect)
             .await
             .map_err(|e| match e {
                 WireError::Hello(common::hello::HelloError::Busy) => SourceError::Busy,
+                // Never retried: it is not who the index said.
+                WireError::Secure(e @ common::secure::SecureError::WrongPeer { .. }) => {
+                    SourceError::Protocol(e.to_string())
+                }
                 other => SourceError::Wire(other),
             })?;
-        Self::handshaken(stream, features, stall, token).await
+        Self::handshaken(conn, features, stall, token).await
     }
 
     /// A connection whose hello is done (the source's feature bits are
     /// `features`); a source with an upload queue is told we are `token`.
     async fn handshaken(
-        stream: TcpStream,
+        stream: Conn,
         features: u8,
         stall: Duration,
         token: u64,
