@@ -323,9 +323,17 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
         (None, false) => default_key(cli.store.as_deref()),
         (None, true) => None,
     };
-    let security =
-        transfer::keyfile::security(cli.insecure, key.as_deref(), cli.network_key.as_deref())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut security =
+        transfer::keyfile::security(cli.insecure, key.as_deref(), cli.network_key.as_deref());
+    if let (Err(transfer::keyfile::KeyFileError::Create { path, error }), None) =
+        (&security, &cli.key)
+    {
+        // The default place cannot be written (a read-only home): a key
+        // for this run only, said loudly; --key makes it last.
+        warn!(key = %path.display(), %error, "cannot create the default key file; using a key for this run only (choose a file with --key)");
+        security = transfer::keyfile::security(false, None, cli.network_key.as_deref());
+    }
+    let security = security.map_err(|e| anyhow::anyhow!("{e}"))?;
     match security.peer_id() {
         Some(id) => {
             info!(peer_id = %id, key = ?key, network_key = security.has_network_key(), "index identity")
