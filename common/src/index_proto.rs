@@ -834,7 +834,7 @@ mod tests {
         };
         let bytes = encode_frame(&answer).unwrap();
         assert_eq!(bytes[4], 18);
-        assert_eq!(bytes[37..], [0, 1, 1, 1, b'c', 0, 0, 1, 1, b'd', 0]);
+        assert_eq!(bytes[37..], [0, 1, 1, 1, b'c', 0, 0, 0, 1, 1, b'd', 0]);
     }
 
     /// The peer-relay variants come after every older one.
