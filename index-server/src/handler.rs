@@ -377,7 +377,10 @@ fn error(code: ErrorCode, message: impl Into<String>) -> IndexResponse {
 
 fn state_error(e: StateError) -> IndexResponse {
     match e {
-        StateError::NickTaken(_) => error(ErrorCode::NickTaken, e.to_string()),
+        // Older peers know the code; the message says which case it is.
+        StateError::NickTaken(_) | StateError::NickReserved { .. } => {
+            error(ErrorCode::NickTaken, e.to_string())
+        }
         StateError::NoSession => error(ErrorCode::NotLoggedIn, e.to_string()),
         StateError::AddressTaken(_) => error(ErrorCode::AddressTaken, e.to_string()),
         StateError::TooManySessions { .. }

@@ -108,6 +108,14 @@ struct Cli {
     /// needs one, and `HOST:22` only points downloaders at another service).
     #[arg(long, env = "INDEX_ALLOW_PRIVILEGED_PORTS", value_parser = clap::builder::BoolishValueParser::new())]
     allow_privileged_ports: bool,
+    /// How long a nickname stays reserved for the node key that registered
+    /// it after that node was last online: nobody else can take it
+    /// meanwhile, and the node itself replaces its previous session at once
+    /// when it logs in again (0s: no reservation; at most 365d).
+    #[arg(long, env = "INDEX_NICK_RESERVATION",
+          default_value = default_duration(index_server::state::DEFAULT_NICK_RESERVATION),
+          value_parser = duration(Duration::ZERO, 365 * 24 * 3600 * SEC))]
+    nick_reservation: Duration,
     /// Also hold and serve files from this folder (client-server mode): it is
     /// listed in search results as a source like any peer, serves downloads
     /// on the index's own port, and accepts uploads from `peer put`.
@@ -357,6 +365,7 @@ async fn serve(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or(usize::MAX),
             memory_budget: cli.memory_budget,
             allow_privileged_ports: cli.allow_privileged_ports,
+            nick_reservation: cli.nick_reservation,
         },
         store: cli.store.map(|dir| {
             let mut store = index_server::store::StoreConfig::new(dir);
@@ -501,6 +510,7 @@ mod tests {
             limits.max_sessions_per_source as u64
         );
         assert_eq!(cli.memory_budget, limits.memory_budget);
+        assert_eq!(cli.nick_reservation, limits.nick_reservation);
         let store = index_server::store::StoreConfig::new("/s".into());
         assert_eq!(cli.store_quota, store.quota);
         assert_eq!(cli.store_part_expiry, store.part_expiry);

@@ -53,6 +53,7 @@
 
 mod files;
 mod keyset;
+mod nicks;
 pub mod possession;
 mod words;
 
@@ -94,6 +95,13 @@ pub enum StateError {
         "nickname {0:?} is already used by an online peer (pick another with --nick or PEER_NICK)"
     )]
     NickTaken(String),
+    #[error("nickname {nick:?} is reserved for the node with key {owner}... (its owner's for {days} days after it was last online, index-server --nick-reservation): pick another with --nick or PEER_NICK")]
+    NickReserved {
+        nick: String,
+        /// Short form of the owner's peer id.
+        owner: String,
+        days: u64,
+    },
     #[error("session has expired; log in again")]
     NoSession,
     #[error("address {0} is already registered by another online peer (each peer needs its own HOST:PORT; check --listen and --advertise)")]
@@ -122,6 +130,9 @@ pub struct Limits {
     /// never needs one (it runs unprivileged, 6699 by default), and a
     /// published `HOST:22` only points downloaders at another service.
     pub allow_privileged_ports: bool,
+    /// How long a nickname stays reserved for the key that registered it
+    /// after its last session ended ([`nicks`]); zero: no reservation.
+    pub nick_reservation: Duration,
 }
 
 /// Default of [`Limits::max_files_per_session`] (`--max-files-per-session`).
@@ -130,6 +141,8 @@ pub const DEFAULT_MAX_FILES_PER_SESSION: usize = 250_000;
 pub const DEFAULT_MAX_SESSIONS_PER_SOURCE: usize = 1024;
 /// Default of [`Limits::memory_budget`] (`--memory-budget`).
 pub const DEFAULT_MEMORY_BUDGET: u64 = 2 << 30;
+/// Default of [`Limits::nick_reservation`] (`--nick-reservation`): 7 days.
+pub const DEFAULT_NICK_RESERVATION: Duration = Duration::from_secs(7 * 86_400);
 
 impl Default for Limits {
     /// 250,000 files a session (the 1,000,000-file benchmark uses 8
@@ -141,6 +154,7 @@ impl Default for Limits {
             max_sessions_per_source: DEFAULT_MAX_SESSIONS_PER_SOURCE,
             memory_budget: DEFAULT_MEMORY_BUDGET,
             allow_privileged_ports: false,
+            nick_reservation: DEFAULT_NICK_RESERVATION,
         }
     }
 }
@@ -384,6 +398,8 @@ struct Inner {
     next_relay: std::sync::atomic::AtomicUsize,
     /// What the proof-of-possession checks found ([`crate::possession`]).
     possession: possession::PossessionCounters,
+    /// Which key owns each reserved nickname ([`nicks`]).
+    nick_keys: nicks::NickKeys,
 }
 
 /// Why a callback order could not be handed to a session's connection.
@@ -663,6 +679,7 @@ impl Index {
                 order_flags: DashMap::new(),
                 next_relay: std::sync::atomic::AtomicUsize::new(0),
                 possession: Default::default(),
+                nick_keys: Default::default(),
             }),
         }
     }
@@ -1027,6 +1044,11 @@ impl Index {
                     }
                 };
                 let (holder, (holder_source, silent)) = holder;
+                if self.same_key(holder, id) {
+                    tracing::info!(addr = %key, "a node logged in again with its key; its previous session ends");
+                    self.logout(holder);
+                    continue;
+                }
                 if source.is_some() && holder_source == source && silent {
                     // No guard is held here: logout touches `addrs` too.
                     tracing::info!(addr = %key, "a peer from the same address logged in again; its silent previous session ends");
@@ -1050,19 +1072,33 @@ impl Index {
     }
 
     fn claim_nick(&self, id: SessionId, nick: &str, now: Instant) -> Result<(), StateError> {
-        // entry() makes the check and the claim one step: no race between two logins.
-        match self.inner.nicks.entry(normalize(nick)) {
-            dashmap::Entry::Occupied(mut held) => {
-                let holder = *held.get();
-                if holder != id && self.is_live(holder, now) {
-                    return Err(StateError::NickTaken(nick.to_string()));
+        self.check_nick_owner(id, nick, now)?;
+        loop {
+            // entry() makes the check and the claim one step: no race between two logins.
+            let holder = match self.inner.nicks.entry(normalize(nick)) {
+                dashmap::Entry::Occupied(mut held) => {
+                    let holder = *held.get();
+                    if holder != id && self.is_live(holder, now) {
+                        holder
+                    } else {
+                        held.insert(id);
+                        break;
+                    }
                 }
-                held.insert(id);
+                dashmap::Entry::Vacant(v) => {
+                    v.insert(id);
+                    break;
+                }
+            };
+            // The guard is dropped here: logout touches `nicks` too.
+            if self.same_key(holder, id) {
+                tracing::info!(%nick, "a node logged in again with its key; its previous session ends");
+                self.logout(holder);
+                continue;
             }
-            dashmap::Entry::Vacant(v) => {
-                v.insert(id);
-            }
+            return Err(StateError::NickTaken(nick.to_string()));
         }
+        self.bind_nick(id, nick);
         Ok(())
     }
 
@@ -1324,6 +1360,7 @@ impl Index {
             self.inner
                 .nicks
                 .remove_if(&normalize(nick), |_, holder| *holder == session);
+            self.nick_offline(nick, s.peer_id);
         }
         for key in s.files.keys() {
             self.drop_holder_by_key(session, key);
@@ -1465,6 +1502,7 @@ impl Index {
         for id in &expired {
             self.logout(*id);
         }
+        self.sweep_nicks(now);
         expired.len()
     }
 

@@ -186,7 +186,7 @@ pub async fn run(
                 backoff = (backoff * 2).min(config.backoff_max);
                 continue;
             }
-            let reason = if *code == ErrorCode::NickTaken {
+            let reason = if *code == ErrorCode::NickTaken && !message.contains("--nick") {
                 format!("{message} (pick another nickname with --nick or PEER_NICK)")
             } else {
                 message.clone()
