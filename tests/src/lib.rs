@@ -337,3 +337,31 @@ pub async fn sources_of(index: &str, id: common::id::FileId) -> usize {
         .map(|(_, _, s)| s.len())
         .unwrap_or(0)
 }
+
+/// Logs in to `index` under `security` (a node key other than this
+/// process's, for tests of several nodes) with `nick`, published at
+/// 127.0.0.1:`port`: the index's answer and the connection (the session
+/// lives while it is open).
+pub async fn login_as(
+    index: &str,
+    security: &common::secure::Security,
+    nick: &str,
+    port: u16,
+) -> (common::index_proto::IndexResponse, transfer::net::Conn) {
+    use common::index_proto::{IndexRequest, Login};
+    let s = tokio::net::TcpStream::connect(index).await.unwrap();
+    let (mut s, _) = transfer::net::client_with(s, common::hello::Protocol::Index, None, security)
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let req = IndexRequest::Login(Login {
+        listen_port: port,
+        advertise: None,
+        nick: Some(nick.into()),
+    });
+    common::wire::send_message(&mut s, &req).await.unwrap();
+    let r = common::wire::expect_message(&mut s, &mut buf, common::wire::Deadlines::default())
+        .await
+        .unwrap();
+    (r, s)
+}

@@ -88,8 +88,16 @@ async fn presence_appears_and_disappears_with_the_peer() {
 async fn nickname_clash_stops_the_second_peer_at_start() {
     let index = start_index().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut first = start_nick(&dir.path().join("one"), &index.addr_string(), "ana").await;
-    first.wait_registered(0).await;
+    // The first holder is another node (its own key): peers of this
+    // process share one key, and a node's own key takes its nickname back.
+    let other = common::secure::Security::new(common::identity::Identity::generate(), None);
+    let (welcome, first) = login_as(&index.addr_string(), &other, "ana", 7201).await;
+    let common::index_proto::IndexResponse::Welcome {
+        addr: first_addr, ..
+    } = welcome
+    else {
+        panic!("{welcome:?}")
+    };
 
     let second = nick_config(&dir.path().join("two"), &index.addr_string(), "ana");
     std::fs::create_dir_all(&second.share).unwrap();
@@ -108,17 +116,15 @@ async fn nickname_clash_stops_the_second_peer_at_start() {
     );
     // No silent takeover: the nickname still leads to the first peer.
     let mut client = IndexClient::connect(&index.addr_string()).await.unwrap();
-    assert_eq!(
-        client.whois("ana").await.unwrap().unwrap().addr,
-        first.addr()
-    );
+    assert_eq!(client.whois("ana").await.unwrap().unwrap().addr, first_addr);
 
-    // Once the first peer leaves, the nickname is free again (the index
-    // withdraws it when it sees the connection close, a moment later).
-    first.stop().await;
+    // Once the first peer leaves, the index withdraws it (a moment later,
+    // when it sees the connection close), but the nickname stays its
+    // key's: another node still cannot take it over.
+    drop(first);
     let state = index.state.clone();
     wait_until(
-        "the index to release the nickname",
+        "the index to end the first peer's session",
         Duration::from_secs(10),
         || {
             let state = state.clone();
@@ -126,13 +132,16 @@ async fn nickname_clash_stops_the_second_peer_at_start() {
         },
     )
     .await;
-    let mut third = start_nick(&dir.path().join("three"), &index.addr_string(), "ana").await;
-    third.wait_registered(0).await;
-    assert_eq!(
-        client.whois("ana").await.unwrap().unwrap().addr,
-        third.addr()
-    );
-    third.stop().await;
+    let third = nick_config(&dir.path().join("three"), &index.addr_string(), "ana");
+    std::fs::create_dir_all(&third.share).unwrap();
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        peer::serve::run(third, CancellationToken::new()),
+    )
+    .await
+    .expect("peer serve with a reserved nickname must stop by itself")
+    .expect_err("a reserved nickname is an error");
+    assert!(err.to_string().contains("reserved"), "{err}");
     index.stop().await;
 }
 

@@ -3,38 +3,10 @@
 //! session ends, and that key logs in again at once, replacing its own
 //! previous session.
 
-use common::hello::Protocol;
 use common::identity::Identity;
-use common::index_proto::{IndexRequest, IndexResponse, Login};
+use common::index_proto::IndexResponse;
 use common::secure::Security;
-use common::wire::{self, Deadlines};
 use tests::*;
-use tokio::net::TcpStream;
-
-/// Logs in to `index` under `security` with `nick`, listed at 127.0.0.1:`port`:
-/// the index's answer and the connection (the session lives while it is open).
-async fn login(
-    index: &str,
-    security: &Security,
-    nick: &str,
-    port: u16,
-) -> (IndexResponse, transfer::net::Conn) {
-    let s = TcpStream::connect(index).await.unwrap();
-    let (mut s, _) = transfer::net::client_with(s, Protocol::Index, None, security)
-        .await
-        .unwrap();
-    let mut buf = Vec::new();
-    let req = IndexRequest::Login(Login {
-        listen_port: port,
-        advertise: None,
-        nick: Some(nick.into()),
-    });
-    wire::send_message(&mut s, &req).await.unwrap();
-    let r = wire::expect_message(&mut s, &mut buf, Deadlines::default())
-        .await
-        .unwrap();
-    (r, s)
-}
 
 fn refused_because(r: &IndexResponse, word: &str) -> bool {
     matches!(r, IndexResponse::Error { message, .. } if message.contains(word))
@@ -47,16 +19,16 @@ async fn a_nickname_is_kept_for_its_key_and_its_key_comes_back_at_once() {
     let ana = Security::new(Identity::generate(), None);
     let mallory = Security::new(Identity::generate(), None);
 
-    let (r, first) = login(&addr, &ana, "ana", 7101).await;
+    let (r, first) = login_as(&addr, &ana, "ana", 7101).await;
     assert!(matches!(r, IndexResponse::Welcome { .. }), "{r:?}");
     // Ana's connection dies unseen (no logout yet): she logs in again
     // with her key at once, from the same address, without waiting for the
     // old session's lease.
-    let (r, second) = login(&addr, &ana, "ana", 7101).await;
+    let (r, second) = login_as(&addr, &ana, "ana", 7101).await;
     assert!(matches!(r, IndexResponse::Welcome { .. }), "{r:?}");
     drop(first);
     // While she is online, nobody else has it.
-    let (r, _) = login(&addr, &mallory, "ana", 7102).await;
+    let (r, _) = login_as(&addr, &mallory, "ana", 7102).await;
     assert!(refused_because(&r, "ana"), "{r:?}");
     // She goes offline: before this change, the next login took the name.
     drop(second);
@@ -75,9 +47,9 @@ async fn a_nickname_is_kept_for_its_key_and_its_key_comes_back_at_once() {
         peers_gone,
     )
     .await;
-    let (r, _) = login(&addr, &mallory, "ana", 7102).await;
+    let (r, _) = login_as(&addr, &mallory, "ana", 7102).await;
     assert!(refused_because(&r, "reserved"), "{r:?}");
-    let (r, _kept) = login(&addr, &ana, "ana", 7101).await;
+    let (r, _kept) = login_as(&addr, &ana, "ana", 7101).await;
     assert!(matches!(r, IndexResponse::Welcome { .. }), "{r:?}");
     index.stop().await;
 }
