@@ -13,9 +13,12 @@
 //! - **Passed**: nothing changes.
 //! - **Lacked** (the peer answered that it does not have the file, or sent
 //!   a hash list or chunk that does not verify): the file's listing for
-//!   that session is dropped at once; after
-//!   [`PossessionConfig::failures_to_drop`] such failures the session is
-//!   ended (its other files go with it).
+//!   that session is dropped at once, and the session gets a strike; after
+//!   [`PossessionConfig::failures_to_drop`] strikes in a row (a passed
+//!   check clears them) the session is ended (its other files go with it).
+//!   A peer that answers "file changed" loses that listing but gets no
+//!   strike: it said so itself, and an honest peer re-registers the file
+//!   after hashing it again.
 //! - **Inconclusive** (no connection, busy, stalled, timed out): no effect;
 //!   the session is checked again at its next turn. A peer behind a NAT is
 //!   never checked (it is never listed as a direct source either).
@@ -86,6 +89,9 @@ pub enum CheckError {
     /// not verify).
     #[error("the peer lacks the file: {0}")]
     Lacked(String),
+    /// The peer said its copy changed on disk since it registered it.
+    #[error("the peer's copy changed: {0}")]
+    Changed(String),
     /// The check could not be made.
     #[error("no check possible: {0}")]
     Inconclusive(String),
@@ -131,9 +137,8 @@ pub async fn check(
 /// What a source error says about possession.
 fn judge(e: SourceError) -> CheckError {
     match e {
-        SourceError::NotFound | SourceError::FileChanged | SourceError::BadData => {
-            CheckError::Lacked(e.to_string())
-        }
+        SourceError::FileChanged => CheckError::Changed(e.to_string()),
+        SourceError::NotFound | SourceError::BadData => CheckError::Lacked(e.to_string()),
         SourceError::Connect(_)
         | SourceError::Wire(_)
         | SourceError::Busy
@@ -145,6 +150,11 @@ fn judge(e: SourceError) -> CheckError {
 /// Runs the checks until `shutdown`: see the module's documentation.
 pub async fn run(index: Index, config: PossessionConfig, shutdown: CancellationToken) {
     let per_second = config.per_second.max(1);
+    info!(
+        every = ?config.interval,
+        per_second,
+        "proof-of-possession checks on: each directly reachable peer at most once per interval"
+    );
     let mut tick = tokio::time::interval(Duration::from_secs(1) / per_second);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When each session is next due, and its failures so far.
@@ -176,7 +186,9 @@ pub async fn run(index: Index, config: PossessionConfig, shutdown: CancellationT
             let live: std::collections::HashSet<SessionId> =
                 candidates.iter().map(|(s, _)| *s).collect();
             due.retain(|s, _| live.contains(s));
-            failures.retain(|s, _| live.contains(s));
+            // Strikes are kept while the session lives, even when it is
+            // not a candidate for a while (no files between two scans).
+            failures.retain(|s, _| index.has_session(*s));
             for (s, _) in &candidates {
                 due.entry(*s)
                     .or_insert_with(|| now + config.interval.mul_f64(rand::random::<f64>()));
@@ -224,8 +236,16 @@ fn settle(
 ) {
     let counters = index.possession_counters();
     match result {
-        Ok(()) => counters.count(CheckOutcome::Passed),
+        Ok(()) => {
+            counters.count(CheckOutcome::Passed);
+            failures.remove(&session);
+        }
         Err(CheckError::Inconclusive(_)) => counters.count(CheckOutcome::Inconclusive),
+        Err(CheckError::Changed(why)) => {
+            counters.count(CheckOutcome::Lacked);
+            let _ = index.remove_files(session, &[id], Instant::now());
+            info!(session, id = %id.short(), %why, "dropped a listing whose file changed (the peer re-registers it)");
+        }
         Err(CheckError::Lacked(why)) => {
             counters.count(CheckOutcome::Lacked);
             let n = failures.entry(session).or_default();
@@ -241,5 +261,27 @@ fn settle(
                 info!(session, id = %id.short(), %why, "dropped a listing that failed its proof-of-possession check");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_changed_file_is_not_a_strike_but_a_missing_or_bad_one_is() {
+        assert!(matches!(
+            judge(SourceError::FileChanged),
+            CheckError::Changed(_)
+        ));
+        assert!(matches!(
+            judge(SourceError::NotFound),
+            CheckError::Lacked(_)
+        ));
+        assert!(matches!(judge(SourceError::BadData), CheckError::Lacked(_)));
+        assert!(matches!(
+            judge(SourceError::Busy),
+            CheckError::Inconclusive(_)
+        ));
     }
 }

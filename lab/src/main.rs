@@ -446,6 +446,23 @@ async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
     if a.compare_bittorrent && !config.modes.contains(&Mode::Bittorrent) {
         config.modes.push(Mode::Bittorrent);
     }
+    // Each mode once (`--modes hybrid,hybrid` is not two runs).
+    let mut seen = Vec::new();
+    config.modes.retain(|m| {
+        let new = !seen.contains(m);
+        seen.push(*m);
+        new
+    });
+    if config.engine == distribution::Engine::Swarm && config.modes.contains(&Mode::P2p) {
+        config.modes.retain(|m| *m != Mode::P2p);
+        if config.modes.is_empty() {
+            anyhow::bail!(
+                "--engine swarm runs client-server and hybrid (p2p runs with --engine local): \
+                 choose --modes client-server,hybrid"
+            );
+        }
+        errln!("--engine swarm: p2p left out (it runs with --engine local)");
+    }
     if config.ns.is_empty() || config.ns.iter().any(|n| *n == 0 || *n > 256) {
         anyhow::bail!("--n takes peer counts from 1 to 256");
     }
@@ -636,8 +653,17 @@ async fn async_main() {
         }
         lab::processes::kill_all();
         lab::netns::cleanup_all();
-        lab::stack::remove_all();
-        errln!("interrupted: child processes, network namespaces and Swarm stacks removed");
+        let left = lab::stack::remove_all();
+        if left.is_empty() {
+            errln!("interrupted: child processes, network namespaces and Swarm stacks removed");
+        } else {
+            errln!(
+                "interrupted: child processes and network namespaces removed; Swarm stack(s) {} \
+                 outlived the wait: remove with `docker stack rm {}`",
+                left.join(", "),
+                left.join(" ")
+            );
+        }
         std::process::exit(130);
     });
     let result = match cli.command {

@@ -120,11 +120,13 @@ async fn run_with(program: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group: a Ctrl-C meant for the lab must not cut a
+        // `docker stack deploy` half way (the lab removes the stack itself).
+        .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| {
         LabError::Setup(format!(
-            "--engine swarm: cannot run `{program}` ({e}): install Docker (Debian: docker.io) \
-             or set LAB_DOCKER"
+            "cannot run `{program}` ({e}): install Docker (Debian: docker.io) or set LAB_DOCKER"
         ))
     })?;
     if let (Some(bytes), Some(mut input)) = (stdin, child.stdin.take()) {
@@ -176,7 +178,7 @@ async fn available_with(program: &str) -> Result<(), LabError> {
         &[
             "info",
             "--format",
-            "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+            "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.NodeID}}",
         ],
         None,
     )
@@ -186,12 +188,50 @@ async fn available_with(program: &str) -> Result<(), LabError> {
             "--engine swarm needs a Docker engine: {e} (start one: see docs/docker.md)"
         ))
     })?;
-    if state.trim() != "active true" {
+    let fields: Vec<&str> = state.split_whitespace().collect();
+    if fields.get(..2) != Some(&["active", "true"][..]) {
         return Err(LabError::Setup(format!(
             "--engine swarm needs this Docker engine to be a Swarm manager (its state: {}): \
              run `docker swarm init` (scripts/swarm-smoke does, and leaves again)",
             state.trim()
         )));
+    }
+    // Every other node's engine answers, is in the swarm, and is listed once.
+    let mut nodes = vec![fields.get(2).copied().unwrap_or_default().to_string()];
+    for host in worker_hosts() {
+        let node = run_with(
+            program,
+            &[
+                "-H",
+                &host,
+                "info",
+                "--format",
+                "{{.Swarm.LocalNodeState}} {{.Swarm.NodeID}}",
+            ],
+            None,
+        )
+        .await
+        .map_err(|e| {
+            LabError::Setup(format!(
+                "LAB_DOCKER_HOSTS names {host}, whose Docker engine does not answer: {e}"
+            ))
+        })?;
+        let f: Vec<&str> = node.split_whitespace().collect();
+        if f.first() != Some(&"active") || f.len() < 2 {
+            return Err(LabError::Setup(format!(
+                "LAB_DOCKER_HOSTS names {host}, whose engine is not in a swarm (state: {}): \
+                 join it (`docker swarm join`) or leave it out",
+                node.trim()
+            )));
+        }
+        if nodes.iter().any(|n| n == f[1]) {
+            return Err(LabError::Setup(format!(
+                "LAB_DOCKER_HOSTS names {host}, the engine of a node already reached (node {}; \
+                 the manager's own engine need not be listed): list each other node once",
+                f[1]
+            )));
+        }
+        nodes.push(f[1].to_string());
     }
     let image = image();
     run_with(
@@ -361,9 +401,11 @@ impl Drop for Stack {
     }
 }
 
-/// Removes stack `name` and waits until its containers and network are
-/// gone (blocking; at most [`DOWN_DEADLINE`]).
-fn remove(name: &str) {
+/// Removes stack `name` and waits until its services, containers and
+/// network are gone (blocking; at most [`DOWN_DEADLINE`]); false if some
+/// outlived the wait. `docker stack rm` is repeated while anything is
+/// left: a deploy still under way may create services after the first.
+fn remove(name: &str) -> bool {
     let program = docker();
     let quiet = |args: &[&str]| {
         std::process::Command::new(&program)
@@ -374,7 +416,6 @@ fn remove(name: &str) {
             .output()
             .ok()
     };
-    quiet(&["stack", "rm", name]);
     let label = format!("label=com.docker.stack.namespace={name}");
     let network = format!("{name}_default");
     let deadline = Instant::now() + DOWN_DEADLINE;
@@ -384,29 +425,41 @@ fn remove(name: &str) {
         args.extend(["ps", "-aq", "-f", &label]);
         quiet(&args).is_some_and(|o| !o.stdout.is_empty())
     };
+    let mut removed_at: Option<Instant> = None;
     while Instant::now() < deadline {
+        let services =
+            quiet(&["service", "ls", "-q", "-f", &label]).is_some_and(|o| !o.stdout.is_empty());
+        if services && removed_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(2)) {
+            quiet(&["stack", "rm", name]);
+            removed_at = Some(Instant::now());
+        }
         let containers = left_on(&[]) || workers.iter().any(|h| left_on(&["-H", h.as_str()]));
         let net = quiet(&["network", "inspect", &network])
             .map(|o| o.status.success())
             .unwrap_or(false);
-        if !containers && !net {
-            return;
+        if !services && !containers && !net {
+            return true;
+        }
+        if removed_at.is_none() {
+            // No service (yet, or any more): remove whatever else is left.
+            quiet(&["stack", "rm", name]);
+            removed_at = Some(Instant::now());
         }
         std::thread::sleep(Duration::from_millis(500));
     }
     tracing::warn!(
         stack = name,
-        "the stack's containers or network outlived the wait"
+        "the stack's services, containers or network outlived the wait: remove it with `docker stack rm {name}`"
     );
+    false
 }
 
 /// Removes every stack this process deployed and has not removed yet (for
 /// a signal handler: Ctrl-C, SIGTERM).
-pub fn remove_all() {
+/// Returns the stacks that could not be removed.
+pub fn remove_all() -> Vec<String> {
     let names: Vec<String> = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|p| p.into_inner()));
-    for n in names {
-        remove(&n);
-    }
+    names.into_iter().filter(|n| !remove(n)).collect()
 }
 
 /// Seconds one `docker exec CONTAINER true` takes (the launch overhead

@@ -95,6 +95,11 @@ impl Index {
         self.inner.files.with_key(key, |f| (f.id(), f.size()))
     }
 
+    /// Whether `session` exists (live or not yet reaped).
+    pub fn has_session(&self, session: SessionId) -> bool {
+        self.inner.sessions.contains_key(&session)
+    }
+
     /// The counters of the proof-of-possession checks.
     pub fn possession_counters(&self) -> &PossessionCounters {
         &self.inner.possession
