@@ -4,6 +4,7 @@
 
 mod daemon_bench;
 mod index_load;
+mod login_bench;
 mod transfer_bench;
 mod upload_queue_bench;
 
@@ -42,6 +43,15 @@ enum Command {
         /// Chunk requests in flight per source (default: the engine's own).
         #[arg(long)]
         pipeline_depth: Option<usize>,
+        /// Clear text on both sides (source and downloader): no handshake,
+        /// no encryption (the baseline of --vs-insecure).
+        #[arg(long)]
+        insecure: bool,
+        /// Also time the same downloads with --insecure on both sides (in
+        /// a child process, right after), and print the encrypted/clear
+        /// ratio (issue 16's target: at least 0.8).
+        #[arg(long)]
+        vs_insecure: bool,
     },
     /// Several upload-capped sources, one downloader: throughput vs the sum of the caps.
     Capped {
@@ -123,6 +133,17 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Logins per second at a real index-server: each a new connection
+    /// with hello, Noise handshake and Login; then the same with --insecure
+    /// on both sides (the baseline, same run).
+    Logins {
+        /// Clients logging in at once.
+        #[arg(long, default_value_t = 64)]
+        clients: usize,
+        /// How long each mode runs.
+        #[arg(long, default_value = "10s", value_parser = common::units::parse_duration)]
+        duration: std::time::Duration,
+    },
     /// (internal) a bare request/response echo server over the protocol's framing.
     EchoServer,
 }
@@ -148,7 +169,13 @@ async fn main() -> anyhow::Result<()> {
             ours_only,
             verifier_threads,
             pipeline_depth,
+            insecure,
+            vs_insecure,
         } => {
+            if insecure {
+                // Before any connection of this process.
+                let _ = common::secure::Security::install(common::secure::Security::insecure());
+            }
             let mut engine = transfer::EngineConfig::default();
             if let Some(n) = verifier_threads {
                 engine.verifier_threads = n;
@@ -156,7 +183,14 @@ async fn main() -> anyhow::Result<()> {
             if let Some(n) = pipeline_depth {
                 engine.pipeline_depth = n;
             }
-            transfer_bench::transfer(size, dir, runs, ours_only, engine).await
+            let mode = transfer_bench::Mode {
+                ours_only,
+                insecure,
+                vs_insecure,
+                verifier_threads,
+                pipeline_depth,
+            };
+            transfer_bench::transfer(size, dir, runs, mode, engine).await
         }
         Command::Capped {
             size,
@@ -164,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
             sources,
             dir,
         } => transfer_bench::capped(size, cap, sources, dir).await,
+        Command::Logins { clients, duration } => login_bench::logins(clients, duration).await,
         Command::HashFolder { files, size, dir } => {
             transfer_bench::hash_folder(files, size, dir).await
         }

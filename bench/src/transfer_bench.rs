@@ -157,13 +157,28 @@ async fn tcp_copy(src: &Path, dst: &Path) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// What `transfer` measures besides the verified downloads.
+pub struct Mode {
+    /// Skip the baselines.
+    pub ours_only: bool,
+    /// This process and the source run in clear text.
+    pub insecure: bool,
+    /// Also time the downloads in clear text (a child process) and print
+    /// the encrypted/clear ratio.
+    pub vs_insecure: bool,
+    /// Passed on to the child of `vs_insecure`.
+    pub verifier_threads: Option<usize>,
+    pub pipeline_depth: Option<usize>,
+}
+
 pub async fn transfer(
     size: u64,
     dir: Option<PathBuf>,
     runs: usize,
-    ours_only: bool,
+    mode: Mode,
     engine: transfer::EngineConfig,
 ) -> anyhow::Result<()> {
+    let ours_only = mode.ours_only;
     let (dir, _guard) = scratch(dir)?;
     let share = dir.join("share");
     std::fs::create_dir_all(&share)?;
@@ -173,7 +188,7 @@ pub async fn transfer(
 
     // Ours: a real `peer serve` process sharing the file, this process's
     // engine fetching, verifying and writing it (as `peer get` would).
-    let source = SourceProcess::start(&share).await?;
+    let source = SourceProcess::start(&share, mode.insecure).await?;
     // Hashing it for its id also leaves it in the page cache for everyone.
     let id = {
         let file = file.clone();
@@ -212,7 +227,23 @@ pub async fn transfer(
         "verified downloads: {} GB/s (median {ours:.2})",
         each.join(", ")
     );
+    if mode.vs_insecure {
+        let clear = insecure_median(size, &dir, runs, &mode)?;
+        let mode_name = if mode.insecure {
+            "clear text"
+        } else {
+            "encrypted (Noise XX, AES-256-GCM)"
+        };
+        println!(
+            "| one source, {} MiB, {mode_name}, verified and written (fsync), median of {} | {ours:.2} GB/s | same with --insecure on both sides, run right after: {clear:.2} GB/s | {:.2} (target >= 0.8) |",
+            size >> 20,
+            times.len(),
+            ours / clear
+        );
+    }
     if ours_only {
+        // For a parent's --vs-insecure.
+        println!("median {ours:.4} GB/s");
         return Ok(());
     }
 
@@ -228,6 +259,40 @@ pub async fn transfer(
     println!("| one source, {} MiB, verified and written (fsync), median of {} | {ours:.2} GB/s | single-core SHA-256 (best of 3) {sha:.2} GB/s | {:.2} (target >= 0.85) |", size >> 20, times.len(), ours / sha);
     println!("| same | {ours:.2} GB/s | loopback TCP copy + sha256sum {baseline:.2} GB/s | {:.2} (target >= 1.0) |", ours / baseline);
     Ok(())
+}
+
+/// The median of `runs` verified downloads of a `size`-byte file with
+/// `--insecure` on both sides: this program again, as a child process
+/// (a process secures all its connections one way), in `dir`.
+fn insecure_median(size: u64, dir: &Path, runs: usize, mode: &Mode) -> anyhow::Result<f64> {
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(["transfer", "--insecure", "--ours-only"])
+        .arg("--size")
+        .arg(size.to_string())
+        .arg("--runs")
+        .arg(runs.to_string())
+        .arg("--dir")
+        .arg(dir.join("clear"))
+        .stderr(std::process::Stdio::inherit());
+    if let Some(n) = mode.verifier_threads {
+        cmd.arg("--verifier-threads").arg(n.to_string());
+    }
+    if let Some(n) = mode.pipeline_depth {
+        cmd.arg("--pipeline-depth").arg(n.to_string());
+    }
+    std::fs::create_dir_all(dir.join("clear"))?;
+    let out = cmd.output()?;
+    anyhow::ensure!(out.status.success(), "the --insecure run failed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("median ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .context("the --insecure run printed no median")
 }
 
 pub async fn hash_folder(files: usize, size: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
@@ -401,7 +466,7 @@ struct SourceProcess {
 }
 
 impl SourceProcess {
-    async fn start(share: &Path) -> anyhow::Result<SourceProcess> {
+    async fn start(share: &Path, insecure: bool) -> anyhow::Result<SourceProcess> {
         use std::process::Command;
         let exe = std::env::current_exe()?;
         let bin = exe.parent().context("exe dir")?;
@@ -409,6 +474,9 @@ impl SourceProcess {
         index_cmd
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info");
+        if insecure {
+            index_cmd.arg("--insecure");
+        }
         let (index, index_addr) = crate::index_load::spawn_with_addr(index_cmd, true)
             .context("start target/release/index-server (build it first)")?;
         let mut peer_cmd = Command::new(bin.join("peer"));
@@ -423,8 +491,17 @@ impl SourceProcess {
                 "127.0.0.1:0",
                 "--nick",
                 "source",
+                // Its address line would come first while a large file hashes.
+                "--api",
+                "off",
+                // Served as soon as hashed (it was written whole before).
+                "--settle",
+                "0",
             ])
             .env("RUST_LOG", "info");
+        if insecure {
+            peer_cmd.arg("--insecure");
+        }
         // It says its address once the folder is hashed and served.
         let (peer, addr) = crate::index_load::spawn_with_addr(peer_cmd, true)
             .context("start target/release/peer (build it first)")?;

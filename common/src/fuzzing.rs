@@ -46,6 +46,19 @@ pub fn check_hello(data: &[u8]) {
     let _ = hello::check_server_hello(&bytes);
 }
 
+/// The first 32 bytes as the Noise static key a handshake payload must
+/// vouch for, the rest as the payload (`crate::secure::check_payload`):
+/// never a panic, and a forged payload never passes.
+pub fn check_handshake_payload(data: &[u8]) {
+    let Some((static_key, payload)) = data.split_at_checked(32) else {
+        return;
+    };
+    if crate::secure::check_payload(payload, static_key).is_ok() {
+        // Only a real signature passes; random bytes never are one.
+        panic!("a fuzzed handshake payload passed the binding check");
+    }
+}
+
 /// 32 bytes of id, 8 of size, then the raw hash list.
 pub fn check_hash_list(data: &[u8]) {
     if data.len() < 40 {

@@ -475,26 +475,31 @@ impl<R> SecureRead<R> {
         avail.len() >= 2 && avail.len() >= 2 + u16::from_be_bytes([avail[0], avail[1]]) as usize
     }
 
-    /// Decrypts the whole message at the front of `raw`, if there is one.
-    fn take_message(&mut self) -> io::Result<bool> {
-        let avail = &self.raw[self.raw_start..];
+    /// The ciphertext length of the whole message at the front of `raw`,
+    /// if one is there.
+    fn next_message(&self) -> io::Result<Option<usize>> {
+        let avail = self.raw.get(self.raw_start..).unwrap_or_default();
         if avail.len() < 2 {
-            return Ok(false);
+            return Ok(None);
         }
         let len = u16::from_be_bytes([avail[0], avail[1]]) as usize;
-        if avail.len() < 2 + len {
-            return Ok(false);
-        }
-        let cipher = self.cipher.as_ref().expect("only called when encrypting");
         if len < TAG_LEN {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "an encrypted message shorter than its tag",
             ));
         }
-        self.plain.resize(len - TAG_LEN, 0);
+        Ok((avail.len() >= 2 + len).then_some(len))
+    }
+
+    /// Decrypts the message of ciphertext length `len` at the front of
+    /// `raw` into `out` (at least `len - TAG_LEN` bytes); its plaintext
+    /// length.
+    fn open(&mut self, len: usize, out: &mut [u8]) -> io::Result<usize> {
+        let cipher = self.cipher.as_ref().expect("only called when encrypting");
+        let at = self.raw_start + 2;
         let n = cipher
-            .read_message(self.nonce, &avail[2..2 + len], &mut self.plain)
+            .read_message(self.nonce, &self.raw[at..at + len], out)
             .map_err(|_| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -502,10 +507,8 @@ impl<R> SecureRead<R> {
                 )
             })?;
         self.nonce += 1;
-        self.plain.truncate(n);
-        self.plain_pos = 0;
         self.raw_start += 2 + len;
-        Ok(true)
+        Ok(n)
     }
 }
 
@@ -526,7 +529,25 @@ impl<R: AsyncRead + Unpin> AsyncRead for SecureRead<R> {
                 this.plain_pos += n;
                 return Poll::Ready(Ok(()));
             }
-            if this.take_message()? {
+            if let Some(len) = this.next_message()? {
+                let plain_len = len - TAG_LEN;
+                if buf.remaining() >= plain_len {
+                    // Straight into the caller's buffer: one copy less
+                    // (a chunk read lands in the chunk buffer).
+                    let n = this.open(len, buf.initialize_unfilled_to(plain_len))?;
+                    buf.advance(n);
+                    if n > 0 {
+                        return Poll::Ready(Ok(()));
+                    }
+                    continue;
+                }
+                let mut plain = std::mem::take(&mut this.plain);
+                plain.resize(plain_len, 0);
+                let opened = this.open(len, &mut plain);
+                this.plain = plain;
+                let n = opened?;
+                this.plain.truncate(n);
+                this.plain_pos = 0;
                 continue;
             }
             // Move the partial message to the front, then read more: at

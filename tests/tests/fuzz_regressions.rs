@@ -10,6 +10,7 @@ fn run(target: &str, data: &[u8]) {
         "hash_list" => fuzzing::check_hash_list(data),
         "stream" => fuzzing::check_stream(data),
         "text" => fuzzing::check_text(data),
+        "handshake_payload" => fuzzing::check_handshake_payload(data),
         other => panic!("regression file for unknown target {other:?}"),
     }
 }
@@ -54,4 +55,7 @@ fn hand_made_nasty_inputs() {
     fuzzing::check_text("9999999999999999999999TiB".as_bytes());
     fuzzing::check_text("1e308h".as_bytes());
     fuzzing::check_hello(b"P2PS\xff\xff\x09\x00");
+    fuzzing::check_handshake_payload(&[0u8; 128]);
+    fuzzing::check_handshake_payload(&[0xFFu8; 32 + 96]);
+    fuzzing::check_handshake_payload(&[7u8; 40]);
 }
