@@ -203,7 +203,10 @@ async fn session(
     requests: Vec<IndexRequest>,
 ) -> (Vec<common::index_proto::IndexResponse>, transfer::net::Conn) {
     let s = TcpStream::connect(addr).await.unwrap();
-    let (mut s, _) = transfer::net::client(s, Protocol::Index, None)
+    // Another node than the peers this process runs (they share its key):
+    // a node's own key may take its own address over.
+    let other_node = common::secure::Security::new(common::identity::Identity::generate(), None);
+    let (mut s, _) = transfer::net::client_with(s, Protocol::Index, None, &other_node)
         .await
         .unwrap();
     let mut buf = Vec::new();
