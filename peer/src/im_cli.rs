@@ -60,7 +60,11 @@ pub enum ImCommand {
         /// The folder `peer serve --share` shares.
         #[arg(long, env = "PEER_SHARE")]
         share: PathBuf,
-        /// Print one JSON array ({from, source, received_unix_ms, text}).
+        /// Print one JSON array ({from, source, received_unix_ms, text,
+        /// sender_id, verified}): `verified` is true when the sender's
+        /// nickname belongs to the key its connection proved (the index
+        /// lists the nickname under that key), false when not, absent when
+        /// it could not be checked.
         #[arg(long, env = "PEER_JSON", value_parser = crate::boolish())]
         json: bool,
     },
@@ -185,8 +189,14 @@ fn peer_json(p: &PeerSummary) -> serde_json::Value {
 }
 
 fn print_message(m: &InboxMessage) {
+    // Whether the nickname is its sender key's (see `InboxMessage::verified`).
+    let check = match m.verified {
+        Some(true) => "verified",
+        Some(false) => "unverified",
+        None => "not checked",
+    };
     outln!(
-        "{}  {} ({})",
+        "{}  {} ({}, {check})",
         utc_time(m.received_unix_ms),
         esc(&m.from),
         esc(&m.source)

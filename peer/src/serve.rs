@@ -345,6 +345,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         burst: config.message_burst,
         refill: config.message_refill,
         file: Some(inbox::inbox_file_in(&root)),
+        sender_check: Some(sender_check(config.index.clone())),
     };
     let inbox = tokio::task::spawn_blocking(move || Inbox::open(inbox_config))
         .await
@@ -691,6 +692,25 @@ async fn rescan_loop(
             }
         }
     }
+}
+
+/// Whether a message's sender nickname belongs to the key its connection
+/// proved: the index lists the nickname's online session under that key.
+/// `None` when the index could not be asked.
+fn sender_check(index: String) -> crate::inbox::SenderCheck {
+    std::sync::Arc::new(move |nick: String, id: common::identity::PeerId| {
+        let index = index.clone();
+        Box::pin(async move {
+            let mut client = crate::index_client::IndexClient::connect(&index)
+                .await
+                .ok()?;
+            match client.whois(&nick).await {
+                Ok(Some(summary)) => Some(summary.peer_id == Some(id)),
+                Ok(None) => Some(false),
+                Err(_) => None,
+            }
+        })
+    })
 }
 
 #[cfg(test)]

@@ -159,11 +159,12 @@ async fn a_message_goes_straight_to_the_peer_and_not_through_the_index() {
         .unwrap();
     assert_eq!(delivery.addr, bob.addr());
 
-    // The index was asked where bob is, and nothing else (a heartbeat may
-    // fall in between): the text never crossed it.
+    // The index was asked where bob is, and by bob which key holds the
+    // sender's nickname (to mark the message verified or not), and nothing
+    // else (a heartbeat may fall in between): the text never crossed it.
     let mut handled = counts_since(&index, &before);
     handled.remove("Heartbeat");
-    assert_eq!(handled, BTreeMap::from([("WhoIs", 1)]));
+    assert_eq!(handled, BTreeMap::from([("WhoIs", 2)]));
 
     let received = bob.daemon.inbox().recent();
     assert_eq!(received.len(), 1);
@@ -350,6 +351,57 @@ async fn a_flood_from_one_sender_is_limited() {
         .map(|m| m.text)
         .collect();
     assert_eq!(texts, ["spam 0", "spam 1", "spam 2"]);
+    bob.stop().await;
+    index.stop().await;
+}
+
+/// The inbox says whether a sender's nickname belongs to the key its
+/// connection proved (issue 16): the index lists that nickname's session
+/// under the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_says_whether_the_sender_is_verified() {
+    let index = start_index().await;
+    let addr = index.addr_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bob = start_nick(&dir.path().join("bob"), &addr, "bob").await;
+    bob.wait_registered(0).await;
+    // Ana's daemon runs in this process: her messages come with its key.
+    let mut ana = start_nick(&dir.path().join("ana"), &addr, "ana").await;
+    ana.wait_registered(0).await;
+    // Carol is another node, holding her nickname under her own key.
+    let carol = common::secure::Security::new(common::identity::Identity::generate(), None);
+    let (welcome, _carol) = login_as(&addr, &carol, "carol", 7301).await;
+    assert!(
+        matches!(welcome, common::index_proto::IndexResponse::Welcome { .. }),
+        "{welcome:?}"
+    );
+
+    for from in ["ana", "carol", "dave"] {
+        send_message(&addr, "bob", from, &format!("hi from {from}"))
+            .await
+            .unwrap();
+    }
+    let seen: Vec<(String, Option<bool>)> = bob
+        .daemon
+        .inbox()
+        .recent()
+        .into_iter()
+        .map(|m| (m.from, m.verified))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("ana".to_string(), Some(true)),
+            // Claims Carol's nickname with another key.
+            ("carol".to_string(), Some(false)),
+            // Nobody holds it.
+            ("dave".to_string(), Some(false)),
+        ]
+    );
+    let on_disk = inbox::read_file(&inbox::inbox_file_in(&bob.share)).unwrap();
+    assert_eq!(on_disk.last().unwrap().verified, Some(false));
+    assert!(on_disk[0].sender_id.is_some());
+    ana.stop().await;
     bob.stop().await;
     index.stop().await;
 }

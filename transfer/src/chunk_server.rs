@@ -331,6 +331,8 @@ pub async fn serve_peer_session(
     limit: Option<&RateLimiter>,
     rules: &SessionRules,
 ) -> Result<(), WireError> {
+    // The id the connection's handshake proved: a message's sender.
+    let sender = stream.remote();
     let (r, w) = stream.into_split();
     // Small buffers until a slot is held: a queue of a thousand waiting
     // connections costs a few MiB, not a quarter of a GiB.
@@ -556,7 +558,7 @@ pub async fn serve_peer_session(
             }
             PeerRequest::Message { from, text } => {
                 let answer = match inbox {
-                    Some(inbox) => inbox.answer(remote.ip(), from, text).await,
+                    Some(inbox) => inbox.answer(remote.ip(), from, text, sender).await,
                     None => refusal(PeerErrorCode::BadRequest, "this node takes no messages"),
                 };
                 wire::write_message(&mut writer, &answer).await?;

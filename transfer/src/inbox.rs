@@ -11,13 +11,16 @@
 //! so it stays bounded; it is created readable by its owner only.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::identity::PeerId;
 use common::im::{validate_message_text, validate_nick, MessageTextError, NickError};
 use common::peer_proto::{PeerErrorCode, PeerResponse};
 use serde::{Deserialize, Serialize};
@@ -33,8 +36,18 @@ const MAX_TRACKED_SENDERS: usize = 4096;
 /// inbox of 100 maximal messages is under 2 MiB.
 const MAX_READ_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Asks whether nickname `nick` belongs to the node key `id` (the peer
+/// daemon asks the index which key holds the nickname): `Some(true)` or
+/// `Some(false)`, `None` when that could not be found out.
+pub type SenderCheck =
+    Arc<dyn Fn(String, PeerId) -> Pin<Box<dyn Future<Output = Option<bool>> + Send>> + Send + Sync>;
+
+/// Longest a [`SenderCheck`] may take before the message is kept as
+/// unverified.
+pub const SENDER_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How an inbox keeps and limits messages.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct InboxConfig {
     /// Messages kept (in memory, and in the file after compaction).
     pub capacity: usize,
@@ -44,6 +57,21 @@ pub struct InboxConfig {
     pub refill: Duration,
     /// JSON-lines file the messages are appended to; `None` keeps them in memory only.
     pub file: Option<PathBuf>,
+    /// How a sender's nickname is checked against the key its connection
+    /// proved; `None`: never (every message unverified).
+    pub sender_check: Option<SenderCheck>,
+}
+
+impl std::fmt::Debug for InboxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxConfig")
+            .field("capacity", &self.capacity)
+            .field("burst", &self.burst)
+            .field("refill", &self.refill)
+            .field("file", &self.file)
+            .field("sender_check", &self.sender_check.is_some())
+            .finish()
+    }
 }
 
 impl Default for InboxConfig {
@@ -53,6 +81,7 @@ impl Default for InboxConfig {
             burst: 5,
             refill: Duration::from_secs(1),
             file: None,
+            sender_check: None,
         }
     }
 }
@@ -60,8 +89,20 @@ impl Default for InboxConfig {
 /// One received message, as kept and as written to the inbox file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxMessage {
-    /// The sender's nickname as they gave it (checked, but not authenticated).
+    /// The sender's nickname as they gave it (see `verified`).
     pub from: String,
+    /// The node id the sender's connection proved in its handshake (signed
+    /// with the sender's ed25519 key); absent in clear text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_id: Option<String>,
+    /// Whether `from` is the nickname of the key in `sender_id` (the index
+    /// lists the nickname's online session under that key): true
+    /// ("verified"), false ("unverified": another key holds it, nobody
+    /// holds it now, or no key was proven), absent when it could not be
+    /// checked (messages from before the check, or the index did not
+    /// answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
     /// The IP address the message came from (the TCP connection's, not a claim).
     pub source: String,
     /// When it arrived, milliseconds since the Unix epoch.
@@ -234,12 +275,25 @@ impl Inbox {
         source: IpAddr,
         from: String,
         text: String,
+        sender: Option<PeerId>,
     ) -> Result<(), DeliveryRefused> {
         // The limit comes first, so that a flood of bad messages is limited too.
         lock(&self.inner.limiter).take(source, Instant::now())?;
         validate_nick(&from)?;
         validate_message_text(&text)?;
+        let verified = match (sender, &self.inner.config.sender_check) {
+            (None, _) => Some(false),
+            (Some(id), Some(check)) => {
+                tokio::time::timeout(SENDER_CHECK_TIMEOUT, check(from.clone(), id))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            (Some(_), None) => None,
+        };
         let message = InboxMessage {
+            sender_id: sender.map(|id| id.to_string()),
+            verified,
             from,
             source: source.to_string(),
             received_unix_ms: SystemTime::now()
@@ -249,7 +303,7 @@ impl Inbox {
             text,
         };
         // Debug formatting escapes the newlines and tabs a message may hold.
-        info!(from = %message.from, %source, text = ?message.text, "message received");
+        info!(from = %message.from, %source, verified = ?message.verified, text = ?message.text, "message received");
         {
             let mut recent = lock(&self.inner.recent);
             recent.push_back(message.clone());
@@ -283,8 +337,14 @@ impl Inbox {
     }
 
     /// The answer to a `Message` request: `Delivered` or a refusal.
-    pub async fn answer(&self, source: IpAddr, from: String, text: String) -> PeerResponse {
-        match self.deliver(source, from, text).await {
+    pub async fn answer(
+        &self,
+        source: IpAddr,
+        from: String,
+        text: String,
+        sender: Option<PeerId>,
+    ) -> PeerResponse {
+        match self.deliver(source, from, text, sender).await {
             Ok(()) => PeerResponse::Delivered,
             Err(e) => {
                 // A flood is refused without filling the log.
@@ -451,16 +511,20 @@ mod tests {
         let inbox = Inbox::open(config.clone());
         let from = ip("127.0.0.1");
         assert!(matches!(
-            inbox.deliver(from, "bad nick".into(), "hi".into()).await,
+            inbox
+                .deliver(from, "bad nick".into(), "hi".into(), None)
+                .await,
             Err(DeliveryRefused::BadNick(_))
         ));
         assert!(matches!(
-            inbox.deliver(from, "ana".into(), "x".repeat(5000)).await,
+            inbox
+                .deliver(from, "ana".into(), "x".repeat(5000), None)
+                .await,
             Err(DeliveryRefused::BadText(MessageTextError::TooLong { .. }))
         ));
         for i in 0..10 {
             inbox
-                .deliver(from, "ana".into(), format!("hello {i}\nline two"))
+                .deliver(from, "ana".into(), format!("hello {i}\nline two"), None)
                 .await
                 .unwrap();
         }
@@ -489,6 +553,8 @@ mod tests {
         let path = dir.path().join(INBOX_FILE);
         let good = InboxMessage {
             from: "ana".into(),
+            sender_id: None,
+            verified: None,
             source: "127.0.0.1".into(),
             received_unix_ms: 1,
             text: "hi".into(),
@@ -497,5 +563,40 @@ mod tests {
         bytes.extend_from_slice(b"{\"from\":\"bo");
         std::fs::write(&path, bytes).unwrap();
         assert_eq!(read_file(&path).unwrap(), vec![good]);
+    }
+
+    #[tokio::test]
+    async fn a_sender_is_verified_against_the_key_its_connection_proved() {
+        use common::identity::Identity;
+        let ana = Identity::generate().peer_id();
+        let check: SenderCheck = Arc::new(move |nick: String, id: PeerId| {
+            Box::pin(async move { Some(nick == "ana" && id == ana) })
+        });
+        let inbox = Inbox::open(InboxConfig {
+            burst: 100,
+            sender_check: Some(check),
+            ..InboxConfig::default()
+        });
+        let from = ip("127.0.0.1");
+        let mallory = Identity::generate().peer_id();
+        for (nick, key) in [("ana", Some(ana)), ("ana", Some(mallory)), ("ana", None)] {
+            inbox
+                .deliver(from, nick.into(), "hi".into(), key)
+                .await
+                .unwrap();
+        }
+        let got: Vec<(Option<bool>, Option<String>)> = inbox
+            .recent()
+            .into_iter()
+            .map(|m| (m.verified, m.sender_id))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(true), Some(ana.to_string())),
+                (Some(false), Some(mallory.to_string())),
+                (Some(false), None),
+            ]
+        );
     }
 }
