@@ -99,7 +99,7 @@ pub enum HelloStatus {
 pub enum HelloError {
     #[error("the other side is not a p2pshare node (bad magic bytes)")]
     BadMagic,
-    #[error("protocol version mismatch: we speak version {ours}, the other side speaks {theirs}; upgrade the older one")]
+    #[error("{}", version_text(*.ours, *.theirs))]
     VersionMismatch { ours: u16, theirs: u16 },
     #[error("wrong service: this port speaks another p2pshare protocol (index vs peer port?)")]
     WrongProtocol,
@@ -112,6 +112,21 @@ pub enum HelloError {
     },
     #[error("unknown hello field value {0}")]
     Unknown(u8),
+}
+
+/// Which side to upgrade when the versions differ (nodes speak only their
+/// own version: version 2 made every connection encrypted, so there is no
+/// common subset to fall back to without a downgrade).
+fn version_text(ours: u16, theirs: u16) -> String {
+    let which = if ours < theirs {
+        "upgrade this node"
+    } else {
+        "upgrade the other node"
+    };
+    format!(
+        "protocol version mismatch: this node speaks version {ours}, the other side version \
+         {theirs}: {which} (nodes of different versions do not talk to each other)"
+    )
 }
 
 /// What to change when one side runs with `--insecure` and the other not.
@@ -297,6 +312,34 @@ mod tests {
             check_client_hello(&client_hello(Protocol::Index), Protocol::Peer),
             Ok(HelloStatus::WrongProtocol)
         );
+    }
+
+    /// Frozen fixtures of version 1 (before encryption), as its nodes sent
+    /// them: this version refuses them, and the message says which side
+    /// to upgrade, both ways.
+    #[test]
+    fn version_1_nodes_are_refused_with_the_side_to_upgrade() {
+        const V1_CLIENT_PEER_HELLO: [u8; 8] = [b'P', b'2', b'P', b'S', 0, 1, 2, 0];
+        const V1_SERVER_REFUSAL: [u8; 8] = [b'P', b'2', b'P', b'S', 0, 1, 1, 0];
+        const V1_SERVER_OK: [u8; 8] = [b'P', b'2', b'P', b'S', 0, 1, 0, 3];
+        assert_eq!(
+            check_client_hello(&V1_CLIENT_PEER_HELLO, Protocol::Peer),
+            Ok(HelloStatus::UnsupportedVersion)
+        );
+        for answer in [V1_SERVER_REFUSAL, V1_SERVER_OK] {
+            let err = check_server_hello(&answer).unwrap_err();
+            assert_eq!(
+                err,
+                HelloError::VersionMismatch {
+                    ours: PROTOCOL_VERSION,
+                    theirs: 1
+                }
+            );
+            assert!(err.to_string().contains("upgrade the other node"), "{err}");
+        }
+        // Seen from an older node: this side says to upgrade itself.
+        let older = HelloError::VersionMismatch { ours: 1, theirs: 2 };
+        assert!(older.to_string().contains("upgrade this node"), "{older}");
     }
 
     #[test]
