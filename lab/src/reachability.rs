@@ -121,6 +121,30 @@ pub struct PairResult {
     /// CPU time of the index's thread while the pair ran (all the index
     /// did: the lookups, the orders, and for a relayed pair the splicing).
     pub index_cpu: Duration,
+    /// Requests the index handled for the pair, by kind (each a round trip
+    /// to the index; `Login` includes the dial-back it makes).
+    pub index_requests: Vec<(&'static str, u64)>,
+}
+
+/// The requests counted in `after` and not in `before`, by kind.
+fn requests_between(
+    before: &std::collections::BTreeMap<&'static str, u64>,
+    after: &std::collections::BTreeMap<&'static str, u64>,
+) -> Vec<(&'static str, u64)> {
+    after
+        .iter()
+        .map(|(k, n)| (*k, n - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+/// `Login 1, Lookup 2`: requests by kind.
+fn requests_text(requests: &[(&'static str, u64)]) -> String {
+    requests
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Files written.
@@ -208,7 +232,11 @@ async fn measure(config: &Config, lan: &mut Lan) -> Result<Vec<PairResult>, LabE
         rt.handle().spawn(async move {
             match index_server::Server::bind(index_config).await {
                 Ok(server) => {
-                    let _ = tx.send(Ok((server.local_addr().port(), server.relay())));
+                    let _ = tx.send(Ok((
+                        server.local_addr().port(),
+                        server.relay(),
+                        server.index(),
+                    )));
                     let _ = server.run(stop).await;
                 }
                 Err(e) => {
@@ -217,7 +245,7 @@ async fn measure(config: &Config, lan: &mut Lan) -> Result<Vec<PairResult>, LabE
             }
         });
     }
-    let (port, relay) = rx
+    let (port, relay, index_state) = rx
         .await
         .map_err(LabError::setup)?
         .map_err(LabError::Setup)?;
@@ -294,12 +322,14 @@ async fn measure(config: &Config, lan: &mut Lan) -> Result<Vec<PairResult>, LabE
             let out = work.path().join(format!("out-{s}-{d}"));
             let before = relay.relayed_bytes();
             let cpu_before = thread_cpu(index_node._rt.handle()).await;
+            let requests_before = index_state.request_counts();
             let (path, ttfb, throughput) =
                 fetch_one(&runtimes[d], index_for(*dl), files[s], out).await;
             let relay_bytes = relay.relayed_bytes() - before;
             let index_cpu = thread_cpu(index_node._rt.handle())
                 .await
                 .saturating_sub(cpu_before);
+            let index_requests = requests_between(&requests_before, &index_state.request_counts());
             eprintln!(
                 "source {} -> downloader {}: {path}",
                 src.label(),
@@ -313,6 +343,7 @@ async fn measure(config: &Config, lan: &mut Lan) -> Result<Vec<PairResult>, LabE
                 throughput,
                 relay_bytes,
                 index_cpu,
+                index_requests,
             });
         }
     }
@@ -440,6 +471,7 @@ fn write(config: &Config, results: &[PairResult]) -> Result<Written, LabError> {
         "throughput_bytes_per_s",
         "relay_bytes",
         "index_cpu_ms",
+        "index_requests",
         "napster_emule",
     ]);
     let mut rows = Vec::new();
@@ -457,6 +489,7 @@ fn write(config: &Config, results: &[PairResult]) -> Result<Written, LabError> {
             rate,
             r.relay_bytes.to_string(),
             format!("{:.1}", r.index_cpu.as_secs_f64() * 1000.0),
+            requests_text(&r.index_requests),
             r.source.napster_emule(r.downloader).into(),
         ]);
         rows.push(vec![
@@ -471,6 +504,7 @@ fn write(config: &Config, results: &[PairResult]) -> Result<Written, LabError> {
             r.throughput.map(human_rate).unwrap_or_else(|| "-".into()),
             human_bytes(r.relay_bytes as f64),
             format!("{:.1} ms", r.index_cpu.as_secs_f64() * 1000.0),
+            requests_text(&r.index_requests),
             r.source.napster_emule(r.downloader).into(),
         ]);
     }
@@ -515,6 +549,7 @@ fn write(config: &Config, results: &[PairResult]) -> Result<Written, LabError> {
             "throughput",
             "through the relay",
             "index CPU",
+            "index requests",
             "Napster / eMule",
         ],
         &rows,

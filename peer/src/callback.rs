@@ -94,7 +94,8 @@ pub struct Callbacks {
 #[derive(Debug)]
 struct Inner {
     index: String,
-    id: FileId,
+    /// The file asked for (set once it is resolved: [`Callbacks::set_file`]).
+    id: std::sync::OnceLock<FileId>,
     port: u16,
     pending: Pending,
     firewalled: Mutex<HashSet<String>>,
@@ -130,12 +131,38 @@ struct Session {
     /// Whether our callback port proved reachable at the login (an index
     /// older than the check: assumed so, and there is no relay).
     reachable: bool,
+    /// When the index last heard from us on it (renews the lease).
+    last: tokio::time::Instant,
+    /// The session's lease, from the login's answer.
+    lease: Duration,
 }
 
 impl Callbacks {
     /// Listens at `listen` (port 0: any free one) for callbacks of the
     /// sources of `id` listed by `index`.
     pub fn start(index: &str, id: FileId, listen: SocketAddr) -> std::io::Result<Self> {
+        let callbacks = Self::listen(index, listen)?;
+        callbacks.set_file(id);
+        Ok(callbacks)
+    }
+
+    /// The file whose sources are reached (once; later calls are ignored).
+    pub fn set_file(&self, id: FileId) {
+        let _ = self.inner.id.set(id);
+    }
+
+    fn file(&self) -> Result<FileId, CallbackError> {
+        self.inner
+            .id
+            .get()
+            .copied()
+            .ok_or_else(|| CallbackError::Index(IndexError::Unexpected("no file set".into())))
+    }
+
+    /// [`Self::start`] before the file is known ([`Self::set_file`]
+    /// before the first source is reached): the listener, and a login
+    /// ([`Self::warm`]) may begin while the file is looked up.
+    pub fn listen(index: &str, listen: SocketAddr) -> std::io::Result<Self> {
         let listener = transfer::net::bind_listener(listen)?;
         let port = listener.local_addr()?.port();
         // The accept loop holds a weak handle and is owned (aborted on
@@ -145,7 +172,7 @@ impl Callbacks {
             accepting.spawn(accept_loop(listener, weak.clone()));
             Inner {
                 index: index.to_string(),
-                id,
+                id: std::sync::OnceLock::new(),
                 port,
                 pending: Mutex::new(HashMap::new()),
                 firewalled: Mutex::new(HashSet::new()),
@@ -217,7 +244,7 @@ impl Callbacks {
         }
         let _forget = Forget(&self.inner.pending, token);
         let request = IndexRequest::Callback {
-            id: self.inner.id,
+            id: self.file()?,
             source: source.to_string(),
             port: self.inner.port,
             token,
@@ -260,18 +287,39 @@ impl Callbacks {
             nonce,
         };
         match client.request(&login).await {
-            Ok(IndexResponse::WelcomeChecked { addr, observed, .. }) => {
+            Ok(IndexResponse::WelcomeChecked {
+                addr,
+                observed,
+                lease_ttl_ms,
+                ..
+            }) => {
                 let reachable = addr.is_some();
                 info!(%observed, reachable, "logged in at the index for callbacks and relays");
-                Ok(Session { client, reachable })
+                Ok(Session {
+                    client,
+                    reachable,
+                    last: tokio::time::Instant::now(),
+                    lease: Duration::from_millis(lease_ttl_ms),
+                })
             }
             Ok(other) => Err(IndexError::Unexpected(format!("{other:?}"))),
             // An index from before the check (and before the relay).
             Err(IndexError::Wire(WireError::Closed | WireError::Io(_))) => Ok(Session {
                 client: IndexClient::connect(&self.inner.index).await?,
                 reachable: true,
+                last: tokio::time::Instant::now(),
+                lease: Duration::ZERO,
             }),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Logs in at the index now, if not yet (a failure is left for the
+    /// first real use to report): run beside the file's lookup, so that a
+    /// callback later does not wait for the login and its dial-back.
+    pub async fn warm(&self) {
+        if let Err(e) = self.reachable().await {
+            debug!(error = %e, "early login for callbacks failed; trying again on first use");
         }
     }
 
@@ -293,12 +341,21 @@ impl Callbacks {
                 *session = Some(self.login().await?);
             }
             let Some(s) = session.as_mut() else { continue };
-            // Keeps the lease of a long download's session.
-            let renewed = s.client.request(&IndexRequest::Heartbeat).await;
+            // Keeps the lease of a long download's session: renewed when a
+            // third of it has passed, not before every request (a round
+            // trip to the index on a callback's critical path).
+            let renewed = if s.last.elapsed() >= s.lease / 3 {
+                s.client.request(&IndexRequest::Heartbeat).await.map(|_| ())
+            } else {
+                Ok(())
+            };
             let result = match renewed {
-                Ok(_) => s.client.request(request).await,
+                Ok(()) => s.client.request(request).await,
                 Err(e) => Err(e),
             };
+            if result.is_ok() {
+                s.last = tokio::time::Instant::now();
+            }
             match result {
                 Err(IndexError::Wire(_))
                 | Err(IndexError::Refused {
@@ -327,7 +384,7 @@ impl Callbacks {
     pub async fn punch(&self, source: &str) -> Result<(Conn, u8), CallbackError> {
         let token: [u8; NONCE_LEN] = rand::random();
         let request = IndexRequest::Punch {
-            id: self.inner.id,
+            id: self.file()?,
             source: source.to_string(),
             token,
         };
@@ -367,7 +424,7 @@ impl Callbacks {
     pub async fn relay(&self, source: &str) -> Result<(Conn, u8), CallbackError> {
         use std::sync::atomic::Ordering;
         let token: [u8; NONCE_LEN] = rand::random();
-        let (id, source_name) = (self.inner.id, source.to_string());
+        let (id, source_name) = (self.file()?, source.to_string());
         let relay_at = if self.inner.no_relay_via.load(Ordering::Relaxed) {
             None
         } else {

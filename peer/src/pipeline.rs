@@ -277,6 +277,25 @@ pub async fn fetch(
         }
     }
     let own = swarming.as_ref().map(|s| s.own.clone());
+    // A `peer get` with callbacks listens and logs in at the index for
+    // them while the file is looked up, so that a callback later does not
+    // wait for the login and its dial-back (a daemon's downloads log in on
+    // first need: most never need it). Aborted when this returns.
+    let mut early = match (fetcher, callbacks) {
+        (Fetcher::Hybrid { index }, Some(listen)) if swarming.is_none() => Some(
+            crate::callback::Callbacks::listen(index, listen).map_err(|e| {
+                FetchError::Callbacks {
+                    addr: listen,
+                    reason: e,
+                }
+            })?,
+        ),
+        _ => None,
+    };
+    let mut warming = tokio::task::JoinSet::new();
+    if let Some(cb) = early.clone() {
+        warming.spawn(async move { cb.warm().await });
+    }
     // Resolving waits on the network (an index that accepts and never
     // answers holds it for the hello timeout): it stops with the rest.
     let located = tokio::select! {
@@ -300,12 +319,16 @@ pub async fn fetch(
         Fetcher::Hybrid { index } => {
             let callbacks = match callbacks {
                 Some(listen) => {
-                    let cb = crate::callback::Callbacks::start(index, id, listen).map_err(|e| {
-                        FetchError::Callbacks {
-                            addr: listen,
-                            reason: e,
-                        }
-                    })?;
+                    let cb = match early.take() {
+                        Some(cb) => cb,
+                        None => crate::callback::Callbacks::listen(index, listen).map_err(|e| {
+                            FetchError::Callbacks {
+                                addr: listen,
+                                reason: e,
+                            }
+                        })?,
+                    };
+                    cb.set_file(id);
                     cb.note(located.reach.clone());
                     engine.connector = Some(Arc::new(cb.clone()));
                     Some(cb)

@@ -356,7 +356,7 @@ async fn session(
             let reach = if addr.is_some() {
                 Reach::Direct
             } else {
-                warn!(%observed, "no address of ours proved reachable: the index lists this peer as firewalled (downloaders reach it only by callback, hole punch or the index's relay; forward a port to --listen and use --advertise to be reached directly)");
+                warn!(%observed, "no address of ours proved reachable: the index lists this peer as firewalled (downloaders reach it only by callback, hole punch or a relay; forward a port to --listen and use --advertise to be reached directly)");
                 Reach::Firewalled
             };
             (

@@ -698,11 +698,9 @@ async fn the_reachability_matrix_on_the_emulated_network() {
     let mut lan = lab::netns::Lan::create().unwrap();
     let index_host = lan.add_host("index", None, None).unwrap();
     let relay_host = lan.add_host("relay", None, None).unwrap();
-    if index_host.addr6.is_none() {
-        eprintln!(
-            "skipped the_reachability_matrix_on_the_emulated_network: namespaces get no IPv6 here"
-        );
-        return;
+    let ipv6 = index_host.addr6.is_some();
+    if !ipv6 {
+        eprintln!("the_reachability_matrix_on_the_emulated_network: namespaces get no IPv6 here; the IPv6-only pairs are skipped");
     }
     // A router of each kind per side: sources and downloaders behind
     // different NATs, but for the SameHome downloader.
@@ -717,19 +715,26 @@ async fn the_reachability_matrix_on_the_emulated_network() {
             )
         })
         .collect();
-    let source_positions = [
+    let with_ipv6 = |p: &Position| ipv6 || *p != Position::V6Only;
+    let source_positions: Vec<Position> = [
         Position::Public,
         Position::Home,
         Position::Strict,
         Position::V6Only,
-    ];
-    let downloader_positions = [
+    ]
+    .into_iter()
+    .filter(with_ipv6)
+    .collect();
+    let downloader_positions: Vec<Position> = [
         Position::Public,
         Position::Home,
         Position::Strict,
         Position::V6Only,
         Position::SameHome,
-    ];
+    ]
+    .into_iter()
+    .filter(with_ipv6)
+    .collect();
     let mut host = |pos: Position, role: &str| {
         let (home, strict) = &mut routers[usize::from(role == "dl")];
         match pos {
@@ -812,11 +817,10 @@ async fn the_reachability_matrix_on_the_emulated_network() {
             tokio::time::Instant::now(),
         )
         .unwrap();
-    let six = std::net::SocketAddr::new(
-        source_hosts[0].addr6.unwrap().into(),
-        sources[0].listen.port(),
-    );
-    assert_eq!(public[0].also, [six.to_string()], "{public:?}");
+    if let Some(addr6) = source_hosts[0].addr6 {
+        let six = std::net::SocketAddr::new(addr6.into(), sources[0].listen.port());
+        assert_eq!(public[0].also, [six.to_string()], "{public:?}");
+    }
     // Every pair at once, each download on its downloader's host.
     let runtimes: Vec<_> = downloader_hosts
         .iter()
@@ -854,8 +858,8 @@ async fn the_reachability_matrix_on_the_emulated_network() {
     }
     assert_eq!(
         pairs.len(),
-        13,
-        "9 IPv4 pairs, 3 with IPv6-only nodes, 1 same NAT"
+        if ipv6 { 13 } else { 10 },
+        "9 IPv4 pairs, 3 with IPv6-only nodes (where namespaces have IPv6), 1 same NAT"
     );
     let mut table = Vec::new();
     for (s, src_pos, dl_pos, expected, job) in pairs {

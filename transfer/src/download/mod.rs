@@ -420,9 +420,31 @@ pub(crate) struct Shared {
     in_flight_freed: Notify,
     /// Where the per-source states are shown.
     progress: Arc<Progress>,
+    /// The hash list's connection, its source and when it came
+    /// ([`Shared::take_spare`]).
+    spare: std::sync::Mutex<Option<(Spare, tokio::time::Instant)>>,
 }
 
 impl Shared {
+    /// The hash list's connection to `addr`, if it is still fresh (at most
+    /// [`SPARE_MAX_AGE`] old): the first worker for that source goes on
+    /// over it instead of connecting again, one connection set-up less
+    /// before the first chunk (a callback, punch or relay less for a
+    /// firewalled source).
+    pub(crate) fn take_spare(&self, addr: &str) -> Option<source::PeerConnection> {
+        let mut spare = match self.spare.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if spare.as_ref().is_some_and(|((a, _), _)| a != addr) {
+            return None;
+        }
+        spare
+            .take()
+            .filter(|(_, at)| at.elapsed() < SPARE_MAX_AGE)
+            .map(|((_, conn), _)| conn)
+    }
+
     /// Takes one unit of the in-flight budget; false when it is spent.
     /// Without a budget, always true (and nothing is counted).
     pub(crate) fn take_request(&self) -> bool {
@@ -589,17 +611,26 @@ enum HashListFailure {
     Failed(Vec<(String, String)>),
 }
 
+/// The connection the hash list came over, and from which source: the
+/// first worker for that source goes on over it ([`Shared::take_spare`]).
+type Spare = (String, source::PeerConnection);
+
+/// How long the hash list's connection may wait for its worker: a source
+/// closes idle connections, and a fresh one is then the surer start.
+const SPARE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Fetches the hash list from the first source that has a valid one. When
 /// every source failed and some may yet answer (busy, or gone while a feed
 /// may bring them or others back), tries again with backoff until
-/// `retry_timeout`; addresses from the feed join `sources`.
+/// `retry_timeout`; addresses from the feed join `sources`. Returns the
+/// connection it came over too.
 async fn fetch_hash_list(
     id: FileId,
     sources: &mut Vec<String>,
     feed: &mut Option<SourceFeed>,
     config: &EngineConfig,
     shutdown: &CancellationToken,
-) -> Result<ContentInfo, HashListFailure> {
+) -> Result<(ContentInfo, Spare), HashListFailure> {
     let start = tokio::time::Instant::now();
     let give_up = start + config.retry_timeout;
     // Sources that only refused get the stall timeout (see `refused_only`);
@@ -620,14 +651,15 @@ async fn fetch_hash_list(
                     config.requester(),
                 )
                 .await?;
-                conn.hash_list(id).await
+                let info = conn.hash_list(id).await?;
+                Ok::<_, SourceError>((info, conn))
             };
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return Err(HashListFailure::Interrupted),
                 r = attempt => r,
             };
             match result {
-                Ok(info) => return Ok(info),
+                Ok((info, conn)) => return Ok((info, (addr.clone(), conn))),
                 Err(e) => {
                     debug!(%addr, error = %e, "no hash list from this source");
                     hope |= worth_retrying(&e, feed.is_some());
@@ -1012,13 +1044,16 @@ async fn run(
         return Err(DownloadError::NoSources);
     }
 
-    let info = match fetch_hash_list(request.id, &mut known, &mut feed, &config, &shutdown).await {
-        Ok(info) => info,
+    let (info, spare) = match fetch_hash_list(request.id, &mut known, &mut feed, &config, &shutdown)
+        .await
+    {
+        Ok(found) => found,
         Err(HashListFailure::Interrupted) => {
             return Err(DownloadError::Interrupted { done: 0, total: 0 })
         }
         Err(HashListFailure::Failed(failures)) => return Err(DownloadError::NoHashList(failures)),
     };
+    let fetched_at = tokio::time::Instant::now();
     let info = Arc::new(info);
     debug!(size = info.size, "hash list fetched");
     progress.total_bytes.store(info.size, Ordering::Relaxed);
@@ -1156,6 +1191,7 @@ async fn run(
         in_flight: AtomicUsize::new(0),
         in_flight_freed: Notify::new(),
         progress: progress.clone(),
+        spare: std::sync::Mutex::new(Some((spare, fetched_at))),
     });
     let n = first.len();
     let mut sources = Sources {

@@ -601,15 +601,21 @@ async fn fetch_loop(
     addr: &str,
     inflight: &mut VecDeque<Pending>,
 ) -> Result<(), SourceError> {
+    let spare = shared.take_spare(addr);
     let connected = async {
-        let mut conn = PeerConnection::connect_via(
-            addr,
-            shared.config.connector.as_deref(),
-            shared.config.connect_timeout,
-            shared.config.stall_timeout,
-            shared.config.requester(),
-        )
-        .await?;
+        let mut conn = match spare {
+            Some(conn) => conn,
+            None => {
+                PeerConnection::connect_via(
+                    addr,
+                    shared.config.connector.as_deref(),
+                    shared.config.connect_timeout,
+                    shared.config.stall_timeout,
+                    shared.config.requester(),
+                )
+                .await?
+            }
+        };
         // Told of each new chunk by a source that pushes; asked now and
         // then otherwise (older peers).
         let have = conn.subscribe(shared.info.id, &shared.info).await?;
