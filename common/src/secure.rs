@@ -393,6 +393,8 @@ impl<R, W> SecureStream<R, W> {
                 nonce: 0,
                 raw: Vec::new(),
                 raw_start: 0,
+                raw_end: 0,
+                last_read: 0,
                 plain: Vec::new(),
                 plain_pos: 0,
             },
@@ -443,9 +445,14 @@ pub struct SecureRead<R> {
     inner: R,
     cipher: Option<Arc<StatelessTransportState>>,
     nonce: u64,
-    /// Ciphertext read and not yet decrypted, from `raw_start`.
+    /// Ciphertext read and not yet decrypted: `raw[raw_start..raw_end]`.
+    /// While in use, [`RAW_CAP`] bytes allocated once (no zeroing per read).
     raw: Vec<u8>,
     raw_start: usize,
+    raw_end: usize,
+    /// Bytes the last socket read brought (a bulk transfer keeps its
+    /// buffer between messages; a connection of small requests does not).
+    last_read: usize,
     /// Decrypted bytes not yet handed out, from `plain_pos`.
     plain: Vec<u8>,
     plain_pos: usize,
@@ -453,6 +460,8 @@ pub struct SecureRead<R> {
 
 /// Bytes read beyond the message being received (the next one's start).
 const READ_AHEAD: usize = 16 * 1024;
+/// The read buffer: a whole largest message and [`READ_AHEAD`].
+const RAW_CAP: usize = 2 + MAX_NOISE_MSG + READ_AHEAD;
 
 impl<R> SecureRead<R> {
     /// The underlying stream.
@@ -471,14 +480,20 @@ impl<R> SecureRead<R> {
         if self.plain_pos < self.plain.len() {
             return true;
         }
-        let avail = self.raw.get(self.raw_start..).unwrap_or_default();
+        let avail = self
+            .raw
+            .get(self.raw_start..self.raw_end)
+            .unwrap_or_default();
         avail.len() >= 2 && avail.len() >= 2 + u16::from_be_bytes([avail[0], avail[1]]) as usize
     }
 
     /// The ciphertext length of the whole message at the front of `raw`,
     /// if one is there.
     fn next_message(&self) -> io::Result<Option<usize>> {
-        let avail = self.raw.get(self.raw_start..).unwrap_or_default();
+        let avail = self
+            .raw
+            .get(self.raw_start..self.raw_end)
+            .unwrap_or_default();
         if avail.len() < 2 {
             return Ok(None);
         }
@@ -550,32 +565,33 @@ impl<R: AsyncRead + Unpin> AsyncRead for SecureRead<R> {
                 this.plain_pos = 0;
                 continue;
             }
-            // Move the partial message to the front, then read more: at
-            // least the rest of the message begun, and some of the next.
+            // Move the partial message to the front, then read more: the
+            // rest of the message begun, and some of the next.
             if this.raw_start > 0 {
-                this.raw.drain(..this.raw_start);
+                this.raw.copy_within(this.raw_start..this.raw_end, 0);
+                this.raw_end -= this.raw_start;
                 this.raw_start = 0;
             }
-            let filled = this.raw.len();
-            let missing = match filled {
-                0 | 1 => 0,
-                _ => (2 + u16::from_be_bytes([this.raw[0], this.raw[1]]) as usize)
-                    .saturating_sub(filled),
-            };
-            this.raw.resize(filled + missing + READ_AHEAD, 0);
-            let mut rb = ReadBuf::new(&mut this.raw[filled..]);
+            if this.raw.len() < RAW_CAP {
+                let mut raw = vec![0u8; RAW_CAP];
+                raw[..this.raw_end].copy_from_slice(&this.raw[..this.raw_end]);
+                this.raw = raw;
+            }
+            let mut rb = ReadBuf::new(&mut this.raw[this.raw_end..]);
             let polled = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
             let got = rb.filled().len();
-            this.raw.truncate(filled + got);
-            if polled.is_pending() && this.raw.is_empty() {
-                // Idle between messages: an idle connection holds no buffers.
+            this.raw_end += got;
+            if polled.is_pending() && this.raw_end == 0 && this.last_read < READ_AHEAD {
+                // Idle between small messages (an index session, most of
+                // its life): an idle connection holds no buffers.
                 this.raw = Vec::new();
                 this.plain = Vec::new();
                 this.plain_pos = 0;
             }
             ready!(polled)?;
+            this.last_read = got;
             if got == 0 {
-                return if this.raw.is_empty() {
+                return if this.raw_end == 0 {
                     Poll::Ready(Ok(())) // closed between messages
                 } else {
                     Poll::Ready(Err(io::Error::new(
@@ -981,8 +997,13 @@ mod tests {
         let mut got = [0u8; 5];
         sr.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"hello");
-        sr.raw.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-        sr.raw.extend_from_slice(&msg);
+        let mut raw = sr.raw[sr.raw_start..sr.raw_end].to_vec();
+        raw.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+        raw.extend_from_slice(&msg);
+        sr.raw_end = raw.len();
+        sr.raw_start = 0;
+        raw.resize(RAW_CAP, 0);
+        sr.raw = raw;
         let err = sr.read(&mut got).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }

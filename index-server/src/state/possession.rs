@@ -68,7 +68,8 @@ impl PossessionCounters {
 impl Index {
     /// The sessions a check can reach at `now`: live, published as
     /// directly dialable, holding at least one complete file; with the
-    /// address they are listed under. One pass over the sessions.
+    /// address they are listed under (`ID@HOST:PORT` when the session
+    /// proved an id). One pass over the sessions.
     pub fn possession_candidates(&self, now: Instant) -> Vec<(SessionId, String)> {
         self.inner
             .sessions
@@ -76,7 +77,9 @@ impl Index {
             .filter(|s| s.reach == Reach::Direct && s.lease_expires > now && s.files.len() > 0)
             // The server's own store (no source address) holds what it lists.
             .filter(|s| s.source.is_some())
-            .map(|s| (*s.key(), s.addr.clone()))
+            // With the id its handshake proved (`ID@HOST:PORT`): the check
+            // must reach that node, not whoever answers there.
+            .map(|s| (*s.key(), common::identity::dial_addr(s.peer_id, &s.addr)))
             .collect()
     }
 
