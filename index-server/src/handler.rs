@@ -837,6 +837,16 @@ pub fn handle(
     }
 }
 
+/// The answer when an order (callback, punch, relay) cannot be sent to
+/// the source's session: its queue is full (`TooMany`, try later) or it
+/// takes no orders.
+fn order_refused(e: crate::state::CallbackError) -> IndexResponse {
+    match e {
+        crate::state::CallbackError::Full => error(ErrorCode::TooMany, e.to_string()),
+        e => error(ErrorCode::BadRequest, e.to_string()),
+    }
+}
+
 /// Takes one request from the requester's budget of callbacks, punches
 /// and relays (`index-server --max-callbacks-per-minute`); the refusal if
 /// it is spent.
@@ -916,8 +926,7 @@ fn callback(
     };
     match index.send_callback(session, order) {
         Ok(()) => IndexResponse::Ack { count: 1 },
-        Err(e @ crate::state::CallbackError::Full) => error(ErrorCode::TooMany, e.to_string()),
-        Err(e) => error(ErrorCode::BadRequest, e.to_string()),
+        Err(e) => order_refused(e),
     }
 }
 
@@ -960,8 +969,7 @@ fn punch(
         // `source` is the session's listed address: for a firewalled
         // peer, its index connection as seen here.
         Ok(()) => IndexResponse::PunchAnswer { peer: source },
-        Err(e @ crate::state::CallbackError::Full) => error(ErrorCode::TooMany, e.to_string()),
-        Err(e) => error(ErrorCode::BadRequest, e.to_string()),
+        Err(e) => order_refused(e),
     }
 }
 
@@ -1078,8 +1086,7 @@ fn relay_via(
         Ok(()) => IndexResponse::RelayAt {
             relay: Some(relay_addr),
         },
-        Err(e @ crate::state::CallbackError::Full) => error(ErrorCode::TooMany, e.to_string()),
-        Err(e) => error(ErrorCode::BadRequest, e.to_string()),
+        Err(e) => order_refused(e),
     }
 }
 
