@@ -2,7 +2,8 @@
 //!
 //! Everything but the search histogram is read from the index's own state
 //! when scraped (see [`transfer::metrics::Sampled`]): request counts by
-//! kind (a fixed set of request names), live peers, files, bytes, memory.
+//! kind (a fixed set of request names), live peers, files, bytes, memory,
+//! proof-of-possession checks by outcome.
 
 use prometheus::proto::MetricType;
 use prometheus::{Histogram, HistogramOpts, Registry};
@@ -82,6 +83,36 @@ pub fn registry(index: &Index) -> Registry {
             "p2pshare_index_memory_used_bytes",
             "Estimated memory the listings take (see --memory-budget).",
             move || i.memory_used() as f64,
+        ),
+    );
+    let i = index.clone();
+    register(
+        &registry,
+        Sampled::new(
+            MetricType::COUNTER,
+            "p2pshare_index_possession_checks_total",
+            "Proof-of-possession checks by outcome: passed, lacked (the listing was dropped), inconclusive (no effect).",
+            &["outcome"],
+            move || {
+                let s = i.possession_stats();
+                [
+                    ("passed", s.passed),
+                    ("lacked", s.lacked),
+                    ("inconclusive", s.inconclusive),
+                ]
+                .into_iter()
+                .map(|(outcome, n)| (vec![outcome.to_string()], n as f64))
+                .collect()
+            },
+        ),
+    );
+    let i = index.clone();
+    register(
+        &registry,
+        Sampled::counter(
+            "p2pshare_index_possession_sessions_dropped_total",
+            "Sessions ended for failing proof-of-possession checks in a row.",
+            move || i.possession_stats().sessions_dropped,
         ),
     );
     register(&registry, index.search_seconds().clone());

@@ -92,6 +92,13 @@ Sizes and rates take units in any case (16MiB, 10mb/s); booleans take 1/0, true/
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Clear text everywhere: every node of the experiment (in this
+    /// process, and the `--processes` children) runs without the Noise
+    /// handshake and encryption, as `peer --insecure` does; for measuring
+    /// what encryption costs. Not with `--engine swarm` (its services run
+    /// encrypted).
+    #[arg(long, global = true, env = "LAB_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
+    insecure: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -428,7 +435,13 @@ fn report(name: &str, w: &Written) {
     );
 }
 
-async fn distribution(a: DistributionArgs, out: PathBuf) -> anyhow::Result<()> {
+async fn distribution(a: DistributionArgs, out: PathBuf, insecure: bool) -> anyhow::Result<()> {
+    if insecure && a.engine == distribution::Engine::Swarm {
+        anyhow::bail!(
+            "--insecure runs this process's nodes and its --processes children in clear text; \
+             the Swarm stack's services run encrypted: drop --insecure or use --engine local"
+        );
+    }
     let config = distribution::Config {
         ns: a.ns,
         file_size: a.file_size,
@@ -621,11 +634,24 @@ async fn search_cost(a: SearchCostArgs, out: PathBuf) -> anyhow::Result<()> {
 fn main() {
     // Before the runtime starts its threads: an empty variable is unset.
     common::env_vars::unset_empty(&["LAB_", "PEER_", "INDEX_"]);
-    async_main()
+    let cli = Cli::parse();
+    if cli.insecure {
+        // Every child (peer and index processes, session workers, hosts of
+        // the emulated network) inherits clear text; set while this is
+        // the only thread.
+        for var in ["PEER_INSECURE", "INDEX_INSECURE", "LAB_INSECURE"] {
+            std::env::set_var(var, "1");
+        }
+        if common::secure::Security::install(common::secure::Security::insecure()).is_err() {
+            errln!("error: the connection security was set twice");
+            std::process::exit(1);
+        }
+    }
+    async_main(cli)
 }
 
 #[tokio::main]
-async fn async_main() {
+async fn async_main(cli: Cli) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
@@ -635,7 +661,9 @@ async fn async_main() {
         // log line into a panic: the line is dropped instead.
         .log_internal_errors(false)
         .init();
-    let cli = Cli::parse();
+    if cli.insecure {
+        tracing::warn!("--insecure: every node of this run speaks clear text");
+    }
     // Ctrl-C or SIGTERM: remove the network namespaces and kill the child
     // processes before going (a plain exit would leave both behind).
     tokio::spawn(async {
@@ -667,7 +695,7 @@ async fn async_main() {
         std::process::exit(130);
     });
     let result = match cli.command {
-        Command::Distribution { args, out } => distribution(args, out.out).await,
+        Command::Distribution { args, out } => distribution(args, out.out, cli.insecure).await,
         Command::IndexLoad { args, out } => index_load(args, out.out).await,
         Command::Connections { args, out } => connections(args, out.out).await,
         Command::SearchCost { args, out } => search_cost(args, out.out).await,
@@ -705,7 +733,7 @@ async fn async_main() {
         )
         .await
         .map_err(Into::into),
-        Command::All { runs, out } => run_all(runs, out.out).await,
+        Command::All { runs, out } => run_all(runs, out.out, cli.insecure).await,
     };
     if let Err(e) = result {
         errln!("error: {}", common::report::error_chain(e.as_ref()));
@@ -713,7 +741,7 @@ async fn async_main() {
     }
 }
 
-async fn run_all(runs: usize, out: PathBuf) -> anyhow::Result<()> {
+async fn run_all(runs: usize, out: PathBuf, insecure: bool) -> anyhow::Result<()> {
     // Defaults come from clap, so `lab all` and the single commands agree.
     // All parsed before anything runs: an invalid LAB_* variable is an
     // error at once, as in the single commands.
@@ -746,7 +774,7 @@ async fn run_all(runs: usize, out: PathBuf) -> anyhow::Result<()> {
             }
             Command::Distribution { mut args, .. } => {
                 args.runs.runs = r;
-                distribution(args, out.clone()).await?
+                distribution(args, out.clone(), insecure).await?
             }
             _ => unreachable!("only experiments are listed"),
         }

@@ -94,13 +94,16 @@ pub fn other_addresses(
 }
 
 /// Whether the index refused the login for a reason that retrying cannot
-/// change (another protocol version or service, an invalid login); a
-/// nickname clash is handled apart.
+/// change (another protocol version or service, an invalid login), or
+/// proved another key than the one pinned for it (only a person can say
+/// whether the key changed on purpose; until then this peer tells it
+/// nothing); a nickname clash is handled apart.
 fn permanent(e: &IndexError) -> bool {
     match e {
         IndexError::Refused { code, .. } => {
             matches!(code, ErrorCode::BadRequest | ErrorCode::AlreadyLoggedIn)
         }
+        IndexError::WrongIndex(_) => true,
         IndexError::Wire(WireError::Hello(h)) => !matches!(h, HelloError::Busy),
         _ => false,
     }
@@ -623,5 +626,6 @@ mod tests {
             HelloError::Busy
         ))));
         assert!(!permanent(&IndexError::Wire(WireError::Closed)));
+        assert!(permanent(&IndexError::WrongIndex("pinned".into())));
     }
 }

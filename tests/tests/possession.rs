@@ -136,7 +136,21 @@ async fn repeated_failures_end_the_session() {
     }
     let mut c = IndexClient::connect(&addr).await.unwrap();
     assert_eq!(c.stats().await.unwrap().peers, 0);
-    assert!(index.state.possession_stats().lacked >= 3);
+    let stats = index.state.possession_stats();
+    assert!(stats.lacked >= 3);
+    // The same counts on /metrics, for whoever watches the index.
+    let text = metrics_text(&index.state);
+    assert!(
+        text.contains(&format!(
+            "p2pshare_index_possession_checks_total{{outcome=\"lacked\"}} {}",
+            stats.lacked
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("p2pshare_index_possession_sessions_dropped_total 1"),
+        "{text}"
+    );
     index.stop().await;
 }
 
@@ -160,4 +174,12 @@ async fn a_peer_that_cannot_be_reached_is_not_punished() {
     assert_eq!(index.state.possession_stats().lacked, 0);
     assert_eq!(sources_of(&addr, file.id).await, 1);
     index.stop().await;
+}
+
+/// The index's Prometheus page as `/metrics` renders it.
+fn metrics_text(state: &index_server::state::Index) -> String {
+    let families = index_server::metrics::registry(state).gather();
+    let mut out = Vec::new();
+    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
 }

@@ -250,3 +250,151 @@ async fn a_transfer_on_the_wire_carries_no_plaintext() {
         captured.len()
     );
 }
+
+/// A man in the middle that runs its own handshakes with the downloader
+/// and the source (to read the bytes and relay them): it can only prove
+/// its own key.
+async fn terminating_mitm(target: std::net::SocketAddr) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mallory = Security::new(Identity::generate(), None);
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let mallory = mallory.clone();
+            tokio::spawn(async move {
+                let accepted = transfer::net::accept_with(
+                    inbound,
+                    &[Protocol::Peer],
+                    |_| false,
+                    |_| 0,
+                    &mallory,
+                )
+                .await;
+                let Ok((protocol, mut down)) = accepted else {
+                    return;
+                };
+                let Ok(up) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let Ok((mut up, _)) =
+                    transfer::net::client_with(up, protocol, None, &mallory).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A man in the middle that relays the encrypted bytes as they are but
+/// flips one byte of the source's answer on the first connection (past
+/// the handshake); returns how many bytes it flipped.
+async fn tampering_relay(
+    target: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Past the handshake's ~250 bytes, inside the hash list or a chunk.
+    const FLIP_AT: u64 = 4_000;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let flipped = std::sync::Arc::new(AtomicU64::new(0));
+    let first = std::sync::Arc::new(AtomicBool::new(true));
+    let count = flipped.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = TcpStream::connect(target).await else {
+                return;
+            };
+            let tamper = first.swap(false, Ordering::SeqCst);
+            let count = count.clone();
+            tokio::spawn(async move {
+                let (mut ir, mut iw) = inbound.into_split();
+                let (mut or, mut ow) = outbound.into_split();
+                let up = tokio::io::copy(&mut ir, &mut ow);
+                let down = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    let mut at = 0u64;
+                    loop {
+                        let n = match or.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if tamper && at <= FLIP_AT && FLIP_AT < at + n as u64 {
+                            buf[(FLIP_AT - at) as usize] ^= 0x01;
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        at += n as u64;
+                        if iw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::join!(up, down);
+            });
+        }
+    });
+    (addr, flipped)
+}
+
+/// A man in the middle between a downloader and a source (the address the
+/// index lists leads through it). Terminating the encryption to read and
+/// relay: refused as an impostor, nothing written. Relaying the encrypted
+/// bytes and altering one: the altered message fails its authentication
+/// tag, that connection is dropped, and the file still arrives intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_man_in_the_middle_is_refused_or_detected() {
+    let index = start_index().await;
+    let data = random_bytes(3 * common::CHUNK_SIZE + 5, 18);
+    let info = common::id::content_info(&data);
+    let source = fake::start(data.clone(), fake::Behaviour::OnlyFirst(u32::MAX)).await;
+    let file = SharedFile {
+        id: info.id,
+        name: "f.bin".into(),
+        size: info.size,
+    };
+    let dir = tempfile::tempdir().unwrap();
+
+    let mitm = terminating_mitm(source.addr).await;
+    let session = register_as(
+        &index.addr_string(),
+        &Security::process(),
+        &mitm.to_string(),
+        file.clone(),
+    )
+    .await;
+    let out = dir.path().join("out");
+    let err = hybrid_get(&index.addr_string(), &info.id.to_hex(), &out, test_engine())
+        .await
+        .expect_err("a man in the middle must not be downloaded from");
+    let text = common::report::error_chain(&err);
+    assert!(text.contains("impostor"), "{text}");
+    assert_eq!(source.served(), 0, "the source served nothing through it");
+    assert!(!out.join("f.bin").exists(), "nothing under the final name");
+    drop(session);
+
+    let (relay, flipped) = tampering_relay(source.addr).await;
+    let _session = register_as(
+        &index.addr_string(),
+        &Security::process(),
+        &relay.to_string(),
+        file,
+    )
+    .await;
+    let got = hybrid_get(
+        &index.addr_string(),
+        &info.id.to_hex(),
+        &dir.path().join("out2"),
+        test_engine(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(flipped.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(std::fs::read(&got.path).unwrap(), data);
+    index.stop().await;
+}
