@@ -38,6 +38,10 @@ pub const FEATURE_HAVE_PUSH: u8 = 2;
 /// refused client can say which side to change.
 pub const FEATURE_SECURE: u8 = 4;
 
+/// Server feature bit: this peer takes signed direct messages
+/// (`PeerRequest::SignedMessage`); older peers are sent `Message`.
+pub const FEATURE_SIGNED_MESSAGES: u8 = 8;
+
 /// Client flag bit: "I run the Noise handshake next" (this client was
 /// started without `--insecure`).
 pub const CLIENT_SECURE: u8 = 1;

@@ -72,6 +72,21 @@ pub enum PeerRequest {
     /// connection. Only sent to servers whose hello has
     /// [`crate::hello::FEATURE_HAVE_PUSH`].
     Subscribe { id: FileId },
+    /// A direct message signed with the sender's node key
+    /// ([`crate::im::sign_message`]: over the receiver's id, the send time,
+    /// `from` and `text`). Only sent to servers whose hello has
+    /// [`crate::hello::FEATURE_SIGNED_MESSAGES`] (older ones are sent
+    /// `Message`); the receiver checks it against the key the connection
+    /// proved and refuses one that does not verify (`BadRequest`).
+    /// Answered like `Message`.
+    SignedMessage {
+        from: String,
+        text: String,
+        /// When it was sent, milliseconds since the Unix epoch.
+        sent_unix_ms: u64,
+        /// [`crate::im::SIGNATURE_LEN`] bytes (any other length is refused).
+        signature: Vec<u8>,
+    },
 }
 
 /// Why a peer refused a request.
@@ -231,6 +246,18 @@ mod tests {
         assert_eq!(
             encode_frame(&PeerRequest::Subscribe {
                 id: FileId([0xEE; 32])
+            })
+            .unwrap(),
+            expected
+        );
+        let mut expected = vec![0, 0, 0, 73, 9, 1, b'a', 1, b'b', 251, 0xE8, 0x03, 64];
+        expected.extend([0xAB; 64]);
+        assert_eq!(
+            encode_frame(&PeerRequest::SignedMessage {
+                from: "a".into(),
+                text: "b".into(),
+                sent_unix_ms: 1_000,
+                signature: vec![0xAB; 64],
             })
             .unwrap(),
             expected

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use common::hello::Protocol;
+use common::hello::{Protocol, FEATURE_SIGNED_MESSAGES};
 use common::im::{validate_message_text, validate_nick, MessageTextError, NickError};
 use common::limits::CONNECT_TIMEOUT;
 use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
@@ -119,12 +119,30 @@ pub async fn deliver_to(addr: &str, to: &str, from: &str, text: &str) -> Result<
     let stream = connect_tcp(addr, CONNECT_TIMEOUT)
         .await
         .map_err(unreachable)?;
-    let (mut stream, _) = transfer::net::client(stream, Protocol::Peer, None)
+    let (mut stream, features) = transfer::net::client(stream, Protocol::Peer, None)
         .await
         .map_err(wire_error)?;
-    let request = PeerRequest::Message {
-        from: from.into(),
-        text: text.into(),
+    let security = common::secure::Security::process();
+    // Signed with this node's key for the key the receiver proved; a peer
+    // that does not take signed messages (an older build) gets them plain.
+    let request = match (security.identity(), stream.remote()) {
+        (Some(identity), Some(receiver)) if features & FEATURE_SIGNED_MESSAGES != 0 => {
+            let sent_unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            PeerRequest::SignedMessage {
+                from: from.into(),
+                text: text.into(),
+                sent_unix_ms,
+                signature: common::im::sign_message(identity, &receiver, sent_unix_ms, from, text)
+                    .to_vec(),
+            }
+        }
+        _ => PeerRequest::Message {
+            from: from.into(),
+            text: text.into(),
+        },
     };
     wire::send_message(&mut stream, &request)
         .await

@@ -61,10 +61,12 @@ pub enum ImCommand {
         #[arg(long, env = "PEER_SHARE")]
         share: PathBuf,
         /// Print one JSON array ({from, source, received_unix_ms, text,
-        /// sender_id, verified}): `verified` is true when the sender's
-        /// nickname belongs to the key its connection proved (the index
-        /// lists the nickname under that key), false when not, absent when
-        /// it could not be checked.
+        /// sender_id, verified, signature, sent_unix_ms}): `verified` is
+        /// true when the sender's nickname belongs to the key its
+        /// connection proved (the index lists the nickname under that key),
+        /// false when not, absent when it could not be checked;
+        /// `signature` (hex) is the sender's ed25519 signature, checked on
+        /// arrival (absent from older peers).
         #[arg(long, env = "PEER_JSON", value_parser = crate::boolish())]
         json: bool,
     },
@@ -195,8 +197,14 @@ fn print_message(m: &InboxMessage) {
         Some(false) => "unverified",
         None => "not checked",
     };
+    // Signed by the key that sent it (older peers send unsigned).
+    let signed = if m.signature.is_some() {
+        ", signed"
+    } else {
+        ""
+    };
     outln!(
-        "{}  {} ({}, {check})",
+        "{}  {} ({}, {check}{signed})",
         utc_time(m.received_unix_ms),
         esc(&m.from),
         esc(&m.source)

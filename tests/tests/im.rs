@@ -183,6 +183,86 @@ async fn a_message_goes_straight_to_the_peer_and_not_through_the_index() {
     index.stop().await;
 }
 
+/// A message is signed by the sender's key for the receiver's key: the
+/// receiver keeps a signature anyone can check later, and refuses a
+/// signature that does not verify (another signer, an altered text, a
+/// message signed for someone else, a wrong length).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_are_signed_and_a_bad_signature_is_refused() {
+    use common::identity::Identity;
+    use common::im::{sign_message, verify_message};
+    let index = start_index().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = nick_config(&dir.path().join("bob"), &index.addr_string(), "bob");
+    config.message_burst = 100;
+    let mut bob = start_peer_with(config).await;
+    bob.wait_registered(0).await;
+    // In-process peers share this process's key: it signs and receives.
+    let me = common::secure::Security::process().peer_id().unwrap();
+
+    send_message(&index.addr_string(), "bob", "ana", "firmado")
+        .await
+        .unwrap();
+    let got = bob.daemon.inbox().recent();
+    let m = &got[0];
+    let signature = hex::decode(m.signature.as_deref().expect("signed")).unwrap();
+    let sent = m.sent_unix_ms.expect("signing time kept");
+    assert_eq!(m.sender_id.as_deref(), Some(me.to_string().as_str()));
+    assert!(verify_message(&me, &me, sent, "ana", "firmado", &signature));
+    assert!(!verify_message(
+        &me, &me, sent, "ana", "firmadO", &signature
+    ));
+
+    let mut stream = raw_connection(&bob.addr()).await;
+    let security = common::secure::Security::process();
+    let own = security.identity().unwrap();
+    let other = Identity::generate();
+    let signed =
+        |signer: &Identity, to: &common::identity::PeerId, text: &str| PeerRequest::SignedMessage {
+            from: "ana".into(),
+            text: text.into(),
+            sent_unix_ms: 5,
+            signature: sign_message(signer, to, 5, "ana", "hi").to_vec(),
+        };
+    let short = PeerRequest::SignedMessage {
+        from: "ana".into(),
+        text: "hi".into(),
+        sent_unix_ms: 5,
+        signature: vec![1; 10],
+    };
+    for (what, request) in [
+        ("another signer", signed(&other, &me, "hi")),
+        ("an altered text", signed(own, &me, "ho")),
+        (
+            "signed for someone else",
+            signed(own, &other.peer_id(), "hi"),
+        ),
+        ("a short signature", short),
+    ] {
+        wire::send_message(&mut stream, &request).await.unwrap();
+        match answer(&mut stream).await {
+            PeerResponse::Error {
+                code: PeerErrorCode::BadRequest,
+                message,
+            } => assert!(message.contains("signature"), "{what}: {message}"),
+            other => panic!("{what} was answered {other:?}"),
+        }
+    }
+    // The same request, well signed, is taken.
+    wire::send_message(&mut stream, &signed(own, &me, "hi"))
+        .await
+        .unwrap();
+    assert_eq!(answer(&mut stream).await, PeerResponse::Delivered);
+    assert_eq!(
+        bob.daemon.inbox().received(),
+        2,
+        "only the well-signed ones"
+    );
+    drop(stream);
+    bob.stop().await;
+    index.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messaging_an_offline_peer_fails_clearly() {
     let index = start_index().await;

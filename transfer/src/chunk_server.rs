@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::hello::{Protocol, FEATURE_HAVE_PUSH, FEATURE_UPLOAD_QUEUE};
+use common::hello::{Protocol, FEATURE_HAVE_PUSH, FEATURE_SIGNED_MESSAGES, FEATURE_UPLOAD_QUEUE};
 use common::id::FileId;
 use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
 use common::reach::LoginNonce;
@@ -274,7 +274,7 @@ pub async fn serve_with(
                         }
                     },
                     other => others.as_ref().is_some_and(|h| h.is_busy(other)),
-                }, |p| if p == Protocol::Peer { FEATURE_UPLOAD_QUEUE | FEATURE_HAVE_PUSH } else { 0 }) => h,
+                }, |p| if p == Protocol::Peer { FEATURE_UPLOAD_QUEUE | FEATURE_HAVE_PUSH | FEATURE_SIGNED_MESSAGES } else { 0 }) => h,
             };
             let (protocol, stream) = match hello {
                 Ok(pair) => pair,
@@ -558,7 +558,27 @@ pub async fn serve_peer_session(
             }
             PeerRequest::Message { from, text } => {
                 let answer = match inbox {
-                    Some(inbox) => inbox.answer(remote.ip(), from, text, sender).await,
+                    Some(inbox) => inbox.answer(remote.ip(), from, text, sender, None).await,
+                    None => refusal(PeerErrorCode::BadRequest, "this node takes no messages"),
+                };
+                wire::write_message(&mut writer, &answer).await?;
+            }
+            PeerRequest::SignedMessage {
+                from,
+                text,
+                sent_unix_ms,
+                signature,
+            } => {
+                let signature = crate::inbox::MessageSignature {
+                    sent_unix_ms,
+                    signature,
+                };
+                let answer = match inbox {
+                    Some(inbox) => {
+                        inbox
+                            .answer(remote.ip(), from, text, sender, Some(signature))
+                            .await
+                    }
                     None => refusal(PeerErrorCode::BadRequest, "this node takes no messages"),
                 };
                 wire::write_message(&mut writer, &answer).await?;

@@ -103,6 +103,16 @@ pub struct InboxMessage {
     /// answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
+    /// The sender's ed25519 signature of the message (hex, 64 bytes):
+    /// anyone can check it with `common::im::verify_message`, `sender_id`,
+    /// this node's id and `sent_unix_ms`. Absent for messages from older
+    /// peers (that could not sign) and in clear text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// When the sender signed it, milliseconds since the Unix epoch (the
+    /// sender's clock); with `signature`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_unix_ms: Option<u64>,
     /// The IP address the message came from (the TCP connection's, not a claim).
     pub source: String,
     /// When it arrived, milliseconds since the Unix epoch.
@@ -126,6 +136,18 @@ pub enum DeliveryRefused {
     },
     #[error("too many different senders right now; try again later")]
     TooManySenders,
+    #[error("the message's signature does not verify with the key this connection proved")]
+    BadSignature,
+}
+
+/// A direct message's signature as it arrived
+/// (`PeerRequest::SignedMessage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageSignature {
+    /// When the sender says it sent it, milliseconds since the Unix epoch.
+    pub sent_unix_ms: u64,
+    /// The signature bytes (64 when well formed).
+    pub signature: Vec<u8>,
 }
 
 // The cause is in the message, so it is a plain field, not a `source`
@@ -140,7 +162,9 @@ impl DeliveryRefused {
     /// The protocol error code for this refusal.
     pub fn code(&self) -> PeerErrorCode {
         match self {
-            DeliveryRefused::BadNick(_) | DeliveryRefused::BadText(_) => PeerErrorCode::BadRequest,
+            DeliveryRefused::BadNick(_)
+            | DeliveryRefused::BadText(_)
+            | DeliveryRefused::BadSignature => PeerErrorCode::BadRequest,
             DeliveryRefused::RateLimited { .. } | DeliveryRefused::TooManySenders => {
                 PeerErrorCode::RateLimited
             }
@@ -269,7 +293,8 @@ impl Inbox {
         }
     }
 
-    /// Checks, rate-limits, logs and stores one message from `source`.
+    /// Checks, rate-limits, logs and stores one unsigned message from
+    /// `source` (an older peer's `Message`).
     pub async fn deliver(
         &self,
         source: IpAddr,
@@ -277,10 +302,43 @@ impl Inbox {
         text: String,
         sender: Option<PeerId>,
     ) -> Result<(), DeliveryRefused> {
+        self.deliver_signed(source, from, text, sender, None).await
+    }
+
+    /// [`Inbox::deliver`] for a message that may carry its sender's
+    /// signature: one that does not verify with `sender` (the key the
+    /// connection proved) as signer and this process's key as receiver is
+    /// refused with [`DeliveryRefused::BadSignature`].
+    pub async fn deliver_signed(
+        &self,
+        source: IpAddr,
+        from: String,
+        text: String,
+        sender: Option<PeerId>,
+        signature: Option<MessageSignature>,
+    ) -> Result<(), DeliveryRefused> {
         // The limit comes first, so that a flood of bad messages is limited too.
         lock(&self.inner.limiter).take(source, Instant::now())?;
         validate_nick(&from)?;
         validate_message_text(&text)?;
+        if let Some(sig) = &signature {
+            let me = common::secure::Security::process().peer_id();
+            let good = match (sender, me) {
+                (Some(sender), Some(me)) => common::im::verify_message(
+                    &sender,
+                    &me,
+                    sig.sent_unix_ms,
+                    &from,
+                    &text,
+                    &sig.signature,
+                ),
+                // Clear text proves no key to check a signature against.
+                _ => false,
+            };
+            if !good {
+                return Err(DeliveryRefused::BadSignature);
+            }
+        }
         let verified = match (sender, &self.inner.config.sender_check) {
             (None, _) => Some(false),
             (Some(id), Some(check)) => {
@@ -294,6 +352,8 @@ impl Inbox {
         let message = InboxMessage {
             sender_id: sender.map(|id| id.to_string()),
             verified,
+            signature: signature.as_ref().map(|s| hex::encode(&s.signature)),
+            sent_unix_ms: signature.as_ref().map(|s| s.sent_unix_ms),
             from,
             source: source.to_string(),
             received_unix_ms: SystemTime::now()
@@ -343,8 +403,12 @@ impl Inbox {
         from: String,
         text: String,
         sender: Option<PeerId>,
+        signature: Option<MessageSignature>,
     ) -> PeerResponse {
-        match self.deliver(source, from, text, sender).await {
+        match self
+            .deliver_signed(source, from, text, sender, signature)
+            .await
+        {
             Ok(()) => PeerResponse::Delivered,
             Err(e) => {
                 // A flood is refused without filling the log.
@@ -555,6 +619,8 @@ mod tests {
             from: "ana".into(),
             sender_id: None,
             verified: None,
+            signature: None,
+            sent_unix_ms: None,
             source: "127.0.0.1".into(),
             received_unix_ms: 1,
             text: "hi".into(),
