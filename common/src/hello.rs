@@ -38,6 +38,10 @@ pub const FEATURE_HAVE_PUSH: u8 = 2;
 /// refused client can say which side to change.
 pub const FEATURE_SECURE: u8 = 4;
 
+// Feature bits are a shared, scarce resource (8 in all): each new one
+// takes the next free bit and is listed in the test
+// `feature_bits_are_distinct`, which fails on a bit assigned twice.
+
 /// Server feature bit: this peer takes signed direct messages
 /// (`PeerRequest::SignedMessage`); older peers are sent `Message`.
 pub const FEATURE_SIGNED_MESSAGES: u8 = 8;
@@ -251,6 +255,23 @@ pub fn check_server_hello(bytes: &[u8; HELLO_LEN]) -> Result<(), HelloError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn feature_bits_are_distinct() {
+        // Every server feature bit; a new one is added here.
+        let bits = [
+            FEATURE_UPLOAD_QUEUE,
+            FEATURE_HAVE_PUSH,
+            FEATURE_SECURE,
+            FEATURE_SIGNED_MESSAGES,
+        ];
+        let mut seen = 0u8;
+        for bit in bits {
+            assert_eq!(bit.count_ones(), 1, "{bit} is not a single bit");
+            assert_eq!(seen & bit, 0, "bit {bit} is assigned twice");
+            seen |= bit;
+        }
+    }
 
     #[test]
     fn pinned_bytes() {
