@@ -46,6 +46,12 @@ pub const FEATURE_SECURE: u8 = 4;
 /// (`PeerRequest::SignedMessage`); older peers are sent `Message`.
 pub const FEATURE_SIGNED_MESSAGES: u8 = 8;
 
+/// Server feature bit: this peer takes back chunk requests still waiting
+/// for their turn at its upload cap (`PeerRequest::Cancel`, answered
+/// `PeerResponse::Cancelled`; `crate::peer_proto`). A downloader that got
+/// the chunk elsewhere first frees the turn for others.
+pub const FEATURE_CANCEL: u8 = 16;
+
 /// Client flag bit: "I run the Noise handshake next" (this client was
 /// started without `--insecure`).
 pub const CLIENT_SECURE: u8 = 1;
@@ -264,6 +270,7 @@ mod tests {
             FEATURE_HAVE_PUSH,
             FEATURE_SECURE,
             FEATURE_SIGNED_MESSAGES,
+            FEATURE_CANCEL,
         ];
         let mut seen = 0u8;
         for bit in bits {

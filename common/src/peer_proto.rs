@@ -27,6 +27,15 @@
 //! at its next `Have`. Older servers are never sent `Subscribe` (their
 //! downloaders keep asking `Have`); older clients never send it, so never
 //! see `Gained`.
+//!
+//! **Cancel** (appended later still; BitTorrent's CANCEL): a server whose
+//! hello carries [`crate::hello::FEATURE_CANCEL`] may be sent `Cancel { id,
+//! index }` for a chunk already requested on that connection, when the
+//! downloader got the chunk elsewhere (an endgame duplicate won). A request
+//! still waiting for its turn at the server's upload cap is then answered
+//! `Cancelled { id, index }` in its place (answers stay in order: the
+//! request still gets exactly one answer); one already being sent is not
+//! affected. `Cancel` itself is never answered.
 
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +96,11 @@ pub enum PeerRequest {
         /// [`crate::im::SIGNATURE_LEN`] bytes (any other length is refused).
         signature: Vec<u8>,
     },
+    /// Takes back the request for chunk `index` of `id` made on this
+    /// connection, if the server has not started sending it: it is then
+    /// answered `Cancelled` instead. Never answered itself. Only sent to
+    /// servers whose hello has [`crate::hello::FEATURE_CANCEL`].
+    Cancel { id: FileId, index: u32 },
 }
 
 /// Why a peer refused a request.
@@ -137,6 +151,9 @@ pub enum PeerResponse {
     /// Unsolicited, after `Subscribe { id }`: this peer now holds chunk
     /// `index` of `id`. Sent between answers, never answering a request.
     Gained { id: FileId, index: u32 },
+    /// The answer to a chunk request taken back with `Cancel` before it
+    /// was served: no data follows.
+    Cancelled { id: FileId, index: u32 },
 }
 
 /// Whether bit `index` is set in a `Have` bitfield.
@@ -269,6 +286,33 @@ mod tests {
             encode_frame(&PeerResponse::Gained {
                 id: FileId([0xEE; 32]),
                 index: 9
+            })
+            .unwrap(),
+            expected
+        );
+    }
+
+    #[test]
+    fn pinned_cancel_encodings() {
+        // Appended variants: every older one keeps its tag.
+        let mut expected = vec![0, 0, 0, 34, 10];
+        expected.extend([0xEE; 32]);
+        expected.push(7);
+        assert_eq!(
+            encode_frame(&PeerRequest::Cancel {
+                id: FileId([0xEE; 32]),
+                index: 7
+            })
+            .unwrap(),
+            expected
+        );
+        let mut expected = vec![0, 0, 0, 34, 9];
+        expected.extend([0xEE; 32]);
+        expected.push(7);
+        assert_eq!(
+            encode_frame(&PeerResponse::Cancelled {
+                id: FileId([0xEE; 32]),
+                index: 7
             })
             .unwrap(),
             expected

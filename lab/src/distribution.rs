@@ -98,6 +98,9 @@ pub struct Config {
     pub out: PathBuf,
     /// Real `index-server` and `peer` processes instead of in-process tasks.
     pub processes: bool,
+    /// With `processes`: each download handed to its peer's daemon with
+    /// `peer get` (the daemon's API) instead of `peer serve --fetch`.
+    pub handoff: bool,
     /// Times each (mode, N) point is measured (at least 1).
     pub runs: usize,
     /// Networks to run on, each a set of points side by side in the CSV.
@@ -1678,6 +1681,7 @@ mod tests {
             modes: vec![Mode::ClientServer],
             out: dir.to_path_buf(),
             processes: false,
+            handoff: false,
             runs,
             nets: vec![Net::Loopback],
             engine: Engine::Local,

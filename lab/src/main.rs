@@ -153,6 +153,12 @@ struct DistributionArgs {
     /// not collected.
     #[arg(long, env = "LAB_PROCESSES", value_parser = boolish)]
     processes: bool,
+    /// With --processes, hybrid: start each peer as a plain `peer serve`
+    /// and hand it the download with `peer get` (through the daemon's API,
+    /// as a user does and as --engine swarm does) instead of `peer serve
+    /// --fetch`.
+    #[arg(long, env = "LAB_HANDOFF", value_parser = boolish)]
+    handoff: bool,
     /// Also run the same settings through a real BitTorrent swarm (aria2c
     /// and opentracker from Debian's packages aria2, opentracker and
     /// mktorrent), into the same CSV and plot (mode `bittorrent`).
@@ -451,6 +457,7 @@ async fn distribution(a: DistributionArgs, out: PathBuf, insecure: bool) -> anyh
         modes: a.modes,
         out,
         processes: a.processes,
+        handoff: a.handoff,
         runs: a.runs.runs.unwrap_or(1),
         nets: a.net,
         engine: a.engine,

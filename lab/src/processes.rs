@@ -444,6 +444,9 @@ pub(crate) async fn swarm(
     let start = Instant::now();
     let mut dirs = Vec::new();
     let mut addrs = vec![seed_spot.addr()];
+    // Handed to each daemon through its API (hybrid only: a p2p `peer
+    // get` needs the overlay's entry point).
+    let handoff = config.handoff && !p2p;
     for (i, spot) in peers.iter().enumerate() {
         let share = run.join(format!("peer-{i}"));
         std::fs::create_dir_all(&share)?;
@@ -458,9 +461,10 @@ pub(crate) async fn swarm(
             &format!("peer{i}"),
             "--max-connections-per-ip",
             "256",
-            "--fetch",
-            &id.to_hex(),
         ]);
+        if !handoff {
+            cmd.args(["--fetch", &id.to_hex()]);
+        }
         if let Some(r) = spot.app(Some(config.peer_up)) {
             cmd.args(["--max-upload-rate", &rate(r)]);
         }
@@ -482,6 +486,9 @@ pub(crate) async fn swarm(
         addrs.push(spot.addr());
         dirs.push(share);
     }
+    if handoff {
+        hand_off(&peers, &dirs, &peer_bin, &index, id, run, &mut children).await?;
+    }
     wait_files(
         &dirs,
         "lab-file.bin",
@@ -490,6 +497,46 @@ pub(crate) async fn swarm(
         start,
     )
     .await
+}
+
+/// Hands each peer's download to its daemon: waits for every daemon's API
+/// (its share's `.p2pshare/api.json`), then starts `peer get -o SHARE ID`
+/// for each, which finds that daemon and gives it the download.
+async fn hand_off(
+    peers: &[Spot],
+    dirs: &[PathBuf],
+    peer_bin: &Path,
+    index: &str,
+    id: FileId,
+    run: &Path,
+    children: &mut Children,
+) -> Result<(), LabError> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for dir in dirs {
+        let api = peer::api::state_dir(dir).join(peer::api::API_FILE);
+        while !api.exists() {
+            if Instant::now() > deadline {
+                return Err(LabError::Setup(format!(
+                    "no daemon API at {} within 60 s",
+                    api.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for (i, (spot, dir)) in peers.iter().zip(dirs).enumerate() {
+        let mut cmd = spot.command(peer_bin);
+        cmd.args([
+            "get",
+            "--index",
+            index,
+            "-o",
+            dir.to_str().unwrap_or_default(),
+            &id.to_hex(),
+        ]);
+        children.push(spawn(&mut cmd, &run.join(format!("get-{i}.log")))?);
+    }
+    Ok(())
 }
 
 /// A cheap deterministic spread for choosing random earlier neighbours.

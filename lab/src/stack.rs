@@ -661,6 +661,7 @@ mod tests {
             modes: vec![Mode::Hybrid],
             out: "unused".into(),
             processes: false,
+            handoff: false,
             runs: 1,
             nets: Vec::new(),
             engine: crate::distribution::Engine::Swarm,

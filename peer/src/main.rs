@@ -436,7 +436,8 @@ enum Command {
         /// it; or PEER_API is set), the download is handed to that daemon,
         /// which keeps it across restarts: return at once instead of
         /// showing its progress until it is done. (The daemon then uses its
-        /// own engine settings.)
+        /// own engine settings: 16 requests in flight to a single source,
+        /// one per source once several run, as in a swarm.)
         #[arg(long, env = "PEER_DETACH", value_parser = boolish())]
         detach: bool,
         /// Where to accept callbacks (hybrid mode): a source that accepts

@@ -465,10 +465,11 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
                 max_active: config.max_active_downloads.max(1),
                 default_out: root.clone(),
                 state_dir: state_dir.clone(),
+                // Swarming settings once a download has several sources.
                 engine: crate::download::EngineConfig {
                     download_limit: download_limit.clone(),
                     metrics: Some(metrics.engine.clone()),
-                    ..Default::default()
+                    ..crate::swarm::daemon_engine()
                 },
             };
             let manager = crate::daemon::DownloadManager::start(

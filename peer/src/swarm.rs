@@ -135,6 +135,22 @@ pub fn swarm_engine() -> EngineConfig {
     }
 }
 
+/// The engine settings of downloads handed to a daemon (its API, `peer
+/// get` to a running daemon): one fast source alone gets the usual deep
+/// pipeline; once a second source runs (a swarm: the daemon passes chunks
+/// on while it fetches), [`swarm_engine`]'s one request per source, the
+/// deeper requests taken back from sources that allow it. The budget of
+/// 32 in flight, 64 sources and 30 s stall (a request may wait behind
+/// others' at a slow uploader) are the swarm's too.
+pub fn daemon_engine() -> EngineConfig {
+    let swarm = swarm_engine();
+    EngineConfig {
+        pipeline_depth: download::DEFAULT_PIPELINE_DEPTH,
+        swarm_pipeline_depth: Some(swarm.pipeline_depth),
+        ..swarm
+    }
+}
+
 /// Longest wait between two tries of one `--fetch` download.
 const FETCH_RETRY_MAX: Duration = Duration::from_secs(60);
 

@@ -24,6 +24,10 @@
 //!
 //! **Upload cap**: chunks take the node's rate limiter in turns, a whole
 //! chunk per turn, not interleaved piece by piece (see the chunk request).
+//! While a chunk waits for its turn, the connection is still read: a
+//! `Cancel` for it (the downloader got it elsewhere) answers `Cancelled`
+//! and gives the turn up, and so does the downloader closing the
+//! connection, so the cap is not spent on chunks nobody will use.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -33,13 +37,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::hello::{Protocol, FEATURE_HAVE_PUSH, FEATURE_SIGNED_MESSAGES, FEATURE_UPLOAD_QUEUE};
+use common::hello::{
+    Protocol, FEATURE_CANCEL, FEATURE_HAVE_PUSH, FEATURE_SIGNED_MESSAGES, FEATURE_UPLOAD_QUEUE,
+};
 use common::id::FileId;
 use common::peer_proto::{PeerErrorCode, PeerRequest, PeerResponse};
 use common::reach::LoginNonce;
 use common::secure::SecureWrite;
 use common::wire::{self, Deadlines, WireError};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -50,7 +56,7 @@ use tracing::{debug, info};
 use crate::admission::Admission;
 use crate::inbox::Inbox;
 use crate::library::{Holding, Library, OpenHolding, ReadChunkError};
-use crate::net::Conn;
+use crate::net::{Conn, ConnReader};
 use crate::rate::RateLimiter;
 use crate::send::send_chunk;
 use crate::upload_queue::{Decision, QueueConfig, UploadQueue};
@@ -274,7 +280,7 @@ pub async fn serve_with(
                         }
                     },
                     other => others.as_ref().is_some_and(|h| h.is_busy(other)),
-                }, |p| if p == Protocol::Peer { FEATURE_UPLOAD_QUEUE | FEATURE_HAVE_PUSH | FEATURE_SIGNED_MESSAGES } else { 0 }) => h,
+                }, |p| if p == Protocol::Peer { FEATURE_UPLOAD_QUEUE | FEATURE_HAVE_PUSH | FEATURE_SIGNED_MESSAGES | FEATURE_CANCEL } else { 0 }) => h,
             };
             let (protocol, stream) = match hello {
                 Ok(pair) => pair,
@@ -355,12 +361,19 @@ pub async fn serve_peer_session(
     // The partial file this connection subscribed to (`Subscribe`): its
     // newly held chunks are pushed between answers.
     let mut pushing: Option<Push> = None;
+    // Requests read while a chunk waited for its turn ([`wait_turn`]), each
+    // with whether a `Cancel` took it back meanwhile.
+    let mut ahead: std::collections::VecDeque<(PeerRequest, bool)> = Default::default();
+    // The downloader closed its side while a chunk waited: what it asked
+    // before that is still answered (a bad-chunk report is sent just before
+    // a half-close), its chunks are not.
+    let mut read_closed = false;
     loop {
         if let Some(push) = &mut pushing {
             if push.changed.has_changed().unwrap_or(false) {
                 push.send_gains(&mut writer).await?;
             }
-            if reader.buffer().is_empty() && !reader.get_ref().has_buffered() {
+            if ahead.is_empty() && reader.buffer().is_empty() && !reader.get_ref().has_buffered() {
                 // Nothing more asked yet: push gains as they come until it is.
                 writer.flush().await?;
                 loop {
@@ -378,21 +391,38 @@ pub async fn serve_peer_session(
                 }
             }
         }
-        let left = hold_until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(WireError::Timeout("a data request"));
-        }
-        let Some(request) = wire::read_message::<_, PeerRequest>(
-            &mut reader,
-            &mut frame,
-            Deadlines::with_idle(left),
-        )
-        .await?
-        else {
-            return Ok(());
+        let (request, taken_back) = match ahead.pop_front() {
+            Some(read_before) => read_before,
+            None if read_closed => {
+                writer.flush().await?;
+                return Ok(());
+            }
+            None => {
+                let left = hold_until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(WireError::Timeout("a data request"));
+                }
+                let Some(request) = wire::read_message::<_, PeerRequest>(
+                    &mut reader,
+                    &mut frame,
+                    Deadlines::with_idle(left),
+                )
+                .await?
+                else {
+                    return Ok(());
+                };
+                (request, false)
+            }
         };
         hold_until = hold_until.max(started + rules.idle);
         match request {
+            // Taken back before its turn came (read while another waited).
+            PeerRequest::Chunk { id, index } if taken_back => {
+                wire::write_message(&mut writer, &PeerResponse::Cancelled { id, index }).await?;
+            }
+            // Nothing waiting to take back: already served (or never
+            // asked); a `Cancel` is never answered.
+            PeerRequest::Cancel { .. } => {}
             PeerRequest::HashList { id } => match library.get(&id) {
                 // No slot: a hash list is 1/8192 of its file, and a queued
                 // downloader needs it to start with other sources.
@@ -506,7 +536,30 @@ pub async fn serve_peer_session(
                         // The answer's first byte waits for its turn, but
                         // its last byte comes no later than interleaved.
                         if let Some(limit) = limit {
-                            limit.acquire(len as u64).await;
+                            let turn = wait_turn(
+                                limit,
+                                len as u64,
+                                &mut reader,
+                                &mut frame,
+                                &mut ahead,
+                                (id, index),
+                            )
+                            .await?;
+                            match turn {
+                                Turn::Granted => {}
+                                Turn::Cancelled => {
+                                    debug!(%remote, %id, chunk = index, "chunk request taken back before its turn");
+                                    let answer = PeerResponse::Cancelled { id, index };
+                                    wire::write_message(&mut writer, &answer).await?;
+                                    continue_or_flush(&reader, &mut writer).await?;
+                                    continue;
+                                }
+                                Turn::Closed => {
+                                    ahead.retain(|(r, _)| !matches!(r, PeerRequest::Chunk { .. }));
+                                    read_closed = true;
+                                    continue;
+                                }
+                            }
                         }
                         send_chunk(
                             &mut writer,
@@ -684,6 +737,91 @@ impl Push {
         }
         Ok(())
     }
+}
+
+/// How a chunk's wait for its turn at the upload cap ended.
+enum Turn {
+    /// Paid for: send it.
+    Granted,
+    /// The downloader took the request back (`Cancel`).
+    Cancelled,
+    /// The downloader closed its side of the connection: the chunk is not
+    /// worth its turn (at most drained unread).
+    Closed,
+}
+
+/// Most requests read ahead while a chunk waits for its turn: beyond it
+/// the connection is not read until the turn comes (a pipelining
+/// downloader has at most its pipeline ahead; a hostile one cannot make
+/// this grow).
+const MAX_READ_AHEAD: usize = 64;
+
+/// Waits for the turn of `bytes` at `limit` for chunk `chunk`, reading the
+/// requests that arrive meanwhile into `ahead` (answered in order after
+/// this one): a `Cancel` of this chunk ends the wait, one of a chunk in
+/// `ahead` marks it taken back, one of anything else is ignored.
+///
+/// The wait keeps its place among other connections' turns throughout:
+/// a request is read only once its whole frame is buffered, so reading it
+/// takes no time (a frame that trickles in is left for after the turn,
+/// never read while other connections wait behind this one).
+async fn wait_turn(
+    limit: &RateLimiter,
+    bytes: u64,
+    reader: &mut BufReader<ConnReader>,
+    frame: &mut Vec<u8>,
+    ahead: &mut std::collections::VecDeque<(PeerRequest, bool)>,
+    chunk: (FileId, u32),
+) -> Result<Turn, WireError> {
+    let turn = limit.acquire(bytes);
+    tokio::pin!(turn);
+    loop {
+        // What has arrived whole already (pipelined requests often come
+        // together with the one being served).
+        while ahead.len() < MAX_READ_AHEAD && whole_frame_buffered(reader.buffer()) {
+            let Some(request) =
+                wire::read_message::<_, PeerRequest>(reader, frame, Deadlines::default()).await?
+            else {
+                return Ok(Turn::Closed);
+            };
+            match request {
+                PeerRequest::Cancel { id, index } if (id, index) == chunk => {
+                    return Ok(Turn::Cancelled)
+                }
+                PeerRequest::Cancel { id, index } => {
+                    let waiting = ahead.iter_mut().find(|(r, taken)| {
+                        !*taken
+                            && matches!(r, PeerRequest::Chunk { id: i, index: n } if (*i, *n) == (id, index))
+                    });
+                    if let Some((_, taken)) = waiting {
+                        *taken = true;
+                    }
+                }
+                other => ahead.push_back((other, false)),
+            }
+        }
+        // A partial frame (or a full read-ahead) waits for the turn.
+        let watch = ahead.len() < MAX_READ_AHEAD && reader.buffer().is_empty();
+        tokio::select! {
+            biased;
+            _ = &mut turn => return Ok(Turn::Granted),
+            filled = reader.fill_buf(), if watch => {
+                if filled?.is_empty() {
+                    return Ok(Turn::Closed);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `buffered` begins with a whole frame (length prefix and
+/// payload), so that reading it needs no I/O.
+fn whole_frame_buffered(buffered: &[u8]) -> bool {
+    let Some(prefix) = buffered.first_chunk::<4>() else {
+        return false;
+    };
+    let len = u32::from_be_bytes(*prefix) as usize;
+    buffered.len() - 4 >= len
 }
 
 /// Flushes the answers unless more requests are already buffered (their

@@ -28,7 +28,8 @@ pub trait SourceLookup: Send + 'static {
     /// reconnect).
     fn sources(&mut self) -> impl Future<Output = Option<Vec<String>>> + Send;
 
-    /// How long to wait before each lookup; `None`: never looked up (the
+    /// How long to wait before each lookup (asked before each one, so a
+    /// lookup may space its refreshes out); `None`: never looked up (the
     /// stream ends with the sources the download started with).
     fn every(&self) -> Option<Duration>;
 }
@@ -100,11 +101,13 @@ impl Refresher {
 
 async fn refresh<L: SourceLookup>(
     mut lookup: L,
-    every: Duration,
+    mut every: Duration,
     feed: mpsc::Sender<Vec<String>>,
     stop: CancellationToken,
 ) {
     loop {
+        // Asked each time: a lookup may space its refreshes out.
+        every = lookup.every().unwrap_or(every);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}

@@ -53,6 +53,14 @@ use source::{PeerConnection, SourceError};
 pub struct EngineConfig {
     /// Chunk requests kept in flight per source.
     pub pipeline_depth: usize,
+    /// In a swarm (more than one source running), chunk requests kept in
+    /// flight per source instead of `pipeline_depth`; `None`: always
+    /// `pipeline_depth`. One fast source wants a deep pipeline; many slow
+    /// ones serving many downloaders in turns want short ones (a request
+    /// queued at a slow uploader is a chunk nobody else may fetch). When
+    /// a second source starts, requests beyond this depth are taken back
+    /// from sources that allow it (`Cancel`) and go back to the pool.
+    pub swarm_pipeline_depth: Option<usize>,
     /// A source that sends nothing for this long is dropped.
     pub stall_timeout: Duration,
     pub connect_timeout: Duration,
@@ -112,6 +120,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             pipeline_depth: DEFAULT_PIPELINE_DEPTH,
+            swarm_pipeline_depth: None,
             stall_timeout: DEFAULT_STALL_TIMEOUT,
             connect_timeout: common::limits::CONNECT_TIMEOUT,
             max_sources: DEFAULT_MAX_SOURCES,
@@ -443,6 +452,15 @@ impl Shared {
             .take()
             .filter(|(_, at)| at.elapsed() < SPARE_MAX_AGE)
             .map(|((_, conn), _)| conn)
+    }
+
+    /// Chunk requests each source keeps in flight now (see
+    /// [`EngineConfig::swarm_pipeline_depth`]).
+    pub(crate) fn depth(&self) -> usize {
+        match self.config.swarm_pipeline_depth {
+            Some(d) if self.progress.active_sources.load(Ordering::Relaxed) > 1 => d.max(1),
+            _ => self.config.pipeline_depth.max(1),
+        }
     }
 
     /// Takes one unit of the in-flight budget; false when it is spent.

@@ -134,6 +134,9 @@ pub struct Scheduler {
     state: Mutex<State>,
     /// Woken when chunks return to the pool or the download finishes.
     pub changed: Notify,
+    /// Woken whenever a chunk is verified (sources take back their
+    /// requests for it).
+    pub completed: Notify,
 }
 
 /// The endgame starts when at most this many chunks are still in flight.
@@ -186,6 +189,7 @@ impl Scheduler {
                 random: None,
             }),
             changed: Notify::new(),
+            completed: Notify::new(),
         }
     }
 
@@ -372,6 +376,7 @@ impl Scheduler {
             s.done += 1;
             finished = s.done as usize == s.chunks.len();
         }
+        self.completed.notify_waiters();
         if finished {
             self.changed.notify_waiters();
         }

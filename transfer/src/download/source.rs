@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::hello::{Protocol, FEATURE_HAVE_PUSH, FEATURE_UPLOAD_QUEUE};
+use common::hello::{Protocol, FEATURE_CANCEL, FEATURE_HAVE_PUSH, FEATURE_UPLOAD_QUEUE};
 use common::id::{chunk_count, ContentInfo, FileId};
 use common::limits::MAX_FILE_SIZE;
 use common::peer_proto::{bit_is_set, PeerErrorCode, PeerRequest, PeerResponse};
@@ -110,6 +110,8 @@ pub struct PeerConnection {
     subscribed: Option<(FileId, u32)>,
     /// Chunks announced by `Gained` and not yet taken ([`Self::take_gained`]).
     gained: Vec<u32>,
+    /// The source takes back requests (`Cancel`).
+    cancels: bool,
 }
 
 impl PeerConnection {
@@ -216,6 +218,7 @@ impl PeerConnection {
             pushes: features & FEATURE_HAVE_PUSH != 0,
             subscribed: None,
             gained: Vec::new(),
+            cancels: features & FEATURE_CANCEL != 0,
         };
         if conn.queue_aware {
             // Goes out with the first request; its answer is read first.
@@ -223,6 +226,11 @@ impl PeerConnection {
             conn.requester_unanswered = true;
         }
         Ok(conn)
+    }
+
+    /// Whether the source takes back chunk requests (`Cancel`).
+    pub fn cancels(&self) -> bool {
+        self.cancels
     }
 
     /// Whether the source keeps an upload queue (answers `Queued`).
@@ -331,6 +339,28 @@ impl PeerConnection {
             .await
             .map(|_| ())
             .map_err(|e| SourceError::Wire(WireError::Io(e)))
+    }
+
+    /// Whether the data already received begins with a pushed `Gained`
+    /// frame (not an answer): then [`Self::read_pushed`] takes it
+    /// without waiting.
+    pub(super) fn pushed_frame_next(&self) -> bool {
+        static GAINED: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        // The frame's length and the variant's tag, as any `Gained` starts.
+        let start = GAINED.get_or_init(|| {
+            let probe = PeerResponse::Gained {
+                id: FileId([0; 32]),
+                index: 0,
+            };
+            common::frame::encode_frame(&probe)
+                .map(|f| f[..5].to_vec())
+                .unwrap_or_default()
+        });
+        let buffered = self.reader.buffer();
+        self.subscribed.is_some()
+            && !start.is_empty()
+            && buffered.len() > 4
+            && buffered[4] == start[4]
     }
 
     /// Reads the frame that [`Self::push_arrived`] announced: with no
@@ -564,6 +594,82 @@ async fn report_bad_chunk(
     }
 }
 
+/// Takes back (`Cancel`) the newest chunk requests in flight beyond
+/// `depth` that are not taken back yet; their `Cancelled` answers return
+/// them to the pool.
+async fn trim(
+    conn: &mut PeerConnection,
+    id: FileId,
+    inflight: &VecDeque<Pending>,
+    taken_back: &mut Vec<u32>,
+    depth: usize,
+) -> Result<(), SourceError> {
+    let live: Vec<u32> = inflight
+        .iter()
+        .filter_map(|p| match *p {
+            Pending::Chunk(c) if !taken_back.contains(&c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    for &c in live.iter().skip(depth) {
+        conn.queue(&PeerRequest::Cancel { id, index: c }).await?;
+        taken_back.push(c);
+    }
+    tracing::debug!(
+        taken_back = live.len().saturating_sub(depth),
+        depth,
+        "a swarm formed: shorter pipeline"
+    );
+    Ok(())
+}
+
+/// Waits for the next answer from a source that takes requests back; when
+/// meanwhile a chunk in flight here is verified from another source (an
+/// endgame duplicate won), asks this one to take it back (`Cancel`), so
+/// its upload turn goes to a chunk somebody still needs. Returns once the
+/// answer has begun to arrive.
+async fn take_back_done(
+    shared: &Shared,
+    conn: &mut PeerConnection,
+    id: FileId,
+    inflight: &VecDeque<Pending>,
+    taken_back: &mut Vec<u32>,
+) -> Result<(), SourceError> {
+    loop {
+        // Registered before the look, so no completion is missed.
+        let completed = shared.scheduler.completed.notified();
+        let mut sent = false;
+        for p in inflight {
+            if let Pending::Chunk(c) = *p {
+                if !taken_back.contains(&c) && shared.scheduler.is_done(c) {
+                    tracing::trace!(chunk = c, "taking back a chunk verified elsewhere");
+                    conn.queue(&PeerRequest::Cancel { id, index: c }).await?;
+                    taken_back.push(c);
+                    sent = true;
+                }
+            }
+        }
+        if sent {
+            conn.flush().await?;
+        }
+        if taken_back.len() >= inflight.len() {
+            // Everything here is taken back: only the answers are left.
+            return Ok(());
+        }
+        tokio::select! {
+            arrived = conn.push_arrived() => {
+                arrived?;
+                if !conn.pushed_frame_next() {
+                    return Ok(());
+                }
+                // A `Gained` before the answer: noted, and back to waiting.
+                conn.read_pushed().await?;
+            }
+            _ = completed => {}
+        }
+    }
+}
+
 /// A request on the wire whose answer has not been read yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pending {
@@ -635,9 +741,11 @@ async fn fetch_loop(
     let mut queued: Option<u32> = None;
 
     let id = shared.info.id;
-    let depth = shared.config.pipeline_depth.max(1);
     let refresh = shared.config.have_refresh;
     let mut last_have = tokio::time::Instant::now();
+    // Chunks in flight here that another source delivered first and that
+    // this one was asked to take back (`Cancel`).
+    let mut taken_back: Vec<u32> = Vec::new();
     loop {
         if shared.scheduler.is_banned(index) {
             if let Some(chunk) = shared.scheduler.bad_chunk(index) {
@@ -646,7 +754,13 @@ async fn fetch_loop(
             return Err(SourceError::BadData);
         }
         apply_gains(shared, index, &mut conn, &mut have);
+        let depth = shared.depth();
         let mut chunks_inflight = inflight.iter().filter(|p| **p != Pending::Have).count();
+        if conn.cancels() && chunks_inflight > depth + taken_back.len() {
+            // The pipeline got shorter (a swarm formed): the newest
+            // requests beyond it go back to the pool once taken back.
+            trim(&mut conn, id, inflight, &mut taken_back, depth).await?;
+        }
         // A partial source gains chunks as it downloads: ask again now and
         // then, in the pipeline, without stopping the chunk requests
         // (unless it tells us itself).
@@ -746,6 +860,9 @@ async fn fetch_loop(
             continue;
         }
         conn.flush().await?;
+        if conn.cancels() {
+            take_back_done(shared, &mut conn, id, inflight, &mut taken_back).await?;
+        }
         let expected = match *inflight.front().expect("pipeline is not empty") {
             Pending::Chunk(c) => c,
             Pending::Have => {
@@ -777,6 +894,7 @@ async fn fetch_loop(
                     return Err(e);
                 }
                 inflight.pop_front();
+                taken_back.retain(|c| *c != i);
                 shared.give_back(1);
                 shared.scheduler.received(i);
                 shared
@@ -796,6 +914,17 @@ async fn fetch_loop(
                 {
                     return Ok(());
                 }
+            }
+            PeerResponse::Cancelled { id: got, index: i }
+                if got == id && i == expected && taken_back.contains(&i) =>
+            {
+                // Taken back before it was sent: its turn went to others.
+                inflight.pop_front();
+                taken_back.retain(|c| *c != i);
+                shared.give_back(1);
+                // Verified elsewhere (only the duplicate's bookkeeping
+                // changes), or trimmed from the pipeline (missing again).
+                shared.scheduler.release([i]);
             }
             PeerResponse::Queued { position } if conn.queue_aware() => {
                 // Not served: the chunk goes back to the pool for others.
