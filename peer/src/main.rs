@@ -865,6 +865,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             if json {
                 cli_output::print_json(&cli_output::files_json(&files));
             } else {
+                // Whose files these are: the node id the index knows the
+                // nickname by (a HOST:PORT names no key).
+                if common::im::validate_nick(&peer).is_ok() {
+                    if let Ok(Some(p)) = client.whois(&peer).await {
+                        let esc = common::names::escape_for_terminal;
+                        let who = format!("{} at {}", esc(&peer), esc(&p.addr));
+                        match p.peer_id {
+                            Some(id) => outln!("{who}, node id {id}"),
+                            None => outln!("{who} (clear text: no node id)"),
+                        }
+                    }
+                }
                 cli_output::print_files(&files);
             }
             Ok(0)

@@ -1226,3 +1226,28 @@ async fn serve_with_a_closed_stderr_still_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     stop_index.cancel();
 }
+
+/// `peer browse NICK` says whose files these are: the node id the index
+/// knows the nickname by (the key its session proved).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_names_the_node_id_of_the_peer() {
+    let (index, stop_index) = start_index().await;
+    let _session = raw_session(&index, Some("lister"), songs(3)).await;
+    let out = run(&["browse", "--index", &index, "lister"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The raw session ran under this process's key.
+    let id = common::secure::Security::process().peer_id().unwrap();
+    assert!(
+        stdout
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("lister at ") && l.ends_with(&format!("node id {id}"))),
+        "{stdout}"
+    );
+    stop_index.cancel();
+}
