@@ -3,6 +3,7 @@
 //! `scripts/bench` builds in release mode and runs them all.
 
 mod daemon_bench;
+mod handshake_parts;
 mod index_load;
 mod login_bench;
 mod transfer_bench;
@@ -143,6 +144,19 @@ enum Command {
         /// How long each mode runs.
         #[arg(long, default_value = "10s", value_parser = common::units::parse_duration)]
         duration: std::time::Duration,
+        /// Pin the index to these CPUs (a `taskset -c` list, e.g. `0`);
+        /// run the bench itself under `taskset -c 1` so that the two do
+        /// not share a core.
+        #[arg(long)]
+        index_cpus: Option<String>,
+    },
+    /// What one authenticated handshake costs, piece by piece: X25519
+    /// operations, ed25519 checks and whole handshakes in memory (µs each,
+    /// one thread).
+    HandshakeParts {
+        /// Calls of each curve operation (whole handshakes: a quarter).
+        #[arg(long, default_value_t = 4000)]
+        calls: u32,
     },
     /// (internal) a bare request/response echo server over the protocol's framing.
     EchoServer,
@@ -198,7 +212,12 @@ async fn main() -> anyhow::Result<()> {
             sources,
             dir,
         } => transfer_bench::capped(size, cap, sources, dir).await,
-        Command::Logins { clients, duration } => login_bench::logins(clients, duration).await,
+        Command::Logins {
+            clients,
+            duration,
+            index_cpus,
+        } => login_bench::logins(clients, duration, index_cpus.as_deref()).await,
+        Command::HandshakeParts { calls } => handshake_parts::run(calls.max(4)).await,
         Command::HashFolder { files, size, dir } => {
             transfer_bench::hash_folder(files, size, dir).await
         }

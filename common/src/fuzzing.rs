@@ -47,8 +47,9 @@ pub fn check_hello(data: &[u8]) {
 }
 
 /// The first 32 bytes as the Noise static key a handshake payload must
-/// vouch for, the rest as the payload (`crate::secure::check_payload`):
-/// never a panic, and a forged payload never passes.
+/// vouch for, the rest as the payload (`crate::secure::check_payload` and
+/// `check_identity_payload`): never a panic, and a forged payload never
+/// passes.
 pub fn check_handshake_payload(data: &[u8]) {
     let Some((static_key, payload)) = data.split_at_checked(32) else {
         return;
@@ -56,6 +57,15 @@ pub fn check_handshake_payload(data: &[u8]) {
     if crate::secure::check_payload(payload, static_key).is_ok() {
         // Only a real signature passes; random bytes never are one.
         panic!("a fuzzed handshake payload passed the binding check");
+    }
+    // The identity-static payload passes exactly when it is the ed25519
+    // form of the static key (which the handshake's DH then proves).
+    if let Ok(id) = crate::secure::check_identity_payload(payload, static_key) {
+        assert_eq!(
+            id.noise_static_key().as_ref().map(|k| &k[..]),
+            Some(static_key),
+            "an identity payload passed for another static key"
+        );
     }
 }
 

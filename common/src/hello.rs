@@ -52,9 +52,29 @@ pub const FEATURE_SIGNED_MESSAGES: u8 = 8;
 /// the chunk elsewhere first frees the turn for others.
 pub const FEATURE_CANCEL: u8 = 16;
 
+/// Server feature bit, answered to a client with
+/// [`CLIENT_IDENTITY_STATIC`]: this server's Noise static key is its
+/// identity key in X25519 form, and it takes the client's the same way
+/// (`crate::secure`: no signature in the handshake payloads). Servers of
+/// version 2 without it run the signed handshake.
+pub const FEATURE_IDENTITY_STATIC: u8 = 32;
+
 /// Client flag bit: "I run the Noise handshake next" (this client was
 /// started without `--insecure`).
 pub const CLIENT_SECURE: u8 = 1;
+
+/// Client flag bit: "I can use my identity key as my Noise static key"
+/// (see [`FEATURE_IDENTITY_STATIC`]); sent with [`CLIENT_SECURE`].
+pub const CLIENT_IDENTITY_STATIC: u8 = 2;
+
+/// Whether a connection whose hellos are `client` and `server` runs the
+/// handshake with identity static keys: the client offered it and the
+/// server took it. Both sides compute it from the same bytes (which are
+/// also the handshake's prologue, so a bit flipped on the way fails it).
+pub fn identity_static(client: &[u8; HELLO_LEN], server: &[u8; HELLO_LEN]) -> bool {
+    client_flags(client) & CLIENT_IDENTITY_STATIC != 0
+        && server_features(server) & FEATURE_IDENTITY_STATIC != 0
+}
 
 /// Which protocol the connection will speak after the hello.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,6 +291,7 @@ mod tests {
             FEATURE_SECURE,
             FEATURE_SIGNED_MESSAGES,
             FEATURE_CANCEL,
+            FEATURE_IDENTITY_STATIC,
         ];
         let mut seen = 0u8;
         for bit in bits {

@@ -68,6 +68,16 @@ impl PeerId {
             .is_ok()
     }
 
+    /// This key in X25519 (Montgomery) form: the Noise static key a node
+    /// with this id uses when both sides negotiate
+    /// `hello::FEATURE_IDENTITY_STATIC` (the birational map of RFC 7748,
+    /// as libsodium's `crypto_sign_ed25519_pk_to_curve25519`). `None` if
+    /// these bytes are not an ed25519 public key.
+    pub fn noise_static_key(&self) -> Option<[u8; 32]> {
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&self.0).ok()?;
+        Some(key.to_montgomery().to_bytes())
+    }
+
     /// The id of these bytes if they are an ed25519 public key.
     pub fn from_bytes(bytes: [u8; 32]) -> Result<PeerId, IdentityError> {
         ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| IdentityError::NotAKey)?;
@@ -155,6 +165,16 @@ impl Identity {
     /// This node's id (its public key).
     pub fn peer_id(&self) -> PeerId {
         PeerId(self.key.verifying_key().to_bytes())
+    }
+
+    /// The X25519 secret of this key pair (the clamped half of SHA-512 of
+    /// the seed that ed25519 signs with, as libsodium's
+    /// `crypto_sign_ed25519_sk_to_curve25519`): the Noise static key whose
+    /// public half is [`PeerId::noise_static_key`]. Used for
+    /// Diffie-Hellman only inside the Noise handshake; see DESIGN.md for why
+    /// sharing one key between ed25519 and X25519 is sound.
+    pub fn noise_static_secret(&self) -> [u8; 32] {
+        self.key.to_scalar_bytes()
     }
 
     /// The ed25519 signature of `msg`.

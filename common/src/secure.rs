@@ -2,20 +2,32 @@
 //! the hello, and the stream wrapper that carries the frames afterwards.
 //!
 //! ```text
-//! client → server: hello (8 bytes, clear, flag CLIENT_SECURE)
-//! server → client: hello (8 bytes, clear, feature FEATURE_SECURE)
+//! client → server: hello (8 bytes, clear, flags CLIENT_SECURE | CLIENT_IDENTITY_STATIC)
+//! server → client: hello (8 bytes, clear, features FEATURE_SECURE | FEATURE_IDENTITY_STATIC)
 //! Noise_XX_25519_AESGCM_SHA256 (or XXpsk0 with a network key), prologue = both hellos:
 //!   → e                      (psk0: already keyed with the network key)
-//!   ← e, ee, s, es, payload  (server's ed25519 key + its signature of s)
-//!   → s, se, payload         (client's ed25519 key + its signature of s)
+//!   ← e, ee, s, es, payload  (payload: the server's ed25519 key)
+//!   → s, se, payload         (payload: the client's ed25519 key)
 //! then every message: length u16 BE | AES-256-GCM ciphertext (≤ 65,535 bytes)
 //! ```
 //!
 //! Each handshake message is at most [`MAX_HANDSHAKE_MSG`] bytes after its
-//! 2-byte length. The payload ([`PAYLOAD_LEN`] bytes) binds the Noise static
-//! X25519 key to the node's ed25519 identity as libp2p-noise does: the
-//! ed25519 public key, then its signature of [`BINDING_CONTEXT`] followed by
-//! the static key. After the handshake each side knows the other's
+//! 2-byte length. The payload binds the Noise static X25519 key to the
+//! node's ed25519 identity, in one of two ways chosen by the hellos
+//! ([`crate::hello::identity_static`]):
+//! - **identity static key** (both sides offer it; [`IDENTITY_PAYLOAD_LEN`]
+//!   bytes): the static key *is* the identity key in X25519 form
+//!   ([`Identity::noise_static_secret`], [`PeerId::noise_static_key`]), and
+//!   the payload is the ed25519 public key, accepted only if its X25519
+//!   form equals the static key the handshake proved. Completing `es`/`se`
+//!   proves the secret, so no signature is needed: each side saves an
+//!   ed25519 verification (about a third of a handshake's CPU).
+//! - **signed** (a version-2 node without the feature; [`PAYLOAD_LEN`]
+//!   bytes), as libp2p-noise does: a fresh static key per process, and
+//!   the payload is the ed25519 public key, then its signature of
+//!   [`BINDING_CONTEXT`] followed by the static key.
+//!
+//! After the handshake each side knows the other's
 //! [`PeerId`]; a replayed or altered handshake message fails its AEAD check
 //! (every message mixes both sides' fresh ephemeral keys), and a changed
 //! hello fails the whole handshake (the hellos are the prologue).
@@ -43,6 +55,8 @@ use crate::identity::{Identity, PeerId};
 use crate::limits::HELLO_TIMEOUT;
 use crate::wire::{self, WireError};
 
+mod resolver;
+
 /// The Noise protocol without a network key.
 pub const NOISE_XX: &str = "Noise_XX_25519_AESGCM_SHA256";
 /// The Noise protocol with a network key (pre-shared key at the first message).
@@ -57,8 +71,10 @@ pub const MAX_PLAINTEXT: usize = MAX_NOISE_MSG - TAG_LEN;
 pub const MAX_HANDSHAKE_MSG: usize = 512;
 /// What an ed25519 key signs to vouch for a Noise static key.
 pub const BINDING_CONTEXT: &[u8] = b"p2pshare-noise-static-key:";
-/// Bytes of a handshake payload: ed25519 public key, then signature.
+/// Bytes of a signed handshake payload: ed25519 public key, then signature.
 pub const PAYLOAD_LEN: usize = 32 + 64;
+/// Bytes of an identity-static handshake payload: the ed25519 public key.
+pub const IDENTITY_PAYLOAD_LEN: usize = 32;
 /// Bytes of a network key.
 pub const NETWORK_KEY_LEN: usize = 32;
 
@@ -71,7 +87,7 @@ pub enum SecureError {
     Cut,
     #[error("a handshake message of {0} bytes is longer than the {MAX_HANDSHAKE_MSG}-byte limit")]
     TooLong(usize),
-    #[error("the other side's handshake payload is malformed ({0} bytes, expected {PAYLOAD_LEN})")]
+    #[error("the other side's handshake payload is malformed ({0} bytes, expected {PAYLOAD_LEN} or {IDENTITY_PAYLOAD_LEN})")]
     Payload(usize),
     #[error("the other side's identity key does not sign its handshake key: refusing an impostor or a broken node")]
     Binding,
@@ -84,11 +100,24 @@ pub enum SecureError {
 #[derive(Clone)]
 pub struct Security(Option<Arc<Keys>>);
 
+#[derive(Clone)]
 struct Keys {
     identity: Identity,
+    /// The signed mode's static key (fresh per process) and payload.
     static_private: Vec<u8>,
     payload: [u8; PAYLOAD_LEN],
+    /// The identity-static mode's static key: the identity key in X25519
+    /// form, and its public half (so that no handshake derives it again).
+    identity_static: [u8; 32],
+    identity_static_public: [u8; 32],
+    /// The identity-static mode's payload: our ed25519 public key.
+    identity_payload: [u8; IDENTITY_PAYLOAD_LEN],
     network_key: Option<[u8; NETWORK_KEY_LEN]>,
+    /// Parsed once: the protocol name.
+    params: NoiseParams,
+    /// Whether to offer (client) and take (server) identity static keys;
+    /// `false` only to act as a node from before that feature.
+    offer_identity_static: bool,
 }
 
 impl std::fmt::Debug for Security {
@@ -124,12 +153,39 @@ impl Security {
         let mut payload = [0u8; PAYLOAD_LEN];
         payload[..32].copy_from_slice(&identity.peer_id().0);
         payload[32..].copy_from_slice(&identity.sign(&signed));
+        let identity_static = identity.noise_static_secret();
+        let identity_static_public = identity
+            .peer_id()
+            .noise_static_key()
+            .expect("our own public key is a valid point");
         Security(Some(Arc::new(Keys {
+            identity_payload: identity.peer_id().0,
             identity,
             static_private: keypair.private,
             payload,
+            identity_static,
+            identity_static_public,
+            params: params(network_key.is_some()),
             network_key,
+            offer_identity_static: true,
         })))
+    }
+
+    /// The same keys acting as a version-2 node from before
+    /// [`crate::hello::FEATURE_IDENTITY_STATIC`]: always the signed
+    /// handshake. For compatibility tests and the benchmark's baseline.
+    pub fn signed_only(self) -> Security {
+        Security(self.0.map(|keys| {
+            let mut keys = Arc::unwrap_or_clone(keys);
+            keys.offer_identity_static = false;
+            Arc::new(keys)
+        }))
+    }
+
+    /// Whether handshakes offer (client) or take (server) the identity
+    /// static key ([`crate::hello::FEATURE_IDENTITY_STATIC`]).
+    pub fn offers_identity_static(&self) -> bool {
+        self.0.as_ref().is_some_and(|k| k.offer_identity_static)
     }
 
     /// Clear text (`--insecure`): no handshake, no identity proven.
@@ -173,17 +229,26 @@ impl Security {
             .clone()
     }
 
-    fn builder(&self) -> Option<(snow::Builder<'_>, &Keys)> {
+    /// The handshake builder for the mode the hellos chose
+    /// ([`crate::hello::identity_static`]), and the payload to send.
+    fn builder(&self, identity_static: bool) -> Option<(snow::Builder<'_>, &[u8])> {
         let keys = self.0.as_deref()?;
-        let b = snow::Builder::new(params(keys.network_key.is_some()));
-        let b = b
-            .local_private_key(&keys.static_private)
-            .expect("a 32-byte X25519 key");
+        let resolver = Box::new(resolver::Resolver::new(
+            keys.identity_static,
+            keys.identity_static_public,
+        ));
+        let b = snow::Builder::with_resolver(keys.params.clone(), resolver);
+        let (private, payload): (&[u8], &[u8]) = if identity_static {
+            (&keys.identity_static, &keys.identity_payload)
+        } else {
+            (&keys.static_private, &keys.payload[..])
+        };
+        let b = b.local_private_key(private).expect("a 32-byte X25519 key");
         let b = match &keys.network_key {
             Some(psk) => b.psk(0, psk).expect("psk0 in an XXpsk0 pattern"),
             None => b,
         };
-        Some((b, keys))
+        Some((b, payload))
     }
 }
 
@@ -259,11 +324,33 @@ pub fn check_payload(payload: &[u8], remote_static: &[u8]) -> Result<PeerId, Sec
     Ok(id)
 }
 
-fn remote_id(hs: &snow::HandshakeState, payload: &[u8]) -> Result<PeerId, WireError> {
+/// Checks an identity-static handshake payload (an ed25519 public key)
+/// against the Noise static key the handshake proved: the key's X25519
+/// form must be that static key. The other side's id on success.
+pub fn check_identity_payload(payload: &[u8], remote_static: &[u8]) -> Result<PeerId, SecureError> {
+    let key: [u8; IDENTITY_PAYLOAD_LEN] = payload
+        .try_into()
+        .map_err(|_| SecureError::Payload(payload.len()))?;
+    let id = PeerId(key);
+    match id.noise_static_key() {
+        Some(x) if x[..] == *remote_static => Ok(id),
+        _ => Err(SecureError::Binding),
+    }
+}
+
+fn remote_id(
+    hs: &snow::HandshakeState,
+    payload: &[u8],
+    identity_static: bool,
+) -> Result<PeerId, WireError> {
     let remote_static = hs
         .get_remote_static()
         .ok_or_else(|| SecureError::Handshake("no static key received".into()))?;
-    Ok(check_payload(payload, remote_static)?)
+    if identity_static {
+        Ok(check_identity_payload(payload, remote_static)?)
+    } else {
+        Ok(check_payload(payload, remote_static)?)
+    }
 }
 
 /// Client side: hello, then (encrypting) the Noise handshake as initiator.
@@ -276,9 +363,19 @@ pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     security: &Security,
     expect: Option<PeerId>,
 ) -> Result<(Session, u8), WireError> {
-    let (ours, theirs) = wire::client_hello_exchange(s, protocol, security.encrypts()).await?;
+    let (ours, theirs) = wire::client_hello_exchange_offering(
+        s,
+        protocol,
+        security.encrypts(),
+        security.offers_identity_static(),
+    )
+    .await?;
     let features = crate::hello::server_features(&theirs);
-    let Some((builder, keys)) = security.builder().filter(|_| protocol != Protocol::Relay) else {
+    let identity_static = crate::hello::identity_static(&ours, &theirs);
+    let Some((builder, our_payload)) = security
+        .builder(identity_static)
+        .filter(|_| protocol != Protocol::Relay)
+    else {
         return Ok((Session::clear(), features));
     };
     let run = async {
@@ -294,7 +391,7 @@ pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
         let msg = recv_hs(s).await?;
         let mut payload = [0u8; MAX_HANDSHAKE_MSG];
         let n = hs.read_message(&msg, &mut payload).map_err(noise_err)?;
-        let remote = remote_id(&hs, &payload[..n])?;
+        let remote = remote_id(&hs, &payload[..n], identity_static)?;
         if let Some(expected) = expect {
             if expected != remote {
                 return Err(SecureError::WrongPeer {
@@ -304,9 +401,7 @@ pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
                 .into());
             }
         }
-        let n = hs
-            .write_message(&keys.payload, &mut buf)
-            .map_err(noise_err)?;
+        let n = hs.write_message(our_payload, &mut buf).map_err(noise_err)?;
         send_hs(s, &buf[..n]).await?;
         let transport = hs.into_stateless_transport_mode().map_err(noise_err)?;
         Ok::<_, WireError>(Session {
@@ -330,9 +425,20 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     features: impl FnOnce(Protocol) -> u8,
     security: &Security,
 ) -> Result<(Protocol, Session), WireError> {
-    let (protocol, theirs, ours) =
-        wire::server_hello_exchange(s, accepted, busy, features, security.encrypts()).await?;
-    let Some((builder, keys)) = security.builder().filter(|_| protocol != Protocol::Relay) else {
+    let (protocol, theirs, ours) = wire::server_hello_exchange_offering(
+        s,
+        accepted,
+        busy,
+        features,
+        security.encrypts(),
+        security.offers_identity_static(),
+    )
+    .await?;
+    let identity_static = crate::hello::identity_static(&theirs, &ours);
+    let Some((builder, our_payload)) = security
+        .builder(identity_static)
+        .filter(|_| protocol != Protocol::Relay)
+    else {
         return Ok((protocol, Session::clear()));
     };
     let run = async {
@@ -345,13 +451,11 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         let mut buf = [0u8; MAX_HANDSHAKE_MSG];
         let msg = recv_hs(s).await?;
         hs.read_message(&msg, &mut buf).map_err(noise_err)?;
-        let n = hs
-            .write_message(&keys.payload, &mut buf)
-            .map_err(noise_err)?;
+        let n = hs.write_message(our_payload, &mut buf).map_err(noise_err)?;
         send_hs(s, &buf[..n]).await?;
         let msg = recv_hs(s).await?;
         let n = hs.read_message(&msg, &mut buf).map_err(noise_err)?;
-        let remote = remote_id(&hs, &buf[..n])?;
+        let remote = remote_id(&hs, &buf[..n], identity_static)?;
         let transport = hs.into_stateless_transport_mode().map_err(noise_err)?;
         Ok::<_, WireError>(Session {
             transport: Some(Arc::new(transport)),
@@ -1006,6 +1110,113 @@ mod tests {
         sr.raw = raw;
         let err = sr.read(&mut got).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn nodes_with_and_without_identity_static_keys_interoperate() {
+        let (ci, si) = (Identity::generate(), Identity::generate());
+        let new = |id: &Identity| Security::new(id.clone(), None);
+        let old = |id: &Identity| Security::new(id.clone(), None).signed_only();
+        for (c, s, identity_mode) in [
+            (new(&ci), new(&si), true),
+            (old(&ci), new(&si), false),
+            (new(&ci), old(&si), false),
+            (old(&ci), old(&si), false),
+        ] {
+            let (mut a, mut b) = tokio::io::duplex(1 << 16);
+            let srv = tokio::spawn(async move {
+                let r = server(&mut b, &[Protocol::Peer], |_| false, |_| 0, &s).await;
+                r.map(|(_, session)| (b, session))
+            });
+            // The hellos say which handshake runs: read them off the pipe.
+            let (session, features) = client(&mut a, Protocol::Peer, &c, Some(si.peer_id()))
+                .await
+                .unwrap();
+            assert_eq!(
+                features & crate::hello::FEATURE_IDENTITY_STATIC != 0,
+                identity_mode
+            );
+            assert_eq!(session.remote(), Some(si.peer_id()));
+            let (b, theirs) = srv.await.unwrap().unwrap();
+            assert_eq!(theirs.remote(), Some(ci.peer_id()));
+            // Bytes flow both ways in either mode.
+            let (mut cs, mut ss) = (wrap(a, session), wrap(b, theirs));
+            cs.write_all(b"ping").await.unwrap();
+            cs.flush().await.unwrap();
+            let mut got = [0u8; 4];
+            ss.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stripped_identity_static_offer_fails_the_handshake() {
+        // A man in the middle clears CLIENT_IDENTITY_STATIC in the client's
+        // hello: the server runs the signed handshake, the client the
+        // identity one with the server's answer; the prologues differ and
+        // neither side completes.
+        let (mut c, relay_c) = tokio::io::duplex(1 << 16);
+        let (relay_s, mut b) = tokio::io::duplex(1 << 16);
+        let server_sec = Security::new(Identity::generate(), None);
+        let srv = tokio::spawn(async move {
+            server(&mut b, &[Protocol::Peer], |_| false, |_| 0, &server_sec).await
+        });
+        let mitm = tokio::spawn(async move {
+            let (mut cr, mut cw) = split(relay_c);
+            let (mut sr, mut sw) = split(relay_s);
+            let up = async {
+                let mut hello = [0u8; 8];
+                cr.read_exact(&mut hello).await?;
+                hello[7] &= !crate::hello::CLIENT_IDENTITY_STATIC;
+                sw.write_all(&hello).await?;
+                let copied = tokio::io::copy(&mut cr, &mut sw).await;
+                // The client gave up: so does the relay.
+                sw.shutdown().await?;
+                copied
+            };
+            let down = tokio::io::copy(&mut sr, &mut cw);
+            let _ = tokio::join!(up, down);
+        });
+        let client_sec = Security::new(Identity::generate(), None);
+        let c_res = client(&mut c, Protocol::Peer, &client_sec, None).await;
+        drop(c);
+        let s_res = srv.await.unwrap();
+        mitm.abort();
+        assert!(c_res.is_err(), "the client must not complete");
+        assert!(
+            matches!(s_res, Err(WireError::Secure(_))),
+            "{:?}",
+            s_res.map(|_| ())
+        );
+    }
+
+    #[test]
+    fn identity_payloads_must_be_the_static_key() {
+        let (a, b) = (Identity::generate(), Identity::generate());
+        let a_static = a.peer_id().noise_static_key().unwrap();
+        // The X25519 public key of the secret we use is the id's X25519 form.
+        let derived = curve25519_dalek::montgomery::MontgomeryPoint::mul_base_clamped(
+            a.noise_static_secret(),
+        );
+        assert_eq!(derived.to_bytes(), a_static);
+        assert_eq!(
+            check_identity_payload(&a.peer_id().0, &a_static),
+            Ok(a.peer_id())
+        );
+        // Claiming another node's id with our static key: refused.
+        assert_eq!(
+            check_identity_payload(&b.peer_id().0, &a_static),
+            Err(SecureError::Binding)
+        );
+        assert_eq!(
+            check_identity_payload(&a.peer_id().0[..31], &a_static),
+            Err(SecureError::Payload(31))
+        );
+        // A signed (96-byte) payload where an identity one is due: refused.
+        assert_eq!(
+            check_identity_payload(&[0u8; PAYLOAD_LEN], &a_static),
+            Err(SecureError::Payload(PAYLOAD_LEN))
+        );
     }
 
     #[test]

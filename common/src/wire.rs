@@ -190,17 +190,35 @@ pub async fn read_raw<R: AsyncRead + Unpin>(
         .map(|_| ())
 }
 
-/// Client side of the hello: send ours (with [`hello::CLIENT_SECURE`] when
-/// `we_encrypt`), check the answer. Returns both hellos (the Noise
-/// prologue, `crate::secure`) and the server's feature bits. Most code
-/// opens connections through `crate::secure::client` instead.
+/// Client side of the hello: send ours (with [`hello::CLIENT_SECURE`] and
+/// [`hello::CLIENT_IDENTITY_STATIC`] when `we_encrypt`), check the answer.
+/// Returns both hellos (the Noise prologue, `crate::secure`) and the
+/// server's feature bits. Most code opens connections through
+/// `crate::secure::client` instead.
 pub async fn client_hello_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
     protocol: Protocol,
     we_encrypt: bool,
 ) -> Result<([u8; HELLO_LEN], [u8; HELLO_LEN]), WireError> {
+    client_hello_exchange_offering(s, protocol, we_encrypt, we_encrypt).await
+}
+
+/// [`client_hello_exchange`], offering [`hello::CLIENT_IDENTITY_STATIC`]
+/// only when `identity_static` (a client that does not is a version-2 node
+/// from before that feature).
+pub async fn client_hello_exchange_offering<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    protocol: Protocol,
+    we_encrypt: bool,
+    identity_static: bool,
+) -> Result<([u8; HELLO_LEN], [u8; HELLO_LEN]), WireError> {
     let flags = if we_encrypt && protocol != Protocol::Relay {
-        hello::CLIENT_SECURE
+        let offer = if identity_static {
+            hello::CLIENT_IDENTITY_STATIC
+        } else {
+            0
+        };
+        hello::CLIENT_SECURE | offer
     } else {
         0
     };
@@ -240,6 +258,20 @@ pub async fn server_hello_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     features: impl FnOnce(Protocol) -> u8,
     we_encrypt: bool,
 ) -> Result<(Protocol, [u8; HELLO_LEN], [u8; HELLO_LEN]), WireError> {
+    server_hello_exchange_offering(s, accepted, busy, features, we_encrypt, we_encrypt).await
+}
+
+/// [`server_hello_exchange`], answering [`hello::FEATURE_IDENTITY_STATIC`]
+/// to a client that offers it only when `identity_static` (a server that
+/// does not is a version-2 node from before that feature).
+pub async fn server_hello_exchange_offering<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    accepted: &[Protocol],
+    busy: impl FnOnce(Protocol) -> bool,
+    features: impl FnOnce(Protocol) -> u8,
+    we_encrypt: bool,
+    identity_static: bool,
+) -> Result<(Protocol, [u8; HELLO_LEN], [u8; HELLO_LEN]), WireError> {
     let mut theirs = [0u8; HELLO_LEN];
     with_deadline(
         Some(HELLO_TIMEOUT),
@@ -266,6 +298,12 @@ pub async fn server_hello_exchange<S: AsyncRead + AsyncWrite + Unpin>(
     };
     if we_encrypt && !relay {
         bits |= hello::FEATURE_SECURE;
+        if status == HelloStatus::Ok
+            && identity_static
+            && hello::client_flags(&theirs) & hello::CLIENT_IDENTITY_STATIC != 0
+        {
+            bits |= hello::FEATURE_IDENTITY_STATIC;
+        }
     }
     let answer = hello::server_hello_with_features(status, bits);
     s.write_all(&answer).await?;

@@ -239,7 +239,10 @@ async fn serve_connection(
     };
     if let Some(session) = conn.session {
         index.logout(session);
-        info!(%remote, "peer left; its files are withdrawn");
+        // Debug, not info: at thousands of logins a second (an index
+        // restart, a login storm) one line per departure costs the index
+        // a measurable share of its CPU (issue 16's login benchmark).
+        debug!(%remote, "peer left; its files are withdrawn");
     }
     match result {
         Ok(()) => debug!(%remote, "connection closed"),

@@ -236,6 +236,17 @@ struct SessionsArgs {
     /// Concurrent search connections (1 to 1024).
     #[arg(long, env = "LAB_CLIENTS", default_value_t = 4, value_parser = count(1, 1024))]
     clients: usize,
+    /// After the sessions have registered their files, kill the index and
+    /// start it again on the same port, and time until every session has
+    /// logged in and registered its files again (with the peer daemon's
+    /// reconnection backoff); replaces the search and heartbeat phases.
+    #[arg(long, env = "LAB_RESTART_INDEX", value_parser = clap::builder::BoolishValueParser::new())]
+    restart_index: bool,
+    /// With --restart-index: the sessions wait as the registrar did before
+    /// it spread reconnections over the whole window (the backoff plus up
+    /// to a quarter of it): the baseline of the thundering-herd fix.
+    #[arg(long, env = "LAB_OLD_BACKOFF", value_parser = clap::builder::BoolishValueParser::new())]
+    old_backoff: bool,
     #[command(flatten)]
     runs: RunsArg,
 }
@@ -406,6 +417,8 @@ enum Command {
         files: usize,
         #[arg(long)]
         heartbeat_ms: u64,
+        #[arg(long)]
+        old_backoff: bool,
     },
     /// Which path (direct, callback, hole punch, relay) connects a source
     /// and a downloader in each position {public, home NAT, strict NAT} on
@@ -584,7 +597,7 @@ async fn connections(a: ConnectionsArgs, out: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sessions(a: SessionsArgs, out: PathBuf) -> anyhow::Result<()> {
+async fn sessions(a: SessionsArgs, out: PathBuf, insecure: bool) -> anyhow::Result<()> {
     lab::raise_open_files_limit();
     let config = lab::sessions::Config {
         sessions: a.sessions,
@@ -594,10 +607,24 @@ async fn sessions(a: SessionsArgs, out: PathBuf) -> anyhow::Result<()> {
         duration: a.duration,
         clients: a.clients,
         runs: a.runs.runs.unwrap_or(1),
+        restart_index: a.restart_index,
+        old_backoff: a.old_backoff,
+        insecure,
         out,
     };
     let (w, outcomes) = lab::sessions::run(&config).await?;
-    for o in &outcomes {
+    for o in outcomes.iter().filter(|_| config.restart_index) {
+        errln!(
+            "run {}: {:.0} bytes/session, {:.0} bytes/file; after the index restart every session registered again {:.2} s after the kill ({:.2} s after the new index accepted; {} failed attempts retried)",
+            o.run,
+            o.bytes_per_session(&config),
+            o.bytes_per_file(&config),
+            o.restart_s,
+            o.restart_from_up_s,
+            o.restart_failed
+        );
+    }
+    for o in outcomes.iter().filter(|_| !config.restart_index) {
         errln!(
             "run {}: {:.0} bytes/session, {:.0} bytes/file, {:.1} µs CPU/heartbeat ({:.1}% of a core), search p99 {:.0} µs quiet, {:.0} µs during heartbeats",
             o.run,
@@ -706,7 +733,7 @@ async fn async_main(cli: Cli) {
         Command::IndexLoad { args, out } => index_load(args, out.out).await,
         Command::Connections { args, out } => connections(args, out.out).await,
         Command::SearchCost { args, out } => search_cost(args, out.out).await,
-        Command::Sessions { args, out } => sessions(args, out.out).await,
+        Command::Sessions { args, out } => sessions(args, out.out, cli.insecure).await,
         Command::Reachability {
             file_size,
             relay_rate,
@@ -731,12 +758,14 @@ async fn async_main(cli: Cli) {
             count,
             files,
             heartbeat_ms,
+            old_backoff,
         } => lab::sessions::worker(
             index,
             first,
             count,
             files,
             Duration::from_millis(heartbeat_ms.max(1)),
+            old_backoff,
         )
         .await
         .map_err(Into::into),

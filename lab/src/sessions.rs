@@ -22,6 +22,15 @@
 //!    per heartbeat and as a share of one core;
 //! 6. the same heartbeats while the clients search for `duration`: search
 //!    p50/p99 during the heartbeat load.
+//!
+//! With `--restart-index`, phases 4 to 6 are replaced by a restart: after
+//! phase 3 the index is killed (SIGKILL) and started again on the same
+//! port, and every session logs in again and registers its files the way
+//! the peer daemon's registrar does after losing its index (first wait
+//! drawn from `[0, 200 ms]`, the window doubling after each failed attempt
+//! up to 10 s: `peer::registrar::reconnect_delay`). Measured: the time from
+//! the kill, and from the new index accepting, until the last session has
+//! registered all its files again.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -50,6 +59,15 @@ pub struct Config {
     /// Concurrent search connections.
     pub clients: usize,
     pub runs: usize,
+    /// Kill and restart the index after phase 3 and time the sessions'
+    /// re-registration (instead of phases 4 to 6).
+    pub restart_index: bool,
+    /// With `restart_index`: wait as the registrar did before full jitter
+    /// (backoff plus up to a quarter of it), the baseline of that fix.
+    pub old_backoff: bool,
+    /// Clear text between the sessions and the index (`lab --insecure`,
+    /// which the worker processes inherit): only noted in the report.
+    pub insecure: bool,
     pub out: PathBuf,
 }
 
@@ -71,6 +89,15 @@ pub struct Outcome {
     pub during_p50_us: f64,
     pub during_p99_us: f64,
     pub during_per_sec: f64,
+    /// With `restart_index`: seconds from the kill until every session
+    /// had logged in again and registered its files.
+    pub restart_s: f64,
+    /// The same from the moment the new index accepted connections.
+    pub restart_from_up_s: f64,
+    /// Seconds from the kill until the new index accepted connections.
+    pub restart_up_s: f64,
+    /// Login attempts that failed during the restart (and were retried).
+    pub restart_failed: u64,
 }
 
 impl Outcome {
@@ -115,6 +142,9 @@ pub const CSV_COLUMNS: &[&str] = &[
     "search_during_p50_us",
     "search_during_p99_us",
     "search_during_per_sec",
+    "restart_s",
+    "restart_from_up_s",
+    "restart_failed",
 ];
 
 /// Resident set size of process `pid`, bytes.
@@ -178,6 +208,7 @@ impl Worker {
                 "--heartbeat-ms",
                 &config.heartbeat.as_millis().to_string(),
             ])
+            .args(config.old_backoff.then_some("--old-backoff"))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -269,24 +300,8 @@ async fn one_run(config: &Config, k: usize) -> Result<Outcome, LabError> {
         .port();
     let index = format!("127.0.0.1:{port}");
     let cap = (config.sessions + config.clients + 1000).to_string();
-    let index_proc = Proc(
-        Command::new(&lab)
-            .args(["index-worker", "--listen", &index, "--cap", &cap])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()?,
-    );
+    let index_proc = start_index(&lab, &index, &cap).await?;
     let pid = index_proc.0.id();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(&index).await.is_err() {
-        if Instant::now() > deadline {
-            return Err(LabError::Setup(
-                "the index did not start within 30 s".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let rss =
         || rss_of(pid).ok_or_else(|| LabError::Setup("cannot read the index's memory".into()));
     let bar = report::progress(6, "sessions");
@@ -320,6 +335,22 @@ async fn one_run(config: &Config, k: usize) -> Result<Outcome, LabError> {
     }
     out.rss_files = rss()?;
     bar.inc(1);
+
+    if config.restart_index {
+        bar.set_message("restart the index");
+        restart(
+            &lab,
+            &index,
+            &cap,
+            index_proc,
+            &mut workers,
+            config,
+            &mut out,
+        )
+        .await?;
+        bar.finish_and_clear();
+        return Ok(out);
+    }
 
     bar.set_message("search (quiet)");
     let quiet = searches(&index, config).await?;
@@ -381,6 +412,84 @@ async fn one_run(config: &Config, k: usize) -> Result<Outcome, LabError> {
     drop(workers);
     drop(index_proc);
     Ok(out)
+}
+
+/// Starts `lab index-worker` on `index` and waits until it accepts.
+async fn start_index(lab: &PathBuf, index: &str, cap: &str) -> Result<Proc, LabError> {
+    let proc = Proc(
+        Command::new(lab)
+            .args(["index-worker", "--listen", index, "--cap", cap])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(index).await.is_err() {
+        if Instant::now() > deadline {
+            return Err(LabError::Setup(
+                "the index did not start within 30 s".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(proc)
+}
+
+/// Kills the index, starts it again on the same address, and waits until
+/// every session has registered again (at most 5 minutes).
+async fn restart(
+    lab: &PathBuf,
+    index: &str,
+    cap: &str,
+    old: Proc,
+    workers: &mut [Worker],
+    config: &Config,
+    out: &mut Outcome,
+) -> Result<(), LabError> {
+    let slow = Duration::from_secs(300);
+    for w in workers.iter_mut() {
+        w.tell("watch")?;
+    }
+    for w in workers.iter() {
+        w.expect("watching", slow)?;
+    }
+    let killed = Instant::now();
+    drop(old);
+    let new = start_index(lab, index, cap).await?;
+    out.restart_up_s = killed.elapsed().as_secs_f64();
+    let deadline = killed + slow;
+    loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for w in workers.iter_mut() {
+            w.tell("back")?;
+        }
+        let (mut back, mut failed) = (0u64, 0u64);
+        for w in workers.iter() {
+            let line = w.expect("back", slow)?;
+            let mut words = line.split_whitespace().skip(1);
+            back += words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            failed += words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        }
+        out.restart_failed = failed;
+        if back as usize >= config.sessions {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Setup(format!(
+                "only {back} of {} sessions registered again within {slow:?} of the restart",
+                config.sessions
+            )));
+        }
+    }
+    // The last poll's delay is included: at most 20 ms of overstatement.
+    out.restart_s = killed.elapsed().as_secs_f64();
+    out.restart_from_up_s = out.restart_s - out.restart_up_s;
+    for w in workers.iter_mut() {
+        w.tell("stop")?;
+    }
+    drop(new);
+    Ok(())
 }
 
 fn count_of(line: &str) -> u64 {
@@ -452,6 +561,7 @@ pub async fn worker(
     count: usize,
     files: usize,
     heartbeat: Duration,
+    old_backoff: bool,
 ) -> Result<(), LabError> {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
@@ -517,6 +627,7 @@ pub async fn worker(
     loop {
         match lines.recv().await.as_deref() {
             Some("heartbeat") => break,
+            Some("watch") => return rejoin(index, clients, files, old_backoff, lines, say).await,
             Some(_) => continue,
             None => return Ok(()),
         }
@@ -567,6 +678,103 @@ pub async fn worker(
     Ok(())
 }
 
+/// The wait before a login attempt: the registrar's, or (`old`) the one it
+/// had before full jitter, the backoff plus up to a quarter of it.
+fn wait(backoff: Duration, old: bool) -> Duration {
+    let draw: u64 = rand::random();
+    if old {
+        backoff + Duration::from_millis(draw % (backoff.as_millis() as u64 / 4 + 1))
+    } else {
+        peer::registrar::reconnect_delay(backoff, draw)
+    }
+}
+
+/// One session's login and file registration, as a new connection.
+async fn join(index: &str, s: usize, files: usize) -> Result<IndexClient, LabError> {
+    let mut c = IndexClient::connect(index).await.map_err(LabError::setup)?;
+    c.request(&IndexRequest::Login(Login {
+        listen_port: 1024 + (s % 60_000) as u16,
+        advertise: None,
+        nick: None,
+    }))
+    .await
+    .map_err(LabError::setup)?;
+    let all: Vec<SharedFile> = (0..files).map(|k| file_of(s, k)).collect();
+    for batch in all.chunks(common::limits::MAX_FILES_PER_BATCH) {
+        c.request(&IndexRequest::AddFiles {
+            files: batch.to_vec(),
+        })
+        .await
+        .map_err(LabError::setup)?;
+    }
+    Ok(c)
+}
+
+/// The worker's restart phase: every session waits for its connection to
+/// close, then logs in and registers again as the peer daemon's registrar
+/// does (`peer::registrar::reconnect_delay` with its default backoff),
+/// until "stop". Answers "back N FAILED" to "back".
+async fn rejoin(
+    index: String,
+    clients: Vec<(usize, IndexClient)>,
+    files: usize,
+    old_backoff: bool,
+    mut lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    say: impl Fn(String),
+) -> Result<(), LabError> {
+    use peer::registrar::{DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    let back = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (s, mut c) in clients {
+        let (index, back, failed, stop) =
+            (index.clone(), back.clone(), failed.clone(), stop.clone());
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = c.closed() => {}
+            }
+            drop(c);
+            let mut backoff = DEFAULT_BACKOFF_MIN;
+            let again = loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait(backoff, old_backoff)) => {}
+                }
+                match join(&index, s, files).await {
+                    Ok(c) => break c,
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        backoff = (backoff * 2).min(DEFAULT_BACKOFF_MAX);
+                    }
+                }
+            };
+            back.fetch_add(1, Ordering::Relaxed);
+            // Held until the end, as a peer holds its session.
+            stop.cancelled().await;
+            drop(again);
+        });
+    }
+    say("watching".into());
+    while let Some(line) = lines.recv().await {
+        match line.as_str() {
+            "back" => say(format!(
+                "back {} {}",
+                back.load(Ordering::Relaxed),
+                failed.load(Ordering::Relaxed)
+            )),
+            "stop" => break,
+            _ => {}
+        }
+    }
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
 fn write_outputs(config: &Config, outcomes: &[Outcome]) -> Result<Written, LabError> {
     let mut csv = Csv::new(CSV_COLUMNS);
     let row = |run: String, o: &Outcome| {
@@ -589,6 +797,9 @@ fn write_outputs(config: &Config, outcomes: &[Outcome]) -> Result<Written, LabEr
             format!("{:.0}", o.during_p50_us),
             format!("{:.0}", o.during_p99_us),
             format!("{:.0}", o.during_per_sec),
+            format!("{:.3}", o.restart_s),
+            format!("{:.3}", o.restart_from_up_s),
+            o.restart_failed.to_string(),
         ]
     };
     for o in outcomes {
@@ -625,6 +836,10 @@ fn write_outputs(config: &Config, outcomes: &[Outcome]) -> Result<Written, LabEr
         during_p50_us: d50.median,
         during_p99_us: d99.median,
         during_per_sec: of(&|o| o.during_per_sec).median,
+        restart_s: of(&|o| o.restart_s).median,
+        restart_from_up_s: of(&|o| o.restart_from_up_s).median,
+        restart_up_s: of(&|o| o.restart_up_s).median,
+        restart_failed: of(&|o| o.restart_failed as f64).median as u64,
     };
     let mut r = row("median".into(), &median);
     // The median row's derived figures are the medians of the runs'.
@@ -718,7 +933,7 @@ fn write_outputs(config: &Config, outcomes: &[Outcome]) -> Result<Written, LabEr
         config.duration,
         outcomes.len(),
     );
-    let rows = vec![
+    let mut rows = vec![
         vec![
             "memory per session (beyond files)".into(),
             format!("{} bytes", per_session.text(0)),
@@ -758,6 +973,46 @@ fn write_outputs(config: &Config, outcomes: &[Outcome]) -> Result<Written, LabEr
             "p99 < 10 ms".into(),
         ],
     ];
+    if config.restart_index {
+        // Phases 4 to 6 did not run: their rows would be zeros.
+        rows.truncate(2);
+        let restart = of(&|o| o.restart_s);
+        let from_up = of(&|o| o.restart_from_up_s);
+        let failed = of(&|o| o.restart_failed as f64);
+        rows.push(vec![
+            format!(
+                "{} sessions registered again ({} files each) after an index restart, from the kill",
+                config.sessions, config.files_per_session
+            ),
+            format!("{} s", restart.text(2)),
+            "< 10 s".into(),
+        ]);
+        rows.push(vec![
+            "the same, from the new index accepting".into(),
+            format!("{} s", from_up.text(2)),
+            "-".into(),
+        ]);
+        rows.push(vec![
+            "login attempts that failed and were retried".into(),
+            failed.text(0),
+            "-".into(),
+        ]);
+    }
+    if config.insecure || config.old_backoff {
+        md.push_str(&format!(
+            "Baseline run: {}{}.\n\n",
+            if config.insecure {
+                "clear text (`--insecure`)"
+            } else {
+                "encrypted"
+            },
+            if config.old_backoff {
+                ", the registrar's wait before full jitter (`--old-backoff`)"
+            } else {
+                ""
+            }
+        ));
+    }
     md.push_str(&report::md_table(&["figure", "measured", "target"], &rows));
     report::write_all(&config.out, "sessions", &csv, &[latency, memory], &md)
 }

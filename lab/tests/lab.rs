@@ -215,6 +215,9 @@ async fn sessions_tiny() {
         duration: Duration::from_millis(600),
         clients: 2,
         runs: 1,
+        restart_index: false,
+        old_backoff: false,
+        insecure: false,
         out: out(dir.path()),
     };
     let (w, outcomes) = lab::sessions::run(&config).await.unwrap();
@@ -224,6 +227,32 @@ async fn sessions_tiny() {
     // 300 sessions heartbeating every 200 ms for 600 ms: about 900.
     assert!(o.heartbeats > 300, "{o:?}");
     assert!(o.quiet_p99_us > 0.0 && o.during_p99_us > 0.0, "{o:?}");
+}
+
+/// `lab sessions --restart-index` at a small size: the index is killed
+/// and started again, and every session notices, logs in and registers
+/// its files again (the run fails if one does not within its deadline).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_come_back_after_an_index_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = lab::sessions::Config {
+        sessions: 200,
+        workers: 2,
+        files_per_session: 5,
+        heartbeat: Duration::from_secs(20),
+        duration: Duration::from_millis(100),
+        clients: 1,
+        runs: 1,
+        restart_index: true,
+        old_backoff: false,
+        insecure: false,
+        out: out(dir.path()),
+    };
+    let (w, outcomes) = lab::sessions::run(&config).await.unwrap();
+    check(&w, lab::sessions::CSV_COLUMNS, 2);
+    let o = &outcomes[0];
+    assert!(o.restart_s > 0.0 && o.restart_s >= o.restart_up_s, "{o:?}");
+    assert!(o.rss_files > o.rss_idle, "{o:?}");
 }
 
 /// In one process, N peers may need more open files than this process

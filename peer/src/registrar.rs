@@ -122,6 +122,12 @@ pub fn nick_variant(base: &str, n: u32) -> String {
     format!("{}{suffix}", &base[..cut])
 }
 
+/// First wait before logging in again after losing the index (`peer
+/// serve`'s default; doubled after each failed attempt).
+pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(200);
+/// Longest wait between attempts (`peer serve`'s default).
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
 /// Most nickname variants tried in a row before waiting like any failure.
 const MAX_NICK_VARIANTS: u32 = 1000;
 
@@ -207,14 +213,28 @@ pub async fn run(
             return;
         }
         warn!(index = %config.index, error = %common::report::error_chain(&e), retry_in = ?backoff, "lost the index; will register again");
-        let jitter =
-            Duration::from_millis(rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1));
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff + jitter) => {}
+            _ = tokio::time::sleep(reconnect_delay(backoff, rand::random())) => {}
         }
         backoff = (backoff * 2).min(config.backoff_max);
     }
+}
+
+/// How long to wait before the next login after losing the index, with
+/// the current `backoff` and a random `draw`: anywhere in `[0, backoff]`,
+/// uniformly ("full jitter", as AWS's architecture blog measured it).
+///
+/// An index restart drops every peer at the same instant; a wait of
+/// `backoff` plus a little jitter brought them all back within a few
+/// milliseconds of each other, again and again (a thundering herd that
+/// overflowed the index's listen backlog, whose dropped SYNs are retried
+/// only after 1 s, then 3 s). Spread over the whole window, and with the
+/// window doubling after each failure, the logins arrive at a rate the
+/// index can take.
+pub fn reconnect_delay(backoff: Duration, draw: u64) -> Duration {
+    let window = backoff.as_micros().min(u64::MAX as u128) as u64;
+    Duration::from_micros(draw % (window + 1))
 }
 
 /// The callback orders of a firewalled peer's session (`crate::callback`).
@@ -608,6 +628,26 @@ mod tests {
             "{v}"
         );
         assert!(common::im::validate_nick(&v).is_ok());
+    }
+
+    #[test]
+    fn reconnections_spread_over_the_whole_backoff_window() {
+        let backoff = Duration::from_millis(200);
+        // A herd of peers that lost the index at the same instant.
+        let mut waits: Vec<Duration> = (0..10_000u64)
+            .map(|i| reconnect_delay(backoff, i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+            .collect();
+        waits.sort();
+        assert!(waits.iter().all(|w| *w <= backoff), "{:?}", waits.last());
+        // Every tenth of the window gets about a tenth of the herd: no
+        // burst of everyone at `backoff`.
+        for tenth in 0..10u32 {
+            let (lo, hi) = (backoff * tenth / 10, backoff * (tenth + 1) / 10);
+            let n = waits.iter().filter(|w| **w >= lo && **w < hi).count();
+            assert!((800..1200).contains(&n), "{n} waits in [{lo:?}, {hi:?})");
+        }
+        assert_eq!(reconnect_delay(Duration::ZERO, 12345), Duration::ZERO);
+        assert!(reconnect_delay(Duration::from_secs(10), u64::MAX) <= Duration::from_secs(10));
     }
 
     #[test]

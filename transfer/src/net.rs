@@ -226,8 +226,15 @@ fn bind_one(addr: SocketAddr, v6_only: Option<bool>) -> std::io::Result<TcpListe
     // What `TcpListener::bind` does: rebinding right after a restart works.
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(1024)
+    socket.listen(LISTEN_BACKLOG)
 }
+
+/// Connections the kernel queues before they are accepted (it caps this
+/// at `net.core.somaxconn`, 4096 on current kernels). tokio's default,
+/// 1024, is smaller than the herd of peers that log in again after an
+/// index restart: a SYN beyond the queue is dropped and retried by the
+/// client's kernel only after 1 s (then 3 s, 7 s).
+pub const LISTEN_BACKLOG: u32 = 8192;
 
 /// Connects to `addr` (`HOST:PORT`, resolved now) within `timeout`, with
 /// the settings of [`tune_socket`]. A name with several addresses (IPv6
