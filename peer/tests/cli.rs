@@ -588,6 +588,19 @@ async fn peers_without_a_nick_on_one_host_take_free_variants() {
     }
 
     // Index restart on the same address; others take both names first.
+    // The peers are paused meanwhile: they now reconnect at a random time
+    // within their backoff, which may be at once, and a key's own
+    // nickname is its own again (the squatters would find it taken).
+    let signal = |child: &std::process::Child, sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal(&first, "-STOP");
+    signal(&second, "-STOP");
     stop_index.cancel();
     let listen: std::net::SocketAddr = index.parse().unwrap();
     let mut restarted = None;
@@ -612,6 +625,8 @@ async fn peers_without_a_nick_on_one_host_take_free_variants() {
         raw_session(&index, Some(&host), vec![]).await,
         raw_session(&index, Some(&variant), songs(1)).await,
     );
+    signal(&first, "-CONT");
+    signal(&second, "-CONT");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let nicks = online_nicks(&index).await;
