@@ -15,21 +15,9 @@ use tokio_util::sync::CancellationToken;
 use transfer::testing::{self as fake, random_bytes, Behaviour};
 
 mod support;
-use support::{register_source, shared_as};
+use support::{register_source, shared_as, start_index};
 
 const PEER: &str = env!("CARGO_BIN_EXE_peer");
-
-async fn start_index() -> (String, CancellationToken) {
-    let config = index_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    let server = index_server::Server::bind(config).await.unwrap();
-    let addr = server.local_addr().to_string();
-    let token = CancellationToken::new();
-    tokio::spawn(server.run(token.clone()));
-    (addr, token)
-}
 
 async fn run(args: &[&str]) -> Output {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();

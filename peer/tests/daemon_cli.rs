@@ -157,18 +157,7 @@ use tokio_util::sync::CancellationToken;
 use transfer::testing::{self as fake, random_bytes, Behaviour};
 
 mod support;
-
-async fn start_index() -> (String, CancellationToken) {
-    let config = index_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    let server = index_server::Server::bind(config).await.unwrap();
-    let addr = server.local_addr().to_string();
-    let token = CancellationToken::new();
-    tokio::spawn(server.run(token.clone()));
-    (addr, token)
-}
+use support::start_index;
 
 /// Registers `addr` at the index as the holder of `info` under `name`;
 /// the returned connection keeps the registration alive.

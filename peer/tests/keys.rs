@@ -12,25 +12,17 @@ use std::time::Duration;
 use common::identity::{Identity, PeerId};
 use common::secure::Security;
 use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
+
+// Only `start_index` is used here.
+#[allow(dead_code)]
+mod support;
+use support::start_index;
 
 const PEER: &str = env!("CARGO_BIN_EXE_peer");
 
 /// Longest a refused command may take to exit: it must stop at once, not
 /// retry (a hang fails the test here instead of timing out the suite).
 const EXIT_DEADLINE: Duration = Duration::from_secs(30);
-
-async fn start_index() -> (String, CancellationToken) {
-    let config = index_server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..Default::default()
-    };
-    let server = index_server::Server::bind(config).await.unwrap();
-    let addr = server.local_addr().to_string();
-    let token = CancellationToken::new();
-    tokio::spawn(server.run(token.clone()));
-    (addr, token)
-}
 
 /// The index's id: the in-process index proves this process's key.
 fn index_id() -> PeerId {

@@ -5,6 +5,7 @@ use common::id::ContentInfo;
 use common::index_proto::{IndexRequest, IndexResponse, Login, SharedFile};
 use common::wire::{self, Deadlines};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 
 /// Registers `addr` at the index as the holder of `file` (for fake sources);
 /// the returned connection keeps the registration alive.
@@ -38,4 +39,18 @@ pub fn shared_as(info: &ContentInfo, name: &str) -> SharedFile {
         name: name.into(),
         size: info.size,
     }
+}
+
+/// An index server in this process on 127.0.0.1 port 0 (under this test
+/// process's key): its address, and the token that stops it.
+pub async fn start_index() -> (String, CancellationToken) {
+    let config = index_server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    };
+    let server = index_server::Server::bind(config).await.unwrap();
+    let addr = server.local_addr().to_string();
+    let token = CancellationToken::new();
+    tokio::spawn(server.run(token.clone()));
+    (addr, token)
 }
