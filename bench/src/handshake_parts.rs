@@ -26,6 +26,23 @@ pub async fn run(n: u32) -> anyhow::Result<()> {
     let ladder = time_us(n, || {
         std::hint::black_box(std::hint::black_box(point).mul_clamped(secret));
     });
+    let theirs = point.to_bytes();
+    let aws = time_us(n, || {
+        use aws_lc_rs::agreement::{agree, PrivateKey, UnparsedPublicKey, X25519};
+        let ours = PrivateKey::from_private_key(&X25519, std::hint::black_box(&secret))
+            .expect("any 32 bytes");
+        let shared = agree(&ours, UnparsedPublicKey::new(&X25519, &theirs), (), |k| {
+            Ok(k[0])
+        })
+        .expect("not low order");
+        std::hint::black_box(shared);
+    });
+    let aws_base = time_us(n, || {
+        use aws_lc_rs::agreement::{PrivateKey, X25519};
+        let ours = PrivateKey::from_private_key(&X25519, std::hint::black_box(&secret))
+            .expect("any 32 bytes");
+        std::hint::black_box(ours.compute_public_key().expect("a key"));
+    });
     let base = time_us(n, || {
         std::hint::black_box(MontgomeryPoint::mul_base_clamped(std::hint::black_box(
             secret,
@@ -60,7 +77,11 @@ pub async fn run(n: u32) -> anyhow::Result<()> {
     println!("|---|---|");
     println!("| X25519 DH, variable base (Montgomery ladder, curve25519-dalek) | {ladder:.1} |");
     println!("| X25519 DH through the Edwards form (to_edwards, mul_clamped, to_montgomery) | {edwards:.1} |");
-    println!("| X25519 key from secret (fixed base, Edwards tables) | {base:.1} |");
+    println!(
+        "| X25519 key from secret (fixed base, Edwards tables, curve25519-dalek) | {base:.1} |"
+    );
+    println!("| X25519 DH, variable base (aws-lc-rs, s2n-bignum assembly; what the handshake uses) | {aws:.1} |");
+    println!("| X25519 key from secret (aws-lc-rs; what the handshake uses) | {aws_base:.1} |");
     println!("| ed25519 signature verification | {verify:.1} |");
     println!("| ed25519 public key decompression (`PeerId::from_bytes`) | {decompress:.1} |");
     println!("| whole hello + Noise XX handshake, both sides, in memory, identity static keys ({hs_n} runs) | {identity:.1} |");
