@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::index_proto::{SearchHit, SharedFile};
+use common::index_proto::{SearchHit, SharedFile, Source};
 use common::names::escape_for_terminal as esc;
 use peer::download::Progress;
 use serde::Serialize;
@@ -97,7 +97,8 @@ pub fn files_json(files: &[SharedFile]) -> serde_json::Value {
 
 /// A flooding search: the hits, then what it cost (on stderr, so stdout
 /// stays the table).
-pub fn print_p2p_report(report: &peer::overlay::SearchReport) {
+/// With `show_sources`, each hit's source addresses on indented lines.
+pub fn print_p2p_report(report: &peer::overlay::SearchReport, show_sources: bool) {
     if report.hits.is_empty() {
         errln!("no files found");
     } else {
@@ -110,6 +111,9 @@ pub fn print_p2p_report(report: &peer::overlay::SearchReport) {
                 h.id,
                 esc(&h.name)
             );
+            for addr in h.sources.iter().filter(|_| show_sources) {
+                outln!("{:>7}  {}", "from", esc(addr));
+            }
         }
     }
     errln!(
@@ -125,13 +129,16 @@ pub fn print_p2p_report(report: &peer::overlay::SearchReport) {
     );
 }
 
-pub fn print_hits(hits: &[SearchHit]) {
+/// The table of an index search; with `sources` (one list per hit, from
+/// `--sources`), each hit's sources on indented lines under it:
+/// nickname, address, short node id.
+pub fn print_hits(hits: &[SearchHit], sources: Option<&[Vec<Source>]>) {
     if hits.is_empty() {
         errln!("no files found");
         return;
     }
     outln!("{:>7}  {:>10}  {:<64}  NAME", "SOURCES", "SIZE", "ID");
-    for h in hits {
+    for (i, h) in hits.iter().enumerate() {
         outln!(
             "{:>7}  {:>10}  {}  {}",
             h.sources,
@@ -139,7 +146,33 @@ pub fn print_hits(hits: &[SearchHit]) {
             h.id,
             esc(&h.name)
         );
+        for s in sources.and_then(|all| all.get(i)).into_iter().flatten() {
+            outln!(
+                "{:>7}  {:<24}  {:<24}  id {}",
+                "from",
+                esc(s.nick.as_deref().unwrap_or("-")),
+                esc(&s.addr),
+                s.peer_id.map(|id| id.short()).unwrap_or_else(|| "-".into())
+            );
+        }
     }
+}
+
+/// `[{nick, addr, peer_id}]` of index sources (`peer_id` in full, null
+/// when the index runs `--insecure`).
+pub fn sources_json(sources: &[Source]) -> serde_json::Value {
+    serde_json::Value::Array(
+        sources
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "nick": s.nick,
+                    "addr": s.addr,
+                    "peer_id": s.peer_id.map(|id| id.to_string()),
+                })
+            })
+            .collect(),
+    )
 }
 
 pub fn print_files(files: &[SharedFile]) {

@@ -367,6 +367,12 @@ enum Command {
         #[arg(long, env = "PEER_LIMIT", default_value_t = common::limits::DEFAULT_SEARCH_LIMIT,
               value_parser = clap::value_parser!(u32).range(1..=common::limits::MAX_SEARCH_LIMIT as i64))]
         limit: u32,
+        /// Also list each file's sources under it: nickname, address and
+        /// node id (short form; --json gives the whole id in
+        /// `source_list: [{nick, addr, peer_id}]`). One lookup per result at
+        /// the index; with --mode p2p, the addresses that answered.
+        #[arg(long = "sources", env = "PEER_SHOW_SOURCES", value_parser = boolish())]
+        show_sources: bool,
         /// hybrid and client-server: ask the index; p2p: flood the overlay
         /// through --via (and report the messages and nodes it cost).
         #[arg(long, env = "PEER_MODE", value_enum, default_value = "hybrid")]
@@ -689,6 +695,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             index,
             json,
             limit,
+            show_sources,
             mode: Mode::P2p,
             p2p,
             filters,
@@ -715,7 +722,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 value["truncated"] = (total > report.hits.len() as u64).into();
                 cli_output::print_json(&value);
             } else {
-                cli_output::print_p2p_report(&report);
+                cli_output::print_p2p_report(&report, show_sources);
             }
             search_cli::note_cut(report.hits.len(), Some(total), true, limit);
             Ok(0)
@@ -724,6 +731,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             index,
             json,
             limit,
+            show_sources,
             mode: _,
             p2p: _,
             filters,
@@ -734,10 +742,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let filter = filters.filter().unwrap_or_else(|e| usage_error(&e));
             let mut client = IndexClient::connect(&index.index).await?;
             let answer = client.search_filtered(words, limit, filter).await?;
-            if json {
-                cli_output::print_json(&search_cli::answer_json(&answer));
+            let sources = if show_sources {
+                Some(search_cli::sources_of(&mut client, &answer.hits).await?)
             } else {
-                cli_output::print_hits(&answer.hits);
+                None
+            };
+            if json {
+                cli_output::print_json(&search_cli::answer_json(&answer, sources.as_deref()));
+            } else {
+                cli_output::print_hits(&answer.hits, sources.as_deref());
             }
             search_cli::note_cut(answer.hits.len(), answer.total, answer.total_exact, limit);
             Ok(0)

@@ -1,9 +1,9 @@
 //! `peer search`: its filters, and how an answer is printed.
 
 use clap::Args;
-use common::index_proto::SearchFilter;
+use common::index_proto::{SearchFilter, SearchHit, Source};
 use common::search::FileKind;
-use peer::index_client::SearchAnswer;
+use peer::index_client::{IndexClient, IndexError, SearchAnswer};
 
 use crate::cli_output;
 
@@ -154,14 +154,37 @@ pub fn thousands(n: u64) -> String {
     out
 }
 
+/// The live sources of each hit, in the hits' order (`--sources`): one
+/// `Lookup` per hit on `client`'s connection. A file whose last source left
+/// between the search and its lookup gets an empty list.
+pub async fn sources_of(
+    client: &mut IndexClient,
+    hits: &[SearchHit],
+) -> Result<Vec<Vec<Source>>, IndexError> {
+    let mut all = Vec::with_capacity(hits.len());
+    for hit in hits {
+        let found = client.lookup(hit.id).await?;
+        all.push(found.map(|(_, _, sources)| sources).unwrap_or_default());
+    }
+    Ok(all)
+}
+
 /// The JSON of an index search: `{total, truncated, total_exact, results}`
-/// (`total` is null when an older index did not count).
-pub fn answer_json(answer: &SearchAnswer) -> serde_json::Value {
+/// (`total` is null when an older index did not count); with `sources`
+/// (`--sources`, one list per hit), each result also has
+/// `source_list: [{nick, addr, peer_id}]`.
+pub fn answer_json(answer: &SearchAnswer, sources: Option<&[Vec<Source>]>) -> serde_json::Value {
+    let mut results = cli_output::hits_json(&answer.hits);
+    if let (Some(sources), Some(list)) = (sources, results.as_array_mut()) {
+        for (result, sources) in list.iter_mut().zip(sources) {
+            result["source_list"] = cli_output::sources_json(sources);
+        }
+    }
     serde_json::json!({
         "total": answer.total,
         "truncated": answer.truncated,
         "total_exact": answer.total_exact,
-        "results": cli_output::hits_json(&answer.hits),
+        "results": results,
     })
 }
 

@@ -498,8 +498,19 @@ async fn raw_session(
     nick: Option<&str>,
     files: Vec<SharedFile>,
 ) -> transfer::net::Conn {
+    raw_session_with(index, nick, files, &common::secure::Security::process()).await
+}
+
+/// [`raw_session`] proving the key of `security` (the process's key is one
+/// node: a second login with it replaces the first's nickname-less session).
+async fn raw_session_with(
+    index: &str,
+    nick: Option<&str>,
+    files: Vec<SharedFile>,
+    security: &common::secure::Security,
+) -> transfer::net::Conn {
     let s = TcpStream::connect(index).await.unwrap();
-    let (mut s, _) = transfer::net::client(s, Protocol::Index, None)
+    let (mut s, _) = transfer::net::client_with(s, Protocol::Index, None, security)
         .await
         .unwrap();
     let mut buf = Vec::new();
@@ -1048,6 +1059,76 @@ async fn search_says_how_many_matched_when_the_list_is_cut() {
     let out = run(&["search", "--index", &index, "tune", "-7"]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("showing 100 of 1,233"), "{err}");
+    stop_index.cancel();
+}
+
+/// Issue 16: `peer search --sources` lists each hit's sources with the node
+/// id the index saw them prove (short in the table, whole in --json).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_lists_sources_with_their_node_ids() {
+    let (index, stop_index) = start_index().await;
+    let info = content_info(b"the one shared tune");
+    let node = || common::secure::Security::new(common::identity::Identity::generate(), None);
+    let tune = || vec![shared_as(&info, "tune.mp3")];
+    let _alice = raw_session_with(&index, Some("alice"), tune(), &node()).await;
+    let _bob = raw_session_with(&index, Some("bob"), tune(), &node()).await;
+    let _other = raw_session_with(&index, Some("carol"), songs(2), &node()).await;
+    let whois = |nick: &'static str| {
+        let index = index.clone();
+        async move {
+            let out = run(&["whois", "--index", &index, "--json", nick]).await;
+            assert!(out.status.success(), "{out:?}");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v["peer_id"].as_str().unwrap().to_string()
+        }
+    };
+    let (alice_id, bob_id) = (whois("alice").await, whois("bob").await);
+    assert_ne!(alice_id, bob_id);
+
+    let out = run(&["search", "--index", &index, "--json", "--sources", "tune"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1);
+    let mut listed: Vec<(String, String)> = results[0]["source_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["nick"].as_str().unwrap().to_string(),
+                s["peer_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![
+            ("alice".into(), alice_id.clone()),
+            ("bob".into(), bob_id.clone())
+        ]
+    );
+
+    let out = run(&["search", "--index", &index, "--sources", "tune"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let from: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("from"))
+        .collect();
+    assert_eq!(from.len(), 2, "{text}");
+    for (nick, id) in [("alice", &alice_id), ("bob", &bob_id)] {
+        assert!(
+            from.iter()
+                .any(|l| l.contains(nick) && l.contains(&id[..12])),
+            "{nick} {id}: {text}"
+        );
+    }
+    // Without the flag: the counts only, as before.
+    let out = run(&["search", "--index", &index, "--json", "tune"]).await;
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(answer["results"][0].get("source_list").is_none());
+    assert_eq!(answer["results"][0]["sources"], 2);
     stop_index.cancel();
 }
 
