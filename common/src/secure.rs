@@ -498,7 +498,7 @@ impl<R, W> SecureStream<R, W> {
                 raw: Vec::new(),
                 raw_start: 0,
                 raw_end: 0,
-                last_read: 0,
+                last_len: 0,
                 plain: Vec::new(),
                 plain_pos: 0,
             },
@@ -554,9 +554,14 @@ pub struct SecureRead<R> {
     raw: Vec<u8>,
     raw_start: usize,
     raw_end: usize,
-    /// Bytes the last socket read brought (a bulk transfer keeps its
-    /// buffer between messages; a connection of small requests does not).
-    last_read: usize,
+    /// Ciphertext length of the last message opened: a connection whose
+    /// messages are small (requests, an index session) gets a
+    /// [`SMALL_CAP`] buffer and gives it back whenever it drains; one
+    /// carrying large messages (chunk data) keeps its [`RAW_CAP`] buffer
+    /// between reads. Before, every drained read freed the buffer and the
+    /// next one allocated and zeroed 80 KiB again: 10% of all CPU time
+    /// with 128 peer processes swarming at 1 MB/s (docs/benchmarks.md).
+    last_len: usize,
     /// Decrypted bytes not yet handed out, from `plain_pos`.
     plain: Vec<u8>,
     plain_pos: usize,
@@ -566,6 +571,9 @@ pub struct SecureRead<R> {
 const READ_AHEAD: usize = 16 * 1024;
 /// The read buffer: a whole largest message and [`READ_AHEAD`].
 const RAW_CAP: usize = 2 + MAX_NOISE_MSG + READ_AHEAD;
+/// The read buffer of a connection of small messages; grown to
+/// [`RAW_CAP`] when a larger message arrives.
+const SMALL_CAP: usize = 4 * 1024;
 
 impl<R> SecureRead<R> {
     /// The underlying stream.
@@ -627,6 +635,7 @@ impl<R> SecureRead<R> {
             })?;
         self.nonce += 1;
         self.raw_start += 2 + len;
+        self.last_len = len;
         Ok(n)
     }
 }
@@ -676,8 +685,15 @@ impl<R: AsyncRead + Unpin> AsyncRead for SecureRead<R> {
                 this.raw_end -= this.raw_start;
                 this.raw_start = 0;
             }
-            if this.raw.len() < RAW_CAP {
-                let mut raw = vec![0u8; RAW_CAP];
+            // A whole message must fit: its length is known once 2 bytes are in.
+            let pending = match this.raw.get(..this.raw_end) {
+                Some([hi, lo, ..]) => 2 + u16::from_be_bytes([*hi, *lo]) as usize,
+                _ => 0,
+            };
+            let large = this.last_len > SMALL_CAP || pending > SMALL_CAP;
+            let want = if large { RAW_CAP } else { SMALL_CAP };
+            if this.raw.len() < want {
+                let mut raw = vec![0u8; want];
                 raw[..this.raw_end].copy_from_slice(&this.raw[..this.raw_end]);
                 this.raw = raw;
             }
@@ -685,7 +701,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for SecureRead<R> {
             let polled = Pin::new(&mut this.inner).poll_read(cx, &mut rb);
             let got = rb.filled().len();
             this.raw_end += got;
-            if polled.is_pending() && this.raw_end == 0 && this.last_read < READ_AHEAD {
+            if polled.is_pending() && this.raw_end == 0 && !large {
                 // Idle between small messages (an index session, most of
                 // its life): an idle connection holds no buffers.
                 this.raw = Vec::new();
@@ -693,7 +709,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for SecureRead<R> {
                 this.plain_pos = 0;
             }
             ready!(polled)?;
-            this.last_read = got;
             if got == 0 {
                 return if this.raw_end == 0 {
                     Poll::Ready(Ok(())) // closed between messages
@@ -908,6 +923,47 @@ mod tests {
         s.read_to_end(&mut got).await.unwrap();
         writer.await.unwrap();
         assert_eq!(got, data);
+    }
+
+    /// A drained connection of small messages gives its read buffer back;
+    /// one carrying large messages keeps it (allocating and zeroing 80 KiB
+    /// per drained read was 10% of a 128-peer swarm's CPU).
+    #[tokio::test]
+    async fn read_buffers_are_kept_for_bulk_and_given_back_when_idle() {
+        let (c, s) = pair(
+            Security::new(Identity::generate(), None),
+            Security::new(Identity::generate(), None),
+            None,
+        )
+        .await;
+        let (_cr, mut cw) = c.unwrap().into_split();
+        let (mut sr, _sw) = s.unwrap().into_split();
+        // Polls once without waiting: Pending when nothing is there.
+        let drained = |sr: &mut SecureRead<tokio::io::ReadHalf<DuplexStream>>| {
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            let mut byte = [0u8; 1];
+            let mut rb = ReadBuf::new(&mut byte);
+            Pin::new(sr).poll_read(&mut cx, &mut rb).is_pending()
+        };
+        let mut got = vec![0u8; 60_000];
+        // (message size, buffer while reading it, buffer once drained)
+        let steps = [
+            (100, SMALL_CAP, 0),
+            (60_000, RAW_CAP, RAW_CAP),
+            (200, RAW_CAP, 0),
+            (300, SMALL_CAP, 0),
+            (60_000, RAW_CAP, RAW_CAP),
+        ];
+        for (size, held, kept) in steps {
+            let data = vec![7u8; size];
+            cw.write_all(&data).await.unwrap();
+            cw.flush().await.unwrap();
+            sr.read_exact(&mut got[..size]).await.unwrap();
+            assert_eq!(&got[..size], &data[..]);
+            assert_eq!(sr.raw.len(), held, "reading {size}-byte messages");
+            assert!(drained(&mut sr), "nothing more was sent");
+            assert_eq!(sr.raw.len(), kept, "after {size}-byte messages");
+        }
     }
 
     #[tokio::test]

@@ -562,6 +562,10 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
                     }
                     Err(e) => run.status = e.to_string(),
                 }
+                if run.seconds.is_some() && std::env::var_os("LAB_KEEP_LOGS").is_some() {
+                    // Asked for (with LAB_CHILD_LOG=debug, say): every run's.
+                    keep_logs(&run_dir, &config.out.join("logs"));
+                }
                 if run.seconds.is_none() {
                     // Keep the logs of a failed run (processes write them).
                     let kept = keep_logs(&run_dir, &config.out.join("failed-logs"));
