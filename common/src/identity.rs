@@ -14,7 +14,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use data_encoding::{Encoding, Specification};
-use ed25519_dalek::{Signer, Verifier};
+use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 
 /// Characters of the short form shown in human tables (60 bits: enough to
@@ -43,7 +43,7 @@ pub enum IdentityError {
     Length(usize),
     #[error("a peer id uses only the letters a-z and the digits 2-7 (base32)")]
     Alphabet,
-    #[error("these 32 bytes are not an ed25519 public key")]
+    #[error("these 32 bytes are not an ed25519 public key (or a weak one, of small order)")]
     NotAKey,
     #[error("not a p2pshare key file: the first line must be {KEY_FILE_HEADER:?}")]
     KeyFileHeader,
@@ -59,29 +59,44 @@ impl PeerId {
         s
     }
 
-    /// Whether `sig` is this key's signature of `msg`.
+    /// Whether `sig` is this key's signature of `msg`. Strict
+    /// verification (ed25519-dalek's `verify_strict`): a weak key (of
+    /// small order) or a signature whose R is of small order is refused,
+    /// since with those a "signature" of zeros verifies for about one
+    /// message in four under the cofactorless equation (RFC 8032 section
+    /// 5.1.7 leaves the check to the verifier; the fuzzer found one).
     pub fn verify(&self, msg: &[u8], sig: &[u8; 64]) -> bool {
-        let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.0) else {
+        let Some(key) = self.key() else {
             return false;
         };
-        key.verify(msg, &ed25519_dalek::Signature::from_bytes(sig))
+        key.verify_strict(msg, &ed25519_dalek::Signature::from_bytes(sig))
             .is_ok()
+    }
+
+    /// These bytes as an ed25519 key, unless they are not a point or are
+    /// a weak key (small order: nobody holds its secret, and every
+    /// X25519 exchange with its Montgomery form is known in advance).
+    fn key(&self) -> Option<ed25519_dalek::VerifyingKey> {
+        ed25519_dalek::VerifyingKey::from_bytes(&self.0)
+            .ok()
+            .filter(|k| !k.is_weak())
     }
 
     /// This key in X25519 (Montgomery) form: the Noise static key a node
     /// with this id uses when both sides negotiate
     /// `hello::FEATURE_IDENTITY_STATIC` (the birational map of RFC 7748,
     /// as libsodium's `crypto_sign_ed25519_pk_to_curve25519`). `None` if
-    /// these bytes are not an ed25519 public key.
+    /// these bytes are not an ed25519 public key or are a weak one.
     pub fn noise_static_key(&self) -> Option<[u8; 32]> {
-        let key = ed25519_dalek::VerifyingKey::from_bytes(&self.0).ok()?;
-        Some(key.to_montgomery().to_bytes())
+        Some(self.key()?.to_montgomery().to_bytes())
     }
 
-    /// The id of these bytes if they are an ed25519 public key.
+    /// The id of these bytes if they are an ed25519 public key that is
+    /// not weak (of small order).
     pub fn from_bytes(bytes: [u8; 32]) -> Result<PeerId, IdentityError> {
-        ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|_| IdentityError::NotAKey)?;
-        Ok(PeerId(bytes))
+        let id = PeerId(bytes);
+        id.key().ok_or(IdentityError::NotAKey)?;
+        Ok(id)
     }
 }
 
@@ -210,6 +225,30 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Weak (small-order) keys are no ids: a zero "signature" under one
+    /// verifies for about one message in four without the strict check.
+    #[test]
+    fn weak_keys_are_refused_and_verify_nothing() {
+        // y = 1 (the neutral point), y = 0 and y = -1 (orders 4 and 2).
+        let mut neutral = [0u8; 32];
+        neutral[0] = 1;
+        let mut minus_one = [0xffu8; 32];
+        minus_one[0] = 0xec;
+        minus_one[31] = 0x7f;
+        for weak in [neutral, [0u8; 32], minus_one] {
+            assert_eq!(PeerId::from_bytes(weak), Err(IdentityError::NotAKey));
+            let id = PeerId(weak);
+            assert_eq!(id.noise_static_key(), None);
+            for i in 0u8..16 {
+                assert!(!id.verify(&[i], &[0u8; 64]), "message {i}");
+            }
+        }
+        // A real key still signs and verifies.
+        let me = Identity::generate();
+        assert!(me.peer_id().verify(b"m", &me.sign(b"m")));
+        assert!(PeerId::from_bytes(me.peer_id().0).is_ok());
+    }
 
     #[test]
     fn peer_ids_round_trip_and_refuse_bad_text() {
