@@ -98,8 +98,8 @@ pub struct Config {
     pub out: PathBuf,
     /// Real `index-server` and `peer` processes instead of in-process tasks.
     pub processes: bool,
-    /// With `processes`: each download handed to its peer's daemon with
-    /// `peer get` (the daemon's API) instead of `peer serve --fetch`.
+    /// With `processes`, hybrid: each download handed to its peer's daemon
+    /// by a `peer get` process instead of by the lab through the API.
     pub handoff: bool,
     /// Times each (mode, N) point is measured (at least 1).
     pub runs: usize,

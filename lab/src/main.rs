@@ -153,10 +153,10 @@ struct DistributionArgs {
     /// not collected.
     #[arg(long, env = "LAB_PROCESSES", value_parser = boolish)]
     processes: bool,
-    /// With --processes, hybrid: start each peer as a plain `peer serve`
-    /// and hand it the download with `peer get` (through the daemon's API,
-    /// as a user does and as --engine swarm does) instead of `peer serve
-    /// --fetch`.
+    /// With --processes, hybrid: hand each peer its download with a `peer
+    /// get` process (which finds the daemon's API, as a user does) instead
+    /// of the lab posting it to the daemon's API itself. Either way the
+    /// clock starts once every peer is up and registered.
     #[arg(long, env = "LAB_HANDOFF", value_parser = boolish)]
     handoff: bool,
     /// Also run the same settings through a real BitTorrent swarm (aria2c

@@ -4,13 +4,17 @@
 //! (`cargo build --release -p lab -p peer -p index-server`).
 //!
 //! Client-server: `index-server --store` capped at the server rate, N
-//! `peer get --mode client-server` processes. Hybrid: an index, a seed
-//! `peer serve` capped at the server rate, N `peer serve --fetch ID`
-//! processes capped at the peer rate (they swarm). P2p: the same without an
-//! index, nodes joined in a line plus a random earlier node. The clock runs
-//! from starting the N downloaders until every one holds the whole file
-//! under its name (a `peer get` exits 0; a `--fetch` publishes the file).
-//! Upload counters are not collected from processes (reported as 0).
+//! `peer get --mode client-server` processes; the clock runs from starting
+//! them. Hybrid: an index, a seed `peer serve` capped at the server rate,
+//! N `peer serve` processes capped at the peer rate (they swarm). P2p: the
+//! same without an index, nodes joined in a line plus a random earlier
+//! node. In both, the N peers are up first (registered at the index, or
+//! with an overlay neighbour), as in the model and the tasks engine; the
+//! clock then starts and each daemon is handed its download through its
+//! API (`POST /api/downloads`, or with `--handoff` a `peer get` process
+//! per peer, as a user does), and runs until every one holds the whole
+//! file under its name. Upload counters are not collected from processes
+//! (reported as 0).
 //!
 //! With `--net netns` every process runs in a network namespace of its own
 //! (`ip netns exec`) on a LAN of [`crate::netns`], listening on its host's
@@ -56,6 +60,20 @@ pub fn kill_all() {
 pub(crate) struct Children(pub(crate) Vec<Child>);
 
 impl Children {
+    /// An error if a child already exited with a failure.
+    fn check(&mut self) -> Result<(), LabError> {
+        for c in &mut self.0 {
+            if let Ok(Some(status)) = c.try_wait() {
+                if !status.success() {
+                    return Err(LabError::Setup(format!(
+                        "a peer process exited with {status}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn push(&mut self, c: Child) {
         if let Ok(mut l) = LIVE.lock() {
             l.push(c.id());
@@ -285,15 +303,7 @@ async fn wait_files(
                 ..Measured::default()
             });
         }
-        for c in &mut children.0 {
-            if let Ok(Some(status)) = c.try_wait() {
-                if !status.success() {
-                    return Err(LabError::Setup(format!(
-                        "a peer process exited with {status}"
-                    )));
-                }
-            }
-        }
+        children.check()?;
         if Instant::now() > deadline {
             return Err(LabError::Setup(format!(
                 "{done} of {} downloads finished within {RUN_DEADLINE:?}",
@@ -455,12 +465,9 @@ pub(crate) async fn swarm(
     let peers: Vec<Spot> = (0..n)
         .map(|i| spots.spot(&format!("p{i}"), Some(config.peer_up), config.peer_down))
         .collect::<Result<_, _>>()?;
-    let start = Instant::now();
     let mut dirs = Vec::new();
     let mut addrs = vec![seed_spot.addr()];
-    // Handed to each daemon through its API (hybrid only: a p2p `peer
-    // get` needs the overlay's entry point).
-    let handoff = config.handoff && !p2p;
+    let launched = Instant::now();
     for (i, spot) in peers.iter().enumerate() {
         let share = run.join(format!("peer-{i}"));
         std::fs::create_dir_all(&share)?;
@@ -478,9 +485,6 @@ pub(crate) async fn swarm(
             "--upload-queue-per-ip",
             LOOPBACK_PER_IP,
         ]);
-        if !handoff {
-            cmd.args(["--fetch", &id.to_hex()]);
-        }
         if let Some(r) = spot.app(Some(config.peer_up)) {
             cmd.args(["--max-upload-rate", &rate(r)]);
         }
@@ -502,8 +506,26 @@ pub(crate) async fn swarm(
         addrs.push(spot.addr());
         dirs.push(share);
     }
-    if handoff {
-        hand_off(&peers, &dirs, &peer_bin, &index, id, run, &mut children).await?;
+    // The N peers are present before the file is distributed, as in the
+    // model (and as the tasks engine starts them): starting 129 processes
+    // on a small machine takes seconds that are no part of distribution.
+    let apis = wait_ready(&peers, &dirs, p2p, &mut children).await?;
+    tracing::info!(
+        peers = n,
+        seconds = format!("{:.2}", launched.elapsed().as_secs_f64()),
+        "every peer process is up{}; the clock starts",
+        if p2p {
+            " with a neighbour"
+        } else {
+            " and registered"
+        }
+    );
+    let start = Instant::now();
+    // `peer get` finds a hybrid daemon by its index; p2p goes through the API.
+    if config.handoff && !p2p {
+        hand_off(&peers, &dirs, &peer_bin, &index, id, run, &mut children)?;
+    } else {
+        start_downloads(&peers, apis, &dirs, id).await?;
     }
     wait_files(
         &dirs,
@@ -515,10 +537,89 @@ pub(crate) async fn swarm(
     .await
 }
 
-/// Hands each peer's download to its daemon: waits for every daemon's API
-/// (its share's `.p2pshare/api.json`), then starts `peer get -o SHARE ID`
-/// for each, which finds that daemon and gives it the download.
-async fn hand_off(
+/// How long the peer processes of a run may take to come up.
+const READY_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Waits until every peer daemon answers on its API (its share's
+/// `.p2pshare/api.json`) and is ready to fetch: registered at the index,
+/// or, in p2p mode, with an overlay neighbour. Returns their API clients.
+async fn wait_ready(
+    peers: &[Spot],
+    dirs: &[PathBuf],
+    p2p: bool,
+    children: &mut Children,
+) -> Result<Vec<peer::daemon::client::ApiClient>, LabError> {
+    let deadline = Instant::now() + READY_DEADLINE;
+    let mut apis = Vec::with_capacity(dirs.len());
+    for (spot, dir) in peers.iter().zip(dirs) {
+        loop {
+            let d = dir.clone();
+            let ready = spot
+                .run(move || async move {
+                    use peer::daemon::client::ApiClient;
+                    let client = ApiClient::discover(&d).await.ok()??;
+                    let ready = if p2p {
+                        let peers = client.get("/api/peers").await.ok()?;
+                        peers["peers"].as_array().is_some_and(|a| !a.is_empty())
+                    } else {
+                        let status = client.get("/api/status").await.ok()?;
+                        status["registered"] == true
+                    };
+                    ready.then_some(client)
+                })
+                .await?;
+            if let Some(client) = ready {
+                apis.push(client);
+                break;
+            }
+            children.check()?;
+            if Instant::now() > deadline {
+                return Err(LabError::Setup(format!(
+                    "{} of {} peer processes were ready within {READY_DEADLINE:?} \
+                     (the first one not: {})",
+                    apis.len(),
+                    dirs.len(),
+                    dir.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(apis)
+}
+
+/// Hands every peer its download at once through its daemon's API
+/// (`POST /api/downloads`, what `peer get` does for a running daemon),
+/// into its shared folder.
+async fn start_downloads(
+    peers: &[Spot],
+    apis: Vec<peer::daemon::client::ApiClient>,
+    dirs: &[PathBuf],
+    id: FileId,
+) -> Result<(), LabError> {
+    let mut posts = Vec::with_capacity(apis.len());
+    for ((spot, client), dir) in peers.iter().zip(apis).zip(dirs) {
+        let body = serde_json::json!({
+            "target": id.to_hex(),
+            "out": std::path::absolute(dir)?,
+        });
+        posts.push(spot.run(move || async move {
+            client
+                .post("/api/downloads", body)
+                .await
+                .map_err(|e| format!("{}: {e}", client.addr))
+        }));
+    }
+    for done in futures_util::future::join_all(posts).await {
+        done?.map_err(|e| LabError::Setup(format!("a peer refused its download: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Hands each peer's download to its daemon as a user does: `peer get -o
+/// SHARE ID` for each, which finds that daemon (through its share's API
+/// file) and gives it the download.
+fn hand_off(
     peers: &[Spot],
     dirs: &[PathBuf],
     peer_bin: &Path,
@@ -527,19 +628,6 @@ async fn hand_off(
     run: &Path,
     children: &mut Children,
 ) -> Result<(), LabError> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for dir in dirs {
-        let api = peer::api::state_dir(dir).join(peer::api::API_FILE);
-        while !api.exists() {
-            if Instant::now() > deadline {
-                return Err(LabError::Setup(format!(
-                    "no daemon API at {} within 60 s",
-                    api.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
     for (i, (spot, dir)) in peers.iter().zip(dirs).enumerate() {
         let mut cmd = spot.command(peer_bin);
         cmd.args([

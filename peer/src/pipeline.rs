@@ -207,6 +207,22 @@ impl FetchError {
             FetchError::NotOffered(_) | FetchError::Target(ResolveError::NotFound { .. })
         )
     }
+
+    /// Whether the index or the overlay node asked turned the connection
+    /// away as busy (its connection cap): a moment's load, worth trying
+    /// again soon.
+    pub fn busy(&self) -> bool {
+        use common::hello::HelloError;
+        use common::wire::WireError;
+        matches!(
+            self,
+            FetchError::Index(IndexError::Wire(WireError::Hello(HelloError::Busy)))
+                | FetchError::Search(SearchError::Wire {
+                    reason: WireError::Hello(HelloError::Busy),
+                    ..
+                })
+        )
+    }
 }
 
 /// A finished fetch: the download, and in p2p mode the flooding search

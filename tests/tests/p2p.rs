@@ -215,3 +215,35 @@ async fn a_share_switched_from_hybrid_to_p2p_keeps_its_ids_without_rehashing() {
     );
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_neighbour_links_are_all_taken_still_answers_searches() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub_share = dir.path().join("hub");
+    write_file(&hub_share, "held-by-hub.txt", b"at the hub");
+    // Degree 4: at most 8 neighbour links (the floor of the cap).
+    let hub = start_p2p_node(&hub_share, Vec::new(), 4).await;
+    let mut leaves = Vec::new();
+    for i in 0..9 {
+        let share = dir.path().join(format!("leaf{i}"));
+        std::fs::create_dir_all(&share).unwrap();
+        leaves.push(start_p2p_node(&share, vec![hub.addr()], 1).await);
+    }
+    wait_until(
+        "the hub's neighbour links are full",
+        Duration::from_secs(10),
+        || async { neighbours(&hub) == 8 },
+    )
+    .await;
+    // The hub's own daemon (or a user) searching through it is a client,
+    // not a neighbour: it is answered, not refused as busy.
+    let report = overlay::search(&hub.addr(), vec!["held".into()], 2, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(report.hits.len(), 1, "{report:?}");
+    assert_eq!(neighbours(&hub), 8, "the ninth leaf is not a neighbour");
+    for n in leaves {
+        n.stop().await;
+    }
+    hub.stop().await;
+}

@@ -61,6 +61,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// First wait before a failed download is tried again; doubles per failure.
 const RETRY_FIRST: Duration = Duration::from_secs(30);
+/// First wait after a busy index or overlay node, or a file nobody
+/// offers yet; doubles per failure up to [`RETRY_FIRST`].
+const RETRY_SOON: Duration = Duration::from_secs(1);
 /// Longest wait between two tries of a failed download.
 const RETRY_MAX: Duration = Duration::from_secs(600);
 
@@ -854,12 +857,13 @@ async fn run_one(
             rec.state = Stored::Failed;
             rec.failures += 1;
             rec.error = Some(common::report::error_chain(&e));
-            rec.retry_at = e.retryable().then(|| {
-                let wait = RETRY_FIRST
-                    .saturating_mul(1 << rec.failures.min(8).saturating_sub(1))
-                    .min(RETRY_MAX);
-                now_unix() + wait.as_secs()
-            });
+            // A busy index or overlay node, or a file nobody offers yet (a
+            // seed registering right now), is a moment's matter: tried
+            // again within seconds, not after RETRY_FIRST.
+            let soon = e.busy() || e.not_offered_yet();
+            rec.retry_at = e
+                .retryable()
+                .then(|| now_unix() + retry_wait(rec.failures, soon).as_secs());
             warn!(id, error = %e, "download failed");
         }
     }
@@ -870,6 +874,21 @@ async fn run_one(
     entry.run = None;
     drop(table);
     inner.touch();
+}
+
+/// How long a download that failed `failures` times in a row waits before
+/// its next try: from [`RETRY_FIRST`], doubling, up to [`RETRY_MAX`]; from
+/// [`RETRY_SOON`] up to [`RETRY_FIRST`] when the failure is a moment's
+/// matter (`soon`: a busy index or node, a file nobody offers yet).
+fn retry_wait(failures: u32, soon: bool) -> Duration {
+    let (first, max) = if soon {
+        (RETRY_SOON, RETRY_FIRST)
+    } else {
+        (RETRY_FIRST, RETRY_MAX)
+    };
+    first
+        .saturating_mul(1 << failures.min(8).saturating_sub(1))
+        .min(max)
 }
 
 /// Keeps what a run had verified (and the size it learnt) in its record,
@@ -886,4 +905,43 @@ fn note_progress(rec: &mut Record, progress: &Progress) {
 /// Where the store of a share lives.
 pub fn store_path(state_dir: &Path) -> PathBuf {
     state_dir.join(STORE_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_or_not_yet_offered_is_retried_within_seconds() {
+        assert_eq!(retry_wait(1, true), RETRY_SOON);
+        assert_eq!(retry_wait(2, true), 2 * RETRY_SOON);
+        assert_eq!(
+            retry_wait(30, true),
+            RETRY_FIRST,
+            "soon tops out at the usual first wait"
+        );
+        assert_eq!(retry_wait(1, false), RETRY_FIRST);
+        assert_eq!(retry_wait(2, false), 2 * RETRY_FIRST);
+        assert_eq!(retry_wait(30, false), RETRY_MAX);
+    }
+
+    #[test]
+    fn a_busy_overlay_node_or_index_counts_as_busy() {
+        use common::hello::HelloError;
+        use common::wire::WireError;
+        let node = pipeline::FetchError::Search(crate::overlay::search::SearchError::Wire {
+            addr: "127.0.0.1:1".into(),
+            reason: WireError::Hello(HelloError::Busy),
+        });
+        assert!(node.busy() && node.retryable());
+        let index = pipeline::FetchError::Index(crate::index_client::IndexError::Wire(
+            WireError::Hello(HelloError::Busy),
+        ));
+        assert!(index.busy());
+        let other = pipeline::FetchError::Index(crate::index_client::IndexError::Wire(
+            WireError::Hello(HelloError::WrongProtocol),
+        ));
+        assert!(!other.busy());
+        assert!(pipeline::FetchError::NotOffered(common::id::FileId([1; 32])).not_offered_yet());
+    }
 }

@@ -97,12 +97,21 @@ pub struct Overlay {
     inner: Arc<Inner>,
 }
 
+/// Links kept for search clients beyond the neighbour cap: a client sends
+/// its query at once and leaves when answered, and a node full of
+/// neighbours (many later nodes join through an early one) must still
+/// answer them, its own daemon's searches first of all (issue 17: at
+/// N = 128, a node with 8 neighbours refused every search of its own
+/// daemon as busy, and that download never started).
+pub const CLIENT_LINKS: usize = 8;
+
 struct Inner {
     events: mpsc::Sender<Event>,
     counters: Arc<OverlayCounters>,
     next_link: AtomicU64,
     links: AtomicUsize,
     neighbour_addrs: Mutex<Vec<String>>,
+    /// Most neighbour links; search clients may take [`CLIENT_LINKS`] more.
     max_links: usize,
     link_idle: Duration,
     listen_port: u16,
@@ -291,6 +300,18 @@ impl Overlay {
                             stop.cancel();
                             continue;
                         }
+                    }
+                    // Admitted under the search clients' allowance: a
+                    // neighbour over the cap is closed (it dials another).
+                    let neighbours = links.values().filter(|l| !l.client).count();
+                    if !client && neighbours >= self.inner.max_links {
+                        debug!(
+                            link,
+                            ?addr,
+                            "overlay neighbour refused: every neighbour link is taken"
+                        );
+                        stop.cancel();
+                        continue;
                     }
                     debug!(link, ?addr, client, "overlay link up");
                     links.insert(
@@ -598,8 +619,12 @@ impl transfer::chunk_server::ProtocolHandler for Overlay {
         &[Protocol::Overlay]
     }
 
+    /// Busy once every neighbour link and the search clients' allowance
+    /// are taken: a node whose neighbour links are all taken still answers
+    /// searches (its own daemon's among them).
     fn is_busy(&self, _protocol: Protocol) -> bool {
-        self.inner.links.load(Ordering::Relaxed) >= self.inner.max_links
+        let cap = (self.inner.max_links + CLIENT_LINKS).min(MAX_LINKS as usize);
+        self.inner.links.load(Ordering::Relaxed) >= cap
     }
 
     fn serve(
