@@ -418,6 +418,12 @@ pub enum CallbackError {
 /// them; more are refused ([`CallbackError::Full`]).
 pub const CALLBACK_QUEUE: usize = 16;
 
+/// Most sources one answer lists. Over it, each answer lists a random
+/// choice, as a BitTorrent tracker answers with a random subset of the
+/// swarm: the first ones in address order for everybody would leave the
+/// others unasked.
+const MAX_LISTED: usize = 200;
+
 /// How long a search works before it checks whether to pause.
 const SEARCH_SLICE: std::time::Duration = std::time::Duration::from_micros(250);
 /// How long it then pauses while other requests keep the index busy: 8
@@ -832,11 +838,18 @@ impl Index {
             names.push(&**holder_name);
         }
         let name = most_common(names.iter().copied())?.to_string();
+        if sources.len() > MAX_LISTED {
+            // Which direct (then firewalled) holders are listed: a random
+            // choice per answer (see MAX_LISTED).
+            use rand::seq::SliceRandom;
+            sources.shuffle(&mut rand::rng());
+            sources.sort_by_key(|s| s.reach != Reach::Direct);
+            sources.truncate(MAX_LISTED);
+        }
         sources.sort_by(|a, b| {
             (a.reach != Reach::Direct, &a.source.addr)
                 .cmp(&(b.reach != Reach::Direct, &b.source.addr))
         });
-        sources.truncate(200);
         Some((name, size, sources))
     }
 
@@ -1592,8 +1605,12 @@ impl Index {
         }
         let matched = most_common(names.iter().copied().filter(|n| preferred(n)));
         let name = matched.or_else(|| most_common(names.iter().copied()))?;
+        if sources.len() > MAX_LISTED {
+            use rand::seq::SliceRandom;
+            sources.shuffle(&mut rand::rng());
+            sources.truncate(MAX_LISTED);
+        }
         sources.sort_by(|a, b| a.addr.cmp(&b.addr));
-        sources.truncate(200);
         Some(LiveSources {
             name: name.to_string(),
             matched: matched.is_some(),
@@ -2991,5 +3008,33 @@ mod tests {
             "the word index is emptied"
         );
         assert_eq!(idx.inner.files.len(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_with_more_holders_than_an_answer_lists_gets_a_random_choice() {
+        let idx = Index::new(Duration::from_secs(60));
+        let now = Instant::now();
+        for i in 0..(MAX_LISTED + 50) {
+            let (host, port) = (i / 200, 7000 + i % 200);
+            let addr = format!("10.0.{host}.1:{port}");
+            let source = format!("10.0.{host}.{}", 1 + i % 200);
+            let s = idx.open_session(session_at(&addr, &source), now).unwrap();
+            idx.add_files(s, vec![file(1, "popular")], now).unwrap();
+        }
+        let listed = |idx: &Index| -> Vec<String> {
+            let (_, _, sources) = idx.lookup(&FileId([1; 32]), now).unwrap();
+            sources.into_iter().map(|s| s.addr).collect()
+        };
+        let first = listed(&idx);
+        assert_eq!(first.len(), MAX_LISTED);
+        assert!(
+            first.windows(2).all(|w| w[0] < w[1]),
+            "listed in address order"
+        );
+        // 200 of 250 alike twice by chance: about 1 in 10^53.
+        assert!(
+            (0..3).any(|_| listed(&idx) != first),
+            "every answer lists the same holders"
+        );
     }
 }

@@ -919,8 +919,14 @@ impl Sources {
     /// Addresses that offer the file now: new ones are started, known ones
     /// whose task ended without a ban are started again once their backoff
     /// is over (they may have come back), up to `max` at once.
-    fn offer(&mut self, addrs: Vec<String>) {
+    fn offer(&mut self, mut addrs: Vec<String>) {
         let now = tokio::time::Instant::now();
+        // More on offer than free slots: which ones get them is chosen at
+        // random, not by the list's (address) order (see [`download`]).
+        if addrs.len() > self.max.saturating_sub(self.workers.len()) {
+            use rand::seq::SliceRandom;
+            addrs.shuffle(&mut rand::rng());
+        }
         for addr in addrs {
             match self.addrs.iter().position(|a| *a == addr) {
                 Some(i) => {
@@ -1140,6 +1146,16 @@ async fn run(
     // ([`Scheduler::shuffled`]); a plain download walks from the start
     // (sources in their regions, chunks in order on disk), as it always did.
     let max = config.max_sources.max(1);
+    // More sources than slots: a random choice (past the hash list's
+    // source), as a BitTorrent tracker answers with a random subset. The
+    // index lists sources in address order, so taking the first ones left
+    // every downloader of a large swarm on the same `max` uploaders and
+    // the others idle (issue 17: at N = 128, 64 of 128 peers uploaded
+    // nothing).
+    if known.len() > max {
+        use rand::seq::SliceRandom;
+        known[1..].shuffle(&mut rand::rng());
+    }
     let first: Vec<String> = known.iter().take(max).cloned().collect();
     let scheduler = Arc::new(match library {
         Some(_) => {
