@@ -74,6 +74,50 @@ async fn distribution_tiny() {
     );
 }
 
+/// `--processes` at a small size: real `index-server` and `peer`
+/// processes (the binaries `cargo test` builds beside this test's),
+/// started and registered before the clock, then handed their downloads
+/// through their daemons' APIs; every download finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_with_processes_tiny() {
+    let debug = std::env::current_exe().unwrap();
+    let beside = debug
+        .parent()
+        .and_then(|d| d.parent())
+        .unwrap()
+        .to_path_buf();
+    if !beside.join("peer").is_file() || !beside.join("index-server").is_file() {
+        println!(
+            "skipped: no peer and index-server binaries in {} (run `cargo test --workspace`)",
+            beside.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = distribution::Config {
+        ns: vec![3],
+        file_size: 4 * 256 * 1024,
+        server_up: 8 * 1024 * 1024,
+        peer_up: 4 * 1024 * 1024,
+        peer_down: None,
+        modes: vec![distribution::Mode::Hybrid, distribution::Mode::P2p],
+        out: out(dir.path()),
+        processes: true,
+        handoff: false,
+        runs: 1,
+        nets: vec![distribution::Net::Loopback],
+        engine: distribution::Engine::Local,
+    };
+    let (w, runs) = distribution::run(&config).await.unwrap();
+    check(&w, distribution::CSV_COLUMNS, 4);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    for r in &runs {
+        let s = r.seconds.unwrap_or_else(|| panic!("{r:?}"));
+        assert!(s > 0.5 * r.bound(), "{r:?}");
+        assert_eq!(r.completions.len(), r.n, "{r:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn index_load_tiny() {
     let dir = tempfile::tempdir().unwrap();

@@ -22,7 +22,7 @@
 //! at each busy uploader, and a chunk waiting there for seconds is better
 //! asked for again from an idle holder (issue 17: at N = 64, the upload
 //! capacity left idle while its node held a wanted chunk fell from about
-//! 22% to about 12%, for about 1.5% of the bytes sent twice).
+//! 22% to about 12%, for 1 to 1.5% of the bytes sent twice).
 //!
 //! Rarest first: sources report which chunks they hold ([`Scheduler::set_have`]),
 //! and a source is given, among the missing chunks it has, one held by the
