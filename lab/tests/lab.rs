@@ -31,27 +31,42 @@ fn out(dir: &Path) -> std::path::PathBuf {
     dir.join("out")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn distribution_tiny() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = distribution::Config {
-        ns: vec![1, 2],
+/// A distribution of 4 chunks (1 MiB), one run, on loopback, in this
+/// process, the seed at 8 MiB/s and each peer at 4 MiB/s; tests change
+/// what they are about.
+fn tiny_distribution(
+    dir: &Path,
+    ns: Vec<usize>,
+    modes: Vec<distribution::Mode>,
+) -> distribution::Config {
+    distribution::Config {
+        ns,
         file_size: 4 * 256 * 1024,
         server_up: 8 * 1024 * 1024,
         peer_up: 4 * 1024 * 1024,
         peer_down: None,
-        modes: vec![
-            distribution::Mode::ClientServer,
-            distribution::Mode::Hybrid,
-            distribution::Mode::P2p,
-        ],
-        out: out(dir.path()),
+        modes,
+        out: out(dir),
         processes: false,
         handoff: false,
         runs: 1,
         nets: vec![distribution::Net::Loopback],
         engine: distribution::Engine::Local,
-    };
+    }
+}
+
+fn all_three() -> Vec<distribution::Mode> {
+    vec![
+        distribution::Mode::ClientServer,
+        distribution::Mode::Hybrid,
+        distribution::Mode::P2p,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distribution_tiny() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_distribution(dir.path(), vec![1, 2], all_three());
     let (w, runs) = distribution::run(&config).await.unwrap();
     // Six runs and six medians.
     check(&w, distribution::CSV_COLUMNS, 12);
@@ -95,18 +110,12 @@ async fn distribution_with_processes_tiny() {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = distribution::Config {
-        ns: vec![3],
-        file_size: 4 * 256 * 1024,
-        server_up: 8 * 1024 * 1024,
-        peer_up: 4 * 1024 * 1024,
-        peer_down: None,
-        modes: vec![distribution::Mode::Hybrid, distribution::Mode::P2p],
-        out: out(dir.path()),
         processes: true,
-        handoff: false,
-        runs: 1,
-        nets: vec![distribution::Net::Loopback],
-        engine: distribution::Engine::Local,
+        ..tiny_distribution(
+            dir.path(),
+            vec![3],
+            vec![distribution::Mode::Hybrid, distribution::Mode::P2p],
+        )
     };
     let (w, runs) = distribution::run(&config).await.unwrap();
     check(&w, distribution::CSV_COLUMNS, 4);
@@ -206,23 +215,11 @@ async fn distribution_netns_smoke() {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = distribution::Config {
-        ns: vec![2],
         // 4 chunks; bounds 0.5 s (client-server: 2 F / u_s) and 0.33 s.
-        file_size: 4 * 256 * 1024,
         server_up: 4 * 1024 * 1024,
         peer_up: 2 * 1024 * 1024,
-        peer_down: None,
-        modes: vec![
-            distribution::Mode::ClientServer,
-            distribution::Mode::Hybrid,
-            distribution::Mode::P2p,
-        ],
-        out: out(dir.path()),
-        processes: false,
-        handoff: false,
-        runs: 1,
         nets: vec![distribution::Net::Loopback, distribution::Net::Netns],
-        engine: distribution::Engine::Local,
+        ..tiny_distribution(dir.path(), vec![2], all_three())
     };
     let (w, runs) = distribution::run(&config).await.unwrap();
     check(&w, distribution::CSV_COLUMNS, 12);
@@ -305,18 +302,10 @@ async fn sessions_come_back_after_an_index_restart() {
 async fn too_many_peers_in_one_process_are_refused_up_front() {
     let dir = tempfile::tempdir().unwrap();
     let config = distribution::Config {
-        ns: vec![256],
         file_size: 1024,
         server_up: 1 << 20,
         peer_up: 1 << 20,
-        peer_down: None,
-        modes: vec![distribution::Mode::Hybrid],
-        out: out(dir.path()),
-        processes: false,
-        handoff: false,
-        runs: 1,
-        nets: vec![distribution::Net::Loopback],
-        engine: distribution::Engine::Local,
+        ..tiny_distribution(dir.path(), vec![256], vec![distribution::Mode::Hybrid])
     };
     let limit = lab::raise_open_files_limit().unwrap();
     if distribution::in_process_open_files(256) <= limit {
@@ -337,18 +326,13 @@ async fn distribution_compared_with_bittorrent() {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = distribution::Config {
-        ns: vec![2],
-        file_size: 4 * 256 * 1024,
         server_up: 4_000_000,
         peer_up: 2_000_000,
-        peer_down: None,
-        modes: vec![distribution::Mode::Hybrid, distribution::Mode::Bittorrent],
-        out: out(dir.path()),
-        processes: false,
-        handoff: false,
-        runs: 1,
-        nets: vec![distribution::Net::Loopback],
-        engine: distribution::Engine::Local,
+        ..tiny_distribution(
+            dir.path(),
+            vec![2],
+            vec![distribution::Mode::Hybrid, distribution::Mode::Bittorrent],
+        )
     };
     let (w, runs) = distribution::run(&config).await.unwrap();
     check(&w, distribution::CSV_COLUMNS, 4);
