@@ -132,19 +132,22 @@ pub struct Run {
     pub bound_p2p: f64,
     pub seed_bytes: u64,
     pub peer_bytes: u64,
-    /// Whether the upload counters were read (not from processes).
+    /// Whether the upload counters were read (in one process directly,
+    /// from processes' stats logs; not from client-server processes or
+    /// the Swarm engine).
     pub counted: bool,
     /// Seconds from the start until each peer held the whole file, sorted.
     pub completions: Vec<f64>,
     /// Seconds from the start until each peer had its first verified
-    /// chunk (start-up and source discovery), sorted; in-process runs only.
+    /// chunk (start-up and source discovery), sorted; not for
+    /// client-server processes nor the Swarm engine.
     pub first_chunks: Vec<f64>,
     /// Seconds until 95% of all the bytes the N peers need had arrived
-    /// (the rest is the endgame); in-process runs only.
+    /// (the rest is the endgame); as `first_chunks`.
     pub t95: Option<f64>,
     /// Where the upload capacity went: used, idle while holding a chunk an
     /// unfinished peer lacked, idle with nothing anyone lacked
-    /// ([`crate::uplinks`]); in-process swarms only.
+    /// ([`crate::uplinks`]); swarms in one process or as processes.
     #[serde(skip)]
     pub uplinks: Option<crate::uplinks::Ledger>,
     pub status: String,
@@ -586,20 +589,24 @@ pub async fn run(config: &Config) -> Result<(Written, Vec<Run>), LabError> {
 
 /// Open files N peers in one process may need at worst: each peer's
 /// download connected to up to 64 sources (both ends in this process),
-/// plus its listener, index and overlay links and files.
+/// connections replaced while others close, plus its listener, index and
+/// overlay links and files. Measured: 12,025 at the peak of a hybrid run
+/// at N = 64 (2026-12-01; this gives 13,376); at N = 128 the in-process
+/// run ran out of its 20,000 and a download stalled until the deadline.
 pub fn in_process_open_files(n: usize) -> u64 {
     let n = n as u64;
-    n * (2 * n.min(64) + 16) + 64
+    n * (3 * n.min(64) + 16) + 64
 }
 
-/// Copies the `*.log` files of `run_dir` into `into/<run_dir's name>`;
+/// Copies the `*.log` and `*.stats` files (the processes' logs and
+/// stats logs) of `run_dir` into `into/<run_dir's name>`;
 /// returns that folder if there were any.
 fn keep_logs(run_dir: &Path, into: &Path) -> Option<PathBuf> {
     let logs: Vec<PathBuf> = std::fs::read_dir(run_dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .filter(|p| p.extension().is_some_and(|x| x == "log" || x == "stats"))
         .collect();
     if logs.is_empty() {
         return None;
@@ -848,7 +855,8 @@ fn daemon_config(
     c.listen = std::net::SocketAddr::new(node.ip, 0);
     c.max_upload_rate = node.app(up);
     c.max_download_rate = node.app(down);
-    c.upload_queue.slots = 256;
+    // The slots `peer serve` takes at this rate, also where the kernel caps.
+    c.upload_queue.slots = common::limits::upload_slots_for(up);
     // Every downloader comes from 127.0.0.1: no per-address cap here.
     c.max_upload_connections_per_ip = c.max_upload_connections;
     c.rescan_interval = Duration::from_secs(3600);
@@ -1010,7 +1018,7 @@ async fn start_overlay_node(
 
 /// Waits until a search through the overlay node at `via` finds the
 /// seed's file (run it on that node: it connects from there).
-async fn wait_reachable(via: String, id: FileId) -> Result<(), LabError> {
+pub(crate) async fn wait_reachable(via: String, id: FileId) -> Result<(), LabError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let found = peer::overlay::search(&via, vec![id.to_hex()], P2P_TTL, Duration::from_secs(2))
@@ -1422,7 +1430,8 @@ fn engines_text(runs: &[Run]) -> String {
             let what = match *e {
                 "processes" => {
                     "real index-server and peer processes on loopback, rates capped by the \
-                     application's token buckets"
+                     application's token buckets; the swarms' uploads and holdings read back \
+                     from each daemon's stats log (`peer serve --stats-log`, every 50 ms)"
                 }
                 "netns" => {
                     "every node in its own network namespace on a bridge (tasks of the lab \
@@ -1597,7 +1606,7 @@ fn share_panel(config: &Config, runs: &[Run], points: &[Point]) -> Chart {
     chart.y_range = Some((0.0, 1.05));
     chart.notes = vec!["dots: the peers' share; line alone: the seed's".into()];
     if chart.series.is_empty() {
-        chart.notes = vec!["no upload counters (processes, swarm)".into()];
+        chart.notes = vec!["no upload counters (client-server processes, swarm)".into()];
     }
     chart
 }

@@ -31,6 +31,7 @@ pub mod netns;
 pub mod processes;
 pub mod reachability;
 pub mod report;
+mod samples;
 pub mod search_cost;
 pub mod sessions;
 pub mod stack;

@@ -149,8 +149,9 @@ struct DistributionArgs {
     )]
     modes: Vec<Mode>,
     /// Run real `index-server` and `peer` processes (from the lab binary's
-    /// folder) instead of tasks in this process; upload counters are then
-    /// not collected.
+    /// folder) instead of tasks in this process; the swarms' upload
+    /// counters and holdings come from each daemon's stats log
+    /// (`peer serve --stats-log`), client-server's are not collected.
     #[arg(long, env = "LAB_PROCESSES", value_parser = boolish)]
     processes: bool,
     /// With --processes, hybrid: hand each peer its download with a `peer

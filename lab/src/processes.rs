@@ -9,12 +9,15 @@
 //! N `peer serve` processes capped at the peer rate (they swarm). P2p: the
 //! same without an index, nodes joined in a line plus a random earlier
 //! node. In both, the N peers are up first (registered at the index, or
-//! with an overlay neighbour), as in the model and the tasks engine; the
+//! with an overlay neighbour and a search that reaches the seed), as in
+//! the model and the tasks engine; the
 //! clock then starts and each daemon is handed its download through its
 //! API (`POST /api/downloads`, or with `--handoff` a `peer get` process
 //! per peer, as a user does), and runs until every one holds the whole
-//! file under its name. Upload counters are not collected from processes
-//! (reported as 0).
+//! file under its name. Each daemon samples its uploads and holdings into
+//! a stats log (`peer serve --stats-log`), which [`crate::samples`]
+//! replays into the same figures the in-process swarms measure (seed
+//! share, first chunks, endgame, where the upload capacity went).
 //!
 //! With `--net netns` every process runs in a network namespace of its own
 //! (`ip netns exec`) on a LAN of [`crate::netns`], listening on its host's
@@ -256,6 +259,12 @@ fn rate(bps: u64) -> String {
     format!("{bps}")
 }
 
+/// `--max-uploads` of a peer capped at `bps` (what `peer serve` takes by
+/// default at that cap; given, so that it holds where the kernel caps).
+fn slots(bps: u64) -> String {
+    common::limits::upload_slots_for(Some(bps)).to_string()
+}
+
 /// Waits until the index lists `id` with at least one source.
 async fn wait_listed(index: &str, id: FileId) -> Result<(), LabError> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -435,6 +444,10 @@ pub(crate) async fn swarm(
     if let Some(r) = seed_spot.app(Some(config.server_up)) {
         seed_cmd.args(["--max-upload-rate", &rate(r)]);
     }
+    // The slots it takes at its rate, also where the kernel caps it.
+    seed_cmd.args(["--max-uploads", &slots(config.server_up)]);
+    let mut logs = vec![run.join("seed.stats")];
+    seed_cmd.arg("--stats-log").arg(&logs[0]);
     if p2p {
         seed_cmd.args(["--mode", "p2p"]);
     } else {
@@ -491,6 +504,10 @@ pub(crate) async fn swarm(
         if let Some(d) = spot.app(config.peer_down) {
             cmd.args(["--max-download-rate", &rate(d)]);
         }
+        cmd.args(["--max-uploads", &slots(config.peer_up)]);
+        let log = run.join(format!("peer-{i}.stats"));
+        cmd.arg("--stats-log").arg(&log);
+        logs.push(log);
         if p2p {
             // A line through every node plus one random earlier node.
             let previous = addrs[addrs.len() - 1].clone();
@@ -510,31 +527,130 @@ pub(crate) async fn swarm(
     // model (and as the tasks engine starts them): starting 129 processes
     // on a small machine takes seconds that are no part of distribution.
     let apis = wait_ready(&peers, &dirs, p2p, &mut children).await?;
+    if p2p {
+        // As the tasks engine does: every node's search reaches the seed
+        // before the clock starts. A neighbour alone may be a later node
+        // not yet linked towards the seed: the first searches of most
+        // nodes found nothing and were tried again 1 and 2 s later.
+        let searches = peers.iter().map(|spot| {
+            let via = spot.addr();
+            spot.run(move || crate::distribution::wait_reachable(via, id))
+        });
+        for r in futures_util::future::join_all(searches).await {
+            r??;
+        }
+    }
     tracing::info!(
         peers = n,
         seconds = format!("{:.2}", launched.elapsed().as_secs_f64()),
         "every peer process is up{}; the clock starts",
         if p2p {
-            " with a neighbour"
+            " and its searches reach the seed"
         } else {
             " and registered"
         }
     );
     let start = Instant::now();
+    let start_unix = unix_now();
     // `peer get` finds a hybrid daemon by its index; p2p goes through the API.
     if config.handoff && !p2p {
         hand_off(&peers, &dirs, &peer_bin, &index, id, run, &mut children)?;
     } else {
         start_downloads(&peers, apis, &dirs, id).await?;
     }
-    wait_files(
+    let mut measured = wait_files(
         &dirs,
         "lab-file.bin",
         config.file_size,
         &mut children,
         start,
     )
-    .await
+    .await?;
+    // The last chunks' bytes are counted at the next sample: wait for every
+    // log to pass the end before the processes stop.
+    logs_past(&logs, start_unix + measured.seconds).await;
+    let caps: Vec<f64> = std::iter::once(config.server_up)
+        .chain(std::iter::repeat_n(config.peer_up, n))
+        .map(|c| c as f64)
+        .collect();
+    match replay_logs(
+        &logs,
+        id,
+        config.file_size,
+        start_unix,
+        &caps,
+        measured.seconds,
+    ) {
+        Ok(r) => {
+            measured.seed_bytes = r.seed_bytes;
+            measured.peer_bytes = r.peer_bytes;
+            measured.counted = true;
+            measured.first_chunks = r.first_chunks;
+            measured.t95 = r.t95;
+            measured.uplinks = Some(r.uplinks);
+        }
+        Err(e) => tracing::warn!(error = %e, "uploads and holdings not counted"),
+    }
+    Ok(measured)
+}
+
+/// Waits (up to 2 s) until every stats log has a sample taken at `t`
+/// (Unix seconds) or later.
+async fn logs_past(logs: &[PathBuf], t: f64) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let last_t = |log: &PathBuf| -> Option<f64> {
+        let text = std::fs::read_to_string(log).ok()?;
+        let line = text.lines().rev().find(|l| l.ends_with('}'))?;
+        serde_json::from_str::<peer::stats_log::Sample>(line)
+            .ok()
+            .map(|s| s.t)
+    };
+    let mut waiting: Vec<&PathBuf> = logs.iter().collect();
+    while !waiting.is_empty() && Instant::now() < deadline {
+        waiting.retain(|l| last_t(l).is_none_or(|lt| lt < t));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if !waiting.is_empty() {
+        tracing::warn!(
+            logs = waiting.len(),
+            "stats logs without a sample after the end; the last bytes may be missing"
+        );
+    }
+}
+
+/// Seconds since the Unix epoch now, as the stats logs write them.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// Reads the stats logs (the seed's first) of a run that started at
+/// `start` (Unix seconds) and lasted `seconds`, and replays them
+/// ([`crate::samples`]).
+fn replay_logs(
+    logs: &[PathBuf],
+    id: FileId,
+    file_size: u64,
+    start: f64,
+    caps: &[f64],
+    seconds: f64,
+) -> Result<crate::samples::Replayed, crate::samples::SampleError> {
+    let chunks = common::id::chunk_count(file_size) as u32;
+    let hex = id.to_hex();
+    let traces = logs
+        .iter()
+        .enumerate()
+        .map(|(k, log)| crate::samples::Trace::read(log, &hex, chunks, start, k == 0))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::samples::replay(
+        &traces,
+        caps,
+        seconds,
+        file_size,
+        common::id::CHUNK_SIZE as u64,
+    ))
 }
 
 /// How long the peer processes of a run may take to come up.

@@ -124,6 +124,18 @@ async fn distribution_with_processes_tiny() {
         let s = r.seconds.unwrap_or_else(|| panic!("{r:?}"));
         assert!(s > 0.5 * r.bound(), "{r:?}");
         assert_eq!(r.completions.len(), r.n, "{r:?}");
+        // Read back from the daemons' stats logs: every peer's bytes came
+        // from some uploader, each peer had a first chunk, and the ledger
+        // charged every byte of capacity somewhere.
+        assert!(r.counted, "{r:?}");
+        let needed = r.n as u64 * config.file_size;
+        assert!(r.seed_bytes + r.peer_bytes >= needed, "{r:?}");
+        assert!(r.seed_bytes > 0, "{r:?}");
+        assert_eq!(r.first_chunks.len(), r.n, "{r:?}");
+        assert!(r.t95.is_some_and(|t| t <= s + 1e-9), "{r:?}");
+        let (used, wanted, nothing) = r.uplinks.as_ref().and_then(|l| l.fractions()).unwrap();
+        assert!((used + wanted + nothing - 1.0).abs() < 1e-6, "{r:?}");
+        assert!(used > 0.0, "{r:?}");
     }
 }
 

@@ -41,6 +41,7 @@ pub mod overlay;
 pub mod pipeline;
 pub mod registrar;
 pub mod serve;
+pub mod stats_log;
 pub mod swarm;
 pub mod target;
 pub mod web;

@@ -240,8 +240,10 @@ enum Command {
         /// Upload slots: peers served at once (1 to 4096). Further peers wait
         /// in a fair queue (first come, first served, one place per
         /// requesting peer), told their position (`peer uploads` lists it).
-        #[arg(long, env = "PEER_MAX_UPLOADS", default_value_t = common::limits::UPLOAD_SLOTS, value_parser = count(1, 4096))]
-        max_uploads: usize,
+        /// Default: one per 128 KiB/s of --max-upload-rate, 4 to 32 (8 at
+        /// 1 MB/s); 32 without a cap.
+        #[arg(long, env = "PEER_MAX_UPLOADS", value_parser = count(1, 4096))]
+        max_uploads: Option<usize>,
         /// Most peers waiting in the upload queue (1 to 65536); past it a
         /// requester is told the peer is busy and retries later. Each place
         /// costs about 100 bytes.
@@ -298,6 +300,17 @@ enum Command {
         #[arg(long, env = "PEER_RELAY_MAX_SESSIONS", default_value_t = 64,
               value_parser = count(1, 65_536))]
         relay_max_sessions: usize,
+        /// Write a sample of what this daemon uploaded and which chunks it
+        /// holds to FILE (JSON lines, truncated at start) every
+        /// --stats-every: for experiments with many daemons (`lab
+        /// distribution --processes` uses it). Line format: `peer::stats_log`.
+        /// Put it outside the shared folder (inside, it would be shared).
+        #[arg(long, env = "PEER_STATS_LOG", value_name = "FILE")]
+        stats_log: Option<PathBuf>,
+        /// How often --stats-log samples (10ms to 1h).
+        #[arg(long, env = "PEER_STATS_EVERY", default_value = default_duration(peer::stats_log::DEFAULT_EVERY),
+              value_parser = duration(10 * MS, HOUR))]
+        stats_every: Duration,
         /// hybrid: register at the index (default); p2p: join an overlay
         /// through --neighbor, no index. (client-server has no serving
         /// peers: run `index-server --store DIR` and `peer put` instead.)
@@ -619,6 +632,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             relay_rate,
             relay_total_rate,
             relay_max_sessions,
+            stats_log,
+            stats_every,
             mode,
             neighbors,
             degree,
@@ -656,7 +671,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             config.rescan_interval = rescan_interval;
             config.settle = settle;
             config.upload_queue = transfer::upload_queue::QueueConfig {
-                slots: max_uploads,
+                slots: max_uploads
+                    .unwrap_or_else(|| common::limits::upload_slots_for(rates.max_upload_rate)),
                 max_waiting: upload_queue_max,
                 max_waiting_per_source: upload_queue_per_ip,
                 grace: upload_queue_grace,
@@ -671,6 +687,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 max_sessions: relay_max_sessions,
                 arrange_wait: transfer::relay::PEER_RELAY_ARRANGE_WAIT,
                 ..Default::default()
+            });
+            config.stats_log = stats_log.map(|path| peer::stats_log::StatsLogConfig {
+                path,
+                every: stats_every,
             });
             config.max_upload_rate = rates.max_upload_rate;
             config.max_download_rate = rates.max_download_rate;
@@ -1082,7 +1102,8 @@ mod tests {
         assert_eq!(ping_interval, overlay.ping_interval);
         let config = peer::ServeConfig::new("/x".into(), String::new());
         let queue = &config.upload_queue;
-        assert_eq!(max_uploads, queue.slots);
+        assert_eq!(max_uploads, None);
+        assert_eq!(common::limits::upload_slots_for(None), queue.slots);
         assert_eq!(upload_queue_max, queue.max_waiting);
         assert_eq!(upload_queue_per_ip, queue.max_waiting_per_source);
         assert_eq!(upload_queue_grace, queue.grace);

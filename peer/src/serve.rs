@@ -92,6 +92,9 @@ pub struct ServeConfig {
     /// index has proven this peer's address), with these caps; `None`:
     /// relay for no one.
     pub relay: Option<transfer::relay::RelayConfig>,
+    /// Samples of uploads and holdings written to a file (`--stats-log`);
+    /// `None`: none.
+    pub stats_log: Option<crate::stats_log::StatsLogConfig>,
 }
 
 impl ServeConfig {
@@ -121,6 +124,7 @@ impl ServeConfig {
             api: None,
             max_active_downloads: crate::daemon::DEFAULT_MAX_ACTIVE,
             relay: None,
+            stats_log: None,
         }
     }
 }
@@ -155,6 +159,8 @@ pub enum ServeError {
     Api(#[from] crate::api::ApiStartError),
     #[error("cannot open the download list in {path}: {reason} (is another `peer serve` sharing this folder?)")]
     DownloadStore { path: PathBuf, reason: String },
+    #[error("{0} (check --stats-log)")]
+    StatsLog(#[from] crate::stats_log::StatsLogError),
 }
 
 /// A running peer daemon. Its state is private (read it through the
@@ -405,6 +411,19 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         tracker.clone(),
         shutdown.clone(),
     ));
+    if let Some(stats) = &config.stats_log {
+        let file = crate::stats_log::open(stats)?;
+        tracker.spawn(crate::stats_log::run(
+            stats.clone(),
+            file,
+            crate::stats_log::Sources {
+                library: library.clone(),
+                uploads: uploads.clone(),
+                upload_limit: upload_limit.clone(),
+            },
+            shutdown.clone(),
+        ));
+    }
     tracker.spawn(rescan_loop(
         library.clone(),
         cache,

@@ -319,6 +319,17 @@ impl Library {
             .collect()
     }
 
+    /// The ids of the partial files (downloads in progress) now.
+    pub fn partial_ids(&self) -> Vec<FileId> {
+        self.inner
+            .partial
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
     /// What is held for `id`: a complete file first, else a partial one.
     pub fn get(&self, id: &FileId) -> Option<Holding> {
         if let Some(e) = self.shared().get(id) {
