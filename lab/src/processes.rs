@@ -598,9 +598,17 @@ pub(crate) async fn swarm(
 /// (Unix seconds) or later.
 async fn logs_past(logs: &[PathBuf], t: f64) {
     let deadline = Instant::now() + Duration::from_secs(2);
+    // The last whole line of the log's last 8 KiB (a line is a few hundred
+    // bytes): the logs of a long run are megabytes.
     let last_t = |log: &PathBuf| -> Option<f64> {
-        let text = std::fs::read_to_string(log).ok()?;
-        let line = text.lines().rev().find(|l| l.ends_with('}'))?;
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(log).ok()?;
+        let len = f.metadata().ok()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(8192))).ok()?;
+        let mut tail = Vec::new();
+        f.read_to_end(&mut tail).ok()?;
+        let tail = String::from_utf8_lossy(&tail);
+        let line = tail.lines().rev().find(|l| l.ends_with('}'))?;
         serde_json::from_str::<peer::stats_log::Sample>(line)
             .ok()
             .map(|s| s.t)
