@@ -87,8 +87,9 @@ struct State {
     availability: Vec<u16>,
     /// Offset of the sources' starting points, random per download.
     rotation: u32,
-    /// Per chunk: the source that asked for its endgame duplicate, if any.
-    dup_by: Vec<Option<usize>>,
+    /// Per chunk: the sources that asked for its duplicates (at most
+    /// `SWARM_MAX_DUPLICATES - 1`), newest last.
+    dup_by: Vec<Vec<usize>>,
     /// Per source: duplicates it asked for that may still turn out wasted.
     debt: Vec<u32>,
     /// State of the generator that picks among equally rare chunks
@@ -106,10 +107,10 @@ impl State {
         Some(*x)
     }
 
-    /// One of a chunk's two requests went away: only one copy can arrive, so
-    /// its duplicate was not a waste.
+    /// One of a chunk's requests went away: one copy fewer can arrive, so
+    /// one of its duplicates was not a waste.
     fn settle_duplicate(&mut self, index: usize) {
-        if let Some(d) = self.dup_by.get_mut(index).and_then(Option::take) {
+        if let Some(d) = self.dup_by.get_mut(index).and_then(Vec::pop) {
             if let Some(debt) = self.debt.get_mut(d) {
                 *debt = debt.saturating_sub(1);
             }
@@ -201,7 +202,7 @@ impl Scheduler {
                 holds: vec![Holds::Unknown; sources],
                 availability: vec![0; total as usize],
                 rotation,
-                dup_by: vec![None; total as usize],
+                dup_by: vec![Vec::new(); total as usize],
                 debt: vec![0; sources],
                 random: None,
             }),
@@ -378,7 +379,7 @@ impl Scheduler {
                 if let ChunkState::Requested(n) = s.chunks[i as usize] {
                     if n < max_copies && available(i) {
                         s.chunks[i as usize] = ChunkState::Requested(n + 1);
-                        s.dup_by[i as usize] = Some(source);
+                        s.dup_by[i as usize].push(source);
                         s.debt[source] += 1;
                         return Pick::Chunk(i);
                     }
@@ -675,6 +676,30 @@ mod tests {
         };
         assert_eq!(copies(&plain), 2, "a plain download: one duplicate");
         assert_eq!(copies(&swarm), 3, "a swarm: two duplicates");
+    }
+
+    #[test]
+    fn both_duplicators_of_a_three_copy_chunk_are_out_of_debt_once_two_copies_went_away() {
+        // Chunk 0 asked of source 0, then duplicated by 1 and by 2.
+        let s = Scheduler::shuffled(&[false, false], 4, 9);
+        let only_0 = |i: u32| i == 0;
+        assert_eq!(s.next(0, only_0, true), Pick::Chunk(0));
+        assert_eq!(s.next(1, only_0, true), Pick::Chunk(0));
+        assert_eq!(s.next(2, only_0, true), Pick::Chunk(0));
+        // Two of the three requests are taken back (the third copy arrives):
+        // neither duplicate was a waste.
+        s.release([0]);
+        s.release([0]);
+        // Chunk 1 shows up at source 0; both 1 and 2 may duplicate again.
+        assert_eq!(s.next(0, |_| true, true), Pick::Chunk(1));
+        assert!(
+            matches!(s.next(1, |_| true, true), Pick::Chunk(_)),
+            "source 1 left in debt"
+        );
+        assert!(
+            matches!(s.next(2, |_| true, true), Pick::Chunk(_)),
+            "source 2 left in debt"
+        );
     }
 
     #[test]
