@@ -424,6 +424,18 @@ pub const CALLBACK_QUEUE: usize = 16;
 /// others unasked.
 const MAX_LISTED: usize = 200;
 
+/// Keeps at most [`MAX_LISTED`] of `sources`: those `later` puts last
+/// only once the others are all kept, and a random choice among equals.
+fn keep_random<T>(sources: &mut Vec<T>, later: impl Fn(&T) -> bool) {
+    if sources.len() > MAX_LISTED {
+        use rand::seq::SliceRandom;
+        sources.shuffle(&mut rand::rng());
+        // Stable: the shuffle still decides among equals.
+        sources.sort_by_key(|s| later(s));
+        sources.truncate(MAX_LISTED);
+    }
+}
+
 /// How long a search works before it checks whether to pause.
 const SEARCH_SLICE: std::time::Duration = std::time::Duration::from_micros(250);
 /// How long it then pauses while other requests keep the index busy: 8
@@ -838,14 +850,8 @@ impl Index {
             names.push(&**holder_name);
         }
         let name = most_common(names.iter().copied())?.to_string();
-        if sources.len() > MAX_LISTED {
-            // Which direct (then firewalled) holders are listed: a random
-            // choice per answer (see MAX_LISTED).
-            use rand::seq::SliceRandom;
-            sources.shuffle(&mut rand::rng());
-            sources.sort_by_key(|s| s.reach != Reach::Direct);
-            sources.truncate(MAX_LISTED);
-        }
+        // Direct holders first, then firewalled ones.
+        keep_random(&mut sources, |s| s.reach != Reach::Direct);
         sources.sort_by(|a, b| {
             (a.reach != Reach::Direct, &a.source.addr)
                 .cmp(&(b.reach != Reach::Direct, &b.source.addr))
@@ -1605,11 +1611,7 @@ impl Index {
         }
         let matched = most_common(names.iter().copied().filter(|n| preferred(n)));
         let name = matched.or_else(|| most_common(names.iter().copied()))?;
-        if sources.len() > MAX_LISTED {
-            use rand::seq::SliceRandom;
-            sources.shuffle(&mut rand::rng());
-            sources.truncate(MAX_LISTED);
-        }
+        keep_random(&mut sources, |_| false);
         sources.sort_by(|a, b| a.addr.cmp(&b.addr));
         Some(LiveSources {
             name: name.to_string(),
