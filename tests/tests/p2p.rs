@@ -151,6 +151,48 @@ async fn a_node_leaving_does_not_break_search_among_the_rest() {
     }
 }
 
+/// A node keeps a link towards an address it joined through even when
+/// later nodes fill its degree: here the join node restarts on its address,
+/// and the middle node of a degree-1 line (at its degree through the node
+/// behind it) dials it again, or the restarted node stays alone for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_at_its_degree_rejoins_the_node_it_joined_through_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_chain(dir.path(), 3, 1, false).await;
+    wait_until("the line is connected", Duration::from_secs(30), || async {
+        neighbours(&nodes[0]) == 1 && neighbours(&nodes[1]) == 2 && neighbours(&nodes[2]) == 1
+    })
+    .await;
+    let first = nodes.remove(0);
+    let addr = first.addr();
+    first.stop().await;
+    wait_until(
+        "the middle node saw the first one go",
+        Duration::from_secs(30),
+        || async { neighbours(&nodes[0]) == 1 },
+    )
+    .await;
+    let mut again = p2p_config(&dir.path().join("node0"), Vec::new(), 1);
+    again.listen = addr.parse().unwrap();
+    let restarted = start_peer_with(again).await;
+    wait_until(
+        "the middle node linked to the restarted node",
+        Duration::from_secs(30),
+        || async { neighbours(&restarted) == 1 && neighbours(&nodes[0]) == 2 },
+    )
+    .await;
+    assert!(nodes[0]
+        .daemon
+        .overlay()
+        .unwrap()
+        .neighbours()
+        .contains(&addr));
+    restarted.stop().await;
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_p2p_get_is_verified_and_byte_identical_from_several_nodes() {
     let dir = tempfile::tempdir().unwrap();

@@ -7,7 +7,10 @@
 //! `ping_interval` the node pings its neighbours (TTL 2) to learn others,
 //! and when it has fewer than `degree` neighbours it dials addresses it
 //! learned or was given; a neighbour whose connection ends is dropped and so
-//! replaced on the next tick.
+//! replaced on the next tick. A node also stays linked to at least one of
+//! the addresses it joined through (`--neighbor`), even when nodes that
+//! joined through it already fill its degree: otherwise the nodes joined
+//! to it and the nodes it joined to could form two overlays that never meet.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -252,10 +255,14 @@ impl Overlay {
         let mut links: HashMap<LinkId, Link> = HashMap::new();
         let mut hosts: VecDeque<String> = VecDeque::new();
         let mut dialing: HashSet<String> = HashSet::new();
+        let mut joins = 0usize;
         let mut tick = tokio::time::interval(config.ping_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let event = tokio::select! {
+                // The tick first: the first one dials the join addresses
+                // before links from later nodes are counted.
+                biased;
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => None,
                 e = events.recv() => match e { Some(e) => Some(e), None => break },
@@ -273,6 +280,7 @@ impl Overlay {
                         &links,
                         &mut hosts,
                         &mut dialing,
+                        &mut joins,
                         &shutdown,
                     );
                     router.originate_ping(
@@ -399,7 +407,9 @@ impl Overlay {
             .unwrap_or_else(|p| p.into_inner()) = addrs;
     }
 
-    /// Dials candidates while below the target degree.
+    /// Dials candidates while below the target degree, and one join
+    /// address (in turn) while linked to none of them.
+    #[allow(clippy::too_many_arguments)]
     fn top_up(
         &self,
         config: &OverlayConfig,
@@ -407,6 +417,7 @@ impl Overlay {
         links: &HashMap<LinkId, Link>,
         hosts: &mut VecDeque<String>,
         dialing: &mut HashSet<String>,
+        joins: &mut usize,
         shutdown: &CancellationToken,
     ) {
         let connected: HashSet<&str> = links
@@ -414,28 +425,43 @@ impl Overlay {
             .filter(|l| !l.client)
             .filter_map(|l| l.addr.as_deref())
             .collect();
-        let have = connected.len() + dialing.len();
-        if have >= config.degree {
-            return;
-        }
-        let wanted = config.degree - have;
-        let candidates: Vec<String> = config
+        let mut to_dial = Vec::new();
+        // Links from later nodes may fill the degree before (or after) the
+        // link towards the join addresses ends: keep one of them anyway, or
+        // a line of degree-1 nodes splits in two for good.
+        let joined = config
             .neighbors
             .iter()
-            .chain(hosts.iter())
-            .filter(|a| {
-                a.as_str() != self_addr
-                    && !connected.contains(a.as_str())
-                    && !dialing.contains(a.as_str())
-            })
-            .cloned()
-            .collect::<Vec<_>>();
-        let mut seen = HashSet::new();
-        for addr in candidates
-            .into_iter()
-            .filter(|a| seen.insert(a.clone()))
-            .take(wanted)
-        {
+            .any(|a| connected.contains(a.as_str()) || dialing.contains(a.as_str()));
+        let joinable: Vec<&String> = config
+            .neighbors
+            .iter()
+            .filter(|a| a.as_str() != self_addr)
+            .collect();
+        if !joined && !joinable.is_empty() && connected.len() < self.inner.max_links {
+            to_dial.push(joinable[*joins % joinable.len()].clone());
+            *joins += 1;
+        }
+        let have = connected.len() + dialing.len() + to_dial.len();
+        if have < config.degree {
+            let wanted = config.degree - have;
+            let mut seen: HashSet<String> = to_dial.iter().cloned().collect();
+            let candidates: Vec<String> = config
+                .neighbors
+                .iter()
+                .chain(hosts.iter())
+                .filter(|a| {
+                    a.as_str() != self_addr
+                        && !connected.contains(a.as_str())
+                        && !dialing.contains(a.as_str())
+                        && seen.insert(a.to_string())
+                })
+                .take(wanted)
+                .cloned()
+                .collect();
+            to_dial.extend(candidates);
+        }
+        for addr in to_dial {
             dialing.insert(addr.clone());
             let (overlay, shutdown) = (self.clone(), shutdown.clone());
             self.inner.tracker.spawn(async move {
