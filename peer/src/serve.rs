@@ -420,6 +420,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
                 library: library.clone(),
                 uploads: uploads.clone(),
                 upload_limit: upload_limit.clone(),
+                overlay: overlay.as_ref().map(|o| o.counters()),
             },
             shutdown.clone(),
         ));
@@ -687,9 +688,7 @@ async fn rescan_loop(
         let root = library.root().to_path_buf();
         let lib = library.clone();
         let scanned = tokio::task::spawn_blocking(move || {
-            for rel in lib.take_closed() {
-                cache.closed_after_writing(rel);
-            }
+            scan::take_closed(&lib, &mut cache);
             if early && !cache.pending_settled(&root) {
                 return (cache, None);
             }

@@ -454,3 +454,39 @@ async fn a_download_finished_into_the_share_is_shared_without_settling() {
     b.stop().await;
     index.stop().await;
 }
+
+// A finished download published into the share is shared with the hashes
+// its chunks were verified against, not read and hashed again; one changed
+// after it was published is hashed as any other file.
+#[test]
+fn a_verified_download_is_shared_without_hashing_it_again_unless_it_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().canonicalize().unwrap();
+    let library = transfer::library::Library::new(root.clone());
+    let mut cache = HashCache::default().with_settle(Duration::from_secs(3600));
+    let data = random_bytes(3 * common::CHUNK_SIZE + 11, 7);
+    let path = write_file(&root, "fetched.bin", &data);
+    let stamp = transfer::library::FileStamp::of(&std::fs::metadata(&path).unwrap());
+    library.downloaded(&path, stamp, Arc::new(content_info(&data)));
+    scan::take_closed(&library, &mut cache);
+    let shared = scan::scan(&root, &mut cache);
+    assert_eq!(shared.len(), 1);
+    assert_eq!(shared[0].info.id, content_info(&data).id);
+    assert_eq!(cache.hashed_total(), 0, "taken from the download");
+
+    // Changed between publishing and the scan: its stamp no longer matches.
+    let other = random_bytes(2 * common::CHUNK_SIZE, 8);
+    let path = write_file(&root, "changed.bin", &data);
+    let stamp = transfer::library::FileStamp::of(&std::fs::metadata(&path).unwrap());
+    std::fs::write(&path, &other).unwrap();
+    library.downloaded(&path, stamp, Arc::new(content_info(&data)));
+    scan::take_closed(&library, &mut cache);
+    let shared = scan::scan(&root, &mut cache);
+    let changed = shared.iter().find(|e| e.rel == "changed.bin").unwrap();
+    assert_eq!(
+        changed.info.id,
+        content_info(&other).id,
+        "hashed as it is now"
+    );
+    assert_eq!(cache.hashed_total(), 1);
+}

@@ -551,6 +551,32 @@ pub fn check_reports(library: &Library, cache: &mut HashCache) {
     }
 }
 
+/// Hands the scanner the files this process wrote whole into the shared
+/// folder ([`Library::closed_after_writing`], [`Library::downloaded`]):
+/// each is stable at once, and a download's verified hashes are taken
+/// instead of hashing it again while the file still has the stamp it was
+/// published with (a file changed since is hashed as any other).
+pub fn take_closed(library: &Library, cache: &mut HashCache) {
+    for closed in library.take_closed() {
+        if let Some((stamp, info)) = closed.verified {
+            let path = library.root().join(&closed.rel);
+            let same =
+                std::fs::metadata(&path).is_ok_and(|m| m.is_file() && FileStamp::of(&m) == stamp);
+            if same && info.size == stamp.size {
+                debug!(path = %closed.rel, id = %info.id, "downloaded and verified; not hashed again");
+                cache.remember(Arc::new(SharedEntry {
+                    rel: closed.rel.clone(),
+                    path,
+                    size: stamp.size,
+                    stamp,
+                    info,
+                }));
+            }
+        }
+        cache.closed_after_writing(closed.rel);
+    }
+}
+
 /// Scans `root`, reusing cached hashes, and returns every shareable file
 /// (the rules are in the module documentation). The cache is updated and
 /// saved when anything was hashed or dropped.

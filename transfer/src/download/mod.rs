@@ -351,6 +351,12 @@ pub struct DownloadOutcome {
     pub already_present: bool,
     /// Chunk bytes received in this run, duplicates included.
     pub bytes_received: u64,
+    /// The published file's stamp and the hashes every chunk was verified
+    /// against (a download that fetched): a shared folder takes them
+    /// instead of hashing the file again ([`Library::downloaded`]). `None`
+    /// when nothing was fetched or the file could not be read back.
+    #[serde(skip)]
+    pub verified: Option<(crate::library::FileStamp, Arc<ContentInfo>)>,
 }
 
 impl DownloadOutcome {
@@ -734,6 +740,7 @@ fn present(id: FileId, path: PathBuf, size: u64, progress: &Progress) -> Downloa
         per_source: Vec::new(),
         already_present: true,
         bytes_received: 0,
+        verified: None,
     }
 }
 
@@ -1362,16 +1369,24 @@ async fn run(
     debug!("every chunk verified and written; publishing");
     let file = verifier.writer.into_file();
     let (part_c, dir_c) = (part.clone(), request.out_dir.clone());
-    let path = tokio::task::spawn_blocking(move || output::publish(&part_c, &file, &dir_c, &name))
-        .await
-        .map_err(|e| DownloadError::Output {
-            path: part.clone(),
-            source: std::io::Error::other(e),
-        })?
-        .map_err(|source| DownloadError::Output {
-            path: part.clone(),
-            source,
-        })?;
+    let published = tokio::task::spawn_blocking(move || {
+        let path = output::publish(&part_c, &file, &dir_c, &name)?;
+        // Read after the link and unlink above (they change the ctime).
+        let stamp = std::fs::metadata(&path)
+            .ok()
+            .map(|m| crate::library::FileStamp::of(&m));
+        Ok::<_, std::io::Error>((path, stamp))
+    })
+    .await
+    .map_err(|e| DownloadError::Output {
+        path: part.clone(),
+        source: std::io::Error::other(e),
+    })?
+    .map_err(|source| DownloadError::Output {
+        path: part.clone(),
+        source,
+    })?;
+    let (path, stamp) = published;
 
     let delivered = verifier
         .delivered
@@ -1401,6 +1416,7 @@ async fn run(
         per_source,
         already_present: false,
         bytes_received: received,
+        verified: stamp.map(|s| (s, info.clone())),
     })
 }
 
