@@ -67,6 +67,23 @@ pub const P2P_SOURCE_REFRESH: Duration = Duration::from_secs(2);
 /// partial holdings too).
 pub const P2P_SWARM_SOURCE_REFRESH: Duration = Duration::from_millis(300);
 
+/// Longest wait between two of a daemon's p2p searches that brought no
+/// new source. A flood costs about one message per overlay link and one
+/// per hop back for every copy's answer: about 2,500 messages at 128 nodes
+/// of degree 4 to 8, and 128 swarming downloaders searching every 2 s sent
+/// 4.0 million overlay messages in a 24 s run (issue 17, read from the
+/// daemons' stats logs), CPU the transfers needed. A swarm that finds no
+/// one new has found its swarm; the gap grows to this.
+pub const P2P_SWARM_SOURCE_REFRESH_MAX: Duration = Duration::from_secs(16);
+
+/// Hops of a p2p source refresh once the download knows as many sources
+/// as it may use (`EngineConfig::max_sources`): its neighbours and theirs,
+/// the holders nearest it in the overlay. At 128 nodes a full flood costs
+/// about 3,000 messages counting every copy's answer, one two hops out
+/// about a hundred; the full floods already brought the far sources,
+/// which the download keeps.
+pub const P2P_NEAR_TTL: u8 = 2;
+
 /// How long a daemon's p2p searches wait for answers.
 pub const P2P_SWARM_WAIT: Duration = crate::overlay::DEFAULT_WAIT;
 
@@ -368,10 +385,14 @@ pub async fn fetch(
                 .map_err(FetchError::from)
         }
         Fetcher::P2p { via, ttl, wait } => {
-            let (every, wait) = if swarm {
-                (P2P_SWARM_SOURCE_REFRESH, P2P_SWARM_WAIT)
+            let (every, most, wait) = if swarm {
+                (
+                    P2P_SWARM_SOURCE_REFRESH,
+                    P2P_SWARM_SOURCE_REFRESH_MAX,
+                    P2P_SWARM_WAIT,
+                )
             } else {
-                (P2P_SOURCE_REFRESH, *wait)
+                (P2P_SOURCE_REFRESH, P2P_SOURCE_REFRESH, *wait)
             };
             let lookup = FloodSources {
                 via: via.clone(),
@@ -380,8 +401,10 @@ pub async fn fetch(
                 wait,
                 own,
                 every,
+                most,
                 now: every,
                 seen: Default::default(),
+                enough: engine.max_sources,
             };
             download::download(request, engine, progress, library.clone(), lookup, shutdown)
                 .await
@@ -406,8 +429,10 @@ pub async fn fetch(
     if let Some(lib) = &library {
         // Shared at once when it landed in the shared folder (written whole
         // and closed: no need to wait for it to settle).
-        lib.closed_after_writing(&download.path);
-        lib.request_rescan();
+        match &download.verified {
+            Some((stamp, info)) => lib.downloaded(&download.path, *stamp, info.clone()),
+            None => lib.closed_after_writing(&download.path),
+        }
     }
     Ok(Fetched {
         download,
@@ -626,10 +651,12 @@ impl SourceLookup for IndexSources {
 /// partial holders), less `own`.
 ///
 /// Searched again `every` while searches bring nodes not seen before;
-/// each search that brings none doubles the wait, up to
-/// [`P2P_SOURCE_REFRESH`] (a flood costs a message per overlay link, and
-/// at 128 nodes searching every 300 ms the floods took the cores the
-/// transfers needed).
+/// each search that brings none doubles the wait, up to `most`
+/// ([`P2P_SOURCE_REFRESH`], or [`P2P_SWARM_SOURCE_REFRESH_MAX`] for a
+/// daemon's swarming download): a flood costs a message per overlay link
+/// and more for the answers, and at 128 nodes the floods took the cores
+/// the transfers needed. Once the download knows `enough` sources (as many
+/// as it may use), a refresh floods only [`P2P_NEAR_TTL`] hops.
 struct FloodSources {
     via: String,
     id: FileId,
@@ -637,16 +664,25 @@ struct FloodSources {
     wait: Duration,
     own: Option<OwnAddrs>,
     every: Duration,
+    /// The longest wait.
+    most: Duration,
     /// The wait before the next search.
     now: Duration,
     /// Every source address a search has brought.
     seen: std::collections::HashSet<String>,
+    /// Sources known past which refreshes stay near.
+    enough: usize,
 }
 
 impl SourceLookup for FloodSources {
     async fn sources(&mut self) -> Option<Vec<String>> {
         let hex = self.id.to_hex();
-        let report = match flood(&self.via, vec![hex.clone()], self.ttl, self.wait).await {
+        let ttl = if self.seen.len() >= self.enough {
+            self.ttl.min(P2P_NEAR_TTL)
+        } else {
+            self.ttl
+        };
+        let report = match flood(&self.via, vec![hex.clone()], ttl, self.wait).await {
             Ok(report) => report,
             Err(e) => {
                 tracing::debug!(error = %e, "p2p source refresh failed; keeping the sources we have");
@@ -667,8 +703,18 @@ impl SourceLookup for FloodSources {
         self.now = if new {
             self.every
         } else {
-            (self.now * 2).min(self.every.max(P2P_SOURCE_REFRESH))
+            (self.now * 2).min(self.every.max(self.most))
         };
+        tracing::debug!(
+            ttl,
+            new,
+            found = found.len(),
+            next = ?self.now,
+            messages = report.messages,
+            reached = report.nodes_reached,
+            ms = report.elapsed_ms,
+            "p2p source refresh"
+        );
         Some(found)
     }
 

@@ -5,7 +5,8 @@
 //!
 //! One line per sample:
 //! `{"t": UNIX_SECONDS, "sent": BYTES, "granted": BYTES|null, "files":
-//! [{"id": HEX, "held": "partial"|"complete"|"none", "have": HEX|null}]}`.
+//! [{"id": HEX, "held": "partial"|"complete"|"none", "have": HEX|null}],
+//! "overlay": {"in": COUNT, "out": COUNT}|null}`.
 //! - `t`: wall-clock time of the sample, seconds since the Unix epoch (f64),
 //!   so samples of several processes line up.
 //! - `sent`: chunk bytes the chunk server sent so far (counted once a chunk
@@ -19,6 +20,8 @@
 //!   a partial file (bit `i` of byte `i / 8`, least significant first) in
 //!   hex. Complete files never held partially are not listed (a share may
 //!   hold thousands).
+//! - `overlay`: overlay messages received and sent so far (p2p mode: the
+//!   cost of flooding searches and pings); null without an overlay.
 //!
 //! Each line goes out in one `write` to the unbuffered file, so a killed
 //! daemon leaves whole lines behind (a reader stops at a cut one anyway).
@@ -60,6 +63,21 @@ pub struct Sample {
     /// Bytes the upload cap granted so far; `None` without a cap.
     pub granted: Option<u64>,
     pub files: Vec<FileSample>,
+    /// Overlay messages so far; `None` without an overlay (and in logs
+    /// written before it was recorded).
+    #[serde(default)]
+    pub overlay: Option<OverlaySample>,
+}
+
+/// Overlay message counts in a [`Sample`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OverlaySample {
+    /// Messages received on any overlay link.
+    #[serde(rename = "in")]
+    pub received: u64,
+    /// Messages sent on any overlay link.
+    #[serde(rename = "out")]
+    pub sent: u64,
 }
 
 /// One file in a [`Sample`].
@@ -95,6 +113,7 @@ pub struct Sources {
     pub library: Library,
     pub uploads: Arc<UploadStats>,
     pub upload_limit: Option<Arc<RateLimiter>>,
+    pub overlay: Option<Arc<crate::overlay::OverlayCounters>>,
 }
 
 impl Sources {
@@ -132,6 +151,10 @@ impl Sources {
                 .load(std::sync::atomic::Ordering::Relaxed),
             granted: self.upload_limit.as_ref().map(|l| l.granted()),
             files,
+            overlay: self.overlay.as_ref().map(|c| OverlaySample {
+                received: crate::overlay::OverlayCounters::get(&c.messages_in),
+                sent: crate::overlay::OverlayCounters::get(&c.messages_out),
+            }),
         }
     }
 }
@@ -197,11 +220,22 @@ mod tests {
                 held: Held::Partial,
                 have: Some(hex(&[0x05, 0x80])),
             }],
+            overlay: Some(OverlaySample {
+                received: 7,
+                sent: 9,
+            }),
         };
         let line = serde_json::to_string(&s).unwrap();
         assert!(!line.contains('\n'));
+        assert!(line.contains("\"overlay\":{\"in\":7,\"out\":9}"), "{line}");
         assert!(line.contains("\"held\":\"partial\""), "{line}");
         assert!(line.contains("\"have\":\"0580\""), "{line}");
         assert_eq!(serde_json::from_str::<Sample>(&line).unwrap(), s);
+    }
+
+    #[test]
+    fn a_line_without_overlay_counts_still_reads() {
+        let old = r#"{"t":1.0,"sent":0,"granted":null,"files":[]}"#;
+        assert_eq!(serde_json::from_str::<Sample>(old).unwrap().overlay, None);
     }
 }
