@@ -732,3 +732,102 @@ fn saved_name(asked: String, listed: String) -> String {
         asked
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::hello::Protocol;
+    use common::overlay_proto::{OverlayFile, OverlayMessage};
+    use common::wire::{self, Deadlines};
+    use std::sync::Mutex;
+    use tokio::net::TcpListener;
+
+    /// A fake overlay node: each search gets the sources of its turn in
+    /// `turns` (the last one repeats), all answered as if one hop out;
+    /// returns its address and the TTL of every query it received.
+    async fn fake_node(id: FileId, turns: Vec<Vec<u16>>) -> (String, Arc<Mutex<Vec<u8>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let ttls = Arc::new(Mutex::new(Vec::new()));
+        let seen = ttls.clone();
+        tokio::spawn(async move {
+            for turn in (0..).map(|k: usize| turns[k.min(turns.len() - 1)].clone()) {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let (_, mut s) = transfer::net::accept(s, &[Protocol::Overlay], |_| false, |_| 0)
+                    .await
+                    .unwrap();
+                let mut buf = Vec::new();
+                let idle = Deadlines::with_idle(Duration::from_secs(5));
+                let _connect: OverlayMessage =
+                    wire::expect_message(&mut s, &mut buf, idle).await.unwrap();
+                let welcome = OverlayMessage::Welcome {
+                    your_addr: "127.0.0.1:1".into(),
+                };
+                wire::send_message(&mut s, &welcome).await.unwrap();
+                let OverlayMessage::Query { id: qid, ttl, .. } =
+                    wire::expect_message(&mut s, &mut buf, idle).await.unwrap()
+                else {
+                    panic!("a query was expected");
+                };
+                seen.lock().unwrap().push(ttl);
+                let file = OverlayFile {
+                    id,
+                    name: "f.bin".into(),
+                    size: 5,
+                };
+                // The node reached first claims the other answers as its copies.
+                for (k, port) in turn.iter().enumerate() {
+                    let hit = OverlayMessage::QueryHit {
+                        id: qid,
+                        responder: format!("127.0.0.1:{port}"),
+                        files: vec![file.clone()],
+                        distance: u8::from(k > 0),
+                        forwarded: if k == 0 { turn.len() as u32 - 1 } else { 0 },
+                        duplicate: false,
+                    };
+                    wire::send_message(&mut s, &hit).await.unwrap();
+                }
+            }
+        });
+        (addr, ttls)
+    }
+
+    #[tokio::test]
+    async fn p2p_refreshes_back_off_while_nothing_is_new_and_stay_near_once_enough_are_known() {
+        let id = common::id::content_info(b"hello").id;
+        let turns = vec![
+            vec![1001, 1002],
+            vec![1001, 1002, 1003],
+            vec![1001, 1002, 1003],
+            vec![1001, 1002, 1003],
+            vec![1001, 1002, 1003],
+            vec![1001, 1002, 1003],
+            vec![1004],
+        ];
+        let (via, ttls) = fake_node(id, turns).await;
+        let mut lookup = FloodSources {
+            via,
+            id,
+            ttl: 7,
+            wait: Duration::from_secs(5),
+            own: None,
+            every: Duration::from_millis(300),
+            most: Duration::from_secs(2),
+            now: Duration::from_millis(300),
+            seen: Default::default(),
+            enough: 3,
+        };
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            assert!(lookup.sources().await.is_some());
+            waits.push(lookup.every().unwrap().as_millis());
+        }
+        // Full floods until three sources are known, then two hops.
+        assert_eq!(*ttls.lock().unwrap(), vec![7, 7, 2, 2, 2, 2, 2]);
+        // New sources keep the short wait; none doubles it up to `most`;
+        // a new one brings it back.
+        assert_eq!(waits, vec![300, 300, 600, 1200, 2000, 2000, 300]);
+    }
+}
