@@ -117,16 +117,25 @@ pub fn print_p2p_report(report: &peer::overlay::SearchReport, show_sources: bool
         }
     }
     errln!(
-        "flooding with TTL {}: {} nodes reached, {} messages ({} query copies, {} hit hops), {} duplicates dropped, {} ms{}",
+        "flooding with TTL {}: {}, {} ({}, {}), {} dropped, {} ms{}",
         report.ttl,
-        report.nodes_reached,
-        report.messages,
-        report.query_messages,
-        report.hit_messages,
-        report.duplicates,
+        counted(report.nodes_reached, "node reached", "nodes reached"),
+        counted(report.messages, "message", "messages"),
+        counted(report.query_messages, "query copy", "query copies"),
+        counted(report.hit_messages, "hit hop", "hit hops"),
+        counted(report.duplicates, "duplicate", "duplicates"),
         report.elapsed_ms,
-        if report.complete { "" } else { " (wait ran out before every copy was accounted for)" }
+        if report.complete {
+            ""
+        } else {
+            " (wait ran out before every copy was accounted for)"
+        }
     );
+}
+
+/// `n` with the noun in the singular for 1, else the plural.
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The table of an index search; with `sources` (one list per hit, from

@@ -200,7 +200,8 @@ struct RateArgs {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Share a folder: hash it, register it at the index, serve chunks to other peers.
+    /// Share a folder: hash it, register it at the index (or, with --mode
+    /// p2p, join an overlay through --neighbor), serve chunks to other peers.
     Serve {
         /// Folder to share, recursively (names starting with '.' are skipped).
         #[arg(long, env = "PEER_SHARE")]
@@ -365,14 +366,18 @@ enum Command {
               value_parser = count(1, 1000))]
         max_active_downloads: usize,
     },
-    /// Search the index for files whose names match every WORD (prefixes,
-    /// accents and case ignored, `-WORD` excludes).
+    /// Search for files whose names match every WORD (prefixes, accents
+    /// and case ignored, `-WORD` excludes): at the index, or with --mode
+    /// p2p by flooding the overlay through --via.
     #[command(after_long_help = search_cli::SEARCH_HELP)]
     Search {
         #[command(flatten)]
         index: IndexArg,
         /// Print one JSON object instead of a table: {total, truncated,
-        /// total_exact, results: [{id, name, size, sources}]}.
+        /// total_exact, results: [{id, name, size, sources}]}; with --mode
+        /// p2p, {hits: [{id, name, names, size, sources: [ADDR]}], ttl,
+        /// nodes_reached, query_messages, hit_messages, messages,
+        /// duplicates, complete, elapsed_ms}.
         #[arg(long, env = "PEER_JSON", value_parser = boolish())]
         json: bool,
         /// Most results to show, 1 to 1000 (the index never sends more); when
@@ -838,9 +843,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     } else {
                         if let Some(search) = &fetched.search {
                             errln!(
-                                "found by flooding: {} nodes reached, {} messages",
-                                search.nodes_reached,
-                                search.messages
+                                "found by flooding: {}, {}",
+                                cli_output::counted(
+                                    search.nodes_reached,
+                                    "node reached",
+                                    "nodes reached"
+                                ),
+                                cli_output::counted(search.messages, "message", "messages")
                             );
                         }
                         outln!("{}", fetched.download.path.display());

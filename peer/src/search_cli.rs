@@ -20,7 +20,8 @@ apostrophes inside words (`dont` finds `Don't`). Chinese, Japanese and Thai: \
 excludes names with a word starting with it. Whole-word matches come first, then files with more sources, then \
 shorter names.
 
-Filters run at the index, before --limit: --min-size/--max-size (10MB, 1GiB), \
+Filters run at the index, before --limit (with --mode p2p, on the nodes' \
+answers): --min-size/--max-size (10MB, 1GiB), \
 --ext mp3,flac, --type audio|video|image|document|archive|program:
   audio     mp3 flac ogg oga opus wav aac m4a wma aiff aif ape alac mid midi mka
   video     mkv mp4 avi mov wmv webm m4v mpg mpeg flv ogv ts 3gp vob

@@ -357,7 +357,7 @@ pub async fn start(config: ServeConfig, shutdown: CancellationToken) -> Result<D
         .await
         .map_err(|e| ServeError::Internal(e.to_string()))?;
     // Files still being written are shared once they settle.
-    info!(folder = %root.display(), files = entries.len(), settling = cache.pending(), addr = %listen_addr, nick = ?config.nick, "sharing");
+    info!(folder = %root.display(), files = entries.len(), settling = cache.pending(), addr = %listen_addr, nick = config.nick.as_deref().unwrap_or("-"), "sharing");
     library.set_shared(entries);
 
     let tracker = TaskTracker::new();

@@ -27,7 +27,7 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::router::{
     Action, LinkId, LocalNode, Matcher, OverlayCounters, Router, MAX_DEGREE, MAX_LINKS, PING_TTL,
@@ -81,7 +81,7 @@ enum Event {
     },
     Message(LinkId, OverlayMessage),
     Down(LinkId),
-    DialFailed(String),
+    DialFailed(String, String),
     /// A neighbour told us the address it sees for us.
     SelfAddr(String),
 }
@@ -256,6 +256,9 @@ impl Overlay {
         let mut hosts: VecDeque<String> = VecDeque::new();
         let mut dialing: HashSet<String> = HashSet::new();
         let mut joins = 0usize;
+        // Join addresses warned about as unreachable, until they answer.
+        let mut unreachable: HashSet<String> = HashSet::new();
+        let mut joined_said = false;
         let mut tick = tokio::time::interval(config.ping_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -322,6 +325,17 @@ impl Overlay {
                         continue;
                     }
                     debug!(link, ?addr, client, "overlay link up");
+                    if let Some(a) = addr
+                        .as_deref()
+                        .filter(|a| config.neighbors.iter().any(|n| n == a))
+                    {
+                        // Once, and again after a warning (a full neighbour
+                        // closes each link it cannot keep: no line per tick).
+                        if unreachable.remove(a) || !joined_said {
+                            info!(addr = %a, "joined the overlay through this --neighbor");
+                            joined_said = true;
+                        }
+                    }
                     links.insert(
                         link,
                         Link {
@@ -339,14 +353,22 @@ impl Overlay {
                     if let Some(l) = links.remove(&link) {
                         l.stop.cancel();
                         if !l.client {
-                            info!(addr = ?l.addr, "overlay neighbour gone");
+                            info!(
+                                addr = l.addr.as_deref().unwrap_or("-"),
+                                "overlay neighbour gone"
+                            );
                         }
                     }
                     self.publish_links(&links);
                     Vec::new()
                 }
-                Some(Event::DialFailed(addr)) => {
+                Some(Event::DialFailed(addr, error)) => {
                     dialing.remove(&addr);
+                    // A join address the user gave: said once until it answers
+                    // (a node alone in its own overlay finds nothing).
+                    if config.neighbors.contains(&addr) && unreachable.insert(addr.clone()) {
+                        warn!(%addr, %error, "cannot reach this --neighbor; trying it again every {:?} (is `peer serve --mode p2p` running there?)", config.ping_interval);
+                    }
                     hosts.retain(|h| *h != addr);
                     Vec::new()
                 }
@@ -471,7 +493,11 @@ impl Overlay {
                 };
                 if let Err(e) = dialled {
                     debug!(%addr, error = %e, "cannot reach overlay neighbour");
-                    let _ = overlay.inner.events.send(Event::DialFailed(addr)).await;
+                    let _ = overlay
+                        .inner
+                        .events
+                        .send(Event::DialFailed(addr, e.to_string()))
+                        .await;
                 }
             });
         }
