@@ -69,7 +69,7 @@ pub const P2P_SWARM_SOURCE_REFRESH: Duration = Duration::from_millis(300);
 
 /// Longest wait between two of a daemon's p2p searches that brought no
 /// new source. A flood costs about one message per overlay link and one
-/// per hop back for every copy's answer: about 2,500 messages at 128 nodes
+/// per hop back for every copy's answer: about 3,000 messages at 128 nodes
 /// of degree 4 to 8, and 128 swarming downloaders searching every 2 s sent
 /// 4.0 million overlay messages in a 24 s run (issue 17, read from the
 /// daemons' stats logs), CPU the transfers needed. A swarm that finds no
